@@ -1,0 +1,127 @@
+/* tern-base.h: the shared plumbing every tern module uses, kept in the lowest
+ * layer (kernels/) so nothing above needs its own copy: error codes with
+ * context, levelled logging to stderr, a monotonic clock, aligned allocation
+ * and a CPU-feature probe. Depends on libc only. */
+#ifndef TERN_BASE_H
+#define TERN_BASE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- errors ------------------------------------------------------------
+ * Library functions return 0 on success or a negative TERN_E* code, and fill
+ * a caller-supplied tern_err (may be NULL) with a one-line message and the
+ * source location that raised it. */
+enum {
+	TERN_OK = 0,
+	TERN_EINVAL = -1,   /* bad argument or bad value in input data */
+	TERN_ENOMEM = -2,   /* allocation failed */
+	TERN_EIO = -3,      /* read/write/open failed */
+	TERN_EFORMAT = -4,  /* malformed file or message */
+	TERN_ERANGE = -5,   /* offset or size out of bounds, absurd dimension */
+	TERN_ECHECKSUM = -6,/* checksum mismatch */
+	TERN_EUNSUP = -7,   /* valid but unsupported (type, version, ISA) */
+	TERN_ESTATE = -8,   /* call not valid in the current state */
+	TERN_ECOMM = -9,    /* a peer (MPI rank, socket) failed or went away */
+	TERN_ETIMEOUT = -10,/* an operation did not complete in time */
+	TERN_EFULL = -11,   /* a bounded queue or pool is full */
+};
+
+typedef struct tern_err {
+	int code;          /* last error code, TERN_OK if none */
+	const char *file;  /* source file that raised it (static string) */
+	int line;
+	char msg[512];     /* one line, no trailing newline */
+} tern_err;
+
+/* Name of an error code ("EINVAL", ...); never NULL. */
+const char *tern_strerror(int code);
+
+/* Records code and a printf-style message in *err (if err is non-NULL) and
+ * returns code, so it can be used as `return tern_err_set(...)`. */
+int tern_err_set(tern_err *err, int code, const char *file, int line, const char *fmt, ...)
+	__attribute__((format(printf, 5, 6)));
+
+/* Clears *err (no-op on NULL). */
+void tern_err_clear(tern_err *err);
+
+#define TERN_ERR(err, code, ...) tern_err_set((err), (code), __FILE__, __LINE__, __VA_ARGS__)
+
+/* Return `code` with a message when `cond` holds (zstd's RETURN_ERROR_IF). */
+#define TERN_RETURN_IF(cond, err, code, ...)                            \
+	do {                                                            \
+		if (cond)                                               \
+			return TERN_ERR((err), (code), __VA_ARGS__);    \
+	} while (0)
+
+/* Propagate a negative result unchanged (zstd's FORWARD_IF_ERROR); the callee
+ * already filled the message. */
+#define TERN_FORWARD_IF_ERROR(expr)                                     \
+	do {                                                            \
+		int tern_rc_ = (expr);                                  \
+		if (tern_rc_ < 0)                                       \
+			return tern_rc_;                                \
+	} while (0)
+
+/* ---- logging -----------------------------------------------------------
+ * Lines go to stderr as "tern <level> <tag>: message". The threshold comes
+ * from TERN_LOG (error|warn|info|debug, default info) or tern_log_set_level. */
+typedef enum { TERN_LOG_ERROR = 0, TERN_LOG_WARN = 1, TERN_LOG_INFO = 2, TERN_LOG_DEBUG = 3 } tern_log_level;
+
+void tern_log_set_level(tern_log_level level);
+tern_log_level tern_log_get_level(void);
+/* Parses "error", "warn", "info", "debug"; returns -1 for anything else. */
+int tern_log_parse_level(const char *s);
+void tern_log(tern_log_level level, const char *tag, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+#define TERN_LOGE(tag, ...) tern_log(TERN_LOG_ERROR, tag, __VA_ARGS__)
+#define TERN_LOGW(tag, ...) tern_log(TERN_LOG_WARN, tag, __VA_ARGS__)
+#define TERN_LOGI(tag, ...) tern_log(TERN_LOG_INFO, tag, __VA_ARGS__)
+#define TERN_LOGD(tag, ...) tern_log(TERN_LOG_DEBUG, tag, __VA_ARGS__)
+
+/* ---- clock ------------------------------------------------------------- */
+/* Monotonic time in nanoseconds (CLOCK_MONOTONIC); only differences mean anything. */
+uint64_t tern_now_ns(void);
+/* The same in seconds, as a double. */
+double tern_now_s(void);
+
+/* ---- aligned allocation -------------------------------------------------
+ * `align` must be a power of two >= sizeof(void *). The block is not zeroed
+ * unless the _zero variant is used. Returns NULL on failure or on size 0.
+ * Free with tern_aligned_free (NULL is a no-op). */
+void *tern_aligned_alloc(size_t size, size_t align);
+void *tern_aligned_calloc(size_t size, size_t align);
+void tern_aligned_free(void *p);
+/* Cache line / SIMD alignment used for every kernel buffer. */
+#define TERN_ALIGN 64
+
+/* ---- CPU features ------------------------------------------------------
+ * Probed once from cpuid (x86: also XGETBV, so a feature counts only when the
+ * OS saves its registers) or fixed at build time (aarch64: NEON). */
+typedef struct tern_cpu {
+	unsigned avx2 : 1;
+	unsigned fma : 1;
+	unsigned avx512f : 1;
+	unsigned avx512bw : 1;
+	unsigned avx512vl : 1;
+	unsigned avx512vnni : 1;
+	unsigned avx512vbmi : 1;
+	unsigned avxvnni : 1;
+	unsigned neon : 1;
+	unsigned dotprod : 1;
+} tern_cpu;
+
+/* The features of the running CPU (cached after the first call; thread-safe). */
+const tern_cpu *tern_cpu_get(void);
+/* Writes a space-separated feature list ("avx2 fma avx512f ...") into buf. */
+void tern_cpu_describe(const tern_cpu *cpu, char *buf, size_t len);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* TERN_BASE_H */

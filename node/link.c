@@ -1,0 +1,82 @@
+/* link.c: frames over MPI (see tern-link.h). */
+#include "tern-link.h"
+
+#include <mpi.h>
+#include <stdlib.h>
+#include <time.h>
+
+int tern_link_send(int dest, int tag, const Tern__V1__Frame *h, const void *payload, size_t payload_bytes,
+		   tern_err *err)
+{
+	const size_t n = tern_frame_size(h, payload_bytes);
+	TERN_RETURN_IF(n > (size_t)INT32_MAX, err, TERN_ERANGE, "frame of %zu bytes is too large for one message", n);
+	uint8_t *buf = malloc(n);
+	TERN_RETURN_IF(!buf, err, TERN_ENOMEM, "out of memory for a %zu-byte frame", n);
+	long w = tern_frame_pack(h, payload, payload_bytes, buf, n, err);
+	if (w < 0) {
+		free(buf);
+		return (int)w;
+	}
+	int rc = MPI_Send(buf, (int)w, MPI_BYTE, dest, tag, MPI_COMM_WORLD);
+	free(buf);
+	TERN_RETURN_IF(rc != MPI_SUCCESS, err, TERN_ECOMM, "MPI_Send to rank %d failed (code %d)", dest, rc);
+	return 0;
+}
+
+int tern_link_recv(int src, int tag, double timeout_s, uint8_t **bufp, Tern__V1__Frame **h,
+		   const uint8_t **payload, size_t *payload_bytes, int *from, tern_err *err)
+{
+	*bufp = NULL;
+	*h = NULL;
+	MPI_Status st;
+	int flag = 0;
+	const double deadline = timeout_s < 0 ? -1 : tern_now_s() + timeout_s;
+	long sleep_ns = 1000;
+	/* Poll rather than block, so a dead peer becomes a timeout. The sleep
+	 * backs off to 1 ms so an idle wait does not burn a core. */
+	for (;;) {
+		int rc = MPI_Iprobe(src, tag, MPI_COMM_WORLD, &flag, &st);
+		TERN_RETURN_IF(rc != MPI_SUCCESS, err, TERN_ECOMM, "MPI_Iprobe failed (code %d)", rc);
+		if (flag)
+			break;
+		if (deadline >= 0 && tern_now_s() > deadline)
+			return TERN_ERR(err, TERN_ETIMEOUT, "no message from rank %d within %.1f s", src, timeout_s);
+		struct timespec ts = {0, sleep_ns};
+		nanosleep(&ts, NULL);
+		if (sleep_ns < 1000000)
+			sleep_ns *= 2;
+	}
+	int count = 0;
+	MPI_Get_count(&st, MPI_BYTE, &count);
+	uint8_t *buf = malloc(count > 0 ? (size_t)count : 1);
+	TERN_RETURN_IF(!buf, err, TERN_ENOMEM, "out of memory for a %d-byte frame", count);
+	int rc = MPI_Recv(buf, count, MPI_BYTE, st.MPI_SOURCE, st.MPI_TAG, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+	if (rc != MPI_SUCCESS) {
+		free(buf);
+		return TERN_ERR(err, TERN_ECOMM, "MPI_Recv from rank %d failed (code %d)", st.MPI_SOURCE, rc);
+	}
+	rc = tern_frame_unpack(buf, (size_t)count, h, payload, payload_bytes, err);
+	if (rc < 0) {
+		free(buf);
+		return rc;
+	}
+	if (from)
+		*from = st.MPI_SOURCE;
+	*bufp = buf;
+	return 0;
+}
+
+int tern_link_host_stage_index(int is_stage)
+{
+	MPI_Comm stages = MPI_COMM_NULL, local = MPI_COMM_NULL;
+	int rank = 0, idx = -1;
+	MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+	MPI_Comm_split(MPI_COMM_WORLD, is_stage ? 1 : MPI_UNDEFINED, rank, &stages);
+	if (stages != MPI_COMM_NULL) {
+		MPI_Comm_split_type(stages, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &local);
+		MPI_Comm_rank(local, &idx);
+		MPI_Comm_free(&local);
+		MPI_Comm_free(&stages);
+	}
+	return idx;
+}
