@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "tern-checksum.h"
+#include "tern-model.h"
 #include "tern-test.h"
 
 static void test_xxh64_known_answers(void)
@@ -53,4 +54,40 @@ static void test_xxh64_streaming_equals_oneshot(void)
 	free(buf);
 }
 
-TT_MAIN(TT_CASE(test_xxh64_known_answers), TT_CASE(test_xxh64_streaming_equals_oneshot))
+static void test_presets(void)
+{
+	tern_hparams hp;
+	tern_err e;
+	TT_REQUIRE(tern_hparams_preset("2b4t", &hp, &e) == 0);
+	/* MODEL-FORMATS.md 1.1: the real 2B4T shape. */
+	TT_EQ_INT(hp.n_embd, 2560);
+	TT_EQ_INT(hp.n_layer, 30);
+	TT_EQ_INT(hp.n_head_kv, 5);
+	TT_EQ_INT(hp.head_dim, 128);
+	TT_EQ_INT(hp.n_ff, 6912);
+	TT_EQ_INT(hp.n_vocab, 128256);
+	TT_EQ_INT(hp.bos_id, 128000);
+	TT_EQ_INT(tern_hparams_validate(&hp, &e), 0);
+	/* 30 x (2*2560^2 + 2*2560*640 + 3*2560*6912) + 128256*2560 */
+	TT_CHECK(tern_hparams_total_params(&hp) == 30ull * 69468160ull + 328335360ull);
+	TT_EQ_INT(tern_hparams_kv_bytes_per_token_layer(&hp), 2 * 640 * 4);
+	/* Every preset is valid, and the names say roughly how big they are. */
+	const char *names[] = {"125m", "700m", "2b4t", "3b", "7b", "13b", "30b", "70b", "100b"};
+	const double billions[] = {0.125, 0.7, 2.4, 3.3, 6.7, 13, 32, 69, 100};
+	for (int i = 0; i < 9; i++) {
+		TT_REQUIRE(tern_hparams_preset(names[i], &hp, &e) == 0);
+		TT_CHECKF(tern_hparams_validate(&hp, &e) == 0, "%s: %s", names[i], e.msg);
+		const double b = (double)tern_hparams_total_params(&hp) / 1e9;
+		TT_CHECKF(b > billions[i] * 0.75 && b < billions[i] * 1.3, "%s has %.2fB parameters", names[i], b);
+	}
+	TT_EQ_INT(tern_hparams_preset("5b", &hp, &e), TERN_EINVAL);
+	TT_CHECK(strstr(e.msg, "unknown model preset '5b'") != NULL);
+	TT_REQUIRE(tern_hparams_preset("7b", &hp, &e) == 0);
+	hp.n_head_kv = 3;
+	TT_EQ_INT(tern_hparams_validate(&hp, &e), TERN_ERANGE);
+	hp.n_head_kv = 8;
+	hp.n_embd = 0;
+	TT_EQ_INT(tern_hparams_validate(&hp, &e), TERN_ERANGE);
+}
+
+TT_MAIN(TT_CASE(test_xxh64_known_answers), TT_CASE(test_xxh64_streaming_equals_oneshot), TT_CASE(test_presets))
