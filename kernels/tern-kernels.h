@@ -65,7 +65,8 @@ float tern_quant_row(const float *x, int k, int k_pad, int8_t *q, int32_t *sum);
  * Q, K and V projections share their input). */
 typedef struct tern_act {
 	tern_packing packing;
-	tern_isa isa;      /* the ISA the tables were built for (resolved, never AUTO) */
+	tern_isa isa;      /* the ISA asked for (resolved, never AUTO); the tables are the same for every
+	                    * ISA (kernels/LAYOUTS.md), so any ISA may use them */
 	int n;             /* rows (tokens) */
 	int k;             /* logical width */
 	int k_pad;         /* padded width the packing needs (tern_k_pad) */
@@ -85,6 +86,11 @@ int tern_k_pad(tern_packing p, int k);
  * zero-initialised before first use and released with tern_act_free. */
 int tern_act_prepare(tern_act *a, tern_packing p, tern_isa isa, const float *x, int n, int k, int ldx,
 		     tern_err *err);
+/* The same from rows that are already int8 (q: n rows of k, stride ldq) with
+ * their scales, e.g. activations quantized elsewhere or extreme test rows
+ * (-128 is reachable only this way). */
+int tern_act_prepare_q(tern_act *a, tern_packing p, tern_isa isa, const int8_t *q, const float *scale, int n,
+		       int k, int ldq, tern_err *err);
 void tern_act_free(tern_act *a);
 
 /* ---- packed weight matrices -------------------------------------------- */
@@ -101,6 +107,7 @@ typedef struct tern_matrix {
 	uint8_t *data;      /* packed weights, tern_matrix_data_bytes bytes, 64-byte aligned */
 	size_t data_bytes;
 	int owns_data;      /* data/scales freed by tern_matrix_free */
+	int owns_scales;    /* scales alone freed by tern_matrix_free (tern_matrix_wrap_i2s) */
 } tern_matrix;
 
 /* Bytes of packed data for an m x k matrix (excluding scales). */
@@ -123,7 +130,8 @@ void tern_matrix_free(tern_matrix *mat);
  * Rows [row0, row1) of the output (row0 a multiple of tern_row_tile, row1
  * <= m), for all a->n activation rows. n == 1 is GEMV (decode); the kernels
  * pick their GEMV or GEMM path by n. isa AUTO resolves; a matrix and an act
- * of different packing, K, or ISA tables is TERN_EINVAL. */
+ * of different packing or K is TERN_EINVAL (the act tables are ISA-independent);
+ * an ISA this build or CPU cannot run is TERN_EUNSUP. */
 
 /* dot: (n, ldd) int32, dot[j*ldd + i] for i in [row0, row1). */
 int tern_gemm_i32(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1,

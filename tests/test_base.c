@@ -101,10 +101,11 @@ static void test_cpu_probe(void)
 	FILE *f = fopen("/proc/cpuinfo", "r");
 	if (f) {
 		char line[8192];
-		int have_avx2 = 0, have_vnni = 0;
+		int have_avx2 = 0, have_vnni = 0, have_f16c = 0;
 		while (fgets(line, sizeof line, f)) {
 			if (!strncmp(line, "flags", 5)) {
 				have_avx2 = strstr(line, " avx2") != NULL;
+				have_f16c = strstr(line, " f16c") != NULL;
 				have_vnni = strstr(line, " avx512_vnni") != NULL;
 				break;
 			}
@@ -112,6 +113,7 @@ static void test_cpu_probe(void)
 		fclose(f);
 		TT_EQ_INT(c->avx2, have_avx2);
 		TT_EQ_INT(c->avx512vnni, have_vnni);
+		TT_EQ_INT(c->f16c, have_f16c);
 	}
 #elif defined(__aarch64__)
 	TT_CHECK(c->neon);

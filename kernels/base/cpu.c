@@ -24,6 +24,7 @@ static void probe(tern_cpu *c)
 		return;
 	const int osxsave = (cx >> 27) & 1;
 	const int fma = (cx >> 12) & 1;
+	const int f16c = (cx >> 29) & 1;
 	uint64_t xcr0 = osxsave ? xgetbv0() : 0;
 	const int ymm_ok = (xcr0 & 0x6) == 0x6;
 	const int zmm_ok = (xcr0 & 0xe6) == 0xe6;
@@ -31,6 +32,7 @@ static void probe(tern_cpu *c)
 		return;
 	c->avx2 = ymm_ok && ((b >> 5) & 1);
 	c->fma = ymm_ok && fma;
+	c->f16c = ymm_ok && f16c;
 	c->avx512f = zmm_ok && ((b >> 16) & 1);
 	c->avx512bw = c->avx512f && ((b >> 30) & 1);
 	c->avx512vl = c->avx512f && ((b >> 31) & 1);
@@ -79,7 +81,7 @@ void tern_cpu_describe(const tern_cpu *c, char *buf, size_t len)
 		unsigned on;
 		const char *name;
 	} f[] = {
-		{c->avx2, "avx2"}, {c->fma, "fma"}, {c->avx512f, "avx512f"}, {c->avx512bw, "avx512bw"},
+		{c->avx2, "avx2"}, {c->fma, "fma"}, {c->f16c, "f16c"}, {c->avx512f, "avx512f"}, {c->avx512bw, "avx512bw"},
 		{c->avx512vl, "avx512vl"}, {c->avx512vnni, "avx512vnni"}, {c->avx512vbmi, "avx512vbmi"},
 		{c->avxvnni, "avxvnni"}, {c->neon, "neon"}, {c->dotprod, "dotprod"},
 	};

@@ -106,6 +106,7 @@ void tern_aligned_free(void *p);
 typedef struct tern_cpu {
 	unsigned avx2 : 1;
 	unsigned fma : 1;
+	unsigned f16c : 1;
 	unsigned avx512f : 1;
 	unsigned avx512bw : 1;
 	unsigned avx512vl : 1;

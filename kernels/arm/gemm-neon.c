@@ -1,0 +1,399 @@
+/* gemm-neon.c: the AArch64 NEON kernels for every packing (I2_S, TL1, TL2),
+ * GEMV (one token) and GEMM (a batch of tokens), reading the byte layouts of
+ * kernels/LAYOUTS.md. Every kernel computes the exact int32 dot products of
+ * the scalar reference: all sums are integer, and every int16 accumulator is
+ * widened to int32 before it can overflow (bounds next to each kernel).
+ *
+ * Baseline AArch64 Advanced SIMD only, except one I2_S variant that uses the
+ * ARMv8.2 dot-product instruction (SDOT); it is compiled with a target
+ * attribute and chosen at run time from the kernel's HWCAP (TERN_NEON_DOTPROD=0
+ * in the environment forces the baseline path, for tests). */
+#include "kern-internal.h"
+
+#include <arm_neon.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/auxv.h>
+
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1UL << 20) /* Linux uapi asm/hwcap.h */
+#endif
+
+/* ---- run-time choice of the SDOT path ----------------------------------- */
+
+static int neon_dotprod;
+static pthread_once_t neon_once = PTHREAD_ONCE_INIT;
+
+static void neon_init(void)
+{
+	const char *env = getenv("TERN_NEON_DOTPROD");
+	neon_dotprod = (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0 && !(env && !strcmp(env, "0"));
+	TERN_LOGD("kernels", "neon: I2_S uses %s", neon_dotprod ? "sdot" : "smlal");
+}
+
+static int use_dotprod(void)
+{
+	pthread_once(&neon_once, neon_init);
+	return neon_dotprod;
+}
+
+/* ---- I2_S ---------------------------------------------------------------
+ * Row o: k_pad/4 bytes, blocks of 32 bytes per 128 k. Byte pos of a block
+ * holds the codes c = w + 1 of k = pos, 32+pos, 64+pos, 96+pos in bits 7-6,
+ * 5-4, 3-2, 1-0. dot = sum c*q - sum(q). Codes 0..2 are valid int8, so the
+ * signed multiplies (smlal, sdot) are exact. */
+
+/* The 8 code vectors of one block: c[2*grp + h] goes with q[32*grp + 16*h ..]. */
+static inline void i2s_decode(const uint8_t *p, int8x16_t c[8])
+{
+	const uint8x16_t m3 = vdupq_n_u8(3);
+	const uint8x16_t x0 = vld1q_u8(p), x1 = vld1q_u8(p + 16);
+	c[0] = vreinterpretq_s8_u8(vshrq_n_u8(x0, 6));
+	c[1] = vreinterpretq_s8_u8(vshrq_n_u8(x1, 6));
+	c[2] = vreinterpretq_s8_u8(vandq_u8(vshrq_n_u8(x0, 4), m3));
+	c[3] = vreinterpretq_s8_u8(vandq_u8(vshrq_n_u8(x1, 4), m3));
+	c[4] = vreinterpretq_s8_u8(vandq_u8(vshrq_n_u8(x0, 2), m3));
+	c[5] = vreinterpretq_s8_u8(vandq_u8(vshrq_n_u8(x1, 2), m3));
+	c[6] = vreinterpretq_s8_u8(vandq_u8(x0, m3));
+	c[7] = vreinterpretq_s8_u8(vandq_u8(x1, m3));
+}
+
+/* Blocks per int16 run. Bound: |c*q| <= 2*128 = 256. In the GEMV each of the
+ * 4 int16 accumulators takes 4 products per lane per block, in the GEMM each
+ * of the 2 per token takes 8: at most 8 * 256 = 2048 per lane per block, so
+ * 8 blocks stay <= 16384 <= 32767 before vpadal widens them to int32. */
+#define I2S_RUN 8
+
+static void i2s_gemv_base(const tern_matrix *w, const int8_t *q, int32_t qsum, int32_t *dot, int row0, int row1)
+{
+	const size_t row_bytes = (size_t)w->k_pad / 4;
+	const int nblk = w->k_pad / 128;
+	for (int o = row0; o < row1; o++) {
+		const uint8_t *wr = w->data + (size_t)o * row_bytes;
+		int32x4_t acc = vdupq_n_s32(0);
+		for (int b0 = 0; b0 < nblk; b0 += I2S_RUN) {
+			const int b1 = nblk - b0 < I2S_RUN ? nblk : b0 + I2S_RUN;
+			int16x8_t s0 = vdupq_n_s16(0), s1 = s0, s2 = s0, s3 = s0;
+			for (int b = b0; b < b1; b++) {
+				int8x16_t c[8];
+				i2s_decode(wr + (size_t)b * 32, c);
+				const int8_t *qb = q + (size_t)b * 128;
+				for (int v = 0; v < 8; v += 2) {
+					const int8x16_t qa = vld1q_s8(qb + 16 * v), qc = vld1q_s8(qb + 16 * v + 16);
+					s0 = vmlal_s8(s0, vget_low_s8(c[v]), vget_low_s8(qa));
+					s1 = vmlal_high_s8(s1, c[v], qa);
+					s2 = vmlal_s8(s2, vget_low_s8(c[v + 1]), vget_low_s8(qc));
+					s3 = vmlal_high_s8(s3, c[v + 1], qc);
+				}
+			}
+			acc = vpadalq_s16(acc, s0);
+			acc = vpadalq_s16(acc, s1);
+			acc = vpadalq_s16(acc, s2);
+			acc = vpadalq_s16(acc, s3);
+		}
+		dot[o - row0] = vaddvq_s32(acc) - qsum;
+	}
+}
+
+/* GEMM: each block is decoded once and used for 4 tokens (a short last group
+ * repeats its last token and does not store the copies). */
+#define I2S_TOKENS 4
+
+static void i2s_gemm_base(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
+{
+	const size_t row_bytes = (size_t)w->k_pad / 4;
+	const int nblk = w->k_pad / 128;
+	for (int j0 = 0; j0 < a->n; j0 += I2S_TOKENS) {
+		const int8_t *q[I2S_TOKENS];
+		for (int t = 0; t < I2S_TOKENS; t++) {
+			const int j = j0 + t < a->n ? j0 + t : a->n - 1;
+			q[t] = a->q + (size_t)j * (size_t)a->k_pad;
+		}
+		for (int o = row0; o < row1; o++) {
+			const uint8_t *wr = w->data + (size_t)o * row_bytes;
+			int32x4_t acc[I2S_TOKENS];
+			for (int t = 0; t < I2S_TOKENS; t++)
+				acc[t] = vdupq_n_s32(0);
+			for (int b0 = 0; b0 < nblk; b0 += I2S_RUN) {
+				const int b1 = nblk - b0 < I2S_RUN ? nblk : b0 + I2S_RUN;
+				int16x8_t lo[I2S_TOKENS], hi[I2S_TOKENS];
+				for (int t = 0; t < I2S_TOKENS; t++)
+					lo[t] = hi[t] = vdupq_n_s16(0);
+				for (int b = b0; b < b1; b++) {
+					int8x16_t c[8];
+					i2s_decode(wr + (size_t)b * 32, c);
+					for (int t = 0; t < I2S_TOKENS; t++) {
+						const int8_t *qb = q[t] + (size_t)b * 128;
+						for (int v = 0; v < 8; v++) {
+							const int8x16_t x = vld1q_s8(qb + 16 * v);
+							lo[t] = vmlal_s8(lo[t], vget_low_s8(c[v]), vget_low_s8(x));
+							hi[t] = vmlal_high_s8(hi[t], c[v], x);
+						}
+					}
+				}
+				for (int t = 0; t < I2S_TOKENS; t++)
+					acc[t] = vpadalq_s16(vpadalq_s16(acc[t], lo[t]), hi[t]);
+			}
+			for (int t = 0; t < I2S_TOKENS && j0 + t < a->n; t++)
+				dot[(size_t)(j0 + t) * (size_t)ldd + (size_t)(o - row0)] =
+				    vaddvq_s32(acc[t]) - a->sum[j0 + t];
+		}
+	}
+}
+
+/* SDOT accumulates 4 products per int32 lane: |4 * 2 * 128| per step, no
+ * int16 stage at all. Compiled for ARMv8.2-A+dotprod, called only when the
+ * CPU reports it. */
+#define DOTPROD_TARGET __attribute__((target("arch=armv8.2-a+dotprod")))
+
+DOTPROD_TARGET static void i2s_gemv_sdot(const tern_matrix *w, const int8_t *q, int32_t qsum, int32_t *dot, int row0,
+					 int row1)
+{
+	const size_t row_bytes = (size_t)w->k_pad / 4;
+	const int nblk = w->k_pad / 128;
+	for (int o = row0; o < row1; o++) {
+		const uint8_t *wr = w->data + (size_t)o * row_bytes;
+		int32x4_t a0 = vdupq_n_s32(0), a1 = a0;
+		for (int b = 0; b < nblk; b++) {
+			int8x16_t c[8];
+			i2s_decode(wr + (size_t)b * 32, c);
+			const int8_t *qb = q + (size_t)b * 128;
+			for (int v = 0; v < 8; v += 2) {
+				a0 = vdotq_s32(a0, c[v], vld1q_s8(qb + 16 * v));
+				a1 = vdotq_s32(a1, c[v + 1], vld1q_s8(qb + 16 * v + 16));
+			}
+		}
+		dot[o - row0] = vaddvq_s32(vaddq_s32(a0, a1)) - qsum;
+	}
+}
+
+DOTPROD_TARGET static void i2s_gemm_sdot(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0,
+					 int row1)
+{
+	const size_t row_bytes = (size_t)w->k_pad / 4;
+	const int nblk = w->k_pad / 128;
+	for (int j0 = 0; j0 < a->n; j0 += I2S_TOKENS) {
+		const int8_t *q[I2S_TOKENS];
+		for (int t = 0; t < I2S_TOKENS; t++) {
+			const int j = j0 + t < a->n ? j0 + t : a->n - 1;
+			q[t] = a->q + (size_t)j * (size_t)a->k_pad;
+		}
+		for (int o = row0; o < row1; o++) {
+			const uint8_t *wr = w->data + (size_t)o * row_bytes;
+			int32x4_t acc[I2S_TOKENS];
+			for (int t = 0; t < I2S_TOKENS; t++)
+				acc[t] = vdupq_n_s32(0);
+			for (int b = 0; b < nblk; b++) {
+				int8x16_t c[8];
+				i2s_decode(wr + (size_t)b * 32, c);
+				for (int t = 0; t < I2S_TOKENS; t++) {
+					const int8_t *qb = q[t] + (size_t)b * 128;
+					for (int v = 0; v < 8; v++)
+						acc[t] = vdotq_s32(acc[t], c[v], vld1q_s8(qb + 16 * v));
+				}
+			}
+			for (int t = 0; t < I2S_TOKENS && j0 + t < a->n; t++)
+				dot[(size_t)(j0 + t) * (size_t)ldd + (size_t)(o - row0)] =
+				    vaddvq_s32(acc[t]) - a->sum[j0 + t];
+		}
+	}
+}
+
+void tern_kern_i2s_neon(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
+{
+	const int sdot = use_dotprod();
+	if (a->n == 1) {
+		if (sdot)
+			i2s_gemv_sdot(w, a->q, a->sum[0], dot, row0, row1);
+		else
+			i2s_gemv_base(w, a->q, a->sum[0], dot, row0, row1);
+	} else if (sdot) {
+		i2s_gemm_sdot(w, a, dot, ldd, row0, row1);
+	} else {
+		i2s_gemm_base(w, a, dot, ldd, row0, row1);
+	}
+}
+
+/* ---- TL1 / TL2 -----------------------------------------------------------
+ * Tiles of 64 rows; 16 bytes of index nibbles give 16 rows (chunk c = rows
+ * 16c..16c+15). A lookup is vqtbl1q_u8 of the group's low-byte plane and of
+ * its high-byte plane with the same indices; vzip1q/vzip2q of the two results
+ * are the exact int16 entries of rows 16c+0..7 and 16c+8..15, so int16 vector
+ * m of a tile holds rows 8m..8m+7 in order.
+ *
+ * int16 bounds (|q| <= 128): a TL1 entry is <= 2*128 = 256 and a TL2 entry
+ * (after its sign) <= 3*128 = 384; one block adds 64 groups per lane:
+ * 64 * 256 = 16384 and 64 * 384 = 24576, both <= 32767. After each block the
+ * lanes are widened into int32 sums kept per token in acc (|dot| <= 128 * K).
+ *
+ * GEMM: per tile, tokens in groups of TL_TOKENS share the tile's blocks while
+ * they are hot in L1; GEMV is the same loop with one token. */
+#define TL_TOKENS 8
+
+/* acc[8m .. 8m+7] += s[m] widened. */
+static inline void tl_widen(const int16x8_t s[8], int32_t *acc)
+{
+	for (int m = 0; m < 8; m++) {
+		int32x4_t lo = vld1q_s32(acc + 8 * m), hi = vld1q_s32(acc + 8 * m + 4);
+		lo = vaddw_s16(lo, vget_low_s16(s[m]));
+		hi = vaddw_high_s16(hi, s[m]);
+		vst1q_s32(acc + 8 * m, lo);
+		vst1q_s32(acc + 8 * m + 4, hi);
+	}
+}
+
+/* The int16 entries of 16 rows for one group: lut = lo[16] then hi[16]. */
+static inline void tl_lookup(const uint8x16_t lo, const uint8x16_t hi, const uint8x16_t idx, int16x8_t *r0,
+			     int16x8_t *r1)
+{
+	const uint8x16_t l = vqtbl1q_u8(lo, idx), h = vqtbl1q_u8(hi, idx);
+	*r0 = vreinterpretq_s16_u8(vzip1q_u8(l, h));
+	*r1 = vreinterpretq_s16_u8(vzip2q_u8(l, h));
+}
+
+/* One TL1 block (nq <= 32 quads) of a tile for one token. wq: the block's
+ * first quad in the tile (64 bytes per quad); lut: that quad's two groups. */
+static void tl1_block(const uint8_t *wq, const uint8_t *lut, int nq, int32_t *acc)
+{
+	const uint8x16_t m4 = vdupq_n_u8(15);
+	int16x8_t s[8];
+	for (int m = 0; m < 8; m++)
+		s[m] = vdupq_n_s16(0);
+	for (int qd = 0; qd < nq; qd++) {
+		const uint8_t *L = lut + (size_t)qd * 64;
+		const uint8x16_t lo0 = vld1q_u8(L), hi0 = vld1q_u8(L + 16);
+		const uint8x16_t lo1 = vld1q_u8(L + 32), hi1 = vld1q_u8(L + 48);
+		const uint8_t *W = wq + (size_t)qd * 64;
+		for (int c = 0; c < 4; c++) {
+			const uint8x16_t v = vld1q_u8(W + 16 * c);
+			int16x8_t e0, e1, f0, f1;
+			tl_lookup(lo0, hi0, vandq_u8(v, m4), &e0, &e1);
+			tl_lookup(lo1, hi1, vshrq_n_u8(v, 4), &f0, &f1);
+			s[2 * c] = vaddq_s16(s[2 * c], vaddq_s16(e0, f0));
+			s[2 * c + 1] = vaddq_s16(s[2 * c + 1], vaddq_s16(e1, f1));
+		}
+	}
+	tl_widen(s, acc);
+}
+
+/* TL2 signs. A negative row's entry is -e = ~e + 1, and ~e is e's low and
+ * high bytes each XORed with 0xff: so the sign is applied to the two byte
+ * planes with one byte mask per row, before they are interleaved, and the +1
+ * is counted per row in a u8 counter (at most 2 per pair, 64 per block <= 255)
+ * that is added once per block. The int16 partial sums then hold ~e terms:
+ * |~e| <= 385 (LAYOUTS.md: |e| <= 384), 64 * 385 = 24640 <= 32767, so they stay
+ * exact, and adding the counts gives the exact block sum.
+ *
+ * Byte lane i of chunk c is row 16c+i; its sign bit is bit i of record byte c
+ * (i < 8) or bit i-8 of record byte 4+c (i >= 8) for the even group, the same
+ * 8 bytes further on for the odd group. */
+static inline uint8x16_t tl2_sel(int c)
+{
+	return vcombine_u8(vdup_n_u8((uint8_t)c), vdup_n_u8((uint8_t)(4 + c)));
+}
+
+/* One TL2 block (np <= 32 pairs) of a tile for one token. blk: the block
+ * (np*64 index bytes then np*16 sign bytes); lut: the block's first pair. */
+static void tl2_block(const uint8_t *blk, const uint8_t *lut, int np, int32_t *acc)
+{
+	static const uint8_t bit_of_lane[16] = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
+	const uint8x16_t m4 = vdupq_n_u8(15), bits = vld1q_u8(bit_of_lane);
+	const uint8x16_t sel[4] = {tl2_sel(0), tl2_sel(1), tl2_sel(2), tl2_sel(3)};
+	const uint8_t *signs = blk + (size_t)np * 64;
+	int16x8_t s[8];
+	uint8x16_t neg[4];
+	for (int m = 0; m < 8; m++)
+		s[m] = vdupq_n_s16(0);
+	for (int c = 0; c < 4; c++)
+		neg[c] = vdupq_n_u8(0);
+	for (int p = 0; p < np; p++) {
+		const uint8_t *L = lut + (size_t)p * 64;
+		const uint8x16_t lo0 = vld1q_u8(L), hi0 = vld1q_u8(L + 16);
+		const uint8x16_t lo1 = vld1q_u8(L + 32), hi1 = vld1q_u8(L + 48);
+		const uint8x16_t rec0 = vld1q_u8(signs + (size_t)p * 16);
+		const uint8x16_t rec1 = vextq_u8(rec0, rec0, 8);
+		const uint8_t *W = blk + (size_t)p * 64;
+		for (int c = 0; c < 4; c++) {
+			const uint8x16_t v = vld1q_u8(W + 16 * c);
+			const uint8x16_t i0 = vandq_u8(v, m4), i1 = vshrq_n_u8(v, 4);
+			const uint8x16_t n0 = vtstq_u8(vqtbl1q_u8(rec0, sel[c]), bits);
+			const uint8x16_t n1 = vtstq_u8(vqtbl1q_u8(rec1, sel[c]), bits);
+			const uint8x16_t l0 = veorq_u8(vqtbl1q_u8(lo0, i0), n0), h0 = veorq_u8(vqtbl1q_u8(hi0, i0), n0);
+			const uint8x16_t l1 = veorq_u8(vqtbl1q_u8(lo1, i1), n1), h1 = veorq_u8(vqtbl1q_u8(hi1, i1), n1);
+			const int16x8_t e0 = vreinterpretq_s16_u8(vzip1q_u8(l0, h0));
+			const int16x8_t e1 = vreinterpretq_s16_u8(vzip2q_u8(l0, h0));
+			const int16x8_t f0 = vreinterpretq_s16_u8(vzip1q_u8(l1, h1));
+			const int16x8_t f1 = vreinterpretq_s16_u8(vzip2q_u8(l1, h1));
+			s[2 * c] = vaddq_s16(s[2 * c], vaddq_s16(e0, f0));
+			s[2 * c + 1] = vaddq_s16(s[2 * c + 1], vaddq_s16(e1, f1));
+			/* n is 0xff (= -1) on negative rows: subtracting counts them. */
+			neg[c] = vsubq_u8(vsubq_u8(neg[c], n0), n1);
+		}
+	}
+	for (int c = 0; c < 4; c++) {
+		s[2 * c] = vaddq_s16(s[2 * c], vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(neg[c]))));
+		s[2 * c + 1] = vaddq_s16(s[2 * c + 1], vreinterpretq_s16_u16(vmovl_high_u8(neg[c])));
+	}
+	tl_widen(s, acc);
+}
+
+/* Stores the rows of tile t inside [row0, row1) for tokens j0 .. j0+nt-1. */
+static void tl_store(int32_t acc[TL_TOKENS][TERN_TL_ROWS], int nt, int j0, int t, int32_t *dot, int ldd, int row0,
+		     int row1)
+{
+	const int r0 = t * TERN_TL_ROWS;
+	const int lo = r0 < row0 ? row0 : r0;
+	const int hi = r0 + TERN_TL_ROWS < row1 ? r0 + TERN_TL_ROWS : row1;
+	for (int u = 0; u < nt; u++) {
+		int32_t *d = dot + (size_t)(j0 + u) * (size_t)ldd + (lo - row0);
+		memcpy(d, acc[u] + (lo - r0), (size_t)(hi - lo) * sizeof(int32_t));
+	}
+}
+
+void tern_kern_tl1_neon(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
+{
+	const int nquad = w->k_pad / 4;
+	const int qblk = TERN_TL_BLOCK_GROUPS / 2;
+	int32_t acc[TL_TOKENS][TERN_TL_ROWS];
+	for (int t = row0 / TERN_TL_ROWS; t * TERN_TL_ROWS < row1; t++) {
+		const uint8_t *tile = w->data + (size_t)t * (size_t)nquad * TERN_TL1_QUAD_BYTES;
+		for (int j0 = 0; j0 < a->n; j0 += TL_TOKENS) {
+			const int nt = a->n - j0 < TL_TOKENS ? a->n - j0 : TL_TOKENS;
+			memset(acc, 0, sizeof acc);
+			for (int q0 = 0; q0 < nquad; q0 += qblk) {
+				const int nq = nquad - q0 < qblk ? nquad - q0 : qblk;
+				for (int u = 0; u < nt; u++) {
+					const uint8_t *lut =
+					    (const uint8_t *)a->lut + (size_t)(j0 + u) * a->lut_row_bytes;
+					tl1_block(tile + (size_t)q0 * TERN_TL1_QUAD_BYTES,
+						  lut + (size_t)q0 * 2 * TERN_LUT_GROUP_BYTES, nq, acc[u]);
+				}
+			}
+			tl_store(acc, nt, j0, t, dot, ldd, row0, row1);
+		}
+	}
+}
+
+void tern_kern_tl2_neon(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
+{
+	const int npair = w->k_pad / 6;
+	int32_t acc[TL_TOKENS][TERN_TL_ROWS];
+	for (int t = row0 / TERN_TL_ROWS; t * TERN_TL_ROWS < row1; t++) {
+		const uint8_t *tile = w->data + (size_t)t * (size_t)npair * TERN_TL2_PAIR_BYTES;
+		for (int j0 = 0; j0 < a->n; j0 += TL_TOKENS) {
+			const int nt = a->n - j0 < TL_TOKENS ? a->n - j0 : TL_TOKENS;
+			memset(acc, 0, sizeof acc);
+			for (int p0 = 0; p0 < npair; p0 += TERN_TL2_BLOCK_PAIRS) {
+				const int np = npair - p0 < TERN_TL2_BLOCK_PAIRS ? npair - p0 : TERN_TL2_BLOCK_PAIRS;
+				for (int u = 0; u < nt; u++) {
+					const uint8_t *lut =
+					    (const uint8_t *)a->lut + (size_t)(j0 + u) * a->lut_row_bytes;
+					tl2_block(tile + (size_t)p0 * TERN_TL2_PAIR_BYTES,
+						  lut + (size_t)p0 * 2 * TERN_LUT_GROUP_BYTES, np, acc[u]);
+				}
+			}
+			tl_store(acc, nt, j0, t, dot, ldd, row0, row1);
+		}
+	}
+}

@@ -1,0 +1,50 @@
+/* kern-internal.h: what the per-ISA kernel files share with the dispatcher
+ * (not part of the public API). The byte layouts the kernels read are in
+ * LAYOUTS.md; the constants here are those layouts' parameters. */
+#ifndef TERN_KERN_INTERNAL_H
+#define TERN_KERN_INTERNAL_H
+
+#include "tern-kernels.h"
+
+#define TERN_TL_ROWS 64         /* TL1/TL2 row tile */
+#define TERN_TL_BLOCK_GROUPS 64 /* groups accumulated in int16 before widening (LAYOUTS.md bounds) */
+#define TERN_TL1_QUAD_BYTES 64  /* one quad (2 groups) of a 64-row tile */
+#define TERN_TL2_PAIR_BYTES 80  /* one group pair of a 64-row tile: 64 index + 16 sign bytes */
+#define TERN_TL2_BLOCK_PAIRS 32 /* pairs per TL2 block */
+#define TERN_LUT_GROUP_BYTES 32 /* lo[16] then hi[16] per group */
+
+/* Integer dot products for rows [row0, row1) and all a->n tokens, written to
+ * dot[j*ldd + (i - row0)] (dot points at row0's slot); arguments are validated
+ * by the caller. May compute whole row tiles but stores only rows < row1. */
+typedef void (*tern_kern_fn)(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1);
+
+void tern_kern_i2s_ref(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1);
+void tern_kern_tl1_ref(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1);
+void tern_kern_tl2_ref(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1);
+
+void tern_kern_i2s_avx2(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1);
+void tern_kern_tl1_avx2(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1);
+void tern_kern_tl2_avx2(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1);
+
+void tern_kern_i2s_avx512(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1);
+void tern_kern_tl1_avx512(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1);
+void tern_kern_tl2_avx512(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1);
+/* 1: the AVX-512 I2_S kernel uses vpdpbusd (default when the CPU has VNNI);
+ * 0: maddubs + madd. Tests flip it to cover both on a VNNI machine. */
+extern int tern_kern_avx512_vnni;
+/* 1: the AVX-512 TL1/TL2 kernels use vpermb lookups (default with VBMI);
+ * 0: vpshufb + unpack. */
+extern int tern_kern_avx512_vbmi;
+
+void tern_kern_i2s_neon(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1);
+void tern_kern_tl1_neon(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1);
+void tern_kern_tl2_neon(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1);
+
+/* Weight of row i, column k of a packed matrix (0 in the padding). The
+ * reference kernels and tern_matrix_unpack read the layouts only through this. */
+int tern_weight_at(const tern_matrix *w, int i, int k);
+
+/* Groups of the LUT for packing p (0 for I2_S). */
+int tern_lut_groups(tern_packing p, int k_pad);
+
+#endif /* TERN_KERN_INTERNAL_H */

@@ -1,0 +1,64 @@
+/* tl-drive.h: the loop nest shared by the x86 TL1/TL2 kernels (plain C, no
+ * ISA flags). A tile function computes int32 sums of one 64-row tile for a
+ * block of tokens over steps [s0, s1) (a step = 64 index bytes = two groups),
+ * prefetching pf bytes ahead of what it reads (0: none); this driver orders
+ * the calls.
+ *
+ * GEMV (n == 1) streams each tile over all of K once, prefetching far ahead
+ * in the same (linear) stream. GEMM goes over K in slices sized so the
+ * activation tables of every token for the slice (n * 64 bytes per step) stay
+ * within TL_LUT_BUDGET of L2 while all tiles pass (unsliced, the tables of 32
+ * tokens at K = 6912, 2.3 MiB, were re-read from L3 for every tile); the first
+ * token block of a slice prefetches the same slice of the next tile. Partial
+ * sums are added into dot. */
+#ifndef TERN_TL_DRIVE_H
+#define TERN_TL_DRIVE_H
+
+#include "kern-internal.h"
+
+#include <stddef.h>
+#include <string.h>
+
+#define TL_LUT_BUDGET (512 * 1024)
+#define TL_MAX_TOKENS 8
+#ifndef TL_GEMV_PREFETCH
+#define TL_GEMV_PREFETCH 16384 /* see TERN_PREFETCH in gemm-avx512.c */
+#endif
+
+typedef void (*tl_run_fn)(const uint8_t *tile, int s0, int s1, const tern_act *a, int j0, int nt, ptrdiff_t pf,
+			  int32_t acc[][TERN_TL_ROWS]);
+
+static void tl_drive(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1, int steps,
+		     size_t step_bytes, int max_nt, tl_run_fn run)
+{
+	int32_t acc[TL_MAX_TOKENS][TERN_TL_ROWS];
+	const size_t tile_bytes = (size_t)steps * step_bytes;
+	/* Slices are whole 32-step int16 blocks. */
+	int super = a->n == 1 ? steps : TL_LUT_BUDGET / (a->n * 2 * TERN_LUT_GROUP_BYTES) / 32 * 32;
+	if (super < 32)
+		super = 32;
+	for (int s0 = 0; s0 < steps; s0 += super) {
+		const int s1 = steps - s0 < super ? steps : s0 + super;
+		for (int r = row0; r < row1; r += TERN_TL_ROWS) {
+			const uint8_t *tile = w->data + (size_t)(r / TERN_TL_ROWS) * tile_bytes;
+			const int rows = row1 - r < TERN_TL_ROWS ? row1 - r : TERN_TL_ROWS;
+			for (int j = 0; j < a->n;) {
+				const int nt = a->n - j >= max_nt ? max_nt : a->n - j >= max_nt / 2 ? max_nt / 2 : 1;
+				memset(acc, 0, (size_t)nt * sizeof acc[0]);
+				const ptrdiff_t pf = a->n == 1 ? TL_GEMV_PREFETCH : j == 0 ? (ptrdiff_t)tile_bytes : 0;
+				run(tile, s0, s1, a, j, nt, pf, acc);
+				for (int t = 0; t < nt; t++) {
+					int32_t *d = dot + (size_t)(j + t) * (size_t)ldd + (size_t)(r - row0);
+					if (s0 == 0)
+						memcpy(d, acc[t], (size_t)rows * sizeof(int32_t));
+					else
+						for (int i = 0; i < rows; i++)
+							d[i] += acc[t][i];
+				}
+				j += nt;
+			}
+		}
+	}
+}
+
+#endif /* TERN_TL_DRIVE_H */

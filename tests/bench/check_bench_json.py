@@ -1,0 +1,75 @@
+#!/usr/bin/python3
+"""check_bench_json.py: runs a tern-bench command that was given --json and
+checks its stdout against DESIGN.md's "Benchmark output" convention: every line
+one JSON object with the common keys, kernel rows with theirs, a read_bw row,
+and the figures positive and consistent (fraction == value / bound).
+
+usage: check_bench_json.py [EMULATOR...] TERN_BENCH MODE ARGS...   (exit 0 when valid)
+"""
+import json
+import math
+import subprocess
+import sys
+
+COMMON = {"bench": str, "what": str, "threads": int, "value": (int, float), "unit": str}
+NULLABLE = ("bound", "fraction")
+KERNEL = {"packing": str, "isa": str, "op": str, "batch": int, "m": int, "k": int}
+
+
+def fail(msg):
+    print("check_bench_json: " + msg, file=sys.stderr)
+    sys.exit(1)
+
+
+def main():
+    if len(sys.argv) < 3:
+        fail("usage: check_bench_json.py TERN_BENCH ARGS...")
+    proc = subprocess.run(sys.argv[1:], stdout=subprocess.PIPE, timeout=600)
+    if proc.returncode != 0:
+        fail("%s exited with %d" % (" ".join(sys.argv[1:]), proc.returncode))
+    lines = proc.stdout.decode().splitlines()
+    if not lines:
+        fail("no rows on stdout")
+    seen = {"read_bw": 0, "gemv": 0, "gemm": 0}
+    for n, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            fail("line %d is not JSON (%s): %r" % (n, e, line[:120]))
+        if not isinstance(row, dict):
+            fail("line %d is not an object" % n)
+        for key, typ in COMMON.items():
+            if key not in row or not isinstance(row[key], typ) or isinstance(row[key], bool):
+                fail("line %d: key %r missing or not %s: %r" % (n, key, typ, line[:200]))
+        for key in NULLABLE:
+            if key not in row or not (row[key] is None or isinstance(row[key], (int, float))):
+                fail("line %d: key %r missing or not a number/null" % (n, key))
+        if not (math.isfinite(row["value"]) and row["value"] > 0):
+            fail("line %d: value %r is not a positive number" % (n, row["value"]))
+        if row["threads"] < 1:
+            fail("line %d: threads %r" % (n, row["threads"]))
+        if row["bound"] is not None:
+            if row["fraction"] is None or abs(row["fraction"] - row["value"] / row["bound"]) > 1e-4 * max(
+                    1.0, row["fraction"]):
+                fail("line %d: fraction %r is not value/bound" % (n, row["fraction"]))
+        if row["bench"] == "kernels":
+            what = row["what"]
+            if what in seen:
+                seen[what] += 1
+            if what != "read_bw":
+                for key, typ in KERNEL.items():
+                    if key not in row or not isinstance(row[key], typ):
+                        fail("line %d: kernel row lacks %r: %r" % (n, key, line[:200]))
+                if row["op"] not in ("gemv", "gemm"):
+                    fail("line %d: op %r" % (n, row["op"]))
+                if row["bound"] is None:
+                    fail("line %d: kernel row without a bandwidth bound" % n)
+    if "kernels" in sys.argv[2:]:
+        for what, count in seen.items():
+            if count == 0:
+                fail("no %s row" % what)
+    print("check_bench_json: %d valid rows (%s)" % (len(lines), ", ".join("%s %d" % kv for kv in seen.items())))
+
+
+if __name__ == "__main__":
+    main()
