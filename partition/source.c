@@ -1,0 +1,1049 @@
+/* source.c: the uniform model source of tern-source.h over GGUF files and
+ * HF safetensors checkpoints. Open resolves and shape-checks every tensor the
+ * model needs into small references (format, pointer, shape); the accessors
+ * then decode straight from the mapping: I2_S and HF packed bytes unpack to
+ * ternary, full-precision weights are quantized with the per-group absmean
+ * rule in two passes (sum, then round) so no f32 copy of a matrix is made. */
+#include "tern-source.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "tern-gguf.h"
+#include "tern-json.h"
+#include "tern-safetensors.h"
+
+enum { FMT_F32, FMT_F16, FMT_BF16, FMT_I2S, FMT_PACKED };
+
+typedef struct {
+	int fmt;
+	const uint8_t *data;
+	int64_t m, k; /* logical shape (norms: m = 1, k = n) */
+	float scale;  /* I2S / PACKED: the file's per-tensor scale */
+	char name[96];
+} tref;
+
+struct tern_source {
+	char *path;
+	tern_source_kind kind;
+	tern_hparams hp;
+	tern_gguf *g;
+	tern_st **st; /* (n_st) HF shards */
+	int n_st;
+	int prequant;
+	char fmt_desc[32];
+	tref *w;    /* (n_layer, TERN_PROJ_COUNT) */
+	tref *norm; /* (n_layer * 4 + 1): per layer ATTN..FFN_SUB, then OUTPUT */
+	tern_dense_view dense[2];
+	int has_output;
+	/* tokenizer (lazy) */
+	int vocab_loaded;
+	tern_vocab vocab;
+	char *vocab_arena;
+	void *vocab_arrays[6];
+};
+
+/* ---- half precision --------------------------------------------------------- */
+
+float tern_f16_to_f32(uint16_t h)
+{
+	const uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+	uint32_t exp = (h >> 10) & 0x1F, mant = h & 0x3FF, u;
+	if (exp == 0x1F) {
+		u = sign | 0x7F800000u | (mant << 13);
+	} else if (exp == 0) {
+		if (mant == 0) {
+			u = sign;
+		} else {
+			/* Subnormal: normalise. */
+			int e = -1;
+			do {
+				e++;
+				mant <<= 1;
+			} while (!(mant & 0x400));
+			u = sign | ((uint32_t)(127 - 15 - e) << 23) | ((mant & 0x3FF) << 13);
+		}
+	} else {
+		u = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+	}
+	float f;
+	memcpy(&f, &u, 4);
+	return f;
+}
+
+uint16_t tern_f32_to_f16(float f)
+{
+	uint32_t u;
+	memcpy(&u, &f, 4);
+	const uint16_t sign = (uint16_t)((u >> 16) & 0x8000);
+	const uint32_t absu = u & 0x7FFFFFFFu;
+	if (absu > 0x7F800000u)
+		return (uint16_t)(sign | 0x7E00); /* NaN */
+	if (absu >= 0x477FF000u)                  /* rounds to >= 65520: inf */
+		return (uint16_t)(sign | 0x7C00);
+	if (absu < 0x38800000u) {
+		/* f16 subnormal: the value in units of 2^-24, rounded half to even.
+		 * x = m * 2^(e-150) with the implicit bit in m, so units = m >> (126-e). */
+		if (absu < 0x33000000u)
+			return sign; /* below half the smallest subnormal (ties to even: 0) */
+		const uint32_t e = absu >> 23, m = (absu & 0x7FFFFF) | 0x800000;
+		const uint32_t drop = 126 - e;
+		const uint32_t q = m >> drop, rem = m & ((1u << drop) - 1), half = 1u << (drop - 1);
+		return (uint16_t)(sign | (q + (rem > half || (rem == half && (q & 1)))));
+	}
+	uint32_t v = ((absu >> 13) - ((127 - 15) << 10));
+	const uint32_t rem = absu & 0x1FFF;
+	if (rem > 0x1000 || (rem == 0x1000 && (v & 1)))
+		v++;
+	return (uint16_t)(sign | v);
+}
+
+float tern_bf16_to_f32(uint16_t h)
+{
+	const uint32_t u = (uint32_t)h << 16;
+	float f;
+	memcpy(&f, &u, 4);
+	return f;
+}
+
+uint16_t tern_f32_to_bf16(float f)
+{
+	uint32_t u;
+	memcpy(&u, &f, 4);
+	if ((u & 0x7FFFFFFFu) > 0x7F800000u)
+		return (uint16_t)((u >> 16) | 0x40);
+	u += 0x7FFF + ((u >> 16) & 1);
+	return (uint16_t)(u >> 16);
+}
+
+/* ---- names ------------------------------------------------------------------ */
+
+static const char *const proj_names[TERN_PROJ_COUNT] = {"q", "k", "v", "o", "gate", "up", "down"};
+static const char *const proj_gguf[TERN_PROJ_COUNT] = {"attn_q",   "attn_k", "attn_v",  "attn_output",
+						       "ffn_gate", "ffn_up", "ffn_down"};
+static const char *const proj_hf[TERN_PROJ_COUNT] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+						     "self_attn.o_proj", "mlp.gate_proj",    "mlp.up_proj",
+						     "mlp.down_proj"};
+static const char *const norm_names[TERN_NORM_COUNT] = {"attn_norm", "attn_sub_norm", "ffn_norm", "ffn_sub_norm",
+							"output_norm"};
+static const char *const norm_hf[TERN_NORM_COUNT] = {"input_layernorm", "self_attn.attn_sub_norm",
+						     "post_attention_layernorm", "mlp.ffn_sub_norm", "norm"};
+
+const char *tern_proj_name(tern_proj p)
+{
+	return (unsigned)p < TERN_PROJ_COUNT ? proj_names[p] : "?";
+}
+
+const char *tern_norm_name(tern_norm_kind n)
+{
+	return (unsigned)n < TERN_NORM_COUNT ? norm_names[n] : "?";
+}
+
+void tern_proj_gguf_name(tern_proj p, int layer, char *buf, size_t len)
+{
+	snprintf(buf, len, "blk.%d.%s.weight", layer, (unsigned)p < TERN_PROJ_COUNT ? proj_gguf[p] : "?");
+}
+
+void tern_norm_gguf_name(tern_norm_kind n, int layer, char *buf, size_t len)
+{
+	if (n == TERN_NORM_OUTPUT)
+		snprintf(buf, len, "output_norm.weight");
+	else
+		snprintf(buf, len, "blk.%d.%s.weight", layer, tern_norm_name(n));
+}
+
+void tern_proj_shape(const tern_hparams *hp, tern_proj p, int *m, int *k)
+{
+	const int kv = hp->n_head_kv * hp->head_dim;
+	switch (p) {
+	case TERN_PROJ_K:
+	case TERN_PROJ_V:
+		*m = kv;
+		*k = hp->n_embd;
+		break;
+	case TERN_PROJ_GATE:
+	case TERN_PROJ_UP:
+		*m = hp->n_ff;
+		*k = hp->n_embd;
+		break;
+	case TERN_PROJ_DOWN:
+		*m = hp->n_embd;
+		*k = hp->n_ff;
+		break;
+	default:
+		*m = hp->n_embd;
+		*k = hp->n_embd;
+		break;
+	}
+}
+
+int tern_norm_len(const tern_hparams *hp, tern_norm_kind n)
+{
+	return n == TERN_NORM_FFN_SUB ? hp->n_ff : hp->n_embd;
+}
+
+/* ---- element access ---------------------------------------------------------- */
+
+static float ld_f32(int fmt, const uint8_t *d, uint64_t i)
+{
+	switch (fmt) {
+	case FMT_F32: {
+		float f;
+		memcpy(&f, d + 4 * i, 4);
+		return f;
+	}
+	case FMT_F16: return tern_f16_to_f32((uint16_t)(d[2 * i] | (d[2 * i + 1] << 8)));
+	default: return tern_bf16_to_f32((uint16_t)(d[2 * i] | (d[2 * i + 1] << 8)));
+	}
+}
+
+/* Per-group absmean over a full-precision m x k matrix in any float format. */
+static int absmean_quantize(int fmt, const uint8_t *d, int64_t m, int64_t k, int64_t group_rows, int8_t *w,
+			    float *scales, const char *what, tern_err *err)
+{
+	if (group_rows <= 0 || group_rows > m)
+		group_rows = m;
+	const int64_t n_groups = (m + group_rows - 1) / group_rows;
+	for (int64_t gi = 0; gi < n_groups; gi++) {
+		const int64_t r0 = gi * group_rows, r1 = r0 + group_rows < m ? r0 + group_rows : m;
+		double sum = 0.0;
+		for (uint64_t i = (uint64_t)(r0 * k); i < (uint64_t)(r1 * k); i++)
+			sum += fabs((double)ld_f32(fmt, d, i));
+		if (!isfinite(sum))
+			return TERN_ERR(err, TERN_EFORMAT, "%s: non-finite weights in rows %" PRId64 "..%" PRId64, what,
+					r0, r1 - 1);
+		const float mean = (float)(sum / (double)((r1 - r0) * k));
+		const float scale = mean > 1e-5f ? mean : 1e-5f;
+		const float s = 1.0f / scale;
+		for (uint64_t i = (uint64_t)(r0 * k); i < (uint64_t)(r1 * k); i++) {
+			float q = rintf(ld_f32(fmt, d, i) * s);
+			q = q > 1.0f ? 1.0f : q < -1.0f ? -1.0f : q;
+			w[i] = (int8_t)q;
+		}
+		scales[gi] = scale;
+	}
+	return (int)group_rows;
+}
+
+int tern_absmean_quantize(const float *x, int64_t m, int64_t k, int64_t group_rows, int8_t *w, float *scales,
+			  tern_err *err)
+{
+	TERN_RETURN_IF(m <= 0 || k <= 0, err, TERN_EINVAL, "absmean: bad shape %" PRId64 "x%" PRId64, m, k);
+	const int rc = absmean_quantize(FMT_F32, (const uint8_t *)x, m, k, group_rows, w, scales, "absmean", err);
+	return rc < 0 ? rc : 0;
+}
+
+/* ---- opening ------------------------------------------------------------------ */
+
+static int gguf_fmt(uint32_t type)
+{
+	switch (type) {
+	case TERN_GGML_F32: return FMT_F32;
+	case TERN_GGML_F16: return FMT_F16;
+	case TERN_GGML_BF16: return FMT_BF16;
+	case TERN_GGML_I2_S: return FMT_I2S;
+	default: return -1;
+	}
+}
+
+static int st_fmt(int dtype)
+{
+	switch (dtype) {
+	case TERN_ST_F32: return FMT_F32;
+	case TERN_ST_F16: return FMT_F16;
+	case TERN_ST_BF16: return FMT_BF16;
+	case TERN_ST_U8: return FMT_PACKED;
+	default: return -1;
+	}
+}
+
+static const char *fmt_name(int fmt)
+{
+	static const char *const n[] = {"f32", "f16", "bf16", "i2_s", "packed"};
+	return n[fmt];
+}
+
+static int ggml_of_fmt(int fmt)
+{
+	return fmt == FMT_F32 ? TERN_GGML_F32 : fmt == FMT_F16 ? TERN_GGML_F16 : TERN_GGML_BF16;
+}
+
+/* Resolves a GGUF tensor of logical shape rows x cols (ne = {cols, rows}; a
+ * 1-D tensor when rows == 0). */
+static int gguf_ref(tern_source *s, const char *name, int64_t rows, int64_t cols, int allow_i2s, tref *r, tern_err *err)
+{
+	const tern_gguf_tensor *t = tern_gguf_find_tensor(s->g, name);
+	TERN_RETURN_IF(!t, err, TERN_EFORMAT, "%s: missing tensor '%s'", s->path, name);
+	const int two_d = rows > 0;
+	if (two_d ? (t->n_dims != 2 || t->ne[0] != (uint64_t)cols || t->ne[1] != (uint64_t)rows)
+		  : (t->n_dims != 1 || t->ne[0] != (uint64_t)cols))
+		return TERN_ERR(err, TERN_EFORMAT,
+				"%s: tensor '%s' has shape [%" PRIu64 ", %" PRIu64 "], expected [%" PRId64 ", %" PRId64
+				"]",
+				s->path, name, t->ne[0], t->n_dims > 1 ? t->ne[1] : 1, cols, two_d ? rows : 1);
+	const int fmt = gguf_fmt(t->type);
+	if (fmt < 0 || (fmt == FMT_I2S && !allow_i2s))
+		return TERN_ERR(err, TERN_EUNSUP, "%s: tensor '%s' has type %s, which tern cannot use here", s->path,
+				name, tern_ggml_type_name(t->type));
+	r->fmt = fmt;
+	r->data = t->data;
+	r->m = two_d ? rows : 1;
+	r->k = cols;
+	snprintf(r->name, sizeof r->name, "%s", name);
+	if (fmt == FMT_I2S) {
+		TERN_RETURN_IF((rows * cols) % 128 != 0, err, TERN_EUNSUP,
+			       "%s: I2_S tensor '%s' has %" PRId64 " elements, not a multiple of 128", s->path, name,
+			       rows * cols);
+		r->scale = tern_i2s_scale(t->data, rows, cols);
+		TERN_RETURN_IF(!isfinite(r->scale), err, TERN_EFORMAT, "%s: tensor '%s' has a non-finite scale",
+			       s->path, name);
+	}
+	return 0;
+}
+
+static int open_gguf(tern_source *s, tern_err *err)
+{
+	TERN_FORWARD_IF_ERROR(tern_gguf_open(&s->g, s->path, err));
+	TERN_FORWARD_IF_ERROR(tern_gguf_hparams(s->g, &s->hp, err));
+	const tern_hparams *hp = &s->hp;
+	char name[96];
+	int n_i2s = 0, wfmt = -1;
+	for (int l = 0; l < hp->n_layer; l++) {
+		for (int p = 0; p < TERN_PROJ_COUNT; p++) {
+			int m, k;
+			tern_proj_shape(hp, (tern_proj)p, &m, &k);
+			tern_proj_gguf_name((tern_proj)p, l, name, sizeof name);
+			tref *r = &s->w[l * TERN_PROJ_COUNT + p];
+			TERN_FORWARD_IF_ERROR(gguf_ref(s, name, m, k, 1, r, err));
+			n_i2s += r->fmt == FMT_I2S;
+			wfmt = r->fmt;
+		}
+		for (int n = 0; n < TERN_NORM_OUTPUT; n++) {
+			tern_norm_gguf_name((tern_norm_kind)n, l, name, sizeof name);
+			TERN_FORWARD_IF_ERROR(
+			    gguf_ref(s, name, 0, tern_norm_len(hp, (tern_norm_kind)n), 0, &s->norm[l * 4 + n], err));
+		}
+	}
+	TERN_FORWARD_IF_ERROR(gguf_ref(s, "output_norm.weight", 0, hp->n_embd, 0, &s->norm[hp->n_layer * 4], err));
+	const int n_w = hp->n_layer * TERN_PROJ_COUNT;
+	s->prequant = n_i2s == n_w;
+	TERN_RETURN_IF(n_i2s != 0 && n_i2s != n_w, err, TERN_EUNSUP,
+		       "%s: mixes I2_S and full-precision projection weights", s->path);
+	snprintf(s->fmt_desc, sizeof s->fmt_desc, "gguf %s", fmt_name(wfmt));
+	const char *dn[2] = {"token_embd.weight", "output.weight"};
+	for (int i = 0; i < 2; i++) {
+		if (i == 1 && hp->tied_embeddings)
+			break;
+		tref r;
+		TERN_FORWARD_IF_ERROR(gguf_ref(s, dn[i], hp->n_vocab, hp->n_embd, 0, &r, err));
+		tern_dense_view *v = &s->dense[i];
+		v->type = ggml_of_fmt(r.fmt);
+		v->rows = hp->n_vocab;
+		v->cols = hp->n_embd;
+		v->row_bytes = (size_t)hp->n_embd * (r.fmt == FMT_F32 ? 4 : 2);
+		v->data = r.data;
+	}
+	s->has_output = !hp->tied_embeddings;
+	return 0;
+}
+
+static const tern_st_tensor *hf_find(const tern_source *s, const char *name)
+{
+	for (int i = 0; i < s->n_st; i++) {
+		const tern_st_tensor *t = tern_st_find(s->st[i], name);
+		if (t)
+			return t;
+	}
+	return NULL;
+}
+
+/* Resolves an HF tensor of logical shape rows x cols (1-D when rows == 0);
+ * U8 weights are packed [rows/4, cols] with a weight_scale next to them. */
+static int hf_ref(tern_source *s, const char *name, int64_t rows, int64_t cols, int allow_packed, tref *r,
+		  tern_err *err)
+{
+	const tern_st_tensor *t = hf_find(s, name);
+	TERN_RETURN_IF(!t, err, TERN_EFORMAT, "%s: missing tensor '%s'", s->path, name);
+	const int fmt = st_fmt(t->dtype);
+	TERN_RETURN_IF(fmt < 0 || (fmt == FMT_PACKED && !allow_packed), err, TERN_EUNSUP,
+		       "%s: tensor '%s' has dtype %s, which tern cannot use here", s->path, name,
+		       tern_st_dtype_name(t->dtype));
+	const int64_t want0 = fmt == FMT_PACKED ? rows / 4 : rows;
+	const int two_d = rows > 0;
+	if (two_d ? (t->n_dims != 2 || t->shape[0] != (uint64_t)want0 || t->shape[1] != (uint64_t)cols ||
+		     (fmt == FMT_PACKED && rows % 4 != 0))
+		  : (t->n_dims != 1 || t->shape[0] != (uint64_t)cols))
+		return TERN_ERR(err, TERN_EFORMAT,
+				"%s: tensor '%s' (%s) has shape [%" PRIu64 ", %" PRIu64 "], expected [%" PRId64
+				", %" PRId64 "]",
+				s->path, name, tern_st_dtype_name(t->dtype), t->shape[0],
+				t->n_dims > 1 ? t->shape[1] : 0, two_d ? want0 : cols, two_d ? cols : 0);
+	r->fmt = fmt;
+	r->data = t->data;
+	r->m = two_d ? rows : 1;
+	r->k = cols;
+	snprintf(r->name, sizeof r->name, "%s", name);
+	if (fmt == FMT_PACKED) {
+		char sname[128];
+		const size_t nl = strlen(name);
+		/* "<module>.weight" -> "<module>.weight_scale" */
+		snprintf(sname, sizeof sname, "%.*s.weight_scale", (int)(nl > 7 ? nl - 7 : nl), name);
+		const tern_st_tensor *st = hf_find(s, sname);
+		TERN_RETURN_IF(!st, err, TERN_EFORMAT, "%s: packed weight '%s' has no '%s'", s->path, name, sname);
+		TERN_RETURN_IF(st->n_elem != 1 || st_fmt(st->dtype) < 0 || st_fmt(st->dtype) == FMT_PACKED, err,
+			       TERN_EFORMAT, "%s: '%s' must be one float", s->path, sname);
+		r->scale = tern_st_get_f32(st, 0);
+		TERN_RETURN_IF(!isfinite(r->scale), err, TERN_EFORMAT, "%s: '%s' is not finite", s->path, sname);
+	}
+	return 0;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+static int open_hf(tern_source *s, tern_err *err)
+{
+	int online = 1;
+	TERN_FORWARD_IF_ERROR(tern_hf_config_read(s->path, &s->hp, &online, err));
+	DIR *d = opendir(s->path);
+	TERN_RETURN_IF(!d, err, TERN_EIO, "%s: cannot list: %s", s->path, strerror(errno));
+	char *names[256];
+	int n = 0;
+	struct dirent *e;
+	int rc = 0;
+	while ((e = readdir(d)) != NULL) {
+		const size_t l = strlen(e->d_name);
+		if (l > 12 && strcmp(e->d_name + l - 12, ".safetensors") == 0) {
+			if (n == 256) {
+				rc = TERN_ERR(err, TERN_ERANGE, "%s: more than 256 safetensors files", s->path);
+				break;
+			}
+			names[n] = strdup(e->d_name);
+			if (!names[n]) {
+				rc = TERN_ERR(err, TERN_ENOMEM, "out of memory");
+				break;
+			}
+			n++;
+		}
+	}
+	closedir(d);
+	if (rc == 0 && n == 0)
+		rc = TERN_ERR(err, TERN_EFORMAT, "%s: no .safetensors files in the directory", s->path);
+	if (rc == 0) {
+		qsort(names, (size_t)n, sizeof names[0], cmp_str);
+		s->st = calloc((size_t)n, sizeof *s->st);
+		if (!s->st)
+			rc = TERN_ERR(err, TERN_ENOMEM, "out of memory");
+	}
+	for (int i = 0; rc == 0 && i < n; i++) {
+		char p[4096];
+		snprintf(p, sizeof p, "%s/%s", s->path, names[i]);
+		rc = tern_st_open(&s->st[i], p, err);
+		if (rc == 0)
+			s->n_st++;
+	}
+	for (int i = 0; i < n; i++)
+		free(names[i]);
+	TERN_FORWARD_IF_ERROR(rc);
+
+	const tern_hparams *hp = &s->hp;
+	char name[128];
+	int n_packed = 0, wfmt = -1;
+	for (int l = 0; l < hp->n_layer; l++) {
+		for (int p = 0; p < TERN_PROJ_COUNT; p++) {
+			int m, k;
+			tern_proj_shape(hp, (tern_proj)p, &m, &k);
+			snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, proj_hf[p]);
+			tref *r = &s->w[l * TERN_PROJ_COUNT + p];
+			TERN_FORWARD_IF_ERROR(hf_ref(s, name, m, k, 1, r, err));
+			n_packed += r->fmt == FMT_PACKED;
+			wfmt = r->fmt;
+		}
+		for (int nk = 0; nk < TERN_NORM_OUTPUT; nk++) {
+			snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, norm_hf[nk]);
+			TERN_FORWARD_IF_ERROR(
+			    hf_ref(s, name, 0, tern_norm_len(hp, (tern_norm_kind)nk), 0, &s->norm[l * 4 + nk], err));
+		}
+	}
+	TERN_FORWARD_IF_ERROR(hf_ref(s, "model.norm.weight", 0, hp->n_embd, 0, &s->norm[hp->n_layer * 4], err));
+	const int n_w = hp->n_layer * TERN_PROJ_COUNT;
+	TERN_RETURN_IF(n_packed != 0 && n_packed != n_w, err, TERN_EUNSUP,
+		       "%s: mixes packed and full-precision projection weights", s->path);
+	s->prequant = n_packed == n_w;
+	snprintf(s->fmt_desc, sizeof s->fmt_desc, "hf %s", fmt_name(wfmt));
+	/* A checkpoint without lm_head is tied whatever config.json says. */
+	const int has_head = hf_find(s, "lm_head.weight") != NULL;
+	s->hp.tied_embeddings = !has_head;
+	const char *dn[2] = {"model.embed_tokens.weight", "lm_head.weight"};
+	for (int i = 0; i < 1 + has_head; i++) {
+		tref r;
+		TERN_FORWARD_IF_ERROR(hf_ref(s, dn[i], hp->n_vocab, hp->n_embd, 0, &r, err));
+		tern_dense_view *v = &s->dense[i];
+		v->type = ggml_of_fmt(r.fmt);
+		v->rows = hp->n_vocab;
+		v->cols = hp->n_embd;
+		v->row_bytes = (size_t)hp->n_embd * (r.fmt == FMT_F32 ? 4 : 2);
+		v->data = r.data;
+	}
+	s->has_output = has_head;
+	(void)online;
+	return 0;
+}
+
+int tern_source_open(tern_source **out, const char *path, tern_err *err)
+{
+	*out = NULL;
+	struct stat sb;
+	TERN_RETURN_IF(stat(path, &sb) != 0, err, TERN_EIO, "%s: %s", path, strerror(errno));
+	tern_source *s = calloc(1, sizeof *s);
+	TERN_RETURN_IF(!s, err, TERN_ENOMEM, "%s: out of memory", path);
+	s->path = strdup(path);
+	int rc = s->path ? 0 : TERN_ERR(err, TERN_ENOMEM, "%s: out of memory", path);
+	if (rc == 0) {
+		s->kind = S_ISDIR(sb.st_mode) ? TERN_SOURCE_HF : TERN_SOURCE_GGUF;
+		/* hparams first (bounded by tern_hparams_validate), then the refs. */
+		if (s->kind == TERN_SOURCE_GGUF) {
+			rc = tern_gguf_open(&s->g, path, err);
+			if (rc == 0)
+				rc = tern_gguf_hparams(s->g, &s->hp, err);
+			tern_gguf_close(s->g);
+			s->g = NULL;
+		} else {
+			rc = tern_hf_config_read(path, &s->hp, NULL, err);
+		}
+	}
+	if (rc == 0) {
+		s->w = calloc((size_t)s->hp.n_layer * TERN_PROJ_COUNT, sizeof *s->w);
+		s->norm = calloc((size_t)s->hp.n_layer * 4 + 1, sizeof *s->norm);
+		if (!s->w || !s->norm)
+			rc = TERN_ERR(err, TERN_ENOMEM, "%s: out of memory", path);
+	}
+	if (rc == 0)
+		rc = s->kind == TERN_SOURCE_GGUF ? open_gguf(s, err) : open_hf(s, err);
+	if (rc < 0) {
+		tern_source_close(s);
+		return rc;
+	}
+	*out = s;
+	return 0;
+}
+
+static void free_vocab(tern_source *s)
+{
+	free(s->vocab_arena);
+	for (int i = 0; i < 6; i++)
+		free(s->vocab_arrays[i]);
+	s->vocab_arena = NULL;
+	memset(s->vocab_arrays, 0, sizeof s->vocab_arrays);
+	s->vocab_loaded = 0;
+}
+
+void tern_source_close(tern_source *s)
+{
+	if (!s)
+		return;
+	tern_gguf_close(s->g);
+	for (int i = 0; i < s->n_st; i++)
+		tern_st_close(s->st[i]);
+	free(s->st);
+	free(s->w);
+	free(s->norm);
+	free_vocab(s);
+	free(s->path);
+	free(s);
+}
+
+const tern_hparams *tern_source_hparams(const tern_source *s)
+{
+	return &s->hp;
+}
+tern_source_kind tern_source_kind_of(const tern_source *s)
+{
+	return s->kind;
+}
+const char *tern_source_path(const tern_source *s)
+{
+	return s->path;
+}
+int tern_source_prequantized(const tern_source *s)
+{
+	return s->prequant;
+}
+const char *tern_source_weight_format(const tern_source *s)
+{
+	return s->fmt_desc;
+}
+const struct tern_gguf *tern_source_gguf(const tern_source *s)
+{
+	return s->g;
+}
+
+/* ---- weights ---------------------------------------------------------------- */
+
+static int unpack_hf(const tref *r, int8_t *w, const char *path, tern_err *err)
+{
+	const int64_t P = r->m / 4, k = r->k;
+	int bad = 0;
+	for (int i = 0; i < 4; i++) {
+		for (int64_t p = 0; p < P; p++) {
+			const uint8_t *src = r->data + (uint64_t)(p * k);
+			int8_t *dst = w + (uint64_t)((i * P + p) * k);
+			for (int64_t c = 0; c < k; c++) {
+				const int code = (src[c] >> (2 * i)) & 3;
+				bad |= code == 3;
+				dst[c] = (int8_t)(code - 1);
+			}
+		}
+	}
+	if (bad)
+		return TERN_ERR(err, TERN_EFORMAT, "%s: tensor '%s' holds the invalid 2-bit code 3", path, r->name);
+	return 0;
+}
+
+int tern_source_ternary(const tern_source *s, int layer, tern_proj p, int group_rows, int8_t *w, float *scales,
+			int *group_rows_out, tern_err *err)
+{
+	TERN_RETURN_IF(layer < 0 || layer >= s->hp.n_layer || (unsigned)p >= TERN_PROJ_COUNT, err, TERN_EINVAL,
+		       "%s: no projection %d of layer %d", s->path, (int)p, layer);
+	const tref *r = &s->w[layer * TERN_PROJ_COUNT + p];
+	char what[700];
+	snprintf(what, sizeof what, "%s: tensor '%s'", s->path, r->name);
+	if (r->fmt == FMT_I2S || r->fmt == FMT_PACKED) {
+		if (r->fmt == FMT_I2S)
+			TERN_FORWARD_IF_ERROR(tern_i2s_decode_rows(r->data, r->m, r->k, 0, r->m, w, what, err));
+		else
+			TERN_FORWARD_IF_ERROR(unpack_hf(r, w, s->path, err));
+		scales[0] = r->scale;
+		*group_rows_out = (int)r->m;
+		return 0;
+	}
+	const int rc = absmean_quantize(r->fmt, r->data, r->m, r->k, group_rows, w, scales, what, err);
+	TERN_FORWARD_IF_ERROR(rc);
+	*group_rows_out = rc;
+	return 0;
+}
+
+int tern_source_norm(const tern_source *s, int layer, tern_norm_kind n, float *out, tern_err *err)
+{
+	TERN_RETURN_IF((unsigned)n >= TERN_NORM_COUNT ||
+			   (n != TERN_NORM_OUTPUT && (layer < 0 || layer >= s->hp.n_layer)),
+		       err, TERN_EINVAL, "%s: no norm %d of layer %d", s->path, (int)n, layer);
+	const tref *r = n == TERN_NORM_OUTPUT ? &s->norm[s->hp.n_layer * 4] : &s->norm[layer * 4 + n];
+	for (int64_t i = 0; i < r->k; i++)
+		out[i] = ld_f32(r->fmt, r->data, (uint64_t)i);
+	return 0;
+}
+
+int tern_source_dense(const tern_source *s, tern_dense_kind kind, tern_dense_view *out, tern_err *err)
+{
+	TERN_RETURN_IF(kind != TERN_DENSE_TOKEN_EMBD && !(kind == TERN_DENSE_OUTPUT && s->has_output), err, TERN_EINVAL,
+		       "%s: no %s matrix (tied embeddings)", s->path, kind == TERN_DENSE_OUTPUT ? "output" : "such");
+	*out = s->dense[kind];
+	return 0;
+}
+
+int tern_dense_row_f32(const tern_dense_view *v, int64_t row, float *out, tern_err *err)
+{
+	TERN_RETURN_IF(row < 0 || row >= v->rows, err, TERN_EINVAL,
+		       "dense row %" PRId64 " out of range (%" PRId64 " rows)", row, v->rows);
+	const uint8_t *d = v->data + (uint64_t)row * v->row_bytes;
+	const int fmt = v->type == TERN_GGML_F32 ? FMT_F32 : v->type == TERN_GGML_F16 ? FMT_F16 : FMT_BF16;
+	for (int64_t i = 0; i < v->cols; i++)
+		out[i] = ld_f32(fmt, d, (uint64_t)i);
+	return 0;
+}
+
+/* ---- tokenizer ----------------------------------------------------------------- */
+
+/* Copies n strings into one arena of NUL-terminated strings. */
+typedef struct {
+	char *buf;
+	size_t len, cap;
+} arena;
+
+static int arena_put(arena *a, const char *s, size_t n, size_t *off)
+{
+	if (a->cap - a->len < n + 1) {
+		size_t cap = a->cap ? a->cap : 1 << 16;
+		while (cap - a->len < n + 1)
+			cap *= 2;
+		char *b = realloc(a->buf, cap);
+		if (!b)
+			return TERN_ENOMEM;
+		a->buf = b;
+		a->cap = cap;
+	}
+	memcpy(a->buf + a->len, s, n);
+	a->buf[a->len + n] = 0;
+	*off = a->len;
+	a->len += n + 1;
+	return 0;
+}
+
+/* The final vocab arrays: offsets into the arena are turned into pointers
+ * once the arena stops moving. */
+typedef struct {
+	arena ar;
+	size_t *tok_off, *merge_off;
+	uint32_t *tok_len, *merge_len;
+	int32_t *types;
+	float *scores;
+	int64_t n_tok, n_merge;
+} vbuild;
+
+static void vbuild_free(vbuild *b)
+{
+	free(b->ar.buf);
+	free(b->tok_off);
+	free(b->merge_off);
+	free(b->tok_len);
+	free(b->merge_len);
+	free(b->types);
+	free(b->scores);
+}
+
+static int vbuild_finish(tern_source *s, vbuild *b, tern_err *err)
+{
+	const char **toks = malloc((size_t)(b->n_tok ? b->n_tok : 1) * sizeof *toks);
+	const char **merges = malloc((size_t)(b->n_merge ? b->n_merge : 1) * sizeof *merges);
+	if (!toks || !merges) {
+		free(toks);
+		free(merges);
+		return TERN_ERR(err, TERN_ENOMEM, "%s: out of memory for the vocabulary", s->path);
+	}
+	for (int64_t i = 0; i < b->n_tok; i++)
+		toks[i] = b->ar.buf + b->tok_off[i];
+	for (int64_t i = 0; i < b->n_merge; i++)
+		merges[i] = b->ar.buf + b->merge_off[i];
+	free(b->tok_off);
+	free(b->merge_off);
+	b->tok_off = b->merge_off = NULL;
+	s->vocab_arena = b->ar.buf;
+	s->vocab_arrays[0] = toks;
+	s->vocab_arrays[1] = merges;
+	s->vocab_arrays[2] = b->tok_len;
+	s->vocab_arrays[3] = b->merge_len;
+	s->vocab_arrays[4] = b->types;
+	s->vocab_arrays[5] = b->scores;
+	tern_vocab *v = &s->vocab;
+	v->n_tokens = b->n_tok;
+	v->tokens = toks;
+	v->token_len = b->tok_len;
+	v->token_type = b->types;
+	v->scores = b->scores;
+	v->n_merges = b->n_merge;
+	v->merges = b->n_merge ? merges : NULL;
+	v->merge_len = b->merge_len;
+	memset(b, 0, sizeof *b);
+	return 0;
+}
+
+static int32_t find_token(const vbuild *b, const char *text)
+{
+	const size_t n = strlen(text);
+	for (int64_t i = b->n_tok; i-- > 0;)
+		if (b->tok_len[i] == n && memcmp(b->ar.buf + b->tok_off[i], text, n) == 0)
+			return (int32_t)i;
+	return -1;
+}
+
+static int check_id(const tern_source *s, int32_t id, int64_t n, const char *what, tern_err *err)
+{
+	TERN_RETURN_IF(id >= n, err, TERN_EFORMAT, "%s: %s id %d out of range (vocabulary of %" PRId64 ")", s->path,
+		       what, id, n);
+	return 0;
+}
+
+static int gguf_opt_id(const tern_gguf *g, const char *key)
+{
+	uint32_t v;
+	if (tern_gguf_find_key(g, key) < 0 || tern_gguf_get_u32(g, key, &v, NULL) < 0 || v > INT32_MAX)
+		return -1;
+	return (int)v;
+}
+
+static int load_vocab_gguf(tern_source *s, vbuild *b, tern_err *err)
+{
+	tern_gguf *g;
+	TERN_FORWARD_IF_ERROR(tern_gguf_open(&g, s->path, err));
+	tern_vocab *v = &s->vocab;
+	int rc = 0;
+	const char *str;
+	uint64_t len;
+	uint32_t et;
+	uint64_t n;
+	rc = tern_gguf_get_str(g, "tokenizer.ggml.model", &str, &len, err);
+	if (rc < 0)
+		goto out;
+	snprintf(v->model, sizeof v->model, "%.*s", (int)(len < 15 ? len : 15), str);
+	snprintf(v->pre, sizeof v->pre, "default");
+	if (tern_gguf_find_key(g, "tokenizer.ggml.pre") >= 0 &&
+	    tern_gguf_get_str(g, "tokenizer.ggml.pre", &str, &len, NULL) == 0)
+		snprintf(v->pre, sizeof v->pre, "%.*s", (int)(len < 31 ? len : 31), str);
+	rc = tern_gguf_get_arr(g, "tokenizer.ggml.tokens", &et, &n, err);
+	if (rc == 0 && (et != TERN_GGUF_STRING || n == 0 || n > INT32_MAX))
+		rc = TERN_ERR(err, TERN_EFORMAT, "%s: tokenizer.ggml.tokens is not a non-empty string array", s->path);
+	if (rc < 0)
+		goto out;
+	b->n_tok = (int64_t)n;
+	b->tok_off = malloc(n * sizeof *b->tok_off);
+	b->tok_len = malloc(n * sizeof *b->tok_len);
+	if (!b->tok_off || !b->tok_len) {
+		rc = TERN_ERR(err, TERN_ENOMEM, "%s: out of memory", s->path);
+		goto out;
+	}
+	const int64_t kt = tern_gguf_find_key(g, "tokenizer.ggml.tokens");
+	for (uint64_t i = 0; i < n; i++) {
+		tern_gguf_arr_str(g, kt, i, &str, &len, NULL);
+		if (len > UINT32_MAX || arena_put(&b->ar, str, (size_t)len, &b->tok_off[i]) < 0) {
+			rc = TERN_ERR(err, TERN_ENOMEM, "%s: out of memory", s->path);
+			goto out;
+		}
+		b->tok_len[i] = (uint32_t)len;
+	}
+	const int64_t ktt = tern_gguf_find_key(g, "tokenizer.ggml.token_type");
+	if (ktt >= 0) {
+		rc = tern_gguf_get_arr(g, "tokenizer.ggml.token_type", &et, &len, err);
+		if (rc == 0 && len != n)
+			rc = TERN_ERR(err, TERN_EFORMAT,
+				      "%s: tokenizer.ggml.token_type has %" PRIu64 " entries, tokens %" PRIu64, s->path,
+				      len, n);
+		if (rc == 0 && !(b->types = malloc(n * sizeof *b->types)))
+			rc = TERN_ERR(err, TERN_ENOMEM, "%s: out of memory", s->path);
+		for (uint64_t i = 0; rc == 0 && i < n; i++) {
+			int64_t t;
+			rc = tern_gguf_arr_i64(g, ktt, i, &t, err);
+			b->types[i] = (int32_t)t;
+		}
+		if (rc < 0)
+			goto out;
+	}
+	const int64_t ksc = tern_gguf_find_key(g, "tokenizer.ggml.scores");
+	if (ksc >= 0) {
+		rc = tern_gguf_get_arr(g, "tokenizer.ggml.scores", &et, &len, err);
+		if (rc == 0 && len != n)
+			rc = TERN_ERR(err, TERN_EFORMAT,
+				      "%s: tokenizer.ggml.scores has %" PRIu64 " entries, tokens %" PRIu64, s->path,
+				      len, n);
+		if (rc == 0 && !(b->scores = malloc(n * sizeof *b->scores)))
+			rc = TERN_ERR(err, TERN_ENOMEM, "%s: out of memory", s->path);
+		for (uint64_t i = 0; rc == 0 && i < n; i++) {
+			double d;
+			rc = tern_gguf_arr_f64(g, ksc, i, &d, err);
+			b->scores[i] = (float)d;
+		}
+		if (rc < 0)
+			goto out;
+	}
+	const int64_t km = tern_gguf_find_key(g, "tokenizer.ggml.merges");
+	if (km >= 0) {
+		rc = tern_gguf_get_arr(g, "tokenizer.ggml.merges", &et, &len, err);
+		if (rc == 0 && et != TERN_GGUF_STRING)
+			rc = TERN_ERR(err, TERN_EFORMAT, "%s: tokenizer.ggml.merges is not a string array", s->path);
+		if (rc < 0)
+			goto out;
+		b->n_merge = (int64_t)len;
+		b->merge_off = malloc((len ? len : 1) * sizeof *b->merge_off);
+		b->merge_len = malloc((len ? len : 1) * sizeof *b->merge_len);
+		if (!b->merge_off || !b->merge_len) {
+			rc = TERN_ERR(err, TERN_ENOMEM, "%s: out of memory", s->path);
+			goto out;
+		}
+		for (uint64_t i = 0; i < (uint64_t)b->n_merge; i++) {
+			uint64_t l;
+			tern_gguf_arr_str(g, km, i, &str, &l, NULL);
+			if (l > UINT32_MAX || arena_put(&b->ar, str, (size_t)l, &b->merge_off[i]) < 0) {
+				rc = TERN_ERR(err, TERN_ENOMEM, "%s: out of memory", s->path);
+				goto out;
+			}
+			b->merge_len[i] = (uint32_t)l;
+		}
+	}
+	v->bos_id = gguf_opt_id(g, "tokenizer.ggml.bos_token_id");
+	v->eos_id = gguf_opt_id(g, "tokenizer.ggml.eos_token_id");
+	v->unk_id = gguf_opt_id(g, "tokenizer.ggml.unknown_token_id");
+	v->pad_id = gguf_opt_id(g, "tokenizer.ggml.padding_token_id");
+	v->eot_id = gguf_opt_id(g, "tokenizer.ggml.eot_token_id");
+	if (v->eot_id < 0)
+		v->eot_id = find_token(b, "<|eot_id|>");
+	int ab = strcmp(v->model, "llama") == 0 || strcmp(v->pre, "llama-bpe") == 0 || strcmp(v->pre, "llama3") == 0;
+	if (tern_gguf_find_key(g, "tokenizer.ggml.add_bos_token") >= 0)
+		tern_gguf_get_bool(g, "tokenizer.ggml.add_bos_token", &ab, NULL);
+	v->add_bos = ab;
+	int ae = 0;
+	if (tern_gguf_find_key(g, "tokenizer.ggml.add_eos_token") >= 0)
+		tern_gguf_get_bool(g, "tokenizer.ggml.add_eos_token", &ae, NULL);
+	v->add_eos = ae;
+out:
+	tern_gguf_close(g);
+	return rc;
+}
+
+static int load_vocab_hf(tern_source *s, vbuild *b, tern_err *err)
+{
+	char path[4096];
+	snprintf(path, sizeof path, "%s/tokenizer.json", s->path);
+	tern_json_doc *doc;
+	TERN_FORWARD_IF_ERROR(tern_json_parse_file(&doc, path, err));
+	tern_vocab *v = &s->vocab;
+	const tern_json *r = tern_json_root(doc), *model = tern_json_get(r, "model");
+	const tern_json *vocab = tern_json_get(model, "vocab"), *merges = tern_json_get(model, "merges");
+	const tern_json *added = tern_json_get(r, "added_tokens");
+	int rc = 0;
+	if (!vocab || vocab->type != TERN_JSON_OBJECT) {
+		rc = TERN_ERR(err, TERN_EFORMAT, "%s: no model.vocab object", path);
+		goto out;
+	}
+	/* Ids may leave gaps; the vocabulary spans max(config vocab, max id + 1). */
+	int64_t n = s->hp.n_vocab;
+	for (size_t i = 0; i < vocab->len; i++) {
+		const tern_json *id = vocab->items[i];
+		if (id->type != TERN_JSON_NUMBER || !id->is_int || id->integer < 0 || id->integer >= 4000000) {
+			rc = TERN_ERR(err, TERN_EFORMAT, "%s: bad id for token %zu", path, i);
+			goto out;
+		}
+		if (id->integer + 1 > n)
+			n = id->integer + 1;
+	}
+	for (size_t i = 0; added && added->type == TERN_JSON_ARRAY && i < added->len; i++) {
+		const int64_t id = tern_json_get_int(added->items[i], "id", -1);
+		if (id < 0 || id >= 4000000 || !tern_json_get_str(added->items[i], "content", NULL)) {
+			rc = TERN_ERR(err, TERN_EFORMAT, "%s: bad added_tokens entry %zu", path, i);
+			goto out;
+		}
+		if (id + 1 > n)
+			n = id + 1;
+	}
+	b->n_tok = n;
+	b->tok_off = calloc((size_t)n, sizeof *b->tok_off);
+	b->tok_len = calloc((size_t)n, sizeof *b->tok_len);
+	b->types = calloc((size_t)n, sizeof *b->types);
+	uint8_t *seen = calloc((size_t)n, 1);
+	if (!b->tok_off || !b->tok_len || !b->types || !seen) {
+		free(seen);
+		rc = TERN_ERR(err, TERN_ENOMEM, "%s: out of memory", path);
+		goto out;
+	}
+	for (size_t i = 0; rc == 0 && i < vocab->len; i++) {
+		const tern_json *id = vocab->items[i];
+		rc = arena_put(&b->ar, id->key, id->key_len, &b->tok_off[id->integer]);
+		b->tok_len[id->integer] = (uint32_t)id->key_len;
+		b->types[id->integer] = 1;
+		seen[id->integer] = 1;
+	}
+	for (size_t i = 0; rc == 0 && added && added->type == TERN_JSON_ARRAY && i < added->len; i++) {
+		const tern_json *a = added->items[i], *c = tern_json_get(a, "content");
+		const int64_t id = tern_json_get_int(a, "id", -1);
+		rc = arena_put(&b->ar, c->str, c->len, &b->tok_off[id]);
+		b->tok_len[id] = (uint32_t)c->len;
+		b->types[id] = tern_json_get_bool(a, "special", 0) ? 3 : 4;
+		seen[id] = 1;
+	}
+	for (int64_t i = 0; rc == 0 && i < n; i++) {
+		if (seen[i])
+			continue;
+		char ph[48];
+		const int l = snprintf(ph, sizeof ph, "<|tern_unused_%" PRId64 "|>", i);
+		rc = arena_put(&b->ar, ph, (size_t)l, &b->tok_off[i]);
+		b->tok_len[i] = (uint32_t)l;
+		b->types[i] = 5;
+	}
+	free(seen);
+	if (rc < 0) {
+		rc = TERN_ERR(err, TERN_ENOMEM, "%s: out of memory", path);
+		goto out;
+	}
+	if (merges && merges->type == TERN_JSON_ARRAY) {
+		b->n_merge = (int64_t)merges->len;
+		b->merge_off = malloc((merges->len ? merges->len : 1) * sizeof *b->merge_off);
+		b->merge_len = malloc((merges->len ? merges->len : 1) * sizeof *b->merge_len);
+		if (!b->merge_off || !b->merge_len) {
+			rc = TERN_ERR(err, TERN_ENOMEM, "%s: out of memory", path);
+			goto out;
+		}
+		for (size_t i = 0; i < merges->len; i++) {
+			const tern_json *mg = merges->items[i];
+			char tmp[1024];
+			const char *txt;
+			size_t tl;
+			/* Newer tokenizers write a merge as ["A", "B"], older ones as "A B". */
+			if (mg->type == TERN_JSON_STRING) {
+				txt = mg->str;
+				tl = mg->len;
+			} else if (mg->type == TERN_JSON_ARRAY && mg->len == 2 &&
+				   mg->items[0]->type == TERN_JSON_STRING && mg->items[1]->type == TERN_JSON_STRING &&
+				   mg->items[0]->len + mg->items[1]->len + 2 <= sizeof tmp) {
+				tl = (size_t)snprintf(tmp, sizeof tmp, "%s %s", mg->items[0]->str, mg->items[1]->str);
+				txt = tmp;
+			} else {
+				rc = TERN_ERR(err, TERN_EFORMAT, "%s: bad merge %zu", path, i);
+				goto out;
+			}
+			if (arena_put(&b->ar, txt, tl, &b->merge_off[i]) < 0) {
+				rc = TERN_ERR(err, TERN_ENOMEM, "%s: out of memory", path);
+				goto out;
+			}
+			b->merge_len[i] = (uint32_t)tl;
+		}
+	}
+	snprintf(v->model, sizeof v->model, "%s", tern_json_get_bool(model, "byte_fallback", 0) ? "llama" : "gpt2");
+	snprintf(v->pre, sizeof v->pre, "%s", find_token(b, "<|begin_of_text|>") >= 0 ? "llama-bpe" : "default");
+	v->bos_id = s->hp.bos_id;
+	v->eos_id = s->hp.eos_id;
+	v->eot_id = find_token(b, "<|eot_id|>");
+	v->unk_id = -1;
+	v->pad_id = -1;
+	v->add_bos = 1;
+	v->add_eos = 0;
+	/* tokenizer_config.json may override add_bos/add_eos; it is optional. */
+	snprintf(path, sizeof path, "%s/tokenizer_config.json", s->path);
+	tern_json_doc *tc;
+	struct stat sb;
+	if (stat(path, &sb) == 0 && tern_json_parse_file(&tc, path, NULL) == 0) {
+		v->add_bos = tern_json_get_bool(tern_json_root(tc), "add_bos_token", v->add_bos);
+		v->add_eos = tern_json_get_bool(tern_json_root(tc), "add_eos_token", v->add_eos);
+		tern_json_free(tc);
+	}
+out:
+	tern_json_free(doc);
+	return rc;
+}
+
+int tern_source_vocab(tern_source *s, const tern_vocab **out, tern_err *err)
+{
+	if (!s->vocab_loaded) {
+		vbuild b;
+		memset(&b, 0, sizeof b);
+		memset(&s->vocab, 0, sizeof s->vocab);
+		int rc = s->kind == TERN_SOURCE_GGUF ? load_vocab_gguf(s, &b, err) : load_vocab_hf(s, &b, err);
+		const tern_vocab *v = &s->vocab;
+		if (rc == 0)
+			rc = check_id(s, v->bos_id, b.n_tok, "bos", err);
+		if (rc == 0)
+			rc = check_id(s, v->eos_id, b.n_tok, "eos", err);
+		if (rc == 0)
+			rc = check_id(s, v->eot_id, b.n_tok, "eot", err);
+		if (rc == 0)
+			rc = check_id(s, v->unk_id, b.n_tok, "unk", err);
+		if (rc == 0)
+			rc = check_id(s, v->pad_id, b.n_tok, "pad", err);
+		if (rc == 0)
+			rc = vbuild_finish(s, &b, err);
+		vbuild_free(&b);
+		if (rc < 0) {
+			free_vocab(s);
+			return rc;
+		}
+		s->vocab_loaded = 1;
+	}
+	*out = &s->vocab;
+	return 0;
+}

@@ -1,0 +1,46 @@
+#!/bin/sh
+# test_plan_cli.sh BUILD_DIR SOURCE_DIR: the tern-partition command line end
+# to end: dry-run of a 100B plan over the example hosts file, refusal with a
+# shortfall, hosts-file errors, synth -> partition -> verify, and verify
+# naming a damaged and a truncated shard with a non-zero exit.
+set -u
+B="$1/partition/tern-partition"
+SRC="$2"
+T=$(mktemp -d /tmp/tern-plan-cli-XXXXXX)
+trap 'rm -rf "$T"' EXIT
+fail() { echo "FAIL: $*"; exit 1; }
+
+"$B" 100b --cluster "$SRC/deploy/hosts.example.yaml" --dry-run > "$T/dry.txt" 2>&1 || fail "dry run: $(cat "$T/dry.txt")"
+cat "$T/dry.txt"
+[ "$(grep -c '^[1-8] ' "$T/dry.txt")" = 8 ] || fail "dry run: expected 8 stage rows"
+grep -q '^coord *node-a' "$T/dry.txt" || fail "dry run: coordinator row"
+
+if "$B" 100b --stages 2 --mem 32GiB --dry-run > "$T/no.txt" 2>&1; then fail "100b fitted in 32 GiB"; fi
+grep -q 'does not fit: short by [0-9]* bytes' "$T/no.txt" || fail "no shortfall: $(cat "$T/no.txt")"
+[ "$(wc -l < "$T/no.txt")" = 1 ] || fail "refusal is not one line"
+
+# this machine's topology through hwloc, here a synthetic two-domain one
+HWLOC_SYNTHETIC="pack:2 [numa] core:1 pu:1" "$B" 2b4t --hwloc --dry-run > "$T/hw.txt" 2>&1 || fail "hwloc: $(cat "$T/hw.txt")"
+[ "$(grep -c '^[1-2] ' "$T/hw.txt")" = 2 ] || fail "hwloc: expected 2 stage rows: $(cat "$T/hw.txt")"
+if "$B" nosuch --stages 2 --dry-run > "$T/ns.txt" 2>&1; then fail "unknown model accepted"; fi
+grep -q "nosuch: no such file" "$T/ns.txt" || fail "unknown model: $(cat "$T/ns.txt")"
+
+printf 'hosts:\n  - name: a\n    domains:\n      - {memory: 1G}\n' > "$T/bad.yaml"
+if "$B" 100b --cluster "$T/bad.yaml" --dry-run > "$T/bad.txt" 2>&1; then fail "bad hosts file accepted"; fi
+grep -q "bad.yaml:4: domain without 'cores'" "$T/bad.txt" || fail "hosts error: $(cat "$T/bad.txt")"
+
+"$B" synth 125m --dims n_embd=128,n_head=2,n_head_kv=1,n_ff=256,n_vocab=300,bos=256,eos=257,eot=258 \
+	--layers 3 --seed 5 -o "$T/m.gguf" > /dev/null || fail synth
+"$B" "$T/m.gguf" --stages 3 --packing i2_s -o "$T/plan" > "$T/part.txt" 2>&1 || fail "partition: $(cat "$T/part.txt")"
+[ -z "$(grep -F '[' "$T/part.txt")" ] || fail "progress bar drawn without a terminal"
+"$B" verify "$T/plan" > /dev/null || fail "verify of a good plan"
+
+cp "$T/plan/stage-002.shard" "$T/keep"
+printf 'X' | dd of="$T/plan/stage-002.shard" bs=1 seek=3000 conv=notrunc 2>/dev/null
+if "$B" verify "$T/plan" > "$T/v.txt" 2>&1; then fail "verify missed a flipped byte"; fi
+grep -q 'stage-002.shard.*checksum mismatch' "$T/v.txt" || fail "verify message: $(cat "$T/v.txt")"
+cp "$T/keep" "$T/plan/stage-002.shard"
+truncate -s -100 "$T/plan/stage-003.shard"
+if "$B" verify "$T/plan" > "$T/v.txt" 2>&1; then fail "verify missed a truncated shard"; fi
+grep -q 'stage-003.shard.*truncated' "$T/v.txt" || fail "verify message: $(cat "$T/v.txt")"
+echo "test_plan_cli: OK"
