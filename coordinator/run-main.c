@@ -1,0 +1,574 @@
+/* run-main.c: tern-run, the single-process engine: one model, one sequence,
+ * every layer in this process. It is the reference every distributed run
+ * must match bit for bit, and the quickest way to try a model.
+ *
+ * Prompt -> tokens (or --tokens ids) -> chunked prefill through the layer
+ * engine with the GEMM path -> final norm + LM head -> sample -> stream text;
+ * then decode one token per step (GEMV). Prompt and decode speed go to
+ * stderr at the end; --dump-logits writes every row's logits (the prompt
+ * rows and each fed generated token) as a .npy float32 matrix, for the
+ * reference comparison (tests/engine_vs_ref.py). */
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tern-engine.h"
+#include "tern-head.h"
+#include "tern-sampling.h"
+#include "tern-source.h"
+#include "tern-tokenizer.h"
+
+typedef struct {
+	const char *model;
+	const char *prompt;
+	const char *tokens;
+	const char *dump;
+	int n_predict;
+	int threads;
+	int n_ctx;
+	int batch;
+	int chat;
+	int packing;
+	int isa;
+	int layers; /* 0: all */
+	int ignore_eos;
+	int quiet;
+	int print_ids; /* --print-ids: "ids: ..." of the generated tokens on stderr */
+	int head_int8; /* --lm-head int8 */
+	const char *stops[16];
+	int n_stops;
+	tern_sampling_params sp;
+} run_opts;
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: tern-run -m MODEL -p PROMPT [-n N] [options]\n"
+		   "  -m, --model PATH       GGUF file or Hugging Face checkpoint directory\n"
+		   "  -p, --prompt TEXT      prompt text\n"
+		   "      --tokens 1,2,3     prompt as token ids (instead of -p)\n"
+		   "  -n, --n-predict N      tokens to generate (default 64)\n"
+		   "  -t, --threads N        threads (default 1)\n"
+		   "  -c, --ctx-size N       context length (default: the model's, at most 4096)\n"
+		   "  -b, --batch-size N     prefill chunk, rows per engine step (default 64)\n"
+		   "      --temp T           temperature (default 0.8; 0 = greedy)\n"
+		   "      --top-k K          (default 40; 0 = off)\n"
+		   "      --top-p P          (default 0.95; 1 = off)\n"
+		   "      --min-p P          (default 0.05; 0 = off)\n"
+		   "      --repeat-penalty R (default 1.0 = off)\n"
+		   "      --repeat-last-n N  history the penalty looks at (default 64)\n"
+		   "      --seed S           sampling seed (default: random, printed)\n"
+		   "      --stop STR         stop when the text contains STR (repeatable)\n"
+		   "      --chat             wrap the prompt in the model's chat template\n"
+		   "      --packing P        tl2 | i2_s | tl1 (default tl2)\n"
+		   "      --kernel K         ref | avx2 | avx512 | auto (default auto)\n"
+		   "      --layers L         run only the first L layers (tests)\n"
+		   "      --ignore-eos       keep generating past end-of-generation tokens\n"
+		   "      --lm-head file|int8  LM head in the file's precision (default) or int8 with\n"
+		   "                         per-row scales (lossy, half the bytes; its top-1 agreement\n"
+		   "                         with the file-precision head is printed at the end)\n"
+		   "      --dump-logits FILE write every row's logits as float32 .npy\n"
+		   "  -q, --quiet            no text on stdout (speed only)\n");
+}
+
+static int parse_int(const char *s, int lo, int hi, int *out)
+{
+	char *end;
+	errno = 0;
+	const long v = strtol(s, &end, 10);
+	if (errno || end == s || *end || v < lo || v > hi)
+		return -1;
+	*out = (int)v;
+	return 0;
+}
+
+static int parse_float(const char *s, float *out)
+{
+	char *end;
+	errno = 0;
+	const float v = strtof(s, &end);
+	if (errno || end == s || *end || !isfinite(v))
+		return -1;
+	*out = v;
+	return 0;
+}
+
+static int parse_args(int argc, char **argv, run_opts *o)
+{
+	memset(o, 0, sizeof *o);
+	o->n_predict = 64;
+	o->threads = 1;
+	o->batch = 64;
+	o->packing = TERN_PACK_TL2;
+	o->isa = TERN_ISA_AUTO;
+	tern_sampling_params_default(&o->sp);
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i];
+		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+#define ARG(s, l) (!strcmp(a, s) || !strcmp(a, l))
+#define NEED()                                                              \
+	do {                                                                \
+		if (!v) {                                                   \
+			fprintf(stderr, "tern-run: %s needs a value\n", a); \
+			return -1;                                          \
+		}                                                           \
+		i++;                                                        \
+	} while (0)
+#define BAD()                                                               \
+	do {                                                                \
+		fprintf(stderr, "tern-run: bad value '%s' for %s\n", v, a); \
+		return -1;                                                  \
+	} while (0)
+		if (ARG("-h", "--help")) {
+			usage(stdout);
+			exit(0);
+		} else if (ARG("-m", "--model")) {
+			NEED();
+			o->model = v;
+		} else if (ARG("-p", "--prompt")) {
+			NEED();
+			o->prompt = v;
+		} else if (!strcmp(a, "--tokens")) {
+			NEED();
+			o->tokens = v;
+		} else if (ARG("-n", "--n-predict")) {
+			NEED();
+			if (parse_int(v, 0, 1 << 22, &o->n_predict))
+				BAD();
+		} else if (ARG("-t", "--threads")) {
+			NEED();
+			if (parse_int(v, 1, TERN_POOL_MAX_THREADS, &o->threads))
+				BAD();
+		} else if (ARG("-c", "--ctx-size")) {
+			NEED();
+			if (parse_int(v, 1, 1 << 22, &o->n_ctx))
+				BAD();
+		} else if (ARG("-b", "--batch-size")) {
+			NEED();
+			if (parse_int(v, 1, 4096, &o->batch))
+				BAD();
+		} else if (!strcmp(a, "--temp")) {
+			NEED();
+			if (parse_float(v, &o->sp.temperature))
+				BAD();
+		} else if (!strcmp(a, "--top-k")) {
+			NEED();
+			if (parse_int(v, 0, INT_MAX, &o->sp.top_k))
+				BAD();
+		} else if (!strcmp(a, "--top-p")) {
+			NEED();
+			if (parse_float(v, &o->sp.top_p))
+				BAD();
+		} else if (!strcmp(a, "--min-p")) {
+			NEED();
+			if (parse_float(v, &o->sp.min_p))
+				BAD();
+		} else if (!strcmp(a, "--repeat-penalty")) {
+			NEED();
+			if (parse_float(v, &o->sp.repeat_penalty))
+				BAD();
+		} else if (!strcmp(a, "--seed")) {
+			NEED();
+			char *end;
+			errno = 0;
+			const unsigned long long s = strtoull(v, &end, 10);
+			if (errno || end == v || *end)
+				BAD();
+			o->sp.seed = (uint64_t)s;
+		} else if (!strcmp(a, "--repeat-last-n")) {
+			NEED();
+			if (parse_int(v, 0, 1 << 20, &o->sp.repeat_last_n))
+				BAD();
+		} else if (!strcmp(a, "--stop")) {
+			NEED();
+			if (o->n_stops == 16 || !*v)
+				BAD();
+			o->stops[o->n_stops++] = v;
+		} else if (!strcmp(a, "--lm-head")) {
+			NEED();
+			if (!strcmp(v, "int8"))
+				o->head_int8 = 1;
+			else if (strcmp(v, "file"))
+				BAD();
+		} else if (!strcmp(a, "--chat")) {
+			o->chat = 1;
+		} else if (!strcmp(a, "--packing")) {
+			NEED();
+			if ((o->packing = tern_packing_parse(v)) < 0)
+				BAD();
+		} else if (!strcmp(a, "--kernel")) {
+			NEED();
+			if ((o->isa = tern_isa_parse(v)) == -2)
+				BAD();
+		} else if (!strcmp(a, "--layers")) {
+			NEED();
+			if (parse_int(v, 1, 1 << 16, &o->layers))
+				BAD();
+		} else if (!strcmp(a, "--ignore-eos")) {
+			o->ignore_eos = 1;
+		} else if (!strcmp(a, "--dump-logits")) {
+			NEED();
+			o->dump = v;
+		} else if (!strcmp(a, "--print-ids")) {
+			o->print_ids = 1;
+		} else if (ARG("-q", "--quiet")) {
+			o->quiet = 1;
+		} else {
+			fprintf(stderr, "tern-run: unknown option '%s'\n", a);
+			usage(stderr);
+			return -1;
+		}
+#undef ARG
+#undef NEED
+#undef BAD
+	}
+	if (!o->model || (!o->prompt && !o->tokens)) {
+		usage(stderr);
+		return -1;
+	}
+	return 0;
+}
+
+/* Parses "1,2,3" into ids (all within [0, n_vocab)). */
+static int parse_ids(const char *s, int n_vocab, tern_tokens *out, tern_err *err)
+{
+	const char *p = s;
+	while (*p) {
+		char *end;
+		errno = 0;
+		const long v = strtol(p, &end, 10);
+		TERN_RETURN_IF(errno || end == p || v < 0 || v >= n_vocab, err, TERN_EINVAL,
+			       "--tokens: bad token id near '%.20s' (vocabulary %d)", p, n_vocab);
+		if (out->n == out->cap) {
+			const size_t cap = out->cap ? 2 * out->cap : 64;
+			int32_t *ids = realloc(out->ids, cap * sizeof *ids);
+			TERN_RETURN_IF(!ids, err, TERN_ENOMEM, "out of memory");
+			out->ids = ids;
+			out->cap = cap;
+		}
+		out->ids[out->n++] = (int32_t)v;
+		p = end;
+		if (*p == ',')
+			p++;
+		else
+			TERN_RETURN_IF(*p, err, TERN_EINVAL, "--tokens: expected ',' near '%.20s'", p);
+	}
+	TERN_RETURN_IF(out->n == 0, err, TERN_EINVAL, "--tokens: no ids");
+	return 0;
+}
+
+static int make_tokenizer(tern_source *src, tern_tokenizer **out, tern_err *err)
+{
+	const tern_vocab *v;
+	TERN_FORWARD_IF_ERROR(tern_source_vocab(src, &v, err));
+	tern_tokenizer_desc d;
+	tern_tokenizer_desc_init(&d);
+	size_t *tl = malloc((size_t)v->n_tokens * sizeof *tl);
+	size_t *ml = malloc(((size_t)v->n_merges + 1) * sizeof *ml);
+	int rc;
+	if (!tl || !ml) {
+		rc = TERN_ERR(err, TERN_ENOMEM, "out of memory");
+		goto done;
+	}
+	for (int64_t i = 0; i < v->n_tokens; i++)
+		tl[i] = v->token_len[i];
+	for (int64_t i = 0; i < v->n_merges; i++)
+		ml[i] = v->merge_len[i];
+	d.model = v->model;
+	d.pre = v->pre;
+	d.n_tokens = (uint32_t)v->n_tokens;
+	d.tokens = v->tokens;
+	d.token_lens = tl;
+	d.token_types = v->token_type;
+	d.scores = v->scores;
+	d.n_merges = (uint32_t)v->n_merges;
+	d.merges = v->merges;
+	d.merge_lens = v->merges ? ml : NULL;
+	d.bos_id = v->bos_id;
+	d.eos_id = v->eos_id;
+	d.eot_id = v->eot_id;
+	d.unk_id = v->unk_id;
+	d.add_bos = v->add_bos;
+	rc = tern_tokenizer_create(&d, out, err);
+done:
+	free(tl);
+	free(ml);
+	return rc;
+}
+
+/* A .npy (version 1.0) header for a float32 (rows, cols) C-order matrix. */
+static int npy_write_header(FILE *f, long rows, long cols)
+{
+	char dict[128];
+	int n =
+	    snprintf(dict, sizeof dict, "{'descr': '<f4', 'fortran_order': False, 'shape': (%ld, %ld), }", rows, cols);
+	const int total = ((10 + n + 1 + 63) / 64) * 64;
+	const int pad = total - 10 - n - 1;
+	unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, 0, 0};
+	pre[8] = (unsigned char)((total - 10) & 0xff);
+	pre[9] = (unsigned char)((total - 10) >> 8);
+	if (fwrite(pre, 1, 10, f) != 10 || fwrite(dict, 1, (size_t)n, f) != (size_t)n)
+		return -1;
+	for (int i = 0; i < pad; i++)
+		fputc(' ', f);
+	fputc('\n', f);
+	return ferror(f) ? -1 : 0;
+}
+
+typedef struct {
+	run_opts o;
+	tern_source *src;
+	tern_pool *pool;
+	tern_layers layers;
+	tern_engine *eng;
+	tern_head *head;
+	tern_tokenizer *tok;
+	tern_sampler *smp;
+	tern_detok *detok;
+	tern_stopper *stop;
+	int stopped;
+	tern_tokens prompt;
+	float *hidden; /* (batch, n_embd) */
+	float *logits; /* (batch, n_vocab) */
+	float *seen;   /* (n_seen_cap, n_embd) final hidden state of every row, for the int8 head check */
+	int n_seen;
+	int n_seen_cap;
+	FILE *dump;
+	long dump_rows;
+} run_state;
+
+static void run_free(run_state *s)
+{
+	tern_stopper_free(s->stop);
+	tern_detok_free(s->detok);
+	tern_sampler_free(s->smp);
+	tern_tokenizer_free(s->tok);
+	tern_head_free(s->head);
+	tern_engine_free(s->eng);
+	tern_layers_free(&s->layers);
+	tern_pool_free(s->pool);
+	tern_source_close(s->src);
+	tern_tokens_free(&s->prompt);
+	tern_aligned_free(s->hidden);
+	tern_aligned_free(s->logits);
+	free(s->seen);
+	if (s->dump)
+		fclose(s->dump);
+}
+
+/* Runs ids[0..n) at positions pos.. through the engine and the head; the
+ * logits of the last row are left in s->logits + (rows-1)*n_vocab. With a
+ * dump file every row's logits are written; otherwise only the last row's
+ * are computed. */
+static int feed(run_state *s, const int32_t *ids, int n, int pos, float **last, tern_err *err)
+{
+	const int d = tern_source_hparams(s->src)->n_embd, V = tern_source_hparams(s->src)->n_vocab;
+	tern_row rows[4096];
+	for (int i = 0; i < n; i += s->o.batch) {
+		const int c = n - i < s->o.batch ? n - i : s->o.batch;
+		TERN_FORWARD_IF_ERROR(tern_head_embed(s->head, ids + i, c, s->hidden, err));
+		for (int j = 0; j < c; j++)
+			rows[j] = (tern_row){0, pos + i + j};
+		TERN_FORWARD_IF_ERROR(tern_engine_forward(s->eng, rows, c, s->hidden, err));
+		if (s->seen && s->n_seen + c <= s->n_seen_cap) {
+			memcpy(s->seen + (size_t)s->n_seen * d, s->hidden, (size_t)c * d * sizeof(float));
+			s->n_seen += c;
+		}
+		if (s->dump) {
+			TERN_FORWARD_IF_ERROR(tern_head_logits(s->head, s->pool, s->hidden, c, s->logits, err));
+			TERN_RETURN_IF(fwrite(s->logits, sizeof(float), (size_t)c * V, s->dump) != (size_t)c * V, err,
+				       TERN_EIO, "%s: write failed", s->o.dump);
+			s->dump_rows += c;
+			*last = s->logits + (size_t)(c - 1) * V;
+		} else if (i + c == n) {
+			TERN_FORWARD_IF_ERROR(
+			    tern_head_logits(s->head, s->pool, s->hidden + (size_t)(c - 1) * d, 1, s->logits, err));
+			*last = s->logits;
+		}
+	}
+	return 0;
+}
+
+/* Streams a token's text; sets s->stopped when a stop string completes
+ * (nothing of it is shown). */
+static void emit(run_state *s, int32_t id, int check_stop)
+{
+	const char *text, *out;
+	size_t len, out_len;
+	if (!s->detok || tern_detok_push(s->detok, id, &text, &len, NULL) < 0 || !len)
+		return;
+	if (check_stop && s->stop) {
+		if (tern_stopper_feed(s->stop, text, len, &out, &out_len, NULL) == 1)
+			s->stopped = 1;
+	} else {
+		out = text;
+		out_len = len;
+	}
+	if (!s->o.quiet && out_len) {
+		fwrite(out, 1, out_len, stdout);
+		fflush(stdout);
+	}
+}
+
+static int run(run_state *s, tern_err *err)
+{
+	const run_opts *o = &s->o;
+	double t0 = tern_now_s();
+	TERN_FORWARD_IF_ERROR(tern_source_open(&s->src, o->model, err));
+	tern_hparams hp = *tern_source_hparams(s->src);
+	const int n_layer = o->layers ? (o->layers < hp.n_layer ? o->layers : hp.n_layer) : hp.n_layer;
+	int n_ctx = o->n_ctx ? o->n_ctx : (hp.n_ctx_train < 4096 ? hp.n_ctx_train : 4096);
+	TERN_FORWARD_IF_ERROR(tern_pool_create(o->threads, NULL, 0, &s->pool, err));
+	TERN_FORWARD_IF_ERROR(
+	    tern_layers_from_source_mt(&s->layers, s->src, 0, n_layer, (tern_packing)o->packing, 0, s->pool, err));
+	const tern_engine_config ec = {1, n_ctx, o->batch, (tern_isa)o->isa, s->pool, NULL};
+	TERN_FORWARD_IF_ERROR(tern_engine_create(&s->layers, &ec, &s->eng, err));
+	TERN_FORWARD_IF_ERROR(tern_head_from_source(s->src, TERN_HEAD_SIMD_AUTO, &s->head, err));
+	if (o->head_int8)
+		TERN_FORWARD_IF_ERROR(tern_head_int8_build(s->head, s->pool, err));
+	int slot;
+	TERN_FORWARD_IF_ERROR(tern_kv_slot_alloc(tern_engine_kv(s->eng), &slot, err));
+
+	const int have_vocab = tern_source_vocab(s->src, &(const tern_vocab *){NULL}, NULL) == 0;
+	if (have_vocab)
+		TERN_FORWARD_IF_ERROR(make_tokenizer(s->src, &s->tok, err));
+	if (o->tokens) {
+		TERN_FORWARD_IF_ERROR(parse_ids(o->tokens, hp.n_vocab, &s->prompt, err));
+	} else {
+		TERN_RETURN_IF(!s->tok, err, TERN_EFORMAT, "%s has no tokenizer: use --tokens", o->model);
+		char *text = NULL;
+		size_t len = 0;
+		unsigned flags = TERN_ENCODE_ADD_SPECIAL;
+		if (o->chat) {
+			const tern_chat_msg m = {"user", o->prompt};
+			TERN_FORWARD_IF_ERROR(tern_chat_render(TERN_CHAT_BITNET, &m, 1, 1, &text, &len, err));
+			flags |= TERN_ENCODE_PARSE_SPECIAL;
+		}
+		const char *p = text ? text : o->prompt;
+		const int rc = tern_tokenizer_encode(s->tok, p, strlen(p), flags, &s->prompt, err);
+		free(text);
+		TERN_FORWARD_IF_ERROR(rc);
+		TERN_RETURN_IF(s->prompt.n == 0, err, TERN_EINVAL, "the prompt encodes to no tokens");
+	}
+	TERN_RETURN_IF((long)s->prompt.n + o->n_predict > n_ctx, err, TERN_EINVAL,
+		       "prompt of %zu tokens + %d to generate exceeds the context of %d (-c)", s->prompt.n,
+		       o->n_predict, n_ctx);
+	if (s->tok)
+		TERN_FORWARD_IF_ERROR(tern_detok_create(s->tok, 0, &s->detok, err));
+	TERN_FORWARD_IF_ERROR(tern_sampler_create(&o->sp, hp.n_vocab, &s->smp, err));
+	if (o->n_stops)
+		TERN_FORWARD_IF_ERROR(tern_stopper_create(o->stops, (size_t)o->n_stops, &s->stop, err));
+	s->hidden = tern_aligned_alloc((size_t)o->batch * hp.n_embd * sizeof(float), TERN_ALIGN);
+	s->logits = tern_aligned_alloc((size_t)o->batch * hp.n_vocab * sizeof(float), TERN_ALIGN);
+	TERN_RETURN_IF(!s->hidden || !s->logits, err, TERN_ENOMEM, "out of memory for %d rows", o->batch);
+	if (o->head_int8) {
+		s->n_seen_cap = (int)s->prompt.n + o->n_predict;
+		s->seen = malloc((size_t)s->n_seen_cap * hp.n_embd * sizeof(float));
+		TERN_RETURN_IF(!s->seen, err, TERN_ENOMEM, "out of memory for %d hidden rows", s->n_seen_cap);
+	}
+	if (o->dump) {
+		s->dump = fopen(o->dump, "wb");
+		TERN_RETURN_IF(!s->dump, err, TERN_EIO, "%s: cannot create: %s", o->dump, strerror(errno));
+		/* the header is rewritten with the real row count at the end */
+		TERN_RETURN_IF(npy_write_header(s->dump, 0, hp.n_vocab) < 0, err, TERN_EIO, "%s: write failed",
+			       o->dump);
+	}
+	const double t_load = tern_now_s() - t0;
+	TERN_LOGI("run",
+		  "%s: %d/%d layers, %s, %s kernels, %d thread%s, head %s, context %d, seed %llu, loaded in %.2f s",
+		  o->model, n_layer, hp.n_layer, tern_packing_name((tern_packing)o->packing),
+		  tern_isa_name(o->isa == TERN_ISA_AUTO ? tern_isa_default() : (tern_isa)o->isa), o->threads,
+		  o->threads > 1 ? "s" : "", tern_head_simd_name(tern_head_simd_used(s->head)), n_ctx,
+		  (unsigned long long)tern_sampler_seed(s->smp), t_load);
+	if (o->tokens && s->tok && !o->quiet) {
+		for (size_t i = 0; i < s->prompt.n; i++)
+			emit(s, s->prompt.ids[i], 0);
+	} else if (!o->quiet) {
+		fputs(o->prompt, stdout);
+		fflush(stdout);
+	}
+
+	/* prefill */
+	float *last = NULL;
+	const int n_prompt = (int)s->prompt.n;
+	const double tp0 = tern_now_s();
+	TERN_FORWARD_IF_ERROR(feed(s, s->prompt.ids, n_prompt, 0, &last, err));
+	const double t_prompt = tern_now_s() - tp0;
+	for (int i = 0; i < n_prompt; i++)
+		tern_sampler_accept(s->smp, s->prompt.ids[i]);
+
+	/* decode */
+	int pos = n_prompt, n_gen = 0, n_fed = 0;
+	const double td0 = tern_now_s();
+	if (o->print_ids)
+		fputs("ids:", stderr);
+	while (n_gen < o->n_predict) {
+		int32_t id;
+		TERN_FORWARD_IF_ERROR(tern_sampler_sample(s->smp, last, &id, err));
+		n_gen++;
+		if (s->tok && !o->ignore_eos && tern_tokenizer_is_eog(s->tok, id))
+			break;
+		if (o->print_ids)
+			fprintf(stderr, " %d", id);
+		emit(s, id, 1);
+		if (s->stopped || n_gen == o->n_predict)
+			break;
+		TERN_FORWARD_IF_ERROR(feed(s, &id, 1, pos, &last, err));
+		pos++;
+		n_fed++;
+	}
+	const double t_decode = tern_now_s() - td0;
+	if (o->print_ids)
+		fputc('\n', stderr);
+	if (s->detok && !o->quiet && !s->stopped) {
+		const char *text;
+		size_t len;
+		if (tern_detok_flush(s->detok, &text, &len, NULL) == 0 && len)
+			fwrite(text, 1, len, stdout);
+		if (s->stop) {
+			tern_stopper_flush(s->stop, &text, &len);
+			if (len)
+				fwrite(text, 1, len, stdout);
+		}
+	}
+	if (!o->quiet)
+		fputc('\n', stdout);
+	fflush(stdout);
+	if (s->dump) {
+		TERN_RETURN_IF(fseek(s->dump, 0, SEEK_SET) != 0 ||
+				   npy_write_header(s->dump, s->dump_rows, hp.n_vocab) < 0,
+			       err, TERN_EIO, "%s: write failed", o->dump);
+		const int rc = fclose(s->dump);
+		s->dump = NULL;
+		TERN_RETURN_IF(rc != 0, err, TERN_EIO, "%s: write failed", o->dump);
+	}
+	fprintf(stderr, "tern-run: prompt %d tokens in %.3f s = %.2f tokens/s\n", n_prompt, t_prompt,
+		t_prompt > 0 ? n_prompt / t_prompt : 0.0);
+	fprintf(stderr, "tern-run: decode %d tokens in %.3f s = %.2f tokens/s (%d engine steps)\n", n_gen, t_decode,
+		t_decode > 0 && n_fed ? n_fed / t_decode : 0.0, n_fed);
+	if (o->head_int8 && s->n_seen > 0) {
+		int agree = 0;
+		TERN_FORWARD_IF_ERROR(tern_head_int8_agreement(s->head, s->pool, s->seen, s->n_seen, &agree, err));
+		fprintf(stderr,
+			"tern-run: int8 LM head: top-1 agrees with the file-precision head at %d of %d positions "
+			"(%.2f%%)\n",
+			agree, s->n_seen, 100.0 * agree / s->n_seen);
+	}
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	run_state s;
+	memset(&s, 0, sizeof s);
+	if (parse_args(argc, argv, &s.o) < 0)
+		return 2;
+	tern_err err = {0};
+	const int rc = run(&s, &err);
+	if (rc < 0)
+		fprintf(stderr, "tern-run: %s\n", err.msg);
+	run_free(&s);
+	return rc < 0 ? 1 : 0;
+}

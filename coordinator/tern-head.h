@@ -1,0 +1,99 @@
+/* tern-head.h: the coordinator's ends of the model: token embedding lookup,
+ * the final RMSNorm and the tied LM head (logits = Embed_matrix x norm(h)),
+ * in the precision the file stores the embeddings in (F16, BF16 or F32).
+ *
+ * The LM head is batch invariant like the layers (DESIGN.md, Numerics): each
+ * logit is one dot product over n_embd with a fixed order: 64 lane sums
+ * (element i goes to lane i % 64, in index order, each step one fused
+ * multiply-add) combined in a fixed tree (lane i += lane i + w for w = 32,
+ * 16, ..., 1), identical in the scalar (fmaf), AVX2/FMA and AVX-512 code and
+ * for any batch size or thread count. Element conversions (F16/BF16 -> f32)
+ * are exact.
+ *
+ * head.c depends on kernels/ (base, pool) only; head-source.c on partition/. */
+#ifndef TERN_HEAD_H
+#define TERN_HEAD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tern-base.h"
+#include "tern-pool.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum {
+	TERN_HEAD_F32 = 0,
+	TERN_HEAD_F16 = 1,
+	TERN_HEAD_BF16 = 2,
+} tern_head_dtype;
+
+typedef enum {
+	TERN_HEAD_SIMD_AUTO = -1,  /* best available from cpuid */
+	TERN_HEAD_SIMD_SCALAR = 0, /* portable C, the oracle */
+	TERN_HEAD_SIMD_AVX2 = 1,   /* AVX2 + F16C + FMA */
+	TERN_HEAD_SIMD_AVX512 = 2, /* AVX-512F */
+} tern_head_simd;
+
+typedef struct tern_head_config {
+	int n_vocab;
+	int n_embd;
+	tern_head_dtype dtype;
+	const void *emb;       /* (n_vocab, row_bytes) embeddings, borrowed (e.g. the file's mapping), any alignment */
+	size_t row_bytes;      /* row stride in bytes; 0 = n_embd * element size */
+	const float *out_norm; /* (n_embd) final norm weight, copied */
+	float eps;             /* RMSNorm epsilon */
+	tern_head_simd simd;   /* code path; results are the same for all */
+} tern_head_config;
+
+typedef struct tern_head tern_head;
+
+/* Errors: TERN_EINVAL (bad sizes, NULL pointers, SIMD path not available),
+ * TERN_ENOMEM. *out is NULL on failure. */
+int tern_head_create(const tern_head_config *cfg, tern_head **out, tern_err *err);
+void tern_head_free(tern_head *h);
+/* The code path actually used (AUTO resolved). */
+tern_head_simd tern_head_simd_used(const tern_head *h);
+int tern_head_simd_available(tern_head_simd s);
+const char *tern_head_simd_name(tern_head_simd s);
+
+/* hidden[j] = Embed[tokens[j]] as f32, (n, n_embd). A token outside
+ * [0, n_vocab) is TERN_EINVAL (nothing written past the bad row). */
+int tern_head_embed(const tern_head *h, const int32_t *tokens, int n, float *hidden, tern_err *err);
+
+/* logits (n, n_vocab) = Embed_matrix . RMSNorm(hidden[j], out_norm) for the n
+ * rows of hidden (n, n_embd), vocabulary split across the pool (may be NULL).
+ * TERN_ENOMEM if the normed rows cannot be held. */
+int tern_head_logits(tern_head *h, tern_pool *pool, const float *hidden, int n, float *logits, tern_err *err);
+
+/* The head of a model file (partition/tern-source.h): token_embd as stored
+ * (borrowed: src must outlive the head) and output_norm. TERN_EUNSUP for an
+ * embedding type other than F32/F16/BF16. */
+struct tern_source;
+int tern_head_from_source(const struct tern_source *src, tern_head_simd simd, tern_head **out, tern_err *err);
+
+/* Optional int8 LM head (off by default; lossy): each embedding row is
+ * quantized to int8 with its own scale (absmax / 127, round half to even), so
+ * the head reads half the bytes of F16. Logits are then (fixed-order dot of the
+ * int8 row and the normed f32 hidden state) * scale, identical across code
+ * paths. tern_head_int8_build quantizes (threads of pool) and switches it on;
+ * tern_head_int8_use switches between the two; the embedding lookup always
+ * uses the file's values. TERN_ENOMEM if it cannot be held. */
+int tern_head_int8_build(tern_head *h, tern_pool *pool, tern_err *err);
+void tern_head_int8_use(tern_head *h, int on);
+int tern_head_int8_active(const tern_head *h);
+/* Top-1 agreement of the int8 head with the file-precision head over the n
+ * rows of hidden (n, n_embd): *agree = rows whose argmax (lowest id on ties)
+ * is the same. TERN_ESTATE if no int8 head was built. */
+int tern_head_int8_agreement(tern_head *h, tern_pool *pool, const float *hidden, int n, int *agree, tern_err *err);
+
+/* Bytes the LM head reads per call (the embedding matrix, or the int8 one
+ * when active): for bandwidth bounds. */
+uint64_t tern_head_bytes(const tern_head *h);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* TERN_HEAD_H */

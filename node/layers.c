@@ -1,0 +1,487 @@
+/* layers.c: the BitNet b1.58 layer forward pass over a micro-batch (see
+ * tern-engine.h for the math and the batch-invariance contract), and the
+ * float primitives it is made of.
+ *
+ * Every float loop below runs in one order that depends only on the row's
+ * own width and position: no reduction is split by batch size, chunking or
+ * thread. Threads split GEMMs by output rows (through the pool: each output
+ * element is still computed by one kernel call over its whole K) and
+ * attention by (row, head) items, each item computed by one thread start to
+ * finish. This file must be compiled without -ffast-math and with
+ * -ffp-contract=off, so the compiler cannot re-associate or fuse anything. */
+#include "tern-engine.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- primitives --------------------------------------------------------- */
+
+void tern_engine_rmsnorm(const float *x, const float *w, int n, float eps, float *out)
+{
+	double ss = 0.0;
+	for (int i = 0; i < n; i++)
+		ss += (double)x[i] * (double)x[i];
+	const float mean = (float)(ss / (double)n);
+	const float s = 1.0f / sqrtf(mean + eps);
+	if (w) {
+		for (int i = 0; i < n; i++)
+			out[i] = (x[i] * s) * w[i];
+	} else {
+		for (int i = 0; i < n; i++)
+			out[i] = x[i] * s;
+	}
+}
+
+void tern_engine_rope_table(float theta, int head_dim, int n_pos, float *cs)
+{
+	const int half = head_dim / 2;
+	for (int p = 0; p < n_pos; p++) {
+		for (int j = 0; j < half; j++) {
+			const double inv_freq = pow((double)theta, -2.0 * (double)j / (double)head_dim);
+			const double ang = (double)p * inv_freq;
+			cs[((size_t)p * (size_t)half + (size_t)j) * 2 + 0] = (float)cos(ang);
+			cs[((size_t)p * (size_t)half + (size_t)j) * 2 + 1] = (float)sin(ang);
+		}
+	}
+}
+
+void tern_engine_rope(float *x, int n_heads, int head_dim, const float *cs_pos)
+{
+	const int half = head_dim / 2;
+	for (int h = 0; h < n_heads; h++) {
+		float *xh = x + (size_t)h * (size_t)head_dim;
+		for (int j = 0; j < half; j++) {
+			const float c = cs_pos[2 * j], s = cs_pos[2 * j + 1];
+			const float x0 = xh[j], x1 = xh[j + half];
+			xh[j] = x0 * c - x1 * s;
+			xh[j + half] = x0 * s + x1 * c;
+		}
+	}
+}
+
+void tern_engine_softmax(float *x, int n)
+{
+	float m = x[0];
+	for (int i = 1; i < n; i++)
+		m = x[i] > m ? x[i] : m;
+	double sum = 0.0;
+	for (int i = 0; i < n; i++) {
+		x[i] = expf(x[i] - m);
+		sum += (double)x[i];
+	}
+	const float inv = (float)(1.0 / sum);
+	for (int i = 0; i < n; i++)
+		x[i] *= inv;
+}
+
+void tern_engine_relu2_mul(const float *g, const float *u, int n, float *out)
+{
+	for (int i = 0; i < n; i++) {
+		const float r = g[i] > 0.0f ? g[i] : 0.0f;
+		out[i] = (r * r) * u[i];
+	}
+}
+
+double tern_engine_dot_f64(const float *a, const float *b, int n)
+{
+	double l[8] = {0};
+	int i = 0;
+	for (; i + 8 <= n; i += 8)
+		for (int j = 0; j < 8; j++)
+			l[j] += (double)a[i + j] * (double)b[i + j];
+	for (int j = 0; i < n; i++, j++)
+		l[j] += (double)a[i] * (double)b[i];
+	const double s0 = l[0] + l[4], s1 = l[1] + l[5], s2 = l[2] + l[6], s3 = l[3] + l[7];
+	return (s0 + s2) + (s1 + s3);
+}
+
+float tern_engine_dot(const float *a, const float *b, int n)
+{
+	float l[8] = {0};
+	int i = 0;
+	for (; i + 8 <= n; i += 8)
+		for (int j = 0; j < 8; j++)
+			l[j] += a[i + j] * b[i + j];
+	for (int j = 0; i < n; i++, j++)
+		l[j] += a[i] * b[i];
+	const float s0 = l[0] + l[4], s1 = l[1] + l[5], s2 = l[2] + l[6], s3 = l[3] + l[7];
+	return (s0 + s2) + (s1 + s3);
+}
+
+/* ---- names and shapes ---------------------------------------------------- */
+
+const char *tern_engine_proj_name(tern_proj p)
+{
+	static const char *const names[TERN_PROJ_COUNT] = {"attn_q",   "attn_k", "attn_v",  "attn_output",
+							   "ffn_gate", "ffn_up", "ffn_down"};
+	return (p >= 0 && p < TERN_PROJ_COUNT) ? names[p] : "?";
+}
+
+const char *tern_engine_norm_name(tern_norm_kind n)
+{
+	static const char *const names[TERN_LAYER_NORMS] = {"attn_norm", "attn_sub_norm", "ffn_norm", "ffn_sub_norm"};
+	return (n >= 0 && n < TERN_LAYER_NORMS) ? names[n] : "?";
+}
+
+void tern_engine_proj_shape(const tern_hparams *hp, tern_proj p, int *m, int *k)
+{
+	const int kv = hp->n_head_kv * hp->head_dim;
+	switch (p) {
+	case TERN_PROJ_K:
+	case TERN_PROJ_V: *m = kv, *k = hp->n_embd; break;
+	case TERN_PROJ_GATE:
+	case TERN_PROJ_UP: *m = hp->n_ff, *k = hp->n_embd; break;
+	case TERN_PROJ_DOWN: *m = hp->n_embd, *k = hp->n_ff; break;
+	default: *m = hp->n_embd, *k = hp->n_embd; break;
+	}
+}
+
+int tern_engine_norm_width(const tern_hparams *hp, tern_norm_kind n)
+{
+	return n == TERN_NORM_FFN_SUB ? hp->n_ff : hp->n_embd;
+}
+
+/* ---- the engine ----------------------------------------------------------- */
+
+/* Up to three products with the same input, in one pool run: each thread
+ * computes its share of the (row-tile aligned) output rows of every matrix
+ * with the single-threaded kernel, so results do not depend on the thread
+ * count, and decode pays one synchronisation instead of three. */
+typedef struct {
+	const tern_matrix *mat[3];
+	float *y[3];
+	int ldy[3];
+	int count;
+	const tern_act *a;
+	tern_isa isa;
+	int rc[TERN_POOL_MAX_THREADS];
+	tern_err err[TERN_POOL_MAX_THREADS];
+} proj_job;
+
+struct tern_engine {
+	const tern_layers *w;
+	tern_hparams hp;
+	tern_engine_config cfg;
+	tern_isa isa;
+	int kv_dim;
+	int n_threads;
+	tern_kv_cache *kv;
+	float *rope;    /* (n_ctx, head_dim/2, 2) cos, sin */
+	float *xn;      /* (max_rows, n_embd) normed input of a projection */
+	float *q;       /* (max_rows, n_embd) */
+	float *k;       /* (max_rows, kv_dim) */
+	float *v;       /* (max_rows, kv_dim) */
+	float *att;     /* (max_rows, n_embd) attention output */
+	float *y;       /* (max_rows, n_embd) projection output before the residual */
+	float *g;       /* (max_rows, n_ff) */
+	float *u;       /* (max_rows, n_ff) */
+	float *scores;  /* (n_threads, n_ctx) per-thread attention scores */
+	double *acc;    /* (n_threads, head_dim) per-thread weighted V sums */
+	int *slot_next; /* (n_slots) validation scratch: next position expected in this call */
+	proj_job *pjob; /* bookkeeping of the product runs (per-thread errors) */
+	tern_act act_e; /* activations of width n_embd */
+	tern_act act_f; /* activations of width n_ff */
+};
+
+static float *alloc_f32(size_t n)
+{
+	return tern_aligned_alloc(n * sizeof(float), TERN_ALIGN);
+}
+
+int tern_engine_create(const tern_layers *w, const tern_engine_config *cfg, tern_engine **out, tern_err *err)
+{
+	*out = NULL;
+	TERN_RETURN_IF(!w || w->n <= 0 || !w->l, err, TERN_EINVAL, "engine: no layers");
+	TERN_FORWARD_IF_ERROR(tern_hparams_validate(&w->hp, err));
+	TERN_RETURN_IF(cfg->n_slots <= 0 || cfg->n_ctx <= 0 || cfg->max_rows <= 0 || cfg->max_rows > (1 << 20), err,
+		       TERN_EINVAL, "engine: bad config (slots %d, context %d, rows %d)", cfg->n_slots, cfg->n_ctx,
+		       cfg->max_rows);
+	TERN_RETURN_IF(cfg->n_ctx > (1 << 22), err, TERN_ERANGE, "engine: absurd context %d", cfg->n_ctx);
+	tern_isa isa = cfg->isa == TERN_ISA_AUTO ? tern_isa_default() : cfg->isa;
+	TERN_RETURN_IF(!tern_isa_available(isa), err, TERN_EINVAL, "engine: kernel ISA %s not available here",
+		       tern_isa_name(isa));
+	for (int l = 0; l < w->n; l++)
+		for (int p = 0; p < TERN_PROJ_COUNT; p++) {
+			int m, k;
+			tern_engine_proj_shape(&w->hp, (tern_proj)p, &m, &k);
+			const tern_matrix *mat = &w->l[l].proj[p];
+			TERN_RETURN_IF(mat->m != m || mat->k != k || mat->packing != w->packing || !mat->data, err,
+				       TERN_EINVAL, "engine: layer %d %s is %dx%d (%s), expected %dx%d (%s)",
+				       w->first + l, tern_engine_proj_name((tern_proj)p), mat->m, mat->k,
+				       tern_packing_name(mat->packing), m, k, tern_packing_name(w->packing));
+		}
+
+	tern_engine *e = calloc(1, sizeof *e);
+	TERN_RETURN_IF(!e, err, TERN_ENOMEM, "engine: out of memory");
+	e->w = w;
+	e->hp = w->hp;
+	e->cfg = *cfg;
+	e->isa = isa;
+	e->kv_dim = w->hp.n_head_kv * w->hp.head_dim;
+	e->n_threads = tern_pool_size(cfg->pool);
+	int rc = tern_kv_create(&e->kv, w->n, cfg->n_slots, cfg->n_ctx, e->kv_dim, cfg->kv_alloc, err);
+	if (rc < 0)
+		goto fail;
+	const size_t R = (size_t)cfg->max_rows, d = (size_t)e->hp.n_embd, ff = (size_t)e->hp.n_ff;
+	e->rope = alloc_f32((size_t)cfg->n_ctx * (size_t)e->hp.head_dim);
+	e->xn = alloc_f32(R * (ff > d ? ff : d));
+	e->q = alloc_f32(R * d);
+	e->k = alloc_f32(R * (size_t)e->kv_dim);
+	e->v = alloc_f32(R * (size_t)e->kv_dim);
+	e->att = alloc_f32(R * d);
+	e->y = alloc_f32(R * d);
+	e->g = alloc_f32(R * ff);
+	e->u = alloc_f32(R * ff);
+	e->scores = alloc_f32((size_t)e->n_threads * (size_t)cfg->n_ctx);
+	e->acc = tern_aligned_alloc((size_t)e->n_threads * (size_t)e->hp.head_dim * sizeof(double), TERN_ALIGN);
+	e->slot_next = malloc((size_t)cfg->n_slots * sizeof *e->slot_next);
+	e->pjob = calloc(1, sizeof *e->pjob);
+	if (!e->rope || !e->xn || !e->q || !e->k || !e->v || !e->att || !e->y || !e->g || !e->u || !e->scores ||
+	    !e->acc || !e->slot_next || !e->pjob) {
+		rc = TERN_ERR(err, TERN_ENOMEM, "engine: cannot allocate scratch for %d rows", cfg->max_rows);
+		goto fail;
+	}
+	tern_engine_rope_table(e->hp.rope_theta, e->hp.head_dim, cfg->n_ctx, e->rope);
+	*out = e;
+	return 0;
+fail:
+	tern_engine_free(e);
+	return rc;
+}
+
+void tern_engine_free(tern_engine *e)
+{
+	if (!e)
+		return;
+	tern_kv_free(e->kv);
+	tern_aligned_free(e->rope);
+	tern_aligned_free(e->xn);
+	tern_aligned_free(e->q);
+	tern_aligned_free(e->k);
+	tern_aligned_free(e->v);
+	tern_aligned_free(e->att);
+	tern_aligned_free(e->y);
+	tern_aligned_free(e->g);
+	tern_aligned_free(e->u);
+	tern_aligned_free(e->scores);
+	tern_aligned_free(e->acc);
+	free(e->slot_next);
+	free(e->pjob);
+	tern_act_free(&e->act_e);
+	tern_act_free(&e->act_f);
+	free(e);
+}
+
+tern_kv_cache *tern_engine_kv(tern_engine *e)
+{
+	return e->kv;
+}
+
+const tern_layers *tern_engine_layers(const tern_engine *e)
+{
+	return e->w;
+}
+
+/* Attention of one layer: items (row j, head h), j-major, split into
+ * contiguous ranges per thread; each item is computed by one thread alone. */
+typedef struct {
+	tern_engine *e;
+	int layer; /* index within the range */
+	const tern_row *rows;
+	int n;
+} attn_job;
+
+static void attn_run(void *ctx, int tid, int nth)
+{
+	const attn_job *job = ctx;
+	tern_engine *e = job->e;
+	const tern_hparams *hp = &e->hp;
+	const int hd = hp->head_dim, n_head = hp->n_head, kvd = e->kv_dim;
+	const int group = hp->n_head / hp->n_head_kv;
+	const size_t n_items = (size_t)job->n * (size_t)n_head;
+	const size_t i0 = n_items * (size_t)tid / (size_t)nth, i1 = n_items * (size_t)(tid + 1) / (size_t)nth;
+	const float scale = 1.0f / sqrtf((float)hd);
+	float *sc = e->scores + (size_t)tid * (size_t)e->cfg.n_ctx;
+	double *acc = e->acc + (size_t)tid * (size_t)hd;
+	const float *kc = e->kv->k[job->layer], *vc = e->kv->v[job->layer];
+	for (size_t it = i0; it < i1; it++) {
+		const int j = (int)(it / (size_t)n_head), h = (int)(it % (size_t)n_head);
+		const int kvh = h / group, pos = job->rows[j].pos;
+		const size_t base = (size_t)job->rows[j].slot * (size_t)e->cfg.n_ctx * (size_t)kvd + (size_t)kvh * hd;
+		const float *qh = e->q + (size_t)j * hp->n_embd + (size_t)h * hd;
+		/* products of floats are exact in double, so these sums are close
+		 * to correctly rounded once cast back: few int8 rounding flips
+		 * against any other careful implementation */
+		for (int t = 0; t <= pos; t++)
+			sc[t] = (float)tern_engine_dot_f64(qh, kc + base + (size_t)t * kvd, hd) * scale;
+		tern_engine_softmax(sc, pos + 1);
+		for (int d = 0; d < hd; d++)
+			acc[d] = 0.0;
+		for (int t = 0; t <= pos; t++) {
+			const double p = (double)sc[t];
+			const float *vt = vc + base + (size_t)t * kvd;
+			for (int d = 0; d < hd; d++)
+				acc[d] += p * (double)vt[d];
+		}
+		float *o = e->att + (size_t)j * hp->n_embd + (size_t)h * hd;
+		for (int d = 0; d < hd; d++)
+			o[d] = (float)acc[d];
+	}
+}
+
+static void proj_run(void *ctx, int tid, int nth)
+{
+	proj_job *job = ctx;
+	job->rc[tid] = 0;
+	for (int i = 0; i < job->count; i++) {
+		const tern_matrix *mat = job->mat[i];
+		const int tile = tern_row_tile(mat->packing);
+		const int n_tiles = (mat->m + tile - 1) / tile;
+		const int r0 = (int)((int64_t)n_tiles * tid / nth) * tile;
+		int r1 = (int)((int64_t)n_tiles * (tid + 1) / nth) * tile;
+		r1 = r1 < mat->m ? r1 : mat->m;
+		if (r0 >= r1)
+			continue;
+		const int rc = tern_gemm_f32(mat, job->a, job->y[i], job->ldy[i], r0, r1, job->isa, &job->err[tid]);
+		if (rc < 0) {
+			job->rc[tid] = rc;
+			return;
+		}
+	}
+}
+
+static int projs(tern_engine *e, int l, const tern_proj *p, int count, const tern_act *a, float *const *y,
+		 const int *ldy, tern_err *err)
+{
+	proj_job *job = e->pjob;
+	job->count = count;
+	job->a = a;
+	job->isa = e->isa;
+	for (int i = 0; i < count; i++) {
+		job->mat[i] = &e->w->l[l].proj[p[i]];
+		job->y[i] = y[i];
+		job->ldy[i] = ldy[i];
+	}
+	tern_pool_run(e->cfg.pool, proj_run, job);
+	for (int t = 0; t < e->n_threads; t++) {
+		if (job->rc[t] < 0) {
+			if (err)
+				*err = job->err[t];
+			return job->rc[t];
+		}
+	}
+	return 0;
+}
+
+static int proj(tern_engine *e, int l, tern_proj p, const tern_act *a, float *y, int ldy, tern_err *err)
+{
+	return projs(e, l, &p, 1, a, &y, &ldy, err);
+}
+
+static void norm_rows(const float *x, int ldx, const float *w, int width, float eps, int n, float *out, int ldo)
+{
+	for (int j = 0; j < n; j++)
+		tern_engine_rmsnorm(x + (size_t)j * ldx, w, width, eps, out + (size_t)j * ldo);
+}
+
+static void add_rows(float *h, const float *y, size_t count)
+{
+	for (size_t i = 0; i < count; i++)
+		h[i] = h[i] + y[i];
+}
+
+static int layer_forward(tern_engine *e, int l, const tern_row *rows, int n, float *h, tern_err *err)
+{
+	const tern_hparams *hp = &e->hp;
+	const tern_layer_weights *lw = &e->w->l[l];
+	const int d = hp->n_embd, ff = hp->n_ff, kvd = e->kv_dim, hd = hp->head_dim;
+	const tern_packing pk = e->w->packing;
+	const float eps = hp->norm_eps;
+
+	/* attention block */
+	norm_rows(h, d, lw->norm[TERN_NORM_ATTN], d, eps, n, e->xn, d);
+	TERN_FORWARD_IF_ERROR(tern_act_prepare(&e->act_e, pk, e->isa, e->xn, n, d, d, err));
+	{
+		const tern_proj p[3] = {TERN_PROJ_Q, TERN_PROJ_K, TERN_PROJ_V};
+		float *const y[3] = {e->q, e->k, e->v};
+		const int ldy[3] = {d, kvd, kvd};
+		TERN_FORWARD_IF_ERROR(projs(e, l, p, 3, &e->act_e, y, ldy, err));
+	}
+	for (int j = 0; j < n; j++) {
+		const float *cs = e->rope + (size_t)rows[j].pos * (size_t)hd;
+		tern_engine_rope(e->q + (size_t)j * d, hp->n_head, hd, cs);
+		tern_engine_rope(e->k + (size_t)j * kvd, hp->n_head_kv, hd, cs);
+		/* every row's K/V lands in the cache before any row attends, so a
+		 * row sees the earlier rows of its own sequence in this batch */
+		const size_t off = ((size_t)rows[j].slot * (size_t)e->cfg.n_ctx + (size_t)rows[j].pos) * (size_t)kvd;
+		memcpy(e->kv->k[l] + off, e->k + (size_t)j * kvd, (size_t)kvd * sizeof(float));
+		memcpy(e->kv->v[l] + off, e->v + (size_t)j * kvd, (size_t)kvd * sizeof(float));
+	}
+	attn_job job = {e, l, rows, n};
+	tern_pool_run(e->cfg.pool, attn_run, &job);
+	norm_rows(e->att, d, lw->norm[TERN_NORM_ATTN_SUB], d, eps, n, e->xn, d);
+	TERN_FORWARD_IF_ERROR(tern_act_prepare(&e->act_e, pk, e->isa, e->xn, n, d, d, err));
+	TERN_FORWARD_IF_ERROR(proj(e, l, TERN_PROJ_O, &e->act_e, e->y, d, err));
+	add_rows(h, e->y, (size_t)n * (size_t)d);
+
+	/* feed-forward block */
+	norm_rows(h, d, lw->norm[TERN_NORM_FFN], d, eps, n, e->xn, d);
+	TERN_FORWARD_IF_ERROR(tern_act_prepare(&e->act_e, pk, e->isa, e->xn, n, d, d, err));
+	{
+		const tern_proj p[2] = {TERN_PROJ_GATE, TERN_PROJ_UP};
+		float *const y[2] = {e->g, e->u};
+		const int ldy[2] = {ff, ff};
+		TERN_FORWARD_IF_ERROR(projs(e, l, p, 2, &e->act_e, y, ldy, err));
+	}
+	tern_engine_relu2_mul(e->g, e->u, n * ff, e->g);
+	norm_rows(e->g, ff, lw->norm[TERN_NORM_FFN_SUB], ff, eps, n, e->g, ff);
+	TERN_FORWARD_IF_ERROR(tern_act_prepare(&e->act_f, pk, e->isa, e->g, n, ff, ff, err));
+	TERN_FORWARD_IF_ERROR(proj(e, l, TERN_PROJ_DOWN, &e->act_f, e->y, d, err));
+	add_rows(h, e->y, (size_t)n * (size_t)d);
+	return 0;
+}
+
+/* Checks the whole call before anything is written (tern-engine.h rules). */
+static int check_rows(tern_engine *e, const tern_row *rows, int n, tern_err *err)
+{
+	const tern_kv_cache *kv = e->kv;
+	for (int s = 0; s < kv->n_slots; s++)
+		e->slot_next[s] = -1;
+	for (int j = 0; j < n; j++) {
+		const int s = rows[j].slot, p = rows[j].pos;
+		TERN_RETURN_IF(s < 0 || s >= kv->n_slots || kv->len[s] < 0, err, TERN_EINVAL,
+			       "engine: row %d uses slot %d, which is not allocated", j, s);
+		TERN_RETURN_IF(p < 0 || p >= kv->n_ctx, err, TERN_EINVAL,
+			       "engine: row %d position %d outside the context of %d", j, p, kv->n_ctx);
+		if (e->slot_next[s] < 0) {
+			TERN_RETURN_IF(p > kv->len[s], err, TERN_EINVAL,
+				       "engine: row %d position %d leaves a gap after slot %d's %d positions", j, p, s,
+				       kv->len[s]);
+		} else {
+			TERN_RETURN_IF(p != e->slot_next[s], err, TERN_EINVAL,
+				       "engine: row %d position %d of slot %d does not follow its previous row (%d)", j,
+				       p, s, e->slot_next[s] - 1);
+		}
+		e->slot_next[s] = p + 1;
+	}
+	return 0;
+}
+
+int tern_engine_forward(tern_engine *e, const tern_row *rows, int n, float *hidden, tern_err *err)
+{
+	if (n == 0)
+		return 0;
+	TERN_RETURN_IF(n < 0 || !rows || !hidden, err, TERN_EINVAL, "engine: bad batch of %d rows", n);
+	TERN_FORWARD_IF_ERROR(check_rows(e, rows, n, err));
+	const int d = e->hp.n_embd;
+	for (int r0 = 0; r0 < n; r0 += e->cfg.max_rows) {
+		const int cnt = n - r0 < e->cfg.max_rows ? n - r0 : e->cfg.max_rows;
+		float *h = hidden + (size_t)r0 * (size_t)d;
+		for (int l = 0; l < e->w->n; l++)
+			TERN_FORWARD_IF_ERROR(layer_forward(e, l, rows + r0, cnt, h, err));
+	}
+	for (int j = 0; j < n; j++)
+		e->kv->len[rows[j].slot] = rows[j].pos + 1;
+	return 0;
+}

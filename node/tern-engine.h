@@ -1,0 +1,213 @@
+/* tern-engine.h: the BitNet b1.58 layer engine, what one pipeline stage runs
+ * ("a node is layers a..b"), and what tern-run runs for the whole model.
+ *
+ * It owns the transformer layers of one contiguous range and the f32 KV cache
+ * of those layers for a fixed number of sequence slots. One call runs a
+ * micro-batch of T rows (slot, position, hidden f32[n_embd]) through every
+ * layer of the range: rows of several sequences at different positions, and
+ * several consecutive rows of one sequence (chunked prefill), together. Every
+ * weight matrix is applied to all T rows at once (GEMM; T == 1 is GEMV).
+ *
+ * Numerics (DESIGN.md, "Numerics"): the ternary products are exact integers
+ * scaled once per output; every float reduction here (RMSNorm, RoPE, QK dot
+ * products, softmax, the weighted V sum) has one fixed order per row that
+ * depends on nothing but that row's own data and position. So a sequence gives
+ * bit-identical hidden states alone, inside any batch, with its prompt chunked
+ * any way, and with any thread count, packing or kernel ISA.
+ *
+ * Attention: score_t = (float)(q.k_t in double) * (1/sqrtf(head_dim)); softmax
+ * as tern_engine_softmax; out = (float)(sum_t p_t * v_t in double, t order).
+ *
+ * Math (MODEL-FORMATS.md 1.2-1.4), per layer and row:
+ *   a = RMSNorm(h, attn_norm); q,k,v = BitLinear(a); RoPE NEOX on q,k;
+ *   o = causal GQA softmax(q k^T / sqrt(head_dim)) v over the row's own slot;
+ *   h += BitLinear_o(RMSNorm(o, attn_sub_norm));
+ *   f = RMSNorm(h, ffn_norm); m = relu(gate(f))^2 * up(f);
+ *   h += BitLinear_down(RMSNorm(m, ffn_sub_norm)).
+ *
+ * Depends on kernels/ (products, pool) and partition/ (tern_hparams). */
+#ifndef TERN_ENGINE_H
+#define TERN_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tern-base.h"
+#include "tern-kernels.h"
+#include "tern-model.h"
+#include "tern-pool.h"
+#include "tern-source.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- weights ------------------------------------------------------------ */
+
+/* tern_proj (the seven projections) and tern_norm_kind come from
+ * partition/tern-source.h; a layer holds the first four norms. */
+#define TERN_LAYER_NORMS 4 /* TERN_NORM_ATTN, _ATTN_SUB, _FFN, _FFN_SUB */
+
+const char *tern_engine_proj_name(tern_proj p);      /* "attn_q", ..., "ffn_down" (GGUF names) */
+const char *tern_engine_norm_name(tern_norm_kind n); /* "attn_norm", ..., "ffn_sub_norm" */
+/* Output rows (m) and inputs (k) of a projection for these hyper-parameters. */
+void tern_engine_proj_shape(const tern_hparams *hp, tern_proj p, int *m, int *k);
+/* Width of a norm vector. */
+int tern_engine_norm_width(const tern_hparams *hp, tern_norm_kind n);
+
+typedef struct tern_layer_weights {
+	tern_matrix proj[TERN_PROJ_COUNT]; /* packed, shapes as tern_proj says */
+	float *norm[TERN_LAYER_NORMS];     /* (width) each, tern_aligned_alloc'd */
+} tern_layer_weights;
+
+/* The weights of layers [first, first + n) of one model, in one packing. */
+typedef struct tern_layers {
+	tern_hparams hp;
+	int first; /* global index of the first layer */
+	int n;     /* layers held */
+	tern_packing packing;
+	tern_layer_weights *l; /* (n) */
+} tern_layers;
+
+/* Where the builder gets one layer's weights from (a model file, a generator).
+ * get_proj fills w (m x k int8, values in {-1,0,1}; row-major) and scales
+ * (n_groups floats) for group_rows rows per scale; *group_rows on entry is m
+ * (one scale per tensor) and the source may lower it to the groups it has.
+ * get_norm fills out (width floats). layer is the global layer index. Return
+ * 0 or a negative TERN_E* with err filled. */
+typedef struct tern_layer_source {
+	int (*get_proj)(void *ctx, int layer, tern_proj p, int m, int k, int8_t *w, float *scales, int max_groups,
+			int *group_rows, tern_err *err);
+	int (*get_norm)(void *ctx, int layer, tern_norm_kind n, int width, float *out, tern_err *err);
+	void *ctx;
+} tern_layer_source;
+
+/* Builds layers [first, first + n) packed in packing from src. hp is
+ * validated; out is filled (free with tern_layers_free, also on failure). */
+int tern_layers_build(tern_layers *out, const tern_hparams *hp, int first, int n, tern_packing packing,
+		      const tern_layer_source *src, tern_err *err);
+/* The same with the (layer, projection) matrices fetched and packed by the
+ * threads of pool (NULL: the caller alone); src->get_proj must then be safe
+ * to call from several threads at once. The result is identical. */
+int tern_layers_build_mt(tern_layers *out, const tern_hparams *hp, int first, int n, tern_packing packing,
+			 const tern_layer_source *src, tern_pool *pool, tern_err *err);
+/* A deterministic random source for tests and benchmarks: ternary weights with
+ * about 1/3 zeros, per-tensor scales near 1/sqrt(k) so activations stay O(1),
+ * norms near 1. The same (seed, layer, projection) always gives the same data,
+ * whatever range is built. */
+tern_layer_source tern_layers_random_source(uint64_t *seed_storage);
+/* Layers [first, first + n) of a model file (partition/tern-source.h). For
+ * full-precision sources group_rows picks the rows per weight scale (<= 0:
+ * one per tensor, the BitNet rule); pre-quantized files keep their scales. */
+int tern_layers_from_source(tern_layers *out, const tern_source *src, int first, int n, tern_packing packing,
+			    int group_rows, tern_err *err);
+/* The same, built by the threads of pool (tern_layers_build_mt). */
+int tern_layers_from_source_mt(tern_layers *out, const tern_source *src, int first, int n, tern_packing packing,
+			       int group_rows, tern_pool *pool, tern_err *err);
+/* Releases the matrices and norms; *ls is zeroed. NULL is a no-op. */
+void tern_layers_free(tern_layers *ls);
+/* Bytes of packed ternary data of the whole range (what decode reads per token). */
+uint64_t tern_layers_bytes(const tern_layers *ls);
+
+/* ---- KV cache ----------------------------------------------------------- */
+
+/* Memory for the KV cache, so a NUMA-pinned stage can place it. alloc returns
+ * a block of at least bytes, 64-byte aligned, or NULL; free gets it back with
+ * the same size. A NULL allocator means tern_aligned_alloc. */
+typedef struct tern_allocator {
+	void *(*alloc)(void *ctx, size_t bytes);
+	void (*free)(void *ctx, void *p, size_t bytes);
+	void *ctx;
+} tern_allocator;
+
+/* f32 K and V of n_layer layers for n_slots sequences of up to n_ctx positions. */
+typedef struct tern_kv_cache {
+	int n_layer;
+	int n_slots;
+	int n_ctx;
+	int kv_dim;         /* n_head_kv * head_dim */
+	size_t layer_bytes; /* bytes of one layer's K (and of its V) */
+	float **k;          /* (n_layer) -> (n_slots, n_ctx, kv_dim) */
+	float **v;          /* (n_layer) -> (n_slots, n_ctx, kv_dim) */
+	int *len;           /* (n_slots) positions held; -1 = slot free */
+	tern_allocator alloc;
+} tern_kv_cache;
+
+/* Errors: TERN_EINVAL (non-positive sizes), TERN_ERANGE (size overflow),
+ * TERN_ENOMEM. *out is NULL on failure. */
+int tern_kv_create(tern_kv_cache **out, int n_layer, int n_slots, int n_ctx, int kv_dim, const tern_allocator *a,
+		   tern_err *err);
+void tern_kv_free(tern_kv_cache *kv);
+/* Claims a free slot (length 0): TERN_EFULL when all are in use. */
+int tern_kv_slot_alloc(tern_kv_cache *kv, int *slot, tern_err *err);
+/* Releases a slot; its contents are never read again. TERN_EINVAL if slot is
+ * out of range or not allocated. */
+int tern_kv_slot_free(tern_kv_cache *kv, int slot, tern_err *err);
+/* Positions the slot holds (-1 if free or out of range). */
+int tern_kv_slot_len(const tern_kv_cache *kv, int slot);
+/* Forgets positions >= len (rewind, e.g. to re-run a prompt suffix);
+ * TERN_EINVAL if len > current length or the slot is free. */
+int tern_kv_slot_truncate(tern_kv_cache *kv, int slot, int len, tern_err *err);
+
+/* ---- the engine --------------------------------------------------------- */
+
+typedef struct tern_engine_config {
+	int n_slots;                    /* sequences live at once */
+	int n_ctx;                      /* positions per slot */
+	int max_rows;                   /* rows per internal step; larger calls are split */
+	tern_isa isa;                   /* kernel ISA (AUTO resolves once) */
+	tern_pool *pool;                /* borrowed, may be NULL (single-threaded) */
+	const tern_allocator *kv_alloc; /* NULL: tern_aligned_alloc */
+} tern_engine_config;
+
+/* One row of a micro-batch. */
+typedef struct tern_row {
+	int32_t slot; /* KV slot of its sequence */
+	int32_t pos;  /* position in the sequence */
+} tern_row;
+
+typedef struct tern_engine tern_engine;
+
+/* Creates an engine over w (borrowed: must outlive the engine). Errors:
+ * TERN_EINVAL (bad config, ISA not available), TERN_ENOMEM. */
+int tern_engine_create(const tern_layers *w, const tern_engine_config *cfg, tern_engine **out, tern_err *err);
+void tern_engine_free(tern_engine *e);
+
+/* The engine's KV cache (slot management goes through it). */
+tern_kv_cache *tern_engine_kv(tern_engine *e);
+const tern_layers *tern_engine_layers(const tern_engine *e);
+
+/* Runs n rows through every layer of the range, hidden (n, n_embd) in and out.
+ * Row j writes K/V at (rows[j].slot, rows[j].pos) and attends to positions
+ * 0..pos of its slot, including earlier rows of the same batch. Rules
+ * (TERN_EINVAL otherwise, nothing changed): slots allocated; 0 <= pos < n_ctx;
+ * a slot's first row in the call has pos <= its length, and its later rows
+ * follow at pos + 1, pos + 2, ... (in row order, other slots may interleave).
+ * After the call each slot's length is its last row's pos + 1. */
+int tern_engine_forward(tern_engine *e, const tern_row *rows, int n, float *hidden, tern_err *err);
+
+/* ---- the layer math, exposed for unit tests and the coordinator --------- */
+
+/* out[i] = (x[i] * s) * w[i], s = 1/sqrtf((float)(sum x^2 / n) + eps), the sum
+ * of squares in double in index order. out may equal x. w NULL means 1. */
+void tern_engine_rmsnorm(const float *x, const float *w, int n, float eps, float *out);
+/* cos/sin table for positions [0, n_pos): cs[(pos * head_dim/2 + j) * 2 + {0,1}]
+ * = cos/sin(pos * theta^(-2j/head_dim)), angle and trig in double. */
+void tern_engine_rope_table(float theta, int head_dim, int n_pos, float *cs);
+/* NEOX RoPE of n_heads heads of x in place with the table row of one position
+ * (cs + pos * head_dim): pairs (j, j + head_dim/2). */
+void tern_engine_rope(float *x, int n_heads, int head_dim, const float *cs_pos);
+/* Softmax in place, in index order: max, expf(x - max), their sum in double,
+ * then each times (float)(1/sum). */
+void tern_engine_softmax(float *x, int n);
+/* out[i] = (relu(g[i])^2) * u[i]. */
+void tern_engine_relu2_mul(const float *g, const float *u, int n, float *out);
+/* Dot product with 8 lane sums (lane i % 8) combined as ((0+4)+(2+6))+((1+5)+(3+7)). */
+float tern_engine_dot(const float *a, const float *b, int n);
+/* The same in double (each product exact): what attention uses for q.k. */
+double tern_engine_dot_f64(const float *a, const float *b, int n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* TERN_ENGINE_H */

@@ -1,0 +1,505 @@
+#!/usr/bin/python3
+"""bitnet_ref.py: the independent reference forward pass of BitNet b1.58 (plain numpy).
+
+Owns the oracle the C engine is compared against (issue 5). Written from
+MODEL-FORMATS.md 1.1-1.4 and 2.1-2.5 only; it shares no code with the C engine. It
+favours being obviously correct over speed: every step of MODEL-FORMATS 1.2 is one short
+function below, vectorised with numpy but without fusions or reordering.
+
+Precision (float32 values everywhere, like bitnet.cpp; the exceptions are listed):
+- Every intermediate vector (residual stream, norm outputs, q/k/v, attention output,
+  relu^2 product, logits) is float32, and every elementwise operation is done in float32
+  in the order MODEL-FORMATS gives (e.g. RMSNorm: x*scale, then *weight).
+- float64 is used for reductions only, each rounded to float32 once at the end:
+  * RMSNorm sum of squares: (x*x) in float32, summed in float64, like FORK ggml
+    (ggml_float); then mean -> float32, scale = 1/sqrtf(mean+eps) in float32.
+  * activation absmax: max|x| in float64 starting at 1e-5, s = float32(127/max), as FORK
+    quantize_row_i8_s.
+  * softmax: max and x-max in float32; exp evaluated in float64 and rounded to float32
+    (numpy 1.24's float32 exp missed the correctly rounded value for 39% of 1e6 random
+    inputs on this machine; glibc's expf almost never does);
+    the sum of exps in float64, then one float32 multiply by float32(1/sum), like FORK
+    ggml_vec_soft_max_f32.
+  * dot products that are float in bitnet.cpp (q.k, p.v, the LM head): products and sum
+    in float64 (products of f32/f16 values are exact in float64), then rounded to float32.
+    This is the "nearly exact" value, so any float32 implementation differs from it only
+    by its own rounding.
+- Ternary x int8 dot products are exact integers: computed as a float64 matrix product of
+  integer-valued matrices, which is exact because every partial sum is an integer below
+  2^53 (|sum| <= 128*K). y = float32(dot) / s * weight_scale in float32 (FORK I2_S matmul).
+- Quantizer rounding: round half to even (np.rint on the float32 product x*s), clip to
+  [-128, 127] (FORK nearest_int). --act-round away selects C round() (half away from
+  zero), which some bitnet.cpp versions use.
+- RoPE: theta_j = pos * base^(-2j/n_rot) and its cos/sin in float64, rounded to float32,
+  then the rotation in float32. --rope ggml instead reproduces ggml's float32 incremental
+  theta (theta_scale = powf(base, -2/n_rot), theta *= theta_scale per pair), which drifts
+  from the exact angle at large positions.
+- KV cache in float32 (bitnet.cpp's default is F16: --kv-f16 rounds K, V, and the q and
+  softmax operands ggml converts for its F16 matmuls, to float16).
+- LM head: the F16 token_embd converted exactly; --lm-head-f16-act rounds the final
+  normalised activation to F16 first, as ggml's F16 mul_mat does.
+
+The LM head is always token_embd (MODEL-FORMATS 1.2: the FORK graph never reads
+output.weight); a file with output.weight gets a warning.
+
+Architectures: "bitnet-b1.58", "bitnet-25", "bitnet-1.58" (FORK build_bitnet_158), and
+"bitnet" only with the b1.58 tensor set (FORK's own "bitnet" graph, with SiLU and separate
+*.scale tensors, is a different model and is refused).
+
+CLI:
+  /usr/bin/python3 tests/ref/bitnet_ref.py MODEL.gguf --tokens 1,2,3 [--generate N]
+      [--layers L] [--chunk C] [--out logits.npy] [--json [--margins]]
+Row i of the logits is the output after feeding token i of the sequence (the prompt, then
+the greedy tokens); with --generate N there are len(prompt) + N - 1 rows and generated
+token k is argmax(row len(prompt)-1+k) (lowest id on ties). --margins adds, per row, the
+smallest distance of any int8 rounding that row depends on to a tie (tie_margin,
+row_margins) and the top-2 logit gap: rows with a tiny margin may legitimately differ in
+another correct implementation.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.dont_write_bytecode = True  # keep the source tree clean of __pycache__
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gguf  # noqa: E402
+
+ARCHS_B158 = ("bitnet-b1.58", "bitnet-25", "bitnet-1.58")
+# The four distinct inputs of the BitLinears of a layer (MODEL-FORMATS 1.3), in order.
+SITES = ("attn_norm", "attn_sub_norm", "ffn_norm", "ffn_sub_norm")
+LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+
+
+class ModelError(Exception):
+    pass
+
+
+class Options:
+    """Numerics switches (defaults: MODEL-FORMATS as written)."""
+
+    def __init__(self, rope="exact", act_round="even", kv_f16=False, lm_head_f16_act=False):
+        if rope not in ("exact", "ggml") or act_round not in ("even", "away"):
+            raise ValueError("bad options")
+        self.rope, self.act_round, self.kv_f16, self.lm_head_f16_act = rope, act_round, kv_f16, lm_head_f16_act
+
+
+# ---- the operations of MODEL-FORMATS 1.2-1.4 ---------------------------------------------
+
+def rms_norm(x, w, eps):
+    """x: (T, n) float32, w: (n,) float32 -> (T, n) float32 (see the header for precision)."""
+    x = np.asarray(x, np.float32)
+    ss = (x * x).astype(np.float64).sum(axis=-1)
+    mean = (ss / x.shape[-1]).astype(np.float32)
+    scale = np.float32(1.0) / np.sqrt(mean + np.float32(eps))
+    return (x * scale[:, None]) * w
+
+
+def quantize_act(x, act_round="even"):
+    """Per-row absmax int8 quantization (MODEL-FORMATS 1.3). x: (T, K) float32 ->
+    (q: (T, K) int8, s: (T,) float32) with x ~ q / s."""
+    x = np.asarray(x, np.float32)
+    amax = np.maximum(np.abs(x).astype(np.float64).max(axis=-1), 1e-5)
+    s = (127.0 / amax).astype(np.float32)
+    prod = x * s[:, None]  # float32 product, as in C (x[i] * s)
+    if act_round == "even":
+        r = np.rint(prod)
+    else:
+        r = np.sign(prod) * np.floor(np.abs(prod.astype(np.float64)) + 0.5)
+    return np.clip(r, -128, 127).astype(np.int8), s
+
+
+def tie_margin(x):
+    """Per row of x (T, K): the smallest distance of the quantizer's float32 product x*s to a
+    rounding tie k+0.5, in int8 steps (0 = exactly on a tie). Another implementation whose
+    inputs differ by a few float32 roundings (e.g. the attention output, whose elements can
+    lose many relative bits to cancellation) may round an element within ~1e-5 of a tie the
+    other way: the "chaos" of DESIGN.md, Numerics."""
+    x = np.asarray(x, np.float32)
+    amax = np.maximum(np.abs(x).astype(np.float64).max(axis=-1), 1e-5)
+    s = (127.0 / amax).astype(np.float32)
+    prod = (x * s[:, None]).astype(np.float64)
+    return np.abs(prod - np.floor(prod) - 0.5).min(axis=-1)
+
+
+def bitlinear(x, w, w_scale, act_round="even"):
+    """x: (T, K) float32, w: (N, K) int8 ternary, w_scale float32 -> (T, N) float32."""
+    q, s = quantize_act(x, act_round)
+    assert 128 * w.shape[1] < 2**53
+    dot = q.astype(np.float64) @ w.astype(np.float64).T  # exact integers
+    return (dot.astype(np.float32) / s[:, None]) * np.float32(w_scale)
+
+
+def rope_cos_sin(positions, n_rot, base, mode="exact"):
+    """cos, sin: (T, n_rot/2) float32 for the NEOX pairs (j, j + n_rot/2)."""
+    half = n_rot // 2
+    pos = np.asarray(positions, np.int64)
+    if mode == "exact":
+        j = np.arange(half, dtype=np.float64)
+        theta = pos[:, None].astype(np.float64) * np.power(float(base), -2.0 * j / n_rot)[None, :]
+        return np.cos(theta).astype(np.float32), np.sin(theta).astype(np.float32)
+    theta_scale = np.power(np.float32(base), np.float32(-2.0) / np.float32(n_rot))
+    theta = pos.astype(np.float32)
+    cos = np.empty((len(pos), half), np.float32)
+    sin = np.empty((len(pos), half), np.float32)
+    for i in range(half):
+        cos[:, i] = np.cos(theta)
+        sin[:, i] = np.sin(theta)
+        theta = (theta * theta_scale).astype(np.float32)
+    return cos, sin
+
+
+def rope_neox(x, cos, sin, n_rot):
+    """x: (T, n_heads, head_dim) float32; rotates dims [0, n_rot) in pairs (j, j+n_rot/2)."""
+    half = n_rot // 2
+    out = x.copy()
+    x0, x1 = x[:, :, :half], x[:, :, half:n_rot]
+    c, s = cos[:, None, :], sin[:, None, :]
+    out[:, :, :half] = x0 * c - x1 * s
+    out[:, :, half:n_rot] = x0 * s + x1 * c
+    return out
+
+
+def attention(q, k_all, v_all, positions, kv_f16=False):
+    """Causal GQA attention for new tokens. q: (T, n_head, hd) float32 (RoPE applied);
+    k_all, v_all: (n_cache, n_head_kv, hd) float32, cache slot = position; token t
+    attends to slots 0..positions[t]. Returns (T, n_head*hd) float32."""
+    T, n_head, hd = q.shape
+    n_kv = k_all.shape[1]
+    group = n_head // n_kv
+    scale = np.float32(1.0) / np.sqrt(np.float32(hd))
+    if kv_f16:
+        q = q.astype(np.float16).astype(np.float32)
+    out = np.empty((T, n_head, hd), np.float32)
+    kv_head = np.arange(n_head) // group                      # query head h uses KV head h // group
+    k64 = k_all.astype(np.float64)[:, kv_head, :]             # (n_cache, n_head, hd)
+    v64 = v_all.astype(np.float64)[:, kv_head, :]
+    for t in range(T):
+        n = int(positions[t]) + 1
+        kq = np.einsum("hd,jhd->hj", q[t].astype(np.float64), k64[:n]).astype(np.float32)  # (n_head, n)
+        z = kq * scale
+        m = z.max(axis=-1, keepdims=True)
+        e = np.exp((z - m).astype(np.float64)).astype(np.float32)  # ~correctly rounded expf
+        inv = (1.0 / e.astype(np.float64).sum(axis=-1, keepdims=True)).astype(np.float32)
+        p = e * inv
+        if kv_f16:
+            p = p.astype(np.float16).astype(np.float32)
+        out[t] = np.einsum("hj,jhd->hd", p.astype(np.float64), v64[:n]).astype(np.float32)
+    return out.reshape(T, n_head * hd)
+
+
+def relu_sqr_mul(g, u):
+    r = np.maximum(g, np.float32(0))
+    return (r * r) * u
+
+
+# ---- the model ---------------------------------------------------------------------------
+
+class Layer:
+    pass
+
+
+class BitNetModel:
+    """A BitNet b1.58 GGUF loaded for reference inference. n_layers cuts the model to its
+    first L layers (the final norm and LM head still apply)."""
+
+    def __init__(self, path, n_layers=None, options=None, verbose=True):
+        self.opt = options or Options()
+        self.path = str(path)
+        try:
+            g = gguf.GGUFReader(path)
+        except gguf.GGUFError as e:
+            raise ModelError(str(e))
+        self.g = g
+        arch = g.get("general.architecture")
+        if arch == "bitnet":
+            # FORK's build_bitnet (SiLU, separate *.scale tensors) is a different graph; a file
+            # with this name and the b1.58 tensor set is run as b1.58, anything else refused.
+            if any(n.endswith(".scale") for n in g.tensors) or "blk.0.attn_sub_norm.weight" not in g.tensors:
+                raise ModelError("%s: architecture 'bitnet' with the old 1bitLLM tensor set (separate "
+                                 "*.scale tensors / no sub-norms) is not the b1.58 graph" % self.path)
+            if verbose:
+                print("warning: %s: arch 'bitnet' with b1.58 tensors, run as bitnet-b1.58" % self.path,
+                      file=sys.stderr)
+        elif arch not in ARCHS_B158:
+            raise ModelError("%s: unsupported architecture %r (need one of %s or 'bitnet')"
+                             % (self.path, arch, ", ".join(ARCHS_B158)))
+
+        def hp(key, default=None, kind=int):
+            v = g.get("%s.%s" % (arch, key), default)
+            if v is None:
+                raise ModelError("%s: missing key %s.%s" % (self.path, arch, key))
+            return kind(v)
+
+        self.arch = arch
+        self.n_embd = hp("embedding_length")
+        self.n_layer_file = hp("block_count")
+        self.n_ff = hp("feed_forward_length")
+        self.n_head = hp("attention.head_count")
+        self.n_head_kv = hp("attention.head_count_kv", self.n_head)
+        self.eps = np.float32(hp("attention.layer_norm_rms_epsilon", 1e-5, float))
+        self.theta = hp("rope.freq_base", 10000.0, float)
+        self.n_ctx_train = hp("context_length", 4096)
+        if self.n_head <= 0 or self.n_embd % self.n_head or self.n_head_kv <= 0 or self.n_head % self.n_head_kv:
+            raise ModelError("%s: inconsistent heads: n_embd %d, heads %d, kv heads %d"
+                             % (self.path, self.n_embd, self.n_head, self.n_head_kv))
+        self.head_dim = self.n_embd // self.n_head
+        self.n_rot = hp("rope.dimension_count", self.head_dim)
+        if self.n_rot % 2 or self.n_rot > self.head_dim:
+            raise ModelError("%s: rope.dimension_count %d vs head_dim %d" % (self.path, self.n_rot, self.head_dim))
+        self.n_layer = self.n_layer_file if n_layers is None else int(n_layers)
+        if not 0 <= self.n_layer <= self.n_layer_file:
+            raise ModelError("%s: --layers %d outside 0..%d" % (self.path, self.n_layer, self.n_layer_file))
+
+        self.embd = self._embedding()                         # (n_vocab, n_embd) float16 or float32
+        self.n_vocab = self.embd.shape[0]
+        self.output_norm = self._vec("output_norm.weight", self.n_embd)
+        if "output.weight" in g.tensors and verbose:
+            print("warning: %s: output.weight is ignored; the LM head is token_embd (tied)" % self.path,
+                  file=sys.stderr)
+        kvw = self.n_head_kv * self.head_dim
+        shapes = {"attn_q": (self.n_embd, self.n_embd), "attn_k": (kvw, self.n_embd), "attn_v": (kvw, self.n_embd),
+                  "attn_output": (self.n_embd, self.n_embd), "ffn_gate": (self.n_ff, self.n_embd),
+                  "ffn_up": (self.n_ff, self.n_embd), "ffn_down": (self.n_embd, self.n_ff)}
+        self.layers = []
+        for i in range(self.n_layer):
+            L = Layer()
+            L.attn_norm = self._vec("blk.%d.attn_norm.weight" % i, self.n_embd)
+            L.attn_sub_norm = self._vec("blk.%d.attn_sub_norm.weight" % i, self.n_embd)
+            L.ffn_norm = self._vec("blk.%d.ffn_norm.weight" % i, self.n_embd)
+            L.ffn_sub_norm = self._vec("blk.%d.ffn_sub_norm.weight" % i, self.n_ff)
+            for name in LINEARS:
+                tname = "blk.%d.%s.weight" % (i, name)
+                if tname not in g.tensors:
+                    raise ModelError("%s: missing tensor %s" % (self.path, tname))
+                t = g.tensors[tname]
+                if t.gtype != gguf.I2_S:
+                    raise ModelError("%s: %s is %s; the reference needs i2_s ternary weights"
+                                     % (self.path, tname, gguf.TYPE_NAMES.get(t.gtype, t.gtype)))
+                if t.shape != shapes[name]:
+                    raise ModelError("%s: %s has ne %s, expected {%d, %d}" % (self.path, tname, list(t.ne),
+                                                                              shapes[name][1], shapes[name][0]))
+                try:
+                    w, s = g.ternary(tname)                   # w: (out, in) int8
+                except gguf.GGUFError as e:
+                    raise ModelError(str(e))
+                setattr(L, name, (w, s))
+            self.layers.append(L)
+
+    def _vec(self, name, n):
+        t = self.g.tensors.get(name)
+        if t is None:
+            raise ModelError("%s: missing tensor %s" % (self.path, name))
+        if t.gtype not in (gguf.F32, gguf.F16, gguf.BF16) or t.shape != (n,):
+            raise ModelError("%s: %s must be a float vector of %d, is %s %s"
+                             % (self.path, name, n, gguf.TYPE_NAMES.get(t.gtype, t.gtype), list(t.ne)))
+        return np.ascontiguousarray(self.g.tensor(name), np.float32)
+
+    def _embedding(self):
+        name = "token_embd.weight"
+        t = self.g.tensors.get(name)
+        if t is None:
+            raise ModelError("%s: missing tensor %s" % (self.path, name))
+        if len(t.ne) != 2 or t.ne[0] != self.n_embd:
+            raise ModelError("%s: %s has ne %s, expected {%d, n_vocab}" % (self.path, name, list(t.ne), self.n_embd))
+        if t.gtype == gguf.F16:
+            return self.g.tensor_f16_view(name)              # converted per use: 2b4t would be 1.3 GB as f32
+        if t.gtype in (gguf.F32, gguf.BF16):
+            return self.g.tensor(name)
+        raise ModelError("%s: %s has type %s (need f16, f32 or bf16)"
+                         % (self.path, name, gguf.TYPE_NAMES.get(t.gtype, t.gtype)))
+
+    # -- the forward pass
+    def new_cache(self, n_ctx):
+        return KVCache(self.n_layer, n_ctx, self.n_head_kv, self.head_dim)
+
+    def forward(self, tokens, cache, margins=None):
+        """Feeds `tokens` at positions cache.n_past.. and returns their logits (T, n_vocab)
+        float32; appends their K/V to the cache. If `margins` is a list, appends a
+        (T, n_layer, 4) array of tie_margin at the SITES of every layer."""
+        tokens = np.asarray(tokens, np.int64)
+        T = len(tokens)
+        if T == 0:
+            return np.zeros((0, self.n_vocab), np.float32)
+        if tokens.min() < 0 or tokens.max() >= self.n_vocab:
+            raise ModelError("token id outside 0..%d" % (self.n_vocab - 1))
+        positions = np.arange(cache.n_past, cache.n_past + T)
+        if positions[-1] >= cache.n_ctx:
+            raise ModelError("context full: %d positions > n_ctx %d" % (positions[-1] + 1, cache.n_ctx))
+        cos, sin = rope_cos_sin(positions, self.n_rot, self.theta, self.opt.rope)
+        h = np.asarray(self.embd[tokens], np.float32)         # (T, n_embd)
+        hd, ar = self.head_dim, self.opt.act_round
+        marg = np.full((T, self.n_layer, len(SITES)), np.inf)
+        for li, L in enumerate(self.layers):
+            a = rms_norm(h, L.attn_norm, self.eps)
+            q = bitlinear(a, *L.attn_q, ar).reshape(T, self.n_head, hd)
+            k = bitlinear(a, *L.attn_k, ar).reshape(T, self.n_head_kv, hd)
+            v = bitlinear(a, *L.attn_v, ar).reshape(T, self.n_head_kv, hd)
+            q = rope_neox(q, cos, sin, self.n_rot)
+            k = rope_neox(k, cos, sin, self.n_rot)
+            if self.opt.kv_f16:
+                k = k.astype(np.float16).astype(np.float32)
+                v = v.astype(np.float16).astype(np.float32)
+            cache.k[li][positions] = k
+            cache.v[li][positions] = v
+            n = positions[-1] + 1
+            o = attention(q, cache.k[li][:n], cache.v[li][:n], positions, self.opt.kv_f16)
+            o = rms_norm(o, L.attn_sub_norm, self.eps)
+            h = h + bitlinear(o, *L.attn_output, ar)
+            f = rms_norm(h, L.ffn_norm, self.eps)
+            m = relu_sqr_mul(bitlinear(f, *L.ffn_gate, ar), bitlinear(f, *L.ffn_up, ar))
+            m = rms_norm(m, L.ffn_sub_norm, self.eps)
+            h = h + bitlinear(m, *L.ffn_down, ar)
+            if margins is not None:
+                for si, xin in enumerate((a, o, f, m)):
+                    marg[:, li, si] = tie_margin(xin)
+        cache.n_past += T
+        if margins is not None:
+            margins.append(marg)
+        x = rms_norm(h, self.output_norm, self.eps)
+        if self.opt.lm_head_f16_act:
+            x = x.astype(np.float16).astype(np.float32)
+        return self.lm_head(x)
+
+    def lm_head(self, x, rows_per_chunk=8192):
+        """logits (T, n_vocab) float32 = token_embd . x, in float64, chunked over the vocabulary."""
+        x64 = np.ascontiguousarray(np.asarray(x, np.float64).T)  # (n_embd, T)
+        out = np.empty((x.shape[0], self.n_vocab), np.float32)
+        # One reused conversion buffer: fresh 170 MB arrays per chunk cost more in page faults than the product.
+        buf = np.empty((min(rows_per_chunk, self.n_vocab), self.n_embd), np.float64)
+        for r in range(0, self.n_vocab, rows_per_chunk):
+            n = min(rows_per_chunk, self.n_vocab - r)
+            np.copyto(buf[:n], self.embd[r:r + n])
+            out[:, r:r + n] = (buf[:n] @ x64).T.astype(np.float32)
+        return out
+
+    def run(self, prompt, n_generate=0, chunk=None, margins=None):
+        """Feeds the prompt (in chunks of `chunk` tokens, default all at once), then
+        generates greedily. Returns (logits (rows, n_vocab), generated token list). With
+        `margins` a list, appends the (rows, n_layer, 4) tie margins (see forward)."""
+        prompt = [int(t) for t in prompt]
+        if not prompt:
+            raise ModelError("empty prompt")
+        cache = self.new_cache(len(prompt) + max(n_generate, 1))
+        step = chunk or len(prompt)
+        parts = [] if margins is not None else None
+        rows = [self.forward(prompt[i:i + step], cache, parts) for i in range(0, len(prompt), step)]
+        generated = []
+        for k in range(n_generate):
+            tok = int(np.argmax(rows[-1][-1]))
+            generated.append(tok)
+            if k + 1 < n_generate:
+                rows.append(self.forward([tok], cache, parts))
+        if margins is not None:
+            margins.append(np.concatenate(parts, axis=0))
+        return np.concatenate(rows, axis=0), generated
+
+
+def row_margins(marg, sites=SITES):
+    """From (rows, n_layer, 4) site margins: per row the smallest margin (int8 steps) among the
+    `sites` its logits depend on, and where it is ("row j layer l site"). Row t depends on
+    all of its own sites and on the sites of earlier rows that feed their K/V: every site of
+    the layers before the last, and the last layer's attn_norm (the k/v input)."""
+    T, nl, _ = marg.shape
+    out, where = [], []
+    if nl == 0:
+        return [float("inf")] * T, [""] * T
+    marg = marg.copy()
+    marg[:, :, [i for i, n in enumerate(SITES) if n not in sites]] = np.inf
+    feed = marg.copy()
+    feed[:, nl - 1, 1:] = np.inf                  # a row's last-layer o/ffn inputs feed no later row
+    best, best_at = np.inf, ""
+    for t in range(T):
+        own = marg[t]
+        i = np.unravel_index(np.argmin(own), own.shape)
+        cand, cand_at = own[i], "row %d layer %d %s" % (t, i[0], SITES[i[1]])
+        if best < cand:
+            cand, cand_at = best, best_at
+        out.append(float(cand))
+        where.append(cand_at)
+        j = np.unravel_index(np.argmin(feed[t]), feed[t].shape)
+        if feed[t][j] < best:
+            best, best_at = feed[t][j], "row %d layer %d %s" % (t, j[0], SITES[j[1]])
+    return out, where
+
+
+class KVCache:
+    def __init__(self, n_layer, n_ctx, n_head_kv, head_dim):
+        self.n_ctx, self.n_past = n_ctx, 0
+        self.k = [np.zeros((n_ctx, n_head_kv, head_dim), np.float32) for _ in range(n_layer)]  # slot = position
+        self.v = [np.zeros((n_ctx, n_head_kv, head_dim), np.float32) for _ in range(n_layer)]
+
+
+def parse_tokens(s):
+    try:
+        toks = [int(t) for t in s.replace(" ", "").split(",") if t != ""]
+    except ValueError:
+        raise ModelError("--tokens: expected comma-separated integers, got %r" % s)
+    if not toks:
+        raise ModelError("--tokens: empty")
+    return toks
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="Reference BitNet b1.58 forward pass (numpy).")
+    ap.add_argument("model", help="BitNet b1.58 GGUF (i2_s weights)")
+    ap.add_argument("--tokens", required=True, help="prompt token ids, comma-separated")
+    ap.add_argument("--generate", type=int, default=0, help="greedy tokens to generate")
+    ap.add_argument("--layers", type=int, default=None, help="use only the first L layers")
+    ap.add_argument("--chunk", type=int, default=None, help="feed the prompt in chunks of this many tokens")
+    ap.add_argument("--out", help="write the logits (rows, n_vocab) float32 as .npy")
+    ap.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    ap.add_argument("--margins", action="store_true",
+                    help="add per-row tie margins and top-2 logit gaps to the JSON (see row_margins)")
+    ap.add_argument("--margin-sites", default="all",
+                    help="comma-separated sites the margins consider (default all: %s)" % ",".join(SITES))
+    ap.add_argument("--rope", choices=("exact", "ggml"), default="exact")
+    ap.add_argument("--act-round", choices=("even", "away"), default="even")
+    ap.add_argument("--kv-f16", action="store_true")
+    ap.add_argument("--lm-head-f16-act", action="store_true")
+    a = ap.parse_args(argv)
+    try:
+        if a.generate < 0 or (a.chunk is not None and a.chunk <= 0):
+            raise ModelError("--generate must be >= 0 and --chunk > 0")
+        prompt = parse_tokens(a.tokens)
+        t0 = time.time()
+        m = BitNetModel(a.model, a.layers, Options(a.rope, a.act_round, a.kv_f16, a.lm_head_f16_act))
+        t1 = time.time()
+        marg = [] if a.margins else None
+        logits, gen = m.run(prompt, a.generate, a.chunk, marg)
+        t2 = time.time()
+    except ModelError as e:
+        print("bitnet_ref: %s" % e, file=sys.stderr)
+        return 1
+    if a.out:
+        np.save(a.out, logits)
+    if not np.all(np.isfinite(logits)):
+        print("warning: non-finite logits", file=sys.stderr)
+    summary = {"model": a.model, "arch": m.arch, "n_layer": m.n_layer, "n_vocab": m.n_vocab,
+               "prompt": prompt, "generated": gen, "rows": int(logits.shape[0]),
+               "argmax": [int(i) for i in np.argmax(logits, axis=-1)],
+               "load_s": round(t1 - t0, 3), "forward_s": round(t2 - t1, 3)}
+    if a.margins:
+        sites = SITES if a.margin_sites == "all" else tuple(a.margin_sites.split(","))
+        if not set(sites) <= set(SITES):
+            print("bitnet_ref: --margin-sites: unknown site in %r (known: %s)" % (a.margin_sites, ",".join(SITES)),
+                  file=sys.stderr)
+            return 1
+        summary["tie_margin"], summary["tie_margin_at"] = row_margins(marg[0], sites)
+        top2 = np.sort(logits, axis=-1)[:, -2:]
+        summary["top2_gap"] = [float(g) for g in top2[:, 1] - top2[:, 0]]
+    if a.json:
+        print(json.dumps(summary))
+    else:
+        print("%s: %d layers, %d rows of %d logits in %.2f s (load %.2f s); generated: %s"
+              % (a.model, m.n_layer, logits.shape[0], m.n_vocab, t2 - t1, t1 - t0,
+                 ",".join(map(str, gen)) or "-"), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,918 @@
+/* test_engine: the layer engine (node/tern-engine.h) and the LM head
+ * (coordinator/tern-head.h) on small random models built in memory.
+ *
+ * Checks: the float primitives against double-precision formulas; batch
+ * invariance (one sequence alone, inside a batch of 16 others, with its prompt
+ * chunked 1/3/7/all gives bit-identical hidden states and logits); KV slot
+ * isolation; identical outputs for every packing, kernel ISA and thread count;
+ * slot free/reuse and truncation; bad micro-batches rejected; the LM head's
+ * SIMD paths equal to its scalar code and to a double-precision dot. */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tern-engine.h"
+#include "tern-head.h"
+#include "tern-test.h"
+
+static uint64_t rng_state = 0x1234567887654321ull;
+
+static uint64_t rng_next(void)
+{
+	uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
+	z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+	z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+	return z ^ (z >> 31);
+}
+
+static double rng_unit(void)
+{
+	return (double)(rng_next() >> 11) / 9007199254740992.0;
+}
+
+static float rng_f(float lo, float hi)
+{
+	return (float)(lo + (hi - lo) * rng_unit());
+}
+
+/* f32 -> f16, round to nearest even, normal range only (test data is small). */
+static uint16_t to_f16(float f)
+{
+	uint32_t b;
+	memcpy(&b, &f, 4);
+	const uint32_t sign = (b >> 16) & 0x8000u;
+	int ex = (int)((b >> 23) & 0xff) - 127 + 15;
+	uint32_t man = b & 0x7fffffu;
+	if (ex <= 0)
+		return (uint16_t)sign;
+	uint32_t h = ((uint32_t)ex << 10) | (man >> 13);
+	const uint32_t rest = man & 0x1fffu;
+	if (rest > 0x1000u || (rest == 0x1000u && (h & 1u)))
+		h++;
+	return (uint16_t)(sign | h);
+}
+
+/* ---- primitives vs double ------------------------------------------------- */
+
+static void test_rmsnorm(void)
+{
+	enum { N = 1000 };
+	float x[N], w[N], out[N];
+	for (int i = 0; i < N; i++) {
+		x[i] = rng_f(-3, 3);
+		w[i] = rng_f(0.5f, 1.5f);
+	}
+	tern_engine_rmsnorm(x, w, N, 1e-5f, out);
+	double ss = 0;
+	for (int i = 0; i < N; i++)
+		ss += (double)x[i] * x[i];
+	const double s = 1.0 / sqrt(ss / N + 1e-5);
+	double worst = 0;
+	for (int i = 0; i < N; i++) {
+		const double ref = x[i] * s * w[i];
+		const double e = fabs(out[i] - ref) / (fabs(ref) + 1e-30);
+		worst = e > worst ? e : worst;
+	}
+	TT_CHECKF(worst < 1e-6, "rmsnorm worst relative error %g", worst);
+	/* in place equals out of place */
+	float y[N];
+	memcpy(y, x, sizeof y);
+	tern_engine_rmsnorm(y, w, N, 1e-5f, y);
+	TT_CHECK(memcmp(y, out, sizeof y) == 0);
+}
+
+static void test_rope(void)
+{
+	enum { HD = 128, NPOS = 4096, NH = 3 };
+	const float theta = 500000.0f;
+	float *cs = malloc(sizeof(float) * NPOS * HD);
+	TT_REQUIRE(cs);
+	tern_engine_rope_table(theta, HD, NPOS, cs);
+	const int poss[] = {0, 1, 7, 100, 4095};
+	double worst = 0;
+	for (size_t pi = 0; pi < sizeof poss / sizeof poss[0]; pi++) {
+		const int pos = poss[pi];
+		float x[NH * HD], orig[NH * HD];
+		for (int i = 0; i < NH * HD; i++)
+			orig[i] = x[i] = rng_f(-2, 2);
+		tern_engine_rope(x, NH, HD, cs + (size_t)pos * HD);
+		for (int h = 0; h < NH; h++)
+			for (int j = 0; j < HD / 2; j++) {
+				const double ang = pos * pow(theta, -2.0 * j / HD);
+				const double a = orig[h * HD + j], b = orig[h * HD + j + HD / 2];
+				const double r0 = a * cos(ang) - b * sin(ang), r1 = a * sin(ang) + b * cos(ang);
+				const double e0 = fabs(x[h * HD + j] - r0), e1 = fabs(x[h * HD + j + HD / 2] - r1);
+				worst = e0 > worst ? e0 : worst;
+				worst = e1 > worst ? e1 : worst;
+			}
+		if (pos == 0)
+			TT_CHECK(memcmp(x, orig, sizeof x) == 0);
+	}
+	TT_CHECKF(worst < 2e-6, "rope worst absolute error %g (inputs |x| <= 2)", worst);
+	free(cs);
+}
+
+static void test_softmax_relu2_dot(void)
+{
+	enum { N = 777 };
+	float x[N], g[N], u[N], out[N];
+	double ref[N], mx = -1e30, sum = 0;
+	for (int i = 0; i < N; i++) {
+		x[i] = rng_f(-20, 20);
+		mx = x[i] > mx ? x[i] : mx;
+	}
+	for (int i = 0; i < N; i++)
+		sum += ref[i] = exp(x[i] - mx);
+	tern_engine_softmax(x, N);
+	double worst = 0, total = 0;
+	for (int i = 0; i < N; i++) {
+		const double e = fabs(x[i] - ref[i] / sum) / (ref[i] / sum);
+		worst = e > worst ? e : worst;
+		total += x[i];
+	}
+	TT_CHECKF(worst < 1e-5, "softmax worst relative error %g", worst);
+	TT_CHECK(fabs(total - 1.0) < 1e-5);
+
+	for (int i = 0; i < N; i++) {
+		g[i] = rng_f(-3, 3);
+		u[i] = rng_f(-3, 3);
+	}
+	tern_engine_relu2_mul(g, u, N, out);
+	worst = 0;
+	for (int i = 0; i < N; i++) {
+		const double r = g[i] > 0 ? (double)g[i] * g[i] * u[i] : 0.0;
+		const double e = fabs(out[i] - r) / (fabs(r) + 1e-30);
+		if (r == 0.0)
+			TT_CHECK(out[i] == 0.0f);
+		else
+			worst = e > worst ? e : worst;
+	}
+	TT_CHECKF(worst < 3e-7, "relu2 worst relative error %g", worst);
+
+	for (int n = 1; n < 70; n += 13) {
+		double d = 0, mag = 0;
+		for (int i = 0; i < n; i++) {
+			d += (double)g[i] * u[i];
+			mag += fabs((double)g[i] * u[i]);
+		}
+		const float f = tern_engine_dot(g, u, n);
+		TT_CHECKF(fabs(f - d) <= 1e-6 * mag, "dot n=%d: %g vs %g", n, (double)f, d);
+	}
+}
+
+/* ---- a small model ---------------------------------------------------------- */
+
+typedef struct {
+	tern_hparams hp;
+	uint64_t seed;
+	uint16_t *emb; /* (n_vocab, n_embd) f16 */
+	float *onorm;  /* (n_embd) */
+	tern_head *head;
+} tmodel;
+
+static void small_hparams(tern_hparams *hp)
+{
+	memset(hp, 0, sizeof *hp);
+	strcpy(hp->arch, "bitnet-b1.58");
+	hp->n_embd = 192;
+	hp->n_layer = 2;
+	hp->n_head = 3;
+	hp->n_head_kv = 1;
+	hp->head_dim = 64;
+	hp->n_ff = 320;
+	hp->n_vocab = 300;
+	hp->n_ctx_train = 256;
+	hp->rope_theta = 10000.0f;
+	hp->norm_eps = 1e-5f;
+	hp->tied_embeddings = 1;
+	hp->bos_id = 1;
+	hp->eos_id = 2;
+	hp->eot_id = -1;
+}
+
+static int tmodel_init(tmodel *m, uint64_t seed)
+{
+	memset(m, 0, sizeof *m);
+	small_hparams(&m->hp);
+	m->seed = seed;
+	const size_t ne = (size_t)m->hp.n_vocab * m->hp.n_embd;
+	m->emb = malloc(ne * 2);
+	m->onorm = malloc(sizeof(float) * m->hp.n_embd);
+	if (!m->emb || !m->onorm)
+		return -1;
+	for (size_t i = 0; i < ne; i++)
+		m->emb[i] = to_f16(rng_f(-1, 1));
+	for (int i = 0; i < m->hp.n_embd; i++)
+		m->onorm[i] = rng_f(0.8f, 1.2f);
+	tern_head_config hc = {m->hp.n_vocab, m->hp.n_embd,   TERN_HEAD_F16,      m->emb, 0,
+			       m->onorm,      m->hp.norm_eps, TERN_HEAD_SIMD_AUTO};
+	return tern_head_create(&hc, &m->head, NULL);
+}
+
+static void tmodel_free(tmodel *m)
+{
+	tern_head_free(m->head);
+	free(m->emb);
+	free(m->onorm);
+}
+
+static int build_layers(const tmodel *m, tern_packing p, tern_layers *w)
+{
+	uint64_t seed = m->seed;
+	tern_layer_source src = tern_layers_random_source(&seed);
+	tern_err err = {0};
+	const int rc = tern_layers_build(w, &m->hp, 0, m->hp.n_layer, p, &src, &err);
+	if (rc < 0)
+		fprintf(stderr, "build: %s\n", err.msg);
+	return rc;
+}
+
+static int make_engine(const tern_layers *w, int n_slots, int max_rows, tern_isa isa, tern_pool *pool, tern_engine **e)
+{
+	tern_engine_config cfg = {n_slots, 128, max_rows, isa, pool, NULL};
+	tern_err err = {0};
+	const int rc = tern_engine_create(w, &cfg, e, &err);
+	if (rc < 0)
+		fprintf(stderr, "engine: %s\n", err.msg);
+	return rc;
+}
+
+/* Runs tokens[0..n) of one sequence on slot through the engine in chunks of
+ * `chunk` rows; out_h (n, n_embd) final hidden states, out_l (n, n_vocab). */
+static int run_seq(tmodel *m, tern_engine *e, int slot, const int32_t *tokens, int n, int chunk, float *out_h,
+		   float *out_l)
+{
+	const int d = m->hp.n_embd;
+	tern_err err = {0};
+	tern_row rows[64];
+	const int start = tern_kv_slot_len(tern_engine_kv(e), slot);
+	for (int i = 0; i < n; i += chunk) {
+		const int c = n - i < chunk ? n - i : chunk;
+		float *h = out_h + (size_t)i * d;
+		if (tern_head_embed(m->head, tokens + i, c, h, &err) < 0)
+			return -1;
+		for (int j = 0; j < c; j++) {
+			rows[j].slot = slot;
+			rows[j].pos = start + i + j;
+		}
+		if (tern_engine_forward(e, rows, c, h, &err) < 0) {
+			fprintf(stderr, "forward: %s\n", err.msg);
+			return -1;
+		}
+	}
+	return tern_head_logits(m->head, NULL, out_h, n, out_l, &err);
+}
+
+enum { SEQ = 23 };
+
+static void seq_tokens(int32_t *t, int n, int vocab, uint64_t salt)
+{
+	uint64_t s = salt;
+	for (int i = 0; i < n; i++) {
+		s = s * 6364136223846793005ull + 1442695040888963407ull;
+		t[i] = (int32_t)((s >> 33) % (uint64_t)vocab);
+	}
+}
+
+static void test_batch_invariance(void)
+{
+	tmodel m;
+	TT_REQUIRE(tmodel_init(&m, 42) == 0);
+	tern_layers w;
+	TT_REQUIRE(build_layers(&m, TERN_PACK_TL2, &w) == 0);
+	const int d = m.hp.n_embd, V = m.hp.n_vocab;
+	int32_t tok[SEQ];
+	seq_tokens(tok, SEQ, V, 7);
+	float *h_ref = malloc(sizeof(float) * SEQ * d), *l_ref = malloc(sizeof(float) * SEQ * V);
+	float *h = malloc(sizeof(float) * SEQ * d), *l = malloc(sizeof(float) * SEQ * V);
+	TT_REQUIRE(h_ref && l_ref && h && l);
+
+	/* alone, prompt in one piece */
+	tern_engine *e = NULL;
+	int slot;
+	TT_REQUIRE(make_engine(&w, 1, 64, TERN_ISA_AUTO, NULL, &e) == 0);
+	TT_REQUIRE(tern_kv_slot_alloc(tern_engine_kv(e), &slot, NULL) == 0);
+	TT_REQUIRE(run_seq(&m, e, slot, tok, SEQ, SEQ, h_ref, l_ref) == 0);
+	tern_engine_free(e);
+	int finite = 1;
+	for (int i = 0; i < SEQ * V; i++)
+		finite &= isfinite(l_ref[i]) != 0;
+	TT_CHECK(finite);
+
+	/* chunked 1, 3, 7 (the engine's own split by max_rows = 5 as well) */
+	const int chunks[] = {1, 3, 7};
+	for (int ci = 0; ci < 3; ci++) {
+		TT_REQUIRE(make_engine(&w, 1, 5, TERN_ISA_AUTO, NULL, &e) == 0);
+		TT_REQUIRE(tern_kv_slot_alloc(tern_engine_kv(e), &slot, NULL) == 0);
+		TT_REQUIRE(run_seq(&m, e, slot, tok, SEQ, chunks[ci], h, l) == 0);
+		TT_CHECKF(memcmp(h, h_ref, sizeof(float) * SEQ * d) == 0, "hidden differs, chunk %d", chunks[ci]);
+		TT_CHECKF(memcmp(l, l_ref, sizeof(float) * SEQ * V) == 0, "logits differ, chunk %d", chunks[ci]);
+		tern_engine_free(e);
+	}
+
+	/* inside a batch of 16 other sequences at other positions: each step has
+	 * a chunk of the target (sizes cycling 1..4) plus one row of each other */
+	enum { NO = 16 };
+	TT_REQUIRE(make_engine(&w, NO + 1, 64, TERN_ISA_AUTO, NULL, &e) == 0);
+	int oslot[NO], olen[NO], tslot;
+	int32_t otok[NO][48];
+	float *bh = malloc(sizeof(float) * 64 * d);
+	TT_REQUIRE(bh);
+	for (int o = 0; o < NO; o++) {
+		TT_REQUIRE(tern_kv_slot_alloc(tern_engine_kv(e), &oslot[o], NULL) == 0);
+		seq_tokens(otok[o], 48, V, 100 + (uint64_t)o);
+		olen[o] = 0;
+	}
+	/* give the others different prefix lengths first */
+	for (int o = 0; o < NO; o++) {
+		const int pre = o;
+		if (!pre)
+			continue;
+		tern_row rows[16];
+		TT_REQUIRE(tern_head_embed(m.head, otok[o], pre, bh, NULL) == 0);
+		for (int j = 0; j < pre; j++)
+			rows[j] = (tern_row){oslot[o], j};
+		TT_REQUIRE(tern_engine_forward(e, rows, pre, bh, NULL) == 0);
+		olen[o] = pre;
+	}
+	TT_REQUIRE(tern_kv_slot_alloc(tern_engine_kv(e), &tslot, NULL) == 0);
+	int done = 0, step = 0;
+	while (done < SEQ) {
+		tern_row rows[64];
+		int32_t bt[64];
+		int n = 0;
+		int c = 1 + step % 4;
+		c = c > SEQ - done ? SEQ - done : c;
+		/* the target's rows go in the middle of the batch */
+		for (int o = 0; o < NO / 2; o++, n++) {
+			rows[n] = (tern_row){oslot[o], olen[o]};
+			bt[n] = otok[o][olen[o]];
+		}
+		const int tfirst = n;
+		for (int j = 0; j < c; j++, n++) {
+			rows[n] = (tern_row){tslot, done + j};
+			bt[n] = tok[done + j];
+		}
+		for (int o = NO / 2; o < NO; o++, n++) {
+			rows[n] = (tern_row){oslot[o], olen[o]};
+			bt[n] = otok[o][olen[o]];
+		}
+		TT_REQUIRE(tern_head_embed(m.head, bt, n, bh, NULL) == 0);
+		TT_REQUIRE(tern_engine_forward(e, rows, n, bh, NULL) == 0);
+		memcpy(h + (size_t)done * d, bh + (size_t)tfirst * d, sizeof(float) * c * d);
+		for (int o = 0; o < NO; o++)
+			olen[o]++;
+		done += c;
+		step++;
+	}
+	TT_REQUIRE(tern_head_logits(m.head, NULL, h, SEQ, l, NULL) == 0);
+	TT_CHECK(memcmp(h, h_ref, sizeof(float) * SEQ * d) == 0);
+	TT_CHECK(memcmp(l, l_ref, sizeof(float) * SEQ * V) == 0);
+	tern_engine_free(e);
+
+	free(bh);
+	free(h_ref);
+	free(l_ref);
+	free(h);
+	free(l);
+	tern_layers_free(&w);
+	tmodel_free(&m);
+}
+
+/* Two sequences interleaved in one engine equal each run alone. */
+static void test_slot_isolation(void)
+{
+	tmodel m;
+	TT_REQUIRE(tmodel_init(&m, 5) == 0);
+	tern_layers w;
+	TT_REQUIRE(build_layers(&m, TERN_PACK_I2S, &w) == 0);
+	const int d = m.hp.n_embd, V = m.hp.n_vocab;
+	int32_t ta[SEQ], tb[SEQ];
+	seq_tokens(ta, SEQ, V, 1);
+	seq_tokens(tb, SEQ, V, 2);
+	float *ha = malloc(sizeof(float) * SEQ * d), *hb = malloc(sizeof(float) * SEQ * d);
+	float *la = malloc(sizeof(float) * SEQ * V), *bh = malloc(sizeof(float) * 2 * SEQ * d);
+	float *ab = malloc(sizeof(float) * SEQ * d), *bb = malloc(sizeof(float) * SEQ * d);
+	TT_REQUIRE(ha && hb && la && bh && ab && bb);
+	tern_engine *e;
+	int s;
+	TT_REQUIRE(make_engine(&w, 1, 64, TERN_ISA_AUTO, NULL, &e) == 0);
+	TT_REQUIRE(tern_kv_slot_alloc(tern_engine_kv(e), &s, NULL) == 0);
+	TT_REQUIRE(run_seq(&m, e, s, ta, SEQ, SEQ, ha, la) == 0);
+	tern_engine_free(e);
+	TT_REQUIRE(make_engine(&w, 1, 64, TERN_ISA_AUTO, NULL, &e) == 0);
+	TT_REQUIRE(tern_kv_slot_alloc(tern_engine_kv(e), &s, NULL) == 0);
+	TT_REQUIRE(run_seq(&m, e, s, tb, SEQ, SEQ, hb, la) == 0);
+	tern_engine_free(e);
+
+	/* both in one batch, alternating rows, both prompts whole */
+	TT_REQUIRE(make_engine(&w, 2, 64, TERN_ISA_AUTO, NULL, &e) == 0);
+	int sa, sb;
+	TT_REQUIRE(tern_kv_slot_alloc(tern_engine_kv(e), &sa, NULL) == 0);
+	TT_REQUIRE(tern_kv_slot_alloc(tern_engine_kv(e), &sb, NULL) == 0);
+	TT_CHECK(sa != sb);
+	tern_row rows[2 * SEQ];
+	int32_t bt[2 * SEQ];
+	for (int i = 0; i < SEQ; i++) {
+		rows[2 * i] = (tern_row){sa, i};
+		rows[2 * i + 1] = (tern_row){sb, i};
+		bt[2 * i] = ta[i];
+		bt[2 * i + 1] = tb[i];
+	}
+	TT_REQUIRE(tern_head_embed(m.head, bt, 2 * SEQ, bh, NULL) == 0);
+	TT_REQUIRE(tern_engine_forward(e, rows, 2 * SEQ, bh, NULL) == 0);
+	for (int i = 0; i < SEQ; i++) {
+		memcpy(ab + (size_t)i * d, bh + (size_t)(2 * i) * d, sizeof(float) * d);
+		memcpy(bb + (size_t)i * d, bh + (size_t)(2 * i + 1) * d, sizeof(float) * d);
+	}
+	TT_CHECK(memcmp(ab, ha, sizeof(float) * SEQ * d) == 0);
+	TT_CHECK(memcmp(bb, hb, sizeof(float) * SEQ * d) == 0);
+	TT_CHECK(memcmp(ha, hb, sizeof(float) * SEQ * d) != 0);
+	TT_EQ_INT(tern_kv_slot_len(tern_engine_kv(e), sa), SEQ);
+	tern_engine_free(e);
+	free(ha);
+	free(hb);
+	free(la);
+	free(bh);
+	free(ab);
+	free(bb);
+	tern_layers_free(&w);
+	tmodel_free(&m);
+}
+
+/* Every packing x every available ISA x 1 or 2 threads: bit-identical. */
+static void test_packings_isas_threads(void)
+{
+	tmodel m;
+	TT_REQUIRE(tmodel_init(&m, 99) == 0);
+	const int d = m.hp.n_embd, V = m.hp.n_vocab;
+	int32_t tok[SEQ];
+	seq_tokens(tok, SEQ, V, 3);
+	float *h_ref = malloc(sizeof(float) * SEQ * d), *h = malloc(sizeof(float) * SEQ * d);
+	float *l = malloc(sizeof(float) * SEQ * V);
+	TT_REQUIRE(h_ref && h && l);
+	tern_pool *pool = NULL;
+	TT_REQUIRE(tern_pool_create(2, NULL, 0, &pool, NULL) == 0);
+	int have_ref = 0, combos = 0;
+	for (int p = 0; p < TERN_PACK_COUNT; p++) {
+		tern_layers w;
+		TT_REQUIRE(build_layers(&m, (tern_packing)p, &w) == 0);
+		for (int isa = 0; isa < TERN_ISA_COUNT; isa++) {
+			if (!tern_isa_available((tern_isa)isa))
+				continue;
+			for (int th = 0; th < 2; th++) {
+				tern_engine *e;
+				int s;
+				TT_REQUIRE(make_engine(&w, 1, 8, (tern_isa)isa, th ? pool : NULL, &e) == 0);
+				TT_REQUIRE(tern_kv_slot_alloc(tern_engine_kv(e), &s, NULL) == 0);
+				/* prefill chunk of 8 rows then decode one at a time */
+				TT_REQUIRE(run_seq(&m, e, s, tok, 16, 16, h, l) == 0);
+				TT_REQUIRE(run_seq(&m, e, s, tok + 16, SEQ - 16, 1, h + 16 * d, l) == 0);
+				tern_engine_free(e);
+				if (!have_ref) {
+					memcpy(h_ref, h, sizeof(float) * SEQ * d);
+					have_ref = 1;
+				} else {
+					TT_CHECKF(memcmp(h, h_ref, sizeof(float) * SEQ * d) == 0,
+						  "packing %s isa %s threads %d differs", tern_packing_name(p),
+						  tern_isa_name(isa), th + 1);
+				}
+				combos++;
+			}
+		}
+		tern_layers_free(&w);
+	}
+	fprintf(stderr, "  %d packing x ISA x thread combinations agree\n", combos);
+	TT_CHECK(combos >= 6);
+	tern_pool_free(pool);
+	free(h_ref);
+	free(h);
+	free(l);
+	tmodel_free(&m);
+}
+
+/* A freed slot can be reused and carries nothing over; truncation rewinds. */
+static void test_slot_reuse_truncate(void)
+{
+	tmodel m;
+	TT_REQUIRE(tmodel_init(&m, 11) == 0);
+	tern_layers w;
+	TT_REQUIRE(build_layers(&m, TERN_PACK_TL1, &w) == 0);
+	const int d = m.hp.n_embd, V = m.hp.n_vocab;
+	int32_t ta[SEQ], tb[SEQ];
+	seq_tokens(ta, SEQ, V, 21);
+	seq_tokens(tb, SEQ, V, 22);
+	float *h1 = malloc(sizeof(float) * SEQ * d), *h2 = malloc(sizeof(float) * SEQ * d);
+	float *l = malloc(sizeof(float) * SEQ * V);
+	TT_REQUIRE(h1 && h2 && l);
+
+	tern_engine *e;
+	TT_REQUIRE(make_engine(&w, 2, 16, TERN_ISA_AUTO, NULL, &e) == 0);
+	tern_kv_cache *kv = tern_engine_kv(e);
+	int s0, s1, s2;
+	TT_REQUIRE(tern_kv_slot_alloc(kv, &s0, NULL) == 0);
+	TT_REQUIRE(tern_kv_slot_alloc(kv, &s1, NULL) == 0);
+	tern_err err = {0};
+	TT_EQ_INT(tern_kv_slot_alloc(kv, &s2, &err), TERN_EFULL);
+	TT_REQUIRE(run_seq(&m, e, s0, ta, SEQ, 4, h1, l) == 0);
+	TT_REQUIRE(tern_kv_slot_free(kv, s0, NULL) == 0);
+	TT_EQ_INT(tern_kv_slot_free(kv, s0, &err), TERN_EINVAL);
+	TT_EQ_INT(tern_kv_slot_len(kv, s0), -1);
+	TT_REQUIRE(tern_kv_slot_alloc(kv, &s2, NULL) == 0);
+	TT_EQ_INT(s2, s0);
+	TT_EQ_INT(tern_kv_slot_len(kv, s2), 0);
+	TT_REQUIRE(run_seq(&m, e, s2, tb, SEQ, 5, h1, l) == 0);
+	tern_engine_free(e);
+	TT_REQUIRE(make_engine(&w, 1, 16, TERN_ISA_AUTO, NULL, &e) == 0);
+	TT_REQUIRE(tern_kv_slot_alloc(tern_engine_kv(e), &s0, NULL) == 0);
+	TT_REQUIRE(run_seq(&m, e, s0, tb, SEQ, SEQ, h2, l) == 0);
+	TT_CHECK(memcmp(h1, h2, sizeof(float) * SEQ * d) == 0);
+
+	/* rewind: ta[0..10) + tb[10..SEQ) equals a fresh run of that sequence */
+	kv = tern_engine_kv(e);
+	TT_REQUIRE(tern_kv_slot_truncate(kv, s0, 10, NULL) == 0);
+	TT_EQ_INT(tern_kv_slot_truncate(kv, s0, 11, &err), TERN_EINVAL);
+	TT_REQUIRE(tern_kv_slot_truncate(kv, s0, 0, NULL) == 0);
+	TT_REQUIRE(run_seq(&m, e, s0, ta, 10, 10, h1, l) == 0);
+	TT_REQUIRE(run_seq(&m, e, s0, tb + 10, SEQ - 10, 3, h1 + 10 * d, l) == 0);
+	tern_engine_free(e);
+	int32_t mix[SEQ];
+	memcpy(mix, ta, 10 * sizeof(int32_t));
+	memcpy(mix + 10, tb + 10, (SEQ - 10) * sizeof(int32_t));
+	TT_REQUIRE(make_engine(&w, 1, 16, TERN_ISA_AUTO, NULL, &e) == 0);
+	TT_REQUIRE(tern_kv_slot_alloc(tern_engine_kv(e), &s0, NULL) == 0);
+	TT_REQUIRE(run_seq(&m, e, s0, mix, SEQ, 7, h2, l) == 0);
+	TT_CHECK(memcmp(h1, h2, sizeof(float) * SEQ * d) == 0);
+	/* a row at position 0 restarts the slot without a truncate (what a
+	 * pipeline stage does when the coordinator reuses a slot) */
+	float *h3 = malloc(sizeof(float) * SEQ * d);
+	TT_REQUIRE(h3);
+	int32_t t0 = tb[0];
+	TT_REQUIRE(tern_head_embed(m.head, &t0, 1, h3, NULL) == 0);
+	tern_row r0 = {s0, 0};
+	TT_REQUIRE(tern_engine_forward(e, &r0, 1, h3, NULL) == 0);
+	TT_EQ_INT(tern_kv_slot_len(tern_engine_kv(e), s0), 1);
+	TT_REQUIRE(run_seq(&m, e, s0, tb + 1, SEQ - 1, 6, h3 + d, l) == 0);
+	TT_REQUIRE(tern_engine_forward(e, &r0, 0, h3, NULL) == 0);
+	tern_engine_free(e);
+	TT_REQUIRE(make_engine(&w, 1, 16, TERN_ISA_AUTO, NULL, &e) == 0);
+	TT_REQUIRE(tern_kv_slot_alloc(tern_engine_kv(e), &s0, NULL) == 0);
+	TT_REQUIRE(run_seq(&m, e, s0, tb, SEQ, SEQ, h2, l) == 0);
+	TT_CHECK(memcmp(h3, h2, sizeof(float) * SEQ * d) == 0);
+	free(h3);
+	tern_engine_free(e);
+	free(h1);
+	free(h2);
+	free(l);
+	tern_layers_free(&w);
+	tmodel_free(&m);
+}
+
+static void test_bad_batches(void)
+{
+	tmodel m;
+	TT_REQUIRE(tmodel_init(&m, 3) == 0);
+	tern_layers w;
+	TT_REQUIRE(build_layers(&m, TERN_PACK_I2S, &w) == 0);
+	tern_engine *e;
+	TT_REQUIRE(make_engine(&w, 2, 8, TERN_ISA_AUTO, NULL, &e) == 0);
+	tern_kv_cache *kv = tern_engine_kv(e);
+	int s;
+	TT_REQUIRE(tern_kv_slot_alloc(kv, &s, NULL) == 0);
+	float h[4 * 192] = {0};
+	tern_err err = {0};
+	tern_row gap[1] = {{s, 1}};
+	TT_EQ_INT(tern_engine_forward(e, gap, 1, h, &err), TERN_EINVAL);
+	tern_row unalloc[1] = {{1, 0}};
+	TT_EQ_INT(tern_engine_forward(e, unalloc, 1, h, &err), TERN_EINVAL);
+	tern_row badslot[1] = {{7, 0}};
+	TT_EQ_INT(tern_engine_forward(e, badslot, 1, h, &err), TERN_EINVAL);
+	tern_row skip[2] = {{s, 0}, {s, 2}};
+	TT_EQ_INT(tern_engine_forward(e, skip, 2, h, &err), TERN_EINVAL);
+	tern_row past[1] = {{s, 128}};
+	TT_EQ_INT(tern_engine_forward(e, past, 1, h, &err), TERN_EINVAL);
+	TT_EQ_INT(tern_kv_slot_len(kv, s), 0);
+	tern_row ok[2] = {{s, 0}, {s, 1}};
+	TT_EQ_INT(tern_engine_forward(e, ok, 2, h, &err), 0);
+	TT_EQ_INT(tern_kv_slot_len(kv, s), 2);
+	tern_engine_free(e);
+	tern_engine_free(NULL);
+	tern_kv_free(NULL);
+	tern_layers_free(NULL);
+
+	/* shape mismatch between layers and hparams is refused */
+	tern_layers bad = w;
+	bad.hp.n_ff = 256;
+	tern_engine_config cfg = {1, 8, 4, TERN_ISA_AUTO, NULL, NULL};
+	TT_EQ_INT(tern_engine_create(&bad, &cfg, &e, &err), TERN_EINVAL);
+	TT_CHECK(e == NULL);
+	tern_layers_free(&w);
+	tmodel_free(&m);
+}
+
+/* Layers split over two engines (pipeline stages [0,1) and [1,3)) run one
+ * after the other give the same hidden states as one engine of all layers. */
+static void test_stage_split(void)
+{
+	tmodel m;
+	TT_REQUIRE(tmodel_init(&m, 8) == 0);
+	m.hp.n_layer = 3;
+	uint64_t seed = 8;
+	tern_layer_source src = tern_layers_random_source(&seed);
+	tern_layers all, s0, s1;
+	TT_REQUIRE(tern_layers_build(&all, &m.hp, 0, 3, TERN_PACK_TL2, &src, NULL) == 0);
+	TT_REQUIRE(tern_layers_build(&s0, &m.hp, 0, 1, TERN_PACK_TL2, &src, NULL) == 0);
+	TT_REQUIRE(tern_layers_build(&s1, &m.hp, 1, 2, TERN_PACK_I2S, &src, NULL) == 0);
+	tern_engine *ea, *e0, *e1;
+	TT_REQUIRE(make_engine(&all, 1, 8, TERN_ISA_AUTO, NULL, &ea) == 0);
+	TT_REQUIRE(make_engine(&s0, 1, 8, TERN_ISA_AUTO, NULL, &e0) == 0);
+	TT_REQUIRE(make_engine(&s1, 1, 8, TERN_ISA_AUTO, NULL, &e1) == 0);
+	int sa, s0s, s1s;
+	TT_REQUIRE(tern_kv_slot_alloc(tern_engine_kv(ea), &sa, NULL) == 0);
+	TT_REQUIRE(tern_kv_slot_alloc(tern_engine_kv(e0), &s0s, NULL) == 0);
+	TT_REQUIRE(tern_kv_slot_alloc(tern_engine_kv(e1), &s1s, NULL) == 0);
+	const int d = m.hp.n_embd;
+	int32_t tok[SEQ];
+	seq_tokens(tok, SEQ, m.hp.n_vocab, 9);
+	float *ha = malloc(sizeof(float) * SEQ * d), *hs = malloc(sizeof(float) * SEQ * d);
+	TT_REQUIRE(ha && hs);
+	TT_REQUIRE(tern_head_embed(m.head, tok, SEQ, ha, NULL) == 0);
+	memcpy(hs, ha, sizeof(float) * SEQ * d);
+	tern_row rows[SEQ];
+	for (int i = 0; i < SEQ; i++)
+		rows[i] = (tern_row){0, i};
+	TT_REQUIRE(tern_engine_forward(ea, rows, SEQ, ha, NULL) == 0);
+	/* stage 0 gets the prompt in pieces of 5, stage 1 in pieces of 9 */
+	for (int i = 0; i < SEQ; i += 5)
+		TT_REQUIRE(tern_engine_forward(e0, rows + i, SEQ - i < 5 ? SEQ - i : 5, hs + (size_t)i * d, NULL) == 0);
+	for (int i = 0; i < SEQ; i += 9)
+		TT_REQUIRE(tern_engine_forward(e1, rows + i, SEQ - i < 9 ? SEQ - i : 9, hs + (size_t)i * d, NULL) == 0);
+	TT_CHECK(memcmp(ha, hs, sizeof(float) * SEQ * d) == 0);
+	tern_engine_free(ea);
+	tern_engine_free(e0);
+	tern_engine_free(e1);
+	tern_layers_free(&all);
+	tern_layers_free(&s0);
+	tern_layers_free(&s1);
+	free(ha);
+	free(hs);
+	tmodel_free(&m);
+}
+
+/* A source that fails on one projection, to check error propagation. */
+static int failing_proj(void *ctx, int layer, tern_proj p, int m, int k, int8_t *w, float *scales, int max_groups,
+			int *group_rows, tern_err *err)
+{
+	if (layer == 1 && p == TERN_PROJ_UP)
+		return TERN_ERR(err, TERN_EFORMAT, "synthetic failure at layer %d", layer);
+	memset(w, 0, (size_t)m * (size_t)k);
+	scales[0] = 1.0f;
+	*group_rows = m;
+	return 0;
+}
+
+static int ones_norm(void *ctx, int layer, tern_norm_kind n, int width, float *out, tern_err *err)
+{
+	for (int i = 0; i < width; i++)
+		out[i] = 1.0f;
+	return 0;
+}
+
+/* The threaded builder gives the same packed bytes; source errors propagate. */
+static void test_builder(void)
+{
+	tern_hparams hp;
+	small_hparams(&hp);
+	hp.n_layer = 3;
+	uint64_t seed = 77;
+	tern_layer_source src = tern_layers_random_source(&seed);
+	tern_pool *pool = NULL;
+	TT_REQUIRE(tern_pool_create(2, NULL, 0, &pool, NULL) == 0);
+	tern_layers a, b;
+	TT_REQUIRE(tern_layers_build(&a, &hp, 0, 3, TERN_PACK_TL2, &src, NULL) == 0);
+	TT_REQUIRE(tern_layers_build_mt(&b, &hp, 0, 3, TERN_PACK_TL2, &src, pool, NULL) == 0);
+	int same = 1;
+	for (int l = 0; l < 3; l++) {
+		for (int p = 0; p < TERN_PROJ_COUNT; p++) {
+			const tern_matrix *x = &a.l[l].proj[p], *y = &b.l[l].proj[p];
+			same &= x->data_bytes == y->data_bytes && memcmp(x->data, y->data, x->data_bytes) == 0 &&
+				x->n_groups == y->n_groups &&
+				memcmp(x->scales, y->scales, sizeof(float) * x->n_groups) == 0;
+		}
+		for (int q = 0; q < TERN_LAYER_NORMS; q++)
+			same &= memcmp(a.l[l].norm[q], b.l[l].norm[q],
+				       sizeof(float) * tern_engine_norm_width(&hp, (tern_norm_kind)q)) == 0;
+	}
+	TT_CHECK(same);
+	TT_CHECK(tern_layers_bytes(&a) > 0 && tern_layers_bytes(&a) == tern_layers_bytes(&b));
+	/* a sub-range holds the same data as the matching layers of the whole */
+	tern_layers c;
+	TT_REQUIRE(tern_layers_build(&c, &hp, 1, 2, TERN_PACK_TL2, &src, NULL) == 0);
+	TT_EQ_INT(c.first, 1);
+	TT_CHECK(memcmp(c.l[0].proj[TERN_PROJ_DOWN].data, a.l[1].proj[TERN_PROJ_DOWN].data,
+			a.l[1].proj[TERN_PROJ_DOWN].data_bytes) == 0);
+	tern_layers_free(&c);
+	tern_layers_free(&a);
+	tern_layers_free(&b);
+
+	const tern_layer_source bad = {failing_proj, ones_norm, NULL};
+	for (int th = 0; th < 2; th++) {
+		tern_err err = {0};
+		TT_EQ_INT(tern_layers_build_mt(&a, &hp, 0, 3, TERN_PACK_I2S, &bad, th ? pool : NULL, &err),
+			  TERN_EFORMAT);
+		TT_CHECK(strstr(err.msg, "synthetic failure") != NULL);
+		TT_CHECK(a.l == NULL && a.n == 0);
+	}
+	tern_err err = {0};
+	TT_EQ_INT(tern_layers_build(&a, &hp, 2, 2, TERN_PACK_I2S, &src, &err), TERN_EINVAL);
+	tern_pool_free(pool);
+}
+
+/* ---- LM head ------------------------------------------------------------------ */
+
+static void test_head(void)
+{
+	enum { V = 37, D = 203, NB = 5 };
+	uint16_t e16[V * D], eb16[V * D];
+	float e32[V * D], norm[D], hid[NB * D];
+	for (int i = 0; i < V * D; i++) {
+		e16[i] = to_f16(rng_f(-1, 1));
+		float f = rng_f(-1, 1);
+		uint32_t b;
+		memcpy(&b, &f, 4);
+		eb16[i] = (uint16_t)(b >> 16);
+		e32[i] = rng_f(-1, 1);
+	}
+	for (int i = 0; i < D; i++)
+		norm[i] = rng_f(0.5f, 1.5f);
+	for (int i = 0; i < NB * D; i++)
+		hid[i] = rng_f(-4, 4);
+	const void *embs[3] = {e32, e16, eb16};
+	static float lg[3][NB * V], lg1[NB * V];
+	tern_pool *pool = NULL;
+	TT_REQUIRE(tern_pool_create(2, NULL, 0, &pool, NULL) == 0);
+	for (int dt = 0; dt < 3; dt++) {
+		int first = 1;
+		for (int simd = 0; simd < 3; simd++) {
+			if (!tern_head_simd_available((tern_head_simd)simd))
+				continue;
+			tern_head_config hc = {V,    D,     (tern_head_dtype)dt, embs[dt], 0,
+					       norm, 1e-5f, (tern_head_simd)simd};
+			tern_head *h;
+			TT_REQUIRE(tern_head_create(&hc, &h, NULL) == 0);
+			float *dst = first ? lg[dt] : lg1;
+			TT_REQUIRE(tern_head_logits(h, first ? NULL : pool, hid, NB, dst, NULL) == 0);
+			if (!first)
+				TT_CHECKF(memcmp(lg1, lg[dt], sizeof lg1) == 0, "dtype %d simd %s differs", dt,
+					  tern_head_simd_name((tern_head_simd)simd));
+			/* one row alone equals the same row inside the batch */
+			float one[V];
+			TT_REQUIRE(tern_head_logits(h, NULL, hid + 3 * D, 1, one, NULL) == 0);
+			TT_CHECK(memcmp(one, dst + 3 * V, sizeof one) == 0);
+			/* embedding rows convert exactly */
+			float row[D];
+			int32_t t = 17;
+			TT_REQUIRE(tern_head_embed(h, &t, 1, row, NULL) == 0);
+			float want = dt == 0 ? e32[17 * D + 5] : 0;
+			if (dt == 2) {
+				uint32_t b = (uint32_t)eb16[17 * D + 5] << 16;
+				memcpy(&want, &b, 4);
+			}
+			if (dt != 1)
+				TT_CHECK(row[5] == want);
+			tern_err err = {0};
+			t = V;
+			TT_EQ_INT(tern_head_embed(h, &t, 1, row, &err), TERN_EINVAL);
+			tern_head_free(h);
+			first = 0;
+		}
+		/* against a double-precision dot product of the same normed row */
+		double worst = 0;
+		for (int j = 0; j < NB; j++) {
+			double ss = 0;
+			for (int i = 0; i < D; i++)
+				ss += (double)hid[j * D + i] * hid[j * D + i];
+			const double s = 1.0 / sqrt(ss / D + 1e-5);
+			for (int v = 0; v < V; v++) {
+				double dot = 0, mag = 0;
+				for (int i = 0; i < D; i++) {
+					double ev;
+					if (dt == 0) {
+						ev = e32[v * D + i];
+					} else if (dt == 2) {
+						uint32_t b = (uint32_t)eb16[v * D + i] << 16;
+						float f;
+						memcpy(&f, &b, 4);
+						ev = f;
+					} else {
+						const uint16_t hh = e16[v * D + i];
+						const int ex = (hh >> 10) & 31, man = hh & 1023;
+						ev = ldexp(1.0 + man / 1024.0, ex - 15) * ((hh & 0x8000) ? -1 : 1);
+						if (ex == 0)
+							ev = ldexp(man / 1024.0, -14) * ((hh & 0x8000) ? -1 : 1);
+					}
+					const double x = hid[j * D + i] * s * norm[i];
+					dot += ev * x;
+					mag += fabs(ev * x);
+				}
+				const double e = fabs(lg[dt][j * V + v] - dot) / mag;
+				worst = e > worst ? e : worst;
+			}
+		}
+		TT_CHECKF(worst < 1e-6, "dtype %d: worst error %g of sum |terms|", dt, worst);
+	}
+	/* known F16 encodings */
+	const uint16_t codes[5] = {0x3c00, 0xc000, 0x0001, 0x7bff, 0x8000};
+	const float vals[5] = {1.0f, -2.0f, 0x1p-24f, 65504.0f, -0.0f};
+	float nrm1[5] = {1, 1, 1, 1, 1};
+	tern_head_config hc = {5, 1, TERN_HEAD_F16, codes, 0, nrm1, 1e-5f, TERN_HEAD_SIMD_AUTO};
+	tern_head *h;
+	TT_REQUIRE(tern_head_create(&hc, &h, NULL) == 0);
+	for (int t = 0; t < 5; t++) {
+		float f;
+		TT_REQUIRE(tern_head_embed(h, &t, 1, &f, NULL) == 0);
+		TT_CHECKF(f == vals[t] && signbit(f) == signbit(vals[t]), "f16 %04x -> %g", codes[t], (double)f);
+	}
+	tern_head_free(h);
+	tern_head_free(NULL);
+	tern_pool_free(pool);
+}
+
+/* The optional int8 LM head: same on every code path, close to the F16 head,
+ * switchable, and its agreement count is what the argmaxes say. */
+static void test_head_int8(void)
+{
+	enum { V = 301, D = 200, NB = 40 };
+	uint16_t *e16 = malloc(sizeof(uint16_t) * V * D);
+	float norm[D], *hid = malloc(sizeof(float) * NB * D);
+	float *l16 = malloc(sizeof(float) * NB * V), *l8 = malloc(sizeof(float) * NB * V);
+	float *l8b = malloc(sizeof(float) * NB * V);
+	TT_REQUIRE(e16 && hid && l16 && l8 && l8b);
+	for (int i = 0; i < V * D; i++)
+		e16[i] = to_f16(rng_f(-1, 1));
+	for (int i = 0; i < D; i++)
+		norm[i] = rng_f(0.5f, 1.5f);
+	for (int i = 0; i < NB * D; i++)
+		hid[i] = rng_f(-4, 4);
+	tern_pool *pool = NULL;
+	TT_REQUIRE(tern_pool_create(2, NULL, 0, &pool, NULL) == 0);
+	int first = 1;
+	for (int simd = 0; simd < 3; simd++) {
+		if (!tern_head_simd_available((tern_head_simd)simd))
+			continue;
+		tern_head_config hc = {V, D, TERN_HEAD_F16, e16, 0, norm, 1e-5f, (tern_head_simd)simd};
+		tern_head *h;
+		TT_REQUIRE(tern_head_create(&hc, &h, NULL) == 0);
+		const uint64_t b16 = tern_head_bytes(h);
+		TT_REQUIRE(tern_head_logits(h, NULL, hid, NB, l16, NULL) == 0);
+		tern_err err = {0};
+		int agree = -1;
+		TT_EQ_INT(tern_head_int8_agreement(h, NULL, hid, NB, &agree, &err), TERN_ESTATE);
+		TT_REQUIRE(tern_head_int8_build(h, pool, NULL) == 0);
+		TT_CHECK(tern_head_int8_active(h));
+		TT_EQ_INT(tern_head_bytes(h) * 2, b16);
+		TT_REQUIRE(tern_head_logits(h, pool, hid, NB, first ? l8 : l8b, NULL) == 0);
+		if (!first)
+			TT_CHECKF(memcmp(l8, l8b, sizeof(float) * NB * V) == 0, "int8 head differs on %s",
+				  tern_head_simd_name((tern_head_simd)simd));
+		/* close to the F16 head: per row, relative to its largest logit */
+		double worst = 0;
+		int same = 0;
+		for (int j = 0; j < NB; j++) {
+			double mx = 0, df = 0;
+			int a16 = 0, a8 = 0;
+			for (int v = 0; v < V; v++) {
+				mx = fabs(l16[j * V + v]) > mx ? fabs(l16[j * V + v]) : mx;
+				const double dd = fabs((double)l8[j * V + v] - l16[j * V + v]);
+				df = dd > df ? dd : df;
+				a16 = l16[j * V + v] > l16[j * V + a16] ? v : a16;
+				a8 = l8[j * V + v] > l8[j * V + a8] ? v : a8;
+			}
+			worst = df / mx > worst ? df / mx : worst;
+			same += a16 == a8;
+		}
+		TT_CHECKF(worst < 3e-2 && worst > 0, "int8 head relative error %g", worst);
+		TT_REQUIRE(tern_head_int8_agreement(h, pool, hid, NB, &agree, NULL) == 0);
+		TT_EQ_INT(agree, same);
+		TT_CHECK(agree >= NB * 3 / 4);
+		TT_CHECK(tern_head_int8_active(h));
+		/* switched off, the F16 logits come back bit for bit */
+		tern_head_int8_use(h, 0);
+		TT_REQUIRE(tern_head_logits(h, pool, hid, NB, l8b, NULL) == 0);
+		TT_CHECK(memcmp(l8b, l16, sizeof(float) * NB * V) == 0);
+		tern_head_free(h);
+		first = 0;
+	}
+	tern_pool_free(pool);
+	free(e16);
+	free(hid);
+	free(l16);
+	free(l8);
+	free(l8b);
+}
+
+TT_MAIN(TT_CASE(test_rmsnorm), TT_CASE(test_rope), TT_CASE(test_softmax_relu2_dot), TT_CASE(test_batch_invariance),
+	TT_CASE(test_slot_isolation), TT_CASE(test_packings_isas_threads), TT_CASE(test_slot_reuse_truncate),
+	TT_CASE(test_bad_batches), TT_CASE(test_stage_split), TT_CASE(test_builder), TT_CASE(test_head),
+	TT_CASE(test_head_int8))
