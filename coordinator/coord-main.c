@@ -1,24 +1,205 @@
 /* coord-main.c: tern-coordinator, MPI rank 0.
  *
- * Start-up handshake: check that the ranks launched match the stages
- * expected, send each stage HELLO, wait (bounded) for every READY and print
- * where each stage runs. A missing or failing stage is a clear error and a
- * non-zero exit, never a hang. */
+ *   mpirun -n 1 tern-coordinator -m MODEL [options] : -n S tern-node
+ *
+ * Start-up: check that the ranks launched match the stages expected, give
+ * each stage its layer range (HELLO), wait (bounded) for every READY and
+ * print where each stage runs. Then serve: the gRPC server (default) or the
+ * offline batch mode (--batch), both feeding one scheduler that pipelines
+ * micro-batches through the stages. With no tern-node ranks (--stages 0) the
+ * layers run in this process. A stage that fails to start, dies or hangs is a
+ * clear error and a non-zero exit, never a hang. Without -m it only runs the
+ * start-up handshake. */
 #include <mpi.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "tern-coord.h"
+#include "tern-grpc.h"
 #include "tern-link.h"
+#include "tern-pool.h"
+#include "tern-stage.h"
+
+typedef struct coord_opts {
+	const char *model;
+	int stages;          /* -1: from the MPI world size */
+	const char *plan_id;
+	double timeout;      /* start-up: READY within this */
+	int packing;
+	int isa;
+	int slots, ctx, max_rows, chunk, threads, head_threads, queue, max_tokens;
+	double stall;
+	const char *listen, *tls_cert, *tls_key, *token_file;
+	const char *batch_in, *batch_out;
+} coord_opts;
 
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: tern-coordinator [--stages N] [--plan-id ID] [--timeout SECONDS]\n"
-		   "  Rank 0 of an MPMD job: mpirun -n 1 tern-coordinator ... : -n N tern-node ...\n");
+	fprintf(f,
+		"usage: tern-coordinator -m MODEL [options]      (rank 0 of: mpirun -n 1 tern-coordinator ... : -n S tern-node)\n"
+		"  -m, --model PATH        GGUF file or HF checkpoint directory; every stage loads its layers from it\n"
+		"  --stages N              stages expected (default: the tern-node ranks launched; 0 = layers in this process)\n"
+		"  --packing tl2|i2_s|tl1  kernel weight layout on the stages (default tl2)\n"
+		"  --kernel ISA            ref|avx2|avx512|neon|auto (default auto)\n"
+		"  --slots N               sequences generating at once (default 16)\n"
+		"  -c, --ctx N             context per sequence (default min(4096, the model's))\n"
+		"  --max-rows N            rows per micro-batch (default 256)\n"
+		"  --chunk N               prompt rows of one sequence per micro-batch (default 64)\n"
+		"  -t, --threads N         kernel threads per stage (default: its NUMA domain's cores)\n"
+		"  --head-threads N        LM head threads on the coordinator (default 1)\n"
+		"  --queue N               admission queue limit (default 64)\n"
+		"  -n, --max-tokens N      default max_tokens of a request (default 256)\n"
+		"  --stall-timeout S       a pipeline silent this long is dead (default 8)\n"
+		"  --listen ADDR           gRPC address (default 127.0.0.1:50051)\n"
+		"  --tls-cert F --tls-key F   serve TLS\n"
+		"  --auth-token-file F     require 'authorization: Bearer <token>' (token = first line of F)\n"
+		"  --batch IN.jsonl --out OUT.jsonl   offline batch mode instead of the server\n"
+		"  --timeout S             start-up: every stage READY within S seconds (default 300)\n");
 }
 
-static void shutdown_stages(int n_stages)
+static volatile sig_atomic_t g_signal;
+static tern_sched *g_sched;
+
+static void on_signal(int sig)
+{
+	g_signal = sig;
+	if (g_sched)
+		tern_sched_stop(g_sched);
+}
+
+static int parse_args(int argc, char **argv, coord_opts *o)
+{
+	memset(o, 0, sizeof *o);
+	o->stages = -1;
+	o->plan_id = "none";
+	o->timeout = 300;
+	o->packing = TERN_PACK_TL2;
+	o->isa = TERN_ISA_AUTO;
+	o->slots = 16;
+	o->max_rows = 256;
+	o->chunk = 64;
+	o->head_threads = 1;
+	o->queue = 64;
+	o->max_tokens = 256;
+	o->stall = 8;
+	o->listen = "127.0.0.1:50051";
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i];
+		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+#define OPT(name) (!strcmp(a, name))
+#define NEED_VALUE()                                                                   \
+	do {                                                                           \
+		if (!v) {                                                              \
+			fprintf(stderr, "tern-coordinator: %s needs a value\n", a);    \
+			return 2;                                                      \
+		}                                                                      \
+		i++;                                                                   \
+	} while (0)
+#define INT_VALUE(dst, lo, hi)                                                                              \
+	do {                                                                                                \
+		NEED_VALUE();                                                                               \
+		char *end;                                                                                  \
+		long x_ = strtol(v, &end, 10);                                                              \
+		if (*end || end == v || x_ < (lo) || x_ > (hi)) {                                           \
+			fprintf(stderr, "tern-coordinator: %s wants a whole number in [%ld, %ld], got '%s'\n", a, \
+				(long)(lo), (long)(hi), v);                                                 \
+			return 2;                                                                           \
+		}                                                                                           \
+		(dst) = (int)x_;                                                                            \
+	} while (0)
+		if (OPT("-m") || OPT("--model")) {
+			NEED_VALUE();
+			o->model = v;
+		} else if (OPT("--stages")) {
+			INT_VALUE(o->stages, 0, 4096);
+		} else if (OPT("--plan-id")) {
+			NEED_VALUE();
+			o->plan_id = v;
+		} else if (OPT("--timeout")) {
+			NEED_VALUE();
+			o->timeout = atof(v);
+		} else if (OPT("--stall-timeout")) {
+			NEED_VALUE();
+			o->stall = atof(v);
+			if (!(o->stall > 0)) {
+				fprintf(stderr, "tern-coordinator: --stall-timeout wants seconds > 0\n");
+				return 2;
+			}
+		} else if (OPT("--packing")) {
+			NEED_VALUE();
+			o->packing = tern_packing_parse(v);
+			if (o->packing < 0) {
+				fprintf(stderr, "tern-coordinator: unknown packing '%s' (tl2, i2_s, tl1)\n", v);
+				return 2;
+			}
+		} else if (OPT("--kernel")) {
+			NEED_VALUE();
+			o->isa = tern_isa_parse(v);
+			if (o->isa == -2) {
+				fprintf(stderr, "tern-coordinator: unknown kernel ISA '%s'\n", v);
+				return 2;
+			}
+		} else if (OPT("--slots")) {
+			INT_VALUE(o->slots, 1, 4096);
+		} else if (OPT("-c") || OPT("--ctx")) {
+			INT_VALUE(o->ctx, 2, 1 << 22);
+		} else if (OPT("--max-rows")) {
+			INT_VALUE(o->max_rows, 1, 1 << 16);
+		} else if (OPT("--chunk")) {
+			INT_VALUE(o->chunk, 1, 1 << 16);
+		} else if (OPT("-t") || OPT("--threads")) {
+			INT_VALUE(o->threads, 0, 1024);
+		} else if (OPT("--head-threads")) {
+			INT_VALUE(o->head_threads, 1, 1024);
+		} else if (OPT("--queue")) {
+			INT_VALUE(o->queue, 0, 1 << 20);
+		} else if (OPT("-n") || OPT("--max-tokens")) {
+			INT_VALUE(o->max_tokens, 1, 1 << 22);
+		} else if (OPT("--listen")) {
+			NEED_VALUE();
+			o->listen = v;
+		} else if (OPT("--tls-cert")) {
+			NEED_VALUE();
+			o->tls_cert = v;
+		} else if (OPT("--tls-key")) {
+			NEED_VALUE();
+			o->tls_key = v;
+		} else if (OPT("--auth-token-file")) {
+			NEED_VALUE();
+			o->token_file = v;
+		} else if (OPT("--batch")) {
+			NEED_VALUE();
+			o->batch_in = v;
+		} else if (OPT("--out")) {
+			NEED_VALUE();
+			o->batch_out = v;
+		} else if (OPT("-h") || OPT("--help")) {
+			usage(stdout);
+			return 1;
+		} else {
+			fprintf(stderr, "tern-coordinator: unknown argument '%s'\n", a);
+			usage(stderr);
+			return 2;
+		}
+#undef OPT
+#undef NEED_VALUE
+#undef INT_VALUE
+	}
+	if (!!o->batch_in != !!o->batch_out) {
+		fprintf(stderr, "tern-coordinator: --batch and --out go together\n");
+		return 2;
+	}
+	if (!!o->tls_cert != !!o->tls_key) {
+		fprintf(stderr, "tern-coordinator: --tls-cert and --tls-key go together\n");
+		return 2;
+	}
+	return 0;
+}
+
+static void shutdown_stages_control(int n_stages)
 {
 	Tern__V1__Frame f = TERN__V1__FRAME__INIT;
 	f.kind = TERN__V1__FRAME_KIND__FRAME_KIND_SHUTDOWN;
@@ -26,29 +207,110 @@ static void shutdown_stages(int n_stages)
 		tern_link_send(s, TERN_TAG_CONTROL, &f, NULL, 0, NULL);
 }
 
+/* HELLO to every stage, then every READY (bounded). Fills desc with one
+ * "host\tbinding\tfirst\tlast" line per stage. Returns 0 when all are up. */
+static int start_stages(const coord_opts *o, int n_stages, const tern_coord_model *m, int ctx, char *desc,
+			size_t desc_len, uint64_t *weight_bytes, tern_err *err)
+{
+	const tern_hparams *hp = m ? &m->hp : NULL;
+	*weight_bytes = 0;
+	Tern__V1__Frame hello = TERN__V1__FRAME__INIT;
+	hello.kind = TERN__V1__FRAME_KIND__FRAME_KIND_HELLO;
+	hello.plan_id = (char *)o->plan_id;
+	hello.n_stages = (uint32_t)n_stages;
+	/* Stages read the plan's shards, or their layers of the model file; the
+	 * path is passed as given ("%h" is expanded on each host). */
+	const int plan = m && m->from_plan;
+	hello.model_path = (char *)(o->model && !plan ? o->model : "");
+	hello.plan_dir = (char *)(o->model && plan ? o->model : "");
+	hello.packing = (uint32_t)o->packing;
+	hello.n_slots = (uint32_t)o->slots;
+	hello.n_ctx = (uint32_t)ctx;
+	hello.threads = (uint32_t)o->threads;
+	hello.isa = o->isa;
+	hello.max_rows = (uint32_t)o->max_rows;
+	for (int s = 1; s <= n_stages; s++) {
+		hello.stage = (uint32_t)s;
+		if (m) {
+			int first = 0, count = 0;
+			TERN_FORWARD_IF_ERROR(tern_coord_model_stage_range(m, s, n_stages, &first, &count, err));
+			hello.first_layer = (uint32_t)first;
+			hello.n_layers = (uint32_t)count;
+		}
+		TERN_FORWARD_IF_ERROR(tern_link_send(s, TERN_TAG_CONTROL, &hello, NULL, 0, err));
+	}
+	int failed = 0;
+	char lines[64][400];
+	memset(lines, 0, sizeof lines);
+	for (int got = 0; got < n_stages; got++) {
+		uint8_t *buf;
+		Tern__V1__Frame *h;
+		const uint8_t *payload;
+		size_t pl;
+		int from = -1;
+		int rc = tern_link_recv(MPI_ANY_SOURCE, TERN_TAG_CONTROL, o->timeout, &buf, &h, &payload, &pl, &from,
+					err);
+		if (rc < 0)
+			return TERN_ERR(err, rc, "waiting for stage READY: %s", err->msg);
+		if (h->kind != TERN__V1__FRAME_KIND__FRAME_KIND_READY || (h->error && h->error[0])) {
+			fprintf(stderr, "tern-coordinator: stage %d failed to start: %s\n", from,
+				h->error && h->error[0] ? h->error : "unexpected frame");
+			failed = 1;
+		} else {
+			if (hp)
+				printf("stage %d ready on %s: %s, layers %u..%u, %.1f MiB\n", from, h->host, h->binding,
+				       h->first_layer, h->first_layer + h->n_layers - 1,
+				       (double)h->weight_bytes / (1 << 20));
+			else
+				printf("stage %d ready on %s: %s\n", from, h->host, h->binding);
+			*weight_bytes += h->weight_bytes;
+			if (from >= 1 && from <= 64)
+				snprintf(lines[from - 1], sizeof lines[0], "%s\t%s\t%u\t%u\n", h->host, h->binding,
+					 h->first_layer, h->first_layer + (h->n_layers ? h->n_layers - 1 : 0));
+		}
+		tern__v1__frame__free_unpacked(h, NULL);
+		free(buf);
+	}
+	fflush(stdout);
+	size_t used = 0;
+	desc[0] = '\0';
+	for (int s = 0; s < n_stages && s < 64; s++) {
+		int w = snprintf(desc + used, desc_len - used, "%s", lines[s]);
+		if (w < 0 || (size_t)w >= desc_len - used)
+			break;
+		used += (size_t)w;
+	}
+	return failed ? TERN_ERR(err, TERN_ESTATE, "a stage failed to start") : 0;
+}
+
+static char *read_token(const char *path, tern_err *err)
+{
+	FILE *f = fopen(path, "r");
+	if (!f) {
+		TERN_ERR(err, TERN_EIO, "cannot read the auth token file %s", path);
+		return NULL;
+	}
+	char buf[1024];
+	char *line = fgets(buf, sizeof buf, f);
+	fclose(f);
+	size_t n = line ? strcspn(buf, "\r\n") : 0;
+	if (n == 0) {
+		TERN_ERR(err, TERN_EINVAL, "the auth token file %s is empty", path);
+		return NULL;
+	}
+	buf[n] = '\0';
+	return strdup(buf);
+}
+
 int main(int argc, char **argv)
 {
-	int want_stages = -1;
-	const char *plan_id = "none";
-	double timeout = 30.0;
-	for (int i = 1; i < argc; i++) {
-		if (!strcmp(argv[i], "--stages") && i + 1 < argc) {
-			want_stages = atoi(argv[++i]);
-		} else if (!strcmp(argv[i], "--plan-id") && i + 1 < argc) {
-			plan_id = argv[++i];
-		} else if (!strcmp(argv[i], "--timeout") && i + 1 < argc) {
-			timeout = atof(argv[++i]);
-		} else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-			usage(stdout);
-			return 0;
-		} else {
-			fprintf(stderr, "tern-coordinator: unknown argument '%s'\n", argv[i]);
-			usage(stderr);
-			return 2;
-		}
-	}
+	coord_opts o;
+	int prc = parse_args(argc, argv, &o);
+	if (prc)
+		return prc == 1 ? 0 : 2;
 	int provided = 0;
 	MPI_Init_thread(&argc, &argv, MPI_THREAD_FUNNELED, &provided);
+	MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
 	int rank = 0, size = 0;
 	MPI_Comm_rank(MPI_COMM_WORLD, &rank);
 	MPI_Comm_size(MPI_COMM_WORLD, &size);
@@ -58,48 +320,178 @@ int main(int argc, char **argv)
 	}
 	tern_link_host_stage_index(0);
 	const int n_stages = size - 1;
-	if (n_stages < 1 || (want_stages >= 0 && want_stages != n_stages)) {
+	if ((o.stages >= 0 && o.stages != n_stages) || (n_stages < 1 && !o.model)) {
 		fprintf(stderr, "tern-coordinator: the plan has %d stages but mpirun started %d tern-node ranks\n",
-			want_stages >= 0 ? want_stages : 1, n_stages);
+			o.stages >= 0 ? o.stages : 1, n_stages);
 		MPI_Abort(MPI_COMM_WORLD, 2);
 	}
 	tern_err err;
 	tern_err_clear(&err);
-	Tern__V1__Frame hello = TERN__V1__FRAME__INIT;
-	hello.kind = TERN__V1__FRAME_KIND__FRAME_KIND_HELLO;
-	hello.plan_id = (char *)plan_id;
-	hello.n_stages = (uint32_t)n_stages;
-	for (int s = 1; s <= n_stages; s++) {
-		hello.stage = (uint32_t)s;
-		if (tern_link_send(s, TERN_TAG_CONTROL, &hello, NULL, 0, &err) < 0) {
+	char desc[8192] = "";
+	if (!o.model) {
+		/* Start-up check only. */
+		uint64_t wb;
+		int rc = start_stages(&o, n_stages, NULL, 0, desc, sizeof desc, &wb, &err);
+		if (rc < 0 && err.code == TERN_ETIMEOUT) {
 			fprintf(stderr, "tern-coordinator: %s\n", err.msg);
 			MPI_Abort(MPI_COMM_WORLD, 3);
 		}
+		shutdown_stages_control(n_stages);
+		MPI_Finalize();
+		return rc < 0 ? 1 : 0;
 	}
-	int failed = 0;
-	for (int got = 0; got < n_stages; got++) {
-		uint8_t *buf;
-		Tern__V1__Frame *h;
-		const uint8_t *payload;
-		size_t pl;
-		int from = -1;
-		if (tern_link_recv(MPI_ANY_SOURCE, TERN_TAG_CONTROL, timeout, &buf, &h, &payload, &pl, &from, &err) < 0) {
-			fprintf(stderr, "tern-coordinator: waiting for stage READY: %s\n", err.msg);
-			MPI_Abort(MPI_COMM_WORLD, 3);
+
+	int status = 1;
+	tern_coord_model *model = NULL;
+	tern_pool *head_pool = NULL, *local_pool = NULL;
+	tern_layers local_layers;
+	memset(&local_layers, 0, sizeof local_layers);
+	tern_engine *local_engine = NULL;
+	tern_sched_backend be;
+	memset(&be, 0, sizeof be);
+	tern_sched *sched = NULL;
+	tern_grpc_server *srv = NULL;
+	char *token = NULL;
+	int abort_mpi = 0;
+	uint64_t layer_bytes = 0;
+
+	if (tern_coord_model_open(o.model, &model, &err) < 0)
+		goto fail;
+	const tern_hparams *hp = &model->hp;
+	const int ctx = o.ctx ? o.ctx : (hp->n_ctx_train < 4096 ? hp->n_ctx_train : 4096);
+	if (n_stages > 0) {
+		if (start_stages(&o, n_stages, model, ctx, desc, sizeof desc, &layer_bytes, &err) < 0) {
+			/* Stages that did load wait on the activation path: only an
+			 * abort ends them all. */
+			abort_mpi = 1;
+			goto fail;
 		}
-		if (h->kind != TERN__V1__FRAME_KIND__FRAME_KIND_READY || (h->error && h->error[0])) {
-			fprintf(stderr, "tern-coordinator: stage %d failed to start: %s\n", from,
-				h->error && h->error[0] ? h->error : "unexpected frame");
-			failed = 1;
-		} else {
-			printf("stage %d ready on %s: %s\n", from, h->host ? h->host : "?",
-			       h->binding ? h->binding : "?");
+		/* One micro-batch per stage plus one at the coordinator's head. */
+		if (tern_coord_pipeline_backend(n_stages, hp->n_embd, n_stages + 1, &be, &err) < 0)
+			goto fail;
+	} else {
+		if (model->from_plan) {
+			TERN_ERR(&err, TERN_EINVAL, "%s is a plan: it runs on its %d stages (use the model file for --stages 0)",
+				 model->path, model->plan_stages);
+			goto fail;
 		}
-		tern__v1__frame__free_unpacked(h, NULL);
-		free(buf);
+		Tern__V1__Frame hello = TERN__V1__FRAME__INIT;
+		hello.model_path = (char *)o.model;
+		hello.first_layer = 0;
+		hello.n_layers = (uint32_t)hp->n_layer;
+		hello.packing = (uint32_t)o.packing;
+		tern_engine_config cfg = {.n_slots = o.slots, .n_ctx = ctx, .max_rows = o.max_rows,
+					  .isa = (tern_isa)o.isa};
+		const int threads = o.threads > 0 ? o.threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+		if (tern_stage_load(&hello, &local_layers, &err) < 0 ||
+		    tern_pool_create(threads, NULL, 0, &local_pool, &err) < 0)
+			goto fail;
+		cfg.pool = local_pool;
+		if (tern_engine_create(&local_layers, &cfg, &local_engine, &err) < 0)
+			goto fail;
+		int slot;
+		while (tern_kv_slot_alloc(tern_engine_kv(local_engine), &slot, NULL) == 0)
+			;
+		if (tern_sched_local_backend(local_engine, &be, &err) < 0)
+			goto fail;
+		snprintf(desc, sizeof desc, "local\tin-process\t0\t%d\n", hp->n_layer - 1);
+		layer_bytes = tern_layers_bytes(&local_layers);
 	}
+	if (tern_pool_create(o.head_threads, NULL, 0, &head_pool, &err) < 0)
+		goto fail;
+	tern_tokenizer *tok = model->tok;
+	tern_head *head = model->head;
+	tern_sched_config sc = {
+		.n_embd = hp->n_embd,
+		.n_vocab = hp->n_vocab,
+		.n_slots = o.slots,
+		.n_ctx = ctx,
+		.max_rows = o.max_rows,
+		.prefill_chunk = o.chunk,
+		.queue_limit = o.queue,
+		.default_max_tokens = o.max_tokens,
+		.stall_timeout_s = o.stall,
+		.tok = tok,
+		.head = head,
+		.head_pool = head_pool,
+		.chat_style = TERN_CHAT_BITNET,
+		.model_name = model->path,
+		.stage_desc = desc,
+	};
+	if (tern_sched_create(&sc, &be, &sched, &err) < 0)
+		goto fail;
+	/* What one decode step of one sequence must read: the bandwidth bound
+	 * benchmarks print beside their figures. */
+	printf("tern-coordinator: decode reads %llu bytes per token (layers %llu + LM head %llu)\n",
+	       (unsigned long long)(layer_bytes + tern_head_bytes(head)), (unsigned long long)layer_bytes,
+	       (unsigned long long)tern_head_bytes(head));
+	g_sched = sched;
+	signal(SIGINT, on_signal);
+	signal(SIGTERM, on_signal);
+	signal(SIGPIPE, SIG_IGN);
+
+	int rc;
+	if (o.batch_in) {
+		rc = tern_coord_batch(sched, o.batch_in, o.batch_out, &err);
+	} else {
+		if (o.token_file && !(token = read_token(o.token_file, &err)))
+			goto fail;
+		tern_grpc_opts go = {.listen = o.listen,
+				     .tls_cert_file = o.tls_cert,
+				     .tls_key_file = o.tls_key,
+				     .auth_token = token};
+		if (tern_grpc_start(&go, tern_sched_service(sched), &srv, &err) < 0)
+			goto fail;
+		printf("tern-coordinator: serving tern.v1.Tern on %s (port %d)%s%s, %d stage(s)\n", o.listen,
+		       tern_grpc_port(srv), o.tls_cert ? ", TLS" : "", token ? ", bearer token" : "", n_stages);
+		fflush(stdout);
+		rc = tern_sched_run(sched, 0, &err);
+	}
+	if (rc < 0) {
+		/* The pipeline failed: every request has ended UNAVAILABLE; let the
+		 * clients hear it, then take the whole job down (a hung stage would
+		 * never finalize). */
+		abort_mpi = n_stages > 0;
+		goto fail;
+	}
+	/* A signal is the ordinary way to stop a server: exit 0 if the pipeline
+	 * then drains (below), non-zero if it cannot. */
+	status = 0;
+	if (g_signal)
+		fprintf(stderr, "tern-coordinator: stopping on signal %d\n", (int)g_signal);
+	goto cleanup;
+fail:
+	fprintf(stderr, "tern-coordinator: %s\n", err.msg[0] ? err.msg : "failed");
+	status = 1;
+cleanup:
+	g_sched = NULL;
+	/* Requests first (their clients hear UNAVAILABLE), then the server,
+	 * which waits for those calls to drain. */
+	if (sched)
+		tern_sched_shutdown(sched, "the server is shutting down");
+	tern_grpc_stop(srv, 5.0);
+	tern_sched_free(sched);
+	if (n_stages > 0 && be.self && !abort_mpi) {
+		tern_err se;
+		/* After a signal a stage may be gone (mpirun signals us when one
+		 * dies): do not wait long for the drain. */
+		if (tern_coord_pipeline_shutdown(&be, g_signal ? 3.0 : 10.0, &se) < 0) {
+			fprintf(stderr, "tern-coordinator: shutting the pipeline down: %s\n", se.msg);
+			abort_mpi = 1;
+			status = 1;
+		}
+	}
+	if (n_stages == 0)
+		tern_sched_local_free(&be);
+	tern_engine_free(local_engine);
+	tern_layers_free(&local_layers);
+	tern_pool_free(local_pool);
+	tern_pool_free(head_pool);
+	tern_coord_model_close(model);
+	free(token);
 	fflush(stdout);
-	shutdown_stages(n_stages);
+	if (abort_mpi)
+		MPI_Abort(MPI_COMM_WORLD, status ? status : 1);
 	MPI_Finalize();
-	return failed ? 1 : 0;
+	return status;
 }

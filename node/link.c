@@ -3,7 +3,9 @@
 
 #include <mpi.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 int tern_link_send(int dest, int tag, const Tern__V1__Frame *h, const void *payload, size_t payload_bytes,
 		   tern_err *err)
@@ -79,4 +81,80 @@ int tern_link_host_stage_index(int is_stage)
 		MPI_Comm_free(&stages);
 	}
 	return idx;
+}
+
+int tern_link_isend(int dest, int tag, const Tern__V1__Frame *h, const void *payload, size_t payload_bytes,
+		    tern_link_send_req *r, tern_err *err)
+{
+	TERN_RETURN_IF(r->active, err, TERN_ESTATE, "send request still in flight");
+	const size_t n = tern_frame_size(h, payload_bytes);
+	TERN_RETURN_IF(n > (size_t)INT32_MAX, err, TERN_ERANGE, "frame of %zu bytes is too large for one message", n);
+	uint8_t *buf = malloc(n);
+	TERN_RETURN_IF(!buf, err, TERN_ENOMEM, "out of memory for a %zu-byte frame", n);
+	long w = tern_frame_pack(h, payload, payload_bytes, buf, n, err);
+	if (w < 0) {
+		free(buf);
+		return (int)w;
+	}
+	MPI_Request req;
+	int rc = MPI_Isend(buf, (int)w, MPI_BYTE, dest, tag, MPI_COMM_WORLD, &req);
+	if (rc != MPI_SUCCESS) {
+		free(buf);
+		return TERN_ERR(err, TERN_ECOMM, "MPI_Isend to rank %d failed (code %d)", dest, rc);
+	}
+	r->buf = buf;
+	r->request = (long)MPI_Request_c2f(req);
+	r->active = 1;
+	return 0;
+}
+
+int tern_link_test(tern_link_send_req *r)
+{
+	if (!r->active)
+		return 1;
+	MPI_Request req = MPI_Request_f2c((MPI_Fint)r->request);
+	int done = 0;
+	MPI_Test(&req, &done, MPI_STATUS_IGNORE);
+	if (!done) {
+		r->request = (long)MPI_Request_c2f(req);
+		return 0;
+	}
+	free(r->buf);
+	r->buf = NULL;
+	r->active = 0;
+	return 1;
+}
+
+int tern_link_wait(tern_link_send_req *r, double timeout_s, tern_err *err)
+{
+	const double deadline = timeout_s < 0 ? -1 : tern_now_s() + timeout_s;
+	long sleep_ns = 1000;
+	while (!tern_link_test(r)) {
+		if (deadline >= 0 && tern_now_s() > deadline)
+			return TERN_ERR(err, TERN_ETIMEOUT, "send not completed within %.1f s", timeout_s);
+		struct timespec ts = {0, sleep_ns};
+		nanosleep(&ts, NULL);
+		if (sleep_ns < 1000000)
+			sleep_ns *= 2;
+	}
+	return 0;
+}
+
+void tern_link_expand_host(const char *path, char *out, size_t out_len)
+{
+	char host[256] = "";
+	gethostname(host, sizeof host - 1);
+	size_t o = 0;
+	for (const char *p = path; *p && o + 1 < out_len; p++) {
+		if (p[0] == '%' && p[1] == 'h') {
+			const size_t hl = strlen(host);
+			const size_t n = hl < out_len - 1 - o ? hl : out_len - 1 - o;
+			memcpy(out + o, host, n);
+			o += n;
+			p++;
+		} else {
+			out[o++] = *p;
+		}
+	}
+	out[o] = '\0';
 }

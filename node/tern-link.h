@@ -26,6 +26,32 @@ int tern_link_send(int dest, int tag, const Tern__V1__Frame *h, const void *payl
 int tern_link_recv(int src, int tag, double timeout_s, uint8_t **buf, Tern__V1__Frame **h,
 		   const uint8_t **payload, size_t *payload_bytes, int *from, tern_err *err);
 
+/* A send in flight: the packed buffer must live until the request completes.
+ * Sends on the activation path are non-blocking, so no rank ever blocks in a
+ * send while its downstream peer blocks sending to it (the pipeline is a
+ * ring through the coordinator). */
+typedef struct tern_link_send_req {
+	void *buf;    /* packed frame, freed on completion */
+	long request; /* MPI_Request stored as an integer handle (MPI_Request_c2f) */
+	int active;
+} tern_link_send_req;
+
+/* Starts a non-blocking send of h + payload to dest. r must not be active
+ * (wait for it first). */
+int tern_link_isend(int dest, int tag, const Tern__V1__Frame *h, const void *payload, size_t payload_bytes,
+		    tern_link_send_req *r, tern_err *err);
+/* 1 if r is complete (or was never active), 0 if still in flight; frees the
+ * buffer on completion. */
+int tern_link_test(tern_link_send_req *r);
+/* Waits for r to complete, up to timeout_s (< 0: forever). TERN_ETIMEOUT
+ * leaves it active. */
+int tern_link_wait(tern_link_send_req *r, double timeout_s, tern_err *err);
+
+/* Copies path to out with every "%h" replaced by this host's name, so each
+ * host can keep its copy of a model in a per-host directory
+ * (deploy/tern-up --remote-dir). Truncates to out_len - 1 bytes. */
+void tern_link_expand_host(const char *path, char *out, size_t out_len);
+
 /* Collective over MPI_COMM_WORLD: every rank (coordinator included, with
  * is_stage = 0) must call it once at start-up. For a stage, returns its index
  * among the stage ranks on its own host (rank order), which picks its NUMA

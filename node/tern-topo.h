@@ -41,6 +41,10 @@ int tern_node_topo_is_thissystem(const tern_topo *t);
  * description of what was done, for logs and the READY frame. */
 int tern_node_topo_bind(tern_topo *t, int i, int *mem_bound, char *desc, size_t desc_len, tern_err *err);
 
+/* The CPU ids (os indexes) of domain i into cpus (at most max); returns how
+ * many the domain has (may exceed max), or a negative TERN_E*. */
+int tern_node_topo_domain_cpus(const tern_topo *t, int i, int *cpus, int max, tern_err *err);
+
 /* The cpuset this process is currently bound to, in hwloc list form. */
 int tern_node_topo_current_binding(tern_topo *t, char *buf, size_t len, tern_err *err);
 

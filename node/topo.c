@@ -110,3 +110,20 @@ int tern_node_topo_current_binding(tern_topo *t, char *buf, size_t len, tern_err
 	TERN_RETURN_IF(rc != 0, err, TERN_EIO, "hwloc_get_cpubind failed: %s", strerror(errno));
 	return 0;
 }
+
+int tern_node_topo_domain_cpus(const tern_topo *t, int i, int *cpus, int max, tern_err *err)
+{
+	TERN_RETURN_IF(i < 0 || i >= t->n, err, TERN_EINVAL, "NUMA domain %d does not exist (this host has %d)", i,
+		       t->n);
+	hwloc_obj_t o = hwloc_get_obj_by_type(t->topo, HWLOC_OBJ_NUMANODE, (unsigned)i);
+	int n = 0;
+	unsigned id;
+	hwloc_bitmap_foreach_begin(id, o->cpuset)
+	{
+		if (n < max)
+			cpus[n] = (int)id;
+		n++;
+	}
+	hwloc_bitmap_foreach_end();
+	return n;
+}

@@ -1,0 +1,642 @@
+/* client-main.c: `tern`, the command-line client of a tern server (service
+ * tern.v1.Tern over gRPC, C core + protobuf-c).
+ *
+ *   tern generate "prompt" [-n N] [--temp T] ...   stream a completion
+ *   tern chat                                      interactive, keeps the conversation
+ *   tern tokenize "text"                           token ids and pieces
+ *   tern health | tern stats
+ * Common: --server ADDR (default 127.0.0.1:50051), --json, --token-file F,
+ * --tls-ca F (TLS with that root certificate), --timeout S.
+ * Exit status: 0 on success, 1 when the server returns an error status (the
+ * status name and reason go to stderr), 2 on bad usage. */
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/grpc.h>
+#include <grpc/grpc_security.h>
+#include <grpc/support/time.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tern.pb-c.h"
+
+typedef struct client_opts {
+	const char *server;
+	int json;
+	const char *token_file;
+	const char *tls_ca;
+	double timeout;
+	uint32_t max_tokens;
+	float temp, top_p, min_p, rep;
+	uint32_t top_k;
+	int has_seed;
+	uint64_t seed;
+	const char *stops[16];
+	int n_stops;
+	int ignore_eos;
+	int quiet_stats;
+} client_opts;
+
+typedef struct conn {
+	grpc_channel *ch;
+	grpc_completion_queue *cq;
+	char auth[1100];
+	double timeout;
+} conn;
+
+static const char *status_name(grpc_status_code c)
+{
+	static const char *const names[] = {"OK",
+					    "CANCELLED",
+					    "UNKNOWN",
+					    "INVALID_ARGUMENT",
+					    "DEADLINE_EXCEEDED",
+					    "NOT_FOUND",
+					    "ALREADY_EXISTS",
+					    "PERMISSION_DENIED",
+					    "RESOURCE_EXHAUSTED",
+					    "FAILED_PRECONDITION",
+					    "ABORTED",
+					    "OUT_OF_RANGE",
+					    "UNIMPLEMENTED",
+					    "INTERNAL",
+					    "UNAVAILABLE",
+					    "DATA_LOSS",
+					    "UNAUTHENTICATED"};
+	return (unsigned)c < sizeof names / sizeof names[0] ? names[c] : "?";
+}
+
+static char *slurp(const char *path, size_t max)
+{
+	FILE *f = fopen(path, "rb");
+	if (!f)
+		return NULL;
+	char *buf = malloc(max + 1);
+	size_t n = buf ? fread(buf, 1, max, f) : 0;
+	fclose(f);
+	if (buf)
+		buf[n] = '\0';
+	return buf;
+}
+
+static int conn_open(conn *c, const client_opts *o)
+{
+	memset(c, 0, sizeof *c);
+	grpc_init();
+	c->timeout = o->timeout;
+	grpc_channel_credentials *creds;
+	if (o->tls_ca) {
+		char *ca = slurp(o->tls_ca, 1 << 20);
+		if (!ca) {
+			fprintf(stderr, "tern: cannot read %s\n", o->tls_ca);
+			return -1;
+		}
+		creds = grpc_ssl_credentials_create(ca, NULL, NULL, NULL);
+		free(ca);
+	} else {
+		creds = grpc_insecure_credentials_create();
+	}
+	c->ch = grpc_channel_create(o->server, creds, NULL);
+	grpc_channel_credentials_release(creds);
+	c->cq = grpc_completion_queue_create_for_pluck(NULL);
+	if (o->token_file) {
+		char *t = slurp(o->token_file, 1000);
+		if (!t || !t[0]) {
+			fprintf(stderr, "tern: cannot read a token from %s\n", o->token_file);
+			free(t);
+			return -1;
+		}
+		t[strcspn(t, "\r\n")] = '\0';
+		snprintf(c->auth, sizeof c->auth, "Bearer %s", t);
+		free(t);
+	}
+	return 0;
+}
+
+static void conn_close(conn *c)
+{
+	if (c->cq) {
+		grpc_completion_queue_shutdown(c->cq);
+		grpc_completion_queue_destroy(c->cq);
+	}
+	if (c->ch)
+		grpc_channel_destroy(c->ch);
+	grpc_shutdown();
+}
+
+static int wait_tag(conn *c, void *tag)
+{
+	grpc_event ev = grpc_completion_queue_pluck(c->cq, tag, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+	return ev.type == GRPC_OP_COMPLETE && ev.success;
+}
+
+typedef void (*on_msg_fn)(void *ctx, const uint8_t *p, size_t n);
+
+/* One call: sends req, hands every response message to on_msg, returns the
+ * final status (details into detail). */
+static grpc_status_code call(conn *c, const char *method, const ProtobufCMessage *req, on_msg_fn on_msg, void *ctx,
+			     char *detail, size_t detail_len)
+{
+	gpr_timespec dl = gpr_time_add(gpr_now(GPR_CLOCK_REALTIME),
+				       gpr_time_from_millis((int64_t)(c->timeout * 1000), GPR_TIMESPAN));
+	grpc_slice m = grpc_slice_from_static_string(method);
+	grpc_call *cl = grpc_channel_create_call(c->ch, NULL, GRPC_PROPAGATE_DEFAULTS, c->cq, m, NULL, dl, NULL);
+	size_t n = protobuf_c_message_get_packed_size(req);
+	grpc_slice s = grpc_slice_malloc(n);
+	protobuf_c_message_pack(req, GRPC_SLICE_START_PTR(s));
+	grpc_byte_buffer *out = grpc_raw_byte_buffer_create(&s, 1);
+	grpc_slice_unref(s);
+	grpc_metadata md;
+	memset(&md, 0, sizeof md);
+	md.key = grpc_slice_from_static_string("authorization");
+	md.value = grpc_slice_from_copied_string(c->auth);
+	grpc_metadata_array init_md, trail_md;
+	grpc_metadata_array_init(&init_md);
+	grpc_metadata_array_init(&trail_md);
+	grpc_op ops[4];
+	memset(ops, 0, sizeof ops);
+	ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+	ops[0].data.send_initial_metadata.count = c->auth[0] ? 1 : 0;
+	ops[0].data.send_initial_metadata.metadata = &md;
+	ops[1].op = GRPC_OP_SEND_MESSAGE;
+	ops[1].data.send_message.send_message = out;
+	ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+	ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
+	ops[3].data.recv_initial_metadata.recv_initial_metadata = &init_md;
+	int tag1, tag2, tag3;
+	grpc_call_start_batch(cl, ops, 4, &tag1, NULL);
+	wait_tag(c, &tag1);
+	grpc_byte_buffer_destroy(out);
+	for (;;) {
+		grpc_byte_buffer *in = NULL;
+		grpc_op r;
+		memset(&r, 0, sizeof r);
+		r.op = GRPC_OP_RECV_MESSAGE;
+		r.data.recv_message.recv_message = &in;
+		grpc_call_start_batch(cl, &r, 1, &tag2, NULL);
+		if (!wait_tag(c, &tag2) || !in)
+			break;
+		grpc_byte_buffer_reader rd;
+		grpc_byte_buffer_reader_init(&rd, in);
+		grpc_slice all = grpc_byte_buffer_reader_readall(&rd);
+		grpc_byte_buffer_reader_destroy(&rd);
+		grpc_byte_buffer_destroy(in);
+		on_msg(ctx, GRPC_SLICE_START_PTR(all), GRPC_SLICE_LENGTH(all));
+		grpc_slice_unref(all);
+	}
+	grpc_status_code status = GRPC_STATUS_UNKNOWN;
+	grpc_slice details = grpc_empty_slice();
+	grpc_op st;
+	memset(&st, 0, sizeof st);
+	st.op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+	st.data.recv_status_on_client.trailing_metadata = &trail_md;
+	st.data.recv_status_on_client.status = &status;
+	st.data.recv_status_on_client.status_details = &details;
+	grpc_call_start_batch(cl, &st, 1, &tag3, NULL);
+	wait_tag(c, &tag3);
+	snprintf(detail, detail_len, "%.*s", (int)GRPC_SLICE_LENGTH(details), (const char *)GRPC_SLICE_START_PTR(details));
+	grpc_slice_unref(details);
+	grpc_slice_unref(md.value);
+	grpc_metadata_array_destroy(&init_md);
+	grpc_metadata_array_destroy(&trail_md);
+	grpc_call_unref(cl);
+	return status;
+}
+
+/* ---- JSON output ---------------------------------------------------------- */
+
+static void json_str(FILE *f, const char *s)
+{
+	fputc('"', f);
+	for (; s && *s; s++) {
+		const unsigned char ch = (unsigned char)*s;
+		if (ch == '"' || ch == '\\')
+			fprintf(f, "\\%c", ch);
+		else if (ch == '\n')
+			fputs("\\n", f);
+		else if (ch < 0x20)
+			fprintf(f, "\\u%04x", ch);
+		else
+			fputc(ch, f);
+	}
+	fputc('"', f);
+}
+
+static const char *finish_name(int r)
+{
+	switch (r) {
+	case TERN__V1__FINISH_REASON__FINISH_REASON_STOP: return "stop";
+	case TERN__V1__FINISH_REASON__FINISH_REASON_LENGTH: return "length";
+	case TERN__V1__FINISH_REASON__FINISH_REASON_CANCELLED: return "cancelled";
+	case TERN__V1__FINISH_REASON__FINISH_REASON_ERROR: return "error";
+	default: return "none";
+	}
+}
+
+/* ---- generate / chat ------------------------------------------------------- */
+
+typedef struct gen_ctx {
+	int json;
+	char *text; /* accumulated reply (chat keeps it) */
+	size_t len, cap;
+	Tern__V1__GenerateResponse *final;
+} gen_ctx;
+
+static void on_gen(void *vctx, const uint8_t *p, size_t n)
+{
+	gen_ctx *g = vctx;
+	Tern__V1__GenerateResponse *m = tern__v1__generate_response__unpack(NULL, n, p);
+	if (!m)
+		return;
+	const size_t tl = strlen(m->text);
+	if (g->len + tl + 1 > g->cap) {
+		size_t cap = (g->cap + tl + 1) * 2;
+		char *nt = realloc(g->text, cap);
+		if (nt) {
+			g->text = nt;
+			g->cap = cap;
+		}
+	}
+	if (g->len + tl + 1 <= g->cap) {
+		memcpy(g->text + g->len, m->text, tl);
+		g->len += tl;
+		g->text[g->len] = '\0';
+	}
+	if (g->json) {
+		if (m->done) {
+			printf("{\"done\":true,\"text\":");
+			json_str(stdout, m->text);
+			printf(",\"finish_reason\":\"%s\",\"seed\":%llu", finish_name(m->finish_reason),
+			       (unsigned long long)m->seed);
+			if (m->usage)
+				printf(",\"prompt_tokens\":%u,\"completion_tokens\":%u,\"time_to_first_token_s\":%.4f,"
+				       "\"decode_tokens_per_s\":%.2f",
+				       m->usage->prompt_tokens, m->usage->completion_tokens,
+				       m->usage->time_to_first_token_s, m->usage->decode_tokens_per_s);
+			printf("}\n");
+		} else {
+			printf("{\"token_id\":%u,\"index\":%u,\"text\":", m->token_id, m->index);
+			json_str(stdout, m->text);
+			printf("}\n");
+		}
+	} else {
+		fputs(m->text, stdout);
+	}
+	fflush(stdout);
+	if (m->done) {
+		if (g->final)
+			tern__v1__generate_response__free_unpacked(g->final, NULL);
+		g->final = m;
+	} else {
+		tern__v1__generate_response__free_unpacked(m, NULL);
+	}
+}
+
+static void fill_request(const client_opts *o, Tern__V1__GenerateRequest *r, Tern__V1__SamplingParams *sp)
+{
+	tern__v1__sampling_params__init(sp);
+	sp->temperature = o->temp;
+	sp->top_k = o->top_k;
+	sp->top_p = o->top_p;
+	sp->min_p = o->min_p;
+	sp->repetition_penalty = o->rep;
+	sp->has_seed = o->has_seed;
+	sp->seed = o->seed;
+	r->sampling = sp;
+	r->max_tokens = o->max_tokens;
+	r->n_stop = (size_t)o->n_stops;
+	r->stop = (char **)o->stops;
+	r->ignore_eos = o->ignore_eos;
+}
+
+static int report_status(grpc_status_code st, const char *detail)
+{
+	if (st == GRPC_STATUS_OK)
+		return 0;
+	fprintf(stderr, "tern: %s: %s\n", status_name(st), detail[0] ? detail : "(no details)");
+	return 1;
+}
+
+static int do_generate(conn *c, const client_opts *o, const char *prompt)
+{
+	Tern__V1__GenerateRequest r = TERN__V1__GENERATE_REQUEST__INIT;
+	Tern__V1__SamplingParams sp;
+	fill_request(o, &r, &sp);
+	r.prompt = (char *)prompt;
+	gen_ctx g = {.json = o->json};
+	char detail[1024];
+	grpc_status_code st = call(c, "/tern.v1.Tern/Generate", &r.base, on_gen, &g, detail, sizeof detail);
+	if (!o->json && st == GRPC_STATUS_OK) {
+		printf("\n");
+		if (g.final && g.final->usage && !o->quiet_stats)
+			fprintf(stderr, "[%u prompt + %u generated tokens, first token %.3f s, %.2f tokens/s, %s]\n",
+				g.final->usage->prompt_tokens, g.final->usage->completion_tokens,
+				g.final->usage->time_to_first_token_s, g.final->usage->decode_tokens_per_s,
+				finish_name(g.final->finish_reason));
+	}
+	if (g.final)
+		tern__v1__generate_response__free_unpacked(g.final, NULL);
+	free(g.text);
+	return report_status(st, detail);
+}
+
+static int do_chat(conn *c, const client_opts *o)
+{
+	Tern__V1__ChatMessage **msgs = NULL;
+	size_t n = 0;
+	char line[8192];
+	int rc = 0;
+	if (!o->json)
+		fprintf(stderr, "tern chat: type a message, end with Ctrl-D\n");
+	for (;;) {
+		if (!o->json) {
+			fputs("> ", stdout);
+			fflush(stdout);
+		}
+		if (!fgets(line, sizeof line, stdin))
+			break;
+		line[strcspn(line, "\r\n")] = '\0';
+		if (!line[0])
+			continue;
+		Tern__V1__ChatMessage **nm = realloc(msgs, (n + 2) * sizeof *nm);
+		if (!nm)
+			break;
+		msgs = nm;
+		Tern__V1__ChatMessage *u = malloc(sizeof *u);
+		if (!u)
+			break;
+		tern__v1__chat_message__init(u);
+		u->role = strdup("user");
+		u->content = strdup(line);
+		msgs[n++] = u;
+		Tern__V1__GenerateRequest r = TERN__V1__GENERATE_REQUEST__INIT;
+		Tern__V1__SamplingParams sp;
+		fill_request(o, &r, &sp);
+		r.n_messages = n;
+		r.messages = msgs;
+		gen_ctx g = {.json = o->json};
+		char detail[1024];
+		grpc_status_code st = call(c, "/tern.v1.Tern/Generate", &r.base, on_gen, &g, detail, sizeof detail);
+		if (!o->json)
+			printf("\n");
+		if (g.final)
+			tern__v1__generate_response__free_unpacked(g.final, NULL);
+		if (st != GRPC_STATUS_OK) {
+			free(g.text);
+			rc = report_status(st, detail);
+			break;
+		}
+		/* The reply joins the conversation. */
+		Tern__V1__ChatMessage *a = malloc(sizeof *a);
+		if (!a) {
+			free(g.text);
+			break;
+		}
+		tern__v1__chat_message__init(a);
+		a->role = strdup("assistant");
+		a->content = g.text ? g.text : strdup("");
+		msgs[n++] = a;
+	}
+	for (size_t i = 0; i < n; i++) {
+		free(msgs[i]->role);
+		free(msgs[i]->content);
+		free(msgs[i]);
+	}
+	free(msgs);
+	return rc;
+}
+
+/* ---- tokenize / health / stats --------------------------------------------- */
+
+typedef struct raw_ctx {
+	uint8_t *buf;
+	size_t n;
+} raw_ctx;
+
+static void on_raw(void *vctx, const uint8_t *p, size_t n)
+{
+	raw_ctx *r = vctx;
+	free(r->buf);
+	r->buf = malloc(n ? n : 1);
+	if (r->buf)
+		memcpy(r->buf, p, n);
+	r->n = n;
+}
+
+static int do_unary(conn *c, const client_opts *o, const char *what, const char *text)
+{
+	raw_ctx r = {0};
+	char detail[1024];
+	grpc_status_code st;
+	if (!strcmp(what, "tokenize")) {
+		Tern__V1__TokenizeRequest q = TERN__V1__TOKENIZE_REQUEST__INIT;
+		q.text = (char *)text;
+		q.add_bos = 1;
+		st = call(c, "/tern.v1.Tern/Tokenize", &q.base, on_raw, &r, detail, sizeof detail);
+		Tern__V1__TokenizeResponse *t = st == GRPC_STATUS_OK ? tern__v1__tokenize_response__unpack(NULL, r.n, r.buf)
+								      : NULL;
+		if (t) {
+			printf(o->json ? "{\"token_ids\":[" : "");
+			for (size_t i = 0; i < t->n_token_ids; i++) {
+				if (o->json) {
+					printf("%s%u", i ? "," : "", t->token_ids[i]);
+				} else {
+					printf("%6u  ", t->token_ids[i]);
+					json_str(stdout, i < t->n_pieces ? t->pieces[i] : "");
+					printf("\n");
+				}
+			}
+			if (o->json)
+				printf("]}\n");
+			tern__v1__tokenize_response__free_unpacked(t, NULL);
+		}
+	} else if (!strcmp(what, "health")) {
+		Tern__V1__HealthRequest q = TERN__V1__HEALTH_REQUEST__INIT;
+		st = call(c, "/tern.v1.Tern/Health", &q.base, on_raw, &r, detail, sizeof detail);
+		Tern__V1__HealthResponse *h = st == GRPC_STATUS_OK ? tern__v1__health_response__unpack(NULL, r.n, r.buf)
+								   : NULL;
+		if (h) {
+			if (o->json) {
+				printf("{\"ready\":%s,\"stages_up\":%u,\"stages_total\":%u,\"model\":",
+				       h->ready ? "true" : "false", h->stages_up, h->stages_total);
+				json_str(stdout, h->model);
+				printf(",\"version\":");
+				json_str(stdout, h->version);
+				printf(",\"stages\":[");
+				for (size_t i = 0; i < h->n_stages; i++) {
+					printf("%s{\"stage\":%u,\"host\":", i ? "," : "", h->stages[i]->stage);
+					json_str(stdout, h->stages[i]->host);
+					printf(",\"binding\":");
+					json_str(stdout, h->stages[i]->binding);
+					printf(",\"first_layer\":%u,\"last_layer\":%u,\"up\":%s}", h->stages[i]->first_layer,
+					       h->stages[i]->last_layer, h->stages[i]->up ? "true" : "false");
+				}
+				printf("]}\n");
+			} else {
+				printf("%s: %u/%u stages up, model %s (%s)\n", h->ready ? "ready" : "NOT READY",
+				       h->stages_up, h->stages_total, h->model, h->version);
+				for (size_t i = 0; i < h->n_stages; i++)
+					printf("  stage %u  layers %u..%u  on %s  %s  %s\n", h->stages[i]->stage,
+					       h->stages[i]->first_layer, h->stages[i]->last_layer, h->stages[i]->host,
+					       h->stages[i]->binding, h->stages[i]->up ? "up" : "down");
+			}
+			if (!h->ready)
+				st = GRPC_STATUS_UNAVAILABLE, snprintf(detail, sizeof detail, "server not ready");
+			tern__v1__health_response__free_unpacked(h, NULL);
+		}
+	} else {
+		Tern__V1__StatsRequest q = TERN__V1__STATS_REQUEST__INIT;
+		st = call(c, "/tern.v1.Tern/Stats", &q.base, on_raw, &r, detail, sizeof detail);
+		Tern__V1__StatsResponse *s = st == GRPC_STATUS_OK ? tern__v1__stats_response__unpack(NULL, r.n, r.buf)
+								  : NULL;
+		if (s) {
+			printf(o->json ? "{\"queue_depth\":%u,\"queue_limit\":%u,\"active_sequences\":%u,\"kv_slots_free\":%u,"
+					 "\"kv_slots_total\":%u,\"decode_tokens_per_s\":%.2f,\"prefill_tokens_per_s\":%.2f,"
+					 "\"requests_total\":%llu,\"requests_rejected\":%llu,\"requests_cancelled\":%llu,"
+					 "\"tokens_generated\":%llu,\"uptime_s\":%.1f"
+				       : "queue %u/%u, %u active, KV slots %u free of %u, decode %.2f tok/s, prefill %.2f "
+					 "tok/s\nrequests %llu (rejected %llu, cancelled %llu), %llu tokens generated, up "
+					 "%.1f s\n",
+			       s->queue_depth, s->queue_limit, s->active_sequences, s->kv_slots_free, s->kv_slots_total,
+			       s->decode_tokens_per_s, s->prefill_tokens_per_s, (unsigned long long)s->requests_total,
+			       (unsigned long long)s->requests_rejected, (unsigned long long)s->requests_cancelled,
+			       (unsigned long long)s->tokens_generated, s->uptime_s);
+			if (o->json)
+				printf(",\"stages\":[");
+			for (size_t i = 0; i < s->n_stages; i++) {
+				if (o->json)
+					printf("%s{\"stage\":%u,\"mean_step_ms\":%.3f,\"busy_fraction\":%.4f}", i ? "," : "",
+					       s->stages[i]->stage, s->stages[i]->mean_step_ms, s->stages[i]->busy_fraction);
+				else
+					printf("  stage %u: %.3f ms per micro-batch, busy %.1f%%\n", s->stages[i]->stage,
+					       s->stages[i]->mean_step_ms, 100 * s->stages[i]->busy_fraction);
+			}
+			if (o->json)
+				printf("]}\n");
+			tern__v1__stats_response__free_unpacked(s, NULL);
+		}
+	}
+	free(r.buf);
+	return report_status(st, detail);
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: tern COMMAND [options]\n"
+		   "  generate \"PROMPT\"   stream a completion\n"
+		   "  chat                interactive conversation (stdin lines)\n"
+		   "  tokenize \"TEXT\"     token ids and pieces\n"
+		   "  health | stats\n"
+		   "options: --server ADDR (default 127.0.0.1:50051)  --json  --token-file F  --tls-ca F\n"
+		   "         --timeout S (default 300)  -n N  --temp T  --top-k K  --top-p P  --min-p P\n"
+		   "         --repeat-penalty R  --seed S  --stop STR (repeatable)  --ignore-eos  -q (no summary)\n");
+}
+
+static int num_arg(const char *name, const char *v, double lo, double hi, double *out)
+{
+	char *end;
+	double x = v ? strtod(v, &end) : 0;
+	if (!v || *end || end == v || !(x >= lo && x <= hi)) {
+		fprintf(stderr, "tern: %s wants a number in [%g, %g]\n", name, lo, hi);
+		return -1;
+	}
+	*out = x;
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	client_opts o = {.server = "127.0.0.1:50051", .timeout = 300};
+	const char *cmd = NULL, *text = NULL;
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+		double x;
+		if (!strcmp(a, "--server") && v) {
+			o.server = v, i++;
+		} else if (!strcmp(a, "--json")) {
+			o.json = 1;
+		} else if (!strcmp(a, "-q")) {
+			o.quiet_stats = 1;
+		} else if (!strcmp(a, "--ignore-eos")) {
+			o.ignore_eos = 1;
+		} else if (!strcmp(a, "--token-file") && v) {
+			o.token_file = v, i++;
+		} else if (!strcmp(a, "--tls-ca") && v) {
+			o.tls_ca = v, i++;
+		} else if (!strcmp(a, "--timeout")) {
+			if (num_arg(a, v, 0.001, 1e7, &o.timeout) < 0)
+				return 2;
+			i++;
+		} else if (!strcmp(a, "-n")) {
+			if (num_arg(a, v, 1, 1 << 22, &x) < 0)
+				return 2;
+			o.max_tokens = (uint32_t)x, i++;
+		} else if (!strcmp(a, "--temp")) {
+			if (num_arg(a, v, 0, 100, &x) < 0)
+				return 2;
+			o.temp = (float)x, i++;
+		} else if (!strcmp(a, "--top-k")) {
+			if (num_arg(a, v, 0, 1e9, &x) < 0)
+				return 2;
+			o.top_k = (uint32_t)x, i++;
+		} else if (!strcmp(a, "--top-p")) {
+			if (num_arg(a, v, 0, 1, &x) < 0)
+				return 2;
+			o.top_p = (float)x, i++;
+		} else if (!strcmp(a, "--min-p")) {
+			if (num_arg(a, v, 0, 1, &x) < 0)
+				return 2;
+			o.min_p = (float)x, i++;
+		} else if (!strcmp(a, "--repeat-penalty")) {
+			if (num_arg(a, v, 0, 100, &x) < 0)
+				return 2;
+			o.rep = (float)x, i++;
+		} else if (!strcmp(a, "--seed")) {
+			if (num_arg(a, v, 0, 1.8e19, &x) < 0)
+				return 2;
+			o.has_seed = 1, o.seed = strtoull(v, NULL, 10), i++;
+		} else if (!strcmp(a, "--stop") && v) {
+			if (o.n_stops == 16) {
+				fprintf(stderr, "tern: at most 16 --stop strings\n");
+				return 2;
+			}
+			o.stops[o.n_stops++] = v, i++;
+		} else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+			usage(stdout);
+			return 0;
+		} else if (!cmd) {
+			cmd = a;
+		} else if (!text) {
+			text = a;
+		} else {
+			fprintf(stderr, "tern: unexpected argument '%s'\n", a);
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (!cmd) {
+		usage(stderr);
+		return 2;
+	}
+	const int need_text = !strcmp(cmd, "generate") || !strcmp(cmd, "tokenize");
+	const int known = need_text || !strcmp(cmd, "chat") || !strcmp(cmd, "health") || !strcmp(cmd, "stats");
+	if (!known || (need_text && !text)) {
+		fprintf(stderr, known ? "tern: %s needs its text argument\n" : "tern: unknown command '%s'\n", cmd);
+		usage(stderr);
+		return 2;
+	}
+	conn c;
+	if (conn_open(&c, &o) < 0) {
+		conn_close(&c);
+		return 2;
+	}
+	int rc;
+	if (!strcmp(cmd, "generate"))
+		rc = do_generate(&c, &o, text);
+	else if (!strcmp(cmd, "chat"))
+		rc = do_chat(&c, &o);
+	else
+		rc = do_unary(&c, &o, cmd, text);
+	conn_close(&c);
+	return rc;
+}

@@ -1,0 +1,652 @@
+/* grpc-server.c: service tern.v1.Tern on the gRPC C core (see tern-grpc.h).
+ *
+ * Life of a call: a pending request per method is always armed; when a call
+ * arrives its payload is parsed, the request re-armed, and a RECV_CLOSE batch
+ * started to learn of cancellation. Replies go through a per-call queue with
+ * at most one send batch in flight. A call is freed when three references
+ * are gone: the RECV_CLOSE completion, the completion of the status send,
+ * and (for Generate) the back end's done(). */
+#include "tern-grpc.h"
+
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/grpc.h>
+#include <grpc/grpc_security.h>
+#include <grpc/support/time.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { M_GENERATE, M_TOKENIZE, M_HEALTH, M_STATS, M_COUNT };
+static const char *const method_paths[M_COUNT] = {
+	"/tern.v1.Tern/Generate",
+	"/tern.v1.Tern/Tokenize",
+	"/tern.v1.Tern/Health",
+	"/tern.v1.Tern/Stats",
+};
+
+typedef enum { TAG_NEW_CALL, TAG_RECV_CLOSE, TAG_SEND, TAG_SHUTDOWN } tag_kind;
+
+typedef struct call_ctx call_ctx;
+
+typedef struct tag {
+	tag_kind kind;
+	int method;       /* TAG_NEW_CALL */
+	call_ctx *call;   /* TAG_RECV_CLOSE, TAG_SEND */
+} tag;
+
+typedef struct request_slot {
+	tag t;
+	grpc_call *call;
+	gpr_timespec deadline;
+	grpc_metadata_array md;
+	grpc_byte_buffer *payload;
+} request_slot;
+
+typedef struct out_item {
+	grpc_byte_buffer *bb; /* NULL for a status-only item */
+	int is_status;
+	grpc_status_code code;
+	char *details;
+} out_item;
+
+struct call_ctx {
+	tern_grpc_server *srv;
+	grpc_call *call;
+	int method;
+	pthread_mutex_t mu;
+	int refs;                /* see the file comment */
+	tag close_tag, send_tag;
+	int close_cancelled;     /* RECV_CLOSE said cancelled */
+	int closed;              /* RECV_CLOSE completed */
+	int sent_md;
+	int status_queued;
+	out_item *q;             /* (q_cap) queued replies, q_head..q_len pending */
+	size_t q_head, q_len, q_cap;
+	int in_flight;
+	out_item cur;            /* the item whose batch is in flight */
+	grpc_slice cur_details;
+	uint64_t handle;
+	int has_handle, backend_done, cancel_pending;
+	tern_gen_sink sink;
+};
+
+struct tern_grpc_server {
+	grpc_server *server;
+	grpc_completion_queue *cq;
+	void *methods[M_COUNT];
+	request_slot slots[M_COUNT];
+	tag shutdown_tag;
+	const tern_service *svc;
+	char *auth_header;       /* "Bearer <token>" or NULL */
+	int port;
+	pthread_t thread;
+	atomic_int stopping;
+	atomic_int live_calls;
+	double grace_s;
+};
+
+/* ---- helpers ----------------------------------------------------------- */
+
+static grpc_byte_buffer *pack_message(const ProtobufCMessage *m)
+{
+	const size_t n = protobuf_c_message_get_packed_size(m);
+	grpc_slice s = grpc_slice_malloc(n);
+	protobuf_c_message_pack(m, GRPC_SLICE_START_PTR(s));
+	grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&s, 1);
+	grpc_slice_unref(s);
+	return bb;
+}
+
+/* Reads a whole byte buffer into one slice (caller unrefs). */
+static grpc_slice read_payload(grpc_byte_buffer *bb)
+{
+	grpc_byte_buffer_reader r;
+	if (!bb || !grpc_byte_buffer_reader_init(&r, bb))
+		return grpc_empty_slice();
+	grpc_slice s = grpc_byte_buffer_reader_readall(&r);
+	grpc_byte_buffer_reader_destroy(&r);
+	return s;
+}
+
+static int arm_slot(tern_grpc_server *s, int m)
+{
+	request_slot *r = &s->slots[m];
+	r->t.kind = TAG_NEW_CALL;
+	r->t.method = m;
+	r->t.call = NULL;
+	r->call = NULL;
+	r->payload = NULL;
+	grpc_metadata_array_init(&r->md);
+	grpc_call_error e = grpc_server_request_registered_call(s->server, s->methods[m], &r->call, &r->deadline,
+							       &r->md, &r->payload, s->cq, s->cq, &r->t);
+	if (e != GRPC_CALL_OK) {
+		TERN_LOGE("grpc", "cannot arm %s: call error %d", method_paths[m], (int)e);
+		grpc_metadata_array_destroy(&r->md);
+		return -1;
+	}
+	return 0;
+}
+
+/* ---- call lifetime ----------------------------------------------------- */
+
+static void call_free(call_ctx *c)
+{
+	for (size_t i = c->q_head; i < c->q_len; i++) {
+		if (c->q[i].bb)
+			grpc_byte_buffer_destroy(c->q[i].bb);
+		free(c->q[i].details);
+	}
+	free(c->q);
+	if (c->call)
+		grpc_call_unref(c->call);
+	pthread_mutex_destroy(&c->mu);
+	atomic_fetch_sub(&c->srv->live_calls, 1);
+	free(c);
+}
+
+static void call_unref(call_ctx *c)
+{
+	pthread_mutex_lock(&c->mu);
+	const int left = --c->refs;
+	pthread_mutex_unlock(&c->mu);
+	if (left == 0)
+		call_free(c);
+}
+
+/* Starts the next queued send if none is in flight. Caller holds c->mu. */
+static void start_next_locked(call_ctx *c)
+{
+	if (c->in_flight || c->q_head == c->q_len)
+		return;
+	c->cur = c->q[c->q_head++];
+	grpc_op ops[3];
+	memset(ops, 0, sizeof ops);
+	size_t n = 0;
+	/* Initial metadata goes with the first send, status included: a status
+	 * sent without it is never delivered (PLATFORM.md section 5). */
+	if (!c->sent_md) {
+		ops[n].op = GRPC_OP_SEND_INITIAL_METADATA;
+		ops[n].data.send_initial_metadata.count = 0;
+		n++;
+		c->sent_md = 1;
+	}
+	if (c->cur.bb) {
+		ops[n].op = GRPC_OP_SEND_MESSAGE;
+		ops[n].data.send_message.send_message = c->cur.bb;
+		n++;
+	}
+	if (c->cur.is_status) {
+		c->cur_details = grpc_slice_from_copied_string(c->cur.details ? c->cur.details : "");
+		ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+		ops[n].data.send_status_from_server.trailing_metadata_count = 0;
+		ops[n].data.send_status_from_server.status = c->cur.code;
+		ops[n].data.send_status_from_server.status_details = &c->cur_details;
+		n++;
+	}
+	c->in_flight = 1;
+	grpc_call_error e = grpc_call_start_batch(c->call, ops, n, &c->send_tag, NULL);
+	if (e != GRPC_CALL_OK) {
+		/* The batch will never complete: account for it as if it had. */
+		TERN_LOGE("grpc", "start_batch failed: %d", (int)e);
+		c->in_flight = 0;
+	}
+}
+
+static void enqueue(call_ctx *c, grpc_byte_buffer *bb, int is_status, grpc_status_code code, const char *details)
+{
+	pthread_mutex_lock(&c->mu);
+	if (c->status_queued) { /* nothing may follow the status */
+		pthread_mutex_unlock(&c->mu);
+		if (bb)
+			grpc_byte_buffer_destroy(bb);
+		return;
+	}
+	if (c->q_len == c->q_cap) {
+		/* Compact first: sent items at the front are dead. */
+		if (c->q_head > 0) {
+			memmove(c->q, c->q + c->q_head, (c->q_len - c->q_head) * sizeof *c->q);
+			c->q_len -= c->q_head;
+			c->q_head = 0;
+		}
+		if (c->q_len == c->q_cap) {
+			size_t cap = c->q_cap ? c->q_cap * 2 : 8;
+			out_item *nq = realloc(c->q, cap * sizeof *nq);
+			if (!nq) {
+				pthread_mutex_unlock(&c->mu);
+				if (bb)
+					grpc_byte_buffer_destroy(bb);
+				TERN_LOGE("grpc", "out of memory queueing a reply");
+				return;
+			}
+			c->q = nq;
+			c->q_cap = cap;
+		}
+	}
+	out_item it = {bb, is_status, code, details ? strdup(details) : NULL};
+	c->q[c->q_len++] = it;
+	if (is_status)
+		c->status_queued = 1;
+	start_next_locked(c);
+	pthread_mutex_unlock(&c->mu);
+}
+
+static void finish(call_ctx *c, grpc_status_code code, const char *details)
+{
+	enqueue(c, NULL, 1, code, details);
+}
+
+static void reply_and_finish(call_ctx *c, const ProtobufCMessage *m)
+{
+	enqueue(c, pack_message(m), 0, GRPC_STATUS_OK, NULL);
+	finish(c, GRPC_STATUS_OK, "");
+}
+
+/* ---- the sink the back end writes a generation into -------------------- */
+
+static void sink_piece(void *ctx, const Tern__V1__GenerateResponse *msg)
+{
+	call_ctx *c = ctx;
+	enqueue(c, pack_message(&msg->base), 0, GRPC_STATUS_OK, NULL);
+}
+
+static void sink_done(void *ctx, const Tern__V1__GenerateResponse *final, int status, const char *details)
+{
+	call_ctx *c = ctx;
+	if (final && status == TERN_STATUS_OK)
+		enqueue(c, pack_message(&final->base), 0, GRPC_STATUS_OK, NULL);
+	finish(c, (grpc_status_code)status, details ? details : "");
+	pthread_mutex_lock(&c->mu);
+	c->backend_done = 1;
+	pthread_mutex_unlock(&c->mu);
+	call_unref(c); /* the back end's reference */
+}
+
+/* ---- request handling -------------------------------------------------- */
+
+static int authorized(const tern_grpc_server *s, const grpc_metadata_array *md)
+{
+	if (!s->auth_header)
+		return 1;
+	const size_t want = strlen(s->auth_header);
+	for (size_t i = 0; i < md->count; i++) {
+		if (grpc_slice_str_cmp(md->metadata[i].key, "authorization") != 0)
+			continue;
+		const grpc_slice v = md->metadata[i].value;
+		if (GRPC_SLICE_LENGTH(v) != want)
+			continue;
+		/* Constant time over the token's length. */
+		const unsigned char *p = GRPC_SLICE_START_PTR(v);
+		unsigned char diff = 0;
+		for (size_t k = 0; k < want; k++)
+			diff |= (unsigned char)(p[k] ^ (unsigned char)s->auth_header[k]);
+		if (diff == 0)
+			return 1;
+	}
+	return 0;
+}
+
+static void handle_generate(call_ctx *c, const uint8_t *p, size_t n)
+{
+	tern_grpc_server *s = c->srv;
+	Tern__V1__GenerateRequest *req = tern__v1__generate_request__unpack(NULL, n, p);
+	if (!req) {
+		finish(c, GRPC_STATUS_INVALID_ARGUMENT, "malformed GenerateRequest");
+		return;
+	}
+	c->sink.ctx = c;
+	c->sink.piece = sink_piece;
+	c->sink.done = sink_done;
+	pthread_mutex_lock(&c->mu);
+	c->refs++; /* the back end's, released by sink_done */
+	pthread_mutex_unlock(&c->mu);
+	char msg[512] = "";
+	uint64_t handle = 0;
+	int st = s->svc->generate(s->svc->self, req, &c->sink, &handle, msg, sizeof msg);
+	tern__v1__generate_request__free_unpacked(req, NULL);
+	if (st != TERN_STATUS_OK) {
+		finish(c, (grpc_status_code)st, msg[0] ? msg : "request rejected");
+		call_unref(c);
+		return;
+	}
+	pthread_mutex_lock(&c->mu);
+	c->handle = handle;
+	c->has_handle = 1;
+	const int cancel_now = c->cancel_pending && !c->backend_done;
+	pthread_mutex_unlock(&c->mu);
+	if (cancel_now)
+		s->svc->cancel(s->svc->self, handle);
+}
+
+static void handle_unary(call_ctx *c, const uint8_t *p, size_t n)
+{
+	tern_grpc_server *s = c->srv;
+	char msg[512] = "";
+	int st;
+	switch (c->method) {
+	case M_TOKENIZE: {
+		Tern__V1__TokenizeRequest *req = tern__v1__tokenize_request__unpack(NULL, n, p);
+		if (!req) {
+			finish(c, GRPC_STATUS_INVALID_ARGUMENT, "malformed TokenizeRequest");
+			return;
+		}
+		Tern__V1__TokenizeResponse out = TERN__V1__TOKENIZE_RESPONSE__INIT;
+		st = s->svc->tokenize(s->svc->self, req, &out, msg, sizeof msg);
+		tern__v1__tokenize_request__free_unpacked(req, NULL);
+		if (st == TERN_STATUS_OK)
+			reply_and_finish(c, &out.base);
+		else
+			finish(c, (grpc_status_code)st, msg);
+		s->svc->free_response(s->svc->self, &out.base);
+		return;
+	}
+	case M_HEALTH: {
+		Tern__V1__HealthRequest *req = tern__v1__health_request__unpack(NULL, n, p);
+		if (!req) {
+			finish(c, GRPC_STATUS_INVALID_ARGUMENT, "malformed HealthRequest");
+			return;
+		}
+		tern__v1__health_request__free_unpacked(req, NULL);
+		Tern__V1__HealthResponse out = TERN__V1__HEALTH_RESPONSE__INIT;
+		st = s->svc->health(s->svc->self, &out);
+		if (st == TERN_STATUS_OK)
+			reply_and_finish(c, &out.base);
+		else
+			finish(c, (grpc_status_code)st, "health unavailable");
+		s->svc->free_response(s->svc->self, &out.base);
+		return;
+	}
+	case M_STATS: {
+		Tern__V1__StatsRequest *req = tern__v1__stats_request__unpack(NULL, n, p);
+		if (!req) {
+			finish(c, GRPC_STATUS_INVALID_ARGUMENT, "malformed StatsRequest");
+			return;
+		}
+		tern__v1__stats_request__free_unpacked(req, NULL);
+		Tern__V1__StatsResponse out = TERN__V1__STATS_RESPONSE__INIT;
+		st = s->svc->stats(s->svc->self, &out);
+		if (st == TERN_STATUS_OK)
+			reply_and_finish(c, &out.base);
+		else
+			finish(c, (grpc_status_code)st, "stats unavailable");
+		s->svc->free_response(s->svc->self, &out.base);
+		return;
+	}
+	default:
+		finish(c, GRPC_STATUS_UNIMPLEMENTED, "unknown method");
+	}
+}
+
+static void on_new_call(tern_grpc_server *s, int m, int success)
+{
+	request_slot *r = &s->slots[m];
+	if (!success || atomic_load(&s->stopping)) {
+		/* Shutting down: the pending request came back unused. */
+		if (r->call)
+			grpc_call_unref(r->call);
+		if (r->payload)
+			grpc_byte_buffer_destroy(r->payload);
+		grpc_metadata_array_destroy(&r->md);
+		return;
+	}
+	call_ctx *c = calloc(1, sizeof *c);
+	grpc_slice payload = read_payload(r->payload);
+	if (r->payload)
+		grpc_byte_buffer_destroy(r->payload);
+	const int ok_auth = authorized(s, &r->md);
+	grpc_metadata_array_destroy(&r->md);
+	grpc_call *call = r->call;
+	arm_slot(s, m); /* keep accepting while this one is served */
+	if (!c) {
+		grpc_slice_unref(payload);
+		grpc_call_cancel_with_status(call, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory", NULL);
+		grpc_call_unref(call);
+		return;
+	}
+	atomic_fetch_add(&s->live_calls, 1);
+	c->srv = s;
+	c->call = call;
+	c->method = m;
+	pthread_mutex_init(&c->mu, NULL);
+	c->refs = 2; /* RECV_CLOSE completion + status send completion */
+	c->close_tag.kind = TAG_RECV_CLOSE;
+	c->close_tag.call = c;
+	c->send_tag.kind = TAG_SEND;
+	c->send_tag.call = c;
+	grpc_op op;
+	memset(&op, 0, sizeof op);
+	op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+	op.data.recv_close_on_server.cancelled = &c->close_cancelled;
+	if (grpc_call_start_batch(call, &op, 1, &c->close_tag, NULL) != GRPC_CALL_OK) {
+		grpc_slice_unref(payload);
+		c->refs = 1;
+		finish(c, GRPC_STATUS_INTERNAL, "cannot start call");
+		return;
+	}
+	if (!ok_auth)
+		finish(c, GRPC_STATUS_UNAUTHENTICATED, "missing or wrong bearer token");
+	else if (m == M_GENERATE)
+		handle_generate(c, GRPC_SLICE_START_PTR(payload), GRPC_SLICE_LENGTH(payload));
+	else
+		handle_unary(c, GRPC_SLICE_START_PTR(payload), GRPC_SLICE_LENGTH(payload));
+	grpc_slice_unref(payload);
+}
+
+static void on_close(call_ctx *c)
+{
+	tern_grpc_server *s = c->srv;
+	pthread_mutex_lock(&c->mu);
+	c->closed = 1;
+	int cancel = 0;
+	uint64_t h = 0;
+	if (c->close_cancelled && c->method == M_GENERATE && !c->backend_done) {
+		if (c->has_handle) {
+			cancel = 1;
+			h = c->handle;
+		} else {
+			c->cancel_pending = 1;
+		}
+	}
+	pthread_mutex_unlock(&c->mu);
+	if (cancel)
+		s->svc->cancel(s->svc->self, h);
+	call_unref(c);
+}
+
+static void on_send_done(call_ctx *c)
+{
+	pthread_mutex_lock(&c->mu);
+	out_item done = c->cur;
+	c->in_flight = 0;
+	if (done.bb)
+		grpc_byte_buffer_destroy(done.bb);
+	free(done.details);
+	if (done.is_status)
+		grpc_slice_unref(c->cur_details);
+	memset(&c->cur, 0, sizeof c->cur);
+	start_next_locked(c);
+	pthread_mutex_unlock(&c->mu);
+	if (done.is_status)
+		call_unref(c);
+}
+
+static void *serve(void *arg)
+{
+	tern_grpc_server *s = arg;
+	int shutdown_seen = 0;
+	double stop_deadline = 0;
+	for (;;) {
+		gpr_timespec dl = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_millis(200, GPR_TIMESPAN));
+		grpc_event ev = grpc_completion_queue_next(s->cq, dl, NULL);
+		if (ev.type == GRPC_QUEUE_SHUTDOWN)
+			break;
+		if (ev.type == GRPC_OP_COMPLETE) {
+			tag *t = ev.tag;
+			switch (t->kind) {
+			case TAG_NEW_CALL: on_new_call(s, t->method, ev.success); break;
+			case TAG_RECV_CLOSE: on_close(t->call); break;
+			case TAG_SEND: on_send_done(t->call); break;
+			case TAG_SHUTDOWN:
+				shutdown_seen = 1;
+				stop_deadline = tern_now_s() + s->grace_s;
+				break;
+			}
+		}
+		if (shutdown_seen &&
+		    (atomic_load(&s->live_calls) == 0 || tern_now_s() > stop_deadline)) {
+			if (atomic_load(&s->live_calls) != 0)
+				TERN_LOGW("grpc", "%d calls still held by the back end at shutdown",
+					  atomic_load(&s->live_calls));
+			grpc_completion_queue_shutdown(s->cq);
+			shutdown_seen = 0; /* drain until GRPC_QUEUE_SHUTDOWN */
+			stop_deadline = 1e300;
+		}
+	}
+	return NULL;
+}
+
+/* ---- start / stop ------------------------------------------------------ */
+
+static char *read_file(const char *path, tern_err *err)
+{
+	FILE *f = fopen(path, "rb");
+	if (!f) {
+		TERN_ERR(err, TERN_EINVAL, "cannot read %s", path);
+		return NULL;
+	}
+	char *buf = NULL;
+	size_t len = 0, cap = 0;
+	for (;;) {
+		if (len + 4096 + 1 > cap) {
+			cap = cap ? cap * 2 : 8192;
+			if (cap > (16u << 20)) {
+				TERN_ERR(err, TERN_EINVAL, "%s is larger than 16 MiB: not a PEM file", path);
+				free(buf);
+				fclose(f);
+				return NULL;
+			}
+			char *nb = realloc(buf, cap);
+			if (!nb) {
+				free(buf);
+				fclose(f);
+				TERN_ERR(err, TERN_ENOMEM, "out of memory reading %s", path);
+				return NULL;
+			}
+			buf = nb;
+		}
+		size_t r = fread(buf + len, 1, 4096, f);
+		len += r;
+		if (r < 4096)
+			break;
+	}
+	fclose(f);
+	buf[len] = '\0';
+	return buf;
+}
+
+int tern_grpc_start(const tern_grpc_opts *opts, const tern_service *svc, tern_grpc_server **out, tern_err *err)
+{
+	*out = NULL;
+	tern_grpc_server *s = calloc(1, sizeof *s);
+	TERN_RETURN_IF(!s, err, TERN_ENOMEM, "out of memory");
+	s->svc = svc;
+	s->grace_s = 5.0;
+	const char *listen = opts && opts->listen ? opts->listen : "127.0.0.1:50051";
+	if (opts && opts->auth_token && opts->auth_token[0]) {
+		size_t n = strlen(opts->auth_token) + 8;
+		s->auth_header = malloc(n);
+		if (!s->auth_header) {
+			free(s);
+			return TERN_ERR(err, TERN_ENOMEM, "out of memory");
+		}
+		snprintf(s->auth_header, n, "Bearer %s", opts->auth_token);
+	}
+	grpc_server_credentials *creds = NULL;
+	if (opts && opts->tls_cert_file && opts->tls_key_file) {
+		char *cert = read_file(opts->tls_cert_file, err);
+		char *key = cert ? read_file(opts->tls_key_file, err) : NULL;
+		if (!cert || !key) {
+			free(cert);
+			free(key);
+			free(s->auth_header);
+			free(s);
+			return TERN_EINVAL;
+		}
+		grpc_ssl_pem_key_cert_pair pair = {key, cert};
+		grpc_init();
+		creds = grpc_ssl_server_credentials_create_ex(NULL, &pair, 1, GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE,
+							      NULL);
+		free(cert);
+		free(key);
+	} else {
+		grpc_init();
+		creds = grpc_insecure_server_credentials_create();
+	}
+	const int max_msg = opts && opts->max_message_bytes > 0 ? opts->max_message_bytes : (1 << 20);
+	grpc_arg args[2] = {
+		{.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_ALLOW_REUSEPORT, .value.integer = 0},
+		{.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, .value.integer = max_msg},
+	};
+	grpc_channel_args ch = {2, args};
+	s->server = grpc_server_create(&ch, NULL);
+	s->cq = grpc_completion_queue_create_for_next(NULL);
+	grpc_server_register_completion_queue(s->server, s->cq, NULL);
+	for (int m = 0; m < M_COUNT; m++)
+		s->methods[m] = grpc_server_register_method(s->server, method_paths[m], NULL,
+							    GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
+	s->port = creds ? grpc_server_add_http2_port(s->server, listen, creds) : 0;
+	if (creds)
+		grpc_server_credentials_release(creds);
+	if (s->port == 0) {
+		grpc_server_destroy(s->server);
+		grpc_completion_queue_shutdown(s->cq);
+		while (grpc_completion_queue_next(s->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
+		       GRPC_QUEUE_SHUTDOWN)
+			;
+		grpc_completion_queue_destroy(s->cq);
+		grpc_shutdown();
+		free(s->auth_header);
+		free(s);
+		return TERN_ERR(err, TERN_EIO, "cannot listen on %s (address in use or invalid)", listen);
+	}
+	grpc_server_start(s->server);
+	for (int m = 0; m < M_COUNT; m++)
+		arm_slot(s, m);
+	s->shutdown_tag.kind = TAG_SHUTDOWN;
+	if (pthread_create(&s->thread, NULL, serve, s) != 0) {
+		atomic_store(&s->stopping, 1);
+		grpc_server_shutdown_and_notify(s->server, s->cq, &s->shutdown_tag);
+		grpc_server_cancel_all_calls(s->server);
+		serve(s);
+		grpc_server_destroy(s->server);
+		grpc_completion_queue_destroy(s->cq);
+		grpc_shutdown();
+		free(s->auth_header);
+		free(s);
+		return TERN_ERR(err, TERN_ESTATE, "cannot start the gRPC thread");
+	}
+	*out = s;
+	return 0;
+}
+
+int tern_grpc_port(const tern_grpc_server *s)
+{
+	return s ? s->port : 0;
+}
+
+void tern_grpc_stop(tern_grpc_server *s, double grace_s)
+{
+	if (!s)
+		return;
+	s->grace_s = grace_s > 0 ? grace_s : 5.0;
+	atomic_store(&s->stopping, 1);
+	grpc_server_shutdown_and_notify(s->server, s->cq, &s->shutdown_tag);
+	grpc_server_cancel_all_calls(s->server);
+	pthread_join(s->thread, NULL);
+	grpc_server_destroy(s->server);
+	grpc_completion_queue_destroy(s->cq);
+	grpc_shutdown();
+	free(s->auth_header);
+	free(s);
+}

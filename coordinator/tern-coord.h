@@ -1,0 +1,60 @@
+/* tern-coord.h: the coordinator's pieces that tern-coordinator and tern-run
+ * share: the tokenizer built from a model source, the MPI pipeline back end
+ * of the scheduler, and the offline batch mode. */
+#ifndef TERN_COORD_H
+#define TERN_COORD_H
+
+#include "tern-sched.h"
+#include "tern-source.h"
+#include "tern-tokenizer.h"
+
+/* The tokenizer described by the source's vocabulary (GGUF tokenizer.ggml.*
+ * or HF tokenizer.json). TERN_EFORMAT when the model has none. */
+int tern_coord_tokenizer_from_source(tern_source *src, tern_tokenizer **out, tern_err *err);
+
+/* What the coordinator holds of a model: hyper-parameters, tokenizer, and
+ * the head (embeddings, final norm, LM head). From a model file (GGUF / HF
+ * checkpoint) or from a plan directory (manifest + the coordinator's shard,
+ * checksum verified); in the plan case the stages' layer ranges are the
+ * plan's. "%h" in the path stands for this host's name. */
+typedef struct tern_coord_model {
+	tern_hparams hp;
+	char path[4096];
+	int from_plan;
+	int plan_stages;               /* stages the plan was cut for (0: a model file) */
+	struct tern_source *src;       /* model-file mode */
+	struct Tern__V1__Plan *plan;   /* plan mode: the manifest */
+	void *emb;                     /* plan mode: the embeddings, decompressed (n_vocab, n_embd) */
+	tern_tokenizer *tok;
+	tern_head *head;
+} tern_coord_model;
+
+int tern_coord_model_open(const char *path, tern_coord_model **out, tern_err *err);
+void tern_coord_model_close(tern_coord_model *m);
+/* Layer range of stage s (1..n_stages): the plan's (n_stages must match it),
+ * or an even split of the model's layers. */
+int tern_coord_model_stage_range(const tern_coord_model *m, int s, int n_stages, int *first, int *count,
+				 tern_err *err);
+
+/* The scheduler's back end over MPI: stages are ranks 1..n_stages in layer
+ * order; micro-batches go to rank 1 and come back from rank n_stages, up to
+ * max_in_flight at once. */
+int tern_coord_pipeline_backend(int n_stages, int n_embd, int max_in_flight, tern_sched_backend *out, tern_err *err);
+/* Drains the pipeline: sends SHUTDOWN through the stages and waits (up to
+ * timeout_s) for it to come back from the last one. Frees the back end. */
+int tern_coord_pipeline_shutdown(tern_sched_backend *be, double timeout_s, tern_err *err);
+
+/* Offline batch mode: every line of in_path is a JSON object
+ *   {"prompt": "...", "max_tokens": 32, "temperature": 0, "top_k": 0,
+ *    "top_p": 1, "min_p": 0, "repetition_penalty": 1, "seed": 1,
+ *    "stop": ["..."], "token_ids": [1,2,3], "messages": [{"role":..,"content":..}],
+ *    "ignore_eos": false, "id": "..."}
+ * (prompt, token_ids or messages). All are submitted to the scheduler at
+ * once (beyond the queue limit they wait their turn), the scheduler runs until
+ * all are done, and out_path gets one JSON object per input line, in input
+ * order: {"id", "text", "token_ids", "finish_reason", "prompt_tokens",
+ * "completion_tokens", "error"}. A malformed line is reported with its line
+ * number and stops the run before anything is generated. */
+int tern_coord_batch(tern_sched *s, const char *in_path, const char *out_path, tern_err *err);
+
+#endif /* TERN_COORD_H */

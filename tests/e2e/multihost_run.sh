@@ -1,0 +1,63 @@
+#!/bin/sh
+# multihost_run.sh BUILD_DIR: a generation across three network-namespace
+# "hosts": deploy/tern-up --hostfile starts the coordinator on h1 and one stage
+# on each of h2 and h3 over TCP, after copying the model into each host's own
+# directory (only where it is missing: a second start copies nothing). Every
+# token of every sequence must equal tern-run's. Not root: SKIPPED (77).
+set -u
+B=$(cd "$1" && pwd)
+T=$(cd "$(dirname "$0")" && pwd)
+D=$(cd "$T/../../deploy" && pwd)
+if [ "$(id -u)" -ne 0 ] || ! command -v ip >/dev/null || ! command -v unshare >/dev/null; then
+	echo "SKIPPED: the multi-host test needs root, iproute2 and util-linux"
+	exit 77
+fi
+prefix="tr$$"
+work=$(mktemp -d)
+cleanup() {
+	sh "$D/netns-hosts" down "$prefix" 2>/dev/null
+	rm -rf "$work"
+}
+trap cleanup EXIT INT TERM
+if ! sh "$D/netns-hosts" up 3 "$prefix" 2>"$work/err"; then
+	echo "SKIPPED: cannot create network namespaces here: $(head -1 "$work/err")"
+	exit 77
+fi
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 TERN_NETNS_PREFIX=$prefix
+/usr/bin/python3 "$T/../ref/make_model.py" --out "$work/m.gguf" --n-embd 128 --n-head 4 --n-head-kv 2 \
+	--n-ff 256 --vocab 300 --layers 4 --seed 9 >/dev/null || exit 1
+fail=0
+: >"$work/in.jsonl"
+for p in "the cat" "hello world" "once upon a time" "xyz"; do
+	printf '{"prompt": "%s", "max_tokens": 8, "ignore_eos": true}\n' "$p" >>"$work/in.jsonl"
+	"$B/coordinator/tern-run" -m "$work/m.gguf" -p "$p" -n 8 --temp 0 --ignore-eos --print-ids -q \
+		2>"$work/run.err" >/dev/null || { echo "FAIL: tern-run"; cat "$work/run.err"; exit 1; }
+	sed -n 's/^ids: //p' "$work/run.err" | tr ' ' ',' >>"$work/want"
+done
+printf 'h1 slots=1\nh2 slots=1\nh3 slots=1\n' >"$work/hosts"
+mpi="--mca plm_rsh_agent $D/nsagent -x TERN_NETNS_PREFIX --mca btl tcp,self"
+mpi="$mpi --mca btl_tcp_if_include 10.77.0.0/24 --mca oob_tcp_if_include 10.77.0.0/24"
+for round in 1 2; do
+	rm -f "$work/out.jsonl"
+	ip netns exec "$prefix-h1" unshare --uts sh -c "hostname h1; exec timeout 120 $D/tern-up \
+		--hostfile $work/hosts --remote-dir $work/hosts.d/%h --rsh $D/nsagent --build $B \
+		--mpi-args '$mpi' $work/m.gguf -- --batch $work/in.jsonl --out $work/out.jsonl" >"$work/up.log" 2>&1
+	rc=$?
+	cat "$work/up.log"
+	[ $rc -eq 0 ] || { echo "FAIL: round $round: tern-up exited $rc"; fail=1; }
+	sed -n 's/.*"token_ids":\[\([0-9,]*\)\].*/\1/p' "$work/out.jsonl" >"$work/got"
+	cmp -s "$work/want" "$work/got" || { echo "FAIL: round $round: tokens differ from tern-run"; \
+		paste "$work/want" "$work/got"; fail=1; }
+	grep -q "stage 1 ready on h2" "$work/up.log" || { echo "FAIL: stage 1 not on h2"; fail=1; }
+	grep -q "stage 2 ready on h3" "$work/up.log" || { echo "FAIL: stage 2 not on h3"; fail=1; }
+	for h in h1 h2 h3; do
+		[ -f "$work/hosts.d/$h/m.gguf" ] || { echo "FAIL: no copy on $h"; fail=1; }
+	done
+	if [ $round -eq 1 ]; then
+		[ "$(grep -c 'copying m.gguf' "$work/up.log")" -eq 3 ] || { echo "FAIL: expected 3 copies"; fail=1; }
+	else
+		! grep -q 'copying' "$work/up.log" || { echo "FAIL: copied again though every host had it"; fail=1; }
+	fi
+done
+if [ $fail -eq 0 ]; then echo "1 passed, 0 failed"; else echo "0 passed, 1 failed"; fi
+exit $fail

@@ -1,0 +1,134 @@
+#!/usr/bin/python3
+"""test_cluster.py: the coordinator and its stages, pipelined over MPI.
+
+  - identical output: every token of every sequence equals tern-run's (greedy),
+    for 1, 2, 3 and 4 stages and 1..16 concurrent sequences, through the
+    offline batch mode; also with fewer slots than requests (sequences join and
+    leave while others decode), with small prefill chunks (long prompts
+    interleave with decoding), and with the layers in-process (--stages 0);
+  - a malformed batch line is a one-line error naming the line, exit non-zero;
+  - faults: a stage killed mid-generation, and a stage that hangs (SIGSTOP):
+    the in-flight request fails with an error within 10 s of the fault and the
+    coordinator exits non-zero; nothing hangs.
+
+Usage: test_cluster.py BUILD_DIR
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import grpc
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ternlib import Client, Results, Server, load_pb2, make_model, run_tern_run  # noqa: E402
+
+PROMPTS = ["the cat", "hello world", "a", "once upon a time there was", "the the the", "xyz", "tern serves",
+           "what is it", "on the hill", "ab", "where the water", "in", "hot tea", "ouzo", "then", "stone"]
+N_GEN = 8
+
+
+def mpi_env():
+    e = dict(os.environ)
+    e.update({"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+              "OMPI_MCA_mpi_yield_when_idle": "1"})
+    return e
+
+
+def run_batch(build, model, stages, prompts, work, extra=()):
+    inp = os.path.join(work, "in.jsonl")
+    out = os.path.join(work, "out.jsonl")
+    with open(inp, "w") as f:
+        for i, p in enumerate(prompts):
+            f.write(json.dumps({"id": str(i), "prompt": p, "max_tokens": N_GEN, "ignore_eos": True}) + "\n")
+    coord = [os.path.join(build, "coordinator", "tern-coordinator"), "-m", model, "--stages", str(stages),
+             "--batch", inp, "--out", out] + list(extra)
+    cmd = ["mpirun", "--bind-to", "none", "--oversubscribe", "-n", "1"] + coord
+    if stages:
+        cmd += [":", "-n", str(stages), os.path.join(build, "node", "tern-node")]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=mpi_env(), timeout=300)
+    if r.returncode != 0:
+        raise AssertionError("batch run failed (%d):\n%s" % (r.returncode, r.stderr[-3000:]))
+    rows = [json.loads(line) for line in open(out)]
+    assert [row["id"] for row in rows] == [str(i) for i in range(len(prompts))], rows
+    return rows
+
+
+def main():
+    build = os.path.abspath(sys.argv[1])
+    pb = load_pb2(build)
+    work = tempfile.mkdtemp(prefix="tern-cluster-")
+    model = os.path.join(work, "m.gguf")
+    make_model(model, layers=4, seed=5)
+    res = Results()
+    want = {p: run_tern_run(build, model, p, N_GEN) for p in PROMPTS}
+
+    def identical(stages, n_seqs, extra=()):
+        def fn():
+            rows = run_batch(build, model, stages, PROMPTS[:n_seqs], work, extra)
+            for p, row in zip(PROMPTS, rows):
+                assert row["token_ids"] == want[p], (stages, p, row, want[p])
+                assert row["finish_reason"] == "length" and row["completion_tokens"] == N_GEN, row
+        return fn
+
+    for s in (1, 2, 3, 4):
+        res.check("identical_%d_stages_16_seqs" % s, identical(s, 16))
+    res.check("identical_2_stages_1_seq", identical(2, 1))
+    res.check("identical_2_stages_5_seqs_3_slots", identical(2, 5, ["--slots", "3"]))
+    res.check("identical_3_stages_chunk_2", identical(3, 16, ["--chunk", "2", "--max-rows", "8"]))
+    res.check("identical_in_process", identical(0, 16))
+
+    def bad_batch():
+        inp = os.path.join(work, "bad.jsonl")
+        with open(inp, "w") as f:
+            f.write('{"prompt": "a", "max_tokens": 2}\n{"prompt": \n')
+        r = subprocess.run(["mpirun", "-n", "1", os.path.join(build, "coordinator", "tern-coordinator"), "-m",
+                            model, "--stages", "0", "--batch", inp, "--out", os.path.join(work, "o.jsonl")],
+                           capture_output=True, text=True, env=mpi_env(), timeout=120)
+        assert r.returncode != 0, r
+        assert "bad.jsonl:2" in r.stderr, r.stderr
+    res.check("malformed_batch_line", bad_batch)
+
+    def fault(sig):
+        def fn():
+            srv = Server(build, model, 2, ["--stall-timeout", "5", "-c", "1024"])
+            cl = Client(pb, srv.port)
+            try:
+                it = cl.generate(pb.GenerateRequest(prompt="the cat", max_tokens=900, ignore_eos=True),
+                                 timeout=120)
+                next(it)
+                nodes = subprocess.run(["pgrep", "-s", str(os.getpgid(srv.proc.pid)), "-x", "tern-node"],
+                                       capture_output=True, text=True).stdout.split()
+                assert nodes, "no tern-node processes found"
+                victim = int(nodes[-1])
+                t0 = time.time()
+                os.kill(victim, sig)
+                code = None
+                try:
+                    for _ in it:
+                        pass
+                except grpc.RpcError as e:
+                    code = e.code()
+                t_fail = time.time() - t0
+                assert code is not None and code != grpc.StatusCode.OK, "stream ended without an error"
+                assert t_fail < 10.0, "took %.1f s to fail the request" % t_fail
+                srv.proc.wait(timeout=30)
+                assert srv.proc.returncode != 0, "coordinator exited 0 after losing a stage"
+                print("  %s: request failed with %s after %.2f s; job exited %d" %
+                      (signal.Signals(sig).name, code, t_fail, srv.proc.returncode))
+            finally:
+                cl.close()
+                subprocess.run(["pkill", "-CONT", "-x", "tern-node"])
+                srv.stop()
+        return fn
+    res.check("fault_stage_killed", fault(signal.SIGKILL))
+    res.check("fault_stage_hangs", fault(signal.SIGSTOP))
+    return res.finish()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
