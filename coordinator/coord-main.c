@@ -49,7 +49,7 @@ static void usage(FILE *f)
 		"  --max-rows N            rows per micro-batch (default 256)\n"
 		"  --chunk N               prompt rows of one sequence per micro-batch (default 64)\n"
 		"  -t, --threads N         kernel threads per stage (default: its NUMA domain's cores)\n"
-		"  --head-threads N        LM head threads on the coordinator (default 1)\n"
+		"  --head-threads N        LM head threads on the coordinator (default: all CPUs)\n"
 		"  --queue N               admission queue limit (default 64)\n"
 		"  -n, --max-tokens N      default max_tokens of a request (default 256)\n"
 		"  --stall-timeout S       a pipeline silent this long is dead (default 8)\n"
@@ -81,7 +81,9 @@ static int parse_args(int argc, char **argv, coord_opts *o)
 	o->slots = 16;
 	o->max_rows = 256;
 	o->chunk = 64;
-	o->head_threads = 1;
+	o->head_threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
+	if (o->head_threads < 1)
+		o->head_threads = 1;
 	o->queue = 64;
 	o->max_tokens = 256;
 	o->stall = 8;
