@@ -59,7 +59,9 @@ def read_bw(build, threads):
     """Read bandwidth (GB/s) measured by tern-bench kernels, or None."""
     exe = os.path.join(build, "tests", "bench", "tern-bench")
     try:
-        out = subprocess.run([exe, "kernels", "--bw-only", "--json", "--threads", str(threads)],
+        # The smallest kernels run: its read_bw rows are the bandwidth probe.
+        out = subprocess.run([exe, "kernels", "--json", "--threads", str(threads), "--packing", "tl2",
+                              "--shape", "64x64", "--ws-mib", "8", "--batches", "1", "--min-time", "0.05"],
                              capture_output=True, text=True, timeout=300).stdout
     except (OSError, subprocess.TimeoutExpired):
         return None

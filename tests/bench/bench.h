@@ -87,5 +87,9 @@ const char *bench_read_bw_isa(void);
 /* ---- modes ----------------------------------------------------------------- */
 
 int bench_kernels_main(int argc, char **argv);
+/* bench-exec.c: modes run by other programs (engine_bench, deploy/bench-serve.py). */
+int bench_run_main(int argc, char **argv);
+int bench_cluster_main(int argc, char **argv);
+int bench_serve_main(int argc, char **argv);
 
 #endif /* TERN_BENCH_H */
