@@ -15,6 +15,9 @@ typedef struct job {
 	size_t n_ids, cap_ids;
 	int finish_reason;
 	uint32_t prompt_tokens, completion_tokens;
+	int score;
+	double prompt_nll;
+	uint32_t scored_tokens;
 	int status;
 	char error[512];
 	int done;
@@ -59,6 +62,8 @@ static void on_done(void *ctx, const Tern__V1__GenerateResponse *fin, int status
 	if (fin) {
 		append_text(j, fin->text, strlen(fin->text));
 		j->finish_reason = fin->finish_reason;
+		j->prompt_nll = fin->prompt_nll;
+		j->scored_tokens = fin->scored_tokens;
 		if (fin->usage) {
 			j->prompt_tokens = fin->usage->prompt_tokens;
 			j->completion_tokens = fin->usage->completion_tokens;
@@ -113,6 +118,7 @@ static int build_request(const tern_json *o, Tern__V1__GenerateRequest *r, Tern_
 	TERN_RETURN_IF(tern_json_get_int(o, "max_tokens", 0) < 0, err, TERN_EFORMAT, "%s:%d: negative max_tokens",
 		       path, line);
 	r->ignore_eos = tern_json_get_bool(o, "ignore_eos", 0);
+	r->score_prompt = tern_json_get_bool(o, "score", 0);
 	r->request_id = (char *)tern_json_get_str(o, "id", "");
 	sp->temperature = (float)tern_json_get_num(o, "temperature", 0);
 	const int64_t top_k = tern_json_get_int(o, "top_k", 0);
@@ -239,6 +245,7 @@ int tern_coord_batch(tern_sched *s, const char *in_path, const char *out_path, t
 		const tern_service *svc = tern_sched_service(s);
 		for (size_t j = 0; j < n_jobs; j++) {
 			snprintf(jobs[j].id, sizeof jobs[j].id, "%s", reqs[j].request_id);
+			jobs[j].score = reqs[j].score_prompt;
 			tern_gen_sink sink = {&jobs[j], on_piece, on_done};
 			uint64_t h;
 			char msg[512] = "";
@@ -267,6 +274,8 @@ int tern_coord_batch(tern_sched *s, const char *in_path, const char *out_path, t
 					fprintf(out, "%s%u", k ? "," : "", b->ids[k]);
 				fprintf(out, "],\"finish_reason\":\"%s\",\"prompt_tokens\":%u,\"completion_tokens\":%u",
 					reason_name(b->finish_reason), b->prompt_tokens, b->completion_tokens);
+				if (b->score)
+					fprintf(out, ",\"prompt_nll\":%.17g,\"scored_tokens\":%u", b->prompt_nll, b->scored_tokens);
 				if (b->status != TERN_STATUS_OK) {
 					fputs(",\"error\":", out);
 					put_json_str(out, b->error, strlen(b->error));

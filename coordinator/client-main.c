@@ -328,6 +328,7 @@ static int do_generate(conn *c, const client_opts *o, const char *prompt)
 	grpc_status_code st = call(c, "/tern.v1.Tern/Generate", &r.base, on_gen, &g, detail, sizeof detail);
 	if (!o->json && st == GRPC_STATUS_OK) {
 		printf("\n");
+		fflush(stdout);
 		if (g.final && g.final->usage && !o->quiet_stats)
 			fprintf(stderr, "[%u prompt + %u generated tokens, first token %.3f s, %.2f tokens/s, %s]\n",
 				g.final->usage->prompt_tokens, g.final->usage->completion_tokens,

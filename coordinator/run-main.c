@@ -16,7 +16,9 @@
 #include <string.h>
 
 #include "tern-engine.h"
+#include "tern-coord.h"
 #include "tern-head.h"
+#include "tern-perplexity.h"
 #include "tern-sampling.h"
 #include "tern-source.h"
 #include "tern-tokenizer.h"
@@ -37,6 +39,7 @@ typedef struct {
 	int ignore_eos;
 	int quiet;
 	int print_ids; /* --print-ids: "ids: ..." of the generated tokens on stderr */
+	const char *ppl; /* --perplexity FILE */
 	int head_int8; /* --lm-head int8 */
 	const char *stops[16];
 	int n_stops;
@@ -211,6 +214,9 @@ static int parse_args(int argc, char **argv, run_opts *o)
 		} else if (!strcmp(a, "--dump-logits")) {
 			NEED();
 			o->dump = v;
+		} else if (!strcmp(a, "--perplexity")) {
+			NEED();
+			o->ppl = v;
 		} else if (!strcmp(a, "--print-ids")) {
 			o->print_ids = 1;
 		} else if (ARG("-q", "--quiet")) {
@@ -224,7 +230,7 @@ static int parse_args(int argc, char **argv, run_opts *o)
 #undef NEED
 #undef BAD
 	}
-	if (!o->model || (!o->prompt && !o->tokens)) {
+	if (!o->model || (!o->prompt && !o->tokens && !o->ppl)) {
 		usage(stderr);
 		return -1;
 	}
@@ -257,45 +263,6 @@ static int parse_ids(const char *s, int n_vocab, tern_tokens *out, tern_err *err
 	}
 	TERN_RETURN_IF(out->n == 0, err, TERN_EINVAL, "--tokens: no ids");
 	return 0;
-}
-
-static int make_tokenizer(tern_source *src, tern_tokenizer **out, tern_err *err)
-{
-	const tern_vocab *v;
-	TERN_FORWARD_IF_ERROR(tern_source_vocab(src, &v, err));
-	tern_tokenizer_desc d;
-	tern_tokenizer_desc_init(&d);
-	size_t *tl = malloc((size_t)v->n_tokens * sizeof *tl);
-	size_t *ml = malloc(((size_t)v->n_merges + 1) * sizeof *ml);
-	int rc;
-	if (!tl || !ml) {
-		rc = TERN_ERR(err, TERN_ENOMEM, "out of memory");
-		goto done;
-	}
-	for (int64_t i = 0; i < v->n_tokens; i++)
-		tl[i] = v->token_len[i];
-	for (int64_t i = 0; i < v->n_merges; i++)
-		ml[i] = v->merge_len[i];
-	d.model = v->model;
-	d.pre = v->pre;
-	d.n_tokens = (uint32_t)v->n_tokens;
-	d.tokens = v->tokens;
-	d.token_lens = tl;
-	d.token_types = v->token_type;
-	d.scores = v->scores;
-	d.n_merges = (uint32_t)v->n_merges;
-	d.merges = v->merges;
-	d.merge_lens = v->merges ? ml : NULL;
-	d.bos_id = v->bos_id;
-	d.eos_id = v->eos_id;
-	d.eot_id = v->eot_id;
-	d.unk_id = v->unk_id;
-	d.add_bos = v->add_bos;
-	rc = tern_tokenizer_create(&d, out, err);
-done:
-	free(tl);
-	free(ml);
-	return rc;
 }
 
 /* A .npy (version 1.0) header for a float32 (rows, cols) C-order matrix. */
@@ -433,7 +400,16 @@ static int run(run_state *s, tern_err *err)
 
 	const int have_vocab = tern_source_vocab(s->src, &(const tern_vocab *){NULL}, NULL) == 0;
 	if (have_vocab)
-		TERN_FORWARD_IF_ERROR(make_tokenizer(s->src, &s->tok, err));
+		TERN_FORWARD_IF_ERROR(tern_coord_tokenizer_from_source(s->src, &s->tok, err));
+	if (o->ppl) {
+		TERN_RETURN_IF(!s->tok, err, TERN_EFORMAT, "%s has no tokenizer: --perplexity needs one", o->model);
+		const tern_ppl_config pc = {n_ctx, o->batch, tern_tokenizer_bos(s->tok), slot, s->pool, NULL, NULL};
+		tern_ppl_result r;
+		TERN_FORWARD_IF_ERROR(tern_perplexity_file(s->eng, s->head, s->tok, hp.n_embd, &pc, o->ppl, &r, err));
+		printf("perplexity: %s: %lld tokens in %lld windows of %d, nll %.6f, ppl %.4f\n", o->ppl,
+		       (long long)r.n_scored, (long long)r.n_windows, n_ctx, r.nll, r.ppl);
+		return 0;
+	}
 	if (o->tokens) {
 		TERN_FORWARD_IF_ERROR(parse_ids(o->tokens, hp.n_vocab, &s->prompt, err));
 	} else {

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tern-perplexity.h"
 #include "tern-sampling.h"
 
 #define MAX_STAGE_MS 64
@@ -26,6 +27,9 @@ typedef struct seq {
 	int n_gen;
 	int max_tokens;
 	int ignore_eos;
+	int score;                 /* score_prompt: sum the NLL of prompt tokens */
+	double nll_sum;
+	int n_scored;
 	int in_flight;
 	int cancelled;             /* set by cancel() under s->mu */
 	tern_sampler *sampler;
@@ -41,7 +45,8 @@ typedef struct mb_entry {
 	seq *q;
 	int n_rows;
 	int last_row;   /* index of its last row in the micro-batch */
-	int logits;     /* its last row needs logits */
+	int logits;     /* its last row needs logits (to sample) */
+	int pos0;       /* position of its first row */
 } mb_entry;
 
 typedef struct micro_batch {
@@ -159,6 +164,8 @@ static void seq_finish(tern_sched *s, seq *q, Tern__V1__FinishReason reason, int
 	fin.request_id = q->request_id;
 	fin.text = text ? text : (char *)"";
 	fin.index = (uint32_t)q->n_gen;
+	fin.prompt_nll = q->nll_sum;
+	fin.scored_tokens = (uint32_t)q->n_scored;
 	q->sink.done(q->sink.ctx, status == TERN_STATUS_OK ? &fin : NULL, status, details);
 	free(text);
 
@@ -269,14 +276,17 @@ static int svc_generate(void *self, const Tern__V1__GenerateRequest *req, const 
 		}
 	}
 	q->n_prompt = q->n_tok;
-	q->max_tokens = req->max_tokens ? (int)req->max_tokens : c->default_max_tokens;
+	q->score = req->score_prompt;
+	/* A scoring request with max_tokens 0 generates nothing. */
+	q->max_tokens = req->max_tokens ? (int)req->max_tokens : (q->score ? 0 : c->default_max_tokens);
 	if (status == TERN_STATUS_OK && req->max_tokens > (uint32_t)c->n_ctx) {
 		snprintf(msg, msg_len, "max_tokens %u exceeds the context of %d", req->max_tokens, c->n_ctx);
 		status = TERN_STATUS_INVALID_ARGUMENT;
 	}
-	if (status == TERN_STATUS_OK && q->n_prompt + (req->max_tokens ? q->max_tokens : 1) > c->n_ctx) {
+	const int need = req->max_tokens ? q->max_tokens : (q->score ? 0 : 1);
+	if (status == TERN_STATUS_OK && q->n_prompt + need > c->n_ctx) {
 		snprintf(msg, msg_len, "prompt of %d tokens + max_tokens %d exceeds the context of %d", q->n_prompt,
-			 req->max_tokens ? q->max_tokens : 1, c->n_ctx);
+			 need, c->n_ctx);
 		status = TERN_STATUS_INVALID_ARGUMENT;
 	}
 	if (status == TERN_STATUS_OK && q->n_prompt + q->max_tokens > c->n_ctx)
@@ -604,7 +614,8 @@ static int build_mb(tern_sched *s, micro_batch *mb)
 		e->q = q;
 		e->n_rows = n;
 		e->last_row = mb->n_rows + n - 1;
-		e->logits = q->n_done + n == q->n_tok;
+		e->pos0 = q->n_done;
+		e->logits = q->n_done + n == q->n_tok && q->max_tokens > 0;
 		mb->n_rows += n;
 		q->in_flight = 1;
 	}
@@ -660,6 +671,34 @@ static void take_token(tern_sched *s, seq *q, int32_t t)
 static int process_mb(tern_sched *s, micro_batch *mb, tern_err *err)
 {
 	const tern_sched_config *c = &s->cfg;
+	/* Scoring: every prompt row whose next token is known, through the head
+	 * in blocks of n_slots rows (the buffers' size); the sampling rows are
+	 * gathered after it, as both use the same buffers. */
+	for (int i = 0; i < mb->n_seqs; i++) {
+		mb_entry *e = &mb->e[i];
+		seq *q = e->q;
+		if (!q->score || q->cancelled)
+			continue;
+		for (int r0 = 0; r0 < e->n_rows; r0 += c->n_slots) {
+			int nb = 0;
+			for (int r = r0; r < e->n_rows && r < r0 + c->n_slots; r++) {
+				if (e->pos0 + r + 1 >= q->n_prompt)
+					break;
+				memcpy(s->gathered + (size_t)nb * c->n_embd,
+				       s->hidden + (size_t)(e->last_row - e->n_rows + 1 + r) * c->n_embd,
+				       (size_t)c->n_embd * sizeof(float));
+				nb++;
+			}
+			if (nb == 0)
+				break;
+			TERN_FORWARD_IF_ERROR(tern_head_logits(c->head, c->head_pool, s->gathered, nb, s->logits, err));
+			for (int b = 0; b < nb; b++) {
+				q->nll_sum += tern_perplexity_token_nll(s->logits + (size_t)b * c->n_vocab, c->n_vocab,
+									q->tok[e->pos0 + r0 + b + 1]);
+				q->n_scored++;
+			}
+		}
+	}
 	int nl = 0;
 	int prefill = 0;
 	for (int i = 0; i < mb->n_seqs; i++) {
@@ -685,6 +724,11 @@ static int process_mb(tern_sched *s, micro_batch *mb, tern_err *err)
 		seq *q = e->q;
 		if (q->cancelled)
 			continue; /* reaped by admit_and_reap now that it is out of flight */
+		if (q->max_tokens == 0 && q->n_done == q->n_tok) {
+			/* scored, nothing to generate */
+			seq_finish(s, q, TERN__V1__FINISH_REASON__FINISH_REASON_LENGTH, TERN_STATUS_OK, NULL);
+			continue;
+		}
 		if (!e->logits)
 			continue;
 		int32_t t = 0;

@@ -48,12 +48,14 @@ int tern_coord_pipeline_shutdown(tern_sched_backend *be, double timeout_s, tern_
  *   {"prompt": "...", "max_tokens": 32, "temperature": 0, "top_k": 0,
  *    "top_p": 1, "min_p": 0, "repetition_penalty": 1, "seed": 1,
  *    "stop": ["..."], "token_ids": [1,2,3], "messages": [{"role":..,"content":..}],
- *    "ignore_eos": false, "id": "..."}
+ *    "ignore_eos": false, "score": false, "id": "..."}
  * (prompt, token_ids or messages). All are submitted to the scheduler at
  * once (beyond the queue limit they wait their turn), the scheduler runs until
  * all are done, and out_path gets one JSON object per input line, in input
  * order: {"id", "text", "token_ids", "finish_reason", "prompt_tokens",
- * "completion_tokens", "error"}. A malformed line is reported with its line
+ * "completion_tokens", "error"}, plus "prompt_nll" and "scored_tokens" for
+ * "score": true (the prompt's summed NLL; with max_tokens 0 nothing is
+ * generated), which is how perplexity runs through the cluster. A malformed line is reported with its line
  * number and stops the run before anything is generated. */
 int tern_coord_batch(tern_sched *s, const char *in_path, const char *out_path, tern_err *err);
 
