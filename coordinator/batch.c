@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tern-api.h"
 #include "tern-coord.h"
 #include "tern-json.h"
 
@@ -72,39 +73,6 @@ static void on_done(void *ctx, const Tern__V1__GenerateResponse *fin, int status
 	if (status != TERN_STATUS_OK)
 		snprintf(j->error, sizeof j->error, "%s", details ? details : "failed");
 	j->done = 1;
-}
-
-/* JSON string escaping for the output. */
-static void put_json_str(FILE *f, const char *s, size_t n)
-{
-	fputc('"', f);
-	for (size_t i = 0; i < n; i++) {
-		const unsigned char c = (unsigned char)s[i];
-		if (c == '"' || c == '\\')
-			fprintf(f, "\\%c", c);
-		else if (c == '\n')
-			fputs("\\n", f);
-		else if (c == '\t')
-			fputs("\\t", f);
-		else if (c == '\r')
-			fputs("\\r", f);
-		else if (c < 0x20)
-			fprintf(f, "\\u%04x", c);
-		else
-			fputc(c, f);
-	}
-	fputc('"', f);
-}
-
-static const char *reason_name(int r)
-{
-	switch (r) {
-	case TERN__V1__FINISH_REASON__FINISH_REASON_STOP: return "stop";
-	case TERN__V1__FINISH_REASON__FINISH_REASON_LENGTH: return "length";
-	case TERN__V1__FINISH_REASON__FINISH_REASON_CANCELLED: return "cancelled";
-	case TERN__V1__FINISH_REASON__FINISH_REASON_ERROR: return "error";
-	default: return "none";
-	}
 }
 
 /* Fills a GenerateRequest from one JSON object; strings point into the doc,
@@ -266,19 +234,19 @@ int tern_coord_batch(tern_sched *s, const char *in_path, const char *out_path, t
 			for (size_t j = 0; j < n_jobs; j++) {
 				job *b = &jobs[j];
 				fputs("{\"id\":", out);
-				put_json_str(out, b->id, strlen(b->id));
+				tern_api_json_str(out, b->id, strlen(b->id));
 				fputs(",\"text\":", out);
-				put_json_str(out, b->text ? b->text : "", b->text_len);
+				tern_api_json_str(out, b->text ? b->text : "", b->text_len);
 				fputs(",\"token_ids\":[", out);
 				for (size_t k = 0; k < b->n_ids; k++)
 					fprintf(out, "%s%u", k ? "," : "", b->ids[k]);
 				fprintf(out, "],\"finish_reason\":\"%s\",\"prompt_tokens\":%u,\"completion_tokens\":%u",
-					reason_name(b->finish_reason), b->prompt_tokens, b->completion_tokens);
+					tern_api_finish_reason_name(b->finish_reason), b->prompt_tokens, b->completion_tokens);
 				if (b->score)
 					fprintf(out, ",\"prompt_nll\":%.17g,\"scored_tokens\":%u", b->prompt_nll, b->scored_tokens);
 				if (b->status != TERN_STATUS_OK) {
 					fputs(",\"error\":", out);
-					put_json_str(out, b->error, strlen(b->error));
+					tern_api_json_str(out, b->error, strlen(b->error));
 				}
 				fputs("}\n", out);
 			}

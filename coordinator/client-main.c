@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "tern-api.h"
 #include "tern.pb-c.h"
 
 typedef struct client_opts {
@@ -203,36 +204,6 @@ static grpc_status_code call(conn *c, const char *method, const ProtobufCMessage
 	return status;
 }
 
-/* ---- JSON output ---------------------------------------------------------- */
-
-static void json_str(FILE *f, const char *s)
-{
-	fputc('"', f);
-	for (; s && *s; s++) {
-		const unsigned char ch = (unsigned char)*s;
-		if (ch == '"' || ch == '\\')
-			fprintf(f, "\\%c", ch);
-		else if (ch == '\n')
-			fputs("\\n", f);
-		else if (ch < 0x20)
-			fprintf(f, "\\u%04x", ch);
-		else
-			fputc(ch, f);
-	}
-	fputc('"', f);
-}
-
-static const char *finish_name(int r)
-{
-	switch (r) {
-	case TERN__V1__FINISH_REASON__FINISH_REASON_STOP: return "stop";
-	case TERN__V1__FINISH_REASON__FINISH_REASON_LENGTH: return "length";
-	case TERN__V1__FINISH_REASON__FINISH_REASON_CANCELLED: return "cancelled";
-	case TERN__V1__FINISH_REASON__FINISH_REASON_ERROR: return "error";
-	default: return "none";
-	}
-}
-
 /* ---- generate / chat ------------------------------------------------------- */
 
 typedef struct gen_ctx {
@@ -265,8 +236,8 @@ static void on_gen(void *vctx, const uint8_t *p, size_t n)
 	if (g->json) {
 		if (m->done) {
 			printf("{\"done\":true,\"text\":");
-			json_str(stdout, m->text);
-			printf(",\"finish_reason\":\"%s\",\"seed\":%llu", finish_name(m->finish_reason),
+			tern_api_json_str(stdout, m->text, strlen(m->text));
+			printf(",\"finish_reason\":\"%s\",\"seed\":%llu", tern_api_finish_reason_name(m->finish_reason),
 			       (unsigned long long)m->seed);
 			if (m->usage)
 				printf(",\"prompt_tokens\":%u,\"completion_tokens\":%u,\"time_to_first_token_s\":%.4f,"
@@ -276,7 +247,7 @@ static void on_gen(void *vctx, const uint8_t *p, size_t n)
 			printf("}\n");
 		} else {
 			printf("{\"token_id\":%u,\"index\":%u,\"text\":", m->token_id, m->index);
-			json_str(stdout, m->text);
+			tern_api_json_str(stdout, m->text, strlen(m->text));
 			printf("}\n");
 		}
 	} else {
@@ -333,7 +304,7 @@ static int do_generate(conn *c, const client_opts *o, const char *prompt)
 			fprintf(stderr, "[%u prompt + %u generated tokens, first token %.3f s, %.2f tokens/s, %s]\n",
 				g.final->usage->prompt_tokens, g.final->usage->completion_tokens,
 				g.final->usage->time_to_first_token_s, g.final->usage->decode_tokens_per_s,
-				finish_name(g.final->finish_reason));
+				tern_api_finish_reason_name(g.final->finish_reason));
 	}
 	if (g.final)
 		tern__v1__generate_response__free_unpacked(g.final, NULL);
@@ -443,7 +414,8 @@ static int do_unary(conn *c, const client_opts *o, const char *what, const char 
 					printf("%s%u", i ? "," : "", t->token_ids[i]);
 				} else {
 					printf("%6u  ", t->token_ids[i]);
-					json_str(stdout, i < t->n_pieces ? t->pieces[i] : "");
+					const char *piece = i < t->n_pieces ? t->pieces[i] : "";
+					tern_api_json_str(stdout, piece, strlen(piece));
 					printf("\n");
 				}
 			}
@@ -460,15 +432,15 @@ static int do_unary(conn *c, const client_opts *o, const char *what, const char 
 			if (o->json) {
 				printf("{\"ready\":%s,\"stages_up\":%u,\"stages_total\":%u,\"model\":",
 				       h->ready ? "true" : "false", h->stages_up, h->stages_total);
-				json_str(stdout, h->model);
+				tern_api_json_str(stdout, h->model, strlen(h->model));
 				printf(",\"version\":");
-				json_str(stdout, h->version);
+				tern_api_json_str(stdout, h->version, strlen(h->version));
 				printf(",\"stages\":[");
 				for (size_t i = 0; i < h->n_stages; i++) {
 					printf("%s{\"stage\":%u,\"host\":", i ? "," : "", h->stages[i]->stage);
-					json_str(stdout, h->stages[i]->host);
+					tern_api_json_str(stdout, h->stages[i]->host, strlen(h->stages[i]->host));
 					printf(",\"binding\":");
-					json_str(stdout, h->stages[i]->binding);
+					tern_api_json_str(stdout, h->stages[i]->binding, strlen(h->stages[i]->binding));
 					printf(",\"first_layer\":%u,\"last_layer\":%u,\"up\":%s}", h->stages[i]->first_layer,
 					       h->stages[i]->last_layer, h->stages[i]->up ? "true" : "false");
 				}

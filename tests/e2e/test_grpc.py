@@ -21,6 +21,7 @@ Prints "N passed, N failed" and exits non-zero on any failure.
 
 import argparse
 import concurrent.futures as cf
+import json
 import os
 import shutil
 import subprocess
@@ -76,6 +77,27 @@ def main():
                 assert final.finish_reason == pb.FINISH_REASON_LENGTH, final
                 assert final.usage.completion_tokens == 12 and final.usage.prompt_tokens > 0, final
         check("stream_equals_tern_run", same_as_tern_run)
+
+        def tern_cli():
+            # The C client: --json stream equals tern-run; errors are a status line and exit 1.
+            exe = os.path.join(build, "coordinator", "tern")
+            srv_addr = "127.0.0.1:%d" % srv.port
+            r = subprocess.run([exe, "generate", "the cat", "-n", "12", "--ignore-eos", "--json", "--server", srv_addr],
+                               capture_output=True, text=True, timeout=120)
+            assert r.returncode == 0, r.stderr
+            rows = [json.loads(line) for line in r.stdout.splitlines()]
+            ids = [x["token_id"] for x in rows if not x.get("done")]
+            assert ids == run_tern_run(build, model, "the cat", 12), ids
+            assert rows[-1]["done"] and rows[-1]["finish_reason"] == "length", rows[-1]
+            r = subprocess.run([exe, "generate", "", "--server", srv_addr], capture_output=True, text=True, timeout=60)
+            assert r.returncode == 1 and "INVALID_ARGUMENT" in r.stderr, (r.returncode, r.stderr)
+            r = subprocess.run([exe, "health", "--json", "--server", srv_addr], capture_output=True, text=True,
+                               timeout=60)
+            h = json.loads(r.stdout)
+            assert r.returncode == 0 and h["ready"] and h["stages_total"] == max(args.stages, 1), r.stdout
+            r = subprocess.run([exe, "bogus"], capture_output=True, text=True, timeout=60)
+            assert r.returncode == 2 and "unknown command" in r.stderr, r.stderr
+        check("tern_cli", tern_cli)
 
         def concurrent_64():
             for p in prompts:
