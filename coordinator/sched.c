@@ -8,6 +8,7 @@
 
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,7 +32,7 @@ typedef struct seq {
 	double nll_sum;
 	int n_scored;
 	int in_flight;
-	int cancelled;             /* set by cancel() under s->mu */
+	atomic_int cancelled;      /* set by cancel() (gRPC thread), read by the scheduler */
 	tern_sampler *sampler;
 	tern_stopper *stopper;
 	tern_detok *detok;
@@ -47,6 +48,7 @@ typedef struct mb_entry {
 	int last_row;   /* index of its last row in the micro-batch */
 	int logits;     /* its last row needs logits (to sample) */
 	int pos0;       /* position of its first row */
+	int dead;       /* cancelled: read once per result, so the passes agree */
 } mb_entry;
 
 typedef struct micro_batch {
@@ -369,7 +371,7 @@ static void svc_cancel(void *self, uint64_t handle)
 	pthread_mutex_lock(&s->mu);
 	for (seq *q = s->live; q; q = q->next)
 		if (q->handle == handle)
-			q->cancelled = 1;
+			atomic_store(&q->cancelled, 1);
 	pthread_cond_signal(&s->cv);
 	pthread_mutex_unlock(&s->mu);
 }
@@ -523,7 +525,7 @@ static seq *oldest_queued(tern_sched *s)
 {
 	seq *best = NULL;
 	for (seq *q = s->live; q; q = q->next)
-		if (q->slot < 0 && !q->cancelled && (!best || q->handle < best->handle))
+		if (q->slot < 0 && !atomic_load(&q->cancelled) && (!best || q->handle < best->handle))
 			best = q;
 	return best;
 }
@@ -535,7 +537,7 @@ static int admit_and_reap(tern_sched *s, seq **reap, int max_reap)
 	int n_reap = 0;
 	pthread_mutex_lock(&s->mu);
 	for (seq *q = s->live; q && n_reap < max_reap; q = q->next)
-		if (q->cancelled && !q->in_flight)
+		if (atomic_load(&q->cancelled) && !q->in_flight)
 			reap[n_reap++] = q;
 	for (int i = 0; i < n_reap; i++)
 		if (reap[i]->slot < 0)
@@ -581,7 +583,7 @@ static int build_mb(tern_sched *s, micro_batch *mb)
 	int ready = 0;
 	for (int i = 0; i < c->n_slots; i++) {
 		seq *q = s->slot_seq[i];
-		if (q && !q->in_flight && !q->cancelled)
+		if (q && !q->in_flight && !atomic_load(&q->cancelled))
 			ready++;
 	}
 	if (!ready)
@@ -595,7 +597,7 @@ static int build_mb(tern_sched *s, micro_batch *mb)
 	for (int k = 0; k < c->n_slots && mb->n_seqs < per_mb; k++) {
 		const int slot = (s->rr + k) % c->n_slots;
 		seq *q = s->slot_seq[slot];
-		if (!q || q->in_flight || q->cancelled)
+		if (!q || q->in_flight || atomic_load(&q->cancelled))
 			continue;
 		int n = q->n_tok - q->n_done;
 		if (n > c->prefill_chunk)
@@ -671,13 +673,17 @@ static void take_token(tern_sched *s, seq *q, int32_t t)
 static int process_mb(tern_sched *s, micro_batch *mb, tern_err *err)
 {
 	const tern_sched_config *c = &s->cfg;
+	/* A cancel may land while this runs: decide once which entries count,
+	 * so the gathered rows and the logits rows stay in step. */
+	for (int i = 0; i < mb->n_seqs; i++)
+		mb->e[i].dead = atomic_load(&mb->e[i].q->cancelled);
 	/* Scoring: every prompt row whose next token is known, through the head
 	 * in blocks of n_slots rows (the buffers' size); the sampling rows are
 	 * gathered after it, as both use the same buffers. */
 	for (int i = 0; i < mb->n_seqs; i++) {
 		mb_entry *e = &mb->e[i];
 		seq *q = e->q;
-		if (!q->score || q->cancelled)
+		if (!q->score || e->dead)
 			continue;
 		for (int r0 = 0; r0 < e->n_rows; r0 += c->n_slots) {
 			int nb = 0;
@@ -707,7 +713,7 @@ static int process_mb(tern_sched *s, micro_batch *mb, tern_err *err)
 		e->q->n_done += e->n_rows;
 		if (e->n_rows > 1 || e->q->n_done <= e->q->n_prompt)
 			prefill += e->n_rows;
-		if (e->logits && !e->q->cancelled) {
+		if (e->logits && !e->dead) {
 			memcpy(s->gathered + (size_t)nl * c->n_embd, s->hidden + (size_t)e->last_row * c->n_embd,
 			       (size_t)c->n_embd * sizeof(float));
 			nl++;
@@ -722,7 +728,7 @@ static int process_mb(tern_sched *s, micro_batch *mb, tern_err *err)
 	for (int i = 0; i < mb->n_seqs; i++) {
 		mb_entry *e = &mb->e[i];
 		seq *q = e->q;
-		if (q->cancelled)
+		if (e->dead)
 			continue; /* reaped by admit_and_reap now that it is out of flight */
 		if (q->max_tokens == 0 && q->n_done == q->n_tok) {
 			/* scored, nothing to generate */
