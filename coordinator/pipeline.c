@@ -126,22 +126,9 @@ int tern_coord_pipeline_shutdown(tern_sched_backend *be, double timeout_s, tern_
 	f.kind = TERN__V1__FRAME_KIND__FRAME_KIND_SHUTDOWN;
 	rc = tern_link_send(1, TERN_TAG_ACT, &f, NULL, 0, err);
 	/* Wait for it to come round: everything before it has drained. */
-	const double deadline = tern_now_s() + timeout_s;
-	while (rc == 0) {
-		uint8_t *buf = NULL;
-		Tern__V1__Frame *h = NULL;
-		const uint8_t *payload;
-		size_t pl;
-		const double left = deadline - tern_now_s();
-		rc = tern_link_recv(p->n_stages, TERN_TAG_ACT, left > 0 ? left : 0, &buf, &h, &payload, &pl, NULL, err);
-		if (rc < 0)
-			break;
-		const int kind = h->kind;
-		tern__v1__frame__free_unpacked(h, NULL);
-		free(buf);
-		if (kind == TERN__V1__FRAME_KIND__FRAME_KIND_SHUTDOWN)
-			break;
-	}
+	if (rc == 0)
+		rc = tern_link_recv_until(p->n_stages, TERN_TAG_ACT, timeout_s, TERN__V1__FRAME_KIND__FRAME_KIND_SHUTDOWN,
+					  err);
 	free(p->slots);
 	free(p->pos);
 	free(p->req);

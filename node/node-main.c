@@ -155,19 +155,9 @@ int main(int argc, char **argv)
 		}
 	} else {
 		/* Bare start-up (or failed load): wait for the coordinator's word. */
-		for (;;) {
-			Tern__V1__Frame *h = NULL;
-			rc = tern_link_recv(0, MPI_ANY_TAG, -1, &buf, &h, &payload, &pl, NULL, &err);
-			if (rc < 0) {
-				fprintf(stderr, "tern-node %d: %s\n", rank, err.msg);
-				status = 1;
-				break;
-			}
-			const int kind = h->kind;
-			tern__v1__frame__free_unpacked(h, NULL);
-			free(buf);
-			if (kind == TERN__V1__FRAME_KIND__FRAME_KIND_SHUTDOWN)
-				break;
+		if (tern_link_recv_until(0, MPI_ANY_TAG, -1, TERN__V1__FRAME_KIND__FRAME_KIND_SHUTDOWN, &err) < 0) {
+			fprintf(stderr, "tern-node %d: %s\n", rank, err.msg);
+			status = 1;
 		}
 	}
 	tern_engine_free(engine);

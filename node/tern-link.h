@@ -26,6 +26,12 @@ int tern_link_send(int dest, int tag, const Tern__V1__Frame *h, const void *payl
 int tern_link_recv(int src, int tag, double timeout_s, uint8_t **buf, Tern__V1__Frame **h,
 		   const uint8_t **payload, size_t *payload_bytes, int *from, tern_err *err);
 
+/* Receives and drops frames from src with the tag (MPI_ANY_TAG allowed)
+ * until one of the given kind arrives: 0, or TERN_ETIMEOUT after timeout_s
+ * (< 0: forever), or the receive's error. Used to drain the pipeline and to
+ * wait for SHUTDOWN. */
+int tern_link_recv_until(int src, int tag, double timeout_s, int kind, tern_err *err);
+
 /* A send in flight: the packed buffer must live until the request completes.
  * Sends on the activation path are non-blocking, so no rank ever blocks in a
  * send while its downstream peer blocks sending to it (the pipeline is a
