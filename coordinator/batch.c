@@ -181,7 +181,12 @@ int tern_coord_batch(tern_sched *s, const char *in_path, const char *out_path, t
 			}
 			lines = nl;
 		}
-		lines[n_lines++] = strdup(line);
+		/* A line lost to memory would be a request silently dropped. */
+		if (!(lines[n_lines] = strdup(line))) {
+			rc = TERN_ERR(err, TERN_ENOMEM, "out of memory reading %s", in_path);
+			break;
+		}
+		n_lines++;
 	}
 	free(line);
 	fclose(in);
@@ -190,12 +195,12 @@ int tern_coord_batch(tern_sched *s, const char *in_path, const char *out_path, t
 	Tern__V1__GenerateRequest *reqs = calloc(n ? n : 1, sizeof *reqs);
 	Tern__V1__SamplingParams *sps = calloc(n ? n : 1, sizeof *sps);
 	job *jobs = calloc(n ? n : 1, sizeof *jobs);
-	if (rc == 0 && (!docs || !reqs || !sps || !jobs))
+	int *line_of = calloc(n ? n : 1, sizeof *line_of);
+	if (rc == 0 && (!docs || !reqs || !sps || !jobs || !line_of))
 		rc = TERN_ERR(err, TERN_ENOMEM, "out of memory");
 	size_t n_jobs = 0;
-	int *line_of = calloc(n ? n : 1, sizeof *line_of);
 	for (size_t i = 0; rc == 0 && i < n; i++) {
-		if (!lines[i] || !lines[i][0])
+		if (!lines[i][0])
 			continue; /* blank lines are allowed */
 		char what[600];
 		snprintf(what, sizeof what, "%s:%zu", in_path, i + 1);
