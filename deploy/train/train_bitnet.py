@@ -12,7 +12,7 @@ Everything is deterministic for a fixed --seed and thread count: the text, the t
 weights and the steps.
 
 The evaluation (eval_windows) computes exactly what tern's perplexity does
-(coordinator/perplexity.c): the token stream of a text (no BOS), cut into consecutive
+(coordinator/gen/perplexity.c): the token stream of a text (no BOS), cut into consecutive
 windows of n_ctx-1 tokens; each window is fed as [BOS] + window and every one of its
 tokens is scored (the last window may be shorter). Every text token is scored exactly once.
 It runs the exported numerics: F16 embeddings (input and tied head), ternary weights times
@@ -321,7 +321,7 @@ class BitNet(torch.nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# Evaluation (the same windows as coordinator/perplexity.c)
+# Evaluation (the same windows as coordinator/gen/perplexity.c)
 
 
 @torch.no_grad()

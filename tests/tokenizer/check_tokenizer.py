@@ -13,7 +13,7 @@ references:
 4. SPM: a SentencePiece-style vocabulary (frequent substrings of the corpus
    with scores, <0xNN> byte fallback) encoded by a plain Python version of
    llama.cpp's greedy best-score merging and by C.
-5. Freshness: coordinator/unicode-tables.c is what unicode-gen.py writes.
+5. Freshness: coordinator/text/unicode-tables.c is what unicode-gen.py writes.
 
 `regex` is Debian's python3-regex. Without it, part 1 is skipped and parts 2-3
 take the expected splits of the (deterministic) corpus from the committed
@@ -118,11 +118,11 @@ def check_classes(tool):
 
 
 def check_table_fresh():
-    """The committed coordinator/unicode-tables.c is what unicode-gen.py
+    """The committed coordinator/text/unicode-tables.c is what unicode-gen.py
     writes (when this Python has the same Unicode version)."""
     root = os.path.dirname(os.path.dirname(HERE))
-    gen = os.path.join(root, 'coordinator', 'unicode-gen.py')
-    with open(os.path.join(root, 'coordinator', 'unicode-tables.c'), encoding='utf-8') as f:
+    gen = os.path.join(root, 'coordinator', 'text', 'unicode-gen.py')
+    with open(os.path.join(root, 'coordinator', 'text', 'unicode-tables.c'), encoding='utf-8') as f:
         committed = f.read()
     if 'from Unicode %s\n' % unicodedata.unidata_version not in committed:
         print('unicode-tables.c: other Unicode version than this Python; not regenerated')
