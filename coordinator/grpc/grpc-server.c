@@ -11,12 +11,14 @@
 #include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc.h>
 #include <grpc/grpc_security.h>
+#include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 enum { M_GENERATE, M_TOKENIZE, M_HEALTH, M_STATS, M_COUNT };
 static const char *const method_paths[M_COUNT] = {
@@ -72,6 +74,23 @@ struct call_ctx {
 	tern_gen_sink sink;
 };
 
+/* Failed bearer attempts of one peer (its address without the port). After
+ * AUTH_FREE_FAILS failures within AUTH_WINDOW_S seconds, every call from the
+ * peer is refused without looking at its token until blocked_until, and each
+ * further failure doubles the block (AUTH_BLOCK0_S, 2x, 4x, ... up to
+ * AUTH_BLOCK_MAX_S): guessing runs at a few tries per minute, however many
+ * calls a client has in flight. A success clears the record. */
+#define AUTH_PEERS 256
+#define AUTH_FREE_FAILS 5
+#define AUTH_WINDOW_S 60.0
+#define AUTH_BLOCK0_S 2.0
+#define AUTH_BLOCK_MAX_S 60.0
+typedef struct auth_peer {
+	char host[64];
+	int fails;
+	double last_fail_s, blocked_until_s;
+} auth_peer;
+
 struct tern_grpc_server {
 	grpc_server *server;
 	grpc_completion_queue *cq;
@@ -79,7 +98,8 @@ struct tern_grpc_server {
 	request_slot slots[M_COUNT];
 	tag shutdown_tag;
 	const tern_service *svc;
-	char *auth_header;       /* "Bearer <token>" or NULL */
+	char *auth_token;        /* the bearer token, or NULL: no authentication */
+	auth_peer peers[AUTH_PEERS]; /* failed-attempt records, touched by the CQ thread only */
 	int port;
 	pthread_t thread;
 	atomic_int stopping;
@@ -265,26 +285,97 @@ static void sink_done(void *ctx, const Tern__V1__GenerateResponse *final, int st
 
 /* ---- request handling -------------------------------------------------- */
 
-static int authorized(const tern_grpc_server *s, const grpc_metadata_array *md)
+/* The peer's address without its port ("ipv4:127.0.0.1:5000" -> "ipv4:127.0.0.1"). */
+static void peer_host(grpc_call *call, char *out, size_t cap)
 {
-	if (!s->auth_header)
-		return 1;
-	const size_t want = strlen(s->auth_header);
+	char *peer = grpc_call_get_peer(call);
+	snprintf(out, cap, "%s", peer ? peer : "?");
+	gpr_free(peer);
+	char *colon = strrchr(out, ':');
+	if (colon && colon != strchr(out, ':'))
+		*colon = '\0';
+}
+
+/* The record of host, or NULL; with create, a free or the oldest slot. */
+static auth_peer *auth_find(tern_grpc_server *s, const char *host, int create)
+{
+	auth_peer *oldest = &s->peers[0];
+	for (int i = 0; i < AUTH_PEERS; i++) {
+		auth_peer *p = &s->peers[i];
+		if (p->host[0] && strcmp(p->host, host) == 0)
+			return p;
+		if (!p->host[0] || (oldest->host[0] && p->last_fail_s < oldest->last_fail_s))
+			oldest = p;
+	}
+	if (!create)
+		return NULL;
+	memset(oldest, 0, sizeof *oldest);
+	snprintf(oldest->host, sizeof oldest->host, "%s", host);
+	return oldest;
+}
+
+/* 1 when the metadata carries "authorization: <scheme> <token>" with the
+ * scheme "Bearer" in any case (RFC 7235: schemes are case-insensitive) and
+ * the token, compared in constant time over its length. */
+static int token_matches(const tern_grpc_server *s, const grpc_metadata_array *md)
+{
+	const size_t want = strlen(s->auth_token);
 	for (size_t i = 0; i < md->count; i++) {
 		if (grpc_slice_str_cmp(md->metadata[i].key, "authorization") != 0)
 			continue;
 		const grpc_slice v = md->metadata[i].value;
-		if (GRPC_SLICE_LENGTH(v) != want)
-			continue;
-		/* Constant time over the token's length. */
 		const unsigned char *p = GRPC_SLICE_START_PTR(v);
+		size_t n = GRPC_SLICE_LENGTH(v);
+		if (n < 7 || strncasecmp((const char *)p, "bearer", 6) != 0 || (p[6] != ' ' && p[6] != '\t'))
+			continue;
+		p += 6;
+		n -= 6;
+		while (n > 0 && (*p == ' ' || *p == '\t')) {
+			p++;
+			n--;
+		}
+		if (n != want)
+			continue;
 		unsigned char diff = 0;
 		for (size_t k = 0; k < want; k++)
-			diff |= (unsigned char)(p[k] ^ (unsigned char)s->auth_header[k]);
+			diff |= (unsigned char)(p[k] ^ (unsigned char)s->auth_token[k]);
 		if (diff == 0)
 			return 1;
 	}
 	return 0;
+}
+
+/* NULL when the call may proceed, else the UNAUTHENTICATED details. */
+static const char *authorize(tern_grpc_server *s, grpc_call *call, const grpc_metadata_array *md)
+{
+	if (!s->auth_token)
+		return NULL;
+	char host[64];
+	peer_host(call, host, sizeof host);
+	const double now = tern_now_s();
+	auth_peer *p = auth_find(s, host, 0);
+	if (p && now < p->blocked_until_s)
+		return "too many failed bearer token attempts from this address; retry later";
+	if (token_matches(s, md)) {
+		if (p)
+			memset(p, 0, sizeof *p);
+		return NULL;
+	}
+	if (!p)
+		p = auth_find(s, host, 1);
+	if (now - p->last_fail_s > AUTH_WINDOW_S)
+		p->fails = 0;
+	p->fails++;
+	p->last_fail_s = now;
+	if (p->fails >= AUTH_FREE_FAILS) {
+		double block = AUTH_BLOCK0_S;
+		for (int k = AUTH_FREE_FAILS; k < p->fails && block < AUTH_BLOCK_MAX_S; k++)
+			block *= 2;
+		p->blocked_until_s = now + (block < AUTH_BLOCK_MAX_S ? block : AUTH_BLOCK_MAX_S);
+		TERN_LOGW("grpc", "%d failed bearer token attempts from %s: refusing it for %.0f s", p->fails, host,
+			  p->blocked_until_s - now);
+	}
+	return "missing or wrong bearer token";
 }
 
 static void handle_generate(call_ctx *c, const uint8_t *p, size_t n)
@@ -394,7 +485,7 @@ static void on_new_call(tern_grpc_server *s, int m, int success)
 	grpc_slice payload = read_payload(r->payload);
 	if (r->payload)
 		grpc_byte_buffer_destroy(r->payload);
-	const int ok_auth = authorized(s, &r->md);
+	const char *auth_refusal = authorize(s, r->call, &r->md);
 	grpc_metadata_array_destroy(&r->md);
 	grpc_call *call = r->call;
 	arm_slot(s, m); /* keep accepting while this one is served */
@@ -424,8 +515,8 @@ static void on_new_call(tern_grpc_server *s, int m, int success)
 		finish(c, GRPC_STATUS_INTERNAL, "cannot start call");
 		return;
 	}
-	if (!ok_auth)
-		finish(c, GRPC_STATUS_UNAUTHENTICATED, "missing or wrong bearer token");
+	if (auth_refusal)
+		finish(c, GRPC_STATUS_UNAUTHENTICATED, auth_refusal);
 	else if (m == M_GENERATE)
 		handle_generate(c, GRPC_SLICE_START_PTR(payload), GRPC_SLICE_LENGTH(payload));
 	else
@@ -554,13 +645,11 @@ int tern_grpc_start(const tern_grpc_opts *opts, const tern_service *svc, tern_gr
 	s->grace_s = 5.0;
 	const char *listen = opts && opts->listen ? opts->listen : "127.0.0.1:50051";
 	if (opts && opts->auth_token && opts->auth_token[0]) {
-		size_t n = strlen(opts->auth_token) + 8;
-		s->auth_header = malloc(n);
-		if (!s->auth_header) {
+		s->auth_token = strdup(opts->auth_token);
+		if (!s->auth_token) {
 			free(s);
 			return TERN_ERR(err, TERN_ENOMEM, "out of memory");
 		}
-		snprintf(s->auth_header, n, "Bearer %s", opts->auth_token);
 	}
 	grpc_server_credentials *creds = NULL;
 	if (opts && opts->tls_cert_file && opts->tls_key_file) {
@@ -569,7 +658,7 @@ int tern_grpc_start(const tern_grpc_opts *opts, const tern_service *svc, tern_gr
 		if (!cert || !key) {
 			free(cert);
 			free(key);
-			free(s->auth_header);
+			free(s->auth_token);
 			free(s);
 			return TERN_EINVAL;
 		}
@@ -584,11 +673,18 @@ int tern_grpc_start(const tern_grpc_opts *opts, const tern_service *svc, tern_gr
 		creds = grpc_insecure_server_credentials_create();
 	}
 	const int max_msg = opts && opts->max_message_bytes > 0 ? opts->max_message_bytes : (1 << 20);
-	grpc_arg args[2] = {
+	/* A connection must finish its HTTP/2 (and TLS) handshake within
+	 * TERN_GRPC_HANDSHAKE_MS, and one without calls is closed after
+	 * TERN_GRPC_IDLE_MS: silent connections cannot pile up to the fd limit.
+	 * (gRPC core 1.51 has no cap on the number of connections.) */
+	grpc_arg args[4] = {
 		{.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_ALLOW_REUSEPORT, .value.integer = 0},
 		{.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, .value.integer = max_msg},
+		{.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS,
+		 .value.integer = TERN_GRPC_HANDSHAKE_MS},
+		{.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_CONNECTION_IDLE_MS, .value.integer = TERN_GRPC_IDLE_MS},
 	};
-	grpc_channel_args ch = {2, args};
+	grpc_channel_args ch = {4, args};
 	s->server = grpc_server_create(&ch, NULL);
 	s->cq = grpc_completion_queue_create_for_next(NULL);
 	grpc_server_register_completion_queue(s->server, s->cq, NULL);
@@ -606,7 +702,7 @@ int tern_grpc_start(const tern_grpc_opts *opts, const tern_service *svc, tern_gr
 			;
 		grpc_completion_queue_destroy(s->cq);
 		grpc_shutdown();
-		free(s->auth_header);
+		free(s->auth_token);
 		free(s);
 		return TERN_ERR(err, TERN_EIO, "cannot listen on %s (address in use or invalid)", listen);
 	}
@@ -622,7 +718,7 @@ int tern_grpc_start(const tern_grpc_opts *opts, const tern_service *svc, tern_gr
 		grpc_server_destroy(s->server);
 		grpc_completion_queue_destroy(s->cq);
 		grpc_shutdown();
-		free(s->auth_header);
+		free(s->auth_token);
 		free(s);
 		return TERN_ERR(err, TERN_ESTATE, "cannot start the gRPC thread");
 	}
@@ -647,6 +743,6 @@ void tern_grpc_stop(tern_grpc_server *s, double grace_s)
 	grpc_server_destroy(s->server);
 	grpc_completion_queue_destroy(s->cq);
 	grpc_shutdown();
-	free(s->auth_header);
+	free(s->auth_token);
 	free(s);
 }

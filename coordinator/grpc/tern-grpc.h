@@ -16,9 +16,16 @@ typedef struct tern_grpc_opts {
 	const char *listen;          /* "127.0.0.1:50051" (default); port 0 picks a free one */
 	const char *tls_cert_file;   /* PEM certificate chain; with tls_key_file enables TLS */
 	const char *tls_key_file;    /* PEM private key */
-	const char *auth_token;      /* when set, every call needs "authorization: Bearer <token>" */
+	const char *auth_token;      /* when set, every call needs "authorization: Bearer <token>" (the
+				      * scheme in any case); repeated failures from one address are
+				      * refused for a doubling time (grpc-server.c, AUTH_*) */
 	int max_message_bytes;       /* largest request accepted (default 1 MiB) */
 } tern_grpc_opts;
+
+/* Connections that have not finished the HTTP/2 handshake after this many
+ * milliseconds are closed; connections idle (no call) this long get GOAWAY. */
+#define TERN_GRPC_HANDSHAKE_MS 5000
+#define TERN_GRPC_IDLE_MS 300000
 
 typedef struct tern_grpc_server tern_grpc_server;
 

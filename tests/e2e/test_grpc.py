@@ -12,7 +12,9 @@ layers in-process) serves a small synthetic model; a Python client checks:
   - malformed and hostile requests (garbage bytes, huge fields, bad values) get
     INVALID_ARGUMENT (or RESOURCE_EXHAUSTED for oversize messages) while another
     client keeps streaming;
-  - with --auth-token-file, calls without the token get UNAUTHENTICATED;
+  - with --auth-token-file, calls without the token get UNAUTHENTICATED; the
+    scheme matches in any case; repeated failures from one address are refused
+    for a while; connections that never send the HTTP/2 preface are closed;
   - with --tls-cert/--tls-key, a TLS client works and a plaintext one does not.
 
 Usage: test_grpc.py BUILD_DIR [--stages N]
@@ -237,6 +239,68 @@ def main():
             for c in (bare, wrong, good):
                 c.close()
         check("bearer_token", auth)
+
+        def scheme_any_case():
+            # RFC 7235: the auth scheme is case-insensitive.
+            c = Client(pb, srv.port)
+            for scheme in ("bearer", "BEARER", "BeArEr"):
+                md = [("authorization", scheme + " s3cret-token")]
+                assert c.health(pb.HealthRequest(), timeout=10, metadata=md).ready, scheme
+            c.close()
+        check("bearer_scheme_any_case", scheme_any_case)
+
+        def failures_throttled():
+            # Five wrong tokens are answered as wrong; then the address is
+            # refused for a while even with the right token, and after the
+            # block (2 s for the first) the right token works again.
+            c = Client(pb, srv.port)
+            bad = [("authorization", "Bearer guess")]
+            good = [("authorization", "Bearer s3cret-token")]
+            for i in range(5):
+                code, det = code_of(lambda: c.health(pb.HealthRequest(), timeout=10, metadata=bad))
+                assert code == grpc.StatusCode.UNAUTHENTICATED and "wrong bearer token" in det, (i, code, det)
+            code, det = code_of(lambda: c.health(pb.HealthRequest(), timeout=10, metadata=good))
+            assert code == grpc.StatusCode.UNAUTHENTICATED and "too many failed" in det, (code, det)
+            deadline = time.time() + 30
+            while time.time() < deadline:
+                code, det = code_of(lambda: c.health(pb.HealthRequest(), timeout=10, metadata=good))
+                if code == grpc.StatusCode.OK:
+                    break
+                assert "too many failed" in det, det
+                time.sleep(0.5)
+            assert code == grpc.StatusCode.OK, (code, det)
+            c.close()
+        check("bearer_failures_throttled", failures_throttled)
+
+        def silent_connections_closed():
+            # Connections that never send the HTTP/2 preface are closed by the
+            # handshake timeout (TERN_GRPC_HANDSHAKE_MS, 5 s) while a real
+            # client is served.
+            import socket
+            socks = [socket.create_connection(("127.0.0.1", srv.port), timeout=10) for _ in range(50)]
+            good = Client(pb, srv.port, token="s3cret-token")
+            assert good.health(pb.HealthRequest(), timeout=10).ready
+            open_ = list(socks)
+            deadline = time.time() + 40
+            while open_ and time.time() < deadline:
+                still = []
+                for s_ in open_:
+                    s_.settimeout(0.05)
+                    try:
+                        if s_.recv(4096) != b"":
+                            still.append(s_)
+                    except socket.timeout:
+                        still.append(s_)
+                    except OSError:
+                        pass
+                open_ = still
+            n_open = len(open_)
+            for s_ in socks:
+                s_.close()
+            assert n_open == 0, "%d of 50 silent connections still open after 40 s" % n_open
+            assert good.health(pb.HealthRequest(), timeout=10).ready
+            good.close()
+        check("silent_connections_closed", silent_connections_closed)
     finally:
         srv.stop()
 
