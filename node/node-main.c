@@ -69,6 +69,13 @@ int main(int argc, char **argv)
 	const uint8_t *payload;
 	size_t pl;
 	int rc = tern_link_recv(0, TERN_TAG_CONTROL, timeout, &buf, &hello, &payload, &pl, NULL, &err);
+	if (rc >= 0 && hello->kind == TERN__V1__FRAME_KIND__FRAME_KIND_SHUTDOWN) {
+		/* The coordinator failed before it could start us (it says why). */
+		tern__v1__frame__free_unpacked(hello, NULL);
+		free(buf);
+		MPI_Finalize();
+		return 0;
+	}
 	if (rc < 0 || hello->kind != TERN__V1__FRAME_KIND__FRAME_KIND_HELLO) {
 		fprintf(stderr, "tern-node %d: no HELLO from the coordinator: %s\n", rank,
 			rc < 0 ? err.msg : "unexpected frame");

@@ -355,6 +355,7 @@ int main(int argc, char **argv)
 	tern_grpc_server *srv = NULL;
 	char *token = NULL;
 	int abort_mpi = 0;
+	int hello_sent = 0; /* start_stages ran: the stages have their HELLO */
 	uint64_t layer_bytes = 0;
 
 	if (tern_coord_model_open(o.model, &model, &err) < 0)
@@ -362,6 +363,7 @@ int main(int argc, char **argv)
 	const tern_hparams *hp = &model->hp;
 	const int ctx = o.ctx ? o.ctx : (hp->n_ctx_train < 4096 ? hp->n_ctx_train : 4096);
 	if (n_stages > 0) {
+		hello_sent = 1;
 		if (start_stages(&o, n_stages, model, ctx, desc, sizeof desc, &layer_bytes, &err) < 0) {
 			/* Stages that did load wait on the activation path: only an
 			 * abort ends them all. */
@@ -473,6 +475,10 @@ cleanup:
 		tern_sched_shutdown(sched, "the server is shutting down");
 	tern_grpc_stop(srv, 5.0);
 	tern_sched_free(sched);
+	/* Stages still waiting for their HELLO (the failure came before
+	 * start_stages) are told to stop, or MPI_Finalize would wait for them. */
+	if (n_stages > 0 && !hello_sent && !abort_mpi)
+		shutdown_stages_control(n_stages);
 	if (n_stages > 0 && be.self && !abort_mpi) {
 		tern_err se;
 		/* After a signal a stage may be gone (mpirun signals us when one
