@@ -459,8 +459,10 @@ static void test_packings_isas_threads(void)
 		tern_layers w;
 		TT_REQUIRE(build_layers(&m, (tern_packing)p, &w) == 0);
 		for (int isa = 0; isa < TERN_ISA_COUNT; isa++) {
-			if (!tern_isa_available((tern_isa)isa))
+			if (!tern_isa_available((tern_isa)isa)) {
+				TT_NOTE_SKIP("%s", tern_isa_name((tern_isa)isa));
 				continue;
+			}
 			for (int th = 0; th < 2; th++) {
 				tern_engine *e;
 				int s;
@@ -755,8 +757,10 @@ static void test_head(void)
 	for (int dt = 0; dt < 3; dt++) {
 		int first = 1;
 		for (int simd = 0; simd < 3; simd++) {
-			if (!tern_head_simd_available((tern_head_simd)simd))
+			if (!tern_head_simd_available((tern_head_simd)simd)) {
+				TT_NOTE_SKIP("head %s", tern_head_simd_name((tern_head_simd)simd));
 				continue;
+			}
 			tern_head_config hc = {V,    D,     (tern_head_dtype)dt, embs[dt], 0,
 					       norm, 1e-5f, (tern_head_simd)simd};
 			tern_head *h;
@@ -859,8 +863,10 @@ static void test_head_int8(void)
 	TT_REQUIRE(tern_pool_create(2, NULL, 0, &pool, NULL) == 0);
 	int first = 1;
 	for (int simd = 0; simd < 3; simd++) {
-		if (!tern_head_simd_available((tern_head_simd)simd))
+		if (!tern_head_simd_available((tern_head_simd)simd)) {
+			TT_NOTE_SKIP("head %s", tern_head_simd_name((tern_head_simd)simd));
 			continue;
+		}
 		tern_head_config hc = {V, D, TERN_HEAD_F16, e16, 0, norm, 1e-5f, (tern_head_simd)simd};
 		tern_head *h;
 		TT_REQUIRE(tern_head_create(&hc, &h, NULL) == 0);

@@ -13,58 +13,7 @@
 #include "tern-source.h"
 #include "tern-synth.h"
 #include "tern-test.h"
-
-static char tmpdir[256];
-
-static void cleanup(void)
-{
-	char cmd[400];
-	snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-	if (system(cmd) != 0)
-		fprintf(stderr, "cleanup of %s failed\n", tmpdir);
-}
-
-/* A private directory for this run, removed at exit. */
-static void tmp_path(char *buf, size_t len, const char *name)
-{
-	if (!tmpdir[0]) {
-		snprintf(tmpdir, sizeof tmpdir, "/tmp/tern_test_gguf_XXXXXX");
-		if (!mkdtemp(tmpdir)) {
-			perror("mkdtemp");
-			exit(1);
-		}
-		atexit(cleanup);
-	}
-	snprintf(buf, len, "%s/%s", tmpdir, name);
-}
-
-static uint8_t *read_all(const char *path, size_t *len)
-{
-	FILE *f = fopen(path, "rb");
-	if (!f)
-		return NULL;
-	fseek(f, 0, SEEK_END);
-	const long n = ftell(f);
-	fseek(f, 0, SEEK_SET);
-	uint8_t *b = malloc((size_t)n + 1);
-	if (b && fread(b, 1, (size_t)n, f) != (size_t)n) {
-		free(b);
-		b = NULL;
-	}
-	fclose(f);
-	*len = (size_t)n;
-	return b;
-}
-
-static int write_all_file(const char *path, const void *p, size_t n)
-{
-	FILE *f = fopen(path, "wb");
-	if (!f)
-		return -1;
-	const size_t w = fwrite(p, 1, n, f);
-	fclose(f);
-	return w == n ? 0 : -1;
-}
+#include "test-util.h"
 
 /* A one-line message that names the file. */
 static int names_file(const tern_err *e, const char *path)
@@ -349,13 +298,13 @@ static void test_roundtrip_v2_v3_alignment(void)
 {
 	char path[512];
 	tern_err e = {0};
-	tmp_path(path, sizeof path, "small3.gguf");
+	tt_tmp_path(path, sizeof path, "small3.gguf");
 	TT_REQUIRE(write_small(path, 3, 0, &e) == 0);
 	check_small(path, 3, 32);
-	tmp_path(path, sizeof path, "small2.gguf");
+	tt_tmp_path(path, sizeof path, "small2.gguf");
 	TT_REQUIRE(write_small(path, 2, 0, &e) == 0);
 	check_small(path, 2, 32);
-	tmp_path(path, sizeof path, "small64.gguf");
+	tt_tmp_path(path, sizeof path, "small64.gguf");
 	TT_REQUIRE(write_small(path, 3, 64, &e) == 0);
 	check_small(path, 3, 64);
 	/* The .tmp file is gone after finish. */
@@ -386,7 +335,7 @@ static void test_roundtrip_v2_v3_alignment(void)
 
 static int open_bytes(const uint8_t *b, size_t n, const char *path, tern_err *e)
 {
-	if (write_all_file(path, b, n) != 0)
+	if (tt_write_file(path, b, n) != 0)
 		return 1;
 	tern_gguf *g = NULL;
 	const int rc = tern_gguf_open(&g, path, e);
@@ -418,11 +367,11 @@ static void test_damaged(void)
 {
 	char path[512], bad[512];
 	tern_err e = {0};
-	tmp_path(path, sizeof path, "dmg.gguf");
-	tmp_path(bad, sizeof bad, "bad.gguf");
+	tt_tmp_path(path, sizeof path, "dmg.gguf");
+	tt_tmp_path(bad, sizeof bad, "bad.gguf");
 	TT_REQUIRE(write_small(path, 3, 0, &e) == 0);
 	size_t n;
-	uint8_t *orig = read_all(path, &n);
+	uint8_t *orig = tt_read_file(path, &n);
 	TT_REQUIRE(orig != NULL);
 	uint8_t *b = malloc(n);
 	TT_REQUIRE(b != NULL);
@@ -543,7 +492,7 @@ static void test_damaged(void)
 	/* TL2 is recognised, but its data is refused. */
 	memcpy(b, orig, n);
 	put32(b + p_type, TERN_GGML_TL1);
-	TT_REQUIRE(write_all_file(bad, b, n) == 0);
+	TT_REQUIRE(tt_write_file(bad, b, n) == 0);
 	tern_gguf *g;
 	TT_REQUIRE(tern_gguf_open(&g, bad, &e) == 0);
 	const void *dp;
@@ -584,7 +533,7 @@ static void test_arch(void)
 	const char *ok[] = {"bitnet-b1.58", "bitnet-25", "bitnet", "bitnet-1.58"};
 	char path[512];
 	tern_err e = {0};
-	tmp_path(path, sizeof path, "arch.gguf");
+	tt_tmp_path(path, sizeof path, "arch.gguf");
 	for (int i = 0; i < 4; i++) {
 		TT_REQUIRE(write_arch(path, ok[i], &e) == 0);
 		tern_gguf *g;
@@ -756,26 +705,26 @@ static void test_synth_roundtrip_small(void)
 	TT_REQUIRE(tern_hparams_preset("125m", &hp, &e) == 0);
 	TT_REQUIRE(tern_synth_override(&hp, "n_layer=2,n_vocab=1000", &e) == 0);
 	char path[512];
-	tmp_path(path, sizeof path, "synth125.gguf");
+	tt_tmp_path(path, sizeof path, "synth125.gguf");
 	uint64_t prog[3] = {0, 0, 0};
 	tern_synth_opts o = {3, -1, progress_cb, prog};
 	TT_REQUIRE(tern_synth_write(path, &hp, 42, &o, &e) == 0);
 	size_t n;
-	uint8_t *bytes = read_all(path, &n);
+	uint8_t *bytes = tt_read_file(path, &n);
 	TT_REQUIRE(bytes);
 	TT_CHECK(tern_synth_file_bytes(&hp, &o) == n);
 	TT_CHECK(prog[1] == 0 && prog[0] == n && prog[2] == n);
 	check_synth_model(path, &hp, 42);
 	/* Deterministic: the same seed gives the same bytes, another seed differs. */
 	char path2[512];
-	tmp_path(path2, sizeof path2, "synth125b.gguf");
+	tt_tmp_path(path2, sizeof path2, "synth125b.gguf");
 	TT_REQUIRE(tern_synth_write(path2, &hp, 42, NULL, &e) == 0);
 	size_t n2;
-	uint8_t *b2 = read_all(path2, &n2);
+	uint8_t *b2 = tt_read_file(path2, &n2);
 	TT_CHECK(b2 && n2 == n && memcmp(bytes, b2, n) == 0);
 	free(b2);
 	TT_REQUIRE(tern_synth_write(path2, &hp, 43, NULL, &e) == 0);
-	b2 = read_all(path2, &n2);
+	b2 = tt_read_file(path2, &n2);
 	TT_CHECK(b2 && n2 == n && memcmp(bytes, b2, n) != 0);
 	free(b2);
 	/* GGUF v2 output reads back the same. */
@@ -792,8 +741,8 @@ static void test_synth_roundtrip_small(void)
 	tern_gguf_close(g);
 	bytes[pos] = 0xFF;
 	char bad[512];
-	tmp_path(bad, sizeof bad, "synth-bad.gguf");
-	TT_REQUIRE(write_all_file(bad, bytes, n) == 0);
+	tt_tmp_path(bad, sizeof bad, "synth-bad.gguf");
+	TT_REQUIRE(tt_write_file(bad, bytes, n) == 0);
 	tern_source *s;
 	TT_REQUIRE(tern_source_open(&s, bad, &e) == 0);
 	int m, k, gr;
@@ -806,14 +755,14 @@ static void test_synth_roundtrip_small(void)
 	free(w);
 	tern_source_close(s);
 	/* A missing tensor is named at open. */
-	TT_REQUIRE(write_all_file(bad, bytes, n) == 0);
+	TT_REQUIRE(tt_write_file(bad, bytes, n) == 0);
 	tern_gguf *g2;
 	TT_REQUIRE(tern_gguf_open(&g2, path, &e) == 0);
 	tern_gguf_close(g2);
 	const size_t at = find_bytes(bytes, n, "blk.0.attn_v.weight", 19);
 	TT_REQUIRE(at != (size_t)-1);
 	bytes[at + 11] = 'x'; /* blk.0.attn_x.weight */
-	TT_REQUIRE(write_all_file(bad, bytes, n) == 0);
+	TT_REQUIRE(tt_write_file(bad, bytes, n) == 0);
 	TT_CHECK(tern_source_open(&s, bad, &e) == TERN_EFORMAT && strstr(e.msg, "blk.0.attn_v.weight") &&
 		 names_file(&e, bad));
 	free(bytes);
@@ -829,7 +778,7 @@ static void test_synth_2b4t_widths(void)
 	TT_REQUIRE(tern_hparams_preset("2b4t", &hp, &e) == 0);
 	TT_REQUIRE(tern_synth_override(&hp, "layers=1,n_vocab=512,bos=400,eos=401,eot=409", &e) == 0);
 	char path[512];
-	tmp_path(path, sizeof path, "synth2b.gguf");
+	tt_tmp_path(path, sizeof path, "synth2b.gguf");
 	TT_REQUIRE(tern_synth_write(path, &hp, 7, NULL, &e) == 0);
 	tern_gguf *g;
 	TT_REQUIRE(tern_gguf_open(&g, path, &e) == 0);
@@ -870,7 +819,7 @@ static void test_synth_bad_shapes(void)
 	TT_REQUIRE(tern_hparams_preset("125m", &hp, &e) == 0);
 	TT_REQUIRE(tern_synth_override(&hp, "n_vocab=100", &e) == 0);
 	char path[512];
-	tmp_path(path, sizeof path, "never.gguf");
+	tt_tmp_path(path, sizeof path, "never.gguf");
 	TT_CHECK(tern_synth_write(path, &hp, 1, NULL, &e) == TERN_EINVAL && strstr(e.msg, "too small"));
 	TT_CHECK(access(path, F_OK) != 0);
 	/* Big presets: size known without writing (the 70B file is ~17 GB of I2_S). */
@@ -890,7 +839,7 @@ static void test_gguf_float_weights(void)
 	TT_REQUIRE(tern_hparams_preset("125m", &hp, &e) == 0);
 	TT_REQUIRE(tern_synth_override(&hp, "n_embd=128,n_head=2,n_head_kv=1,n_ff=256,n_vocab=40,n_layer=1", &e) == 0);
 	char path[512];
-	tmp_path(path, sizeof path, "float.gguf");
+	tt_tmp_path(path, sizeof path, "float.gguf");
 	tern_gguf_writer *w;
 	TT_REQUIRE(tern_gguf_writer_open(&w, path, 3, 0, &e) == 0);
 	int rc = tern_gguf_writer_add_str(w, "general.architecture", "bitnet-25", &e);

@@ -251,8 +251,12 @@ static int check_products(const tern_matrix *mat, const int8_t *w, const tern_ac
 			yw[(size_t)j * m + i] =
 			    (float)want[(size_t)j * m + i] / a->scale[j] * mat->scales[i / mat->group_rows];
 	for (int isa = 0; isa < TERN_ISA_COUNT; isa++) {
-		if (!tern_isa_available((tern_isa)isa) || (only_isa >= 0 && isa != only_isa))
+		if (only_isa >= 0 && isa != only_isa)
 			continue;
+		if (!tern_isa_available((tern_isa)isa)) {
+			TT_NOTE_SKIP("%s", tern_isa_name((tern_isa)isa));
+			continue;
+		}
 		tern_err err = {0};
 		memset(got, 0x5a, (size_t)n * (size_t)m * sizeof(int32_t));
 		int rc = tern_gemm_i32(mat, a, got, m, 0, m, (tern_isa)isa, &err);
@@ -376,8 +380,10 @@ static void test_row_ranges(void)
 		oracle(w, m, k, &a, want);
 		const int tile = tern_row_tile((tern_packing)p);
 		for (int isa = 0; isa < TERN_ISA_COUNT; isa++) {
-			if (!tern_isa_available((tern_isa)isa))
+			if (!tern_isa_available((tern_isa)isa)) {
+				TT_NOTE_SKIP("%s", tern_isa_name((tern_isa)isa));
 				continue;
+			}
 			const int ranges[][2] = {
 			    {0, 1}, {tile, 2 * tile + 5}, {2 * tile, m}, {0, m}, {tile * 3, tile * 3}};
 			for (int r = 0; r < 5; r++) {
@@ -544,9 +550,13 @@ extern int tern_kern_avx512_vnni, tern_kern_avx512_vbmi;
 static void test_avx512_variants(void)
 {
 	if (!tern_isa_available(TERN_ISA_AVX512))
-		return;
+		TT_SKIP("no AVX-512 on this CPU");
 	tern_isa_default(); /* sets the flags from cpuid */
 	const int vnni = tern_kern_avx512_vnni, vbmi = tern_kern_avx512_vbmi;
+	if (!vnni)
+		TT_NOTE_SKIP("avx512 vnni");
+	if (!vbmi)
+		TT_NOTE_SKIP("avx512 vbmi");
 	const int batches[] = {1, 4, 7, 8, 13};
 	for (int v = 0; v < 4; v++) {
 		tern_kern_avx512_vnni = (v & 1) && vnni;
@@ -560,6 +570,7 @@ static void test_avx512_variants(void)
 #else
 static void test_avx512_variants(void)
 {
+	TT_SKIP("AVX-512 is x86-64 only");
 }
 #endif
 

@@ -6,7 +6,6 @@
  * and norms carried through (also per-row-block scales from a
  * full-precision source), and damaged files named by verify and load. */
 #include <fcntl.h>
-#include <ftw.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -22,43 +21,9 @@
 #include "tern-source.h"
 #include "tern-synth.h"
 #include "tern-test.h"
+#include "test-util.h"
 
 /* ---- helpers --------------------------------------------------------------- */
-
-static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-	(void)sb;
-	(void)flag;
-	(void)ftw;
-	return remove(p);
-}
-
-static void rm_rf(const char *dir)
-{
-	nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
-}
-
-static char tmp_root[64];
-
-static void rm_tmp_root(void)
-{
-	rm_rf(tmp_root);
-}
-
-static const char *tmp_path(const char *name)
-{
-	static char buf[8][256];
-	static int k;
-	if (!tmp_root[0]) {
-		snprintf(tmp_root, sizeof tmp_root, "/tmp/tern-test-plan-XXXXXX");
-		if (!mkdtemp(tmp_root))
-			abort();
-		atexit(rm_tmp_root);
-	}
-	char *b = buf[k++ % 8];
-	snprintf(b, 256, "%s/%s", tmp_root, name);
-	return b;
-}
 
 /* A model whose cost the tests can reason about: small vocabulary, so the
  * coordinator's head is cheap next to a layer. */
@@ -538,7 +503,7 @@ static void test_roundtrip_2b4t_width(void)
 {
 	/* 2B4T's widths (2560 / 640 KV / 6912), cut to 4 layers and a small vocabulary */
 	tern_hparams hp;
-	const char *gguf = tmp_path("w2b4t.gguf");
+	const char *gguf = tt_tmp("w2b4t.gguf");
 	synth_small(gguf, &hp, "2b4t", "n_layer=4,n_vocab=1024,bos=1000,eos=1001,eot=1002", 42);
 	for (int S = 1; S <= 4; S++) {
 		tern_cluster c;
@@ -548,19 +513,19 @@ static void test_roundtrip_2b4t_width(void)
 		tern_plan_opts_default(&o, &hp);
 		char name[32];
 		snprintf(name, sizeof name, "plan-2b4t-%d", S);
-		const char *dir = tmp_path(name);
+		const char *dir = tt_tmp(name);
 		TT_REQUIRE(tern_plan_write(gguf, &o, &c, dir, 1, 0, NULL, &err) == 0);
 		TT_CHECKF(tern_plan_verify(dir, 0, &err) == 0, "%s", err.msg);
 		check_plan_vs_synth(dir, &hp, 42, S, TERN_PACK_TL2, S == 1);
 		tern_cluster_free(&c);
-		rm_rf(dir);
+		tt_rm_rf(dir);
 	}
 }
 
 static void test_roundtrip_packings(void)
 {
 	tern_hparams hp;
-	const char *gguf = tmp_path("p125.gguf");
+	const char *gguf = tt_tmp("p125.gguf");
 	synth_small(gguf, &hp, "125m", "n_layer=3,n_vocab=600,bos=1,eos=2,eot=3", 7);
 	const tern_packing packs[] = {TERN_PACK_I2S, TERN_PACK_TL1, TERN_PACK_TL2};
 	for (int i = 0; i < 3; i++) {
@@ -572,12 +537,12 @@ static void test_roundtrip_packings(void)
 		o.packing = packs[i];
 		char name[32];
 		snprintf(name, sizeof name, "plan-pack-%d", i);
-		const char *dir = tmp_path(name);
+		const char *dir = tt_tmp(name);
 		TT_REQUIRE(tern_plan_write(gguf, &o, &c, dir, i, 0, NULL, &err) == 0); /* zstd levels 0, 1, 2 */
 		TT_CHECKF(tern_plan_verify(dir, 0, &err) == 0, "%s", err.msg);
 		check_plan_vs_synth(dir, &hp, 7, 2, packs[i], 1);
 		tern_cluster_free(&c);
-		rm_rf(dir);
+		tt_rm_rf(dir);
 	}
 }
 
@@ -680,7 +645,7 @@ static void write_fp_gguf(const char *path, tern_hparams *hp)
 static void test_group_scales_full_precision(void)
 {
 	tern_hparams hp;
-	const char *gguf = tmp_path("fp.gguf");
+	const char *gguf = tt_tmp("fp.gguf");
 	write_fp_gguf(gguf, &hp);
 	tern_cluster c;
 	tern_err err = {0};
@@ -688,7 +653,7 @@ static void test_group_scales_full_precision(void)
 	tern_plan_opts o;
 	tern_plan_opts_default(&o, &hp);
 	o.group_rows = 32;
-	const char *dir = tmp_path("plan-fp");
+	const char *dir = tt_tmp("plan-fp");
 	const int rc = tern_plan_write(gguf, &o, &c, dir, 1, 0, NULL, &err);
 	TT_CHECKF(rc == 0, "%s", err.msg);
 	if (rc != 0) {
@@ -776,7 +741,7 @@ static void test_group_scales_full_precision(void)
 	free(x);
 	tern_plan_manifest_free(p);
 	tern_cluster_free(&c);
-	rm_rf(dir);
+	tt_rm_rf(dir);
 }
 
 /* An allocator that fails after a budget of allocations: every failure
@@ -805,7 +770,7 @@ static void fa_free(void *ctx, void *p, size_t n)
 static void test_alloc_failure(void)
 {
 	tern_hparams hp;
-	const char *gguf = tmp_path("af.gguf");
+	const char *gguf = tt_tmp("af.gguf");
 	synth_small(gguf, &hp, "125m", "n_layer=2,n_embd=256,n_head=4,n_head_kv=2,n_ff=512,n_vocab=300,bos=256,eos=257,"
 				       "eot=258",
 		    3);
@@ -814,7 +779,7 @@ static void test_alloc_failure(void)
 	TT_REQUIRE(tern_cluster_uniform(&c, "box", 1, 8ull << 30, 2, &err) == 0);
 	tern_plan_opts o;
 	tern_plan_opts_default(&o, &hp);
-	const char *dir = tmp_path("plan-af");
+	const char *dir = tt_tmp("plan-af");
 	TT_REQUIRE(tern_plan_write(gguf, &o, &c, dir, 1, 0, NULL, &err) == 0);
 	tern_cluster_free(&c);
 	char path[512];
@@ -839,7 +804,7 @@ static void test_alloc_failure(void)
 		}
 	}
 	tern_shard_close(sh);
-	rm_rf(dir);
+	tt_rm_rf(dir);
 }
 
 /* ---- damage ------------------------------------------------------------------ */
@@ -858,14 +823,14 @@ static void flip_byte(const char *path, long off)
 static void test_damage(void)
 {
 	tern_hparams hp;
-	const char *gguf = tmp_path("dmg.gguf");
+	const char *gguf = tt_tmp("dmg.gguf");
 	synth_small(gguf, &hp, "125m", "n_layer=2,n_vocab=600,bos=1,eos=2,eot=3", 9);
 	tern_cluster c;
 	tern_err err = {0};
 	TT_REQUIRE(tern_cluster_uniform(&c, "box", 2, 8ull << 30, 2, &err) == 0);
 	tern_plan_opts o;
 	tern_plan_opts_default(&o, &hp);
-	const char *dir = tmp_path("plan-dmg");
+	const char *dir = tt_tmp("plan-dmg");
 	TT_REQUIRE(tern_plan_write(gguf, &o, &c, dir, 1, 0, NULL, &err) == 0);
 	tern_cluster_free(&c);
 	TT_REQUIRE(tern_plan_verify(dir, 0, &err) == 0);
@@ -922,7 +887,7 @@ static void test_damage(void)
 	TT_CHECK(tern_plan_verify(dir, 0, &err) < 0);
 	TT_CHECKF(strstr(err.msg, "plan.pb") != NULL, "%s", err.msg);
 	tern_plan_manifest_free(p);
-	rm_rf(dir);
+	tt_rm_rf(dir);
 }
 
 TT_MAIN(TT_CASE(test_balance_even), TT_CASE(test_optimal_vs_brute), TT_CASE(test_memory_refusal_exact),

@@ -303,8 +303,10 @@ static void test_gemm_mt_bit_exact(void)
 	static const int batches[] = {1, 3, 8};
 	for (int pk = 0; pk < TERN_PACK_COUNT; pk++) {
 		for (int isa = 0; isa < TERN_ISA_COUNT; isa++) {
-			if (!tern_isa_available((tern_isa)isa))
+			if (!tern_isa_available((tern_isa)isa)) {
+				TT_NOTE_SKIP("%s", tern_isa_name((tern_isa)isa));
 				continue;
+			}
 			for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
 				for (size_t b = 0; b < sizeof batches / sizeof batches[0]; b++)
 					check_mt_case((tern_packing)pk, (tern_isa)isa, shapes[s][0], shapes[s][1],

@@ -15,39 +15,7 @@
 #include "tern-safetensors.h"
 #include "tern-source.h"
 #include "tern-test.h"
-
-static char tmpdir[256];
-
-static void cleanup(void)
-{
-	char cmd[400];
-	snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-	if (system(cmd) != 0)
-		fprintf(stderr, "cleanup of %s failed\n", tmpdir);
-}
-
-static void tmp_path(char *buf, size_t len, const char *name)
-{
-	if (!tmpdir[0]) {
-		snprintf(tmpdir, sizeof tmpdir, "/tmp/tern_test_st_XXXXXX");
-		if (!mkdtemp(tmpdir)) {
-			perror("mkdtemp");
-			exit(1);
-		}
-		atexit(cleanup);
-	}
-	snprintf(buf, len, "%s/%s", tmpdir, name);
-}
-
-static int write_file(const char *path, const void *p, size_t n)
-{
-	FILE *f = fopen(path, "wb");
-	if (!f)
-		return -1;
-	const size_t w = fwrite(p, 1, n, f);
-	fclose(f);
-	return w == n ? 0 : -1;
-}
+#include "test-util.h"
 
 static int names_file(const tern_err *e, const char *path)
 {
@@ -217,8 +185,8 @@ static void test_config(void)
 static void test_safetensors_basic_and_damaged(void)
 {
 	char path[512], bad[512];
-	tmp_path(path, sizeof path, "basic.safetensors");
-	tmp_path(bad, sizeof bad, "bad.safetensors");
+	tt_tmp_path(path, sizeof path, "basic.safetensors");
+	tt_tmp_path(bad, sizeof bad, "bad.safetensors");
 	const float f32[4] = {1.0f, -2.0f, 0.5f, 3.25f};
 	const uint16_t bf[3] = {0x3F80, 0xC000, 0x3E80}; /* 1, -2, 0.25 */
 	const uint16_t f16[2] = {0x3C00, 0xB800};        /* 1, -0.5 */
@@ -250,11 +218,9 @@ static void test_safetensors_basic_and_damaged(void)
 	tern_st_close(NULL);
 
 	/* Truncation at every length. */
-	FILE *f = fopen(path, "rb");
-	TT_REQUIRE(f);
-	uint8_t buf[4096];
-	const size_t n = fread(buf, 1, sizeof buf, f);
-	fclose(f);
+	size_t n;
+	uint8_t *buf = tt_read_file(path, &n);
+	TT_REQUIRE(buf && n <= 4096);
 	int all = 1;
 	for (size_t len = 0; len < n; len++) {
 		uint8_t *cut = malloc(len ? len : 1);
@@ -266,9 +232,9 @@ static void test_safetensors_basic_and_damaged(void)
 		free(cut);
 	}
 	TT_CHECK(all);
-	TT_REQUIRE(write_file(bad, buf, 4) == 0);
+	TT_REQUIRE(tt_write_file(bad, buf, 4) == 0);
 	TT_CHECK(tern_st_open(&st, bad, &e) == TERN_ERANGE && strstr(e.msg, "truncated"));
-	TT_REQUIRE(write_file(bad, buf, n - 1) == 0);
+	TT_REQUIRE(tt_write_file(bad, buf, n - 1) == 0);
 	TT_CHECK(tern_st_open(&st, bad, &e) == TERN_ERANGE && strstr(e.msg, "out of range"));
 
 	/* Header length past EOF and absurd. */
@@ -276,10 +242,10 @@ static void test_safetensors_basic_and_damaged(void)
 	memcpy(b2, buf, n);
 	b2[0] = 0xFF;
 	b2[1] = 0xFF;
-	TT_REQUIRE(write_file(bad, b2, n) == 0);
+	TT_REQUIRE(tt_write_file(bad, b2, n) == 0);
 	TT_CHECK(tern_st_open(&st, bad, &e) == TERN_ERANGE && strstr(e.msg, "truncated"));
 	memset(b2, 0xFF, 8);
-	TT_REQUIRE(write_file(bad, b2, n) == 0);
+	TT_REQUIRE(tt_write_file(bad, b2, n) == 0);
 	TT_CHECK(tern_st_open(&st, bad, &e) == TERN_ERANGE && strstr(e.msg, "absurd header length"));
 
 	/* Hand-written headers. */
@@ -313,13 +279,14 @@ static void test_safetensors_basic_and_damaged(void)
 		for (int j = 0; j < 8; j++)
 			fb[j] = (uint8_t)((uint64_t)hl >> (8 * j));
 		memcpy(fb + 8, cases[i].hdr, hl);
-		TT_REQUIRE(write_file(bad, fb, 8 + hl + 16) == 0); /* 16 data bytes */
+		TT_REQUIRE(tt_write_file(bad, fb, 8 + hl + 16) == 0); /* 16 data bytes */
 		const int rc = tern_st_open(&st, bad, &e);
 		TT_CHECKF(rc == cases[i].code && strstr(e.msg, cases[i].what) && names_file(&e, bad), "case %zu: %d %s",
 			  i, rc, e.msg);
 		if (rc == 0)
 			tern_st_close(st);
 	}
+	free(buf);
 	TT_CHECK(tern_st_open(&st, "/nonexistent.safetensors", &e) == TERN_EIO);
 }
 
@@ -380,7 +347,7 @@ static void write_common(const char *dir, const char *mode)
 			       "\"rms_norm_eps\":1e-05,\"tie_word_embeddings\":true,\"max_position_embeddings\":4096,"
 			       "\"quantization_config\":{\"quant_method\":\"bitnet\",\"quantization_mode\":\"%s\"}}",
 			       D, NL, NH, NKV, FF, NV, mode);
-	write_file(p, cfg, (size_t)n);
+	tt_write_file(p, cfg, (size_t)n);
 	/* tokenizer.json: 260 plain tokens, two specials, both merge spellings. */
 	char *tj = malloc(65536);
 	size_t len = (size_t)snprintf(tj, 65536,
@@ -392,11 +359,11 @@ static void write_common(const char *dir, const char *mode)
 		len += (size_t)snprintf(tj + len, 65536 - len, "%s\"t%d\":%d", i ? "," : "", i, i);
 	len += (size_t)snprintf(tj + len, 65536 - len, "},\"merges\":[\"t 0\",[\"t\",\"1\"]]}}");
 	snprintf(p, sizeof p, "%s/tokenizer.json", dir);
-	write_file(p, tj, len);
+	tt_write_file(p, tj, len);
 	free(tj);
 	snprintf(p, sizeof p, "%s/tokenizer_config.json", dir);
 	const char *tc = "{\"add_bos_token\": false}";
-	write_file(p, tc, strlen(tc));
+	tt_write_file(p, tc, strlen(tc));
 }
 
 /* Writes the checkpoint: layer 0 tensors + embeddings in one file, layer 1 +
@@ -546,7 +513,7 @@ static void test_hf_packed(void)
 	hf_model md;
 	make_model(&md);
 	char dir[512];
-	tmp_path(dir, sizeof dir, "hf-packed");
+	tt_tmp_path(dir, sizeof dir, "hf-packed");
 	TT_REQUIRE(write_hf(dir, &md, 1) == 0);
 	tern_err e = {0};
 	tern_source *s;
@@ -620,7 +587,7 @@ static void test_hf_bf16(void)
 	hf_model md;
 	make_model(&md);
 	char dir[512];
-	tmp_path(dir, sizeof dir, "hf-bf16");
+	tt_tmp_path(dir, sizeof dir, "hf-bf16");
 	TT_REQUIRE(write_hf(dir, &md, 0) == 0);
 	tern_err e = {0};
 	tern_source *s;
@@ -686,7 +653,7 @@ static void test_hf_errors(void)
 	char dir[512];
 	tern_err e = {0};
 	tern_source *s;
-	tmp_path(dir, sizeof dir, "hf-empty");
+	tt_tmp_path(dir, sizeof dir, "hf-empty");
 	mkdir(dir, 0755);
 	TT_CHECK(tern_source_open(&s, dir, &e) == TERN_EIO && strstr(e.msg, "config.json"));
 	write_common(dir, "online");

@@ -1,6 +1,10 @@
 """ternlib.py: helpers shared by the Python end-to-end tests: a model maker,
 a tern-coordinator (+ tern-node stages under mpirun) on a free port, a gRPC
-client for tern.v1.Tern, and tern-run's greedy tokens for comparison."""
+client for tern.v1.Tern, and tern-run's greedy tokens for comparison.
+
+Processes are found, signalled and reaped by pid, never by name: the ranks of
+a job are the descendants of its own mpirun, told apart by the MPI rank Open
+MPI puts in each one's environment (0 = coordinator, 1..S = stages)."""
 
 import os
 import re
@@ -14,6 +18,39 @@ import time
 import grpc
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def descendants(pid):
+    """Pids of every live descendant of PID (from /proc, by parent pid)."""
+    kids = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                st = f.read()
+            ppid = int(st[st.rindex(")") + 2:].split()[1])  # after "pid (comm) state"
+        except (OSError, ValueError, IndexError):
+            continue
+        kids.setdefault(ppid, []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        for c in kids.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def mpi_rank(pid):
+    """The MPI rank of process PID (OMPI_COMM_WORLD_RANK), or None."""
+    try:
+        with open("/proc/%d/environ" % pid, "rb") as f:
+            for kv in f.read().split(b"\0"):
+                if kv.startswith(b"OMPI_COMM_WORLD_RANK="):
+                    return int(kv.split(b"=", 1)[1])
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def load_pb2(build):
@@ -57,10 +94,22 @@ class Server:
         # Keep draining stdout so the server never blocks on a full pipe.
         threading.Thread(target=self.proc.stdout.read, daemon=True).start()
 
+    def rank_pids(self):
+        """{MPI rank: pid} of this job's processes (descendants of its mpirun)."""
+        ranks = {}
+        for pid in descendants(self.proc.pid):
+            r = mpi_rank(pid)
+            if r is not None and r not in ranks:
+                ranks[r] = pid
+        return ranks
+
     def coordinator_pid(self):
-        out = subprocess.run(["pgrep", "-s", str(self.proc.pid), "tern-coordinat"],
-                             capture_output=True, text=True).stdout.split()
-        return int(out[0]) if out else None
+        return self.rank_pids().get(0)
+
+    def stage_pids(self):
+        """Pids of the stages, in rank order (stage 1 first)."""
+        ranks = self.rank_pids()
+        return [ranks[r] for r in sorted(ranks) if r > 0]
 
     def stop(self):
         """The clean way: SIGTERM to the coordinator, which drains the pipeline;
@@ -156,8 +205,15 @@ def make_model(path, layers=4, seed=11, n_embd=128, n_head=4, n_head_kv=2, n_ff=
                    check=True, stdout=subprocess.DEVNULL)
 
 
+class Skip(Exception):
+    """Raised by a check that cannot run here (the reason is its message):
+    reported SKIPPED and counted, never passed."""
+
+
 class Results:
-    """Named checks; prints a closing 'N passed, N failed' line."""
+    """Named checks; prints a closing 'N passed, N failed, N skipped' line.
+    finish() returns the exit code: 1 on a failure, 77 (ctest's skipped) when
+    every check skipped, else 0."""
 
     def __init__(self):
         self.items = []
@@ -168,12 +224,18 @@ class Results:
             fn()
             self.items.append((name, True))
             print("[  OK  ] %s" % name, flush=True)
+        except Skip as e:
+            self.items.append((name, None))
+            print("[ SKIP ] %s: SKIPPED (%s)" % (name, e), flush=True)
         except Exception:
             self.items.append((name, False))
             print("[ FAIL ] %s\n%s" % (name, traceback.format_exc()), flush=True)
 
     def finish(self):
         passed = sum(1 for _, ok in self.items if ok)
-        failed = len(self.items) - passed
-        print("%d passed, %d failed" % (passed, failed))
-        return 1 if failed else 0
+        skipped = sum(1 for _, ok in self.items if ok is None)
+        failed = len(self.items) - passed - skipped
+        print("%d passed, %d failed, %d skipped" % (passed, failed, skipped))
+        if failed:
+            return 1
+        return 77 if skipped and not passed else 0

@@ -153,9 +153,9 @@ def main():
             test_cluster(build, model, ref)
     except AssertionError as e:
         print("FAIL " + str(e))
-        print("0 passed, 1 failed")
+        print("0 passed, 1 failed, 0 skipped")
         return 1
-    print("1 passed, 0 failed")
+    print("1 passed, 0 failed, 0 skipped")
     return 0
 
 

@@ -6,7 +6,7 @@ tensor type, I2_S against bytes built by hand from MODEL-FORMATS 2.3, the quanti
 rounding, RoPE and causality properties, KV-cache consistency, and the vectorised forward
 pass against a second, deliberately naive formulation (per-token loops, exactly rounded
 sums with math.fsum, I2_S decoded bit by bit, no KV cache: the whole sequence recomputed
-for every step). Prints one line per case and "N passed, N failed"; exits 1 on failure.
+for every step). Prints one line per case and "N passed, N failed, 0 skipped"; exits 1 on failure.
 Run: /usr/bin/python3 tests/ref/test_ref.py
 """
 
@@ -698,7 +698,7 @@ def main():
             failed += 1
             print("FAIL %s" % name)
             traceback.print_exc(file=sys.stdout)
-    print("%d passed, %d failed" % (passed, failed))
+    print("%d passed, %d failed, 0 skipped" % (passed, failed))
     return 1 if failed else 0
 
 

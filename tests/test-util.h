@@ -1,0 +1,95 @@
+/* test-util.h: helpers the C tests share (header-only, libc + POSIX): a
+ * private temporary directory for the run, removed with everything in it at
+ * exit; recursive removal; whole-file read and write. Kept apart from the
+ * harness (tern-test.h) so a test that needs neither pays nothing. */
+#ifndef TERN_TEST_UTIL_H
+#define TERN_TEST_UTIL_H
+
+#include <ftw.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+
+static char tt_tmp_root_[64];
+
+static inline int tt_rm_cb_(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+{
+	(void)sb;
+	(void)flag;
+	(void)ftw;
+	return remove(p);
+}
+
+/* Removes PATH and, for a directory, everything below it; a missing path is
+ * not an error. */
+static inline void tt_rm_rf(const char *path)
+{
+	nftw(path, tt_rm_cb_, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static inline void tt_tmp_cleanup_(void)
+{
+	tt_rm_rf(tt_tmp_root_);
+}
+
+/* Writes into BUF the path of NAME inside this run's private directory
+ * (/tmp/tern-test-XXXXXX, made on first use, removed at exit). Exits the
+ * test when the directory cannot be made. */
+static inline void tt_tmp_path(char *buf, size_t len, const char *name)
+{
+	if (!tt_tmp_root_[0]) {
+		snprintf(tt_tmp_root_, sizeof tt_tmp_root_, "/tmp/tern-test-XXXXXX");
+		if (!mkdtemp(tt_tmp_root_)) {
+			perror("mkdtemp");
+			exit(1);
+		}
+		atexit(tt_tmp_cleanup_);
+	}
+	snprintf(buf, len, "%s/%s", tt_tmp_root_, name);
+}
+
+/* The same, in one of 8 rotating static buffers: for a few paths alive at once. */
+static inline const char *tt_tmp(const char *name)
+{
+	static char buf[8][320];
+	static int k;
+	char *b = buf[k++ % 8];
+	tt_tmp_path(b, sizeof buf[0], name);
+	return b;
+}
+
+/* The whole of PATH in a malloc'd buffer (one NUL byte past the end, not
+ * counted in *LEN); NULL when it cannot be opened or read. */
+static inline uint8_t *tt_read_file(const char *path, size_t *len)
+{
+	FILE *f = fopen(path, "rb");
+	if (!f)
+		return NULL;
+	uint8_t *b = NULL;
+	long n = -1;
+	if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0)
+		b = malloc((size_t)n + 1);
+	if (b && fread(b, 1, (size_t)n, f) != (size_t)n) {
+		free(b);
+		b = NULL;
+	}
+	fclose(f);
+	if (b) {
+		b[n] = 0;
+		*len = (size_t)n;
+	}
+	return b;
+}
+
+/* Writes N bytes at P to PATH (created or truncated); 0 or -1. */
+static inline int tt_write_file(const char *path, const void *p, size_t n)
+{
+	FILE *f = fopen(path, "wb");
+	if (!f)
+		return -1;
+	const size_t w = fwrite(p, 1, n, f);
+	return fclose(f) == 0 && w == n ? 0 : -1;
+}
+
+#endif /* TERN_TEST_UTIL_H */
