@@ -38,22 +38,11 @@ static void tmp_path(char *buf, size_t len, const char *name)
 	snprintf(buf, len, "%s/%s", tmpdir, name);
 }
 
+/* The whole file, or NULL. */
 static uint8_t *read_all(const char *path, size_t *len)
 {
-	FILE *f = fopen(path, "rb");
-	if (!f)
-		return NULL;
-	fseek(f, 0, SEEK_END);
-	const long n = ftell(f);
-	fseek(f, 0, SEEK_SET);
-	uint8_t *b = malloc((size_t)n + 1);
-	if (b && fread(b, 1, (size_t)n, f) != (size_t)n) {
-		free(b);
-		b = NULL;
-	}
-	fclose(f);
-	*len = (size_t)n;
-	return b;
+	char *b;
+	return tern_read_file(path, (size_t)1 << 30, &b, len, NULL) < 0 ? NULL : (uint8_t *)b;
 }
 
 static int write_all_file(const char *path, const void *p, size_t n)

@@ -250,11 +250,10 @@ static void test_safetensors_basic_and_damaged(void)
 	tern_st_close(NULL);
 
 	/* Truncation at every length. */
-	FILE *f = fopen(path, "rb");
-	TT_REQUIRE(f);
-	uint8_t buf[4096];
-	const size_t n = fread(buf, 1, sizeof buf, f);
-	fclose(f);
+	char *file;
+	size_t n;
+	TT_REQUIRE(tern_read_file(path, 4096, &file, &n, &e) == 0);
+	const uint8_t *buf = (const uint8_t *)file;
 	int all = 1;
 	for (size_t len = 0; len < n; len++) {
 		uint8_t *cut = malloc(len ? len : 1);
@@ -274,6 +273,7 @@ static void test_safetensors_basic_and_damaged(void)
 	/* Header length past EOF and absurd. */
 	uint8_t b2[4096];
 	memcpy(b2, buf, n);
+	free(file);
 	b2[0] = 0xFF;
 	b2[1] = 0xFF;
 	TT_REQUIRE(write_file(bad, b2, n) == 0);

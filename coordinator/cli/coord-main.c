@@ -285,23 +285,20 @@ static int start_stages(const coord_opts *o, int n_stages, const tern_coord_mode
 	return failed ? TERN_ERR(err, TERN_ESTATE, "a stage failed to start") : 0;
 }
 
+/* The first line of the auth token file. */
 static char *read_token(const char *path, tern_err *err)
 {
-	FILE *f = fopen(path, "r");
-	if (!f) {
-		TERN_ERR(err, TERN_EIO, "cannot read the auth token file %s", path);
+	char *buf;
+	size_t len;
+	if (tern_read_file(path, 1 << 16, &buf, &len, err) < 0)
 		return NULL;
-	}
-	char buf[1024];
-	char *line = fgets(buf, sizeof buf, f);
-	fclose(f);
-	size_t n = line ? strcspn(buf, "\r\n") : 0;
-	if (n == 0) {
+	buf[strcspn(buf, "\r\n")] = '\0';
+	if (!buf[0]) {
 		TERN_ERR(err, TERN_EINVAL, "the auth token file %s is empty", path);
+		free(buf);
 		return NULL;
 	}
-	buf[n] = '\0';
-	return strdup(buf);
+	return buf;
 }
 
 int main(int argc, char **argv)
