@@ -5,7 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <unistd.h>
 
 /* Packs h + payload into a new buffer (*out, free()); returns its length. */
 static long pack(const Tern__V1__Frame *h, const void *payload, size_t payload_bytes, uint8_t **out, tern_err *err)
@@ -147,25 +146,6 @@ int tern_link_wait(tern_link_send_req *r, double timeout_s, tern_err *err)
 		backoff(&sleep_ns);
 	}
 	return 0;
-}
-
-void tern_link_expand_host(const char *path, char *out, size_t out_len)
-{
-	char host[256] = "";
-	gethostname(host, sizeof host - 1);
-	size_t o = 0;
-	for (const char *p = path; *p && o + 1 < out_len; p++) {
-		if (p[0] == '%' && p[1] == 'h') {
-			const size_t hl = strlen(host);
-			const size_t n = hl < out_len - 1 - o ? hl : out_len - 1 - o;
-			memcpy(out + o, host, n);
-			o += n;
-			p++;
-		} else {
-			out[o++] = *p;
-		}
-	}
-	out[o] = '\0';
 }
 
 int tern_link_recv_until(int src, int tag, double timeout_s, int kind, tern_err *err)

@@ -7,105 +7,29 @@
 #include <string.h>
 
 #include "tern-link.h"
-#include "plan.pb-c.h"
-#include "tern-plan.h"
-#include "tern-shard.h"
-#include "tern-source.h"
 
 /* ---- loading -------------------------------------------------------------- */
-
-/* Layers of this stage from a plan directory: the manifest says which shard
- * and its xxh64; the shard holds the weights already packed, with their own
- * quantization groups. The matrices and norms are moved into `out` (loaded
- * with the default aligned allocator, so tern_layers_free releases them). */
-static int load_from_plan(const char *dir, int stage, tern_layers *out, tern_err *err)
-{
-	tern_plan_manifest *pm = NULL;
-	tern_shard *sh = NULL;
-	tern_shard_layer *sl = NULL;
-	int n = 0, rc;
-	TERN_FORWARD_IF_ERROR(tern_plan_manifest_read(&pm, dir, err));
-	const Tern__V1__Stage *st = NULL;
-	for (size_t i = 0; i < pm->n_stages; i++)
-		if (pm->stages[i]->index == (uint32_t)stage)
-			st = pm->stages[i];
-	const Tern__V1__FileRef *fr = NULL;
-	for (size_t i = 0; st && i < pm->n_files; i++)
-		if (!strcmp(pm->files[i]->name, st->shard))
-			fr = pm->files[i];
-	char path[4096];
-	if (!st || !fr) {
-		rc = TERN_ERR(err, TERN_EFORMAT, "%s: the plan has no shard for stage %d", dir, stage);
-		goto done;
-	}
-	if ((size_t)snprintf(path, sizeof path, "%s/%s", dir, fr->name) >= sizeof path) {
-		rc = TERN_ERR(err, TERN_EINVAL, "%s: path too long", dir);
-		goto done;
-	}
-	rc = tern_plan_manifest_hparams(pm, &out->hp, err);
-	if (rc == 0)
-		rc = tern_shard_open(&sh, path, &fr->xxh64, err);
-	if (rc == 0)
-		rc = tern_shard_load_layers(sh, NULL, &sl, &n, err);
-	if (rc < 0)
-		goto done;
-	out->l = calloc((size_t)n, sizeof *out->l);
-	if (!out->l) {
-		rc = TERN_ERR(err, TERN_ENOMEM, "out of memory");
-		goto done;
-	}
-	out->first = (int)st->first_layer;
-	out->n = n;
-	out->packing = tern_shard_packing(sh);
-	for (int i = 0; i < n; i++) {
-		for (int p = 0; p < TERN_PROJ_COUNT; p++) {
-			out->l[i].proj[p] = sl[i].proj[p];
-			out->l[i].proj[p].owns_data = 1;
-			memset(&sl[i].proj[p], 0, sizeof sl[i].proj[p]);
-		}
-		out->l[i].norm[TERN_NORM_ATTN] = sl[i].attn_norm;
-		out->l[i].norm[TERN_NORM_ATTN_SUB] = sl[i].attn_sub_norm;
-		out->l[i].norm[TERN_NORM_FFN] = sl[i].ffn_norm;
-		out->l[i].norm[TERN_NORM_FFN_SUB] = sl[i].ffn_sub_norm;
-		sl[i].attn_norm = sl[i].attn_sub_norm = sl[i].ffn_norm = sl[i].ffn_sub_norm = NULL;
-	}
-done:
-	if (sl)
-		tern_shard_layers_free(sl, n, NULL);
-	tern_shard_close(sh);
-	tern_plan_manifest_free(pm);
-	if (rc < 0)
-		tern_layers_free(out);
-	return rc;
-}
 
 int tern_stage_load(const Tern__V1__Frame *hello, tern_layers *out, tern_err *err)
 {
 	memset(out, 0, sizeof *out);
+	const int first = (int)hello->first_layer, n = (int)hello->n_layers;
+	TERN_RETURN_IF(hello->first_layer > INT32_MAX || hello->n_layers > INT32_MAX, err, TERN_EINVAL,
+		       "HELLO names layers %u..+%u", hello->first_layer, hello->n_layers);
 	if (hello->plan_dir && hello->plan_dir[0]) {
+		/* The shards hold packed weights: HELLO's packing does not apply. */
 		char dir[4096];
-		tern_link_expand_host(hello->plan_dir, dir, sizeof dir);
-		return load_from_plan(dir, (int)hello->stage, out, err);
+		tern_path_expand_host(hello->plan_dir, dir, sizeof dir);
+		tern_plan_manifest *pm = NULL;
+		TERN_FORWARD_IF_ERROR(tern_plan_manifest_read(&pm, dir, err));
+		const int rc = tern_layers_from_plan(out, pm, dir, first, n, TERN_LAYERS_PACKING_AS_STORED, err);
+		tern_plan_manifest_free(pm);
+		return rc;
 	}
 	TERN_RETURN_IF(!hello->model_path || !hello->model_path[0], err, TERN_EINVAL,
 		       "HELLO names no model to load");
-	char path[4096];
-	tern_link_expand_host(hello->model_path, path, sizeof path);
-	tern_source *src = NULL;
-	TERN_FORWARD_IF_ERROR(tern_source_open(&src, path, err));
-	const tern_hparams *hp = tern_source_hparams(src);
-	int rc = 0;
-	if (hello->n_layers == 0 || hello->first_layer + hello->n_layers > (uint32_t)hp->n_layer) {
-		rc = TERN_ERR(err, TERN_EINVAL, "%s: layers %u..%u asked for, the model has %d", path,
-			      hello->first_layer, hello->first_layer + hello->n_layers - 1, hp->n_layer);
-	} else if (hello->packing >= TERN_PACK_COUNT) {
-		rc = TERN_ERR(err, TERN_EINVAL, "unknown packing %u", hello->packing);
-	} else {
-		rc = tern_layers_from_source(out, src, (int)hello->first_layer, (int)hello->n_layers,
-					     (tern_packing)hello->packing, 0, err);
-	}
-	tern_source_close(src);
-	return rc;
+	TERN_RETURN_IF(hello->packing >= TERN_PACK_COUNT, err, TERN_EINVAL, "unknown packing %u", hello->packing);
+	return tern_layers_load(out, hello->model_path, first, n, (int)hello->packing, NULL, err);
 }
 
 /* ---- the frame loop ------------------------------------------------------ */

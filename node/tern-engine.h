@@ -25,7 +25,8 @@
  *   f = RMSNorm(h, ffn_norm); m = relu(gate(f))^2 * up(f);
  *   h += BitLinear_down(RMSNorm(m, ffn_sub_norm)).
  *
- * Depends on kernels/ (products, pool) and partition/ (tern_hparams). */
+ * Depends on kernels/ (products, pool) and partition/ (tern_hparams, the
+ * model readers, plan shards); never on MPI or hwloc. */
 #ifndef TERN_ENGINE_H
 #define TERN_ENGINE_H
 
@@ -35,6 +36,7 @@
 #include "tern-base.h"
 #include "tern-kernels.h"
 #include "tern-model.h"
+#include "tern-plan.h"
 #include "tern-pool.h"
 #include "tern-source.h"
 
@@ -104,6 +106,30 @@ int tern_layers_from_source(tern_layers *out, const tern_source *src, int first,
 /* The same, built by the threads of pool (tern_layers_build_mt). */
 int tern_layers_from_source_mt(tern_layers *out, const tern_source *src, int first, int n, tern_packing packing,
 			       int group_rows, tern_pool *pool, tern_err *err);
+/* ---- the plain-argument loader (loader.c) ---------------------------------
+ * What a stage, tern-run and tern-coordinator --stages 0 call: no MPI, no
+ * hwloc. */
+
+/* packing for a plan: take the plan's own (its shards are packed already). */
+#define TERN_LAYERS_PACKING_AS_STORED (-1)
+
+/* Layers [first, first + n) of the model at path: a GGUF file or HF
+ * checkpoint directory (packed here as packing, by the threads of pool, NULL:
+ * the caller alone), or a plan directory (a tern-partition output with
+ * plan.pb; tern_layers_from_plan). "%h" in path is this host's name.
+ * Errors name the path: a layer range outside the model or the plan's
+ * stages, an unknown packing, and everything the readers report. */
+int tern_layers_load(tern_layers *out, const char *path, int first, int n, int packing, tern_pool *pool,
+		     tern_err *err);
+/* The same from the plan in dir whose manifest pm is already read (so a
+ * caller holding it parses nothing twice). The layers come from the stage
+ * shards holding them, one or several; each shard's whole-file xxh64 (the
+ * manifest's) is checked once as it is opened, and every matrix and norm is
+ * decompressed straight into out. packing must be the plan's or
+ * TERN_LAYERS_PACKING_AS_STORED; out->packing is the plan's. */
+int tern_layers_from_plan(tern_layers *out, const tern_plan_manifest *pm, const char *dir, int first, int n,
+			  int packing, tern_err *err);
+
 /* Releases the matrices and norms; *ls is zeroed. NULL is a no-op. */
 void tern_layers_free(tern_layers *ls);
 /* Bytes of packed ternary data of the whole range (what decode reads per token). */

@@ -53,11 +53,6 @@ int tern_link_test(tern_link_send_req *r);
  * leaves it active. */
 int tern_link_wait(tern_link_send_req *r, double timeout_s, tern_err *err);
 
-/* Copies path to out with every "%h" replaced by this host's name, so each
- * host can keep its copy of a model in a per-host directory
- * (deploy/tern-up --remote-dir). Truncates to out_len - 1 bytes. */
-void tern_link_expand_host(const char *path, char *out, size_t out_len);
-
 /* Collective over MPI_COMM_WORLD: every rank (coordinator included, with
  * is_stage = 0) must call it once at start-up. For a stage, returns its index
  * among the stage ranks on its own host (rank order), which picks its NUMA

@@ -23,9 +23,10 @@ typedef struct tern_stage_opts {
 	const int *cpus;   /* (n_cpus) CPU ids of the domain, or NULL */
 } tern_stage_opts;
 
-/* Loads layers [first_layer, first_layer + n_layers) named by hello
- * (model_path: a GGUF or HF checkpoint; plan_dir: the stage's shard) packed as
- * hello->packing. */
+/* Loads layers [first_layer, first_layer + n_layers) named by hello with
+ * the engine's loader (tern_layers_load): model_path, a GGUF or HF
+ * checkpoint packed as hello->packing, or plan_dir, the plan's shards as
+ * packed. */
 int tern_stage_load(const Tern__V1__Frame *hello, tern_layers *out, tern_err *err);
 
 /* Serves frames until SHUTDOWN (returns 0) or a communication failure

@@ -40,7 +40,7 @@ typedef struct {
 struct tern_gguf {
 	const uint8_t *base;
 	uint64_t size;
-	int mapped;
+	tern_file_map map; /* tern_gguf_open's mapping (zeroed for open_mem) */
 	char *path;
 	uint32_t version;
 	uint32_t alignment;
@@ -504,36 +504,17 @@ int tern_gguf_open_mem(tern_gguf **out, const void *buf, size_t len, const char 
 int tern_gguf_open(tern_gguf **out, const char *path, tern_err *err)
 {
 	*out = NULL;
-	const int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return TERN_ERR(err, TERN_EIO, "%s: cannot open: %s", path, strerror(errno));
-	struct stat st;
-	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-		close(fd);
-		return TERN_ERR(err, TERN_EIO, "%s: not a regular file", path);
-	}
-	const uint64_t size = (uint64_t)st.st_size;
-	void *map = NULL;
-	if (size > 0) {
-		map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
-		if (map == MAP_FAILED) {
-			const int e = errno;
-			close(fd);
-			return TERN_ERR(err, TERN_EIO, "%s: cannot map %" PRIu64 " bytes: %s", path, size, strerror(e));
-		}
-	}
-	close(fd);
+	tern_file_map map;
+	TERN_FORWARD_IF_ERROR(tern_map_file(path, &map, err));
 	tern_gguf *g = NULL;
 	int rc = gguf_new(&g, path, err);
 	if (rc < 0) {
-		if (map)
-			munmap(map, size);
+		tern_unmap_file(&map);
 		return rc;
 	}
-	static const uint8_t empty[1];
-	g->base = map ? map : empty;
-	g->size = size;
-	g->mapped = map != NULL;
+	g->map = map;
+	g->base = map.data;
+	g->size = map.size;
 	rc = gguf_parse(g, err);
 	if (rc < 0) {
 		tern_gguf_close(g);
@@ -557,8 +538,7 @@ void tern_gguf_close(tern_gguf *g)
 	free(g->tensors);
 	tern_hash_free(&g->kv_index);
 	tern_hash_free(&g->tensor_index);
-	if (g->mapped)
-		munmap((void *)g->base, g->size);
+	tern_unmap_file(&g->map);
 	free(g->path);
 	free(g);
 }

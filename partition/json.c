@@ -416,37 +416,9 @@ int tern_json_parse(tern_json_doc **out, const char *buf, size_t len, const char
 int tern_json_parse_file(tern_json_doc **out, const char *path, tern_err *err)
 {
 	*out = NULL;
-	FILE *f = fopen(path, "rb");
-	TERN_RETURN_IF(!f, err, TERN_EIO, "%s: cannot open: %s", path, strerror(errno));
-	char *buf = NULL;
-	size_t len = 0, cap = 0;
-	for (;;) {
-		if (cap - len < 65536) {
-			cap = cap ? 2 * cap : 65536;
-			if (cap > ((size_t)1 << 31)) {
-				free(buf);
-				fclose(f);
-				return TERN_ERR(err, TERN_ERANGE, "%s: JSON file larger than 2 GiB", path);
-			}
-			char *nb = realloc(buf, cap);
-			if (!nb) {
-				free(buf);
-				fclose(f);
-				return TERN_ERR(err, TERN_ENOMEM, "%s: out of memory", path);
-			}
-			buf = nb;
-		}
-		const size_t n = fread(buf + len, 1, cap - len, f);
-		len += n;
-		if (n == 0)
-			break;
-	}
-	const int bad = ferror(f);
-	fclose(f);
-	if (bad) {
-		free(buf);
-		return TERN_ERR(err, TERN_EIO, "%s: read error", path);
-	}
+	char *buf;
+	size_t len;
+	TERN_FORWARD_IF_ERROR(tern_read_file(path, (size_t)1 << 31, &buf, &len, err));
 	const int rc = tern_json_parse(out, buf, len, path, err);
 	free(buf);
 	return rc;

@@ -131,33 +131,6 @@ int tern_plan_manifest_decode(tern_plan_manifest **out, const uint8_t *buf, size
 	return 0;
 }
 
-static int read_all(const char *path, uint8_t **buf, size_t *len, size_t max, tern_err *err)
-{
-	*buf = NULL;
-	*len = 0;
-	FILE *f = fopen(path, "rb");
-	TERN_RETURN_IF(!f, err, TERN_EIO, "%s: cannot open: %s", path, strerror(errno));
-	struct stat st;
-	if (fstat(fileno(f), &st) != 0 || (uint64_t)st.st_size > max) {
-		fclose(f);
-		return TERN_ERR(err, TERN_ERANGE, "%s: missing or larger than %zu bytes", path, max);
-	}
-	uint8_t *b = malloc((size_t)st.st_size + 1);
-	if (!b) {
-		fclose(f);
-		return TERN_ERR(err, TERN_ENOMEM, "out of memory");
-	}
-	const size_t n = fread(b, 1, (size_t)st.st_size, f);
-	fclose(f);
-	if (n != (size_t)st.st_size) {
-		free(b);
-		return TERN_ERR(err, TERN_EIO, "%s: short read", path);
-	}
-	*buf = b;
-	*len = n;
-	return 0;
-}
-
 static char *join(const char *dir, const char *name)
 {
 	const size_t n = strlen(dir) + strlen(name) + 2;
@@ -172,11 +145,11 @@ int tern_plan_manifest_read(tern_plan_manifest **out, const char *dir, tern_err 
 	*out = NULL;
 	char *path = join(dir, TERN_PLAN_MANIFEST);
 	TERN_RETURN_IF(!path, err, TERN_ENOMEM, "out of memory");
-	uint8_t *buf;
+	char *buf;
 	size_t len;
-	int rc = read_all(path, &buf, &len, TERN_PLAN_MANIFEST_MAX, err);
+	int rc = tern_read_file(path, TERN_PLAN_MANIFEST_MAX, &buf, &len, err);
 	if (rc == 0) {
-		rc = tern_plan_manifest_decode(out, buf, len, path, err);
+		rc = tern_plan_manifest_decode(out, (const uint8_t *)buf, len, path, err);
 		free(buf);
 	}
 	free(path);

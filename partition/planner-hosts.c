@@ -569,20 +569,10 @@ out:
 int tern_cluster_load_yaml(tern_cluster *c, const char *path, tern_err *err)
 {
 	memset(c, 0, sizeof *c);
-	FILE *f = fopen(path, "rb");
-	TERN_RETURN_IF(!f, err, TERN_EIO, "%s: cannot open: %s", path, strerror(errno));
-	char *buf = malloc(HOSTS_FILE_MAX + 1);
-	if (!buf) {
-		fclose(f);
-		return TERN_ERR(err, TERN_ENOMEM, "out of memory");
-	}
-	const size_t n = fread(buf, 1, HOSTS_FILE_MAX + 1, f);
-	const int bad = ferror(f);
-	fclose(f);
-	int rc;
-	if (bad)
-		rc = TERN_ERR(err, TERN_EIO, "%s: read error", path);
-	else
+	char *buf;
+	size_t n;
+	int rc = tern_read_file(path, HOSTS_FILE_MAX, &buf, &n, err);
+	if (rc == 0)
 		rc = tern_cluster_parse_yaml(c, buf, n, path, err);
 	free(buf);
 	return rc;

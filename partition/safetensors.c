@@ -25,7 +25,7 @@
 struct tern_st {
 	const uint8_t *base;
 	uint64_t size;
-	int mapped;
+	tern_file_map map; /* tern_st_open's mapping (zeroed for open_mem) */
 	char *path;
 	int64_t n;
 	tern_st_tensor *t; /* (n) */
@@ -209,35 +209,17 @@ int tern_st_open_mem(tern_st **out, const void *buf, size_t len, const char *nam
 int tern_st_open(tern_st **out, const char *path, tern_err *err)
 {
 	*out = NULL;
-	const int fd = open(path, O_RDONLY | O_CLOEXEC);
-	TERN_RETURN_IF(fd < 0, err, TERN_EIO, "%s: cannot open: %s", path, strerror(errno));
-	struct stat sb;
-	if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-		close(fd);
-		return TERN_ERR(err, TERN_EIO, "%s: not a regular file", path);
-	}
-	const uint64_t size = (uint64_t)sb.st_size;
-	void *map = NULL;
-	if (size > 0) {
-		map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
-		if (map == MAP_FAILED) {
-			const int e = errno;
-			close(fd);
-			return TERN_ERR(err, TERN_EIO, "%s: cannot map: %s", path, strerror(e));
-		}
-	}
-	close(fd);
+	tern_file_map map;
+	TERN_FORWARD_IF_ERROR(tern_map_file(path, &map, err));
 	tern_st *st = NULL;
 	int rc = st_new(&st, path, err);
 	if (rc < 0) {
-		if (map)
-			munmap(map, size);
+		tern_unmap_file(&map);
 		return rc;
 	}
-	static const uint8_t empty[1];
-	st->base = map ? map : empty;
-	st->size = size;
-	st->mapped = map != NULL;
+	st->map = map;
+	st->base = map.data;
+	st->size = map.size;
 	rc = st_parse(st, err);
 	if (rc < 0) {
 		tern_st_close(st);
@@ -255,8 +237,7 @@ void tern_st_close(tern_st *st)
 		free((char *)st->t[i].name);
 	free(st->t);
 	tern_hash_free(&st->index);
-	if (st->mapped)
-		munmap((void *)st->base, st->size);
+	tern_unmap_file(&st->map);
 	free(st->path);
 	free(st);
 }
@@ -378,21 +359,10 @@ int tern_hf_config_read(const char *dir, tern_hparams *hp, int *online, tern_err
 {
 	char path[4096];
 	snprintf(path, sizeof path, "%s/config.json", dir);
-	FILE *f = fopen(path, "rb");
-	TERN_RETURN_IF(!f, err, TERN_EIO, "%s: cannot open: %s", path, strerror(errno));
-	char *buf = malloc(1 << 20);
-	if (!buf) {
-		fclose(f);
-		return TERN_ERR(err, TERN_ENOMEM, "%s: out of memory", path);
-	}
-	const size_t n = fread(buf, 1, 1 << 20, f);
-	const int too_big = n == (1 << 20);
-	fclose(f);
-	int rc;
-	if (too_big)
-		rc = TERN_ERR(err, TERN_ERANGE, "%s: larger than 1 MiB", path);
-	else
-		rc = tern_hf_config_parse(buf, n, path, hp, online, err);
+	char *buf;
+	size_t n;
+	TERN_FORWARD_IF_ERROR(tern_read_file(path, 1 << 20, &buf, &n, err));
+	const int rc = tern_hf_config_parse(buf, n, path, hp, online, err);
 	free(buf);
 	return rc;
 }

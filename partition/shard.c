@@ -1,6 +1,6 @@
 /* shard.c: the shard container (format in tern-shard.h): a streaming writer
  * that zstd-compresses each tensor straight to disk, and a bounds-checked
- * mmap reader plus the loaders the node uses. */
+ * mmap reader plus the loaders the engine uses. */
 #include "tern-shard.h"
 
 #include <errno.h>
@@ -8,7 +8,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zstd.h>
@@ -386,9 +385,10 @@ fail:
 
 struct tern_shard {
 	char *name;
-	const uint8_t *base;
+	const uint8_t *base; /* (len) the file's bytes: map.data, or the caller's buffer */
 	size_t len;
-	int mapped;
+	tern_file_map map;   /* tern_shard_open's mapping (zeroed for open_mem) */
+	int verified;        /* the whole file matched the manifest's xxh64 */
 	int stage, first, last;
 	tern_packing packing;
 	int n;
@@ -399,8 +399,7 @@ void tern_shard_close(tern_shard *sh)
 {
 	if (!sh)
 		return;
-	if (sh->mapped && sh->len)
-		munmap((void *)sh->base, sh->len);
+	tern_unmap_file(&sh->map);
 	free(sh->t);
 	free(sh->name);
 	free(sh);
@@ -529,48 +528,37 @@ int tern_shard_open_mem(tern_shard **out, const void *buf, size_t len, const cha
 int tern_shard_open(tern_shard **out, const char *path, const uint64_t *expect_xxh64, tern_err *err)
 {
 	*out = NULL;
-	const int fd = open(path, O_RDONLY | O_CLOEXEC);
-	TERN_RETURN_IF(fd < 0, err, TERN_EIO, "%s: cannot open: %s", path, strerror(errno));
-	struct stat st;
-	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-		close(fd);
-		return TERN_ERR(err, TERN_EIO, "%s: not a regular file", path);
-	}
-	void *p = NULL;
-	if (st.st_size > 0) {
-		p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-		if (p == MAP_FAILED) {
-			const int e = errno;
-			close(fd);
-			return TERN_ERR(err, TERN_EIO, "%s: mmap failed: %s", path, strerror(e));
-		}
-	}
-	close(fd);
 	tern_shard *sh = calloc(1, sizeof *sh);
-	if (!sh || !(sh->name = strdup(path))) {
-		free(sh);
-		if (p)
-			munmap(p, (size_t)st.st_size);
-		return TERN_ERR(err, TERN_ENOMEM, "out of memory");
+	TERN_RETURN_IF(!sh, err, TERN_ENOMEM, "out of memory");
+	int rc;
+	if (!(sh->name = strdup(path))) {
+		rc = TERN_ERR(err, TERN_ENOMEM, "out of memory");
+		goto fail;
 	}
-	sh->base = p;
-	sh->len = (size_t)st.st_size;
-	sh->mapped = 1;
-	int rc = 0;
+	if ((rc = tern_map_file(path, &sh->map, err)) < 0)
+		goto fail;
+	sh->base = sh->map.data;
+	sh->len = sh->map.size;
+	/* One hash per byte on load: the whole file here when the manifest
+	 * gives its digest (it covers header, index, scales and payloads), and
+	 * then no per-tensor hash; without it, each tensor's own on read. */
 	if (expect_xxh64) {
 		const uint64_t h = tern_xxh64_hash(sh->base, sh->len, 0);
-		if (h != *expect_xxh64)
-			rc = TERN_ERR(err, TERN_ECHECKSUM, "%s: checksum mismatch (xxh64 %016llx, plan says %016llx): file is damaged",
-				      path, (unsigned long long)h, (unsigned long long)*expect_xxh64);
+		if (h != *expect_xxh64) {
+			rc = TERN_ERR(err, TERN_ECHECKSUM,
+				      "%s: checksum mismatch (xxh64 %016llx, plan says %016llx): file is damaged", path,
+				      (unsigned long long)h, (unsigned long long)*expect_xxh64);
+			goto fail;
+		}
+		sh->verified = 1;
 	}
-	if (rc == 0)
-		rc = parse(sh, err);
-	if (rc < 0) {
-		tern_shard_close(sh);
-		return rc;
-	}
+	if ((rc = parse(sh, err)) < 0)
+		goto fail;
 	*out = sh;
 	return 0;
+fail:
+	tern_shard_close(sh);
+	return rc;
 }
 
 int tern_shard_stage(const tern_shard *sh)
@@ -623,8 +611,8 @@ int tern_shard_read_tensor(const tern_shard *sh, int i, void *dst, size_t dst_by
 	} else if (t->raw_bytes) {
 		memcpy(dst, src, (size_t)t->raw_bytes);
 	}
-	TERN_RETURN_IF(tern_xxh64_hash(dst, (size_t)t->raw_bytes, 0) != t->raw_xxh64, err, TERN_ECHECKSUM,
-		       "%s: tensor '%s': checksum mismatch (damaged file)", sh->name, t->name);
+	TERN_RETURN_IF(!sh->verified && tern_xxh64_hash(dst, (size_t)t->raw_bytes, 0) != t->raw_xxh64, err,
+		       TERN_ECHECKSUM, "%s: tensor '%s': checksum mismatch (damaged file)", sh->name, t->name);
 	if (scales && t->n_groups)
 		memcpy(scales, sh->base + t->scales_offset, (size_t)t->n_groups * sizeof(float));
 	return 0;

@@ -117,7 +117,10 @@ void tern_shard_writer_abort(tern_shard_writer *w);
 typedef struct tern_shard tern_shard;
 
 /* Maps path, checks header and index. With expect_xxh64 non-NULL the whole
- * file is hashed first and a mismatch is TERN_ECHECKSUM naming the file. */
+ * file is hashed first and a mismatch is TERN_ECHECKSUM naming the file;
+ * tensors read from a shard so checked are not hashed again (every byte is
+ * hashed once on load). Without it each tensor is checked against its own
+ * xxh64 after decompression (tern_shard_read_tensor). */
 int tern_shard_open(tern_shard **out, const char *path, const uint64_t *expect_xxh64, tern_err *err);
 /* The same over a caller's buffer (not copied; must outlive the shard). */
 int tern_shard_open_mem(tern_shard **out, const void *buf, size_t len, const char *name, tern_err *err);
@@ -131,8 +134,10 @@ const tern_shard_tensor *tern_shard_tensor_at(const tern_shard *sh, int i);
 /* Index of (role, layer), or -1. */
 int tern_shard_find(const tern_shard *sh, tern_shard_role role, int layer);
 
-/* Decompresses tensor i's payload into dst (dst_bytes >= raw_bytes) and
- * checks its xxh64; scales (if non-NULL) receive n_groups floats. */
+/* Decompresses tensor i's payload into dst (dst_bytes >= raw_bytes), the
+ * caller's final storage (no copy in between), and checks its xxh64 unless
+ * the whole file was checked at open; scales (if non-NULL) receive n_groups
+ * floats. */
 int tern_shard_read_tensor(const tern_shard *sh, int i, void *dst, size_t dst_bytes, float *scales, tern_err *err);
 
 /* Where the node wants its weights (e.g. on its NUMA domain). NULL

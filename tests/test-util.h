@@ -1,4 +1,4 @@
-/* test-util.h: helpers the C tests share (header-only, libc + POSIX): a
+/* test-util.h: helpers the C tests share (header-only, libc + POSIX + base's file reader): a
  * private temporary directory for the run, removed with everything in it at
  * exit; recursive removal; whole-file read and write. Kept apart from the
  * harness (tern-test.h) so a test that needs neither pays nothing. */
@@ -10,6 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+
+#include "tern-base.h"
 
 static char tt_tmp_root_[64];
 
@@ -60,26 +62,12 @@ static inline const char *tt_tmp(const char *name)
 }
 
 /* The whole of PATH in a malloc'd buffer (one NUL byte past the end, not
- * counted in *LEN); NULL when it cannot be opened or read. */
+ * counted in *LEN), through base's one reader; NULL when it cannot be read
+ * or is over 1 GiB. */
 static inline uint8_t *tt_read_file(const char *path, size_t *len)
 {
-	FILE *f = fopen(path, "rb");
-	if (!f)
-		return NULL;
-	uint8_t *b = NULL;
-	long n = -1;
-	if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0)
-		b = malloc((size_t)n + 1);
-	if (b && fread(b, 1, (size_t)n, f) != (size_t)n) {
-		free(b);
-		b = NULL;
-	}
-	fclose(f);
-	if (b) {
-		b[n] = 0;
-		*len = (size_t)n;
-	}
-	return b;
+	char *b;
+	return tern_read_file(path, (size_t)1 << 30, &b, len, NULL) < 0 ? NULL : (uint8_t *)b;
 }
 
 /* Writes N bytes at P to PATH (created or truncated); 0 or -1. */

@@ -1,7 +1,11 @@
 /* test_base.c: the shared plumbing in kernels/base. */
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "tern-base.h"
 #include "tern-test.h"
@@ -123,5 +127,83 @@ static void test_cpu_probe(void)
 	fprintf(stderr, "  cpu: %s\n", buf);
 }
 
-TT_MAIN(TT_CASE(test_errors), TT_CASE(test_log_levels), TT_CASE(test_clock), TT_CASE(test_aligned_alloc),
-	TT_CASE(test_cpu_probe))
+/* tern_read_file / tern_map_file: contents, the NUL after them, the size
+ * limit, empty files, pipes, and errors that name the path. */
+static void test_files(void)
+{
+	char dir[] = "/tmp/tern-test-base-XXXXXX";
+	TT_REQUIRE(mkdtemp(dir) != NULL);
+	char path[128], empty[128], missing[128];
+	snprintf(path, sizeof path, "%s/f.txt", dir);
+	snprintf(empty, sizeof empty, "%s/empty", dir);
+	snprintf(missing, sizeof missing, "%s/none", dir);
+	FILE *f = fopen(path, "wb");
+	TT_REQUIRE(f);
+	fputs("hello, file", f);
+	fclose(f);
+	f = fopen(empty, "wb");
+	TT_REQUIRE(f);
+	fclose(f);
+
+	tern_err e;
+	char *buf = NULL;
+	size_t len = 0;
+	TT_REQUIRE(tern_read_file(path, 1 << 20, &buf, &len, &e) == 0);
+	TT_EQ_INT(len, 11);
+	TT_CHECK(buf && !memcmp(buf, "hello, file", 12)); /* NUL-terminated */
+	free(buf);
+	TT_CHECK(tern_read_file(path, 11, &buf, &len, &e) == 0); /* exactly the limit */
+	free(buf);
+	TT_EQ_INT(tern_read_file(path, 10, &buf, &len, &e), TERN_ERANGE);
+	TT_CHECKF(strstr(e.msg, "f.txt") && strstr(e.msg, "larger than 10 bytes"), "%s", e.msg);
+	TT_CHECK(buf == NULL && len == 0);
+	TT_REQUIRE(tern_read_file(empty, 100, &buf, &len, &e) == 0);
+	TT_CHECK(len == 0 && buf && buf[0] == '\0');
+	free(buf);
+	TT_EQ_INT(tern_read_file(missing, 100, &buf, &len, &e), TERN_EIO);
+	TT_CHECKF(strstr(e.msg, "none: cannot open") != NULL, "%s", e.msg);
+	TT_EQ_INT(tern_read_file(dir, 100, &buf, &len, &e), TERN_EIO);
+	/* not a regular file: a pipe is read to its end */
+	int fds[2];
+	TT_REQUIRE(pipe(fds) == 0);
+	TT_REQUIRE(write(fds[1], "piped", 5) == 5);
+	close(fds[1]);
+	char pp[64];
+	snprintf(pp, sizeof pp, "/dev/fd/%d", fds[0]);
+	TT_CHECKF(tern_read_file(pp, 100, &buf, &len, &e) == 0, "%s", e.msg);
+	TT_CHECK(len == 5 && buf && !memcmp(buf, "piped", 6));
+	free(buf);
+	close(fds[0]);
+
+	tern_file_map m;
+	TT_REQUIRE(tern_map_file(path, &m, &e) == 0);
+	TT_CHECK(m.size == 11 && m.mapped && !memcmp(m.data, "hello, file", 11));
+	tern_unmap_file(&m);
+	TT_CHECK(m.data == NULL && m.size == 0 && !m.mapped);
+	tern_unmap_file(&m); /* twice is a no-op */
+	tern_unmap_file(NULL);
+	TT_REQUIRE(tern_map_file(empty, &m, &e) == 0);
+	TT_CHECK(m.size == 0 && m.data != NULL && !m.mapped);
+	tern_unmap_file(&m);
+	TT_EQ_INT(tern_map_file(missing, &m, &e), TERN_EIO);
+	TT_CHECKF(strstr(e.msg, "none: cannot open") != NULL, "%s", e.msg);
+	TT_EQ_INT(tern_map_file(dir, &m, &e), TERN_EIO);
+	TT_CHECKF(strstr(e.msg, "not a regular file") != NULL, "%s", e.msg);
+	TT_CHECK(m.data == NULL);
+
+	/* "%h" is this host's name */
+	char host[256] = "", want[300], got[300];
+	gethostname(host, sizeof host - 1);
+	snprintf(want, sizeof want, "/m/%s/x%s", host, host);
+	tern_path_expand_host("/m/%h/x%h", got, sizeof got);
+	TT_CHECKF(!strcmp(got, want), "%s", got);
+	tern_path_expand_host("/abcdef", got, 4);
+	TT_CHECK(!strcmp(got, "/ab"));
+
+	remove(path);
+	remove(empty);
+	rmdir(dir);
+}
+
+TT_MAIN(TT_CASE(test_errors), TT_CASE(test_files), TT_CASE(test_log_levels), TT_CASE(test_clock),
+	TT_CASE(test_aligned_alloc), TT_CASE(test_cpu_probe))

@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "tern-api.h"
+#include "tern-base.h"
 #include "tern.pb-c.h"
 
 typedef struct client_opts {
@@ -67,17 +68,12 @@ static const char *status_name(grpc_status_code c)
 	return (unsigned)c < sizeof names / sizeof names[0] ? names[c] : "?";
 }
 
+/* The whole file (NUL-terminated), or NULL; the caller names the file. */
 static char *slurp(const char *path, size_t max)
 {
-	FILE *f = fopen(path, "rb");
-	if (!f)
-		return NULL;
-	char *buf = malloc(max + 1);
-	size_t n = buf ? fread(buf, 1, max, f) : 0;
-	fclose(f);
-	if (buf)
-		buf[n] = '\0';
-	return buf;
+	char *buf;
+	size_t len;
+	return tern_read_file(path, max, &buf, &len, NULL) < 0 ? NULL : buf;
 }
 
 static int conn_open(conn *c, const client_opts *o)

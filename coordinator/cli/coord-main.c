@@ -20,8 +20,8 @@
 #include "tern-coord.h"
 #include "tern-grpc.h"
 #include "tern-link.h"
+#include "tern-pipeline.h"
 #include "tern-pool.h"
-#include "tern-stage.h"
 
 typedef struct coord_opts {
 	const char *model;
@@ -285,23 +285,20 @@ static int start_stages(const coord_opts *o, int n_stages, const tern_coord_mode
 	return failed ? TERN_ERR(err, TERN_ESTATE, "a stage failed to start") : 0;
 }
 
+/* The first line of the auth token file. */
 static char *read_token(const char *path, tern_err *err)
 {
-	FILE *f = fopen(path, "r");
-	if (!f) {
-		TERN_ERR(err, TERN_EIO, "cannot read the auth token file %s", path);
+	char *buf;
+	size_t len;
+	if (tern_read_file(path, 1 << 16, &buf, &len, err) < 0)
 		return NULL;
-	}
-	char buf[1024];
-	char *line = fgets(buf, sizeof buf, f);
-	fclose(f);
-	size_t n = line ? strcspn(buf, "\r\n") : 0;
-	if (n == 0) {
+	buf[strcspn(buf, "\r\n")] = '\0';
+	if (!buf[0]) {
 		TERN_ERR(err, TERN_EINVAL, "the auth token file %s is empty", path);
+		free(buf);
 		return NULL;
 	}
-	buf[n] = '\0';
-	return strdup(buf);
+	return buf;
 }
 
 int main(int argc, char **argv)
@@ -374,21 +371,12 @@ int main(int argc, char **argv)
 		if (tern_coord_pipeline_backend(n_stages, hp->n_embd, n_stages + 1, &be, &err) < 0)
 			goto fail;
 	} else {
-		if (model->from_plan) {
-			TERN_ERR(&err, TERN_EINVAL, "%s is a plan: it runs on its %d stages (use the model file for --stages 0)",
-				 model->path, model->plan_stages);
-			goto fail;
-		}
-		Tern__V1__Frame hello = TERN__V1__FRAME__INIT;
-		hello.model_path = (char *)o.model;
-		hello.first_layer = 0;
-		hello.n_layers = (uint32_t)hp->n_layer;
-		hello.packing = (uint32_t)o.packing;
 		tern_engine_config cfg = {.n_slots = o.slots, .n_ctx = ctx, .max_rows = o.max_rows,
 					  .isa = (tern_isa)o.isa};
 		const int threads = o.threads > 0 ? o.threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
-		if (tern_stage_load(&hello, &local_layers, &err) < 0 ||
-		    tern_pool_create(threads, NULL, 0, &local_pool, &err) < 0)
+		/* The layers come from the model (or plan) already open: one parse. */
+		if (tern_pool_create(threads, NULL, 0, &local_pool, &err) < 0 ||
+		    tern_coord_model_layers(model, o.packing, local_pool, &local_layers, &err) < 0)
 			goto fail;
 		cfg.pool = local_pool;
 		if (tern_engine_create(&local_layers, &cfg, &local_engine, &err) < 0)

@@ -113,28 +113,13 @@ int tern_perplexity_file(tern_engine *e, tern_head *h, const tern_tokenizer *tok
 			 const tern_ppl_config *cfg, const char *path, tern_ppl_result *res, tern_err *err)
 {
 	TERN_RETURN_IF(!path, err, TERN_EINVAL, "perplexity: NULL path");
-	FILE *f = fopen(path, "rb");
-	TERN_RETURN_IF(!f, err, TERN_EIO, "%s: cannot open: %s", path, strerror(errno));
-	size_t cap = 1 << 16, n = 0;
-	char *buf = malloc(cap);
-	while (buf) {
-		n += fread(buf + n, 1, cap - n, f);
-		if (n < cap)
-			break;
-		char *nb = cap > SIZE_MAX / 2 ? NULL : realloc(buf, cap * 2);
-		if (!nb)
-			free(buf);
-		buf = nb;
-		cap *= 2;
-	}
-	const int bad = ferror(f);
-	fclose(f);
-	int rc;
-	if (!buf)
-		rc = TERN_ERR(err, TERN_ENOMEM, "%s: out of memory reading it", path);
-	else if (bad)
-		rc = TERN_ERR(err, TERN_EIO, "%s: read error", path);
-	else if (n == 0)
+	/* A text to score: up to 1 GiB (tokens take several times that). */
+	char *buf;
+	size_t n;
+	int rc = tern_read_file(path, (size_t)1 << 30, &buf, &n, err);
+	if (rc < 0)
+		return rc;
+	if (n == 0)
 		rc = TERN_ERR(err, TERN_EINVAL, "%s: empty file, nothing to score", path);
 	else
 		rc = tern_perplexity_text(e, h, tok, n_embd, cfg, buf, n, res, err);

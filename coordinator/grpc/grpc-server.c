@@ -599,41 +599,12 @@ static void *serve(void *arg)
 
 /* ---- start / stop ------------------------------------------------------ */
 
-static char *read_file(const char *path, tern_err *err)
+/* A PEM file (certificate or key), NUL-terminated as gRPC wants it. */
+static char *read_pem(const char *path, tern_err *err)
 {
-	FILE *f = fopen(path, "rb");
-	if (!f) {
-		TERN_ERR(err, TERN_EINVAL, "cannot read %s", path);
-		return NULL;
-	}
-	char *buf = NULL;
-	size_t len = 0, cap = 0;
-	for (;;) {
-		if (len + 4096 + 1 > cap) {
-			cap = cap ? cap * 2 : 8192;
-			if (cap > (16u << 20)) {
-				TERN_ERR(err, TERN_EINVAL, "%s is larger than 16 MiB: not a PEM file", path);
-				free(buf);
-				fclose(f);
-				return NULL;
-			}
-			char *nb = realloc(buf, cap);
-			if (!nb) {
-				free(buf);
-				fclose(f);
-				TERN_ERR(err, TERN_ENOMEM, "out of memory reading %s", path);
-				return NULL;
-			}
-			buf = nb;
-		}
-		size_t r = fread(buf + len, 1, 4096, f);
-		len += r;
-		if (r < 4096)
-			break;
-	}
-	fclose(f);
-	buf[len] = '\0';
-	return buf;
+	char *buf;
+	size_t len;
+	return tern_read_file(path, 16u << 20, &buf, &len, err) < 0 ? NULL : buf;
 }
 
 int tern_grpc_start(const tern_grpc_opts *opts, const tern_service *svc, tern_grpc_server **out, tern_err *err)
@@ -653,8 +624,8 @@ int tern_grpc_start(const tern_grpc_opts *opts, const tern_service *svc, tern_gr
 	}
 	grpc_server_credentials *creds = NULL;
 	if (opts && opts->tls_cert_file && opts->tls_key_file) {
-		char *cert = read_file(opts->tls_cert_file, err);
-		char *key = cert ? read_file(opts->tls_key_file, err) : NULL;
+		char *cert = read_pem(opts->tls_cert_file, err);
+		char *key = cert ? read_pem(opts->tls_key_file, err) : NULL;
 		if (!cert || !key) {
 			free(cert);
 			free(key);

@@ -7,7 +7,6 @@
 
 #include "plan.pb-c.h"
 #include "tern-coord.h"
-#include "tern-link.h"
 #include "tern-plan.h"
 #include "tern-shard.h"
 
@@ -139,7 +138,7 @@ int tern_coord_model_open(const char *path, tern_coord_model **out, tern_err *er
 	*out = NULL;
 	tern_coord_model *m = calloc(1, sizeof *m);
 	TERN_RETURN_IF(!m, err, TERN_ENOMEM, "out of memory");
-	tern_link_expand_host(path, m->path, sizeof m->path);
+	tern_path_expand_host(path, m->path, sizeof m->path);
 	char manifest[4200];
 	snprintf(manifest, sizeof manifest, "%s/%s", m->path, TERN_PLAN_MANIFEST);
 	struct stat st;
@@ -182,6 +181,15 @@ void tern_coord_model_close(tern_coord_model *m)
 	tern_plan_manifest_free(m->plan);
 	tern_source_close(m->src);
 	free(m);
+}
+
+int tern_coord_model_layers(const tern_coord_model *m, int packing, tern_pool *pool, tern_layers *out,
+			    tern_err *err)
+{
+	if (m->from_plan)
+		return tern_layers_from_plan(out, m->plan, m->path, 0, m->hp.n_layer, TERN_LAYERS_PACKING_AS_STORED, err);
+	TERN_RETURN_IF(packing < 0 || packing >= TERN_PACK_COUNT, err, TERN_EINVAL, "unknown packing %d", packing);
+	return tern_layers_from_source_mt(out, m->src, 0, m->hp.n_layer, (tern_packing)packing, 0, pool, err);
 }
 
 int tern_coord_model_stage_range(const tern_coord_model *m, int s, int n_stages, int *first, int *count,

@@ -1,4 +1,4 @@
-/* pipeline.c: the scheduler's back end over MPI (see tern-coord.h).
+/* pipeline.c: the scheduler's back end over MPI (see tern-pipeline.h).
  *
  * Sends are non-blocking: the coordinator must always be free to receive
  * from the last stage, or the ring of blocking sends could deadlock. */
@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "tern-coord.h"
+#include "tern-pipeline.h"
 #include "tern-link.h"
 
 typedef struct pipe_be {

@@ -1,9 +1,11 @@
 /* tern-coord.h: the coordinator's pieces that tern-coordinator and tern-run
- * share: the tokenizer built from a model source, the MPI pipeline back end
- * of the scheduler, and the offline batch mode. */
+ * share: the tokenizer built from a model source, the coordinator's model
+ * (a file or a plan), and the offline batch mode. None of it needs MPI; the
+ * MPI back end of the scheduler is tern-pipeline.h. */
 #ifndef TERN_COORD_H
 #define TERN_COORD_H
 
+#include "tern-engine.h"
 #include "tern-sched.h"
 #include "tern-source.h"
 #include "tern-tokenizer.h"
@@ -31,18 +33,16 @@ typedef struct tern_coord_model {
 
 int tern_coord_model_open(const char *path, tern_coord_model **out, tern_err *err);
 void tern_coord_model_close(tern_coord_model *m);
+/* Every layer of the model m holds, for running them in this process
+ * (tern-coordinator --stages 0), from the same parse: a model file's source
+ * packed as packing by pool's threads, or the plan's stage shards as packed
+ * (packing then does not apply). Free with tern_layers_free. */
+int tern_coord_model_layers(const tern_coord_model *m, int packing, tern_pool *pool, tern_layers *out,
+			    tern_err *err);
 /* Layer range of stage s (1..n_stages): the plan's (n_stages must match it),
  * or an even split of the model's layers. */
 int tern_coord_model_stage_range(const tern_coord_model *m, int s, int n_stages, int *first, int *count,
 				 tern_err *err);
-
-/* The scheduler's back end over MPI: stages are ranks 1..n_stages in layer
- * order; micro-batches go to rank 1 and come back from rank n_stages, up to
- * max_in_flight at once. */
-int tern_coord_pipeline_backend(int n_stages, int n_embd, int max_in_flight, tern_sched_backend *out, tern_err *err);
-/* Drains the pipeline: sends SHUTDOWN through the stages and waits (up to
- * timeout_s) for it to come back from the last one. Frees the back end. */
-int tern_coord_pipeline_shutdown(tern_sched_backend *be, double timeout_s, tern_err *err);
 
 /* Offline batch mode: every line of in_path is a JSON object
  *   {"prompt": "...", "max_tokens": 32, "temperature": 0, "top_k": 0,

@@ -1,7 +1,8 @@
 /* tern-base.h: the shared plumbing every tern module uses, kept in the lowest
  * layer (kernels/) so nothing above needs its own copy: error codes with
- * context, levelled logging to stderr, a monotonic clock, aligned allocation
- * and a CPU-feature probe. Depends on libc only. */
+ * context, levelled logging to stderr, a monotonic clock, aligned allocation,
+ * whole-file reads and read-only mappings, and a CPU-feature probe. Depends
+ * on libc only. */
 #ifndef TERN_BASE_H
 #define TERN_BASE_H
 
@@ -99,6 +100,35 @@ void *tern_aligned_calloc(size_t size, size_t align);
 void tern_aligned_free(void *p);
 /* Cache line / SIMD alignment used for every kernel buffer. */
 #define TERN_ALIGN 64
+
+/* ---- files --------------------------------------------------------------
+ * The one place a file is read whole or mapped (file.c). Errors name the
+ * path: TERN_EIO (cannot open, not a regular file, read or map failure),
+ * TERN_ERANGE (larger than the caller's limit), TERN_ENOMEM. */
+
+/* Reads the file at path (any readable file: regular, pipe, /dev/stdin) into
+ * a new buffer *buf (free()) of *len bytes, NUL-terminated at buf[*len] so
+ * text parsers may rely on it. More than max bytes is TERN_ERANGE
+ * "PATH: larger than MAX bytes"; nothing is returned on failure. */
+int tern_read_file(const char *path, size_t max, char **buf, size_t *len, tern_err *err);
+
+/* A read-only private mapping of a whole regular file. data is never NULL
+ * (an empty file maps to a static empty byte); size is the file's size. */
+typedef struct tern_file_map {
+	const uint8_t *data; /* (size) */
+	size_t size;
+	int mapped;          /* 1 when data must be unmapped */
+} tern_file_map;
+
+/* Maps path read-only; *m is zeroed on failure. */
+int tern_map_file(const char *path, tern_file_map *m, tern_err *err);
+/* Unmaps and zeroes *m; a zeroed or NULL map is a no-op. */
+void tern_unmap_file(tern_file_map *m);
+
+/* Copies path to out with every "%h" replaced by this host's name, so each
+ * host of a cluster can keep its copy of a model in a per-host directory
+ * (deploy/tern-up --remote-dir). Truncates to out_len - 1 bytes. */
+void tern_path_expand_host(const char *path, char *out, size_t out_len);
 
 /* ---- CPU features ------------------------------------------------------
  * Probed once from cpuid (x86: also XGETBV, so a feature counts only when the

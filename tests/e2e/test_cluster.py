@@ -6,6 +6,7 @@
     offline batch mode; also with fewer slots than requests (sequences join and
     leave while others decode), with small prefill chunks (long prompts
     interleave with decoding), and with the layers in-process (--stages 0);
+    also from a 2-stage plan directory, through its stages and in-process;
   - a malformed batch line is a one-line error naming the line, exit non-zero;
   - faults: a stage killed mid-generation, and a stage that hangs (SIGSTOP):
     the in-flight request fails with an error within 10 s of the fault and the
@@ -81,6 +82,21 @@ def main():
     res.check("identical_2_stages_5_seqs_3_slots", identical(2, 5, ["--slots", "3"]))
     res.check("identical_3_stages_chunk_2", identical(3, 16, ["--chunk", "2", "--max-rows", "8"]))
     res.check("identical_in_process", identical(0, 16))
+
+    # A plan directory (tern-partition, 2 stages): its stages load their
+    # shards, and --stages 0 loads every layer from all of them in-process.
+    plan = os.path.join(work, "plan")
+    subprocess.run([os.path.join(build, "partition", "tern-partition"), model, "--stages", "2", "-o", plan],
+                   check=True, stdout=subprocess.DEVNULL)
+
+    def identical_plan(stages):
+        def fn():
+            rows = run_batch(build, plan, stages, PROMPTS[:4], work)
+            for p, row in zip(PROMPTS, rows):
+                assert row["token_ids"] == want[p], (stages, p, row, want[p])
+        return fn
+    res.check("identical_plan_2_stages", identical_plan(2))
+    res.check("identical_plan_in_process", identical_plan(0))
 
     def bad_batch():
         inp = os.path.join(work, "bad.jsonl")

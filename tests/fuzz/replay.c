@@ -8,34 +8,19 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "tern-base.h"
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static int run_file(const char *path)
 {
-	FILE *f = fopen(path, "rb");
-	if (!f) {
-		fprintf(stderr, "replay: cannot open %s\n", path);
+	char *buf;
+	size_t len;
+	tern_err e;
+	if (tern_read_file(path, (size_t)1 << 30, &buf, &len, &e) < 0) {
+		fprintf(stderr, "replay: %s\n", e.msg);
 		return 1;
 	}
-	size_t cap = 1 << 16, len = 0;
-	uint8_t *buf = malloc(cap);
-	size_t n;
-	while (buf && (n = fread(buf + len, 1, cap - len, f)) > 0) {
-		len += n;
-		if (len == cap) {
-			uint8_t *nb = realloc(buf, cap * 2);
-			if (!nb) {
-				free(buf);
-				buf = NULL;
-				break;
-			}
-			buf = nb;
-			cap *= 2;
-		}
-	}
-	fclose(f);
-	if (!buf)
-		return 1;
 	/* An exact-size copy so reads past the end are caught by ASan. */
 	uint8_t *exact = malloc(len ? len : 1);
 	if (!exact) {
