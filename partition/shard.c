@@ -11,9 +11,10 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#define XXH_STATIC_LINKING_ONLY /* XXH64_state_t on the stack */
+#include <xxhash.h>
 #include <zstd.h>
 
-#include "tern-checksum.h"
 #include "tern-progress.h"
 
 /* Limits far above any real model, low enough that byte products of them
@@ -181,7 +182,7 @@ static int pad_to64(tern_shard_writer *w, tern_err *err)
 static int write_payload(tern_shard_writer *w, tern_shard_tensor *t, const void *data, size_t n, tern_err *err)
 {
 	t->raw_bytes = n;
-	t->raw_xxh64 = tern_xxh64_hash(data, n, 0);
+	t->raw_xxh64 = XXH64(data, n, 0);
 	t->data_offset = w->pos - w->data_offset;
 	const uint64_t start = w->pos;
 	/* small tensors (norms) are not worth a frame */
@@ -337,7 +338,7 @@ int tern_shard_writer_close(tern_shard_writer *w, uint64_t *file_bytes, uint64_t
 	put64(h + 32, TERN_SHARD_HEADER_BYTES);
 	put64(h + 40, w->data_offset);
 	put64(h + 48, w->pos);
-	put64(h + 56, tern_xxh64_hash(idx, ibytes, 0));
+	put64(h + 56, XXH64(idx, ibytes, 0));
 	const uint64_t end = w->pos;
 	if (fseeko(w->f, 0, SEEK_SET) != 0) {
 		rc = TERN_ERR(err, TERN_EIO, "%s: seek failed", w->path);
@@ -351,12 +352,12 @@ int tern_shard_writer_close(tern_shard_writer *w, uint64_t *file_bytes, uint64_t
 		rc = TERN_ERR(err, TERN_EIO, "%s: flush failed: %s", w->path, strerror(errno));
 		goto fail;
 	}
-	tern_xxh64 hs;
-	tern_xxh64_init(&hs, 0);
+	XXH64_state_t hs;
+	XXH64_reset(&hs, 0);
 	uint64_t got = 0;
 	size_t n;
 	while ((n = fread(buf, 1, CHUNK, w->f)) > 0) {
-		tern_xxh64_update(&hs, buf, n);
+		XXH64_update(&hs, buf, n);
 		got += n;
 	}
 	if (got != end) {
@@ -374,7 +375,7 @@ int tern_shard_writer_close(tern_shard_writer *w, uint64_t *file_bytes, uint64_t
 	if (file_bytes)
 		*file_bytes = end;
 	if (file_xxh64)
-		*file_xxh64 = tern_xxh64_digest(&hs);
+		*file_xxh64 = XXH64_digest(&hs);
 fail:
 	free(idx);
 	free(buf);
@@ -428,7 +429,7 @@ static int parse(tern_shard *sh, tern_err *err)
 			       doff > sh->len,
 		       err, TERN_ERANGE, "%s: index/data offsets out of range", nm);
 	const uint8_t *idx = b + ioff;
-	TERN_RETURN_IF(tern_xxh64_hash(idx, (size_t)n * TERN_SHARD_ENTRY_BYTES, 0) != get64(b + 56), err,
+	TERN_RETURN_IF(XXH64(idx, (size_t)n * TERN_SHARD_ENTRY_BYTES, 0) != get64(b + 56), err,
 		       TERN_ECHECKSUM, "%s: tensor index checksum mismatch (damaged file)", nm);
 	sh->stage = (int)stage;
 	sh->first = first;
@@ -558,7 +559,7 @@ int tern_shard_open(tern_shard **out, const char *path, const uint64_t *expect_x
 	sh->mapped = 1;
 	int rc = 0;
 	if (expect_xxh64) {
-		const uint64_t h = tern_xxh64_hash(sh->base, sh->len, 0);
+		const uint64_t h = XXH64(sh->base, sh->len, 0);
 		if (h != *expect_xxh64)
 			rc = TERN_ERR(err, TERN_ECHECKSUM, "%s: checksum mismatch (xxh64 %016llx, plan says %016llx): file is damaged",
 				      path, (unsigned long long)h, (unsigned long long)*expect_xxh64);
@@ -623,7 +624,7 @@ int tern_shard_read_tensor(const tern_shard *sh, int i, void *dst, size_t dst_by
 	} else if (t->raw_bytes) {
 		memcpy(dst, src, (size_t)t->raw_bytes);
 	}
-	TERN_RETURN_IF(tern_xxh64_hash(dst, (size_t)t->raw_bytes, 0) != t->raw_xxh64, err, TERN_ECHECKSUM,
+	TERN_RETURN_IF(XXH64(dst, (size_t)t->raw_bytes, 0) != t->raw_xxh64, err, TERN_ECHECKSUM,
 		       "%s: tensor '%s': checksum mismatch (damaged file)", sh->name, t->name);
 	if (scales && t->n_groups)
 		memcpy(scales, sh->base + t->scales_offset, (size_t)t->n_groups * sizeof(float));

@@ -1,23 +1,26 @@
-/* test_partition.c: partition/ — checksums (more with the model readers). */
+/* test_partition.c: partition/ — checksums (libxxhash must give the digests
+ * the plan format was written with; more with the model readers). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "tern-checksum.h"
+#define XXH_STATIC_LINKING_ONLY
+#include <xxhash.h>
+
 #include "tern-model.h"
 #include "tern-test.h"
 
 static void test_xxh64_known_answers(void)
 {
 	/* Reference values from xxhsum -H1 (Debian's xxhash package). */
-	TT_CHECK(tern_xxh64_hash(NULL, 0, 0) == 0xef46db3751d8e999ULL);
-	TT_CHECK(tern_xxh64_hash("a", 1, 0) == 0xd24ec4f1a98c6e5bULL);
-	TT_CHECK(tern_xxh64_hash("abc", 3, 0) == 0x44bc2cf5ad770999ULL);
+	TT_CHECK(XXH64(NULL, 0, 0) == 0xef46db3751d8e999ULL);
+	TT_CHECK(XXH64("a", 1, 0) == 0xd24ec4f1a98c6e5bULL);
+	TT_CHECK(XXH64("abc", 3, 0) == 0x44bc2cf5ad770999ULL);
 	char x[1000];
 	memset(x, 'x', sizeof x);
-	TT_CHECK(tern_xxh64_hash(x, sizeof x, 0) == 0x4cb9a3b69cb700e1ULL);
+	TT_CHECK(XXH64(x, sizeof x, 0) == 0x4cb9a3b69cb700e1ULL);
 	/* A different seed gives a different hash. */
-	TT_CHECK(tern_xxh64_hash("abc", 3, 1) != tern_xxh64_hash("abc", 3, 0));
+	TT_CHECK(XXH64("abc", 3, 1) != XXH64("abc", 3, 0));
 }
 
 static void test_xxh64_streaming_equals_oneshot(void)
@@ -31,24 +34,24 @@ static void test_xxh64_streaming_equals_oneshot(void)
 		buf[i] = (uint8_t)(s >> 24);
 	}
 	for (size_t len = 0; len <= N; len += (len < 100 ? 1 : 97)) {
-		const uint64_t want = tern_xxh64_hash(buf, len, 7);
+		const uint64_t want = XXH64(buf, len, 7);
 		/* Feed in uneven pieces that cross the 32-byte stripe boundary. */
-		tern_xxh64 st;
-		tern_xxh64_init(&st, 7);
+		XXH64_state_t st;
+		XXH64_reset(&st, 7);
 		size_t off = 0, piece = 1;
 		while (off < len) {
 			size_t n = piece < len - off ? piece : len - off;
-			tern_xxh64_update(&st, buf + off, n);
+			XXH64_update(&st, buf + off, n);
 			off += n;
 			piece = piece * 3 % 71 + 1;
 		}
-		TT_CHECKF(tern_xxh64_digest(&st) == want, "len %zu", len);
+		TT_CHECKF(XXH64_digest(&st) == want, "len %zu", len);
 	}
 	/* One flipped bit anywhere changes the hash. */
-	const uint64_t h0 = tern_xxh64_hash(buf, N, 0);
+	const uint64_t h0 = XXH64(buf, N, 0);
 	for (int i = 0; i < N; i += 511) {
 		buf[i] ^= 0x10;
-		TT_CHECK(tern_xxh64_hash(buf, N, 0) != h0);
+		TT_CHECK(XXH64(buf, N, 0) != h0);
 		buf[i] ^= 0x10;
 	}
 	free(buf);
