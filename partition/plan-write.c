@@ -130,7 +130,7 @@ static int write_coord(tern_source *src, const tern_plan_opts *o, const char *pa
 			goto fail;
 		if (embd_dtype(v.type, &dt) < 0 || v.rows < 1 || v.cols < 1 || v.rows > INT32_MAX || v.cols > INT32_MAX) {
 			rc = TERN_ERR(err, TERN_EUNSUP, "%s: %s stored as type %d, not F32/F16/BF16", tern_source_path(src),
-				      d == TERN_DENSE_TOKEN_EMBD ? "token_embd" : "output", v.type);
+				      tern_dense_gguf((tern_dense_kind)d), v.type);
 			goto fail;
 		}
 		if ((rc = tern_shard_write_dense(w, d == TERN_DENSE_TOKEN_EMBD ? TERN_ROLE_TOKEN_EMBD : TERN_ROLE_OUTPUT, -1,

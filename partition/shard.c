@@ -24,14 +24,20 @@
 #define MAX_COLS (1 << 20)
 #define CHUNK (1u << 20)
 
-static const char *const role_names[TERN_ROLE_COUNT] = {
-	"attn_q",	 "attn_k",   "attn_v",	   "attn_output", "ffn_gate",    "ffn_up", "ffn_down",
-	"attn_norm",	 "attn_sub_norm", "ffn_norm", "ffn_sub_norm", "token_embd", "output_norm", "output",
-};
-
+/* Roles are the model description's tensors in a fixed on-disk order: the
+ * projections, the four layer norms, then the global tensors. */
 const char *tern_shard_role_name(tern_shard_role r)
 {
-	return (unsigned)r < TERN_ROLE_COUNT ? role_names[r] : "?";
+	if ((unsigned)r < TERN_SHARD_N_PROJ)
+		return tern_proj_gguf((tern_proj)r);
+	if (r >= TERN_ROLE_ATTN_NORM && r <= TERN_ROLE_FFN_SUB_NORM)
+		return tern_norm_name((tern_norm_kind)(r - TERN_ROLE_ATTN_NORM));
+	switch (r) {
+	case TERN_ROLE_TOKEN_EMBD: return tern_dense_gguf(TERN_DENSE_TOKEN_EMBD);
+	case TERN_ROLE_OUTPUT_NORM: return tern_norm_name(TERN_NORM_OUTPUT);
+	case TERN_ROLE_OUTPUT: return tern_dense_gguf(TERN_DENSE_OUTPUT);
+	default: return "?";
+	}
 }
 
 int tern_shard_dtype_bytes(tern_shard_dtype t)

@@ -93,4 +93,76 @@ static void test_presets(void)
 	TT_EQ_INT(tern_hparams_validate(&hp, &e), TERN_ERANGE);
 }
 
-TT_MAIN(TT_CASE(test_xxh64_known_answers), TT_CASE(test_xxh64_streaming_equals_oneshot), TT_CASE(test_presets))
+static void test_tensor_names_and_shapes(void)
+{
+	tern_hparams hp;
+	tern_err e;
+	TT_REQUIRE(tern_hparams_preset("2b4t", &hp, &e) == 0);
+	char b[128];
+	tern_proj_gguf_name(TERN_PROJ_O, 7, b, sizeof b);
+	TT_CHECK(strcmp(b, "blk.7.attn_output.weight") == 0);
+	tern_proj_hf_name(TERN_PROJ_GATE, 3, b, sizeof b);
+	TT_CHECK(strcmp(b, "model.layers.3.mlp.gate_proj.weight") == 0);
+	tern_norm_gguf_name(TERN_NORM_FFN_SUB, 2, b, sizeof b);
+	TT_CHECK(strcmp(b, "blk.2.ffn_sub_norm.weight") == 0);
+	tern_norm_hf_name(TERN_NORM_ATTN_SUB, 0, b, sizeof b);
+	TT_CHECK(strcmp(b, "model.layers.0.self_attn.attn_sub_norm.weight") == 0);
+	tern_norm_gguf_name(TERN_NORM_OUTPUT, 5, b, sizeof b);
+	TT_CHECK(strcmp(b, "output_norm.weight") == 0);
+	tern_norm_hf_name(TERN_NORM_OUTPUT, 5, b, sizeof b);
+	TT_CHECK(strcmp(b, "model.norm.weight") == 0);
+	TT_CHECK(strcmp(tern_dense_gguf_name(TERN_DENSE_OUTPUT), "output.weight") == 0);
+	TT_CHECK(strcmp(tern_dense_hf_name(TERN_DENSE_TOKEN_EMBD), "model.embed_tokens.weight") == 0);
+	TT_CHECK(strcmp(tern_proj_name(TERN_PROJ_DOWN), "down") == 0 && strcmp(tern_proj_gguf(TERN_PROJ_K), "attn_k") == 0);
+	TT_CHECK(strcmp(tern_proj_name(TERN_PROJ_COUNT), "?") == 0 && strcmp(tern_norm_name(TERN_NORM_COUNT), "?") == 0);
+	/* 2b4t (MODEL-FORMATS section 1): kv = 5 heads of 128, ff 6912. */
+	int m, k;
+	tern_proj_shape(&hp, TERN_PROJ_K, &m, &k);
+	TT_CHECK(m == 640 && k == 2560);
+	tern_proj_shape(&hp, TERN_PROJ_DOWN, &m, &k);
+	TT_CHECK(m == 2560 && k == 6912);
+	tern_proj_shape(&hp, TERN_PROJ_UP, &m, &k);
+	TT_CHECK(m == 6912 && k == 2560);
+	TT_EQ_INT(tern_norm_len(&hp, TERN_NORM_FFN_SUB), 6912);
+	TT_EQ_INT(tern_norm_len(&hp, TERN_NORM_ATTN_SUB), 2560);
+}
+
+static void test_dtype_file_codes(void)
+{
+	/* The codes the file formats fix: GGUF ggml_type ids, safetensors
+	 * strings, shard index codes (plan format v1). */
+	TT_EQ_INT(tern_dtype_ggml(TERN_DTYPE_F32), 0);
+	TT_EQ_INT(tern_dtype_ggml(TERN_DTYPE_F16), 1);
+	TT_EQ_INT(tern_dtype_ggml(TERN_DTYPE_BF16), 30);
+	TT_EQ_INT(tern_dtype_ggml(TERN_DTYPE_I8), 24);
+	TT_EQ_INT(tern_dtype_ggml(TERN_DTYPE_I2_S), 36);
+	TT_EQ_INT(tern_dtype_ggml(TERN_DTYPE_TL1), 38);
+	TT_EQ_INT(tern_dtype_ggml(TERN_DTYPE_TL2), 39);
+	TT_CHECK(tern_dtype_ggml(TERN_DTYPE_TERNARY) == UINT32_MAX);
+	TT_EQ_INT(tern_dtype_of_ggml(8), TERN_DTYPE_NONE); /* q8_0: not an element type of tern's */
+	TT_EQ_INT(tern_dtype_shard(TERN_DTYPE_TERNARY), 0);
+	TT_EQ_INT(tern_dtype_shard(TERN_DTYPE_F32), 1);
+	TT_EQ_INT(tern_dtype_shard(TERN_DTYPE_F16), 2);
+	TT_EQ_INT(tern_dtype_shard(TERN_DTYPE_BF16), 3);
+	TT_EQ_INT(tern_dtype_of_shard(4), TERN_DTYPE_NONE);
+	TT_EQ_INT(tern_dtype_of_safetensors("BF16"), TERN_DTYPE_BF16);
+	TT_EQ_INT(tern_dtype_of_safetensors("F8_E5M2"), TERN_DTYPE_F8_E5M2);
+	TT_EQ_INT(tern_dtype_of_safetensors("bf16"), TERN_DTYPE_NONE);
+	TT_EQ_INT(tern_dtype_of_safetensors(NULL), TERN_DTYPE_NONE);
+	TT_CHECK(tern_dtype_safetensors(TERN_DTYPE_I2_S) == NULL);
+	TT_CHECK(strcmp(tern_dtype_name(TERN_DTYPE_I2_S), "i2_s") == 0 && strcmp(tern_dtype_name(-7), "unknown") == 0);
+	TT_EQ_INT(tern_dtype_size(TERN_DTYPE_BF16), 2);
+	TT_EQ_INT(tern_dtype_size(TERN_DTYPE_TERNARY), 0);
+	/* Every mapping round-trips. */
+	for (int d = 0; d < TERN_DTYPE_COUNT; d++) {
+		if (tern_dtype_ggml(d) != UINT32_MAX)
+			TT_CHECKF(tern_dtype_of_ggml(tern_dtype_ggml(d)) == d, "%s", tern_dtype_name(d));
+		if (tern_dtype_shard(d) != UINT32_MAX)
+			TT_CHECKF(tern_dtype_of_shard(tern_dtype_shard(d)) == d, "%s", tern_dtype_name(d));
+		if (tern_dtype_safetensors(d))
+			TT_CHECKF(tern_dtype_of_safetensors(tern_dtype_safetensors(d)) == d, "%s", tern_dtype_name(d));
+	}
+}
+
+TT_MAIN(TT_CASE(test_xxh64_known_answers), TT_CASE(test_xxh64_streaming_equals_oneshot), TT_CASE(test_presets),
+	TT_CASE(test_tensor_names_and_shapes), TT_CASE(test_dtype_file_codes))
