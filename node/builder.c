@@ -72,14 +72,14 @@ static void build_run(void *ctx, int tid, int nth)
 		const int l = it / TERN_PROJ_COUNT;
 		const tern_proj p = (tern_proj)(it % TERN_PROJ_COUNT);
 		int m, k;
-		tern_engine_proj_shape(hp, p, &m, &k);
+		tern_proj_shape(hp, p, &m, &k);
 		int group_rows = m;
 		rc = job->src->get_proj(job->src->ctx, job->first + l, p, m, k, w, scales, m, &group_rows, err);
 		if (rc < 0)
 			break;
 		if (group_rows < 1 || group_rows > m) {
 			rc = TERN_ERR(err, TERN_EINVAL, "builder: layer %d %s: bad scale group of %d rows",
-				      job->first + l, tern_engine_proj_name(p), group_rows);
+				      job->first + l, tern_proj_gguf(p), group_rows);
 			break;
 		}
 		rc = tern_matrix_pack(&job->out->l[l].proj[p], job->packing, w, m, k, scales, group_rows, err);
@@ -137,7 +137,7 @@ int tern_layers_build_mt(tern_layers *out, const tern_hparams *hp, int first, in
 	for (int l = 0; l < n; l++) {
 		tern_layer_weights *lw = &out->l[l];
 		for (int q = 0; q < TERN_LAYER_NORMS; q++) {
-			const int width = tern_engine_norm_width(hp, (tern_norm_kind)q);
+			const int width = tern_norm_len(hp, (tern_norm_kind)q);
 			lw->norm[q] = tern_aligned_alloc((size_t)width * sizeof(float), TERN_ALIGN);
 			if (!lw->norm[q]) {
 				rc = TERN_ERR(err, TERN_ENOMEM, "builder: out of memory");

@@ -109,39 +109,6 @@ float tern_engine_dot(const float *a, const float *b, int n)
 	return (s0 + s2) + (s1 + s3);
 }
 
-/* ---- names and shapes ---------------------------------------------------- */
-
-const char *tern_engine_proj_name(tern_proj p)
-{
-	static const char *const names[TERN_PROJ_COUNT] = {"attn_q",   "attn_k", "attn_v",  "attn_output",
-							   "ffn_gate", "ffn_up", "ffn_down"};
-	return (p >= 0 && p < TERN_PROJ_COUNT) ? names[p] : "?";
-}
-
-const char *tern_engine_norm_name(tern_norm_kind n)
-{
-	static const char *const names[TERN_LAYER_NORMS] = {"attn_norm", "attn_sub_norm", "ffn_norm", "ffn_sub_norm"};
-	return (n >= 0 && n < TERN_LAYER_NORMS) ? names[n] : "?";
-}
-
-void tern_engine_proj_shape(const tern_hparams *hp, tern_proj p, int *m, int *k)
-{
-	const int kv = hp->n_head_kv * hp->head_dim;
-	switch (p) {
-	case TERN_PROJ_K:
-	case TERN_PROJ_V: *m = kv, *k = hp->n_embd; break;
-	case TERN_PROJ_GATE:
-	case TERN_PROJ_UP: *m = hp->n_ff, *k = hp->n_embd; break;
-	case TERN_PROJ_DOWN: *m = hp->n_embd, *k = hp->n_ff; break;
-	default: *m = hp->n_embd, *k = hp->n_embd; break;
-	}
-}
-
-int tern_engine_norm_width(const tern_hparams *hp, tern_norm_kind n)
-{
-	return n == TERN_NORM_FFN_SUB ? hp->n_ff : hp->n_embd;
-}
-
 /* ---- the engine ----------------------------------------------------------- */
 
 /* Up to three products with the same input, in one pool run: each thread
@@ -204,11 +171,11 @@ int tern_engine_create(const tern_layers *w, const tern_engine_config *cfg, tern
 	for (int l = 0; l < w->n; l++)
 		for (int p = 0; p < TERN_PROJ_COUNT; p++) {
 			int m, k;
-			tern_engine_proj_shape(&w->hp, (tern_proj)p, &m, &k);
+			tern_proj_shape(&w->hp, (tern_proj)p, &m, &k);
 			const tern_matrix *mat = &w->l[l].proj[p];
 			TERN_RETURN_IF(mat->m != m || mat->k != k || mat->packing != w->packing || !mat->data, err,
 				       TERN_EINVAL, "engine: layer %d %s is %dx%d (%s), expected %dx%d (%s)",
-				       w->first + l, tern_engine_proj_name((tern_proj)p), mat->m, mat->k,
+				       w->first + l, tern_proj_gguf((tern_proj)p), mat->m, mat->k,
 				       tern_packing_name(mat->packing), m, k, tern_packing_name(w->packing));
 		}
 

@@ -31,9 +31,9 @@ static int layer_from_shard(const tern_shard *sh, const char *path, const tern_h
 	for (int p = 0; p < TERN_PROJ_COUNT; p++) {
 		const int i = tern_shard_find(sh, (tern_shard_role)p, layer);
 		TERN_RETURN_IF(i < 0, err, TERN_EFORMAT, "%s: layer %d has no %s", path, layer,
-			       tern_engine_proj_name((tern_proj)p));
+			       tern_proj_name((tern_proj)p));
 		int m, k;
-		tern_engine_proj_shape(hp, (tern_proj)p, &m, &k);
+		tern_proj_shape(hp, (tern_proj)p, &m, &k);
 		const tern_shard_tensor *t = tern_shard_tensor_at(sh, i);
 		TERN_RETURN_IF(t->m != m || t->k != k, err, TERN_EFORMAT, "%s: tensor '%s' is %d x %d, the model needs %d x %d",
 			       path, t->name, t->m, t->k, m, k);
@@ -42,10 +42,10 @@ static int layer_from_shard(const tern_shard *sh, const char *path, const tern_h
 	}
 	for (int q = 0; q < TERN_LAYER_NORMS; q++) {
 		const int i = tern_shard_find(sh, (tern_shard_role)(TERN_ROLE_ATTN_NORM + q), layer);
-		const int width = tern_engine_norm_width(hp, (tern_norm_kind)q);
+		const int width = tern_norm_len(hp, (tern_norm_kind)q);
 		const tern_shard_tensor *t = i >= 0 ? tern_shard_tensor_at(sh, i) : NULL;
 		TERN_RETURN_IF(!t || t->dtype != TERN_DT_F32 || (int64_t)t->m * t->k != width, err, TERN_EFORMAT,
-			       "%s: layer %d: no f32[%d] %s", path, layer, width, tern_engine_norm_name((tern_norm_kind)q));
+			       "%s: layer %d: no f32[%d] %s", path, layer, width, tern_norm_name((tern_norm_kind)q));
 		lw->norm[q] = tern_aligned_alloc((size_t)width * sizeof(float), TERN_ALIGN);
 		TERN_RETURN_IF(!lw->norm[q], err, TERN_ENOMEM, "%s: out of memory", path);
 		TERN_FORWARD_IF_ERROR(tern_shard_read_tensor(sh, i, lw->norm[q], (size_t)width * sizeof(float), NULL, err));

@@ -46,16 +46,8 @@ extern "C" {
 
 /* ---- weights ------------------------------------------------------------ */
 
-/* tern_proj (the seven projections) and tern_norm_kind come from
- * partition/tern-source.h; a layer holds the first four norms. */
-#define TERN_LAYER_NORMS 4 /* TERN_NORM_ATTN, _ATTN_SUB, _FFN, _FFN_SUB */
-
-const char *tern_engine_proj_name(tern_proj p);      /* "attn_q", ..., "ffn_down" (GGUF names) */
-const char *tern_engine_norm_name(tern_norm_kind n); /* "attn_norm", ..., "ffn_sub_norm" */
-/* Output rows (m) and inputs (k) of a projection for these hyper-parameters. */
-void tern_engine_proj_shape(const tern_hparams *hp, tern_proj p, int *m, int *k);
-/* Width of a norm vector. */
-int tern_engine_norm_width(const tern_hparams *hp, tern_norm_kind n);
+/* tern_proj (the seven projections), tern_norm_kind, their shapes and names
+ * come from partition/tern-model.h; a layer holds TERN_LAYER_NORMS norms. */
 
 typedef struct tern_layer_weights {
 	tern_matrix proj[TERN_PROJ_COUNT]; /* packed, shapes as tern_proj says */

@@ -1009,7 +1009,7 @@ int tern_gguf_hparams(const tern_gguf *g, tern_hparams *hp, tern_err *err)
 	if (n_vocab == 0) {
 		uint32_t et;
 		uint64_t cnt;
-		const tern_gguf_tensor *te = tern_gguf_find_tensor(g, "token_embd.weight");
+		const tern_gguf_tensor *te = tern_gguf_find_tensor(g, tern_dense_gguf_name(TERN_DENSE_TOKEN_EMBD));
 		if (tern_gguf_find_key(g, "tokenizer.ggml.tokens") >= 0 &&
 		    tern_gguf_get_arr(g, "tokenizer.ggml.tokens", &et, &cnt, NULL) == 0 && cnt <= INT32_MAX)
 			n_vocab = (int)cnt;
@@ -1017,7 +1017,7 @@ int tern_gguf_hparams(const tern_gguf *g, tern_hparams *hp, tern_err *err)
 			n_vocab = (int)te->ne[1];
 	}
 	hp->n_vocab = n_vocab;
-	hp->tied_embeddings = tern_gguf_find_tensor(g, "output.weight") == NULL;
+	hp->tied_embeddings = tern_gguf_find_tensor(g, tern_dense_gguf_name(TERN_DENSE_OUTPUT)) == NULL;
 	hp->bos_id = opt_token_id(g, "tokenizer.ggml.bos_token_id");
 	hp->eos_id = opt_token_id(g, "tokenizer.ggml.eos_token_id");
 	hp->eot_id = opt_token_id(g, "tokenizer.ggml.eot_token_id");

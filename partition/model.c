@@ -1,6 +1,8 @@
-/* model.c: hyper-parameters, presets and counts (see tern-model.h). */
+/* model.c: hyper-parameters, presets, counts, tensor names and shapes, and
+ * the element types with their file codes (see tern-model.h). */
 #include "tern-model.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -105,4 +107,183 @@ uint64_t tern_hparams_total_params(const tern_hparams *hp)
 uint64_t tern_hparams_kv_bytes_per_token_layer(const tern_hparams *hp)
 {
 	return 2ull * (uint64_t)hp->n_head_kv * (uint64_t)hp->head_dim * sizeof(float);
+}
+
+/* ---- the tensors of a layer ------------------------------------------------ */
+
+static const char *const proj_names[TERN_PROJ_COUNT] = {"q", "k", "v", "o", "gate", "up", "down"};
+static const char *const proj_gguf[TERN_PROJ_COUNT] = {"attn_q",   "attn_k", "attn_v",  "attn_output",
+						       "ffn_gate", "ffn_up", "ffn_down"};
+static const char *const proj_hf[TERN_PROJ_COUNT] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+						     "self_attn.o_proj", "mlp.gate_proj",    "mlp.up_proj",
+						     "mlp.down_proj"};
+static const char *const norm_gguf[TERN_NORM_COUNT] = {"attn_norm", "attn_sub_norm", "ffn_norm", "ffn_sub_norm",
+						       "output_norm"};
+static const char *const norm_hf[TERN_NORM_COUNT] = {"input_layernorm", "self_attn.attn_sub_norm",
+						     "post_attention_layernorm", "mlp.ffn_sub_norm", "norm"};
+
+const char *tern_proj_name(tern_proj p)
+{
+	return (unsigned)p < TERN_PROJ_COUNT ? proj_names[p] : "?";
+}
+
+const char *tern_proj_gguf(tern_proj p)
+{
+	return (unsigned)p < TERN_PROJ_COUNT ? proj_gguf[p] : "?";
+}
+
+const char *tern_norm_name(tern_norm_kind n)
+{
+	return (unsigned)n < TERN_NORM_COUNT ? norm_gguf[n] : "?";
+}
+
+void tern_proj_gguf_name(tern_proj p, int layer, char *buf, size_t len)
+{
+	snprintf(buf, len, "blk.%d.%s.weight", layer, tern_proj_gguf(p));
+}
+
+void tern_norm_gguf_name(tern_norm_kind n, int layer, char *buf, size_t len)
+{
+	if (n == TERN_NORM_OUTPUT)
+		snprintf(buf, len, "output_norm.weight");
+	else
+		snprintf(buf, len, "blk.%d.%s.weight", layer, tern_norm_name(n));
+}
+
+void tern_proj_hf_name(tern_proj p, int layer, char *buf, size_t len)
+{
+	snprintf(buf, len, "model.layers.%d.%s.weight", layer, (unsigned)p < TERN_PROJ_COUNT ? proj_hf[p] : "?");
+}
+
+void tern_norm_hf_name(tern_norm_kind n, int layer, char *buf, size_t len)
+{
+	if (n == TERN_NORM_OUTPUT)
+		snprintf(buf, len, "model.norm.weight");
+	else
+		snprintf(buf, len, "model.layers.%d.%s.weight", layer, (unsigned)n < TERN_NORM_COUNT ? norm_hf[n] : "?");
+}
+
+const char *tern_dense_gguf(tern_dense_kind d)
+{
+	static const char *const names[TERN_DENSE_COUNT] = {"token_embd", "output"};
+	return (unsigned)d < TERN_DENSE_COUNT ? names[d] : "?";
+}
+
+const char *tern_dense_gguf_name(tern_dense_kind d)
+{
+	static const char *const names[TERN_DENSE_COUNT] = {"token_embd.weight", "output.weight"};
+	return (unsigned)d < TERN_DENSE_COUNT ? names[d] : "?";
+}
+
+const char *tern_dense_hf_name(tern_dense_kind d)
+{
+	static const char *const names[TERN_DENSE_COUNT] = {"model.embed_tokens.weight", "lm_head.weight"};
+	return (unsigned)d < TERN_DENSE_COUNT ? names[d] : "?";
+}
+
+void tern_proj_shape(const tern_hparams *hp, tern_proj p, int *m, int *k)
+{
+	const int kv = hp->n_head_kv * hp->head_dim;
+	switch (p) {
+	case TERN_PROJ_K:
+	case TERN_PROJ_V: *m = kv, *k = hp->n_embd; break;
+	case TERN_PROJ_GATE:
+	case TERN_PROJ_UP: *m = hp->n_ff, *k = hp->n_embd; break;
+	case TERN_PROJ_DOWN: *m = hp->n_embd, *k = hp->n_ff; break;
+	default: *m = hp->n_embd, *k = hp->n_embd; break;
+	}
+}
+
+int tern_norm_len(const tern_hparams *hp, tern_norm_kind n)
+{
+	return n == TERN_NORM_FFN_SUB ? hp->n_ff : hp->n_embd;
+}
+
+/* ---- element types and their file codes ------------------------------------- */
+
+#define NO_CODE UINT32_MAX
+
+/* One row per tern_dtype: what each file format calls it. The GGUF column is
+ * ggml_type; the shard column is the dtype field of a shard index entry
+ * (tern-shard.h), fixed by the plan format. */
+static const struct {
+	const char *name;
+	size_t size;
+	uint32_t ggml;
+	const char *safetensors;
+	uint32_t shard;
+} dtypes[TERN_DTYPE_COUNT] = {
+    [TERN_DTYPE_F32] = {"f32", 4, 0, "F32", 1},
+    [TERN_DTYPE_F16] = {"f16", 2, 1, "F16", 2},
+    [TERN_DTYPE_BF16] = {"bf16", 2, 30, "BF16", 3},
+    [TERN_DTYPE_F64] = {"f64", 8, 28, "F64", NO_CODE},
+    [TERN_DTYPE_I8] = {"i8", 1, 24, "I8", NO_CODE},
+    [TERN_DTYPE_U8] = {"u8", 1, NO_CODE, "U8", NO_CODE},
+    [TERN_DTYPE_I16] = {"i16", 2, 25, "I16", NO_CODE},
+    [TERN_DTYPE_U16] = {"u16", 2, NO_CODE, "U16", NO_CODE},
+    [TERN_DTYPE_I32] = {"i32", 4, 26, "I32", NO_CODE},
+    [TERN_DTYPE_U32] = {"u32", 4, NO_CODE, "U32", NO_CODE},
+    [TERN_DTYPE_I64] = {"i64", 8, 27, "I64", NO_CODE},
+    [TERN_DTYPE_U64] = {"u64", 8, NO_CODE, "U64", NO_CODE},
+    [TERN_DTYPE_BOOL] = {"bool", 1, NO_CODE, "BOOL", NO_CODE},
+    [TERN_DTYPE_F8_E4M3] = {"f8_e4m3", 1, NO_CODE, "F8_E4M3", NO_CODE},
+    [TERN_DTYPE_F8_E5M2] = {"f8_e5m2", 1, NO_CODE, "F8_E5M2", NO_CODE},
+    [TERN_DTYPE_I2_S] = {"i2_s", 0, 36, NULL, NO_CODE},
+    [TERN_DTYPE_TL1] = {"tl1", 0, 38, NULL, NO_CODE},
+    [TERN_DTYPE_TL2] = {"tl2", 0, 39, NULL, NO_CODE},
+    [TERN_DTYPE_TERNARY] = {"ternary", 0, NO_CODE, NULL, 0},
+};
+
+static int dtype_ok(int dt)
+{
+	return dt >= 0 && dt < TERN_DTYPE_COUNT;
+}
+
+const char *tern_dtype_name(int dt)
+{
+	return dtype_ok(dt) ? dtypes[dt].name : "unknown";
+}
+
+size_t tern_dtype_size(int dt)
+{
+	return dtype_ok(dt) ? dtypes[dt].size : 0;
+}
+
+int tern_dtype_of_ggml(uint32_t ggml_type)
+{
+	for (int d = 0; d < TERN_DTYPE_COUNT; d++)
+		if (dtypes[d].ggml == ggml_type && ggml_type != NO_CODE)
+			return d;
+	return TERN_DTYPE_NONE;
+}
+
+uint32_t tern_dtype_ggml(int dt)
+{
+	return dtype_ok(dt) ? dtypes[dt].ggml : NO_CODE;
+}
+
+int tern_dtype_of_safetensors(const char *name)
+{
+	for (int d = 0; name && d < TERN_DTYPE_COUNT; d++)
+		if (dtypes[d].safetensors && strcmp(dtypes[d].safetensors, name) == 0)
+			return d;
+	return TERN_DTYPE_NONE;
+}
+
+const char *tern_dtype_safetensors(int dt)
+{
+	return dtype_ok(dt) ? dtypes[dt].safetensors : NULL;
+}
+
+int tern_dtype_of_shard(uint32_t code)
+{
+	for (int d = 0; d < TERN_DTYPE_COUNT; d++)
+		if (dtypes[d].shard == code && code != NO_CODE)
+			return d;
+	return TERN_DTYPE_NONE;
+}
+
+uint32_t tern_dtype_shard(int dt)
+{
+	return dtype_ok(dt) ? dtypes[dt].shard : NO_CODE;
 }

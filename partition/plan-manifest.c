@@ -8,9 +8,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#define XXH_STATIC_LINKING_ONLY /* XXH64_state_t on the stack */
+#include <xxhash.h>
 
 #include "plan.pb-c.h"
-#include "tern-checksum.h"
 #include "tern-progress.h"
 #include "tern-shard.h"
 
@@ -178,18 +179,18 @@ static int hash_file(const char *path, uint64_t expect_size, uint64_t *h, tern_p
 		fclose(f);
 		return TERN_ERR(err, TERN_ENOMEM, "out of memory");
 	}
-	tern_xxh64 s;
-	tern_xxh64_init(&s, 0);
+	XXH64_state_t s;
+	XXH64_reset(&s, 0);
 	size_t n;
 	while ((n = fread(buf, 1, chunk, f)) > 0) {
-		tern_xxh64_update(&s, buf, n);
+		XXH64_update(&s, buf, n);
 		tern_progress_add(pr, n);
 	}
 	const int bad = ferror(f);
 	fclose(f);
 	free(buf);
 	TERN_RETURN_IF(bad, err, TERN_EIO, "%s: read error", path);
-	*h = tern_xxh64_digest(&s);
+	*h = XXH64_digest(&s);
 	return 0;
 }
 

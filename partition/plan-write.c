@@ -9,9 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#define XXH_STATIC_LINKING_ONLY /* XXH64_state_t on the stack */
+#include <xxhash.h>
 
 #include "plan.pb-c.h"
-#include "tern-checksum.h"
 #include "tern-gguf.h"
 #include "tern-progress.h"
 #include "tern-shard.h"
@@ -129,7 +130,7 @@ static int write_coord(tern_source *src, const tern_plan_opts *o, const char *pa
 			goto fail;
 		if (embd_dtype(v.type, &dt) < 0 || v.rows < 1 || v.cols < 1 || v.rows > INT32_MAX || v.cols > INT32_MAX) {
 			rc = TERN_ERR(err, TERN_EUNSUP, "%s: %s stored as type %d, not F32/F16/BF16", tern_source_path(src),
-				      d == TERN_DENSE_TOKEN_EMBD ? "token_embd" : "output", v.type);
+				      tern_dense_gguf((tern_dense_kind)d), v.type);
 			goto fail;
 		}
 		if ((rc = tern_shard_write_dense(w, d == TERN_DENSE_TOKEN_EMBD ? TERN_ROLE_TOKEN_EMBD : TERN_ROLE_OUTPUT, -1,
@@ -200,22 +201,22 @@ static int write_manifest(const char *dir, tern_source *src, const tern_plan_mod
 		goto out;
 	}
 	/* plan id: the layout and every file's checksum */
-	tern_xxh64 id;
-	tern_xxh64_init(&id, 0);
+	XXH64_state_t id;
+	XXH64_reset(&id, 0);
 	for (int s = 0; s < S; s++) {
 		const int32_t r[3] = {lay->stages[s].first_layer, lay->stages[s].last_layer, c->domains[s].numa};
-		tern_xxh64_update(&id, r, sizeof r);
+		XXH64_update(&id, r, sizeof r);
 	}
 	for (int i = 0; i < n_recs; i++) {
-		tern_xxh64_update(&id, recs[i].name, strlen(recs[i].name));
-		tern_xxh64_update(&id, &recs[i].xxh64, sizeof recs[i].xxh64);
+		XXH64_update(&id, recs[i].name, strlen(recs[i].name));
+		XXH64_update(&id, &recs[i].xxh64, sizeof recs[i].xxh64);
 		tern__v1__file_ref__init(&files[i]);
 		files[i].name = (char *)recs[i].name;
 		files[i].size = recs[i].size;
 		files[i].xxh64 = recs[i].xxh64;
 		file_ptrs[i] = &files[i];
 	}
-	snprintf(plan_id, sizeof plan_id, "%016llx", (unsigned long long)tern_xxh64_digest(&id));
+	snprintf(plan_id, sizeof plan_id, "%016llx", (unsigned long long)XXH64_digest(&id));
 	snprintf(tool, sizeof tool, "tern-partition 0.1");
 	for (int s = 0; s < S; s++) {
 		const tern_plan_stage *ls = &lay->stages[s];

@@ -10,9 +10,10 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#define XXH_STATIC_LINKING_ONLY /* XXH64_state_t on the stack */
+#include <xxhash.h>
 #include <zstd.h>
 
-#include "tern-checksum.h"
 #include "tern-progress.h"
 
 /* Limits far above any real model, low enough that byte products of them
@@ -22,14 +23,20 @@
 #define MAX_COLS (1 << 20)
 #define CHUNK (1u << 20)
 
-static const char *const role_names[TERN_ROLE_COUNT] = {
-	"attn_q",	 "attn_k",   "attn_v",	   "attn_output", "ffn_gate",    "ffn_up", "ffn_down",
-	"attn_norm",	 "attn_sub_norm", "ffn_norm", "ffn_sub_norm", "token_embd", "output_norm", "output",
-};
-
+/* Roles are the model description's tensors in a fixed on-disk order: the
+ * projections, the four layer norms, then the global tensors. */
 const char *tern_shard_role_name(tern_shard_role r)
 {
-	return (unsigned)r < TERN_ROLE_COUNT ? role_names[r] : "?";
+	if ((unsigned)r < TERN_SHARD_N_PROJ)
+		return tern_proj_gguf((tern_proj)r);
+	if (r >= TERN_ROLE_ATTN_NORM && r <= TERN_ROLE_FFN_SUB_NORM)
+		return tern_norm_name((tern_norm_kind)(r - TERN_ROLE_ATTN_NORM));
+	switch (r) {
+	case TERN_ROLE_TOKEN_EMBD: return tern_dense_gguf(TERN_DENSE_TOKEN_EMBD);
+	case TERN_ROLE_OUTPUT_NORM: return tern_norm_name(TERN_NORM_OUTPUT);
+	case TERN_ROLE_OUTPUT: return tern_dense_gguf(TERN_DENSE_OUTPUT);
+	default: return "?";
+	}
 }
 
 int tern_shard_dtype_bytes(tern_shard_dtype t)
@@ -180,7 +187,7 @@ static int pad_to64(tern_shard_writer *w, tern_err *err)
 static int write_payload(tern_shard_writer *w, tern_shard_tensor *t, const void *data, size_t n, tern_err *err)
 {
 	t->raw_bytes = n;
-	t->raw_xxh64 = tern_xxh64_hash(data, n, 0);
+	t->raw_xxh64 = XXH64(data, n, 0);
 	t->data_offset = w->pos - w->data_offset;
 	const uint64_t start = w->pos;
 	/* small tensors (norms) are not worth a frame */
@@ -336,7 +343,7 @@ int tern_shard_writer_close(tern_shard_writer *w, uint64_t *file_bytes, uint64_t
 	put64(h + 32, TERN_SHARD_HEADER_BYTES);
 	put64(h + 40, w->data_offset);
 	put64(h + 48, w->pos);
-	put64(h + 56, tern_xxh64_hash(idx, ibytes, 0));
+	put64(h + 56, XXH64(idx, ibytes, 0));
 	const uint64_t end = w->pos;
 	if (fseeko(w->f, 0, SEEK_SET) != 0) {
 		rc = TERN_ERR(err, TERN_EIO, "%s: seek failed", w->path);
@@ -350,12 +357,12 @@ int tern_shard_writer_close(tern_shard_writer *w, uint64_t *file_bytes, uint64_t
 		rc = TERN_ERR(err, TERN_EIO, "%s: flush failed: %s", w->path, strerror(errno));
 		goto fail;
 	}
-	tern_xxh64 hs;
-	tern_xxh64_init(&hs, 0);
+	XXH64_state_t hs;
+	XXH64_reset(&hs, 0);
 	uint64_t got = 0;
 	size_t n;
 	while ((n = fread(buf, 1, CHUNK, w->f)) > 0) {
-		tern_xxh64_update(&hs, buf, n);
+		XXH64_update(&hs, buf, n);
 		got += n;
 	}
 	if (got != end) {
@@ -373,7 +380,7 @@ int tern_shard_writer_close(tern_shard_writer *w, uint64_t *file_bytes, uint64_t
 	if (file_bytes)
 		*file_bytes = end;
 	if (file_xxh64)
-		*file_xxh64 = tern_xxh64_digest(&hs);
+		*file_xxh64 = XXH64_digest(&hs);
 fail:
 	free(idx);
 	free(buf);
@@ -427,7 +434,7 @@ static int parse(tern_shard *sh, tern_err *err)
 			       doff > sh->len,
 		       err, TERN_ERANGE, "%s: index/data offsets out of range", nm);
 	const uint8_t *idx = b + ioff;
-	TERN_RETURN_IF(tern_xxh64_hash(idx, (size_t)n * TERN_SHARD_ENTRY_BYTES, 0) != get64(b + 56), err,
+	TERN_RETURN_IF(XXH64(idx, (size_t)n * TERN_SHARD_ENTRY_BYTES, 0) != get64(b + 56), err,
 		       TERN_ECHECKSUM, "%s: tensor index checksum mismatch (damaged file)", nm);
 	sh->stage = (int)stage;
 	sh->first = first;
@@ -543,7 +550,7 @@ int tern_shard_open(tern_shard **out, const char *path, const uint64_t *expect_x
 	 * gives its digest (it covers header, index, scales and payloads), and
 	 * then no per-tensor hash; without it, each tensor's own on read. */
 	if (expect_xxh64) {
-		const uint64_t h = tern_xxh64_hash(sh->base, sh->len, 0);
+		const uint64_t h = XXH64(sh->base, sh->len, 0);
 		if (h != *expect_xxh64) {
 			rc = TERN_ERR(err, TERN_ECHECKSUM,
 				      "%s: checksum mismatch (xxh64 %016llx, plan says %016llx): file is damaged", path,
@@ -611,7 +618,7 @@ int tern_shard_read_tensor(const tern_shard *sh, int i, void *dst, size_t dst_by
 	} else if (t->raw_bytes) {
 		memcpy(dst, src, (size_t)t->raw_bytes);
 	}
-	TERN_RETURN_IF(!sh->verified && tern_xxh64_hash(dst, (size_t)t->raw_bytes, 0) != t->raw_xxh64, err,
+	TERN_RETURN_IF(!sh->verified && XXH64(dst, (size_t)t->raw_bytes, 0) != t->raw_xxh64, err,
 		       TERN_ECHECKSUM, "%s: tensor '%s': checksum mismatch (damaged file)", sh->name, t->name);
 	if (scales && t->n_groups)
 		memcpy(scales, sh->base + t->scales_offset, (size_t)t->n_groups * sizeof(float));

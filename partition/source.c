@@ -122,72 +122,6 @@ uint16_t tern_f32_to_bf16(float f)
 	return (uint16_t)(u >> 16);
 }
 
-/* ---- names ------------------------------------------------------------------ */
-
-static const char *const proj_names[TERN_PROJ_COUNT] = {"q", "k", "v", "o", "gate", "up", "down"};
-static const char *const proj_gguf[TERN_PROJ_COUNT] = {"attn_q",   "attn_k", "attn_v",  "attn_output",
-						       "ffn_gate", "ffn_up", "ffn_down"};
-static const char *const proj_hf[TERN_PROJ_COUNT] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-						     "self_attn.o_proj", "mlp.gate_proj",    "mlp.up_proj",
-						     "mlp.down_proj"};
-static const char *const norm_names[TERN_NORM_COUNT] = {"attn_norm", "attn_sub_norm", "ffn_norm", "ffn_sub_norm",
-							"output_norm"};
-static const char *const norm_hf[TERN_NORM_COUNT] = {"input_layernorm", "self_attn.attn_sub_norm",
-						     "post_attention_layernorm", "mlp.ffn_sub_norm", "norm"};
-
-const char *tern_proj_name(tern_proj p)
-{
-	return (unsigned)p < TERN_PROJ_COUNT ? proj_names[p] : "?";
-}
-
-const char *tern_norm_name(tern_norm_kind n)
-{
-	return (unsigned)n < TERN_NORM_COUNT ? norm_names[n] : "?";
-}
-
-void tern_proj_gguf_name(tern_proj p, int layer, char *buf, size_t len)
-{
-	snprintf(buf, len, "blk.%d.%s.weight", layer, (unsigned)p < TERN_PROJ_COUNT ? proj_gguf[p] : "?");
-}
-
-void tern_norm_gguf_name(tern_norm_kind n, int layer, char *buf, size_t len)
-{
-	if (n == TERN_NORM_OUTPUT)
-		snprintf(buf, len, "output_norm.weight");
-	else
-		snprintf(buf, len, "blk.%d.%s.weight", layer, tern_norm_name(n));
-}
-
-void tern_proj_shape(const tern_hparams *hp, tern_proj p, int *m, int *k)
-{
-	const int kv = hp->n_head_kv * hp->head_dim;
-	switch (p) {
-	case TERN_PROJ_K:
-	case TERN_PROJ_V:
-		*m = kv;
-		*k = hp->n_embd;
-		break;
-	case TERN_PROJ_GATE:
-	case TERN_PROJ_UP:
-		*m = hp->n_ff;
-		*k = hp->n_embd;
-		break;
-	case TERN_PROJ_DOWN:
-		*m = hp->n_embd;
-		*k = hp->n_ff;
-		break;
-	default:
-		*m = hp->n_embd;
-		*k = hp->n_embd;
-		break;
-	}
-}
-
-int tern_norm_len(const tern_hparams *hp, tern_norm_kind n)
-{
-	return n == TERN_NORM_FFN_SUB ? hp->n_ff : hp->n_embd;
-}
-
 /* ---- element access ---------------------------------------------------------- */
 
 static float ld_f32(int fmt, const uint8_t *d, uint64_t i)
@@ -330,18 +264,18 @@ static int open_gguf(tern_source *s, tern_err *err)
 			    gguf_ref(s, name, 0, tern_norm_len(hp, (tern_norm_kind)n), 0, &s->norm[l * 4 + n], err));
 		}
 	}
-	TERN_FORWARD_IF_ERROR(gguf_ref(s, "output_norm.weight", 0, hp->n_embd, 0, &s->norm[hp->n_layer * 4], err));
+	tern_norm_gguf_name(TERN_NORM_OUTPUT, 0, name, sizeof name);
+	TERN_FORWARD_IF_ERROR(gguf_ref(s, name, 0, hp->n_embd, 0, &s->norm[hp->n_layer * 4], err));
 	const int n_w = hp->n_layer * TERN_PROJ_COUNT;
 	s->prequant = n_i2s == n_w;
 	TERN_RETURN_IF(n_i2s != 0 && n_i2s != n_w, err, TERN_EUNSUP,
 		       "%s: mixes I2_S and full-precision projection weights", s->path);
 	snprintf(s->fmt_desc, sizeof s->fmt_desc, "gguf %s", fmt_name(wfmt));
-	const char *dn[2] = {"token_embd.weight", "output.weight"};
-	for (int i = 0; i < 2; i++) {
+		for (int i = 0; i < 2; i++) {
 		if (i == 1 && hp->tied_embeddings)
 			break;
 		tref r;
-		TERN_FORWARD_IF_ERROR(gguf_ref(s, dn[i], hp->n_vocab, hp->n_embd, 0, &r, err));
+		TERN_FORWARD_IF_ERROR(gguf_ref(s, tern_dense_gguf_name((tern_dense_kind)i), hp->n_vocab, hp->n_embd, 0, &r, err));
 		tern_dense_view *v = &s->dense[i];
 		v->type = ggml_of_fmt(r.fmt);
 		v->rows = hp->n_vocab;
@@ -461,31 +395,31 @@ static int open_hf(tern_source *s, tern_err *err)
 		for (int p = 0; p < TERN_PROJ_COUNT; p++) {
 			int m, k;
 			tern_proj_shape(hp, (tern_proj)p, &m, &k);
-			snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, proj_hf[p]);
+			tern_proj_hf_name((tern_proj)p, l, name, sizeof name);
 			tref *r = &s->w[l * TERN_PROJ_COUNT + p];
 			TERN_FORWARD_IF_ERROR(hf_ref(s, name, m, k, 1, r, err));
 			n_packed += r->fmt == FMT_PACKED;
 			wfmt = r->fmt;
 		}
 		for (int nk = 0; nk < TERN_NORM_OUTPUT; nk++) {
-			snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, norm_hf[nk]);
+			tern_norm_hf_name((tern_norm_kind)nk, l, name, sizeof name);
 			TERN_FORWARD_IF_ERROR(
 			    hf_ref(s, name, 0, tern_norm_len(hp, (tern_norm_kind)nk), 0, &s->norm[l * 4 + nk], err));
 		}
 	}
-	TERN_FORWARD_IF_ERROR(hf_ref(s, "model.norm.weight", 0, hp->n_embd, 0, &s->norm[hp->n_layer * 4], err));
+	tern_norm_hf_name(TERN_NORM_OUTPUT, 0, name, sizeof name);
+	TERN_FORWARD_IF_ERROR(hf_ref(s, name, 0, hp->n_embd, 0, &s->norm[hp->n_layer * 4], err));
 	const int n_w = hp->n_layer * TERN_PROJ_COUNT;
 	TERN_RETURN_IF(n_packed != 0 && n_packed != n_w, err, TERN_EUNSUP,
 		       "%s: mixes packed and full-precision projection weights", s->path);
 	s->prequant = n_packed == n_w;
 	snprintf(s->fmt_desc, sizeof s->fmt_desc, "hf %s", fmt_name(wfmt));
 	/* A checkpoint without lm_head is tied whatever config.json says. */
-	const int has_head = hf_find(s, "lm_head.weight") != NULL;
+	const int has_head = hf_find(s, tern_dense_hf_name(TERN_DENSE_OUTPUT)) != NULL;
 	s->hp.tied_embeddings = !has_head;
-	const char *dn[2] = {"model.embed_tokens.weight", "lm_head.weight"};
-	for (int i = 0; i < 1 + has_head; i++) {
+		for (int i = 0; i < 1 + has_head; i++) {
 		tref r;
-		TERN_FORWARD_IF_ERROR(hf_ref(s, dn[i], hp->n_vocab, hp->n_embd, 0, &r, err));
+		TERN_FORWARD_IF_ERROR(hf_ref(s, tern_dense_hf_name((tern_dense_kind)i), hp->n_vocab, hp->n_embd, 0, &r, err));
 		tern_dense_view *v = &s->dense[i];
 		v->type = ggml_of_fmt(r.fmt);
 		v->rows = hp->n_vocab;

@@ -1,6 +1,10 @@
-/* tern-model.h: the description of a BitNet b1.58 model that partition/,
- * node/ and coordinator/ share: hyper-parameters, named shape presets, and
- * the per-token byte counts the planner balances on. */
+/* tern-model.h: the one description of a BitNet b1.58 model that
+ * partition/, node/ and coordinator/ share: hyper-parameters, named shape
+ * presets, the per-token byte counts the planner balances on, the
+ * projections and norms of a layer with their shapes and their GGUF and
+ * Hugging Face tensor names, and the element types (tern_dtype) with the
+ * codes each file format gives them (GGUF ggml_type ids, safetensors dtype
+ * strings, shard dtype codes), mapped in one table (model.c). */
 #ifndef TERN_MODEL_H
 #define TERN_MODEL_H
 
@@ -42,5 +46,96 @@ uint64_t tern_hparams_total_params(const tern_hparams *hp);   /* all layers + em
 
 /* KV cache bytes per token per layer (f32 K and V). */
 uint64_t tern_hparams_kv_bytes_per_token_layer(const tern_hparams *hp);
+
+/* ---- the tensors of a layer ------------------------------------------------ */
+
+typedef enum {
+	TERN_PROJ_Q = 0, /* attn_q      / self_attn.q_proj : m = n_embd,          k = n_embd */
+	TERN_PROJ_K,     /* attn_k      / self_attn.k_proj : m = n_head_kv*hd,    k = n_embd */
+	TERN_PROJ_V,     /* attn_v      / self_attn.v_proj : m = n_head_kv*hd,    k = n_embd */
+	TERN_PROJ_O,     /* attn_output / self_attn.o_proj : m = n_embd,          k = n_embd */
+	TERN_PROJ_GATE,  /* ffn_gate    / mlp.gate_proj    : m = n_ff,            k = n_embd */
+	TERN_PROJ_UP,    /* ffn_up      / mlp.up_proj      : m = n_ff,            k = n_embd */
+	TERN_PROJ_DOWN,  /* ffn_down    / mlp.down_proj    : m = n_embd,          k = n_ff */
+	TERN_PROJ_COUNT
+} tern_proj;
+
+typedef enum {
+	TERN_NORM_ATTN = 0, /* attn_norm     / input_layernorm          (n_embd) */
+	TERN_NORM_ATTN_SUB, /* attn_sub_norm / self_attn.attn_sub_norm  (n_embd) */
+	TERN_NORM_FFN,      /* ffn_norm      / post_attention_layernorm (n_embd) */
+	TERN_NORM_FFN_SUB,  /* ffn_sub_norm  / mlp.ffn_sub_norm         (n_ff) */
+	TERN_NORM_OUTPUT,   /* output_norm   / model.norm               (n_embd), layer ignored */
+	TERN_NORM_COUNT
+} tern_norm_kind;
+#define TERN_LAYER_NORMS 4 /* a layer holds TERN_NORM_ATTN .. TERN_NORM_FFN_SUB */
+
+typedef enum {
+	TERN_DENSE_TOKEN_EMBD = 0, /* token_embd / model.embed_tokens: (n_vocab, n_embd) */
+	TERN_DENSE_OUTPUT,         /* output / lm_head (n_vocab, n_embd); absent when tied */
+	TERN_DENSE_COUNT
+} tern_dense_kind;
+
+/* Short names "q","k","v","o","gate","up","down"; "?" out of range. */
+const char *tern_proj_name(tern_proj p);
+/* GGUF stems "attn_q", ..., "ffn_down" / "attn_norm", ..., "output_norm" /
+ * "token_embd", "output". */
+const char *tern_proj_gguf(tern_proj p);
+const char *tern_norm_name(tern_norm_kind n);
+const char *tern_dense_gguf(tern_dense_kind d);
+/* Full tensor names of layer `layer` into buf:
+ *   GGUF "blk.3.attn_q.weight", "output_norm.weight";
+ *   HF   "model.layers.3.self_attn.q_proj.weight", "model.norm.weight". */
+void tern_proj_gguf_name(tern_proj p, int layer, char *buf, size_t len);
+void tern_norm_gguf_name(tern_norm_kind n, int layer, char *buf, size_t len);
+void tern_proj_hf_name(tern_proj p, int layer, char *buf, size_t len);
+void tern_norm_hf_name(tern_norm_kind n, int layer, char *buf, size_t len);
+/* Dense tensors: "token_embd.weight", "output.weight" / "model.embed_tokens.weight",
+ * "lm_head.weight"; "?" out of range. */
+const char *tern_dense_gguf_name(tern_dense_kind d);
+const char *tern_dense_hf_name(tern_dense_kind d);
+/* Output rows (m) and inputs (k) of a projection; width of a norm vector. */
+void tern_proj_shape(const tern_hparams *hp, tern_proj p, int *m, int *k);
+int tern_norm_len(const tern_hparams *hp, tern_norm_kind n);
+
+/* ---- element types ---------------------------------------------------------- */
+
+typedef enum {
+	TERN_DTYPE_NONE = -1, /* a file code tern does not name (e.g. GGUF q4_0) */
+	TERN_DTYPE_F32 = 0,
+	TERN_DTYPE_F16,
+	TERN_DTYPE_BF16,
+	TERN_DTYPE_F64,
+	TERN_DTYPE_I8,
+	TERN_DTYPE_U8, /* also HF packed ternary: 4 codes per byte (MODEL-FORMATS 4.2) */
+	TERN_DTYPE_I16,
+	TERN_DTYPE_U16,
+	TERN_DTYPE_I32,
+	TERN_DTYPE_U32,
+	TERN_DTYPE_I64,
+	TERN_DTYPE_U64,
+	TERN_DTYPE_BOOL,
+	TERN_DTYPE_F8_E4M3,
+	TERN_DTYPE_F8_E5M2,
+	TERN_DTYPE_I2_S,    /* bitnet.cpp: 2-bit codes in 128/32 blocks + 32-byte tail (float scale first) */
+	TERN_DTYPE_TL1,     /* bitnet.cpp LUT packings: size known, data not readable */
+	TERN_DTYPE_TL2,
+	TERN_DTYPE_TERNARY, /* a plan shard's packed ternary matrix (tern_packing says which) */
+	TERN_DTYPE_COUNT
+} tern_dtype;
+
+/* "f32", "f16", "bf16", "i2_s", "ternary", ...; "unknown" out of range. */
+const char *tern_dtype_name(int dt);
+/* Bytes per element; 0 for the packed types and out of range. */
+size_t tern_dtype_size(int dt);
+
+/* File codes. Each returns TERN_DTYPE_NONE (or the "none" code) when the
+ * other side has no counterpart. */
+int tern_dtype_of_ggml(uint32_t ggml_type);        /* GGUF ggml_type id -> tern_dtype */
+uint32_t tern_dtype_ggml(int dt);                  /* tern_dtype -> ggml_type id; UINT32_MAX if none */
+int tern_dtype_of_safetensors(const char *name);   /* "BF16" -> TERN_DTYPE_BF16 */
+const char *tern_dtype_safetensors(int dt);        /* TERN_DTYPE_BF16 -> "BF16"; NULL if none */
+int tern_dtype_of_shard(uint32_t code);            /* shard index dtype code -> tern_dtype */
+uint32_t tern_dtype_shard(int dt);                 /* tern_dtype -> shard code; UINT32_MAX if none */
 
 #endif /* TERN_MODEL_H */

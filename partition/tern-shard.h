@@ -41,6 +41,7 @@
 
 #include "tern-base.h"
 #include "tern-kernels.h"
+#include "tern-model.h"
 
 #define TERN_SHARD_MAGIC "TERNSHRD"
 #define TERN_SHARD_VERSION 1

@@ -41,42 +41,7 @@
 extern "C" {
 #endif
 
-typedef enum {
-	TERN_PROJ_Q = 0, /* attn_q      / self_attn.q_proj : m = n_embd,          k = n_embd */
-	TERN_PROJ_K,     /* attn_k      / self_attn.k_proj : m = n_head_kv*hd,    k = n_embd */
-	TERN_PROJ_V,     /* attn_v      / self_attn.v_proj : m = n_head_kv*hd,    k = n_embd */
-	TERN_PROJ_O,     /* attn_output / self_attn.o_proj : m = n_embd,          k = n_embd */
-	TERN_PROJ_GATE,  /* ffn_gate    / mlp.gate_proj    : m = n_ff,            k = n_embd */
-	TERN_PROJ_UP,    /* ffn_up      / mlp.up_proj      : m = n_ff,            k = n_embd */
-	TERN_PROJ_DOWN,  /* ffn_down    / mlp.down_proj    : m = n_embd,          k = n_ff */
-	TERN_PROJ_COUNT
-} tern_proj;
-
-typedef enum {
-	TERN_NORM_ATTN = 0, /* attn_norm     / input_layernorm          (n_embd) */
-	TERN_NORM_ATTN_SUB, /* attn_sub_norm / self_attn.attn_sub_norm  (n_embd) */
-	TERN_NORM_FFN,      /* ffn_norm      / post_attention_layernorm (n_embd) */
-	TERN_NORM_FFN_SUB,  /* ffn_sub_norm  / mlp.ffn_sub_norm         (n_ff) */
-	TERN_NORM_OUTPUT,   /* output_norm   / model.norm               (n_embd), layer ignored */
-	TERN_NORM_COUNT
-} tern_norm_kind;
-
-typedef enum {
-	TERN_DENSE_TOKEN_EMBD = 0, /* token_embd / model.embed_tokens: (n_vocab, n_embd) */
-	TERN_DENSE_OUTPUT,         /* output / lm_head (n_vocab, n_embd); absent when tied */
-} tern_dense_kind;
-
 typedef enum { TERN_SOURCE_GGUF = 0, TERN_SOURCE_HF } tern_source_kind;
-
-/* Short names: "q","k","v","o","gate","up","down" / "attn_norm", ... */
-const char *tern_proj_name(tern_proj p);
-const char *tern_norm_name(tern_norm_kind n);
-/* GGUF tensor name of a projection / norm of layer l into buf. */
-void tern_proj_gguf_name(tern_proj p, int layer, char *buf, size_t len);
-void tern_norm_gguf_name(tern_norm_kind n, int layer, char *buf, size_t len);
-/* Shape of a projection from hparams. */
-void tern_proj_shape(const tern_hparams *hp, tern_proj p, int *m, int *k);
-int tern_norm_len(const tern_hparams *hp, tern_norm_kind n);
 
 typedef struct tern_source tern_source;
 
@@ -114,7 +79,7 @@ int tern_source_norm(const tern_source *s, int layer, tern_norm_kind n, float *o
 
 /* A dense (non-ternary) matrix, as stored: no copy. */
 typedef struct tern_dense_view {
-	int type;            /* tern_ggml_type id of the storage: F32, F16 or BF16 */
+	int type;            /* tern_dtype of the storage: F32, F16 or BF16 */
 	int64_t rows;        /* n_vocab */
 	int64_t cols;        /* n_embd */
 	size_t row_bytes;    /* cols * element size */

@@ -1,23 +1,26 @@
-/* test_partition.c: partition/ — checksums (more with the model readers). */
+/* test_partition.c: partition/ — checksums (libxxhash must give the digests
+ * the plan format was written with; more with the model readers). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "tern-checksum.h"
+#define XXH_STATIC_LINKING_ONLY
+#include <xxhash.h>
+
 #include "tern-model.h"
 #include "tern-test.h"
 
 static void test_xxh64_known_answers(void)
 {
 	/* Reference values from xxhsum -H1 (Debian's xxhash package). */
-	TT_CHECK(tern_xxh64_hash(NULL, 0, 0) == 0xef46db3751d8e999ULL);
-	TT_CHECK(tern_xxh64_hash("a", 1, 0) == 0xd24ec4f1a98c6e5bULL);
-	TT_CHECK(tern_xxh64_hash("abc", 3, 0) == 0x44bc2cf5ad770999ULL);
+	TT_CHECK(XXH64(NULL, 0, 0) == 0xef46db3751d8e999ULL);
+	TT_CHECK(XXH64("a", 1, 0) == 0xd24ec4f1a98c6e5bULL);
+	TT_CHECK(XXH64("abc", 3, 0) == 0x44bc2cf5ad770999ULL);
 	char x[1000];
 	memset(x, 'x', sizeof x);
-	TT_CHECK(tern_xxh64_hash(x, sizeof x, 0) == 0x4cb9a3b69cb700e1ULL);
+	TT_CHECK(XXH64(x, sizeof x, 0) == 0x4cb9a3b69cb700e1ULL);
 	/* A different seed gives a different hash. */
-	TT_CHECK(tern_xxh64_hash("abc", 3, 1) != tern_xxh64_hash("abc", 3, 0));
+	TT_CHECK(XXH64("abc", 3, 1) != XXH64("abc", 3, 0));
 }
 
 static void test_xxh64_streaming_equals_oneshot(void)
@@ -31,24 +34,24 @@ static void test_xxh64_streaming_equals_oneshot(void)
 		buf[i] = (uint8_t)(s >> 24);
 	}
 	for (size_t len = 0; len <= N; len += (len < 100 ? 1 : 97)) {
-		const uint64_t want = tern_xxh64_hash(buf, len, 7);
+		const uint64_t want = XXH64(buf, len, 7);
 		/* Feed in uneven pieces that cross the 32-byte stripe boundary. */
-		tern_xxh64 st;
-		tern_xxh64_init(&st, 7);
+		XXH64_state_t st;
+		XXH64_reset(&st, 7);
 		size_t off = 0, piece = 1;
 		while (off < len) {
 			size_t n = piece < len - off ? piece : len - off;
-			tern_xxh64_update(&st, buf + off, n);
+			XXH64_update(&st, buf + off, n);
 			off += n;
 			piece = piece * 3 % 71 + 1;
 		}
-		TT_CHECKF(tern_xxh64_digest(&st) == want, "len %zu", len);
+		TT_CHECKF(XXH64_digest(&st) == want, "len %zu", len);
 	}
 	/* One flipped bit anywhere changes the hash. */
-	const uint64_t h0 = tern_xxh64_hash(buf, N, 0);
+	const uint64_t h0 = XXH64(buf, N, 0);
 	for (int i = 0; i < N; i += 511) {
 		buf[i] ^= 0x10;
-		TT_CHECK(tern_xxh64_hash(buf, N, 0) != h0);
+		TT_CHECK(XXH64(buf, N, 0) != h0);
 		buf[i] ^= 0x10;
 	}
 	free(buf);
@@ -90,4 +93,76 @@ static void test_presets(void)
 	TT_EQ_INT(tern_hparams_validate(&hp, &e), TERN_ERANGE);
 }
 
-TT_MAIN(TT_CASE(test_xxh64_known_answers), TT_CASE(test_xxh64_streaming_equals_oneshot), TT_CASE(test_presets))
+static void test_tensor_names_and_shapes(void)
+{
+	tern_hparams hp;
+	tern_err e;
+	TT_REQUIRE(tern_hparams_preset("2b4t", &hp, &e) == 0);
+	char b[128];
+	tern_proj_gguf_name(TERN_PROJ_O, 7, b, sizeof b);
+	TT_CHECK(strcmp(b, "blk.7.attn_output.weight") == 0);
+	tern_proj_hf_name(TERN_PROJ_GATE, 3, b, sizeof b);
+	TT_CHECK(strcmp(b, "model.layers.3.mlp.gate_proj.weight") == 0);
+	tern_norm_gguf_name(TERN_NORM_FFN_SUB, 2, b, sizeof b);
+	TT_CHECK(strcmp(b, "blk.2.ffn_sub_norm.weight") == 0);
+	tern_norm_hf_name(TERN_NORM_ATTN_SUB, 0, b, sizeof b);
+	TT_CHECK(strcmp(b, "model.layers.0.self_attn.attn_sub_norm.weight") == 0);
+	tern_norm_gguf_name(TERN_NORM_OUTPUT, 5, b, sizeof b);
+	TT_CHECK(strcmp(b, "output_norm.weight") == 0);
+	tern_norm_hf_name(TERN_NORM_OUTPUT, 5, b, sizeof b);
+	TT_CHECK(strcmp(b, "model.norm.weight") == 0);
+	TT_CHECK(strcmp(tern_dense_gguf_name(TERN_DENSE_OUTPUT), "output.weight") == 0);
+	TT_CHECK(strcmp(tern_dense_hf_name(TERN_DENSE_TOKEN_EMBD), "model.embed_tokens.weight") == 0);
+	TT_CHECK(strcmp(tern_proj_name(TERN_PROJ_DOWN), "down") == 0 && strcmp(tern_proj_gguf(TERN_PROJ_K), "attn_k") == 0);
+	TT_CHECK(strcmp(tern_proj_name(TERN_PROJ_COUNT), "?") == 0 && strcmp(tern_norm_name(TERN_NORM_COUNT), "?") == 0);
+	/* 2b4t (MODEL-FORMATS section 1): kv = 5 heads of 128, ff 6912. */
+	int m, k;
+	tern_proj_shape(&hp, TERN_PROJ_K, &m, &k);
+	TT_CHECK(m == 640 && k == 2560);
+	tern_proj_shape(&hp, TERN_PROJ_DOWN, &m, &k);
+	TT_CHECK(m == 2560 && k == 6912);
+	tern_proj_shape(&hp, TERN_PROJ_UP, &m, &k);
+	TT_CHECK(m == 6912 && k == 2560);
+	TT_EQ_INT(tern_norm_len(&hp, TERN_NORM_FFN_SUB), 6912);
+	TT_EQ_INT(tern_norm_len(&hp, TERN_NORM_ATTN_SUB), 2560);
+}
+
+static void test_dtype_file_codes(void)
+{
+	/* The codes the file formats fix: GGUF ggml_type ids, safetensors
+	 * strings, shard index codes (plan format v1). */
+	TT_EQ_INT(tern_dtype_ggml(TERN_DTYPE_F32), 0);
+	TT_EQ_INT(tern_dtype_ggml(TERN_DTYPE_F16), 1);
+	TT_EQ_INT(tern_dtype_ggml(TERN_DTYPE_BF16), 30);
+	TT_EQ_INT(tern_dtype_ggml(TERN_DTYPE_I8), 24);
+	TT_EQ_INT(tern_dtype_ggml(TERN_DTYPE_I2_S), 36);
+	TT_EQ_INT(tern_dtype_ggml(TERN_DTYPE_TL1), 38);
+	TT_EQ_INT(tern_dtype_ggml(TERN_DTYPE_TL2), 39);
+	TT_CHECK(tern_dtype_ggml(TERN_DTYPE_TERNARY) == UINT32_MAX);
+	TT_EQ_INT(tern_dtype_of_ggml(8), TERN_DTYPE_NONE); /* q8_0: not an element type of tern's */
+	TT_EQ_INT(tern_dtype_shard(TERN_DTYPE_TERNARY), 0);
+	TT_EQ_INT(tern_dtype_shard(TERN_DTYPE_F32), 1);
+	TT_EQ_INT(tern_dtype_shard(TERN_DTYPE_F16), 2);
+	TT_EQ_INT(tern_dtype_shard(TERN_DTYPE_BF16), 3);
+	TT_EQ_INT(tern_dtype_of_shard(4), TERN_DTYPE_NONE);
+	TT_EQ_INT(tern_dtype_of_safetensors("BF16"), TERN_DTYPE_BF16);
+	TT_EQ_INT(tern_dtype_of_safetensors("F8_E5M2"), TERN_DTYPE_F8_E5M2);
+	TT_EQ_INT(tern_dtype_of_safetensors("bf16"), TERN_DTYPE_NONE);
+	TT_EQ_INT(tern_dtype_of_safetensors(NULL), TERN_DTYPE_NONE);
+	TT_CHECK(tern_dtype_safetensors(TERN_DTYPE_I2_S) == NULL);
+	TT_CHECK(strcmp(tern_dtype_name(TERN_DTYPE_I2_S), "i2_s") == 0 && strcmp(tern_dtype_name(-7), "unknown") == 0);
+	TT_EQ_INT(tern_dtype_size(TERN_DTYPE_BF16), 2);
+	TT_EQ_INT(tern_dtype_size(TERN_DTYPE_TERNARY), 0);
+	/* Every mapping round-trips. */
+	for (int d = 0; d < TERN_DTYPE_COUNT; d++) {
+		if (tern_dtype_ggml(d) != UINT32_MAX)
+			TT_CHECKF(tern_dtype_of_ggml(tern_dtype_ggml(d)) == d, "%s", tern_dtype_name(d));
+		if (tern_dtype_shard(d) != UINT32_MAX)
+			TT_CHECKF(tern_dtype_of_shard(tern_dtype_shard(d)) == d, "%s", tern_dtype_name(d));
+		if (tern_dtype_safetensors(d))
+			TT_CHECKF(tern_dtype_of_safetensors(tern_dtype_safetensors(d)) == d, "%s", tern_dtype_name(d));
+	}
+}
+
+TT_MAIN(TT_CASE(test_xxh64_known_answers), TT_CASE(test_xxh64_streaming_equals_oneshot), TT_CASE(test_presets),
+	TT_CASE(test_tensor_names_and_shapes), TT_CASE(test_dtype_file_codes))

@@ -6,9 +6,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <xxhash.h>
 
 #include "plan.pb-c.h"
-#include "tern-checksum.h"
 #include "tern-plan.h"
 #include "tern-shard.h"
 
@@ -37,7 +37,7 @@ static void fuzz_shard(const uint8_t *data, size_t size, int fix)
 				   (uint32_t)copy[19] << 24;
 		put64(copy + 48, size);
 		if (n <= (size - TERN_SHARD_HEADER_BYTES) / TERN_SHARD_ENTRY_BYTES)
-			put64(copy + 56, tern_xxh64_hash(copy + TERN_SHARD_HEADER_BYTES,
+			put64(copy + 56, XXH64(copy + TERN_SHARD_HEADER_BYTES,
 							 (size_t)n * TERN_SHARD_ENTRY_BYTES, 0));
 		data = copy;
 	}
