@@ -36,6 +36,20 @@ extern int tern_kern_avx512_vnni;
  * 0: vpshufb + unpack. */
 extern int tern_kern_avx512_vbmi;
 
+/* AVX-512 VNNI GEMM (x86/gemm-vnni.c): each weight tile decoded once into
+ * int8 codes, then vpdpbusd against every token of the batch. The AVX-512
+ * kernels switch to it (when tern_kern_avx512_vnni) from
+ * tern_kern_gemm_vnni_min[packing] tokens up; the defaults are the
+ * crossovers measured with tern-bench kernels (tests lower them to cover
+ * every batch size). */
+#define TERN_GEMM_VNNI_MIN_I2S 8
+#define TERN_GEMM_VNNI_MIN_TL1 8
+#define TERN_GEMM_VNNI_MIN_TL2 8
+extern int tern_kern_gemm_vnni_min[TERN_PACK_COUNT];
+void tern_kern_i2s_vnni_gemm(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1);
+void tern_kern_tl1_vnni_gemm(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1);
+void tern_kern_tl2_vnni_gemm(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1);
+
 void tern_kern_i2s_neon(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1);
 void tern_kern_tl1_neon(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1);
 void tern_kern_tl2_neon(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1);

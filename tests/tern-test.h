@@ -18,6 +18,18 @@ typedef struct {
 static int tt_failed_checks;
 static int tt_case_failed;
 static int tt_nchecks;
+static int tt_case_skipped;
+
+/* Ends the current test function as SKIPPED (counted, never as passed): for
+ * a case this machine cannot run (no AVX-512 VNNI, no AMX, not root). */
+#define TT_SKIP(...)                                                                                      \
+	do {                                                                                              \
+		tt_case_skipped = 1;                                                                      \
+		fprintf(stderr, "  SKIPPED: ");                                                           \
+		fprintf(stderr, __VA_ARGS__);                                                             \
+		fprintf(stderr, "\n");                                                                    \
+		return;                                                                                   \
+	} while (0)
 
 #define TT_CHECK(cond)                                                                                    \
 	do {                                                                                              \
@@ -58,7 +70,7 @@ static int tt_nchecks;
 /* Runs the cases named on the command line (all when none), prints the summary. */
 static inline int tt_run(const tt_case *cases, int n, int argc, char **argv)
 {
-	int passed = 0, failed = 0;
+	int passed = 0, failed = 0, skipped = 0;
 	for (int i = 0; i < n; i++) {
 		if (argc > 1) {
 			int want = 0;
@@ -69,9 +81,13 @@ static inline int tt_run(const tt_case *cases, int n, int argc, char **argv)
 				continue;
 		}
 		tt_case_failed = 0;
+		tt_case_skipped = 0;
 		fprintf(stderr, "[ RUN  ] %s\n", cases[i].name);
 		cases[i].fn();
-		if (tt_case_failed) {
+		if (tt_case_skipped && !tt_case_failed) {
+			skipped++;
+			fprintf(stderr, "[ SKIP ] %s\n", cases[i].name);
+		} else if (tt_case_failed) {
 			failed++;
 			fprintf(stderr, "[ FAIL ] %s\n", cases[i].name);
 		} else {
@@ -79,7 +95,10 @@ static inline int tt_run(const tt_case *cases, int n, int argc, char **argv)
 			fprintf(stderr, "[  OK  ] %s\n", cases[i].name);
 		}
 	}
-	printf("%d passed, %d failed\n", passed, failed);
+	if (skipped)
+		printf("%d passed, %d failed, %d skipped\n", passed, failed, skipped);
+	else
+		printf("%d passed, %d failed\n", passed, failed);
 	return failed || (passed == 0) ? 1 : 0;
 }
 
