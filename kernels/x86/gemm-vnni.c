@@ -34,9 +34,10 @@ int tern_kern_gemm_vnni_min[TERN_PACK_COUNT] = {TERN_GEMM_VNNI_MIN_I2S, TERN_GEM
 #define VG_NT 6          /* tokens per pass: 24 accumulators */
 #define VG_TOKENS 64     /* tokens whose accumulators live in the scratch at once */
 #define VG_K4_BYTES 256  /* one decoded k4: 64 rows x 4 codes */
-#define VG_KC_I2S 256    /* K per decoded chunk (2 I2_S blocks) */
+#define VG_KC_I2S 512    /* K per decoded chunk (2 I2_S blocks) */
 #define VG_KC_TL1 256
 #define VG_KC_TL2 384    /* 2 TL2 blocks of 32 pairs */
+#define VG_KC_MAX 512
 
 /* ---- the product over one decoded chunk ------------------------------------ */
 
@@ -114,8 +115,9 @@ static void i2s_decode(const tern_matrix *w, int r0, int row1, int k0, int k1, u
 			const int row = r0 + 16 * v + r;
 			rp[r] = w->data + (size_t)(row < row1 ? row : row1 - 1) * row_bytes;
 			/* The next chunk of this row (or the next tile's first chunk). */
-			_mm_prefetch((const char *)(k1 < w->k_pad ? rp[r] + k1 / 4 : rp[r] + VG_ROWS * row_bytes),
-				     _MM_HINT_T0);
+			const uint8_t *next = k1 < w->k_pad ? rp[r] + k1 / 4 : rp[r] + VG_ROWS * row_bytes;
+			for (int l = 0; l < (k1 - k0) / 4; l += 64)
+				_mm_prefetch((const char *)(next + l), _MM_HINT_T0);
 		}
 		for (int b = b0; b < b1; b++) {
 			__m512i z[8];
@@ -260,7 +262,7 @@ static inline void unpermute(__m512i x[4])
 static void vg_drive(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1, int kc,
 		     vg_decode_fn decode, int interleaved)
 {
-	_Alignas(64) uint8_t dec[(VG_KC_TL2 / 4 + 1) * VG_K4_BYTES];
+	_Alignas(64) uint8_t dec[(VG_KC_MAX / 4 + 1) * VG_K4_BYTES];
 	_Alignas(64) int32_t acc[VG_TOKENS * VG_ROWS];
 	const int k_pad = w->k_pad;
 	const int k4_full = k_pad / 4, tail = k_pad % 4;
@@ -280,14 +282,18 @@ static void vg_drive(const tern_matrix *w, const tern_act *a, int32_t *dot, int 
 				decode(w, r, row1, k0, k1, dec);
 				const int nk4 = (k1 - k0) / 4;
 				const int part = (k1 - k0) % 4 != 0;
-				for (int t = 0; t < nj; t += VG_NT) {
-					const int nt = nj - t < VG_NT ? nj - t : VG_NT;
+				/* Balanced token blocks (8 = 4 + 4, not 6 + 2): a small block
+				 * loads the decoded weights for few vpdpbusd. */
+				const int blocks = (nj + VG_NT - 1) / VG_NT;
+				for (int t = 0, bi = 0; t < nj; bi++) {
+					const int nt = (nj - t + (blocks - bi) - 1) / (blocks - bi);
 					int32_t *at = acc + (size_t)t * VG_ROWS;
 					vg_pass_n(dec, nk4, a->q + (size_t)(j0 + t) * (size_t)k_pad + (size_t)k0,
 						  (size_t)k_pad, nt, at, k0 == 0);
 					if (part)
 						vg_pass_n(dec + (size_t)nk4 * VG_K4_BYTES, 1, qtail + 4 * t, 4, nt, at,
 							  k0 == 0 && nk4 == 0);
+					t += nt;
 				}
 			}
 			const int rows = row1 - r < VG_ROWS ? row1 - r : VG_ROWS;
