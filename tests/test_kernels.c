@@ -567,14 +567,54 @@ static void test_avx512_variants(void)
 	tern_kern_avx512_vnni = vnni;
 	tern_kern_avx512_vbmi = vbmi;
 }
+
+extern int tern_kern_gemm_vnni_min[TERN_PACK_COUNT];
+/* The VNNI GEMM (weight tiles decoded once to int8, vpdpbusd over the batch)
+ * from batch 1 up, so every batch size and shape meets it: bit for bit
+ * against the oracle (and so against GEMV: batch invariance). */
+static void test_vnni_gemm(void)
+{
+	if (!tern_isa_available(TERN_ISA_AVX512))
+		TT_SKIP("no AVX-512 on this CPU");
+	tern_isa_default(); /* sets the flags from cpuid */
+	if (!tern_kern_avx512_vnni)
+		TT_SKIP("no AVX512_VNNI on this CPU");
+	int saved[TERN_PACK_COUNT];
+	memcpy(saved, tern_kern_gemm_vnni_min, sizeof saved);
+	for (int p = 0; p < TERN_PACK_COUNT; p++)
+		tern_kern_gemm_vnni_min[p] = 1;
+	int batches[64];
+	for (int i = 0; i < 64; i++)
+		batches[i] = i + 1;
+	TT_EQ_INT(run_shape(70, 200, batches, 64, W_RANDOM, 0, TERN_ISA_AVX512, -1), 0);
+	TT_EQ_INT(run_shape(131, 390, batches, 64, W_DENSE, 1, TERN_ISA_AVX512, -1), 0);
+	/* TL2 k_pad % 4 == 2 (a partial last k4), k_pad = 6, one row, > 64 tokens. */
+	const int few[] = {1, 5, 6, 7, 13, 64, 65, 130};
+	static const int shapes[][2] = {{1, 1}, {3, 5}, {65, 129}, {130, 6}, {97, 385}, {255, 767},
+					{1000, 37}, {333, 2049}, {17, 3001}, {64, 388}, {200, 1158}};
+	for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+		TT_CHECKF(run_shape(shapes[s][0], shapes[s][1], few, 8, (int)(s % 3), (int)(s % 3), TERN_ISA_AVX512,
+				    -1) == 0,
+			  "shape %d x %d", shapes[s][0], shapes[s][1]);
+	const int b16[] = {16, 32};
+	TT_EQ_INT(run_shape(2560, 6912, b16, UNDER_ASAN ? 1 : 2, W_DENSE, 0, TERN_ISA_AVX512, -1), 0);
+	test_row_ranges();
+	test_worst_case_overflow();
+	memcpy(tern_kern_gemm_vnni_min, saved, sizeof saved);
+}
 #else
 static void test_avx512_variants(void)
 {
 	TT_SKIP("AVX-512 is x86-64 only");
+}
+
+static void test_vnni_gemm(void)
+{
+	TT_SKIP("not an x86-64 build");
 }
 #endif
 
 TT_MAIN(TT_CASE(test_quant_hand), TT_CASE(test_pack_roundtrip), TT_CASE(test_i2s_bitnet_layout),
 	TT_CASE(test_names_and_dispatch), TT_CASE(test_bad_arguments), TT_CASE(test_small_shapes_all_batches),
 	TT_CASE(test_odd_shapes), TT_CASE(test_row_ranges), TT_CASE(test_worst_case_overflow),
-	TT_CASE(test_avx512_variants), TT_CASE(test_forced_isa), TT_CASE(test_bitnet_shapes), TT_CASE(test_100b_shapes))
+	TT_CASE(test_avx512_variants), TT_CASE(test_vnni_gemm), TT_CASE(test_forced_isa), TT_CASE(test_bitnet_shapes), TT_CASE(test_100b_shapes))

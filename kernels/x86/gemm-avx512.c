@@ -88,7 +88,9 @@ static inline int32_t hsum8(__m256i v)
 
 void tern_kern_i2s_avx512(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
 {
-	if (tern_kern_avx512_vnni)
+	if (tern_kern_avx512_vnni && a->n >= tern_kern_gemm_vnni_min[TERN_PACK_I2S])
+		tern_kern_i2s_vnni_gemm(w, a, dot, ldd, row0, row1);
+	else if (tern_kern_avx512_vnni)
 		i2s_vnni_kernel(w, a, dot, ldd, row0, row1);
 	else
 		i2s_bw_kernel(w, a, dot, ldd, row0, row1);
@@ -372,7 +374,9 @@ static void tl2_vbmi_run(const uint8_t *tile, int s0, int s1, const tern_act *a,
 
 void tern_kern_tl1_avx512(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
 {
-	if (tern_kern_avx512_vbmi)
+	if (tern_kern_avx512_vnni && a->n >= tern_kern_gemm_vnni_min[TERN_PACK_TL1])
+		tern_kern_tl1_vnni_gemm(w, a, dot, ldd, row0, row1);
+	else if (tern_kern_avx512_vbmi)
 		tl_drive(w, a, dot, ldd, row0, row1, w->k_pad / 4, TERN_TL1_QUAD_BYTES, TL_TOKENS, tl1_vbmi_run);
 	else
 		tl1_bw_kernel(w, a, dot, ldd, row0, row1);
@@ -380,7 +384,9 @@ void tern_kern_tl1_avx512(const tern_matrix *w, const tern_act *a, int32_t *dot,
 
 void tern_kern_tl2_avx512(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
 {
-	if (tern_kern_avx512_vbmi)
+	if (tern_kern_avx512_vnni && a->n >= tern_kern_gemm_vnni_min[TERN_PACK_TL2])
+		tern_kern_tl2_vnni_gemm(w, a, dot, ldd, row0, row1);
+	else if (tern_kern_avx512_vbmi)
 		tl_drive(w, a, dot, ldd, row0, row1, w->k_pad / 6, TERN_TL2_PAIR_BYTES, TL_TOKENS, tl2_vbmi_run);
 	else
 		tl2_bw_kernel(w, a, dot, ldd, row0, row1);

@@ -50,7 +50,8 @@ typedef struct kopts {
 typedef struct kresult {
 	int shape, packing, isa, threads, batch;
 	double s_per_call;
-	double bw; /* GB/s read bandwidth measured beside it (the bound) */
+	double bw;   /* GB/s read bandwidth measured beside it (the bound) */
+	double peak; /* GOPS int8 peak measured beside a GEMM (NaN: none) */
 	size_t bytes;
 } kresult;
 
@@ -62,6 +63,8 @@ typedef struct kbench {
 	double bw[MAX_LIST];      /* GB/s per entry of o.threads, measured first */
 	double bw_best[MAX_LIST]; /* the best of that and every interleaved pass */
 	void *bw_buf;             /* (bw_bytes) the read-bandwidth buffer */
+	bench_peak peaks[MAX_LIST][8]; /* int8 units per entry of o.threads, best over the run */
+	int n_peaks[MAX_LIST];
 	size_t bw_bytes;
 	kresult *res;
 	int n_res, cap_res;
@@ -70,7 +73,8 @@ typedef struct kbench {
 static const char *const csv_cols[] = {"bench",    "what",         "threads",  "value",       "unit",      "bound",
 				       "fraction", "packing",      "isa",      "op",          "batch",     "m",
 				       "k",        "weight_bytes", "matrices", "us_per_call", "us_median", "gb_s",
-				       "tok_s",    "gops",         "speedup",  "read_bw",     NULL};
+				       "tok_s",    "gops",         "speedup",  "read_bw",     "int8_unit", "peak_gops",
+				       "bound_gops", "bound_kind", NULL};
 
 static void usage(FILE *f)
 {
@@ -387,6 +391,7 @@ typedef struct krun {
 	tern_pool *pool;
 	const void *bw_buf; /* read between GEMV passes, see measure() */
 	size_t bw_bytes;
+	const char *peak_unit; /* int8 unit run between GEMM passes (NULL: none) */
 } krun;
 
 static int run_calls(krun *r, long calls, tern_err *e)
@@ -410,7 +415,9 @@ static int cmp_double(const void *a, const void *b)
  * pass over the working set, so its figure is a DRAM figure. Each GEMV
  * repetition follows one pass of the read-bandwidth probe on the same
  * threads, and *bw is the best of those: other processes on a shared machine
- * then weigh on the figure and its bound alike. */
+ * then weigh on the figure and its bound alike. Each GEMM repetition follows
+ * one pass of the int8 peak loop of r->peak_unit for the same reason; *bw is
+ * then the best GOPS of those (NaN without a unit). */
 static int measure(krun *r, int gemv, const kopts *o, double *best, double *median, double *bw, tern_err *e)
 {
 	if (gemv)
@@ -428,11 +435,14 @@ static int measure(krun *r, int gemv, const kopts *o, double *best, double *medi
 		cpr = r->ws->n;
 	double times[MAX_REPS], spent = 0;
 	int reps = 0;
-	*bw = 0;
+	*bw = gemv || r->peak_unit ? 0 : NAN;
 	while (reps < MAX_REPS && (reps < min_reps || spent < o->min_s)) {
 		if (gemv) {
 			const double gbs = bench_read_pass(r->pool, r->bw_buf, r->bw_bytes);
 			*bw = gbs > *bw ? gbs : *bw;
+		} else if (r->peak_unit) {
+			const double g = bench_int8_peak_pass(r->pool, r->peak_unit);
+			*bw = g > *bw ? g : *bw;
 		}
 		t0 = tern_now_s();
 		TERN_FORWARD_IF_ERROR(run_calls(r, cpr, e));
@@ -487,8 +497,30 @@ static double load_average(void)
 
 /* ---- the run ------------------------------------------------------------------- */
 
+/* The int8 unit that bounds an ISA's GEMM on this CPU (NULL: none measured). */
+static const char *isa_int8_unit(tern_isa isa)
+{
+	const tern_cpu *c = tern_cpu_get();
+	if (isa == TERN_ISA_AVX512 && c->avx512vnni)
+		return "avx512_vnni";
+	if (isa == TERN_ISA_AVX2)
+		return c->avxvnni ? "avx_vnni" : c->avx2 ? "avx2_maddubs" : NULL;
+	return NULL;
+}
+
+/* Keeps the best peak seen for unit on thread entry ti (the int8_peak rows). */
+static void note_peak(kbench *b, int ti, const char *unit, double gops)
+{
+	for (int i = 0; unit && i < b->n_peaks[ti]; i++)
+		if (!strcmp(b->peaks[ti][i].unit, unit) && gops > b->peaks[ti][i].gops)
+			b->peaks[ti][i].gops = gops;
+}
+
+/* GEMM rows: value tok/s; bound = min(compute, bandwidth) in tok/s, where
+ * compute = peak GOPS / (2 m k) and bandwidth = read_bw / packed bytes x
+ * batch (each call reads the matrix once for `batch` tokens). */
 static void kernel_row(kbench *b, int ti, const wset *ws, tern_packing pk, tern_isa isa, int batch, double best,
-		       double median, double gemv_s, double bw)
+		       double median, double gemv_s, double bw, double peak)
 {
 	const tern_matrix *w = &ws->mats[0];
 	const int threads = b->o.threads[ti];
@@ -499,13 +531,14 @@ static void kernel_row(kbench *b, int ti, const wset *ws, tern_packing pk, tern_
 	const double gbs = bytes / best / 1e9, tok_s = batch / best;
 	const double gops = 2.0 * w->m * w->k * batch / best / 1e9;
 	bench_row row;
-	if (gemv) {
+	const double ops_per_tok = 2.0 * w->m * w->k;
+	const double bw_tok = bw * 1e9 / bytes * batch, peak_tok = peak * 1e9 / ops_per_tok;
+	const int compute_bound = !gemv && peak_tok < bw_tok; /* false for a NaN peak */
+	const double bound_tok = compute_bound ? peak_tok : bw_tok;
+	if (gemv)
 		bench_row_init(&row, "kernels", "gemv", threads, gbs, "GB/s", bw);
-	} else {
-		/* The bandwidth bound on tokens/s: each call reads the matrix once
-		 * and produces `batch` tokens. */
-		bench_row_init(&row, "kernels", "gemm", threads, tok_s, "tok/s", bw * 1e9 / bytes * batch);
-	}
+	else
+		bench_row_init(&row, "kernels", "gemm", threads, tok_s, "tok/s", bound_tok);
 	bench_row_str(&row, "packing", tern_packing_name(pk));
 	bench_row_str(&row, "isa", tern_isa_name(isa));
 	bench_row_str(&row, "op", gemv ? "gemv" : "gemm");
@@ -522,12 +555,25 @@ static void kernel_row(kbench *b, int ti, const wset *ws, tern_packing pk, tern_
 	const double speedup = gemv ? 1.0 : tok_s * gemv_s;
 	bench_row_num(&row, "speedup", speedup);
 	bench_row_num(&row, "read_bw", bw);
+	if (!gemv) {
+		const char *unit = isa_int8_unit(isa);
+		bench_row_str(&row, "int8_unit", unit && peak == peak ? unit : "none");
+		bench_row_num(&row, "peak_gops", peak);
+		bench_row_num(&row, "bound_gops", bound_tok * ops_per_tok / 1e9);
+		bench_row_str(&row, "bound_kind", compute_bound ? "compute" : "bandwidth");
+	}
 	bench_emit(&b->out, &row);
 	char shape[32];
 	snprintf(shape, sizeof shape, "%dx%d", w->m, w->k);
-	bench_table(&b->out, "%-10s %-5s %-7s %3d %-4s %5d %8.3f %9.1f %7.2f %6.2f %5.0f%% %10.0f %8.1f %7.2f\n", shape,
-		    tern_packing_name(pk), tern_isa_name(isa), threads, gemv ? "gemv" : "gemm", batch,
-		    bytes / 1048576.0, best * 1e6, gbs, bw, 100.0 * gbs / bw, tok_s, gops, speedup);
+	char peak_s[16] = "-", frac_s[16] = "-";
+	if (!gemv) {
+		if (peak == peak)
+			snprintf(peak_s, sizeof peak_s, "%.0f", peak);
+		snprintf(frac_s, sizeof frac_s, "%.0f%%%s", 100.0 * tok_s / bound_tok, compute_bound ? "c" : "b");
+	}
+	bench_table(&b->out, "%-10s %-5s %-7s %3d %-4s %5d %8.3f %9.1f %7.2f %6.2f %5.0f%% %10.0f %8.1f %7.2f %6s %6s\n",
+		    shape, tern_packing_name(pk), tern_isa_name(isa), threads, gemv ? "gemv" : "gemm", batch,
+		    bytes / 1048576.0, best * 1e6, gbs, bw, 100.0 * gbs / bw, tok_s, gops, speedup, peak_s, frac_s);
 }
 
 static int run_shape_packing(kbench *b, int si, tern_packing pk, const float *x, int max_batch, tern_err *e)
@@ -548,31 +594,34 @@ static int run_shape_packing(kbench *b, int si, tern_packing pk, const float *x,
 				  .pool = b->pools[ti],
 				  .act = &act,
 				  .bw_buf = b->bw_buf,
-				  .bw_bytes = b->bw_bytes};
-			double best, median, bw, unused;
+				  .bw_bytes = b->bw_bytes,
+				  .peak_unit = isa_int8_unit(isa)};
+			double best, median, bw, peak;
 			rc = tern_act_prepare(&act, pk, isa, x, 1, k, k, e);
 			if (rc == 0)
 				rc = measure(&r, 1, &b->o, &best, &median, &bw, e);
 			if (rc)
 				break;
-			kresult kr = {si, pk, isa, b->o.threads[ti], 0, best, bw, ws.mats[0].data_bytes};
+			kresult kr = {si, pk, isa, b->o.threads[ti], 0, best, bw, NAN, ws.mats[0].data_bytes};
 			b->bw_best[ti] = bw > b->bw_best[ti] ? bw : b->bw_best[ti];
 			if (add_result(b, kr))
 				rc = TERN_ERR(e, TERN_ENOMEM, "out of memory");
-			kernel_row(b, ti, &ws, pk, isa, 0, best, median, best, bw);
+			kernel_row(b, ti, &ws, pk, isa, 0, best, median, best, bw, NAN);
 			const double gemv_s = best;
 			for (int bi = 0; rc == 0 && bi < b->o.n_batches; bi++) {
 				const int batch = b->o.batches[bi];
 				rc = tern_act_prepare(&act, pk, isa, x, batch, k, k, e);
 				if (rc == 0)
-					rc = measure(&r, 0, &b->o, &best, &median, &unused, e);
+					rc = measure(&r, 0, &b->o, &best, &median, &peak, e);
 				if (rc)
 					break;
 				kr.batch = batch;
 				kr.s_per_call = best;
+				kr.peak = peak;
+				note_peak(b, ti, r.peak_unit, peak);
 				if (add_result(b, kr))
 					rc = TERN_ERR(e, TERN_ENOMEM, "out of memory");
-				kernel_row(b, ti, &ws, pk, isa, batch, best, median, gemv_s, bw);
+				kernel_row(b, ti, &ws, pk, isa, batch, best, median, gemv_s, bw, peak);
 			}
 		}
 	}
@@ -682,6 +731,20 @@ int bench_kernels_main(int argc, char **argv)
 		b->bw_best[ti] = b->bw[ti];
 		bench_table(&b->out, "# read bandwidth, %d thread(s): %.2f GB/s\n", o->threads[ti], b->bw[ti]);
 	}
+	/* int8 peaks per unit and thread count: first here, then a pass beside
+	 * every GEMM figure (see measure()); the int8_peak rows give the best. */
+	for (int ti = 0; ti < o->n_threads; ti++) {
+		b->n_peaks[ti] = bench_int8_peaks(b->pools[ti], o->quick ? 0.02 : 0.3, b->peaks[ti], 8);
+		for (int i = 0; i < b->n_peaks[ti]; i++) {
+			const bench_peak *p = &b->peaks[ti][i];
+			if (p->skipped)
+				bench_table(&b->out, "# int8 peak %s (%s), %d thread(s): SKIPPED (no verified path in this build)\n",
+					    p->unit, p->instr, o->threads[ti]);
+			else
+				bench_table(&b->out, "# int8 peak %s (%s), %d thread(s): %.0f GOPS\n", p->unit, p->instr,
+					    o->threads[ti], p->gops);
+		}
+	}
 
 	int max_batch = 1, max_k = 1;
 	for (int i = 0; i < o->n_batches; i++)
@@ -696,9 +759,12 @@ int bench_kernels_main(int argc, char **argv)
 	for (size_t i = 0; i < (size_t)max_batch * max_k; i++)
 		x[i] = ((float)(rnd32() % 20001) - 10000.0f) / 10000.0f * (rnd32() % 64 ? 1.0f : 8.0f);
 
-	bench_table(&b->out, "\n%-10s %-5s %-7s %3s %-4s %5s %8s %9s %7s %6s %6s %10s %8s %7s\n", "shape", "pack",
-		    "isa", "thr", "op", "batch", "MiB/mat", "us/call", "GB/s", "bound", "bw%", "tok/s", "GOPS",
-		    "x gemv");
+	bench_table(&b->out,
+		    "\n(GEMM: peak = int8 GOPS of the ISA's unit beside the figure; frac = tok/s over min(compute, "
+		    "bandwidth x batch), c/b = which bound)\n");
+	bench_table(&b->out, "%-10s %-5s %-7s %3s %-4s %5s %8s %9s %7s %6s %6s %10s %8s %7s %6s %6s\n", "shape", "pack",
+		    "isa", "thr", "op", "batch", "MiB/mat", "us/call", "GB/s", "bound", "bw%", "tok/s", "GOPS", "x gemv",
+		    "peak", "frac");
 	for (int si = 0; si < o->n_shapes; si++)
 		for (int pi = 0; pi < o->n_packings; pi++)
 			if (run_shape_packing(b, si, (tern_packing)o->packings[pi], x, max_batch, &e)) {
@@ -721,6 +787,25 @@ int bench_kernels_main(int argc, char **argv)
 			    "# read bandwidth, %d thread(s): %.2f GB/s best over the run (%.2f at the start)\n",
 			    o->threads[ti], b->bw_best[ti], b->bw[ti]);
 	}
+	int skipped = 0;
+	for (int ti = 0; ti < o->n_threads; ti++)
+		for (int i = 0; i < b->n_peaks[ti]; i++) {
+			const bench_peak *p = &b->peaks[ti][i];
+			if (p->skipped) {
+				skipped++;
+				continue;
+			}
+			bench_row row;
+			bench_row_init(&row, "kernels", "int8_peak", o->threads[ti], p->gops, "GOPS", NAN);
+			bench_row_str(&row, "int8_unit", p->unit);
+			bench_row_str(&row, "instr", p->instr);
+			bench_emit(&b->out, &row);
+			bench_table(&b->out, "# int8 peak %s, %d thread(s): %.0f GOPS best over the run\n", p->unit,
+				    o->threads[ti], p->gops);
+		}
+	if (skipped)
+		bench_table(&b->out, "# int8 peaks SKIPPED: %d (units this CPU has without a verified path here)\n",
+			    skipped);
 	bench_table(&b->out, "# load average at the end: %.2f (%d CPU(s))\n", load_average(), b->n_cpus);
 	status = 0;
 done:

@@ -84,6 +84,25 @@ double bench_read_pass(tern_pool *pool, const void *buf, size_t bytes);
 /* Name of the load width bench_read_bw uses ("avx512", "avx2", "scalar"). */
 const char *bench_read_bw_isa(void);
 
+/* ---- int8 compute peak (bench-peak.c) ------------------------------------- */
+
+/* GOPS = 1e9 int8 ops/s, one multiply-add of a weight byte by an activation
+ * byte counting as 2 ops (so a GEMM does 2*m*k*batch ops). */
+typedef struct bench_peak {
+	const char *unit;  /* "avx512_vnni", "avx_vnni", "avx2_maddubs", "amx_int8" */
+	const char *instr; /* the instruction(s) of the loop */
+	double gops;       /* all threads of the pool together; NaN when skipped */
+	int skipped;       /* the CPU has the unit but this build cannot measure it */
+} bench_peak;
+
+/* Every int8 dot-product unit this CPU has (at most max), each measured with
+ * register-resident loops on every thread of pool for >= min_s seconds
+ * (best pass); returns the count. */
+int bench_int8_peaks(tern_pool *pool, double min_s, bench_peak *out, int max);
+/* One pass (~20 ms) of the named unit's loop on every thread of pool: GOPS,
+ * or NaN if the unit is unknown, absent or skipped. */
+double bench_int8_peak_pass(tern_pool *pool, const char *unit);
+
 /* ---- modes ----------------------------------------------------------------- */
 
 int bench_kernels_main(int argc, char **argv);

@@ -31,6 +31,7 @@ def main():
     if not lines:
         fail("no rows on stdout")
     seen = {"read_bw": 0, "gemv": 0, "gemm": 0}
+    peaks = 0
     for n, line in enumerate(lines, 1):
         try:
             row = json.loads(line)
@@ -56,7 +57,11 @@ def main():
             what = row["what"]
             if what in seen:
                 seen[what] += 1
-            if what != "read_bw":
+            if what == "int8_peak":
+                peaks += 1
+                if row["unit"] != "GOPS" or not isinstance(row.get("int8_unit"), str):
+                    fail("line %d: int8_peak row without GOPS and int8_unit: %r" % (n, line[:200]))
+            elif what != "read_bw":
                 for key, typ in KERNEL.items():
                     if key not in row or not isinstance(row[key], typ):
                         fail("line %d: kernel row lacks %r: %r" % (n, key, line[:200]))
@@ -68,7 +73,8 @@ def main():
         for what, count in seen.items():
             if count == 0:
                 fail("no %s row" % what)
-    print("check_bench_json: %d valid rows (%s)" % (len(lines), ", ".join("%s %d" % kv for kv in seen.items())))
+    print("check_bench_json: %d valid rows (%s, int8_peak %d)" %
+          (len(lines), ", ".join("%s %d" % kv for kv in seen.items()), peaks))
 
 
 if __name__ == "__main__":
