@@ -22,6 +22,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <string.h>
+
+#include "tern-half.h"
 #include "tern-kernels.h"
 
 #ifdef __cplusplus
@@ -36,6 +39,20 @@ typedef enum {
 	TERN_DOT_I8 = 3,   /* int8, converted exactly (the int8 LM head) */
 	TERN_DOT_COUNT
 } tern_dot_type;
+
+/* Element i of a row of type t, converted exactly to float. */
+static inline float tern_dot_elem(const void *row, tern_dot_type t, int i)
+{
+	const uint8_t *b = (const uint8_t *)row;
+	uint16_t h;
+	float f;
+	switch (t) {
+	case TERN_DOT_F16: memcpy(&h, b + 2 * (size_t)i, 2); return tern_f16_to_f32(h);
+	case TERN_DOT_BF16: memcpy(&h, b + 2 * (size_t)i, 2); return tern_bf16_to_f32(h);
+	case TERN_DOT_I8: return (float)(int8_t)b[i];
+	default: memcpy(&f, b + 4 * (size_t)i, 4); return f;
+	}
+}
 
 /* Lanes of the dense dot product's fixed order (see tern_dot_args). */
 #define TERN_DOT_LANES 64

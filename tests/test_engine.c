@@ -806,6 +806,7 @@ static void test_head(void)
 	tern_head_config hc = {5, 1, TERN_HEAD_F16, codes, 0, nrm1, 1e-5f, TERN_ISA_AUTO};
 	tern_head *h;
 	TT_REQUIRE(tern_head_create(&hc, &h, NULL) == 0);
+	TT_EQ_INT(tern_head_isa(h), tern_isa_default()); /* AUTO follows TERN_KERNEL like the layers */
 	for (int t = 0; t < 5; t++) {
 		float f;
 		TT_REQUIRE(tern_head_embed(h, &t, 1, &f, NULL) == 0);

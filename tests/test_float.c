@@ -288,33 +288,23 @@ static void test_rope_all_isas(void)
 static const size_t elem_size[TERN_DOT_COUNT] = {4, 2, 2, 1};
 static const char *const type_names[TERN_DOT_COUNT] = {"f32", "f16", "bf16", "i8"};
 
-static float elem(const uint8_t *row, tern_dot_type t, int i)
-{
-	uint16_t h;
-	float f;
-	switch (t) {
-	case TERN_DOT_F16: memcpy(&h, row + 2 * (size_t)i, 2); return tern_f16_to_f32(h);
-	case TERN_DOT_BF16: memcpy(&h, row + 2 * (size_t)i, 2); return tern_bf16_to_f32(h);
-	case TERN_DOT_I8: return (float)(int8_t)row[i];
-	default: memcpy(&f, row + 4 * (size_t)i, 4); return f;
-	}
-}
-
 /* The order of tern-float.h, written out from the comment. */
-static float documented_dot(const uint8_t *row, tern_dot_type t, const float *x, int n)
+static float documented_dot(const float *row, const float *x, int n)
 {
 	float lane[64];
 	for (int k = 0; k < 64; k++)
 		lane[k] = 0.0f;
 	for (int i = 0; i < n; i++)
-		lane[i % 64] = fmaf(elem(row, t, i), x[i], lane[i % 64]);
+		lane[i % 64] = fmaf(row[i], x[i], lane[i % 64]);
 	for (int w = 32; w >= 1; w /= 2)
 		for (int k = 0; k < w; k++)
 			lane[k] = lane[k] + lane[k + w];
 	return lane[0];
 }
 
-static void fill_row(uint8_t *row, tern_dot_type t, int n)
+/* A random row of type t at row, and its values as floats (by the base
+ * conversions) in f. */
+static void fill_row(uint8_t *row, tern_dot_type t, int n, float *f)
 {
 	for (int i = 0; i < n; i++) {
 		const float v = frand(-1, 1);
@@ -322,15 +312,23 @@ static void fill_row(uint8_t *row, tern_dot_type t, int n)
 		case TERN_DOT_F16: {
 			const uint16_t h = tern_f32_to_f16(i % 97 == 5 ? v * 1e-6f : v); /* some subnormals */
 			memcpy(row + 2 * (size_t)i, &h, 2);
+			f[i] = tern_f16_to_f32(h);
 			break;
 		}
 		case TERN_DOT_BF16: {
 			const uint16_t h = tern_f32_to_bf16(v);
 			memcpy(row + 2 * (size_t)i, &h, 2);
+			f[i] = tern_bf16_to_f32(h);
 			break;
 		}
-		case TERN_DOT_I8: row[i] = (uint8_t)(int8_t)((int)(rng() % 255) - 127); break;
-		default: memcpy(row + 4 * (size_t)i, &v, 4); break;
+		case TERN_DOT_I8:
+			row[i] = (uint8_t)(int8_t)((int)(rng() % 255) - 127);
+			f[i] = (float)(int8_t)row[i];
+			break;
+		default:
+			memcpy(row + 4 * (size_t)i, &v, 4);
+			f[i] = v;
+			break;
 		}
 	}
 }
@@ -348,14 +346,15 @@ static int check_dot(tern_dot_type t, int rows, int n, int nx, const tern_float_
 	float *want = malloc(sizeof(float) * (size_t)nx * (size_t)rows * 2);
 	float *got = malloc(sizeof(float) * (size_t)nx * (size_t)rows * 2);
 	float *one = malloc(sizeof(float) * (size_t)rows);
+	float *wf = malloc(sizeof(float) * (size_t)rows * (size_t)n);
 	int bad = 0;
-	if (!buf || !x || !scale || !want || !got || !one) {
+	if (!buf || !x || !scale || !want || !got || !one || !wf) {
 		bad = 1;
 		goto done;
 	}
 	uint8_t *w = buf + 1;
 	for (int r = 0; r < rows; r++) {
-		fill_row(w + (size_t)r * row_bytes, t, n);
+		fill_row(w + (size_t)r * row_bytes, t, n, wf + (size_t)r * (size_t)n);
 		scale[r] = frand(0.001f, 0.02f);
 	}
 	const size_t ldx = (size_t)n + (size_t)(nx & 3); /* vectors at odd offsets too */
@@ -368,7 +367,7 @@ static int check_dot(tern_dot_type t, int rows, int n, int nx, const tern_float_
 		ref->dot_rows(&a, 0, rows);
 		for (int j = 0; j < nx; j++)
 			for (int r = 0; r < rows; r++) {
-				float d = documented_dot(w + (size_t)r * row_bytes, t, x + (size_t)j * ldx, n);
+				float d = documented_dot(wf + (size_t)r * (size_t)n, x + (size_t)j * ldx, n);
 				if (use_scale)
 					d = d * scale[r];
 				bad += memcmp(&d, &want[(size_t)j * ldo + (size_t)r], 4) != 0;
@@ -419,6 +418,7 @@ done:
 	free(want);
 	free(got);
 	free(one);
+	free(wf);
 	return bad;
 }
 

@@ -12,7 +12,6 @@
 #include <string.h>
 
 #include "tern-float.h"
-#include "tern-half.h"
 
 /* The file's element types are the dot kernels' (logits_run passes them on). */
 _Static_assert((int)TERN_HEAD_F32 == (int)TERN_DOT_F32 && (int)TERN_HEAD_F16 == (int)TERN_DOT_F16 &&
@@ -33,13 +32,7 @@ struct tern_head {
 
 static float elem_f32(const uint8_t *row, tern_head_dtype dt, int i)
 {
-	uint16_t h;
-	float f;
-	switch (dt) {
-	case TERN_HEAD_F16: memcpy(&h, row + 2 * (size_t)i, 2); return tern_f16_to_f32(h);
-	case TERN_HEAD_BF16: memcpy(&h, row + 2 * (size_t)i, 2); return tern_bf16_to_f32(h);
-	default: memcpy(&f, row + 4 * (size_t)i, 4); return f;
-	}
+	return tern_dot_elem(row, (tern_dot_type)dt, i);
 }
 
 /* ---- public ------------------------------------------------------------------ */

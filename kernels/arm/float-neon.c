@@ -17,14 +17,11 @@ static void rmsnorm_neon(const float *x, const float *w, int n, float eps, float
 	if (w) {
 		for (; i + 4 <= n; i += 4)
 			vst1q_f32(out + i, vmulq_f32(vmulq_f32(vld1q_f32(x + i), vs), vld1q_f32(w + i)));
-		for (; i < n; i++)
-			out[i] = (x[i] * s) * w[i];
 	} else {
 		for (; i + 4 <= n; i += 4)
 			vst1q_f32(out + i, vmulq_f32(vld1q_f32(x + i), vs));
-		for (; i < n; i++)
-			out[i] = x[i] * s;
 	}
+	tern_rms_apply(x, w, s, i, n, out);
 }
 
 static void softmax_neon(float *x, int n)
@@ -47,8 +44,7 @@ static void softmax_neon(float *x, int n)
 	const float32x4_t vi = vdupq_n_f32(inv);
 	for (i = 0; i + 4 <= n; i += 4)
 		vst1q_f32(x + i, vmulq_f32(vld1q_f32(x + i), vi));
-	for (; i < n; i++)
-		x[i] *= inv;
+	tern_softmax_scale(x, inv, i, n);
 }
 
 static void rope_neon(float *x, int n_heads, int head_dim, const float *cs_pos)
@@ -63,12 +59,7 @@ static void rope_neon(float *x, int n_heads, int head_dim, const float *cs_pos)
 			vst1q_f32(xh + j, vsubq_f32(vmulq_f32(x0, cs.val[0]), vmulq_f32(x1, cs.val[1])));
 			vst1q_f32(xh + j + half, vaddq_f32(vmulq_f32(x0, cs.val[1]), vmulq_f32(x1, cs.val[0])));
 		}
-		for (; j < half; j++) {
-			const float c = cs_pos[2 * j], s = cs_pos[2 * j + 1];
-			const float x0 = xh[j], x1 = xh[j + half];
-			xh[j] = x0 * c - x1 * s;
-			xh[j + half] = x0 * s + x1 * c;
-		}
+		tern_rope_pairs(xh, half, cs_pos, j);
 	}
 }
 
@@ -125,21 +116,12 @@ static ALWAYS_INLINE float dot1(const uint8_t *row, tern_dot_type t, const float
 
 static ALWAYS_INLINE void rows_t(const tern_dot_args *a, tern_dot_type t, int r0, int r1)
 {
-	for (int r = r0; r < r1; r++) {
-		const uint8_t *row = tern_dot_row(a, r);
-		for (int j = 0; j < a->nx; j++)
-			tern_dot_store(a, j, r, dot1(row, t, a->x + (size_t)j * a->ldx, a->n));
-	}
+	TERN_DOT_ROWS_EACH(dot1, a, t, r0, r1);
 }
 
 static void dot_rows_neon(const tern_dot_args *a, int r0, int r1)
 {
-	switch (a->type) {
-	case TERN_DOT_F16: rows_t(a, TERN_DOT_F16, r0, r1); break;
-	case TERN_DOT_BF16: rows_t(a, TERN_DOT_BF16, r0, r1); break;
-	case TERN_DOT_I8: rows_t(a, TERN_DOT_I8, r0, r1); break;
-	default: rows_t(a, TERN_DOT_F32, r0, r1); break;
-	}
+	TERN_DOT_BY_TYPE(rows_t, a, r0, r1);
 }
 
 const tern_float_kernels tern_float_neon = {TERN_ISA_NEON, rmsnorm_neon, softmax_neon, rope_neon, dot_rows_neon};

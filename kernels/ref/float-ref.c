@@ -6,14 +6,7 @@
 
 static void rmsnorm_ref(const float *x, const float *w, int n, float eps, float *out)
 {
-	const float s = tern_rms_scale(x, n, eps);
-	if (w) {
-		for (int i = 0; i < n; i++)
-			out[i] = (x[i] * s) * w[i];
-	} else {
-		for (int i = 0; i < n; i++)
-			out[i] = x[i] * s;
-	}
+	tern_rms_apply(x, w, tern_rms_scale(x, n, eps), 0, n, out);
 }
 
 static void softmax_ref(float *x, int n)
@@ -21,23 +14,13 @@ static void softmax_ref(float *x, int n)
 	float m = x[0];
 	for (int i = 1; i < n; i++)
 		m = tern_max_step(m, x[i]);
-	const float inv = tern_softmax_exp(x, n, m);
-	for (int i = 0; i < n; i++)
-		x[i] *= inv;
+	tern_softmax_scale(x, tern_softmax_exp(x, n, m), 0, n);
 }
 
 static void rope_ref(float *x, int n_heads, int head_dim, const float *cs_pos)
 {
-	const int half = head_dim / 2;
-	for (int h = 0; h < n_heads; h++) {
-		float *xh = x + (size_t)h * (size_t)head_dim;
-		for (int j = 0; j < half; j++) {
-			const float c = cs_pos[2 * j], s = cs_pos[2 * j + 1];
-			const float x0 = xh[j], x1 = xh[j + half];
-			xh[j] = x0 * c - x1 * s;
-			xh[j + half] = x0 * s + x1 * c;
-		}
-	}
+	for (int h = 0; h < n_heads; h++)
+		tern_rope_pairs(x + (size_t)h * (size_t)head_dim, head_dim / 2, cs_pos, 0);
 }
 
 static void dot_rows_ref(const tern_dot_args *a, int r0, int r1)

@@ -20,14 +20,11 @@ static void rmsnorm_avx512(const float *x, const float *w, int n, float eps, flo
 		for (; i + 16 <= n; i += 16)
 			_mm512_storeu_ps(out + i,
 					 _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(x + i), vs), _mm512_loadu_ps(w + i)));
-		for (; i < n; i++)
-			out[i] = (x[i] * s) * w[i];
 	} else {
 		for (; i + 16 <= n; i += 16)
 			_mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), vs));
-		for (; i < n; i++)
-			out[i] = x[i] * s;
 	}
+	tern_rms_apply(x, w, s, i, n, out);
 }
 
 static void softmax_avx512(float *x, int n)
@@ -48,8 +45,7 @@ static void softmax_avx512(float *x, int n)
 	const __m512 vi = _mm512_set1_ps(inv);
 	for (i = 0; i + 16 <= n; i += 16)
 		_mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), vi));
-	for (; i < n; i++)
-		x[i] *= inv;
+	tern_softmax_scale(x, inv, i, n);
 }
 
 static void rope_avx512(float *x, int n_heads, int head_dim, const float *cs_pos)
@@ -67,12 +63,7 @@ static void rope_avx512(float *x, int n_heads, int head_dim, const float *cs_pos
 			_mm512_storeu_ps(xh + j, _mm512_sub_ps(_mm512_mul_ps(x0, c), _mm512_mul_ps(x1, s)));
 			_mm512_storeu_ps(xh + j + half, _mm512_add_ps(_mm512_mul_ps(x0, s), _mm512_mul_ps(x1, c)));
 		}
-		for (; j < half; j++) {
-			const float c = cs_pos[2 * j], s = cs_pos[2 * j + 1];
-			const float x0 = xh[j], x1 = xh[j + half];
-			xh[j] = x0 * c - x1 * s;
-			xh[j + half] = x0 * s + x1 * c;
-		}
+		tern_rope_pairs(xh, half, cs_pos, j);
 	}
 }
 
@@ -164,12 +155,7 @@ static ALWAYS_INLINE void rows_t(const tern_dot_args *a, tern_dot_type t, int r0
 
 static void dot_rows_avx512(const tern_dot_args *a, int r0, int r1)
 {
-	switch (a->type) {
-	case TERN_DOT_F16: rows_t(a, TERN_DOT_F16, r0, r1); break;
-	case TERN_DOT_BF16: rows_t(a, TERN_DOT_BF16, r0, r1); break;
-	case TERN_DOT_I8: rows_t(a, TERN_DOT_I8, r0, r1); break;
-	default: rows_t(a, TERN_DOT_F32, r0, r1); break;
-	}
+	TERN_DOT_BY_TYPE(rows_t, a, r0, r1);
 }
 
 const tern_float_kernels tern_float_avx512 = {TERN_ISA_AVX512, rmsnorm_avx512, softmax_avx512, rope_avx512,
