@@ -67,7 +67,7 @@ int tern_isa_available(tern_isa isa)
 	const tern_cpu *c = tern_cpu_get();
 	switch (isa) {
 	case TERN_ISA_REF: return 1;
-	case TERN_ISA_AVX2: return c->avx2;
+	case TERN_ISA_AVX2: return c->avx2 && c->fma && c->f16c; /* every AVX2 CPU has both */
 	case TERN_ISA_AVX512: return c->avx512f && c->avx512bw && c->avx512vl;
 	case TERN_ISA_NEON: return c->neon;
 	default: return 0;

@@ -31,7 +31,7 @@ typedef enum {
 typedef enum {
 	TERN_ISA_AUTO = -1, /* best available, chosen once from cpuid */
 	TERN_ISA_REF = 0,   /* scalar reference: the oracle */
-	TERN_ISA_AVX2 = 1,
+	TERN_ISA_AVX2 = 1,   /* with FMA and F16C (the float kernels use them) */
 	TERN_ISA_AVX512 = 2, /* BW (+VNNI/VBMI where present) */
 	TERN_ISA_NEON = 3,
 	TERN_ISA_COUNT

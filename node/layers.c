@@ -7,73 +7,18 @@
  * thread. Threads split GEMMs by output rows (through the pool: each output
  * element is still computed by one kernel call over its whole K) and
  * attention by (row, head) items, each item computed by one thread start to
- * finish. This file must be compiled without -ffast-math and with
+ * finish. RMSNorm, RoPE and softmax are kernels/'s float kernels
+ * (tern-float.h) of the engine's ISA, with the same fixed orders on every
+ * ISA. This file must be compiled without -ffast-math and with
  * -ffp-contract=off, so the compiler cannot re-associate or fuse anything. */
 #include "tern-engine.h"
+#include "tern-float.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 /* ---- primitives --------------------------------------------------------- */
-
-void tern_engine_rmsnorm(const float *x, const float *w, int n, float eps, float *out)
-{
-	double ss = 0.0;
-	for (int i = 0; i < n; i++)
-		ss += (double)x[i] * (double)x[i];
-	const float mean = (float)(ss / (double)n);
-	const float s = 1.0f / sqrtf(mean + eps);
-	if (w) {
-		for (int i = 0; i < n; i++)
-			out[i] = (x[i] * s) * w[i];
-	} else {
-		for (int i = 0; i < n; i++)
-			out[i] = x[i] * s;
-	}
-}
-
-void tern_engine_rope_table(float theta, int head_dim, int n_pos, float *cs)
-{
-	const int half = head_dim / 2;
-	for (int p = 0; p < n_pos; p++) {
-		for (int j = 0; j < half; j++) {
-			const double inv_freq = pow((double)theta, -2.0 * (double)j / (double)head_dim);
-			const double ang = (double)p * inv_freq;
-			cs[((size_t)p * (size_t)half + (size_t)j) * 2 + 0] = (float)cos(ang);
-			cs[((size_t)p * (size_t)half + (size_t)j) * 2 + 1] = (float)sin(ang);
-		}
-	}
-}
-
-void tern_engine_rope(float *x, int n_heads, int head_dim, const float *cs_pos)
-{
-	const int half = head_dim / 2;
-	for (int h = 0; h < n_heads; h++) {
-		float *xh = x + (size_t)h * (size_t)head_dim;
-		for (int j = 0; j < half; j++) {
-			const float c = cs_pos[2 * j], s = cs_pos[2 * j + 1];
-			const float x0 = xh[j], x1 = xh[j + half];
-			xh[j] = x0 * c - x1 * s;
-			xh[j + half] = x0 * s + x1 * c;
-		}
-	}
-}
-
-void tern_engine_softmax(float *x, int n)
-{
-	float m = x[0];
-	for (int i = 1; i < n; i++)
-		m = x[i] > m ? x[i] : m;
-	double sum = 0.0;
-	for (int i = 0; i < n; i++) {
-		x[i] = expf(x[i] - m);
-		sum += (double)x[i];
-	}
-	const float inv = (float)(1.0 / sum);
-	for (int i = 0; i < n; i++)
-		x[i] *= inv;
-}
 
 void tern_engine_relu2_mul(const float *g, const float *u, int n, float *out)
 {
@@ -131,6 +76,7 @@ struct tern_engine {
 	tern_hparams hp;
 	tern_engine_config cfg;
 	tern_isa isa;
+	const tern_float_kernels *fk; /* RMSNorm, RoPE, softmax of that ISA */
 	int kv_dim;
 	int n_threads;
 	tern_kv_cache *kv;
@@ -185,6 +131,7 @@ int tern_engine_create(const tern_layers *w, const tern_engine_config *cfg, tern
 	e->hp = w->hp;
 	e->cfg = *cfg;
 	e->isa = isa;
+	e->fk = tern_float_kernels_get(isa);
 	e->kv_dim = w->hp.n_head_kv * w->hp.head_dim;
 	e->n_threads = tern_pool_size(cfg->pool);
 	int rc = tern_kv_create(&e->kv, w->n, cfg->n_slots, cfg->n_ctx, e->kv_dim, cfg->kv_alloc, err);
@@ -209,7 +156,7 @@ int tern_engine_create(const tern_layers *w, const tern_engine_config *cfg, tern
 		rc = TERN_ERR(err, TERN_ENOMEM, "engine: cannot allocate scratch for %d rows", cfg->max_rows);
 		goto fail;
 	}
-	tern_engine_rope_table(e->hp.rope_theta, e->hp.head_dim, cfg->n_ctx, e->rope);
+	tern_rope_table(e->hp.rope_theta, e->hp.head_dim, cfg->n_ctx, e->rope);
 	*out = e;
 	return 0;
 fail:
@@ -282,7 +229,7 @@ static void attn_run(void *ctx, int tid, int nth)
 		 * against any other careful implementation */
 		for (int t = 0; t <= pos; t++)
 			sc[t] = (float)tern_engine_dot_f64(qh, kc + base + (size_t)t * kvd, hd) * scale;
-		tern_engine_softmax(sc, pos + 1);
+		e->fk->softmax(sc, pos + 1);
 		for (int d = 0; d < hd; d++)
 			acc[d] = 0.0;
 		for (int t = 0; t <= pos; t++) {
@@ -346,10 +293,11 @@ static int proj(tern_engine *e, int l, tern_proj p, const tern_act *a, float *y,
 	return projs(e, l, &p, 1, a, &y, &ldy, err);
 }
 
-static void norm_rows(const float *x, int ldx, const float *w, int width, float eps, int n, float *out, int ldo)
+static void norm_rows(const tern_engine *e, const float *x, int ldx, const float *w, int width, float eps, int n,
+		      float *out, int ldo)
 {
 	for (int j = 0; j < n; j++)
-		tern_engine_rmsnorm(x + (size_t)j * ldx, w, width, eps, out + (size_t)j * ldo);
+		e->fk->rmsnorm(x + (size_t)j * ldx, w, width, eps, out + (size_t)j * ldo);
 }
 
 static void add_rows(float *h, const float *y, size_t count)
@@ -367,7 +315,7 @@ static int layer_forward(tern_engine *e, int l, const tern_row *rows, int n, flo
 	const float eps = hp->norm_eps;
 
 	/* attention block */
-	norm_rows(h, d, lw->norm[TERN_NORM_ATTN], d, eps, n, e->xn, d);
+	norm_rows(e, h, d, lw->norm[TERN_NORM_ATTN], d, eps, n, e->xn, d);
 	TERN_FORWARD_IF_ERROR(tern_act_prepare(&e->act_e, pk, e->isa, e->xn, n, d, d, err));
 	{
 		const tern_proj p[3] = {TERN_PROJ_Q, TERN_PROJ_K, TERN_PROJ_V};
@@ -377,8 +325,8 @@ static int layer_forward(tern_engine *e, int l, const tern_row *rows, int n, flo
 	}
 	for (int j = 0; j < n; j++) {
 		const float *cs = e->rope + (size_t)rows[j].pos * (size_t)hd;
-		tern_engine_rope(e->q + (size_t)j * d, hp->n_head, hd, cs);
-		tern_engine_rope(e->k + (size_t)j * kvd, hp->n_head_kv, hd, cs);
+		e->fk->rope(e->q + (size_t)j * d, hp->n_head, hd, cs);
+		e->fk->rope(e->k + (size_t)j * kvd, hp->n_head_kv, hd, cs);
 		/* every row's K/V lands in the cache before any row attends, so a
 		 * row sees the earlier rows of its own sequence in this batch */
 		const size_t off = ((size_t)rows[j].slot * (size_t)e->cfg.n_ctx + (size_t)rows[j].pos) * (size_t)kvd;
@@ -387,13 +335,13 @@ static int layer_forward(tern_engine *e, int l, const tern_row *rows, int n, flo
 	}
 	attn_job job = {e, l, rows, n};
 	tern_pool_run(e->cfg.pool, attn_run, &job);
-	norm_rows(e->att, d, lw->norm[TERN_NORM_ATTN_SUB], d, eps, n, e->xn, d);
+	norm_rows(e, e->att, d, lw->norm[TERN_NORM_ATTN_SUB], d, eps, n, e->xn, d);
 	TERN_FORWARD_IF_ERROR(tern_act_prepare(&e->act_e, pk, e->isa, e->xn, n, d, d, err));
 	TERN_FORWARD_IF_ERROR(proj(e, l, TERN_PROJ_O, &e->act_e, e->y, d, err));
 	add_rows(h, e->y, (size_t)n * (size_t)d);
 
 	/* feed-forward block */
-	norm_rows(h, d, lw->norm[TERN_NORM_FFN], d, eps, n, e->xn, d);
+	norm_rows(e, h, d, lw->norm[TERN_NORM_FFN], d, eps, n, e->xn, d);
 	TERN_FORWARD_IF_ERROR(tern_act_prepare(&e->act_e, pk, e->isa, e->xn, n, d, d, err));
 	{
 		const tern_proj p[2] = {TERN_PROJ_GATE, TERN_PROJ_UP};
@@ -402,7 +350,7 @@ static int layer_forward(tern_engine *e, int l, const tern_row *rows, int n, flo
 		TERN_FORWARD_IF_ERROR(projs(e, l, p, 2, &e->act_e, y, ldy, err));
 	}
 	tern_engine_relu2_mul(e->g, e->u, n * ff, e->g);
-	norm_rows(e->g, ff, lw->norm[TERN_NORM_FFN_SUB], ff, eps, n, e->g, ff);
+	norm_rows(e, e->g, ff, lw->norm[TERN_NORM_FFN_SUB], ff, eps, n, e->g, ff);
 	TERN_FORWARD_IF_ERROR(tern_act_prepare(&e->act_f, pk, e->isa, e->g, n, ff, ff, err));
 	TERN_FORWARD_IF_ERROR(proj(e, l, TERN_PROJ_DOWN, &e->act_f, e->y, d, err));
 	add_rows(h, e->y, (size_t)n * (size_t)d);

@@ -16,7 +16,9 @@
  * any way, and with any thread count, packing or kernel ISA.
  *
  * Attention: score_t = (float)(q.k_t in double) * (1/sqrtf(head_dim)); softmax
- * as tern_engine_softmax; out = (float)(sum_t p_t * v_t in double, t order).
+ * as kernels/tern-float.h; out = (float)(sum_t p_t * v_t in double, t order).
+ * RMSNorm, RoPE NEOX and softmax are the float kernels of tern-float.h (their
+ * orders are written there), run on the engine's kernel ISA.
  *
  * Math (MODEL-FORMATS.md 1.2-1.4), per layer and row:
  *   a = RMSNorm(h, attn_norm); q,k,v = BitLinear(a); RoPE NEOX on q,k;
@@ -206,18 +208,6 @@ int tern_engine_forward(tern_engine *e, const tern_row *rows, int n, float *hidd
 
 /* ---- the layer math, exposed for unit tests and the coordinator --------- */
 
-/* out[i] = (x[i] * s) * w[i], s = 1/sqrtf((float)(sum x^2 / n) + eps), the sum
- * of squares in double in index order. out may equal x. w NULL means 1. */
-void tern_engine_rmsnorm(const float *x, const float *w, int n, float eps, float *out);
-/* cos/sin table for positions [0, n_pos): cs[(pos * head_dim/2 + j) * 2 + {0,1}]
- * = cos/sin(pos * theta^(-2j/head_dim)), angle and trig in double. */
-void tern_engine_rope_table(float theta, int head_dim, int n_pos, float *cs);
-/* NEOX RoPE of n_heads heads of x in place with the table row of one position
- * (cs + pos * head_dim): pairs (j, j + head_dim/2). */
-void tern_engine_rope(float *x, int n_heads, int head_dim, const float *cs_pos);
-/* Softmax in place, in index order: max, expf(x - max), their sum in double,
- * then each times (float)(1/sum). */
-void tern_engine_softmax(float *x, int n);
 /* out[i] = (relu(g[i])^2) * u[i]. */
 void tern_engine_relu2_mul(const float *g, const float *u, int n, float *out);
 /* Dot product with 8 lane sums (lane i % 8) combined as ((0+4)+(2+6))+((1+5)+(3+7)). */

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "gguf-internal.h"
+#include "tern-half.h"
 #include "tern-json.h"
 #include "tern-source.h"
 

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "tern-gguf.h"
+#include "tern-half.h"
 
 #define CHUNK_ELEMS (UINT64_C(1) << 22)
 

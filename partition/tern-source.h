@@ -123,12 +123,6 @@ const struct tern_gguf *tern_source_gguf(const tern_source *s);
 int tern_absmean_quantize(const float *x, int64_t m, int64_t k, int64_t group_rows, int8_t *w, float *scales,
 			  tern_err *err);
 
-/* Half-precision conversions (exact, no FPU dependence). */
-float tern_f16_to_f32(uint16_t h);
-uint16_t tern_f32_to_f16(float f); /* round to nearest even, overflow -> inf */
-float tern_bf16_to_f32(uint16_t h);
-uint16_t tern_f32_to_bf16(float f); /* round to nearest even */
-
 #ifdef __cplusplus
 }
 #endif

@@ -14,6 +14,7 @@
 #include <sys/mman.h>
 
 #include "tern-engine.h"
+#include "tern-half.h"
 #include "tern-head.h"
 
 #if defined(__x86_64__)
@@ -85,17 +86,6 @@ static double read_bw(tern_pool *pool)
 	return best;
 }
 
-static uint16_t f16_of(float f)
-{
-	uint32_t b;
-	memcpy(&b, &f, 4);
-	const uint32_t sign = (b >> 16) & 0x8000u;
-	const int ex = (int)((b >> 23) & 0xff) - 112;
-	if (ex <= 0)
-		return (uint16_t)sign;
-	return (uint16_t)(sign | ((uint32_t)ex << 10) | ((b & 0x7fffffu) >> 13));
-}
-
 int main(int argc, char **argv)
 {
 	const char *preset = "2b4t";
@@ -160,12 +150,12 @@ int main(int argc, char **argv)
 	uint64_t s = 7;
 	for (size_t i = 0; i < ne; i++) {
 		s = s * 6364136223846793005ull + 1442695040888963407ull;
-		emb[i] = f16_of(((float)(s >> 40) / 16777216.0f - 0.5f) * 0.1f);
+		emb[i] = tern_f32_to_f16(((float)(s >> 40) / 16777216.0f - 0.5f) * 0.1f);
 	}
 	for (int i = 0; i < hp.n_embd; i++)
 		onorm[i] = 1.0f;
 	const tern_head_config hc = {hp.n_vocab, hp.n_embd, TERN_HEAD_F16, emb,
-				     0,          onorm,     hp.norm_eps,   TERN_HEAD_SIMD_AUTO};
+				     0,          onorm,     hp.norm_eps,   TERN_ISA_AUTO};
 	tern_head *head;
 	if (tern_head_create(&hc, &head, &err) < 0) {
 		fprintf(stderr, "engine_bench: %s\n", err.msg);
@@ -178,7 +168,7 @@ int main(int argc, char **argv)
 		"  bytes per decode token: layers %.1f MB + LM head %.1f MB = %.1f MB\n",
 		preset, hp.n_layer, tern_packing_name(packing),
 		tern_isa_name(isa == TERN_ISA_AUTO ? tern_isa_default() : isa),
-		tern_head_simd_name(tern_head_simd_used(head)), t_build, lbytes / 1e6, hbytes / 1e6,
+		tern_isa_name(tern_head_isa(head)), t_build, lbytes / 1e6, hbytes / 1e6,
 		(lbytes + hbytes) / 1e6);
 
 	const int d = hp.n_embd;

@@ -13,6 +13,8 @@
 #include <string.h>
 
 #include "tern-engine.h"
+#include "tern-float.h"
+#include "tern-half.h"
 #include "tern-head.h"
 #include "tern-test.h"
 
@@ -36,23 +38,6 @@ static float rng_f(float lo, float hi)
 	return (float)(lo + (hi - lo) * rng_unit());
 }
 
-/* f32 -> f16, round to nearest even, normal range only (test data is small). */
-static uint16_t to_f16(float f)
-{
-	uint32_t b;
-	memcpy(&b, &f, 4);
-	const uint32_t sign = (b >> 16) & 0x8000u;
-	int ex = (int)((b >> 23) & 0xff) - 127 + 15;
-	uint32_t man = b & 0x7fffffu;
-	if (ex <= 0)
-		return (uint16_t)sign;
-	uint32_t h = ((uint32_t)ex << 10) | (man >> 13);
-	const uint32_t rest = man & 0x1fffu;
-	if (rest > 0x1000u || (rest == 0x1000u && (h & 1u)))
-		h++;
-	return (uint16_t)(sign | h);
-}
-
 /* ---- primitives vs double ------------------------------------------------- */
 
 static void test_rmsnorm(void)
@@ -63,7 +48,7 @@ static void test_rmsnorm(void)
 		x[i] = rng_f(-3, 3);
 		w[i] = rng_f(0.5f, 1.5f);
 	}
-	tern_engine_rmsnorm(x, w, N, 1e-5f, out);
+	tern_float_kernels_get(TERN_ISA_AUTO)->rmsnorm(x, w, N, 1e-5f, out);
 	double ss = 0;
 	for (int i = 0; i < N; i++)
 		ss += (double)x[i] * x[i];
@@ -78,7 +63,7 @@ static void test_rmsnorm(void)
 	/* in place equals out of place */
 	float y[N];
 	memcpy(y, x, sizeof y);
-	tern_engine_rmsnorm(y, w, N, 1e-5f, y);
+	tern_float_kernels_get(TERN_ISA_AUTO)->rmsnorm(y, w, N, 1e-5f, y);
 	TT_CHECK(memcmp(y, out, sizeof y) == 0);
 }
 
@@ -88,7 +73,7 @@ static void test_rope(void)
 	const float theta = 500000.0f;
 	float *cs = malloc(sizeof(float) * NPOS * HD);
 	TT_REQUIRE(cs);
-	tern_engine_rope_table(theta, HD, NPOS, cs);
+	tern_rope_table(theta, HD, NPOS, cs);
 	const int poss[] = {0, 1, 7, 100, 4095};
 	double worst = 0;
 	for (size_t pi = 0; pi < sizeof poss / sizeof poss[0]; pi++) {
@@ -96,7 +81,7 @@ static void test_rope(void)
 		float x[NH * HD], orig[NH * HD];
 		for (int i = 0; i < NH * HD; i++)
 			orig[i] = x[i] = rng_f(-2, 2);
-		tern_engine_rope(x, NH, HD, cs + (size_t)pos * HD);
+		tern_float_kernels_get(TERN_ISA_AUTO)->rope(x, NH, HD, cs + (size_t)pos * HD);
 		for (int h = 0; h < NH; h++)
 			for (int j = 0; j < HD / 2; j++) {
 				const double ang = pos * pow(theta, -2.0 * j / HD);
@@ -124,7 +109,7 @@ static void test_softmax_relu2_dot(void)
 	}
 	for (int i = 0; i < N; i++)
 		sum += ref[i] = exp(x[i] - mx);
-	tern_engine_softmax(x, N);
+	tern_float_kernels_get(TERN_ISA_AUTO)->softmax(x, N);
 	double worst = 0, total = 0;
 	for (int i = 0; i < N; i++) {
 		const double e = fabs(x[i] - ref[i] / sum) / (ref[i] / sum);
@@ -202,11 +187,11 @@ static int tmodel_init(tmodel *m, uint64_t seed)
 	if (!m->emb || !m->onorm)
 		return -1;
 	for (size_t i = 0; i < ne; i++)
-		m->emb[i] = to_f16(rng_f(-1, 1));
+		m->emb[i] = tern_f32_to_f16(rng_f(-1, 1));
 	for (int i = 0; i < m->hp.n_embd; i++)
 		m->onorm[i] = rng_f(0.8f, 1.2f);
 	tern_head_config hc = {m->hp.n_vocab, m->hp.n_embd,   TERN_HEAD_F16,      m->emb, 0,
-			       m->onorm,      m->hp.norm_eps, TERN_HEAD_SIMD_AUTO};
+			       m->onorm,      m->hp.norm_eps, TERN_ISA_AUTO};
 	return tern_head_create(&hc, &m->head, NULL);
 }
 
@@ -739,11 +724,8 @@ static void test_head(void)
 	uint16_t e16[V * D], eb16[V * D];
 	float e32[V * D], norm[D], hid[NB * D];
 	for (int i = 0; i < V * D; i++) {
-		e16[i] = to_f16(rng_f(-1, 1));
-		float f = rng_f(-1, 1);
-		uint32_t b;
-		memcpy(&b, &f, 4);
-		eb16[i] = (uint16_t)(b >> 16);
+		e16[i] = tern_f32_to_f16(rng_f(-1, 1));
+		eb16[i] = tern_f32_to_bf16(rng_f(-1, 1));
 		e32[i] = rng_f(-1, 1);
 	}
 	for (int i = 0; i < D; i++)
@@ -756,20 +738,19 @@ static void test_head(void)
 	TT_REQUIRE(tern_pool_create(2, NULL, 0, &pool, NULL) == 0);
 	for (int dt = 0; dt < 3; dt++) {
 		int first = 1;
-		for (int simd = 0; simd < 3; simd++) {
-			if (!tern_head_simd_available((tern_head_simd)simd)) {
-				TT_NOTE_SKIP("head %s", tern_head_simd_name((tern_head_simd)simd));
+		for (int isa = 0; isa < TERN_ISA_COUNT; isa++) {
+			if (!tern_isa_available((tern_isa)isa)) {
+				TT_NOTE_SKIP("head %s", tern_isa_name((tern_isa)isa));
 				continue;
 			}
-			tern_head_config hc = {V,    D,     (tern_head_dtype)dt, embs[dt], 0,
-					       norm, 1e-5f, (tern_head_simd)simd};
+			tern_head_config hc = {V, D, (tern_head_dtype)dt, embs[dt], 0, norm, 1e-5f, (tern_isa)isa};
 			tern_head *h;
 			TT_REQUIRE(tern_head_create(&hc, &h, NULL) == 0);
 			float *dst = first ? lg[dt] : lg1;
 			TT_REQUIRE(tern_head_logits(h, first ? NULL : pool, hid, NB, dst, NULL) == 0);
 			if (!first)
-				TT_CHECKF(memcmp(lg1, lg[dt], sizeof lg1) == 0, "dtype %d simd %s differs", dt,
-					  tern_head_simd_name((tern_head_simd)simd));
+				TT_CHECKF(memcmp(lg1, lg[dt], sizeof lg1) == 0, "dtype %d isa %s differs", dt,
+					  tern_isa_name((tern_isa)isa));
 			/* one row alone equals the same row inside the batch */
 			float one[V];
 			TT_REQUIRE(tern_head_logits(h, NULL, hid + 3 * D, 1, one, NULL) == 0);
@@ -778,11 +759,7 @@ static void test_head(void)
 			float row[D];
 			int32_t t = 17;
 			TT_REQUIRE(tern_head_embed(h, &t, 1, row, NULL) == 0);
-			float want = dt == 0 ? e32[17 * D + 5] : 0;
-			if (dt == 2) {
-				uint32_t b = (uint32_t)eb16[17 * D + 5] << 16;
-				memcpy(&want, &b, 4);
-			}
+			const float want = dt == 0 ? e32[17 * D + 5] : dt == 2 ? tern_bf16_to_f32(eb16[17 * D + 5]) : 0;
 			if (dt != 1)
 				TT_CHECK(row[5] == want);
 			tern_err err = {0};
@@ -805,10 +782,7 @@ static void test_head(void)
 					if (dt == 0) {
 						ev = e32[v * D + i];
 					} else if (dt == 2) {
-						uint32_t b = (uint32_t)eb16[v * D + i] << 16;
-						float f;
-						memcpy(&f, &b, 4);
-						ev = f;
+						ev = tern_bf16_to_f32(eb16[v * D + i]);
 					} else {
 						const uint16_t hh = e16[v * D + i];
 						const int ex = (hh >> 10) & 31, man = hh & 1023;
@@ -830,9 +804,10 @@ static void test_head(void)
 	const uint16_t codes[5] = {0x3c00, 0xc000, 0x0001, 0x7bff, 0x8000};
 	const float vals[5] = {1.0f, -2.0f, 0x1p-24f, 65504.0f, -0.0f};
 	float nrm1[5] = {1, 1, 1, 1, 1};
-	tern_head_config hc = {5, 1, TERN_HEAD_F16, codes, 0, nrm1, 1e-5f, TERN_HEAD_SIMD_AUTO};
+	tern_head_config hc = {5, 1, TERN_HEAD_F16, codes, 0, nrm1, 1e-5f, TERN_ISA_AUTO};
 	tern_head *h;
 	TT_REQUIRE(tern_head_create(&hc, &h, NULL) == 0);
+	TT_EQ_INT(tern_head_isa(h), tern_isa_default()); /* AUTO follows TERN_KERNEL like the layers */
 	for (int t = 0; t < 5; t++) {
 		float f;
 		TT_REQUIRE(tern_head_embed(h, &t, 1, &f, NULL) == 0);
@@ -854,7 +829,7 @@ static void test_head_int8(void)
 	float *l8b = malloc(sizeof(float) * NB * V);
 	TT_REQUIRE(e16 && hid && l16 && l8 && l8b);
 	for (int i = 0; i < V * D; i++)
-		e16[i] = to_f16(rng_f(-1, 1));
+		e16[i] = tern_f32_to_f16(rng_f(-1, 1));
 	for (int i = 0; i < D; i++)
 		norm[i] = rng_f(0.5f, 1.5f);
 	for (int i = 0; i < NB * D; i++)
@@ -862,12 +837,12 @@ static void test_head_int8(void)
 	tern_pool *pool = NULL;
 	TT_REQUIRE(tern_pool_create(2, NULL, 0, &pool, NULL) == 0);
 	int first = 1;
-	for (int simd = 0; simd < 3; simd++) {
-		if (!tern_head_simd_available((tern_head_simd)simd)) {
-			TT_NOTE_SKIP("head %s", tern_head_simd_name((tern_head_simd)simd));
+	for (int isa = 0; isa < TERN_ISA_COUNT; isa++) {
+		if (!tern_isa_available((tern_isa)isa)) {
+			TT_NOTE_SKIP("head %s", tern_isa_name((tern_isa)isa));
 			continue;
 		}
-		tern_head_config hc = {V, D, TERN_HEAD_F16, e16, 0, norm, 1e-5f, (tern_head_simd)simd};
+		tern_head_config hc = {V, D, TERN_HEAD_F16, e16, 0, norm, 1e-5f, (tern_isa)isa};
 		tern_head *h;
 		TT_REQUIRE(tern_head_create(&hc, &h, NULL) == 0);
 		const uint64_t b16 = tern_head_bytes(h);
@@ -881,7 +856,7 @@ static void test_head_int8(void)
 		TT_REQUIRE(tern_head_logits(h, pool, hid, NB, first ? l8 : l8b, NULL) == 0);
 		if (!first)
 			TT_CHECKF(memcmp(l8, l8b, sizeof(float) * NB * V) == 0, "int8 head differs on %s",
-				  tern_head_simd_name((tern_head_simd)simd));
+				  tern_isa_name((tern_isa)isa));
 		/* close to the F16 head: per row, relative to its largest logit */
 		double worst = 0;
 		int same = 0;

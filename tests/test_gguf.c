@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "tern-gguf.h"
+#include "tern-half.h"
 #include "tern-source.h"
 #include "tern-synth.h"
 #include "tern-test.h"

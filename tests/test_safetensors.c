@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "tern-half.h"
 #include "tern-json.h"
 #include "tern-safetensors.h"
 #include "tern-source.h"
@@ -29,22 +30,6 @@ static uint32_t rnd(void)
 	return (uint32_t)(rng_state >> 33);
 }
 
-/* bf16 by truncation-free construction: the test picks bf16 bit patterns
- * directly, so the expected floats are exact (bits << 16). */
-static float bf16_bits_to_float(uint16_t b)
-{
-	const uint32_t u = (uint32_t)b << 16;
-	float f;
-	memcpy(&f, &u, 4);
-	return f;
-}
-
-static uint16_t float_to_bf16_exact(float f)
-{
-	uint32_t u;
-	memcpy(&u, &f, 4);
-	return (uint16_t)(u >> 16); /* callers pass values exactly representable */
-}
 
 /* ---- a minimal safetensors writer for the tests ------------------------------- */
 
@@ -333,7 +318,7 @@ static uint16_t rand_bf16(double sigma)
 {
 	/* A value with few mantissa bits so bf16 holds it exactly. */
 	const double u = ((double)(rnd() % 2001) - 1000.0) / 1000.0 * sigma * 2;
-	return float_to_bf16_exact((float)((double)(int)(u * 64) / 64.0));
+	return tern_f32_to_bf16((float)((double)(int)(u * 64) / 64.0));
 }
 
 static void write_common(const char *dir, const char *mode)
@@ -453,7 +438,7 @@ static void make_model(hf_model *md)
 				md->tern[l][p][i] = (int8_t)((int)(rnd() % 3) - 1);
 				md->bf[l][p][i] = rand_bf16(p == 2 ? 0.02 : 1.0); /* one small-magnitude tensor */
 			}
-			md->scale[l][p] = float_to_bf16_exact(1.5f + 0.25f * (float)l + 0.125f * (float)p);
+			md->scale[l][p] = tern_f32_to_bf16(1.5f + 0.25f * (float)l + 0.125f * (float)p);
 		}
 		for (int n = 0; n < 4; n++) {
 			const int len = n == 3 ? FF : D;
@@ -484,11 +469,11 @@ static void check_common(tern_source *s, const hf_model *md)
 		for (int n = 0; n < 4; n++) {
 			TT_REQUIRE(tern_source_norm(s, l, (tern_norm_kind)n, f, &e) == 0);
 			for (int i = 0; i < (n == 3 ? FF : D); i++)
-				ok &= f[i] == bf16_bits_to_float(md->norm[l][n][i]);
+				ok &= f[i] == tern_bf16_to_f32(md->norm[l][n][i]);
 		}
 	TT_REQUIRE(tern_source_norm(s, 0, TERN_NORM_OUTPUT, f, &e) == 0);
 	for (int i = 0; i < D; i++)
-		ok &= f[i] == bf16_bits_to_float(md->fnorm[i]);
+		ok &= f[i] == tern_bf16_to_f32(md->fnorm[i]);
 	TT_CHECK(ok);
 	tern_dense_view v;
 	TT_REQUIRE(tern_source_dense(s, TERN_DENSE_TOKEN_EMBD, &v, &e) == 0);
@@ -496,7 +481,7 @@ static void check_common(tern_source *s, const hf_model *md)
 	TT_REQUIRE(tern_dense_row_f32(&v, 123, f, &e) == 0);
 	ok = 1;
 	for (int i = 0; i < D; i++)
-		ok &= f[i] == bf16_bits_to_float(md->embd[123 * D + i]);
+		ok &= f[i] == tern_bf16_to_f32(md->embd[123 * D + i]);
 	TT_CHECK(ok);
 	const tern_vocab *voc;
 	TT_REQUIRE(tern_source_vocab(s, &voc, &e) == 0);
@@ -528,7 +513,7 @@ static void test_hf_packed(void)
 			shape_of(p, &m, &k);
 			TT_REQUIRE(tern_source_ternary(s, l, (tern_proj)p, 32, w, sc, &gr, &e) == 0);
 			TT_CHECKF(memcmp(w, md.tern[l][p], (size_t)m * k) == 0, "layer %d proj %d", l, p);
-			TT_CHECK(gr == m && sc[0] == bf16_bits_to_float(md.scale[l][p]));
+			TT_CHECK(gr == m && sc[0] == tern_bf16_to_f32(md.scale[l][p]));
 		}
 	tern_source_close(s);
 	/* Code 3 in a packed byte is an error naming the tensor. */
@@ -568,14 +553,14 @@ static void expect_absmean(const uint16_t *bf, int m, int k, int group_rows, int
 		double sum = 0;
 		for (int r = g0; r < g1; r++)
 			for (int c = 0; c < k; c++)
-				sum += fabs((double)bf16_bits_to_float(bf[(size_t)r * k + c]));
+				sum += fabs((double)tern_bf16_to_f32(bf[(size_t)r * k + c]));
 		float mean = (float)(sum / ((double)(g1 - g0) * k));
 		if (mean < 1e-5f)
 			mean = 1e-5f;
 		const float inv = 1.0f / mean;
 		for (int r = g0; r < g1; r++)
 			for (int c = 0; c < k; c++) {
-				float q = nearbyintf(bf16_bits_to_float(bf[(size_t)r * k + c]) * inv);
+				float q = nearbyintf(tern_bf16_to_f32(bf[(size_t)r * k + c]) * inv);
 				w[(size_t)r * k + c] = (int8_t)(q > 1 ? 1 : q < -1 ? -1 : q);
 			}
 		scales[gi] = mean;

@@ -392,7 +392,7 @@ static int run(run_state *s, tern_err *err)
 	    tern_layers_from_source_mt(&s->layers, s->src, 0, n_layer, (tern_packing)o->packing, 0, s->pool, err));
 	const tern_engine_config ec = {1, n_ctx, o->batch, (tern_isa)o->isa, s->pool, NULL};
 	TERN_FORWARD_IF_ERROR(tern_engine_create(&s->layers, &ec, &s->eng, err));
-	TERN_FORWARD_IF_ERROR(tern_head_from_source(s->src, TERN_HEAD_SIMD_AUTO, &s->head, err));
+	TERN_FORWARD_IF_ERROR(tern_head_from_source(s->src, TERN_ISA_AUTO, &s->head, err));
 	if (o->head_int8)
 		TERN_FORWARD_IF_ERROR(tern_head_int8_build(s->head, s->pool, err));
 	int slot;
@@ -456,7 +456,7 @@ static int run(run_state *s, tern_err *err)
 		  "%s: %d/%d layers, %s, %s kernels, %d thread%s, head %s, context %d, seed %llu, loaded in %.2f s",
 		  o->model, n_layer, hp.n_layer, tern_packing_name((tern_packing)o->packing),
 		  tern_isa_name(o->isa == TERN_ISA_AUTO ? tern_isa_default() : (tern_isa)o->isa), o->threads,
-		  o->threads > 1 ? "s" : "", tern_head_simd_name(tern_head_simd_used(s->head)), n_ctx,
+		  o->threads > 1 ? "s" : "", tern_isa_name(tern_head_isa(s->head)), n_ctx,
 		  (unsigned long long)tern_sampler_seed(s->smp), t_load);
 	if (o->tokens && s->tok && !o->quiet) {
 		for (size_t i = 0; i < s->prompt.n; i++)

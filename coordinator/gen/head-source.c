@@ -8,7 +8,7 @@
 #include "tern-gguf.h"
 #include "tern-source.h"
 
-int tern_head_from_source(const tern_source *src, tern_head_simd simd, tern_head **out, tern_err *err)
+int tern_head_from_source(const tern_source *src, tern_isa isa, tern_head **out, tern_err *err)
 {
 	*out = NULL;
 	const tern_hparams *hp = tern_source_hparams(src);
@@ -31,7 +31,7 @@ int tern_head_from_source(const tern_source *src, tern_head_simd simd, tern_head
 	int rc = tern_source_norm(src, 0, TERN_NORM_OUTPUT, norm, err);
 	if (rc == 0) {
 		const tern_head_config cfg = {hp->n_vocab, hp->n_embd, dt,           v.data,
-					      v.row_bytes, norm,       hp->norm_eps, simd};
+					      v.row_bytes, norm,       hp->norm_eps, isa};
 		rc = tern_head_create(&cfg, out, err);
 	}
 	free(norm);

@@ -2,15 +2,14 @@
  * the final RMSNorm and the tied LM head (logits = Embed_matrix x norm(h)),
  * in the precision the file stores the embeddings in (F16, BF16 or F32).
  *
- * The LM head is batch invariant like the layers (DESIGN.md, Numerics): each
- * logit is one dot product over n_embd with a fixed order: 64 lane sums
- * (element i goes to lane i % 64, in index order, each step one fused
- * multiply-add) combined in a fixed tree (lane i += lane i + w for w = 32,
- * 16, ..., 1), identical in the scalar (fmaf), AVX2/FMA and AVX-512 code and
- * for any batch size or thread count. Element conversions (F16/BF16 -> f32)
- * are exact.
+ * The LM head is batch invariant like the layers (DESIGN.md, Numerics): the
+ * final norm is the engine's RMSNorm and each logit is one dense dot product
+ * over n_embd in the fixed 64-lane order of kernels/tern-float.h
+ * (tern_dot_args), identical on every kernel ISA and for any batch size or
+ * thread count. Element conversions (F16/BF16 -> f32) are exact.
  *
- * head.c depends on kernels/ (base, pool) only; head-source.c on partition/. */
+ * head.c depends on kernels/ (base, pool, float kernels) only; head-source.c
+ * on partition/. */
 #ifndef TERN_HEAD_H
 #define TERN_HEAD_H
 
@@ -18,6 +17,7 @@
 #include <stdint.h>
 
 #include "tern-base.h"
+#include "tern-kernels.h"
 #include "tern-pool.h"
 
 #ifdef __cplusplus
@@ -30,13 +30,6 @@ typedef enum {
 	TERN_HEAD_BF16 = 2,
 } tern_head_dtype;
 
-typedef enum {
-	TERN_HEAD_SIMD_AUTO = -1,  /* best available from cpuid */
-	TERN_HEAD_SIMD_SCALAR = 0, /* portable C, the oracle */
-	TERN_HEAD_SIMD_AVX2 = 1,   /* AVX2 + F16C + FMA */
-	TERN_HEAD_SIMD_AVX512 = 2, /* AVX-512F */
-} tern_head_simd;
-
 typedef struct tern_head_config {
 	int n_vocab;
 	int n_embd;
@@ -45,19 +38,17 @@ typedef struct tern_head_config {
 	size_t row_bytes;      /* row stride in bytes; 0 = n_embd * element size */
 	const float *out_norm; /* (n_embd) final norm weight, copied */
 	float eps;             /* RMSNorm epsilon */
-	tern_head_simd simd;   /* code path; results are the same for all */
+	tern_isa isa;          /* float kernels (AUTO: tern_isa_default()); results are the same for all */
 } tern_head_config;
 
 typedef struct tern_head tern_head;
 
-/* Errors: TERN_EINVAL (bad sizes, NULL pointers, SIMD path not available),
+/* Errors: TERN_EINVAL (bad sizes, NULL pointers, ISA not available),
  * TERN_ENOMEM. *out is NULL on failure. */
 int tern_head_create(const tern_head_config *cfg, tern_head **out, tern_err *err);
 void tern_head_free(tern_head *h);
-/* The code path actually used (AUTO resolved). */
-tern_head_simd tern_head_simd_used(const tern_head *h);
-int tern_head_simd_available(tern_head_simd s);
-const char *tern_head_simd_name(tern_head_simd s);
+/* The kernel ISA actually used (AUTO resolved). */
+tern_isa tern_head_isa(const tern_head *h);
 
 /* hidden[j] = Embed[tokens[j]] as f32, (n, n_embd). A token outside
  * [0, n_vocab) is TERN_EINVAL (nothing written past the bad row). */
@@ -72,7 +63,7 @@ int tern_head_logits(tern_head *h, tern_pool *pool, const float *hidden, int n, 
  * (borrowed: src must outlive the head) and output_norm. TERN_EUNSUP for an
  * embedding type other than F32/F16/BF16. */
 struct tern_source;
-int tern_head_from_source(const struct tern_source *src, tern_head_simd simd, tern_head **out, tern_err *err);
+int tern_head_from_source(const struct tern_source *src, tern_isa isa, tern_head **out, tern_err *err);
 
 /* Optional int8 LM head (off by default; lossy): each embedding row is
  * quantized to int8 with its own scale (absmax / 127, round half to even), so

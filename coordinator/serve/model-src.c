@@ -125,7 +125,7 @@ static int head_from_plan(tern_coord_model *m, tern_err *err)
 		rc = tern_shard_read_tensor(sh, in, norm, (size_t)m->hp.n_embd * sizeof *norm, NULL, err);
 	if (rc == 0) {
 		const tern_head_config cfg = {m->hp.n_vocab, m->hp.n_embd, dt, m->emb, 0, norm, m->hp.norm_eps,
-					      TERN_HEAD_SIMD_AUTO};
+					      TERN_ISA_AUTO};
 		rc = tern_head_create(&cfg, &m->head, err);
 	}
 	free(norm);
@@ -161,7 +161,7 @@ int tern_coord_model_open(const char *path, tern_coord_model **out, tern_err *er
 			rc = tern_coord_tokenizer_from_source(m->src, &m->tok, err);
 		}
 		if (rc == 0)
-			rc = tern_head_from_source(m->src, TERN_HEAD_SIMD_AUTO, &m->head, err);
+			rc = tern_head_from_source(m->src, TERN_ISA_AUTO, &m->head, err);
 	}
 	if (rc < 0) {
 		tern_coord_model_close(m);

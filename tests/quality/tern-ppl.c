@@ -70,7 +70,7 @@ static int run(const ppl_opts *o, tern_err *err)
 		goto done;
 	const tern_engine_config ec = {1, n_ctx, o->batch, TERN_ISA_AUTO, pool, NULL};
 	if ((rc = tern_engine_create(&layers, &ec, &eng, err)) < 0 ||
-	    (rc = tern_head_from_source(src, TERN_HEAD_SIMD_AUTO, &head, err)) < 0 ||
+	    (rc = tern_head_from_source(src, TERN_ISA_AUTO, &head, err)) < 0 ||
 	    (rc = tern_coord_tokenizer_from_source(src, &tok, err)) < 0 ||
 	    (rc = tern_kv_slot_alloc(tern_engine_kv(eng), &slot, err)) < 0)
 		goto done;

@@ -1,0 +1,129 @@
+/* kern-float.h: what the per-ISA float kernel files share (not public): the
+ * sequential parts of the fixed orders of tern-float.h, written once and
+ * inlined into every ISA's file, and the per-ISA kernel tables. Include
+ * only from files compiled with -ffp-contract=off -fno-fast-math. */
+#ifndef TERN_KERN_FLOAT_H
+#define TERN_KERN_FLOAT_H
+
+#include <math.h>
+#include <string.h>
+
+#include "tern-float.h"
+
+/* RMSNorm's scale: index-ordered double sum of squares (each square exact). */
+static inline float tern_rms_scale(const float *x, int n, float eps)
+{
+	double ss = 0.0;
+	for (int i = 0; i < n; i++)
+		ss += (double)x[i] * (double)x[i];
+	const float mean = (float)(ss / (double)n);
+	return 1.0f / sqrtf(mean + eps);
+}
+
+/* Softmax's middle step: x[i] = expf(x[i] - m), summed in double in index
+ * order; returns the factor (float)(1/sum). */
+static inline float tern_softmax_exp(float *x, int n, float m)
+{
+	double sum = 0.0;
+	for (int i = 0; i < n; i++) {
+		x[i] = expf(x[i] - m);
+		sum += (double)x[i];
+	}
+	return (float)(1.0 / sum);
+}
+
+/* RMSNorm's output for elements [i0, n) (the SIMD versions' tails). */
+static inline void tern_rms_apply(const float *x, const float *w, float s, int i0, int n, float *out)
+{
+	if (w) {
+		for (int i = i0; i < n; i++)
+			out[i] = (x[i] * s) * w[i];
+	} else {
+		for (int i = i0; i < n; i++)
+			out[i] = x[i] * s;
+	}
+}
+
+/* Softmax's last step for elements [i0, n). */
+static inline void tern_softmax_scale(float *x, float inv, int i0, int n)
+{
+	for (int i = i0; i < n; i++)
+		x[i] *= inv;
+}
+
+/* RoPE of pairs [j0, half) of one head xh. */
+static inline void tern_rope_pairs(float *xh, int half, const float *cs_pos, int j0)
+{
+	for (int j = j0; j < half; j++) {
+		const float c = cs_pos[2 * j], s = cs_pos[2 * j + 1];
+		const float x0 = xh[j], x1 = xh[j + half];
+		xh[j] = x0 * c - x1 * s;
+		xh[j + half] = x0 * s + x1 * c;
+	}
+}
+
+/* The softmax maximum's step (x[0] first, then "greater replaces"): the SIMD
+ * versions keep it per lane and combine the lanes with it, which gives the
+ * same value up to the sign of a zero maximum (and x - (+0) == x - (-0)
+ * except for x = -0, where expf(+-0) == 1 anyway). */
+static inline float tern_max_step(float m, float x)
+{
+	return x > m ? x : m;
+}
+
+/* Elements [i0, n) into the lanes (element i to lane i % 64), in order. */
+static inline void tern_dot_tail(float *l, const uint8_t *row, tern_dot_type t, const float *x, int i0, int n)
+{
+	for (int i = i0; i < n; i++)
+		l[i % TERN_DOT_LANES] = fmaf(tern_dot_elem(row, t, i), x[i], l[i % TERN_DOT_LANES]);
+}
+
+/* The fixed combining tree: lane k += lane k + w for w = 32, 16, ..., 1. */
+static inline float tern_dot_reduce(float *l)
+{
+	for (int w = TERN_DOT_LANES / 2; w >= 1; w /= 2)
+		for (int k = 0; k < w; k++)
+			l[k] = l[k] + l[k + w];
+	return l[0];
+}
+
+/* The one store of a dot product result (with the optional row scale). */
+static inline void tern_dot_store(const tern_dot_args *a, int j, int r, float dot)
+{
+	a->out[(size_t)j * a->ldo + (size_t)r] = a->row_scale ? dot * a->row_scale[r] : dot;
+}
+
+static inline const uint8_t *tern_dot_row(const tern_dot_args *a, int r)
+{
+	return (const uint8_t *)a->w + (size_t)r * a->row_bytes;
+}
+
+/* dot_rows of an ISA whose one-row-one-vector kernel is dot1(row, t, x, n)
+ * (inlined with t constant): rows in order, each against every vector. */
+#define TERN_DOT_ROWS_EACH(dot1, a, t, r0, r1)                                                         \
+	do {                                                                                           \
+		for (int r_ = (r0); r_ < (r1); r_++) {                                                 \
+			const uint8_t *row_ = tern_dot_row((a), r_);                                   \
+			for (int j_ = 0; j_ < (a)->nx; j_++)                                           \
+				tern_dot_store((a), j_, r_, dot1(row_, (t), (a)->x + (size_t)j_ * (a)->ldx, (a)->n)); \
+		}                                                                                      \
+	} while (0)
+
+/* Calls rows_t(a, T, r0, r1) with the row type T as a constant, so each
+ * type gets its own specialised loop. */
+#define TERN_DOT_BY_TYPE(rows_t, a, r0, r1)                                  \
+	do {                                                                 \
+		switch ((a)->type) {                                         \
+		case TERN_DOT_F16: rows_t((a), TERN_DOT_F16, (r0), (r1)); break;   \
+		case TERN_DOT_BF16: rows_t((a), TERN_DOT_BF16, (r0), (r1)); break; \
+		case TERN_DOT_I8: rows_t((a), TERN_DOT_I8, (r0), (r1)); break;     \
+		default: rows_t((a), TERN_DOT_F32, (r0), (r1)); break;             \
+		}                                                            \
+	} while (0)
+
+extern const tern_float_kernels tern_float_ref;
+extern const tern_float_kernels tern_float_avx2;
+extern const tern_float_kernels tern_float_avx512;
+extern const tern_float_kernels tern_float_neon;
+
+#endif /* TERN_KERN_FLOAT_H */

@@ -1,0 +1,162 @@
+/* float-avx512.c: the float kernels (tern-float.h) with AVX-512F, equal to
+ * kernels/ref/float-ref.c bit for bit. The dot product keeps four 16-lane
+ * FMA chains = the 64 lanes of the reference order; with several vectors it
+ * converts each 64 elements of a row once for up to four of them, each
+ * vector keeping its own chains, so a vector's result does not depend on
+ * how many others share the pass. Compiled with -mavx512f (and the AVX2
+ * file's flags) -ffp-contract=off -fno-fast-math. */
+#include <immintrin.h>
+
+#include "kern-float.h"
+
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+
+static void rmsnorm_avx512(const float *x, const float *w, int n, float eps, float *out)
+{
+	const float s = tern_rms_scale(x, n, eps);
+	const __m512 vs = _mm512_set1_ps(s);
+	int i = 0;
+	if (w) {
+		for (; i + 16 <= n; i += 16)
+			_mm512_storeu_ps(out + i,
+					 _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(x + i), vs), _mm512_loadu_ps(w + i)));
+	} else {
+		for (; i + 16 <= n; i += 16)
+			_mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), vs));
+	}
+	tern_rms_apply(x, w, s, i, n, out);
+}
+
+static void softmax_avx512(float *x, int n)
+{
+	/* max_ps(v, m) is exactly "v > m ? v : m" per lane (NaN or equal: m) */
+	__m512 vm = _mm512_set1_ps(x[0]);
+	int i = 1;
+	for (; i + 16 <= n; i += 16)
+		vm = _mm512_max_ps(_mm512_loadu_ps(x + i), vm);
+	float l[16];
+	_mm512_storeu_ps(l, vm);
+	float m = l[0];
+	for (int k = 1; k < 16; k++)
+		m = tern_max_step(m, l[k]);
+	for (; i < n; i++)
+		m = tern_max_step(m, x[i]);
+	const float inv = tern_softmax_exp(x, n, m);
+	const __m512 vi = _mm512_set1_ps(inv);
+	for (i = 0; i + 16 <= n; i += 16)
+		_mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), vi));
+	tern_softmax_scale(x, inv, i, n);
+}
+
+static void rope_avx512(float *x, int n_heads, int head_dim, const float *cs_pos)
+{
+	const int half = head_dim / 2;
+	const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+	const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+	for (int h = 0; h < n_heads; h++) {
+		float *xh = x + (size_t)h * (size_t)head_dim;
+		int j = 0;
+		for (; j + 16 <= half; j += 16) {
+			const __m512 t0 = _mm512_loadu_ps(cs_pos + 2 * j), t1 = _mm512_loadu_ps(cs_pos + 2 * j + 16);
+			const __m512 c = _mm512_permutex2var_ps(t0, even, t1), s = _mm512_permutex2var_ps(t0, odd, t1);
+			const __m512 x0 = _mm512_loadu_ps(xh + j), x1 = _mm512_loadu_ps(xh + j + half);
+			_mm512_storeu_ps(xh + j, _mm512_sub_ps(_mm512_mul_ps(x0, c), _mm512_mul_ps(x1, s)));
+			_mm512_storeu_ps(xh + j + half, _mm512_add_ps(_mm512_mul_ps(x0, s), _mm512_mul_ps(x1, c)));
+		}
+		tern_rope_pairs(xh, half, cs_pos, j);
+	}
+}
+
+static ALWAYS_INLINE __m512 ld16(const uint8_t *row, tern_dot_type t, int i)
+{
+	switch (t) {
+	case TERN_DOT_F16:
+		return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(row + 2 * (size_t)i)));
+	case TERN_DOT_BF16:
+		return _mm512_castsi512_ps(_mm512_slli_epi32(
+		    _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(const void *)(row + 2 * (size_t)i))),
+		    16));
+	case TERN_DOT_I8:
+		return _mm512_cvtepi32_ps(
+		    _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(row + i))));
+	default: return _mm512_loadu_ps((const float *)(const void *)(row + 4 * (size_t)i));
+	}
+}
+
+/* One row against one vector. */
+static ALWAYS_INLINE float dot1(const uint8_t *row, tern_dot_type t, const float *x, int n)
+{
+	__m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+	const int n64 = n - n % TERN_DOT_LANES;
+	for (int i = 0; i < n64; i += TERN_DOT_LANES) {
+		a0 = _mm512_fmadd_ps(ld16(row, t, i), _mm512_loadu_ps(x + i), a0);
+		a1 = _mm512_fmadd_ps(ld16(row, t, i + 16), _mm512_loadu_ps(x + i + 16), a1);
+		a2 = _mm512_fmadd_ps(ld16(row, t, i + 32), _mm512_loadu_ps(x + i + 32), a2);
+		a3 = _mm512_fmadd_ps(ld16(row, t, i + 48), _mm512_loadu_ps(x + i + 48), a3);
+	}
+	float l[TERN_DOT_LANES];
+	_mm512_storeu_ps(l, a0);
+	_mm512_storeu_ps(l + 16, a1);
+	_mm512_storeu_ps(l + 32, a2);
+	_mm512_storeu_ps(l + 48, a3);
+	tern_dot_tail(l, row, t, x, n64, n);
+	return tern_dot_reduce(l);
+}
+
+/* One row against nt <= 4 vectors (xs[0..nt)): the row is loaded and
+ * converted once per 64 elements for all of them. */
+static ALWAYS_INLINE void dot4(const uint8_t *row, tern_dot_type t, const float *const *xs, int nt, int n,
+			       float *o)
+{
+	__m512 a[4][4];
+	for (int v = 0; v < 4; v++)
+		for (int k = 0; k < 4; k++)
+			a[v][k] = _mm512_setzero_ps();
+	const int n64 = n - n % TERN_DOT_LANES;
+	for (int i = 0; i < n64; i += TERN_DOT_LANES) {
+		const __m512 w0 = ld16(row, t, i), w1 = ld16(row, t, i + 16);
+		const __m512 w2 = ld16(row, t, i + 32), w3 = ld16(row, t, i + 48);
+		for (int v = 0; v < nt; v++) {
+			a[v][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xs[v] + i), a[v][0]);
+			a[v][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xs[v] + i + 16), a[v][1]);
+			a[v][2] = _mm512_fmadd_ps(w2, _mm512_loadu_ps(xs[v] + i + 32), a[v][2]);
+			a[v][3] = _mm512_fmadd_ps(w3, _mm512_loadu_ps(xs[v] + i + 48), a[v][3]);
+		}
+	}
+	for (int v = 0; v < nt; v++) {
+		float l[TERN_DOT_LANES];
+		for (int k = 0; k < 4; k++)
+			_mm512_storeu_ps(l + 16 * k, a[v][k]);
+		tern_dot_tail(l, row, t, xs[v], n64, n);
+		o[v] = tern_dot_reduce(l);
+	}
+}
+
+static ALWAYS_INLINE void rows_t(const tern_dot_args *a, tern_dot_type t, int r0, int r1)
+{
+	for (int r = r0; r < r1; r++) {
+		const uint8_t *row = tern_dot_row(a, r);
+		if (a->nx == 1) {
+			tern_dot_store(a, 0, r, dot1(row, t, a->x, a->n));
+			continue;
+		}
+		for (int j0 = 0; j0 < a->nx; j0 += 4) {
+			const int nt = a->nx - j0 < 4 ? a->nx - j0 : 4;
+			const float *xs[4];
+			float o[4];
+			for (int v = 0; v < nt; v++)
+				xs[v] = a->x + (size_t)(j0 + v) * a->ldx;
+			dot4(row, t, xs, nt, a->n, o);
+			for (int v = 0; v < nt; v++)
+				tern_dot_store(a, j0 + v, r, o[v]);
+		}
+	}
+}
+
+static void dot_rows_avx512(const tern_dot_args *a, int r0, int r1)
+{
+	TERN_DOT_BY_TYPE(rows_t, a, r0, r1);
+}
+
+const tern_float_kernels tern_float_avx512 = {TERN_ISA_AVX512, rmsnorm_avx512, softmax_avx512, rope_avx512,
+					      dot_rows_avx512};

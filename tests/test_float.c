@@ -1,0 +1,484 @@
+/* test_float.c: the float kernels' consistency test (tern-float.h). Every ISA
+ * this build and CPU can run must equal the scalar reference bit for bit for
+ * RMSNorm, softmax, RoPE and the dense dot products (F32/F16/BF16/I8 rows,
+ * 1..9 vectors, with and without row scales) over many shapes: n = 1, odd
+ * widths, every tail around the 64 lanes and the SIMD widths, and model
+ * widths. The reference itself is checked against the documented order,
+ * computed here independently, and against double precision. ISAs the CPU
+ * lacks are printed as SKIPPED and counted. Also: the half conversions of
+ * kernels/base over every F16/BF16 code, and dispatch (TERN_KERNEL). */
+#include "tern-float.h"
+#include "tern-half.h"
+#include "tern-test.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+static uint64_t rng_state = 0x2545f4914f6cdd1dull;
+
+static uint64_t rng(void)
+{
+	uint64_t x = rng_state;
+	x ^= x << 13;
+	x ^= x >> 7;
+	x ^= x << 17;
+	return rng_state = x;
+}
+
+static float frand(float lo, float hi)
+{
+	return lo + (hi - lo) * (float)((double)(rng() >> 40) / 16777216.0);
+}
+
+static int n_skipped;
+
+/* The kernels of every ISA but the reference that can run here; prints and
+ * counts the others (once per test case). */
+static int other_isas(const char *what, const tern_float_kernels **out)
+{
+	int n = 0;
+	for (int i = TERN_ISA_REF + 1; i < TERN_ISA_COUNT; i++) {
+		const tern_float_kernels *k = tern_float_kernels_get((tern_isa)i);
+		if (k) {
+			out[n++] = k;
+		} else {
+			fprintf(stderr, "  SKIPPED %s on %s: not available in this build or on this CPU\n", what,
+				tern_isa_name((tern_isa)i));
+			n_skipped++;
+		}
+	}
+	return n;
+}
+
+static int same_bits(const float *a, const float *b, size_t n)
+{
+	return memcmp(a, b, n * sizeof(float)) == 0;
+}
+
+static const int widths[] = {1,  2,  3,  4,  5,  7,  8,  9,   15,  16,  17,  31,  32,  33,   47,   48,  63,
+			     64, 65, 66, 71, 72, 79, 80, 127, 128, 129, 191, 192, 200, 255, 256, 257, 1000,
+			     2560, 2561, 6912};
+#define N_WIDTHS (int)(sizeof widths / sizeof widths[0])
+
+/* ---- half conversions ---------------------------------------------------------- */
+
+static void test_half_all_codes(void)
+{
+	int bad = 0;
+	for (uint32_t h = 0; h < 65536; h++) {
+		const float f = tern_f16_to_f32((uint16_t)h);
+		const int ex = (h >> 10) & 31, man = h & 1023, neg = (h & 0x8000) != 0;
+		if (ex == 31) {
+			bad += man ? !isnan(f) : !(isinf(f) && (f < 0) == neg);
+			continue;
+		}
+		/* the value from its definition, in double */
+		const double v = ex ? ldexp(1.0 + man / 1024.0, ex - 15) : ldexp(man / 1024.0, -14);
+		bad += (double)f != (neg ? -v : v) || (signbit(f) != 0) != neg;
+		bad += tern_f32_to_f16(f) != h; /* narrowing inverts widening */
+	}
+	TT_EQ_INT(bad, 0);
+	bad = 0;
+	for (uint32_t h = 0; h < 65536; h++) {
+		const float f = tern_bf16_to_f32((uint16_t)h);
+		uint32_t u;
+		memcpy(&u, &f, 4);
+		bad += u != h << 16;
+		if (!isnan(f))
+			bad += tern_f32_to_bf16(f) != h;
+	}
+	TT_EQ_INT(bad, 0);
+	/* rounding: ties to even, overflow, NaN */
+	TT_CHECK(tern_f32_to_f16(1.0f + ldexpf(1.0f, -11)) == 0x3C00);
+	TT_CHECK(tern_f32_to_f16(1.0f + 3 * ldexpf(1.0f, -11)) == 0x3C02);
+	TT_CHECK(tern_f32_to_f16(65520.0f) == 0x7C00 && tern_f32_to_f16(-1e30f) == 0xFC00);
+	TT_CHECK((tern_f32_to_f16(NAN) & 0x7FFF) > 0x7C00);
+	TT_CHECK(tern_f32_to_bf16(1.0f + ldexpf(1.0f, -8)) == 0x3F80);
+	TT_CHECK(isnan(tern_bf16_to_f32(tern_f32_to_bf16(NAN))));
+}
+
+/* ---- dispatch ---------------------------------------------------------------------- */
+
+static void test_dispatch(void)
+{
+	const tern_float_kernels *def = tern_float_kernels_get(TERN_ISA_AUTO);
+	TT_REQUIRE(def != NULL);
+	TT_EQ_INT(def->isa, tern_isa_default());
+	for (int i = 0; i < TERN_ISA_COUNT; i++) {
+		const tern_float_kernels *k = tern_float_kernels_get((tern_isa)i);
+		TT_EQ_INT(k != NULL, tern_isa_available((tern_isa)i));
+		if (k)
+			TT_EQ_INT(k->isa, i);
+	}
+	TT_CHECK(tern_float_kernels_get((tern_isa)TERN_ISA_COUNT) == NULL);
+	TT_CHECK(tern_float_kernels_get((tern_isa)-7) == NULL);
+	/* forcing an ISA moves AUTO with it, like the ternary kernels */
+	for (int i = 0; i < TERN_ISA_COUNT; i++)
+		if (tern_kernel_force_isa((tern_isa)i) == 0)
+			TT_EQ_INT(tern_float_kernels_get(TERN_ISA_AUTO)->isa, i);
+	TT_EQ_INT(tern_kernel_force_isa(TERN_ISA_AUTO), 0);
+	const char *env = getenv("TERN_KERNEL");
+	if (env)
+		fprintf(stderr, "  TERN_KERNEL=%s -> %s\n", env, tern_isa_name(tern_float_kernels_get(TERN_ISA_AUTO)->isa));
+}
+
+/* ---- RMSNorm, softmax, RoPE ------------------------------------------------------------ */
+
+static void test_rmsnorm_all_isas(void)
+{
+	const tern_float_kernels *ref = tern_float_kernels_get(TERN_ISA_REF), *isas[TERN_ISA_COUNT];
+	const int n_isa = other_isas("rmsnorm", isas);
+	enum { MAXN = 6912 };
+	float *x = malloc(MAXN * sizeof(float)), *w = malloc(MAXN * sizeof(float));
+	float *want = malloc(MAXN * sizeof(float)), *got = malloc(MAXN * sizeof(float));
+	TT_REQUIRE(x && w && want && got);
+	int mismatches = 0, checked = 0;
+	for (int wi = 0; wi < N_WIDTHS; wi++) {
+		const int n = widths[wi];
+		for (int rep = 0; rep < 3; rep++) {
+			const float mag = rep == 0 ? 1.0f : rep == 1 ? 1e-3f : 300.0f;
+			for (int i = 0; i < n; i++) {
+				x[i] = frand(-mag, mag);
+				w[i] = frand(0.25f, 2.0f);
+			}
+			for (int use_w = 0; use_w < 2; use_w++) {
+				const float *wp = use_w ? w : NULL;
+				ref->rmsnorm(x, wp, n, 1e-5f, want);
+				/* the reference is the formula of tern-float.h */
+				double ss = 0.0;
+				for (int i = 0; i < n; i++)
+					ss += (double)x[i] * (double)x[i];
+				const float s = 1.0f / sqrtf((float)(ss / (double)n) + 1e-5f);
+				for (int i = 0; i < n; i++) {
+					const float e = wp ? (x[i] * s) * wp[i] : x[i] * s;
+					mismatches += memcmp(&e, &want[i], 4) != 0;
+				}
+				for (int k = 0; k < n_isa; k++) {
+					isas[k]->rmsnorm(x, wp, n, 1e-5f, got);
+					checked++;
+					if (!same_bits(got, want, (size_t)n)) {
+						mismatches++;
+						fprintf(stderr, "  rmsnorm %s n=%d w=%d differs\n", tern_isa_name(isas[k]->isa), n,
+							use_w);
+					}
+					/* in place */
+					memcpy(got, x, (size_t)n * sizeof(float));
+					isas[k]->rmsnorm(got, wp, n, 1e-5f, got);
+					mismatches += !same_bits(got, want, (size_t)n);
+				}
+			}
+		}
+	}
+	TT_EQ_INT(mismatches, 0);
+	fprintf(stderr, "  %d rmsnorm comparisons on %d ISAs\n", checked, n_isa);
+	free(x);
+	free(w);
+	free(want);
+	free(got);
+}
+
+static void test_softmax_all_isas(void)
+{
+	const tern_float_kernels *ref = tern_float_kernels_get(TERN_ISA_REF), *isas[TERN_ISA_COUNT];
+	const int n_isa = other_isas("softmax", isas);
+	enum { MAXN = 6912 };
+	float *x = malloc(MAXN * sizeof(float)), *want = malloc(MAXN * sizeof(float));
+	float *got = malloc(MAXN * sizeof(float));
+	TT_REQUIRE(x && want && got);
+	int mismatches = 0;
+	for (int wi = 0; wi < N_WIDTHS; wi++) {
+		const int n = widths[wi];
+		for (int style = 0; style < 5; style++) {
+			for (int i = 0; i < n; i++) {
+				switch (style) {
+				case 0: x[i] = frand(-20, 20); break;
+				case 1: x[i] = frand(-1e-3f, 1e-3f); break;
+				case 2: x[i] = -(float)i; break;                      /* max first */
+				case 3: x[i] = (float)(i % 7) - 50.0f; break;         /* ties */
+				default: x[i] = i % 3 ? -0.0f : (i % 2 ? 0.0f : -3.0f); /* zero maxima of both signs */
+				}
+			}
+			if (style == 0 && n > 3)
+				x[n / 2] = 40.0f; /* a max in the middle */
+			memcpy(want, x, (size_t)n * sizeof(float));
+			ref->softmax(want, n);
+			/* the reference against the formula, sequentially */
+			float m = x[0];
+			for (int i = 1; i < n; i++)
+				m = x[i] > m ? x[i] : m;
+			double sum = 0.0;
+			float e[MAXN];
+			for (int i = 0; i < n; i++)
+				sum += (double)(e[i] = expf(x[i] - m));
+			const float inv = (float)(1.0 / sum);
+			for (int i = 0; i < n; i++) {
+				const float v = e[i] * inv;
+				mismatches += memcmp(&v, &want[i], 4) != 0;
+			}
+			for (int k = 0; k < n_isa; k++) {
+				memcpy(got, x, (size_t)n * sizeof(float));
+				isas[k]->softmax(got, n);
+				if (!same_bits(got, want, (size_t)n)) {
+					mismatches++;
+					fprintf(stderr, "  softmax %s n=%d style %d differs\n", tern_isa_name(isas[k]->isa), n,
+						style);
+				}
+			}
+		}
+	}
+	TT_EQ_INT(mismatches, 0);
+	free(x);
+	free(want);
+	free(got);
+}
+
+static void test_rope_all_isas(void)
+{
+	const tern_float_kernels *ref = tern_float_kernels_get(TERN_ISA_REF), *isas[TERN_ISA_COUNT];
+	const int n_isa = other_isas("rope", isas);
+	enum { NPOS = 300, MAXHD = 256, NH = 5 };
+	const int hds[] = {2, 4, 6, 8, 10, 14, 16, 18, 30, 32, 34, 62, 64, 66, 96, 128, 130, 256};
+	float *cs = malloc(sizeof(float) * NPOS * MAXHD);
+	TT_REQUIRE(cs);
+	int mismatches = 0;
+	for (size_t hi = 0; hi < sizeof hds / sizeof hds[0]; hi++) {
+		const int hd = hds[hi];
+		tern_rope_table(10000.0f, hd, NPOS, cs);
+		/* the table is cos/sin of the documented angle */
+		const int p = NPOS - 1, j = hd / 2 - 1;
+		const double ang = (double)p * pow(10000.0, -2.0 * j / hd);
+		mismatches += cs[((size_t)p * (size_t)(hd / 2) + (size_t)j) * 2] != (float)cos(ang);
+		mismatches += cs[((size_t)p * (size_t)(hd / 2) + (size_t)j) * 2 + 1] != (float)sin(ang);
+		const int poss[] = {0, 1, 17, NPOS - 1};
+		for (int pi = 0; pi < 4; pi++)
+			for (int nh = 1; nh <= NH; nh += 4) {
+				float x[NH * MAXHD], want[NH * MAXHD], got[NH * MAXHD];
+				for (int i = 0; i < nh * hd; i++)
+					x[i] = frand(-3, 3);
+				const float *row = cs + (size_t)poss[pi] * (size_t)hd;
+				memcpy(want, x, sizeof(float) * (size_t)(nh * hd));
+				ref->rope(want, nh, hd, row);
+				for (int h = 0; h < nh; h++)
+					for (int jj = 0; jj < hd / 2; jj++) {
+						const float c = row[2 * jj], s = row[2 * jj + 1];
+						const float x0 = x[h * hd + jj], x1 = x[h * hd + jj + hd / 2];
+						const float r0 = x0 * c - x1 * s, r1 = x0 * s + x1 * c;
+						mismatches += memcmp(&r0, &want[h * hd + jj], 4) != 0;
+						mismatches += memcmp(&r1, &want[h * hd + jj + hd / 2], 4) != 0;
+					}
+				for (int k = 0; k < n_isa; k++) {
+					memcpy(got, x, sizeof(float) * (size_t)(nh * hd));
+					isas[k]->rope(got, nh, hd, row);
+					if (!same_bits(got, want, (size_t)(nh * hd))) {
+						mismatches++;
+						fprintf(stderr, "  rope %s head_dim=%d heads=%d differs\n",
+							tern_isa_name(isas[k]->isa), hd, nh);
+					}
+				}
+			}
+	}
+	TT_EQ_INT(mismatches, 0);
+	free(cs);
+}
+
+/* ---- dense dot products ------------------------------------------------------------------ */
+
+static const size_t elem_size[TERN_DOT_COUNT] = {4, 2, 2, 1};
+static const char *const type_names[TERN_DOT_COUNT] = {"f32", "f16", "bf16", "i8"};
+
+/* The order of tern-float.h, written out from the comment. */
+static float documented_dot(const float *row, const float *x, int n)
+{
+	float lane[64];
+	for (int k = 0; k < 64; k++)
+		lane[k] = 0.0f;
+	for (int i = 0; i < n; i++)
+		lane[i % 64] = fmaf(row[i], x[i], lane[i % 64]);
+	for (int w = 32; w >= 1; w /= 2)
+		for (int k = 0; k < w; k++)
+			lane[k] = lane[k] + lane[k + w];
+	return lane[0];
+}
+
+/* A random row of type t at row, and its values as floats (by the base
+ * conversions) in f. */
+static void fill_row(uint8_t *row, tern_dot_type t, int n, float *f)
+{
+	for (int i = 0; i < n; i++) {
+		const float v = frand(-1, 1);
+		switch (t) {
+		case TERN_DOT_F16: {
+			const uint16_t h = tern_f32_to_f16(i % 97 == 5 ? v * 1e-6f : v); /* some subnormals */
+			memcpy(row + 2 * (size_t)i, &h, 2);
+			f[i] = tern_f16_to_f32(h);
+			break;
+		}
+		case TERN_DOT_BF16: {
+			const uint16_t h = tern_f32_to_bf16(v);
+			memcpy(row + 2 * (size_t)i, &h, 2);
+			f[i] = tern_bf16_to_f32(h);
+			break;
+		}
+		case TERN_DOT_I8:
+			row[i] = (uint8_t)(int8_t)((int)(rng() % 255) - 127);
+			f[i] = (float)(int8_t)row[i];
+			break;
+		default:
+			memcpy(row + 4 * (size_t)i, &v, 4);
+			f[i] = v;
+			break;
+		}
+	}
+}
+
+/* rows x n of type t (stride row_bytes, misaligned by one byte on purpose)
+ * against nx vectors: every ISA equals the reference, the reference equals
+ * the documented order, any row split and any nx gives the same values. */
+static int check_dot(tern_dot_type t, int rows, int n, int nx, const tern_float_kernels *const *isas, int n_isa,
+		     int *checked)
+{
+	const size_t row_bytes = (size_t)n * elem_size[t] + (rows & 1 ? 3 : 0);
+	uint8_t *buf = malloc(1 + (size_t)rows * row_bytes);
+	float *x = malloc(sizeof(float) * (size_t)nx * (size_t)(n + 5));
+	float *scale = malloc(sizeof(float) * (size_t)rows);
+	float *want = malloc(sizeof(float) * (size_t)nx * (size_t)rows * 2);
+	float *got = malloc(sizeof(float) * (size_t)nx * (size_t)rows * 2);
+	float *one = malloc(sizeof(float) * (size_t)rows);
+	float *wf = malloc(sizeof(float) * (size_t)rows * (size_t)n);
+	int bad = 0;
+	if (!buf || !x || !scale || !want || !got || !one || !wf) {
+		bad = 1;
+		goto done;
+	}
+	uint8_t *w = buf + 1;
+	for (int r = 0; r < rows; r++) {
+		fill_row(w + (size_t)r * row_bytes, t, n, wf + (size_t)r * (size_t)n);
+		scale[r] = frand(0.001f, 0.02f);
+	}
+	const size_t ldx = (size_t)n + (size_t)(nx & 3); /* vectors at odd offsets too */
+	for (size_t i = 0; i < (size_t)nx * ldx; i++)
+		x[i] = frand(-4, 4);
+	const tern_float_kernels *ref = tern_float_kernels_get(TERN_ISA_REF);
+	for (int use_scale = 0; use_scale < 2; use_scale++) {
+		const size_t ldo = (size_t)rows * 2;
+		tern_dot_args a = {t, w, row_bytes, use_scale ? scale : NULL, n, x, ldx, nx, want, ldo};
+		ref->dot_rows(&a, 0, rows);
+		for (int j = 0; j < nx; j++)
+			for (int r = 0; r < rows; r++) {
+				float d = documented_dot(wf + (size_t)r * (size_t)n, x + (size_t)j * ldx, n);
+				if (use_scale)
+					d = d * scale[r];
+				bad += memcmp(&d, &want[(size_t)j * ldo + (size_t)r], 4) != 0;
+			}
+		for (int k = 0; k < n_isa; k++) {
+			/* whole range, then in two pieces: same values */
+			a.out = got;
+			memset(got, 0xff, sizeof(float) * (size_t)nx * ldo);
+			isas[k]->dot_rows(&a, 0, rows);
+			int diff = 0;
+			for (int j = 0; j < nx; j++)
+				diff += !same_bits(got + (size_t)j * ldo, want + (size_t)j * ldo, (size_t)rows);
+			const int cut = rows / 3;
+			memset(got, 0xff, sizeof(float) * (size_t)nx * ldo);
+			isas[k]->dot_rows(&a, cut, rows);
+			isas[k]->dot_rows(&a, 0, cut);
+			for (int j = 0; j < nx; j++)
+				diff += !same_bits(got + (size_t)j * ldo, want + (size_t)j * ldo, (size_t)rows);
+			/* each vector alone equals the same vector inside the batch */
+			for (int j = 0; j < nx; j++) {
+				tern_dot_args a1 = a;
+				a1.x = x + (size_t)j * ldx;
+				a1.nx = 1;
+				a1.out = one;
+				isas[k]->dot_rows(&a1, 0, rows);
+				diff += !same_bits(one, want + (size_t)j * ldo, (size_t)rows);
+			}
+			if (diff)
+				fprintf(stderr, "  dot %s %s rows=%d n=%d nx=%d scale=%d differs\n", tern_isa_name(isas[k]->isa),
+					type_names[t], rows, n, nx, use_scale);
+			bad += diff;
+			(*checked)++;
+		}
+		/* the reference has the same per-vector property */
+		for (int j = 0; j < nx; j++) {
+			tern_dot_args a1 = a;
+			a1.x = x + (size_t)j * ldx;
+			a1.nx = 1;
+			a1.out = one;
+			ref->dot_rows(&a1, 0, rows);
+			bad += !same_bits(one, want + (size_t)j * ldo, (size_t)rows);
+		}
+	}
+done:
+	free(buf);
+	free(x);
+	free(scale);
+	free(want);
+	free(got);
+	free(one);
+	free(wf);
+	return bad;
+}
+
+static void test_dot_all_isas(void)
+{
+	const tern_float_kernels *isas[TERN_ISA_COUNT];
+	const int n_isa = other_isas("dot_rows", isas);
+	int bad = 0, checked = 0;
+	for (int t = 0; t < TERN_DOT_COUNT; t++)
+		for (int wi = 0; wi < N_WIDTHS; wi++) {
+			const int n = widths[wi];
+			const int nx = 1 + wi % 9; /* 1..9 vectors: the 4-wide pass, its tail */
+			const int rows = n >= 2560 ? 5 : 1 + (wi * 7) % 13;
+			bad += check_dot((tern_dot_type)t, rows, n, nx, isas, n_isa, &checked);
+		}
+	/* every vector count at one awkward width */
+	for (int nx = 0; nx <= 9; nx++)
+		bad += check_dot(TERN_DOT_F16, 6, 203, nx, isas, n_isa, &checked);
+	TT_EQ_INT(bad, 0);
+	fprintf(stderr, "  %d dot batches compared on %d ISAs\n", checked, n_isa);
+}
+
+/* The reference is accurate (against double) and the lane order is real: a
+ * plain sequential float sum gives different bits on some inputs. */
+static void test_dot_accuracy_and_order(void)
+{
+	enum { N = 1000 };
+	float w[N], x[N], out;
+	for (int i = 0; i < N; i++) {
+		w[i] = frand(-1, 1);
+		x[i] = frand(-1, 1);
+	}
+	tern_dot_args a = {TERN_DOT_F32, w, sizeof w, NULL, N, x, N, 1, &out, 1};
+	tern_float_kernels_get(TERN_ISA_REF)->dot_rows(&a, 0, 1);
+	double d = 0, mag = 0;
+	float seq = 0.0f;
+	for (int i = 0; i < N; i++) {
+		d += (double)w[i] * x[i];
+		mag += fabs((double)w[i] * x[i]);
+		seq = fmaf(w[i], x[i], seq);
+	}
+	TT_CHECKF(fabs(out - d) <= 1e-6 * mag, "dot %g vs double %g", (double)out, d);
+	TT_CHECK(out != seq); /* this data's sequential sum rounds differently */
+	/* element i goes to lane i % 64 and the lanes meet in the tree: 1 at
+	 * element 0 and 4e-8 at elements 32 and 96 give 1 + 2^-23 (lane 32 holds
+	 * 8e-8 when it meets lane 0), where an index-order sum stays at 1 */
+	float w2[97], x2[97], o2;
+	for (int i = 0; i < 97; i++)
+		w2[i] = 1.0f, x2[i] = 0.0f;
+	x2[0] = 1.0f, x2[32] = 4e-8f, x2[96] = 4e-8f;
+	tern_dot_args a2 = {TERN_DOT_F32, w2, sizeof w2, NULL, 97, x2, 97, 1, &o2, 1};
+	tern_float_kernels_get(TERN_ISA_REF)->dot_rows(&a2, 0, 1);
+	TT_CHECKF(o2 == 1.0f + 0x1p-23f, "%a", (double)o2);
+}
+
+static void test_summary(void)
+{
+	fprintf(stderr, "  %d ISA case(s) SKIPPED\n", n_skipped);
+}
+
+TT_MAIN(TT_CASE(test_half_all_codes), TT_CASE(test_dispatch), TT_CASE(test_rmsnorm_all_isas),
+	TT_CASE(test_softmax_all_isas), TT_CASE(test_rope_all_isas), TT_CASE(test_dot_all_isas),
+	TT_CASE(test_dot_accuracy_and_order), TT_CASE(test_summary))
