@@ -21,6 +21,7 @@
 #include "tern-perplexity.h"
 #include "tern-sampling.h"
 #include "tern-source.h"
+#include "tern-step.h"
 #include "tern-tokenizer.h"
 
 typedef struct {
@@ -293,9 +294,7 @@ typedef struct {
 	tern_head *head;
 	tern_tokenizer *tok;
 	tern_sampler *smp;
-	tern_detok *detok;
-	tern_stopper *stop;
-	int stopped;
+	tern_step *step; /* detokenizer, stop strings, EOS and length: the scheduler's step */
 	tern_tokens prompt;
 	float *hidden; /* (batch, n_embd) */
 	float *logits; /* (batch, n_vocab) */
@@ -308,8 +307,7 @@ typedef struct {
 
 static void run_free(run_state *s)
 {
-	tern_stopper_free(s->stop);
-	tern_detok_free(s->detok);
+	tern_step_free(s->step);
 	tern_sampler_free(s->smp);
 	tern_tokenizer_free(s->tok);
 	tern_head_free(s->head);
@@ -358,23 +356,11 @@ static int feed(run_state *s, const int32_t *ids, int n, int pos, float **last, 
 	return 0;
 }
 
-/* Streams a token's text; sets s->stopped when a stop string completes
- * (nothing of it is shown). */
-static void emit(run_state *s, int32_t id, int check_stop)
+/* Streams text to stdout (unless --quiet). */
+static void show(const run_state *s, const char *text, size_t len)
 {
-	const char *text, *out;
-	size_t len, out_len;
-	if (!s->detok || tern_detok_push(s->detok, id, &text, &len, NULL) < 0 || !len)
-		return;
-	if (check_stop && s->stop) {
-		if (tern_stopper_feed(s->stop, text, len, &out, &out_len, NULL) == 1)
-			s->stopped = 1;
-	} else {
-		out = text;
-		out_len = len;
-	}
-	if (!s->o.quiet && out_len) {
-		fwrite(out, 1, out_len, stdout);
+	if (!s->o.quiet && len) {
+		fwrite(text, 1, len, stdout);
 		fflush(stdout);
 	}
 }
@@ -431,11 +417,15 @@ static int run(run_state *s, tern_err *err)
 	TERN_RETURN_IF((long)s->prompt.n + o->n_predict > n_ctx, err, TERN_EINVAL,
 		       "prompt of %zu tokens + %d to generate exceeds the context of %d (-c)", s->prompt.n,
 		       o->n_predict, n_ctx);
-	if (s->tok)
-		TERN_FORWARD_IF_ERROR(tern_detok_create(s->tok, 0, &s->detok, err));
+	/* Text as the tokens' bytes (invalid UTF-8 passed on as it is). */
+	const tern_step_config stc = {.tok = s->tok,
+				      .decode_flags = 0,
+				      .stops = o->stops,
+				      .n_stops = (size_t)o->n_stops,
+				      .max_tokens = o->n_predict,
+				      .ignore_eos = o->ignore_eos};
+	TERN_FORWARD_IF_ERROR(tern_step_create(&stc, &s->step, err));
 	TERN_FORWARD_IF_ERROR(tern_sampler_create(&o->sp, hp.n_vocab, &s->smp, err));
-	if (o->n_stops)
-		TERN_FORWARD_IF_ERROR(tern_stopper_create(o->stops, (size_t)o->n_stops, &s->stop, err));
 	s->hidden = tern_aligned_alloc((size_t)o->batch * hp.n_embd * sizeof(float), TERN_ALIGN);
 	s->logits = tern_aligned_alloc((size_t)o->batch * hp.n_vocab * sizeof(float), TERN_ALIGN);
 	TERN_RETURN_IF(!s->hidden || !s->logits, err, TERN_ENOMEM, "out of memory for %d rows", o->batch);
@@ -459,8 +449,12 @@ static int run(run_state *s, tern_err *err)
 		  o->threads > 1 ? "s" : "", tern_head_simd_name(tern_head_simd_used(s->head)), n_ctx,
 		  (unsigned long long)tern_sampler_seed(s->smp), t_load);
 	if (o->tokens && s->tok && !o->quiet) {
-		for (size_t i = 0; i < s->prompt.n; i++)
-			emit(s, s->prompt.ids[i], 0);
+		for (size_t i = 0; i < s->prompt.n; i++) {
+			const char *text;
+			size_t len;
+			TERN_FORWARD_IF_ERROR(tern_step_prompt(s->step, s->prompt.ids[i], &text, &len, err));
+			show(s, text, len);
+		}
 	} else if (!o->quiet) {
 		fputs(o->prompt, stdout);
 		fflush(stdout);
@@ -480,16 +474,18 @@ static int run(run_state *s, tern_err *err)
 	const double td0 = tern_now_s();
 	if (o->print_ids)
 		fputs("ids:", stderr);
-	while (n_gen < o->n_predict) {
+	tern_step_out so = {TERN_FINISH_NONE, "", 0, "", 0};
+	if (o->n_predict == 0)
+		TERN_FORWARD_IF_ERROR(tern_step_end(s->step, TERN_FINISH_LENGTH, &so, err));
+	while (so.finish == TERN_FINISH_NONE) {
 		int32_t id;
 		TERN_FORWARD_IF_ERROR(tern_sampler_sample(s->smp, last, &id, err));
 		n_gen++;
-		if (s->tok && !o->ignore_eos && tern_tokenizer_is_eog(s->tok, id))
-			break;
-		if (o->print_ids)
+		TERN_FORWARD_IF_ERROR(tern_step_token(s->step, id, &so, err));
+		if (o->print_ids && so.finish != TERN_FINISH_EOS)
 			fprintf(stderr, " %d", id);
-		emit(s, id, 1);
-		if (s->stopped || n_gen == o->n_predict)
+		show(s, so.text, so.len);
+		if (so.finish != TERN_FINISH_NONE)
 			break;
 		TERN_FORWARD_IF_ERROR(feed(s, &id, 1, pos, &last, err));
 		pos++;
@@ -498,17 +494,7 @@ static int run(run_state *s, tern_err *err)
 	const double t_decode = tern_now_s() - td0;
 	if (o->print_ids)
 		fputc('\n', stderr);
-	if (s->detok && !o->quiet && !s->stopped) {
-		const char *text;
-		size_t len;
-		if (tern_detok_flush(s->detok, &text, &len, NULL) == 0 && len)
-			fwrite(text, 1, len, stdout);
-		if (s->stop) {
-			tern_stopper_flush(s->stop, &text, &len);
-			if (len)
-				fwrite(text, 1, len, stdout);
-		}
-	}
+	show(s, so.tail, so.tail_len);
 	if (!o->quiet)
 		fputc('\n', stdout);
 	fflush(stdout);
