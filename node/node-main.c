@@ -6,6 +6,7 @@
  * kernel threads on the domain's CPUs, answer READY with host, binding and
  * weight bytes (or the error), then serve activation frames until SHUTDOWN.
  * A HELLO without a model is the bare start-up check. */
+#include <getopt.h>
 #include <mpi.h>
 #include <signal.h>
 #include <stdio.h>
@@ -28,19 +29,33 @@ int main(int argc, char **argv)
 {
 	int bind = 1;
 	double timeout = 120.0;
-	for (int i = 1; i < argc; i++) {
-		if (!strcmp(argv[i], "--no-bind")) {
-			bind = 0;
-		} else if (!strcmp(argv[i], "--timeout") && i + 1 < argc) {
-			timeout = atof(argv[++i]);
-		} else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+	static const struct option long_opts[] = {
+		{"help", no_argument, NULL, 'h'},
+		{"no-bind", no_argument, NULL, 'B'},
+		{"timeout", required_argument, NULL, 'T'},
+		{NULL, 0, NULL, 0},
+	};
+	tern_err perr;
+	tern_err_clear(&perr);
+	opterr = 0;
+	int c;
+	while ((c = getopt_long(argc, argv, ":h", long_opts, NULL)) != -1) {
+		if (c == 'h') {
 			usage(stdout);
 			return 0;
+		} else if (c == 'B') {
+			bind = 0;
+		} else if (c == 'T') {
+			if (tern_parse_double(optarg, -1, 1e9, "--timeout", &timeout, &perr) < 0)
+				return tern_opt_bad("tern-node", perr.msg);
 		} else {
-			fprintf(stderr, "tern-node: unknown argument '%s'\n", argv[i]);
-			usage(stderr);
-			return 2;
+			return tern_opt_fail("tern-node", c, argv);
 		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "tern-node: unknown argument '%s'\n", argv[optind]);
+		usage(stderr);
+		return 2;
 	}
 	/* A stage stops when the coordinator says so (SHUTDOWN through the
 	 * pipeline), so no request is cut off by a signal meant for the job;

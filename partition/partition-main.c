@@ -3,6 +3,7 @@
  * verify a plan. The only place in partition/ that talks to hwloc (--hwloc:
  * one stage per NUMA domain of this machine). */
 #include <errno.h>
+#include <getopt.h>
 #include <hwloc.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,42 +43,7 @@ static void usage(FILE *f)
 		tern_hparams_preset_names());
 }
 
-static int parse_size(const char *s, uint64_t *out)
-{
-	char *end;
-	errno = 0;
-	const unsigned long long v = strtoull(s, &end, 10);
-	if (errno || end == s)
-		return -1;
-	uint64_t mul = 1;
-	if (!*end || !strcmp(end, "B"))
-		mul = 1;
-	else if (!strcmp(end, "K") || !strcmp(end, "KiB"))
-		mul = 1ull << 10;
-	else if (!strcmp(end, "M") || !strcmp(end, "MiB"))
-		mul = 1ull << 20;
-	else if (!strcmp(end, "G") || !strcmp(end, "GiB"))
-		mul = 1ull << 30;
-	else if (!strcmp(end, "T") || !strcmp(end, "TiB"))
-		mul = 1ull << 40;
-	else
-		return -1;
-	if (v > UINT64_MAX / mul)
-		return -1;
-	*out = v * mul;
-	return 0;
-}
-
-static int parse_int(const char *s, int lo, int hi, int *out)
-{
-	char *end;
-	errno = 0;
-	const long v = strtol(s, &end, 10);
-	if (errno || end == s || *end || v < lo || v > hi)
-		return -1;
-	*out = (int)v;
-	return 0;
-}
+#define PROG "tern-partition"
 
 static void host_name(char *buf, size_t len)
 {
@@ -133,40 +99,46 @@ static void synth_progress(void *ud, uint64_t done, uint64_t total)
 
 static int cmd_synth(int argc, char **argv)
 {
+	static const struct option long_opts[] = {
+		{"dims", required_argument, NULL, 'd'},
+		{"layers", required_argument, NULL, 'L'},
+		{"seed", required_argument, NULL, 'S'},
+		{"no-progress", no_argument, NULL, 'P'},
+		{NULL, 0, NULL, 0},
+	};
 	const char *preset = NULL, *dims = NULL, *out = NULL;
 	int layers = 0, progress = 1;
-	unsigned long long seed = 1;
-	for (int i = 2; i < argc; i++) {
-		const char *a = argv[i];
-		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-		if (!strcmp(a, "--dims") && v) {
-			dims = v;
-			i++;
-		} else if (!strcmp(a, "--layers") && v) {
-			if (parse_int(v, 1, 1024, &layers) < 0) {
-				fprintf(stderr, "tern-partition: bad --layers '%s'\n", v);
-				return 2;
-			}
-			i++;
-		} else if (!strcmp(a, "--seed") && v) {
-			char *end;
-			seed = strtoull(v, &end, 0);
-			if (*end) {
-				fprintf(stderr, "tern-partition: bad --seed '%s'\n", v);
-				return 2;
-			}
-			i++;
-		} else if (!strcmp(a, "-o") && v) {
-			out = v;
-			i++;
-		} else if (!strcmp(a, "--no-progress")) {
+	uint64_t seed = 1;
+	tern_err perr;
+	tern_err_clear(&perr);
+	/* argv[1] ("synth") stands in for the program name. */
+	optind = 1;
+	opterr = 0;
+	int c;
+	while ((c = getopt_long(argc - 1, argv + 1, ":o:", long_opts, NULL)) != -1) {
+		int rc = 0;
+		if (c == 'd')
+			dims = optarg;
+		else if (c == 'L')
+			rc = tern_parse_int(optarg, 1, 1024, "--layers", &layers, &perr);
+		else if (c == 'S')
+			rc = tern_parse_uint64(optarg, "--seed", &seed, &perr);
+		else if (c == 'o')
+			out = optarg;
+		else if (c == 'P')
 			progress = 0;
-		} else if (a[0] != '-' && !preset) {
-			preset = a;
-		} else {
+		else
+			return tern_opt_fail(PROG, c, argv + 1);
+		if (rc < 0)
+			return tern_opt_bad(PROG, perr.msg);
+	}
+	for (int i = optind + 1; i < argc; i++) {
+		if (preset) {
+			fprintf(stderr, PROG ": unexpected argument '%s'\n", argv[i]);
 			usage(stderr);
 			return 2;
 		}
+		preset = argv[i];
 	}
 	if (!out || (!preset && !dims)) {
 		usage(stderr);
@@ -201,22 +173,25 @@ static int cmd_synth(int argc, char **argv)
 
 static int cmd_verify(int argc, char **argv)
 {
+	static const struct option long_opts[] = {
+		{"no-progress", no_argument, NULL, 'P'},
+		{NULL, 0, NULL, 0},
+	};
 	int progress = 1;
 	const char *dir = NULL;
-	for (int i = 2; i < argc; i++) {
-		if (!strcmp(argv[i], "--no-progress"))
-			progress = 0;
-		else if (!dir && argv[i][0] != '-')
-			dir = argv[i];
-		else {
-			usage(stderr);
-			return 2;
-		}
+	optind = 1;
+	opterr = 0;
+	int c;
+	while ((c = getopt_long(argc - 1, argv + 1, ":", long_opts, NULL)) != -1) {
+		if (c != 'P')
+			return tern_opt_fail(PROG, c, argv + 1);
+		progress = 0;
 	}
-	if (!dir) {
+	if (optind + 2 != argc) {
 		usage(stderr);
 		return 2;
 	}
+	dir = argv[optind + 1];
 	tern_err err = {0};
 	if (tern_plan_verify(dir, progress, &err) < 0) {
 		fprintf(stderr, "tern-partition: verify failed: %s\n", err.msg);
@@ -252,6 +227,20 @@ static int model_desc(const char *model, int allow_preset, tern_plan_model *pm, 
 	return rc;
 }
 
+enum {
+	OPT_STAGES = 256,
+	OPT_CLUSTER,
+	OPT_HWLOC,
+	OPT_PACKING,
+	OPT_GROUP_ROWS,
+	OPT_SEQS,
+	OPT_CTX,
+	OPT_MEM,
+	OPT_ZSTD_LEVEL,
+	OPT_DRY_RUN,
+	OPT_NO_PROGRESS,
+};
+
 int main(int argc, char **argv)
 {
 	if (argc < 2 || !strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) {
@@ -268,55 +257,79 @@ int main(int argc, char **argv)
 	int group_rows = 0, seqs = 0, ctx = 0;
 	int packing = TERN_PACK_TL2;
 	uint64_t mem = 0;
-	for (int i = 1; i < argc; i++) {
-		const char *a = argv[i];
-		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-		int bad = 0;
-		if (!strcmp(a, "--stages") && v) {
-			bad = parse_int(v, 1, 4096, &stages);
-			i++;
-		} else if (!strcmp(a, "--cluster") && v) {
+	static const struct option long_opts[] = {
+		{"stages", required_argument, NULL, OPT_STAGES},
+		{"cluster", required_argument, NULL, OPT_CLUSTER},
+		{"hwloc", no_argument, NULL, OPT_HWLOC},
+		{"packing", required_argument, NULL, OPT_PACKING},
+		{"group-rows", required_argument, NULL, OPT_GROUP_ROWS},
+		{"seqs", required_argument, NULL, OPT_SEQS},
+		{"ctx", required_argument, NULL, OPT_CTX},
+		{"mem", required_argument, NULL, OPT_MEM},
+		{"zstd-level", required_argument, NULL, OPT_ZSTD_LEVEL},
+		{"dry-run", no_argument, NULL, OPT_DRY_RUN},
+		{"no-progress", no_argument, NULL, OPT_NO_PROGRESS},
+		{NULL, 0, NULL, 0},
+	};
+	tern_err perr;
+	tern_err_clear(&perr);
+	opterr = 0;
+	int oc;
+	while ((oc = getopt_long(argc, argv, ":o:", long_opts, NULL)) != -1) {
+		const char *v = optarg;
+		int rc = 0;
+		switch (oc) {
+		case OPT_STAGES:
+			rc = tern_parse_int(v, 1, 4096, "--stages", &stages, &perr);
+			break;
+		case OPT_CLUSTER:
 			cluster_path = v;
-			i++;
-		} else if (!strcmp(a, "--hwloc")) {
+			break;
+		case OPT_HWLOC:
 			hw = 1;
-		} else if (!strcmp(a, "-o") && v) {
+			break;
+		case 'o':
 			out = v;
-			i++;
-		} else if (!strcmp(a, "--packing") && v) {
+			break;
+		case OPT_PACKING:
 			packing = tern_packing_parse(v);
-			bad = packing < 0 || packing >= TERN_PACK_COUNT;
-			i++;
-		} else if (!strcmp(a, "--group-rows") && v) {
-			bad = parse_int(v, 1, 1 << 20, &group_rows);
-			i++;
-		} else if (!strcmp(a, "--seqs") && v) {
-			bad = parse_int(v, 1, 1 << 16, &seqs);
-			i++;
-		} else if (!strcmp(a, "--ctx") && v) {
-			bad = parse_int(v, 1, 1 << 22, &ctx);
-			i++;
-		} else if (!strcmp(a, "--mem") && v) {
-			bad = parse_size(v, &mem) || mem == 0;
-			i++;
-		} else if (!strcmp(a, "--zstd-level") && v) {
-			bad = parse_int(v, 0, 19, &zlevel);
-			i++;
-		} else if (!strcmp(a, "--dry-run")) {
+			if (packing < 0 || packing >= TERN_PACK_COUNT)
+				rc = TERN_ERR(&perr, TERN_EINVAL, "bad value '%s' for --packing: expected tl2, i2_s or tl1", v);
+			break;
+		case OPT_GROUP_ROWS:
+			rc = tern_parse_int(v, 1, 1 << 20, "--group-rows", &group_rows, &perr);
+			break;
+		case OPT_SEQS:
+			rc = tern_parse_int(v, 1, 1 << 16, "--seqs", &seqs, &perr);
+			break;
+		case OPT_CTX:
+			rc = tern_parse_int(v, 1, 1 << 22, "--ctx", &ctx, &perr);
+			break;
+		case OPT_MEM:
+			rc = tern_parse_size(v, 1, UINT64_MAX, "--mem", &mem, &perr);
+			break;
+		case OPT_ZSTD_LEVEL:
+			rc = tern_parse_int(v, 0, 19, "--zstd-level", &zlevel, &perr);
+			break;
+		case OPT_DRY_RUN:
 			dry = 1;
-		} else if (!strcmp(a, "--no-progress")) {
+			break;
+		case OPT_NO_PROGRESS:
 			progress = 0;
-		} else if (a[0] != '-' && !model) {
-			model = a;
-		} else {
-			fprintf(stderr, "tern-partition: unknown or incomplete option '%s'\n", a);
+			break;
+		default:
+			return tern_opt_fail(PROG, oc, argv);
+		}
+		if (rc < 0)
+			return tern_opt_bad(PROG, perr.msg);
+	}
+	for (int i = optind; i < argc; i++) {
+		if (model) {
+			fprintf(stderr, PROG ": unexpected argument '%s'\n", argv[i]);
 			usage(stderr);
 			return 2;
 		}
-		if (bad) {
-			fprintf(stderr, "tern-partition: bad value '%s' for %s\n", v, a);
-			return 2;
-		}
+		model = argv[i];
 	}
 	if (!model || (!!stages + !!cluster_path + hw) != 1 || (!dry && !out)) {
 		fprintf(stderr, "tern-partition: need MODEL, exactly one of --stages/--cluster/--hwloc, and -o (or "

@@ -8,6 +8,7 @@
  *                [--kernel auto] [--prompt 64] [--decode 32] [--json]
  *
  * Not a test: it asserts nothing and runs for minutes on big shapes. */
+#include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -92,35 +93,45 @@ int main(int argc, char **argv)
 	int layers = 0, n_prompt = 64, n_decode = 32, json = 0, thr[8] = {1, 2}, n_thr = 2;
 	tern_packing packing = TERN_PACK_TL2;
 	tern_isa isa = TERN_ISA_AUTO;
-	for (int i = 1; i < argc; i++) {
-		const char *v = i + 1 < argc ? argv[i + 1] : "";
-		if (!strcmp(argv[i], "--preset"))
-			preset = argv[++i];
-		else if (!strcmp(argv[i], "--layers"))
-			layers = atoi(argv[++i]);
-		else if (!strcmp(argv[i], "--prompt"))
-			n_prompt = atoi(argv[++i]);
-		else if (!strcmp(argv[i], "--decode"))
-			n_decode = atoi(argv[++i]);
-		else if (!strcmp(argv[i], "--packing"))
-			packing = (tern_packing)tern_packing_parse(argv[++i]);
-		else if (!strcmp(argv[i], "--kernel"))
-			isa = (tern_isa)tern_isa_parse(argv[++i]);
-		else if (!strcmp(argv[i], "--json"))
+	static const struct option long_opts[] = {
+		{"preset", required_argument, NULL, 'P'},   {"layers", required_argument, NULL, 'L'},
+		{"prompt", required_argument, NULL, 'p'},   {"decode", required_argument, NULL, 'd'},
+		{"packing", required_argument, NULL, 'k'},  {"kernel", required_argument, NULL, 'K'},
+		{"json", no_argument, NULL, 'j'},           {"threads", required_argument, NULL, 't'},
+		{NULL, 0, NULL, 0},
+	};
+	tern_err perr;
+	tern_err_clear(&perr);
+	opterr = 0;
+	int c;
+	while ((c = getopt_long(argc, argv, ":", long_opts, NULL)) != -1) {
+		int rc = 0;
+		if (c == 'P') {
+			preset = optarg;
+		} else if (c == 'L') {
+			rc = tern_parse_int(optarg, 0, 1 << 16, "--layers", &layers, &perr);
+		} else if (c == 'p') {
+			rc = tern_parse_int(optarg, 1, 1 << 20, "--prompt", &n_prompt, &perr);
+		} else if (c == 'd') {
+			rc = tern_parse_int(optarg, 1, 1 << 20, "--decode", &n_decode, &perr);
+		} else if (c == 'k') {
+			packing = (tern_packing)tern_packing_parse(optarg);
+		} else if (c == 'K') {
+			isa = (tern_isa)tern_isa_parse(optarg);
+		} else if (c == 'j') {
 			json = 1;
-		else if (!strcmp(argv[i], "--threads")) {
+		} else if (c == 't') {
 			n_thr = 0;
-			for (char *s = argv[++i]; *s && n_thr < 8;) {
-				thr[n_thr++] = (int)strtol(s, &s, 10);
-				if (*s == ',')
-					s++;
-			}
+			for (char *s = optarg, *tok; n_thr < 8 && (tok = strtok(s, ",")); s = NULL)
+				if ((rc = tern_parse_int(tok, 1, 1024, "--threads", &thr[n_thr++], &perr)) < 0)
+					break;
 		} else {
 			fprintf(stderr, "usage: engine_bench [--preset P] [--layers N] [--threads 1,2] [--packing tl2]"
 					" [--kernel auto] [--prompt N] [--decode N] [--json]\n");
-			return 2;
+			return tern_opt_fail("engine_bench", c, argv);
 		}
-		(void)v;
+		if (rc < 0)
+			return tern_opt_bad("engine_bench", perr.msg);
 	}
 	if ((int)packing < 0 || (int)isa == -2 || n_prompt < 1 || n_decode < 1) {
 		fprintf(stderr, "engine_bench: bad option value\n");

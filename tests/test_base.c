@@ -205,5 +205,67 @@ static void test_files(void)
 	rmdir(dir);
 }
 
-TT_MAIN(TT_CASE(test_errors), TT_CASE(test_files), TT_CASE(test_log_levels), TT_CASE(test_clock),
-	TT_CASE(test_aligned_alloc), TT_CASE(test_cpu_probe))
+static void test_parse_numbers(void)
+{
+	tern_err e;
+	int i = -7;
+	TT_EQ_INT(tern_parse_int("42", 1, 100, "--n", &i, &e), 0);
+	TT_EQ_INT(i, 42);
+	TT_EQ_INT(tern_parse_int("-3", -5, 5, "--n", &i, &e), 0);
+	TT_EQ_INT(i, -3);
+	/* Out of range, trailing text, empty, spaces, overflow: one line, value kept. */
+	const char *bad_ints[] = {"101", "0", "4x", "", " 4", "4 ", "1e3", "99999999999999999999", "0x10", "--4", "-"};
+	for (size_t k = 0; k < sizeof bad_ints / sizeof bad_ints[0]; k++) {
+		i = -7;
+		TT_EQ_INT(tern_parse_int(bad_ints[k], 1, 100, "--threads", &i, &e), TERN_EINVAL);
+		TT_EQ_INT(i, -7);
+		TT_CHECK(strstr(e.msg, "--threads") && strstr(e.msg, "[1, 100]") && !strchr(e.msg, '\n'));
+	}
+	TT_EQ_INT(tern_parse_int(NULL, 1, 100, NULL, &i, &e), TERN_EINVAL);
+	TT_CHECK(!strcmp(e.msg, "bad value '': expected an integer in [1, 100]"));
+	int64_t l;
+	TT_EQ_INT(tern_parse_int64("-9223372036854775808", INT64_MIN, INT64_MAX, "x", &l, &e), 0);
+	TT_CHECK(l == INT64_MIN);
+	TT_EQ_INT(tern_parse_int64("9223372036854775808", INT64_MIN, INT64_MAX, "x", &l, &e), TERN_EINVAL);
+
+	uint64_t u = 0;
+	TT_EQ_INT(tern_parse_uint64("18446744073709551615", "--seed", &u, &e), 0);
+	TT_CHECK(u == UINT64_MAX);
+	TT_EQ_INT(tern_parse_uint64("0x10", "--seed", &u, &e), 0);
+	TT_EQ_INT(u, 16);
+	TT_EQ_INT(tern_parse_uint64("010", "--seed", &u, &e), 0);
+	TT_EQ_INT(u, 10);
+	const char *bad_u[] = {"-1", "18446744073709551616", "", "0x", "1.5", "+1"};
+	for (size_t k = 0; k < sizeof bad_u / sizeof bad_u[0]; k++)
+		TT_EQ_INT(tern_parse_uint64(bad_u[k], "--seed", &u, &e), TERN_EINVAL);
+
+	double d = 0;
+	TT_EQ_INT(tern_parse_double("0.25", 0, 1, "--top-p", &d, &e), 0);
+	TT_CHECK(d == 0.25);
+	TT_EQ_INT(tern_parse_double("-1e-3", -1, 1, "x", &d, &e), 0);
+	TT_EQ_INT(tern_parse_double(".5", 0, 1, "x", &d, &e), 0);
+	const char *bad_d[] = {"nan", "inf", "-inf", "1.5", "0x1p-2", "", "0.5x", " 0.5", "1e999"};
+	for (size_t k = 0; k < sizeof bad_d / sizeof bad_d[0]; k++) {
+		d = -9;
+		TT_EQ_INT(tern_parse_double(bad_d[k], 0, 1, "--top-p", &d, &e), TERN_EINVAL);
+		TT_CHECK(d == -9);
+	}
+	float f = 0;
+	TT_EQ_INT(tern_parse_float("0.8", 0, 100, "--temp", &f, &e), 0);
+	TT_CHECK(f == 0.8f);
+
+	uint64_t z = 0;
+	TT_EQ_INT(tern_parse_size("16GiB", 1, UINT64_MAX, "--mem", &z, &e), 0);
+	TT_CHECK(z == 16ull << 30);
+	TT_EQ_INT(tern_parse_size("512", 1, UINT64_MAX, "--mem", &z, &e), 0);
+	TT_EQ_INT(z, 512);
+	TT_EQ_INT(tern_parse_size("3K", 1, UINT64_MAX, "--mem", &z, &e), 0);
+	TT_EQ_INT(z, 3072);
+	const char *bad_z[] = {"0", "16GB", "1.5G", "-1G", "", "G", "16777216T", "99999999999999999999"};
+	for (size_t k = 0; k < sizeof bad_z / sizeof bad_z[0]; k++)
+		TT_EQ_INT(tern_parse_size(bad_z[k], 1, UINT64_MAX, "--mem", &z, &e), TERN_EINVAL);
+	TT_CHECK(strstr(e.msg, "--mem") != NULL);
+}
+
+TT_MAIN(TT_CASE(test_parse_numbers), TT_CASE(test_errors), TT_CASE(test_files), TT_CASE(test_log_levels),
+	TT_CASE(test_clock), TT_CASE(test_aligned_alloc), TT_CASE(test_cpu_probe))

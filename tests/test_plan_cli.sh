@@ -31,9 +31,26 @@ grep -q "bad.yaml:4: domain without 'cores'" "$T/bad.txt" || fail "hosts error: 
 
 "$B" synth 125m --dims n_embd=128,n_head=2,n_head_kv=1,n_ff=256,n_vocab=300,bos=256,eos=257,eot=258 \
 	--layers 3 --seed 5 -o "$T/m.gguf" > /dev/null || fail synth
-"$B" "$T/m.gguf" --stages 3 --packing i2_s -o "$T/plan" > "$T/part.txt" 2>&1 || fail "partition: $(cat "$T/part.txt")"
+# --opt=value and --opt value mix (getopt_long)
+"$B" "$T/m.gguf" --stages=3 --packing i2_s -o "$T/plan" > "$T/part.txt" 2>&1 || fail "partition: $(cat "$T/part.txt")"
 [ -z "$(grep -F '[' "$T/part.txt")" ] || fail "progress bar drawn without a terminal"
 "$B" verify "$T/plan" > /dev/null || fail "verify of a good plan"
+
+[ -f "$T/plan/stage-003.shard" ] || fail "--stages=3 not taken"
+
+# bad command lines: one error line + a --help hint, exit 2
+"$B" "$T/m.gguf" --stages=3 --zstd-level=99 -o "$T/p2" > "$T/bad.txt" 2>&1
+[ $? = 2 ] || fail "--zstd-level=99: exit $?"
+grep -q "^tern-partition: bad value '99' for --zstd-level: expected an integer in \[0, 19\]$" "$T/bad.txt" || fail "bad value: $(cat "$T/bad.txt")"
+[ "$(wc -l < "$T/bad.txt")" = 2 ] || fail "bad value is not one line + hint: $(cat "$T/bad.txt")"
+"$B" "$T/m.gguf" --mem=lots --stages 2 --dry-run > "$T/bad.txt" 2>&1
+[ $? = 2 ] && grep -q "bad value 'lots' for --mem" "$T/bad.txt" || fail "--mem=lots: $(cat "$T/bad.txt")"
+"$B" "$T/m.gguf" --bogus=1 > "$T/bad.txt" 2>&1
+[ $? = 2 ] && grep -q "unknown option '--bogus=1'" "$T/bad.txt" || fail "--bogus: $(cat "$T/bad.txt")"
+"$B" "$T/m.gguf" --dry-run --stages > "$T/bad.txt" 2>&1
+[ $? = 2 ] && grep -q "option '--stages' needs a value" "$T/bad.txt" || fail "--stages: $(cat "$T/bad.txt")"
+"$B" synth 125m --layers=0 -o "$T/x.gguf" > "$T/bad.txt" 2>&1
+[ $? = 2 ] && grep -q "bad value '0' for --layers" "$T/bad.txt" || fail "synth --layers=0: $(cat "$T/bad.txt")"
 
 cp "$T/plan/stage-002.shard" "$T/keep"
 printf 'X' | dd of="$T/plan/stage-002.shard" bs=1 seek=3000 conv=notrunc 2>/dev/null

@@ -12,6 +12,7 @@
 #include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc.h>
 #include <grpc/grpc_security.h>
+#include <getopt.h>
 #include <grpc/support/time.h>
 #include <math.h>
 #include <stdio.h>
@@ -501,84 +502,117 @@ static void usage(FILE *f)
 		   "         --repeat-penalty R  --seed S  --stop STR (repeatable)  --ignore-eos  -q (no summary)\n");
 }
 
-static int num_arg(const char *name, const char *v, double lo, double hi, double *out)
-{
-	char *end;
-	double x = v ? strtod(v, &end) : 0;
-	if (!v || *end || end == v || !(x >= lo && x <= hi)) {
-		fprintf(stderr, "tern: %s wants a number in [%g, %g]\n", name, lo, hi);
-		return -1;
-	}
-	*out = x;
-	return 0;
-}
+enum {
+	OPT_SERVER = 256,
+	OPT_JSON,
+	OPT_IGNORE_EOS,
+	OPT_TOKEN_FILE,
+	OPT_TLS_CA,
+	OPT_TIMEOUT,
+	OPT_TEMP,
+	OPT_TOP_K,
+	OPT_TOP_P,
+	OPT_MIN_P,
+	OPT_REPEAT_PENALTY,
+	OPT_SEED,
+	OPT_STOP,
+};
 
 int main(int argc, char **argv)
 {
+	static const struct option long_opts[] = {
+		{"help", no_argument, NULL, 'h'},
+		{"server", required_argument, NULL, OPT_SERVER},
+		{"json", no_argument, NULL, OPT_JSON},
+		{"ignore-eos", no_argument, NULL, OPT_IGNORE_EOS},
+		{"token-file", required_argument, NULL, OPT_TOKEN_FILE},
+		{"tls-ca", required_argument, NULL, OPT_TLS_CA},
+		{"timeout", required_argument, NULL, OPT_TIMEOUT},
+		{"temp", required_argument, NULL, OPT_TEMP},
+		{"top-k", required_argument, NULL, OPT_TOP_K},
+		{"top-p", required_argument, NULL, OPT_TOP_P},
+		{"min-p", required_argument, NULL, OPT_MIN_P},
+		{"repeat-penalty", required_argument, NULL, OPT_REPEAT_PENALTY},
+		{"seed", required_argument, NULL, OPT_SEED},
+		{"stop", required_argument, NULL, OPT_STOP},
+		{NULL, 0, NULL, 0},
+	};
 	client_opts o = {.server = "127.0.0.1:50051", .timeout = 300};
 	const char *cmd = NULL, *text = NULL;
-	for (int i = 1; i < argc; i++) {
-		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-		double x;
-		if (!strcmp(a, "--server") && v) {
-			o.server = v, i++;
-		} else if (!strcmp(a, "--json")) {
-			o.json = 1;
-		} else if (!strcmp(a, "-q")) {
-			o.quiet_stats = 1;
-		} else if (!strcmp(a, "--ignore-eos")) {
-			o.ignore_eos = 1;
-		} else if (!strcmp(a, "--token-file") && v) {
-			o.token_file = v, i++;
-		} else if (!strcmp(a, "--tls-ca") && v) {
-			o.tls_ca = v, i++;
-		} else if (!strcmp(a, "--timeout")) {
-			if (num_arg(a, v, 0.001, 1e7, &o.timeout) < 0)
-				return 2;
-			i++;
-		} else if (!strcmp(a, "-n")) {
-			if (num_arg(a, v, 1, 1 << 22, &x) < 0)
-				return 2;
-			o.max_tokens = (uint32_t)x, i++;
-		} else if (!strcmp(a, "--temp")) {
-			if (num_arg(a, v, 0, 100, &x) < 0)
-				return 2;
-			o.temp = (float)x, i++;
-		} else if (!strcmp(a, "--top-k")) {
-			if (num_arg(a, v, 0, 1e9, &x) < 0)
-				return 2;
-			o.top_k = (uint32_t)x, i++;
-		} else if (!strcmp(a, "--top-p")) {
-			if (num_arg(a, v, 0, 1, &x) < 0)
-				return 2;
-			o.top_p = (float)x, i++;
-		} else if (!strcmp(a, "--min-p")) {
-			if (num_arg(a, v, 0, 1, &x) < 0)
-				return 2;
-			o.min_p = (float)x, i++;
-		} else if (!strcmp(a, "--repeat-penalty")) {
-			if (num_arg(a, v, 0, 100, &x) < 0)
-				return 2;
-			o.rep = (float)x, i++;
-		} else if (!strcmp(a, "--seed")) {
-			if (num_arg(a, v, 0, 1.8e19, &x) < 0)
-				return 2;
-			o.has_seed = 1, o.seed = strtoull(v, NULL, 10), i++;
-		} else if (!strcmp(a, "--stop") && v) {
-			if (o.n_stops == 16) {
-				fprintf(stderr, "tern: at most 16 --stop strings\n");
-				return 2;
-			}
-			o.stops[o.n_stops++] = v, i++;
-		} else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+	tern_err err;
+	tern_err_clear(&err);
+	opterr = 0;
+	int oc;
+	while ((oc = getopt_long(argc, argv, ":hqn:", long_opts, NULL)) != -1) {
+		const char *v = optarg;
+		int rc = 0, n = 0;
+		switch (oc) {
+		case 'h':
 			usage(stdout);
 			return 0;
-		} else if (!cmd) {
-			cmd = a;
+		case OPT_SERVER:
+			o.server = v;
+			break;
+		case OPT_JSON:
+			o.json = 1;
+			break;
+		case 'q':
+			o.quiet_stats = 1;
+			break;
+		case OPT_IGNORE_EOS:
+			o.ignore_eos = 1;
+			break;
+		case OPT_TOKEN_FILE:
+			o.token_file = v;
+			break;
+		case OPT_TLS_CA:
+			o.tls_ca = v;
+			break;
+		case OPT_TIMEOUT:
+			rc = tern_parse_double(v, 0.001, 1e7, "--timeout", &o.timeout, &err);
+			break;
+		case 'n':
+			rc = tern_parse_int(v, 1, 1 << 22, "-n", &n, &err);
+			o.max_tokens = (uint32_t)n;
+			break;
+		case OPT_TEMP:
+			rc = tern_parse_float(v, 0, 100, "--temp", &o.temp, &err);
+			break;
+		case OPT_TOP_K:
+			rc = tern_parse_int(v, 0, 1000000000, "--top-k", &n, &err);
+			o.top_k = (uint32_t)n;
+			break;
+		case OPT_TOP_P:
+			rc = tern_parse_float(v, 0, 1, "--top-p", &o.top_p, &err);
+			break;
+		case OPT_MIN_P:
+			rc = tern_parse_float(v, 0, 1, "--min-p", &o.min_p, &err);
+			break;
+		case OPT_REPEAT_PENALTY:
+			rc = tern_parse_float(v, 0, 100, "--repeat-penalty", &o.rep, &err);
+			break;
+		case OPT_SEED:
+			rc = tern_parse_uint64(v, "--seed", &o.seed, &err);
+			o.has_seed = 1;
+			break;
+		case OPT_STOP:
+			if (o.n_stops == 16)
+				return tern_opt_bad("tern", "at most 16 --stop strings");
+			o.stops[o.n_stops++] = v;
+			break;
+		default:
+			return tern_opt_fail("tern", oc, argv);
+		}
+		if (rc < 0)
+			return tern_opt_bad("tern", err.msg);
+	}
+	for (int i = optind; i < argc; i++) {
+		if (!cmd) {
+			cmd = argv[i];
 		} else if (!text) {
-			text = a;
+			text = argv[i];
 		} else {
-			fprintf(stderr, "tern: unexpected argument '%s'\n", a);
+			fprintf(stderr, "tern: unexpected argument '%s'\n", argv[i]);
 			usage(stderr);
 			return 2;
 		}

@@ -10,6 +10,7 @@
  * layers run in this process. A stage that fails to start, dies or hangs is a
  * clear error and a non-zero exit, never a hang. Without -m it only runs the
  * start-up handshake. */
+#include <getopt.h>
 #include <mpi.h>
 #include <signal.h>
 #include <stdio.h>
@@ -70,6 +71,27 @@ static void on_signal(int sig)
 		tern_sched_stop(g_sched);
 }
 
+enum {
+	OPT_STAGES = 256,
+	OPT_PLAN_ID,
+	OPT_TIMEOUT,
+	OPT_STALL,
+	OPT_PACKING,
+	OPT_KERNEL,
+	OPT_SLOTS,
+	OPT_MAX_ROWS,
+	OPT_CHUNK,
+	OPT_HEAD_THREADS,
+	OPT_QUEUE,
+	OPT_LISTEN,
+	OPT_TLS_CERT,
+	OPT_TLS_KEY,
+	OPT_TOKEN_FILE,
+	OPT_BATCH,
+	OPT_OUT,
+};
+
+/* Fills o from the command line: 0, 1 after --help, 2 after a one-line error. */
 static int parse_args(int argc, char **argv, coord_opts *o)
 {
 	memset(o, 0, sizeof *o);
@@ -88,107 +110,119 @@ static int parse_args(int argc, char **argv, coord_opts *o)
 	o->max_tokens = 256;
 	o->stall = 8;
 	o->listen = "127.0.0.1:50051";
-	for (int i = 1; i < argc; i++) {
-		const char *a = argv[i];
-		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-#define OPT(name) (!strcmp(a, name))
-#define NEED_VALUE()                                                                   \
-	do {                                                                           \
-		if (!v) {                                                              \
-			fprintf(stderr, "tern-coordinator: %s needs a value\n", a);    \
-			return 2;                                                      \
-		}                                                                      \
-		i++;                                                                   \
-	} while (0)
-#define INT_VALUE(dst, lo, hi)                                                                              \
-	do {                                                                                                \
-		NEED_VALUE();                                                                               \
-		char *end;                                                                                  \
-		long x_ = strtol(v, &end, 10);                                                              \
-		if (*end || end == v || x_ < (lo) || x_ > (hi)) {                                           \
-			fprintf(stderr, "tern-coordinator: %s wants a whole number in [%ld, %ld], got '%s'\n", a, \
-				(long)(lo), (long)(hi), v);                                                 \
-			return 2;                                                                           \
-		}                                                                                           \
-		(dst) = (int)x_;                                                                            \
-	} while (0)
-		if (OPT("-m") || OPT("--model")) {
-			NEED_VALUE();
-			o->model = v;
-		} else if (OPT("--stages")) {
-			INT_VALUE(o->stages, 0, 4096);
-		} else if (OPT("--plan-id")) {
-			NEED_VALUE();
-			o->plan_id = v;
-		} else if (OPT("--timeout")) {
-			NEED_VALUE();
-			o->timeout = atof(v);
-		} else if (OPT("--stall-timeout")) {
-			NEED_VALUE();
-			o->stall = atof(v);
-			if (!(o->stall > 0)) {
-				fprintf(stderr, "tern-coordinator: --stall-timeout wants seconds > 0\n");
-				return 2;
-			}
-		} else if (OPT("--packing")) {
-			NEED_VALUE();
-			o->packing = tern_packing_parse(v);
-			if (o->packing < 0) {
-				fprintf(stderr, "tern-coordinator: unknown packing '%s' (tl2, i2_s, tl1)\n", v);
-				return 2;
-			}
-		} else if (OPT("--kernel")) {
-			NEED_VALUE();
-			o->isa = tern_isa_parse(v);
-			if (o->isa == -2) {
-				fprintf(stderr, "tern-coordinator: unknown kernel ISA '%s'\n", v);
-				return 2;
-			}
-		} else if (OPT("--slots")) {
-			INT_VALUE(o->slots, 1, 4096);
-		} else if (OPT("-c") || OPT("--ctx")) {
-			INT_VALUE(o->ctx, 2, 1 << 22);
-		} else if (OPT("--max-rows")) {
-			INT_VALUE(o->max_rows, 1, 1 << 16);
-		} else if (OPT("--chunk")) {
-			INT_VALUE(o->chunk, 1, 1 << 16);
-		} else if (OPT("-t") || OPT("--threads")) {
-			INT_VALUE(o->threads, 0, 1024);
-		} else if (OPT("--head-threads")) {
-			INT_VALUE(o->head_threads, 1, 1024);
-		} else if (OPT("--queue")) {
-			INT_VALUE(o->queue, 0, 1 << 20);
-		} else if (OPT("-n") || OPT("--max-tokens")) {
-			INT_VALUE(o->max_tokens, 1, 1 << 22);
-		} else if (OPT("--listen")) {
-			NEED_VALUE();
-			o->listen = v;
-		} else if (OPT("--tls-cert")) {
-			NEED_VALUE();
-			o->tls_cert = v;
-		} else if (OPT("--tls-key")) {
-			NEED_VALUE();
-			o->tls_key = v;
-		} else if (OPT("--auth-token-file")) {
-			NEED_VALUE();
-			o->token_file = v;
-		} else if (OPT("--batch")) {
-			NEED_VALUE();
-			o->batch_in = v;
-		} else if (OPT("--out")) {
-			NEED_VALUE();
-			o->batch_out = v;
-		} else if (OPT("-h") || OPT("--help")) {
+	static const struct option long_opts[] = {
+		{"help", no_argument, NULL, 'h'},
+		{"model", required_argument, NULL, 'm'},
+		{"stages", required_argument, NULL, OPT_STAGES},
+		{"plan-id", required_argument, NULL, OPT_PLAN_ID},
+		{"timeout", required_argument, NULL, OPT_TIMEOUT},
+		{"stall-timeout", required_argument, NULL, OPT_STALL},
+		{"packing", required_argument, NULL, OPT_PACKING},
+		{"kernel", required_argument, NULL, OPT_KERNEL},
+		{"slots", required_argument, NULL, OPT_SLOTS},
+		{"ctx", required_argument, NULL, 'c'},
+		{"max-rows", required_argument, NULL, OPT_MAX_ROWS},
+		{"chunk", required_argument, NULL, OPT_CHUNK},
+		{"threads", required_argument, NULL, 't'},
+		{"head-threads", required_argument, NULL, OPT_HEAD_THREADS},
+		{"queue", required_argument, NULL, OPT_QUEUE},
+		{"max-tokens", required_argument, NULL, 'n'},
+		{"listen", required_argument, NULL, OPT_LISTEN},
+		{"tls-cert", required_argument, NULL, OPT_TLS_CERT},
+		{"tls-key", required_argument, NULL, OPT_TLS_KEY},
+		{"auth-token-file", required_argument, NULL, OPT_TOKEN_FILE},
+		{"batch", required_argument, NULL, OPT_BATCH},
+		{"out", required_argument, NULL, OPT_OUT},
+		{NULL, 0, NULL, 0},
+	};
+	tern_err err;
+	tern_err_clear(&err);
+	opterr = 0;
+	int c;
+	while ((c = getopt_long(argc, argv, ":hm:c:t:n:", long_opts, NULL)) != -1) {
+		const char *v = optarg;
+		int rc = 0;
+		switch (c) {
+		case 'h':
 			usage(stdout);
 			return 1;
-		} else {
-			fprintf(stderr, "tern-coordinator: unknown argument '%s'\n", a);
-			usage(stderr);
-			return 2;
+		case 'm':
+			o->model = v;
+			break;
+		case OPT_STAGES:
+			rc = tern_parse_int(v, 0, 4096, "--stages", &o->stages, &err);
+			break;
+		case OPT_PLAN_ID:
+			o->plan_id = v;
+			break;
+		case OPT_TIMEOUT:
+			rc = tern_parse_double(v, -1, 1e9, "--timeout", &o->timeout, &err);
+			break;
+		case OPT_STALL:
+			rc = tern_parse_double(v, 1e-3, 1e9, "--stall-timeout", &o->stall, &err);
+			break;
+		case OPT_PACKING:
+			o->packing = tern_packing_parse(v);
+			if (o->packing < 0)
+				rc = TERN_ERR(&err, TERN_EINVAL, "unknown packing '%s' (tl2, i2_s, tl1)", v);
+			break;
+		case OPT_KERNEL:
+			o->isa = tern_isa_parse(v);
+			if (o->isa == -2)
+				rc = TERN_ERR(&err, TERN_EINVAL, "unknown kernel ISA '%s'", v);
+			break;
+		case OPT_SLOTS:
+			rc = tern_parse_int(v, 1, 4096, "--slots", &o->slots, &err);
+			break;
+		case 'c':
+			rc = tern_parse_int(v, 2, 1 << 22, "--ctx", &o->ctx, &err);
+			break;
+		case OPT_MAX_ROWS:
+			rc = tern_parse_int(v, 1, 1 << 16, "--max-rows", &o->max_rows, &err);
+			break;
+		case OPT_CHUNK:
+			rc = tern_parse_int(v, 1, 1 << 16, "--chunk", &o->chunk, &err);
+			break;
+		case 't':
+			rc = tern_parse_int(v, 0, 1024, "--threads", &o->threads, &err);
+			break;
+		case OPT_HEAD_THREADS:
+			rc = tern_parse_int(v, 1, 1024, "--head-threads", &o->head_threads, &err);
+			break;
+		case OPT_QUEUE:
+			rc = tern_parse_int(v, 0, 1 << 20, "--queue", &o->queue, &err);
+			break;
+		case 'n':
+			rc = tern_parse_int(v, 1, 1 << 22, "--max-tokens", &o->max_tokens, &err);
+			break;
+		case OPT_LISTEN:
+			o->listen = v;
+			break;
+		case OPT_TLS_CERT:
+			o->tls_cert = v;
+			break;
+		case OPT_TLS_KEY:
+			o->tls_key = v;
+			break;
+		case OPT_TOKEN_FILE:
+			o->token_file = v;
+			break;
+		case OPT_BATCH:
+			o->batch_in = v;
+			break;
+		case OPT_OUT:
+			o->batch_out = v;
+			break;
+		default:
+			return tern_opt_fail("tern-coordinator", c, argv);
 		}
-#undef OPT
-#undef NEED_VALUE
-#undef INT_VALUE
+		if (rc < 0)
+			return tern_opt_bad("tern-coordinator", err.msg);
+	}
+	if (optind < argc) {
+		fprintf(stderr, "tern-coordinator: unexpected argument '%s'\n", argv[optind]);
+		usage(stderr);
+		return 2;
 	}
 	if (!!o->batch_in != !!o->batch_out) {
 		fprintf(stderr, "tern-coordinator: --batch and --out go together\n");

@@ -9,8 +9,8 @@
  * rows and each fed generated token) as a .npy float32 matrix, for the
  * reference comparison (tests/engine_vs_ref.py). */
 #include <errno.h>
+#include <getopt.h>
 #include <limits.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +21,7 @@
 #include "tern-perplexity.h"
 #include "tern-sampling.h"
 #include "tern-source.h"
+#include "tern-step.h"
 #include "tern-tokenizer.h"
 
 typedef struct {
@@ -76,28 +77,59 @@ static void usage(FILE *f)
 		   "  -q, --quiet            no text on stdout (speed only)\n");
 }
 
-static int parse_int(const char *s, int lo, int hi, int *out)
-{
-	char *end;
-	errno = 0;
-	const long v = strtol(s, &end, 10);
-	if (errno || end == s || *end || v < lo || v > hi)
-		return -1;
-	*out = (int)v;
-	return 0;
-}
+enum {
+	OPT_TOKENS = 256,
+	OPT_TEMP,
+	OPT_TOP_K,
+	OPT_TOP_P,
+	OPT_MIN_P,
+	OPT_REPEAT_PENALTY,
+	OPT_REPEAT_LAST_N,
+	OPT_SEED,
+	OPT_STOP,
+	OPT_CHAT,
+	OPT_PACKING,
+	OPT_KERNEL,
+	OPT_LAYERS,
+	OPT_IGNORE_EOS,
+	OPT_LM_HEAD,
+	OPT_DUMP_LOGITS,
+	OPT_PERPLEXITY,
+	OPT_PRINT_IDS,
+};
 
-static int parse_float(const char *s, float *out)
-{
-	char *end;
-	errno = 0;
-	const float v = strtof(s, &end);
-	if (errno || end == s || *end || !isfinite(v))
-		return -1;
-	*out = v;
-	return 0;
-}
+static const struct option run_long_opts[] = {
+	{"help", no_argument, NULL, 'h'},
+	{"model", required_argument, NULL, 'm'},
+	{"prompt", required_argument, NULL, 'p'},
+	{"tokens", required_argument, NULL, OPT_TOKENS},
+	{"n-predict", required_argument, NULL, 'n'},
+	{"threads", required_argument, NULL, 't'},
+	{"ctx-size", required_argument, NULL, 'c'},
+	{"batch-size", required_argument, NULL, 'b'},
+	{"temp", required_argument, NULL, OPT_TEMP},
+	{"top-k", required_argument, NULL, OPT_TOP_K},
+	{"top-p", required_argument, NULL, OPT_TOP_P},
+	{"min-p", required_argument, NULL, OPT_MIN_P},
+	{"repeat-penalty", required_argument, NULL, OPT_REPEAT_PENALTY},
+	{"repeat-last-n", required_argument, NULL, OPT_REPEAT_LAST_N},
+	{"seed", required_argument, NULL, OPT_SEED},
+	{"stop", required_argument, NULL, OPT_STOP},
+	{"chat", no_argument, NULL, OPT_CHAT},
+	{"packing", required_argument, NULL, OPT_PACKING},
+	{"kernel", required_argument, NULL, OPT_KERNEL},
+	{"layers", required_argument, NULL, OPT_LAYERS},
+	{"ignore-eos", no_argument, NULL, OPT_IGNORE_EOS},
+	{"lm-head", required_argument, NULL, OPT_LM_HEAD},
+	{"dump-logits", required_argument, NULL, OPT_DUMP_LOGITS},
+	{"perplexity", required_argument, NULL, OPT_PERPLEXITY},
+	{"print-ids", no_argument, NULL, OPT_PRINT_IDS},
+	{"quiet", no_argument, NULL, 'q'},
+	{NULL, 0, NULL, 0},
+};
 
+/* Fills o from the command line; 0, or the exit status (2) after a one-line
+ * error. Sampling ranges are checked later by tern_sampler_create. */
 static int parse_args(int argc, char **argv, run_opts *o)
 {
 	memset(o, 0, sizeof *o);
@@ -107,132 +139,116 @@ static int parse_args(int argc, char **argv, run_opts *o)
 	o->packing = TERN_PACK_TL2;
 	o->isa = TERN_ISA_AUTO;
 	tern_sampling_params_default(&o->sp);
-	for (int i = 1; i < argc; i++) {
-		const char *a = argv[i];
-		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-#define ARG(s, l) (!strcmp(a, s) || !strcmp(a, l))
-#define NEED()                                                              \
-	do {                                                                \
-		if (!v) {                                                   \
-			fprintf(stderr, "tern-run: %s needs a value\n", a); \
-			return -1;                                          \
-		}                                                           \
-		i++;                                                        \
-	} while (0)
-#define BAD()                                                               \
-	do {                                                                \
-		fprintf(stderr, "tern-run: bad value '%s' for %s\n", v, a); \
-		return -1;                                                  \
-	} while (0)
-		if (ARG("-h", "--help")) {
+	tern_err err;
+	tern_err_clear(&err);
+	const float fmax = 3.4e38f;
+	opterr = 0;
+	int c, li = 0;
+	while ((c = getopt_long(argc, argv, ":hm:p:n:t:c:b:q", run_long_opts, &li)) != -1) {
+		const char *v = optarg;
+		int rc = 0;
+		switch (c) {
+		case 'h':
 			usage(stdout);
 			exit(0);
-		} else if (ARG("-m", "--model")) {
-			NEED();
+		case 'm':
 			o->model = v;
-		} else if (ARG("-p", "--prompt")) {
-			NEED();
+			break;
+		case 'p':
 			o->prompt = v;
-		} else if (!strcmp(a, "--tokens")) {
-			NEED();
+			break;
+		case OPT_TOKENS:
 			o->tokens = v;
-		} else if (ARG("-n", "--n-predict")) {
-			NEED();
-			if (parse_int(v, 0, 1 << 22, &o->n_predict))
-				BAD();
-		} else if (ARG("-t", "--threads")) {
-			NEED();
-			if (parse_int(v, 1, TERN_POOL_MAX_THREADS, &o->threads))
-				BAD();
-		} else if (ARG("-c", "--ctx-size")) {
-			NEED();
-			if (parse_int(v, 1, 1 << 22, &o->n_ctx))
-				BAD();
-		} else if (ARG("-b", "--batch-size")) {
-			NEED();
-			if (parse_int(v, 1, 4096, &o->batch))
-				BAD();
-		} else if (!strcmp(a, "--temp")) {
-			NEED();
-			if (parse_float(v, &o->sp.temperature))
-				BAD();
-		} else if (!strcmp(a, "--top-k")) {
-			NEED();
-			if (parse_int(v, 0, INT_MAX, &o->sp.top_k))
-				BAD();
-		} else if (!strcmp(a, "--top-p")) {
-			NEED();
-			if (parse_float(v, &o->sp.top_p))
-				BAD();
-		} else if (!strcmp(a, "--min-p")) {
-			NEED();
-			if (parse_float(v, &o->sp.min_p))
-				BAD();
-		} else if (!strcmp(a, "--repeat-penalty")) {
-			NEED();
-			if (parse_float(v, &o->sp.repeat_penalty))
-				BAD();
-		} else if (!strcmp(a, "--seed")) {
-			NEED();
-			char *end;
-			errno = 0;
-			const unsigned long long s = strtoull(v, &end, 10);
-			if (errno || end == v || *end)
-				BAD();
-			o->sp.seed = (uint64_t)s;
-		} else if (!strcmp(a, "--repeat-last-n")) {
-			NEED();
-			if (parse_int(v, 0, 1 << 20, &o->sp.repeat_last_n))
-				BAD();
-		} else if (!strcmp(a, "--stop")) {
-			NEED();
+			break;
+		case 'n':
+			rc = tern_parse_int(v, 0, 1 << 22, "--n-predict", &o->n_predict, &err);
+			break;
+		case 't':
+			rc = tern_parse_int(v, 1, TERN_POOL_MAX_THREADS, "--threads", &o->threads, &err);
+			break;
+		case 'c':
+			rc = tern_parse_int(v, 1, 1 << 22, "--ctx-size", &o->n_ctx, &err);
+			break;
+		case 'b':
+			rc = tern_parse_int(v, 1, 4096, "--batch-size", &o->batch, &err);
+			break;
+		case OPT_TEMP:
+			rc = tern_parse_float(v, -fmax, fmax, "--temp", &o->sp.temperature, &err);
+			break;
+		case OPT_TOP_K:
+			rc = tern_parse_int(v, 0, INT_MAX, "--top-k", &o->sp.top_k, &err);
+			break;
+		case OPT_TOP_P:
+			rc = tern_parse_float(v, -fmax, fmax, "--top-p", &o->sp.top_p, &err);
+			break;
+		case OPT_MIN_P:
+			rc = tern_parse_float(v, -fmax, fmax, "--min-p", &o->sp.min_p, &err);
+			break;
+		case OPT_REPEAT_PENALTY:
+			rc = tern_parse_float(v, -fmax, fmax, "--repeat-penalty", &o->sp.repeat_penalty, &err);
+			break;
+		case OPT_REPEAT_LAST_N:
+			rc = tern_parse_int(v, 0, 1 << 20, "--repeat-last-n", &o->sp.repeat_last_n, &err);
+			break;
+		case OPT_SEED:
+			rc = tern_parse_uint64(v, "--seed", &o->sp.seed, &err);
+			break;
+		case OPT_STOP:
 			if (o->n_stops == 16 || !*v)
-				BAD();
+				return tern_opt_bad("tern-run", o->n_stops == 16 ? "at most 16 --stop strings"
+									 : "--stop wants a non-empty string");
 			o->stops[o->n_stops++] = v;
-		} else if (!strcmp(a, "--lm-head")) {
-			NEED();
+			break;
+		case OPT_LM_HEAD:
 			if (!strcmp(v, "int8"))
 				o->head_int8 = 1;
 			else if (strcmp(v, "file"))
-				BAD();
-		} else if (!strcmp(a, "--chat")) {
+				rc = TERN_ERR(&err, TERN_EINVAL, "bad value '%s' for --lm-head: expected file or int8", v);
+			break;
+		case OPT_CHAT:
 			o->chat = 1;
-		} else if (!strcmp(a, "--packing")) {
-			NEED();
+			break;
+		case OPT_PACKING:
 			if ((o->packing = tern_packing_parse(v)) < 0)
-				BAD();
-		} else if (!strcmp(a, "--kernel")) {
-			NEED();
+				rc = TERN_ERR(&err, TERN_EINVAL, "bad value '%s' for --packing: expected tl2, i2_s or tl1", v);
+			break;
+		case OPT_KERNEL:
 			if ((o->isa = tern_isa_parse(v)) == -2)
-				BAD();
-		} else if (!strcmp(a, "--layers")) {
-			NEED();
-			if (parse_int(v, 1, 1 << 16, &o->layers))
-				BAD();
-		} else if (!strcmp(a, "--ignore-eos")) {
+				rc = TERN_ERR(&err, TERN_EINVAL, "bad value '%s' for --kernel: expected ref, avx2, avx512, "
+								 "neon or auto", v);
+			break;
+		case OPT_LAYERS:
+			rc = tern_parse_int(v, 1, 1 << 16, "--layers", &o->layers, &err);
+			break;
+		case OPT_IGNORE_EOS:
 			o->ignore_eos = 1;
-		} else if (!strcmp(a, "--dump-logits")) {
-			NEED();
+			break;
+		case OPT_DUMP_LOGITS:
 			o->dump = v;
-		} else if (!strcmp(a, "--perplexity")) {
-			NEED();
+			break;
+		case OPT_PERPLEXITY:
 			o->ppl = v;
-		} else if (!strcmp(a, "--print-ids")) {
+			break;
+		case OPT_PRINT_IDS:
 			o->print_ids = 1;
-		} else if (ARG("-q", "--quiet")) {
+			break;
+		case 'q':
 			o->quiet = 1;
-		} else {
-			fprintf(stderr, "tern-run: unknown option '%s'\n", a);
-			usage(stderr);
-			return -1;
+			break;
+		default:
+			return tern_opt_fail("tern-run", c, argv);
 		}
-#undef ARG
-#undef NEED
-#undef BAD
+		if (rc < 0)
+			return tern_opt_bad("tern-run", err.msg);
+	}
+	if (optind < argc) {
+		fprintf(stderr, "tern-run: unexpected argument '%s'\n", argv[optind]);
+		usage(stderr);
+		return 2;
 	}
 	if (!o->model || (!o->prompt && !o->tokens && !o->ppl)) {
 		usage(stderr);
-		return -1;
+		return 2;
 	}
 	return 0;
 }
@@ -293,9 +309,7 @@ typedef struct {
 	tern_head *head;
 	tern_tokenizer *tok;
 	tern_sampler *smp;
-	tern_detok *detok;
-	tern_stopper *stop;
-	int stopped;
+	tern_step *step; /* detokenizer, stop strings, EOS and length: the scheduler's step */
 	tern_tokens prompt;
 	float *hidden; /* (batch, n_embd) */
 	float *logits; /* (batch, n_vocab) */
@@ -308,8 +322,7 @@ typedef struct {
 
 static void run_free(run_state *s)
 {
-	tern_stopper_free(s->stop);
-	tern_detok_free(s->detok);
+	tern_step_free(s->step);
 	tern_sampler_free(s->smp);
 	tern_tokenizer_free(s->tok);
 	tern_head_free(s->head);
@@ -358,23 +371,11 @@ static int feed(run_state *s, const int32_t *ids, int n, int pos, float **last, 
 	return 0;
 }
 
-/* Streams a token's text; sets s->stopped when a stop string completes
- * (nothing of it is shown). */
-static void emit(run_state *s, int32_t id, int check_stop)
+/* Streams text to stdout (unless --quiet). */
+static void show(const run_state *s, const char *text, size_t len)
 {
-	const char *text, *out;
-	size_t len, out_len;
-	if (!s->detok || tern_detok_push(s->detok, id, &text, &len, NULL) < 0 || !len)
-		return;
-	if (check_stop && s->stop) {
-		if (tern_stopper_feed(s->stop, text, len, &out, &out_len, NULL) == 1)
-			s->stopped = 1;
-	} else {
-		out = text;
-		out_len = len;
-	}
-	if (!s->o.quiet && out_len) {
-		fwrite(out, 1, out_len, stdout);
+	if (!s->o.quiet && len) {
+		fwrite(text, 1, len, stdout);
 		fflush(stdout);
 	}
 }
@@ -431,11 +432,15 @@ static int run(run_state *s, tern_err *err)
 	TERN_RETURN_IF((long)s->prompt.n + o->n_predict > n_ctx, err, TERN_EINVAL,
 		       "prompt of %zu tokens + %d to generate exceeds the context of %d (-c)", s->prompt.n,
 		       o->n_predict, n_ctx);
-	if (s->tok)
-		TERN_FORWARD_IF_ERROR(tern_detok_create(s->tok, 0, &s->detok, err));
+	/* Text as the tokens' bytes (invalid UTF-8 passed on as it is). */
+	const tern_step_config stc = {.tok = s->tok,
+				      .decode_flags = 0,
+				      .stops = o->stops,
+				      .n_stops = (size_t)o->n_stops,
+				      .max_tokens = o->n_predict,
+				      .ignore_eos = o->ignore_eos};
+	TERN_FORWARD_IF_ERROR(tern_step_create(&stc, &s->step, err));
 	TERN_FORWARD_IF_ERROR(tern_sampler_create(&o->sp, hp.n_vocab, &s->smp, err));
-	if (o->n_stops)
-		TERN_FORWARD_IF_ERROR(tern_stopper_create(o->stops, (size_t)o->n_stops, &s->stop, err));
 	s->hidden = tern_aligned_alloc((size_t)o->batch * hp.n_embd * sizeof(float), TERN_ALIGN);
 	s->logits = tern_aligned_alloc((size_t)o->batch * hp.n_vocab * sizeof(float), TERN_ALIGN);
 	TERN_RETURN_IF(!s->hidden || !s->logits, err, TERN_ENOMEM, "out of memory for %d rows", o->batch);
@@ -459,8 +464,12 @@ static int run(run_state *s, tern_err *err)
 		  o->threads > 1 ? "s" : "", tern_isa_name(tern_head_isa(s->head)), n_ctx,
 		  (unsigned long long)tern_sampler_seed(s->smp), t_load);
 	if (o->tokens && s->tok && !o->quiet) {
-		for (size_t i = 0; i < s->prompt.n; i++)
-			emit(s, s->prompt.ids[i], 0);
+		for (size_t i = 0; i < s->prompt.n; i++) {
+			const char *text;
+			size_t len;
+			TERN_FORWARD_IF_ERROR(tern_step_prompt(s->step, s->prompt.ids[i], &text, &len, err));
+			show(s, text, len);
+		}
 	} else if (!o->quiet) {
 		fputs(o->prompt, stdout);
 		fflush(stdout);
@@ -480,16 +489,18 @@ static int run(run_state *s, tern_err *err)
 	const double td0 = tern_now_s();
 	if (o->print_ids)
 		fputs("ids:", stderr);
-	while (n_gen < o->n_predict) {
+	tern_step_out so = {TERN_FINISH_NONE, "", 0, "", 0};
+	if (o->n_predict == 0)
+		TERN_FORWARD_IF_ERROR(tern_step_end(s->step, TERN_FINISH_LENGTH, &so, err));
+	while (so.finish == TERN_FINISH_NONE) {
 		int32_t id;
 		TERN_FORWARD_IF_ERROR(tern_sampler_sample(s->smp, last, &id, err));
 		n_gen++;
-		if (s->tok && !o->ignore_eos && tern_tokenizer_is_eog(s->tok, id))
-			break;
-		if (o->print_ids)
+		TERN_FORWARD_IF_ERROR(tern_step_token(s->step, id, &so, err));
+		if (o->print_ids && so.finish != TERN_FINISH_EOS)
 			fprintf(stderr, " %d", id);
-		emit(s, id, 1);
-		if (s->stopped || n_gen == o->n_predict)
+		show(s, so.text, so.len);
+		if (so.finish != TERN_FINISH_NONE)
 			break;
 		TERN_FORWARD_IF_ERROR(feed(s, &id, 1, pos, &last, err));
 		pos++;
@@ -498,17 +509,7 @@ static int run(run_state *s, tern_err *err)
 	const double t_decode = tern_now_s() - td0;
 	if (o->print_ids)
 		fputc('\n', stderr);
-	if (s->detok && !o->quiet && !s->stopped) {
-		const char *text;
-		size_t len;
-		if (tern_detok_flush(s->detok, &text, &len, NULL) == 0 && len)
-			fwrite(text, 1, len, stdout);
-		if (s->stop) {
-			tern_stopper_flush(s->stop, &text, &len);
-			if (len)
-				fwrite(text, 1, len, stdout);
-		}
-	}
+	show(s, so.tail, so.tail_len);
 	if (!o->quiet)
 		fputc('\n', stdout);
 	fflush(stdout);
@@ -539,8 +540,9 @@ int main(int argc, char **argv)
 {
 	run_state s;
 	memset(&s, 0, sizeof s);
-	if (parse_args(argc, argv, &s.o) < 0)
-		return 2;
+	const int bad = parse_args(argc, argv, &s.o);
+	if (bad)
+		return bad;
 	tern_err err = {0};
 	const int rc = run(&s, &err);
 	if (rc < 0)

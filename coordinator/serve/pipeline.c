@@ -1,7 +1,12 @@
 /* pipeline.c: the scheduler's back end over MPI (see tern-pipeline.h).
  *
  * Sends are non-blocking: the coordinator must always be free to receive
- * from the last stage, or the ring of blocking sends could deadlock. */
+ * from the last stage, or the ring of blocking sends could deadlock.
+ *
+ * What comes back from the last stage is outside data: every frame is
+ * checked against the micro-batch it answers (kind, step, width, rows, the
+ * rows' sequence ids and positions, payload size) before anything is copied
+ * into the caller's buffer, which is sized by what was sent. */
 #include <mpi.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,32 +14,43 @@
 #include "tern-pipeline.h"
 #include "tern-link.h"
 
+/* A micro-batch sent and not yet collected: what its answer must match. */
+typedef struct sent_mb {
+	uint64_t id;
+	int n;           /* rows */
+	uint64_t *slots; /* (cap) each row's sequence id, as in the frame header */
+	uint32_t *pos;   /* (cap) each row's position */
+	size_t cap;
+} sent_mb;
+
 typedef struct pipe_be {
 	int n_stages;
 	int n_embd;
 	int n_req;
 	tern_link_send_req *req; /* (n_req) sends in flight */
-	uint64_t *slots;         /* (rows) scratch for the frame header */
-	uint32_t *pos;
-	size_t cap;
+	sent_mb *sent;           /* (n_req) ring of micro-batches in the pipeline, oldest at sent_head */
+	int sent_head, n_sent;
 } pipe_be;
 
 static int pipe_submit(void *self, uint64_t id, const tern_row *rows, int n, const float *hidden, tern_err *err)
 {
 	pipe_be *p = self;
-	if ((size_t)n > p->cap) {
-		uint64_t *ns = realloc(p->slots, (size_t)n * sizeof *ns);
+	TERN_RETURN_IF(n < 1, err, TERN_EINVAL, "empty micro-batch");
+	TERN_RETURN_IF(p->n_sent == p->n_req, err, TERN_ESTATE, "%d micro-batches already in the pipeline", p->n_req);
+	sent_mb *sm = &p->sent[(p->sent_head + p->n_sent) % p->n_req];
+	if ((size_t)n > sm->cap) {
+		uint64_t *ns = realloc(sm->slots, (size_t)n * sizeof *ns);
 		if (ns)
-			p->slots = ns;
-		uint32_t *np = realloc(p->pos, (size_t)n * sizeof *np);
+			sm->slots = ns;
+		uint32_t *np = realloc(sm->pos, (size_t)n * sizeof *np);
 		if (np)
-			p->pos = np;
+			sm->pos = np;
 		TERN_RETURN_IF(!ns || !np, err, TERN_ENOMEM, "out of memory");
-		p->cap = (size_t)n;
+		sm->cap = (size_t)n;
 	}
 	for (int i = 0; i < n; i++) {
-		p->slots[i] = (uint64_t)rows[i].slot;
-		p->pos[i] = (uint32_t)rows[i].pos;
+		sm->slots[i] = (uint64_t)rows[i].slot;
+		sm->pos[i] = (uint32_t)rows[i].pos;
 	}
 	/* A free send request: earlier sends have normally long completed. */
 	tern_link_send_req *r = NULL;
@@ -50,10 +66,42 @@ static int pipe_submit(void *self, uint64_t id, const tern_row *rows, int n, con
 	f.step = id;
 	f.n_embd = (uint32_t)p->n_embd;
 	f.n_seq_ids = (size_t)n;
-	f.seq_ids = p->slots;
+	f.seq_ids = sm->slots;
 	f.n_positions = (size_t)n;
-	f.positions = p->pos;
-	return tern_link_isend(1, TERN_TAG_ACT, &f, hidden, (size_t)n * (size_t)p->n_embd * sizeof(float), r, err);
+	f.positions = sm->pos;
+	TERN_FORWARD_IF_ERROR(
+		tern_link_isend(1, TERN_TAG_ACT, &f, hidden, (size_t)n * (size_t)p->n_embd * sizeof(float), r, err));
+	sm->id = id;
+	sm->n = n;
+	p->n_sent++;
+	return 0;
+}
+
+/* 0 when frame h (payload of pl bytes) answers micro-batch sm, else
+ * TERN_ECOMM with a one-line reason. */
+static int check_reply(const pipe_be *p, const sent_mb *sm, const Tern__V1__Frame *h, size_t pl, tern_err *err)
+{
+	TERN_RETURN_IF(h->kind != TERN__V1__FRAME_KIND__FRAME_KIND_ACTIVATIONS, err, TERN_ECOMM,
+		       "pipeline returned a frame of kind %d", (int)h->kind);
+	TERN_RETURN_IF(h->error && h->error[0], err, TERN_ECOMM, "%s", h->error);
+	TERN_RETURN_IF(h->step != sm->id, err, TERN_ECOMM, "pipeline returned micro-batch %llu, expected %llu",
+		       (unsigned long long)h->step, (unsigned long long)sm->id);
+	TERN_RETURN_IF((int64_t)h->n_embd != p->n_embd, err, TERN_ECOMM,
+		       "pipeline returned rows of width %u, expected %d", h->n_embd, p->n_embd);
+	TERN_RETURN_IF(h->n_seq_ids != (size_t)sm->n || h->n_positions != (size_t)sm->n, err, TERN_ECOMM,
+		       "pipeline returned micro-batch %llu with %zu sequence ids and %zu positions for %d rows",
+		       (unsigned long long)sm->id, h->n_seq_ids, h->n_positions, sm->n);
+	for (int i = 0; i < sm->n; i++)
+		TERN_RETURN_IF(h->seq_ids[i] != sm->slots[i] || h->positions[i] != sm->pos[i], err, TERN_ECOMM,
+			       "pipeline returned row %d of micro-batch %llu as sequence %llu position %u, "
+			       "sent as sequence %llu position %u",
+			       i, (unsigned long long)sm->id, (unsigned long long)h->seq_ids[i], h->positions[i],
+			       (unsigned long long)sm->slots[i], sm->pos[i]);
+	const size_t want = (size_t)sm->n * (size_t)p->n_embd * sizeof(float);
+	TERN_RETURN_IF(pl != want, err, TERN_ECOMM,
+		       "pipeline returned %zu payload bytes for micro-batch %llu, expected %zu (%d rows of %d)", pl,
+		       (unsigned long long)sm->id, want, sm->n, p->n_embd);
+	return 0;
 }
 
 static int pipe_collect(void *self, double timeout_s, uint64_t *id, float *hidden, float *stage_ms, int *n_stage_ms,
@@ -68,15 +116,12 @@ static int pipe_collect(void *self, double timeout_s, uint64_t *id, float *hidde
 	size_t pl = 0;
 	TERN_FORWARD_IF_ERROR(
 		tern_link_recv(p->n_stages, TERN_TAG_ACT, timeout_s, &buf, &h, &payload, &pl, NULL, err));
-	int rc = 0;
-	if (h->kind != TERN__V1__FRAME_KIND__FRAME_KIND_ACTIVATIONS)
-		rc = TERN_ERR(err, TERN_ECOMM, "pipeline returned a frame of kind %d", (int)h->kind);
-	else if (h->error && h->error[0])
-		rc = TERN_ERR(err, TERN_ECOMM, "%s", h->error);
-	else if ((int)h->n_embd != p->n_embd)
-		rc = TERN_ERR(err, TERN_ECOMM, "pipeline returned rows of width %u", h->n_embd);
+	int rc = p->n_sent == 0 ? TERN_ERR(err, TERN_ECOMM, "pipeline returned a frame with nothing in flight")
+				: check_reply(p, &p->sent[p->sent_head], h, pl, err);
 	if (rc == 0) {
 		memcpy(hidden, payload, pl);
+		p->sent_head = (p->sent_head + 1) % p->n_req;
+		p->n_sent--;
 		*id = h->step;
 		if (n_stage_ms) {
 			int n = (int)h->n_stage_ms;
@@ -102,7 +147,10 @@ int tern_coord_pipeline_backend(int n_stages, int n_embd, int max_in_flight, ter
 	p->n_embd = n_embd;
 	p->n_req = max_in_flight;
 	p->req = calloc((size_t)max_in_flight, sizeof *p->req);
-	if (!p->req) {
+	p->sent = calloc((size_t)max_in_flight, sizeof *p->sent);
+	if (!p->req || !p->sent) {
+		free(p->req);
+		free(p->sent);
 		free(p);
 		return TERN_ERR(err, TERN_ENOMEM, "out of memory");
 	}
@@ -129,8 +177,11 @@ int tern_coord_pipeline_shutdown(tern_sched_backend *be, double timeout_s, tern_
 	if (rc == 0)
 		rc = tern_link_recv_until(p->n_stages, TERN_TAG_ACT, timeout_s, TERN__V1__FRAME_KIND__FRAME_KIND_SHUTDOWN,
 					  err);
-	free(p->slots);
-	free(p->pos);
+	for (int i = 0; i < p->n_req; i++) {
+		free(p->sent[i].slots);
+		free(p->sent[i].pos);
+	}
+	free(p->sent);
 	free(p->req);
 	free(p);
 	be->self = NULL;

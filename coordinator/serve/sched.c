@@ -15,6 +15,7 @@
 
 #include "tern-perplexity.h"
 #include "tern-sampling.h"
+#include "tern-step.h"
 
 #define MAX_STAGE_MS 64
 
@@ -34,8 +35,7 @@ typedef struct seq {
 	int in_flight;
 	atomic_int cancelled;      /* set by cancel() (gRPC thread), read by the scheduler */
 	tern_sampler *sampler;
-	tern_stopper *stopper;
-	tern_detok *detok;
+	tern_step *step;           /* detokenizer, stop strings, EOS and length */
 	tern_gen_sink sink;
 	double t_submit, t_admit, t_first, t_last;
 	char request_id[128];
@@ -105,8 +105,7 @@ static void seq_free(seq *q)
 		return;
 	free(q->tok);
 	tern_sampler_free(q->sampler);
-	tern_stopper_free(q->stopper);
-	tern_detok_free(q->detok);
+	tern_step_free(q->step);
 	free(q);
 }
 
@@ -134,21 +133,19 @@ static void live_remove(tern_sched *s, seq *q)
 	}
 }
 
-/* Ends q: the final message (or an error status), then forgets it. Called
- * on the scheduler thread with s->mu NOT held. */
-static void seq_finish(tern_sched *s, seq *q, Tern__V1__FinishReason reason, int status, const char *details)
+/* Ends q: the final message (with tail, the text the generation step held
+ * back until the end) or an error status, then forgets it. Called on the
+ * scheduler thread with s->mu NOT held. */
+static void seq_finish_text(tern_sched *s, seq *q, Tern__V1__FinishReason reason, int status, const char *details,
+			    const char *tail, size_t tail_len)
 {
 	const double now = tern_now_s();
-	const char *left = NULL;
-	size_t left_len = 0;
-	if (q->stopper && status == TERN_STATUS_OK && reason != TERN__V1__FINISH_REASON__FINISH_REASON_STOP)
-		tern_stopper_flush(q->stopper, &left, &left_len);
 	char *text = NULL;
-	if (left_len) {
-		text = malloc(left_len + 1);
+	if (tail_len && status == TERN_STATUS_OK) {
+		text = malloc(tail_len + 1);
 		if (text) {
-			memcpy(text, left, left_len);
-			text[left_len] = '\0';
+			memcpy(text, tail, tail_len);
+			text[tail_len] = '\0';
 		}
 	}
 	Tern__V1__Usage usage = TERN__V1__USAGE__INIT;
@@ -181,6 +178,12 @@ static void seq_finish(tern_sched *s, seq *q, Tern__V1__FinishReason reason, int
 	live_remove(s, q);
 	pthread_mutex_unlock(&s->mu);
 	seq_free(q);
+}
+
+/* Ends q with nothing more to show (cancelled, failed, scored only). */
+static void seq_finish(tern_sched *s, seq *q, Tern__V1__FinishReason reason, int status, const char *details)
+{
+	seq_finish_text(s, q, reason, status, details, NULL, 0);
 }
 
 /* ---- the service: called on the gRPC thread ----------------------------- */
@@ -326,11 +329,18 @@ static int svc_generate(void *self, const Tern__V1__GenerateRequest *req, const 
 			status = TERN_STATUS_INVALID_ARGUMENT;
 		}
 	}
-	if (status == TERN_STATUS_OK &&
-	    (tern_stopper_create((const char *const *)req->stop, req->n_stop, &q->stopper, &err) < 0 ||
-	     tern_detok_create(c->tok, TERN_DECODE_REPLACE_INVALID, &q->detok, &err) < 0)) {
-		snprintf(msg, msg_len, "%s", err.msg);
-		status = TERN_STATUS_RESOURCE_EXHAUSTED;
+	if (status == TERN_STATUS_OK) {
+		/* Replies carry text as protobuf strings: invalid UTF-8 becomes U+FFFD. */
+		const tern_step_config stc = {.tok = c->tok,
+					      .decode_flags = TERN_DECODE_REPLACE_INVALID,
+					      .stops = (const char *const *)req->stop,
+					      .n_stops = req->n_stop,
+					      .max_tokens = q->max_tokens,
+					      .ignore_eos = q->ignore_eos};
+		if (tern_step_create(&stc, &q->step, &err) < 0) {
+			snprintf(msg, msg_len, "%s", err.msg);
+			status = TERN_STATUS_RESOURCE_EXHAUSTED;
+		}
 	}
 	if (status != TERN_STATUS_OK) {
 		seq_free(q);
@@ -625,18 +635,30 @@ static int build_mb(tern_sched *s, micro_batch *mb)
 	return mb->n_rows;
 }
 
-/* Emits a sampled token of q; ends q when it should stop. */
+static Tern__V1__FinishReason finish_reason(tern_finish f)
+{
+	return f == TERN_FINISH_LENGTH ? TERN__V1__FINISH_REASON__FINISH_REASON_LENGTH
+				       : TERN__V1__FINISH_REASON__FINISH_REASON_STOP;
+}
+
+/* Emits a sampled token of q through its generation step; ends q when the
+ * step says so (the end-of-generation token itself is not streamed). */
 static void take_token(tern_sched *s, seq *q, int32_t t)
 {
 	const double now = tern_now_s();
 	if (q->t_first == 0)
 		q->t_first = now;
 	q->t_last = now;
-	if (!q->ignore_eos && tern_tokenizer_is_eog(s->cfg.tok, t)) {
-		seq_finish(s, q, TERN__V1__FINISH_REASON__FINISH_REASON_STOP, TERN_STATUS_OK, NULL);
+	tern_err err;
+	tern_step_out so;
+	if (tern_step_token(q->step, t, &so, &err) < 0) {
+		seq_finish(s, q, TERN__V1__FINISH_REASON__FINISH_REASON_ERROR, TERN_STATUS_INTERNAL, err.msg);
 		return;
 	}
-	tern_err err;
+	if (so.finish == TERN_FINISH_EOS) {
+		seq_finish_text(s, q, finish_reason(so.finish), TERN_STATUS_OK, NULL, so.tail, so.tail_len);
+		return;
+	}
 	if (seq_push_token(q, t) < 0) {
 		seq_finish(s, q, TERN__V1__FINISH_REASON__FINISH_REASON_ERROR, TERN_STATUS_RESOURCE_EXHAUSTED,
 			   "out of memory");
@@ -647,27 +669,19 @@ static void take_token(tern_sched *s, seq *q, int32_t t)
 	s->tokens_generated++;
 	s->win_decode++;
 	pthread_mutex_unlock(&s->mu);
-	const char *piece = NULL, *emit = NULL;
-	size_t piece_len = 0, emit_len = 0;
-	int stopped = 0;
-	if (tern_detok_push(q->detok, t, &piece, &piece_len, &err) == 0)
-		stopped = tern_stopper_feed(q->stopper, piece, piece_len, &emit, &emit_len, &err);
-	char *text = malloc(emit_len + 1);
-	if (text) {
-		memcpy(text, emit ? emit : "", emit_len);
-		text[emit_len] = '\0';
-	}
 	Tern__V1__GenerateResponse m = TERN__V1__GENERATE_RESPONSE__INIT;
 	m.token_id = (uint32_t)t;
-	m.text = text ? text : (char *)"";
+	m.text = (char *)so.text; /* NUL-terminated by the step */
 	m.index = (uint32_t)(q->n_gen - 1);
 	m.request_id = q->request_id;
 	q->sink.piece(q->sink.ctx, &m);
-	free(text);
-	if (stopped == 1)
-		seq_finish(s, q, TERN__V1__FINISH_REASON__FINISH_REASON_STOP, TERN_STATUS_OK, NULL);
-	else if (q->n_gen >= q->max_tokens || q->n_tok >= s->cfg.n_ctx)
-		seq_finish(s, q, TERN__V1__FINISH_REASON__FINISH_REASON_LENGTH, TERN_STATUS_OK, NULL);
+	if (so.finish == TERN_FINISH_NONE && q->n_tok >= s->cfg.n_ctx &&
+	    tern_step_end(q->step, TERN_FINISH_LENGTH, &so, &err) < 0) {
+		seq_finish(s, q, TERN__V1__FINISH_REASON__FINISH_REASON_ERROR, TERN_STATUS_INTERNAL, err.msg);
+		return;
+	}
+	if (so.finish != TERN_FINISH_NONE)
+		seq_finish_text(s, q, finish_reason(so.finish), TERN_STATUS_OK, NULL, so.tail, so.tail_len);
 }
 
 static int process_mb(tern_sched *s, micro_batch *mb, tern_err *err)

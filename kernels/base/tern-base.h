@@ -130,6 +130,30 @@ void tern_unmap_file(tern_file_map *m);
  * (deploy/tern-up --remote-dir). Truncates to out_len - 1 bytes. */
 void tern_path_expand_host(const char *path, char *out, size_t out_len);
 
+/* ---- numbers from command lines ---------------------------------------
+ * One parser for every option value: the whole string must be the number
+ * (no leading space, no trailing text), within [lo, hi]. On failure
+ * TERN_EINVAL with one line naming the value, `what` (the option, may be
+ * NULL) and what was expected: "bad value 'x' for --threads: expected an
+ * integer in [1, 1024]"; *out is left untouched. */
+int tern_parse_int64(const char *s, int64_t lo, int64_t hi, const char *what, int64_t *out, tern_err *err);
+int tern_parse_int(const char *s, int lo, int hi, const char *what, int *out, tern_err *err);
+/* Any unsigned 64-bit value (seeds), decimal or 0x-prefixed hex; no sign. */
+int tern_parse_uint64(const char *s, const char *what, uint64_t *out, tern_err *err);
+/* A finite decimal (strtod syntax, no inf/nan) in [lo, hi]. */
+int tern_parse_double(const char *s, double lo, double hi, const char *what, double *out, tern_err *err);
+int tern_parse_float(const char *s, float lo, float hi, const char *what, float *out, tern_err *err);
+/* A byte count: digits, then nothing or B, K/KiB, M/MiB, G/GiB, T/TiB (powers
+ * of 1024), in [lo, hi] bytes. */
+int tern_parse_size(const char *s, uint64_t lo, uint64_t hi, const char *what, uint64_t *out, tern_err *err);
+/* For getopt_long loops run with opterr = 0 and an optstring starting with
+ * ':': prints "PROG: unknown option 'X'" (c == '?') or "PROG: option 'X'
+ * needs a value" (c == ':'), then "PROG: see PROG --help", on stderr.
+ * Returns 2, the exit status of every tern CLI for a bad command line. */
+int tern_opt_fail(const char *prog, int c, char *const *argv);
+/* Prints "PROG: MSG" and the same hint (a bad option value); returns 2. */
+int tern_opt_bad(const char *prog, const char *msg);
+
 /* ---- CPU features ------------------------------------------------------
  * Probed once from cpuid (x86: also XGETBV, so a feature counts only when the
  * OS saves its registers) or fixed at build time (aarch64: NEON). */

@@ -215,9 +215,11 @@ static int parse_opts(kbench *b, int argc, char **argv)
 		case O_WS:
 		case O_BW:
 		case O_TIME: {
-			double v = strtod(optarg, &end);
-			if (*end || !(v > 0) || v > 1e6) {
-				fprintf(stderr, "tern-bench kernels: bad value '%s'\n", optarg);
+			double v = 0;
+			tern_err perr;
+			if (tern_parse_double(optarg, 1e-9, 1e6, c == O_WS ? "--ws-mib" : c == O_BW ? "--bw-mib" : "--min-time",
+					      &v, &perr) < 0) {
+				fprintf(stderr, "tern-bench kernels: %s\n", perr.msg);
 				return -1;
 			}
 			if (c == O_WS)

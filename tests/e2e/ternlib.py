@@ -62,13 +62,14 @@ def load_pb2(build):
 class Server:
     """A tern-coordinator (+ stages) on a free port, output captured."""
 
-    def __init__(self, build, model, stages, extra=(), env=None):
+    def __init__(self, build, model, stages, extra=(), env=None, node=None):
+        """node: the stage command (default tern-node), e.g. a misbehaving one."""
         self.log = tempfile.NamedTemporaryFile(prefix="tern-coord-", suffix=".log", delete=False)
         coord = [os.path.join(build, "coordinator", "tern-coordinator"), "-m", model, "--listen",
                  "127.0.0.1:0", "--stages", str(stages)] + list(extra)
         if stages > 0:
             cmd = ["mpirun", "--bind-to", "none", "--oversubscribe", "-n", "1"] + coord + \
-                  [":", "-n", str(stages), os.path.join(build, "node", "tern-node")]
+                  [":", "-n", str(stages)] + (list(node) if node else [os.path.join(build, "node", "tern-node")])
         else:
             cmd = ["mpirun", "--bind-to", "none", "-n", "1"] + coord
         e = dict(os.environ)
@@ -117,6 +118,14 @@ class Server:
         pid = self.coordinator_pid() if self.proc.poll() is None else None
         if pid:
             os.kill(pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                pass
+        elif self.proc.poll() is None:
+            # The coordinator is gone and the job is ending by itself: give
+            # mpirun time to finish its abort (a signal during it crashes
+            # Open MPI 4.1's mpirun in PMIx_Finalize).
             try:
                 self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:

@@ -7,6 +7,7 @@
  *
  *   tern-ppl -m MODEL -f FILE [-c N_CTX] [-t THREADS] [-b BATCH] [--packing P] [--ids] */
 #include <errno.h>
+#include <getopt.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -99,53 +100,57 @@ done:
 	return rc;
 }
 
-static int parse_int(const char *s, int lo, int hi, int *out)
-{
-	char *end;
-	errno = 0;
-	const long v = strtol(s, &end, 10);
-	if (errno || end == s || *end || v < lo || v > hi)
-		return -1;
-	*out = (int)v;
-	return 0;
-}
-
 int main(int argc, char **argv)
 {
+	static const struct option long_opts[] = {
+		{"help", no_argument, NULL, 'h'},
+		{"ids", no_argument, NULL, 'I'},
+		{"packing", required_argument, NULL, 'P'},
+		{NULL, 0, NULL, 0},
+	};
 	ppl_opts o = {NULL, NULL, 0, 1, 32, TERN_PACK_TL2, 0};
-	for (int i = 1; i < argc; i++) {
-		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-		int bad = 0;
-		if (!strcmp(a, "--ids")) {
+	tern_err perr;
+	tern_err_clear(&perr);
+	opterr = 0;
+	int c;
+	while ((c = getopt_long(argc, argv, ":hm:f:c:t:b:", long_opts, NULL)) != -1) {
+		int rc = 0;
+		switch (c) {
+		case 'h':
+			printf("usage: tern-ppl -m MODEL -f FILE [-c N] [-t N] [-b N] [--packing P] [--ids]\n");
+			return 0;
+		case 'I':
 			o.ids = 1;
-			continue;
+			break;
+		case 'm':
+			o.model = optarg;
+			break;
+		case 'f':
+			o.file = optarg;
+			break;
+		case 'c':
+			rc = tern_parse_int(optarg, 2, 1 << 20, "-c", &o.n_ctx, &perr);
+			break;
+		case 't':
+			rc = tern_parse_int(optarg, 1, 1024, "-t", &o.threads, &perr);
+			break;
+		case 'b':
+			rc = tern_parse_int(optarg, 1, 4096, "-b", &o.batch, &perr);
+			break;
+		case 'P':
+			if ((o.packing = tern_packing_parse(optarg)) < 0)
+				rc = TERN_ERR(&perr, TERN_EINVAL, "bad value '%s' for --packing", optarg);
+			break;
+		default:
+			fprintf(stderr, "tern-ppl: usage: -m MODEL -f FILE [-c N] [-t N] [-b N] [--packing P] [--ids]\n");
+			return tern_opt_fail("tern-ppl", c, argv);
 		}
-		if (!v) {
-			fprintf(stderr,
-				"tern-ppl: %s needs a value (usage: -m MODEL -f FILE [-c N] [-t N] [-b N] "
-				"[--packing P] [--ids])\n",
-				a);
-			return 2;
-		}
-		i++;
-		if (!strcmp(a, "-m"))
-			o.model = v;
-		else if (!strcmp(a, "-f"))
-			o.file = v;
-		else if (!strcmp(a, "-c"))
-			bad = parse_int(v, 2, 1 << 20, &o.n_ctx);
-		else if (!strcmp(a, "-t"))
-			bad = parse_int(v, 1, 1024, &o.threads);
-		else if (!strcmp(a, "-b"))
-			bad = parse_int(v, 1, 4096, &o.batch);
-		else if (!strcmp(a, "--packing"))
-			bad = (o.packing = tern_packing_parse(v)) < 0;
-		else
-			bad = 1;
-		if (bad) {
-			fprintf(stderr, "tern-ppl: bad option or value: %s %s\n", a, v);
-			return 2;
-		}
+		if (rc < 0)
+			return tern_opt_bad("tern-ppl", perr.msg);
+	}
+	if (optind < argc) {
+		fprintf(stderr, "tern-ppl: unexpected argument '%s'\n", argv[optind]);
+		return 2;
 	}
 	if (!o.model || !o.file) {
 		fprintf(stderr, "tern-ppl: need -m MODEL and -f FILE\n");
