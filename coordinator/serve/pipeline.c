@@ -127,7 +127,7 @@ static int pipe_collect(void *self, double timeout_s, uint64_t *id, float *hidde
 			int n = (int)h->n_stage_ms;
 			if (n > 64)
 				n = 64;
-			if (stage_ms)
+			if (stage_ms && n > 0) /* a frame with no timings has h->stage_ms NULL */
 				memcpy(stage_ms, h->stage_ms, (size_t)n * sizeof(float));
 			*n_stage_ms = n;
 		}
