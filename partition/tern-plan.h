@@ -51,10 +51,12 @@ typedef struct tern_cluster {
  *           cores: 16            # required, >= 1
  *         - {numa: 1, memory: 64GiB, cores: 16}   # flow maps on one line work too
  *
- * Block mappings and sequences by indentation (spaces only), `#` comments,
- * plain/single/double-quoted scalars, one-line flow maps. Anything else (tabs,
- * anchors, multi-line strings, flow lists, unknown keys) is an error naming the
- * file and line. */
+ * One YAML document, read by libyaml: block mappings and sequences (spaces
+ * only), `#` comments, plain/single/double-quoted scalars, flow maps.
+ * Anchors, aliases, tags, block strings (`|`, `>`), flow lists, unknown or
+ * duplicate keys and files over 1 MiB are errors naming the file and line.
+ * Values are taken as written (`coordinator` is `true` or `false`, numbers
+ * are decimal). */
 int tern_cluster_parse_yaml(tern_cluster *c, const char *text, size_t len, const char *fname, tern_err *err);
 int tern_cluster_load_yaml(tern_cluster *c, const char *path, tern_err *err);
 

@@ -292,6 +292,13 @@ static void test_hosts_errors(void)
 		{"hosts:\n  - name: a\n    domains:\n      - {numa: 0, memory: 1G, cores: 1}\n      - {numa: 0, memory: 1G, "
 		 "cores: 1}\n",
 		 "hosts.yaml:5: NUMA domain 0 of host a listed twice"},
+		{"hosts:\n  - name: a\n    domains:\n      - &d {memory: 1G, cores: 1}\n      - *d\n",
+		 "hosts.yaml:4: unsupported YAML feature: anchor '&d'"},
+		{"hosts:\n  - name: a\n    domains:\n      - *d\n", "hosts.yaml:4: unsupported YAML feature: alias '*d'"},
+		{"hosts: !!seq\n  - name: a\n", "hosts.yaml:1: unsupported YAML feature: tag"},
+		{"hosts:\n  - name: |\n      a\n", "hosts.yaml:2: unsupported YAML feature: block string"},
+		{"hosts:\n  - name: a\n---\nhosts:\n", "hosts.yaml:3: more than one YAML document"},
+		{"hosts:\n  - name: \"a\\0\"\n", "hosts.yaml:2: NUL character"},
 	};
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
 		tern_cluster c;
