@@ -34,16 +34,16 @@ static char *join(const char *dir, const char *name)
 	return s;
 }
 
-static int embd_dtype(int ggml_type, tern_shard_dtype *dt)
+static int embd_dtype(tern_dtype type, tern_shard_dtype *dt)
 {
-	switch (ggml_type) {
-	case TERN_EMBD_F32:
+	switch (type) {
+	case TERN_DTYPE_F32:
 		*dt = TERN_DT_F32;
 		return 0;
-	case TERN_EMBD_F16:
+	case TERN_DTYPE_F16:
 		*dt = TERN_DT_F16;
 		return 0;
-	case TERN_EMBD_BF16:
+	case TERN_DTYPE_BF16:
 		*dt = TERN_DT_BF16;
 		return 0;
 	default:
@@ -129,8 +129,8 @@ static int write_coord(tern_source *src, const tern_plan_opts *o, const char *pa
 		if ((rc = tern_source_dense(src, (tern_dense_kind)d, &v, err)) < 0)
 			goto fail;
 		if (embd_dtype(v.type, &dt) < 0 || v.rows < 1 || v.cols < 1 || v.rows > INT32_MAX || v.cols > INT32_MAX) {
-			rc = TERN_ERR(err, TERN_EUNSUP, "%s: %s stored as type %d, not F32/F16/BF16", tern_source_path(src),
-				      tern_dense_gguf((tern_dense_kind)d), v.type);
+			rc = TERN_ERR(err, TERN_EUNSUP, "%s: %s stored as type %s, not F32/F16/BF16", tern_source_path(src),
+				      tern_dense_gguf((tern_dense_kind)d), tern_dtype_name(v.type));
 			goto fail;
 		}
 		if ((rc = tern_shard_write_dense(w, d == TERN_DENSE_TOKEN_EMBD ? TERN_ROLE_TOKEN_EMBD : TERN_ROLE_OUTPUT, -1,
@@ -248,7 +248,7 @@ static int write_manifest(const char *dir, tern_source *src, const tern_plan_mod
 	co.token_bytes = lay->coord_token_bytes;
 	co.token_share = lay->coord_share;
 	co.shard = (char *)recs[S].name;
-	co.embd_type = (uint32_t)pm->embd_type;
+	co.embd_type = tern_dtype_ggml(pm->embd_type);
 	co.stage_domain = (uint32_t)lay->coord_stage;
 
 	const tern_vocab *v = NULL;

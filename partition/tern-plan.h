@@ -70,12 +70,9 @@ void tern_cluster_free(tern_cluster *c);
 
 /* ---- what is planned ---------------------------------------------------- */
 
-/* GGUF type codes of the token embedding as stored. */
-enum { TERN_EMBD_F32 = 0, TERN_EMBD_F16 = 1, TERN_EMBD_BF16 = 30 };
-
 typedef struct tern_plan_model {
 	tern_hparams hp;
-	int embd_type;            /* TERN_EMBD_*: bytes per embedding element follow from it */
+	tern_dtype embd_type;     /* token embedding as stored: F32, F16 or BF16 (the manifest keeps its GGUF code) */
 	uint64_t tokenizer_bytes; /* coordinator memory for tokenizer tables; 0 = estimate from n_vocab */
 } tern_plan_model;
 
@@ -89,8 +86,8 @@ typedef struct tern_plan_opts {
 
 /* Fills defaults for hp (TL2, per tensor, 4 x min(4096, n_ctx_train), 128). */
 void tern_plan_opts_default(tern_plan_opts *o, const tern_hparams *hp);
-/* Bytes per element of an embedding type; 0 if unknown. */
-int tern_plan_embd_elem_bytes(int embd_type);
+/* Bytes per element of an embedding type; 0 unless F32, F16 or BF16. */
+int tern_plan_embd_elem_bytes(tern_dtype embd_type);
 
 /* Byte counts the planner balances and fits (pure functions).
  * layer weights: packed ternary data of the 7 projections + their scales + f32 norms;

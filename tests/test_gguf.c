@@ -628,7 +628,7 @@ static void check_synth_model(const char *path, const tern_hparams *hp, uint64_t
 	TT_CHECK(f[3] == tern_synth_norm(seed, -1, TERN_NORM_OUTPUT, 3));
 	tern_dense_view v;
 	TT_REQUIRE(tern_source_dense(s, TERN_DENSE_TOKEN_EMBD, &v, &e) == 0);
-	TT_CHECK(v.type == TERN_GGML_F16 && v.rows == hp->n_vocab && v.cols == hp->n_embd &&
+	TT_CHECK(v.type == TERN_DTYPE_F16 && v.rows == hp->n_vocab && v.cols == hp->n_embd &&
 		 v.row_bytes == (size_t)hp->n_embd * 2);
 	TT_CHECK(tern_source_dense(s, TERN_DENSE_OUTPUT, &v, &e) == TERN_EINVAL);
 	TT_REQUIRE(tern_source_dense(s, TERN_DENSE_TOKEN_EMBD, &v, &e) == 0);
@@ -939,10 +939,10 @@ static void test_gguf_float_weights(void)
 	tern_dense_view v;
 	float row[128];
 	TT_REQUIRE(tern_source_dense(s, TERN_DENSE_OUTPUT, &v, &e) == 0);
-	TT_CHECK(v.type == TERN_GGML_F16 && tern_dense_row_f32(&v, 2, row, &e) == 0 &&
+	TT_CHECK(v.type == TERN_DTYPE_F16 && tern_dense_row_f32(&v, 2, row, &e) == 0 &&
 		 row[5] == tern_f16_to_f32(tern_f32_to_f16(-(float)(2 * 128 + 5) / 1000.0f)));
 	TT_REQUIRE(tern_source_dense(s, TERN_DENSE_TOKEN_EMBD, &v, &e) == 0);
-	TT_CHECK(v.type == TERN_GGML_F32 && tern_dense_row_f32(&v, 3, row, &e) == 0 &&
+	TT_CHECK(v.type == TERN_DTYPE_F32 && tern_dense_row_f32(&v, 3, row, &e) == 0 &&
 		 row[7] == (float)(3 * 128 + 7) / 1000.0f);
 	/* No tokenizer in this file: a clear error. */
 	const tern_vocab *voc;

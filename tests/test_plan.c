@@ -34,7 +34,7 @@ static tern_plan_model small_model(int layers)
 	TT_CHECK(tern_hparams_preset("125m", &m.hp, NULL) == 0);
 	m.hp.n_layer = layers;
 	m.hp.n_vocab = 512;
-	m.embd_type = TERN_EMBD_F16;
+	m.embd_type = TERN_DTYPE_F16;
 	return m;
 }
 
@@ -321,7 +321,7 @@ static void test_dry_run_100b(void)
 	tern_plan_model m;
 	memset(&m, 0, sizeof m);
 	TT_REQUIRE(tern_hparams_preset("100b", &m.hp, NULL) == 0);
-	m.embd_type = TERN_EMBD_F16;
+	m.embd_type = TERN_DTYPE_F16;
 	tern_plan_opts o;
 	tern_plan_opts_default(&o, &m.hp);
 	tern_cluster c;
@@ -672,7 +672,7 @@ static void test_group_scales_full_precision(void)
 	TT_REQUIRE(tern_plan_manifest_read(&p, dir, &err) == 0);
 	TT_EQ_INT(p->group_rows, 32);
 	TT_CHECK(!p->hparams->tied_embeddings);
-	TT_EQ_INT(p->coordinator->embd_type, TERN_EMBD_BF16);
+	TT_EQ_INT(p->coordinator->embd_type, tern_dtype_ggml(TERN_DTYPE_BF16));
 	/* the coordinator's shard: the BF16 embedding and the F16 head, as stored */
 	{
 		char cpath[512];

@@ -16,12 +16,12 @@ int tern_head_from_source(const tern_source *src, tern_isa isa, tern_head **out,
 	TERN_FORWARD_IF_ERROR(tern_source_dense(src, TERN_DENSE_TOKEN_EMBD, &v, err));
 	tern_head_dtype dt;
 	switch (v.type) {
-	case TERN_GGML_F32: dt = TERN_HEAD_F32; break;
-	case TERN_GGML_F16: dt = TERN_HEAD_F16; break;
-	case TERN_GGML_BF16: dt = TERN_HEAD_BF16; break;
+	case TERN_DTYPE_F32: dt = TERN_HEAD_F32; break;
+	case TERN_DTYPE_F16: dt = TERN_HEAD_F16; break;
+	case TERN_DTYPE_BF16: dt = TERN_HEAD_BF16; break;
 	default:
-		return TERN_ERR(err, TERN_EUNSUP, "%s: token_embd type %d is not F32/F16/BF16", tern_source_path(src),
-				v.type);
+		return TERN_ERR(err, TERN_EUNSUP, "%s: token_embd type %s is not F32/F16/BF16", tern_source_path(src),
+				tern_dtype_name(v.type));
 	}
 	TERN_RETURN_IF(v.rows != hp->n_vocab || v.cols != hp->n_embd, err, TERN_EFORMAT,
 		       "%s: token_embd is %lld x %lld, expected %d x %d", tern_source_path(src), (long long)v.rows,
