@@ -481,7 +481,7 @@ static void check_plan_vs_synth(const char *dir, const tern_hparams *hp, uint64_
 	const int ie = tern_shard_find(sh, TERN_ROLE_TOKEN_EMBD, -1), in = tern_shard_find(sh, TERN_ROLE_OUTPUT_NORM, -1);
 	TT_REQUIRE(ie >= 0 && in >= 0);
 	const tern_shard_tensor *te = tern_shard_tensor_at(sh, ie);
-	TT_EQ_INT(te->dtype, TERN_DT_F16);
+	TT_EQ_INT(te->dtype, TERN_DTYPE_F16);
 	TT_EQ_INT(te->m, hp->n_vocab);
 	TT_EQ_INT(te->k, hp->n_embd);
 	uint16_t *emb = malloc((size_t)te->raw_bytes);
@@ -681,8 +681,8 @@ static void test_group_scales_full_precision(void)
 		TT_REQUIRE(tern_shard_open(&cs, cpath, NULL, &err) == 0);
 		const int ie = tern_shard_find(cs, TERN_ROLE_TOKEN_EMBD, -1), io = tern_shard_find(cs, TERN_ROLE_OUTPUT, -1);
 		TT_REQUIRE(ie >= 0 && io >= 0);
-		TT_EQ_INT(tern_shard_tensor_at(cs, ie)->dtype, TERN_DT_BF16);
-		TT_EQ_INT(tern_shard_tensor_at(cs, io)->dtype, TERN_DT_F16);
+		TT_EQ_INT(tern_shard_tensor_at(cs, ie)->dtype, TERN_DTYPE_BF16);
+		TT_EQ_INT(tern_shard_tensor_at(cs, io)->dtype, TERN_DTYPE_F16);
 		uint16_t *e = malloc(256 * 300 * 2);
 		TT_REQUIRE(e && tern_shard_read_tensor(cs, io, e, 256 * 300 * 2, NULL, &err) == 0);
 		int bad = 0;

@@ -101,16 +101,16 @@ static int head_from_plan(tern_coord_model *m, tern_err *err)
 	tern_head_dtype dt = TERN_HEAD_F32;
 	if (!te || !tn) {
 		rc = TERN_ERR(err, TERN_EFORMAT, "%s: no token_embd or output_norm", path);
-	} else if (te->m != m->hp.n_vocab || te->k != m->hp.n_embd || tn->dtype != TERN_DT_F32 ||
+	} else if (te->m != m->hp.n_vocab || te->k != m->hp.n_embd || tn->dtype != TERN_DTYPE_F32 ||
 		   tn->m * tn->k != m->hp.n_embd) {
 		rc = TERN_ERR(err, TERN_EFORMAT, "%s: embeddings %d x %d / output norm do not match the model", path,
 			      te->m, te->k);
 	} else {
 		switch (te->dtype) {
-		case TERN_DT_F32: dt = TERN_HEAD_F32; break;
-		case TERN_DT_F16: dt = TERN_HEAD_F16; break;
-		case TERN_DT_BF16: dt = TERN_HEAD_BF16; break;
-		default: rc = TERN_ERR(err, TERN_EUNSUP, "%s: token_embd dtype %d", path, te->dtype);
+		case TERN_DTYPE_F32: dt = TERN_HEAD_F32; break;
+		case TERN_DTYPE_F16: dt = TERN_HEAD_F16; break;
+		case TERN_DTYPE_BF16: dt = TERN_HEAD_BF16; break;
+		default: rc = TERN_ERR(err, TERN_EUNSUP, "%s: token_embd dtype %s", path, tern_dtype_name(te->dtype));
 		}
 	}
 	if (rc == 0) {
