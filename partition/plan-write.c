@@ -76,8 +76,8 @@ static int write_stage(tern_source *src, const tern_plan_opts *o, int group_rows
 		for (int n = TERN_NORM_ATTN; n <= TERN_NORM_FFN_SUB; n++) {
 			const int len = tern_norm_len(hp, (tern_norm_kind)n);
 			if ((rc = tern_source_norm(src, l, (tern_norm_kind)n, scales, err)) < 0 ||
-			    (rc = tern_shard_write_dense(w, (tern_shard_role)(TERN_ROLE_ATTN_NORM + n), l, TERN_DTYPE_F32, len,
-							 1, scales, err)) < 0)
+			    (rc = tern_shard_write_dense(w, (tern_shard_role)(TERN_ROLE_ATTN_NORM + n), l,
+							 TERN_DTYPE_F32, len, 1, scales, err)) < 0)
 				goto fail;
 		}
 	}
@@ -110,13 +110,16 @@ static int write_coord(tern_source *src, const tern_plan_opts *o, const char *pa
 		tern_dense_view v;
 		if ((rc = tern_source_dense(src, (tern_dense_kind)d, &v, err)) < 0)
 			goto fail;
-		if (tern_plan_embd_elem_bytes(v.type) == 0 || v.rows < 1 || v.cols < 1 || v.rows > INT32_MAX || v.cols > INT32_MAX) {
-			rc = TERN_ERR(err, TERN_EUNSUP, "%s: %s stored as type %s, not F32/F16/BF16", tern_source_path(src),
-				      tern_dense_gguf((tern_dense_kind)d), tern_dtype_name(v.type));
+		if (tern_plan_embd_elem_bytes(v.type) == 0 || v.rows < 1 || v.cols < 1 || v.rows > INT32_MAX ||
+		    v.cols > INT32_MAX) {
+			rc = TERN_ERR(err, TERN_EUNSUP, "%s: %s stored as type %s, not F32/F16/BF16",
+				      tern_source_path(src), tern_dense_gguf((tern_dense_kind)d),
+				      tern_dtype_name(v.type));
 			goto fail;
 		}
-		if ((rc = tern_shard_write_dense(w, d == TERN_DENSE_TOKEN_EMBD ? TERN_ROLE_TOKEN_EMBD : TERN_ROLE_OUTPUT, -1,
-						 v.type, (int)v.rows, (int)v.cols, v.data, err)) < 0)
+		if ((rc =
+			 tern_shard_write_dense(w, d == TERN_DENSE_TOKEN_EMBD ? TERN_ROLE_TOKEN_EMBD : TERN_ROLE_OUTPUT,
+						-1, v.type, (int)v.rows, (int)v.cols, v.data, err)) < 0)
 			goto fail;
 	}
 	if ((rc = tern_source_norm(src, 0, TERN_NORM_OUTPUT, norm, err)) < 0 ||

@@ -100,7 +100,7 @@ enum { N_SCALAR, N_MAP, N_LIST };
 typedef struct {
 	int type;
 	int line;
-	char *key;   /* entry of a map: its key (NULL otherwise), owned */
+	char *key; /* entry of a map: its key (NULL otherwise), owned */
 	int key_line;
 	char *text;  /* scalar value, owned */
 	int child;   /* first child (map entry / list item), -1 none */
@@ -231,7 +231,8 @@ static int on_node(yparser *p, const yaml_event_t *ev)
 		type = N_MAP;
 	}
 	if (anchor)
-		return YERR(p, line, "unsupported YAML feature: anchor '&%s' (anchors and aliases are refused)", anchor);
+		return YERR(p, line, "unsupported YAML feature: anchor '&%s' (anchors and aliases are refused)",
+			    anchor);
 	if (tag)
 		return YERR(p, line, "unsupported YAML feature: tag '%s'", tag);
 	const int parent = p->depth ? p->stack[p->depth - 1] : -1;
@@ -299,15 +300,10 @@ static int read_tree(yparser *p, yaml_parser_t *y)
 		case YAML_SCALAR_EVENT:
 		case YAML_ALIAS_EVENT:
 		case YAML_SEQUENCE_START_EVENT:
-		case YAML_MAPPING_START_EVENT:
-			rc = on_node(p, &ev);
-			break;
+		case YAML_MAPPING_START_EVENT: rc = on_node(p, &ev); break;
 		case YAML_SEQUENCE_END_EVENT:
-		case YAML_MAPPING_END_EVENT:
-			p->depth--;
-			break;
-		default:
-			break;
+		case YAML_MAPPING_END_EVENT: p->depth--; break;
+		default: break;
 		}
 		const int end = ev.type == YAML_STREAM_END_EVENT;
 		yaml_event_delete(&ev);

@@ -280,8 +280,7 @@ int tern_shard_write_dense(tern_shard_writer *w, tern_shard_role role, int layer
 	t->k = k;
 	tensor_name(t);
 	t->scales_offset = w->pos - w->data_offset;
-	TERN_FORWARD_IF_ERROR(
-		write_payload(w, t, data, (size_t)m * (size_t)k * tern_dtype_size(dtype), err));
+	TERN_FORWARD_IF_ERROR(write_payload(w, t, data, (size_t)m * (size_t)k * tern_dtype_size(dtype), err));
 	w->n++;
 	return 0;
 }
@@ -446,9 +445,9 @@ static int parse(tern_shard *sh, tern_err *err)
 		t->stored_bytes = get64(e + 104);
 		t->raw_bytes = get64(e + 112);
 		t->raw_xxh64 = get64(e + 120);
-		TERN_RETURN_IF(t->role >= TERN_ROLE_COUNT || t->dtype == TERN_DTYPE_NONE || pk >= TERN_PACK_COUNT ||
-				       comp > 1,
-			       err, TERN_EFORMAT, "%s: tensor '%s': unknown role/type/packing/compression", nm, t->name);
+		TERN_RETURN_IF(
+		    t->role >= TERN_ROLE_COUNT || t->dtype == TERN_DTYPE_NONE || pk >= TERN_PACK_COUNT || comp > 1, err,
+		    TERN_EFORMAT, "%s: tensor '%s': unknown role/type/packing/compression", nm, t->name);
 		TERN_RETURN_IF(m < 1 || m > MAX_ROWS || k < 1 || k > MAX_COLS, err, TERN_ERANGE,
 			       "%s: tensor '%s': absurd shape %ux%u", nm, t->name, m, k);
 		const int proj = t->role < TERN_SHARD_N_PROJ;

@@ -97,7 +97,8 @@ int tern_absmean_quantize(const float *x, int64_t m, int64_t k, int64_t group_ro
 			  tern_err *err)
 {
 	TERN_RETURN_IF(m <= 0 || k <= 0, err, TERN_EINVAL, "absmean: bad shape %" PRId64 "x%" PRId64, m, k);
-	const int rc = absmean_quantize(TERN_DTYPE_F32, (const uint8_t *)x, m, k, group_rows, w, scales, "absmean", err);
+	const int rc =
+	    absmean_quantize(TERN_DTYPE_F32, (const uint8_t *)x, m, k, group_rows, w, scales, "absmean", err);
 	return rc < 0 ? rc : 0;
 }
 
@@ -178,7 +179,7 @@ static int open_gguf(tern_source *s, tern_err *err)
 	TERN_RETURN_IF(n_i2s != 0 && n_i2s != n_w, err, TERN_EUNSUP,
 		       "%s: mixes I2_S and full-precision projection weights", s->path);
 	snprintf(s->fmt_desc, sizeof s->fmt_desc, "gguf %s", weight_format(wdt));
-		for (int i = 0; i < 2; i++) {
+	for (int i = 0; i < 2; i++) {
 		if (i == 1 && hp->tied_embeddings)
 			break;
 		tref r;
@@ -237,8 +238,8 @@ static int hf_ref(tern_source *s, const char *name, int64_t rows, int64_t cols, 
 		snprintf(sname, sizeof sname, "%.*s.weight_scale", (int)(nl > 7 ? nl - 7 : nl), name);
 		const tern_st_tensor *st = hf_find(s, sname);
 		TERN_RETURN_IF(!st, err, TERN_EFORMAT, "%s: packed weight '%s' has no '%s'", s->path, name, sname);
-		TERN_RETURN_IF(st->n_elem != 1 || !is_float(st->dtype), err,
-			       TERN_EFORMAT, "%s: '%s' must be one float", s->path, sname);
+		TERN_RETURN_IF(st->n_elem != 1 || !is_float(st->dtype), err, TERN_EFORMAT, "%s: '%s' must be one float",
+			       s->path, sname);
 		r->scale = tern_st_get_f32(st, 0);
 		TERN_RETURN_IF(!isfinite(r->scale), err, TERN_EFORMAT, "%s: '%s' is not finite", s->path, sname);
 	}
