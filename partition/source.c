@@ -128,11 +128,11 @@ static int gguf_ref(tern_source *s, const char *name, int64_t rows, int64_t cols
 				"%s: tensor '%s' has shape [%" PRIu64 ", %" PRIu64 "], expected [%" PRId64 ", %" PRId64
 				"]",
 				s->path, name, t->ne[0], t->n_dims > 1 ? t->ne[1] : 1, cols, two_d ? rows : 1);
-	const int dt = tern_dtype_of_ggml(t->type);
+	const tern_dtype dt = t->dtype;
 	if (!is_float(dt) && !(dt == TERN_DTYPE_I2_S && allow_i2s))
 		return TERN_ERR(err, TERN_EUNSUP, "%s: tensor '%s' has type %s, which tern cannot use here", s->path,
 				name, tern_ggml_type_name(t->type));
-	r->dtype = (tern_dtype)dt;
+	r->dtype = dt;
 	r->data = t->data;
 	r->m = two_d ? rows : 1;
 	r->k = cols;

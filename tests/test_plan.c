@@ -596,22 +596,22 @@ static void write_fp_gguf(const char *path, tern_hparams *hp)
 	TT_REQUIRE(rc == 0);
 	char name[64];
 	uint64_t ne[2] = {256, 300};
-	TT_REQUIRE(tern_gguf_writer_add_tensor(w, "token_embd.weight", 2, ne, TERN_GGML_BF16, &err) == 0);
-	TT_REQUIRE(tern_gguf_writer_add_tensor(w, "output.weight", 2, ne, TERN_GGML_F16, &err) == 0);
+	TT_REQUIRE(tern_gguf_writer_add_tensor(w, "token_embd.weight", 2, ne, TERN_DTYPE_BF16, &err) == 0);
+	TT_REQUIRE(tern_gguf_writer_add_tensor(w, "output.weight", 2, ne, TERN_DTYPE_F16, &err) == 0);
 	ne[0] = 256;
-	TT_REQUIRE(tern_gguf_writer_add_tensor(w, "output_norm.weight", 1, ne, TERN_GGML_F32, &err) == 0);
+	TT_REQUIRE(tern_gguf_writer_add_tensor(w, "output_norm.weight", 1, ne, TERN_DTYPE_F32, &err) == 0);
 	for (int l = 0; l < 2; l++) {
 		for (int p = 0; p < TERN_PROJ_COUNT; p++) {
 			int m, k;
 			tern_proj_shape(hp, (tern_proj)p, &m, &k);
 			tern_proj_gguf_name((tern_proj)p, l, name, sizeof name);
 			const uint64_t pne[2] = {(uint64_t)k, (uint64_t)m};
-			TT_REQUIRE(tern_gguf_writer_add_tensor(w, name, 2, pne, TERN_GGML_F32, &err) == 0);
+			TT_REQUIRE(tern_gguf_writer_add_tensor(w, name, 2, pne, TERN_DTYPE_F32, &err) == 0);
 		}
 		for (int n = TERN_NORM_ATTN; n <= TERN_NORM_FFN_SUB; n++) {
 			tern_norm_gguf_name((tern_norm_kind)n, l, name, sizeof name);
 			const uint64_t nne[1] = {(uint64_t)tern_norm_len(hp, (tern_norm_kind)n)};
-			TT_REQUIRE(tern_gguf_writer_add_tensor(w, name, 1, nne, TERN_GGML_F32, &err) == 0);
+			TT_REQUIRE(tern_gguf_writer_add_tensor(w, name, 1, nne, TERN_DTYPE_F32, &err) == 0);
 		}
 	}
 	TT_REQUIRE(tern_gguf_writer_write_header(w, &err) == 0);
