@@ -255,10 +255,10 @@ static int on_node(yparser *p, const yaml_event_t *ev)
 
 	const int val_line = p->key ? p->key_line : line;
 	if (type == N_SCALAR) {
-		const yaml_event_t *s = ev;
-		if (strlen((const char *)s->data.scalar.value) != s->data.scalar.length)
+		if (strlen((const char *)ev->data.scalar.value) != ev->data.scalar.length)
 			return YERR(p, line, "NUL character in a string");
-		if (!s->data.scalar.length && s->data.scalar.style == YAML_PLAIN_SCALAR_STYLE)
+		/* an empty document, or "key:" / "- " with nothing after it */
+		if (!ev->data.scalar.length && ev->data.scalar.style == YAML_PLAIN_SCALAR_STYLE)
 			return parent < 0 ? 0 : YERR(p, val_line, "missing value");
 	}
 	if (type != N_SCALAR && p->depth == MAX_DEPTH)
