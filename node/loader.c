@@ -44,7 +44,7 @@ static int layer_from_shard(const tern_shard *sh, const char *path, const tern_h
 		const int i = tern_shard_find(sh, (tern_shard_role)(TERN_ROLE_ATTN_NORM + q), layer);
 		const int width = tern_norm_len(hp, (tern_norm_kind)q);
 		const tern_shard_tensor *t = i >= 0 ? tern_shard_tensor_at(sh, i) : NULL;
-		TERN_RETURN_IF(!t || t->dtype != TERN_DT_F32 || (int64_t)t->m * t->k != width, err, TERN_EFORMAT,
+		TERN_RETURN_IF(!t || t->dtype != TERN_DTYPE_F32 || (int64_t)t->m * t->k != width, err, TERN_EFORMAT,
 			       "%s: layer %d: no f32[%d] %s", path, layer, width, tern_norm_name((tern_norm_kind)q));
 		lw->norm[q] = tern_aligned_alloc((size_t)width * sizeof(float), TERN_ALIGN);
 		TERN_RETURN_IF(!lw->norm[q], err, TERN_ENOMEM, "%s: out of memory", path);

@@ -230,10 +230,13 @@ int tern_gguf_writer_open(tern_gguf_writer **out, const char *path, uint32_t ver
 }
 
 int tern_gguf_writer_add_tensor(tern_gguf_writer *w, const char *name, uint32_t n_dims, const uint64_t *ne,
-				uint32_t type, tern_err *err)
+				tern_dtype dtype, tern_err *err)
 {
 	TERN_RETURN_IF(w->header_done, err, TERN_ESTATE, "%s: tensor '%s' added after the header was written", w->path,
 		       name);
+	const uint32_t type = tern_dtype_ggml(dtype);
+	TERN_RETURN_IF(type == UINT32_MAX, err, TERN_EINVAL, "%s: tensor '%s': type %s has no GGUF code", w->path, name,
+		       tern_dtype_name(dtype));
 	const uint64_t nbytes = tern_ggml_nbytes(type, n_dims, ne);
 	TERN_RETURN_IF(nbytes == 0, err, TERN_EINVAL, "%s: tensor '%s': type %s cannot have this shape", w->path, name,
 		       tern_ggml_type_name(type));

@@ -61,7 +61,11 @@ typedef struct {
 	uint32_t size; /* bytes per block */
 } type_info;
 
-static const type_info ggml_types[TERN_GGML_NTYPES] = {
+/* ggml's own table (ids, names, block sizes): every id a GGUF file may use,
+ * so that files holding types tern does not read still open and name them.
+ * tern_dtype_of_ggml() says which of them tern uses. */
+#define GGML_NTYPES 40
+static const type_info ggml_types[GGML_NTYPES] = {
     [0] = {"f32", 1, 4},         [1] = {"f16", 1, 2},         [2] = {"q4_0", 32, 18},      [3] = {"q4_1", 32, 20},
     [6] = {"q5_0", 32, 22},      [7] = {"q5_1", 32, 24},      [8] = {"q8_0", 32, 34},      [9] = {"q8_1", 32, 36},
     [10] = {"q2_k", 256, 84},    [11] = {"q3_k", 256, 110},   [12] = {"q4_k", 256, 144},   [13] = {"q5_k", 256, 176},
@@ -76,7 +80,7 @@ static const type_info ggml_types[TERN_GGML_NTYPES] = {
 
 const char *tern_ggml_type_name(uint32_t type)
 {
-	if (type < TERN_GGML_NTYPES && ggml_types[type].name)
+	if (type < GGML_NTYPES && ggml_types[type].name)
 		return ggml_types[type].name;
 	return "unknown";
 }
@@ -99,20 +103,21 @@ static int mul_ok(uint64_t a, uint64_t b, uint64_t *r)
 
 uint64_t tern_ggml_nbytes(uint32_t type, uint32_t n_dims, const uint64_t *ne)
 {
-	if (type >= TERN_GGML_NTYPES || ggml_types[type].blck == 0 || n_dims < 1 || n_dims > TERN_GGUF_MAX_DIMS)
+	if (type >= GGML_NTYPES || ggml_types[type].blck == 0 || n_dims < 1 || n_dims > TERN_GGUF_MAX_DIMS)
 		return 0;
+	const int dt = tern_dtype_of_ggml(type);
 	uint64_t n = 1;
 	for (uint32_t i = 0; i < n_dims; i++) {
 		if (ne[i] == 0 || ne[i] > MAX_DIM || !mul_ok(n, ne[i], &n))
 			return 0;
 	}
-	if (type == TERN_GGML_I2_S || type == TERN_GGML_TL1) {
+	if (dt == TERN_DTYPE_I2_S || dt == TERN_DTYPE_TL1) {
 		/* ggml_nbytes special case: 2 bits per weight + a 32-byte tail. */
 		if (n_dims > 2 || n % 4 != 0)
 			return 0;
 		return n / 4 + 32;
 	}
-	if (type == TERN_GGML_TL2) {
+	if (dt == TERN_DTYPE_TL2) {
 		if (n_dims > 2 || ne[0] < 256)
 			return 0;
 		const uint64_t ne1 = n_dims > 1 ? ne[1] : 1;
@@ -384,8 +389,9 @@ static int parse_tensor_info(cursor *c, tern_gguf *g, int64_t idx)
 	}
 	TERN_FORWARD_IF_ERROR(rd_u32(c, &t->type, "tensor type"));
 	TERN_FORWARD_IF_ERROR(rd_u64(c, &t->offset, "tensor offset"));
-	if (t->type >= TERN_GGML_NTYPES || ggml_types[t->type].blck == 0)
+	if (t->type >= GGML_NTYPES || ggml_types[t->type].blck == 0)
 		return FAIL(TERN_EUNSUP, "%s: tensor '%s' has unknown type %u", c->path, name, t->type);
+	t->dtype = tern_dtype_of_ggml(t->type);
 	t->nbytes = tern_ggml_nbytes(t->type, t->n_dims, t->ne);
 	if (t->nbytes == 0)
 		return FAIL(TERN_ERANGE,
@@ -848,12 +854,12 @@ const tern_gguf_tensor *tern_gguf_find_tensor(const tern_gguf *g, const char *na
 int tern_gguf_tensor_data(const tern_gguf *g, const tern_gguf_tensor *t, const void **data, uint64_t *nbytes,
 			  tern_err *err)
 {
-	switch (t->type) {
-	case TERN_GGML_F32:
-	case TERN_GGML_F16:
-	case TERN_GGML_BF16:
-	case TERN_GGML_I8:
-	case TERN_GGML_I2_S:
+	switch (t->dtype) {
+	case TERN_DTYPE_F32:
+	case TERN_DTYPE_F16:
+	case TERN_DTYPE_BF16:
+	case TERN_DTYPE_I8:
+	case TERN_DTYPE_I2_S:
 		*data = t->data;
 		*nbytes = t->nbytes;
 		return 0;

@@ -213,7 +213,7 @@ static int model_desc(const char *model, int allow_preset, tern_plan_model *pm, 
 	if (stat(model, &st) != 0 && allow_preset) {
 		TERN_RETURN_IF(tern_hparams_preset(model, &pm->hp, NULL) < 0, err, TERN_EINVAL,
 			       "%s: no such file, and not a preset name (%s)", model, tern_hparams_preset_names());
-		pm->embd_type = TERN_EMBD_F16;
+		pm->embd_type = TERN_DTYPE_F16;
 		return 0;
 	}
 	tern_source *src;

@@ -34,23 +34,6 @@ static char *join(const char *dir, const char *name)
 	return s;
 }
 
-static int embd_dtype(int ggml_type, tern_shard_dtype *dt)
-{
-	switch (ggml_type) {
-	case TERN_EMBD_F32:
-		*dt = TERN_DT_F32;
-		return 0;
-	case TERN_EMBD_F16:
-		*dt = TERN_DT_F16;
-		return 0;
-	case TERN_EMBD_BF16:
-		*dt = TERN_DT_BF16;
-		return 0;
-	default:
-		return -1;
-	}
-}
-
 static int write_stage(tern_source *src, const tern_plan_opts *o, int group_rows, const tern_plan_stage *st,
 		       const char *path, int zlevel, tern_progress *pr, file_rec *rec, tern_err *err)
 {
@@ -93,8 +76,8 @@ static int write_stage(tern_source *src, const tern_plan_opts *o, int group_rows
 		for (int n = TERN_NORM_ATTN; n <= TERN_NORM_FFN_SUB; n++) {
 			const int len = tern_norm_len(hp, (tern_norm_kind)n);
 			if ((rc = tern_source_norm(src, l, (tern_norm_kind)n, scales, err)) < 0 ||
-			    (rc = tern_shard_write_dense(w, (tern_shard_role)(TERN_ROLE_ATTN_NORM + n), l, TERN_DT_F32, len,
-							 1, scales, err)) < 0)
+			    (rc = tern_shard_write_dense(w, (tern_shard_role)(TERN_ROLE_ATTN_NORM + n), l,
+							 TERN_DTYPE_F32, len, 1, scales, err)) < 0)
 				goto fail;
 		}
 	}
@@ -125,20 +108,22 @@ static int write_coord(tern_source *src, const tern_plan_opts *o, const char *pa
 		if (d == TERN_DENSE_OUTPUT && hp->tied_embeddings)
 			break;
 		tern_dense_view v;
-		tern_shard_dtype dt;
 		if ((rc = tern_source_dense(src, (tern_dense_kind)d, &v, err)) < 0)
 			goto fail;
-		if (embd_dtype(v.type, &dt) < 0 || v.rows < 1 || v.cols < 1 || v.rows > INT32_MAX || v.cols > INT32_MAX) {
-			rc = TERN_ERR(err, TERN_EUNSUP, "%s: %s stored as type %d, not F32/F16/BF16", tern_source_path(src),
-				      tern_dense_gguf((tern_dense_kind)d), v.type);
+		if (tern_plan_embd_elem_bytes(v.type) == 0 || v.rows < 1 || v.cols < 1 || v.rows > INT32_MAX ||
+		    v.cols > INT32_MAX) {
+			rc = TERN_ERR(err, TERN_EUNSUP, "%s: %s stored as type %s, not F32/F16/BF16",
+				      tern_source_path(src), tern_dense_gguf((tern_dense_kind)d),
+				      tern_dtype_name(v.type));
 			goto fail;
 		}
-		if ((rc = tern_shard_write_dense(w, d == TERN_DENSE_TOKEN_EMBD ? TERN_ROLE_TOKEN_EMBD : TERN_ROLE_OUTPUT, -1,
-						 dt, (int)v.rows, (int)v.cols, v.data, err)) < 0)
+		if ((rc =
+			 tern_shard_write_dense(w, d == TERN_DENSE_TOKEN_EMBD ? TERN_ROLE_TOKEN_EMBD : TERN_ROLE_OUTPUT,
+						-1, v.type, (int)v.rows, (int)v.cols, v.data, err)) < 0)
 			goto fail;
 	}
 	if ((rc = tern_source_norm(src, 0, TERN_NORM_OUTPUT, norm, err)) < 0 ||
-	    (rc = tern_shard_write_dense(w, TERN_ROLE_OUTPUT_NORM, -1, TERN_DT_F32, hp->n_embd, 1, norm, err)) < 0)
+	    (rc = tern_shard_write_dense(w, TERN_ROLE_OUTPUT_NORM, -1, TERN_DTYPE_F32, hp->n_embd, 1, norm, err)) < 0)
 		goto fail;
 	free(norm);
 	return tern_shard_writer_close(w, &rec->size, &rec->xxh64, err);
@@ -248,7 +233,7 @@ static int write_manifest(const char *dir, tern_source *src, const tern_plan_mod
 	co.token_bytes = lay->coord_token_bytes;
 	co.token_share = lay->coord_share;
 	co.shard = (char *)recs[S].name;
-	co.embd_type = (uint32_t)pm->embd_type;
+	co.embd_type = tern_dtype_ggml(pm->embd_type);
 	co.stage_domain = (uint32_t)lay->coord_stage;
 
 	const tern_vocab *v = NULL;

@@ -1,9 +1,12 @@
 /* planner-hosts.c: the cluster description (tern-plan.h): building it by
- * hand or from N equal domains, and parsing the hosts file, a small YAML
- * subset documented in tern-plan.h. The parser first builds a tiny tree
- * (maps, lists, scalars, each with its line) from indentation, then reads
- * the hosts out of it, so every error can name its line. */
+ * hand or from N equal domains, and reading the hosts file (YAML, the subset
+ * documented in tern-plan.h). libyaml parses; its events build a tiny tree
+ * (maps, lists, scalars, each with its line), refusing anchors, aliases,
+ * tags, block strings and flow lists, and then the hosts are read out of the
+ * tree, so every error can name its line. */
 #include "tern-plan.h"
+
+#include <yaml.h>
 
 #include <ctype.h>
 #include <errno.h>
@@ -90,34 +93,39 @@ int tern_cluster_uniform(tern_cluster *c, const char *host, int n, uint64_t mem_
 	return 0;
 }
 
-/* ---- YAML subset: lines -> tree ---------------------------------------- */
+/* ---- YAML (libyaml events) -> tree -------------------------------------- */
 
 enum { N_SCALAR, N_MAP, N_LIST };
 
 typedef struct {
 	int type;
 	int line;
-	char *key;   /* entry of a map: its key (NULL otherwise) */
+	char *key; /* entry of a map: its key (NULL otherwise), owned */
 	int key_line;
-	char *text;  /* scalar value */
+	char *text;  /* scalar value, owned */
 	int child;   /* first child (map entry / list item), -1 none */
 	int next;    /* next sibling, -1 none */
 	int last;    /* last child, for appending */
+	int n_child;
 } ynode;
 
-typedef struct {
-	int line;
-	int indent;
-	char *s; /* content after the indentation, comment stripped, trailing space trimmed */
-} yline;
+/* A valid file nests five deep (top map, hosts, host, domains, domain) and
+ * no map has more than four keys; the caps keep hostile input cheap (the
+ * duplicate-key check is quadratic in a map's size). */
+#define MAX_DEPTH 16
+#define MAX_MAP_KEYS 64
 
 typedef struct {
 	const char *fname;
 	tern_err *err;
-	yline *lines;
-	int n_lines, pos;
+	const char *text;
+	size_t len;
 	ynode *nodes;
 	int n_nodes, cap_nodes;
+	int stack[MAX_DEPTH]; /* open maps and lists, innermost last */
+	int depth;
+	char *key; /* key read in the innermost map, waiting for its value */
+	int key_line;
 } yparser;
 
 #define YERR(p, ln, ...) yerr((p), (ln), __VA_ARGS__)
@@ -153,175 +161,157 @@ static void append_child(yparser *p, int parent, int child)
 	else
 		p->nodes[p->nodes[parent].last].next = child;
 	p->nodes[parent].last = child;
+	p->nodes[parent].n_child++;
 }
 
-static char *trim(char *s)
+/* libyaml's error as one "FILE:LINE: ..." line, in the words the old hand
+ * parser used for the mistakes people make (tabs, unclosed quotes and flow
+ * maps, indentation). */
+static int syntax_error(yparser *p, const yaml_parser_t *y)
 {
-	while (*s == ' ')
-		s++;
-	size_t n = strlen(s);
-	while (n && (s[n - 1] == ' ' || s[n - 1] == '\r'))
-		s[--n] = 0;
-	return s;
-}
-
-/* Unquotes a scalar in place. */
-static int scalar(yparser *p, int line, char *s, char **out)
-{
-	s = trim(s);
-	const size_t n = strlen(s);
-	if (n && (s[0] == '"' || s[0] == '\'')) {
-		if (n < 2 || s[n - 1] != s[0])
-			return YERR(p, line, "unterminated quoted string");
-		s[n - 1] = 0;
-		s++;
-		if (strchr(s, '\\'))
-			return YERR(p, line, "escape sequences in strings are not supported");
-	} else if (n && strchr("&*!|>[%@`", s[0])) {
-		return YERR(p, line, "unsupported YAML feature '%c' (anchors, tags, block strings, flow lists)", s[0]);
+	if (y->error == YAML_MEMORY_ERROR)
+		return TERN_ERR(p->err, TERN_ENOMEM, "out of memory");
+	const char *problem = y->problem ? y->problem : "syntax error";
+	if (y->error == YAML_READER_ERROR) {
+		int line = 1;
+		for (size_t i = 0; i < y->problem_offset && i < p->len; i++)
+			line += p->text[i] == '\n';
+		return YERR(p, line, "%s", problem);
 	}
-	*out = s;
-	return 0;
+	const int line = (int)y->problem_mark.line + 1, cline = (int)y->context_mark.line + 1;
+	const char *context = y->context ? y->context : "";
+	if (y->problem_mark.index < p->len && p->text[y->problem_mark.index] == '\t')
+		return YERR(p, line, "tab in indentation (use spaces)");
+	if (strcmp(context, "while scanning a quoted scalar") == 0 && strstr(problem, "end of stream"))
+		return YERR(p, cline, "unterminated quoted string");
+	if (strcmp(context, "while parsing a flow mapping") == 0)
+		return YERR(p, cline, "unterminated flow map: %s", problem);
+	if (strstr(problem, "mapping values are not allowed"))
+		return YERR(p, line, "bad indentation, or ': ' in an unquoted value (%s)", problem);
+	if (strstr(context, "while parsing a block"))
+		return YERR(p, line, "bad indentation (%s)", problem);
+	if (*context)
+		return YERR(p, line, "%s (%s from line %d)", problem, context, cline);
+	return YERR(p, line, "%s", problem);
 }
 
-/* Splits "key: value" (value may be empty); key must be a plain word. */
-static int split_key(yparser *p, int line, char *s, char **key, char **val)
+static int valid_key(const char *k)
 {
-	char *colon = strstr(s, ": ");
-	if (!colon) {
-		const size_t n = strlen(s);
-		if (n && s[n - 1] == ':')
-			colon = s + n - 1;
-	}
-	if (!colon || colon == s)
-		return YERR(p, line, "expected 'key: value'");
-	*colon = 0;
-	*key = trim(s);
-	*val = trim(colon + 1);
-	for (const char *k = *key; *k; k++)
+	for (; *k; k++)
 		if (!isalnum((unsigned char)*k) && *k != '_' && *k != '-')
-			return YERR(p, line, "bad key '%s'", *key);
+			return 0;
+	return 1;
+}
+
+/* A scalar, map or list starts: it is the key of the innermost map, or a
+ * value to hang below it (under the waiting key) or below the innermost list. */
+static int on_node(yparser *p, const yaml_event_t *ev)
+{
+	const int line = (int)ev->start_mark.line + 1;
+	const char *anchor = NULL, *tag = NULL;
+	int type = N_SCALAR;
+	if (ev->type == YAML_ALIAS_EVENT)
+		return YERR(p, line, "unsupported YAML feature: alias '*%s' (anchors and aliases are refused)",
+			    (const char *)ev->data.alias.anchor);
+	if (ev->type == YAML_SCALAR_EVENT) {
+		anchor = (const char *)ev->data.scalar.anchor;
+		tag = (const char *)ev->data.scalar.tag;
+		if (ev->data.scalar.style == YAML_LITERAL_SCALAR_STYLE ||
+		    ev->data.scalar.style == YAML_FOLDED_SCALAR_STYLE)
+			return YERR(p, line, "unsupported YAML feature: block string ('|' or '>')");
+	} else if (ev->type == YAML_SEQUENCE_START_EVENT) {
+		anchor = (const char *)ev->data.sequence_start.anchor;
+		tag = (const char *)ev->data.sequence_start.tag;
+		type = N_LIST;
+		if (ev->data.sequence_start.style == YAML_FLOW_SEQUENCE_STYLE)
+			return YERR(p, line, "unsupported YAML feature: flow list '[...]' (use '- ' items)");
+	} else {
+		anchor = (const char *)ev->data.mapping_start.anchor;
+		tag = (const char *)ev->data.mapping_start.tag;
+		type = N_MAP;
+	}
+	if (anchor)
+		return YERR(p, line, "unsupported YAML feature: anchor '&%s' (anchors and aliases are refused)",
+			    anchor);
+	if (tag)
+		return YERR(p, line, "unsupported YAML feature: tag '%s'", tag);
+	const int parent = p->depth ? p->stack[p->depth - 1] : -1;
+
+	if (parent >= 0 && p->nodes[parent].type == N_MAP && !p->key) {
+		if (type != N_SCALAR)
+			return YERR(p, line, "expected 'key: value' (a key must be a plain word)");
+		const char *k = (const char *)ev->data.scalar.value;
+		if (strlen(k) != ev->data.scalar.length || !*k || !valid_key(k))
+			return YERR(p, line, "bad key '%s'", k);
+		if (p->nodes[parent].n_child >= MAX_MAP_KEYS)
+			return YERR(p, line, "more than %d keys in one map", MAX_MAP_KEYS);
+		for (int c = p->nodes[parent].child; c >= 0; c = p->nodes[c].next)
+			if (strcmp(p->nodes[c].key, k) == 0)
+				return YERR(p, line, "duplicate key '%s'", k);
+		p->key = strdup(k);
+		p->key_line = line;
+		return p->key ? 0 : TERN_ERR(p->err, TERN_ENOMEM, "out of memory");
+	}
+
+	const int val_line = p->key ? p->key_line : line;
+	if (type == N_SCALAR) {
+		if (strlen((const char *)ev->data.scalar.value) != ev->data.scalar.length)
+			return YERR(p, line, "NUL character in a string");
+		/* an empty document, or "key:" / "- " with nothing after it */
+		if (!ev->data.scalar.length && ev->data.scalar.style == YAML_PLAIN_SCALAR_STYLE)
+			return parent < 0 ? 0 : YERR(p, val_line, "missing value");
+	}
+	if (type != N_SCALAR && p->depth == MAX_DEPTH)
+		return YERR(p, line, "nested deeper than %d levels", MAX_DEPTH);
+	const int n = new_node(p, type, line);
+	if (n < 0)
+		return n;
+	if (type == N_SCALAR) {
+		p->nodes[n].text = strdup((const char *)ev->data.scalar.value);
+		if (!p->nodes[n].text)
+			return TERN_ERR(p->err, TERN_ENOMEM, "out of memory");
+	}
+	if (parent >= 0) {
+		p->nodes[n].key = p->key;
+		p->nodes[n].key_line = p->key_line;
+		p->key = NULL;
+		append_child(p, parent, n);
+	}
+	if (type != N_SCALAR)
+		p->stack[p->depth++] = n;
 	return 0;
 }
 
-/* "{a: 1, b: 2}" on one line. */
-static int flow_map(yparser *p, int line, char *s)
+/* Reads one YAML document into p->nodes (node 0 is the root). Returns 1 if
+ * the stream holds no document or an empty one. */
+static int read_tree(yparser *p, yaml_parser_t *y)
 {
-	const size_t n = strlen(s);
-	if (n < 2 || s[n - 1] != '}')
-		return YERR(p, line, "unterminated flow map (must close on the same line)");
-	s[n - 1] = 0;
-	const int map = new_node(p, N_MAP, line);
-	if (map < 0)
-		return map;
-	char *item = s + 1;
-	while (*trim(item)) {
-		char *comma = strchr(item, ',');
-		if (comma)
-			*comma = 0;
-		char *k, *v;
-		TERN_FORWARD_IF_ERROR(split_key(p, line, item, &k, &v));
-		if (!*v || *v == '{')
-			return YERR(p, line, "flow map value of '%s' must be a plain scalar", k);
-		const int e = new_node(p, N_SCALAR, line);
-		if (e < 0)
-			return e;
-		p->nodes[e].key = k;
-		p->nodes[e].key_line = line;
-		TERN_FORWARD_IF_ERROR(scalar(p, line, v, &p->nodes[e].text));
-		append_child(p, map, e);
-		if (!comma)
+	int docs = 0, rc = 0;
+	for (;;) {
+		yaml_event_t ev;
+		if (!yaml_parser_parse(y, &ev))
+			return syntax_error(p, y);
+		const int line = (int)ev.start_mark.line + 1;
+		switch (ev.type) {
+		case YAML_DOCUMENT_START_EVENT:
+			if (docs++)
+				rc = YERR(p, line, "more than one YAML document");
 			break;
-		item = comma + 1;
-	}
-	return map;
-}
-
-static int parse_block(yparser *p, int indent);
-
-/* The value after "key:" or "- ": inline scalar / flow map, or a nested block. */
-static int parse_value(yparser *p, int line, char *v, int parent_indent, int allow_same_indent_list)
-{
-	if (*v == '{')
-		return flow_map(p, line, v);
-	if (*v) {
-		const int n = new_node(p, N_SCALAR, line);
-		if (n < 0)
-			return n;
-		TERN_FORWARD_IF_ERROR(scalar(p, line, v, &p->nodes[n].text));
-		return n;
-	}
-	if (p->pos < p->n_lines) {
-		const yline *nx = &p->lines[p->pos];
-		if (nx->indent > parent_indent ||
-		    (allow_same_indent_list && nx->indent == parent_indent && nx->s[0] == '-' &&
-		     (nx->s[1] == ' ' || nx->s[1] == 0)))
-			return parse_block(p, nx->indent);
-	}
-	return YERR(p, line, "missing value");
-}
-
-static int is_item(const yline *l)
-{
-	return l->s[0] == '-' && (l->s[1] == ' ' || l->s[1] == 0);
-}
-
-static int parse_block(yparser *p, int indent)
-{
-	yline *first = &p->lines[p->pos];
-	if (is_item(first)) {
-		const int list = new_node(p, N_LIST, first->line);
-		if (list < 0)
-			return list;
-		while (p->pos < p->n_lines && p->lines[p->pos].indent == indent && is_item(&p->lines[p->pos])) {
-			yline *l = &p->lines[p->pos];
-			char *rest = l->s + 1;
-			int extra = 1;
-			while (*rest == ' ') {
-				rest++;
-				extra++;
-			}
-			int item;
-			if (!*rest) {
-				p->pos++;
-				item = parse_value(p, l->line, rest, indent, 0);
-			} else if (*rest == '{' || (!strstr(rest, ": ") && rest[strlen(rest) - 1] != ':')) {
-				p->pos++;
-				item = parse_value(p, l->line, rest, indent, 0);
-			} else {
-				/* "- key: value": the rest is the first line of a map at indent+extra */
-				l->indent = indent + extra;
-				l->s = rest;
-				item = parse_block(p, l->indent);
-			}
-			if (item < 0)
-				return item;
-			append_child(p, list, item);
+		case YAML_SCALAR_EVENT:
+		case YAML_ALIAS_EVENT:
+		case YAML_SEQUENCE_START_EVENT:
+		case YAML_MAPPING_START_EVENT: rc = on_node(p, &ev); break;
+		case YAML_SEQUENCE_END_EVENT:
+		case YAML_MAPPING_END_EVENT: p->depth--; break;
+		default: break;
 		}
-		if (p->pos < p->n_lines && p->lines[p->pos].indent > indent)
-			return YERR(p, p->lines[p->pos].line, "bad indentation");
-		return list;
+		const int end = ev.type == YAML_STREAM_END_EVENT;
+		yaml_event_delete(&ev);
+		if (rc < 0)
+			return rc;
+		if (end)
+			return p->n_nodes ? 0 : 1;
 	}
-	const int map = new_node(p, N_MAP, first->line);
-	if (map < 0)
-		return map;
-	while (p->pos < p->n_lines && p->lines[p->pos].indent == indent && !is_item(&p->lines[p->pos])) {
-		yline *l = &p->lines[p->pos++];
-		char *k, *v;
-		TERN_FORWARD_IF_ERROR(split_key(p, l->line, l->s, &k, &v));
-		for (int c = p->nodes[map].child; c >= 0; c = p->nodes[c].next)
-			if (strcmp(p->nodes[c].key, k) == 0)
-				return YERR(p, l->line, "duplicate key '%s'", k);
-		const int val = parse_value(p, l->line, v, indent, 1);
-		if (val < 0)
-			return val;
-		p->nodes[val].key = k;
-		p->nodes[val].key_line = l->line;
-		append_child(p, map, val);
-	}
-	if (p->pos < p->n_lines && p->lines[p->pos].indent > indent)
-		return YERR(p, p->lines[p->pos].line, "bad indentation");
-	return map;
 }
 
 /* ---- tree -> cluster ------------------------------------------------------ */
@@ -487,80 +477,26 @@ static int build_cluster(yparser *p, int root, tern_cluster *c)
 int tern_cluster_parse_yaml(tern_cluster *c, const char *text, size_t len, const char *fname, tern_err *err)
 {
 	memset(c, 0, sizeof *c);
-	yparser p = {.fname = fname ? fname : "hosts", .err = err};
+	yparser p = {.fname = fname ? fname : "hosts", .err = err, .text = text, .len = len};
 	TERN_RETURN_IF(len > HOSTS_FILE_MAX, err, TERN_ERANGE, "%s: hosts file larger than %u bytes", p.fname,
 		       HOSTS_FILE_MAX);
-	char *buf = malloc(len + 1);
-	int rc = 0;
-	size_t max_lines = 1;
-	for (size_t i = 0; i < len; i++)
-		max_lines += text[i] == '\n';
-	p.lines = malloc(sizeof *p.lines * max_lines);
-	if (!buf || !p.lines) {
-		rc = TERN_ERR(err, TERN_ENOMEM, "out of memory");
-		goto out;
-	}
-	memcpy(buf, text, len);
-	buf[len] = 0;
-	if (memchr(text, 0, len)) {
-		rc = TERN_ERR(err, TERN_EFORMAT, "%s: binary data in a hosts file", p.fname);
-		goto out;
-	}
-	int ln = 0;
-	for (char *s = buf; s; ln++) {
-		char *nl = strchr(s, '\n');
-		if (nl)
-			*nl = 0;
-		char *t = s;
-		int ind = 0;
-		while (*t == ' ') {
-			t++;
-			ind++;
-		}
-		if (*t == '\t') {
-			rc = YERR(&p, ln + 1, "tab in indentation (use spaces)");
-			goto out;
-		}
-		/* strip a comment: '#' at the start or after a space, outside quotes */
-		char q = 0;
-		for (char *k = t; *k; k++) {
-			if (q) {
-				if (*k == q)
-					q = 0;
-			} else if (*k == '"' || *k == '\'') {
-				q = *k;
-			} else if (*k == '#' && (k == t || k[-1] == ' ')) {
-				*k = 0;
-				break;
-			}
-		}
-		t = trim(t);
-		if (*t && strcmp(t, "---") != 0)
-			p.lines[p.n_lines++] = (yline){.line = ln + 1, .indent = ind, .s = t};
-		s = nl ? nl + 1 : NULL;
-	}
-	if (p.n_lines == 0) {
+	TERN_RETURN_IF(memchr(text, 0, len), err, TERN_EFORMAT, "%s: binary data in a hosts file", p.fname);
+	yaml_parser_t y;
+	TERN_RETURN_IF(!yaml_parser_initialize(&y), err, TERN_ENOMEM, "out of memory");
+	yaml_parser_set_input_string(&y, (const unsigned char *)text, len);
+	yaml_parser_set_encoding(&y, YAML_UTF8_ENCODING);
+	int rc = read_tree(&p, &y);
+	if (rc == 1)
 		rc = TERN_ERR(err, TERN_EFORMAT, "%s: empty hosts file", p.fname);
-		goto out;
+	if (rc == 0)
+		rc = build_cluster(&p, 0, c);
+	yaml_parser_delete(&y);
+	for (int i = 0; i < p.n_nodes; i++) {
+		free(p.nodes[i].key);
+		free(p.nodes[i].text);
 	}
-	if (p.lines[0].indent != 0) {
-		rc = YERR(&p, p.lines[0].line, "bad indentation");
-		goto out;
-	}
-	const int root = parse_block(&p, 0);
-	if (root < 0) {
-		rc = root;
-		goto out;
-	}
-	if (p.pos < p.n_lines) {
-		rc = YERR(&p, p.lines[p.pos].line, "unexpected content");
-		goto out;
-	}
-	rc = build_cluster(&p, root, c);
-out:
-	free(buf);
-	free(p.lines);
 	free(p.nodes);
+	free(p.key);
 	if (rc < 0)
 		tern_cluster_free(c);
 	return rc < 0 ? rc : 0;

@@ -23,17 +23,10 @@ void tern_plan_opts_default(tern_plan_opts *o, const tern_hparams *hp)
 	o->work_tokens = 128;
 }
 
-int tern_plan_embd_elem_bytes(int embd_type)
+int tern_plan_embd_elem_bytes(tern_dtype embd_type)
 {
-	switch (embd_type) {
-	case TERN_EMBD_F32:
-		return 4;
-	case TERN_EMBD_F16:
-	case TERN_EMBD_BF16:
-		return 2;
-	default:
-		return 0;
-	}
+	const int is_float = embd_type == TERN_DTYPE_F32 || embd_type == TERN_DTYPE_F16 || embd_type == TERN_DTYPE_BF16;
+	return is_float ? (int)tern_dtype_size(embd_type) : 0;
 }
 
 static uint64_t proj_bytes(const tern_plan_opts *o, int m, int k)
@@ -183,7 +176,7 @@ int tern_plan_compute(const tern_plan_model *m, const tern_plan_opts *o, const t
 		*shortfall = 0;
 	TERN_FORWARD_IF_ERROR(tern_hparams_validate(&m->hp, err));
 	TERN_RETURN_IF(tern_plan_embd_elem_bytes(m->embd_type) == 0, err, TERN_EUNSUP,
-		       "unsupported token embedding type %d", m->embd_type);
+		       "unsupported token embedding type %s", tern_dtype_name(m->embd_type));
 	TERN_RETURN_IF(o->packing < 0 || o->packing >= TERN_PACK_COUNT, err, TERN_EINVAL, "unknown packing %d",
 		       (int)o->packing);
 	TERN_RETURN_IF(o->group_rows < 0 || o->n_seqs < 1 || o->n_seqs > (1 << 16) || o->n_ctx < 1 ||

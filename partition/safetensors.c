@@ -33,27 +33,6 @@ struct tern_st {
 	tern_hash index;
 };
 
-static const struct {
-	const char *name;
-	size_t size;
-} dtypes[TERN_ST_NDTYPES] = {
-    [TERN_ST_BOOL] = {"BOOL", 1}, [TERN_ST_U8] = {"U8", 1},           [TERN_ST_I8] = {"I8", 1},
-    [TERN_ST_U16] = {"U16", 2},   [TERN_ST_I16] = {"I16", 2},         [TERN_ST_F16] = {"F16", 2},
-    [TERN_ST_BF16] = {"BF16", 2}, [TERN_ST_U32] = {"U32", 4},         [TERN_ST_I32] = {"I32", 4},
-    [TERN_ST_F32] = {"F32", 4},   [TERN_ST_U64] = {"U64", 8},         [TERN_ST_I64] = {"I64", 8},
-    [TERN_ST_F64] = {"F64", 8},   [TERN_ST_F8_E4M3] = {"F8_E4M3", 1}, [TERN_ST_F8_E5M2] = {"F8_E5M2", 1},
-};
-
-const char *tern_st_dtype_name(int dtype)
-{
-	return dtype >= 0 && dtype < TERN_ST_NDTYPES ? dtypes[dtype].name : "unknown";
-}
-
-size_t tern_st_dtype_size(int dtype)
-{
-	return dtype >= 0 && dtype < TERN_ST_NDTYPES ? dtypes[dtype].size : 0;
-}
-
 static const char *st_name_of(const void *ctx, int64_t i)
 {
 	return ((const tern_st *)ctx)->t[i].name;
@@ -114,11 +93,8 @@ static int st_parse(tern_st *st, tern_err *err)
 				      name);
 			goto out;
 		}
-		t->dtype = -1;
-		for (int d = 0; d < TERN_ST_NDTYPES; d++)
-			if (strcmp(dt, dtypes[d].name) == 0)
-				t->dtype = d;
-		if (t->dtype < 0) {
+		t->dtype = tern_dtype_of_safetensors(dt);
+		if (t->dtype == TERN_DTYPE_NONE) {
 			rc = TERN_ERR(err, TERN_EUNSUP, "%s: tensor '%s' has unknown dtype '%s'", path, name, dt);
 			goto out;
 		}
@@ -140,7 +116,7 @@ static int st_parse(tern_st *st, tern_err *err)
 			n *= t->shape[d];
 		}
 		t->n_elem = n;
-		const size_t es = dtypes[t->dtype].size;
+		const size_t es = tern_dtype_size(t->dtype);
 		if (n > UINT64_MAX / es) {
 			rc = TERN_ERR(err, TERN_ERANGE, "%s: tensor '%s' has an absurd size", path, name);
 			goto out;
@@ -268,16 +244,16 @@ float tern_st_get_f32(const tern_st_tensor *t, uint64_t i)
 {
 	if (i >= t->n_elem)
 		return 0.0f;
-	const uint8_t *p = t->data + i * tern_st_dtype_size(t->dtype);
+	const uint8_t *p = t->data + i * tern_dtype_size(t->dtype);
 	switch (t->dtype) {
-	case TERN_ST_F32: {
+	case TERN_DTYPE_F32: {
 		float f;
 		memcpy(&f, p, 4);
 		return f;
 	}
-	case TERN_ST_F16: return tern_f16_to_f32((uint16_t)(p[0] | (p[1] << 8)));
-	case TERN_ST_BF16: return tern_bf16_to_f32((uint16_t)(p[0] | (p[1] << 8)));
-	case TERN_ST_F64: {
+	case TERN_DTYPE_F16: return tern_f16_to_f32((uint16_t)(p[0] | (p[1] << 8)));
+	case TERN_DTYPE_BF16: return tern_bf16_to_f32((uint16_t)(p[0] | (p[1] << 8)));
+	case TERN_DTYPE_F64: {
 		double d;
 		memcpy(&d, p, 8);
 		return (float)d;

@@ -39,19 +39,6 @@ const char *tern_shard_role_name(tern_shard_role r)
 	}
 }
 
-int tern_shard_dtype_bytes(tern_shard_dtype t)
-{
-	switch (t) {
-	case TERN_DT_F32:
-		return 4;
-	case TERN_DT_F16:
-	case TERN_DT_BF16:
-		return 2;
-	default:
-		return 0;
-	}
-}
-
 static void put16(uint8_t *p, uint16_t v)
 {
 	p[0] = (uint8_t)v;
@@ -256,7 +243,7 @@ int tern_shard_write_matrix(tern_shard_writer *w, tern_shard_role role, int laye
 	tern_shard_tensor *t = &w->t[w->n];
 	memset(t, 0, sizeof *t);
 	t->role = role;
-	t->dtype = TERN_DT_TERNARY;
+	t->dtype = TERN_DTYPE_TERNARY;
 	t->layer = layer;
 	t->packing = mat->packing;
 	t->m = mat->m;
@@ -273,14 +260,15 @@ int tern_shard_write_matrix(tern_shard_writer *w, tern_shard_role role, int laye
 	return 0;
 }
 
-int tern_shard_write_dense(tern_shard_writer *w, tern_shard_role role, int layer, tern_shard_dtype dtype, int m, int k,
+int tern_shard_write_dense(tern_shard_writer *w, tern_shard_role role, int layer, tern_dtype dtype, int m, int k,
 			   const void *data, tern_err *err)
 {
 	TERN_RETURN_IF(role < TERN_ROLE_ATTN_NORM || role >= TERN_ROLE_COUNT, err, TERN_EINVAL,
 		       "role %d is not a dense tensor", (int)role);
-	TERN_RETURN_IF(tern_shard_dtype_bytes(dtype) == 0 || m < 1 || k < 1 || m > MAX_ROWS || k > MAX_COLS, err,
-		       TERN_EINVAL, "%s: bad dense tensor %s (%dx%d, dtype %d)", w->path, tern_shard_role_name(role), m, k,
-		       (int)dtype);
+	const int dense = tern_dtype_shard(dtype) != UINT32_MAX && dtype != TERN_DTYPE_TERNARY;
+	TERN_RETURN_IF(!dense || m < 1 || k < 1 || m > MAX_ROWS || k > MAX_COLS, err, TERN_EINVAL,
+		       "%s: bad dense tensor %s (%dx%d, dtype %s)", w->path, tern_shard_role_name(role), m, k,
+		       tern_dtype_name(dtype));
 	TERN_FORWARD_IF_ERROR(check_dupe(w, role, layer, err));
 	tern_shard_tensor *t = &w->t[w->n];
 	memset(t, 0, sizeof *t);
@@ -292,8 +280,7 @@ int tern_shard_write_dense(tern_shard_writer *w, tern_shard_role role, int layer
 	t->k = k;
 	tensor_name(t);
 	t->scales_offset = w->pos - w->data_offset;
-	TERN_FORWARD_IF_ERROR(
-		write_payload(w, t, data, (size_t)m * (size_t)k * (size_t)tern_shard_dtype_bytes(dtype), err));
+	TERN_FORWARD_IF_ERROR(write_payload(w, t, data, (size_t)m * (size_t)k * tern_dtype_size(dtype), err));
 	w->n++;
 	return 0;
 }
@@ -303,7 +290,7 @@ static void encode_entry(uint8_t *e, const tern_shard_tensor *t)
 	memset(e, 0, TERN_SHARD_ENTRY_BYTES);
 	memcpy(e, t->name, strlen(t->name));
 	put16(e + 48, (uint16_t)t->role);
-	put16(e + 50, (uint16_t)t->dtype);
+	put16(e + 50, (uint16_t)tern_dtype_shard(t->dtype));
 	put32(e + 52, (uint32_t)t->layer);
 	put32(e + 56, (uint32_t)t->packing);
 	put32(e + 60, (uint32_t)t->m);
@@ -449,7 +436,7 @@ static int parse(tern_shard *sh, tern_err *err)
 		TERN_RETURN_IF(memchr(e, 0, 48) == NULL, err, TERN_EFORMAT, "%s: tensor %u: unterminated name", nm, i);
 		memcpy(t->name, e, 48);
 		t->role = get16(e + 48);
-		t->dtype = get16(e + 50);
+		t->dtype = tern_dtype_of_shard(get16(e + 50));
 		t->layer = (int32_t)get32(e + 52);
 		const uint32_t pk = get32(e + 56), m = get32(e + 60), k = get32(e + 64), kp = get32(e + 68),
 			       mp = get32(e + 72), gr = get32(e + 76), ng = get32(e + 80), comp = get32(e + 84);
@@ -458,13 +445,13 @@ static int parse(tern_shard *sh, tern_err *err)
 		t->stored_bytes = get64(e + 104);
 		t->raw_bytes = get64(e + 112);
 		t->raw_xxh64 = get64(e + 120);
-		TERN_RETURN_IF(t->role >= TERN_ROLE_COUNT || t->dtype >= TERN_DT_COUNT || pk >= TERN_PACK_COUNT ||
-				       comp > 1,
-			       err, TERN_EFORMAT, "%s: tensor '%s': unknown role/type/packing/compression", nm, t->name);
+		TERN_RETURN_IF(
+		    t->role >= TERN_ROLE_COUNT || t->dtype == TERN_DTYPE_NONE || pk >= TERN_PACK_COUNT || comp > 1, err,
+		    TERN_EFORMAT, "%s: tensor '%s': unknown role/type/packing/compression", nm, t->name);
 		TERN_RETURN_IF(m < 1 || m > MAX_ROWS || k < 1 || k > MAX_COLS, err, TERN_ERANGE,
 			       "%s: tensor '%s': absurd shape %ux%u", nm, t->name, m, k);
 		const int proj = t->role < TERN_SHARD_N_PROJ;
-		TERN_RETURN_IF(proj != (t->dtype == TERN_DT_TERNARY), err, TERN_EFORMAT,
+		TERN_RETURN_IF(proj != (t->dtype == TERN_DTYPE_TERNARY), err, TERN_EFORMAT,
 			       "%s: tensor '%s': role and type disagree", nm, t->name);
 		const int global = t->role >= TERN_ROLE_TOKEN_EMBD;
 		TERN_RETURN_IF(global ? t->layer != -1 : (t->layer < first || t->layer > last || stage == 0), err,
@@ -489,7 +476,7 @@ static int parse(tern_shard *sh, tern_err *err)
 		} else {
 			TERN_RETURN_IF(kp || mp || gr || ng, err, TERN_EFORMAT, "%s: tensor '%s': scales on a dense tensor",
 				       nm, t->name);
-			expect = (uint64_t)m * k * (uint64_t)tern_shard_dtype_bytes(t->dtype);
+			expect = (uint64_t)m * k * (uint64_t)tern_dtype_size(t->dtype);
 		}
 		TERN_RETURN_IF(t->raw_bytes != expect, err, TERN_EFORMAT,
 			       "%s: tensor '%s': %llu data bytes, shape needs %llu", nm, t->name,
@@ -656,7 +643,7 @@ int tern_shard_load_matrix(const tern_shard *sh, int i, const tern_shard_alloc *
 	memset(out, 0, sizeof *out);
 	TERN_RETURN_IF(i < 0 || i >= sh->n, err, TERN_EINVAL, "%s: no tensor %d", sh->name, i);
 	const tern_shard_tensor *t = &sh->t[i];
-	TERN_RETURN_IF(t->dtype != TERN_DT_TERNARY, err, TERN_EINVAL, "%s: tensor '%s' is not ternary", sh->name,
+	TERN_RETURN_IF(t->dtype != TERN_DTYPE_TERNARY, err, TERN_EINVAL, "%s: tensor '%s' is not ternary", sh->name,
 		       t->name);
 	out->packing = t->packing;
 	out->m = t->m;
@@ -686,7 +673,7 @@ static int load_norm(const tern_shard *sh, int layer, tern_shard_role role, int 
 	const int i = tern_shard_find(sh, role, layer);
 	TERN_RETURN_IF(i < 0, err, TERN_EFORMAT, "%s: layer %d has no %s", sh->name, layer, tern_shard_role_name(role));
 	const tern_shard_tensor *t = &sh->t[i];
-	TERN_RETURN_IF(t->dtype != TERN_DT_F32 || t->m != len || t->k != 1, err, TERN_EFORMAT,
+	TERN_RETURN_IF(t->dtype != TERN_DTYPE_F32 || t->m != len || t->k != 1, err, TERN_EFORMAT,
 		       "%s: tensor '%s': expected f32[%d]", sh->name, t->name, len);
 	*out = a_alloc(a, (size_t)len * sizeof(float));
 	TERN_RETURN_IF(!*out, err, TERN_ENOMEM, "out of memory");

@@ -20,10 +20,10 @@
 #include "tern-json.h"
 #include "tern-safetensors.h"
 
-enum { FMT_F32, FMT_F16, FMT_BF16, FMT_I2S, FMT_PACKED };
-
+/* A weight or norm as the file stores it: F32, F16 or BF16; I2_S (GGUF);
+ * U8 for HF packed ternary (4 codes per byte, MODEL-FORMATS 4.2). */
 typedef struct {
-	int fmt;
+	tern_dtype dtype;
 	const uint8_t *data;
 	int64_t m, k; /* logical shape (norms: m = 1, k = n) */
 	float scale;  /* I2S / PACKED: the file's per-tensor scale */
@@ -52,21 +52,21 @@ struct tern_source {
 
 /* ---- element access ---------------------------------------------------------- */
 
-static float ld_f32(int fmt, const uint8_t *d, uint64_t i)
+static float ld_f32(tern_dtype dt, const uint8_t *d, uint64_t i)
 {
-	switch (fmt) {
-	case FMT_F32: {
+	switch (dt) {
+	case TERN_DTYPE_F32: {
 		float f;
 		memcpy(&f, d + 4 * i, 4);
 		return f;
 	}
-	case FMT_F16: return tern_f16_to_f32((uint16_t)(d[2 * i] | (d[2 * i + 1] << 8)));
+	case TERN_DTYPE_F16: return tern_f16_to_f32((uint16_t)(d[2 * i] | (d[2 * i + 1] << 8)));
 	default: return tern_bf16_to_f32((uint16_t)(d[2 * i] | (d[2 * i + 1] << 8)));
 	}
 }
 
 /* Per-group absmean over a full-precision m x k matrix in any float format. */
-static int absmean_quantize(int fmt, const uint8_t *d, int64_t m, int64_t k, int64_t group_rows, int8_t *w,
+static int absmean_quantize(tern_dtype dt, const uint8_t *d, int64_t m, int64_t k, int64_t group_rows, int8_t *w,
 			    float *scales, const char *what, tern_err *err)
 {
 	if (group_rows <= 0 || group_rows > m)
@@ -76,7 +76,7 @@ static int absmean_quantize(int fmt, const uint8_t *d, int64_t m, int64_t k, int
 		const int64_t r0 = gi * group_rows, r1 = r0 + group_rows < m ? r0 + group_rows : m;
 		double sum = 0.0;
 		for (uint64_t i = (uint64_t)(r0 * k); i < (uint64_t)(r1 * k); i++)
-			sum += fabs((double)ld_f32(fmt, d, i));
+			sum += fabs((double)ld_f32(dt, d, i));
 		if (!isfinite(sum))
 			return TERN_ERR(err, TERN_EFORMAT, "%s: non-finite weights in rows %" PRId64 "..%" PRId64, what,
 					r0, r1 - 1);
@@ -84,7 +84,7 @@ static int absmean_quantize(int fmt, const uint8_t *d, int64_t m, int64_t k, int
 		const float scale = mean > 1e-5f ? mean : 1e-5f;
 		const float s = 1.0f / scale;
 		for (uint64_t i = (uint64_t)(r0 * k); i < (uint64_t)(r1 * k); i++) {
-			float q = rintf(ld_f32(fmt, d, i) * s);
+			float q = rintf(ld_f32(dt, d, i) * s);
 			q = q > 1.0f ? 1.0f : q < -1.0f ? -1.0f : q;
 			w[i] = (int8_t)q;
 		}
@@ -97,43 +97,22 @@ int tern_absmean_quantize(const float *x, int64_t m, int64_t k, int64_t group_ro
 			  tern_err *err)
 {
 	TERN_RETURN_IF(m <= 0 || k <= 0, err, TERN_EINVAL, "absmean: bad shape %" PRId64 "x%" PRId64, m, k);
-	const int rc = absmean_quantize(FMT_F32, (const uint8_t *)x, m, k, group_rows, w, scales, "absmean", err);
+	const int rc =
+	    absmean_quantize(TERN_DTYPE_F32, (const uint8_t *)x, m, k, group_rows, w, scales, "absmean", err);
 	return rc < 0 ? rc : 0;
 }
 
 /* ---- opening ------------------------------------------------------------------ */
 
-static int gguf_fmt(uint32_t type)
+static int is_float(int dt)
 {
-	switch (type) {
-	case TERN_GGML_F32: return FMT_F32;
-	case TERN_GGML_F16: return FMT_F16;
-	case TERN_GGML_BF16: return FMT_BF16;
-	case TERN_GGML_I2_S: return FMT_I2S;
-	default: return -1;
-	}
+	return dt == TERN_DTYPE_F32 || dt == TERN_DTYPE_F16 || dt == TERN_DTYPE_BF16;
 }
 
-static int st_fmt(int dtype)
+/* The weight format named in tern_source_format(): "f32", ..., "i2_s", "packed". */
+static const char *weight_format(tern_dtype dt)
 {
-	switch (dtype) {
-	case TERN_ST_F32: return FMT_F32;
-	case TERN_ST_F16: return FMT_F16;
-	case TERN_ST_BF16: return FMT_BF16;
-	case TERN_ST_U8: return FMT_PACKED;
-	default: return -1;
-	}
-}
-
-static const char *fmt_name(int fmt)
-{
-	static const char *const n[] = {"f32", "f16", "bf16", "i2_s", "packed"};
-	return n[fmt];
-}
-
-static int ggml_of_fmt(int fmt)
-{
-	return fmt == FMT_F32 ? TERN_GGML_F32 : fmt == FMT_F16 ? TERN_GGML_F16 : TERN_GGML_BF16;
+	return dt == TERN_DTYPE_U8 ? "packed" : tern_dtype_name(dt);
 }
 
 /* Resolves a GGUF tensor of logical shape rows x cols (ne = {cols, rows}; a
@@ -149,16 +128,16 @@ static int gguf_ref(tern_source *s, const char *name, int64_t rows, int64_t cols
 				"%s: tensor '%s' has shape [%" PRIu64 ", %" PRIu64 "], expected [%" PRId64 ", %" PRId64
 				"]",
 				s->path, name, t->ne[0], t->n_dims > 1 ? t->ne[1] : 1, cols, two_d ? rows : 1);
-	const int fmt = gguf_fmt(t->type);
-	if (fmt < 0 || (fmt == FMT_I2S && !allow_i2s))
+	const tern_dtype dt = t->dtype;
+	if (!is_float(dt) && !(dt == TERN_DTYPE_I2_S && allow_i2s))
 		return TERN_ERR(err, TERN_EUNSUP, "%s: tensor '%s' has type %s, which tern cannot use here", s->path,
 				name, tern_ggml_type_name(t->type));
-	r->fmt = fmt;
+	r->dtype = dt;
 	r->data = t->data;
 	r->m = two_d ? rows : 1;
 	r->k = cols;
 	snprintf(r->name, sizeof r->name, "%s", name);
-	if (fmt == FMT_I2S) {
+	if (dt == TERN_DTYPE_I2_S) {
 		TERN_RETURN_IF((rows * cols) % 128 != 0, err, TERN_EUNSUP,
 			       "%s: I2_S tensor '%s' has %" PRId64 " elements, not a multiple of 128", s->path, name,
 			       rows * cols);
@@ -175,7 +154,8 @@ static int open_gguf(tern_source *s, tern_err *err)
 	TERN_FORWARD_IF_ERROR(tern_gguf_hparams(s->g, &s->hp, err));
 	const tern_hparams *hp = &s->hp;
 	char name[96];
-	int n_i2s = 0, wfmt = -1;
+	int n_i2s = 0;
+	tern_dtype wdt = TERN_DTYPE_NONE;
 	for (int l = 0; l < hp->n_layer; l++) {
 		for (int p = 0; p < TERN_PROJ_COUNT; p++) {
 			int m, k;
@@ -183,8 +163,8 @@ static int open_gguf(tern_source *s, tern_err *err)
 			tern_proj_gguf_name((tern_proj)p, l, name, sizeof name);
 			tref *r = &s->w[l * TERN_PROJ_COUNT + p];
 			TERN_FORWARD_IF_ERROR(gguf_ref(s, name, m, k, 1, r, err));
-			n_i2s += r->fmt == FMT_I2S;
-			wfmt = r->fmt;
+			n_i2s += r->dtype == TERN_DTYPE_I2_S;
+			wdt = r->dtype;
 		}
 		for (int n = 0; n < TERN_NORM_OUTPUT; n++) {
 			tern_norm_gguf_name((tern_norm_kind)n, l, name, sizeof name);
@@ -198,17 +178,17 @@ static int open_gguf(tern_source *s, tern_err *err)
 	s->prequant = n_i2s == n_w;
 	TERN_RETURN_IF(n_i2s != 0 && n_i2s != n_w, err, TERN_EUNSUP,
 		       "%s: mixes I2_S and full-precision projection weights", s->path);
-	snprintf(s->fmt_desc, sizeof s->fmt_desc, "gguf %s", fmt_name(wfmt));
-		for (int i = 0; i < 2; i++) {
+	snprintf(s->fmt_desc, sizeof s->fmt_desc, "gguf %s", weight_format(wdt));
+	for (int i = 0; i < 2; i++) {
 		if (i == 1 && hp->tied_embeddings)
 			break;
 		tref r;
 		TERN_FORWARD_IF_ERROR(gguf_ref(s, tern_dense_gguf_name((tern_dense_kind)i), hp->n_vocab, hp->n_embd, 0, &r, err));
 		tern_dense_view *v = &s->dense[i];
-		v->type = ggml_of_fmt(r.fmt);
+		v->type = r.dtype;
 		v->rows = hp->n_vocab;
 		v->cols = hp->n_embd;
-		v->row_bytes = (size_t)hp->n_embd * (r.fmt == FMT_F32 ? 4 : 2);
+		v->row_bytes = (size_t)hp->n_embd * tern_dtype_size(r.dtype);
 		v->data = r.data;
 	}
 	s->has_output = !hp->tied_embeddings;
@@ -232,34 +212,34 @@ static int hf_ref(tern_source *s, const char *name, int64_t rows, int64_t cols, 
 {
 	const tern_st_tensor *t = hf_find(s, name);
 	TERN_RETURN_IF(!t, err, TERN_EFORMAT, "%s: missing tensor '%s'", s->path, name);
-	const int fmt = st_fmt(t->dtype);
-	TERN_RETURN_IF(fmt < 0 || (fmt == FMT_PACKED && !allow_packed), err, TERN_EUNSUP,
+	const int packed = t->dtype == TERN_DTYPE_U8;
+	TERN_RETURN_IF(!is_float(t->dtype) && !(packed && allow_packed), err, TERN_EUNSUP,
 		       "%s: tensor '%s' has dtype %s, which tern cannot use here", s->path, name,
-		       tern_st_dtype_name(t->dtype));
-	const int64_t want0 = fmt == FMT_PACKED ? rows / 4 : rows;
+		       tern_dtype_safetensors(t->dtype));
+	const int64_t want0 = packed ? rows / 4 : rows;
 	const int two_d = rows > 0;
 	if (two_d ? (t->n_dims != 2 || t->shape[0] != (uint64_t)want0 || t->shape[1] != (uint64_t)cols ||
-		     (fmt == FMT_PACKED && rows % 4 != 0))
+		     (packed && rows % 4 != 0))
 		  : (t->n_dims != 1 || t->shape[0] != (uint64_t)cols))
 		return TERN_ERR(err, TERN_EFORMAT,
 				"%s: tensor '%s' (%s) has shape [%" PRIu64 ", %" PRIu64 "], expected [%" PRId64
 				", %" PRId64 "]",
-				s->path, name, tern_st_dtype_name(t->dtype), t->shape[0],
+				s->path, name, tern_dtype_safetensors(t->dtype), t->shape[0],
 				t->n_dims > 1 ? t->shape[1] : 0, two_d ? want0 : cols, two_d ? cols : 0);
-	r->fmt = fmt;
+	r->dtype = t->dtype;
 	r->data = t->data;
 	r->m = two_d ? rows : 1;
 	r->k = cols;
 	snprintf(r->name, sizeof r->name, "%s", name);
-	if (fmt == FMT_PACKED) {
+	if (packed) {
 		char sname[128];
 		const size_t nl = strlen(name);
 		/* "<module>.weight" -> "<module>.weight_scale" */
 		snprintf(sname, sizeof sname, "%.*s.weight_scale", (int)(nl > 7 ? nl - 7 : nl), name);
 		const tern_st_tensor *st = hf_find(s, sname);
 		TERN_RETURN_IF(!st, err, TERN_EFORMAT, "%s: packed weight '%s' has no '%s'", s->path, name, sname);
-		TERN_RETURN_IF(st->n_elem != 1 || st_fmt(st->dtype) < 0 || st_fmt(st->dtype) == FMT_PACKED, err,
-			       TERN_EFORMAT, "%s: '%s' must be one float", s->path, sname);
+		TERN_RETURN_IF(st->n_elem != 1 || !is_float(st->dtype), err, TERN_EFORMAT, "%s: '%s' must be one float",
+			       s->path, sname);
 		r->scale = tern_st_get_f32(st, 0);
 		TERN_RETURN_IF(!isfinite(r->scale), err, TERN_EFORMAT, "%s: '%s' is not finite", s->path, sname);
 	}
@@ -318,7 +298,8 @@ static int open_hf(tern_source *s, tern_err *err)
 
 	const tern_hparams *hp = &s->hp;
 	char name[128];
-	int n_packed = 0, wfmt = -1;
+	int n_packed = 0;
+	tern_dtype wdt = TERN_DTYPE_NONE;
 	for (int l = 0; l < hp->n_layer; l++) {
 		for (int p = 0; p < TERN_PROJ_COUNT; p++) {
 			int m, k;
@@ -326,8 +307,8 @@ static int open_hf(tern_source *s, tern_err *err)
 			tern_proj_hf_name((tern_proj)p, l, name, sizeof name);
 			tref *r = &s->w[l * TERN_PROJ_COUNT + p];
 			TERN_FORWARD_IF_ERROR(hf_ref(s, name, m, k, 1, r, err));
-			n_packed += r->fmt == FMT_PACKED;
-			wfmt = r->fmt;
+			n_packed += r->dtype == TERN_DTYPE_U8;
+			wdt = r->dtype;
 		}
 		for (int nk = 0; nk < TERN_NORM_OUTPUT; nk++) {
 			tern_norm_hf_name((tern_norm_kind)nk, l, name, sizeof name);
@@ -341,7 +322,7 @@ static int open_hf(tern_source *s, tern_err *err)
 	TERN_RETURN_IF(n_packed != 0 && n_packed != n_w, err, TERN_EUNSUP,
 		       "%s: mixes packed and full-precision projection weights", s->path);
 	s->prequant = n_packed == n_w;
-	snprintf(s->fmt_desc, sizeof s->fmt_desc, "hf %s", fmt_name(wfmt));
+	snprintf(s->fmt_desc, sizeof s->fmt_desc, "hf %s", weight_format(wdt));
 	/* A checkpoint without lm_head is tied whatever config.json says. */
 	const int has_head = hf_find(s, tern_dense_hf_name(TERN_DENSE_OUTPUT)) != NULL;
 	s->hp.tied_embeddings = !has_head;
@@ -349,10 +330,10 @@ static int open_hf(tern_source *s, tern_err *err)
 		tref r;
 		TERN_FORWARD_IF_ERROR(hf_ref(s, tern_dense_hf_name((tern_dense_kind)i), hp->n_vocab, hp->n_embd, 0, &r, err));
 		tern_dense_view *v = &s->dense[i];
-		v->type = ggml_of_fmt(r.fmt);
+		v->type = r.dtype;
 		v->rows = hp->n_vocab;
 		v->cols = hp->n_embd;
-		v->row_bytes = (size_t)hp->n_embd * (r.fmt == FMT_F32 ? 4 : 2);
+		v->row_bytes = (size_t)hp->n_embd * tern_dtype_size(r.dtype);
 		v->data = r.data;
 	}
 	s->has_output = has_head;
@@ -478,8 +459,8 @@ int tern_source_ternary(const tern_source *s, int layer, tern_proj p, int group_
 	const tref *r = &s->w[layer * TERN_PROJ_COUNT + p];
 	char what[700];
 	snprintf(what, sizeof what, "%s: tensor '%s'", s->path, r->name);
-	if (r->fmt == FMT_I2S || r->fmt == FMT_PACKED) {
-		if (r->fmt == FMT_I2S)
+	if (r->dtype == TERN_DTYPE_I2_S || r->dtype == TERN_DTYPE_U8) {
+		if (r->dtype == TERN_DTYPE_I2_S)
 			TERN_FORWARD_IF_ERROR(tern_i2s_decode_rows(r->data, r->m, r->k, 0, r->m, w, what, err));
 		else
 			TERN_FORWARD_IF_ERROR(unpack_hf(r, w, s->path, err));
@@ -487,7 +468,7 @@ int tern_source_ternary(const tern_source *s, int layer, tern_proj p, int group_
 		*group_rows_out = (int)r->m;
 		return 0;
 	}
-	const int rc = absmean_quantize(r->fmt, r->data, r->m, r->k, group_rows, w, scales, what, err);
+	const int rc = absmean_quantize(r->dtype, r->data, r->m, r->k, group_rows, w, scales, what, err);
 	TERN_FORWARD_IF_ERROR(rc);
 	*group_rows_out = rc;
 	return 0;
@@ -500,7 +481,7 @@ int tern_source_norm(const tern_source *s, int layer, tern_norm_kind n, float *o
 		       err, TERN_EINVAL, "%s: no norm %d of layer %d", s->path, (int)n, layer);
 	const tref *r = n == TERN_NORM_OUTPUT ? &s->norm[s->hp.n_layer * 4] : &s->norm[layer * 4 + n];
 	for (int64_t i = 0; i < r->k; i++)
-		out[i] = ld_f32(r->fmt, r->data, (uint64_t)i);
+		out[i] = ld_f32(r->dtype, r->data, (uint64_t)i);
 	return 0;
 }
 
@@ -517,9 +498,8 @@ int tern_dense_row_f32(const tern_dense_view *v, int64_t row, float *out, tern_e
 	TERN_RETURN_IF(row < 0 || row >= v->rows, err, TERN_EINVAL,
 		       "dense row %" PRId64 " out of range (%" PRId64 " rows)", row, v->rows);
 	const uint8_t *d = v->data + (uint64_t)row * v->row_bytes;
-	const int fmt = v->type == TERN_GGML_F32 ? FMT_F32 : v->type == TERN_GGML_F16 ? FMT_F16 : FMT_BF16;
 	for (int64_t i = 0; i < v->cols; i++)
-		out[i] = ld_f32(fmt, d, (uint64_t)i);
+		out[i] = ld_f32(v->type, d, (uint64_t)i);
 	return 0;
 }
 

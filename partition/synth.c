@@ -305,21 +305,21 @@ static int declare(tern_gguf_writer *w, const tern_hparams *hp, uint64_t seed, c
 
 	const uint64_t d = (uint64_t)hp->n_embd;
 	uint64_t ne[2] = {d, (uint64_t)hp->n_vocab};
-	TERN_FORWARD_IF_ERROR(tern_gguf_writer_add_tensor(w, "token_embd.weight", 2, ne, TERN_GGML_F16, err));
-	TERN_FORWARD_IF_ERROR(tern_gguf_writer_add_tensor(w, "output_norm.weight", 1, &d, TERN_GGML_F32, err));
+	TERN_FORWARD_IF_ERROR(tern_gguf_writer_add_tensor(w, "token_embd.weight", 2, ne, TERN_DTYPE_F16, err));
+	TERN_FORWARD_IF_ERROR(tern_gguf_writer_add_tensor(w, "output_norm.weight", 1, &d, TERN_DTYPE_F32, err));
 	for (int l = 0; l < hp->n_layer; l++) {
 		char name[96];
 		for (int n = 0; n < TERN_NORM_OUTPUT; n++) {
 			const uint64_t len = (uint64_t)tern_norm_len(hp, (tern_norm_kind)n);
 			tern_norm_gguf_name((tern_norm_kind)n, l, name, sizeof name);
-			TERN_FORWARD_IF_ERROR(tern_gguf_writer_add_tensor(w, name, 1, &len, TERN_GGML_F32, err));
+			TERN_FORWARD_IF_ERROR(tern_gguf_writer_add_tensor(w, name, 1, &len, TERN_DTYPE_F32, err));
 		}
 		for (int p = 0; p < TERN_PROJ_COUNT; p++) {
 			int m, k;
 			tern_proj_shape(hp, (tern_proj)p, &m, &k);
 			const uint64_t pne[2] = {(uint64_t)k, (uint64_t)m};
 			tern_proj_gguf_name((tern_proj)p, l, name, sizeof name);
-			TERN_FORWARD_IF_ERROR(tern_gguf_writer_add_tensor(w, name, 2, pne, TERN_GGML_I2_S, err));
+			TERN_FORWARD_IF_ERROR(tern_gguf_writer_add_tensor(w, name, 2, pne, TERN_DTYPE_I2_S, err));
 		}
 	}
 	return 0;

@@ -46,27 +46,6 @@ typedef enum {
 	TERN_GGUF_NTYPES
 } tern_gguf_vtype;
 
-/* ---- tensor types (ggml_type ids; only the ones we name) ---------------- */
-typedef enum {
-	TERN_GGML_F32 = 0,
-	TERN_GGML_F16 = 1,
-	TERN_GGML_Q4_0 = 2,
-	TERN_GGML_Q8_0 = 8,
-	TERN_GGML_I8 = 24,
-	TERN_GGML_I16 = 25,
-	TERN_GGML_I32 = 26,
-	TERN_GGML_I64 = 27,
-	TERN_GGML_F64 = 28,
-	TERN_GGML_BF16 = 30,
-	TERN_GGML_TQ1_0 = 34,
-	TERN_GGML_TQ2_0 = 35,
-	TERN_GGML_I2_S = 36, /* bitnet.cpp: 2-bit codes in 128/32 blocks + 32-byte tail (float scale first) */
-	TERN_GGML_I8_S = 37,
-	TERN_GGML_TL1 = 38, /* recognised (size known), data access unsupported */
-	TERN_GGML_TL2 = 39, /* recognised (size known), data access unsupported */
-	TERN_GGML_NTYPES = 40
-} tern_ggml_type;
-
 #define TERN_GGUF_DEFAULT_ALIGNMENT 32
 #define TERN_GGUF_MAX_DIMS 4
 
@@ -93,7 +72,8 @@ typedef struct tern_gguf_tensor {
 	const char *name;                /* NUL-terminated copy, owned by the tern_gguf */
 	uint32_t n_dims;                 /* 1..4 */
 	uint64_t ne[TERN_GGUF_MAX_DIMS]; /* ne[0] innermost (= columns, HF [out,in] -> {in,out}); unused dims = 1 */
-	uint32_t type;                   /* tern_ggml_type id */
+	uint32_t type;                   /* ggml_type id as stored (any id tern_ggml_nbytes knows) */
+	tern_dtype dtype;                /* tern_dtype_of_ggml(type); TERN_DTYPE_NONE for e.g. q4_0 */
 	uint64_t offset;                 /* relative to the data section; a multiple of the alignment */
 	uint64_t nbytes;                 /* tern_ggml_nbytes; checked: data_offset+offset+nbytes <= file size */
 	const uint8_t *data;             /* into the mapping (aligned to the file's alignment, not 64) */
@@ -229,11 +209,13 @@ int tern_gguf_writer_add_array(tern_gguf_writer *w, const char *key, uint32_t el
 int tern_gguf_writer_add_str_array(tern_gguf_writer *w, const char *key, const char *const *strs, const uint64_t *lens,
 				   uint64_t n, tern_err *err);
 
-/* Declares a tensor (before write_header); its data size is
- * tern_ggml_nbytes(type, n_dims, ne) (TERN_EINVAL if 0). Offsets are
- * assigned in declaration order, each padded to the alignment. */
+/* Declares a tensor of element type dtype (one with a GGUF code,
+ * tern_dtype_ggml) before write_header; its data size is
+ * tern_ggml_nbytes(tern_dtype_ggml(dtype), n_dims, ne) (TERN_EINVAL if 0 or
+ * no code). Offsets are assigned in declaration order, each padded to the
+ * alignment. */
 int tern_gguf_writer_add_tensor(tern_gguf_writer *w, const char *name, uint32_t n_dims, const uint64_t *ne,
-				uint32_t type, tern_err *err);
+				tern_dtype dtype, tern_err *err);
 
 /* Writes magic, counts, KVs, tensor infos and the padding to the data start. */
 int tern_gguf_writer_write_header(tern_gguf_writer *w, tern_err *err);

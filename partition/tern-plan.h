@@ -51,10 +51,12 @@ typedef struct tern_cluster {
  *           cores: 16            # required, >= 1
  *         - {numa: 1, memory: 64GiB, cores: 16}   # flow maps on one line work too
  *
- * Block mappings and sequences by indentation (spaces only), `#` comments,
- * plain/single/double-quoted scalars, one-line flow maps. Anything else (tabs,
- * anchors, multi-line strings, flow lists, unknown keys) is an error naming the
- * file and line. */
+ * One YAML document, read by libyaml: block mappings and sequences (spaces
+ * only), `#` comments, plain/single/double-quoted scalars, flow maps.
+ * Anchors, aliases, tags, block strings (`|`, `>`), flow lists, unknown or
+ * duplicate keys and files over 1 MiB are errors naming the file and line.
+ * Values are taken as written (`coordinator` is `true` or `false`, numbers
+ * are decimal). */
 int tern_cluster_parse_yaml(tern_cluster *c, const char *text, size_t len, const char *fname, tern_err *err);
 int tern_cluster_load_yaml(tern_cluster *c, const char *path, tern_err *err);
 
@@ -68,12 +70,9 @@ void tern_cluster_free(tern_cluster *c);
 
 /* ---- what is planned ---------------------------------------------------- */
 
-/* GGUF type codes of the token embedding as stored. */
-enum { TERN_EMBD_F32 = 0, TERN_EMBD_F16 = 1, TERN_EMBD_BF16 = 30 };
-
 typedef struct tern_plan_model {
 	tern_hparams hp;
-	int embd_type;            /* TERN_EMBD_*: bytes per embedding element follow from it */
+	tern_dtype embd_type;     /* token embedding as stored: F32, F16 or BF16 (the manifest keeps its GGUF code) */
 	uint64_t tokenizer_bytes; /* coordinator memory for tokenizer tables; 0 = estimate from n_vocab */
 } tern_plan_model;
 
@@ -87,8 +86,8 @@ typedef struct tern_plan_opts {
 
 /* Fills defaults for hp (TL2, per tensor, 4 x min(4096, n_ctx_train), 128). */
 void tern_plan_opts_default(tern_plan_opts *o, const tern_hparams *hp);
-/* Bytes per element of an embedding type; 0 if unknown. */
-int tern_plan_embd_elem_bytes(int embd_type);
+/* Bytes per element of an embedding type; 0 unless F32, F16 or BF16. */
+int tern_plan_embd_elem_bytes(tern_dtype embd_type);
 
 /* Byte counts the planner balances and fits (pure functions).
  * layer weights: packed ternary data of the 7 projections + their scales + f32 norms;

@@ -19,33 +19,11 @@
 extern "C" {
 #endif
 
-typedef enum {
-	TERN_ST_BOOL,
-	TERN_ST_U8,
-	TERN_ST_I8,
-	TERN_ST_U16,
-	TERN_ST_I16,
-	TERN_ST_F16,
-	TERN_ST_BF16,
-	TERN_ST_U32,
-	TERN_ST_I32,
-	TERN_ST_F32,
-	TERN_ST_U64,
-	TERN_ST_I64,
-	TERN_ST_F64,
-	TERN_ST_F8_E4M3,
-	TERN_ST_F8_E5M2,
-	TERN_ST_NDTYPES
-} tern_st_dtype;
-
 #define TERN_ST_MAX_DIMS 8
-
-const char *tern_st_dtype_name(int dtype); /* "BF16", ...; never NULL */
-size_t tern_st_dtype_size(int dtype);      /* bytes per element, 0 if unknown */
 
 typedef struct tern_st_tensor {
 	const char *name;                 /* NUL-terminated, owned by the tern_st */
-	int dtype;                        /* tern_st_dtype */
+	tern_dtype dtype;                 /* one with a safetensors name (tern_dtype_safetensors) */
 	int n_dims;                       /* 0..8 (0 = scalar) */
 	uint64_t shape[TERN_ST_MAX_DIMS]; /* outermost first (HF [out, in]) */
 	uint64_t n_elem;

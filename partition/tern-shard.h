@@ -18,7 +18,7 @@
  *    56  u64 xxh64 of the index bytes
  *   index, n_tensors entries of 128 bytes:
  *     0  char[48] name, NUL-terminated ("blk.3.attn_q.weight")
- *    48  u16 role (tern_shard_role), 50 u16 dtype (tern_shard_dtype)
+ *    48  u16 role (tern_shard_role), 50 u16 dtype (0 ternary, 1 f32, 2 f16, 3 bf16: tern_dtype_shard)
  *    52  i32 layer (-1 for global tensors)
  *    56  u32 packing, 60 u32 m (rows), 64 u32 k (columns; 1 for vectors)
  *    68  u32 k_pad, 72 u32 m_pad (as tern_matrix_pack set them; 0 if not ternary)
@@ -67,22 +67,13 @@ typedef enum {
 } tern_shard_role;
 #define TERN_SHARD_N_PROJ 7 /* roles 0..6 are the ternary projections */
 
-typedef enum {
-	TERN_DT_TERNARY = 0, /* packed, see packing */
-	TERN_DT_F32 = 1,
-	TERN_DT_F16 = 2,
-	TERN_DT_BF16 = 3,
-	TERN_DT_COUNT
-} tern_shard_dtype;
-
 /* GGUF-style tensor name of a role ("attn_q", "token_embd", ...). */
 const char *tern_shard_role_name(tern_shard_role r);
-int tern_shard_dtype_bytes(tern_shard_dtype t); /* element size; 0 for TERNARY */
 
 typedef struct tern_shard_tensor {
 	char name[48];
 	int role;            /* tern_shard_role */
-	int dtype;           /* tern_shard_dtype */
+	tern_dtype dtype;    /* TERNARY, F32, F16 or BF16 */
 	int layer;           /* -1 for global tensors */
 	tern_packing packing;
 	int m, k, k_pad, m_pad;
@@ -106,7 +97,7 @@ void tern_shard_writer_set_progress(tern_shard_writer *w, struct tern_progress *
 int tern_shard_write_matrix(tern_shard_writer *w, tern_shard_role role, int layer, const tern_matrix *mat,
 			    tern_err *err);
 /* A dense tensor of m x k elements of dtype (F32/F16/BF16). */
-int tern_shard_write_dense(tern_shard_writer *w, tern_shard_role role, int layer, tern_shard_dtype dtype, int m, int k,
+int tern_shard_write_dense(tern_shard_writer *w, tern_shard_role role, int layer, tern_dtype dtype, int m, int k,
 			   const void *data, tern_err *err);
 /* Writes the index and header, hashes the finished file. Frees w either way. */
 int tern_shard_writer_close(tern_shard_writer *w, uint64_t *file_bytes, uint64_t *file_xxh64, tern_err *err);

@@ -79,7 +79,7 @@ int tern_source_norm(const tern_source *s, int layer, tern_norm_kind n, float *o
 
 /* A dense (non-ternary) matrix, as stored: no copy. */
 typedef struct tern_dense_view {
-	int type;            /* tern_dtype of the storage: F32, F16 or BF16 */
+	tern_dtype type;     /* of the storage: F32, F16 or BF16 */
 	int64_t rows;        /* n_vocab */
 	int64_t cols;        /* n_embd */
 	size_t row_bytes;    /* cols * element size */

@@ -190,7 +190,7 @@ static int tmodel_init(tmodel *m, uint64_t seed)
 		m->emb[i] = tern_f32_to_f16(rng_f(-1, 1));
 	for (int i = 0; i < m->hp.n_embd; i++)
 		m->onorm[i] = rng_f(0.8f, 1.2f);
-	tern_head_config hc = {m->hp.n_vocab, m->hp.n_embd,   TERN_HEAD_F16,      m->emb, 0,
+	tern_head_config hc = {m->hp.n_vocab, m->hp.n_embd,   TERN_DTYPE_F16, m->emb, 0,
 			       m->onorm,      m->hp.norm_eps, TERN_ISA_AUTO};
 	return tern_head_create(&hc, &m->head, NULL);
 }
@@ -743,7 +743,7 @@ static void test_head(void)
 				TT_NOTE_SKIP("head %s", tern_isa_name((tern_isa)isa));
 				continue;
 			}
-			tern_head_config hc = {V, D, (tern_head_dtype)dt, embs[dt], 0, norm, 1e-5f, (tern_isa)isa};
+			tern_head_config hc = {V, D, (tern_dtype)dt, embs[dt], 0, norm, 1e-5f, (tern_isa)isa};
 			tern_head *h;
 			TT_REQUIRE(tern_head_create(&hc, &h, NULL) == 0);
 			float *dst = first ? lg[dt] : lg1;
@@ -804,7 +804,7 @@ static void test_head(void)
 	const uint16_t codes[5] = {0x3c00, 0xc000, 0x0001, 0x7bff, 0x8000};
 	const float vals[5] = {1.0f, -2.0f, 0x1p-24f, 65504.0f, -0.0f};
 	float nrm1[5] = {1, 1, 1, 1, 1};
-	tern_head_config hc = {5, 1, TERN_HEAD_F16, codes, 0, nrm1, 1e-5f, TERN_ISA_AUTO};
+	tern_head_config hc = {5, 1, TERN_DTYPE_F16, codes, 0, nrm1, 1e-5f, TERN_ISA_AUTO};
 	tern_head *h;
 	TT_REQUIRE(tern_head_create(&hc, &h, NULL) == 0);
 	TT_EQ_INT(tern_head_isa(h), tern_isa_default()); /* AUTO follows TERN_KERNEL like the layers */
@@ -842,7 +842,7 @@ static void test_head_int8(void)
 			TT_NOTE_SKIP("head %s", tern_isa_name((tern_isa)isa));
 			continue;
 		}
-		tern_head_config hc = {V, D, TERN_HEAD_F16, e16, 0, norm, 1e-5f, (tern_isa)isa};
+		tern_head_config hc = {V, D, TERN_DTYPE_F16, e16, 0, norm, 1e-5f, (tern_isa)isa};
 		tern_head *h;
 		TT_REQUIRE(tern_head_create(&hc, &h, NULL) == 0);
 		const uint64_t b16 = tern_head_bytes(h);

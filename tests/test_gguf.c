@@ -79,26 +79,29 @@ static void test_i2s_hand_built(void)
 	(void)v2;
 }
 
+/* GGUF code of a tern_dtype */
+#define GGML(t) tern_dtype_ggml(TERN_DTYPE_##t)
+
 static void test_nbytes(void)
 {
 	const uint64_t ne[2] = {2560, 640};
-	TT_EQ_INT(tern_ggml_nbytes(TERN_GGML_I2_S, 2, ne), 2560 * 640 / 4 + 32);
-	TT_EQ_INT(tern_ggml_nbytes(TERN_GGML_TL1, 2, ne), 2560 * 640 / 4 + 32);
-	TT_EQ_INT(tern_ggml_nbytes(TERN_GGML_F16, 2, ne), 2560 * 640 * 2);
-	TT_EQ_INT(tern_ggml_nbytes(TERN_GGML_BF16, 2, ne), 2560 * 640 * 2);
-	TT_EQ_INT(tern_ggml_nbytes(TERN_GGML_F32, 1, ne), 2560 * 4);
-	TT_EQ_INT(tern_ggml_nbytes(TERN_GGML_I8, 2, ne), 2560 * 640);
-	TT_EQ_INT(tern_ggml_nbytes(TERN_GGML_Q8_0, 2, ne), 2560 / 32 * 34 * 640);
+	TT_EQ_INT(tern_ggml_nbytes(GGML(I2_S), 2, ne), 2560 * 640 / 4 + 32);
+	TT_EQ_INT(tern_ggml_nbytes(GGML(TL1), 2, ne), 2560 * 640 / 4 + 32);
+	TT_EQ_INT(tern_ggml_nbytes(GGML(F16), 2, ne), 2560 * 640 * 2);
+	TT_EQ_INT(tern_ggml_nbytes(GGML(BF16), 2, ne), 2560 * 640 * 2);
+	TT_EQ_INT(tern_ggml_nbytes(GGML(F32), 1, ne), 2560 * 4);
+	TT_EQ_INT(tern_ggml_nbytes(GGML(I8), 2, ne), 2560 * 640);
+	TT_EQ_INT(tern_ggml_nbytes(8 /* q8_0 */, 2, ne), 2560 / 32 * 34 * 640);
 	/* TL2 per MODEL-FORMATS 2.2: ((k-256)*m/3*5/8 + 256*m/2*4/8) rounded up to 32, + 32. */
 	const uint64_t t2[2] = {3200, 8640};
 	uint64_t want = (3200 - 256) * 8640ull / 3 * 5 / 8 + 256 * 8640ull / 2 * 4 / 8;
 	want = (want + 31) / 32 * 32 + 32;
-	TT_EQ_INT(tern_ggml_nbytes(TERN_GGML_TL2, 2, t2), want);
+	TT_EQ_INT(tern_ggml_nbytes(GGML(TL2), 2, t2), want);
 	TT_EQ_INT(tern_ggml_nbytes(99, 2, ne), 0);
 	TT_EQ_INT(tern_ggml_nbytes(4, 2, ne), 0); /* removed ggml id */
 	const uint64_t huge[4] = {1ull << 40, 1ull << 40, 1ull << 40, 1};
-	TT_EQ_INT(tern_ggml_nbytes(TERN_GGML_F32, 3, huge), 0);
-	TT_CHECK(strcmp(tern_ggml_type_name(TERN_GGML_I2_S), "i2_s") == 0);
+	TT_EQ_INT(tern_ggml_nbytes(GGML(F32), 3, huge), 0);
+	TT_CHECK(strcmp(tern_ggml_type_name(GGML(I2_S)), "i2_s") == 0);
 }
 
 /* ---- writer / reader, every metadata type ----------------------------------- */
@@ -162,9 +165,9 @@ static int write_small(const char *path, uint32_t version, uint32_t alignment, t
 	rc = rc ? rc : tern_gguf_writer_add_array(w, "a.f64", TERN_GGUF_F64, af64, 1, e);
 	rc = rc ? rc : tern_gguf_writer_add_array(w, "a.empty", TERN_GGUF_I32, NULL, 0, e);
 	const uint64_t ne_norm[1] = {8}, ne_mat[2] = {4, 3}, ne_i2s[2] = {128, 2};
-	rc = rc ? rc : tern_gguf_writer_add_tensor(w, "norm", 1, ne_norm, TERN_GGML_F32, e);
-	rc = rc ? rc : tern_gguf_writer_add_tensor(w, "mat", 2, ne_mat, TERN_GGML_F16, e);
-	rc = rc ? rc : tern_gguf_writer_add_tensor(w, "tern", 2, ne_i2s, TERN_GGML_I2_S, e);
+	rc = rc ? rc : tern_gguf_writer_add_tensor(w, "norm", 1, ne_norm, TERN_DTYPE_F32, e);
+	rc = rc ? rc : tern_gguf_writer_add_tensor(w, "mat", 2, ne_mat, TERN_DTYPE_F16, e);
+	rc = rc ? rc : tern_gguf_writer_add_tensor(w, "tern", 2, ne_i2s, TERN_DTYPE_I2_S, e);
 	rc = rc ? rc : tern_gguf_writer_write_header(w, e);
 	float norm[8];
 	for (int i = 0; i < 8; i++)
@@ -269,9 +272,9 @@ static void check_small(const char *path, uint32_t version, uint32_t alignment)
 	const tern_gguf_tensor *tn = tern_gguf_find_tensor(g, "norm"), *tm = tern_gguf_find_tensor(g, "mat"),
 			       *ti = tern_gguf_find_tensor(g, "tern");
 	TT_REQUIRE(tn && tm && ti && !tern_gguf_find_tensor(g, "nope"));
-	TT_CHECK(tn->type == TERN_GGML_F32 && tn->n_dims == 1 && tn->ne[0] == 8 && tn->nbytes == 32);
-	TT_CHECK(tm->type == TERN_GGML_F16 && tm->ne[0] == 4 && tm->ne[1] == 3 && tm->nbytes == 24);
-	TT_CHECK(ti->type == TERN_GGML_I2_S && ti->nbytes == 64 + 32);
+	TT_CHECK(tn->dtype == TERN_DTYPE_F32 && tn->n_dims == 1 && tn->ne[0] == 8 && tn->nbytes == 32);
+	TT_CHECK(tm->dtype == TERN_DTYPE_F16 && tm->ne[0] == 4 && tm->ne[1] == 3 && tm->nbytes == 24);
+	TT_CHECK(ti->dtype == TERN_DTYPE_I2_S && ti->nbytes == 64 + 32);
 	for (int i = 0; i < 3; i++)
 		TT_CHECK(tern_gguf_tensor_at(g, i)->offset % alignment == 0);
 	const void *dp;
@@ -318,9 +321,9 @@ static void test_roundtrip_v2_v3_alignment(void)
 	TT_CHECK(tern_gguf_writer_add_u32(w, "k", 1, &e) == 0);
 	TT_CHECK(tern_gguf_writer_add_u32(w, "k", 2, &e) == TERN_EINVAL);
 	const uint64_t ne[1] = {4};
-	TT_CHECK(tern_gguf_writer_add_tensor(w, "t", 1, ne, TERN_GGML_F32, &e) == 0);
+	TT_CHECK(tern_gguf_writer_add_tensor(w, "t", 1, ne, TERN_DTYPE_F32, &e) == 0);
 	const uint64_t bad[2] = {5, 1};
-	TT_CHECK(tern_gguf_writer_add_tensor(w, "i2", 2, bad, TERN_GGML_I2_S, &e) == TERN_EINVAL);
+	TT_CHECK(tern_gguf_writer_add_tensor(w, "i2", 2, bad, TERN_DTYPE_I2_S, &e) == TERN_EINVAL);
 	TT_CHECK(tern_gguf_writer_write_header(w, &e) == 0);
 	float x[8] = {0};
 	TT_CHECK(tern_gguf_writer_write(w, x, 32, &e) == TERN_EINVAL); /* crosses the tensor end */
@@ -492,7 +495,7 @@ static void test_damaged(void)
 	TT_CHECK(open_bytes(b, n, bad, &e) == TERN_EFORMAT && strstr(e.msg, "duplicate tensor"));
 	/* TL2 is recognised, but its data is refused. */
 	memcpy(b, orig, n);
-	put32(b + p_type, TERN_GGML_TL1);
+	put32(b + p_type, GGML(TL1));
 	TT_REQUIRE(tt_write_file(bad, b, n) == 0);
 	tern_gguf *g;
 	TT_REQUIRE(tern_gguf_open(&g, bad, &e) == 0);
@@ -628,7 +631,7 @@ static void check_synth_model(const char *path, const tern_hparams *hp, uint64_t
 	TT_CHECK(f[3] == tern_synth_norm(seed, -1, TERN_NORM_OUTPUT, 3));
 	tern_dense_view v;
 	TT_REQUIRE(tern_source_dense(s, TERN_DENSE_TOKEN_EMBD, &v, &e) == 0);
-	TT_CHECK(v.type == TERN_GGML_F16 && v.rows == hp->n_vocab && v.cols == hp->n_embd &&
+	TT_CHECK(v.type == TERN_DTYPE_F16 && v.rows == hp->n_vocab && v.cols == hp->n_embd &&
 		 v.row_bytes == (size_t)hp->n_embd * 2);
 	TT_CHECK(tern_source_dense(s, TERN_DENSE_OUTPUT, &v, &e) == TERN_EINVAL);
 	TT_REQUIRE(tern_source_dense(s, TERN_DENSE_TOKEN_EMBD, &v, &e) == 0);
@@ -785,14 +788,14 @@ static void test_synth_2b4t_widths(void)
 	TT_REQUIRE(tern_gguf_open(&g, path, &e) == 0);
 	/* The layout bitnet.cpp writes (MODEL-FORMATS 2.4). */
 	const tern_gguf_tensor *t = tern_gguf_find_tensor(g, "blk.0.attn_k.weight");
-	TT_CHECK(t && t->type == TERN_GGML_I2_S && t->ne[0] == 2560 && t->ne[1] == 640 &&
+	TT_CHECK(t && t->dtype == TERN_DTYPE_I2_S && t->ne[0] == 2560 && t->ne[1] == 640 &&
 		 t->nbytes == 2560 * 640 / 4 + 32);
 	t = tern_gguf_find_tensor(g, "blk.0.ffn_down.weight");
-	TT_CHECK(t && t->type == TERN_GGML_I2_S && t->ne[0] == 6912 && t->ne[1] == 2560);
+	TT_CHECK(t && t->dtype == TERN_DTYPE_I2_S && t->ne[0] == 6912 && t->ne[1] == 2560);
 	t = tern_gguf_find_tensor(g, "token_embd.weight");
-	TT_CHECK(t && t->type == TERN_GGML_F16 && t->ne[0] == 2560 && t->ne[1] == 512);
+	TT_CHECK(t && t->dtype == TERN_DTYPE_F16 && t->ne[0] == 2560 && t->ne[1] == 512);
 	t = tern_gguf_find_tensor(g, "blk.0.ffn_sub_norm.weight");
-	TT_CHECK(t && t->type == TERN_GGML_F32 && t->ne[0] == 6912);
+	TT_CHECK(t && t->dtype == TERN_DTYPE_F32 && t->ne[0] == 6912);
 	TT_CHECK(tern_gguf_find_tensor(g, "output.weight") == NULL);
 	TT_CHECK(tern_gguf_n_tensors(g) == 2 + 11);
 	uint32_t u;
@@ -851,17 +854,17 @@ static void test_gguf_float_weights(void)
 	rc = rc ? rc : tern_gguf_writer_add_u32(w, "bitnet-25.feed_forward_length", 256, &e);
 	rc = rc ? rc : tern_gguf_writer_add_u32(w, "bitnet-25.vocab_size", 40, &e);
 	TT_REQUIRE(rc == 0);
-	const uint32_t ptype[7] = {TERN_GGML_F32, TERN_GGML_F16, TERN_GGML_BF16, TERN_GGML_F32,
-				   TERN_GGML_F16, TERN_GGML_F32, TERN_GGML_BF16};
+	const tern_dtype ptype[7] = {TERN_DTYPE_F32, TERN_DTYPE_F16, TERN_DTYPE_BF16, TERN_DTYPE_F32,
+				     TERN_DTYPE_F16, TERN_DTYPE_F32, TERN_DTYPE_BF16};
 	const uint64_t ne_e[2] = {128, 40};
-	TT_REQUIRE(tern_gguf_writer_add_tensor(w, "token_embd.weight", 2, ne_e, TERN_GGML_F32, &e) == 0);
-	TT_REQUIRE(tern_gguf_writer_add_tensor(w, "output.weight", 2, ne_e, TERN_GGML_F16, &e) == 0);
+	TT_REQUIRE(tern_gguf_writer_add_tensor(w, "token_embd.weight", 2, ne_e, TERN_DTYPE_F32, &e) == 0);
+	TT_REQUIRE(tern_gguf_writer_add_tensor(w, "output.weight", 2, ne_e, TERN_DTYPE_F16, &e) == 0);
 	const uint64_t d = 128, ff = 256;
-	TT_REQUIRE(tern_gguf_writer_add_tensor(w, "output_norm.weight", 1, &d, TERN_GGML_F32, &e) == 0);
+	TT_REQUIRE(tern_gguf_writer_add_tensor(w, "output_norm.weight", 1, &d, TERN_DTYPE_F32, &e) == 0);
 	char name[96];
 	for (int n = 0; n < 4; n++) {
 		tern_norm_gguf_name((tern_norm_kind)n, 0, name, sizeof name);
-		TT_REQUIRE(tern_gguf_writer_add_tensor(w, name, 1, n == 3 ? &ff : &d, TERN_GGML_F32, &e) == 0);
+		TT_REQUIRE(tern_gguf_writer_add_tensor(w, name, 1, n == 3 ? &ff : &d, TERN_DTYPE_F32, &e) == 0);
 	}
 	for (int p = 0; p < 7; p++) {
 		int m, k;
@@ -895,9 +898,9 @@ static void test_gguf_float_weights(void)
 		for (int i = 0; i < m * k; i++) {
 			st = st * 1103515245u + 12345u;
 			const float v = ((float)((st >> 8) & 0xFFFF) / 65536.0f - 0.5f) * (p == 3 ? 0.001f : 3.0f);
-			if (ptype[p] == TERN_GGML_F32) {
+			if (ptype[p] == TERN_DTYPE_F32) {
 				truth[p][i] = buf[i] = v;
-			} else if (ptype[p] == TERN_GGML_F16) {
+			} else if (ptype[p] == TERN_DTYPE_F16) {
 				hb[i] = tern_f32_to_f16(v);
 				truth[p][i] = tern_f16_to_f32(hb[i]);
 			} else {
@@ -905,7 +908,7 @@ static void test_gguf_float_weights(void)
 				truth[p][i] = tern_bf16_to_f32(hb[i]);
 			}
 		}
-		if (ptype[p] == TERN_GGML_F32)
+		if (ptype[p] == TERN_DTYPE_F32)
 			TT_REQUIRE(tern_gguf_writer_write(w, buf, (size_t)m * k * 4, &e) == 0);
 		else
 			TT_REQUIRE(tern_gguf_writer_write(w, hb, (size_t)m * k * 2, &e) == 0);
@@ -939,10 +942,10 @@ static void test_gguf_float_weights(void)
 	tern_dense_view v;
 	float row[128];
 	TT_REQUIRE(tern_source_dense(s, TERN_DENSE_OUTPUT, &v, &e) == 0);
-	TT_CHECK(v.type == TERN_GGML_F16 && tern_dense_row_f32(&v, 2, row, &e) == 0 &&
+	TT_CHECK(v.type == TERN_DTYPE_F16 && tern_dense_row_f32(&v, 2, row, &e) == 0 &&
 		 row[5] == tern_f16_to_f32(tern_f32_to_f16(-(float)(2 * 128 + 5) / 1000.0f)));
 	TT_REQUIRE(tern_source_dense(s, TERN_DENSE_TOKEN_EMBD, &v, &e) == 0);
-	TT_CHECK(v.type == TERN_GGML_F32 && tern_dense_row_f32(&v, 3, row, &e) == 0 &&
+	TT_CHECK(v.type == TERN_DTYPE_F32 && tern_dense_row_f32(&v, 3, row, &e) == 0 &&
 		 row[7] == (float)(3 * 128 + 7) / 1000.0f);
 	/* No tokenizer in this file: a clear error. */
 	const tern_vocab *voc;

@@ -34,7 +34,7 @@ static tern_plan_model small_model(int layers)
 	TT_CHECK(tern_hparams_preset("125m", &m.hp, NULL) == 0);
 	m.hp.n_layer = layers;
 	m.hp.n_vocab = 512;
-	m.embd_type = TERN_EMBD_F16;
+	m.embd_type = TERN_DTYPE_F16;
 	return m;
 }
 
@@ -292,6 +292,13 @@ static void test_hosts_errors(void)
 		{"hosts:\n  - name: a\n    domains:\n      - {numa: 0, memory: 1G, cores: 1}\n      - {numa: 0, memory: 1G, "
 		 "cores: 1}\n",
 		 "hosts.yaml:5: NUMA domain 0 of host a listed twice"},
+		{"hosts:\n  - name: a\n    domains:\n      - &d {memory: 1G, cores: 1}\n      - *d\n",
+		 "hosts.yaml:4: unsupported YAML feature: anchor '&d'"},
+		{"hosts:\n  - name: a\n    domains:\n      - *d\n", "hosts.yaml:4: unsupported YAML feature: alias '*d'"},
+		{"hosts: !!seq\n  - name: a\n", "hosts.yaml:1: unsupported YAML feature: tag"},
+		{"hosts:\n  - name: |\n      a\n", "hosts.yaml:2: unsupported YAML feature: block string"},
+		{"hosts:\n  - name: a\n---\nhosts:\n", "hosts.yaml:3: more than one YAML document"},
+		{"hosts:\n  - name: \"a\\0\"\n", "hosts.yaml:2: NUL character"},
 	};
 	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
 		tern_cluster c;
@@ -314,7 +321,7 @@ static void test_dry_run_100b(void)
 	tern_plan_model m;
 	memset(&m, 0, sizeof m);
 	TT_REQUIRE(tern_hparams_preset("100b", &m.hp, NULL) == 0);
-	m.embd_type = TERN_EMBD_F16;
+	m.embd_type = TERN_DTYPE_F16;
 	tern_plan_opts o;
 	tern_plan_opts_default(&o, &m.hp);
 	tern_cluster c;
@@ -474,7 +481,7 @@ static void check_plan_vs_synth(const char *dir, const tern_hparams *hp, uint64_
 	const int ie = tern_shard_find(sh, TERN_ROLE_TOKEN_EMBD, -1), in = tern_shard_find(sh, TERN_ROLE_OUTPUT_NORM, -1);
 	TT_REQUIRE(ie >= 0 && in >= 0);
 	const tern_shard_tensor *te = tern_shard_tensor_at(sh, ie);
-	TT_EQ_INT(te->dtype, TERN_DT_F16);
+	TT_EQ_INT(te->dtype, TERN_DTYPE_F16);
 	TT_EQ_INT(te->m, hp->n_vocab);
 	TT_EQ_INT(te->k, hp->n_embd);
 	uint16_t *emb = malloc((size_t)te->raw_bytes);
@@ -589,22 +596,22 @@ static void write_fp_gguf(const char *path, tern_hparams *hp)
 	TT_REQUIRE(rc == 0);
 	char name[64];
 	uint64_t ne[2] = {256, 300};
-	TT_REQUIRE(tern_gguf_writer_add_tensor(w, "token_embd.weight", 2, ne, TERN_GGML_BF16, &err) == 0);
-	TT_REQUIRE(tern_gguf_writer_add_tensor(w, "output.weight", 2, ne, TERN_GGML_F16, &err) == 0);
+	TT_REQUIRE(tern_gguf_writer_add_tensor(w, "token_embd.weight", 2, ne, TERN_DTYPE_BF16, &err) == 0);
+	TT_REQUIRE(tern_gguf_writer_add_tensor(w, "output.weight", 2, ne, TERN_DTYPE_F16, &err) == 0);
 	ne[0] = 256;
-	TT_REQUIRE(tern_gguf_writer_add_tensor(w, "output_norm.weight", 1, ne, TERN_GGML_F32, &err) == 0);
+	TT_REQUIRE(tern_gguf_writer_add_tensor(w, "output_norm.weight", 1, ne, TERN_DTYPE_F32, &err) == 0);
 	for (int l = 0; l < 2; l++) {
 		for (int p = 0; p < TERN_PROJ_COUNT; p++) {
 			int m, k;
 			tern_proj_shape(hp, (tern_proj)p, &m, &k);
 			tern_proj_gguf_name((tern_proj)p, l, name, sizeof name);
 			const uint64_t pne[2] = {(uint64_t)k, (uint64_t)m};
-			TT_REQUIRE(tern_gguf_writer_add_tensor(w, name, 2, pne, TERN_GGML_F32, &err) == 0);
+			TT_REQUIRE(tern_gguf_writer_add_tensor(w, name, 2, pne, TERN_DTYPE_F32, &err) == 0);
 		}
 		for (int n = TERN_NORM_ATTN; n <= TERN_NORM_FFN_SUB; n++) {
 			tern_norm_gguf_name((tern_norm_kind)n, l, name, sizeof name);
 			const uint64_t nne[1] = {(uint64_t)tern_norm_len(hp, (tern_norm_kind)n)};
-			TT_REQUIRE(tern_gguf_writer_add_tensor(w, name, 1, nne, TERN_GGML_F32, &err) == 0);
+			TT_REQUIRE(tern_gguf_writer_add_tensor(w, name, 1, nne, TERN_DTYPE_F32, &err) == 0);
 		}
 	}
 	TT_REQUIRE(tern_gguf_writer_write_header(w, &err) == 0);
@@ -665,7 +672,7 @@ static void test_group_scales_full_precision(void)
 	TT_REQUIRE(tern_plan_manifest_read(&p, dir, &err) == 0);
 	TT_EQ_INT(p->group_rows, 32);
 	TT_CHECK(!p->hparams->tied_embeddings);
-	TT_EQ_INT(p->coordinator->embd_type, TERN_EMBD_BF16);
+	TT_EQ_INT(p->coordinator->embd_type, tern_dtype_ggml(TERN_DTYPE_BF16));
 	/* the coordinator's shard: the BF16 embedding and the F16 head, as stored */
 	{
 		char cpath[512];
@@ -674,8 +681,8 @@ static void test_group_scales_full_precision(void)
 		TT_REQUIRE(tern_shard_open(&cs, cpath, NULL, &err) == 0);
 		const int ie = tern_shard_find(cs, TERN_ROLE_TOKEN_EMBD, -1), io = tern_shard_find(cs, TERN_ROLE_OUTPUT, -1);
 		TT_REQUIRE(ie >= 0 && io >= 0);
-		TT_EQ_INT(tern_shard_tensor_at(cs, ie)->dtype, TERN_DT_BF16);
-		TT_EQ_INT(tern_shard_tensor_at(cs, io)->dtype, TERN_DT_F16);
+		TT_EQ_INT(tern_shard_tensor_at(cs, ie)->dtype, TERN_DTYPE_BF16);
+		TT_EQ_INT(tern_shard_tensor_at(cs, io)->dtype, TERN_DTYPE_F16);
 		uint16_t *e = malloc(256 * 300 * 2);
 		TT_REQUIRE(e && tern_shard_read_tensor(cs, io, e, 256 * 300 * 2, NULL, &err) == 0);
 		int bad = 0;

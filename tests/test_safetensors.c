@@ -188,14 +188,14 @@ static void test_safetensors_basic_and_damaged(void)
 	TT_CHECK(tern_st_n_tensors(st) == 5);
 	const tern_st_tensor *t = tern_st_find(st, "a.f32");
 	TT_REQUIRE(t);
-	TT_CHECK(t->dtype == TERN_ST_F32 && t->n_dims == 2 && t->shape[0] == 2 && t->n_elem == 4 && t->nbytes == 16);
+	TT_CHECK(t->dtype == TERN_DTYPE_F32 && t->n_dims == 2 && t->shape[0] == 2 && t->n_elem == 4 && t->nbytes == 16);
 	TT_CHECK(tern_st_get_f32(t, 3) == 3.25f && tern_st_get_f32(t, 4) == 0.0f);
 	t = tern_st_find(st, "b.bf16");
 	TT_CHECK(t && tern_st_get_f32(t, 1) == -2.0f && tern_st_get_f32(t, 2) == 0.25f);
 	t = tern_st_find(st, "c.f16");
 	TT_CHECK(t && tern_st_get_f32(t, 1) == -0.5f);
 	t = tern_st_find(st, "d.u8");
-	TT_CHECK(t && t->dtype == TERN_ST_U8 && t->data[5] == 6 && tern_st_get_f32(t, 0) == 0.0f);
+	TT_CHECK(t && t->dtype == TERN_DTYPE_U8 && t->data[5] == 6 && tern_st_get_f32(t, 0) == 0.0f);
 	t = tern_st_find(st, "e.scalar");
 	TT_CHECK(t && t->n_dims == 0 && t->n_elem == 1 && tern_st_get_f32(t, 0) == 1.0f);
 	TT_CHECK(tern_st_find(st, "__metadata__") == NULL && tern_st_find(st, "zz") == NULL);
@@ -477,7 +477,7 @@ static void check_common(tern_source *s, const hf_model *md)
 	TT_CHECK(ok);
 	tern_dense_view v;
 	TT_REQUIRE(tern_source_dense(s, TERN_DENSE_TOKEN_EMBD, &v, &e) == 0);
-	TT_CHECK(v.type == 30 /* BF16 */ && v.rows == NV && v.cols == D);
+	TT_CHECK(v.type == TERN_DTYPE_BF16 && v.rows == NV && v.cols == D);
 	TT_REQUIRE(tern_dense_row_f32(&v, 123, f, &e) == 0);
 	ok = 1;
 	for (int i = 0; i < D; i++)

@@ -14,15 +14,9 @@ int tern_head_from_source(const tern_source *src, tern_isa isa, tern_head **out,
 	const tern_hparams *hp = tern_source_hparams(src);
 	tern_dense_view v;
 	TERN_FORWARD_IF_ERROR(tern_source_dense(src, TERN_DENSE_TOKEN_EMBD, &v, err));
-	tern_head_dtype dt;
-	switch (v.type) {
-	case TERN_GGML_F32: dt = TERN_HEAD_F32; break;
-	case TERN_GGML_F16: dt = TERN_HEAD_F16; break;
-	case TERN_GGML_BF16: dt = TERN_HEAD_BF16; break;
-	default:
-		return TERN_ERR(err, TERN_EUNSUP, "%s: token_embd type %d is not F32/F16/BF16", tern_source_path(src),
-				v.type);
-	}
+	TERN_RETURN_IF(v.type != TERN_DTYPE_F32 && v.type != TERN_DTYPE_F16 && v.type != TERN_DTYPE_BF16, err,
+		       TERN_EUNSUP, "%s: token_embd type %s is not F32/F16/BF16", tern_source_path(src),
+		       tern_dtype_name(v.type));
 	TERN_RETURN_IF(v.rows != hp->n_vocab || v.cols != hp->n_embd, err, TERN_EFORMAT,
 		       "%s: token_embd is %lld x %lld, expected %d x %d", tern_source_path(src), (long long)v.rows,
 		       (long long)v.cols, hp->n_vocab, hp->n_embd);
@@ -30,7 +24,7 @@ int tern_head_from_source(const tern_source *src, tern_isa isa, tern_head **out,
 	TERN_RETURN_IF(!norm, err, TERN_ENOMEM, "head: out of memory");
 	int rc = tern_source_norm(src, 0, TERN_NORM_OUTPUT, norm, err);
 	if (rc == 0) {
-		const tern_head_config cfg = {hp->n_vocab, hp->n_embd, dt,           v.data,
+		const tern_head_config cfg = {hp->n_vocab, hp->n_embd, v.type,       v.data,
 					      v.row_bytes, norm,       hp->norm_eps, isa};
 		rc = tern_head_create(&cfg, out, err);
 	}

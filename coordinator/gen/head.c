@@ -13,13 +13,9 @@
 
 #include "tern-float.h"
 
-/* The file's element types are the dot kernels' (logits_run passes them on). */
-_Static_assert((int)TERN_HEAD_F32 == (int)TERN_DOT_F32 && (int)TERN_HEAD_F16 == (int)TERN_DOT_F16 &&
-		   (int)TERN_HEAD_BF16 == (int)TERN_DOT_BF16,
-	       "tern_head_dtype and tern_dot_type agree");
-
 struct tern_head {
 	tern_head_config cfg;
+	tern_dot_type dot;            /* cfg.dtype as the dot kernels name it */
 	const tern_float_kernels *fk; /* the ISA's float kernels */
 	size_t elem; /* bytes per element */
 	float *norm; /* (n_embd) copy of the final norm weight */
@@ -30,9 +26,15 @@ struct tern_head {
 	int use_q8;
 };
 
-static float elem_f32(const uint8_t *row, tern_head_dtype dt, int i)
+/* The embedding types the dot kernels read; -1 for any other. */
+static int dot_type(tern_dtype dt)
 {
-	return tern_dot_elem(row, (tern_dot_type)dt, i);
+	switch (dt) {
+	case TERN_DTYPE_F32: return TERN_DOT_F32;
+	case TERN_DTYPE_F16: return TERN_DOT_F16;
+	case TERN_DTYPE_BF16: return TERN_DOT_BF16;
+	default: return -1;
+	}
 }
 
 /* ---- public ------------------------------------------------------------------ */
@@ -48,9 +50,9 @@ int tern_head_create(const tern_head_config *cfg, tern_head **out, tern_err *err
 	TERN_RETURN_IF(!cfg || !cfg->emb || !cfg->out_norm, err, TERN_EINVAL, "head: no embeddings or norm");
 	TERN_RETURN_IF(cfg->n_vocab <= 0 || cfg->n_embd <= 0 || cfg->n_embd > (1 << 20), err, TERN_EINVAL,
 		       "head: bad shape %d x %d", cfg->n_vocab, cfg->n_embd);
-	TERN_RETURN_IF(cfg->dtype < TERN_HEAD_F32 || cfg->dtype > TERN_HEAD_BF16, err, TERN_EINVAL,
-		       "head: unsupported embedding type %d", (int)cfg->dtype);
-	const size_t elem = cfg->dtype == TERN_HEAD_F32 ? 4 : 2;
+	const int dot = dot_type(cfg->dtype);
+	TERN_RETURN_IF(dot < 0, err, TERN_EINVAL, "head: unsupported embedding type %d", (int)cfg->dtype);
+	const size_t elem = dot == TERN_DOT_F32 ? 4 : 2;
 	TERN_RETURN_IF(cfg->row_bytes && cfg->row_bytes < elem * (size_t)cfg->n_embd, err, TERN_EINVAL,
 		       "head: row stride %zu below a row of %d elements", cfg->row_bytes, cfg->n_embd);
 	const tern_float_kernels *fk = tern_float_kernels_get(cfg->isa);
@@ -58,6 +60,7 @@ int tern_head_create(const tern_head_config *cfg, tern_head **out, tern_err *err
 	tern_head *h = calloc(1, sizeof *h);
 	TERN_RETURN_IF(!h, err, TERN_ENOMEM, "head: out of memory");
 	h->cfg = *cfg;
+	h->dot = (tern_dot_type)dot;
 	h->fk = fk;
 	h->elem = elem;
 	if (!h->cfg.row_bytes)
@@ -104,7 +107,7 @@ int tern_head_embed(const tern_head *h, const int32_t *tokens, int n, float *hid
 		const uint8_t *row = emb_row(h, tokens[j]);
 		float *o = hidden + (size_t)j * (size_t)d;
 		for (int i = 0; i < d; i++)
-			o[i] = elem_f32(row, h->cfg.dtype, i);
+			o[i] = tern_dot_elem(row, h->dot, i);
 	}
 	return 0;
 }
@@ -124,7 +127,7 @@ static void logits_run(void *ctx, int tid, int nth)
 	/* contiguous vocabulary ranges, so each thread streams its own part */
 	const int v0 = (int)((int64_t)V * tid / nth), v1 = (int)((int64_t)V * (tid + 1) / nth);
 	const tern_dot_args a = {
-	    job->q8 ? TERN_DOT_I8 : (tern_dot_type)h->cfg.dtype,
+	    job->q8 ? TERN_DOT_I8 : h->dot,
 	    job->q8 ? (const void *)h->q8 : h->cfg.emb,
 	    job->q8 ? (size_t)d : h->cfg.row_bytes,
 	    job->q8 ? h->q8scale : NULL,
@@ -173,13 +176,13 @@ static void q8_run(void *ctx, int tid, int nth)
 		const uint8_t *row = emb_row(h, v);
 		float amax = 0.0f;
 		for (int i = 0; i < d; i++) {
-			const float a = fabsf(elem_f32(row, h->cfg.dtype, i));
+			const float a = fabsf(tern_dot_elem(row, h->dot, i));
 			amax = a > amax ? a : amax;
 		}
 		const float scale = amax > 0.0f ? amax / 127.0f : 1.0f;
 		int8_t *q = h->q8 + (size_t)v * (size_t)d;
 		for (int i = 0; i < d; i++) {
-			const float r = rintf(elem_f32(row, h->cfg.dtype, i) / scale);
+			const float r = rintf(tern_dot_elem(row, h->dot, i) / scale);
 			q[i] = (int8_t)(r > 127.0f ? 127 : r < -127.0f ? -127 : (int)r);
 		}
 		h->q8scale[v] = scale;

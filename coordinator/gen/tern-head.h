@@ -8,8 +8,9 @@
  * (tern_dot_args), identical on every kernel ISA and for any batch size or
  * thread count. Element conversions (F16/BF16 -> f32) are exact.
  *
- * head.c depends on kernels/ (base, pool, float kernels) only; head-source.c
- * on partition/. */
+ * head.c depends on kernels/ (base, pool, float kernels) and on nothing of
+ * partition/ but the tern_dtype enum (tern-model.h); head-source.c on
+ * partition/'s model source. */
 #ifndef TERN_HEAD_H
 #define TERN_HEAD_H
 
@@ -18,22 +19,17 @@
 
 #include "tern-base.h"
 #include "tern-kernels.h"
+#include "tern-model.h"
 #include "tern-pool.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-typedef enum {
-	TERN_HEAD_F32 = 0,
-	TERN_HEAD_F16 = 1,
-	TERN_HEAD_BF16 = 2,
-} tern_head_dtype;
-
 typedef struct tern_head_config {
 	int n_vocab;
 	int n_embd;
-	tern_head_dtype dtype;
+	tern_dtype dtype;      /* of the embeddings: F32, F16 or BF16 */
 	const void *emb;       /* (n_vocab, row_bytes) embeddings, borrowed (e.g. the file's mapping), any alignment */
 	size_t row_bytes;      /* row stride in bytes; 0 = n_embd * element size */
 	const float *out_norm; /* (n_embd) final norm weight, copied */

@@ -98,20 +98,14 @@ static int head_from_plan(tern_coord_model *m, tern_err *err)
 	const int ie = tern_shard_find(sh, TERN_ROLE_TOKEN_EMBD, -1), in = tern_shard_find(sh, TERN_ROLE_OUTPUT_NORM, -1);
 	const tern_shard_tensor *te = ie >= 0 ? tern_shard_tensor_at(sh, ie) : NULL;
 	const tern_shard_tensor *tn = in >= 0 ? tern_shard_tensor_at(sh, in) : NULL;
-	tern_head_dtype dt = TERN_HEAD_F32;
 	if (!te || !tn) {
 		rc = TERN_ERR(err, TERN_EFORMAT, "%s: no token_embd or output_norm", path);
-	} else if (te->m != m->hp.n_vocab || te->k != m->hp.n_embd || tn->dtype != TERN_DT_F32 ||
+	} else if (te->m != m->hp.n_vocab || te->k != m->hp.n_embd || tn->dtype != TERN_DTYPE_F32 ||
 		   tn->m * tn->k != m->hp.n_embd) {
 		rc = TERN_ERR(err, TERN_EFORMAT, "%s: embeddings %d x %d / output norm do not match the model", path,
 			      te->m, te->k);
-	} else {
-		switch (te->dtype) {
-		case TERN_DT_F32: dt = TERN_HEAD_F32; break;
-		case TERN_DT_F16: dt = TERN_HEAD_F16; break;
-		case TERN_DT_BF16: dt = TERN_HEAD_BF16; break;
-		default: rc = TERN_ERR(err, TERN_EUNSUP, "%s: token_embd dtype %d", path, te->dtype);
-		}
+	} else if (te->dtype != TERN_DTYPE_F32 && te->dtype != TERN_DTYPE_F16 && te->dtype != TERN_DTYPE_BF16) {
+		rc = TERN_ERR(err, TERN_EUNSUP, "%s: token_embd dtype %s", path, tern_dtype_name(te->dtype));
 	}
 	if (rc == 0) {
 		m->emb = tern_aligned_alloc(te->raw_bytes ? te->raw_bytes : 1, TERN_ALIGN);
@@ -124,8 +118,8 @@ static int head_from_plan(tern_coord_model *m, tern_err *err)
 	if (rc == 0)
 		rc = tern_shard_read_tensor(sh, in, norm, (size_t)m->hp.n_embd * sizeof *norm, NULL, err);
 	if (rc == 0) {
-		const tern_head_config cfg = {m->hp.n_vocab, m->hp.n_embd, dt, m->emb, 0, norm, m->hp.norm_eps,
-					      TERN_ISA_AUTO};
+		const tern_head_config cfg = {m->hp.n_vocab, m->hp.n_embd,   te->dtype,    m->emb, 0,
+					      norm,          m->hp.norm_eps, TERN_ISA_AUTO};
 		rc = tern_head_create(&cfg, &m->head, err);
 	}
 	free(norm);

@@ -57,7 +57,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		if (tern_gguf_tensor_data(g, t, &p, &nb, NULL) == 0 && nb)
 			sink += ((const uint8_t *)p)[0] + ((const uint8_t *)p)[nb - 1];
 		/* Decode a few rows of small I2_S matrices. */
-		if (t->type == TERN_GGML_I2_S && t->n_dims == 2 && (t->ne[0] * t->ne[1]) % 128 == 0 &&
+		if (t->dtype == TERN_DTYPE_I2_S && t->n_dims == 2 && (t->ne[0] * t->ne[1]) % 128 == 0 &&
 		    t->ne[0] <= 4096) {
 			int8_t w[4 * 4096];
 			const int64_t rows = t->ne[1] < 4 ? (int64_t)t->ne[1] : 4;
