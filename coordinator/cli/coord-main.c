@@ -51,7 +51,7 @@ static void usage(FILE *f)
 		"  --chunk N               prompt rows of one sequence per micro-batch (default 64)\n"
 		"  -t, --threads N         kernel threads per stage (default: its NUMA domain's cores)\n"
 		"  --head-threads N        LM head threads on the coordinator (default: all CPUs)\n"
-		"  --queue N               admission queue limit (default 64)\n"
+		"  --queue N               requests that may wait for a slot (default 64)\n"
 		"  -n, --max-tokens N      default max_tokens of a request (default 256)\n"
 		"  --stall-timeout S       a pipeline silent this long is dead (default 8)\n"
 		"  --listen ADDR           gRPC address (default 127.0.0.1:50051)\n"

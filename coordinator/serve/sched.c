@@ -165,14 +165,19 @@ static void seq_finish_text(tern_sched *s, seq *q, Tern__V1__FinishReason reason
 	fin.index = (uint32_t)q->n_gen;
 	fin.prompt_nll = q->nll_sum;
 	fin.scored_tokens = (uint32_t)q->n_scored;
-	q->sink.done(q->sink.ctx, status == TERN_STATUS_OK ? &fin : NULL, status, details);
-	free(text);
-
+	/* The slot is free before the client hears the end, so a request it
+	 * sends next finds the slot free (with --queue 0 it would else be
+	 * refused). Only this thread admits into slots. */
 	pthread_mutex_lock(&s->mu);
 	if (q->slot >= 0) {
 		s->slot_seq[q->slot] = NULL;
 		s->n_active--;
 	}
+	pthread_mutex_unlock(&s->mu);
+	q->sink.done(q->sink.ctx, status == TERN_STATUS_OK ? &fin : NULL, status, details);
+	free(text);
+
+	pthread_mutex_lock(&s->mu);
 	if (reason == TERN__V1__FINISH_REASON__FINISH_REASON_CANCELLED)
 		s->requests_cancelled++;
 	live_remove(s, q);
@@ -355,7 +360,10 @@ static int svc_generate(void *self, const Tern__V1__GenerateRequest *req, const 
 		snprintf(msg, msg_len, "the pipeline is down");
 		return reject(s, TERN_STATUS_UNAVAILABLE);
 	}
-	if (s->queue_len >= c->queue_limit) {
+	/* The limit bounds waiting work only: a request that a free slot will
+	 * take (free slots not yet claimed by earlier queued requests) does not
+	 * wait, so --queue 0 still serves up to n_slots at once. */
+	if (s->queue_len - (c->n_slots - s->n_active) >= c->queue_limit) {
 		const int ql = s->queue_len;
 		pthread_mutex_unlock(&s->mu);
 		seq_free(q);

@@ -9,6 +9,8 @@ layers in-process) serves a small synthetic model; a Python client checks:
     character and where a stop string straddles one (one generation step);
   - cancelling mid-stream frees the sequence (Stats shows no active sequence);
   - 64 concurrent streaming clients all complete, each with the tokens it gets alone;
+  - with two slots and a queue limit of 0, a request is served while a slot
+    is free and refused (RESOURCE_EXHAUSTED) only when it would wait;
   - with one slot and a queue limit of 8, the requests past the 8 waiting get
     RESOURCE_EXHAUSTED while the others complete;
   - malformed and hostile requests (garbage bytes, huge fields, bad values) get
@@ -303,6 +305,26 @@ def main():
             assert extra == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 3, extra
             assert codes == [grpc.StatusCode.OK] * 8, codes
         check("queue_limit_resource_exhausted", queue_limit)
+    finally:
+        cl.close()
+        srv.stop()
+
+    # Queue limit 0: free slots still admit; only waiting work is refused.
+    srv = Server(build, model, args.stages, ["--slots", "2", "--queue", "0", "-c", "256"])
+    cl = Client(pb, srv.port)
+    try:
+        def queue_zero():
+            code, _ = code_of(lambda: cl.gen(timeout=120, prompt="a", max_tokens=2, ignore_eos=True))
+            assert code == grpc.StatusCode.OK, code
+            a = cl.generate(pb.GenerateRequest(prompt="a", max_tokens=200, ignore_eos=True), timeout=120)
+            b = cl.generate(pb.GenerateRequest(prompt="b", max_tokens=200, ignore_eos=True), timeout=120)
+            next(a)
+            next(b)  # both slots are held now
+            extra, _ = code_of(lambda: cl.gen(timeout=60, prompt="c", max_tokens=2))
+            a.cancel()
+            b.cancel()
+            assert extra == grpc.StatusCode.RESOURCE_EXHAUSTED, extra
+        check("queue_zero_admits_into_free_slots", queue_zero)
     finally:
         cl.close()
         srv.stop()
