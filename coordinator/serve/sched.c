@@ -415,23 +415,31 @@ static int svc_tokenize(void *self, const Tern__V1__TokenizeRequest *req, Tern__
 	out->token_ids = malloc((t.n ? t.n : 1) * sizeof *out->token_ids);
 	out->n_pieces = t.n;
 	out->pieces = calloc(t.n ? t.n : 1, sizeof *out->pieces);
-	if (!out->token_ids || !out->pieces) {
-		tern_tokens_free(&t);
-		snprintf(msg, msg_len, "out of memory");
-		return TERN_STATUS_RESOURCE_EXHAUSTED;
-	}
-	for (size_t i = 0; i < t.n; i++) {
+	out->n_piece_bytes = t.n;
+	out->piece_bytes = calloc(t.n ? t.n : 1, sizeof *out->piece_bytes);
+	int rc = TERN_STATUS_OK;
+	if (!out->token_ids || !out->pieces || !out->piece_bytes)
+		rc = TERN_STATUS_RESOURCE_EXHAUSTED;
+	/* pieces is a proto3 string (clients reject invalid UTF-8): each token's
+	 * bytes with U+FFFD for what is not a whole character; the bytes
+	 * themselves go in piece_bytes. */
+	for (size_t i = 0; rc == TERN_STATUS_OK && i < t.n; i++) {
 		out->token_ids[i] = (uint32_t)t.ids[i];
-		size_t pl = 0;
+		size_t pl = 0, tl = 0;
 		const char *p = tern_tokenizer_piece(s->cfg.tok, t.ids[i], 1, &pl);
-		out->pieces[i] = malloc(pl + 1);
-		if (out->pieces[i]) {
-			memcpy(out->pieces[i], p ? p : "", pl);
-			out->pieces[i][pl] = '\0';
-		}
+		uint8_t *raw = malloc(pl + 1);
+		if (raw)
+			memcpy(raw, p ? p : "", pl);
+		out->piece_bytes[i].data = raw;
+		out->piece_bytes[i].len = raw ? pl : 0;
+		if (!raw || tern_tokenizer_decode(s->cfg.tok, &t.ids[i], 1, TERN_DECODE_SPECIAL | TERN_DECODE_REPLACE_INVALID,
+						  &out->pieces[i], &tl, &err) < 0)
+			rc = TERN_STATUS_RESOURCE_EXHAUSTED;
 	}
 	tern_tokens_free(&t);
-	return TERN_STATUS_OK;
+	if (rc != TERN_STATUS_OK)
+		snprintf(msg, msg_len, "out of memory");
+	return rc;
 }
 
 static int svc_health(void *self, Tern__V1__HealthResponse *out)
@@ -519,6 +527,9 @@ static void svc_free_response(void *self, ProtobufCMessage *m)
 		for (size_t i = 0; r->pieces && i < r->n_pieces; i++)
 			free(r->pieces[i]);
 		free(r->pieces);
+		for (size_t i = 0; r->piece_bytes && i < r->n_piece_bytes; i++)
+			free(r->piece_bytes[i].data);
+		free(r->piece_bytes);
 		free(r->token_ids);
 	} else if (m->descriptor == &tern__v1__health_response__descriptor) {
 		Tern__V1__HealthResponse *r = (Tern__V1__HealthResponse *)m;

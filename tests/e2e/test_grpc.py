@@ -3,7 +3,8 @@
 
 A real tern-coordinator (with real tern-node stages under mpirun, or the
 layers in-process) serves a small synthetic model; a Python client checks:
-  - Health and Tokenize answer;
+  - Health and Tokenize answer; Tokenize of text split into byte tokens ("café",
+    "日本語", an emoji) decodes in grpcio: pieces valid UTF-8, piece_bytes exact;
   - a streamed greedy generation equals tern-run's tokens for the same prompt;
   - and its text equals tern-run's where the length limit cuts a multi-byte
     character and where a stop string straddles one (one generation step);
@@ -82,6 +83,14 @@ def held_bytes(data):
     return d.getstate()[0]
 
 
+def _utf8(b):
+    try:
+        b.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("build")
@@ -112,6 +121,21 @@ def main():
             assert len(t.token_ids) >= 2 and len(t.pieces) == len(t.token_ids), t
             assert "".join(t.pieces).endswith("the cat"), t.pieces
         check("health_and_tokenize", health)
+
+        def tokenize_non_ascii():
+            # Characters this vocabulary splits into byte tokens: every
+            # string field must still be valid UTF-8 (grpcio's protobuf
+            # refuses the whole reply otherwise); the bytes are exact.
+            for text in ("café", "日本語", "crab 🦀 claw", "naïve ünïcödé"):
+                t = cl.tokenize(pb.TokenizeRequest(text=text), timeout=10)
+                assert len(t.pieces) == len(t.token_ids) == len(t.piece_bytes), t
+                assert b"".join(t.piece_bytes).endswith(text.encode()), (text, t.piece_bytes)
+                partial = [b for b in t.piece_bytes if not _utf8(b)]
+                assert partial, ("no token of %r is a partial character: the case is not exercised" % text)
+                for piece, raw in zip(t.pieces, t.piece_bytes):
+                    assert piece == (raw.decode() if _utf8(raw) else piece), (piece, raw)
+                    assert _utf8(raw) or "\ufffd" in piece, (piece, raw)
+        check("tokenize_non_ascii_valid_utf8", tokenize_non_ascii)
 
         alone = {}
 
