@@ -1,5 +1,6 @@
 /* test_base.c: the shared plumbing in kernels/base. */
 #include <stdint.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -267,5 +268,23 @@ static void test_parse_numbers(void)
 	TT_CHECK(strstr(e.msg, "--mem") != NULL);
 }
 
-TT_MAIN(TT_CASE(test_parse_numbers), TT_CASE(test_errors), TT_CASE(test_files), TT_CASE(test_log_levels),
+/* tern_cpu_count follows the affinity mask: every allowed CPU, and 1 when
+ * the process is pinned to one. */
+static void test_cpu_count(void)
+{
+	cpu_set_t all;
+	TT_REQUIRE(sched_getaffinity(0, sizeof all, &all) == 0);
+	TT_EQ_INT(tern_cpu_count(), CPU_COUNT(&all));
+	int first = 0;
+	while (!CPU_ISSET(first, &all))
+		first++;
+	cpu_set_t one;
+	CPU_ZERO(&one);
+	CPU_SET(first, &one);
+	TT_REQUIRE(sched_setaffinity(0, sizeof one, &one) == 0);
+	TT_EQ_INT(tern_cpu_count(), 1);
+	TT_REQUIRE(sched_setaffinity(0, sizeof all, &all) == 0);
+}
+
+TT_MAIN(TT_CASE(test_parse_numbers), TT_CASE(test_cpu_count), TT_CASE(test_errors), TT_CASE(test_files), TT_CASE(test_log_levels),
 	TT_CASE(test_clock), TT_CASE(test_aligned_alloc), TT_CASE(test_cpu_probe))

@@ -103,7 +103,7 @@ static int parse_args(int argc, char **argv, coord_opts *o)
 	o->slots = 16;
 	o->max_rows = 256;
 	o->chunk = 64;
-	o->head_threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
+	o->head_threads = tern_cpu_count();
 	if (o->head_threads < 1)
 		o->head_threads = 1;
 	o->queue = 64;
@@ -407,7 +407,7 @@ int main(int argc, char **argv)
 	} else {
 		tern_engine_config cfg = {.n_slots = o.slots, .n_ctx = ctx, .max_rows = o.max_rows,
 					  .isa = (tern_isa)o.isa};
-		const int threads = o.threads > 0 ? o.threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+		const int threads = o.threads > 0 ? o.threads : tern_cpu_count();
 		/* The layers come from the model (or plan) already open: one parse. */
 		if (tern_pool_create(threads, NULL, 0, &local_pool, &err) < 0 ||
 		    tern_coord_model_layers(model, o.packing, local_pool, &local_layers, &err) < 0)

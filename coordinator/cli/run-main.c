@@ -54,7 +54,7 @@ static void usage(FILE *f)
 		   "  -p, --prompt TEXT      prompt text\n"
 		   "      --tokens 1,2,3     prompt as token ids (instead of -p)\n"
 		   "  -n, --n-predict N      tokens to generate (default 64)\n"
-		   "  -t, --threads N        threads (default 1)\n"
+		   "  -t, --threads N        threads (default: every CPU this process may use)\n"
 		   "  -c, --ctx-size N       context length (default: the model's, at most 4096)\n"
 		   "  -b, --batch-size N     prefill chunk, rows per engine step (default 64)\n"
 		   "      --temp T           temperature (default 0.8; 0 = greedy)\n"
@@ -134,7 +134,9 @@ static int parse_args(int argc, char **argv, run_opts *o)
 {
 	memset(o, 0, sizeof *o);
 	o->n_predict = 64;
-	o->threads = 1;
+	o->threads = tern_cpu_count();
+	if (o->threads > TERN_POOL_MAX_THREADS)
+		o->threads = TERN_POOL_MAX_THREADS;
 	o->batch = 64;
 	o->packing = TERN_PACK_TL2;
 	o->isa = TERN_ISA_AUTO;

@@ -4,8 +4,10 @@
 #include "tern-base.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
@@ -95,4 +97,13 @@ void tern_cpu_describe(const tern_cpu *c, char *buf, size_t len)
 	}
 	if (used == 0)
 		snprintf(buf, len, "scalar");
+}
+
+int tern_cpu_count(void)
+{
+	cpu_set_t set;
+	if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0)
+		return CPU_COUNT(&set);
+	const long n = sysconf(_SC_NPROCESSORS_ONLN);
+	return n > 0 ? (int)n : 1;
 }

@@ -175,6 +175,10 @@ typedef struct tern_cpu {
 const tern_cpu *tern_cpu_get(void);
 /* Writes a space-separated feature list ("avx2 fma avx512f ...") into buf. */
 void tern_cpu_describe(const tern_cpu *cpu, char *buf, size_t len);
+/* How many CPUs this process may run on (its affinity mask; the online
+ * count where the mask cannot be read), at least 1: the default thread
+ * count of tern-run and local mode, as llama.cpp uses every core. */
+int tern_cpu_count(void);
 
 #ifdef __cplusplus
 }
