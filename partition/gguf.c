@@ -976,12 +976,29 @@ static int arch_float(const tern_gguf *g, const char *arch, const char *suffix, 
 	return tern_gguf_get_f32(g, key, out, err);
 }
 
-static int32_t opt_token_id(const tern_gguf *g, const char *key)
+/* An optional token id: -1 when the key is absent; present, it must be a
+ * u32 inside the vocabulary (0xFFFFFFFF is not "none": no tool writes it so). */
+static int opt_token_id(const tern_gguf *g, const char *key, int n_vocab, int32_t *out, tern_err *err)
 {
+	*out = -1;
+	if (tern_gguf_find_key(g, key) < 0)
+		return 0;
 	uint32_t v;
-	if (tern_gguf_find_key(g, key) < 0 || tern_gguf_get_u32(g, key, &v, NULL) < 0 || v > INT32_MAX)
+	TERN_FORWARD_IF_ERROR(tern_gguf_get_u32(g, key, &v, err));
+	TERN_RETURN_IF(n_vocab > 0 && v >= (uint32_t)n_vocab, err, TERN_ERANGE,
+		       "%s: %s %u is outside the vocabulary of %d tokens", g->path, key, v, n_vocab);
+	*out = (int32_t)v;
+	return 0;
+}
+
+/* Layer index of a tensor named "blk.N....", or -1. */
+static long blk_index(const char *name)
+{
+	if (strncmp(name, "blk.", 4) != 0)
 		return -1;
-	return (int32_t)v;
+	char *end;
+	const long n = strtol(name + 4, &end, 10);
+	return end != name + 4 && *end == '.' && n >= 0 ? n : -1;
 }
 
 int tern_gguf_hparams(const tern_gguf *g, tern_hparams *hp, tern_err *err)
@@ -1024,9 +1041,39 @@ int tern_gguf_hparams(const tern_gguf *g, tern_hparams *hp, tern_err *err)
 	}
 	hp->n_vocab = n_vocab;
 	hp->tied_embeddings = tern_gguf_find_tensor(g, tern_dense_gguf_name(TERN_DENSE_OUTPUT)) == NULL;
-	hp->bos_id = opt_token_id(g, "tokenizer.ggml.bos_token_id");
-	hp->eos_id = opt_token_id(g, "tokenizer.ggml.eos_token_id");
-	hp->eot_id = opt_token_id(g, "tokenizer.ggml.eot_token_id");
+	TERN_FORWARD_IF_ERROR(opt_token_id(g, "tokenizer.ggml.bos_token_id", n_vocab, &hp->bos_id, err));
+	TERN_FORWARD_IF_ERROR(opt_token_id(g, "tokenizer.ggml.eos_token_id", n_vocab, &hp->eos_id, err));
+	TERN_FORWARD_IF_ERROR(opt_token_id(g, "tokenizer.ggml.eot_token_id", n_vocab, &hp->eot_id, err));
+	/* The keys the engine relies on, against the tensors: RoPE turns the
+	 * whole head (no partial rotary), and block_count covers every layer
+	 * present (fewer would silently drop layers). */
+	int rope_dim = hp->head_dim;
+	TERN_FORWARD_IF_ERROR(arch_int(g, a, "rope.dimension_count", hp->head_dim, &rope_dim, err));
+	TERN_RETURN_IF(rope_dim != hp->head_dim, err, TERN_EUNSUP,
+		       "%s: %s.rope.dimension_count is %d, but tern rotates the whole head of %d (partial RoPE is "
+		       "not supported)",
+		       g->path, a, rope_dim, hp->head_dim);
+	for (int64_t i = 0; i < g->n_tensors; i++) {
+		const long l = blk_index(g->tensors[i].name);
+		TERN_RETURN_IF(l >= hp->n_layer, err, TERN_EFORMAT,
+			       "%s: %s.block_count is %d, but tensor '%s' is of layer %ld", g->path, a, hp->n_layer,
+			       g->tensors[i].name, l);
+	}
+	if (tern_gguf_find_key(g, "tokenizer.ggml.model") >= 0) {
+		const char *tm, *tp = NULL;
+		uint64_t tml, tpl = 0;
+		TERN_FORWARD_IF_ERROR(tern_gguf_get_str(g, "tokenizer.ggml.model", &tm, &tml, err));
+		if (tern_gguf_find_key(g, "tokenizer.ggml.pre") >= 0)
+			TERN_FORWARD_IF_ERROR(tern_gguf_get_str(g, "tokenizer.ggml.pre", &tp, &tpl, err));
+		char model[32], pre[64];
+		snprintf(model, sizeof model, "%.*s", (int)(tml < 31 ? tml : 31), tm);
+		snprintf(pre, sizeof pre, "%.*s", (int)(tpl < 63 ? tpl : 63), tp ? tp : "");
+		if (tern_tokenizer_type(model, pre, err) < 0) {
+			char msg[sizeof err->msg];
+			snprintf(msg, sizeof msg, "%s", err ? err->msg : "");
+			return TERN_ERR(err, TERN_EUNSUP, "%s: %s", g->path, msg);
+		}
+	}
 	if (hp->eot_id < 0) {
 		const int64_t kv = tern_gguf_find_key(g, "tokenizer.ggml.tokens");
 		uint64_t n = kv >= 0 && g->kvs[kv].type == TERN_GGUF_ARRAY ? g->kvs[kv].arr_n : 0;

@@ -287,3 +287,17 @@ uint32_t tern_dtype_shard(int dt)
 {
 	return dtype_ok(dt) ? dtypes[dt].shard : NO_CODE;
 }
+
+int tern_tokenizer_type(const char *model, const char *pre, tern_err *err)
+{
+	TERN_RETURN_IF(!model, err, TERN_EINVAL, "no tokenizer.ggml.model");
+	if (!strcmp(model, "llama"))
+		return 2;
+	TERN_RETURN_IF(strcmp(model, "gpt2") != 0, err, TERN_EUNSUP,
+		       "tokenizer.ggml.model \"%s\" is not supported (gpt2, llama)", model);
+	TERN_RETURN_IF(pre && *pre && strcmp(pre, "default") && strcmp(pre, "llama3") && strcmp(pre, "llama-v3") &&
+			       strcmp(pre, "llama-bpe"),
+		       err, TERN_EUNSUP, "pre-tokenizer \"%s\" is not supported (only llama3 / llama-v3 / llama-bpe)",
+		       pre);
+	return 1;
+}

@@ -40,6 +40,15 @@ const char *tern_hparams_preset_names(void);
  * divide n_embd, n_head_kv divides n_head, sizes below absurd limits). */
 int tern_hparams_validate(const tern_hparams *hp, tern_err *err);
 
+/* The tokenizers tern runs (coordinator/text), the one list every tool
+ * checks against: tokenizer.ggml.model "gpt2" (byte-level BPE) with the
+ * pre-tokenizer "llama3", "llama-v3" or "llama-bpe" (missing or "default":
+ * the same LLaMA-3 rules), or "llama" (SentencePiece; pre ignored). pre may
+ * be NULL. Returns 1 for gpt2, 2 for llama; otherwise TERN_EUNSUP with
+ * 'tokenizer.ggml.model "X" is not supported (gpt2, llama)' or
+ * 'pre-tokenizer "X" is not supported (only llama3 / llama-v3 / llama-bpe)'. */
+int tern_tokenizer_type(const char *model, const char *pre, tern_err *err);
+
 /* Parameter counts. */
 uint64_t tern_hparams_layer_params(const tern_hparams *hp);   /* ternary weights of one layer */
 uint64_t tern_hparams_total_params(const tern_hparams *hp);   /* all layers + embeddings (+ head if untied) */

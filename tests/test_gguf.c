@@ -580,6 +580,98 @@ static void test_arch(void)
 	tern_gguf_close(g);
 }
 
+/* A "bitnet" header (n_embd 256, 2 layers, 4 heads, ff 512, vocab 300) with
+ * one more u32 key (ukey, when not NULL), one more string key (skey) and, when
+ * tensor is not NULL, one f32[4] tensor of that name. */
+static int write_meta(const char *path, const char *ukey, uint32_t uval, const char *skey, const char *sval,
+		      const char *tensor, tern_err *e)
+{
+	tern_gguf_writer *w;
+	TERN_FORWARD_IF_ERROR(tern_gguf_writer_open(&w, path, 3, 0, e));
+	int rc = tern_gguf_writer_add_str(w, "general.architecture", "bitnet", e);
+	rc = rc ? rc : tern_gguf_writer_add_u32(w, "bitnet.embedding_length", 256, e);
+	rc = rc ? rc : tern_gguf_writer_add_u32(w, "bitnet.block_count", 2, e);
+	rc = rc ? rc : tern_gguf_writer_add_u32(w, "bitnet.attention.head_count", 4, e);
+	rc = rc ? rc : tern_gguf_writer_add_u32(w, "bitnet.feed_forward_length", 512, e);
+	rc = rc ? rc : tern_gguf_writer_add_u32(w, "bitnet.vocab_size", 300, e);
+	if (ukey)
+		rc = rc ? rc : tern_gguf_writer_add_u32(w, ukey, uval, e);
+	if (skey)
+		rc = rc ? rc : tern_gguf_writer_add_str(w, skey, sval, e);
+	const uint64_t ne[1] = {4};
+	if (tensor)
+		rc = rc ? rc : tern_gguf_writer_add_tensor(w, tensor, 1, ne, TERN_DTYPE_F32, e);
+	rc = rc ? rc : tern_gguf_writer_write_header(w, e);
+	const float z[4] = {0};
+	if (tensor)
+		rc = rc ? rc : tern_gguf_writer_write(w, z, sizeof z, e);
+	rc = rc ? rc : tern_gguf_writer_finish(w, e);
+	tern_gguf_writer_free(w);
+	return rc;
+}
+
+/* hparams of such a file: its return code, e.msg set on failure. */
+static int meta_hparams(const char *path, tern_hparams *hp, tern_err *e)
+{
+	tern_gguf *g;
+	TERN_FORWARD_IF_ERROR(tern_gguf_open(&g, path, e));
+	const int rc = tern_gguf_hparams(g, hp, e);
+	tern_gguf_close(g);
+	return rc;
+}
+
+/* Metadata the engine relies on is checked against the tensors and the
+ * vocabulary, with a one-line error naming the file and the key. */
+static void test_metadata_checked(void)
+{
+	char path[512];
+	tern_err e = {0};
+	tern_hparams hp;
+	tt_tmp_path(path, sizeof path, "meta.gguf");
+	/* rope.dimension_count: the head size (64) loads; 0, 3 and 2^30 do not. */
+	TT_REQUIRE(write_meta(path, "bitnet.rope.dimension_count", 64, NULL, NULL, NULL, &e) == 0);
+	TT_CHECKF(meta_hparams(path, &hp, &e) == 0, "%s", e.msg);
+	const uint32_t bad_rope[] = {0, 3, 1u << 30};
+	for (int i = 0; i < 3; i++) {
+		TT_REQUIRE(write_meta(path, "bitnet.rope.dimension_count", bad_rope[i], NULL, NULL, NULL, &e) == 0);
+		TT_CHECKF(meta_hparams(path, &hp, &e) == TERN_EUNSUP && strstr(e.msg, "rope.dimension_count") &&
+				  names_file(&e, path) && !strchr(e.msg, '\n'),
+			  "rope %u: %s", bad_rope[i], e.msg);
+	}
+	/* block_count 2 with a tensor of layer 1 loads; one of layer 2 does not. */
+	TT_REQUIRE(write_meta(path, NULL, 0, NULL, NULL, "blk.1.attn_norm.weight", &e) == 0);
+	TT_CHECKF(meta_hparams(path, &hp, &e) == 0, "%s", e.msg);
+	TT_REQUIRE(write_meta(path, NULL, 0, NULL, NULL, "blk.2.attn_norm.weight", &e) == 0);
+	TT_CHECKF(meta_hparams(path, &hp, &e) == TERN_EFORMAT && strstr(e.msg, "block_count is 2") &&
+			  strstr(e.msg, "blk.2.attn_norm.weight") && names_file(&e, path),
+		  "%s", e.msg);
+	/* Token ids: inside the vocabulary load; 300 and 0xFFFFFFFF are refused
+	 * for BOS the same as for EOS and EOT. */
+	const char *ids[] = {"tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
+			     "tokenizer.ggml.eot_token_id"};
+	for (int i = 0; i < 3; i++) {
+		TT_REQUIRE(write_meta(path, ids[i], 299, NULL, NULL, NULL, &e) == 0);
+		TT_CHECKF(meta_hparams(path, &hp, &e) == 0, "%s", e.msg);
+		const uint32_t bad_id[] = {300, 0xFFFFFFFFu};
+		for (int j = 0; j < 2; j++) {
+			TT_REQUIRE(write_meta(path, ids[i], bad_id[j], NULL, NULL, NULL, &e) == 0);
+			TT_CHECKF(meta_hparams(path, &hp, &e) == TERN_ERANGE && strstr(e.msg, ids[i]) &&
+					  strstr(e.msg, "outside the vocabulary") && names_file(&e, path),
+				  "%s %u: %s", ids[i], bad_id[j], e.msg);
+		}
+	}
+	TT_REQUIRE(write_meta(path, NULL, 0, NULL, NULL, NULL, &e) == 0);
+	TT_CHECK(meta_hparams(path, &hp, &e) == 0 && hp.bos_id == -1 && hp.eos_id == -1);
+	/* The tokenizer type: what coordinator/text runs, refused here so that
+	 * tern-partition refuses what tern-run would. */
+	TT_REQUIRE(write_meta(path, NULL, 0, "tokenizer.ggml.model", "gpt2", NULL, &e) == 0);
+	TT_CHECKF(meta_hparams(path, &hp, &e) == 0, "%s", e.msg);
+	TT_REQUIRE(write_meta(path, NULL, 0, "tokenizer.ggml.model", "nonsense", NULL, &e) == 0);
+	TT_CHECKF(meta_hparams(path, &hp, &e) == TERN_EUNSUP && strstr(e.msg, "\"nonsense\" is not supported") &&
+			  names_file(&e, path),
+		  "%s", e.msg);
+}
+
 /* ---- synthetic model round trip ------------------------------------------------- */
 
 static void check_synth_model(const char *path, const tern_hparams *hp, uint64_t seed)
@@ -981,6 +1073,6 @@ static void test_f16_conversions(void)
 }
 
 TT_MAIN(TT_CASE(test_i2s_hand_built), TT_CASE(test_nbytes), TT_CASE(test_f16_conversions),
-	TT_CASE(test_roundtrip_v2_v3_alignment), TT_CASE(test_damaged), TT_CASE(test_arch),
+	TT_CASE(test_roundtrip_v2_v3_alignment), TT_CASE(test_damaged), TT_CASE(test_arch), TT_CASE(test_metadata_checked),
 	TT_CASE(test_synth_roundtrip_small), TT_CASE(test_synth_2b4t_widths), TT_CASE(test_synth_bad_shapes),
 	TT_CASE(test_gguf_float_weights))

@@ -5,8 +5,10 @@
  * (merge rank, result id), so BPE runs on integer ids with a heap of candidate
  * pairs, O(n log n) per pre-token whatever its length. */
 #include "tern-tokenizer.h"
+#include "tern-model.h"
 #include "tern-unicode.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -320,29 +322,24 @@ int tern_tokenizer_create(const tern_tokenizer_desc *d, tern_tokenizer **out, te
 		       d->n_tokens);
 	tern_tokenizer_kind kind;
 	int ignore_merges = 0;
-	if (!strcmp(d->model, "gpt2")) {
+	const int type = tern_tokenizer_type(d->model, d->pre, err);
+	if (type < 0) {
+		char msg[sizeof err->msg];
+		snprintf(msg, sizeof msg, "%s", err ? err->msg : "");
+		return TERN_ERR(err, type, "tokenizer: %s", msg);
+	}
+	if (type == 1) {
 		kind = TERN_TOKENIZER_BPE;
-		const char *pre = d->pre;
-		if (!pre || !*pre || !strcmp(pre, "default")) {
-			/* Some BitNet converters omitted the key for this very vocabulary
-			 * (MODEL-FORMATS 2.5); the LLaMA-3 rules are the only ones we have. */
+		/* LLaMA-3 rules: merges are applied by rank over whole words. Some
+		 * BitNet converters omitted the pre key for this very vocabulary
+		 * (MODEL-FORMATS 2.5); those rules are the only ones we have. */
+		if (!d->pre || !*d->pre || !strcmp(d->pre, "default"))
 			TERN_LOGW(TAG, "tokenizer.ggml.pre is %s; using the LLaMA-3 pre-tokenizer",
-				  pre && *pre ? "\"default\"" : "missing");
-			ignore_merges = 1;
-		} else if (!strcmp(pre, "llama3") || !strcmp(pre, "llama-v3") || !strcmp(pre, "llama-bpe")) {
-			ignore_merges = 1;
-		} else {
-			return TERN_ERR(err, TERN_EUNSUP,
-					"tokenizer: pre-tokenizer \"%s\" is not supported "
-					"(only llama3 / llama-v3 / llama-bpe)",
-					pre);
-		}
-	} else if (!strcmp(d->model, "llama")) {
+				  d->pre && *d->pre ? "\"default\"" : "missing");
+		ignore_merges = 1;
+	} else {
 		kind = TERN_TOKENIZER_SPM;
 		TERN_RETURN_IF(!d->scores, err, TERN_EINVAL, "tokenizer: model \"llama\" needs tokenizer.ggml.scores");
-	} else {
-		return TERN_ERR(err, TERN_EUNSUP,
-				"tokenizer: tokenizer.ggml.model \"%s\" is not supported (gpt2, llama)", d->model);
 	}
 	const int32_t nv = (int32_t)d->n_tokens;
 	TERN_FORWARD_IF_ERROR(check_id(d->bos_id, nv, "BOS", err));
