@@ -24,4 +24,4 @@ if ! sh "$D/netns-hosts" up 3 "$prefix" 2>"$work/err"; then
 	echo "SKIPPED: cannot create network namespaces here: $(head -1 "$work/err")"
 	exit 77
 fi
-printf 'h1 slots=1\nh2 slots=1\nh3 slots=1\n' >"$work/hosts"
+printf '# network: 10.77.0.0/24\nh1 slots=1\nh2 slots=1\nh3 slots=1\n' >"$work/hosts"

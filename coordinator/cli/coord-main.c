@@ -468,8 +468,11 @@ int main(int argc, char **argv)
 				     .auth_token = token};
 		if (tern_grpc_start(&go, tern_sched_service(sched), &srv, &err) < 0)
 			goto fail;
-		printf("tern-coordinator: serving tern.v1.Tern on %s (port %d)%s%s, %d stage(s)\n", o.listen,
-		       tern_grpc_port(srv), o.tls_cert ? ", TLS" : "", token ? ", bearer token" : "", n_stages);
+		char where[32] = "Unix socket";
+		if (strncmp(o.listen, "unix:", 5) != 0)
+			snprintf(where, sizeof where, "port %d", tern_grpc_port(srv));
+		printf("tern-coordinator: serving tern.v1.Tern on %s (%s)%s%s, %d stage(s)\n", o.listen, where,
+		       o.tls_cert ? ", TLS" : "", token ? ", bearer token" : "", n_stages);
 		fflush(stdout);
 		rc = tern_sched_run(sched, 0, &err);
 	}

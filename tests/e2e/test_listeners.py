@@ -1,0 +1,160 @@
+#!/usr/bin/python3
+"""test_listeners.py: what a single-box job started by deploy/tern-up listens on.
+
+MPI's TCP is unauthenticated, so on one box it must not be reachable from
+the network (issue 12 item 3). Real jobs of the built-in model, each with a
+coordinator and one stage, checked with `ss` by the pids of the job
+(mpirun and every rank, found from mpirun's pid, never by name):
+  - default (gRPC on 127.0.0.1): the ranks listen on loopback only (shared
+    memory between ranks, no TCP BTL listener); mpirun's own OOB listener is
+    reported, as Open MPI 4.1 binds it to every address whatever
+    oob_tcp_if_include says (README: trust model);
+  - --private-net (gRPC on a Unix socket): no process of the job has any TCP
+    or UDP listener in this network namespace, the job's namespace has
+    loopback only, and a generation through the Unix socket works.
+Not root: SKIPPED (77), counted.
+
+Usage: test_listeners.py BUILD_DIR SOURCE_DIR
+"""
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ternlib import Results  # noqa: E402
+
+
+def descendants(pid):
+    """pid and every process below it (from /proc)."""
+    children = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def listeners(pids, netns_of=None):
+    """[(local address, pid)] of TCP and UDP listeners owned by pids, in this
+    network namespace or (netns_of) in the one of that pid."""
+    cmd = ["ss", "-ltnupH"]
+    if netns_of:
+        cmd = ["nsenter", "-t", str(netns_of), "-n"] + cmd
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    got = []
+    for line in out.splitlines():
+        f = line.split()
+        if len(f) < 5:
+            continue
+        for p in re.findall(r"pid=(\d+)", line):
+            if int(p) in pids:
+                got.append((f[4], int(p)))
+    return got
+
+
+def loopback(addr):
+    host = addr.rsplit(":", 1)[0].strip("[]")
+    if host.startswith("::ffff:"):
+        host = host[7:]  # an IPv4-mapped address
+    return host.startswith("127.") or host == "::1"
+
+
+def main():
+    build, src = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
+    res = Results()
+    if os.geteuid() != 0:
+        print("SKIPPED: --private-net and nsenter need root")
+        return 77
+    work = tempfile.mkdtemp(prefix="tern-listen-")
+    model = os.path.join(src, "deploy", "models", "tern-kjv.gguf")
+    tern = os.path.join(build, "coordinator", "tern")
+
+    def up(tag, up_args, listen):
+        env = dict(os.environ, TERN_UP_PIDFILE=os.path.join(work, tag + ".pid"),
+                   TERN_UP_LOG=os.path.join(work, tag + ".log"))
+        r = subprocess.run(["sh", os.path.join(src, "deploy", "tern-up"), "--daemon", "--build", build,
+                            "--stages", "1"] + up_args + [model, "--", "--listen", listen],
+                           capture_output=True, text=True, env=env, timeout=180)
+        assert r.returncode == 0, (r.stdout, r.stderr)
+        coord = int(open(env["TERN_UP_PIDFILE"]).read())
+        with open("/proc/%d/stat" % coord) as f:
+            mpirun = int(f.read().rsplit(")", 1)[1].split()[1])
+        return env, coord, mpirun
+
+    def down(env, mpirun):
+        subprocess.run(["sh", os.path.join(src, "deploy", "tern-down")], env=env, timeout=60)
+        deadline = time.time() + 30
+        while os.path.exists("/proc/%d" % mpirun) and time.time() < deadline:
+            time.sleep(0.1)
+
+    def default_mode():
+        env, coord, mpirun = up("tcp", [], "127.0.0.1:0")
+        try:
+            pids = set(descendants(mpirun))
+            ranks = pids - {mpirun}
+            assert coord in ranks and len(ranks) >= 2, (coord, ranks)
+            ls = listeners(pids)
+            bad = [(a, p) for a, p in ls if p in ranks and not loopback(a)]
+            assert not bad, "ranks listen outside loopback: %s" % bad
+            assert any(p == coord for _, p in ls), "the coordinator's gRPC listener was not seen: %s" % ls
+            wide = [a for a, p in ls if p == mpirun and not loopback(a)]
+            print("  mpirun's own OOB listeners (Open MPI 4.1 binds every address): %s" % wide)
+        finally:
+            down(env, mpirun)
+    res.check("single_box_ranks_loopback_only", default_mode)
+
+    def private_mode():
+        sock = os.path.join(work, "tern.sock")
+        env, coord, mpirun = up("private", ["--private-net"], "unix:" + sock)
+        try:
+            pids = set(descendants(mpirun))
+            assert coord in pids and len(pids) >= 3, pids
+            ls = listeners(pids)
+            assert not ls, "the job listens in the host's network namespace: %s" % ls
+            addrs = subprocess.run(["nsenter", "-t", str(coord), "-n", "ip", "-o", "addr"], capture_output=True,
+                                   text=True, check=True).stdout
+            ifaces = {ln.split()[1] for ln in addrs.splitlines() if ln.strip()}
+            assert ifaces == {"lo"}, "the job's network namespace has more than loopback: %s" % addrs
+            inside = listeners(pids, netns_of=coord)
+            assert all(loopback(a) or a.startswith(("0.0.0.0", "*", "[::]")) for a, _ in inside), inside
+            r = subprocess.run([tern, "--server", "unix:" + sock, "generate", "And God said,", "-n", "8",
+                                "--temp", "0", "-q"], capture_output=True, text=True, timeout=60)
+            assert r.returncode == 0 and r.stdout.strip(), (r.returncode, r.stdout, r.stderr)
+        finally:
+            down(env, mpirun)
+    res.check("private_net_no_listener_outside", private_mode)
+
+    def refused():
+        r = subprocess.run(["sh", os.path.join(src, "deploy", "tern-up"), "--dry-run", "--private-net", model],
+                           capture_output=True, text=True)
+        assert r.returncode == 2 and "Unix socket" in r.stderr and r.stderr.count("\n") == 1, r
+        hosts = os.path.join(work, "hosts")
+        with open(hosts, "w") as f:
+            f.write("a slots=1\nb slots=1\n")
+        r = subprocess.run(["sh", os.path.join(src, "deploy", "tern-up"), "--dry-run", "--hostfile", hosts, model],
+                           capture_output=True, text=True)
+        assert r.returncode == 2 and "--network" in r.stderr, r
+        r = subprocess.run(["sh", os.path.join(src, "deploy", "tern-up"), "--dry-run", "--hostfile", hosts,
+                            "--network", "10.1.0.0/16", model], capture_output=True, text=True)
+        assert r.returncode == 0 and "btl_tcp_if_include 10.1.0.0/16" in r.stdout and \
+            "oob_tcp_if_include 10.1.0.0/16" in r.stdout, r
+    res.check("launcher_needs_cluster_network", refused)
+    return res.finish()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
