@@ -159,6 +159,7 @@ int main(int argc, char **argv)
 	ready.plan_id = hello->plan_id;
 	ready.error = errmsg;
 	ready.weight_bytes = tern_layers_bytes(&layers);
+	ready.pid = (uint32_t)getpid();
 	ready.first_layer = hello->first_layer;
 	ready.n_layers = hello->n_layers;
 	if (tern_link_send(0, TERN_TAG_CONTROL, &ready, NULL, 0, &err) < 0) {

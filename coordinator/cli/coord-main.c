@@ -243,6 +243,11 @@ static void shutdown_stages_control(int n_stages)
 		tern_link_send(s, TERN_TAG_CONTROL, &f, NULL, 0, NULL);
 }
 
+/* Each stage's host and pid from its READY, for the pipeline back end to
+ * name a dead or stopped one. */
+static char g_stage_host[TERN_PIPE_MAX_STAGES][64];
+static uint32_t g_stage_pid[TERN_PIPE_MAX_STAGES];
+
 /* HELLO to every stage, then every READY (bounded). Fills desc with one
  * "host\tbinding\tfirst\tlast" line per stage. Returns 0 when all are up. */
 static int start_stages(const coord_opts *o, int n_stages, const tern_coord_model *m, int ctx, char *desc,
@@ -300,6 +305,10 @@ static int start_stages(const coord_opts *o, int n_stages, const tern_coord_mode
 			else
 				printf("stage %d ready on %s: %s\n", from, h->host, h->binding);
 			*weight_bytes += h->weight_bytes;
+			if (from >= 1 && from <= TERN_PIPE_MAX_STAGES) {
+				snprintf(g_stage_host[from - 1], sizeof g_stage_host[0], "%s", h->host ? h->host : "");
+				g_stage_pid[from - 1] = h->pid;
+			}
 			if (from >= 1 && from <= 64)
 				snprintf(lines[from - 1], sizeof lines[0], "%s\t%s\t%u\t%u\n", h->host, h->binding,
 					 h->first_layer, h->first_layer + (h->n_layers ? h->n_layers - 1 : 0));
@@ -404,6 +413,8 @@ int main(int argc, char **argv)
 		/* One micro-batch per stage plus one at the coordinator's head. */
 		if (tern_coord_pipeline_backend(n_stages, hp->n_embd, n_stages + 1, &be, &err) < 0)
 			goto fail;
+		for (int st = 1; st <= n_stages && st <= TERN_PIPE_MAX_STAGES; st++)
+			tern_coord_pipeline_set_stage(&be, st, g_stage_host[st - 1], g_stage_pid[st - 1]);
 	} else {
 		tern_engine_config cfg = {.n_slots = o.slots, .n_ctx = ctx, .max_rows = o.max_rows,
 					  .isa = (tern_isa)o.isa};
@@ -496,8 +507,13 @@ cleanup:
 	g_sched = NULL;
 	/* Requests first (their clients hear UNAVAILABLE), then the server,
 	 * which waits for those calls to drain. */
-	if (sched)
-		tern_sched_shutdown(sched, "the server is shutting down");
+	if (sched) {
+		/* mpirun signals us when a stage dies: say which, if it is known. */
+		char why[256] = "the server is shutting down";
+		if (g_signal && n_stages > 0 && be.diagnose && be.diagnose(be.self, why, sizeof why))
+			fprintf(stderr, "tern-coordinator: %s\n", why);
+		tern_sched_shutdown(sched, why);
+	}
 	tern_grpc_stop(srv, 5.0);
 	tern_sched_free(sched);
 	/* Stages still waiting for their HELLO (the failure came before

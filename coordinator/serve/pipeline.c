@@ -8,8 +8,10 @@
  * rows' sequence ids and positions, payload size) before anything is copied
  * into the caller's buffer, which is sized by what was sent. */
 #include <mpi.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "tern-pipeline.h"
 #include "tern-link.h"
@@ -30,7 +32,56 @@ typedef struct pipe_be {
 	tern_link_send_req *req; /* (n_req) sends in flight */
 	sent_mb *sent;           /* (n_req) ring of micro-batches in the pipeline, oldest at sent_head */
 	int sent_head, n_sent;
+	char host[TERN_PIPE_MAX_STAGES][64]; /* each stage's host and pid, from its READY */
+	int pid[TERN_PIPE_MAX_STAGES];
 } pipe_be;
+
+void tern_coord_pipeline_set_stage(tern_sched_backend *be, int stage, const char *host, uint32_t pid)
+{
+	pipe_be *p = be->self;
+	if (!p || stage < 1 || stage > p->n_stages || stage > TERN_PIPE_MAX_STAGES)
+		return;
+	snprintf(p->host[stage - 1], sizeof p->host[0], "%s", host ? host : "");
+	p->pid[stage - 1] = pid <= INT32_MAX ? (int)pid : 0;
+}
+
+/* The state letter of a process of this host (/proc/PID/stat), 'X' when it
+ * is gone. */
+static char proc_state(int pid)
+{
+	char path[64], line[512];
+	snprintf(path, sizeof path, "/proc/%d/stat", pid);
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return 'X';
+	const size_t n = fread(line, 1, sizeof line - 1, f);
+	fclose(f);
+	line[n] = '\0';
+	const char *rp = strrchr(line, ')');
+	return rp && rp[1] == ' ' && rp[2] ? rp[2] : '?';
+}
+
+/* Only stages on this host can be looked at: their pid means nothing here
+ * otherwise. */
+static int pipe_diagnose(void *self, char *buf, size_t len)
+{
+	pipe_be *p = self;
+	char me[256] = "";
+	if (gethostname(me, sizeof me - 1) != 0)
+		return 0;
+	for (int s = 0; s < p->n_stages && s < TERN_PIPE_MAX_STAGES; s++) {
+		if (p->pid[s] <= 0 || strcmp(p->host[s], me) != 0)
+			continue;
+		const char st = proc_state(p->pid[s]);
+		const char *what = st == 'X' || st == 'Z' ? "died" : st == 'T' || st == 't' ? "is stopped" : NULL;
+		if (what) {
+			snprintf(buf, len, "stage %d (rank %d on host %s, pid %d) %s", s + 1, s + 1, p->host[s], p->pid[s],
+				 what);
+			return 1;
+		}
+	}
+	return 0;
+}
 
 static int pipe_submit(void *self, uint64_t id, const tern_row *rows, int n, const float *hidden, tern_err *err)
 {
@@ -159,6 +210,7 @@ int tern_coord_pipeline_backend(int n_stages, int n_embd, int max_in_flight, ter
 	out->n_stages = n_stages;
 	out->submit = pipe_submit;
 	out->collect = pipe_collect;
+	out->diagnose = pipe_diagnose;
 	return 0;
 }
 

@@ -851,8 +851,14 @@ int tern_sched_run(tern_sched *s, int exit_when_idle, tern_err *err)
 		if (rc == TERN_ETIMEOUT) {
 			rc = 0;
 			if (tern_now_s() - s->last_progress > c->stall_timeout_s) {
-				rc = TERN_ERR(err, TERN_ETIMEOUT, "no answer from the pipeline for %.1f s: a stage died or hung",
-					      c->stall_timeout_s);
+				char who[256];
+				if (s->be.diagnose && s->be.diagnose(s->be.self, who, sizeof who))
+					rc = TERN_ERR(err, TERN_ETIMEOUT, "no answer from the pipeline for %.1f s: %s",
+						      c->stall_timeout_s, who);
+				else
+					rc = TERN_ERR(err, TERN_ETIMEOUT,
+						      "no answer from the pipeline for %.1f s: a stage died or hung",
+						      c->stall_timeout_s);
 				goto failed;
 			}
 			update_rates(s);
@@ -887,6 +893,15 @@ int tern_sched_run(tern_sched *s, int exit_when_idle, tern_err *err)
 	return 0;
 failed:
 	free(reap);
+	if (err && rc != TERN_ETIMEOUT && s->be.diagnose) {
+		/* Name the stage when one is known dead or stopped. */
+		char who[256];
+		if (s->be.diagnose(s->be.self, who, sizeof who) && !strstr(err->msg, who)) {
+			char msg[sizeof err->msg];
+			snprintf(msg, sizeof msg, "%s", err->msg);
+			rc = TERN_ERR(err, rc < 0 ? rc : TERN_ECOMM, "%s (%s)", who, msg);
+		}
+	}
 	TERN_LOGE("sched", "%s", err ? err->msg : "back end failed");
 	fail_all(s, err ? err->msg : "the pipeline failed");
 	return rc < 0 ? rc : TERN_ECOMM;

@@ -40,6 +40,10 @@ typedef struct tern_sched_backend {
 	 * not done within timeout_s; any other error means the back end failed. */
 	int (*collect)(void *self, double timeout_s, uint64_t *id, float *hidden, float *stage_ms, int *n_stage_ms,
 		       tern_err *err);
+	/* After a failure, or NULL: writes "stage S (rank R on host H, pid P)
+	 * died" (or "is stopped") for the first stage found so, returning 1; 0
+	 * when none is known to be (alive, or on another host). */
+	int (*diagnose)(void *self, char *buf, size_t len);
 } tern_sched_backend;
 
 typedef struct tern_sched_config {

@@ -129,21 +129,25 @@ def main():
                 victim = stages[-1]
                 t0 = time.time()
                 os.kill(victim, sig)
-                code = None
+                code, details = None, ""
                 try:
                     for _ in it:
                         pass
                 except grpc.RpcError as e:
-                    code = e.code()
+                    code, details = e.code(), e.details() or ""
                 t_fail = time.time() - t0
                 assert code is not None and code != grpc.StatusCode.OK, "stream ended without an error"
+                # The status names the stage, its rank and host, and what happened to it.
+                rank = len(stages)
+                what = "died" if sig == signal.SIGKILL else "is stopped"
+                assert ("stage %d (rank %d on host " % (rank, rank)) in details and what in details, details
                 bound = stall_timeout_s + fail_margin_s
                 assert t_fail < bound, "took %.1f s to fail the request (bound: --stall-timeout %d s + %d s)" % (
                     t_fail, stall_timeout_s, fail_margin_s)
                 srv.proc.wait(timeout=30)
                 assert srv.proc.returncode != 0, "coordinator exited 0 after losing a stage"
-                print("  %s: request failed with %s after %.2f s; job exited %d" %
-                      (signal.Signals(sig).name, code, t_fail, srv.proc.returncode))
+                print("  %s: request failed with %s (%s) after %.2f s; job exited %d" %
+                      (signal.Signals(sig).name, code, details, t_fail, srv.proc.returncode))
             finally:
                 cl.close()
                 if victim is not None:
