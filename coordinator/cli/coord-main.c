@@ -32,7 +32,7 @@ typedef struct coord_opts {
 	int packing;
 	int isa;
 	int slots, ctx, max_rows, chunk, threads, head_threads, queue, max_tokens;
-	double stall;
+	double stall, drain;
 	const char *listen, *tls_cert, *tls_key, *token_file;
 	const char *batch_in, *batch_out;
 } coord_opts;
@@ -54,6 +54,8 @@ static void usage(FILE *f)
 		"  --queue N               requests that may wait for a slot (default 64)\n"
 		"  -n, --max-tokens N      default max_tokens of a request (default 256)\n"
 		"  --stall-timeout S       a pipeline silent this long is dead (default 8)\n"
+		"  --drain-timeout S       on SIGTERM/SIGINT: refuse new requests, let accepted ones run\n"
+		"                          up to S seconds, end the rest; a second signal stops at once (default 30)\n"
 		"  --listen ADDR           gRPC address (default 127.0.0.1:50051)\n"
 		"  --tls-cert F --tls-key F   serve TLS\n"
 		"  --auth-token-file F     require 'authorization: Bearer <token>' (token = first line of F)\n"
@@ -64,10 +66,19 @@ static void usage(FILE *f)
 static volatile sig_atomic_t g_signal;
 static tern_sched *g_sched;
 
+static double g_drain_s;
+
+/* The first SIGTERM/SIGINT drains (systemctl stop, tern-down), a second one
+ * stops at once. */
 static void on_signal(int sig)
 {
+	const int again = g_signal != 0;
 	g_signal = sig;
-	if (g_sched)
+	if (!g_sched)
+		return;
+	if (!again && g_drain_s > 0)
+		tern_sched_drain(g_sched);
+	else
 		tern_sched_stop(g_sched);
 }
 
@@ -76,6 +87,7 @@ enum {
 	OPT_PLAN_ID,
 	OPT_TIMEOUT,
 	OPT_STALL,
+	OPT_DRAIN,
 	OPT_PACKING,
 	OPT_KERNEL,
 	OPT_SLOTS,
@@ -109,6 +121,7 @@ static int parse_args(int argc, char **argv, coord_opts *o)
 	o->queue = 64;
 	o->max_tokens = 256;
 	o->stall = 8;
+	o->drain = 30;
 	o->listen = "127.0.0.1:50051";
 	static const struct option long_opts[] = {
 		{"help", no_argument, NULL, 'h'},
@@ -117,6 +130,7 @@ static int parse_args(int argc, char **argv, coord_opts *o)
 		{"plan-id", required_argument, NULL, OPT_PLAN_ID},
 		{"timeout", required_argument, NULL, OPT_TIMEOUT},
 		{"stall-timeout", required_argument, NULL, OPT_STALL},
+		{"drain-timeout", required_argument, NULL, OPT_DRAIN},
 		{"packing", required_argument, NULL, OPT_PACKING},
 		{"kernel", required_argument, NULL, OPT_KERNEL},
 		{"slots", required_argument, NULL, OPT_SLOTS},
@@ -160,6 +174,9 @@ static int parse_args(int argc, char **argv, coord_opts *o)
 			break;
 		case OPT_STALL:
 			rc = tern_parse_double(v, 1e-3, 1e9, "--stall-timeout", &o->stall, &err);
+			break;
+		case OPT_DRAIN:
+			rc = tern_parse_double(v, 0, 1e9, "--drain-timeout", &o->drain, &err);
 			break;
 		case OPT_PACKING:
 			o->packing = tern_packing_parse(v);
@@ -448,6 +465,7 @@ int main(int argc, char **argv)
 		.queue_limit = o.queue,
 		.default_max_tokens = o.max_tokens,
 		.stall_timeout_s = o.stall,
+		.drain_timeout_s = o.drain,
 		.tok = tok,
 		.head = head,
 		.head_pool = head_pool,
@@ -463,6 +481,7 @@ int main(int argc, char **argv)
 	       (unsigned long long)(layer_bytes + tern_head_bytes(head)), (unsigned long long)layer_bytes,
 	       (unsigned long long)tern_head_bytes(head));
 	g_sched = sched;
+	g_drain_s = o.drain;
 	signal(SIGINT, on_signal);
 	signal(SIGTERM, on_signal);
 	signal(SIGPIPE, SIG_IGN);

@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <strings.h>
 
 enum { M_GENERATE, M_TOKENIZE, M_HEALTH, M_STATS, M_COUNT };
@@ -103,6 +104,7 @@ struct tern_grpc_server {
 	int port;
 	pthread_t thread;
 	atomic_int stopping;
+	atomic_int shutdown_done; /* the shutdown tag came back: every call has completed */
 	atomic_int live_calls;
 	double grace_s;
 };
@@ -579,6 +581,7 @@ static void *serve(void *arg)
 			case TAG_RECV_CLOSE: on_close(t->call); break;
 			case TAG_SEND: on_send_done(t->call); break;
 			case TAG_SHUTDOWN:
+				atomic_store(&s->shutdown_done, 1);
 				shutdown_seen = 1;
 				stop_deadline = tern_now_s() + s->grace_s;
 				break;
@@ -709,6 +712,13 @@ void tern_grpc_stop(tern_grpc_server *s, double grace_s)
 	s->grace_s = grace_s > 0 ? grace_s : 5.0;
 	atomic_store(&s->stopping, 1);
 	grpc_server_shutdown_and_notify(s->server, s->cq, &s->shutdown_tag);
+	/* Calls still sending (a drained stream's last tokens and its final
+	 * status) finish within the grace period; only then are the rest cut. */
+	const double until = tern_now_s() + s->grace_s;
+	while (!atomic_load(&s->shutdown_done) && tern_now_s() < until) {
+		const struct timespec ts = {0, 10 * 1000000};
+		nanosleep(&ts, NULL);
+	}
 	grpc_server_cancel_all_calls(s->server);
 	pthread_join(s->thread, NULL);
 	grpc_server_destroy(s->server);

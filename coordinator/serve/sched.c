@@ -69,6 +69,7 @@ struct tern_sched {
 	seq *live;                    /* every seq the scheduler knows (queued or active) */
 	uint64_t next_handle;
 	volatile sig_atomic_t stop;
+	volatile sig_atomic_t drain; /* tern_sched_drain: refuse new work, finish the rest */
 	int failed;                   /* back end failed: new requests UNAVAILABLE */
 	int n_active;
 
@@ -354,10 +355,10 @@ static int svc_generate(void *self, const Tern__V1__GenerateRequest *req, const 
 	q->sink = *sink;
 
 	pthread_mutex_lock(&s->mu);
-	if (s->failed || s->stop) {
+	if (s->failed || s->stop || s->drain) {
 		pthread_mutex_unlock(&s->mu);
 		seq_free(q);
-		snprintf(msg, msg_len, "the pipeline is down");
+		snprintf(msg, msg_len, "%s", s->failed || s->stop ? "the pipeline is down" : "the server is stopping: not taking new requests");
 		return reject(s, TERN_STATUS_UNAVAILABLE);
 	}
 	/* The limit bounds waiting work only: a request that a free slot will
@@ -447,9 +448,10 @@ static int svc_health(void *self, Tern__V1__HealthResponse *out)
 	tern_sched *s = self;
 	pthread_mutex_lock(&s->mu);
 	const int ok = !s->failed && !s->stop;
+	const int draining = s->drain != 0;
 	pthread_mutex_unlock(&s->mu);
 	const int n = s->be.n_stages;
-	out->ready = ok;
+	out->ready = ok && !draining;
 	out->stages_total = (uint32_t)n;
 	out->stages_up = ok ? (uint32_t)n : 0;
 	out->model = (char *)(s->cfg.model_name ? s->cfg.model_name : "");
@@ -804,7 +806,28 @@ int tern_sched_run(tern_sched *s, int exit_when_idle, tern_err *err)
 	float stage_ms[MAX_STAGE_MS];
 	int rc = 0;
 	s->last_progress = tern_now_s();
+	double drain_end = 0;
 	while (!s->stop) {
+		if (s->drain) {
+			const double now = tern_now_s();
+			if (drain_end == 0) {
+				/* mpirun signals every rank when one dies: that is no
+				 * drain but a failure, at once. */
+				char who[256];
+				if (s->be.diagnose && s->be.diagnose(s->be.self, who, sizeof who)) {
+					rc = TERN_ERR(err, TERN_ECOMM, "%s", who);
+					goto failed;
+				}
+				drain_end = now + c->drain_timeout_s;
+				TERN_LOGI("sched", "draining: no new requests; up to %.0f s for the ones accepted",
+					  c->drain_timeout_s);
+			}
+			pthread_mutex_lock(&s->mu);
+			const int idle = s->live == NULL;
+			pthread_mutex_unlock(&s->mu);
+			if (idle || now >= drain_end)
+				break;
+		}
 		const int n_reap = admit_and_reap(s, reap, c->n_slots + c->queue_limit + 1);
 		for (int i = 0; i < n_reap; i++)
 			seq_finish(s, reap[i], TERN__V1__FINISH_REASON__FINISH_REASON_CANCELLED, TERN_STATUS_CANCELLED,
@@ -923,6 +946,11 @@ void tern_sched_set_queue_limit(tern_sched *s, int limit)
 void tern_sched_stop(tern_sched *s)
 {
 	s->stop = 1;
+}
+
+void tern_sched_drain(tern_sched *s)
+{
+	s->drain = 1;
 }
 
 /* ---- create / free -------------------------------------------------------- */

@@ -56,6 +56,7 @@ typedef struct tern_sched_config {
 	int default_max_tokens; /* when a request leaves max_tokens 0 */
 	int max_prompt_bytes;   /* larger prompts are INVALID_ARGUMENT */
 	double stall_timeout_s; /* nothing back for this long with work in flight = the back end died */
+	double drain_timeout_s; /* tern_sched_drain: how long accepted work may run on (0: stop at once) */
 	const tern_tokenizer *tok;
 	tern_head *head;
 	tern_pool *head_pool;   /* threads for the LM head (may be NULL) */
@@ -80,6 +81,12 @@ const tern_service *tern_sched_service(tern_sched *s);
 int tern_sched_run(tern_sched *s, int exit_when_idle, tern_err *err);
 /* Asks the loop to stop (any thread, async-signal-safe). */
 void tern_sched_stop(tern_sched *s);
+/* Asks the loop to drain (any thread, async-signal-safe): new requests are
+ * refused with UNAVAILABLE and Health says not ready, while every request
+ * already accepted (generating or queued) runs on; the loop returns 0 when
+ * none is left, or after drain_timeout_s (config) with the rest still there
+ * for tern_sched_shutdown to end. */
+void tern_sched_drain(tern_sched *s);
 
 /* Ends every request still known with UNAVAILABLE (why) and rejects new
  * ones; call before stopping the gRPC server, on the scheduler's thread
