@@ -28,7 +28,9 @@ void tern_engine_relu2_mul(const float *g, const float *u, int n, float *out)
 	}
 }
 
-double tern_engine_dot_f64(const float *a, const float *b, int n)
+/* Inlined into attention, so that its AVX-512 copy (attn_run_avx512) runs
+ * these loops in wide registers: the same operations in the same order. */
+static inline __attribute__((always_inline)) double dot_f64(const float *a, const float *b, int n)
 {
 	double l[8] = {0};
 	int i = 0;
@@ -39,6 +41,11 @@ double tern_engine_dot_f64(const float *a, const float *b, int n)
 		l[j] += (double)a[i] * (double)b[i];
 	const double s0 = l[0] + l[4], s1 = l[1] + l[5], s2 = l[2] + l[6], s3 = l[3] + l[7];
 	return (s0 + s2) + (s1 + s3);
+}
+
+double tern_engine_dot_f64(const float *a, const float *b, int n)
+{
+	return dot_f64(a, b, n);
 }
 
 float tern_engine_dot(const float *a, const float *b, int n)
@@ -206,7 +213,7 @@ typedef struct {
 	int n;
 } attn_job;
 
-static void attn_run(void *ctx, int tid, int nth)
+static inline __attribute__((always_inline)) void attn_body(void *ctx, int tid, int nth)
 {
 	const attn_job *job = ctx;
 	tern_engine *e = job->e;
@@ -228,7 +235,7 @@ static void attn_run(void *ctx, int tid, int nth)
 		 * to correctly rounded once cast back: few int8 rounding flips
 		 * against any other careful implementation */
 		for (int t = 0; t <= pos; t++)
-			sc[t] = (float)tern_engine_dot_f64(qh, kc + base + (size_t)t * kvd, hd) * scale;
+			sc[t] = (float)dot_f64(qh, kc + base + (size_t)t * kvd, hd) * scale;
 		e->fk->softmax(sc, pos + 1);
 		for (int d = 0; d < hd; d++)
 			acc[d] = 0.0;
@@ -243,6 +250,23 @@ static void attn_run(void *ctx, int tid, int nth)
 			o[d] = (float)acc[d];
 	}
 }
+
+static void attn_run(void *ctx, int tid, int nth)
+{
+	attn_body(ctx, tid, nth);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+/* The same attention compiled for AVX-512: the q.k and p.v loops in double
+ * are a tenth of a decode step at a few hundred positions, and the baseline
+ * build runs them two doubles at a time. -ffp-contract=off holds for this
+ * copy too, so it computes what attn_run computes, bit for bit. */
+__attribute__((target("avx512f"))) static void attn_run_avx512(void *ctx, int tid, int nth)
+{
+	attn_body(ctx, tid, nth);
+}
+#define HAVE_ATTN_AVX512 1
+#endif
 
 static void proj_run(void *ctx, int tid, int nth)
 {
@@ -334,7 +358,11 @@ static int layer_forward(tern_engine *e, int l, const tern_row *rows, int n, flo
 		memcpy(e->kv->v[l] + off, e->v + (size_t)j * kvd, (size_t)kvd * sizeof(float));
 	}
 	attn_job job = {e, l, rows, n};
+#ifdef HAVE_ATTN_AVX512
+	tern_pool_run(e->cfg.pool, e->fk->isa == TERN_ISA_AVX512 ? attn_run_avx512 : attn_run, &job);
+#else
 	tern_pool_run(e->cfg.pool, attn_run, &job);
+#endif
 	norm_rows(e, e->att, d, lw->norm[TERN_NORM_ATTN_SUB], d, eps, n, e->xn, d);
 	TERN_FORWARD_IF_ERROR(tern_act_prepare(&e->act_e, pk, e->isa, e->xn, n, d, d, err));
 	TERN_FORWARD_IF_ERROR(proj(e, l, TERN_PROJ_O, &e->act_e, e->y, d, err));
