@@ -75,6 +75,11 @@ int tern_stage_serve(tern_engine *e, const tern_stage_opts *o, tern_err *err)
 		} else if ((int)h->n_embd != n_embd) {
 			snprintf(errbuf, sizeof errbuf, "stage %d: rows of width %u, model has %d", o->rank, h->n_embd,
 				 n_embd);
+		} else if (pl != n * (size_t)n_embd * sizeof(float)) {
+			/* tern_frame_unpack checked this against the header already;
+			 * the copy below relies on it, so it is checked where used. */
+			snprintf(errbuf, sizeof errbuf, "stage %d: %zu payload bytes for %zu rows of %d", o->rank, pl, n,
+				 n_embd);
 		} else {
 			if (n > cap_rows) {
 				tern_aligned_free(hidden);
