@@ -1,52 +1,11 @@
-/* tokenizer.c: the BPE (LLaMA-3, "gpt2") and SPM ("llama") tokenizers,
- * decoding, and the streaming detokenizer. See tern-tokenizer.h for the
+/* tokenizer.c: creating a tokenizer, its lookups, the special-token
+ * partition and encode; the BPE (LLaMA-3, "gpt2") and SPM ("llama")
+ * algorithms are bpe.c and spm.c, decoding detok.c. See tern-tokenizer.h for the
  * contract; MODEL-FORMATS 3 for the rules. Lookups use open-addressing hash
  * tables built once at create: token text -> id, and (left id, right id) ->
  * (merge rank, result id), so BPE runs on integer ids with a heap of candidate
  * pairs, O(n log n) per pre-token whatever its length. */
-#include "tern-tokenizer.h"
-#include "tern-model.h"
-#include "tern-unicode.h"
-
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-
-#define TAG "tokenizer"
-
-struct tern_tokenizer {
-	tern_tokenizer_kind kind;
-	int ignore_merges; /* LLaMA-3: a pre-token that is a whole token skips BPE */
-	int add_bos;
-	int add_space_prefix; /* SPM */
-	int32_t n_vocab;
-	int32_t bos, eos, eot, unk;
-
-	char *text;         /* all token texts, each NUL-terminated */
-	size_t *text_off;   /* (n_vocab) */
-	uint32_t *text_len; /* (n_vocab) */
-	int32_t *type;      /* (n_vocab) TERN_TOKTYPE_* */
-	float *score;       /* (n_vocab), SPM only */
-
-	char *piece;         /* decoded bytes of every token */
-	size_t *piece_off;   /* (n_vocab) */
-	uint32_t *piece_len; /* (n_vocab) */
-
-	int32_t *vhash; /* (vmask + 1) token ids, -1 = empty */
-	size_t vmask;
-
-	uint64_t *mkey;  /* (mmask + 1) (left id << 32 | right id), UINT64_MAX = empty */
-	uint32_t *mrank; /* (mmask + 1) */
-	int32_t *mres;   /* (mmask + 1) id of the merged token */
-	size_t mmask;
-
-	int32_t byte_tok[256]; /* BPE: token of the byte's mapped character; SPM: <0xNN>; -1 = none */
-	char bmap[256][2];     /* BPE: UTF-8 of each byte's mapped character (1 or 2 bytes) */
-	unsigned char bmap_len[256];
-
-	int32_t *special; /* (n_special) CONTROL/USER_DEFINED/UNKNOWN ids, longest text first */
-	size_t n_special;
-};
+#include "tokenizer-internal.h"
 
 /* ---- small helpers ------------------------------------------------------ */
 
@@ -77,12 +36,7 @@ static size_t pow2_at_least(size_t n)
 	return p;
 }
 
-typedef struct sbuf {
-	char *p;
-	size_t n, cap;
-} sbuf;
-
-static int sbuf_put(sbuf *b, const void *s, size_t n)
+int sbuf_put(sbuf *b, const void *s, size_t n)
 {
 	if (b->n + n + 1 > b->cap) {
 		size_t nc = b->cap ? b->cap : 64;
@@ -101,7 +55,7 @@ static int sbuf_put(sbuf *b, const void *s, size_t n)
 	return 0;
 }
 
-static int tokens_push(tern_tokens *v, int32_t id)
+int tokens_push(tern_tokens *v, int32_t id)
 {
 	if (v->n == v->cap) {
 		const size_t nc = v->cap ? v->cap * 2 : 64;
@@ -113,6 +67,16 @@ static int tokens_push(tern_tokens *v, int32_t id)
 	}
 	v->ids[v->n++] = id;
 	return 0;
+}
+
+int tokens_emit(const tern_tokenizer *t, tern_tokens *out, int32_t id)
+{
+	if (id < 0) {
+		if (t->unk < 0)
+			return 0; /* nothing can represent it; dropped, as the vocabulary allows no better */
+		id = t->unk;
+	}
+	return tokens_push(out, id);
 }
 
 void tern_tokens_free(tern_tokens *v)
@@ -144,7 +108,7 @@ int32_t tern_tokenizer_find(const tern_tokenizer *t, const char *s, size_t n)
 }
 
 /* (rank, result) of merging left+right, or 0 when there is no such merge. */
-static int merge_find(const tern_tokenizer *t, int32_t left, int32_t right, uint32_t *rank, int32_t *res)
+int merge_find(const tern_tokenizer *t, int32_t left, int32_t right, uint32_t *rank, int32_t *res)
 {
 	if (!t->mkey || left < 0 || right < 0)
 		return 0;
@@ -644,324 +608,6 @@ nomem:
 	return -1;
 }
 
-/* ---- BPE ---------------------------------------------------------------- */
-
-typedef struct bsym {
-	int32_t id; /* token id, -1 when the byte has no token */
-	int32_t prev, next;
-	uint32_t gen; /* bumped on every change, to spot stale heap entries */
-	int alive;
-} bsym;
-
-typedef struct bcand {
-	uint32_t rank;
-	int32_t left, right; /* symbol indices; left also orders equal ranks */
-	uint32_t gl, gr;     /* generations when pushed */
-	int32_t res;
-} bcand;
-
-typedef struct scratch {
-	bsym *sym;
-	size_t sym_cap;
-	bcand *heap;
-	size_t heap_n, heap_cap;
-	sbuf mapped;
-} scratch;
-
-static int bcand_less(const bcand *a, const bcand *b)
-{
-	return a->rank < b->rank || (a->rank == b->rank && a->left < b->left);
-}
-
-static int heap_push(scratch *s, const bcand *c)
-{
-	if (s->heap_n == s->heap_cap) {
-		const size_t nc = s->heap_cap ? s->heap_cap * 2 : 64;
-		bcand *q = realloc(s->heap, nc * sizeof *q);
-		if (!q)
-			return -1;
-		s->heap = q;
-		s->heap_cap = nc;
-	}
-	size_t i = s->heap_n++;
-	while (i > 0) {
-		const size_t p = (i - 1) / 2;
-		if (!bcand_less(c, &s->heap[p]))
-			break;
-		s->heap[i] = s->heap[p];
-		i = p;
-	}
-	s->heap[i] = *c;
-	return 0;
-}
-
-static bcand heap_pop(scratch *s)
-{
-	const bcand top = s->heap[0];
-	const bcand last = s->heap[--s->heap_n];
-	size_t i = 0;
-	for (;;) {
-		size_t c = 2 * i + 1;
-		if (c >= s->heap_n)
-			break;
-		if (c + 1 < s->heap_n && bcand_less(&s->heap[c + 1], &s->heap[c]))
-			c++;
-		if (!bcand_less(&s->heap[c], &last))
-			break;
-		s->heap[i] = s->heap[c];
-		i = c;
-	}
-	if (s->heap_n)
-		s->heap[i] = last;
-	return top;
-}
-
-static int bpe_try_pair(const tern_tokenizer *t, scratch *s, int32_t l, int32_t r)
-{
-	if (l < 0 || r < 0)
-		return 0;
-	bcand c;
-	if (!merge_find(t, s->sym[l].id, s->sym[r].id, &c.rank, &c.res))
-		return 0;
-	c.left = l;
-	c.right = r;
-	c.gl = s->sym[l].gen;
-	c.gr = s->sym[r].gen;
-	return heap_push(s, &c);
-}
-
-static int emit(const tern_tokenizer *t, tern_tokens *out, int32_t id)
-{
-	if (id < 0) {
-		if (t->unk < 0)
-			return 0; /* nothing can represent it; dropped, as the vocabulary allows no better */
-		id = t->unk;
-	}
-	return tokens_push(out, id);
-}
-
-/* BPE over the bytes of one pre-token (each byte starts as the token of its
- * mapped character) and appends the result. */
-static int bpe_word(const tern_tokenizer *t, scratch *s, const unsigned char *w, size_t n, tern_tokens *out)
-{
-	if (n > s->sym_cap) {
-		bsym *q = realloc(s->sym, n * sizeof *q);
-		if (!q)
-			return -1;
-		s->sym = q;
-		s->sym_cap = n;
-	}
-	for (size_t i = 0; i < n; i++) {
-		s->sym[i].id = t->byte_tok[w[i]];
-		s->sym[i].prev = (int32_t)i - 1;
-		s->sym[i].next = (i + 1 < n) ? (int32_t)i + 1 : -1;
-		s->sym[i].gen = 0;
-		s->sym[i].alive = 1;
-	}
-	s->heap_n = 0;
-	for (size_t i = 0; i + 1 < n; i++)
-		if (bpe_try_pair(t, s, (int32_t)i, (int32_t)i + 1))
-			return -1;
-	while (s->heap_n) {
-		const bcand c = heap_pop(s);
-		bsym *L = &s->sym[c.left], *R = &s->sym[c.right];
-		if (!L->alive || !R->alive || L->next != c.right || L->gen != c.gl || R->gen != c.gr)
-			continue;
-		L->id = c.res;
-		L->gen++;
-		L->next = R->next;
-		if (R->next >= 0)
-			s->sym[R->next].prev = c.left;
-		R->alive = 0;
-		R->gen++;
-		if (bpe_try_pair(t, s, L->prev, c.left) || bpe_try_pair(t, s, c.left, L->next))
-			return -1;
-	}
-	for (int32_t i = 0; i >= 0; i = s->sym[i].next)
-		if (emit(t, out, s->sym[i].id))
-			return -1;
-	return 0;
-}
-
-static int bpe_raw(const tern_tokenizer *t, scratch *s, const char *text, size_t len, tern_tokens *out)
-{
-	tern_span *spans = NULL;
-	size_t ns = 0, cap = 0;
-	if (tern_unicode_split_llama3(text, len, &spans, &ns, &cap))
-		return -1;
-	int rc = 0;
-	for (size_t k = 0; k < ns && !rc; k++) {
-		const unsigned char *w = (const unsigned char *)text + spans[k].off;
-		const size_t n = spans[k].len;
-		if (t->ignore_merges) {
-			s->mapped.n = 0;
-			for (size_t i = 0; i < n && !rc; i++)
-				rc = sbuf_put(&s->mapped, t->bmap[w[i]], t->bmap_len[w[i]]);
-			if (rc)
-				break;
-			const int32_t id = tern_tokenizer_find(t, s->mapped.p, s->mapped.n);
-			if (id >= 0) {
-				rc = tokens_push(out, id);
-				continue;
-			}
-		}
-		rc = bpe_word(t, s, w, n, out);
-	}
-	free(spans);
-	return rc;
-}
-
-/* ---- SPM ---------------------------------------------------------------- */
-
-typedef struct ssym {
-	int32_t prev, next;
-	size_t off, n; /* bytes of the escaped text; n == 0 once merged away */
-} ssym;
-
-typedef struct scand {
-	float score;
-	int32_t left, right;
-	size_t size;
-} scand;
-
-typedef struct sheap {
-	scand *p;
-	size_t n, cap;
-} sheap;
-
-/* Higher score first; equal scores: leftmost first (llama.cpp). */
-static int scand_before(const scand *a, const scand *b)
-{
-	return a->score > b->score || (a->score == b->score && a->left < b->left);
-}
-
-static int sheap_push(sheap *h, const scand *c)
-{
-	if (h->n == h->cap) {
-		const size_t nc = h->cap ? h->cap * 2 : 64;
-		scand *q = realloc(h->p, nc * sizeof *q);
-		if (!q)
-			return -1;
-		h->p = q;
-		h->cap = nc;
-	}
-	size_t i = h->n++;
-	while (i > 0) {
-		const size_t p = (i - 1) / 2;
-		if (!scand_before(c, &h->p[p]))
-			break;
-		h->p[i] = h->p[p];
-		i = p;
-	}
-	h->p[i] = *c;
-	return 0;
-}
-
-static scand sheap_pop(sheap *h)
-{
-	const scand top = h->p[0];
-	const scand last = h->p[--h->n];
-	size_t i = 0;
-	for (;;) {
-		size_t c = 2 * i + 1;
-		if (c >= h->n)
-			break;
-		if (c + 1 < h->n && scand_before(&h->p[c + 1], &h->p[c]))
-			c++;
-		if (!scand_before(&h->p[c], &last))
-			break;
-		h->p[i] = h->p[c];
-		i = c;
-	}
-	if (h->n)
-		h->p[i] = last;
-	return top;
-}
-
-static int spm_try(const tern_tokenizer *t, const char *txt, ssym *sym, sheap *h, int32_t l, int32_t r)
-{
-	if (l < 0 || r < 0)
-		return 0;
-	const size_t size = sym[l].n + sym[r].n;
-	const int32_t id = tern_tokenizer_find(t, txt + sym[l].off, size);
-	if (id < 0)
-		return 0;
-	const scand c = {t->score[id], l, r, size};
-	return sheap_push(h, &c);
-}
-
-static int spm_raw(const tern_tokenizer *t, const char *raw, size_t len, int space_prefix, tern_tokens *out)
-{
-	sbuf esc = {0};
-	ssym *sym = NULL;
-	sheap h = {0};
-	int rc = -1;
-	if (space_prefix && sbuf_put(&esc, "\xe2\x96\x81", 3))
-		goto done;
-	for (size_t i = 0; i < len; i++) {
-		if (raw[i] == ' ' ? sbuf_put(&esc, "\xe2\x96\x81", 3) : sbuf_put(&esc, raw + i, 1))
-			goto done;
-	}
-	if (esc.n == 0) {
-		rc = 0;
-		goto done;
-	}
-	/* One symbol per UTF-8 character. llama.cpp takes the length from the
-	 * lead byte alone, which lets a stray byte swallow the next characters
-	 * (and an escaped space, which then decodes as U+2581); here an invalid
-	 * byte is a symbol of its own, so bad input round-trips through byte
-	 * fallback. Valid UTF-8 is cut identically. */
-	sym = malloc(esc.n * sizeof *sym);
-	if (!sym)
-		goto done;
-	int32_t ns = 0;
-	for (size_t off = 0; off < esc.n; ns++) {
-		uint32_t cp;
-		const int l = tern_utf8_decode((const unsigned char *)esc.p + off, esc.n - off, &cp);
-		const size_t n = l > 0 ? (size_t)l : 1;
-		sym[ns].off = off;
-		sym[ns].n = n;
-		sym[ns].prev = ns - 1;
-		sym[ns].next = -1;
-		if (ns > 0)
-			sym[ns - 1].next = ns;
-		off += n;
-	}
-	for (int32_t i = 1; i < ns; i++)
-		if (spm_try(t, esc.p, sym, &h, i - 1, i))
-			goto done;
-	while (h.n) {
-		const scand c = sheap_pop(&h);
-		ssym *L = &sym[c.left], *R = &sym[c.right];
-		if (L->n == 0 || R->n == 0 || L->n + R->n != c.size)
-			continue;
-		L->n += R->n;
-		R->n = 0;
-		L->next = R->next;
-		if (R->next >= 0)
-			sym[R->next].prev = c.left;
-		if (spm_try(t, esc.p, sym, &h, L->prev, c.left) || spm_try(t, esc.p, sym, &h, c.left, L->next))
-			goto done;
-	}
-	for (int32_t i = 0; i >= 0; i = sym[i].next) {
-		const int32_t id = tern_tokenizer_find(t, esc.p + sym[i].off, sym[i].n);
-		if (id >= 0) {
-			if (tokens_push(out, id))
-				goto done;
-			continue;
-		}
-		for (size_t k = 0; k < sym[i].n; k++)
-			if (emit(t, out, t->byte_tok[(unsigned char)esc.p[sym[i].off + k]]))
-				goto done;
-	}
-	rc = 0;
-done:
-	free(esc.p);
-	free(sym);
-	free(h.p);
-	return rc;
-}
-
 /* ---- encode ------------------------------------------------------------- */
 
 int tern_tokenizer_encode(const tern_tokenizer *t, const char *text, size_t len, unsigned flags, tern_tokens *out,
@@ -1006,165 +652,4 @@ done:
 	free(s.heap);
 	free(s.mapped.p);
 	return rc;
-}
-
-/* ---- decode ------------------------------------------------------------- */
-
-const char *tern_tokenizer_piece(const tern_tokenizer *t, int32_t id, int special, size_t *len)
-{
-	if (id < 0 || id >= t->n_vocab)
-		return NULL;
-	if (special && t->type[id] == TERN_TOKTYPE_CONTROL) {
-		*len = t->text_len[id];
-		return t->text + t->text_off[id];
-	}
-	*len = t->piece_len[id];
-	return t->piece + t->piece_off[id];
-}
-
-/* Appends b[0..n) to *o, replacing bytes that are not valid UTF-8 by U+FFFD. */
-static int put_replacing(sbuf *o, const char *b, size_t n)
-{
-	const unsigned char *u = (const unsigned char *)b;
-	for (size_t i = 0; i < n;) {
-		uint32_t cp;
-		const int l = tern_utf8_decode(u + i, n - i, &cp);
-		if (l > 0) {
-			if (sbuf_put(o, b + i, (size_t)l))
-				return -1;
-			i += (size_t)l;
-		} else {
-			if (sbuf_put(o, "\xef\xbf\xbd", 3))
-				return -1;
-			i++;
-		}
-	}
-	return 0;
-}
-
-int tern_tokenizer_decode(const tern_tokenizer *t, const int32_t *ids, size_t n, unsigned flags, char **out,
-			  size_t *len, tern_err *err)
-{
-	*out = NULL;
-	*len = 0;
-	sbuf b = {0};
-	if (sbuf_put(&b, "", 0))
-		return TERN_ERR(err, TERN_ENOMEM, "tokenizer: no memory");
-	for (size_t i = 0; i < n; i++) {
-		size_t pl;
-		const char *p = tern_tokenizer_piece(t, ids[i], (flags & TERN_DECODE_SPECIAL) != 0, &pl);
-		if (!p) {
-			free(b.p);
-			return TERN_ERR(err, TERN_EINVAL, "tokenizer: token id %d at %zu out of range [0, %d)", ids[i],
-					i, t->n_vocab);
-		}
-		if (sbuf_put(&b, p, pl)) {
-			free(b.p);
-			return TERN_ERR(err, TERN_ENOMEM, "tokenizer: no memory");
-		}
-	}
-	size_t skip = 0;
-	if ((flags & TERN_DECODE_STRIP_SPACE) && t->add_space_prefix && b.n && b.p[0] == ' ')
-		skip = 1;
-	if (flags & TERN_DECODE_REPLACE_INVALID) {
-		sbuf r = {0};
-		if (sbuf_put(&r, "", 0) || put_replacing(&r, b.p + skip, b.n - skip)) {
-			free(b.p);
-			free(r.p);
-			return TERN_ERR(err, TERN_ENOMEM, "tokenizer: no memory");
-		}
-		free(b.p);
-		*out = r.p;
-		*len = r.n;
-		return 0;
-	}
-	if (skip)
-		memmove(b.p, b.p + 1, b.n--);
-	*out = b.p;
-	*len = b.n;
-	return 0;
-}
-
-struct tern_detok {
-	const tern_tokenizer *t;
-	unsigned flags;
-	unsigned char held[4]; /* an incomplete UTF-8 character, at most 3 bytes */
-	size_t n_held;
-	sbuf in, out;
-};
-
-int tern_detok_create(const tern_tokenizer *t, unsigned flags, tern_detok **out, tern_err *err)
-{
-	*out = calloc(1, sizeof **out);
-	TERN_RETURN_IF(!*out, err, TERN_ENOMEM, "tokenizer: no memory");
-	(*out)->t = t;
-	(*out)->flags = flags;
-	return 0;
-}
-
-void tern_detok_free(tern_detok *d)
-{
-	if (!d)
-		return;
-	free(d->in.p);
-	free(d->out.p);
-	free(d);
-}
-
-/* Moves what is certain from d->in to d->out; keeps a valid incomplete tail. */
-static int detok_drain(tern_detok *d, int final)
-{
-	const unsigned char *u = (const unsigned char *)d->in.p;
-	const size_t n = d->in.n;
-	size_t i = 0;
-	while (i < n) {
-		uint32_t cp;
-		const int l = tern_utf8_decode(u + i, n - i, &cp);
-		if (l > 0) {
-			if (sbuf_put(&d->out, d->in.p + i, (size_t)l))
-				return -1;
-			i += (size_t)l;
-		} else if (l == 0 && !final) {
-			break;
-		} else {
-			const int rep = (d->flags & TERN_DECODE_REPLACE_INVALID) != 0;
-			if (rep ? sbuf_put(&d->out, "\xef\xbf\xbd", 3) : sbuf_put(&d->out, d->in.p + i, 1))
-				return -1;
-			i++;
-		}
-	}
-	d->n_held = n - i;
-	memcpy(d->held, d->in.p + i, d->n_held);
-	return 0;
-}
-
-int tern_detok_push(tern_detok *d, int32_t id, const char **text, size_t *len, tern_err *err)
-{
-	*text = "";
-	*len = 0;
-	size_t pl;
-	const char *p = tern_tokenizer_piece(d->t, id, (d->flags & TERN_DECODE_SPECIAL) != 0, &pl);
-	TERN_RETURN_IF(!p, err, TERN_EINVAL, "tokenizer: token id %d out of range [0, %d)", id, d->t->n_vocab);
-	d->in.n = 0;
-	d->out.n = 0;
-	if (sbuf_put(&d->in, d->held, d->n_held) || sbuf_put(&d->in, p, pl) || sbuf_put(&d->out, "", 0) ||
-	    detok_drain(d, 0))
-		return TERN_ERR(err, TERN_ENOMEM, "tokenizer: no memory");
-	*text = d->out.p;
-	*len = d->out.n;
-	return 0;
-}
-
-int tern_detok_flush(tern_detok *d, const char **text, size_t *len, tern_err *err)
-{
-	*text = "";
-	*len = 0;
-	d->in.n = 0;
-	d->out.n = 0;
-	if (sbuf_put(&d->in, d->held, d->n_held) || sbuf_put(&d->out, "", 0) || detok_drain(d, 1))
-		return TERN_ERR(err, TERN_ENOMEM, "tokenizer: no memory");
-	d->n_held = 0;
-	*text = d->out.p;
-	*len = d->out.n;
-	return 0;
 }
