@@ -1,414 +1,155 @@
-/* json.c: the strict JSON parser of tern-json.h. Recursive descent with a
- * depth limit; nodes and unescaped strings live in one arena freed at once.
- * Children are collected on a scratch stack and copied to the arena when a
- * container closes, so arrays of any length need no per-node reallocation. */
+/* json.c: tern-json.h over Debian's jansson. jansson parses (RFC 8259,
+ * duplicate keys refused, NUL allowed in strings); this file only bounds the
+ * nesting depth before it runs, and lends the result to the callers as the
+ * read-only tern_json tree they walk (one array of nodes, strings and keys
+ * pointing into jansson's own values, freed with the document). */
 #include "tern-json.h"
 
-#include <errno.h>
-#include <math.h>
-#include <stdio.h>
+#include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define MAX_DEPTH 64
-#define BLOCK_MIN (64 * 1024)
-
-typedef struct block {
-	struct block *next;
-	size_t used, cap;
-	_Alignas(16) unsigned char mem[];
-} block;
 
 struct tern_json_doc {
-	block *blocks;
-	tern_json *root;
+	json_t *j;        /* the parsed document, owner of every string */
+	tern_json *nodes; /* (n_nodes) */
+	tern_json **kids; /* (n_kids) the items arrays, back to back */
+	size_t n_nodes, n_kids;
 };
 
-typedef struct {
-	const char *s;
-	size_t len, pos;
-	const char *what;
-	tern_err *err;
-	tern_json_doc *doc;
-	tern_json **stack; /* scratch for children of open containers */
-	size_t sp, scap;
-} parser;
-
-static void *arena_alloc(tern_json_doc *d, size_t n)
+/* Containers nested deeper than MAX_DEPTH anywhere in buf (strings
+ * skipped): refused before parsing, as a hostile document could otherwise
+ * nest up to jansson's own limit. */
+static int too_deep(const char *s, size_t n)
 {
-	n = (n + 15) & ~(size_t)15;
-	block *b = d->blocks;
-	if (!b || b->cap - b->used < n) {
-		const size_t cap = n > BLOCK_MIN ? n : BLOCK_MIN;
-		b = malloc(sizeof *b + cap);
-		if (!b)
-			return NULL;
-		b->next = d->blocks;
-		b->used = 0;
-		b->cap = cap;
-		d->blocks = b;
-	}
-	void *p = b->mem + b->used;
-	b->used += n;
-	return p;
-}
-
-#define PFAIL(code, ...) TERN_ERR(p->err, code, __VA_ARGS__)
-
-static int syntax(parser *p, const char *what)
-{
-	return PFAIL(TERN_EFORMAT, "%s: %s at byte %zu", p->what, what, p->pos);
-}
-
-static void skip_ws(parser *p)
-{
-	while (p->pos < p->len) {
-		const char c = p->s[p->pos];
-		if (c != ' ' && c != '\t' && c != '\n' && c != '\r')
-			break;
-		p->pos++;
-	}
-}
-
-static int hex4(parser *p, uint32_t *v)
-{
-	if (p->len - p->pos < 4)
-		return syntax(p, "truncated \\u escape");
-	uint32_t x = 0;
-	for (int i = 0; i < 4; i++) {
-		const char c = p->s[p->pos++];
-		x <<= 4;
-		if (c >= '0' && c <= '9')
-			x |= (uint32_t)(c - '0');
-		else if (c >= 'a' && c <= 'f')
-			x |= (uint32_t)(c - 'a' + 10);
-		else if (c >= 'A' && c <= 'F')
-			x |= (uint32_t)(c - 'A' + 10);
-		else
-			return syntax(p, "bad \\u escape");
-	}
-	*v = x;
-	return 0;
-}
-
-static size_t put_utf8(char *o, uint32_t cp)
-{
-	if (cp < 0x80) {
-		o[0] = (char)cp;
-		return 1;
-	}
-	if (cp < 0x800) {
-		o[0] = (char)(0xC0 | (cp >> 6));
-		o[1] = (char)(0x80 | (cp & 0x3F));
-		return 2;
-	}
-	if (cp < 0x10000) {
-		o[0] = (char)(0xE0 | (cp >> 12));
-		o[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-		o[2] = (char)(0x80 | (cp & 0x3F));
-		return 3;
-	}
-	o[0] = (char)(0xF0 | (cp >> 18));
-	o[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-	o[2] = (char)(0x80 | ((cp >> 6) & 0x3F));
-	o[3] = (char)(0x80 | (cp & 0x3F));
-	return 4;
-}
-
-/* Parses a string at p->pos (on the opening quote) into the arena. The
- * unescaped text is never longer than the raw text. */
-static int parse_string(parser *p, const char **out, size_t *out_len)
-{
-	p->pos++; /* opening quote */
-	size_t end = p->pos;
-	int has_escape = 0;
-	while (end < p->len && p->s[end] != '"') {
-		if (p->s[end] == '\\') {
-			has_escape = 1;
-			end++;
-		}
-		end++;
-	}
-	if (end >= p->len)
-		return syntax(p, "unterminated string");
-	const size_t raw = end - p->pos;
-	char *o = arena_alloc(p->doc, raw + 1);
-	if (!o)
-		return PFAIL(TERN_ENOMEM, "%s: out of memory", p->what);
-	size_t n = 0;
-	if (!has_escape) {
-		for (size_t i = 0; i < raw; i++)
-			if ((unsigned char)p->s[p->pos + i] < 0x20)
-				return syntax(p, "control character in string");
-		memcpy(o, p->s + p->pos, raw);
-		n = raw;
-		p->pos = end;
-	} else {
-		while (p->pos < end) {
-			const unsigned char c = (unsigned char)p->s[p->pos];
-			if (c < 0x20)
-				return syntax(p, "control character in string");
-			if (c != '\\') {
-				o[n++] = (char)c;
-				p->pos++;
-				continue;
-			}
-			p->pos++;
-			const char e = p->s[p->pos++];
-			switch (e) {
-			case '"': o[n++] = '"'; break;
-			case '\\': o[n++] = '\\'; break;
-			case '/': o[n++] = '/'; break;
-			case 'b': o[n++] = '\b'; break;
-			case 'f': o[n++] = '\f'; break;
-			case 'n': o[n++] = '\n'; break;
-			case 'r': o[n++] = '\r'; break;
-			case 't': o[n++] = '\t'; break;
-			case 'u': {
-				uint32_t cp;
-				if (p->pos > end || end - p->pos < 4)
-					return syntax(p, "truncated \\u escape");
-				TERN_FORWARD_IF_ERROR(hex4(p, &cp));
-				if (cp >= 0xD800 && cp < 0xDC00) {
-					uint32_t lo;
-					if (end - p->pos < 6 || p->s[p->pos] != '\\' || p->s[p->pos + 1] != 'u')
-						return syntax(p, "unpaired surrogate");
-					p->pos += 2;
-					TERN_FORWARD_IF_ERROR(hex4(p, &lo));
-					if (lo < 0xDC00 || lo > 0xDFFF)
-						return syntax(p, "bad low surrogate");
-					cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-				} else if (cp >= 0xDC00 && cp < 0xE000) {
-					return syntax(p, "unpaired surrogate");
-				}
-				/* A \u escape is 6 raw bytes, its UTF-8 at most 4 (12 -> 4 for pairs). */
-				n += put_utf8(o + n, cp);
-				break;
-			}
-			default: return syntax(p, "bad escape");
-			}
-		}
-	}
-	o[n] = 0;
-	p->pos = end + 1;
-	*out = o;
-	*out_len = n;
-	return 0;
-}
-
-static int parse_number(parser *p, tern_json *v)
-{
-	const size_t start = p->pos;
-	int is_int = 1;
-	if (p->pos < p->len && p->s[p->pos] == '-')
-		p->pos++;
-	if (p->pos >= p->len || p->s[p->pos] < '0' || p->s[p->pos] > '9')
-		return syntax(p, "bad number");
-	if (p->s[p->pos] == '0')
-		p->pos++;
-	else
-		while (p->pos < p->len && p->s[p->pos] >= '0' && p->s[p->pos] <= '9')
-			p->pos++;
-	if (p->pos < p->len && p->s[p->pos] == '.') {
-		is_int = 0;
-		p->pos++;
-		if (p->pos >= p->len || p->s[p->pos] < '0' || p->s[p->pos] > '9')
-			return syntax(p, "bad fraction");
-		while (p->pos < p->len && p->s[p->pos] >= '0' && p->s[p->pos] <= '9')
-			p->pos++;
-	}
-	if (p->pos < p->len && (p->s[p->pos] == 'e' || p->s[p->pos] == 'E')) {
-		is_int = 0;
-		p->pos++;
-		if (p->pos < p->len && (p->s[p->pos] == '+' || p->s[p->pos] == '-'))
-			p->pos++;
-		if (p->pos >= p->len || p->s[p->pos] < '0' || p->s[p->pos] > '9')
-			return syntax(p, "bad exponent");
-		while (p->pos < p->len && p->s[p->pos] >= '0' && p->s[p->pos] <= '9')
-			p->pos++;
-	}
-	/* strtod needs a NUL-terminated copy; numbers are short. */
-	char buf[64];
-	const size_t n = p->pos - start;
-	if (n >= sizeof buf)
-		return syntax(p, "number too long");
-	memcpy(buf, p->s + start, n);
-	buf[n] = 0;
-	v->type = TERN_JSON_NUMBER;
-	v->number = strtod(buf, NULL);
-	if (is_int) {
-		errno = 0;
-		const long long ll = strtoll(buf, NULL, 10);
-		if (errno == 0) {
-			v->is_int = 1;
-			v->integer = ll;
+	int depth = 0, in_str = 0;
+	for (size_t i = 0; i < n; i++) {
+		const char c = s[i];
+		if (in_str) {
+			if (c == '\\')
+				i++;
+			else if (c == '"')
+				in_str = 0;
+		} else if (c == '"') {
+			in_str = 1;
+		} else if (c == '[' || c == '{') {
+			if (++depth > MAX_DEPTH)
+				return 1;
+		} else if (c == ']' || c == '}') {
+			depth--;
 		}
 	}
 	return 0;
 }
 
-static int push(parser *p, tern_json *c)
+static void count(json_t *v, size_t *nodes, size_t *kids)
 {
-	if (p->sp == p->scap) {
-		const size_t cap = p->scap ? 2 * p->scap : 256;
-		tern_json **s = realloc(p->stack, cap * sizeof *s);
-		if (!s)
-			return PFAIL(TERN_ENOMEM, "%s: out of memory", p->what);
-		p->stack = s;
-		p->scap = cap;
+	(*nodes)++;
+	if (json_is_array(v)) {
+		*kids += json_array_size(v);
+		for (size_t i = 0; i < json_array_size(v); i++)
+			count(json_array_get(v, i), nodes, kids);
+	} else if (json_is_object(v)) {
+		const char *k;
+		json_t *m;
+		*kids += json_object_size(v);
+		json_object_foreach (v, k, m)
+			count(m, nodes, kids);
 	}
-	p->stack[p->sp++] = c;
-	return 0;
 }
 
-static int literal(parser *p, const char *word)
+/* Fills node *n from v, taking nodes and kid slots from the doc's arrays. */
+static tern_json *convert(tern_json_doc *d, json_t *v, size_t *next_node, size_t *next_kid)
 {
-	const size_t n = strlen(word);
-	if (p->len - p->pos < n || memcmp(p->s + p->pos, word, n) != 0)
-		return syntax(p, "unexpected character");
-	p->pos += n;
-	return 0;
-}
-
-static int parse_value(parser *p, tern_json **out, int depth);
-
-static int close_container(parser *p, tern_json *v, size_t base)
-{
-	v->len = p->sp - base;
-	if (v->len) {
-		v->items = arena_alloc(p->doc, v->len * sizeof *v->items);
-		if (!v->items)
-			return PFAIL(TERN_ENOMEM, "%s: out of memory", p->what);
-		memcpy(v->items, p->stack + base, v->len * sizeof *v->items);
-	}
-	p->sp = base;
-	return 0;
-}
-
-static int parse_value(parser *p, tern_json **out, int depth)
-{
-	if (depth > MAX_DEPTH)
-		return PFAIL(TERN_ERANGE, "%s: JSON nested deeper than %d at byte %zu", p->what, MAX_DEPTH, p->pos);
-	skip_ws(p);
-	if (p->pos >= p->len)
-		return syntax(p, "unexpected end of input");
-	tern_json *v = arena_alloc(p->doc, sizeof *v);
-	if (!v)
-		return PFAIL(TERN_ENOMEM, "%s: out of memory", p->what);
-	memset(v, 0, sizeof *v);
-	*out = v;
-	const char c = p->s[p->pos];
-	if (c == '{') {
-		v->type = TERN_JSON_OBJECT;
-		p->pos++;
-		const size_t base = p->sp;
-		skip_ws(p);
-		if (p->pos < p->len && p->s[p->pos] == '}') {
-			p->pos++;
-			return close_container(p, v, base);
+	tern_json *n = &d->nodes[(*next_node)++];
+	memset(n, 0, sizeof *n);
+	switch (json_typeof(v)) {
+	case JSON_NULL: n->type = TERN_JSON_NULL; break;
+	case JSON_TRUE:
+	case JSON_FALSE:
+		n->type = TERN_JSON_BOOL;
+		n->boolean = json_is_true(v);
+		break;
+	case JSON_INTEGER:
+		n->type = TERN_JSON_NUMBER;
+		n->is_int = 1;
+		n->integer = (int64_t)json_integer_value(v);
+		n->number = (double)n->integer;
+		break;
+	case JSON_REAL:
+		n->type = TERN_JSON_NUMBER;
+		n->number = json_real_value(v);
+		break;
+	case JSON_STRING:
+		n->type = TERN_JSON_STRING;
+		n->str = json_string_value(v);
+		n->len = json_string_length(v);
+		break;
+	case JSON_ARRAY:
+		n->type = TERN_JSON_ARRAY;
+		n->len = json_array_size(v);
+		n->items = &d->kids[*next_kid];
+		*next_kid += n->len;
+		for (size_t i = 0; i < n->len; i++)
+			n->items[i] = convert(d, json_array_get(v, i), next_node, next_kid);
+		break;
+	case JSON_OBJECT: {
+		n->type = TERN_JSON_OBJECT;
+		n->len = json_object_size(v);
+		n->items = &d->kids[*next_kid];
+		*next_kid += n->len;
+		const char *k;
+		json_t *m;
+		size_t i = 0;
+		json_object_foreach (v, k, m) {
+			tern_json *c = convert(d, m, next_node, next_kid);
+			c->key = k;
+			c->key_len = strlen(k);
+			n->items[i++] = c;
 		}
-		for (;;) {
-			skip_ws(p);
-			if (p->pos >= p->len || p->s[p->pos] != '"')
-				return syntax(p, "expected a member name");
-			const char *key;
-			size_t klen;
-			TERN_FORWARD_IF_ERROR(parse_string(p, &key, &klen));
-			skip_ws(p);
-			if (p->pos >= p->len || p->s[p->pos] != ':')
-				return syntax(p, "expected ':'");
-			p->pos++;
-			tern_json *m;
-			TERN_FORWARD_IF_ERROR(parse_value(p, &m, depth + 1));
-			m->key = key;
-			m->key_len = klen;
-			TERN_FORWARD_IF_ERROR(push(p, m));
-			skip_ws(p);
-			if (p->pos < p->len && p->s[p->pos] == ',') {
-				p->pos++;
-				continue;
-			}
-			if (p->pos < p->len && p->s[p->pos] == '}') {
-				p->pos++;
-				return close_container(p, v, base);
-			}
-			return syntax(p, "expected ',' or '}'");
-		}
+		break;
 	}
-	if (c == '[') {
-		v->type = TERN_JSON_ARRAY;
-		p->pos++;
-		const size_t base = p->sp;
-		skip_ws(p);
-		if (p->pos < p->len && p->s[p->pos] == ']') {
-			p->pos++;
-			return close_container(p, v, base);
-		}
-		for (;;) {
-			tern_json *e;
-			TERN_FORWARD_IF_ERROR(parse_value(p, &e, depth + 1));
-			TERN_FORWARD_IF_ERROR(push(p, e));
-			skip_ws(p);
-			if (p->pos < p->len && p->s[p->pos] == ',') {
-				p->pos++;
-				continue;
-			}
-			if (p->pos < p->len && p->s[p->pos] == ']') {
-				p->pos++;
-				return close_container(p, v, base);
-			}
-			return syntax(p, "expected ',' or ']'");
-		}
 	}
-	if (c == '"') {
-		v->type = TERN_JSON_STRING;
-		return parse_string(p, &v->str, &v->len);
-	}
-	if (c == 't') {
-		v->type = TERN_JSON_BOOL;
-		v->boolean = 1;
-		return literal(p, "true");
-	}
-	if (c == 'f') {
-		v->type = TERN_JSON_BOOL;
-		return literal(p, "false");
-	}
-	if (c == 'n') {
-		v->type = TERN_JSON_NULL;
-		return literal(p, "null");
-	}
-	return parse_number(p, v);
+	return n;
 }
 
 void tern_json_free(tern_json_doc *doc)
 {
 	if (!doc)
 		return;
-	for (block *b = doc->blocks; b;) {
-		block *n = b->next;
-		free(b);
-		b = n;
-	}
+	json_decref(doc->j);
+	free(doc->nodes);
+	free(doc->kids);
 	free(doc);
 }
 
 int tern_json_parse(tern_json_doc **out, const char *buf, size_t len, const char *what, tern_err *err)
 {
 	*out = NULL;
+	buf = buf ? buf : "";
+	TERN_RETURN_IF(too_deep(buf, len), err, TERN_ERANGE, "%s: JSON nested deeper than %d levels", what,
+		       MAX_DEPTH);
+	json_error_t je;
+	json_t *j = json_loadb(buf, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY | JSON_ALLOW_NUL, &je);
+	TERN_RETURN_IF(!j, err, TERN_EFORMAT, "%s: bad JSON at line %d column %d: %s", what, je.line, je.column,
+		       je.text);
 	tern_json_doc *doc = calloc(1, sizeof *doc);
-	TERN_RETURN_IF(!doc, err, TERN_ENOMEM, "%s: out of memory", what);
-	parser pp = {buf ? buf : "", buf ? len : 0, 0, what, err, doc, NULL, 0, 0}, *p = &pp;
-	int rc = parse_value(p, &doc->root, 0);
-	if (rc == 0) {
-		skip_ws(p);
-		if (p->pos != p->len)
-			rc = syntax(p, "trailing characters after the JSON value");
+	if (doc) {
+		doc->j = j;
+		count(j, &doc->n_nodes, &doc->n_kids);
+		doc->nodes = malloc(doc->n_nodes * sizeof *doc->nodes);
+		doc->kids = malloc((doc->n_kids ? doc->n_kids : 1) * sizeof *doc->kids);
 	}
-	free(p->stack);
-	if (rc < 0) {
-		tern_json_free(doc);
-		return rc;
+	if (!doc || !doc->nodes || !doc->kids) {
+		if (doc)
+			tern_json_free(doc);
+		else
+			json_decref(j);
+		return TERN_ERR(err, TERN_ENOMEM, "%s: out of memory", what);
 	}
+	size_t nn = 0, nk = 0;
+	convert(doc, j, &nn, &nk);
 	*out = doc;
 	return 0;
 }
@@ -426,7 +167,7 @@ int tern_json_parse_file(tern_json_doc **out, const char *path, tern_err *err)
 
 const tern_json *tern_json_root(const tern_json_doc *doc)
 {
-	return doc ? doc->root : NULL;
+	return doc && doc->n_nodes ? &doc->nodes[0] : NULL;
 }
 
 const tern_json *tern_json_get(const tern_json *o, const char *key)

@@ -1,9 +1,9 @@
-/* tern-json.h: a small, strict, bounds-checked JSON parser (RFC 8259) for
- * the JSON that model files carry: safetensors headers, config.json,
- * tokenizer.json. The whole document becomes a tree in one arena; strings are
- * unescaped (\uXXXX incl. surrogate pairs -> UTF-8) and NUL-terminated, and
- * also carry their length. Depth is limited (64) so hostile input cannot
- * exhaust the stack; every read is checked against the input length. */
+/* tern-json.h: the JSON that model files and batch requests carry
+ * (safetensors headers, config.json, tokenizer.json, batch JSONL), parsed by
+ * Debian's jansson (json.c; strict RFC 8259, duplicate keys refused) and
+ * handed out as a read-only tree. Strings are unescaped (\uXXXX incl.
+ * surrogate pairs -> UTF-8) and NUL-terminated, and also carry their length.
+ * Depth is limited (64). Integers beyond int64 are refused by jansson. */
 #ifndef TERN_JSON_H
 #define TERN_JSON_H
 
