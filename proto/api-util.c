@@ -14,23 +14,17 @@ const char *tern_api_finish_reason_name(int reason)
 	}
 }
 
-void tern_api_json_str(FILE *f, const char *s, size_t n)
+json_t *tern_api_json_text(const char *s, size_t n)
 {
-	fputc('"', f);
-	for (size_t i = 0; i < n; i++) {
-		const unsigned char c = (unsigned char)s[i];
-		if (c == '"' || c == '\\')
-			fprintf(f, "\\%c", c);
-		else if (c == '\n')
-			fputs("\\n", f);
-		else if (c == '\t')
-			fputs("\\t", f);
-		else if (c == '\r')
-			fputs("\\r", f);
-		else if (c < 0x20)
-			fprintf(f, "\\u%04x", c);
-		else
-			fputc(c, f);
-	}
-	fputc('"', f);
+	json_t *j = json_stringn(s ? s : "", s ? n : 0);
+	return j ? j : json_stringn_nocheck(s ? s : "", s ? n : 0);
+}
+
+int tern_api_json_line(FILE *f, json_t *obj)
+{
+	if (!obj)
+		return -1;
+	const int rc = json_dumpf(obj, f, JSON_COMPACT | JSON_PRESERVE_ORDER);
+	json_decref(obj);
+	return rc == 0 && fputc('\n', f) != EOF ? 0 : -1;
 }

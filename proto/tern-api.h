@@ -10,9 +10,14 @@
 /* "stop", "length", "cancelled", "error", or "none" for a FinishReason value. */
 const char *tern_api_finish_reason_name(int reason);
 
-/* Writes s[0..n) to f as a JSON string literal: quotes, backslash, control
- * characters escaped (\n \r \t \uXXXX); other bytes as they are (the texts
- * are UTF-8). */
-void tern_api_json_str(FILE *f, const char *s, size_t n);
+#include <jansson.h>
+
+/* A jansson string of s[0..n) (UTF-8; bytes that are not are kept as they
+ * are, never dropped); NULL only when out of memory. */
+json_t *tern_api_json_text(const char *s, size_t n);
+/* Writes obj to f as one compact line of JSON and releases it (the
+ * reference is stolen, NULL included). 0, or -1 when out of memory or f
+ * fails. */
+int tern_api_json_line(FILE *f, json_t *obj);
 
 #endif /* TERN_API_H */

@@ -231,22 +231,24 @@ static void on_gen(void *vctx, const uint8_t *p, size_t n)
 		g->text[g->len] = '\0';
 	}
 	if (g->json) {
+		json_t *j = json_object();
 		if (m->done) {
-			printf("{\"done\":true,\"text\":");
-			tern_api_json_str(stdout, m->text, strlen(m->text));
-			printf(",\"finish_reason\":\"%s\",\"seed\":%llu", tern_api_finish_reason_name(m->finish_reason),
-			       (unsigned long long)m->seed);
-			if (m->usage)
-				printf(",\"prompt_tokens\":%u,\"completion_tokens\":%u,\"time_to_first_token_s\":%.4f,"
-				       "\"decode_tokens_per_s\":%.2f",
-				       m->usage->prompt_tokens, m->usage->completion_tokens,
-				       m->usage->time_to_first_token_s, m->usage->decode_tokens_per_s);
-			printf("}\n");
+			json_object_set_new(j, "done", json_true());
+			json_object_set_new(j, "text", tern_api_json_text(m->text, strlen(m->text)));
+			json_object_set_new(j, "finish_reason", json_string(tern_api_finish_reason_name(m->finish_reason)));
+			json_object_set_new(j, "seed", json_integer((json_int_t)m->seed));
+			if (m->usage) {
+				json_object_set_new(j, "prompt_tokens", json_integer(m->usage->prompt_tokens));
+				json_object_set_new(j, "completion_tokens", json_integer(m->usage->completion_tokens));
+				json_object_set_new(j, "time_to_first_token_s", json_real(m->usage->time_to_first_token_s));
+				json_object_set_new(j, "decode_tokens_per_s", json_real(m->usage->decode_tokens_per_s));
+			}
 		} else {
-			printf("{\"token_id\":%u,\"index\":%u,\"text\":", m->token_id, m->index);
-			tern_api_json_str(stdout, m->text, strlen(m->text));
-			printf("}\n");
+			json_object_set_new(j, "token_id", json_integer(m->token_id));
+			json_object_set_new(j, "index", json_integer(m->index));
+			json_object_set_new(j, "text", tern_api_json_text(m->text, strlen(m->text)));
 		}
+		tern_api_json_line(stdout, j);
 	} else {
 		fputs(m->text, stdout);
 	}
@@ -405,19 +407,29 @@ static int do_unary(conn *c, const client_opts *o, const char *what, const char 
 		Tern__V1__TokenizeResponse *t = st == GRPC_STATUS_OK ? tern__v1__tokenize_response__unpack(NULL, r.n, r.buf)
 								      : NULL;
 		if (t) {
-			printf(o->json ? "{\"token_ids\":[" : "");
+			json_t *ids = json_array(), *pieces = json_array();
 			for (size_t i = 0; i < t->n_token_ids; i++) {
+				const char *piece = i < t->n_pieces ? t->pieces[i] : "";
 				if (o->json) {
-					printf("%s%u", i ? "," : "", t->token_ids[i]);
+					json_array_append_new(ids, json_integer(t->token_ids[i]));
+					json_array_append_new(pieces, tern_api_json_text(piece, strlen(piece)));
 				} else {
+					json_t *qs = tern_api_json_text(piece, strlen(piece));
 					printf("%6u  ", t->token_ids[i]);
-					const char *piece = i < t->n_pieces ? t->pieces[i] : "";
-					tern_api_json_str(stdout, piece, strlen(piece));
+					json_dumpf(qs, stdout, JSON_ENCODE_ANY);
+					json_decref(qs);
 					printf("\n");
 				}
 			}
-			if (o->json)
-				printf("]}\n");
+			if (o->json) {
+				json_t *j = json_object();
+				json_object_set_new(j, "token_ids", ids);
+				json_object_set_new(j, "pieces", pieces);
+				tern_api_json_line(stdout, j);
+			} else {
+				json_decref(ids);
+				json_decref(pieces);
+			}
 			tern__v1__tokenize_response__free_unpacked(t, NULL);
 		}
 	} else if (!strcmp(what, "health")) {
@@ -427,21 +439,25 @@ static int do_unary(conn *c, const client_opts *o, const char *what, const char 
 								   : NULL;
 		if (h) {
 			if (o->json) {
-				printf("{\"ready\":%s,\"stages_up\":%u,\"stages_total\":%u,\"model\":",
-				       h->ready ? "true" : "false", h->stages_up, h->stages_total);
-				tern_api_json_str(stdout, h->model, strlen(h->model));
-				printf(",\"version\":");
-				tern_api_json_str(stdout, h->version, strlen(h->version));
-				printf(",\"stages\":[");
+				json_t *j = json_object(), *stages = json_array();
+				json_object_set_new(j, "ready", json_boolean(h->ready));
+				json_object_set_new(j, "stages_up", json_integer(h->stages_up));
+				json_object_set_new(j, "stages_total", json_integer(h->stages_total));
+				json_object_set_new(j, "model", tern_api_json_text(h->model, strlen(h->model)));
+				json_object_set_new(j, "version", tern_api_json_text(h->version, strlen(h->version)));
 				for (size_t i = 0; i < h->n_stages; i++) {
-					printf("%s{\"stage\":%u,\"host\":", i ? "," : "", h->stages[i]->stage);
-					tern_api_json_str(stdout, h->stages[i]->host, strlen(h->stages[i]->host));
-					printf(",\"binding\":");
-					tern_api_json_str(stdout, h->stages[i]->binding, strlen(h->stages[i]->binding));
-					printf(",\"first_layer\":%u,\"last_layer\":%u,\"up\":%s}", h->stages[i]->first_layer,
-					       h->stages[i]->last_layer, h->stages[i]->up ? "true" : "false");
+					const Tern__V1__StageStatus *sh = h->stages[i];
+					json_t *x = json_object();
+					json_object_set_new(x, "stage", json_integer(sh->stage));
+					json_object_set_new(x, "host", tern_api_json_text(sh->host, strlen(sh->host)));
+					json_object_set_new(x, "binding", tern_api_json_text(sh->binding, strlen(sh->binding)));
+					json_object_set_new(x, "first_layer", json_integer(sh->first_layer));
+					json_object_set_new(x, "last_layer", json_integer(sh->last_layer));
+					json_object_set_new(x, "up", json_boolean(sh->up));
+					json_array_append_new(stages, x);
 				}
-				printf("]}\n");
+				json_object_set_new(j, "stages", stages);
+				tern_api_json_line(stdout, j);
 			} else {
 				printf("%s: %u/%u stages up, model %s (%s)\n", h->ready ? "ready" : "NOT READY",
 				       h->stages_up, h->stages_total, h->model, h->version);
@@ -460,29 +476,42 @@ static int do_unary(conn *c, const client_opts *o, const char *what, const char 
 		Tern__V1__StatsResponse *s = st == GRPC_STATUS_OK ? tern__v1__stats_response__unpack(NULL, r.n, r.buf)
 								  : NULL;
 		if (s) {
-			printf(o->json ? "{\"queue_depth\":%u,\"queue_limit\":%u,\"active_sequences\":%u,\"kv_slots_free\":%u,"
-					 "\"kv_slots_total\":%u,\"decode_tokens_per_s\":%.2f,\"prefill_tokens_per_s\":%.2f,"
-					 "\"requests_total\":%llu,\"requests_rejected\":%llu,\"requests_cancelled\":%llu,"
-					 "\"tokens_generated\":%llu,\"uptime_s\":%.1f"
-				       : "queue %u/%u, %u active, KV slots %u free of %u, decode %.2f tok/s, prefill %.2f "
-					 "tok/s\nrequests %llu (rejected %llu, cancelled %llu), %llu tokens generated, up "
-					 "%.1f s\n",
-			       s->queue_depth, s->queue_limit, s->active_sequences, s->kv_slots_free, s->kv_slots_total,
-			       s->decode_tokens_per_s, s->prefill_tokens_per_s, (unsigned long long)s->requests_total,
-			       (unsigned long long)s->requests_rejected, (unsigned long long)s->requests_cancelled,
-			       (unsigned long long)s->tokens_generated, s->uptime_s);
-			if (o->json)
-				printf(",\"stages\":[");
-			for (size_t i = 0; i < s->n_stages; i++) {
-				if (o->json)
-					printf("%s{\"stage\":%u,\"mean_step_ms\":%.3f,\"busy_fraction\":%.4f}", i ? "," : "",
-					       s->stages[i]->stage, s->stages[i]->mean_step_ms, s->stages[i]->busy_fraction);
-				else
+			if (o->json) {
+				json_t *j = json_object(), *stages = json_array();
+				json_object_set_new(j, "queue_depth", json_integer(s->queue_depth));
+				json_object_set_new(j, "queue_limit", json_integer(s->queue_limit));
+				json_object_set_new(j, "active_sequences", json_integer(s->active_sequences));
+				json_object_set_new(j, "kv_slots_free", json_integer(s->kv_slots_free));
+				json_object_set_new(j, "kv_slots_total", json_integer(s->kv_slots_total));
+				json_object_set_new(j, "decode_tokens_per_s", json_real(s->decode_tokens_per_s));
+				json_object_set_new(j, "prefill_tokens_per_s", json_real(s->prefill_tokens_per_s));
+				json_object_set_new(j, "requests_total", json_integer((json_int_t)s->requests_total));
+				json_object_set_new(j, "requests_rejected", json_integer((json_int_t)s->requests_rejected));
+				json_object_set_new(j, "requests_cancelled", json_integer((json_int_t)s->requests_cancelled));
+				json_object_set_new(j, "tokens_generated", json_integer((json_int_t)s->tokens_generated));
+				json_object_set_new(j, "uptime_s", json_real(s->uptime_s));
+				for (size_t i = 0; i < s->n_stages; i++) {
+					json_t *x = json_object();
+					json_object_set_new(x, "stage", json_integer(s->stages[i]->stage));
+					json_object_set_new(x, "mean_step_ms", json_real(s->stages[i]->mean_step_ms));
+					json_object_set_new(x, "busy_fraction", json_real(s->stages[i]->busy_fraction));
+					json_array_append_new(stages, x);
+				}
+				json_object_set_new(j, "stages", stages);
+				tern_api_json_line(stdout, j);
+			} else {
+				printf("queue %u/%u, %u active, KV slots %u free of %u, decode %.2f tok/s, prefill %.2f "
+				       "tok/s\nrequests %llu (rejected %llu, cancelled %llu), %llu tokens generated, up "
+				       "%.1f s\n",
+				       s->queue_depth, s->queue_limit, s->active_sequences, s->kv_slots_free,
+				       s->kv_slots_total, s->decode_tokens_per_s, s->prefill_tokens_per_s,
+				       (unsigned long long)s->requests_total, (unsigned long long)s->requests_rejected,
+				       (unsigned long long)s->requests_cancelled, (unsigned long long)s->tokens_generated,
+				       s->uptime_s);
+				for (size_t i = 0; i < s->n_stages; i++)
 					printf("  stage %u: %.3f ms per micro-batch, busy %.1f%%\n", s->stages[i]->stage,
 					       s->stages[i]->mean_step_ms, 100 * s->stages[i]->busy_fraction);
 			}
-			if (o->json)
-				printf("]}\n");
 			tern__v1__stats_response__free_unpacked(s, NULL);
 		}
 	}

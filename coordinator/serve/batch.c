@@ -236,26 +236,27 @@ int tern_coord_batch(tern_sched *s, const char *in_path, const char *out_path, t
 		if (!out) {
 			rc = TERN_ERR(err, TERN_EIO, "cannot write %s", out_path);
 		} else {
-			for (size_t j = 0; j < n_jobs; j++) {
-				job *b = &jobs[j];
-				fputs("{\"id\":", out);
-				tern_api_json_str(out, b->id, strlen(b->id));
-				fputs(",\"text\":", out);
-				tern_api_json_str(out, b->text ? b->text : "", b->text_len);
-				fputs(",\"token_ids\":[", out);
-				for (size_t k = 0; k < b->n_ids; k++)
-					fprintf(out, "%s%u", k ? "," : "", b->ids[k]);
-				fprintf(out, "],\"finish_reason\":\"%s\",\"prompt_tokens\":%u,\"completion_tokens\":%u",
-					tern_api_finish_reason_name(b->finish_reason), b->prompt_tokens, b->completion_tokens);
-				if (b->score)
-					fprintf(out, ",\"prompt_nll\":%.17g,\"scored_tokens\":%u", b->prompt_nll, b->scored_tokens);
-				if (b->status != TERN_STATUS_OK) {
-					fputs(",\"error\":", out);
-					tern_api_json_str(out, b->error, strlen(b->error));
+			for (size_t j = 0; j < n_jobs && rc == 0; j++) {
+				const job *b = &jobs[j];
+				json_t *o = json_object(), *ids = json_array();
+				for (size_t k = 0; ids && k < b->n_ids; k++)
+					json_array_append_new(ids, json_integer(b->ids[k]));
+				json_object_set_new(o, "id", tern_api_json_text(b->id, strlen(b->id)));
+				json_object_set_new(o, "text", tern_api_json_text(b->text, b->text_len));
+				json_object_set_new(o, "token_ids", ids);
+				json_object_set_new(o, "finish_reason", json_string(tern_api_finish_reason_name(b->finish_reason)));
+				json_object_set_new(o, "prompt_tokens", json_integer(b->prompt_tokens));
+				json_object_set_new(o, "completion_tokens", json_integer(b->completion_tokens));
+				if (b->score) {
+					json_object_set_new(o, "prompt_nll", json_real(b->prompt_nll));
+					json_object_set_new(o, "scored_tokens", json_integer(b->scored_tokens));
 				}
-				fputs("}\n", out);
+				if (b->status != TERN_STATUS_OK)
+					json_object_set_new(o, "error", tern_api_json_text(b->error, strlen(b->error)));
+				if (tern_api_json_line(out, o) < 0)
+					rc = TERN_ERR(err, TERN_EIO, "cannot write %s", out_path);
 			}
-			if (fclose(out) != 0)
+			if (fclose(out) != 0 && rc == 0)
 				rc = TERN_ERR(err, TERN_EIO, "cannot write %s", out_path);
 		}
 	}
