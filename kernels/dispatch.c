@@ -90,6 +90,12 @@ static void isa_init(void)
 #if defined(TERN_KERNELS_X86)
 	tern_kern_avx512_vnni = tern_cpu_get()->avx512vnni;
 	tern_kern_avx512_vbmi = tern_cpu_get()->avx512vbmi;
+	tern_kern_avx2_dot = tern_cpu_get()->avxvnni ? TERN_AVX2_DOT_VNNI : TERN_AVX2_DOT_MADDUBS;
+	if (tern_cpu_get()->avxvnni) {
+		tern_kern_avx2_gemm_min[TERN_PACK_I2S] = TERN_GEMM_AVXVNNI_MIN_I2S;
+		tern_kern_avx2_gemm_min[TERN_PACK_TL1] = TERN_GEMM_AVXVNNI_MIN_TL1;
+		tern_kern_avx2_gemm_min[TERN_PACK_TL2] = TERN_GEMM_AVXVNNI_MIN_TL2;
+	}
 #endif
 	const char *env = getenv("TERN_KERNEL");
 	if (env && *env) {

@@ -53,6 +53,44 @@ void tern_kern_i2s_vnni_gemm(const tern_matrix *w, const tern_act *a, int32_t *d
 void tern_kern_tl1_vnni_gemm(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1);
 void tern_kern_tl2_vnni_gemm(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1);
 
+/* AVX2 int8 GEMM (x86/gemm-avx2-i8.c): each weight tile decoded once into
+ * int8 codes, then vpdpbusd ymm (AVX-VNNI) or vpmaddubsw (int16 runs, widened
+ * by vpmaddwd) against every token of the batch. The AVX2 kernels switch to
+ * it from tern_kern_avx2_gemm_min[packing] tokens up; tern_kern_avx2_dot
+ * picks the product: set from cpuid (AVX-VNNI where present, else maddubs);
+ * EVEX is the AVX-VNNI code compiled for AVX512_VNNI+VL, for tests only.
+ * Crossovers against the kernels of gemm-avx2.c, measured on AMD EPYC
+ * (Zen 4) on the four BitNet 2B4T shapes, in cache and from DRAM: maddubs
+ * I2_S from 16 (1.01-1.04x there, 0.93-0.99x at 12), TL1 from 6 (1.15x),
+ * TL2 from 16 (1.06-1.16x; 0.96x at 12 from DRAM). AVX-VNNI could not be
+ * run here: its defaults are the crossovers of the same code as EVEX ymm
+ * vpdpbusd on that CPU (I2_S 1.10x at 8, TL1 1.20x at 4, TL2 1.16x at 8). */
+#define TERN_AVX2_DOT_MADDUBS 0
+#define TERN_AVX2_DOT_VNNI 1
+#define TERN_AVX2_DOT_EVEX 2
+#define TERN_GEMM_AVX2_MIN_I2S 16
+#define TERN_GEMM_AVX2_MIN_TL1 6
+#define TERN_GEMM_AVX2_MIN_TL2 16
+#define TERN_GEMM_AVXVNNI_MIN_I2S 8
+#define TERN_GEMM_AVXVNNI_MIN_TL1 4
+#define TERN_GEMM_AVXVNNI_MIN_TL2 8
+extern int tern_kern_avx2_dot;
+extern int tern_kern_avx2_gemm_min[TERN_PACK_COUNT];
+void tern_kern_i2s_avx2_gemm(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1);
+void tern_kern_tl1_avx2_gemm(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1);
+void tern_kern_tl2_avx2_gemm(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1);
+
+/* NEON SDOT GEMM (arm/gemm-neon.c): the decode-once GEMM with vdotq_s32, on
+ * CPUs whose HWCAP has asimddp, from tern_kern_neon_gemm_min[packing] tokens
+ * up. No aarch64 hardware was measured (qemu timings mean nothing): the
+ * defaults are the x86 analogue's crossovers, the same decode-once code with
+ * an accumulating dot product (AVX-VNNI / EVEX ymm vpdpbusd) against
+ * shuffle-LUT and widening-multiply kernels. Tests lower them to 1. */
+#define TERN_GEMM_NEON_MIN_I2S TERN_GEMM_AVXVNNI_MIN_I2S
+#define TERN_GEMM_NEON_MIN_TL1 TERN_GEMM_AVXVNNI_MIN_TL1
+#define TERN_GEMM_NEON_MIN_TL2 TERN_GEMM_AVXVNNI_MIN_TL2
+extern int tern_kern_neon_gemm_min[TERN_PACK_COUNT];
+
 void tern_kern_i2s_neon(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1);
 void tern_kern_tl1_neon(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1);
 void tern_kern_tl2_neon(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1);

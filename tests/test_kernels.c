@@ -543,6 +543,78 @@ static void test_forced_isa(void)
 		fprintf(stderr, "  TERN_KERNEL=%s -> %s\n", env, tern_isa_name(tern_isa_default()));
 }
 
+/* GEMV (batch 1) of each token on its own equals row j of the batch product:
+ * batch invariance, checked directly rather than through the oracle. */
+static int check_gemv_equals_gemm(int m, int k, int n, tern_isa isa)
+{
+	int8_t *w = make_weights(m, k, W_RANDOM);
+	float *x = make_x(n, k, 1);
+	float *sc = make_scales(1);
+	int bad = 0;
+	for (int p = 0; p < TERN_PACK_COUNT; p++) {
+		tern_matrix mat;
+		tern_err err = {0};
+		tern_act a = {0}, a1 = {0};
+		int32_t *all = malloc((size_t)n * (size_t)m * sizeof(int32_t)), *one = malloc((size_t)m * sizeof(int32_t));
+		if (tern_matrix_pack(&mat, (tern_packing)p, w, m, k, sc, m, &err) != 0 ||
+		    tern_act_prepare(&a, (tern_packing)p, TERN_ISA_AUTO, x, n, k, k, &err) != 0 ||
+		    tern_gemm_i32(&mat, &a, all, m, 0, m, isa, &err) != 0) {
+			bad++;
+		} else {
+			for (int j = 0; j < n; j++) {
+				if (tern_act_prepare(&a1, (tern_packing)p, TERN_ISA_AUTO, x + (size_t)j * k, 1, k, k, &err) ||
+				    tern_gemm_i32(&mat, &a1, one, m, 0, m, isa, &err) ||
+				    memcmp(one, all + (size_t)j * m, (size_t)m * sizeof(int32_t)) != 0) {
+					fprintf(stderr, "  gemv != gemm row %d, %s/%s m=%d k=%d n=%d\n", j,
+						tern_packing_name((tern_packing)p), tern_isa_name(isa), m, k, n);
+					bad++;
+					break;
+				}
+			}
+			tern_matrix_free(&mat);
+		}
+		tern_act_free(&a);
+		tern_act_free(&a1);
+		free(all);
+		free(one);
+	}
+	free(w);
+	free(x);
+	free(sc);
+	return bad;
+}
+
+/* A decode-once int8 GEMM (mins: its dispatch thresholds, lowered to 1 so
+ * every batch meets it) on isa: bit for bit against the oracle and against
+ * GEMV, batches 1..67, m and k off every tile size. */
+static void int8_gemm_cover(int *mins, tern_isa isa)
+{
+	int saved[TERN_PACK_COUNT];
+	memcpy(saved, mins, sizeof saved);
+	for (int p = 0; p < TERN_PACK_COUNT; p++)
+		mins[p] = 1;
+	int batches[67];
+	for (int i = 0; i < 67; i++)
+		batches[i] = i + 1;
+	TT_EQ_INT(run_shape(70, 200, batches, 67, W_RANDOM, 0, isa, -1), 0);
+	TT_EQ_INT(run_shape(131, 390, batches, 67, W_DENSE, 1, isa, -1), 0);
+	/* TL2 k_pad % 4 == 2 (a partial last k4), k_pad = 6, one row, > 64 tokens,
+	 * m and k off every tile size. */
+	const int few[] = {1, 5, 6, 7, 13, 16, 64, 65, 67, 130};
+	static const int shapes[][2] = {{1, 1},     {3, 5},     {65, 129},  {130, 6},   {97, 385},  {255, 767},
+					{1000, 37}, {333, 2049}, {17, 3001}, {64, 388}, {200, 1158}, {71, 1539}};
+	for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+		TT_CHECKF(run_shape(shapes[s][0], shapes[s][1], few, 10, (int)(s % 3), (int)(s % 3), TERN_ISA_AVX2,
+				    -1) == 0,
+			  "shape %d x %d", shapes[s][0], shapes[s][1]);
+	const int b16[] = {16, 32};
+	TT_EQ_INT(run_shape(2560, 6912, b16, UNDER_ASAN ? 1 : 2, W_DENSE, 0, isa, -1), 0);
+	TT_EQ_INT(check_gemv_equals_gemm(193, 1155, 19, isa), 0);
+	test_row_ranges();
+	test_worst_case_overflow();
+	memcpy(mins, saved, sizeof saved);
+}
+
 #if defined(__x86_64__)
 extern int tern_kern_avx512_vnni, tern_kern_avx512_vbmi;
 /* The AVX-512 kernels have VNNI (I2_S) and VBMI (TL1/TL2) paths next to the
@@ -602,10 +674,64 @@ static void test_vnni_gemm(void)
 	test_worst_case_overflow();
 	memcpy(tern_kern_gemm_vnni_min, saved, sizeof saved);
 }
+
+/* Mirrors kern-internal.h (tests see only the public header). */
+#define AVX2_DOT_MADDUBS 0
+#define AVX2_DOT_VNNI 1
+#define AVX2_DOT_EVEX 2
+extern int tern_kern_avx2_dot;
+extern int tern_kern_avx2_gemm_min[TERN_PACK_COUNT];
+
+static void avx2_gemm_cover(int dot)
+{
+	const int saved_dot = tern_kern_avx2_dot;
+	tern_kern_avx2_dot = dot;
+	int8_gemm_cover(tern_kern_avx2_gemm_min, TERN_ISA_AVX2);
+	tern_kern_avx2_dot = saved_dot;
+}
+
+static void test_avx2_gemm_maddubs(void)
+{
+	if (!tern_isa_available(TERN_ISA_AVX2))
+		TT_SKIP("no AVX2 on this CPU");
+	avx2_gemm_cover(AVX2_DOT_MADDUBS);
+}
+
+static void test_avx2_gemm_avxvnni(void)
+{
+	if (!tern_isa_available(TERN_ISA_AVX2) || !tern_cpu_get()->avxvnni)
+		TT_SKIP("no AVX-VNNI on this CPU");
+	avx2_gemm_cover(AVX2_DOT_VNNI);
+}
+
+/* The AVX-VNNI code compiled for AVX512_VNNI+VL: the same source, so a CPU
+ * with AVX-512 VNNI and no AVX-VNNI still checks it. */
+static void test_avx2_gemm_evex(void)
+{
+	const tern_cpu *c = tern_cpu_get();
+	if (!tern_isa_available(TERN_ISA_AVX2) || !c->avx512vnni || !c->avx512vl)
+		TT_SKIP("no AVX512_VNNI+VL on this CPU");
+	avx2_gemm_cover(AVX2_DOT_EVEX);
+}
 #else
 static void test_avx512_variants(void)
 {
 	TT_SKIP("AVX-512 is x86-64 only");
+}
+
+static void test_avx2_gemm_maddubs(void)
+{
+	TT_SKIP("not an x86-64 build");
+}
+
+static void test_avx2_gemm_avxvnni(void)
+{
+	TT_SKIP("not an x86-64 build");
+}
+
+static void test_avx2_gemm_evex(void)
+{
+	TT_SKIP("not an x86-64 build");
 }
 
 static void test_vnni_gemm(void)
@@ -614,7 +740,25 @@ static void test_vnni_gemm(void)
 }
 #endif
 
+#if defined(__aarch64__)
+extern int tern_kern_neon_gemm_min[TERN_PACK_COUNT];
+/* The NEON SDOT GEMM (weight tiles decoded once, vdotq_s32 over the batch). */
+static void test_neon_gemm(void)
+{
+	const char *env = getenv("TERN_NEON_DOTPROD");
+	if (!tern_isa_available(TERN_ISA_NEON) || !tern_cpu_get()->dotprod || (env && !strcmp(env, "0")))
+		TT_SKIP("no dotprod (SDOT) on this CPU");
+	int8_gemm_cover(tern_kern_neon_gemm_min, TERN_ISA_NEON);
+}
+#else
+static void test_neon_gemm(void)
+{
+	TT_SKIP("not an aarch64 build");
+}
+#endif
+
 TT_MAIN(TT_CASE(test_quant_hand), TT_CASE(test_pack_roundtrip), TT_CASE(test_i2s_bitnet_layout),
 	TT_CASE(test_names_and_dispatch), TT_CASE(test_bad_arguments), TT_CASE(test_small_shapes_all_batches),
 	TT_CASE(test_odd_shapes), TT_CASE(test_row_ranges), TT_CASE(test_worst_case_overflow),
-	TT_CASE(test_avx512_variants), TT_CASE(test_vnni_gemm), TT_CASE(test_forced_isa), TT_CASE(test_bitnet_shapes), TT_CASE(test_100b_shapes))
+	TT_CASE(test_avx512_variants), TT_CASE(test_vnni_gemm), TT_CASE(test_avx2_gemm_maddubs),
+	TT_CASE(test_avx2_gemm_avxvnni), TT_CASE(test_avx2_gemm_evex), TT_CASE(test_neon_gemm), TT_CASE(test_forced_isa), TT_CASE(test_bitnet_shapes), TT_CASE(test_100b_shapes))

@@ -38,6 +38,10 @@ static int use_dotprod(void)
 	return neon_dotprod;
 }
 
+/* The SDOT GEMM at the end of the file (decode once, then every token). */
+static int sg_use(const tern_act *a, tern_packing p);
+static void sg_gemm(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1);
+
 /* ---- I2_S ---------------------------------------------------------------
  * Row o: k_pad/4 bytes, blocks of 32 bytes per 128 k. Byte pos of a block
  * holds the codes c = w + 1 of k = pos, 32+pos, 64+pos, 96+pos in bits 7-6,
@@ -202,6 +206,10 @@ DOTPROD_TARGET static void i2s_gemm_sdot(const tern_matrix *w, const tern_act *a
 
 void tern_kern_i2s_neon(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
 {
+	if (sg_use(a, TERN_PACK_I2S)) {
+		sg_gemm(w, a, dot, ldd, row0, row1);
+		return;
+	}
 	const int sdot = use_dotprod();
 	if (a->n == 1) {
 		if (sdot)
@@ -353,6 +361,10 @@ static void tl_store(int32_t acc[TL_TOKENS][TERN_TL_ROWS], int nt, int j0, int t
 
 void tern_kern_tl1_neon(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
 {
+	if (sg_use(a, TERN_PACK_TL1)) {
+		sg_gemm(w, a, dot, ldd, row0, row1);
+		return;
+	}
 	const int nquad = w->k_pad / 4;
 	const int qblk = TERN_TL_BLOCK_GROUPS / 2;
 	int32_t acc[TL_TOKENS][TERN_TL_ROWS];
@@ -377,6 +389,10 @@ void tern_kern_tl1_neon(const tern_matrix *w, const tern_act *a, int32_t *dot, i
 
 void tern_kern_tl2_neon(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
 {
+	if (sg_use(a, TERN_PACK_TL2)) {
+		sg_gemm(w, a, dot, ldd, row0, row1);
+		return;
+	}
 	const int npair = w->k_pad / 6;
 	int32_t acc[TL_TOKENS][TERN_TL_ROWS];
 	for (int t = row0 / TERN_TL_ROWS; t * TERN_TL_ROWS < row1; t++) {
@@ -395,5 +411,276 @@ void tern_kern_tl2_neon(const tern_matrix *w, const tern_act *a, int32_t *dot, i
 			}
 			tl_store(acc, nt, j0, t, dot, ldd, row0, row1);
 		}
+	}
+}
+
+/* ---- the SDOT GEMM: each weight tile decoded once -------------------------
+ * For batches (from tern_kern_neon_gemm_min[packing] tokens up, on CPUs with
+ * dotprod): a 64-row tile x a chunk of K is decoded once into int8 codes
+ * c = w + 1 in {0, 1, 2}, entry k4 of the chunk being 16 vectors of 4 rows x
+ * 4 consecutive k (one int32 lane per row, rows in natural order: NEON's
+ * zips and 4 x 4 transposes are full width). Every token then runs over the
+ * decoded chunk with its 4 activation bytes broadcast: acc += sdot(c, q),
+ * exact in int32 (|4 * 2 * 128| per step, |dot| <= 128 * K), and at the end
+ * dot = acc - sum(q). Codes past k_pad (TL2's last k4 when k_pad % 4 == 2) are
+ * 0, and that k4's activations come from a zero-padded copy.
+ *
+ * Register blocking: 16 rows (4 vectors) x up to 4 tokens = 16 accumulators
+ * of the 32 registers. CPUs without dotprod keep the kernels above: a
+ * widening multiply (smull + sadalp) on this layout costs 4 instructions per
+ * 16 products, twice what their smlal / tbl loops spend. */
+int tern_kern_neon_gemm_min[TERN_PACK_COUNT] = {TERN_GEMM_NEON_MIN_I2S, TERN_GEMM_NEON_MIN_TL1,
+						TERN_GEMM_NEON_MIN_TL2};
+
+#define SG_ROWS 64
+#define SG_NT 4
+#define SG_TOKENS 64
+#define SG_K4_BYTES 256
+#define SG_KC_I2S 256
+#define SG_KC_TL1 256
+#define SG_KC_TL2 384
+#define SG_KC_MAX 384
+
+static inline int8x16_t sg_bcast4(const int8_t *p)
+{
+	int32_t x;
+	memcpy(&x, p, 4);
+	return vreinterpretq_s8_s32(vdupq_n_s32(x));
+}
+
+/* d: the 16-row group's first vector in the chunk (k4 stride SG_K4_BYTES);
+ * q: the first token at the chunk's k0 (token stride ldq); acc[t][16] the
+ * group's int32 sums (row stride SG_ROWS per token; first: overwrite). */
+DOTPROD_TARGET static inline __attribute__((always_inline)) void sg_pass(const uint8_t *d, int nk4, const int8_t *q,
+									 size_t ldq, const int nt, int32_t *acc,
+									 int first)
+{
+	int32x4_t c[SG_NT][4];
+	for (int t = 0; t < nt; t++)
+		for (int v = 0; v < 4; v++)
+			c[t][v] = first ? vdupq_n_s32(0) : vld1q_s32(acc + t * SG_ROWS + 4 * v);
+	for (int k4 = 0; k4 < nk4; k4++) {
+		const int8_t *dk = (const int8_t *)d + (size_t)k4 * SG_K4_BYTES;
+		const int8x16_t w0 = vld1q_s8(dk), w1 = vld1q_s8(dk + 16), w2 = vld1q_s8(dk + 32),
+				w3 = vld1q_s8(dk + 48);
+		for (int t = 0; t < nt; t++) {
+			const int8x16_t b = sg_bcast4(q + (size_t)t * ldq + 4 * (size_t)k4);
+			c[t][0] = vdotq_s32(c[t][0], w0, b);
+			c[t][1] = vdotq_s32(c[t][1], w1, b);
+			c[t][2] = vdotq_s32(c[t][2], w2, b);
+			c[t][3] = vdotq_s32(c[t][3], w3, b);
+		}
+	}
+	for (int t = 0; t < nt; t++)
+		for (int v = 0; v < 4; v++)
+			vst1q_s32(acc + t * SG_ROWS + 4 * v, c[t][v]);
+}
+
+DOTPROD_TARGET static void sg_pass_n(const uint8_t *d, int nk4, const int8_t *q, size_t ldq, int nt, int32_t *acc,
+				     int first)
+{
+	switch (nt) {
+	case 4: sg_pass(d, nk4, q, ldq, 4, acc, first); break;
+	case 3: sg_pass(d, nk4, q, ldq, 3, acc, first); break;
+	case 2: sg_pass(d, nk4, q, ldq, 2, acc, first); break;
+	default: sg_pass(d, nk4, q, ldq, 1, acc, first); break;
+	}
+}
+
+typedef void (*sg_decode_fn)(const tern_matrix *w, int r0, int row1, int k0, int k1, uint8_t *d);
+
+/* I2_S: 4 rows x one 32-byte block, transposed as 4 x 8 dwords -> y[j]
+ * (lane i = bytes 4j..4j+3 of row i's block); code plane g of y[j] is the
+ * k4 32b + 8g + j. */
+static void sg_i2s_decode(const tern_matrix *w, int r0, int row1, int k0, int k1, uint8_t *d)
+{
+	const size_t row_bytes = (size_t)w->k_pad / 4;
+	const uint8x16_t m3 = vdupq_n_u8(3);
+	const int b0 = k0 / 128, b1 = k1 / 128;
+	for (int v = 0; v < 16; v++) {
+		const uint8_t *rp[4];
+		for (int r = 0; r < 4; r++) {
+			const int row = r0 + 4 * v + r;
+			rp[r] = w->data + (size_t)(row < row1 ? row : row1 - 1) * row_bytes;
+		}
+		for (int b = b0; b < b1; b++) {
+			uint8x16_t y[8];
+			for (int h = 0; h < 2; h++) {
+				const uint32x4_t x0 = vreinterpretq_u32_u8(vld1q_u8(rp[0] + 32 * b + 16 * h));
+				const uint32x4_t x1 = vreinterpretq_u32_u8(vld1q_u8(rp[1] + 32 * b + 16 * h));
+				const uint32x4_t x2 = vreinterpretq_u32_u8(vld1q_u8(rp[2] + 32 * b + 16 * h));
+				const uint32x4_t x3 = vreinterpretq_u32_u8(vld1q_u8(rp[3] + 32 * b + 16 * h));
+				const uint64x2_t t0 = vreinterpretq_u64_u32(vzip1q_u32(x0, x1));
+				const uint64x2_t t1 = vreinterpretq_u64_u32(vzip2q_u32(x0, x1));
+				const uint64x2_t t2 = vreinterpretq_u64_u32(vzip1q_u32(x2, x3));
+				const uint64x2_t t3 = vreinterpretq_u64_u32(vzip2q_u32(x2, x3));
+				y[4 * h + 0] = vreinterpretq_u8_u64(vzip1q_u64(t0, t2));
+				y[4 * h + 1] = vreinterpretq_u8_u64(vzip2q_u64(t0, t2));
+				y[4 * h + 2] = vreinterpretq_u8_u64(vzip1q_u64(t1, t3));
+				y[4 * h + 3] = vreinterpretq_u8_u64(vzip2q_u64(t1, t3));
+			}
+			uint8_t *db = d + (size_t)(b - b0) * 32 * SG_K4_BYTES + 16 * (size_t)v;
+			for (int j = 0; j < 8; j++) {
+				vst1q_u8(db + (size_t)(0 + j) * SG_K4_BYTES, vshrq_n_u8(y[j], 6));
+				vst1q_u8(db + (size_t)(8 + j) * SG_K4_BYTES, vandq_u8(vshrq_n_u8(y[j], 4), m3));
+				vst1q_u8(db + (size_t)(16 + j) * SG_K4_BYTES, vandq_u8(vshrq_n_u8(y[j], 2), m3));
+				vst1q_u8(db + (size_t)(24 + j) * SG_K4_BYTES, vandq_u8(y[j], m3));
+			}
+		}
+	}
+}
+
+/* Four byte planes of chunk c (codes of 4 consecutive k, byte i = row
+ * 16c + i) -> the 4 vectors of rows 16c..16c+15 in one k4 (dk: at row 16c). */
+static inline void sg_interleave4(uint8x16_t p0, uint8x16_t p1, uint8x16_t p2, uint8x16_t p3, uint8_t *dk)
+{
+	const uint16x8_t x01l = vreinterpretq_u16_u8(vzip1q_u8(p0, p1)), x01h = vreinterpretq_u16_u8(vzip2q_u8(p0, p1));
+	const uint16x8_t x23l = vreinterpretq_u16_u8(vzip1q_u8(p2, p3)), x23h = vreinterpretq_u16_u8(vzip2q_u8(p2, p3));
+	vst1q_u8(dk, vreinterpretq_u8_u16(vzip1q_u16(x01l, x23l)));
+	vst1q_u8(dk + 16, vreinterpretq_u8_u16(vzip2q_u16(x01l, x23l)));
+	vst1q_u8(dk + 32, vreinterpretq_u8_u16(vzip1q_u16(x01h, x23h)));
+	vst1q_u8(dk + 48, vreinterpretq_u8_u16(vzip2q_u16(x01h, x23h)));
+}
+
+/* TL1: idx = 3*w0 + w1 + 4 = 3*c0 + c1, so c0 = idx / 3, c1 = idx % 3. */
+static void sg_tl1_decode(const tern_matrix *w, int r0, int row1, int k0, int k1, uint8_t *d)
+{
+	(void)row1; /* TL1 tiles are padded to 64 rows in data */
+	static const uint8_t t0b[16] = {0, 0, 0, 1, 1, 1, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1};
+	static const uint8_t t1b[16] = {0, 1, 2, 0, 1, 2, 0, 1, 2, 1, 1, 1, 1, 1, 1, 1};
+	const uint8x16_t t0 = vld1q_u8(t0b), t1 = vld1q_u8(t1b), m15 = vdupq_n_u8(15);
+	const size_t quads = (size_t)w->k_pad / 4;
+	const uint8_t *tile = w->data + (size_t)(r0 / SG_ROWS) * quads * TERN_TL1_QUAD_BYTES;
+	for (int qd = k0 / 4; qd < k1 / 4; qd++) {
+		const uint8_t *src = tile + (size_t)qd * TERN_TL1_QUAD_BYTES;
+		uint8_t *dk = d + (size_t)(qd - k0 / 4) * SG_K4_BYTES;
+		for (int c = 0; c < 4; c++) {
+			const uint8x16_t v = vld1q_u8(src + 16 * c);
+			const uint8x16_t i0 = vandq_u8(v, m15), i1 = vshrq_n_u8(v, 4);
+			sg_interleave4(vqtbl1q_u8(t0, i0), vqtbl1q_u8(t1, i0), vqtbl1q_u8(t0, i1), vqtbl1q_u8(t1, i1),
+				       dk + 64 * c);
+		}
+	}
+}
+
+/* TL2: |v| + 13 = 9*c0 + 3*c1 + c2; a negative group is the negated triple,
+ * codes 2 - c = (c ^ m) + (m & 3) with m = 0xff on negative rows (mod 256).
+ * The row masks come from the sign record as in tl2_block. */
+static inline void sg_tl2_planes(uint8x16_t v, uint8x16_t rec0, uint8x16_t rec1, uint8x16_t sel, uint8x16_t p[6])
+{
+	static const uint8_t c0b[16] = {1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 1, 1};
+	static const uint8_t c1b[16] = {1, 1, 2, 2, 2, 0, 0, 0, 1, 1, 1, 2, 2, 2, 1, 1};
+	static const uint8_t c2b[16] = {1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 1, 1};
+	static const uint8_t bit_of_lane[16] = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
+	const uint8x16_t c0 = vld1q_u8(c0b), c1 = vld1q_u8(c1b), c2 = vld1q_u8(c2b), bits = vld1q_u8(bit_of_lane);
+	const uint8x16_t m15 = vdupq_n_u8(15), three = vdupq_n_u8(3);
+	const uint8x16_t ix[2] = {vandq_u8(v, m15), vshrq_n_u8(v, 4)};
+	const uint8x16_t rec[2] = {rec0, rec1};
+	for (int e = 0; e < 2; e++) {
+		const uint8x16_t m = vtstq_u8(vqtbl1q_u8(rec[e], sel), bits), m3 = vandq_u8(m, three);
+		p[3 * e + 0] = vaddq_u8(veorq_u8(vqtbl1q_u8(c0, ix[e]), m), m3);
+		p[3 * e + 1] = vaddq_u8(veorq_u8(vqtbl1q_u8(c1, ix[e]), m), m3);
+		p[3 * e + 2] = vaddq_u8(veorq_u8(vqtbl1q_u8(c2, ix[e]), m), m3);
+	}
+}
+
+static void sg_tl2_decode(const tern_matrix *w, int r0, int row1, int k0, int k1, uint8_t *d)
+{
+	(void)row1; /* TL2 tiles are padded to 64 rows in data */
+	const int pairs = w->k_pad / 6;
+	const uint8_t *tile = w->data + (size_t)(r0 / SG_ROWS) * (size_t)pairs * TERN_TL2_PAIR_BYTES;
+	const int p0 = k0 / 6, p1 = k1 / 6;
+	const uint8x16_t sel[4] = {tl2_sel(0), tl2_sel(1), tl2_sel(2), tl2_sel(3)};
+	const uint8x16_t z = vdupq_n_u8(0);
+	uint8_t *dk = d;
+	for (int pb = p0; pb < p1; pb += TERN_TL2_BLOCK_PAIRS) {
+		const int np = pairs - pb < TERN_TL2_BLOCK_PAIRS ? pairs - pb : TERN_TL2_BLOCK_PAIRS;
+		const uint8_t *idx = tile + (size_t)pb * TERN_TL2_PAIR_BYTES;
+		const uint8_t *sgn = idx + (size_t)np * 64;
+		for (int p = 0; p < np; p += 2) {
+			const int two = p + 1 < np; /* two pairs = 12 k = 3 k4; the odd last pair 6 k = 2 k4 */
+			for (int c = 0; c < 4; c++) {
+				uint8x16_t a[6], b[6];
+				const uint8x16_t ra = vld1q_u8(sgn + (size_t)p * 16);
+				sg_tl2_planes(vld1q_u8(idx + (size_t)p * 64 + 16 * c), ra, vextq_u8(ra, ra, 8), sel[c], a);
+				sg_interleave4(a[0], a[1], a[2], a[3], dk + 64 * c);
+				if (two) {
+					const uint8x16_t rb = vld1q_u8(sgn + (size_t)(p + 1) * 16);
+					sg_tl2_planes(vld1q_u8(idx + (size_t)(p + 1) * 64 + 16 * c), rb, vextq_u8(rb, rb, 8),
+						      sel[c], b);
+					sg_interleave4(a[4], a[5], b[0], b[1], dk + SG_K4_BYTES + 64 * c);
+					sg_interleave4(b[2], b[3], b[4], b[5], dk + 2 * SG_K4_BYTES + 64 * c);
+				} else {
+					sg_interleave4(a[4], a[5], z, z, dk + SG_K4_BYTES + 64 * c);
+				}
+			}
+			dk += (two ? 3 : 2) * SG_K4_BYTES;
+		}
+	}
+}
+
+DOTPROD_TARGET static void sg_drive(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0,
+				    int row1, int kc, sg_decode_fn decode)
+{
+	_Alignas(64) uint8_t dec[(SG_KC_MAX / 4 + 1) * SG_K4_BYTES];
+	_Alignas(64) int32_t acc[SG_TOKENS * SG_ROWS];
+	const int k_pad = w->k_pad;
+	const int k4_full = k_pad / 4, tail = k_pad % 4;
+	for (int j0 = 0; j0 < a->n; j0 += SG_TOKENS) {
+		const int nj = a->n - j0 < SG_TOKENS ? a->n - j0 : SG_TOKENS;
+		_Alignas(64) int8_t qtail[SG_TOKENS * 4];
+		if (tail) {
+			memset(qtail, 0, sizeof qtail);
+			for (int t = 0; t < nj; t++)
+				memcpy(qtail + 4 * t, a->q + (size_t)(j0 + t) * (size_t)k_pad + 4 * (size_t)k4_full,
+				       (size_t)tail);
+		}
+		/* Balanced token blocks (6 = 3 + 3, not 4 + 2). */
+		const int blocks = (nj + SG_NT - 1) / SG_NT;
+		for (int r = row0; r < row1; r += SG_ROWS) {
+			for (int k0 = 0; k0 < k_pad; k0 += kc) {
+				const int k1 = k_pad - k0 < kc ? k_pad : k0 + kc;
+				decode(w, r, row1, k0, k1, dec);
+				const int nk4 = (k1 - k0) / 4;
+				const int part = (k1 - k0) % 4 != 0;
+				for (int g = 0; g < SG_ROWS / 16; g++) {
+					const uint8_t *dg = dec + 64 * (size_t)g;
+					for (int t = 0, bi = 0; t < nj; bi++) {
+						const int nt = (nj - t + (blocks - bi) - 1) / (blocks - bi);
+						int32_t *at = acc + (size_t)t * SG_ROWS + 16 * (size_t)g;
+						if (nk4)
+							sg_pass_n(dg, nk4, a->q + (size_t)(j0 + t) * (size_t)k_pad + (size_t)k0,
+								  (size_t)k_pad, nt, at, k0 == 0);
+						if (part)
+							sg_pass_n(dg + (size_t)nk4 * SG_K4_BYTES, 1, qtail + 4 * t, 4, nt, at,
+								  k0 == 0 && nk4 == 0);
+						t += nt;
+					}
+				}
+			}
+			const int rows = row1 - r < SG_ROWS ? row1 - r : SG_ROWS;
+			for (int t = 0; t < nj; t++) {
+				const int32_t *at = acc + (size_t)t * SG_ROWS;
+				const int32_t s = a->sum[j0 + t];
+				int32_t *dt = dot + (size_t)(j0 + t) * (size_t)ldd + (size_t)(r - row0);
+				for (int i = 0; i < rows; i++)
+					dt[i] = at[i] - s;
+			}
+		}
+	}
+}
+
+/* Called by the kernels above when the batch is large enough and the CPU has dotprod. */
+static int sg_use(const tern_act *a, tern_packing p)
+{
+	return a->n >= tern_kern_neon_gemm_min[p] && use_dotprod();
+}
+
+static void sg_gemm(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
+{
+	switch (w->packing) {
+	case TERN_PACK_I2S: sg_drive(w, a, dot, ldd, row0, row1, SG_KC_I2S, sg_i2s_decode); break;
+	case TERN_PACK_TL1: sg_drive(w, a, dot, ldd, row0, row1, SG_KC_TL1, sg_tl1_decode); break;
+	default: sg_drive(w, a, dot, ldd, row0, row1, SG_KC_TL2, sg_tl2_decode); break;
 	}
 }

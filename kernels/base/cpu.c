@@ -44,12 +44,15 @@ static void probe(tern_cpu *c)
 		c->avxvnni = ymm_ok && ((a >> 4) & 1);
 }
 #elif defined(__aarch64__)
+#include <sys/auxv.h>
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1UL << 20) /* Linux uapi asm/hwcap.h */
+#endif
 static void probe(tern_cpu *c)
 {
 	c->neon = 1; /* mandatory in AArch64 */
-#if defined(__ARM_FEATURE_DOTPROD)
-	c->dotprod = 1;
-#endif
+	/* The kernel says what this CPU runs (SDOT is optional before ARMv8.4). */
+	c->dotprod = (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
 }
 #else
 static void probe(tern_cpu *c)

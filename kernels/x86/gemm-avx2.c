@@ -71,6 +71,10 @@ static inline __attribute__((always_inline)) void i2s_rows(const tern_matrix *w,
 
 void tern_kern_i2s_avx2(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
 {
+	if (a->n >= tern_kern_avx2_gemm_min[TERN_PACK_I2S]) {
+		tern_kern_i2s_avx2_gemm(w, a, dot, ldd, row0, row1);
+		return;
+	}
 	/* Row stripes small enough that their weights stay in L1 across token blocks. */
 	const int stripe = a->n <= 1 ? row1 - row0 : 8;
 	for (int r0 = row0; r0 < row1; r0 += stripe) {
@@ -204,6 +208,10 @@ static void tl1_avx2_run(const uint8_t *tile, int s0, int s1, const tern_act *a,
 
 void tern_kern_tl1_avx2(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
 {
+	if (a->n >= tern_kern_avx2_gemm_min[TERN_PACK_TL1]) {
+		tern_kern_tl1_avx2_gemm(w, a, dot, ldd, row0, row1);
+		return;
+	}
 	tl_drive(w, a, dot, ldd, row0, row1, w->k_pad / 4, TERN_TL1_QUAD_BYTES, AVX2_TL_TOKENS, tl1_avx2_run);
 }
 
@@ -339,5 +347,9 @@ static void tl2_avx2_run(const uint8_t *tile, int s0, int s1, const tern_act *a,
 
 void tern_kern_tl2_avx2(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
 {
+	if (a->n >= tern_kern_avx2_gemm_min[TERN_PACK_TL2]) {
+		tern_kern_tl2_avx2_gemm(w, a, dot, ldd, row0, row1);
+		return;
+	}
 	tl_drive(w, a, dot, ldd, row0, row1, w->k_pad / 6, TERN_TL2_PAIR_BYTES, AVX2_TL_TOKENS, tl2_avx2_run);
 }
