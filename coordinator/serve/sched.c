@@ -310,6 +310,8 @@ static int svc_generate(void *self, const Tern__V1__GenerateRequest *req, const 
 	sp.repeat_last_n = rp && rp->repetition_window ? (int32_t)(rp->repetition_window > 1048576 ? 1048577
 											       : rp->repetition_window)
 						       : 64;
+	sp.presence_penalty = rp ? rp->presence_penalty : 0.0f;
+	sp.frequency_penalty = rp ? rp->frequency_penalty : 0.0f;
 	sp.seed = rp && rp->has_seed ? rp->seed : TERN_SEED_RANDOM;
 	if (status == TERN_STATUS_OK && tern_sampler_create(&sp, c->n_vocab, &q->sampler, &err) < 0) {
 		snprintf(msg, msg_len, "%s", err.msg);
