@@ -273,11 +273,13 @@ cleanup:
 	 * in flight (their clients hear it), then the connections close. */
 	tern_http_quiesce(hs);
 	if (!attach && job.pid > 0) {
+		/* A job that failed earlier is reported, not this stop's failure;
+		 * one that would not stop is. */
 		const int js = tern_launch_stop(&job, 20.0);
-		if (js != 0 && status == 0 && !warned) {
-			fprintf(stderr, "tern-server: the MPI job ended with status %d\n", js);
+		if (js < 0)
 			status = 1;
-		}
+		else if (js != 0)
+			fprintf(stderr, "tern-server: the MPI job ended with status %d\n", js);
 	}
 	tern_http_stop(hs);
 	tern_grpc_client_close(up);

@@ -38,8 +38,11 @@ struct tern_http_server {
 typedef struct req_ctx {
 	char *body; /* (cap) */
 	size_t len, cap;
+	size_t seen; /* body bytes received, kept or not */
 	int too_big;
 } req_ctx;
+
+#define TERN_HTTP_DRAIN_FACTOR 16
 
 /* ---- replies ----------------------------------------------------------------- */
 
@@ -587,14 +590,18 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 		if (!rq)
 			return MHD_NO;
 		*con_cls = rq;
+		/* A body past the limit is read and dropped, then refused with 413:
+		 * a client still sending would see a reset connection instead of
+		 * the status. Past TERN_HTTP_DRAIN_FACTOR times the limit it is cut. */
 		const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
 		if (cl && strtoull(cl, NULL, 10) > s->o.max_body)
 			rq->too_big = 1;
-		if (rq->too_big)
-			return reply_err(c, 413, "invalid_request_error", NULL, "the request body is too large");
 		return MHD_YES;
 	}
 	if (*upload_size) {
+		rq->seen += *upload_size;
+		if (rq->seen > TERN_HTTP_DRAIN_FACTOR * s->o.max_body)
+			return MHD_NO;
 		if (!rq->too_big) {
 			if (rq->len + *upload_size > s->o.max_body) {
 				rq->too_big = 1;

@@ -243,9 +243,10 @@ int tern_launch_stop(tern_job *job, double grace_s)
 			fprintf(stderr, "tern-server: the job did not stop within %.0f s: killing it\n", grace_s);
 			kill(-job->pid, SIGKILL);
 			wait_exit(job, 10);
+			return -1;
 		}
 	}
 	if (!job->exited)
-		return 1;
+		return -1;
 	return WIFEXITED(job->status) ? WEXITSTATUS(job->status) : 128 + WTERMSIG(job->status);
 }

@@ -40,7 +40,8 @@ int tern_launch_poll(tern_job *job);
 
 /* SIGTERM to the coordinator (found among mpirun's children by its MPI rank),
  * waits up to grace_s for the job to end, then kills its process group.
- * Returns the exit status (0 clean). */
+ * Returns the job's exit status (0 clean; mpirun's after a failed rank), or
+ * -1 when it had to be killed. */
 int tern_launch_stop(tern_job *job, double grace_s);
 
 #endif /* TERN_LAUNCH_H */
