@@ -594,8 +594,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 		 * a client still sending would see a reset connection instead of
 		 * the status. Past TERN_HTTP_DRAIN_FACTOR times the limit it is cut. */
 		const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-		if (cl && strtoull(cl, NULL, 10) > s->o.max_body)
+		const unsigned long long n = cl ? strtoull(cl, NULL, 10) : 0;
+		if (n > s->o.max_body)
 			rq->too_big = 1;
+		/* Not worth reading at all: the status now, then the connection closes. */
+		if (n > TERN_HTTP_DRAIN_FACTOR * (unsigned long long)s->o.max_body)
+			return reply_err(c, 413, "invalid_request_error", NULL, "the request body is too large");
 		return MHD_YES;
 	}
 	if (*upload_size) {
@@ -676,7 +680,7 @@ int tern_http_start(const tern_http_opts *o, tern_http_server **out, tern_err *e
 	if (!s->o.max_body)
 		s->o.max_body = 4u << 20;
 	if (!s->o.max_connections)
-		s->o.max_connections = 256;
+		s->o.max_connections = 2048;
 	if (!s->o.idle_timeout_s)
 		s->o.idle_timeout_s = 300;
 	snprintf(s->model_id, sizeof s->model_id, "%s", o->model_id ? o->model_id : "tern");

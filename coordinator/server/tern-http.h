@@ -25,7 +25,7 @@ typedef struct tern_http_opts {
 	tern_grpc_client *upstream;  /* the coordinator; must outlive the server */
 	const char *model_id;        /* the name /v1/models lists and replies carry */
 	size_t max_body;             /* larger request bodies get 413 (default 4 MiB) */
-	unsigned max_connections;    /* beyond it new connections are refused (default 256) */
+	unsigned max_connections;    /* beyond it new connections are refused (default 2048: one thread each) */
 	unsigned idle_timeout_s;     /* idle connections are closed (default 300) */
 } tern_http_opts;
 
