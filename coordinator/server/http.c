@@ -260,6 +260,52 @@ static enum MHD_Result do_tokenize(tern_http_server *s, struct MHD_Connection *c
 	return reply_json(c, 200, j);
 }
 
+static enum MHD_Result do_detokenize(tern_http_server *s, struct MHD_Connection *c, const req_ctx *rq)
+{
+	json_error_t je;
+	json_t *root = json_loadb(rq->body ? rq->body : "", rq->len, 0, &je);
+	json_t *toks = json_object_get(root, "tokens");
+	json_t *sp = json_object_get(root, "special");
+	int ok = json_is_object(root) && json_is_array(toks) && (!sp || json_is_boolean(sp));
+	const size_t n = ok ? json_array_size(toks) : 0;
+	uint32_t *ids = ok ? malloc((n ? n : 1) * sizeof *ids) : NULL;
+	for (size_t i = 0; ids && i < n; i++) {
+		json_t *t = json_array_get(toks, i);
+		if (!json_is_integer(t) || json_integer_value(t) < 0 || json_integer_value(t) > UINT32_MAX)
+			ok = 0;
+		else
+			ids[i] = (uint32_t)json_integer_value(t);
+	}
+	if (!ok || !ids) {
+		json_decref(root);
+		free(ids);
+		return reply_err(c, 400, "invalid_request_error", NULL,
+				 "give 'tokens' (an array of token ids), optionally 'special' (a boolean)");
+	}
+	Tern__V1__DetokenizeRequest q = TERN__V1__DETOKENIZE_REQUEST__INIT;
+	q.n_token_ids = n;
+	q.token_ids = ids;
+	q.special = sp && json_is_true(sp);
+	json_decref(root);
+	unary_buf b = {0};
+	char detail[512];
+	const int st = tern_grpc_call(s->o.upstream, "/tern.v1.Tern/Detokenize", &q.base, 30.0, keep_msg, &b, detail,
+				      sizeof detail);
+	free(ids);
+	Tern__V1__DetokenizeResponse *t = st == 0 && b.p ? tern__v1__detokenize_response__unpack(NULL, b.n, b.p)
+							 : NULL;
+	free(b.p);
+	if (!t) {
+		tern_oai_error e;
+		tern_oai_error_from_status(st ? st : TERN_STATUS_INTERNAL, st ? detail : "malformed Detokenize reply",
+					   &e);
+		return reply_error(c, &e);
+	}
+	json_t *text = json_string(t->text);
+	tern__v1__detokenize_response__free_unpacked(t, NULL);
+	return reply_json(c, 200, json_pack("{s:o}", "content", text ? text : json_string("\xef\xbf\xbd")));
+}
+
 /* ---- generation ----------------------------------------------------------------- */
 
 /* A growing text buffer. */
@@ -575,8 +621,7 @@ static enum MHD_Result route(tern_http_server *s, struct MHD_Connection *c, cons
 	if (!strcmp(url, "/tokenize"))
 		return post ? do_tokenize(s, c, rq) : reply_err(c, 405, "invalid_request_error", NULL, "use POST");
 	if (!strcmp(url, "/detokenize"))
-		return reply_err(c, 501, "invalid_request_error", NULL,
-				 "/detokenize is not supported yet (tern.v1.Tern has no Detokenize call)");
+		return post ? do_detokenize(s, c, rq) : reply_err(c, 405, "invalid_request_error", NULL, "use POST");
 	return reply_err(c, 404, "invalid_request_error", NULL, "no such endpoint");
 }
 

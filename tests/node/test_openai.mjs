@@ -252,6 +252,13 @@ test('errors are the SDK exception classes', async () => {
 test('tokenize, health, plain HTTP errors', async () => {
   const t = await (await fetch(`http://${httpA}/tokenize`, { method: 'POST', body: JSON.stringify({ content: user, with_pieces: true }) })).json();
   check(Array.isArray(t.tokens) && t.count === t.tokens.length && t.pieces.join('').endsWith(user), `tokenize: ${JSON.stringify(t)}`);
+  const post = async (p, body) => fetch(`http://${httpA}${p}`, { method: 'POST', body: JSON.stringify(body) });
+  const text = 'And God said, \u00e9\u{1F600} <|eot_id|>';
+  const ids = (await (await post('/tokenize', { content: text })).json()).tokens;
+  const back = await (await post('/detokenize', { tokens: ids })).json();
+  check(back.content === text, `detokenize(tokenize(x)) = x: ${JSON.stringify(back)}`);
+  const bad = await post('/detokenize', { tokens: [1, 99999999] });
+  check(bad.status === 400 && /vocabulary/.test((await bad.json()).error.message), `a token outside the vocabulary: ${bad.status}`);
   const h = await (await fetch(`http://${httpA}/health`)).json();
   check(h.ready === true && h.stages_up === 1 && h.stages_total === 1, `health: ${JSON.stringify(h)}`);
   const big = await fetch(`http://${httpA}/v1/completions`, { method: 'POST', body: 'x'.repeat(5 << 20) });
