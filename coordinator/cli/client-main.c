@@ -9,11 +9,8 @@
  * --tls-ca F (TLS with that root certificate), --timeout S.
  * Exit status: 0 on success, 1 when the server returns an error status (the
  * status name and reason go to stderr), 2 on bad usage. */
-#include <grpc/byte_buffer_reader.h>
-#include <grpc/grpc.h>
-#include <grpc/grpc_security.h>
 #include <getopt.h>
-#include <grpc/support/time.h>
+#include <grpc/grpc.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +18,7 @@
 
 #include "tern-api.h"
 #include "tern-base.h"
+#include "tern-grpc-client.h"
 #include "tern.pb-c.h"
 
 typedef struct client_opts {
@@ -41,91 +39,33 @@ typedef struct client_opts {
 } client_opts;
 
 typedef struct conn {
-	grpc_channel *ch;
-	grpc_completion_queue *cq;
-	char auth[1100];
+	tern_grpc_client *cl;
 	double timeout;
 } conn;
-
-static const char *status_name(grpc_status_code c)
-{
-	static const char *const names[] = {"OK",
-					    "CANCELLED",
-					    "UNKNOWN",
-					    "INVALID_ARGUMENT",
-					    "DEADLINE_EXCEEDED",
-					    "NOT_FOUND",
-					    "ALREADY_EXISTS",
-					    "PERMISSION_DENIED",
-					    "RESOURCE_EXHAUSTED",
-					    "FAILED_PRECONDITION",
-					    "ABORTED",
-					    "OUT_OF_RANGE",
-					    "UNIMPLEMENTED",
-					    "INTERNAL",
-					    "UNAVAILABLE",
-					    "DATA_LOSS",
-					    "UNAUTHENTICATED"};
-	return (unsigned)c < sizeof names / sizeof names[0] ? names[c] : "?";
-}
-
-/* The whole file (NUL-terminated), or NULL; the caller names the file. */
-static char *slurp(const char *path, size_t max)
-{
-	char *buf;
-	size_t len;
-	return tern_read_file(path, max, &buf, &len, NULL) < 0 ? NULL : buf;
-}
 
 static int conn_open(conn *c, const client_opts *o)
 {
 	memset(c, 0, sizeof *c);
-	grpc_init();
 	c->timeout = o->timeout;
-	grpc_channel_credentials *creds;
-	if (o->tls_ca) {
-		char *ca = slurp(o->tls_ca, 1 << 20);
-		if (!ca) {
-			fprintf(stderr, "tern: cannot read %s\n", o->tls_ca);
-			return -1;
-		}
-		creds = grpc_ssl_credentials_create(ca, NULL, NULL, NULL);
-		free(ca);
-	} else {
-		creds = grpc_insecure_credentials_create();
+	char *token = NULL;
+	tern_err err;
+	if (o->token_file && !(token = tern_read_first_line(o->token_file, &err))) {
+		fprintf(stderr, "tern: cannot read a token: %s\n", err.msg);
+		return -1;
 	}
-	c->ch = grpc_channel_create(o->server, creds, NULL);
-	grpc_channel_credentials_release(creds);
-	c->cq = grpc_completion_queue_create_for_pluck(NULL);
-	if (o->token_file) {
-		char *t = slurp(o->token_file, 1000);
-		if (!t || !t[0]) {
-			fprintf(stderr, "tern: cannot read a token from %s\n", o->token_file);
-			free(t);
-			return -1;
-		}
-		t[strcspn(t, "\r\n")] = '\0';
-		snprintf(c->auth, sizeof c->auth, "Bearer %s", t);
-		free(t);
+	tern_grpc_client_opts go = {.target = o->server, .bearer_token = token, .tls_ca_file = o->tls_ca};
+	const int rc = tern_grpc_client_open(&go, &c->cl, &err);
+	free(token);
+	if (rc < 0) {
+		fprintf(stderr, "tern: %s\n", err.msg);
+		return -1;
 	}
 	return 0;
 }
 
 static void conn_close(conn *c)
 {
-	if (c->cq) {
-		grpc_completion_queue_shutdown(c->cq);
-		grpc_completion_queue_destroy(c->cq);
-	}
-	if (c->ch)
-		grpc_channel_destroy(c->ch);
-	grpc_shutdown();
-}
-
-static int wait_tag(conn *c, void *tag)
-{
-	grpc_event ev = grpc_completion_queue_pluck(c->cq, tag, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
-	return ev.type == GRPC_OP_COMPLETE && ev.success;
+	tern_grpc_client_close(c->cl);
 }
 
 typedef void (*on_msg_fn)(void *ctx, const uint8_t *p, size_t n);
@@ -135,70 +75,7 @@ typedef void (*on_msg_fn)(void *ctx, const uint8_t *p, size_t n);
 static grpc_status_code call(conn *c, const char *method, const ProtobufCMessage *req, on_msg_fn on_msg, void *ctx,
 			     char *detail, size_t detail_len)
 {
-	gpr_timespec dl = gpr_time_add(gpr_now(GPR_CLOCK_REALTIME),
-				       gpr_time_from_millis((int64_t)(c->timeout * 1000), GPR_TIMESPAN));
-	grpc_slice m = grpc_slice_from_static_string(method);
-	grpc_call *cl = grpc_channel_create_call(c->ch, NULL, GRPC_PROPAGATE_DEFAULTS, c->cq, m, NULL, dl, NULL);
-	size_t n = protobuf_c_message_get_packed_size(req);
-	grpc_slice s = grpc_slice_malloc(n);
-	protobuf_c_message_pack(req, GRPC_SLICE_START_PTR(s));
-	grpc_byte_buffer *out = grpc_raw_byte_buffer_create(&s, 1);
-	grpc_slice_unref(s);
-	grpc_metadata md;
-	memset(&md, 0, sizeof md);
-	md.key = grpc_slice_from_static_string("authorization");
-	md.value = grpc_slice_from_copied_string(c->auth);
-	grpc_metadata_array init_md, trail_md;
-	grpc_metadata_array_init(&init_md);
-	grpc_metadata_array_init(&trail_md);
-	grpc_op ops[4];
-	memset(ops, 0, sizeof ops);
-	ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-	ops[0].data.send_initial_metadata.count = c->auth[0] ? 1 : 0;
-	ops[0].data.send_initial_metadata.metadata = &md;
-	ops[1].op = GRPC_OP_SEND_MESSAGE;
-	ops[1].data.send_message.send_message = out;
-	ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
-	ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
-	ops[3].data.recv_initial_metadata.recv_initial_metadata = &init_md;
-	int tag1, tag2, tag3;
-	grpc_call_start_batch(cl, ops, 4, &tag1, NULL);
-	wait_tag(c, &tag1);
-	grpc_byte_buffer_destroy(out);
-	for (;;) {
-		grpc_byte_buffer *in = NULL;
-		grpc_op r;
-		memset(&r, 0, sizeof r);
-		r.op = GRPC_OP_RECV_MESSAGE;
-		r.data.recv_message.recv_message = &in;
-		grpc_call_start_batch(cl, &r, 1, &tag2, NULL);
-		if (!wait_tag(c, &tag2) || !in)
-			break;
-		grpc_byte_buffer_reader rd;
-		grpc_byte_buffer_reader_init(&rd, in);
-		grpc_slice all = grpc_byte_buffer_reader_readall(&rd);
-		grpc_byte_buffer_reader_destroy(&rd);
-		grpc_byte_buffer_destroy(in);
-		on_msg(ctx, GRPC_SLICE_START_PTR(all), GRPC_SLICE_LENGTH(all));
-		grpc_slice_unref(all);
-	}
-	grpc_status_code status = GRPC_STATUS_UNKNOWN;
-	grpc_slice details = grpc_empty_slice();
-	grpc_op st;
-	memset(&st, 0, sizeof st);
-	st.op = GRPC_OP_RECV_STATUS_ON_CLIENT;
-	st.data.recv_status_on_client.trailing_metadata = &trail_md;
-	st.data.recv_status_on_client.status = &status;
-	st.data.recv_status_on_client.status_details = &details;
-	grpc_call_start_batch(cl, &st, 1, &tag3, NULL);
-	wait_tag(c, &tag3);
-	snprintf(detail, detail_len, "%.*s", (int)GRPC_SLICE_LENGTH(details), (const char *)GRPC_SLICE_START_PTR(details));
-	grpc_slice_unref(details);
-	grpc_slice_unref(md.value);
-	grpc_metadata_array_destroy(&init_md);
-	grpc_metadata_array_destroy(&trail_md);
-	grpc_call_unref(cl);
-	return status;
+	return (grpc_status_code)tern_grpc_call(c->cl, method, req, c->timeout, on_msg, ctx, detail, detail_len);
 }
 
 /* ---- generate / chat ------------------------------------------------------- */
@@ -283,7 +160,7 @@ static int report_status(grpc_status_code st, const char *detail)
 {
 	if (st == GRPC_STATUS_OK)
 		return 0;
-	fprintf(stderr, "tern: %s: %s\n", status_name(st), detail[0] ? detail : "(no details)");
+	fprintf(stderr, "tern: %s: %s\n", tern_grpc_status_name(st), detail[0] ? detail : "(no details)");
 	return 1;
 }
 

@@ -345,22 +345,6 @@ static int start_stages(const coord_opts *o, int n_stages, const tern_coord_mode
 	return failed ? TERN_ERR(err, TERN_ESTATE, "a stage failed to start") : 0;
 }
 
-/* The first line of the auth token file. */
-static char *read_token(const char *path, tern_err *err)
-{
-	char *buf;
-	size_t len;
-	if (tern_read_file(path, 1 << 16, &buf, &len, err) < 0)
-		return NULL;
-	buf[strcspn(buf, "\r\n")] = '\0';
-	if (!buf[0]) {
-		TERN_ERR(err, TERN_EINVAL, "the auth token file %s is empty", path);
-		free(buf);
-		return NULL;
-	}
-	return buf;
-}
-
 int main(int argc, char **argv)
 {
 	coord_opts o;
@@ -490,7 +474,7 @@ int main(int argc, char **argv)
 	if (o.batch_in) {
 		rc = tern_coord_batch(sched, o.batch_in, o.batch_out, &err);
 	} else {
-		if (o.token_file && !(token = read_token(o.token_file, &err)))
+		if (o.token_file && !(token = tern_read_first_line(o.token_file, &err)))
 			goto fail;
 		tern_grpc_opts go = {.listen = o.listen,
 				     .tls_cert_file = o.tls_cert,

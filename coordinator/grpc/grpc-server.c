@@ -21,12 +21,13 @@
 #include <time.h>
 #include <strings.h>
 
-enum { M_GENERATE, M_TOKENIZE, M_HEALTH, M_STATS, M_COUNT };
+enum { M_GENERATE, M_TOKENIZE, M_HEALTH, M_STATS, M_DETOKENIZE, M_COUNT };
 static const char *const method_paths[M_COUNT] = {
 	"/tern.v1.Tern/Generate",
 	"/tern.v1.Tern/Tokenize",
 	"/tern.v1.Tern/Health",
 	"/tern.v1.Tern/Stats",
+	"/tern.v1.Tern/Detokenize",
 };
 
 typedef enum { TAG_NEW_CALL, TAG_RECV_CLOSE, TAG_SEND, TAG_SHUTDOWN } tag_kind;
@@ -431,6 +432,23 @@ static void handle_unary(call_ctx *c, const uint8_t *p, size_t n)
 			reply_and_finish(c, &out.base);
 		else
 			finish(c, (grpc_status_code)st, msg);
+		s->svc->free_response(s->svc->self, &out.base);
+		return;
+	}
+	case M_DETOKENIZE: {
+		Tern__V1__DetokenizeRequest *req = tern__v1__detokenize_request__unpack(NULL, n, p);
+		if (!req) {
+			finish(c, GRPC_STATUS_INVALID_ARGUMENT, "malformed DetokenizeRequest");
+			return;
+		}
+		Tern__V1__DetokenizeResponse out = TERN__V1__DETOKENIZE_RESPONSE__INIT;
+		st = s->svc->detokenize ? s->svc->detokenize(s->svc->self, req, &out, msg, sizeof msg)
+					: GRPC_STATUS_UNIMPLEMENTED;
+		tern__v1__detokenize_request__free_unpacked(req, NULL);
+		if (st == TERN_STATUS_OK)
+			reply_and_finish(c, &out.base);
+		else
+			finish(c, (grpc_status_code)st, msg[0] ? msg : "detokenize unavailable");
 		s->svc->free_response(s->svc->self, &out.base);
 		return;
 	}

@@ -127,6 +127,8 @@ static int svc_generate(void *self, const Tern__V1__GenerateRequest *req, const 
 	sp.repeat_last_n = rp && rp->repetition_window ? (int32_t)(rp->repetition_window > 1048576 ? 1048577
 											       : rp->repetition_window)
 						       : 64;
+	sp.presence_penalty = rp ? rp->presence_penalty : 0.0f;
+	sp.frequency_penalty = rp ? rp->frequency_penalty : 0.0f;
 	sp.seed = rp && rp->has_seed ? rp->seed : TERN_SEED_RANDOM;
 	if (status == TERN_STATUS_OK && tern_sampler_create(&sp, c->n_vocab, &q->sampler, &err) < 0) {
 		snprintf(msg, msg_len, "%s", err.msg);
@@ -332,10 +334,50 @@ static int svc_stats(void *self, Tern__V1__StatsResponse *out)
 	return TERN_STATUS_OK;
 }
 
+static int svc_detokenize(void *self, const Tern__V1__DetokenizeRequest *req, Tern__V1__DetokenizeResponse *out,
+			  char *msg, size_t msg_len)
+{
+	tern_sched *s = self;
+	tern_err err;
+	if (req->n_token_ids > (size_t)s->cfg.max_prompt_bytes) {
+		snprintf(msg, msg_len, "%zu token ids exceed the limit of %d", req->n_token_ids, s->cfg.max_prompt_bytes);
+		return TERN_STATUS_INVALID_ARGUMENT;
+	}
+	int32_t *ids = malloc((req->n_token_ids ? req->n_token_ids : 1) * sizeof *ids);
+	if (!ids) {
+		snprintf(msg, msg_len, "out of memory");
+		return TERN_STATUS_RESOURCE_EXHAUSTED;
+	}
+	for (size_t i = 0; i < req->n_token_ids; i++) {
+		if (req->token_ids[i] >= (uint32_t)s->cfg.n_vocab) {
+			snprintf(msg, msg_len, "token id %u is outside the vocabulary of %d", req->token_ids[i],
+				 s->cfg.n_vocab);
+			free(ids);
+			return TERN_STATUS_INVALID_ARGUMENT;
+		}
+		ids[i] = (int32_t)req->token_ids[i];
+	}
+	size_t len;
+	/* Replies carry text as protobuf strings: invalid UTF-8 becomes U+FFFD. */
+	const unsigned flags = TERN_DECODE_REPLACE_INVALID | (req->special ? TERN_DECODE_SPECIAL : 0);
+	const int rc = tern_tokenizer_decode(s->cfg.tok, ids, req->n_token_ids, flags, &out->text, &len, &err);
+	free(ids);
+	if (rc < 0) {
+		out->text = NULL;
+		snprintf(msg, msg_len, "%s", err.msg);
+		return rc == TERN_ENOMEM ? TERN_STATUS_RESOURCE_EXHAUSTED : TERN_STATUS_INVALID_ARGUMENT;
+	}
+	return TERN_STATUS_OK;
+}
+
 static void svc_free_response(void *self, ProtobufCMessage *m)
 {
 	(void)self;
-	if (m->descriptor == &tern__v1__tokenize_response__descriptor) {
+	if (m->descriptor == &tern__v1__detokenize_response__descriptor) {
+		Tern__V1__DetokenizeResponse *r = (Tern__V1__DetokenizeResponse *)m;
+		if (r->text != protobuf_c_empty_string)
+			free(r->text);
+	} else if (m->descriptor == &tern__v1__tokenize_response__descriptor) {
 		Tern__V1__TokenizeResponse *r = (Tern__V1__TokenizeResponse *)m;
 		for (size_t i = 0; r->pieces && i < r->n_pieces; i++)
 			free(r->pieces[i]);
@@ -370,4 +412,5 @@ void sched_service_init(tern_sched *s)
 	s->svc.health = svc_health;
 	s->svc.stats = svc_stats;
 	s->svc.free_response = svc_free_response;
+	s->svc.detokenize = svc_detokenize;
 }

@@ -52,8 +52,10 @@ typedef struct tern_service {
 			size_t msg_len);
 	int (*health)(void *self, Tern__V1__HealthResponse *out);
 	int (*stats)(void *self, Tern__V1__StatsResponse *out);
-	/* Release what tokenize/health/stats allocated in *out. */
+	/* Release what tokenize/health/stats/detokenize allocated in *out. */
 	void (*free_response)(void *self, ProtobufCMessage *out);
+	int (*detokenize)(void *self, const Tern__V1__DetokenizeRequest *req, Tern__V1__DetokenizeResponse *out,
+			  char *msg, size_t msg_len);
 } tern_service;
 
 #endif /* TERN_SERVICE_H */

@@ -137,3 +137,18 @@ void tern_path_expand_host(const char *path, char *out, size_t out_len)
 	}
 	out[o] = '\0';
 }
+
+char *tern_read_first_line(const char *path, tern_err *err)
+{
+	char *buf;
+	size_t len;
+	if (tern_read_file(path, 1 << 16, &buf, &len, err) < 0)
+		return NULL;
+	buf[strcspn(buf, "\r\n")] = '\0';
+	if (!buf[0]) {
+		TERN_ERR(err, TERN_EINVAL, "%s: the first line is empty", path);
+		free(buf);
+		return NULL;
+	}
+	return buf;
+}

@@ -111,6 +111,9 @@ void tern_aligned_free(void *p);
  * text parsers may rely on it. More than max bytes is TERN_ERANGE
  * "PATH: larger than MAX bytes"; nothing is returned on failure. */
 int tern_read_file(const char *path, size_t max, char **buf, size_t *len, tern_err *err);
+/* The first line of a small file (a token or key file: at most 64 KiB, the
+ * line end dropped), malloc'd; NULL with err set when unreadable or empty. */
+char *tern_read_first_line(const char *path, tern_err *err);
 
 /* A read-only private mapping of a whole regular file. data is never NULL
  * (an empty file maps to a static empty byte); size is the file's size. */

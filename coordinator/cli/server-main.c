@@ -1,0 +1,288 @@
+/* server-main.c: tern-server, the long-lived front end outside mpirun.
+ *
+ *   tern-server -m MODEL|PLAN [--stages N | --hostfile HOSTS] [--http ADDR]
+ *               [--grpc ADDR] [--api-key-file F] [-- coordinator options]
+ *   tern-server --attach ADDR [--http ADDR] [--api-key-file F]
+ *
+ * It launches the MPI job (deploy/tern-up's MPMD line: tern-coordinator +
+ * one tern-node per NUMA domain by default; --stages 0 runs the layers in the
+ * coordinator's process) or attaches to a coordinator already serving, waits
+ * until its Health says ready, then serves the OpenAI HTTP API
+ * (coordinator/server/tern-http.h) by calling the coordinator over
+ * tern.v1.Tern gRPC. SIGINT/SIGTERM: stop accepting, stop the job (the
+ * coordinator ends every request and drains the pipeline), exit. */
+#include <getopt.h>
+#include <libgen.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "tern-base.h"
+#include "tern-grpc-client.h"
+#include "tern-http.h"
+#include "tern-launch.h"
+#include "tern.pb-c.h"
+
+static void usage(FILE *f)
+{
+	fprintf(f, "usage: tern-server -m MODEL|PLAN [--stages N | --hostfile HOSTS] [--http ADDR] [--grpc ADDR]\n"
+		   "                   [--api-key-file F] [-- coordinator options]\n"
+		   "       tern-server --attach ADDR [--http ADDR] [--api-key-file F]\n"
+		   "  -m, --model PATH     GGUF file, HF checkpoint directory or plan directory\n"
+		   "  --stages N           pipeline stages on this box (default: one per NUMA domain; 0 = the\n"
+		   "                       layers in the coordinator's process)\n"
+		   "  --hostfile HOSTS     Open MPI hostfile: the coordinator takes the first slot, stages the rest\n"
+		   "  --http ADDR          OpenAI HTTP API (default 127.0.0.1:8080)\n"
+		   "  --grpc ADDR          the coordinator's tern.v1.Tern gRPC address (default 127.0.0.1:50051)\n"
+		   "  --api-key-file F     require 'Authorization: Bearer <key>' (key = first line of F) on all but\n"
+		   "                       /health\n"
+		   "  --attach ADDR        use a coordinator already serving at ADDR instead of launching one\n"
+		   "  --ready-timeout S    wait at most S seconds for the coordinator to be ready (default 600)\n"
+		   "  after --: tern-coordinator options (--slots, --ctx, --queue, --threads, ...; not --listen)\n");
+}
+
+static volatile sig_atomic_t g_stop;
+
+static void on_signal(int sig)
+{
+	g_stop = sig;
+}
+
+enum { OPT_STAGES = 256, OPT_HOSTFILE, OPT_HTTP, OPT_GRPC, OPT_API_KEY_FILE, OPT_ATTACH, OPT_READY_TIMEOUT };
+
+typedef struct health_buf {
+	Tern__V1__HealthResponse *h;
+} health_buf;
+
+static void on_health(void *ctx, const uint8_t *p, size_t n)
+{
+	health_buf *b = ctx;
+	if (b->h)
+		tern__v1__health_response__free_unpacked(b->h, NULL);
+	b->h = tern__v1__health_response__unpack(NULL, n, p);
+}
+
+static int is_ready(tern_grpc_client *c, char *model, size_t model_len)
+{
+	Tern__V1__HealthRequest q = TERN__V1__HEALTH_REQUEST__INIT;
+	health_buf b = {0};
+	char detail[256];
+	const int st = tern_grpc_call(c, "/tern.v1.Tern/Health", &q.base, 2.0, on_health, &b, detail, sizeof detail);
+	int ready = 0;
+	if (st == 0 && b.h) {
+		ready = b.h->ready;
+		snprintf(model, model_len, "%s", b.h->model ? b.h->model : "");
+	}
+	if (b.h)
+		tern__v1__health_response__free_unpacked(b.h, NULL);
+	return ready;
+}
+
+/* The name clients see: the model file's (or plan directory's) base name
+ * without ".gguf". */
+static void model_id_of(const char *path, char *out, size_t len)
+{
+	char tmp[PATH_MAX];
+	snprintf(tmp, sizeof tmp, "%s", path && path[0] ? path : "tern");
+	size_t n = strlen(tmp);
+	while (n > 1 && tmp[n - 1] == '/')
+		tmp[--n] = '\0';
+	const char *base = strrchr(tmp, '/') ? strrchr(tmp, '/') + 1 : tmp;
+	snprintf(out, len, "%s", base);
+	n = strlen(out);
+	if (n > 5 && !strcmp(out + n - 5, ".gguf"))
+		out[n - 5] = '\0';
+}
+
+static void sleep_ms(int ms)
+{
+	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+	nanosleep(&ts, NULL);
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option long_opts[] = {
+		{"help", no_argument, NULL, 'h'},
+		{"model", required_argument, NULL, 'm'},
+		{"stages", required_argument, NULL, OPT_STAGES},
+		{"hostfile", required_argument, NULL, OPT_HOSTFILE},
+		{"http", required_argument, NULL, OPT_HTTP},
+		{"grpc", required_argument, NULL, OPT_GRPC},
+		{"api-key-file", required_argument, NULL, OPT_API_KEY_FILE},
+		{"attach", required_argument, NULL, OPT_ATTACH},
+		{"ready-timeout", required_argument, NULL, OPT_READY_TIMEOUT},
+		{NULL, 0, NULL, 0},
+	};
+	const char *model = NULL, *hostfile = NULL, *http = "127.0.0.1:8080", *grpc = "127.0.0.1:50051";
+	const char *key_file = NULL, *attach = NULL;
+	int stages = -1;
+	double ready_timeout = 600;
+	tern_err err;
+	tern_err_clear(&err);
+	opterr = 0;
+	int oc;
+	while ((oc = getopt_long(argc, argv, ":hm:", long_opts, NULL)) != -1) {
+		int rc = 0;
+		switch (oc) {
+		case 'h':
+			usage(stdout);
+			return 0;
+		case 'm':
+			model = optarg;
+			break;
+		case OPT_STAGES:
+			rc = tern_parse_int(optarg, 0, 4096, "--stages", &stages, &err);
+			break;
+		case OPT_HOSTFILE:
+			hostfile = optarg;
+			break;
+		case OPT_HTTP:
+			http = optarg;
+			break;
+		case OPT_GRPC:
+			grpc = optarg;
+			break;
+		case OPT_API_KEY_FILE:
+			key_file = optarg;
+			break;
+		case OPT_ATTACH:
+			attach = optarg;
+			break;
+		case OPT_READY_TIMEOUT:
+			rc = tern_parse_double(optarg, 0.1, 1e7, "--ready-timeout", &ready_timeout, &err);
+			break;
+		default:
+			return tern_opt_fail("tern-server", oc, argv);
+		}
+		if (rc < 0)
+			return tern_opt_bad("tern-server", err.msg);
+	}
+	/* Everything after "--" is the coordinator's. */
+	const int dashdash = optind > 1 && !strcmp(argv[optind - 1], "--");
+	if (!dashdash && optind < argc) {
+		fprintf(stderr, "tern-server: unexpected argument '%s' (coordinator options go after --)\n",
+			argv[optind]);
+		return 2;
+	}
+	if (!attach && !model) {
+		fprintf(stderr, "tern-server: which model? (-m MODEL, or --attach ADDR)\n");
+		usage(stderr);
+		return 2;
+	}
+	if (attach && (model || hostfile || stages >= 0 || (dashdash && optind < argc))) {
+		fprintf(stderr, "tern-server: --attach uses a running coordinator: no -m, --stages, --hostfile or "
+				"coordinator options\n");
+		return 2;
+	}
+	if (hostfile && stages >= 0) {
+		fprintf(stderr, "tern-server: --stages or --hostfile, not both (the hostfile's slots give the stages)\n");
+		return 2;
+	}
+	for (int i = optind; dashdash && i < argc; i++)
+		if (!strcmp(argv[i], "--listen") || !strncmp(argv[i], "--listen=", 9)) {
+			fprintf(stderr, "tern-server: give the coordinator's address with --grpc, not -- --listen\n");
+			return 2;
+		}
+	char *api_key = NULL;
+	if (key_file && !(api_key = tern_read_first_line(key_file, &err))) {
+		fprintf(stderr, "tern-server: the API key: %s\n", err.msg);
+		return 2;
+	}
+	signal(SIGINT, on_signal);
+	signal(SIGTERM, on_signal);
+	signal(SIGPIPE, SIG_IGN);
+
+	int status = 1, warned = 0;
+	tern_grpc_client *up = NULL;
+	tern_http_server *hs = NULL;
+	tern_job job;
+	memset(&job, 0, sizeof job);
+	const char *target = attach ? attach : grpc;
+	tern_grpc_client_opts co = {.target = target};
+	if (tern_grpc_client_open(&co, &up, &err) < 0)
+		goto fail;
+	if (!attach) {
+		char exe[PATH_MAX];
+		const ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+		if (n <= 0) {
+			TERN_ERR(&err, TERN_EIO, "cannot find my own binary (/proc/self/exe)");
+			goto fail;
+		}
+		exe[n] = '\0';
+		tern_launch_opts lo = {.model = model,
+				       .stages = stages,
+				       .hostfile = hostfile,
+				       .bin_dir = dirname(exe),
+				       .grpc_listen = grpc,
+				       .coord_args = dashdash ? argv + optind : NULL,
+				       .n_coord_args = dashdash ? argc - optind : 0};
+		if (tern_launch_start(&lo, &job, &err) < 0)
+			goto fail;
+	}
+	char served[PATH_MAX] = "";
+	const double t0 = tern_now_s();
+	while (!is_ready(up, served, sizeof served)) {
+		if (g_stop)
+			goto stop;
+		if (!attach && tern_launch_poll(&job)) {
+			TERN_ERR(&err, TERN_ESTATE, "the MPI job exited before it served (status %d)",
+				 WIFEXITED(job.status) ? WEXITSTATUS(job.status) : 128 + WTERMSIG(job.status));
+			goto fail;
+		}
+		if (tern_now_s() - t0 > ready_timeout) {
+			TERN_ERR(&err, TERN_ETIMEOUT, "the coordinator at %s was not ready within %.0f s", target,
+				 ready_timeout);
+			goto fail;
+		}
+		sleep_ms(200);
+	}
+	char model_id[256];
+	model_id_of(served, model_id, sizeof model_id);
+	tern_http_opts ho = {.listen = http, .api_key = api_key, .upstream = up, .model_id = model_id};
+	if (tern_http_start(&ho, &hs, &err) < 0)
+		goto fail;
+	printf("tern-server: serving the OpenAI API on http://%s (port %d), model '%s'%s; coordinator at %s\n", http,
+	       tern_http_port(hs), model_id, api_key ? ", API key required" : "", target);
+	fflush(stdout);
+	while (!g_stop) {
+		if (!attach && !warned && tern_launch_poll(&job)) {
+			/* Restarting the job is the next step (issue 15); until then
+			 * every request gets 503 and /health says so. */
+			fprintf(stderr, "tern-server: the MPI job exited (status %d): requests get 503 until restarted\n",
+				WIFEXITED(job.status) ? WEXITSTATUS(job.status) : 128 + WTERMSIG(job.status));
+			warned = 1;
+		}
+		sleep_ms(200);
+	}
+stop:
+	if (g_stop)
+		fprintf(stderr, "tern-server: stopping on signal %d\n", (int)g_stop);
+	status = 0;
+	goto cleanup;
+fail:
+	fprintf(stderr, "tern-server: %s\n", err.msg[0] ? err.msg : "failed");
+	status = 1;
+cleanup:
+	/* New connections stop first; the coordinator then ends the requests
+	 * in flight (their clients hear it), then the connections close. */
+	tern_http_quiesce(hs);
+	if (!attach && job.pid > 0) {
+		/* A job that failed earlier is reported, not this stop's failure;
+		 * one that would not stop is. */
+		const int js = tern_launch_stop(&job, 20.0);
+		if (js < 0)
+			status = 1;
+		else if (js != 0)
+			fprintf(stderr, "tern-server: the MPI job ended with status %d\n", js);
+	}
+	tern_http_stop(hs);
+	tern_grpc_client_close(up);
+	free(api_key);
+	return status;
+}

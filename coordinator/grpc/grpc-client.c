@@ -1,0 +1,259 @@
+/* grpc-client.c: calls of tern.v1.Tern on the gRPC C core (tern-grpc-client.h).
+ *
+ * Each stream owns a pluck completion queue, so threads never share one and
+ * a wait with a timeout leaves the pending receive in place: the next wait
+ * picks it up. The first receive also carries RECV_INITIAL_METADATA, so
+ * starting a call never waits for the server. */
+#include "tern-grpc-client.h"
+
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/grpc.h>
+#include <grpc/grpc_security.h>
+#include <grpc/support/time.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct tern_grpc_client {
+	grpc_channel *ch;
+	char auth[1100]; /* "Bearer <token>" or "" */
+};
+
+struct tern_grpc_stream {
+	grpc_call *call;
+	grpc_completion_queue *cq;
+	grpc_metadata md;
+	grpc_metadata_array init_md, trail_md;
+	grpc_byte_buffer *in;
+	grpc_slice last; /* the message handed out by next() */
+	int has_last;
+	int recv_pending, got_initial, ended, cancelled;
+	int tag_send, tag_recv, tag_status;
+};
+
+const char *tern_grpc_status_name(int code)
+{
+	static const char *const names[] = {"OK",
+					    "CANCELLED",
+					    "UNKNOWN",
+					    "INVALID_ARGUMENT",
+					    "DEADLINE_EXCEEDED",
+					    "NOT_FOUND",
+					    "ALREADY_EXISTS",
+					    "PERMISSION_DENIED",
+					    "RESOURCE_EXHAUSTED",
+					    "FAILED_PRECONDITION",
+					    "ABORTED",
+					    "OUT_OF_RANGE",
+					    "UNIMPLEMENTED",
+					    "INTERNAL",
+					    "UNAVAILABLE",
+					    "DATA_LOSS",
+					    "UNAUTHENTICATED"};
+	return code >= 0 && (size_t)code < sizeof names / sizeof names[0] ? names[code] : "?";
+}
+
+int tern_grpc_client_open(const tern_grpc_client_opts *o, tern_grpc_client **out, tern_err *err)
+{
+	*out = NULL;
+	if (o->bearer_token && strlen(o->bearer_token) > 1000)
+		return TERN_ERR(err, TERN_EINVAL, "the bearer token is longer than 1000 bytes");
+	char *ca = NULL;
+	if (o->tls_ca_file) {
+		size_t len;
+		if (tern_read_file(o->tls_ca_file, 1 << 20, &ca, &len, err) < 0)
+			return TERN_ERR(err, TERN_EINVAL, "cannot read the CA file %s", o->tls_ca_file);
+	}
+	tern_grpc_client *c = calloc(1, sizeof *c);
+	if (!c) {
+		free(ca);
+		return TERN_ERR(err, TERN_ENOMEM, "out of memory");
+	}
+	grpc_init();
+	grpc_channel_credentials *creds = ca ? grpc_ssl_credentials_create(ca, NULL, NULL, NULL)
+					     : grpc_insecure_credentials_create();
+	free(ca);
+	c->ch = grpc_channel_create(o->target, creds, NULL);
+	grpc_channel_credentials_release(creds);
+	if (o->bearer_token && o->bearer_token[0])
+		snprintf(c->auth, sizeof c->auth, "Bearer %s", o->bearer_token);
+	*out = c;
+	return 0;
+}
+
+void tern_grpc_client_close(tern_grpc_client *c)
+{
+	if (!c)
+		return;
+	grpc_channel_destroy(c->ch);
+	free(c);
+	grpc_shutdown();
+}
+
+static gpr_timespec deadline_in(double s)
+{
+	if (s < 0)
+		return gpr_inf_future(GPR_CLOCK_REALTIME);
+	return gpr_time_add(gpr_now(GPR_CLOCK_REALTIME), gpr_time_from_micros((int64_t)(s * 1e6), GPR_TIMESPAN));
+}
+
+/* 1 = the tag completed with success, 0 = completed with failure, -1 = timeout. */
+static int wait_tag(tern_grpc_stream *s, void *tag, double wait_s)
+{
+	grpc_event ev = grpc_completion_queue_pluck(s->cq, tag, deadline_in(wait_s), NULL);
+	if (ev.type == GRPC_QUEUE_TIMEOUT)
+		return -1;
+	return ev.type == GRPC_OP_COMPLETE && ev.success;
+}
+
+int tern_grpc_stream_start(tern_grpc_client *c, const char *method, const ProtobufCMessage *req, double timeout_s,
+			   tern_grpc_stream **out, tern_err *err)
+{
+	*out = NULL;
+	tern_grpc_stream *s = calloc(1, sizeof *s);
+	if (!s)
+		return TERN_ERR(err, TERN_ENOMEM, "out of memory");
+	s->cq = grpc_completion_queue_create_for_pluck(NULL);
+	grpc_slice m = grpc_slice_from_copied_string(method);
+	s->call = grpc_channel_create_call(c->ch, NULL, GRPC_PROPAGATE_DEFAULTS, s->cq, m, NULL,
+					   deadline_in(timeout_s > 0 ? timeout_s : -1), NULL);
+	grpc_slice_unref(m);
+	grpc_metadata_array_init(&s->init_md);
+	grpc_metadata_array_init(&s->trail_md);
+	const size_t n = protobuf_c_message_get_packed_size(req);
+	grpc_slice body = grpc_slice_malloc(n);
+	protobuf_c_message_pack(req, GRPC_SLICE_START_PTR(body));
+	grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&body, 1);
+	grpc_slice_unref(body);
+	s->md.key = grpc_slice_from_static_string("authorization");
+	s->md.value = grpc_slice_from_copied_string(c->auth);
+	grpc_op ops[3];
+	memset(ops, 0, sizeof ops);
+	ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+	ops[0].data.send_initial_metadata.count = c->auth[0] ? 1 : 0;
+	ops[0].data.send_initial_metadata.metadata = &s->md;
+	ops[1].op = GRPC_OP_SEND_MESSAGE;
+	ops[1].data.send_message.send_message = bb;
+	ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+	grpc_call_error ce = grpc_call_start_batch(s->call, ops, 3, &s->tag_send, NULL);
+	/* A send fails only when the call is already dead; the status says why. */
+	if (ce == GRPC_CALL_OK)
+		wait_tag(s, &s->tag_send, -1);
+	grpc_byte_buffer_destroy(bb);
+	*out = s;
+	return 0;
+}
+
+static void drop_last(tern_grpc_stream *s)
+{
+	if (s->has_last) {
+		grpc_slice_unref(s->last);
+		s->has_last = 0;
+	}
+}
+
+int tern_grpc_stream_next(tern_grpc_stream *s, double wait_s, const uint8_t **msg, size_t *len)
+{
+	drop_last(s);
+	if (s->ended)
+		return -1;
+	if (!s->recv_pending) {
+		grpc_op ops[2];
+		memset(ops, 0, sizeof ops);
+		size_t n = 0;
+		if (!s->got_initial) {
+			ops[n].op = GRPC_OP_RECV_INITIAL_METADATA;
+			ops[n++].data.recv_initial_metadata.recv_initial_metadata = &s->init_md;
+		}
+		ops[n].op = GRPC_OP_RECV_MESSAGE;
+		ops[n++].data.recv_message.recv_message = &s->in;
+		s->in = NULL;
+		if (grpc_call_start_batch(s->call, ops, n, &s->tag_recv, NULL) != GRPC_CALL_OK) {
+			s->ended = 1;
+			return -1;
+		}
+		s->got_initial = 1;
+		s->recv_pending = 1;
+	}
+	const int r = wait_tag(s, &s->tag_recv, wait_s);
+	if (r < 0)
+		return 0;
+	s->recv_pending = 0;
+	if (!r || !s->in) {
+		s->ended = 1;
+		return -1;
+	}
+	grpc_byte_buffer_reader rd;
+	grpc_byte_buffer_reader_init(&rd, s->in);
+	s->last = grpc_byte_buffer_reader_readall(&rd);
+	grpc_byte_buffer_reader_destroy(&rd);
+	grpc_byte_buffer_destroy(s->in);
+	s->in = NULL;
+	s->has_last = 1;
+	*msg = GRPC_SLICE_START_PTR(s->last);
+	*len = GRPC_SLICE_LENGTH(s->last);
+	return 1;
+}
+
+void tern_grpc_stream_cancel(tern_grpc_stream *s)
+{
+	if (s && !s->cancelled) {
+		s->cancelled = 1;
+		grpc_call_cancel(s->call, NULL);
+	}
+}
+
+int tern_grpc_stream_finish(tern_grpc_stream *s, char *detail, size_t detail_len)
+{
+	if (detail_len)
+		detail[0] = '\0';
+	drop_last(s);
+	if (!s->ended)
+		tern_grpc_stream_cancel(s);
+	if (s->recv_pending) {
+		wait_tag(s, &s->tag_recv, -1);
+		grpc_byte_buffer_destroy(s->in);
+		s->in = NULL;
+	}
+	grpc_status_code status = GRPC_STATUS_UNKNOWN;
+	grpc_slice details = grpc_empty_slice();
+	grpc_op st;
+	memset(&st, 0, sizeof st);
+	st.op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+	st.data.recv_status_on_client.trailing_metadata = &s->trail_md;
+	st.data.recv_status_on_client.status = &status;
+	st.data.recv_status_on_client.status_details = &details;
+	if (grpc_call_start_batch(s->call, &st, 1, &s->tag_status, NULL) == GRPC_CALL_OK)
+		wait_tag(s, &s->tag_status, -1);
+	if (detail_len)
+		snprintf(detail, detail_len, "%.*s", (int)GRPC_SLICE_LENGTH(details),
+			 (const char *)GRPC_SLICE_START_PTR(details));
+	grpc_slice_unref(details);
+	grpc_slice_unref(s->md.value);
+	grpc_metadata_array_destroy(&s->init_md);
+	grpc_metadata_array_destroy(&s->trail_md);
+	grpc_call_unref(s->call);
+	grpc_completion_queue_shutdown(s->cq);
+	while (grpc_completion_queue_pluck(s->cq, NULL, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
+	       GRPC_QUEUE_SHUTDOWN)
+		;
+	grpc_completion_queue_destroy(s->cq);
+	free(s);
+	return (int)status;
+}
+
+int tern_grpc_call(tern_grpc_client *c, const char *method, const ProtobufCMessage *req, double timeout_s,
+		   tern_grpc_on_msg on_msg, void *ctx, char *detail, size_t detail_len)
+{
+	tern_grpc_stream *s;
+	tern_err err;
+	if (tern_grpc_stream_start(c, method, req, timeout_s, &s, &err) < 0) {
+		snprintf(detail, detail_len, "%s", err.msg);
+		return GRPC_STATUS_RESOURCE_EXHAUSTED;
+	}
+	const uint8_t *m;
+	size_t n;
+	while (tern_grpc_stream_next(s, -1, &m, &n) == 1)
+		on_msg(ctx, m, n);
+	return tern_grpc_stream_finish(s, detail, detail_len);
+}

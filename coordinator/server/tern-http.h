@@ -1,0 +1,44 @@
+/* tern-http.h: tern-server's HTTP/1.1 front end (libmicrohttpd): the OpenAI
+ * API (/v1/models, /v1/chat/completions, /v1/completions, plain and SSE),
+ * /health, /tokenize, /detokenize. Every request is relayed to the
+ * coordinator over tern.v1.Tern gRPC; nothing here knows a model.
+ *
+ * One thread per connection: a connection's thread runs its gRPC call, and
+ * between messages checks whether the client has gone, so a client that
+ * disconnects has its upstream call cancelled (its sequence freed) within
+ * TERN_HTTP_POLL_MS, streaming or not. */
+#ifndef TERN_HTTP_H
+#define TERN_HTTP_H
+
+#include <stddef.h>
+
+#include "tern-base.h"
+#include "tern-grpc-client.h"
+
+#define TERN_HTTP_POLL_MS 200
+/* A stream that has sent nothing for this long gets an SSE comment line. */
+#define TERN_HTTP_KEEPALIVE_S 15
+
+typedef struct tern_http_opts {
+	const char *listen;          /* "127.0.0.1:8080" (default), "[::1]:8080"; port 0 picks one */
+	const char *api_key;         /* when set, everything but /health needs "Authorization: Bearer <key>" */
+	tern_grpc_client *upstream;  /* the coordinator; must outlive the server */
+	const char *model_id;        /* the name /v1/models lists and replies carry */
+	size_t max_body;             /* larger request bodies get 413 (default 4 MiB) */
+	unsigned max_connections;    /* beyond it new connections are refused (default 2048: one thread each) */
+	unsigned idle_timeout_s;     /* idle connections are closed (default 300) */
+} tern_http_opts;
+
+typedef struct tern_http_server tern_http_server;
+
+/* Binds and starts serving. Errors: TERN_EINVAL (bad address), TERN_EIO
+ * (bind failed), TERN_ENOMEM. */
+int tern_http_start(const tern_http_opts *o, tern_http_server **out, tern_err *err);
+/* The bound port. */
+int tern_http_port(const tern_http_server *s);
+/* Stops accepting connections (those open keep being served). */
+void tern_http_quiesce(tern_http_server *s);
+/* Closes every connection (their calls are cancelled) and frees s. NULL is a no-op. */
+void tern_http_stop(tern_http_server *s);
+
+#endif /* TERN_HTTP_H */

@@ -1,0 +1,47 @@
+/* tern-launch.h: tern-server's MPI job: the MPMD line deploy/tern-up runs
+ * (one tern-coordinator and S tern-node ranks under mpirun, single box or a
+ * hostfile), started as a child in its own process group, stopped by
+ * signalling the coordinator (which drains the pipeline and stops the
+ * stages), by pid, never by name. */
+#ifndef TERN_LAUNCH_H
+#define TERN_LAUNCH_H
+
+#include <sys/types.h>
+
+#include "tern-base.h"
+
+typedef struct tern_launch_opts {
+	const char *model;            /* GGUF file, HF directory or plan directory */
+	int stages;                   /* -1: one per NUMA domain (or the hostfile's slots - 1); 0: in-process */
+	const char *hostfile;         /* Open MPI hostfile; NULL: this box */
+	const char *bin_dir;          /* where tern-coordinator is; tern-node is there or in ../node */
+	const char *grpc_listen;      /* the coordinator's --listen */
+	char *const *coord_args;      /* (n_coord_args) more tern-coordinator options */
+	int n_coord_args;
+} tern_launch_opts;
+
+typedef struct tern_job {
+	pid_t pid;      /* mpirun, or tern-coordinator itself with 0 stages */
+	int stages;
+	int via_mpirun;
+	int exited;     /* reaped */
+	int status;     /* waitpid status when exited */
+} tern_job;
+
+/* This machine's NUMA domains (/sys/devices/system/node), at least 1. */
+int tern_launch_numa_domains(void);
+
+/* Starts the job (argv printed to stderr first). Errors: TERN_EINVAL (no
+ * binaries, unreadable hostfile), TERN_EIO (fork failed). */
+int tern_launch_start(const tern_launch_opts *o, tern_job *job, tern_err *err);
+
+/* Reaps the job if it has exited: 1 exited (job->status set), 0 running. */
+int tern_launch_poll(tern_job *job);
+
+/* SIGTERM to the coordinator (found among mpirun's children by its MPI rank),
+ * waits up to grace_s for the job to end, then kills its process group.
+ * Returns the job's exit status (0 clean; mpirun's after a failed rank), or
+ * -1 when it had to be killed. */
+int tern_launch_stop(tern_job *job, double grace_s);
+
+#endif /* TERN_LAUNCH_H */

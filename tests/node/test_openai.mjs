@@ -1,0 +1,401 @@
+// test_openai.mjs: the official `openai` npm SDK against a real tern-server on
+// the built-in model (deploy/models/tern-kjv.gguf).
+//
+//   node tests/node/test_openai.mjs BUILD_DIR SOURCE_DIR
+//
+// Three servers, every process started, signalled and reaped by pid:
+//   A: tern-server launching mpirun (coordinator + 1 tern-node stage);
+//   B: tern-server --attach to A's coordinator, with --api-key-file;
+//   C: tern-server --stages 0 with one slot and a queue of 0 (a request while
+//      the slot is held is refused: 429).
+// Exit 0 all passed, 1 a check failed, 77 (SKIPPED) when the npm modules are
+// not installed (deploy/setup runs `npm ci` in tests/node).
+import { spawn, execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+
+let OpenAI;
+try {
+  OpenAI = (await import('openai')).default;
+} catch (e) {
+  console.log(`SKIPPED: the openai npm module is not installed (cd tests/node && npm ci): ${e.message}`);
+  process.exit(77);
+}
+
+const [build, src] = process.argv.slice(2);
+if (!build || !src) {
+  console.error('usage: test_openai.mjs BUILD_DIR SOURCE_DIR');
+  process.exit(2);
+}
+const MODEL = path.join(src, 'deploy/models/tern-kjv.gguf');
+const SERVER = path.join(build, 'coordinator/tern-server');
+const TERN_RUN = path.join(build, 'coordinator/tern-run');
+const TERN = path.join(build, 'coordinator/tern');
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-openai-'));
+
+let failed = 0, passed = 0;
+const children = [];
+
+function check(cond, what) {
+  if (!cond) {
+    failed++;
+    console.log(`  FAIL: ${what}`);
+  }
+  return cond;
+}
+
+async function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+// Starts tern-server with args; resolves once it prints that it serves.
+function startServer(name, args) {
+  return new Promise((resolve, reject) => {
+    const log = fs.openSync(path.join(tmp, `${name}.log`), 'a');
+    const child = spawn(SERVER, args, { stdio: ['ignore', 'pipe', log] });
+    children.push(child);
+    let out = '';
+    const timer = setTimeout(() => reject(new Error(`${name}: not serving after 180 s`)), 180000);
+    child.stdout.on('data', (d) => {
+      out += d;
+      fs.appendFileSync(path.join(tmp, `${name}.log`), d);
+      if (/serving the OpenAI API/.test(out)) {
+        clearTimeout(timer);
+        resolve(child);
+      }
+    });
+    child.on('exit', (code, sig) => {
+      clearTimeout(timer);
+      reject(new Error(`${name} exited (${code ?? sig}) before serving:\n` +
+        fs.readFileSync(path.join(tmp, `${name}.log`), 'utf8')));
+    });
+  });
+}
+
+async function stopServer(child) {
+  if (child.exitCode !== null || child.signalCode !== null) return child.exitCode;
+  return new Promise((resolve) => {
+    child.removeAllListeners('exit');
+    child.on('exit', (code) => resolve(code));
+    child.kill('SIGTERM');
+  });
+}
+
+function ternRun(prompt, n, chat) {
+  const args = ['-m', MODEL, '-p', prompt, '-n', String(n), '--temp', '0'];
+  if (chat) args.push('--chat');
+  const out = execFileSync(TERN_RUN, args, { stdio: ['ignore', 'pipe', 'ignore'] }).toString();
+  // tern-run prints the prompt, the generated text, then a newline.
+  if (!out.startsWith(prompt)) throw new Error(`tern-run output does not start with the prompt: ${out}`);
+  return out.slice(prompt.length).replace(/\n$/, '');
+}
+
+function stats(grpcAddr) {
+  return JSON.parse(execFileSync(TERN, ['stats', '--json', '--server', grpcAddr]).toString());
+}
+
+async function collect(stream) {
+  const chunks = [];
+  for await (const c of stream) chunks.push(c);
+  return chunks;
+}
+
+const cases = [];
+const test = (name, fn) => cases.push({ name, fn });
+
+const grpcA = `127.0.0.1:${await freePort()}`;
+const httpA = `127.0.0.1:${await freePort()}`;
+const httpB = `127.0.0.1:${await freePort()}`;
+const httpC = `127.0.0.1:${await freePort()}`;
+const grpcC = `127.0.0.1:${await freePort()}`;
+const keyFile = path.join(tmp, 'key');
+fs.writeFileSync(keyFile, 'sk-tern-test-key\n');
+
+const user = 'And God said';
+const greedy = { temperature: 0, max_tokens: 24 };
+let client, keyed;
+
+test('models list', async () => {
+  const models = [];
+  for await (const m of client.models.list()) models.push(m);
+  check(models.length === 1 && models[0].id === 'tern-kjv', `one model tern-kjv: ${JSON.stringify(models)}`);
+  const one = await client.models.retrieve('tern-kjv');
+  check(one.id === 'tern-kjv' && one.object === 'model', 'retrieve tern-kjv');
+});
+
+test('completion, greedy = tern-run', async () => {
+  const prompt = 'And God said,';
+  const r = await client.completions.create({ model: 'tern-kjv', prompt, temperature: 0, max_tokens: 32 });
+  const want = ternRun(prompt, 32, false);
+  check(r.object === 'text_completion' && r.id.startsWith('cmpl-'), 'object and id');
+  check(r.choices[0].text === want, `text ${JSON.stringify(r.choices[0].text)} = tern-run ${JSON.stringify(want)}`);
+  check(r.choices[0].finish_reason === 'length', `finish_reason length: ${r.choices[0].finish_reason}`);
+  check(r.usage.completion_tokens === 32 && r.usage.prompt_tokens > 0 &&
+    r.usage.total_tokens === r.usage.prompt_tokens + 32, `usage ${JSON.stringify(r.usage)}`);
+});
+
+test('chat, greedy = tern-run --chat; stream = plain; content parts', async () => {
+  const msgs = [{ role: 'user', content: user }];
+  const plain = await client.chat.completions.create({ model: 'tern-kjv', messages: msgs, ...greedy });
+  const text = plain.choices[0].message.content;
+  check(plain.object === 'chat.completion' && plain.choices[0].message.role === 'assistant', 'chat reply shape');
+  check(text === ternRun(user, 24, true), `chat text = tern-run --chat: ${JSON.stringify(text)}`);
+  const chunks = await collect(await client.chat.completions.create({
+    model: 'tern-kjv', messages: msgs, ...greedy, stream: true, stream_options: { include_usage: true } }));
+  const ids = new Set(chunks.map((c) => c.id));
+  check(ids.size === 1 && [...ids][0].startsWith('chatcmpl-'), `one id for all chunks: ${[...ids]}`);
+  check(chunks[0].choices[0].delta.role === 'assistant', 'first delta carries the role');
+  const withChoices = chunks.filter((c) => c.choices.length);
+  const last = withChoices[withChoices.length - 1];
+  check(withChoices.slice(0, -1).every((c) => c.choices[0].finish_reason === null), 'finish_reason null until the last');
+  check(last.choices[0].finish_reason === plain.choices[0].finish_reason, `last finish_reason ${last.choices[0].finish_reason}`);
+  const streamed = withChoices.map((c) => c.choices[0].delta.content ?? '').join('');
+  check(streamed === text, `streamed text = plain: ${JSON.stringify(streamed)}`);
+  const u = chunks[chunks.length - 1];
+  check(u.choices.length === 0 && u.usage && u.usage.completion_tokens === plain.usage.completion_tokens &&
+    u.usage.prompt_tokens === plain.usage.prompt_tokens, `usage chunk: ${JSON.stringify(u)}`);
+  const parts = await client.chat.completions.create({
+    model: 'tern-kjv', ...greedy,
+    messages: [{ role: 'user', content: [{ type: 'text', text: 'And God' }, { type: 'text', text: ' said' }] }] });
+  check(parts.choices[0].message.content === text, 'content parts = the same string');
+});
+
+test('completion stream without usage', async () => {
+  const chunks = await collect(await client.completions.create({
+    model: 'tern-kjv', prompt: 'In the beginning', temperature: 0, max_tokens: 16, stream: true }));
+  const plain = await client.completions.create({ model: 'tern-kjv', prompt: 'In the beginning', temperature: 0, max_tokens: 16 });
+  check(chunks.every((c) => c.choices.length === 1 && !c.usage), 'no usage chunk unless asked');
+  check(chunks.map((c) => c.choices[0].text).join('') === plain.choices[0].text, 'streamed completion = plain');
+  check(chunks[chunks.length - 1].choices[0].finish_reason === 'length', 'last chunk finish_reason');
+});
+
+test('stop strings', async () => {
+  const full = (await client.completions.create({ model: 'tern-kjv', prompt: 'And God said,', temperature: 0, max_tokens: 32 })).choices[0].text;
+  const words = full.trim().split(/\s+/);
+  const stop = ' ' + words[3];
+  const cut = full.slice(0, full.indexOf(stop));
+  for (const s of [stop, [stop, 'zzzz']]) {
+    const r = await client.completions.create({ model: 'tern-kjv', prompt: 'And God said,', temperature: 0, max_tokens: 32, stop: s });
+    check(r.choices[0].text === cut && r.choices[0].finish_reason === 'stop',
+      `stop ${JSON.stringify(s)}: ${JSON.stringify(r.choices[0].text)} (want ${JSON.stringify(cut)})`);
+  }
+  const chunks = await collect(await client.completions.create({
+    model: 'tern-kjv', prompt: 'And God said,', temperature: 0, max_tokens: 32, stop, stream: true }));
+  check(chunks.map((c) => c.choices[0].text).join('') === cut, 'stop string, streaming');
+});
+
+test('seed reproduces a sampled reply; penalties accepted', async () => {
+  const req = { model: 'tern-kjv', messages: [{ role: 'user', content: user }], temperature: 0.9, top_p: 0.95, seed: 42,
+    max_tokens: 24, presence_penalty: 0.5, frequency_penalty: 0.3 };
+  const a = await client.chat.completions.create(req);
+  const b = await client.chat.completions.create(req);
+  check(a.choices[0].message.content === b.choices[0].message.content, 'same seed, same text');
+  const g = await client.chat.completions.create({ ...req, temperature: 0, presence_penalty: 2, frequency_penalty: 2 });
+  const g0 = await client.chat.completions.create({ ...req, temperature: 0, presence_penalty: 0, frequency_penalty: 0 });
+  check(g.choices[0].message.content !== g0.choices[0].message.content, 'penalties change the greedy text');
+});
+
+test('errors are the SDK exception classes', async () => {
+  const bad = async (req, cls, status, what) => {
+    try {
+      await client.chat.completions.create({ model: 'tern-kjv', messages: [{ role: 'user', content: 'hi' }], ...req });
+      check(false, `${what}: no error`);
+    } catch (e) {
+      check(e instanceof cls && e.status === status, `${what}: ${e.constructor.name} ${e.status} ${e.message}`);
+      check(typeof e.error?.message === 'string' && e.error.type, `${what}: OpenAI-shaped error body`);
+    }
+  };
+  await bad({ n: 2 }, OpenAI.BadRequestError, 400, 'n = 2');
+  await bad({ tools: [{ type: 'function', function: { name: 'f', parameters: {} } }] }, OpenAI.BadRequestError, 400, 'tools');
+  await bad({ response_format: { type: 'json_object' } }, OpenAI.BadRequestError, 400, 'response_format');
+  await bad({ logprobs: true }, OpenAI.BadRequestError, 400, 'logprobs');
+  await bad({ max_tokens: 100000 }, OpenAI.BadRequestError, 400, 'max_tokens past the context');
+  await bad({ temperature: 7 }, OpenAI.BadRequestError, 400, 'temperature out of range');
+  await bad({ messages: [{ role: 'tool', content: 'x' }] }, OpenAI.BadRequestError, 400, 'tool role');
+  await bad({ stream: true, n: 3 }, OpenAI.BadRequestError, 400, 'a refused stream is a 400, not a 200');
+  try {
+    await client.completions.create({ model: 'tern-kjv', prompt: ['a', 'b'] });
+    check(false, 'two prompts: no error');
+  } catch (e) {
+    check(e instanceof OpenAI.BadRequestError, `two prompts: ${e.constructor.name}`);
+  }
+  const noKey = new OpenAI({ baseURL: `http://${httpB}/v1`, apiKey: 'wrong', maxRetries: 0 });
+  try {
+    await noKey.models.list();
+    check(false, 'wrong key: no error');
+  } catch (e) {
+    check(e instanceof OpenAI.AuthenticationError && e.status === 401, `wrong key: ${e.constructor.name} ${e.status}`);
+  }
+  const r = await keyed.chat.completions.create({ model: 'tern-kjv', messages: [{ role: 'user', content: user }], ...greedy });
+  check(r.choices[0].message.content === ternRun(user, 24, true), 'the right key, through --attach');
+  const h = await fetch(`http://${httpB}/health`);
+  check(h.status === 200, `/health needs no key: ${h.status}`);
+  const busy = new OpenAI({ baseURL: `http://${httpC}/v1`, apiKey: 'x', maxRetries: 0 });
+  // The one slot held by a stream that cannot end early (ignore_eos, the
+  // context's worth of tokens), read only after the refused request.
+  const holder = await busy.completions.create({ model: 'tern-kjv', prompt: 'hi', max_tokens: 120, ignore_eos: true, stream: true });
+  const it = holder[Symbol.asyncIterator]();
+  await it.next();
+  try {
+    await busy.completions.create({ model: 'tern-kjv', prompt: 'hi', max_tokens: 2 });
+    check(false, 'queue full: no error');
+  } catch (e) {
+    check(e instanceof OpenAI.RateLimitError && e.status === 429, `queue full: ${e.constructor.name} ${e.status}`);
+    check(e.headers?.['retry-after'] === '1', `Retry-After: ${e.headers?.['retry-after']}`);
+  }
+  holder.controller.abort();
+});
+
+test('tokenize, health, plain HTTP errors', async () => {
+  const t = await (await fetch(`http://${httpA}/tokenize`, { method: 'POST', body: JSON.stringify({ content: user, with_pieces: true }) })).json();
+  check(Array.isArray(t.tokens) && t.count === t.tokens.length && t.pieces.join('').endsWith(user), `tokenize: ${JSON.stringify(t)}`);
+  const post = async (p, body) => fetch(`http://${httpA}${p}`, { method: 'POST', body: JSON.stringify(body) });
+  const text = 'And God said, \u00e9\u{1F600} <|eot_id|>';
+  const ids = (await (await post('/tokenize', { content: text })).json()).tokens;
+  const back = await (await post('/detokenize', { tokens: ids })).json();
+  check(back.content === text, `detokenize(tokenize(x)) = x: ${JSON.stringify(back)}`);
+  const bad = await post('/detokenize', { tokens: [1, 99999999] });
+  check(bad.status === 400 && /vocabulary/.test((await bad.json()).error.message), `a token outside the vocabulary: ${bad.status}`);
+  const h = await (await fetch(`http://${httpA}/health`)).json();
+  check(h.ready === true && h.stages_up === 1 && h.stages_total === 1, `health: ${JSON.stringify(h)}`);
+  const big = await fetch(`http://${httpA}/v1/completions`, { method: 'POST', body: 'x'.repeat(5 << 20) });
+  check(big.status === 413, `5 MiB body: ${big.status}`);
+  const nf = await fetch(`http://${httpA}/v1/nothing`);
+  check(nf.status === 404 && (await nf.json()).error, `unknown path: ${nf.status}`);
+  const mal = await fetch(`http://${httpA}/v1/chat/completions`, { method: 'POST', body: '{"messages": [' });
+  check(mal.status === 400 && (await mal.json()).error.type === 'invalid_request_error', `malformed JSON: ${mal.status}`);
+});
+
+test('12 concurrent streams, each = the single greedy reply', async () => {
+  const msgs = [{ role: 'user', content: user }];
+  const want = (await client.chat.completions.create({ model: 'tern-kjv', messages: msgs, ...greedy })).choices[0].message.content;
+  const runs = await Promise.all(Array.from({ length: 12 }, async () => {
+    const chunks = await collect(await client.chat.completions.create({ model: 'tern-kjv', messages: msgs, ...greedy, stream: true }));
+    return chunks.map((c) => c.choices[0]?.delta?.content ?? '').join('');
+  }));
+  check(runs.every((r) => r === want), `every stream = the single reply (${runs.filter((r) => r === want).length}/12)`);
+});
+
+test('a client aborting mid-stream frees its sequence', async () => {
+  const before = stats(grpcA);
+  const ctl = new AbortController();
+  const stream = await client.completions.create({
+    model: 'tern-kjv', prompt: 'And God said,', temperature: 0, max_tokens: 2000, ignore_eos: true, stream: true },
+  { signal: ctl.signal });
+  // The SDK ends the iteration quietly on abort (or throws an abort error).
+  let n = 0;
+  try {
+    for await (const c of stream) {
+      if (c.choices[0].text && ++n === 3) ctl.abort();
+    }
+  } catch (e) {
+    check(e instanceof OpenAI.APIUserAbortError || e.name === 'AbortError', `abort raises ${e.constructor.name}`);
+  }
+  check(n === 3, `the stream stopped at the abort (${n} chunks)`);
+  // Polled, not timed: the coordinator sees the cancel and frees the slot.
+  let s;
+  for (let i = 0; i < 300; i++) {
+    s = stats(grpcA);
+    if (s.requests_cancelled > before.requests_cancelled && s.active_sequences === 0) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  check(s.requests_cancelled === before.requests_cancelled + 1, `cancelled ${before.requests_cancelled} -> ${s.requests_cancelled}`);
+  check(s.active_sequences === 0 && s.kv_slots_free === s.kv_slots_total, `slots free again: ${JSON.stringify(s)}`);
+  check(s.tokens_generated - before.tokens_generated < 2000, `generation stopped early (${s.tokens_generated - before.tokens_generated} tokens)`);
+});
+
+// Descendants of pid (from /proc), as [pid, argv0] pairs.
+function descendants(pid) {
+  const kids = new Map();
+  for (const d of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const stat = fs.readFileSync(`/proc/${d}/stat`, 'utf8');
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      const argv0 = fs.readFileSync(`/proc/${d}/cmdline`, 'utf8').split('\0')[0];
+      if (!kids.has(ppid)) kids.set(ppid, []);
+      kids.get(ppid).push([Number(d), argv0]);
+    } catch { /* gone meanwhile */ }
+  }
+  const out = [];
+  const walk = (p) => (kids.get(p) ?? []).forEach((k) => { out.push(k); walk(k[0]); });
+  walk(pid);
+  return out;
+}
+
+// Last: it takes A's job down.
+test('a stage dies mid-stream: an error event, a closed body, then 503', async () => {
+  const stream = await client.chat.completions.create({
+    model: 'tern-kjv', messages: [{ role: 'user', content: user }], temperature: 0, max_tokens: 2000,
+    ignore_eos: true, stream: true });
+  let n = 0, err = null;
+  try {
+    for await (const c of stream) {
+      if (c.choices[0]?.delta?.content && ++n === 3) {
+        const node = descendants(servers[0].pid).find(([, a]) => a.endsWith('/tern-node'));
+        check(node, 'found the tern-node stage among tern-server\'s descendants');
+        if (node) process.kill(node[0], 'SIGKILL');
+      }
+    }
+  } catch (e) {
+    err = e;
+  }
+  check(err instanceof OpenAI.APIError && /UNAVAILABLE|down|stage|pipeline/i.test(err.message ?? ''),
+    `mid-stream failure raises the SDK's APIError: ${err?.constructor?.name} ${err?.message}`);
+  let h;
+  for (let i = 0; i < 300; i++) {
+    h = await fetch(`http://${httpA}/health`);
+    if (h.status === 503) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  check(h.status === 503, `/health after the job died: ${h.status}`);
+  try {
+    await client.completions.create({ model: 'tern-kjv', prompt: 'hi', max_tokens: 2 });
+    check(false, 'job down: no error');
+  } catch (e) {
+    check(e instanceof OpenAI.InternalServerError && e.status === 503, `job down: ${e.constructor.name} ${e.status}`);
+  }
+});
+
+let servers = [];
+let code = 0;
+try {
+  const a = await startServer('A', ['-m', MODEL, '--stages', '1', '--http', httpA, '--grpc', grpcA, '--', '--ctx', '2048']);
+  servers.push(a);
+  servers.push(await startServer('B', ['--attach', grpcA, '--http', httpB, '--api-key-file', keyFile]));
+  servers.push(await startServer('C', ['-m', MODEL, '--stages', '0', '--http', httpC, '--grpc', grpcC, '--', '--slots', '1', '--queue', '0']));
+  client = new OpenAI({ baseURL: `http://${httpA}/v1`, apiKey: 'unused', maxRetries: 0 });
+  keyed = new OpenAI({ baseURL: `http://${httpB}/v1`, apiKey: 'sk-tern-test-key', maxRetries: 0 });
+  for (const c of cases) {
+    const f0 = failed;
+    try {
+      await c.fn();
+    } catch (e) {
+      check(false, `${c.name}: ${e.stack}`);
+    }
+    console.log(`[${failed === f0 ? '  OK  ' : ' FAIL '}] ${c.name}`);
+    if (failed === f0) passed++;
+  }
+} catch (e) {
+  console.log(`FAIL: ${e.stack ?? e}`);
+  failed++;
+} finally {
+  // B first (it only attaches), then the servers that own jobs.
+  for (const s of servers.reverse()) {
+    const rc = await stopServer(s);
+    if (rc !== 0) check(false, `a tern-server exited with ${rc} on SIGTERM`);
+  }
+  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+}
+console.log(`${passed} passed, ${failed ? cases.length - passed : 0} failed, 0 skipped (logs in ${tmp})`);
+if (!failed) fs.rmSync(tmp, { recursive: true, force: true });
+process.exit(failed ? 1 : code);
