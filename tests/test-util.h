@@ -1,7 +1,8 @@
 /* test-util.h: helpers the C tests share (header-only, libc + POSIX + base's file reader): a
  * private temporary directory for the run, removed with everything in it at
  * exit; recursive removal; whole-file read and write. Kept apart from the
- * harness (tern-test.h) so a test that needs neither pays nothing. */
+ * harness (tern-test.h) so a test that needs neither pays nothing. Also a
+ * seeded xorshift64. */
 #ifndef TERN_TEST_UTIL_H
 #define TERN_TEST_UTIL_H
 
@@ -68,6 +69,17 @@ static inline uint8_t *tt_read_file(const char *path, size_t *len)
 {
 	char *b;
 	return tern_read_file(path, (size_t)1 << 30, &b, len, NULL) < 0 ? NULL : (uint8_t *)b;
+}
+
+/* The next value of a xorshift64 generator with its state in *state
+ * (never 0): each test keeps its own seed, so its data stays the same. */
+static inline uint64_t tt_xorshift(uint64_t *state)
+{
+	uint64_t x = *state;
+	x ^= x << 13;
+	x ^= x >> 7;
+	x ^= x << 17;
+	return *state = x;
 }
 
 /* Writes N bytes at P to PATH (created or truncated); 0 or -1. */

@@ -10,6 +10,7 @@
 #include "tern-float.h"
 #include "tern-half.h"
 #include "tern-test.h"
+#include "test-util.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -20,19 +21,13 @@ static uint64_t rng_state = 0x2545f4914f6cdd1dull;
 
 static uint64_t rng(void)
 {
-	uint64_t x = rng_state;
-	x ^= x << 13;
-	x ^= x >> 7;
-	x ^= x << 17;
-	return rng_state = x;
+	return tt_xorshift(&rng_state);
 }
 
 static float frand(float lo, float hi)
 {
 	return lo + (hi - lo) * (float)((double)(rng() >> 40) / 16777216.0);
 }
-
-static int n_skipped;
 
 /* The kernels of every ISA but the reference that can run here; prints and
  * counts the others (once per test case). */
@@ -44,9 +39,8 @@ static int other_isas(const char *what, const tern_float_kernels **out)
 		if (k) {
 			out[n++] = k;
 		} else {
-			fprintf(stderr, "  SKIPPED %s on %s: not available in this build or on this CPU\n", what,
-				tern_isa_name((tern_isa)i));
-			n_skipped++;
+			TT_NOTE_SKIP("%s on %s (not in this build or on this CPU)", what,
+				     tern_isa_name((tern_isa)i));
 		}
 	}
 	return n;
@@ -474,11 +468,6 @@ static void test_dot_accuracy_and_order(void)
 	TT_CHECKF(o2 == 1.0f + 0x1p-23f, "%a", (double)o2);
 }
 
-static void test_summary(void)
-{
-	fprintf(stderr, "  %d ISA case(s) SKIPPED\n", n_skipped);
-}
-
 TT_MAIN(TT_CASE(test_half_all_codes), TT_CASE(test_dispatch), TT_CASE(test_rmsnorm_all_isas),
 	TT_CASE(test_softmax_all_isas), TT_CASE(test_rope_all_isas), TT_CASE(test_dot_all_isas),
-	TT_CASE(test_dot_accuracy_and_order), TT_CASE(test_summary))
+	TT_CASE(test_dot_accuracy_and_order))

@@ -6,6 +6,7 @@
  * worst case at K = 32768, bad arguments, and TERN_KERNEL dispatch. */
 #include "tern-kernels.h"
 #include "tern-test.h"
+#include "test-util.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -29,11 +30,7 @@ static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
 
 static uint64_t rng(void)
 {
-	uint64_t x = rng_state;
-	x ^= x << 13;
-	x ^= x >> 7;
-	x ^= x << 17;
-	return rng_state = x;
+	return tt_xorshift(&rng_state);
 }
 
 static float frand(void)

@@ -256,32 +256,17 @@ static int do_chat(conn *c, const client_opts *o)
 
 /* ---- tokenize / health / stats --------------------------------------------- */
 
-typedef struct raw_ctx {
-	uint8_t *buf;
-	size_t n;
-} raw_ctx;
-
-static void on_raw(void *vctx, const uint8_t *p, size_t n)
-{
-	raw_ctx *r = vctx;
-	free(r->buf);
-	r->buf = malloc(n ? n : 1);
-	if (r->buf)
-		memcpy(r->buf, p, n);
-	r->n = n;
-}
-
 static int do_unary(conn *c, const client_opts *o, const char *what, const char *text)
 {
-	raw_ctx r = {0};
+	tern_grpc_msg_buf r = {0};
 	char detail[1024];
 	grpc_status_code st;
 	if (!strcmp(what, "tokenize")) {
 		Tern__V1__TokenizeRequest q = TERN__V1__TOKENIZE_REQUEST__INIT;
 		q.text = (char *)text;
 		q.add_bos = 1;
-		st = call(c, "/tern.v1.Tern/Tokenize", &q.base, on_raw, &r, detail, sizeof detail);
-		Tern__V1__TokenizeResponse *t = st == GRPC_STATUS_OK ? tern__v1__tokenize_response__unpack(NULL, r.n, r.buf)
+		st = call(c, "/tern.v1.Tern/Tokenize", &q.base, tern_grpc_keep_msg, &r, detail, sizeof detail);
+		Tern__V1__TokenizeResponse *t = st == GRPC_STATUS_OK ? tern__v1__tokenize_response__unpack(NULL, r.n, r.p)
 								      : NULL;
 		if (t) {
 			json_t *ids = json_array(), *pieces = json_array();
@@ -311,8 +296,8 @@ static int do_unary(conn *c, const client_opts *o, const char *what, const char 
 		}
 	} else if (!strcmp(what, "health")) {
 		Tern__V1__HealthRequest q = TERN__V1__HEALTH_REQUEST__INIT;
-		st = call(c, "/tern.v1.Tern/Health", &q.base, on_raw, &r, detail, sizeof detail);
-		Tern__V1__HealthResponse *h = st == GRPC_STATUS_OK ? tern__v1__health_response__unpack(NULL, r.n, r.buf)
+		st = call(c, "/tern.v1.Tern/Health", &q.base, tern_grpc_keep_msg, &r, detail, sizeof detail);
+		Tern__V1__HealthResponse *h = st == GRPC_STATUS_OK ? tern__v1__health_response__unpack(NULL, r.n, r.p)
 								   : NULL;
 		if (h) {
 			if (o->json) {
@@ -349,8 +334,8 @@ static int do_unary(conn *c, const client_opts *o, const char *what, const char 
 		}
 	} else {
 		Tern__V1__StatsRequest q = TERN__V1__STATS_REQUEST__INIT;
-		st = call(c, "/tern.v1.Tern/Stats", &q.base, on_raw, &r, detail, sizeof detail);
-		Tern__V1__StatsResponse *s = st == GRPC_STATUS_OK ? tern__v1__stats_response__unpack(NULL, r.n, r.buf)
+		st = call(c, "/tern.v1.Tern/Stats", &q.base, tern_grpc_keep_msg, &r, detail, sizeof detail);
+		Tern__V1__StatsResponse *s = st == GRPC_STATUS_OK ? tern__v1__stats_response__unpack(NULL, r.n, r.p)
 								  : NULL;
 		if (s) {
 			if (o->json) {
@@ -392,7 +377,7 @@ static int do_unary(conn *c, const client_opts *o, const char *what, const char 
 			tern__v1__stats_response__free_unpacked(s, NULL);
 		}
 	}
-	free(r.buf);
+	free(r.p);
 	return report_status(st, detail);
 }
 

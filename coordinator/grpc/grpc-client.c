@@ -257,3 +257,13 @@ int tern_grpc_call(tern_grpc_client *c, const char *method, const ProtobufCMessa
 		on_msg(ctx, m, n);
 	return tern_grpc_stream_finish(s, detail, detail_len);
 }
+
+void tern_grpc_keep_msg(void *ctx, const uint8_t *msg, size_t len)
+{
+	tern_grpc_msg_buf *b = ctx;
+	free(b->p);
+	b->p = malloc(len ? len : 1);
+	b->n = b->p ? len : 0;
+	if (b->p && len)
+		memcpy(b->p, msg, len);
+}

@@ -148,28 +148,13 @@ static void make_id(char *out, size_t len, const char *prefix)
 
 /* ---- unary calls: health, tokenize ---------------------------------------------- */
 
-typedef struct unary_buf {
-	uint8_t *p;
-	size_t n;
-} unary_buf;
-
-static void keep_msg(void *ctx, const uint8_t *p, size_t n)
-{
-	unary_buf *b = ctx;
-	free(b->p);
-	b->p = malloc(n ? n : 1);
-	b->n = b->p ? n : 0;
-	if (b->p)
-		memcpy(b->p, p, n);
-}
-
 static enum MHD_Result do_health(tern_http_server *s, struct MHD_Connection *c)
 {
 	Tern__V1__HealthRequest q = TERN__V1__HEALTH_REQUEST__INIT;
-	unary_buf b = {0};
+	tern_grpc_msg_buf b = {0};
 	char detail[512];
-	const int st = tern_grpc_call(s->o.upstream, "/tern.v1.Tern/Health", &q.base, 5.0, keep_msg, &b, detail,
-				      sizeof detail);
+	const int st = tern_grpc_call(s->o.upstream, "/tern.v1.Tern/Health", &q.base, 5.0,
+				      tern_grpc_keep_msg, &b, detail, sizeof detail);
 	Tern__V1__HealthResponse *h = st == 0 && b.p ? tern__v1__health_response__unpack(NULL, b.n, b.p) : NULL;
 	free(b.p);
 	json_t *j;
@@ -234,10 +219,10 @@ static enum MHD_Result do_tokenize(tern_http_server *s, struct MHD_Connection *c
 	q.add_bos = as ? json_is_true(as) : 1;
 	q.parse_special = ps && json_is_true(ps);
 	const int pieces = wp && json_is_true(wp);
-	unary_buf b = {0};
+	tern_grpc_msg_buf b = {0};
 	char detail[512];
-	const int st = tern_grpc_call(s->o.upstream, "/tern.v1.Tern/Tokenize", &q.base, 30.0, keep_msg, &b, detail,
-				      sizeof detail);
+	const int st = tern_grpc_call(s->o.upstream, "/tern.v1.Tern/Tokenize", &q.base, 30.0,
+				      tern_grpc_keep_msg, &b, detail, sizeof detail);
 	json_decref(root);
 	Tern__V1__TokenizeResponse *t = st == 0 && b.p ? tern__v1__tokenize_response__unpack(NULL, b.n, b.p) : NULL;
 	free(b.p);
@@ -287,10 +272,10 @@ static enum MHD_Result do_detokenize(tern_http_server *s, struct MHD_Connection 
 	q.token_ids = ids;
 	q.special = sp && json_is_true(sp);
 	json_decref(root);
-	unary_buf b = {0};
+	tern_grpc_msg_buf b = {0};
 	char detail[512];
-	const int st = tern_grpc_call(s->o.upstream, "/tern.v1.Tern/Detokenize", &q.base, 30.0, keep_msg, &b, detail,
-				      sizeof detail);
+	const int st = tern_grpc_call(s->o.upstream, "/tern.v1.Tern/Detokenize", &q.base, 30.0,
+				      tern_grpc_keep_msg, &b, detail, sizeof detail);
 	free(ids);
 	Tern__V1__DetokenizeResponse *t = st == 0 && b.p ? tern__v1__detokenize_response__unpack(NULL, b.n, b.p)
 							 : NULL;
