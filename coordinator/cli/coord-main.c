@@ -31,7 +31,7 @@ typedef struct coord_opts {
 	double timeout;      /* start-up: READY within this */
 	int packing;
 	int isa;
-	int slots, ctx, max_rows, chunk, threads, head_threads, queue, max_tokens;
+	int slots, ctx, max_rows, chunk, threads, head_threads, queue, max_tokens, max_conns;
 	double stall, drain;
 	const char *listen, *tls_cert, *tls_key, *token_file;
 	const char *batch_in, *batch_out;
@@ -57,6 +57,8 @@ static void usage(FILE *f)
 		"  --drain-timeout S       on SIGTERM/SIGINT: refuse new requests, let accepted ones run\n"
 		"                          up to S seconds, end the rest; a second signal stops at once (default 30)\n"
 		"  --listen ADDR           gRPC address (default 127.0.0.1:50051)\n"
+		"  --max-connections N     gRPC over plain TCP: connections open at once; more are closed\n"
+		"                          at once (default 1024)\n"
 		"  --tls-cert F --tls-key F   serve TLS\n"
 		"  --auth-token-file F     require 'authorization: Bearer <token>' (token = first line of F)\n"
 		"  --batch IN.jsonl --out OUT.jsonl   offline batch mode instead of the server\n"
@@ -96,6 +98,7 @@ enum {
 	OPT_HEAD_THREADS,
 	OPT_QUEUE,
 	OPT_LISTEN,
+	OPT_MAX_CONNS,
 	OPT_TLS_CERT,
 	OPT_TLS_KEY,
 	OPT_TOKEN_FILE,
@@ -142,6 +145,7 @@ static int parse_args(int argc, char **argv, coord_opts *o)
 		{"queue", required_argument, NULL, OPT_QUEUE},
 		{"max-tokens", required_argument, NULL, 'n'},
 		{"listen", required_argument, NULL, OPT_LISTEN},
+		{"max-connections", required_argument, NULL, OPT_MAX_CONNS},
 		{"tls-cert", required_argument, NULL, OPT_TLS_CERT},
 		{"tls-key", required_argument, NULL, OPT_TLS_KEY},
 		{"auth-token-file", required_argument, NULL, OPT_TOKEN_FILE},
@@ -214,6 +218,9 @@ static int parse_args(int argc, char **argv, coord_opts *o)
 			break;
 		case OPT_LISTEN:
 			o->listen = v;
+			break;
+		case OPT_MAX_CONNS:
+			rc = tern_parse_int(v, 1, 1 << 20, "--max-connections", &o->max_conns, &err);
 			break;
 		case OPT_TLS_CERT:
 			o->tls_cert = v;
@@ -479,7 +486,8 @@ int main(int argc, char **argv)
 		tern_grpc_opts go = {.listen = o.listen,
 				     .tls_cert_file = o.tls_cert,
 				     .tls_key_file = o.tls_key,
-				     .auth_token = token};
+				     .auth_token = token,
+				     .max_connections = (unsigned)o.max_conns};
 		if (tern_grpc_start(&go, tern_sched_service(sched), &srv, &err) < 0)
 			goto fail;
 		char where[32] = "Unix socket";

@@ -8,6 +8,8 @@
  * and (for Generate) the back end's done(). */
 #include "tern-grpc.h"
 
+#include "grpc-gate.h"
+
 #include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc.h>
 #include <grpc/grpc_security.h>
@@ -103,6 +105,7 @@ struct tern_grpc_server {
 	char *auth_token;        /* the bearer token, or NULL: no authentication */
 	auth_peer peers[AUTH_PEERS]; /* failed-attempt records, touched by the CQ thread only */
 	int port;
+	tern_grpc_gate *gate;    /* the plaintext TCP listener (NULL with TLS or a unix: address) */
 	pthread_t thread;
 	atomic_int stopping;
 	atomic_int shutdown_done; /* the shutdown tag came back: every call has completed */
@@ -644,7 +647,8 @@ int tern_grpc_start(const tern_grpc_opts *opts, const tern_service *svc, tern_gr
 		}
 	}
 	grpc_server_credentials *creds = NULL;
-	if (opts && opts->tls_cert_file && opts->tls_key_file) {
+	const int tls = opts && opts->tls_cert_file && opts->tls_key_file;
+	if (tls) {
 		char *cert = read_pem(opts->tls_cert_file, err);
 		char *key = cert ? read_pem(opts->tls_key_file, err) : NULL;
 		if (!cert || !key) {
@@ -668,7 +672,9 @@ int tern_grpc_start(const tern_grpc_opts *opts, const tern_service *svc, tern_gr
 	/* A connection must finish its HTTP/2 (and TLS) handshake within
 	 * TERN_GRPC_HANDSHAKE_MS, and one without calls is closed after
 	 * TERN_GRPC_IDLE_MS: silent connections cannot pile up to the fd limit.
-	 * (gRPC core 1.51 has no cap on the number of connections.) */
+	 * gRPC core 1.51 has no cap on the number of connections: over plain TCP
+	 * tern listens itself (grpc-gate.c), caps them and enforces the
+	 * handshake time; with TLS gRPC listens and only the timeouts hold. */
 	grpc_arg args[4] = {
 		{.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_ALLOW_REUSEPORT, .value.integer = 0},
 		{.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, .value.integer = max_msg},
@@ -683,10 +689,18 @@ int tern_grpc_start(const tern_grpc_opts *opts, const tern_service *svc, tern_gr
 	for (int m = 0; m < M_COUNT; m++)
 		s->methods[m] = grpc_server_register_method(s->server, method_paths[m], NULL,
 							    GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
-	s->port = creds ? grpc_server_add_http2_port(s->server, listen, creds) : 0;
+	const int own_listener = creds && !tls && strncmp(listen, "unix:", 5) != 0;
+	if (own_listener) {
+		const unsigned cap = opts && opts->max_connections ? opts->max_connections : TERN_GRPC_MAX_CONNECTIONS;
+		if (tern_grpc_gate_open(listen, cap, TERN_GRPC_HANDSHAKE_MS, &s->gate, err) == 0)
+			s->port = tern_grpc_gate_port(s->gate);
+	} else {
+		s->port = creds ? grpc_server_add_http2_port(s->server, listen, creds) : 0;
+	}
 	if (creds)
 		grpc_server_credentials_release(creds);
 	if (s->port == 0) {
+		const int gate_said = own_listener && !s->gate;
 		grpc_server_destroy(s->server);
 		grpc_completion_queue_shutdown(s->cq);
 		while (grpc_completion_queue_next(s->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
@@ -696,14 +710,17 @@ int tern_grpc_start(const tern_grpc_opts *opts, const tern_service *svc, tern_gr
 		grpc_shutdown();
 		free(s->auth_token);
 		free(s);
-		return TERN_ERR(err, TERN_EIO, "cannot listen on %s (address in use or invalid)", listen);
+		return gate_said ? TERN_EIO
+				 : TERN_ERR(err, TERN_EIO, "cannot listen on %s (address in use or invalid)", listen);
 	}
 	grpc_server_start(s->server);
+
 	for (int m = 0; m < M_COUNT; m++)
 		arm_slot(s, m);
 	s->shutdown_tag.kind = TAG_SHUTDOWN;
 	if (pthread_create(&s->thread, NULL, serve, s) != 0) {
 		atomic_store(&s->stopping, 1);
+		tern_grpc_gate_close(s->gate);
 		grpc_server_shutdown_and_notify(s->server, s->cq, &s->shutdown_tag);
 		grpc_server_cancel_all_calls(s->server);
 		serve(s);
@@ -713,6 +730,10 @@ int tern_grpc_start(const tern_grpc_opts *opts, const tern_service *svc, tern_gr
 		free(s->auth_token);
 		free(s);
 		return TERN_ERR(err, TERN_ESTATE, "cannot start the gRPC thread");
+	}
+	if (s->gate && tern_grpc_gate_start(s->gate, s->server, err) < 0) {
+		tern_grpc_stop(s, 0.1);
+		return TERN_ESTATE;
 	}
 	*out = s;
 	return 0;
@@ -729,6 +750,7 @@ void tern_grpc_stop(tern_grpc_server *s, double grace_s)
 		return;
 	s->grace_s = grace_s > 0 ? grace_s : 5.0;
 	atomic_store(&s->stopping, 1);
+	tern_grpc_gate_close(s->gate);
 	grpc_server_shutdown_and_notify(s->server, s->cq, &s->shutdown_tag);
 	/* Calls still sending (a drained stream's last tokens and its final
 	 * status) finish within the grace period; only then are the rest cut. */

@@ -20,12 +20,19 @@ typedef struct tern_grpc_opts {
 				      * scheme in any case); repeated failures from one address are
 				      * refused for a doubling time (grpc-server.c, AUTH_*) */
 	int max_message_bytes;       /* largest request accepted (default 1 MiB) */
+	unsigned max_connections;    /* plain TCP: connections beyond it are closed at once
+				      * (default TERN_GRPC_MAX_CONNECTIONS); see below */
 } tern_grpc_opts;
 
 /* Connections that have not finished the HTTP/2 handshake after this many
- * milliseconds are closed; connections idle (no call) this long get GOAWAY. */
+ * milliseconds are closed; connections idle (no call) this long get GOAWAY.
+ * Over plain TCP at most max_connections are open at once (in handshake or
+ * served): tern listens itself (grpc-gate.h). With TLS or a unix: address
+ * gRPC listens and only the two timeouts hold (gRPC core 1.51 can neither
+ * cap connections nor take a TLS connection from tern). */
 #define TERN_GRPC_HANDSHAKE_MS 5000
 #define TERN_GRPC_IDLE_MS 300000
+#define TERN_GRPC_MAX_CONNECTIONS 1024
 
 typedef struct tern_grpc_server tern_grpc_server;
 

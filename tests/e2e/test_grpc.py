@@ -19,7 +19,10 @@ layers in-process) serves a small synthetic model; a Python client checks:
     client keeps streaming;
   - with --auth-token-file, calls without the token get UNAUTHENTICATED; the
     scheme matches in any case; repeated failures from one address are refused
-    for a while; connections that never send the HTTP/2 preface are closed;
+    for a while; connections that never send (all of) the HTTP/2 preface are
+    closed;
+  - with --max-connections 8, a ninth connection is closed at once and calls
+    fail while eight are held (served or silent), and work once they close;
   - with --tls-cert/--tls-key, a TLS client works and a plaintext one does not.
 
 Usage: test_grpc.py BUILD_DIR [--stages N]
@@ -411,6 +414,8 @@ def main():
             # client is served.
             import socket
             socks = [socket.create_connection(("127.0.0.1", srv.port), timeout=10) for _ in range(50)]
+            for s_ in socks[:10]:  # a part of the preface, then silence
+                s_.sendall(b"PRI * HTTP/2.0\r\n")
             good = Client(pb, srv.port, token="s3cret-token")
             assert good.health(pb.HealthRequest(), timeout=10).ready
             open_ = list(socks)
@@ -434,6 +439,59 @@ def main():
             assert good.health(pb.HealthRequest(), timeout=10).ready
             good.close()
         check("silent_connections_closed", silent_connections_closed)
+    finally:
+        srv.stop()
+
+    # A connection cap of 8: the ninth connection is closed at once, a gRPC
+    # call fails while 8 are held and works once they are gone; connections
+    # gRPC served and closed no longer count.
+    srv = Server(build, model, 0, ["--max-connections", "8", "-c", "256"])
+    try:
+        def connection_cap():
+            import socket
+
+            def closed_by_server(sk, wait_s):
+                sk.settimeout(wait_s)
+                try:
+                    return sk.recv(1) == b""
+                except socket.timeout:
+                    return False
+                except OSError:
+                    return True  # reset
+            # Eight real clients, each on its own channel (its own connection:
+            # no shared subchannel pool), served.
+            chans = []
+            for _ in range(8):
+                ch = grpc.insecure_channel("127.0.0.1:%d" % srv.port,
+                                           options=[("grpc.use_local_subchannel_pool", 1)])
+                chans.append(ch)
+                grpc.channel_ready_future(ch).result(timeout=20)
+            extra = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+            assert closed_by_server(extra, 10), "the ninth connection was not closed"
+            extra.close()
+            full = Client(pb, srv.port)
+            code, det = code_of(lambda: full.health(pb.HealthRequest(), timeout=3))
+            assert code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED), (code, det)
+            full.close()
+            for ch in chans:
+                ch.close()
+            # Silent connections fill the cap too, until they go.
+            silent = [socket.create_connection(("127.0.0.1", srv.port), timeout=10) for _ in range(8)]
+            time.sleep(0.5)
+            extra = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+            assert closed_by_server(extra, 10), "the ninth connection (8 silent) was not closed"
+            extra.close()
+            for sk in silent:
+                sk.close()
+            deadline = time.time() + 30
+            ok = False
+            while not ok and time.time() < deadline:
+                c = Client(pb, srv.port)
+                code, det = code_of(lambda: c.health(pb.HealthRequest(), timeout=3))
+                ok = code == grpc.StatusCode.OK
+                c.close()
+            assert ok, "no call served after the held connections closed: %s %s" % (code, det)
+        check("connection_cap", connection_cap)
     finally:
         srv.stop()
 
