@@ -37,10 +37,10 @@ static void usage(FILE *f)
 		   "  --stages N           pipeline stages on this box (default: one per NUMA domain; 0 = the\n"
 		   "                       layers in the coordinator's process)\n"
 		   "  --hostfile HOSTS     Open MPI hostfile: the coordinator takes the first slot, stages the rest\n"
-		   "  --http ADDR          OpenAI HTTP API (default 127.0.0.1:8080)\n"
+		   "  --http ADDR          OpenAI HTTP API, and the chat page at / (default 127.0.0.1:8080)\n"
 		   "  --grpc ADDR          the coordinator's tern.v1.Tern gRPC address (default 127.0.0.1:50051)\n"
 		   "  --api-key-file F     require 'Authorization: Bearer <key>' (key = first line of F) on all but\n"
-		   "                       /health\n"
+		   "                       / (the chat page) and /health\n"
 		   "  --attach ADDR        use a coordinator already serving at ADDR instead of launching one\n"
 		   "  --ready-timeout S    wait at most S seconds for the coordinator to be ready (default 600)\n"
 		   "  after --: tern-coordinator options (--slots, --ctx, --queue, --threads, ...; not --listen)\n");

@@ -23,6 +23,7 @@
 #include <time.h>
 
 #include "tern-openai.h"
+#include "tern-page.h"
 #include "tern-service.h"
 #include "tern.pb-c.h"
 
@@ -161,8 +162,17 @@ static enum MHD_Result do_health(tern_http_server *s, struct MHD_Connection *c)
 	int ready = 0;
 	if (h) {
 		ready = h->ready;
-		j = json_pack("{s:s,s:b,s:i,s:i,s:s}", "status", ready ? "ok" : "unavailable", "ready", ready,
-			      "stages_up", (int)h->stages_up, "stages_total", (int)h->stages_total, "model", s->model_id);
+		json_t *stages = json_array();
+		for (size_t i = 0; stages && i < h->n_stages; i++) {
+			const Tern__V1__StageStatus *ss = h->stages[i];
+			json_array_append_new(stages, json_pack("{s:i,s:b,s:s?,s:s?,s:i,s:i}", "stage", (int)ss->stage,
+								"up", ss->up, "host", ss->host, "binding", ss->binding,
+								"first_layer", (int)ss->first_layer, "last_layer",
+								(int)ss->last_layer));
+		}
+		j = json_pack("{s:s,s:b,s:i,s:i,s:s,s:o}", "status", ready ? "ok" : "unavailable", "ready", ready,
+			      "stages_up", (int)h->stages_up, "stages_total", (int)h->stages_total, "model", s->model_id,
+			      "stages", stages);
 		tern__v1__health_response__free_unpacked(h, NULL);
 	} else {
 		j = json_pack("{s:s,s:b,s:s}", "status", "unavailable", "ready", 0, "error",
@@ -568,6 +578,25 @@ static enum MHD_Result do_generate(tern_http_server *s, struct MHD_Connection *c
 	return q;
 }
 
+/* ---- the chat page -------------------------------------------------------------- */
+
+static enum MHD_Result do_page(struct MHD_Connection *c)
+{
+	struct MHD_Response *r = MHD_create_response_from_buffer(tern_page_chat_html_len, (void *)tern_page_chat_html,
+								 MHD_RESPMEM_PERSISTENT);
+	if (!r)
+		return MHD_NO;
+	MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/html; charset=utf-8");
+	MHD_add_response_header(r, "Content-Security-Policy", tern_page_chat_csp);
+	MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
+	MHD_add_response_header(r, "Referrer-Policy", "no-referrer");
+	/* A new tern-server may bring a new page: revalidate, never serve it stale. */
+	MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+	enum MHD_Result q = MHD_queue_response(c, 200, r);
+	MHD_destroy_response(r);
+	return q;
+}
+
 /* ---- dispatch ---------------------------------------------------------------------- */
 
 static int key_ok(const tern_http_server *s, struct MHD_Connection *c)
@@ -590,6 +619,11 @@ static enum MHD_Result route(tern_http_server *s, struct MHD_Connection *c, cons
 			     const req_ctx *rq)
 {
 	const int get = !strcmp(method, "GET"), post = !strcmp(method, "POST");
+	/* The page holds no data and the API it calls checks the key itself, so
+	 * it is served without one (it asks for the key). */
+	if (!strcmp(url, "/"))
+		return get || !strcmp(method, "HEAD") ? do_page(c)
+						     : reply_err(c, 405, "invalid_request_error", NULL, "use GET /");
 	if (!strcmp(url, "/health"))
 		return get ? do_health(s, c) : reply_err(c, 405, "invalid_request_error", NULL, "use GET /health");
 	if (!key_ok(s, c))

@@ -10,85 +10,17 @@
 //      the slot is held is refused: 429).
 // Exit 0 all passed, 1 a check failed, 77 (SKIPPED) when the npm modules are
 // not installed (deploy/setup runs `npm ci` in tests/node).
-import { spawn, execFileSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
-import os from 'node:os';
 import path from 'node:path';
+import { harness, freePort, descendants, npmModule, buildAndSource } from './harness.mjs';
 
-let OpenAI;
-try {
-  OpenAI = (await import('openai')).default;
-} catch (e) {
-  console.log(`SKIPPED: the openai npm module is not installed (cd tests/node && npm ci): ${e.message}`);
-  process.exit(77);
-}
-
-const [build, src] = process.argv.slice(2);
-if (!build || !src) {
-  console.error('usage: test_openai.mjs BUILD_DIR SOURCE_DIR');
-  process.exit(2);
-}
+const OpenAI = await npmModule('openai');
+const [build, src] = buildAndSource('test_openai.mjs');
 const MODEL = path.join(src, 'deploy/models/tern-kjv.gguf');
-const SERVER = path.join(build, 'coordinator/tern-server');
 const TERN_RUN = path.join(build, 'coordinator/tern-run');
-const TERN = path.join(build, 'coordinator/tern');
-const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'tern-openai-'));
-
-let failed = 0, passed = 0;
-const children = [];
-
-function check(cond, what) {
-  if (!cond) {
-    failed++;
-    console.log(`  FAIL: ${what}`);
-  }
-  return cond;
-}
-
-async function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-// Starts tern-server with args; resolves once it prints that it serves.
-function startServer(name, args) {
-  return new Promise((resolve, reject) => {
-    const log = fs.openSync(path.join(tmp, `${name}.log`), 'a');
-    const child = spawn(SERVER, args, { stdio: ['ignore', 'pipe', log] });
-    children.push(child);
-    let out = '';
-    const timer = setTimeout(() => reject(new Error(`${name}: not serving after 180 s`)), 180000);
-    child.stdout.on('data', (d) => {
-      out += d;
-      fs.appendFileSync(path.join(tmp, `${name}.log`), d);
-      if (/serving the OpenAI API/.test(out)) {
-        clearTimeout(timer);
-        resolve(child);
-      }
-    });
-    child.on('exit', (code, sig) => {
-      clearTimeout(timer);
-      reject(new Error(`${name} exited (${code ?? sig}) before serving:\n` +
-        fs.readFileSync(path.join(tmp, `${name}.log`), 'utf8')));
-    });
-  });
-}
-
-async function stopServer(child) {
-  if (child.exitCode !== null || child.signalCode !== null) return child.exitCode;
-  return new Promise((resolve) => {
-    child.removeAllListeners('exit');
-    child.on('exit', (code) => resolve(code));
-    child.kill('SIGTERM');
-  });
-}
+const h = harness('openai', build);
+const { check, test, stats } = h;
 
 function ternRun(prompt, n, chat) {
   const args = ['-m', MODEL, '-p', prompt, '-n', String(n), '--temp', '0'];
@@ -99,25 +31,18 @@ function ternRun(prompt, n, chat) {
   return out.slice(prompt.length).replace(/\n$/, '');
 }
 
-function stats(grpcAddr) {
-  return JSON.parse(execFileSync(TERN, ['stats', '--json', '--server', grpcAddr]).toString());
-}
-
 async function collect(stream) {
   const chunks = [];
   for await (const c of stream) chunks.push(c);
   return chunks;
 }
 
-const cases = [];
-const test = (name, fn) => cases.push({ name, fn });
-
 const grpcA = `127.0.0.1:${await freePort()}`;
 const httpA = `127.0.0.1:${await freePort()}`;
 const httpB = `127.0.0.1:${await freePort()}`;
 const httpC = `127.0.0.1:${await freePort()}`;
 const grpcC = `127.0.0.1:${await freePort()}`;
-const keyFile = path.join(tmp, 'key');
+const keyFile = path.join(h.tmp, 'key');
 fs.writeFileSync(keyFile, 'sk-tern-test-key\n');
 
 const user = 'And God said';
@@ -313,25 +238,6 @@ test('a client aborting mid-stream frees its sequence', async () => {
   check(s.tokens_generated - before.tokens_generated < 2000, `generation stopped early (${s.tokens_generated - before.tokens_generated} tokens)`);
 });
 
-// Descendants of pid (from /proc), as [pid, argv0] pairs.
-function descendants(pid) {
-  const kids = new Map();
-  for (const d of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(d)) continue;
-    try {
-      const stat = fs.readFileSync(`/proc/${d}/stat`, 'utf8');
-      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-      const argv0 = fs.readFileSync(`/proc/${d}/cmdline`, 'utf8').split('\0')[0];
-      if (!kids.has(ppid)) kids.set(ppid, []);
-      kids.get(ppid).push([Number(d), argv0]);
-    } catch { /* gone meanwhile */ }
-  }
-  const out = [];
-  const walk = (p) => (kids.get(p) ?? []).forEach((k) => { out.push(k); walk(k[0]); });
-  walk(pid);
-  return out;
-}
-
 // Last: it takes A's job down.
 test('a stage dies mid-stream: an error event, a closed body, then 503', async () => {
   const stream = await client.chat.completions.create({
@@ -341,7 +247,7 @@ test('a stage dies mid-stream: an error event, a closed body, then 503', async (
   try {
     for await (const c of stream) {
       if (c.choices[0]?.delta?.content && ++n === 3) {
-        const node = descendants(servers[0].pid).find(([, a]) => a.endsWith('/tern-node'));
+        const node = descendants(jobA.pid).find(([, a]) => a.endsWith('/tern-node'));
         check(node, 'found the tern-node stage among tern-server\'s descendants');
         if (node) process.kill(node[0], 'SIGKILL');
       }
@@ -366,36 +272,11 @@ test('a stage dies mid-stream: an error event, a closed body, then 503', async (
   }
 });
 
-let servers = [];
-let code = 0;
-try {
-  const a = await startServer('A', ['-m', MODEL, '--stages', '1', '--http', httpA, '--grpc', grpcA, '--', '--ctx', '2048']);
-  servers.push(a);
-  servers.push(await startServer('B', ['--attach', grpcA, '--http', httpB, '--api-key-file', keyFile]));
-  servers.push(await startServer('C', ['-m', MODEL, '--stages', '0', '--http', httpC, '--grpc', grpcC, '--', '--slots', '1', '--queue', '0']));
+let jobA;
+await h.main(async () => {
+  jobA = await h.startServer('A', ['-m', MODEL, '--stages', '1', '--http', httpA, '--grpc', grpcA, '--', '--ctx', '2048']);
+  await h.startServer('B', ['--attach', grpcA, '--http', httpB, '--api-key-file', keyFile]);
+  await h.startServer('C', ['-m', MODEL, '--stages', '0', '--http', httpC, '--grpc', grpcC, '--', '--slots', '1', '--queue', '0']);
   client = new OpenAI({ baseURL: `http://${httpA}/v1`, apiKey: 'unused', maxRetries: 0 });
   keyed = new OpenAI({ baseURL: `http://${httpB}/v1`, apiKey: 'sk-tern-test-key', maxRetries: 0 });
-  for (const c of cases) {
-    const f0 = failed;
-    try {
-      await c.fn();
-    } catch (e) {
-      check(false, `${c.name}: ${e.stack}`);
-    }
-    console.log(`[${failed === f0 ? '  OK  ' : ' FAIL '}] ${c.name}`);
-    if (failed === f0) passed++;
-  }
-} catch (e) {
-  console.log(`FAIL: ${e.stack ?? e}`);
-  failed++;
-} finally {
-  // B first (it only attaches), then the servers that own jobs.
-  for (const s of servers.reverse()) {
-    const rc = await stopServer(s);
-    if (rc !== 0) check(false, `a tern-server exited with ${rc} on SIGTERM`);
-  }
-  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
-}
-console.log(`${passed} passed, ${failed ? cases.length - passed : 0} failed, 0 skipped (logs in ${tmp})`);
-if (!failed) fs.rmSync(tmp, { recursive: true, force: true });
-process.exit(failed ? 1 : code);
+});
