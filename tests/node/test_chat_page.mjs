@@ -174,6 +174,7 @@ test('tokens stream in; the shown answer = the API\'s answer to the same request
   check(a.text === want, `shown ${JSON.stringify(a.text)} = API ${JSON.stringify(want)}`);
   const seen = await streamedTexts(1);
   check(seen.length >= 2, `the text grew over ${seen.length} painted frames before done`);
+  console.log(`  ${a.tokens} tokens painted over ${seen.length} frames; ${a.meta}`);
   check(seen.every((t, i) => want.startsWith(t) && (i === 0 || t.length > seen[i - 1].length)),
     'each painted text is a longer prefix of the answer');
   check(a.tokens === String(api.usage.completion_tokens), `tokens shown ${a.tokens} = usage ${api.usage.completion_tokens}`);
