@@ -110,8 +110,14 @@ struct tern_grpc_server {
 	atomic_int stopping;
 	atomic_int shutdown_done; /* the shutdown tag came back: every call has completed */
 	atomic_int live_calls;
+	atomic_int unary_workers; /* threads running a unary call (handle_unary) */
 	double grace_s;
 };
+
+/* Unary calls run on a thread of their own, so a slow one (tern-server's
+ * relay waits on the coordinator) never holds the completion queue; more at
+ * once than this get RESOURCE_EXHAUSTED. */
+#define TERN_GRPC_MAX_UNARY 64
 
 /* ---- helpers ----------------------------------------------------------- */
 
@@ -492,6 +498,51 @@ static void handle_unary(call_ctx *c, const uint8_t *p, size_t n)
 	}
 }
 
+typedef struct unary_job {
+	call_ctx *c;
+	grpc_slice payload;
+} unary_job;
+
+static void *unary_worker(void *arg)
+{
+	unary_job *j = arg;
+	tern_grpc_server *s = j->c->srv;
+	handle_unary(j->c, GRPC_SLICE_START_PTR(j->payload), GRPC_SLICE_LENGTH(j->payload));
+	grpc_slice_unref(j->payload);
+	call_unref(j->c);
+	free(j);
+	atomic_fetch_sub(&s->unary_workers, 1);
+	return NULL;
+}
+
+/* Runs handle_unary on its own detached thread, which takes a reference on
+ * c and owns payload; -1 (nothing taken) when too many run already. */
+static int start_unary(call_ctx *c, grpc_slice payload)
+{
+	tern_grpc_server *s = c->srv;
+	if (atomic_fetch_add(&s->unary_workers, 1) >= TERN_GRPC_MAX_UNARY) {
+		atomic_fetch_sub(&s->unary_workers, 1);
+		return -1;
+	}
+	unary_job *j = malloc(sizeof *j);
+	int ok = j != NULL;
+	if (ok) {
+		*j = (unary_job){c, payload};
+		pthread_mutex_lock(&c->mu);
+		c->refs++;
+		pthread_mutex_unlock(&c->mu);
+		ok = tern_thread_detached(unary_worker, j) == 0;
+		if (!ok)
+			call_unref(c);
+	}
+	if (!ok) {
+		free(j);
+		atomic_fetch_sub(&s->unary_workers, 1);
+		return -1;
+	}
+	return 0;
+}
+
 static void on_new_call(tern_grpc_server *s, int m, int success)
 {
 	request_slot *r = &s->slots[m];
@@ -542,8 +593,10 @@ static void on_new_call(tern_grpc_server *s, int m, int success)
 		finish(c, GRPC_STATUS_UNAUTHENTICATED, auth_refusal);
 	else if (m == M_GENERATE)
 		handle_generate(c, GRPC_SLICE_START_PTR(payload), GRPC_SLICE_LENGTH(payload));
+	else if (start_unary(c, payload) == 0)
+		return; /* the worker owns payload */
 	else
-		handle_unary(c, GRPC_SLICE_START_PTR(payload), GRPC_SLICE_LENGTH(payload));
+		finish(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "too many calls at once");
 	grpc_slice_unref(payload);
 }
 
@@ -761,6 +814,12 @@ void tern_grpc_stop(tern_grpc_server *s, double grace_s)
 	}
 	grpc_server_cancel_all_calls(s->server);
 	pthread_join(s->thread, NULL);
+	/* Unary workers end with their back end's call (the relay's have
+	 * deadlines); they must not outlive s. */
+	while (atomic_load(&s->unary_workers) > 0) {
+		const struct timespec ts = {0, 5 * 1000000};
+		nanosleep(&ts, NULL);
+	}
 	grpc_server_destroy(s->server);
 	grpc_completion_queue_destroy(s->cq);
 	grpc_shutdown();

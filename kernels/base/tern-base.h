@@ -183,6 +183,10 @@ void tern_cpu_describe(const tern_cpu *cpu, char *buf, size_t len);
  * count of tern-run and local mode, as llama.cpp uses every core. */
 int tern_cpu_count(void);
 
+/* Runs fn(arg) on a new detached thread: 0, or -1 when it cannot start (fn
+ * is then not called and arg is still the caller's). */
+int tern_thread_detached(void *(*fn)(void *), void *arg);
+
 #ifdef __cplusplus
 }
 #endif

@@ -59,15 +59,32 @@ def load_pb2(build):
     return tern_pb2
 
 
-class Server:
-    """A tern-coordinator (+ stages) on a free port, output captured."""
+# The options tern-server takes for itself when a test's coordinator options
+# are given to it (Server(via_server=True)), with its names for them.
+SERVER_OWN_OPTS = {"--auth-token-file": "--api-key-file", "--max-connections": "--max-connections"}
 
-    def __init__(self, build, model, stages, extra=(), env=None, node=None):
+
+class Server:
+    """A tern-coordinator (+ stages) on a free port, output captured; with
+    via_server, a tern-server that launches that job and relays tern.v1.Tern
+    to it, its gRPC port standing for the coordinator's."""
+
+    def __init__(self, build, model, stages, extra=(), env=None, node=None, via_server=False):
         """node: the stage command (default tern-node), e.g. a misbehaving one."""
+        self.via_server = via_server
         self.log = tempfile.NamedTemporaryFile(prefix="tern-coord-", suffix=".log", delete=False)
         coord = [os.path.join(build, "coordinator", "tern-coordinator"), "-m", model, "--listen",
                  "127.0.0.1:0", "--stages", str(stages)] + list(extra)
-        if stages > 0:
+        if via_server:
+            own, rest, it = [], [], iter(extra)
+            for a in it:
+                if a in SERVER_OWN_OPTS:
+                    own += [SERVER_OWN_OPTS[a], next(it)]
+                else:
+                    rest.append(a)
+            cmd = [os.path.join(build, "coordinator", "tern-server"), "-m", model, "--stages", str(stages),
+                   "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"] + own + ["--"] + rest
+        elif stages > 0:
             cmd = ["mpirun", "--bind-to", "none", "--oversubscribe", "-n", "1"] + coord + \
                   [":", "-n", str(stages)] + (list(node) if node else [os.path.join(build, "node", "tern-node")])
         else:
@@ -85,7 +102,7 @@ class Server:
             line = self.proc.stdout.readline()
             if not line:
                 break
-            m = re.search(r"serving tern\.v1\.Tern on .* \(port (\d+)\)", line)
+            m = re.search(r"serving tern\.v1\.Tern (?:gRPC )?on .* \(port (\d+)\)", line)
             if m:
                 self.port = int(m.group(1))
                 break
@@ -114,8 +131,12 @@ class Server:
 
     def stop(self):
         """The clean way: SIGTERM to the coordinator, which drains the pipeline;
-        then the whole job if it is still there. Returns mpirun's exit code."""
-        pid = self.coordinator_pid() if self.proc.poll() is None else None
+        then the whole job if it is still there. Returns mpirun's exit code
+        (tern-server's, which stops its job the same way, with via_server)."""
+        if self.via_server:
+            pid = self.proc.pid if self.proc.poll() is None else None
+        else:
+            pid = self.coordinator_pid() if self.proc.poll() is None else None
         if pid:
             os.kill(pid, signal.SIGTERM)
             try:

@@ -371,7 +371,7 @@ let code = 0;
 try {
   const a = await startServer('A', ['-m', MODEL, '--stages', '1', '--http', httpA, '--grpc', grpcA, '--', '--ctx', '2048']);
   servers.push(a);
-  servers.push(await startServer('B', ['--attach', grpcA, '--http', httpB, '--api-key-file', keyFile]));
+  servers.push(await startServer('B', ['--attach', grpcA, '--http', httpB, '--grpc', 'off', '--api-key-file', keyFile]));
   servers.push(await startServer('C', ['-m', MODEL, '--stages', '0', '--http', httpC, '--grpc', grpcC, '--', '--slots', '1', '--queue', '0']));
   client = new OpenAI({ baseURL: `http://${httpA}/v1`, apiKey: 'unused', maxRetries: 0 });
   keyed = new OpenAI({ baseURL: `http://${httpB}/v1`, apiKey: 'sk-tern-test-key', maxRetries: 0 });
