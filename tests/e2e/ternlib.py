@@ -156,6 +156,32 @@ class Server:
         return self.proc.returncode
 
 
+class TernServer:
+    """A tern-server (the OpenAI HTTP API) on a free HTTP port, output
+    captured; args are its options after the binary (-m MODEL --stages 0 ...
+    or --attach ADDR; --http is added)."""
+
+    def __init__(self, build, args, timeout=180):
+        self.log = tempfile.NamedTemporaryFile(prefix="tern-server-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen([os.path.join(build, "coordinator", "tern-server"), "--http", "127.0.0.1:0"] +
+                                     list(args), stdout=subprocess.PIPE, stderr=self.log, text=True)
+        self.port = wait_port(self.proc, r"serving the OpenAI API on .* \(port (\d+)\)", timeout)
+        if self.port is None:
+            self.stop()
+            raise RuntimeError("tern-server did not start:\n" + open(self.log.name).read()[-4000:])
+
+    def stop(self):
+        """SIGTERM to tern-server (it stops the job it launched); returns its exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
 class Client:
     def __init__(self, pb, port, creds=None, token=None):
         self.pb = pb
