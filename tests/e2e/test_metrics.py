@@ -224,7 +224,45 @@ def counters_moved_exactly():
     check_histograms(b, types)
     assert v(b, "tern_stage_step_seconds", stage="1") > 0
     assert 0 <= v(b, "tern_stage_busy_ratio", stage="1") <= 1
-    state["b"], state["text_b"] = b, text
+    state["text_b"] = text
+
+
+def concurrent():
+    """Streams and plain requests at once (more than the KV slots, so some
+    wait): the counters still move by exactly what was served."""
+    import threading
+    _, a, _ = scrape()
+    out, errors = [], []
+
+    def one(i):
+        try:
+            body = {"prompt": "And God said unto", "max_tokens": 3 + i, "temperature": 0, "ignore_eos": True}
+            if i % 2:
+                body.update({"_path": "/v1/completions", "stream": True, "stream_options": {"include_usage": True}})
+                out.append(sse(body))
+            else:
+                st, _, data = request("POST", "/v1/completions", body)
+                assert st == 200, (st, data[:200])
+                j = json.loads(data)
+                out.append((j["choices"][0]["finish_reason"], j["usage"]))
+        except Exception as e:  # reported below: a thread cannot fail the check itself
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(2 * SLOTS + 2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors
+    _, b, types = scrape()
+    n = len(out)
+    assert delta(a, b, "tern_request_finished_total", finished_reason="length") == n
+    assert delta(a, b, "tern_prompt_tokens_total") == sum(u["prompt_tokens"] for _, u in out)
+    assert delta(a, b, "tern_generation_tokens_total") == sum(u["completion_tokens"] for _, u in out)
+    assert delta(a, b, "tern_e2e_request_latency_seconds_count") == n
+    assert delta(a, b, "tern_inter_token_latency_seconds_count") == sum(u["completion_tokens"] - 1 for _, u in out)
+    assert delta(a, b, "tern_http_requests_total", code="200") == n + 1
+    check_histograms(b, types)
 
 
 def gauges_at_rest():
@@ -240,7 +278,7 @@ def gauges_at_rest():
 
 
 def abort_and_error():
-    b = state["b"]
+    _, b, _ = scrape()
     # A stream whose client leaves after its first event.
     body = json.dumps({"prompt": "And", "max_tokens": 500, "ignore_eos": True, "stream": True}).encode()
     c = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
@@ -308,6 +346,7 @@ try:
     res.check("8 completions and chats, plain and streaming, stop and length", serve_known)
     res.check("counters moved by exactly the usage served, histograms by the requests", counters_moved_exactly)
     res.check("promtool check metrics (after serving)", lambda: promtool(state["text_b"]))
+    res.check("%d requests at once over %d KV slots: counters exact" % (2 * SLOTS + 2, SLOTS), concurrent)
     res.check("gauges at rest: nothing running, no slot used, none waiting", gauges_at_rest)
     res.check("a client that leaves is an abort, a refused request an error", abort_and_error)
     res.check("job down: /metrics still served, tern_up 0, counters kept", job_down)
