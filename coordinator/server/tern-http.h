@@ -1,7 +1,8 @@
 /* tern-http.h: tern-server's HTTP/1.1 front end (libmicrohttpd): the OpenAI
  * API (/v1/models, /v1/chat/completions, /v1/completions, plain and SSE),
- * /health, /tokenize, /detokenize. Every request is relayed to the
- * coordinator over tern.v1.Tern gRPC; nothing here knows a model.
+ * /health, /tokenize, /detokenize, and /metrics (tern-metrics.h). Every
+ * request is relayed to the coordinator over tern.v1.Tern gRPC; nothing here
+ * knows a model.
  *
  * One thread per connection: a connection's thread runs its gRPC call, and
  * between messages checks whether the client has gone, so a client that

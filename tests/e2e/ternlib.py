@@ -9,6 +9,7 @@ MPI puts in each one's environment (0 = coordinator, 1..S = stages)."""
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -51,6 +52,32 @@ def mpi_rank(pid):
     except (OSError, ValueError):
         pass
     return None
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(proc, pattern, timeout):
+    """Reads PROC's stdout until a line matches PATTERN (its group 1 is the
+    port) or TIMEOUT seconds pass; returns the port or None. Then keeps
+    draining stdout so the process never blocks on a full pipe."""
+    deadline = time.time() + timeout
+    port = None
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        m = re.search(pattern, line)
+        if m:
+            port = int(m.group(1))
+            break
+    if port is not None:
+        threading.Thread(target=proc.stdout.read, daemon=True).start()
+    return port
 
 
 def load_pb2(build):
@@ -96,21 +123,10 @@ class Server:
             e.update(env)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True, env=e,
                                      start_new_session=True)
-        self.port = None
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            m = re.search(r"serving tern\.v1\.Tern (?:gRPC )?on .* \(port (\d+)\)", line)
-            if m:
-                self.port = int(m.group(1))
-                break
+        self.port = wait_port(self.proc, r"serving tern\.v1\.Tern (?:gRPC )?on .* \(port (\d+)\)", 120)
         if self.port is None:
             self.stop()
             raise RuntimeError("coordinator did not start:\n" + open(self.log.name).read()[-4000:])
-        # Keep draining stdout so the server never blocks on a full pipe.
-        threading.Thread(target=self.proc.stdout.read, daemon=True).start()
 
     def rank_pids(self):
         """{MPI rank: pid} of this job's processes (descendants of its mpirun)."""
@@ -157,6 +173,32 @@ class Server:
                 self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        return self.proc.returncode
+
+
+class TernServer:
+    """A tern-server (the OpenAI HTTP API) on a free HTTP port, output
+    captured; args are its options after the binary (-m MODEL --stages 0 ...
+    or --attach ADDR; --http is added)."""
+
+    def __init__(self, build, args, timeout=180):
+        self.log = tempfile.NamedTemporaryFile(prefix="tern-server-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen([os.path.join(build, "coordinator", "tern-server"), "--http", "127.0.0.1:0"] +
+                                     list(args), stdout=subprocess.PIPE, stderr=self.log, text=True)
+        self.port = wait_port(self.proc, r"serving the OpenAI API on .* \(port (\d+)\)", timeout)
+        if self.port is None:
+            self.stop()
+            raise RuntimeError("tern-server did not start:\n" + open(self.log.name).read()[-4000:])
+
+    def stop(self):
+        """SIGTERM to tern-server (it stops the job it launched); returns its exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode
 

@@ -18,7 +18,6 @@ Usage: test_drain.py BUILD_DIR SOURCE_DIR
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,13 +27,7 @@ import time
 import grpc
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ternlib import Client, Results, load_pb2, make_model  # noqa: E402
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from ternlib import Client, Results, free_port, load_pb2, make_model  # noqa: E402
 
 
 class Up:

@@ -17,18 +17,13 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ternlib import free_port  # noqa: E402
+
 build, src = sys.argv[1], sys.argv[2]
 MODEL = os.path.join(src, "deploy/models/tern-kjv.gguf")
 failed = 0
 passed = 0
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 HTTP = free_port()
