@@ -114,6 +114,12 @@ static int svc_generate(void *self, const Tern__V1__GenerateRequest *req, const 
 	if (status == TERN_STATUS_OK && q->n_prompt + q->max_tokens > c->n_ctx)
 		q->max_tokens = c->n_ctx - q->n_prompt; /* the default shrinks to fit */
 	q->ignore_eos = req->ignore_eos;
+	if (status == TERN_STATUS_OK && req->top_logprobs > TERN_MAX_TOP_LOGPROBS) {
+		snprintf(msg, msg_len, "top_logprobs %u: at most %d", req->top_logprobs, TERN_MAX_TOP_LOGPROBS);
+		status = TERN_STATUS_INVALID_ARGUMENT;
+	}
+	q->logprobs = req->logprobs || req->top_logprobs > 0;
+	q->top_logprobs = (int)req->top_logprobs;
 
 	/* Sampling: unset fields are off; temperature 0 is greedy. */
 	tern_sampling_params sp;

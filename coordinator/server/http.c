@@ -411,6 +411,7 @@ typedef struct sse_ctx {
 	char id[48];
 	long long created;
 	Tern__V1__GenerateResponse *pending; /* the first message, read before the 200 */
+	tern_oai_logprobs *lp;               /* the request asked for logprobs */
 	tern_metrics_req mr;
 	sbuf out;
 	size_t off;
@@ -427,6 +428,7 @@ static void sse_free(void *cls)
 	}
 	if (x->pending)
 		tern__v1__generate_response__free_unpacked(x->pending, NULL);
+	tern_oai_logprobs_free(x->lp);
 	free(x->out.p);
 	free(x);
 }
@@ -447,9 +449,14 @@ static int end_call(tern_grpc_stream **gs, char *detail, size_t dl)
 static void sse_message(sse_ctx *x, Tern__V1__GenerateResponse *m)
 {
 	const char *model = x->srv->model_id;
+	/* A token's logprobs ride on the chunk that shows its text; those of
+	 * tokens whose text is held back (part of a character, maybe a stop
+	 * string) wait for a later one, at the latest the last. */
+	if (x->lp && !m->done && tern_oai_logprobs_add(x->lp, m) < 0)
+		x->out.oom = 1;
 	if (m->text && m->text[0])
 		sbuf_event(&x->out, tern_oai_chunk_json(x->chat, x->id, x->created, model, 0, m->text,
-							strlen(m->text), -1));
+							strlen(m->text), -1, x->lp));
 	if (!m->done)
 		return;
 	char detail[512];
@@ -458,7 +465,8 @@ static void sse_message(sse_ctx *x, Tern__V1__GenerateResponse *m)
 	if (st != 0 && st != TERN_STATUS_CANCELLED)
 		tern_log(TERN_LOG_WARN, "http", "stream %s: status %s after its last message: %s", x->id,
 			 tern_grpc_status_name(st), detail);
-	sbuf_event(&x->out, tern_oai_chunk_json(x->chat, x->id, x->created, model, 0, "", 0, (int)m->finish_reason));
+	sbuf_event(&x->out, tern_oai_chunk_json(x->chat, x->id, x->created, model, 0, "", 0, (int)m->finish_reason,
+						x->lp));
 	if (x->include_usage)
 		sbuf_event(&x->out, tern_oai_usage_chunk_json(x->chat, x->id, x->created, model, m->usage));
 	sbuf_add(&x->out, "data: [DONE]\n\n", 14);
@@ -487,7 +495,7 @@ static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max)
 			/* The first chunk carries the role (chat) before any text. */
 			if (x->chat)
 				sbuf_event(&x->out, tern_oai_chunk_json(1, x->id, x->created, x->srv->model_id, 1, "",
-									0, -1));
+									0, -1, NULL));
 		}
 		Tern__V1__GenerateResponse *m = x->pending;
 		x->pending = NULL;
@@ -543,7 +551,15 @@ static enum MHD_Result do_generate(tern_http_server *s, struct MHD_Connection *c
 		return reply_err(s, c, 500, "server_error", NULL, err.msg);
 	}
 	const int stream = r.stream, include_usage = r.include_usage;
+	tern_oai_logprobs *lp = r.gen.logprobs ? tern_oai_logprobs_new(chat) : NULL;
+	const int lp_oom = r.gen.logprobs && !lp;
 	tern_oai_request_free(&r);
+	if (lp_oom) {
+		char d[64];
+		tern_grpc_stream_finish(gs, d, sizeof d);
+		tern_metrics_req_fail(&mr, TERN_OUTCOME_ERROR);
+		return reply_text(s, c, 500, NULL, NULL);
+	}
 	const int fd = conn_fd(c);
 	Tern__V1__GenerateResponse *m = NULL;
 	int got = next_msg(gs, fd, 0, &mr, &m);
@@ -551,12 +567,14 @@ static enum MHD_Result do_generate(tern_http_server *s, struct MHD_Connection *c
 		char d[64];
 		tern_grpc_stream_finish(gs, d, sizeof d);
 		tern_metrics_req_fail(&mr, TERN_OUTCOME_ABORT);
+		tern_oai_logprobs_free(lp);
 		return MHD_NO; /* the client left: close */
 	}
 	if (got == -1) {
 		char detail[512];
 		const int st = tern_grpc_stream_finish(gs, detail, sizeof detail);
 		tern_metrics_req_fail(&mr, TERN_OUTCOME_ERROR);
+		tern_oai_logprobs_free(lp);
 		tern_oai_error_from_status(st ? st : TERN_STATUS_INTERNAL, st ? detail : "no reply from the coordinator",
 					   &e);
 		return reply_error(s, c, &e);
@@ -568,10 +586,11 @@ static enum MHD_Result do_generate(tern_http_server *s, struct MHD_Connection *c
 			char d[64];
 			tern_grpc_stream_finish(gs, d, sizeof d);
 			tern_metrics_req_fail(&mr, TERN_OUTCOME_ERROR);
+			tern_oai_logprobs_free(lp);
 			return reply_text(s, c, 500, NULL, NULL);
 		}
 		*x = (sse_ctx){.srv = s, .fd = fd, .gs = gs, .chat = chat, .include_usage = include_usage, .first = 1,
-			       .created = created, .pending = m, .mr = mr};
+			       .created = created, .pending = m, .lp = lp, .mr = mr};
 		snprintf(x->id, sizeof x->id, "%s", id);
 		struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, sse_read, x,
 									      sse_free);
@@ -596,6 +615,8 @@ static enum MHD_Result do_generate(tern_http_server *s, struct MHD_Connection *c
 			final = m;
 			break;
 		}
+		if (lp && tern_oai_logprobs_add(lp, m) < 0)
+			text.oom = 1;
 		tern__v1__generate_response__free_unpacked(m, NULL);
 		got = next_msg(gs, fd, 0, &mr, &m);
 	}
@@ -603,6 +624,7 @@ static enum MHD_Result do_generate(tern_http_server *s, struct MHD_Connection *c
 		char d[64];
 		tern_grpc_stream_finish(gs, d, sizeof d);
 		free(text.p);
+		tern_oai_logprobs_free(lp);
 		tern_metrics_req_fail(&mr, TERN_OUTCOME_ABORT);
 		return MHD_NO;
 	}
@@ -621,11 +643,12 @@ static enum MHD_Result do_generate(tern_http_server *s, struct MHD_Connection *c
 	} else {
 		q = reply_text(s, c, 200,
 			       tern_oai_completion_json(chat, id, created, s->model_id, text.p ? text.p : "", text.len,
-							(int)final->finish_reason, final->usage),
+							(int)final->finish_reason, final->usage, lp),
 			       "application/json");
 	}
 	if (final)
 		tern__v1__generate_response__free_unpacked(final, NULL);
+	tern_oai_logprobs_free(lp);
 	free(text.p);
 	return q;
 }

@@ -3,6 +3,8 @@
 
 A real tern-coordinator (with real tern-node stages under mpirun, or the
 layers in-process) serves a small synthetic model; a Python client checks:
+  - logprobs: each piece's equals what scoring the same tokens gives (two
+    paths through the head), the top list sorted and led by the greedy choice;
   - Health and Tokenize answer; Tokenize of text split into byte tokens ("café",
     "日本語", an emoji) decodes in grpcio: pieces valid UTF-8, piece_bytes exact;
   - a streamed greedy generation equals tern-run's tokens for the same prompt;
@@ -141,6 +143,44 @@ def main():
                     assert piece == (raw.decode() if _utf8(raw) else piece), (piece, raw)
                     assert _utf8(raw) or "\ufffd" in piece, (piece, raw)
         check("tokenize_non_ascii_valid_utf8", tokenize_non_ascii)
+
+        def logprobs_match_scoring():
+            # Each piece's logprob is log softmax of the logits that chose
+            # it; scoring prompt + generated tokens (score_prompt) computes
+            # the same logits on another path (prompt rows, batch invariance),
+            # so the generated tokens' NLL is the difference of two scores.
+            # The top list is sorted and, greedy, led by the chosen token;
+            # (The bytes equal the text where the text is UTF-8: test_openai_node.)
+            pieces = list(cl.generate(pb.GenerateRequest(prompt="the cat", max_tokens=8, ignore_eos=True,
+                                                         logprobs=True, top_logprobs=4), timeout=60))
+            toks = [m for m in pieces if not m.done]
+            assert len(toks) == 8, len(toks)
+            for m in toks:
+                assert m.logprob <= 0 and len(m.top_logprobs) == 4, m
+                assert m.top_logprobs[0].token_id == m.token_id and m.top_logprobs[0].logprob == m.logprob, m
+                lps = [t.logprob for t in m.top_logprobs]
+                assert lps == sorted(lps, reverse=True), lps
+                assert m.top_logprobs[0].token_bytes == m.token_bytes
+                assert m.token_bytes, m  # every token of this vocabulary has bytes
+            prompt_ids = list(cl.tokenize(pb.TokenizeRequest(text="the cat", add_bos=True), timeout=10).token_ids)
+            ids = [m.token_id for m in toks]
+
+            def score(seq):
+                fin = [m for m in cl.generate(pb.GenerateRequest(token_ids=seq, score_prompt=True), timeout=60)
+                       if m.done][0]
+                return fin.prompt_nll, fin.scored_tokens
+            full, n_full = score(prompt_ids + ids)
+            head, n_head = score(prompt_ids)
+            assert n_full - n_head == len(ids), (n_full, n_head)
+            want = -sum(m.logprob for m in toks)
+            assert abs((full - head) - want) <= 1e-4 * max(1.0, abs(want)), (full - head, want)
+            # No logprobs asked: none sent.
+            plain = [m for m in cl.generate(pb.GenerateRequest(prompt="the cat", max_tokens=2), timeout=60)
+                     if not m.done]
+            assert all(m.logprob == 0 and not m.top_logprobs and not m.token_bytes for m in plain)
+            code, det = code_of(lambda: cl.gen(prompt="a", max_tokens=2, top_logprobs=21))
+            assert code == grpc.StatusCode.INVALID_ARGUMENT and "top_logprobs" in det, (code, det)
+        check("logprobs_match_scoring", logprobs_match_scoring)
 
         alone = {}
 
