@@ -42,6 +42,10 @@ static void usage(FILE *f)
 		   "  --stages N           pipeline stages on this box (default: one per NUMA domain; 0 = the\n"
 		   "                       layers in the coordinator's process)\n"
 		   "  --hostfile HOSTS     Open MPI hostfile: the coordinator takes the first slot, stages the rest\n"
+		   "  --network NET        with --hostfile: the private cluster network MPI may use (CIDR or\n"
+		   "                       interfaces; default the hostfile's '# network: NET' line)\n"
+		   "  --private-net        single box: the MPI job in its own network namespace, loopback only\n"
+		   "                       (root); the coordinator on its private Unix socket\n"
 		   "  --http ADDR          OpenAI HTTP API (default 127.0.0.1:8080)\n"
 		   "  --grpc ADDR|off      tern.v1.Tern gRPC, relayed to the coordinator (default 127.0.0.1:50051)\n"
 		   "  --api-key-file F     require 'Authorization: Bearer <key>' (key = first line of F) on all but\n"
@@ -50,11 +54,16 @@ static void usage(FILE *f)
 		   "                       socket on this box; with --hostfile 127.0.0.1:50052, the coordinator\n"
 		   "                       being on the hostfile's first host)\n"
 		   "  --attach ADDR        use a coordinator already serving at ADDR instead of launching one\n"
+		   "  --tls-cert F --tls-key F   HTTPS and gRPC over TLS (PEM files)\n"
 		   "  --max-connections N  connections open at once on each port; more are refused (default\n"
 		   "                       2048 HTTP, 1024 gRPC)\n"
 		   "  --ready-timeout S    wait at most S seconds for the coordinator to be ready (default 600)\n"
 		   "  after --: tern-coordinator options (--slots, --ctx, --queue, --threads, ...; not --listen)\n");
 }
+
+/* How long the job may take to stop after SIGTERM before it is killed: the
+ * coordinator's default --drain-timeout (30 s) and then its own shutdown. */
+#define TERN_SERVER_STOP_S 45.0
 
 static volatile sig_atomic_t g_stop;
 
@@ -64,7 +73,7 @@ static void on_signal(int sig)
 }
 
 enum { OPT_STAGES = 256, OPT_HOSTFILE, OPT_HTTP, OPT_GRPC, OPT_API_KEY_FILE, OPT_ATTACH, OPT_READY_TIMEOUT,
-       OPT_COORDINATOR, OPT_MAX_CONNS };
+       OPT_COORDINATOR, OPT_MAX_CONNS, OPT_NETWORK, OPT_PRIVATE_NET, OPT_TLS_CERT, OPT_TLS_KEY };
 
 typedef struct health_buf {
 	Tern__V1__HealthResponse *h;
@@ -129,11 +138,17 @@ int main(int argc, char **argv)
 		{"attach", required_argument, NULL, OPT_ATTACH},
 		{"coordinator", required_argument, NULL, OPT_COORDINATOR},
 		{"max-connections", required_argument, NULL, OPT_MAX_CONNS},
+		{"network", required_argument, NULL, OPT_NETWORK},
+		{"private-net", no_argument, NULL, OPT_PRIVATE_NET},
+		{"tls-cert", required_argument, NULL, OPT_TLS_CERT},
+		{"tls-key", required_argument, NULL, OPT_TLS_KEY},
 		{"ready-timeout", required_argument, NULL, OPT_READY_TIMEOUT},
 		{NULL, 0, NULL, 0},
 	};
 	const char *model = NULL, *hostfile = NULL, *http = "127.0.0.1:8080", *grpc = "127.0.0.1:50051";
-	const char *key_file = NULL, *attach = NULL, *coord_addr = NULL;
+	const char *key_file = NULL, *attach = NULL, *coord_addr = NULL, *network = NULL;
+	const char *tls_cert = NULL, *tls_key = NULL;
+	int private_net = 0;
 	int stages = -1, max_conns = 0;
 	double ready_timeout = 600;
 	tern_err err;
@@ -170,6 +185,18 @@ int main(int argc, char **argv)
 		case OPT_COORDINATOR:
 			coord_addr = optarg;
 			break;
+		case OPT_NETWORK:
+			network = optarg;
+			break;
+		case OPT_PRIVATE_NET:
+			private_net = 1;
+			break;
+		case OPT_TLS_CERT:
+			tls_cert = optarg;
+			break;
+		case OPT_TLS_KEY:
+			tls_key = optarg;
+			break;
 		case OPT_MAX_CONNS:
 			rc = tern_parse_int(optarg, 1, 1 << 20, "--max-connections", &max_conns, &err);
 			break;
@@ -197,6 +224,10 @@ int main(int argc, char **argv)
 	if (attach && (model || hostfile || stages >= 0 || coord_addr || (dashdash && optind < argc))) {
 		fprintf(stderr, "tern-server: --attach uses a running coordinator: no -m, --stages, --hostfile, "
 				"--coordinator or coordinator options\n");
+		return 2;
+	}
+	if (!tls_cert != !tls_key) {
+		fprintf(stderr, "tern-server: TLS needs both --tls-cert and --tls-key\n");
 		return 2;
 	}
 	if (hostfile && stages >= 0) {
@@ -258,6 +289,8 @@ int main(int argc, char **argv)
 				       .hostfile = hostfile,
 				       .bin_dir = dirname(exe),
 				       .grpc_listen = coord_addr,
+				       .network = network,
+				       .private_net = private_net,
 				       .coord_args = dashdash ? argv + optind : NULL,
 				       .n_coord_args = dashdash ? argc - optind : 0};
 		if (tern_launch_start(&lo, &job, &err) < 0)
@@ -286,17 +319,24 @@ int main(int argc, char **argv)
 			     .api_key = api_key,
 			     .upstream = up,
 			     .model_id = model_id,
-			     .max_connections = (unsigned)max_conns};
+			     .max_connections = (unsigned)max_conns,
+			     .tls_cert_file = tls_cert,
+			     .tls_key_file = tls_key};
 	if (tern_http_start(&ho, &hs, &err) < 0)
 		goto fail;
 	if (relay_on) {
 		if (tern_relay_create(up, &relay, &err) < 0)
 			goto fail;
-		tern_grpc_opts go = {.listen = grpc, .auth_token = api_key, .max_connections = (unsigned)max_conns};
+		tern_grpc_opts go = {.listen = grpc,
+				     .auth_token = api_key,
+				     .max_connections = (unsigned)max_conns,
+				     .tls_cert_file = tls_cert,
+				     .tls_key_file = tls_key};
 		if (tern_grpc_start(&go, tern_relay_service(relay), &gs, &err) < 0)
 			goto fail;
 	}
-	printf("tern-server: serving the OpenAI API on http://%s (port %d), model '%s'%s; coordinator at %s\n", http,
+	printf("tern-server: serving the OpenAI API on %s://%s (port %d), model '%s'%s; coordinator at %s\n",
+	       tls_cert ? "https" : "http", http,
 	       tern_http_port(hs), model_id, api_key ? ", API key required" : "", target);
 	if (gs)
 		printf("tern-server: serving tern.v1.Tern gRPC on %s (port %d)\n", grpc, tern_grpc_port(gs));
@@ -326,7 +366,7 @@ cleanup:
 	if (!attach && job.pid > 0) {
 		/* A job that failed earlier is reported, not this stop's failure;
 		 * one that would not stop is. */
-		const int js = tern_launch_stop(&job, 20.0);
+		const int js = tern_launch_stop(&job, TERN_SERVER_STOP_S);
 		if (js < 0)
 			status = 1;
 		else if (js != 0)

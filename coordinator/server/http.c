@@ -33,6 +33,7 @@ struct tern_http_server {
 	char model_id[256];
 	char *api_key;
 	tern_metrics *metrics;
+	char *tls_cert, *tls_key; /* PEM texts, with --tls-cert/--tls-key */
 	long long started;
 	int port;
 };
@@ -816,18 +817,40 @@ int tern_http_start(const tern_http_opts *o, tern_http_server **out, tern_err *e
 			 MHD_USE_POLL | MHD_USE_ITC;
 	if (ai->ai_family == AF_INET6)
 		flags |= MHD_USE_IPv6;
+	struct MHD_OptionItem tls[3] = {{MHD_OPTION_END, 0, NULL}, {MHD_OPTION_END, 0, NULL}, {MHD_OPTION_END, 0, NULL}};
+	if (o->tls_cert_file || o->tls_key_file) {
+		size_t n;
+		int rc = (!o->tls_cert_file || !o->tls_key_file)
+				 ? TERN_ERR(err, TERN_EINVAL, "TLS needs both a certificate and a key")
+			 : MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES
+				 ? TERN_ERR(err, TERN_EINVAL, "this libmicrohttpd has no TLS")
+				 : 0;
+		if (rc == 0)
+			rc = tern_read_file(o->tls_cert_file, 1u << 20, &s->tls_cert, &n, err);
+		if (rc == 0)
+			rc = tern_read_file(o->tls_key_file, 1u << 20, &s->tls_key, &n, err);
+		if (rc < 0) {
+			freeaddrinfo(ai);
+			tern_http_stop(s);
+			return rc;
+		}
+		flags |= MHD_USE_TLS;
+		tls[0] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, s->tls_cert};
+		tls[1] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, s->tls_key};
+	}
 	s->d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
 				MHD_OPTION_CONNECTION_LIMIT, s->o.max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
 				s->o.idle_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
 				MHD_OPTION_PER_IP_CONNECTION_LIMIT, s->o.max_connections,
 				MHD_OPTION_THREAD_STACK_SIZE, (size_t)(512 * 1024), MHD_OPTION_NOTIFY_COMPLETED,
-				on_completed, s, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s, MHD_OPTION_END);
+				on_completed, s, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s, MHD_OPTION_ARRAY, tls,
+				MHD_OPTION_END);
 	freeaddrinfo(ai);
 	if (!s->d) {
-		tern_metrics_free(s->metrics);
-		free(s->api_key);
-		free(s);
-		return TERN_ERR(err, TERN_EIO, "cannot listen on %s (address in use or not this machine's)", listen);
+		tern_http_stop(s);
+		return TERN_ERR(err, TERN_EIO, "cannot listen on %s (address in use, not this machine's, or a bad TLS "
+					       "certificate or key)",
+				listen);
 	}
 	const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
 	s->port = di ? di->port : 0;
@@ -850,8 +873,11 @@ void tern_http_stop(tern_http_server *s)
 {
 	if (!s)
 		return;
-	MHD_stop_daemon(s->d);
+	if (s->d)
+		MHD_stop_daemon(s->d);
 	tern_metrics_free(s->metrics);
 	free(s->api_key);
+	free(s->tls_cert);
+	free(s->tls_key);
 	free(s);
 }

@@ -6,6 +6,10 @@
 #include "tern-launch.h"
 
 #include <dirent.h>
+#include <net/if.h>
+#include <sched.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -28,6 +32,59 @@ int tern_launch_numa_domains(void)
 		closedir(d);
 	}
 	return n > 0 ? n : 1;
+}
+
+/* The hostfile's "# network: NET" line (deploy/tern-up's), into out; 0 when
+ * there is none. */
+static int hostfile_network(const char *path, char *out, size_t cap)
+{
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return 0;
+	char line[1024];
+	int found = 0;
+	while (!found && fgets(line, sizeof line, f)) {
+		char *p = line;
+		while (*p == ' ' || *p == '\t')
+			p++;
+		if (*p++ != '#')
+			continue;
+		while (*p == ' ' || *p == '\t')
+			p++;
+		if (strncmp(p, "network:", 8))
+			continue;
+		p += 8;
+		p += strspn(p, " \t");
+		const size_t n = strcspn(p, " \t\r\n");
+		if (n > 0 && n < cap) {
+			memcpy(out, p, n);
+			out[n] = '\0';
+			found = 1;
+		}
+	}
+	fclose(f);
+	return found;
+}
+
+/* In the child, before exec: a fresh network namespace with loopback up
+ * (what deploy/private-net does under unshare --net). */
+static int enter_private_net(void)
+{
+	if (unshare(CLONE_NEWNET) < 0)
+		return -1;
+	const int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -1;
+	struct ifreq ifr;
+	memset(&ifr, 0, sizeof ifr);
+	snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "lo");
+	int rc = ioctl(fd, SIOCGIFFLAGS, &ifr);
+	if (rc == 0) {
+		ifr.ifr_flags |= IFF_UP;
+		rc = ioctl(fd, SIOCSIFFLAGS, &ifr);
+	}
+	close(fd);
+	return rc;
 }
 
 /* Slots of an Open MPI hostfile ("host slots=N", comments, blank lines). */
@@ -86,6 +143,21 @@ int tern_launch_start(const tern_launch_opts *o, tern_job *job, tern_err *err)
 	}
 	if (stages > 0 && !executable(node))
 		return TERN_ERR(err, TERN_EINVAL, "no tern-node in %s or %s/../node", o->bin_dir, o->bin_dir);
+	char network[256] = "";
+	if (o->hostfile) {
+		TERN_RETURN_IF(o->private_net, err, TERN_EINVAL, "--private-net is for a single box, not --hostfile");
+		if (o->network)
+			snprintf(network, sizeof network, "%s", o->network);
+		TERN_RETURN_IF(!network[0] && !hostfile_network(o->hostfile, network, sizeof network), err, TERN_EINVAL,
+			       "name the private cluster network MPI may use: --network CIDR, or a '# network: CIDR' "
+			       "line in %s (MPI's TCP is unauthenticated)",
+			       o->hostfile);
+	}
+	if (o->private_net) {
+		TERN_RETURN_IF(geteuid() != 0, err, TERN_EINVAL, "--private-net needs root (a network namespace)");
+		TERN_RETURN_IF(strncmp(o->grpc_listen, "unix:", 5) != 0, err, TERN_EINVAL,
+			       "--private-net: the coordinator must serve on a unix: address (it is %s)", o->grpc_listen);
+	}
 	snprintf(stages_s, sizeof stages_s, "%d", stages);
 	const char **argv = calloc((size_t)o->n_coord_args + 32, sizeof *argv);
 	if (!argv)
@@ -98,10 +170,18 @@ int tern_launch_start(const tern_launch_opts *o, tern_job *job, tern_err *err)
 		for (size_t i = 0; i < sizeof pre / sizeof pre[0]; i++)
 			argv[n++] = pre[i];
 		if (o->hostfile) {
-			argv[n++] = "--hostfile";
-			argv[n++] = o->hostfile;
-			argv[n++] = "--map-by";
-			argv[n++] = "slot";
+			/* TCP between ranks and daemons only on the cluster network. */
+			const char *hf[] = {"--hostfile", o->hostfile, "--map-by", "slot", "--mca", "btl", "tcp,vader,self",
+					    "--mca", "btl_tcp_if_include", network, "--mca", "oob_tcp_if_include",
+					    network};
+			for (size_t i = 0; i < sizeof hf / sizeof hf[0]; i++)
+				argv[n++] = hf[i];
+		} else {
+			/* One box: shared memory between ranks (no TCP BTL listener),
+			 * mpirun's OOB advertised on loopback. */
+			const char *one[] = {"--mca", "btl", "self,vader", "--mca", "oob_tcp_if_include", "lo"};
+			for (size_t i = 0; i < sizeof one / sizeof one[0]; i++)
+				argv[n++] = one[i];
 		}
 		argv[n++] = "-n";
 		argv[n++] = "1";
@@ -139,6 +219,10 @@ int tern_launch_start(const tern_launch_opts *o, tern_job *job, tern_err *err)
 		signal(SIGPIPE, SIG_DFL);
 		setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
 		setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
+		if (o->private_net && enter_private_net() < 0) {
+			fprintf(stderr, "tern-server: cannot make a private network namespace: %s\n", strerror(errno));
+			_exit(127);
+		}
 		execvp(argv[0], (char *const *)argv);
 		fprintf(stderr, "tern-server: cannot run %s: %s\n", argv[0], strerror(errno));
 		_exit(127);

@@ -28,12 +28,15 @@ typedef struct tern_http_opts {
 	size_t max_body;             /* larger request bodies get 413 (default 4 MiB) */
 	unsigned max_connections;    /* beyond it new connections are refused (default 2048: one thread each) */
 	unsigned idle_timeout_s;     /* idle connections are closed (default 300) */
+	const char *tls_cert_file;   /* PEM certificate chain; with tls_key_file: HTTPS only */
+	const char *tls_key_file;    /* PEM private key */
 } tern_http_opts;
 
 typedef struct tern_http_server tern_http_server;
 
-/* Binds and starts serving. Errors: TERN_EINVAL (bad address), TERN_EIO
- * (bind failed), TERN_ENOMEM. */
+/* Binds and starts serving. Errors: TERN_EINVAL (bad address, one TLS file
+ * without the other, no TLS in libmicrohttpd), TERN_EIO (bind failed, a TLS
+ * file unreadable or not PEM), TERN_ENOMEM. */
 int tern_http_start(const tern_http_opts *o, tern_http_server **out, tern_err *err);
 /* The bound port. */
 int tern_http_port(const tern_http_server *s);

@@ -88,7 +88,8 @@ def load_pb2(build):
 
 # The options tern-server takes for itself when a test's coordinator options
 # are given to it (Server(via_server=True)), with its names for them.
-SERVER_OWN_OPTS = {"--auth-token-file": "--api-key-file", "--max-connections": "--max-connections"}
+SERVER_OWN_OPTS = {"--auth-token-file": "--api-key-file", "--max-connections": "--max-connections",
+                   "--tls-cert": "--tls-cert", "--tls-key": "--tls-key"}
 
 
 class Server:
@@ -109,8 +110,9 @@ class Server:
                     own += [SERVER_OWN_OPTS[a], next(it)]
                 else:
                     rest.append(a)
+            self.http_port = free_port()
             cmd = [os.path.join(build, "coordinator", "tern-server"), "-m", model, "--stages", str(stages),
-                   "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"] + own + ["--"] + rest
+                   "--http", "127.0.0.1:%d" % self.http_port, "--grpc", "127.0.0.1:0"] + own + ["--"] + rest
         elif stages > 0:
             cmd = ["mpirun", "--bind-to", "none", "--oversubscribe", "-n", "1"] + coord + \
                   [":", "-n", str(stages)] + (list(node) if node else [os.path.join(build, "node", "tern-node")])
@@ -180,12 +182,13 @@ class Server:
 class TernServer:
     """A tern-server (the OpenAI HTTP API) on a free HTTP port, output
     captured; args are its options after the binary (-m MODEL --stages 0 ...
-    or --attach ADDR; --http is added)."""
+    or --attach ADDR; --http is added, and --grpc on a free port unless given)."""
 
     def __init__(self, build, args, timeout=180):
         self.log = tempfile.NamedTemporaryFile(prefix="tern-server-", suffix=".log", delete=False)
+        grpc_arg = [] if "--grpc" in args else ["--grpc", "127.0.0.1:0"]
         self.proc = subprocess.Popen([os.path.join(build, "coordinator", "tern-server"), "--http", "127.0.0.1:0"] +
-                                     list(args), stdout=subprocess.PIPE, stderr=self.log, text=True)
+                                     grpc_arg + list(args), stdout=subprocess.PIPE, stderr=self.log, text=True)
         self.port = wait_port(self.proc, r"serving the OpenAI API on .* \(port (\d+)\)", timeout)
         if self.port is None:
             self.stop()

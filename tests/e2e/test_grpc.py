@@ -48,7 +48,7 @@ import grpc
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "ref"))
-from ternlib import Client, Results, Server, Skip, code_of, load_pb2, make_model, run_tern_run  # noqa: E402
+from ternlib import Client, Results, Server, code_of, load_pb2, make_model, run_tern_run  # noqa: E402
 import make_model as mm  # noqa: E402
 
 
@@ -542,13 +542,7 @@ def main():
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", crt,
                     "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
                    check=True, capture_output=True)
-    if args.via_server:
-        def tls_skipped():
-            raise Skip("tern-server has no --tls-cert yet")
-        check("tls", tls_skipped)
-        shutil.rmtree(work, ignore_errors=True)
-        return res.finish()
-    srv = Server(build, model, 0, ["--tls-cert", crt, "--tls-key", key, "-c", "256"])
+    srv = Server(build, model, 0, ["--tls-cert", crt, "--tls-key", key, "-c", "256"], via_server=args.via_server)
     try:
         def tls():
             creds = grpc.ssl_channel_credentials(root_certificates=open(crt, "rb").read())
@@ -560,6 +554,21 @@ def main():
             code, _ = code_of(lambda: plain.health(pb.HealthRequest(), timeout=5))
             assert code != grpc.StatusCode.OK, code
             plain.close()
+            if args.via_server:
+                # tern-server's HTTP port speaks HTTPS with the same pair.
+                import http.client
+                import json
+                import ssl
+                import urllib.request
+                ctx = ssl.create_default_context(cafile=crt)
+                with urllib.request.urlopen("https://localhost:%d/v1/models" % srv.http_port, context=ctx,
+                                            timeout=30) as r:
+                    assert r.status == 200 and json.loads(r.read())["data"], r.status
+                try:
+                    urllib.request.urlopen("http://127.0.0.1:%d/v1/models" % srv.http_port, timeout=10)
+                    raise AssertionError("plain HTTP answered on the HTTPS port")
+                except (OSError, http.client.HTTPException):
+                    pass  # refused: no TLS handshake
         check("tls", tls)
     finally:
         srv.stop()
