@@ -55,6 +55,7 @@ static void usage(FILE *f)
 		   "                       being on the hostfile's first host)\n"
 		   "  --attach ADDR        use a coordinator already serving at ADDR instead of launching one\n"
 		   "  --tls-cert F --tls-key F   HTTPS and gRPC over TLS (PEM files)\n"
+		   "  --cors ORIGIN        let pages from ORIGIN (or *) call the HTTP API (default: off)\n"
 		   "  --max-connections N  connections open at once on each port; more are refused (default\n"
 		   "                       2048 HTTP, 1024 gRPC)\n"
 		   "  --ready-timeout S    wait at most S seconds for the coordinator to be ready (default 600)\n"
@@ -73,7 +74,8 @@ static void on_signal(int sig)
 }
 
 enum { OPT_STAGES = 256, OPT_HOSTFILE, OPT_HTTP, OPT_GRPC, OPT_API_KEY_FILE, OPT_ATTACH, OPT_READY_TIMEOUT,
-       OPT_COORDINATOR, OPT_MAX_CONNS, OPT_NETWORK, OPT_PRIVATE_NET, OPT_TLS_CERT, OPT_TLS_KEY };
+       OPT_COORDINATOR, OPT_MAX_CONNS, OPT_NETWORK, OPT_PRIVATE_NET, OPT_TLS_CERT, OPT_TLS_KEY,
+       OPT_CORS };
 
 typedef struct health_buf {
 	Tern__V1__HealthResponse *h;
@@ -142,12 +144,13 @@ int main(int argc, char **argv)
 		{"private-net", no_argument, NULL, OPT_PRIVATE_NET},
 		{"tls-cert", required_argument, NULL, OPT_TLS_CERT},
 		{"tls-key", required_argument, NULL, OPT_TLS_KEY},
+		{"cors", required_argument, NULL, OPT_CORS},
 		{"ready-timeout", required_argument, NULL, OPT_READY_TIMEOUT},
 		{NULL, 0, NULL, 0},
 	};
 	const char *model = NULL, *hostfile = NULL, *http = "127.0.0.1:8080", *grpc = "127.0.0.1:50051";
 	const char *key_file = NULL, *attach = NULL, *coord_addr = NULL, *network = NULL;
-	const char *tls_cert = NULL, *tls_key = NULL;
+	const char *tls_cert = NULL, *tls_key = NULL, *cors = NULL;
 	int private_net = 0;
 	int stages = -1, max_conns = 0;
 	double ready_timeout = 600;
@@ -196,6 +199,9 @@ int main(int argc, char **argv)
 			break;
 		case OPT_TLS_KEY:
 			tls_key = optarg;
+			break;
+		case OPT_CORS:
+			cors = optarg;
 			break;
 		case OPT_MAX_CONNS:
 			rc = tern_parse_int(optarg, 1, 1 << 20, "--max-connections", &max_conns, &err);
@@ -321,7 +327,8 @@ int main(int argc, char **argv)
 			     .model_id = model_id,
 			     .max_connections = (unsigned)max_conns,
 			     .tls_cert_file = tls_cert,
-			     .tls_key_file = tls_key};
+			     .tls_key_file = tls_key,
+			     .cors_origin = cors};
 	if (tern_http_start(&ho, &hs, &err) < 0)
 		goto fail;
 	if (relay_on) {

@@ -34,6 +34,7 @@ struct tern_http_server {
 	char *api_key;
 	tern_metrics *metrics;
 	char *tls_cert, *tls_key; /* PEM texts, with --tls-cert/--tls-key */
+	char *cors;               /* o.cors_origin's copy */
 	long long started;
 	int port;
 };
@@ -50,8 +51,25 @@ typedef struct req_ctx {
 /* ---- replies ----------------------------------------------------------------- */
 
 /* Every response goes through here, so tern_http_requests_total sees it. */
+/* The Origin a CORS reply names: with --cors, the request's Origin when it is
+ * the one allowed (or any, for "*"); NULL: no CORS headers. */
+static const char *cors_origin(const tern_http_server *s, struct MHD_Connection *c)
+{
+	if (!s->o.cors_origin)
+		return NULL;
+	const char *origin = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Origin");
+	if (!origin)
+		return NULL;
+	return !strcmp(s->o.cors_origin, "*") || !strcmp(s->o.cors_origin, origin) ? origin : NULL;
+}
+
 static enum MHD_Result queue(tern_http_server *s, struct MHD_Connection *c, unsigned status, struct MHD_Response *r)
 {
+	const char *origin = cors_origin(s, c);
+	if (origin) {
+		MHD_add_response_header(r, "Access-Control-Allow-Origin", origin);
+		MHD_add_response_header(r, "Vary", "Origin");
+	}
 	const enum MHD_Result q = MHD_queue_response(c, status, r);
 	if (q == MHD_YES)
 		tern_metrics_http(s->metrics, status);
@@ -672,10 +690,26 @@ static int key_ok(const tern_http_server *s, struct MHD_Connection *c)
 	return diff == 0;
 }
 
+static enum MHD_Result reply_preflight(tern_http_server *s, struct MHD_Connection *c)
+{
+	struct MHD_Response *r = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+	if (!r)
+		return MHD_NO;
+	MHD_add_response_header(r, "Access-Control-Allow-Methods", "GET, POST, OPTIONS");
+	MHD_add_response_header(r, "Access-Control-Allow-Headers", "Authorization, Content-Type");
+	MHD_add_response_header(r, "Access-Control-Max-Age", "600");
+	const enum MHD_Result q = queue(s, c, MHD_HTTP_NO_CONTENT, r);
+	MHD_destroy_response(r);
+	return q;
+}
+
 static enum MHD_Result route(tern_http_server *s, struct MHD_Connection *c, const char *url, const char *method,
 			     const req_ctx *rq)
 {
 	const int get = !strcmp(method, "GET"), post = !strcmp(method, "POST");
+	/* A browser's CORS preflight: no key is sent with it, none is asked. */
+	if (!strcmp(method, "OPTIONS") && cors_origin(s, c))
+		return reply_preflight(s, c);
 	if (!strcmp(url, "/health"))
 		return get ? do_health(s, c) : reply_err(s, c, 405, "invalid_request_error", NULL, "use GET /health");
 	if (!key_ok(s, c))
@@ -804,12 +838,12 @@ int tern_http_start(const tern_http_opts *o, tern_http_server **out, tern_err *e
 	snprintf(s->model_id, sizeof s->model_id, "%s", o->model_id ? o->model_id : "tern");
 	s->api_key = o->api_key ? strdup(o->api_key) : NULL;
 	s->o.api_key = s->api_key;
+	s->cors = o->cors_origin ? strdup(o->cors_origin) : NULL;
+	s->o.cors_origin = s->cors;
 	s->metrics = tern_metrics_create();
-	if (!s->metrics || (o->api_key && !s->api_key)) {
+	if (!s->metrics || (o->api_key && !s->api_key) || (o->cors_origin && !s->cors)) {
 		freeaddrinfo(ai);
-		tern_metrics_free(s->metrics);
-		free(s->api_key);
-		free(s);
+		tern_http_stop(s);
 		return TERN_ERR(err, TERN_ENOMEM, "out of memory");
 	}
 	s->started = (long long)time(NULL);
@@ -879,5 +913,6 @@ void tern_http_stop(tern_http_server *s)
 	free(s->api_key);
 	free(s->tls_cert);
 	free(s->tls_key);
+	free(s->cors);
 	free(s);
 }

@@ -30,6 +30,9 @@ typedef struct tern_http_opts {
 	unsigned idle_timeout_s;     /* idle connections are closed (default 300) */
 	const char *tls_cert_file;   /* PEM certificate chain; with tls_key_file: HTTPS only */
 	const char *tls_key_file;    /* PEM private key */
+	const char *cors_origin;     /* NULL: no CORS headers (browsers refuse other origins); an origin
+				      * ("https://app.example") or "*": replies to it carry
+				      * Access-Control-Allow-Origin, and its OPTIONS preflight gets 204 */
 } tern_http_opts;
 
 typedef struct tern_http_server tern_http_server;
