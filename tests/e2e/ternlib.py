@@ -207,9 +207,10 @@ class TernServer:
 
 
 class Client:
-    def __init__(self, pb, port, creds=None, token=None):
+    def __init__(self, pb, port, creds=None, token=None, target=None):
+        """target: another address than 127.0.0.1:port (a unix: socket)."""
         self.pb = pb
-        target = "127.0.0.1:%d" % port
+        target = target or "127.0.0.1:%d" % port
         if creds:
             self.ch = grpc.secure_channel(target, creds, options=[("grpc.ssl_target_name_override", "localhost")])
         else:
