@@ -34,38 +34,6 @@ int tern_launch_numa_domains(void)
 	return n > 0 ? n : 1;
 }
 
-/* The hostfile's "# network: NET" line (deploy/tern-up's), into out; 0 when
- * there is none. */
-static int hostfile_network(const char *path, char *out, size_t cap)
-{
-	FILE *f = fopen(path, "r");
-	if (!f)
-		return 0;
-	char line[1024];
-	int found = 0;
-	while (!found && fgets(line, sizeof line, f)) {
-		char *p = line;
-		while (*p == ' ' || *p == '\t')
-			p++;
-		if (*p++ != '#')
-			continue;
-		while (*p == ' ' || *p == '\t')
-			p++;
-		if (strncmp(p, "network:", 8))
-			continue;
-		p += 8;
-		p += strspn(p, " \t");
-		const size_t n = strcspn(p, " \t\r\n");
-		if (n > 0 && n < cap) {
-			memcpy(out, p, n);
-			out[n] = '\0';
-			found = 1;
-		}
-	}
-	fclose(f);
-	return found;
-}
-
 /* In the child, before exec: a fresh network namespace with loopback up
  * (what deploy/private-net does under unshare --net). */
 static int enter_private_net(void)
@@ -87,8 +55,10 @@ static int enter_private_net(void)
 	return rc;
 }
 
-/* Slots of an Open MPI hostfile ("host slots=N", comments, blank lines). */
-static int hostfile_slots(const char *path, tern_err *err)
+/* Slots of an Open MPI hostfile ("host slots=N", comments, blank lines);
+ * when network[0] is still empty, its "# network: NET" line (deploy/tern-up's)
+ * goes there. */
+static int hostfile_read(const char *path, char *network, size_t network_cap, tern_err *err)
 {
 	FILE *f = fopen(path, "r");
 	if (!f)
@@ -96,6 +66,18 @@ static int hostfile_slots(const char *path, tern_err *err)
 	char line[1024];
 	long total = 0;
 	while (fgets(line, sizeof line, f)) {
+		char *p = line + strspn(line, " \t");
+		if (*p == '#' && !network[0]) {
+			p += 1 + strspn(p + 1, " \t");
+			if (!strncmp(p, "network:", 8)) {
+				p += 8 + strspn(p + 8, " \t");
+				const size_t n = strcspn(p, " \t\r\n");
+				if (n > 0 && n < network_cap) {
+					memcpy(network, p, n);
+					network[n] = '\0';
+				}
+			}
+		}
 		line[strcspn(line, "#\r\n")] = '\0';
 		char *tok = strtok(line, " \t");
 		if (!tok)
@@ -117,6 +99,13 @@ static int hostfile_slots(const char *path, tern_err *err)
 	return (int)(total > 4097 ? 4097 : total);
 }
 
+/* Appends k words to argv at *n. */
+static void push_words(const char **argv, int *n, const char *const *words, size_t k)
+{
+	for (size_t i = 0; i < k; i++)
+		argv[(*n)++] = words[i];
+}
+
 static int executable(const char *p)
 {
 	return access(p, X_OK) == 0;
@@ -133,33 +122,33 @@ int tern_launch_start(const tern_launch_opts *o, tern_job *job, tern_err *err)
 	if (!executable(coord))
 		return TERN_ERR(err, TERN_EINVAL, "no tern-coordinator in %s", o->bin_dir);
 	int stages = o->stages;
-	if (o->hostfile) {
-		const int slots = hostfile_slots(o->hostfile, err);
-		if (slots < 0)
-			return slots;
-		stages = slots - 1;
-	} else if (stages < 0) {
-		stages = tern_launch_numa_domains();
-	}
-	if (stages > 0 && !executable(node))
-		return TERN_ERR(err, TERN_EINVAL, "no tern-node in %s or %s/../node", o->bin_dir, o->bin_dir);
 	char network[256] = "";
 	if (o->hostfile) {
 		TERN_RETURN_IF(o->private_net, err, TERN_EINVAL, "--private-net is for a single box, not --hostfile");
 		if (o->network)
 			snprintf(network, sizeof network, "%s", o->network);
-		TERN_RETURN_IF(!network[0] && !hostfile_network(o->hostfile, network, sizeof network), err, TERN_EINVAL,
+		const int slots = hostfile_read(o->hostfile, network, sizeof network, err);
+		if (slots < 0)
+			return slots;
+		stages = slots - 1;
+		TERN_RETURN_IF(!network[0], err, TERN_EINVAL,
 			       "name the private cluster network MPI may use: --network CIDR, or a '# network: CIDR' "
 			       "line in %s (MPI's TCP is unauthenticated)",
 			       o->hostfile);
+	} else if (stages < 0) {
+		stages = tern_launch_numa_domains();
 	}
+	if (stages > 0 && !executable(node))
+		return TERN_ERR(err, TERN_EINVAL, "no tern-node in %s or %s/../node", o->bin_dir, o->bin_dir);
 	if (o->private_net) {
 		TERN_RETURN_IF(geteuid() != 0, err, TERN_EINVAL, "--private-net needs root (a network namespace)");
 		TERN_RETURN_IF(strncmp(o->grpc_listen, "unix:", 5) != 0, err, TERN_EINVAL,
 			       "--private-net: the coordinator must serve on a unix: address (it is %s)", o->grpc_listen);
 	}
 	snprintf(stages_s, sizeof stages_s, "%d", stages);
-	const char **argv = calloc((size_t)o->n_coord_args + 32, sizeof *argv);
+	/* Fixed words: mpirun's 7, a hostfile's 13, "-n 1", the coordinator's 7,
+	 * the stages' 4 and the NULL: 34 at most. */
+	const char **argv = calloc((size_t)o->n_coord_args + 40, sizeof *argv);
 	if (!argv)
 		return TERN_ERR(err, TERN_ENOMEM, "out of memory");
 	int n = 0;
@@ -167,21 +156,18 @@ int tern_launch_start(const tern_launch_opts *o, tern_job *job, tern_err *err)
 	if (mpirun) {
 		const char *pre[] = {"mpirun", "--bind-to", "none", "--oversubscribe", "--mca", "mpi_yield_when_idle",
 				     "1"};
-		for (size_t i = 0; i < sizeof pre / sizeof pre[0]; i++)
-			argv[n++] = pre[i];
+		push_words(argv, &n, pre, sizeof pre / sizeof pre[0]);
 		if (o->hostfile) {
 			/* TCP between ranks and daemons only on the cluster network. */
 			const char *hf[] = {"--hostfile", o->hostfile, "--map-by", "slot", "--mca", "btl", "tcp,vader,self",
 					    "--mca", "btl_tcp_if_include", network, "--mca", "oob_tcp_if_include",
 					    network};
-			for (size_t i = 0; i < sizeof hf / sizeof hf[0]; i++)
-				argv[n++] = hf[i];
+			push_words(argv, &n, hf, sizeof hf / sizeof hf[0]);
 		} else {
 			/* One box: shared memory between ranks (no TCP BTL listener),
 			 * mpirun's OOB advertised on loopback. */
 			const char *one[] = {"--mca", "btl", "self,vader", "--mca", "oob_tcp_if_include", "lo"};
-			for (size_t i = 0; i < sizeof one / sizeof one[0]; i++)
-				argv[n++] = one[i];
+			push_words(argv, &n, one, sizeof one / sizeof one[0]);
 		}
 		argv[n++] = "-n";
 		argv[n++] = "1";

@@ -215,6 +215,17 @@ def main():
                             os.path.join(work, "hosts"), "--http", "127.0.0.1:0", "--grpc", "off"],
                            capture_output=True, text=True, timeout=60)
         assert r.returncode != 0 and "network" in r.stderr, r
+        # With the network named in the hostfile the job is launched with TCP
+        # kept to it (the hosts do not exist: mpirun then fails at once).
+        named = os.path.join(work, "hosts-net")
+        with open(named, "w") as f:
+            f.write("# network: 10.1.0.0/16\nnohost-a.invalid slots=1\nnohost-b.invalid slots=1\n")
+        r = subprocess.run([os.path.join(build, "coordinator", "tern-server"), "-m", model, "--hostfile", named,
+                            "--http", "127.0.0.1:0", "--grpc", "off"], capture_output=True, text=True, timeout=120)
+        launch = [ln for ln in r.stderr.splitlines() if ln.startswith("tern-server: mpirun ")]
+        assert r.returncode != 0 and launch, r
+        assert "--mca btl_tcp_if_include 10.1.0.0/16" in launch[0] and \
+            "--mca oob_tcp_if_include 10.1.0.0/16" in launch[0] and launch[0].endswith("tern-node"), launch
     res.check("tern_server_needs_cluster_network", server_refuses)
     return res.finish()
 
