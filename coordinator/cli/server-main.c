@@ -77,31 +77,19 @@ enum { OPT_STAGES = 256, OPT_HOSTFILE, OPT_HTTP, OPT_GRPC, OPT_API_KEY_FILE, OPT
        OPT_COORDINATOR, OPT_MAX_CONNS, OPT_NETWORK, OPT_PRIVATE_NET, OPT_TLS_CERT, OPT_TLS_KEY,
        OPT_CORS };
 
-typedef struct health_buf {
-	Tern__V1__HealthResponse *h;
-} health_buf;
-
-static void on_health(void *ctx, const uint8_t *p, size_t n)
-{
-	health_buf *b = ctx;
-	if (b->h)
-		tern__v1__health_response__free_unpacked(b->h, NULL);
-	b->h = tern__v1__health_response__unpack(NULL, n, p);
-}
-
 static int is_ready(tern_grpc_client *c, char *model, size_t model_len)
 {
 	Tern__V1__HealthRequest q = TERN__V1__HEALTH_REQUEST__INIT;
-	health_buf b = {0};
 	char detail[256];
-	const int st = tern_grpc_call(c, "/tern.v1.Tern/Health", &q.base, 2.0, on_health, &b, detail, sizeof detail);
-	int ready = 0;
-	if (st == 0 && b.h) {
-		ready = b.h->ready;
-		snprintf(model, model_len, "%s", b.h->model ? b.h->model : "");
+	int st;
+	Tern__V1__HealthResponse *h = (Tern__V1__HealthResponse *)tern_grpc_unary(
+		c, "/tern.v1.Tern/Health", &q.base, 2.0, &tern__v1__health_response__descriptor, &st, detail,
+		sizeof detail);
+	const int ready = h && h->ready;
+	if (h) {
+		snprintf(model, model_len, "%s", h->model ? h->model : "");
+		tern__v1__health_response__free_unpacked(h, NULL);
 	}
-	if (b.h)
-		tern__v1__health_response__free_unpacked(b.h, NULL);
 	return ready;
 }
 

@@ -50,7 +50,6 @@ typedef struct req_ctx {
 
 /* ---- replies ----------------------------------------------------------------- */
 
-/* Every response goes through here, so tern_http_requests_total sees it. */
 /* The Origin a CORS reply names: with --cors, the request's Origin when it is
  * the one allowed (or any, for "*"); NULL: no CORS headers. */
 static const char *cors_origin(const tern_http_server *s, struct MHD_Connection *c)
@@ -63,6 +62,8 @@ static const char *cors_origin(const tern_http_server *s, struct MHD_Connection 
 	return !strcmp(s->o.cors_origin, "*") || !strcmp(s->o.cors_origin, origin) ? origin : NULL;
 }
 
+/* Every response goes through here, so tern_http_requests_total sees it
+ * and a --cors origin gets its headers. */
 static enum MHD_Result queue(tern_http_server *s, struct MHD_Connection *c, unsigned status, struct MHD_Response *r)
 {
 	const char *origin = cors_origin(s, c);
@@ -182,12 +183,11 @@ static void make_id(char *out, size_t len, const char *prefix)
 static enum MHD_Result do_health(tern_http_server *s, struct MHD_Connection *c)
 {
 	Tern__V1__HealthRequest q = TERN__V1__HEALTH_REQUEST__INIT;
-	tern_grpc_msg_buf b = {0};
 	char detail[512];
-	const int st = tern_grpc_call(s->o.upstream, "/tern.v1.Tern/Health", &q.base, 5.0,
-				      tern_grpc_keep_msg, &b, detail, sizeof detail);
-	Tern__V1__HealthResponse *h = st == 0 && b.p ? tern__v1__health_response__unpack(NULL, b.n, b.p) : NULL;
-	free(b.p);
+	int st;
+	Tern__V1__HealthResponse *h = (Tern__V1__HealthResponse *)tern_grpc_unary(
+		s->o.upstream, "/tern.v1.Tern/Health", &q.base, 5.0, &tern__v1__health_response__descriptor, &st,
+		detail, sizeof detail);
 	json_t *j;
 	int ready = 0;
 	if (h) {
@@ -250,13 +250,12 @@ static enum MHD_Result do_tokenize(tern_http_server *s, struct MHD_Connection *c
 	q.add_bos = as ? json_is_true(as) : 1;
 	q.parse_special = ps && json_is_true(ps);
 	const int pieces = wp && json_is_true(wp);
-	tern_grpc_msg_buf b = {0};
 	char detail[512];
-	const int st = tern_grpc_call(s->o.upstream, "/tern.v1.Tern/Tokenize", &q.base, 30.0,
-				      tern_grpc_keep_msg, &b, detail, sizeof detail);
+	int st;
+	Tern__V1__TokenizeResponse *t = (Tern__V1__TokenizeResponse *)tern_grpc_unary(
+		s->o.upstream, "/tern.v1.Tern/Tokenize", &q.base, 30.0, &tern__v1__tokenize_response__descriptor, &st,
+		detail, sizeof detail);
 	json_decref(root);
-	Tern__V1__TokenizeResponse *t = st == 0 && b.p ? tern__v1__tokenize_response__unpack(NULL, b.n, b.p) : NULL;
-	free(b.p);
 	if (!t) {
 		tern_oai_error e;
 		tern_oai_error_from_status(st ? st : TERN_STATUS_INTERNAL, st ? detail : "malformed Tokenize reply", &e);
@@ -303,14 +302,12 @@ static enum MHD_Result do_detokenize(tern_http_server *s, struct MHD_Connection 
 	q.token_ids = ids;
 	q.special = sp && json_is_true(sp);
 	json_decref(root);
-	tern_grpc_msg_buf b = {0};
 	char detail[512];
-	const int st = tern_grpc_call(s->o.upstream, "/tern.v1.Tern/Detokenize", &q.base, 30.0,
-				      tern_grpc_keep_msg, &b, detail, sizeof detail);
+	int st;
+	Tern__V1__DetokenizeResponse *t = (Tern__V1__DetokenizeResponse *)tern_grpc_unary(
+		s->o.upstream, "/tern.v1.Tern/Detokenize", &q.base, 30.0, &tern__v1__detokenize_response__descriptor,
+		&st, detail, sizeof detail);
 	free(ids);
-	Tern__V1__DetokenizeResponse *t = st == 0 && b.p ? tern__v1__detokenize_response__unpack(NULL, b.n, b.p)
-							 : NULL;
-	free(b.p);
 	if (!t) {
 		tern_oai_error e;
 		tern_oai_error_from_status(st ? st : TERN_STATUS_INTERNAL, st ? detail : "malformed Detokenize reply",
@@ -329,12 +326,11 @@ static enum MHD_Result do_detokenize(tern_http_server *s, struct MHD_Connection 
 static enum MHD_Result do_metrics(tern_http_server *s, struct MHD_Connection *c)
 {
 	Tern__V1__StatsRequest q = TERN__V1__STATS_REQUEST__INIT;
-	tern_grpc_msg_buf b = {0};
 	char detail[256];
-	const int st = tern_grpc_call(s->o.upstream, "/tern.v1.Tern/Stats", &q.base, TERN_HTTP_STATS_TIMEOUT_S,
-				      tern_grpc_keep_msg, &b, detail, sizeof detail);
-	Tern__V1__StatsResponse *stats = st == 0 && b.p ? tern__v1__stats_response__unpack(NULL, b.n, b.p) : NULL;
-	free(b.p);
+	int st;
+	Tern__V1__StatsResponse *stats = (Tern__V1__StatsResponse *)tern_grpc_unary(
+		s->o.upstream, "/tern.v1.Tern/Stats", &q.base, TERN_HTTP_STATS_TIMEOUT_S,
+		&tern__v1__stats_response__descriptor, &st, detail, sizeof detail);
 	char *text = NULL;
 	size_t len = 0;
 	FILE *f = open_memstream(&text, &len);
@@ -808,21 +804,15 @@ int tern_http_start(const tern_http_opts *o, tern_http_server **out, tern_err *e
 	*out = NULL;
 	const char *listen = o->listen ? o->listen : "127.0.0.1:8080";
 	char host[256];
-	const char *colon = strrchr(listen, ':');
-	if (!colon || colon == listen || (size_t)(colon - listen) >= sizeof host || !colon[1])
+	char port[64];
+	if (tern_split_host_port(listen, host, sizeof host, port, sizeof port) < 0 || listen[0] == ':')
 		return TERN_ERR(err, TERN_EINVAL, "HTTP address '%s' is not HOST:PORT", listen);
-	memcpy(host, listen, (size_t)(colon - listen));
-	host[colon - listen] = '\0';
-	if (host[0] == '[' && host[strlen(host) - 1] == ']') {
-		memmove(host, host + 1, strlen(host) - 2);
-		host[strlen(host) - 2] = '\0';
-	}
 	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
 				 .ai_flags = AI_NUMERICSERV | AI_PASSIVE},
 			*ai = NULL;
-	if (getaddrinfo(host, colon + 1, &hints, &ai) != 0 || !ai)
+	if (getaddrinfo(host, port, &hints, &ai) != 0 || !ai)
 		return TERN_ERR(err, TERN_EINVAL, "HTTP address '%s': cannot resolve '%s' port '%s'", listen, host,
-				colon + 1);
+				port);
 	tern_http_server *s = calloc(1, sizeof *s);
 	if (!s) {
 		freeaddrinfo(ai);

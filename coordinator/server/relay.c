@@ -173,20 +173,16 @@ static void relay_cancel(void *self, uint64_t handle)
 static int relay_unary(tern_relay *r, const char *method, const ProtobufCMessage *req, double timeout_s,
 		       ProtobufCMessage *out, char *msg, size_t msg_len)
 {
-	tern_grpc_msg_buf b = {0};
 	char detail[512] = "";
-	int st = tern_grpc_call(r->up, method, req, timeout_s, tern_grpc_keep_msg, &b, detail, sizeof detail);
-	if (st == TERN_STATUS_OK) {
-		ProtobufCMessage *m = b.p ? protobuf_c_message_unpack(out->descriptor, NULL, b.n, b.p) : NULL;
-		if (m) {
-			memcpy(out, m, out->descriptor->sizeof_message);
-			free(m); /* the struct only: its fields now belong to *out */
-		} else {
-			st = TERN_STATUS_INTERNAL;
-			snprintf(detail, sizeof detail, "the coordinator's reply is malformed");
-		}
+	int st;
+	ProtobufCMessage *m = tern_grpc_unary(r->up, method, req, timeout_s, out->descriptor, &st, detail, sizeof detail);
+	if (m) {
+		memcpy(out, m, out->descriptor->sizeof_message);
+		free(m); /* the struct only: its fields now belong to *out */
+	} else if (st == TERN_STATUS_OK) {
+		st = TERN_STATUS_INTERNAL;
+		snprintf(detail, sizeof detail, "the coordinator's reply is malformed");
 	}
-	free(b.p);
 	if (st != TERN_STATUS_OK && msg)
 		snprintf(msg, msg_len, "%s", detail);
 	return st;
