@@ -767,7 +767,6 @@ int tern_grpc_start(const tern_grpc_opts *opts, const tern_service *svc, tern_gr
 				 : TERN_ERR(err, TERN_EIO, "cannot listen on %s (address in use or invalid)", listen);
 	}
 	grpc_server_start(s->server);
-
 	for (int m = 0; m < M_COUNT; m++)
 		arm_slot(s, m);
 	s->shutdown_tag.kind = TAG_SHUTDOWN;

@@ -116,8 +116,6 @@ static Tern__V1__FinishReason finish_reason(tern_finish f)
 				       : TERN__V1__FINISH_REASON__FINISH_REASON_STOP;
 }
 
-/* Emits a sampled token of q through its generation step; ends q when the
- * step says so (the end-of-generation token itself is not streamed). */
 /* A sampled token's log-probabilities (GenerateRequest.logprobs). */
 typedef struct token_lp {
 	float logprob;
@@ -134,6 +132,9 @@ static void token_bytes_of(const tern_sched *s, int32_t id, ProtobufCBinaryData 
 	out->len = p ? n : 0;
 }
 
+/* Emits a sampled token of q through its generation step, with its
+ * log-probabilities when lp is given; ends q when the step says so (the
+ * end-of-generation token itself is not streamed). */
 static void take_token(tern_sched *s, seq *q, int32_t t, const token_lp *lp)
 {
 	const double now = tern_now_s();

@@ -103,9 +103,8 @@ static int content_text(json_t *c, size_t i, char **out, tern_oai_error *e)
 		json_t *text = json_object_get(p, "text");
 		if (!json_is_object(p) || !json_is_string(type) || strcmp(json_string_value(type), "text") ||
 		    !json_is_string(text))
-			return BAD(param,
-				   "content part %zu: only {\"type\": \"text\", \"text\": ...} parts are "
-				   "supported",
+			return BAD(param, "content part %zu: only {\"type\": \"text\", \"text\": ...} parts are "
+					  "supported",
 				   j);
 		total += json_string_length(text);
 	}
@@ -411,7 +410,9 @@ void tern_oai_error_from_status(int st, const char *details, tern_oai_error *e)
 {
 	const char *d = details && details[0] ? details : "the coordinator failed";
 	switch (st) {
-	case TERN_STATUS_INVALID_ARGUMENT: tern_oai_error_set(e, 400, "invalid_request_error", NULL, "%s", d); break;
+	case TERN_STATUS_INVALID_ARGUMENT:
+		tern_oai_error_set(e, 400, "invalid_request_error", NULL, "%s", d);
+		break;
 	case TERN_STATUS_UNAUTHENTICATED:
 		tern_oai_error_set(e, 401, "authentication_error", NULL, "%s", d);
 		e->code = "invalid_api_key";
@@ -420,9 +421,15 @@ void tern_oai_error_from_status(int st, const char *details, tern_oai_error *e)
 		tern_oai_error_set(e, 429, "rate_limit_error", NULL, "%s", d);
 		e->code = "rate_limit_exceeded";
 		break;
-	case TERN_STATUS_UNAVAILABLE: tern_oai_error_set(e, 503, "service_unavailable", NULL, "%s", d); break;
-	case TERN_STATUS_DEADLINE_EXCEEDED: tern_oai_error_set(e, 504, "timeout", NULL, "%s", d); break;
-	default: tern_oai_error_set(e, 500, "server_error", NULL, "%s", d); break;
+	case TERN_STATUS_UNAVAILABLE:
+		tern_oai_error_set(e, 503, "service_unavailable", NULL, "%s", d);
+		break;
+	case TERN_STATUS_DEADLINE_EXCEEDED:
+		tern_oai_error_set(e, 504, "timeout", NULL, "%s", d);
+		break;
+	default:
+		tern_oai_error_set(e, 500, "server_error", NULL, "%s", d);
+		break;
 	}
 }
 
