@@ -126,62 +126,6 @@ static inline void widen_add(int32_t *acc, __m512i A, __m512i B)
 	widen_lane(acc + 48, _mm512_extracti32x4_epi32(A, 3), _mm512_extracti32x4_epi32(B, 3));
 }
 
-static inline __attribute__((always_inline)) void tl1_tile(const uint8_t *tile, int q_begin, int quads,
-							   const tern_act *a, int j0, const int nt, ptrdiff_t pf,
-							   int32_t acc[][TERN_TL_ROWS])
-{
-	const __m512i m15 = _mm512_set1_epi8(15);
-	const uint8_t *lut[TL_TOKENS];
-	for (int t = 0; t < nt; t++) {
-		lut[t] = (const uint8_t *)a->lut + (size_t)(j0 + t) * a->lut_row_bytes;
-	}
-	const int qblock = TERN_TL_BLOCK_GROUPS / 2;
-	for (int q0 = q_begin; q0 < quads; q0 += qblock) {
-		const int q1 = quads - q0 < qblock ? quads : q0 + qblock;
-		__m512i A[TL_TOKENS], B[TL_TOKENS];
-		for (int t = 0; t < nt; t++)
-			A[t] = B[t] = _mm512_setzero_si512();
-		for (int q = q0; q < q1; q++) {
-			const __m512i v = _mm512_loadu_si512((const void *)(tile + (size_t)q * 64));
-			if (pf)
-				_mm_prefetch((const char *)(tile + (size_t)q * 64 + pf), _MM_HINT_T0);
-			const __m512i i0 = _mm512_and_si512(v, m15);
-			const __m512i i1 = _mm512_and_si512(_mm512_srli_epi16(v, 4), m15);
-			for (int t = 0; t < nt; t++) {
-				const uint8_t *g = lut[t] + (size_t)q * 2 * TERN_LUT_GROUP_BYTES;
-				__m512i tlo, thi;
-				lut_planes(g, &tlo, &thi);
-				__m512i l = _mm512_shuffle_epi8(tlo, i0), hh = _mm512_shuffle_epi8(thi, i0);
-				A[t] = _mm512_add_epi16(A[t], _mm512_unpacklo_epi8(l, hh));
-				B[t] = _mm512_add_epi16(B[t], _mm512_unpackhi_epi8(l, hh));
-				lut_planes(g + TERN_LUT_GROUP_BYTES, &tlo, &thi);
-				l = _mm512_shuffle_epi8(tlo, i1);
-				hh = _mm512_shuffle_epi8(thi, i1);
-				A[t] = _mm512_add_epi16(A[t], _mm512_unpacklo_epi8(l, hh));
-				B[t] = _mm512_add_epi16(B[t], _mm512_unpackhi_epi8(l, hh));
-			}
-		}
-		for (int t = 0; t < nt; t++)
-			widen_add(acc[t], A[t], B[t]);
-	}
-}
-
-static void tl1_bw_run(const uint8_t *tile, int s0, int s1, const tern_act *a, int j0, int nt, ptrdiff_t pf,
-		       int32_t acc[][TERN_TL_ROWS])
-{
-	if (nt == TL_TOKENS)
-		tl1_tile(tile, s0, s1, a, j0, TL_TOKENS, pf, acc);
-	else if (nt == TL_TOKENS / 2)
-		tl1_tile(tile, s0, s1, a, j0, TL_TOKENS / 2, pf, acc);
-	else
-		tl1_tile(tile, s0, s1, a, j0, 1, pf, acc);
-}
-
-static void tl1_bw_kernel(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
-{
-	tl_drive(w, a, dot, ldd, row0, row1, w->k_pad / 4, TERN_TL1_QUAD_BYTES, TL_TOKENS, tl1_bw_run);
-}
-
 static inline __mmask32 load_mask32(const uint8_t *p)
 {
 	uint32_t m;
@@ -189,18 +133,20 @@ static inline __mmask32 load_mask32(const uint8_t *p)
 	return _cvtu32_mask32(m);
 }
 
-static inline __attribute__((always_inline)) void tl2_tile(const uint8_t *tile, int p_begin, int pairs,
-							   const tern_act *a, int j0, const int nt, ptrdiff_t pf,
-							   int32_t acc[][TERN_TL_ROWS])
+/* TL1 (tl2 = 0) or TL2 (tl2 = 1; a constant after inlining): one step = 64
+ * index bytes = two groups, a block is 32 steps (64 groups); TL2 steps also
+ * carry 16 sign bytes after the block's indices. */
+static inline __attribute__((always_inline)) void tl_bw_tile(const uint8_t *tile, int p_begin, int pairs,
+							     const tern_act *a, int j0, const int nt, ptrdiff_t pf,
+							     const int tl2, int32_t acc[][TERN_TL_ROWS])
 {
 	const __m512i m15 = _mm512_set1_epi8(15);
 	const uint8_t *lut[TL_TOKENS];
-	for (int t = 0; t < nt; t++) {
-		lut[t] = (const uint8_t *)a->lut + (size_t)(j0 + t) * a->lut_row_bytes;
-	}
+	tl_luts(a, j0, nt, lut);
+	const size_t step_bytes = tl2 ? TERN_TL2_PAIR_BYTES : TERN_TL1_QUAD_BYTES;
 	for (int p0 = p_begin; p0 < pairs; p0 += TERN_TL2_BLOCK_PAIRS) {
 		const int np = pairs - p0 < TERN_TL2_BLOCK_PAIRS ? pairs - p0 : TERN_TL2_BLOCK_PAIRS;
-		const uint8_t *idx = tile + (size_t)p0 * TERN_TL2_PAIR_BYTES;
+		const uint8_t *idx = tile + (size_t)p0 * step_bytes;
 		const uint8_t *sgn = idx + (size_t)np * 64;
 		__m512i A[TL_TOKENS], B[TL_TOKENS];
 		for (int t = 0; t < nt; t++)
@@ -208,15 +154,12 @@ static inline __attribute__((always_inline)) void tl2_tile(const uint8_t *tile, 
 		for (int p = 0; p < np; p++) {
 			const __m512i v = _mm512_loadu_si512((const void *)(idx + (size_t)p * 64));
 			const uint8_t *rec = sgn + (size_t)p * 16;
-			if (pf) {
-				_mm_prefetch((const char *)(idx + (size_t)p * TERN_TL2_PAIR_BYTES + pf), _MM_HINT_T0);
-				_mm_prefetch((const char *)(idx + (size_t)p * TERN_TL2_PAIR_BYTES + pf + 40),
-					     _MM_HINT_T0);
-			}
+			tl_prefetch_step(idx + (size_t)p * step_bytes, pf, tl2);
 			for (int e = 0; e < 2; e++) {
 				const __m512i ix =
 				    e ? _mm512_and_si512(_mm512_srli_epi16(v, 4), m15) : _mm512_and_si512(v, m15);
-				const __mmask32 ka = load_mask32(rec + 8 * e), kb = load_mask32(rec + 8 * e + 4);
+				const __mmask32 ka = tl2 ? load_mask32(rec + 8 * e) : 0;
+				const __mmask32 kb = tl2 ? load_mask32(rec + 8 * e + 4) : 0;
 				for (int t = 0; t < nt; t++) {
 					__m512i tlo, thi;
 					lut_planes(lut[t] + (size_t)(2 * (p0 + p) + e) * TERN_LUT_GROUP_BYTES, &tlo,
@@ -225,10 +168,15 @@ static inline __attribute__((always_inline)) void tl2_tile(const uint8_t *tile, 
 						      hh = _mm512_shuffle_epi8(thi, ix);
 					const __m512i xa = _mm512_unpacklo_epi8(l, hh),
 						      xb = _mm512_unpackhi_epi8(l, hh);
-					/* Negate entries of negative groups off the accumulator chain. */
-					const __m512i z = _mm512_setzero_si512();
-					A[t] = _mm512_add_epi16(A[t], _mm512_mask_sub_epi16(xa, ka, z, xa));
-					B[t] = _mm512_add_epi16(B[t], _mm512_mask_sub_epi16(xb, kb, z, xb));
+					if (tl2) {
+						/* Negate entries of negative groups off the accumulator chain. */
+						const __m512i z = _mm512_setzero_si512();
+						A[t] = _mm512_add_epi16(A[t], _mm512_mask_sub_epi16(xa, ka, z, xa));
+						B[t] = _mm512_add_epi16(B[t], _mm512_mask_sub_epi16(xb, kb, z, xb));
+					} else {
+						A[t] = _mm512_add_epi16(A[t], xa);
+						B[t] = _mm512_add_epi16(B[t], xb);
+					}
 				}
 			}
 		}
@@ -237,21 +185,8 @@ static inline __attribute__((always_inline)) void tl2_tile(const uint8_t *tile, 
 	}
 }
 
-static void tl2_bw_run(const uint8_t *tile, int s0, int s1, const tern_act *a, int j0, int nt, ptrdiff_t pf,
-		       int32_t acc[][TERN_TL_ROWS])
-{
-	if (nt == TL_TOKENS)
-		tl2_tile(tile, s0, s1, a, j0, TL_TOKENS, pf, acc);
-	else if (nt == TL_TOKENS / 2)
-		tl2_tile(tile, s0, s1, a, j0, TL_TOKENS / 2, pf, acc);
-	else
-		tl2_tile(tile, s0, s1, a, j0, 1, pf, acc);
-}
-
-static void tl2_bw_kernel(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
-{
-	tl_drive(w, a, dot, ldd, row0, row1, w->k_pad / 6, TERN_TL2_PAIR_BYTES, TL_TOKENS, tl2_bw_run);
-}
+TL_RUN_FN(tl1_bw_run, tl_bw_tile, tl_bw_tile, TL_TOKENS, 0)
+TL_RUN_FN(tl2_bw_run, tl_bw_tile, tl_bw_tile, TL_TOKENS, 1)
 
 /* ---- TL1 / TL2 with VBMI -------------------------------------------------
  * vpshufb + unpack costs four shuffles per group and 64 rows, and shuffles
@@ -284,9 +219,7 @@ static inline __attribute__((always_inline)) void tl_vbmi_tile(const uint8_t *ti
 	const __m512i m0f = _mm512_set1_epi16(0x0f0f), off0 = _mm512_set1_epi16(0x1000),
 		      off1 = _mm512_set1_epi16(0x3020);
 	const uint8_t *lut[TL_TOKENS];
-	for (int t = 0; t < nt; t++) {
-		lut[t] = (const uint8_t *)a->lut + (size_t)(j0 + t) * a->lut_row_bytes;
-	}
+	tl_luts(a, j0, nt, lut);
 	/* One step = 64 index bytes = two groups; a block is 32 steps (64 groups). */
 	const size_t step_bytes = tl2 ? TERN_TL2_PAIR_BYTES : TERN_TL1_QUAD_BYTES;
 	for (int p0 = p_begin; p0 < pairs; p0 += TERN_TL2_BLOCK_PAIRS) {
@@ -298,13 +231,7 @@ static inline __attribute__((always_inline)) void tl_vbmi_tile(const uint8_t *ti
 			A[t] = B[t] = _mm512_setzero_si512();
 		for (int p = 0; p < np; p++) {
 			const __m512i v = _mm512_loadu_si512((const void *)(idx + (size_t)p * 64));
-			if (pf) {
-				/* A TL2 step spans 80 bytes: two prefetches 40 apart touch every line. */
-				_mm_prefetch((const char *)(idx + (size_t)p * step_bytes + pf), _MM_HINT_T0);
-				if (tl2)
-					_mm_prefetch((const char *)(idx + (size_t)p * step_bytes + pf + 40),
-						     _MM_HINT_T0);
-			}
+			tl_prefetch_step(idx + (size_t)p * step_bytes, pf, tl2);
 			const __m512i wa = _mm512_unpacklo_epi8(v, v), wb = _mm512_unpackhi_epi8(v, v);
 			const __m512i xa0 = idx_words(wa, m0f, off0), xb0 = idx_words(wb, m0f, off0);
 			const __m512i xa1 = idx_words(_mm512_srli_epi16(wa, 4), m0f, off1);
@@ -345,27 +272,8 @@ static inline __attribute__((always_inline)) void tl_vbmi_tile(const uint8_t *ti
 	}
 }
 
-static void tl1_vbmi_run(const uint8_t *tile, int s0, int s1, const tern_act *a, int j0, int nt, ptrdiff_t pf,
-			 int32_t acc[][TERN_TL_ROWS])
-{
-	if (nt == TL_TOKENS)
-		tl_vbmi_tile(tile, s0, s1, a, j0, TL_TOKENS, pf, 0, acc);
-	else if (nt == TL_TOKENS / 2)
-		tl_vbmi_tile(tile, s0, s1, a, j0, TL_TOKENS / 2, pf, 0, acc);
-	else
-		tl_vbmi_tile(tile, s0, s1, a, j0, 1, pf, 0, acc);
-}
-
-static void tl2_vbmi_run(const uint8_t *tile, int s0, int s1, const tern_act *a, int j0, int nt, ptrdiff_t pf,
-			 int32_t acc[][TERN_TL_ROWS])
-{
-	if (nt == TL_TOKENS)
-		tl_vbmi_tile(tile, s0, s1, a, j0, TL_TOKENS, pf, 1, acc);
-	else if (nt == TL_TOKENS / 2)
-		tl_vbmi_tile(tile, s0, s1, a, j0, TL_TOKENS / 2, pf, 1, acc);
-	else
-		tl_vbmi_tile(tile, s0, s1, a, j0, 1, pf, 1, acc);
-}
+TL_RUN_FN(tl1_vbmi_run, tl_vbmi_tile, tl_vbmi_tile, TL_TOKENS, 0)
+TL_RUN_FN(tl2_vbmi_run, tl_vbmi_tile, tl_vbmi_tile, TL_TOKENS, 1)
 #if defined(__clang__)
 #pragma clang attribute pop
 #else
@@ -379,7 +287,7 @@ void tern_kern_tl1_avx512(const tern_matrix *w, const tern_act *a, int32_t *dot,
 	else if (tern_kern_avx512_vbmi)
 		tl_drive(w, a, dot, ldd, row0, row1, w->k_pad / 4, TERN_TL1_QUAD_BYTES, TL_TOKENS, tl1_vbmi_run);
 	else
-		tl1_bw_kernel(w, a, dot, ldd, row0, row1);
+		tl_drive(w, a, dot, ldd, row0, row1, w->k_pad / 4, TERN_TL1_QUAD_BYTES, TL_TOKENS, tl1_bw_run);
 }
 
 void tern_kern_tl2_avx512(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
@@ -389,5 +297,5 @@ void tern_kern_tl2_avx512(const tern_matrix *w, const tern_act *a, int32_t *dot,
 	else if (tern_kern_avx512_vbmi)
 		tl_drive(w, a, dot, ldd, row0, row1, w->k_pad / 6, TERN_TL2_PAIR_BYTES, TL_TOKENS, tl2_vbmi_run);
 	else
-		tl2_bw_kernel(w, a, dot, ldd, row0, row1);
+		tl_drive(w, a, dot, ldd, row0, row1, w->k_pad / 6, TERN_TL2_PAIR_BYTES, TL_TOKENS, tl2_bw_run);
 }

@@ -18,6 +18,7 @@
 
 #include <stddef.h>
 #include <string.h>
+#include <xmmintrin.h>
 
 #define TL_LUT_BUDGET (512 * 1024)
 #define TL_MAX_TOKENS 8
@@ -27,6 +28,41 @@
 
 typedef void (*tl_run_fn)(const uint8_t *tile, int s0, int s1, const tern_act *a, int j0, int nt, ptrdiff_t pf,
 			  int32_t acc[][TERN_TL_ROWS]);
+
+/* The LUT rows of tokens j0 .. j0+nt-1. */
+static inline void tl_luts(const tern_act *a, int j0, int nt, const uint8_t **lut)
+{
+	for (int t = 0; t < nt; t++)
+		lut[t] = (const uint8_t *)a->lut + (size_t)(j0 + t) * a->lut_row_bytes;
+}
+
+/* Prefetches pf bytes ahead of a step (pf = 0: nothing). A TL2 step spans
+ * 80 bytes: two prefetches 40 apart touch every line. */
+static inline void tl_prefetch_step(const uint8_t *step, ptrdiff_t pf, int tl2)
+{
+	if (pf) {
+		_mm_prefetch((const char *)(step + pf), _MM_HINT_T0);
+		if (tl2)
+			_mm_prefetch((const char *)(step + pf + 40), _MM_HINT_T0);
+	}
+}
+
+/* Defines name, a tl_run_fn for packing tl2 (0: TL1, 1: TL2) that calls
+ * tile_fn(tile, s0, s1, a, j0, NT, pf, tl2, acc) with the token count NT as
+ * a constant (max_nt or max_nt / 2, the counts tl_drive hands out), so each
+ * count gets its own unrolled body; one token goes to one_fn (same
+ * arguments, NT = 1: tile_fn again, or a GEMV tile). */
+#define TL_RUN_FN(name, tile_fn, one_fn, max_nt, tl2)                                                           \
+	static void name(const uint8_t *tile, int s0, int s1, const tern_act *a, int j0, int nt, ptrdiff_t pf,  \
+			 int32_t acc[][TERN_TL_ROWS])                                                           \
+	{                                                                                                       \
+		if (nt == (max_nt))                                                                             \
+			tile_fn(tile, s0, s1, a, j0, (max_nt), pf, (tl2), acc);                                 \
+		else if (nt == (max_nt) / 2)                                                                    \
+			tile_fn(tile, s0, s1, a, j0, (max_nt) / 2, pf, (tl2), acc);                             \
+		else                                                                                            \
+			one_fn(tile, s0, s1, a, j0, 1, pf, (tl2), acc);                                         \
+	}
 
 static void tl_drive(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1, int steps,
 		     size_t step_bytes, int max_nt, tl_run_fn run)
