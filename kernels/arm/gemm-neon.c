@@ -359,27 +359,27 @@ static void tl_store(int32_t acc[TL_TOKENS][TERN_TL_ROWS], int nt, int j0, int t
 	}
 }
 
-void tern_kern_tl1_neon(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
+/* The TL loop nest: tiles of steps (TL1 quads, TL2 pairs: two groups each)
+ * of step_bytes, blocks of 32 steps (64 groups, the int16 bound) per token
+ * done by block(); inlined so block is a direct call. */
+static inline __attribute__((always_inline)) void tl_run(const tern_matrix *w, const tern_act *a, int32_t *dot,
+							 int ldd, int row0, int row1, int steps, size_t step_bytes,
+							 void (*block)(const uint8_t *, const uint8_t *, int, int32_t *))
 {
-	if (sg_use(a, TERN_PACK_TL1)) {
-		sg_gemm(w, a, dot, ldd, row0, row1);
-		return;
-	}
-	const int nquad = w->k_pad / 4;
-	const int qblk = TERN_TL_BLOCK_GROUPS / 2;
+	const int sblk = TERN_TL_BLOCK_GROUPS / 2;
 	int32_t acc[TL_TOKENS][TERN_TL_ROWS];
 	for (int t = row0 / TERN_TL_ROWS; t * TERN_TL_ROWS < row1; t++) {
-		const uint8_t *tile = w->data + (size_t)t * (size_t)nquad * TERN_TL1_QUAD_BYTES;
+		const uint8_t *tile = w->data + (size_t)t * (size_t)steps * step_bytes;
 		for (int j0 = 0; j0 < a->n; j0 += TL_TOKENS) {
 			const int nt = a->n - j0 < TL_TOKENS ? a->n - j0 : TL_TOKENS;
 			memset(acc, 0, sizeof acc);
-			for (int q0 = 0; q0 < nquad; q0 += qblk) {
-				const int nq = nquad - q0 < qblk ? nquad - q0 : qblk;
+			for (int s0 = 0; s0 < steps; s0 += sblk) {
+				const int ns = steps - s0 < sblk ? steps - s0 : sblk;
 				for (int u = 0; u < nt; u++) {
 					const uint8_t *lut =
 					    (const uint8_t *)a->lut + (size_t)(j0 + u) * a->lut_row_bytes;
-					tl1_block(tile + (size_t)q0 * TERN_TL1_QUAD_BYTES,
-						  lut + (size_t)q0 * 2 * TERN_LUT_GROUP_BYTES, nq, acc[u]);
+					block(tile + (size_t)s0 * step_bytes, lut + (size_t)s0 * 2 * TERN_LUT_GROUP_BYTES, ns,
+					      acc[u]);
 				}
 			}
 			tl_store(acc, nt, j0, t, dot, ldd, row0, row1);
@@ -387,31 +387,20 @@ void tern_kern_tl1_neon(const tern_matrix *w, const tern_act *a, int32_t *dot, i
 	}
 }
 
+void tern_kern_tl1_neon(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
+{
+	if (sg_use(a, TERN_PACK_TL1))
+		sg_gemm(w, a, dot, ldd, row0, row1);
+	else
+		tl_run(w, a, dot, ldd, row0, row1, w->k_pad / 4, TERN_TL1_QUAD_BYTES, tl1_block);
+}
+
 void tern_kern_tl2_neon(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
 {
-	if (sg_use(a, TERN_PACK_TL2)) {
+	if (sg_use(a, TERN_PACK_TL2))
 		sg_gemm(w, a, dot, ldd, row0, row1);
-		return;
-	}
-	const int npair = w->k_pad / 6;
-	int32_t acc[TL_TOKENS][TERN_TL_ROWS];
-	for (int t = row0 / TERN_TL_ROWS; t * TERN_TL_ROWS < row1; t++) {
-		const uint8_t *tile = w->data + (size_t)t * (size_t)npair * TERN_TL2_PAIR_BYTES;
-		for (int j0 = 0; j0 < a->n; j0 += TL_TOKENS) {
-			const int nt = a->n - j0 < TL_TOKENS ? a->n - j0 : TL_TOKENS;
-			memset(acc, 0, sizeof acc);
-			for (int p0 = 0; p0 < npair; p0 += TERN_TL2_BLOCK_PAIRS) {
-				const int np = npair - p0 < TERN_TL2_BLOCK_PAIRS ? npair - p0 : TERN_TL2_BLOCK_PAIRS;
-				for (int u = 0; u < nt; u++) {
-					const uint8_t *lut =
-					    (const uint8_t *)a->lut + (size_t)(j0 + u) * a->lut_row_bytes;
-					tl2_block(tile + (size_t)p0 * TERN_TL2_PAIR_BYTES,
-						  lut + (size_t)p0 * 2 * TERN_LUT_GROUP_BYTES, np, acc[u]);
-				}
-			}
-			tl_store(acc, nt, j0, t, dot, ldd, row0, row1);
-		}
-	}
+	else
+		tl_run(w, a, dot, ldd, row0, row1, w->k_pad / 6, TERN_TL2_PAIR_BYTES, tl2_block);
 }
 
 /* ---- the SDOT GEMM: each weight tile decoded once -------------------------
