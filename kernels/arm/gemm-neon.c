@@ -104,16 +104,30 @@ static void i2s_gemv_base(const tern_matrix *w, const int8_t *q, int32_t qsum, i
  * repeats its last token and does not store the copies). */
 #define I2S_TOKENS 4
 
+/* The activation rows of tokens j0 .. j0+3 (past the last token: the last). */
+static inline void i2s_token_rows(const tern_act *a, int j0, const int8_t *q[I2S_TOKENS])
+{
+	for (int t = 0; t < I2S_TOKENS; t++) {
+		const int j = j0 + t < a->n ? j0 + t : a->n - 1;
+		q[t] = a->q + (size_t)j * (size_t)a->k_pad;
+	}
+}
+
+/* One row's dot products of the tokens j0 .. j0+3 that exist (d: the row's
+ * slot of token 0). */
+static inline void i2s_store(const tern_act *a, const int32x4_t acc[I2S_TOKENS], int j0, int32_t *d, int ldd)
+{
+	for (int t = 0; t < I2S_TOKENS && j0 + t < a->n; t++)
+		d[(size_t)(j0 + t) * (size_t)ldd] = vaddvq_s32(acc[t]) - a->sum[j0 + t];
+}
+
 static void i2s_gemm_base(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
 {
 	const size_t row_bytes = (size_t)w->k_pad / 4;
 	const int nblk = w->k_pad / 128;
 	for (int j0 = 0; j0 < a->n; j0 += I2S_TOKENS) {
 		const int8_t *q[I2S_TOKENS];
-		for (int t = 0; t < I2S_TOKENS; t++) {
-			const int j = j0 + t < a->n ? j0 + t : a->n - 1;
-			q[t] = a->q + (size_t)j * (size_t)a->k_pad;
-		}
+		i2s_token_rows(a, j0, q);
 		for (int o = row0; o < row1; o++) {
 			const uint8_t *wr = w->data + (size_t)o * row_bytes;
 			int32x4_t acc[I2S_TOKENS];
@@ -139,9 +153,7 @@ static void i2s_gemm_base(const tern_matrix *w, const tern_act *a, int32_t *dot,
 				for (int t = 0; t < I2S_TOKENS; t++)
 					acc[t] = vpadalq_s16(vpadalq_s16(acc[t], lo[t]), hi[t]);
 			}
-			for (int t = 0; t < I2S_TOKENS && j0 + t < a->n; t++)
-				dot[(size_t)(j0 + t) * (size_t)ldd + (size_t)(o - row0)] =
-				    vaddvq_s32(acc[t]) - a->sum[j0 + t];
+			i2s_store(a, acc, j0, dot + (o - row0), ldd);
 		}
 	}
 }
@@ -179,10 +191,7 @@ DOTPROD_TARGET static void i2s_gemm_sdot(const tern_matrix *w, const tern_act *a
 	const int nblk = w->k_pad / 128;
 	for (int j0 = 0; j0 < a->n; j0 += I2S_TOKENS) {
 		const int8_t *q[I2S_TOKENS];
-		for (int t = 0; t < I2S_TOKENS; t++) {
-			const int j = j0 + t < a->n ? j0 + t : a->n - 1;
-			q[t] = a->q + (size_t)j * (size_t)a->k_pad;
-		}
+		i2s_token_rows(a, j0, q);
 		for (int o = row0; o < row1; o++) {
 			const uint8_t *wr = w->data + (size_t)o * row_bytes;
 			int32x4_t acc[I2S_TOKENS];
@@ -197,9 +206,7 @@ DOTPROD_TARGET static void i2s_gemm_sdot(const tern_matrix *w, const tern_act *a
 						acc[t] = vdotq_s32(acc[t], c[v], vld1q_s8(qb + 16 * v));
 				}
 			}
-			for (int t = 0; t < I2S_TOKENS && j0 + t < a->n; t++)
-				dot[(size_t)(j0 + t) * (size_t)ldd + (size_t)(o - row0)] =
-				    vaddvq_s32(acc[t]) - a->sum[j0 + t];
+			i2s_store(a, acc, j0, dot + (o - row0), ldd);
 		}
 	}
 }
@@ -535,9 +542,7 @@ static inline void sg_interleave4(uint8x16_t p0, uint8x16_t p1, uint8x16_t p2, u
 static void sg_tl1_decode(const tern_matrix *w, int r0, int row1, int k0, int k1, uint8_t *d)
 {
 	(void)row1; /* TL1 tiles are padded to 64 rows in data */
-	static const uint8_t t0b[16] = {0, 0, 0, 1, 1, 1, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1};
-	static const uint8_t t1b[16] = {0, 1, 2, 0, 1, 2, 0, 1, 2, 1, 1, 1, 1, 1, 1, 1};
-	const uint8x16_t t0 = vld1q_u8(t0b), t1 = vld1q_u8(t1b), m15 = vdupq_n_u8(15);
+	const uint8x16_t t0 = vld1q_u8(tern_tl1_codes[0]), t1 = vld1q_u8(tern_tl1_codes[1]), m15 = vdupq_n_u8(15);
 	const size_t quads = (size_t)w->k_pad / 4;
 	const uint8_t *tile = w->data + (size_t)(r0 / SG_ROWS) * quads * TERN_TL1_QUAD_BYTES;
 	for (int qd = k0 / 4; qd < k1 / 4; qd++) {
@@ -557,11 +562,9 @@ static void sg_tl1_decode(const tern_matrix *w, int r0, int row1, int k0, int k1
  * The row masks come from the sign record as in tl2_block. */
 static inline void sg_tl2_planes(uint8x16_t v, uint8x16_t rec0, uint8x16_t rec1, uint8x16_t sel, uint8x16_t p[6])
 {
-	static const uint8_t c0b[16] = {1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 1, 1};
-	static const uint8_t c1b[16] = {1, 1, 2, 2, 2, 0, 0, 0, 1, 1, 1, 2, 2, 2, 1, 1};
-	static const uint8_t c2b[16] = {1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 1, 1};
 	static const uint8_t bit_of_lane[16] = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
-	const uint8x16_t c0 = vld1q_u8(c0b), c1 = vld1q_u8(c1b), c2 = vld1q_u8(c2b), bits = vld1q_u8(bit_of_lane);
+	const uint8x16_t c0 = vld1q_u8(tern_tl2_codes[0]), c1 = vld1q_u8(tern_tl2_codes[1]);
+	const uint8x16_t c2 = vld1q_u8(tern_tl2_codes[2]), bits = vld1q_u8(bit_of_lane);
 	const uint8x16_t m15 = vdupq_n_u8(15), three = vdupq_n_u8(3);
 	const uint8x16_t ix[2] = {vandq_u8(v, m15), vshrq_n_u8(v, 4)};
 	const uint8x16_t rec[2] = {rec0, rec1};
