@@ -23,6 +23,19 @@ static const uint8_t tern_tl2_codes[3][16] = {{1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 
 					      {1, 1, 2, 2, 2, 0, 0, 0, 1, 1, 1, 2, 2, 2, 1, 1},
 					      {1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 1, 1}};
 
+/* TERN_TARGET_PUSH("isa,...") ... TERN_TARGET_POP(): compile the functions
+ * in between for more instructions than the file's flags (called only where
+ * cpuid reports them). clang ignores GCC target pragmas: it takes the same
+ * attribute this way. */
+#define TERN_PRAGMA(x) _Pragma(#x)
+#if defined(__clang__)
+#define TERN_TARGET_PUSH(isa) TERN_PRAGMA(clang attribute push(__attribute__((target(isa))), apply_to = function))
+#define TERN_TARGET_POP() TERN_PRAGMA(clang attribute pop)
+#else
+#define TERN_TARGET_PUSH(isa) TERN_PRAGMA(GCC push_options) TERN_PRAGMA(GCC target(isa))
+#define TERN_TARGET_POP() TERN_PRAGMA(GCC pop_options)
+#endif
+
 /* Integer dot products for rows [row0, row1) and all a->n tokens, written to
  * dot[j*ldd + (i - row0)] (dot points at row0's slot); arguments are validated
  * by the caller. May compute whole row tiles but stores only rows < row1. */

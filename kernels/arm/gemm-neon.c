@@ -121,7 +121,12 @@ static inline void i2s_store(const tern_act *a, const int32x4_t acc[I2S_TOKENS],
 		d[(size_t)(j0 + t) * (size_t)ldd] = vaddvq_s32(acc[t]) - a->sum[j0 + t];
 }
 
-static void i2s_gemm_base(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
+/* The GEMM loop nest: for each token group and row, row(wr, q, nblk, acc)
+ * adds the row's products with the group's tokens into acc (inlined, so it
+ * is compiled with its caller's target). */
+static inline __attribute__((always_inline)) void
+i2s_gemm_rows(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1,
+	      void (*row)(const uint8_t *, const int8_t *const *, int, int32x4_t *))
 {
 	const size_t row_bytes = (size_t)w->k_pad / 4;
 	const int nblk = w->k_pad / 128;
@@ -129,33 +134,43 @@ static void i2s_gemm_base(const tern_matrix *w, const tern_act *a, int32_t *dot,
 		const int8_t *q[I2S_TOKENS];
 		i2s_token_rows(a, j0, q);
 		for (int o = row0; o < row1; o++) {
-			const uint8_t *wr = w->data + (size_t)o * row_bytes;
 			int32x4_t acc[I2S_TOKENS];
 			for (int t = 0; t < I2S_TOKENS; t++)
 				acc[t] = vdupq_n_s32(0);
-			for (int b0 = 0; b0 < nblk; b0 += I2S_RUN) {
-				const int b1 = nblk - b0 < I2S_RUN ? nblk : b0 + I2S_RUN;
-				int16x8_t lo[I2S_TOKENS], hi[I2S_TOKENS];
-				for (int t = 0; t < I2S_TOKENS; t++)
-					lo[t] = hi[t] = vdupq_n_s16(0);
-				for (int b = b0; b < b1; b++) {
-					int8x16_t c[8];
-					i2s_decode(wr + (size_t)b * 32, c);
-					for (int t = 0; t < I2S_TOKENS; t++) {
-						const int8_t *qb = q[t] + (size_t)b * 128;
-						for (int v = 0; v < 8; v++) {
-							const int8x16_t x = vld1q_s8(qb + 16 * v);
-							lo[t] = vmlal_s8(lo[t], vget_low_s8(c[v]), vget_low_s8(x));
-							hi[t] = vmlal_high_s8(hi[t], c[v], x);
-						}
-					}
-				}
-				for (int t = 0; t < I2S_TOKENS; t++)
-					acc[t] = vpadalq_s16(vpadalq_s16(acc[t], lo[t]), hi[t]);
-			}
+			row(w->data + (size_t)o * row_bytes, q, nblk, acc);
 			i2s_store(a, acc, j0, dot + (o - row0), ldd);
 		}
 	}
+}
+
+static inline __attribute__((always_inline)) void i2s_row_base(const uint8_t *wr, const int8_t *const *q, int nblk,
+							       int32x4_t *acc)
+{
+	for (int b0 = 0; b0 < nblk; b0 += I2S_RUN) {
+		const int b1 = nblk - b0 < I2S_RUN ? nblk : b0 + I2S_RUN;
+		int16x8_t lo[I2S_TOKENS], hi[I2S_TOKENS];
+		for (int t = 0; t < I2S_TOKENS; t++)
+			lo[t] = hi[t] = vdupq_n_s16(0);
+		for (int b = b0; b < b1; b++) {
+			int8x16_t c[8];
+			i2s_decode(wr + (size_t)b * 32, c);
+			for (int t = 0; t < I2S_TOKENS; t++) {
+				const int8_t *qb = q[t] + (size_t)b * 128;
+				for (int v = 0; v < 8; v++) {
+					const int8x16_t x = vld1q_s8(qb + 16 * v);
+					lo[t] = vmlal_s8(lo[t], vget_low_s8(c[v]), vget_low_s8(x));
+					hi[t] = vmlal_high_s8(hi[t], c[v], x);
+				}
+			}
+		}
+		for (int t = 0; t < I2S_TOKENS; t++)
+			acc[t] = vpadalq_s16(vpadalq_s16(acc[t], lo[t]), hi[t]);
+	}
+}
+
+static void i2s_gemm_base(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
+{
+	i2s_gemm_rows(w, a, dot, ldd, row0, row1, i2s_row_base);
 }
 
 /* SDOT accumulates 4 products per int32 lane: |4 * 2 * 128| per step, no
@@ -184,31 +199,25 @@ DOTPROD_TARGET static void i2s_gemv_sdot(const tern_matrix *w, const int8_t *q, 
 	}
 }
 
+DOTPROD_TARGET static inline __attribute__((always_inline)) void i2s_row_sdot(const uint8_t *wr,
+										const int8_t *const *q, int nblk,
+										int32x4_t *acc)
+{
+	for (int b = 0; b < nblk; b++) {
+		int8x16_t c[8];
+		i2s_decode(wr + (size_t)b * 32, c);
+		for (int t = 0; t < I2S_TOKENS; t++) {
+			const int8_t *qb = q[t] + (size_t)b * 128;
+			for (int v = 0; v < 8; v++)
+				acc[t] = vdotq_s32(acc[t], c[v], vld1q_s8(qb + 16 * v));
+		}
+	}
+}
+
 DOTPROD_TARGET static void i2s_gemm_sdot(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0,
 					 int row1)
 {
-	const size_t row_bytes = (size_t)w->k_pad / 4;
-	const int nblk = w->k_pad / 128;
-	for (int j0 = 0; j0 < a->n; j0 += I2S_TOKENS) {
-		const int8_t *q[I2S_TOKENS];
-		i2s_token_rows(a, j0, q);
-		for (int o = row0; o < row1; o++) {
-			const uint8_t *wr = w->data + (size_t)o * row_bytes;
-			int32x4_t acc[I2S_TOKENS];
-			for (int t = 0; t < I2S_TOKENS; t++)
-				acc[t] = vdupq_n_s32(0);
-			for (int b = 0; b < nblk; b++) {
-				int8x16_t c[8];
-				i2s_decode(wr + (size_t)b * 32, c);
-				for (int t = 0; t < I2S_TOKENS; t++) {
-					const int8_t *qb = q[t] + (size_t)b * 128;
-					for (int v = 0; v < 8; v++)
-						acc[t] = vdotq_s32(acc[t], c[v], vld1q_s8(qb + 16 * v));
-				}
-			}
-			i2s_store(a, acc, j0, dot + (o - row0), ldd);
-		}
-	}
+	i2s_gemm_rows(w, a, dot, ldd, row0, row1, i2s_row_sdot);
 }
 
 void tern_kern_i2s_neon(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)

@@ -132,42 +132,23 @@ static inline __attribute__((always_inline)) void pass_maddubs(const uint8_t *d,
 
 PASS_N(pass_n_maddubs, pass_maddubs)
 
-/* clang ignores GCC target pragmas: it takes the same attribute this way. */
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avxvnni"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avxvnni")
-#endif
+TERN_TARGET_PUSH("avxvnni")
 #define I8_PASS pass_vex
 #define I8_DPBUSD _mm256_dpbusd_avx_epi32
 #include "i8-pass-avx2.inc"
 #undef I8_PASS
 #undef I8_DPBUSD
 PASS_N(pass_n_vex, pass_vex)
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+TERN_TARGET_POP()
 
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx512vl,avx512vnni"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512vl,avx512vnni")
-#endif
+TERN_TARGET_PUSH("avx512f,avx512vl,avx512vnni")
 #define I8_PASS pass_evex
 #define I8_DPBUSD _mm256_dpbusd_epi32
 #include "i8-pass-avx2.inc"
 #undef I8_PASS
 #undef I8_DPBUSD
 PASS_N(pass_n_evex, pass_evex)
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+TERN_TARGET_POP()
 
 typedef void (*i8_pass_fn)(const uint8_t *d, int nk4, const int8_t *q, size_t ldq, int nt, int32_t *acc,
 			   int first);

@@ -54,13 +54,7 @@ static inline int32_t hsum8(__m256i v)
 #undef I2S_BLOCK
 #undef I2S_BLOCK_GEMV
 
-/* clang ignores GCC target pragmas: it takes the same attribute this way. */
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512vnni"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx512vnni")
-#endif
+TERN_TARGET_PUSH("avx512vnni")
 #define I2S_FN(x) i2s_vnni_##x
 #define I2S_BLOCK(acc, c0, c1, c2, c3, a0, a1, a2, a3)  \
 	do {                                            \
@@ -80,11 +74,7 @@ static inline int32_t hsum8(__m256i v)
 #undef I2S_FN
 #undef I2S_BLOCK
 #undef I2S_BLOCK_GEMV
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+TERN_TARGET_POP()
 
 void tern_kern_i2s_avx512(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
 {
@@ -211,13 +201,7 @@ TL_RUN_FN(tl2_bw_run, TL_BW_TILE, TL_BW_TILE, TL_TOKENS, 1)
  * by all tokens) plus four lookups per token. The unpacks put rows in the same
  * A/B lane order as the vpshufb path, so the TL2 sign masks load unchanged.
  * (Measured in cache, 256 x 6912, one core: TL2 34 -> 43 GB/s of weights.) */
-/* clang ignores GCC target pragmas: it takes the same attribute this way. */
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512vbmi"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx512vbmi")
-#endif
+TERN_TARGET_PUSH("avx512vbmi")
 
 /* (w & 0x0f0f) | off in one vpternlogd: (a & b) | c is truth table 0xea. */
 static inline __m512i idx_words(__m512i w, __m512i m0f, __m512i off)
@@ -267,11 +251,7 @@ static inline __attribute__((always_inline)) void vbmi_step(__m512i v, const uin
 
 TL_RUN_FN(tl1_vbmi_run, TL_VBMI_TILE, TL_VBMI_TILE, TL_TOKENS, 0)
 TL_RUN_FN(tl2_vbmi_run, TL_VBMI_TILE, TL_VBMI_TILE, TL_TOKENS, 1)
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+TERN_TARGET_POP()
 
 void tern_kern_tl1_avx512(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
 {
