@@ -233,12 +233,6 @@ static inline __attribute__((always_inline)) void tl1_quad(const uint8_t *src, u
 	}
 }
 
-static void tl1_decode(const tern_matrix *w, int r0, int row1, int k0, int k1, uint8_t *d)
-{
-	(void)row1;
-	i8g_tl1_decode(w, r0, k0, k1, d, tl1_quad);
-}
-
 /* TL2: |v| = 9*w0 + 3*w1 + w2 >= 0, so |v| + 13 = 9*c0 + 3*c1 + c2; a negative
  * group is the negated triple, codes 2 - c = (c ^ 0xff) + 3 (mod 256), applied
  * with the byte mask m of the negative rows as (c ^ m) + (m & 3). The mask of
@@ -294,11 +288,7 @@ static inline __attribute__((always_inline)) void tl2_pairs(const uint8_t *idx, 
 	}
 }
 
-static void tl2_decode(const tern_matrix *w, int r0, int row1, int k0, int k1, uint8_t *d)
-{
-	(void)row1;
-	i8g_tl2_decode(w, r0, k0, k1, d, tl2_pairs);
-}
+I8G_TL_DECODERS(tl1_quad, tl2_pairs)
 
 /* ---- the driver --------------------------------------------------------------- */
 
@@ -370,17 +360,4 @@ static void i8_drive(const tern_matrix *w, const tern_act *a, int32_t *dot, int 
 	}
 }
 
-void tern_kern_i2s_avx2_gemm(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
-{
-	i8_drive(w, a, dot, ldd, row0, row1, I8_KC_I2S, i2s_decode, 0);
-}
-
-void tern_kern_tl1_avx2_gemm(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
-{
-	i8_drive(w, a, dot, ldd, row0, row1, I8_KC_TL1, tl1_decode, 1);
-}
-
-void tern_kern_tl2_avx2_gemm(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
-{
-	i8_drive(w, a, dot, ldd, row0, row1, I8_KC_TL2, tl2_decode, 1);
-}
+I8G_GEMMS(avx2, i8_drive, I8_KC_I2S, I8_KC_TL1, I8_KC_TL2)

@@ -243,20 +243,21 @@ static inline __attribute__((always_inline)) void tl_gemv_tile(const uint8_t *ti
 TL_RUN_FN(tl1_avx2_run, tl_tile, tl_gemv_tile, AVX2_TL_TOKENS, 0)
 TL_RUN_FN(tl2_avx2_run, tl_tile, tl_gemv_tile, AVX2_TL_TOKENS, 1)
 
+/* TL1 (tl2 = 0) or TL2: the decode-once GEMM from its batch size up, else the LUT tiles. */
+static void tl_avx2(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1, int tl2)
+{
+	if (a->n >= tern_kern_avx2_gemm_min[tl2 ? TERN_PACK_TL2 : TERN_PACK_TL1])
+		(tl2 ? tern_kern_tl2_avx2_gemm : tern_kern_tl1_avx2_gemm)(w, a, dot, ldd, row0, row1);
+	else
+		tl_drive(w, a, dot, ldd, row0, row1, tl2, AVX2_TL_TOKENS, tl2 ? tl2_avx2_run : tl1_avx2_run);
+}
+
 void tern_kern_tl1_avx2(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
 {
-	if (a->n >= tern_kern_avx2_gemm_min[TERN_PACK_TL1]) {
-		tern_kern_tl1_avx2_gemm(w, a, dot, ldd, row0, row1);
-		return;
-	}
-	tl_drive(w, a, dot, ldd, row0, row1, w->k_pad / 4, TERN_TL1_QUAD_BYTES, AVX2_TL_TOKENS, tl1_avx2_run);
+	tl_avx2(w, a, dot, ldd, row0, row1, 0);
 }
 
 void tern_kern_tl2_avx2(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
 {
-	if (a->n >= tern_kern_avx2_gemm_min[TERN_PACK_TL2]) {
-		tern_kern_tl2_avx2_gemm(w, a, dot, ldd, row0, row1);
-		return;
-	}
-	tl_drive(w, a, dot, ldd, row0, row1, w->k_pad / 6, TERN_TL2_PAIR_BYTES, AVX2_TL_TOKENS, tl2_avx2_run);
+	tl_avx2(w, a, dot, ldd, row0, row1, 1);
 }

@@ -253,22 +253,24 @@ TL_RUN_FN(tl1_vbmi_run, TL_VBMI_TILE, TL_VBMI_TILE, TL_TOKENS, 0)
 TL_RUN_FN(tl2_vbmi_run, TL_VBMI_TILE, TL_VBMI_TILE, TL_TOKENS, 1)
 TERN_TARGET_POP()
 
+/* TL1 (tl2 = 0) or TL2: the VNNI GEMM from its batch size up, else the VBMI
+ * or the vpshufb tiles. */
+static void tl_avx512(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1, int tl2)
+{
+	if (tern_kern_avx512_vnni && a->n >= tern_kern_gemm_vnni_min[tl2 ? TERN_PACK_TL2 : TERN_PACK_TL1])
+		(tl2 ? tern_kern_tl2_vnni_gemm : tern_kern_tl1_vnni_gemm)(w, a, dot, ldd, row0, row1);
+	else if (tern_kern_avx512_vbmi)
+		tl_drive(w, a, dot, ldd, row0, row1, tl2, TL_TOKENS, tl2 ? tl2_vbmi_run : tl1_vbmi_run);
+	else
+		tl_drive(w, a, dot, ldd, row0, row1, tl2, TL_TOKENS, tl2 ? tl2_bw_run : tl1_bw_run);
+}
+
 void tern_kern_tl1_avx512(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
 {
-	if (tern_kern_avx512_vnni && a->n >= tern_kern_gemm_vnni_min[TERN_PACK_TL1])
-		tern_kern_tl1_vnni_gemm(w, a, dot, ldd, row0, row1);
-	else if (tern_kern_avx512_vbmi)
-		tl_drive(w, a, dot, ldd, row0, row1, w->k_pad / 4, TERN_TL1_QUAD_BYTES, TL_TOKENS, tl1_vbmi_run);
-	else
-		tl_drive(w, a, dot, ldd, row0, row1, w->k_pad / 4, TERN_TL1_QUAD_BYTES, TL_TOKENS, tl1_bw_run);
+	tl_avx512(w, a, dot, ldd, row0, row1, 0);
 }
 
 void tern_kern_tl2_avx512(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
 {
-	if (tern_kern_avx512_vnni && a->n >= tern_kern_gemm_vnni_min[TERN_PACK_TL2])
-		tern_kern_tl2_vnni_gemm(w, a, dot, ldd, row0, row1);
-	else if (tern_kern_avx512_vbmi)
-		tl_drive(w, a, dot, ldd, row0, row1, w->k_pad / 6, TERN_TL2_PAIR_BYTES, TL_TOKENS, tl2_vbmi_run);
-	else
-		tl_drive(w, a, dot, ldd, row0, row1, w->k_pad / 6, TERN_TL2_PAIR_BYTES, TL_TOKENS, tl2_bw_run);
+	tl_avx512(w, a, dot, ldd, row0, row1, 1);
 }

@@ -173,12 +173,6 @@ static inline __attribute__((always_inline)) void tl1_quad(const uint8_t *src, u
 		    _mm512_shuffle_epi8(t1, i1), dk);
 }
 
-static void tl1_decode(const tern_matrix *w, int r0, int row1, int k0, int k1, uint8_t *d)
-{
-	(void)row1;
-	i8g_tl1_decode(w, r0, k0, k1, d, tl1_quad);
-}
-
 /* TL2: |v| = 9*w0 + 3*w1 + w2 >= 0, so |v| + 13 = 9*c0 + 3*c1 + c2; a negative
  * group is the negated triple, codes 2 - c. The sign records hold rows in the
  * unpack order of the LUT kernels (LAYOUTS.md); a byte shuffle makes them
@@ -220,11 +214,7 @@ static inline __attribute__((always_inline)) void tl2_pairs(const uint8_t *idx, 
 	}
 }
 
-static void tl2_decode(const tern_matrix *w, int r0, int row1, int k0, int k1, uint8_t *d)
-{
-	(void)row1;
-	i8g_tl2_decode(w, r0, k0, k1, d, tl2_pairs);
-}
+I8G_TL_DECODERS(tl1_quad, tl2_pairs)
 
 /* ---- the driver --------------------------------------------------------------- */
 
@@ -289,17 +279,4 @@ static void vg_drive(const tern_matrix *w, const tern_act *a, int32_t *dot, int 
 	}
 }
 
-void tern_kern_i2s_vnni_gemm(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
-{
-	vg_drive(w, a, dot, ldd, row0, row1, VG_KC_I2S, i2s_decode, 0);
-}
-
-void tern_kern_tl1_vnni_gemm(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
-{
-	vg_drive(w, a, dot, ldd, row0, row1, VG_KC_TL1, tl1_decode, 1);
-}
-
-void tern_kern_tl2_vnni_gemm(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
-{
-	vg_drive(w, a, dot, ldd, row0, row1, VG_KC_TL2, tl2_decode, 1);
-}
+I8G_GEMMS(vnni, vg_drive, VG_KC_I2S, VG_KC_TL1, VG_KC_TL2)

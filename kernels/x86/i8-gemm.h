@@ -79,6 +79,41 @@ i8g_tl2_decode(const tern_matrix *w, int r0, int k0, int k1, uint8_t *d,
 	}
 }
 
+/* Defines tl1_decode and tl2_decode, the drivers' decoders of TL1 and TL2
+ * (arguments as i2s_decode), around a file's quad and pairs functions. */
+#define I8G_TL_DECODERS(quad, pairs)                                                                  \
+	static void tl1_decode(const tern_matrix *w, int r0, int row1, int k0, int k1, uint8_t *d) \
+	{                                                                                          \
+		(void)row1;                                                                        \
+		i8g_tl1_decode(w, r0, k0, k1, d, quad);                                            \
+	}                                                                                          \
+	static void tl2_decode(const tern_matrix *w, int r0, int row1, int k0, int k1, uint8_t *d) \
+	{                                                                                          \
+		(void)row1;                                                                        \
+		i8g_tl2_decode(w, r0, k0, k1, d, pairs);                                           \
+	}
+
+/* Defines the three GEMM entry points tern_kern_{i2s,tl1,tl2}_<isa>_gemm
+ * (kern-internal.h) of a file: drive(w, a, dot, ldd, row0, row1, chunk K,
+ * decoder, interleaved rows) with the decoders i2s_decode, tl1_decode and
+ * tl2_decode. */
+#define I8G_GEMMS(isa, drive, kc_i2s, kc_tl1, kc_tl2)                                                        \
+	void tern_kern_i2s_##isa##_gemm(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, \
+					int row1)                                                            \
+	{                                                                                                     \
+		drive(w, a, dot, ldd, row0, row1, kc_i2s, i2s_decode, 0);                                      \
+	}                                                                                                     \
+	void tern_kern_tl1_##isa##_gemm(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, \
+					int row1)                                                            \
+	{                                                                                                     \
+		drive(w, a, dot, ldd, row0, row1, kc_tl1, tl1_decode, 1);                                      \
+	}                                                                                                     \
+	void tern_kern_tl2_##isa##_gemm(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, \
+					int row1)                                                            \
+	{                                                                                                     \
+		drive(w, a, dot, ldd, row0, row1, kc_tl2, tl2_decode, 1);                                      \
+	}
+
 /* The activations of a partial last k4 (k_pad % 4 != 0) of tokens j0 ..
  * j0+nj-1, zero-padded to 4 bytes per token in qtail (cap bytes), so the
  * products of that k4 read nothing past a row. */

@@ -67,9 +67,13 @@ static inline __attribute__((always_inline)) void tl_prefetch_step(const uint8_t
 			one_fn(tile, s0, s1, a, j0, 1, pf, (tl2), acc);                                         \
 	}
 
-static void tl_drive(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1, int steps,
-		     size_t step_bytes, int max_nt, tl_run_fn run)
+/* TL1 (tl2 = 0: steps are quads) or TL2 (pairs) with tiles run by run, for
+ * at most max_nt tokens at a time. */
+static void tl_drive(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1, int tl2,
+		     int max_nt, tl_run_fn run)
 {
+	const int steps = w->k_pad / (tl2 ? 6 : 4);
+	const size_t step_bytes = tl2 ? TERN_TL2_PAIR_BYTES : TERN_TL1_QUAD_BYTES;
 	int32_t acc[TL_MAX_TOKENS][TERN_TL_ROWS];
 	const size_t tile_bytes = (size_t)steps * step_bytes;
 	/* Slices are whole 32-step int16 blocks. */
