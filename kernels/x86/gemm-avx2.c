@@ -252,12 +252,4 @@ static void tl_avx2(const tern_matrix *w, const tern_act *a, int32_t *dot, int l
 		tl_drive(w, a, dot, ldd, row0, row1, tl2, AVX2_TL_TOKENS, tl2 ? tl2_avx2_run : tl1_avx2_run);
 }
 
-void tern_kern_tl1_avx2(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
-{
-	tl_avx2(w, a, dot, ldd, row0, row1, 0);
-}
-
-void tern_kern_tl2_avx2(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
-{
-	tl_avx2(w, a, dot, ldd, row0, row1, 1);
-}
+TL_ENTRY_POINTS(avx2, tl_avx2)

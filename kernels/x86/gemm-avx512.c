@@ -265,12 +265,4 @@ static void tl_avx512(const tern_matrix *w, const tern_act *a, int32_t *dot, int
 		tl_drive(w, a, dot, ldd, row0, row1, tl2, TL_TOKENS, tl2 ? tl2_bw_run : tl1_bw_run);
 }
 
-void tern_kern_tl1_avx512(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
-{
-	tl_avx512(w, a, dot, ldd, row0, row1, 0);
-}
-
-void tern_kern_tl2_avx512(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
-{
-	tl_avx512(w, a, dot, ldd, row0, row1, 1);
-}
+TL_ENTRY_POINTS(avx512, tl_avx512)

@@ -67,6 +67,18 @@ static inline __attribute__((always_inline)) void tl_prefetch_step(const uint8_t
 			one_fn(tile, s0, s1, a, j0, 1, pf, (tl2), acc);                                         \
 	}
 
+/* Defines the entry points tern_kern_tl1_<isa> and tern_kern_tl2_<isa>
+ * (kern-internal.h) as fn(w, a, dot, ldd, row0, row1, tl2). */
+#define TL_ENTRY_POINTS(isa, fn)                                                                                  \
+	void tern_kern_tl1_##isa(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1) \
+	{                                                                                                         \
+		fn(w, a, dot, ldd, row0, row1, 0);                                                                \
+	}                                                                                                         \
+	void tern_kern_tl2_##isa(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1) \
+	{                                                                                                         \
+		fn(w, a, dot, ldd, row0, row1, 1);                                                                \
+	}
+
 /* TL1 (tl2 = 0: steps are quads) or TL2 (pairs) with tiles run by run, for
  * at most max_nt tokens at a time. */
 static void tl_drive(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1, int tl2,
