@@ -91,6 +91,24 @@ def run_tool(tool, args, lines):
     return p.stdout.decode().split('\n')[:len(lines)]
 
 
+def tool_encodings(tool, mode, vocab_lines, cases):
+    """Writes vocab_lines as a vocabulary file for the tool's MODE ("bpe" or
+    "spm") and has it encode and decode every (text, flags) case:
+    [(text, flags, C ids, decoded bytes)]."""
+    with tempfile.NamedTemporaryFile('w', suffix='.vocab', delete=False) as f:
+        f.write(''.join(l + '\n' for l in vocab_lines))
+        path = f.name
+    try:
+        got = run_tool(tool, [mode, path], ['%d %s' % (fl, t.encode().hex()) for t, fl in cases])
+    finally:
+        os.unlink(path)
+    out = []
+    for (t, fl), line in zip(cases, got):
+        ids_s, _, dec = line.partition(' ')
+        out.append((t, fl, [int(x) for x in ids_s.split(',') if x], bytes.fromhex(dec)))
+    return out
+
+
 def check_classes(tool):
     out = subprocess.run([tool, 'ranges'], stdout=subprocess.PIPE, check=True).stdout.decode().split('\n')
     if out[0] != unicodedata.unidata_version:
@@ -307,23 +325,12 @@ def check_bpe(tool, texts, splits):
     if pat is None:
         # Without regex only corpus strings have known splits.
         cases = [(t, f) for t, f in cases if t in split_of and f < 2]
-    with tempfile.NamedTemporaryFile('w', suffix='.vocab', delete=False) as f:
-        f.write('%d %d\n' % (len(tokens), len(merges)))
-        for t, ty in zip(tokens, types):
-            f.write('%d %s\n' % (ty, t.encode().hex()))
-        for a, b in merges:
-            f.write((a + ' ' + b).encode().hex() + '\n')
-        path = f.name
-    try:
-        got = run_tool(tool, ['bpe', path], ['%d %s' % (fl, t.encode().hex()) for t, fl in cases])
-    finally:
-        os.unlink(path)
+    lines = (['%d %d' % (len(tokens), len(merges))] + ['%d %s' % (ty, t.encode().hex()) for t, ty in zip(tokens, types)]
+             + [(a + ' ' + b).encode().hex() for a, b in merges])
     bad = 0
-    for (t, fl), line in zip(cases, got):
-        ids_s, _, dec = line.partition(' ')
-        have = [int(x) for x in ids_s.split(',') if x]
+    for t, fl, have, dec in tool_encodings(tool, 'bpe', lines, cases):
         want = py_encode(t, vocab, ranks, merges, pieces_of, fl & 2, fl & 1)
-        text_back = bytes.fromhex(dec).decode('utf-8', 'replace')
+        text_back = dec.decode('utf-8', 'replace')
         want_back = ('<|begin_of_text|>' if fl & 1 else '') + t
         if have != want or text_back != want_back:
             if bad < 10:
@@ -423,21 +430,11 @@ def check_spm(tool, texts):
     vocab = {t: i for i, t in enumerate(tokens)}
     cases = [(t, f) for t in texts for f in (0, 1)]
     cases += [(t, f) for t in ['<s>hello</s> world', 'a</s>', '</s></s>x', '<unk> y'] for f in range(4)]
-    with tempfile.NamedTemporaryFile('w', suffix='.vocab', delete=False) as f:
-        f.write('%d 0\n' % len(tokens))
-        for t, ty, sc in zip(tokens, types, scores):
-            f.write('%d %r %s\n' % (ty, sc, t.encode().hex()))
-        path = f.name
-    try:
-        got = run_tool(tool, ['spm', path], ['%d %s' % (fl, t.encode().hex()) for t, fl in cases])
-    finally:
-        os.unlink(path)
+    lines = ['%d 0' % len(tokens)] + ['%d %r %s' % (ty, sc, t.encode().hex())
+                                      for t, ty, sc in zip(tokens, types, scores)]
     bad = 0
-    for (t, fl), line in zip(cases, got):
-        ids_s, _, dec = line.partition(' ')
-        have = [int(x) for x in ids_s.split(',') if x]
+    for t, fl, have, back in tool_encodings(tool, 'spm', lines, cases):
         want = py_spm_encode(t, vocab, scores, fl & 1, fl & 2)
-        back = bytes.fromhex(dec)
         want_back = py_spm_decode(want, tokens, types)
         if have != want or back != want_back:
             if bad < 10:
