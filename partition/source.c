@@ -597,6 +597,39 @@ static int gguf_opt_id(const tern_gguf *g, const char *key)
 	return (int)v;
 }
 
+/* The optional per-token GGUF array KEY (n entries) read into a new array:
+ * *ints (token types) when ints is given, else *floats (scores); an absent
+ * key leaves it NULL. The new array is the caller's even on an error. */
+static int vocab_numbers(const tern_source *s, const tern_gguf *g, const char *key, uint64_t n, int32_t **ints,
+			 float **floats, tern_err *err)
+{
+	const int64_t k = tern_gguf_find_key(g, key);
+	if (k < 0)
+		return 0;
+	uint32_t et;
+	uint64_t len;
+	TERN_FORWARD_IF_ERROR(tern_gguf_get_arr(g, key, &et, &len, err));
+	TERN_RETURN_IF(len != n, err, TERN_EFORMAT, "%s: %s has %" PRIu64 " entries, tokens %" PRIu64, s->path, key,
+		       len, n);
+	if (ints)
+		*ints = malloc(n * sizeof **ints);
+	else
+		*floats = malloc(n * sizeof **floats);
+	TERN_RETURN_IF(ints ? !*ints : !*floats, err, TERN_ENOMEM, "%s: out of memory", s->path);
+	for (uint64_t i = 0; i < n; i++) {
+		if (ints) {
+			int64_t t;
+			TERN_FORWARD_IF_ERROR(tern_gguf_arr_i64(g, k, i, &t, err));
+			(*ints)[i] = (int32_t)t;
+		} else {
+			double d;
+			TERN_FORWARD_IF_ERROR(tern_gguf_arr_f64(g, k, i, &d, err));
+			(*floats)[i] = (float)d;
+		}
+	}
+	return 0;
+}
+
 static int load_vocab_gguf(tern_source *s, vbuild *b, tern_err *err)
 {
 	tern_gguf *g;
@@ -636,40 +669,9 @@ static int load_vocab_gguf(tern_source *s, vbuild *b, tern_err *err)
 		}
 		b->tok_len[i] = (uint32_t)len;
 	}
-	const int64_t ktt = tern_gguf_find_key(g, "tokenizer.ggml.token_type");
-	if (ktt >= 0) {
-		rc = tern_gguf_get_arr(g, "tokenizer.ggml.token_type", &et, &len, err);
-		if (rc == 0 && len != n)
-			rc = TERN_ERR(err, TERN_EFORMAT,
-				      "%s: tokenizer.ggml.token_type has %" PRIu64 " entries, tokens %" PRIu64, s->path,
-				      len, n);
-		if (rc == 0 && !(b->types = malloc(n * sizeof *b->types)))
-			rc = TERN_ERR(err, TERN_ENOMEM, "%s: out of memory", s->path);
-		for (uint64_t i = 0; rc == 0 && i < n; i++) {
-			int64_t t;
-			rc = tern_gguf_arr_i64(g, ktt, i, &t, err);
-			b->types[i] = (int32_t)t;
-		}
-		if (rc < 0)
-			goto out;
-	}
-	const int64_t ksc = tern_gguf_find_key(g, "tokenizer.ggml.scores");
-	if (ksc >= 0) {
-		rc = tern_gguf_get_arr(g, "tokenizer.ggml.scores", &et, &len, err);
-		if (rc == 0 && len != n)
-			rc = TERN_ERR(err, TERN_EFORMAT,
-				      "%s: tokenizer.ggml.scores has %" PRIu64 " entries, tokens %" PRIu64, s->path,
-				      len, n);
-		if (rc == 0 && !(b->scores = malloc(n * sizeof *b->scores)))
-			rc = TERN_ERR(err, TERN_ENOMEM, "%s: out of memory", s->path);
-		for (uint64_t i = 0; rc == 0 && i < n; i++) {
-			double d;
-			rc = tern_gguf_arr_f64(g, ksc, i, &d, err);
-			b->scores[i] = (float)d;
-		}
-		if (rc < 0)
-			goto out;
-	}
+	if ((rc = vocab_numbers(s, g, "tokenizer.ggml.token_type", n, &b->types, NULL, err)) < 0 ||
+	    (rc = vocab_numbers(s, g, "tokenizer.ggml.scores", n, NULL, &b->scores, err)) < 0)
+		goto out;
 	const int64_t km = tern_gguf_find_key(g, "tokenizer.ggml.merges");
 	if (km >= 0) {
 		rc = tern_gguf_get_arr(g, "tokenizer.ggml.merges", &et, &len, err);
