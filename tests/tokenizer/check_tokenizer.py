@@ -196,6 +196,19 @@ def mapped(piece):
     return ''.join(BMAP[b] for b in piece.encode())
 
 
+def merge_pair(seq, a, b):
+    """seq with every non-overlapping a, b (left to right) merged into a + b."""
+    out, i = [], 0
+    while i < len(seq):
+        if i + 1 < len(seq) and seq[i] == a and seq[i + 1] == b:
+            out.append(a + b)
+            i += 2
+        else:
+            out.append(seq[i])
+            i += 1
+    return out
+
+
 def train(words, n_merges):
     """Plain BPE training: repeatedly merge the most frequent adjacent pair
     (ties: the smallest pair). Pair counts are updated only for the words
@@ -227,18 +240,29 @@ def train(words, n_merges):
                 counts[pair] -= c
                 if counts[pair] == 0:
                     del counts[pair]
-            out, i = [], 0
-            while i < len(s):
-                if i + 1 < len(s) and s[i] == a and s[i + 1] == b:
-                    out.append(a + b)
-                    i += 2
-                else:
-                    out.append(s[i])
-                    i += 1
+            out = merge_pair(s, a, b)
             for pair in zip(out, out[1:]):
                 counts[pair] = counts.get(pair, 0) + c
             entry[0] = out
     return merges
+
+
+def split_specials(parts, specials):
+    """[(text, is_special)] with every special token (longest first) split
+    out of the plain parts as a part of its own; empty pieces dropped."""
+    for sp in sorted(specials, key=len, reverse=True):
+        nxt = []
+        for p, is_sp in parts:
+            if is_sp:
+                nxt.append((p, True))
+                continue
+            for i, c in enumerate(p.split(sp)):
+                if i:
+                    nxt.append((sp, True))
+                if c:
+                    nxt.append((c, False))
+        parts = nxt
+    return parts
 
 
 def py_encode(text, vocab, ranks, merge_list, pieces_of, parse_special, add_bos):
@@ -247,19 +271,7 @@ def py_encode(text, vocab, ranks, merge_list, pieces_of, parse_special, add_bos)
     out = [0] if add_bos else []
     parts = [(text, False)]
     if parse_special:
-        for sp in sorted(SPECIALS, key=len, reverse=True):
-            nxt = []
-            for p, is_sp in parts:
-                if is_sp:
-                    nxt.append((p, True))
-                    continue
-                chunks = p.split(sp)
-                for i, c in enumerate(chunks):
-                    if i:
-                        nxt.append((sp, True))
-                    if c:
-                        nxt.append((c, False))
-            parts = nxt
+        parts = split_specials(parts, SPECIALS)
     for p, is_sp in parts:
         if is_sp:
             out.append(vocab[p])
@@ -276,15 +288,7 @@ def py_encode(text, vocab, ranks, merge_list, pieces_of, parse_special, add_bos)
                 if r == 1 << 60:
                     break
                 a, b = merge_list[r]
-                new, i = [], 0
-                while i < len(word):
-                    if i + 1 < len(word) and word[i] == a and word[i + 1] == b:
-                        new.append(a + b)
-                        i += 2
-                    else:
-                        new.append(word[i])
-                        i += 1
-                word = new
+                word = merge_pair(word, a, b)
             out.extend(vocab[w] for w in word)
     return out
 
@@ -375,18 +379,7 @@ def py_spm_encode(text, vocab, scores, add_bos, parse_special):
     out = [1] if add_bos else []
     parts = [(text, False)] if text else []  # empty text: no fragment, no space prefix
     if parse_special:
-        for sp in sorted(SPM_SPECIALS, key=len, reverse=True):
-            nxt = []
-            for p, is_sp in parts:
-                if is_sp:
-                    nxt.append((p, True))
-                    continue
-                for i, c in enumerate(p.split(sp)):
-                    if i:
-                        nxt.append((sp, True))
-                    if c:
-                        nxt.append((c, False))
-            parts = nxt
+        parts = split_specials(parts, SPM_SPECIALS)
     prev_special = True
     for p, is_sp in parts:
         if is_sp:
