@@ -355,17 +355,14 @@ static size_t find_bytes(const uint8_t *hay, size_t n, const char *needle, size_
 	return (size_t)-1;
 }
 
-static void put64(uint8_t *p, uint64_t v)
+/* v little-endian in the n bytes at p. */
+static void put_le(uint8_t *p, uint64_t v, int n)
 {
-	for (int i = 0; i < 8; i++)
+	for (int i = 0; i < n; i++)
 		p[i] = (uint8_t)(v >> (8 * i));
 }
-
-static void put32(uint8_t *p, uint32_t v)
-{
-	for (int i = 0; i < 4; i++)
-		p[i] = (uint8_t)(v >> (8 * i));
-}
+#define put32(p, v) put_le(p, (uint32_t)(v), 4)
+#define put64(p, v) put_le(p, v, 8)
 
 static void test_damaged(void)
 {

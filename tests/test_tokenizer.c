@@ -6,6 +6,7 @@
  * (ctest test_tokenizer_py). */
 #include "test-bpe.h"
 #include "tern-test.h"
+#include "test-util.h"
 #include "tern-sampling.h"
 #include "tern-tokenizer.h"
 #include "tern-unicode.h"
@@ -692,12 +693,8 @@ static void test_large_vocab(void)
 	tern_tokens_free(&v);
 	tern_tokenizer_free(t);
 	free(text);
-	for (uint32_t i = 0; i < n; i++)
-		free(tok[i]);
-	for (uint32_t i = 0; i < nm; i++)
-		free(mer[i]);
-	free(tok);
-	free(mer);
+	tt_free_strings(tok, n);
+	tt_free_strings(mer, nm);
 	free(set);
 	free(pool);
 }
