@@ -422,75 +422,77 @@ static void handle_generate(call_ctx *c, const uint8_t *p, size_t n)
 		s->svc->cancel(s->svc->self, handle);
 }
 
+/* The request of descriptor d from p[0..n), or NULL after finishing the call
+ * with INVALID_ARGUMENT ("malformed TokenizeRequest"). */
+static ProtobufCMessage *unpack_request(call_ctx *c, const ProtobufCMessageDescriptor *d, const uint8_t *p, size_t n)
+{
+	ProtobufCMessage *req = protobuf_c_message_unpack(d, NULL, n, p);
+	if (!req) {
+		char msg[128];
+		snprintf(msg, sizeof msg, "malformed %s", d->short_name);
+		finish(c, GRPC_STATUS_INVALID_ARGUMENT, msg);
+	}
+	return req;
+}
+
+/* Ends a unary call with the back end's answer: out on TERN_STATUS_OK, else
+ * status st with msg (fallback when msg is empty); then frees out. */
+static void answer(call_ctx *c, int st, ProtobufCMessage *out, const char *msg, const char *fallback)
+{
+	tern_grpc_server *s = c->srv;
+	if (st == TERN_STATUS_OK)
+		reply_and_finish(c, out);
+	else
+		finish(c, (grpc_status_code)st, msg[0] ? msg : fallback);
+	s->svc->free_response(s->svc->self, out);
+}
+
 static void handle_unary(call_ctx *c, const uint8_t *p, size_t n)
 {
 	tern_grpc_server *s = c->srv;
 	char msg[512] = "";
-	int st;
 	switch (c->method) {
 	case M_TOKENIZE: {
-		Tern__V1__TokenizeRequest *req = tern__v1__tokenize_request__unpack(NULL, n, p);
-		if (!req) {
-			finish(c, GRPC_STATUS_INVALID_ARGUMENT, "malformed TokenizeRequest");
+		Tern__V1__TokenizeRequest *req =
+		    (Tern__V1__TokenizeRequest *)unpack_request(c, &tern__v1__tokenize_request__descriptor, p, n);
+		if (!req)
 			return;
-		}
 		Tern__V1__TokenizeResponse out = TERN__V1__TOKENIZE_RESPONSE__INIT;
-		st = s->svc->tokenize(s->svc->self, req, &out, msg, sizeof msg);
+		const int st = s->svc->tokenize(s->svc->self, req, &out, msg, sizeof msg);
 		tern__v1__tokenize_request__free_unpacked(req, NULL);
-		if (st == TERN_STATUS_OK)
-			reply_and_finish(c, &out.base);
-		else
-			finish(c, (grpc_status_code)st, msg);
-		s->svc->free_response(s->svc->self, &out.base);
+		answer(c, st, &out.base, msg, "");
 		return;
 	}
 	case M_DETOKENIZE: {
-		Tern__V1__DetokenizeRequest *req = tern__v1__detokenize_request__unpack(NULL, n, p);
-		if (!req) {
-			finish(c, GRPC_STATUS_INVALID_ARGUMENT, "malformed DetokenizeRequest");
+		Tern__V1__DetokenizeRequest *req =
+		    (Tern__V1__DetokenizeRequest *)unpack_request(c, &tern__v1__detokenize_request__descriptor, p, n);
+		if (!req)
 			return;
-		}
 		Tern__V1__DetokenizeResponse out = TERN__V1__DETOKENIZE_RESPONSE__INIT;
-		st = s->svc->detokenize ? s->svc->detokenize(s->svc->self, req, &out, msg, sizeof msg)
-					: GRPC_STATUS_UNIMPLEMENTED;
+		const int st = s->svc->detokenize ? s->svc->detokenize(s->svc->self, req, &out, msg, sizeof msg)
+						  : GRPC_STATUS_UNIMPLEMENTED;
 		tern__v1__detokenize_request__free_unpacked(req, NULL);
-		if (st == TERN_STATUS_OK)
-			reply_and_finish(c, &out.base);
-		else
-			finish(c, (grpc_status_code)st, msg[0] ? msg : "detokenize unavailable");
-		s->svc->free_response(s->svc->self, &out.base);
+		answer(c, st, &out.base, msg, "detokenize unavailable");
 		return;
 	}
-	case M_HEALTH: {
-		Tern__V1__HealthRequest *req = tern__v1__health_request__unpack(NULL, n, p);
-		if (!req) {
-			finish(c, GRPC_STATUS_INVALID_ARGUMENT, "malformed HealthRequest");
-			return;
-		}
-		tern__v1__health_request__free_unpacked(req, NULL);
-		Tern__V1__HealthResponse out = TERN__V1__HEALTH_RESPONSE__INIT;
-		st = s->svc->health(s->svc->self, &out);
-		if (st == TERN_STATUS_OK)
-			reply_and_finish(c, &out.base);
-		else
-			finish(c, (grpc_status_code)st, "health unavailable");
-		s->svc->free_response(s->svc->self, &out.base);
-		return;
-	}
+	case M_HEALTH:
 	case M_STATS: {
-		Tern__V1__StatsRequest *req = tern__v1__stats_request__unpack(NULL, n, p);
-		if (!req) {
-			finish(c, GRPC_STATUS_INVALID_ARGUMENT, "malformed StatsRequest");
+		/* Empty requests: only checked, then the back end answers. */
+		const int health = c->method == M_HEALTH;
+		ProtobufCMessage *req = unpack_request(
+		    c, health ? &tern__v1__health_request__descriptor : &tern__v1__stats_request__descriptor, p, n);
+		if (!req)
 			return;
-		}
-		tern__v1__stats_request__free_unpacked(req, NULL);
-		Tern__V1__StatsResponse out = TERN__V1__STATS_RESPONSE__INIT;
-		st = s->svc->stats(s->svc->self, &out);
-		if (st == TERN_STATUS_OK)
-			reply_and_finish(c, &out.base);
-		else
-			finish(c, (grpc_status_code)st, "stats unavailable");
-		s->svc->free_response(s->svc->self, &out.base);
+		protobuf_c_message_free_unpacked(req, NULL);
+		union {
+			ProtobufCMessage base;
+			Tern__V1__HealthResponse health;
+			Tern__V1__StatsResponse stats;
+		} out;
+		protobuf_c_message_init(health ? &tern__v1__health_response__descriptor : &tern__v1__stats_response__descriptor,
+					&out);
+		const int st = health ? s->svc->health(s->svc->self, &out.health) : s->svc->stats(s->svc->self, &out.stats);
+		answer(c, st, &out.base, "", health ? "health unavailable" : "stats unavailable");
 		return;
 	}
 	default:

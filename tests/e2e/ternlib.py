@@ -216,18 +216,13 @@ class Client:
         else:
             self.ch = grpc.insecure_channel(target)
         self.md = [("authorization", "Bearer " + token)] if token else None
-        self.generate = self.ch.unary_stream("/tern.v1.Tern/Generate",
-                                             request_serializer=pb.GenerateRequest.SerializeToString,
-                                             response_deserializer=pb.GenerateResponse.FromString)
-        self.health = self.ch.unary_unary("/tern.v1.Tern/Health",
-                                          request_serializer=pb.HealthRequest.SerializeToString,
-                                          response_deserializer=pb.HealthResponse.FromString)
-        self.stats = self.ch.unary_unary("/tern.v1.Tern/Stats",
-                                         request_serializer=pb.StatsRequest.SerializeToString,
-                                         response_deserializer=pb.StatsResponse.FromString)
-        self.tokenize = self.ch.unary_unary("/tern.v1.Tern/Tokenize",
-                                            request_serializer=pb.TokenizeRequest.SerializeToString,
-                                            response_deserializer=pb.TokenizeResponse.FromString)
+        for name, kind, req, resp in (("generate", "unary_stream", "GenerateRequest", "GenerateResponse"),
+                                      ("health", "unary_unary", "HealthRequest", "HealthResponse"),
+                                      ("stats", "unary_unary", "StatsRequest", "StatsResponse"),
+                                      ("tokenize", "unary_unary", "TokenizeRequest", "TokenizeResponse")):
+            setattr(self, name, getattr(self.ch, kind)("/tern.v1.Tern/" + name.capitalize(),
+                                                       request_serializer=getattr(pb, req).SerializeToString,
+                                                       response_deserializer=getattr(pb, resp).FromString))
         # Raw bytes in, raw bytes out: for malformed requests.
         self.generate_raw = self.ch.unary_stream("/tern.v1.Tern/Generate")
         if self.md:

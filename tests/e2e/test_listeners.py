@@ -28,27 +28,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ternlib import Results, TernServer, mpi_rank  # noqa: E402
-
-
-def descendants(pid):
-    """pid and every process below it (from /proc)."""
-    children = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % d) as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(d))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(children.get(p, []))
-    return out
+from ternlib import Results, TernServer, descendants, mpi_rank  # noqa: E402
 
 
 def parent(pid):
@@ -112,7 +92,7 @@ def main():
     def default_mode():
         env, coord, mpirun = up("tcp", [], "127.0.0.1:0")
         try:
-            pids = set(descendants(mpirun))
+            pids = {mpirun, *descendants(mpirun)}
             ranks = pids - {mpirun}
             assert coord in ranks and len(ranks) >= 2, (coord, ranks)
             ls = listeners(pids)
@@ -129,7 +109,7 @@ def main():
         sock = os.path.join(work, "tern.sock")
         env, coord, mpirun = up("private", ["--private-net"], "unix:" + sock)
         try:
-            pids = set(descendants(mpirun))
+            pids = {mpirun, *descendants(mpirun)}
             assert coord in pids and len(pids) >= 3, pids
             ls = listeners(pids)
             assert not ls, "the job listens in the host's network namespace: %s" % ls
@@ -179,7 +159,7 @@ def main():
     def server_default():
         srv = server("srv", [])
         try:
-            pids = set(descendants(srv.proc.pid))
+            pids = {srv.proc.pid, *descendants(srv.proc.pid)}
             job = pids - {srv.proc.pid}
             assert len(job) >= 3, "mpirun, the coordinator and a stage under tern-server: %s" % job
             ls = listeners(pids)
@@ -196,7 +176,7 @@ def main():
     def server_private():
         srv = server("srvp", ["--private-net"])
         try:
-            pids = set(descendants(srv.proc.pid))
+            pids = {srv.proc.pid, *descendants(srv.proc.pid)}
             job = pids - {srv.proc.pid}
             ls = listeners(pids)
             assert all(p == srv.proc.pid for _, p in ls), "the job listens in the host's namespace: %s" % ls
