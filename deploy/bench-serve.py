@@ -2,7 +2,7 @@
 """bench-serve.py: cluster and serving benchmarks of tern over real gRPC.
 
   tern-bench cluster  ->  bench-serve.py cluster MODEL [--stages 1,2,4] [--conc 1,2,4,8,16,32]
-  tern-bench serve    ->  bench-serve.py serve MODEL [--stages N] [--clients N]
+  tern-bench serve    ->  bench-serve.py serve MODEL [--stages N] [--clients 1,4,16,64,256]
 
 cluster: for each stage count, start the cluster (deploy/tern-up), then for
 each concurrency C run C streaming clients that each generate --tokens tokens
@@ -13,8 +13,15 @@ printed beside it is the single-sequence memory bound: measured read bandwidth
 weights are read once per step for the whole batch), capped at the
 compute-free ideal.
 
-serve: one cluster, N concurrent clients with staggered starts; time to first
-token and per-client decode tokens/s as p50/p90/p99.
+serve: one tern-server (it launches the job), and for each client count in
+--clients (1,4,16,64,256) the same streaming load three ways, side by side on
+that one job: gRPC straight to the coordinator (its private Unix socket), gRPC
+through tern-server's relay (--grpc) and the OpenAI HTTP API with SSE
+(--http). Per path: time to first token and inter-token latency p50/p90/p99,
+aggregate tokens/s; and what the front end adds: TTFT p50 minus the direct
+path's (ms) and aggregate tokens/s as a fraction of the direct path's. The
+clients are Python threads on the same box, so a Python-side limit shows in
+every path alike.
 
 Output: a table on stdout; with --json one JSON object per row (DESIGN.md
 "Benchmark output": bench, what, threads, value, unit, bound, fraction, plus
@@ -79,23 +86,65 @@ def one_stream(client, pb, prompt, n, out, i, t_start):
     t0 = time.time()
     first = None
     got = 0
+    gaps = []
+    last = None
     for m in client.generate(pb.GenerateRequest(prompt=prompt, max_tokens=n, ignore_eos=True), timeout=3600):
         if not m.done:
+            now = time.time()
             got += 1
             if first is None:
-                first = time.time()
+                first = now
+            else:
+                gaps.append(now - last)
+            last = now
     t1 = time.time()
     out[i] = {"ttft": (first or t1) - t0, "tokens": got, "decode_s": t1 - (first or t1), "start": t0 - t_start,
-              "end": t1 - t_start}
+              "end": t1 - t_start, "gaps": gaps}
 
 
-def run_clients(client, pb, n_clients, n_tokens, stagger=0.0):
+def one_http_stream(port, prompt, n, out, i, t_start):
+    """The same request as one_stream, as an OpenAI completions SSE stream
+    (a chunk per token with text; tokens counted from the usage chunk)."""
+    import http.client
+    t0 = time.time()
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=3600)
+    c.request("POST", "/v1/completions", json.dumps({"prompt": prompt, "max_tokens": n, "ignore_eos": True,
+                                                      "temperature": 0, "stream": True,
+                                                      "stream_options": {"include_usage": True}}),
+              {"Content-Type": "application/json"})
+    r = c.getresponse()
+    first = last = None
+    gaps = []
+    got = 0
+    for line in r:
+        if not line.startswith(b"data: {"):
+            continue
+        ev = json.loads(line[6:])
+        if ev.get("usage"):
+            got = ev["usage"]["completion_tokens"]
+        if ev.get("choices") and ev["choices"][0].get("text"):
+            now = time.time()
+            if first is None:
+                first = now
+            else:
+                gaps.append(now - last)
+            last = now
+    c.close()
+    t1 = time.time()
+    out[i] = {"ttft": (first or t1) - t0, "tokens": got, "decode_s": t1 - (first or t1), "start": t0 - t_start,
+              "end": t1 - t_start, "gaps": gaps}
+
+
+def run_clients(client, pb, n_clients, n_tokens, stagger=0.0, http_port=None):
     out = [None] * n_clients
     ths = []
     t_start = time.time()
     for i in range(n_clients):
-        th = threading.Thread(target=one_stream, args=(client, pb, "The quick brown fox %d" % i, n_tokens, out, i,
-                                                        t_start))
+        prompt = "The quick brown fox %d" % i
+        if http_port:
+            th = threading.Thread(target=one_http_stream, args=(http_port, prompt, n_tokens, out, i, t_start))
+        else:
+            th = threading.Thread(target=one_stream, args=(client, pb, prompt, n_tokens, out, i, t_start))
         th.start()
         ths.append(th)
         if stagger:
@@ -115,6 +164,70 @@ def pct(xs, p):
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
+def start_server(build, model, stages, extra):
+    """tern-server on free ports; returns (process, HTTP port, relay port, its log file)."""
+    from ternlib import free_port, wait_port  # noqa: E402
+    http_port, grpc_port = free_port(), free_port()
+    log = tempfile.NamedTemporaryFile(prefix="tern-bench-serve-", suffix=".log", delete=False)
+    proc = subprocess.Popen([os.path.join(build, "coordinator", "tern-server"), "-m", model, "--stages", str(stages),
+                             "--http", "127.0.0.1:%d" % http_port, "--grpc", "127.0.0.1:%d" % grpc_port, "--"] + extra,
+                            stdout=subprocess.PIPE, stderr=log, text=True)
+    if wait_port(proc, r"serving tern\.v1\.Tern gRPC on .* \(port (\d+)\)", 600) is None:
+        proc.kill()
+        raise RuntimeError("tern-server did not start: " + open(log.name).read()[-3000:])
+    return proc, http_port, grpc_port, log.name
+
+
+def serve_bench(a, build, pb, Client, clients, extra, emit):
+    import signal
+    s = int(a.stages if a.stages is not None else 1)
+    proc, http_port, grpc_port, log = start_server(build, a.model, s, extra)
+    try:
+        # The coordinator's own address: the --listen of the launch line
+        # tern-server logs.
+        m = re.search(r"--listen (\S+)", open(log).read())
+        direct = m.group(1)
+        paths = [("direct", Client(pb, 0, target=direct), None), ("relay", Client(pb, grpc_port), None),
+                 ("http", None, http_port)]
+        for _, cl, hp in paths:
+            run_clients(cl, pb, 2, 4, http_port=hp)  # warm-up
+        if not a.json:
+            print("%-7s %-6s %9s %9s %9s %9s %9s %9s %10s %9s %8s" % (
+                "path", "clients", "ttft p50", "p90", "p99", "itl p50", "p90", "p99", "tok/s", "+ttft ms",
+                "tok/s %"))
+        for n in clients:
+            base = None
+            for name, cl, hp in paths:
+                out, wall = run_clients(cl, pb, n, a.tokens, http_port=hp)
+                ttft = [o["ttft"] for o in out]
+                itl = [g for o in out for g in o["gaps"]]
+                agg = sum(o["tokens"] for o in out) / wall
+                row = {"bench": "serve", "what": name, "threads": a.threads or None, "stages": s,
+                       "sequences": n, "value": round(agg, 3), "unit": "tok/s", "bound": None, "fraction": None}
+                for p in (50, 90, 99):
+                    row["ttft_p%d_ms" % p] = round(pct(ttft, p) * 1e3, 3)
+                    row["itl_p%d_ms" % p] = round(pct(itl, p) * 1e3, 3)
+                if base is None:
+                    base = row
+                row["ttft_added_ms"] = round(row["ttft_p50_ms"] - base["ttft_p50_ms"], 3)
+                row["vs_direct"] = round(agg / base["value"], 4) if base["value"] else None
+                emit(row)
+                if not a.json:
+                    print("%-7s %-6d %9.2f %9.2f %9.2f %9.2f %9.2f %9.2f %10.1f %9.2f %7.1f%%" % (
+                        name, n, row["ttft_p50_ms"], row["ttft_p90_ms"], row["ttft_p99_ms"], row["itl_p50_ms"],
+                        row["itl_p90_ms"], row["itl_p99_ms"], agg, row["ttft_added_ms"],
+                        100 * (row["vs_direct"] or 0)), flush=True)
+        for _, cl, _ in paths:
+            if cl:
+                cl.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(90)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("mode", choices=["cluster", "serve"])
@@ -122,7 +235,7 @@ def main():
     ap.add_argument("--build", default=os.path.join(ROOT, "build"))
     ap.add_argument("--stages", default=None)
     ap.add_argument("--conc", default="1,2,4,8,16,32")
-    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--clients", default="1,4,16,64,256")
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--port", type=int, default=50200)
     ap.add_argument("--json", action="store_true")
@@ -147,7 +260,8 @@ def main():
     def bound_of(env):
         bpt = float(env.get("TERN_BYTES_PER_TOKEN", "0"))
         return bw * 1e9 / bpt if (bw and bpt) else None
-    extra = ["--slots", str(max(32, a.clients)), "--queue", "256"]
+    clients = [int(x) for x in a.clients.split(",")]
+    extra = ["--slots", str(max(32, max(clients) if a.mode == "serve" else 0)), "--queue", "1024"]
     if a.threads:
         extra += ["-t", str(a.threads)]
     if a.mode == "cluster":
@@ -199,31 +313,7 @@ def main():
             subprocess.run(["gnuplot", "-e", script], check=True)
             print("plot: %s" % a.plot, file=sys.stderr)
     else:
-        s = int(a.stages or 2)
-        env = start_cluster(build, a.model, s, a.port, extra)
-        try:
-            cl = Client(pb, a.port)
-            run_clients(cl, pb, 1, 4)
-            out, wall = run_clients(cl, pb, a.clients, a.tokens, stagger=0.05)
-            ttft = [o["ttft"] for o in out]
-            rate = [(o["tokens"] - 1) / o["decode_s"] for o in out if o["decode_s"] > 0]
-            for name, xs, unit in (("ttft", ttft, "s"), ("client_decode", rate, "tok/s")):
-                for p in (50, 90, 99):
-                    v = pct(xs, p)
-                    emit({"bench": "serve", "what": "%s_p%d" % (name, p), "threads": a.threads or None,
-                          "stages": s, "sequences": a.clients, "value": round(v, 4), "unit": unit,
-                          "bound": None, "fraction": None})
-                    if not a.json:
-                        print("%-20s %10.4f %s" % ("%s p%d" % (name, p), v, unit))
-            agg = sum(o["tokens"] for o in out) / wall
-            emit({"bench": "serve", "what": "aggregate", "threads": a.threads or None, "stages": s,
-                  "sequences": a.clients, "value": round(agg, 3), "unit": "tok/s", "bound": None, "fraction": None})
-            if not a.json:
-                print("%-20s %10.3f tok/s (%d clients x %d tokens in %.2f s)" % ("aggregate", agg, a.clients,
-                                                                                  a.tokens, wall))
-            cl.close()
-        finally:
-            stop_cluster(env)
+        serve_bench(a, build, pb, Client, clients, extra, emit)
     return 0
 
 

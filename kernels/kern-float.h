@@ -87,6 +87,14 @@ static inline float tern_dot_reduce(float *l)
 	return l[0];
 }
 
+/* A dot product from the 64 lane sums of elements [0, i0): the tail, then
+ * the combining tree. */
+static inline float tern_dot_finish(float *l, const uint8_t *row, tern_dot_type t, const float *x, int i0, int n)
+{
+	tern_dot_tail(l, row, t, x, i0, n);
+	return tern_dot_reduce(l);
+}
+
 /* The one store of a dot product result (with the optional row scale). */
 static inline void tern_dot_store(const tern_dot_args *a, int j, int r, float dot)
 {
@@ -97,6 +105,63 @@ static inline const uint8_t *tern_dot_row(const tern_dot_args *a, int r)
 {
 	return (const uint8_t *)a->w + (size_t)r * a->row_bytes;
 }
+
+/* RMSNorm and softmax of a SIMD ISA, written once: defines rmsnorm_<isa> and
+ * softmax_<isa> for vectors of type V holding W floats, with the ISA's load
+ * LD(p), store ST(p, v), multiply MUL(a, b), broadcast SET1(x) and MAX(v, m),
+ * which must be "v > m ? v : m" per lane (NaN or equal: m), the step of
+ * tern_max_step. The vector loops round each element once as the reference
+ * does; the sequential parts are the helpers above. */
+#define TERN_FLOAT_ROWWISE(isa, V, W, LD, ST, MUL, SET1, MAX)                              \
+	static void rmsnorm_##isa(const float *x, const float *w, int n, float eps, float *out) \
+	{                                                                                   \
+		const float s = tern_rms_scale(x, n, eps);                                  \
+		const V vs = SET1(s);                                                       \
+		int i = 0;                                                                  \
+		if (w) {                                                                    \
+			for (; i + (W) <= n; i += (W))                                      \
+				ST(out + i, MUL(MUL(LD(x + i), vs), LD(w + i)));            \
+		} else {                                                                    \
+			for (; i + (W) <= n; i += (W))                                      \
+				ST(out + i, MUL(LD(x + i), vs));                            \
+		}                                                                           \
+		tern_rms_apply(x, w, s, i, n, out);                                         \
+	}                                                                                   \
+	static void softmax_##isa(float *x, int n)                                          \
+	{                                                                                   \
+		V vm = SET1(x[0]);                                                          \
+		int i = 1;                                                                  \
+		for (; i + (W) <= n; i += (W))                                              \
+			vm = MAX(LD(x + i), vm);                                            \
+		float l[W];                                                                 \
+		ST(l, vm);                                                                  \
+		float m = l[0];                                                             \
+		for (int k = 1; k < (W); k++)                                               \
+			m = tern_max_step(m, l[k]);                                         \
+		for (; i < n; i++)                                                          \
+			m = tern_max_step(m, x[i]);                                         \
+		const float inv = tern_softmax_exp(x, n, m);                                \
+		const V vi = SET1(inv);                                                     \
+		for (i = 0; i + (W) <= n; i += (W))                                         \
+			ST(x + i, MUL(LD(x + i), vi));                                      \
+		tern_softmax_scale(x, inv, i, n);                                           \
+	}
+
+/* RoPE of a SIMD ISA: defines rope_<isa>, which rotates W pairs at a time
+ * with STEP(xh, half, cs_pos, j) (pairs j .. j+W-1 of head xh, rounding as
+ * tern_rope_pairs) and the rest of each head with tern_rope_pairs. */
+#define TERN_FLOAT_ROPE(isa, W, STEP)                                                        \
+	static void rope_##isa(float *x, int n_heads, int head_dim, const float *cs_pos)      \
+	{                                                                                     \
+		const int half = head_dim / 2;                                                \
+		for (int h = 0; h < n_heads; h++) {                                           \
+			float *xh = x + (size_t)h * (size_t)head_dim;                         \
+			int j = 0;                                                            \
+			for (; j + (W) <= half; j += (W))                                     \
+				STEP(xh, half, cs_pos, j);                                    \
+			tern_rope_pairs(xh, half, cs_pos, j);                                 \
+		}                                                                             \
+	}
 
 /* dot_rows of an ISA whose one-row-one-vector kernel is dot1(row, t, x, n)
  * (inlined with t constant): rows in order, each against every vector. */

@@ -13,6 +13,29 @@
 #define TERN_TL2_BLOCK_PAIRS 32 /* pairs per TL2 block */
 #define TERN_LUT_GROUP_BYTES 32 /* lo[16] then hi[16] per group */
 
+/* The codes c = w + 1 of a group by its 4-bit TL index, as byte-shuffle
+ * tables for the decode-once GEMMs (LAYOUTS.md; unused indices give 1): TL1
+ * index 3*c0 + c1 -> c0, c1; TL2 |v| + 13 = 9*c0 + 3*c1 + c2 -> c0, c1, c2
+ * (a negative group's codes are 2 - c). */
+static const uint8_t tern_tl1_codes[2][16] = {{0, 0, 0, 1, 1, 1, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1},
+					      {0, 1, 2, 0, 1, 2, 0, 1, 2, 1, 1, 1, 1, 1, 1, 1}};
+static const uint8_t tern_tl2_codes[3][16] = {{1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 1, 1},
+					      {1, 1, 2, 2, 2, 0, 0, 0, 1, 1, 1, 2, 2, 2, 1, 1},
+					      {1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 1, 1}};
+
+/* TERN_TARGET_PUSH("isa,...") ... TERN_TARGET_POP(): compile the functions
+ * in between for more instructions than the file's flags (called only where
+ * cpuid reports them). clang ignores GCC target pragmas: it takes the same
+ * attribute this way. */
+#define TERN_PRAGMA(x) _Pragma(#x)
+#if defined(__clang__)
+#define TERN_TARGET_PUSH(isa) TERN_PRAGMA(clang attribute push(__attribute__((target(isa))), apply_to = function))
+#define TERN_TARGET_POP() TERN_PRAGMA(clang attribute pop)
+#else
+#define TERN_TARGET_PUSH(isa) TERN_PRAGMA(GCC push_options) TERN_PRAGMA(GCC target(isa))
+#define TERN_TARGET_POP() TERN_PRAGMA(GCC pop_options)
+#endif
+
 /* Integer dot products for rows [row0, row1) and all a->n tokens, written to
  * dot[j*ldd + (i - row0)] (dot points at row0's slot); arguments are validated
  * by the caller. May compute whole row tiles but stores only rows < row1. */

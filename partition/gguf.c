@@ -650,16 +650,32 @@ static const kv_entry *get_kv(const tern_gguf *g, const char *key, tern_err *err
 	return &g->kvs[i];
 }
 
+#define TYPE_BIT(t) (1u << (t))
+#define INT_TYPES                                                                                                      \
+	(TYPE_BIT(TERN_GGUF_U8) | TYPE_BIT(TERN_GGUF_I8) | TYPE_BIT(TERN_GGUF_U16) | TYPE_BIT(TERN_GGUF_I16) |         \
+	 TYPE_BIT(TERN_GGUF_U32) | TYPE_BIT(TERN_GGUF_I32) | TYPE_BIT(TERN_GGUF_U64) | TYPE_BIT(TERN_GGUF_I64))
+
+/* The KV of key when its type is one of types (TYPE_BIT mask); otherwise NULL
+ * with "key 'K' has type T, expected <expected>" (or the missing key) in err. */
+static const kv_entry *get_kv_typed(const tern_gguf *g, const char *key, uint32_t types, const char *expected,
+				    tern_err *err)
+{
+	const kv_entry *kv = get_kv(g, key, err);
+	if (kv && !(kv->type < 32 && (types & TYPE_BIT(kv->type)))) {
+		TERN_ERR(err, TERN_EFORMAT, "%s: key '%s' has type %s, expected %s", g->path, key,
+			 tern_gguf_vtype_name(kv->type), expected);
+		return NULL;
+	}
+	return kv;
+}
+
 /* Integer in [lo, hi] (hi as u64 for the unsigned range) from a scalar KV. */
 static int get_int_range(const tern_gguf *g, const char *key, int64_t lo, uint64_t hi, int64_t *sv_out,
 			 uint64_t *uv_out, tern_err *err)
 {
-	const kv_entry *kv = get_kv(g, key, err);
+	const kv_entry *kv = get_kv_typed(g, key, INT_TYPES, "an integer", err);
 	if (!kv)
 		return TERN_EFORMAT;
-	if (!is_int_type(kv->type))
-		return TERN_ERR(err, TERN_EFORMAT, "%s: key '%s' has type %s, expected an integer", g->path, key,
-				tern_gguf_vtype_name(kv->type));
 	int64_t sv;
 	uint64_t uv;
 	int uns;
@@ -671,50 +687,29 @@ static int get_int_range(const tern_gguf *g, const char *key, int64_t lo, uint64
 	return 0;
 }
 
-int tern_gguf_get_u32(const tern_gguf *g, const char *key, uint32_t *v, tern_err *err)
-{
-	int64_t s;
-	uint64_t u;
-	TERN_FORWARD_IF_ERROR(get_int_range(g, key, 0, UINT32_MAX, &s, &u, err));
-	*v = (uint32_t)u;
-	return 0;
-}
-
-int tern_gguf_get_i32(const tern_gguf *g, const char *key, int32_t *v, tern_err *err)
-{
-	int64_t s;
-	uint64_t u;
-	TERN_FORWARD_IF_ERROR(get_int_range(g, key, INT32_MIN, INT32_MAX, &s, &u, err));
-	*v = (int32_t)s;
-	return 0;
-}
-
-int tern_gguf_get_u64(const tern_gguf *g, const char *key, uint64_t *v, tern_err *err)
-{
-	int64_t s;
-	uint64_t u;
-	TERN_FORWARD_IF_ERROR(get_int_range(g, key, 0, UINT64_MAX, &s, &u, err));
-	*v = u;
-	return 0;
-}
-
-int tern_gguf_get_i64(const tern_gguf *g, const char *key, int64_t *v, tern_err *err)
-{
-	int64_t s;
-	uint64_t u;
-	TERN_FORWARD_IF_ERROR(get_int_range(g, key, INT64_MIN, INT64_MAX, &s, &u, err));
-	*v = s;
-	return 0;
-}
+/* tern_gguf_get_u32, _i32, _u64 and _i64: one body, the range and the
+ * signed or unsigned reading being what differs. */
+#define GGUF_GET_INT(suffix, T, lo, hi, value)                                                                         \
+	int tern_gguf_get_##suffix(const tern_gguf *g, const char *key, T *v, tern_err *err)                          \
+	{                                                                                                              \
+		int64_t s;                                                                                             \
+		uint64_t u;                                                                                            \
+		TERN_FORWARD_IF_ERROR(get_int_range(g, key, lo, hi, &s, &u, err));                                     \
+		*v = (T)(value);                                                                                       \
+		return 0;                                                                                              \
+	}
+GGUF_GET_INT(u32, uint32_t, 0, UINT32_MAX, u)
+GGUF_GET_INT(i32, int32_t, INT32_MIN, INT32_MAX, s)
+GGUF_GET_INT(u64, uint64_t, 0, UINT64_MAX, u)
+GGUF_GET_INT(i64, int64_t, INT64_MIN, INT64_MAX, s)
+#undef GGUF_GET_INT
 
 int tern_gguf_get_f64(const tern_gguf *g, const char *key, double *v, tern_err *err)
 {
-	const kv_entry *kv = get_kv(g, key, err);
+	const kv_entry *kv =
+	    get_kv_typed(g, key, INT_TYPES | TYPE_BIT(TERN_GGUF_F32) | TYPE_BIT(TERN_GGUF_F64), "a number", err);
 	if (!kv)
 		return TERN_EFORMAT;
-	if (kv->type != TERN_GGUF_F32 && kv->type != TERN_GGUF_F64 && !is_int_type(kv->type))
-		return TERN_ERR(err, TERN_EFORMAT, "%s: key '%s' has type %s, expected a number", g->path, key,
-				tern_gguf_vtype_name(kv->type));
 	*v = load_num(g->base + kv->off, kv->type);
 	return 0;
 }
@@ -729,24 +724,18 @@ int tern_gguf_get_f32(const tern_gguf *g, const char *key, float *v, tern_err *e
 
 int tern_gguf_get_bool(const tern_gguf *g, const char *key, int *v, tern_err *err)
 {
-	const kv_entry *kv = get_kv(g, key, err);
+	const kv_entry *kv = get_kv_typed(g, key, TYPE_BIT(TERN_GGUF_BOOL), "bool", err);
 	if (!kv)
 		return TERN_EFORMAT;
-	if (kv->type != TERN_GGUF_BOOL)
-		return TERN_ERR(err, TERN_EFORMAT, "%s: key '%s' has type %s, expected bool", g->path, key,
-				tern_gguf_vtype_name(kv->type));
 	*v = g->base[kv->off] != 0;
 	return 0;
 }
 
 int tern_gguf_get_str(const tern_gguf *g, const char *key, const char **s, uint64_t *len, tern_err *err)
 {
-	const kv_entry *kv = get_kv(g, key, err);
+	const kv_entry *kv = get_kv_typed(g, key, TYPE_BIT(TERN_GGUF_STRING), "string", err);
 	if (!kv)
 		return TERN_EFORMAT;
-	if (kv->type != TERN_GGUF_STRING)
-		return TERN_ERR(err, TERN_EFORMAT, "%s: key '%s' has type %s, expected string", g->path, key,
-				tern_gguf_vtype_name(kv->type));
 	*len = ld64(g->base + kv->off);
 	*s = (const char *)g->base + kv->off + 8;
 	return 0;
@@ -754,12 +743,9 @@ int tern_gguf_get_str(const tern_gguf *g, const char *key, const char **s, uint6
 
 int tern_gguf_get_arr(const tern_gguf *g, const char *key, uint32_t *elem_type, uint64_t *count, tern_err *err)
 {
-	const kv_entry *kv = get_kv(g, key, err);
+	const kv_entry *kv = get_kv_typed(g, key, TYPE_BIT(TERN_GGUF_ARRAY), "an array", err);
 	if (!kv)
 		return TERN_EFORMAT;
-	if (kv->type != TERN_GGUF_ARRAY)
-		return TERN_ERR(err, TERN_EFORMAT, "%s: key '%s' has type %s, expected an array", g->path, key,
-				tern_gguf_vtype_name(kv->type));
 	*elem_type = kv->arr_type;
 	*count = kv->arr_n;
 	return 0;

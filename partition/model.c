@@ -249,12 +249,18 @@ size_t tern_dtype_size(int dt)
 	return dtype_ok(dt) ? dtypes[dt].size : 0;
 }
 
-int tern_dtype_of_ggml(uint32_t ggml_type)
+/* The dtype whose code in the shard column (shard != 0) or the GGUF column is code. */
+static int dtype_of_code(int shard, uint32_t code)
 {
-	for (int d = 0; d < TERN_DTYPE_COUNT; d++)
-		if (dtypes[d].ggml == ggml_type && ggml_type != NO_CODE)
+	for (int d = 0; code != NO_CODE && d < TERN_DTYPE_COUNT; d++)
+		if ((shard ? dtypes[d].shard : dtypes[d].ggml) == code)
 			return d;
 	return TERN_DTYPE_NONE;
+}
+
+int tern_dtype_of_ggml(uint32_t ggml_type)
+{
+	return dtype_of_code(0, ggml_type);
 }
 
 uint32_t tern_dtype_ggml(int dt)
@@ -277,10 +283,7 @@ const char *tern_dtype_safetensors(int dt)
 
 int tern_dtype_of_shard(uint32_t code)
 {
-	for (int d = 0; d < TERN_DTYPE_COUNT; d++)
-		if (dtypes[d].shard == code && code != NO_CODE)
-			return d;
-	return TERN_DTYPE_NONE;
+	return dtype_of_code(1, code);
 }
 
 uint32_t tern_dtype_shard(int dt)

@@ -11,7 +11,7 @@
 #define XXH_STATIC_LINKING_ONLY /* XXH64_state_t on the stack */
 #include <xxhash.h>
 
-#include "plan.pb-c.h"
+#include "plan-internal.h"
 #include "tern-progress.h"
 #include "tern-shard.h"
 
@@ -92,26 +92,31 @@ int tern_plan_manifest_hparams(const tern_plan_manifest *p, tern_hparams *hp, te
 	const Tern__V1__HParams *h = p->hparams;
 	TERN_RETURN_IF(!h, err, TERN_EFORMAT, "no hyper-parameters");
 	TERN_RETURN_IF(!h->arch || strlen(h->arch) >= sizeof hp->arch, err, TERN_EFORMAT, "bad architecture name");
-	TERN_RETURN_IF(h->n_embd > 1u << 30 || h->n_layer > 1u << 30 || h->n_head > 1u << 30 || h->n_head_kv > 1u << 30 ||
-			       h->head_dim > 1u << 30 || h->n_ff > 1u << 30 || h->n_vocab > 1u << 30 ||
-			       h->n_ctx_train > 1u << 30,
-		       err, TERN_ERANGE, "absurd hyper-parameters");
+#define TOO_BIG(f) || h->f > 1u << 30
+	TERN_RETURN_IF(0 TERN_PLAN_HPARAMS_U32(TOO_BIG), err, TERN_ERANGE, "absurd hyper-parameters");
+#undef TOO_BIG
 	snprintf(hp->arch, sizeof hp->arch, "%s", h->arch);
-	hp->n_embd = (int)h->n_embd;
-	hp->n_layer = (int)h->n_layer;
-	hp->n_head = (int)h->n_head;
-	hp->n_head_kv = (int)h->n_head_kv;
-	hp->head_dim = (int)h->head_dim;
-	hp->n_ff = (int)h->n_ff;
-	hp->n_vocab = (int)h->n_vocab;
-	hp->n_ctx_train = (int)h->n_ctx_train;
-	hp->rope_theta = h->rope_theta;
-	hp->norm_eps = h->norm_eps;
+#define FROM_U32(f) hp->f = (int)h->f;
+#define FROM_SAME(f) hp->f = h->f;
+	TERN_PLAN_HPARAMS_U32(FROM_U32)
+	TERN_PLAN_HPARAMS_SAME(FROM_SAME)
+#undef FROM_U32
+#undef FROM_SAME
 	hp->tied_embeddings = h->tied_embeddings;
-	hp->bos_id = h->bos_id;
-	hp->eos_id = h->eos_id;
-	hp->eot_id = h->eot_id;
 	return tern_hparams_validate(hp, err);
+}
+
+void tern_plan_pb_hparams(Tern__V1__HParams *h, const tern_hparams *hp)
+{
+	tern__v1__hparams__init(h);
+	h->arch = (char *)hp->arch;
+#define TO_U32(f) h->f = (uint32_t)hp->f;
+#define TO_SAME(f) h->f = hp->f;
+	TERN_PLAN_HPARAMS_U32(TO_U32)
+	TERN_PLAN_HPARAMS_SAME(TO_SAME)
+#undef TO_U32
+#undef TO_SAME
+	h->tied_embeddings = hp->tied_embeddings != 0;
 }
 
 int tern_plan_manifest_decode(tern_plan_manifest **out, const uint8_t *buf, size_t len, const char *name,
@@ -132,7 +137,7 @@ int tern_plan_manifest_decode(tern_plan_manifest **out, const uint8_t *buf, size
 	return 0;
 }
 
-static char *join(const char *dir, const char *name)
+char *tern_plan_path(const char *dir, const char *name)
 {
 	const size_t n = strlen(dir) + strlen(name) + 2;
 	char *s = malloc(n);
@@ -144,7 +149,7 @@ static char *join(const char *dir, const char *name)
 int tern_plan_manifest_read(tern_plan_manifest **out, const char *dir, tern_err *err)
 {
 	*out = NULL;
-	char *path = join(dir, TERN_PLAN_MANIFEST);
+	char *path = tern_plan_path(dir, TERN_PLAN_MANIFEST);
 	TERN_RETURN_IF(!path, err, TERN_ENOMEM, "out of memory");
 	char *buf;
 	size_t len;
@@ -238,7 +243,7 @@ int tern_plan_verify(const char *dir, int show_progress, tern_err *err)
 	int rc = 0;
 	for (size_t i = 0; i < p->n_files && rc == 0; i++) {
 		const Tern__V1__FileRef *fr = p->files[i];
-		char *path = join(dir, fr->name);
+		char *path = tern_plan_path(dir, fr->name);
 		if (!path) {
 			rc = TERN_ERR(err, TERN_ENOMEM, "out of memory");
 			break;

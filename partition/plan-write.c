@@ -12,7 +12,7 @@
 #define XXH_STATIC_LINKING_ONLY /* XXH64_state_t on the stack */
 #include <xxhash.h>
 
-#include "plan.pb-c.h"
+#include "plan-internal.h"
 #include "tern-gguf.h"
 #include "tern-progress.h"
 #include "tern-shard.h"
@@ -24,15 +24,6 @@ typedef struct {
 	char name[32];
 	uint64_t size, xxh64;
 } file_rec;
-
-static char *join(const char *dir, const char *name)
-{
-	const size_t n = strlen(dir) + strlen(name) + 2;
-	char *s = malloc(n);
-	if (s)
-		snprintf(s, n, "%s/%s", dir, name);
-	return s;
-}
 
 static int write_stage(tern_source *src, const tern_plan_opts *o, int group_rows, const tern_plan_stage *st,
 		       const char *path, int zlevel, tern_progress *pr, file_rec *rec, tern_err *err)
@@ -133,30 +124,6 @@ fail:
 	return rc;
 }
 
-static Tern__V1__HParams *pb_hparams(const tern_hparams *hp)
-{
-	Tern__V1__HParams *h = malloc(sizeof *h);
-	if (!h)
-		return NULL;
-	tern__v1__hparams__init(h);
-	h->arch = (char *)hp->arch;
-	h->n_embd = (uint32_t)hp->n_embd;
-	h->n_layer = (uint32_t)hp->n_layer;
-	h->n_head = (uint32_t)hp->n_head;
-	h->n_head_kv = (uint32_t)hp->n_head_kv;
-	h->head_dim = (uint32_t)hp->head_dim;
-	h->n_ff = (uint32_t)hp->n_ff;
-	h->n_vocab = (uint32_t)hp->n_vocab;
-	h->n_ctx_train = (uint32_t)hp->n_ctx_train;
-	h->rope_theta = hp->rope_theta;
-	h->norm_eps = hp->norm_eps;
-	h->tied_embeddings = hp->tied_embeddings != 0;
-	h->bos_id = hp->bos_id;
-	h->eos_id = hp->eos_id;
-	h->eot_id = hp->eot_id;
-	return h;
-}
-
 /* The manifest borrows every string and array from the source and the
  * layout; only the message structs themselves are allocated here. */
 static int write_manifest(const char *dir, tern_source *src, const tern_plan_model *pm, const tern_plan_opts *o,
@@ -175,13 +142,14 @@ static int write_manifest(const char *dir, tern_source *src, const tern_plan_mod
 	Tern__V1__Stage **stage_ptrs = calloc((size_t)S, sizeof *stage_ptrs);
 	Tern__V1__FileRef *files = calloc((size_t)n_recs, sizeof *files);
 	Tern__V1__FileRef **file_ptrs = calloc((size_t)n_recs, sizeof *file_ptrs);
-	Tern__V1__HParams *h = pb_hparams(hp);
+	Tern__V1__HParams h;
+	tern_plan_pb_hparams(&h, hp);
 	char **merges = NULL;
 	uint8_t *buf = NULL;
-	char *tmp = join(dir, TERN_PLAN_MANIFEST ".tmp"), *final = join(dir, TERN_PLAN_MANIFEST);
+	char *tmp = tern_plan_path(dir, TERN_PLAN_MANIFEST ".tmp"), *final = tern_plan_path(dir, TERN_PLAN_MANIFEST);
 	char plan_id[17], tool[64];
 	int rc = 0;
-	if (!stages || !stage_ptrs || !files || !file_ptrs || !h || !tmp || !final) {
+	if (!stages || !stage_ptrs || !files || !file_ptrs || !tmp || !final) {
 		rc = TERN_ERR(err, TERN_ENOMEM, "out of memory");
 		goto out;
 	}
@@ -274,7 +242,7 @@ static int write_manifest(const char *dir, tern_source *src, const tern_plan_mod
 	}
 	plan.format_version = TERN_PLAN_FORMAT_VERSION;
 	plan.plan_id = plan_id;
-	plan.hparams = h;
+	plan.hparams = &h;
 	plan.packing = (Tern__V1__Packing)(o->packing + 1);
 	plan.group_rows = (uint32_t)group_rows;
 	plan.n_seqs = (uint32_t)o->n_seqs;
@@ -311,7 +279,6 @@ out:
 	free(stage_ptrs);
 	free(files);
 	free(file_ptrs);
-	free(h);
 	free(merges);
 	free(buf);
 	free(tmp);
@@ -362,7 +329,7 @@ int tern_plan_write(const char *model_path, const tern_plan_opts *o, const tern_
 		goto out;
 	}
 	/* an old manifest must not describe shards this run overwrites */
-	if (!(path = join(dir, TERN_PLAN_MANIFEST))) {
+	if (!(path = tern_plan_path(dir, TERN_PLAN_MANIFEST))) {
 		rc = TERN_ERR(err, TERN_ENOMEM, "out of memory");
 		goto out;
 	}
@@ -387,7 +354,7 @@ int tern_plan_write(const char *model_path, const tern_plan_opts *o, const tern_
 		else
 			snprintf(recs[s].name, sizeof recs[s].name, COORD_SHARD);
 		free(path);
-		if (!(path = join(dir, recs[s].name))) {
+		if (!(path = tern_plan_path(dir, recs[s].name))) {
 			rc = TERN_ERR(err, TERN_ENOMEM, "out of memory");
 			break;
 		}

@@ -230,6 +230,24 @@ static void tensor_name(tern_shard_tensor *t)
 		snprintf(t->name, sizeof t->name, "%s.weight", tern_shard_role_name(t->role));
 }
 
+/* The writer's next index entry, cleared and filled with what every tensor
+ * has; its scales (if any) start at the current position. */
+static tern_shard_tensor *new_entry(tern_shard_writer *w, tern_shard_role role, tern_dtype dtype, int layer, int m,
+				    int k)
+{
+	tern_shard_tensor *t = &w->t[w->n];
+	memset(t, 0, sizeof *t);
+	t->role = role;
+	t->dtype = dtype;
+	t->layer = layer;
+	t->packing = w->packing;
+	t->m = m;
+	t->k = k;
+	tensor_name(t);
+	t->scales_offset = w->pos - w->data_offset;
+	return t;
+}
+
 int tern_shard_write_matrix(tern_shard_writer *w, tern_shard_role role, int layer, const tern_matrix *mat,
 			    tern_err *err)
 {
@@ -240,20 +258,11 @@ int tern_shard_write_matrix(tern_shard_writer *w, tern_shard_role role, int laye
 		       tern_packing_name(mat->packing), tern_packing_name(w->packing));
 	TERN_RETURN_IF(mat->data_bytes != tern_matrix_data_bytes(mat->packing, mat->m, mat->k) || mat->n_groups < 1,
 		       err, TERN_EINVAL, "%s: inconsistent matrix %dx%d", w->path, mat->m, mat->k);
-	tern_shard_tensor *t = &w->t[w->n];
-	memset(t, 0, sizeof *t);
-	t->role = role;
-	t->dtype = TERN_DTYPE_TERNARY;
-	t->layer = layer;
-	t->packing = mat->packing;
-	t->m = mat->m;
-	t->k = mat->k;
+	tern_shard_tensor *t = new_entry(w, role, TERN_DTYPE_TERNARY, layer, mat->m, mat->k);
 	t->k_pad = mat->k_pad;
 	t->m_pad = mat->m_pad;
 	t->group_rows = mat->group_rows;
 	t->n_groups = mat->n_groups;
-	tensor_name(t);
-	t->scales_offset = w->pos - w->data_offset;
 	TERN_FORWARD_IF_ERROR(wr(w, mat->scales, (size_t)mat->n_groups * sizeof(float), err));
 	TERN_FORWARD_IF_ERROR(write_payload(w, t, mat->data, mat->data_bytes, err));
 	w->n++;
@@ -270,16 +279,7 @@ int tern_shard_write_dense(tern_shard_writer *w, tern_shard_role role, int layer
 		       "%s: bad dense tensor %s (%dx%d, dtype %s)", w->path, tern_shard_role_name(role), m, k,
 		       tern_dtype_name(dtype));
 	TERN_FORWARD_IF_ERROR(check_dupe(w, role, layer, err));
-	tern_shard_tensor *t = &w->t[w->n];
-	memset(t, 0, sizeof *t);
-	t->role = role;
-	t->dtype = dtype;
-	t->layer = layer;
-	t->packing = w->packing;
-	t->m = m;
-	t->k = k;
-	tensor_name(t);
-	t->scales_offset = w->pos - w->data_offset;
+	tern_shard_tensor *t = new_entry(w, role, dtype, layer, m, k);
 	TERN_FORWARD_IF_ERROR(write_payload(w, t, data, (size_t)m * (size_t)k * tern_dtype_size(dtype), err));
 	w->n++;
 	return 0;

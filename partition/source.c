@@ -148,42 +148,54 @@ static int gguf_ref(tern_source *s, const char *name, int64_t rows, int64_t cols
 	return 0;
 }
 
-static int open_gguf(tern_source *s, tern_err *err)
+/* What differs between the formats when the model's tensors are resolved:
+ * the lookup and check, the tensor names, the pre-quantized weight type. */
+typedef struct {
+	int (*ref)(tern_source *s, const char *name, int64_t rows, int64_t cols, int allow_prequant, tref *r,
+		   tern_err *err);
+	void (*proj_name)(tern_proj p, int layer, char *buf, size_t len);
+	void (*norm_name)(tern_norm_kind n, int layer, char *buf, size_t len);
+	const char *(*dense_name)(tern_dense_kind d);
+	tern_dtype prequant;	    /* TERN_DTYPE_I2_S or TERN_DTYPE_U8 */
+	const char *prequant_word; /* "I2_S" or "packed", for the mixed-weights error */
+	const char *format;	    /* "gguf" or "hf", the start of fmt_desc */
+} tensor_names;
+
+/* Resolves every projection, norm and dense tensor of s->hp into s->w,
+ * s->norm and s->dense; the output head only when the embeddings are not tied. */
+static int resolve_tensors(tern_source *s, const tensor_names *f, tern_err *err)
 {
-	TERN_FORWARD_IF_ERROR(tern_gguf_open(&s->g, s->path, err));
-	TERN_FORWARD_IF_ERROR(tern_gguf_hparams(s->g, &s->hp, err));
 	const tern_hparams *hp = &s->hp;
-	char name[96];
-	int n_i2s = 0;
+	char name[128];
+	int n_prequant = 0;
 	tern_dtype wdt = TERN_DTYPE_NONE;
 	for (int l = 0; l < hp->n_layer; l++) {
 		for (int p = 0; p < TERN_PROJ_COUNT; p++) {
 			int m, k;
 			tern_proj_shape(hp, (tern_proj)p, &m, &k);
-			tern_proj_gguf_name((tern_proj)p, l, name, sizeof name);
+			f->proj_name((tern_proj)p, l, name, sizeof name);
 			tref *r = &s->w[l * TERN_PROJ_COUNT + p];
-			TERN_FORWARD_IF_ERROR(gguf_ref(s, name, m, k, 1, r, err));
-			n_i2s += r->dtype == TERN_DTYPE_I2_S;
+			TERN_FORWARD_IF_ERROR(f->ref(s, name, m, k, 1, r, err));
+			n_prequant += r->dtype == f->prequant;
 			wdt = r->dtype;
 		}
 		for (int n = 0; n < TERN_NORM_OUTPUT; n++) {
-			tern_norm_gguf_name((tern_norm_kind)n, l, name, sizeof name);
+			f->norm_name((tern_norm_kind)n, l, name, sizeof name);
 			TERN_FORWARD_IF_ERROR(
-			    gguf_ref(s, name, 0, tern_norm_len(hp, (tern_norm_kind)n), 0, &s->norm[l * 4 + n], err));
+			    f->ref(s, name, 0, tern_norm_len(hp, (tern_norm_kind)n), 0, &s->norm[l * 4 + n], err));
 		}
 	}
-	tern_norm_gguf_name(TERN_NORM_OUTPUT, 0, name, sizeof name);
-	TERN_FORWARD_IF_ERROR(gguf_ref(s, name, 0, hp->n_embd, 0, &s->norm[hp->n_layer * 4], err));
+	f->norm_name(TERN_NORM_OUTPUT, 0, name, sizeof name);
+	TERN_FORWARD_IF_ERROR(f->ref(s, name, 0, hp->n_embd, 0, &s->norm[hp->n_layer * 4], err));
 	const int n_w = hp->n_layer * TERN_PROJ_COUNT;
-	s->prequant = n_i2s == n_w;
-	TERN_RETURN_IF(n_i2s != 0 && n_i2s != n_w, err, TERN_EUNSUP,
-		       "%s: mixes I2_S and full-precision projection weights", s->path);
-	snprintf(s->fmt_desc, sizeof s->fmt_desc, "gguf %s", weight_format(wdt));
-	for (int i = 0; i < 2; i++) {
-		if (i == 1 && hp->tied_embeddings)
-			break;
+	TERN_RETURN_IF(n_prequant != 0 && n_prequant != n_w, err, TERN_EUNSUP,
+		       "%s: mixes %s and full-precision projection weights", s->path, f->prequant_word);
+	s->prequant = n_prequant == n_w;
+	snprintf(s->fmt_desc, sizeof s->fmt_desc, "%s %s", f->format, weight_format(wdt));
+	s->has_output = !hp->tied_embeddings;
+	for (int i = 0; i < 1 + s->has_output; i++) {
 		tref r;
-		TERN_FORWARD_IF_ERROR(gguf_ref(s, tern_dense_gguf_name((tern_dense_kind)i), hp->n_vocab, hp->n_embd, 0, &r, err));
+		TERN_FORWARD_IF_ERROR(f->ref(s, f->dense_name((tern_dense_kind)i), hp->n_vocab, hp->n_embd, 0, &r, err));
 		tern_dense_view *v = &s->dense[i];
 		v->type = r.dtype;
 		v->rows = hp->n_vocab;
@@ -191,8 +203,17 @@ static int open_gguf(tern_source *s, tern_err *err)
 		v->row_bytes = (size_t)hp->n_embd * tern_dtype_size(r.dtype);
 		v->data = r.data;
 	}
-	s->has_output = !hp->tied_embeddings;
 	return 0;
+}
+
+static const tensor_names gguf_names = {gguf_ref, tern_proj_gguf_name, tern_norm_gguf_name, tern_dense_gguf_name,
+					  TERN_DTYPE_I2_S, "I2_S", "gguf"};
+
+static int open_gguf(tern_source *s, tern_err *err)
+{
+	TERN_FORWARD_IF_ERROR(tern_gguf_open(&s->g, s->path, err));
+	TERN_FORWARD_IF_ERROR(tern_gguf_hparams(s->g, &s->hp, err));
+	return resolve_tensors(s, &gguf_names, err);
 }
 
 static const tern_st_tensor *hf_find(const tern_source *s, const char *name)
@@ -246,6 +267,9 @@ static int hf_ref(tern_source *s, const char *name, int64_t rows, int64_t cols, 
 	return 0;
 }
 
+static const tensor_names hf_names = {hf_ref, tern_proj_hf_name, tern_norm_hf_name, tern_dense_hf_name,
+					TERN_DTYPE_U8, "packed", "hf"};
+
 static int cmp_str(const void *a, const void *b)
 {
 	return strcmp(*(const char *const *)a, *(const char *const *)b);
@@ -296,49 +320,10 @@ static int open_hf(tern_source *s, tern_err *err)
 		free(names[i]);
 	TERN_FORWARD_IF_ERROR(rc);
 
-	const tern_hparams *hp = &s->hp;
-	char name[128];
-	int n_packed = 0;
-	tern_dtype wdt = TERN_DTYPE_NONE;
-	for (int l = 0; l < hp->n_layer; l++) {
-		for (int p = 0; p < TERN_PROJ_COUNT; p++) {
-			int m, k;
-			tern_proj_shape(hp, (tern_proj)p, &m, &k);
-			tern_proj_hf_name((tern_proj)p, l, name, sizeof name);
-			tref *r = &s->w[l * TERN_PROJ_COUNT + p];
-			TERN_FORWARD_IF_ERROR(hf_ref(s, name, m, k, 1, r, err));
-			n_packed += r->dtype == TERN_DTYPE_U8;
-			wdt = r->dtype;
-		}
-		for (int nk = 0; nk < TERN_NORM_OUTPUT; nk++) {
-			tern_norm_hf_name((tern_norm_kind)nk, l, name, sizeof name);
-			TERN_FORWARD_IF_ERROR(
-			    hf_ref(s, name, 0, tern_norm_len(hp, (tern_norm_kind)nk), 0, &s->norm[l * 4 + nk], err));
-		}
-	}
-	tern_norm_hf_name(TERN_NORM_OUTPUT, 0, name, sizeof name);
-	TERN_FORWARD_IF_ERROR(hf_ref(s, name, 0, hp->n_embd, 0, &s->norm[hp->n_layer * 4], err));
-	const int n_w = hp->n_layer * TERN_PROJ_COUNT;
-	TERN_RETURN_IF(n_packed != 0 && n_packed != n_w, err, TERN_EUNSUP,
-		       "%s: mixes packed and full-precision projection weights", s->path);
-	s->prequant = n_packed == n_w;
-	snprintf(s->fmt_desc, sizeof s->fmt_desc, "hf %s", weight_format(wdt));
 	/* A checkpoint without lm_head is tied whatever config.json says. */
-	const int has_head = hf_find(s, tern_dense_hf_name(TERN_DENSE_OUTPUT)) != NULL;
-	s->hp.tied_embeddings = !has_head;
-		for (int i = 0; i < 1 + has_head; i++) {
-		tref r;
-		TERN_FORWARD_IF_ERROR(hf_ref(s, tern_dense_hf_name((tern_dense_kind)i), hp->n_vocab, hp->n_embd, 0, &r, err));
-		tern_dense_view *v = &s->dense[i];
-		v->type = r.dtype;
-		v->rows = hp->n_vocab;
-		v->cols = hp->n_embd;
-		v->row_bytes = (size_t)hp->n_embd * tern_dtype_size(r.dtype);
-		v->data = r.data;
-	}
-	s->has_output = has_head;
+	s->hp.tied_embeddings = hf_find(s, tern_dense_hf_name(TERN_DENSE_OUTPUT)) == NULL;
 	(void)online;
-	return 0;
+	return resolve_tensors(s, &hf_names, err);
 }
 
 int tern_source_open(tern_source **out, const char *path, tern_err *err)
@@ -612,6 +597,39 @@ static int gguf_opt_id(const tern_gguf *g, const char *key)
 	return (int)v;
 }
 
+/* The optional per-token GGUF array KEY (n entries) read into a new array:
+ * *ints (token types) when ints is given, else *floats (scores); an absent
+ * key leaves it NULL. The new array is the caller's even on an error. */
+static int vocab_numbers(const tern_source *s, const tern_gguf *g, const char *key, uint64_t n, int32_t **ints,
+			 float **floats, tern_err *err)
+{
+	const int64_t k = tern_gguf_find_key(g, key);
+	if (k < 0)
+		return 0;
+	uint32_t et;
+	uint64_t len;
+	TERN_FORWARD_IF_ERROR(tern_gguf_get_arr(g, key, &et, &len, err));
+	TERN_RETURN_IF(len != n, err, TERN_EFORMAT, "%s: %s has %" PRIu64 " entries, tokens %" PRIu64, s->path, key,
+		       len, n);
+	if (ints)
+		*ints = malloc(n * sizeof **ints);
+	else
+		*floats = malloc(n * sizeof **floats);
+	TERN_RETURN_IF(ints ? !*ints : !*floats, err, TERN_ENOMEM, "%s: out of memory", s->path);
+	for (uint64_t i = 0; i < n; i++) {
+		if (ints) {
+			int64_t t;
+			TERN_FORWARD_IF_ERROR(tern_gguf_arr_i64(g, k, i, &t, err));
+			(*ints)[i] = (int32_t)t;
+		} else {
+			double d;
+			TERN_FORWARD_IF_ERROR(tern_gguf_arr_f64(g, k, i, &d, err));
+			(*floats)[i] = (float)d;
+		}
+	}
+	return 0;
+}
+
 static int load_vocab_gguf(tern_source *s, vbuild *b, tern_err *err)
 {
 	tern_gguf *g;
@@ -651,40 +669,9 @@ static int load_vocab_gguf(tern_source *s, vbuild *b, tern_err *err)
 		}
 		b->tok_len[i] = (uint32_t)len;
 	}
-	const int64_t ktt = tern_gguf_find_key(g, "tokenizer.ggml.token_type");
-	if (ktt >= 0) {
-		rc = tern_gguf_get_arr(g, "tokenizer.ggml.token_type", &et, &len, err);
-		if (rc == 0 && len != n)
-			rc = TERN_ERR(err, TERN_EFORMAT,
-				      "%s: tokenizer.ggml.token_type has %" PRIu64 " entries, tokens %" PRIu64, s->path,
-				      len, n);
-		if (rc == 0 && !(b->types = malloc(n * sizeof *b->types)))
-			rc = TERN_ERR(err, TERN_ENOMEM, "%s: out of memory", s->path);
-		for (uint64_t i = 0; rc == 0 && i < n; i++) {
-			int64_t t;
-			rc = tern_gguf_arr_i64(g, ktt, i, &t, err);
-			b->types[i] = (int32_t)t;
-		}
-		if (rc < 0)
-			goto out;
-	}
-	const int64_t ksc = tern_gguf_find_key(g, "tokenizer.ggml.scores");
-	if (ksc >= 0) {
-		rc = tern_gguf_get_arr(g, "tokenizer.ggml.scores", &et, &len, err);
-		if (rc == 0 && len != n)
-			rc = TERN_ERR(err, TERN_EFORMAT,
-				      "%s: tokenizer.ggml.scores has %" PRIu64 " entries, tokens %" PRIu64, s->path,
-				      len, n);
-		if (rc == 0 && !(b->scores = malloc(n * sizeof *b->scores)))
-			rc = TERN_ERR(err, TERN_ENOMEM, "%s: out of memory", s->path);
-		for (uint64_t i = 0; rc == 0 && i < n; i++) {
-			double d;
-			rc = tern_gguf_arr_f64(g, ksc, i, &d, err);
-			b->scores[i] = (float)d;
-		}
-		if (rc < 0)
-			goto out;
-	}
+	if ((rc = vocab_numbers(s, g, "tokenizer.ggml.token_type", n, &b->types, NULL, err)) < 0 ||
+	    (rc = vocab_numbers(s, g, "tokenizer.ggml.scores", n, NULL, &b->scores, err)) < 0)
+		goto out;
 	const int64_t km = tern_gguf_find_key(g, "tokenizer.ggml.merges");
 	if (km >= 0) {
 		rc = tern_gguf_get_arr(g, "tokenizer.ggml.merges", &et, &len, err);

@@ -483,27 +483,16 @@ int tern_synth_override(tern_hparams *hp, const char *spec, tern_err *err)
 		TERN_RETURN_IF(*vend != 0 || !isfinite(x), err, TERN_EINVAL, "override %s: '%s' is not a number", key,
 			       val);
 		const int iv = x >= -1 && x <= 1e9 && x == (double)(int)x ? (int)x : INT32_MIN;
+		/* The integer keys and their fields ("layers" is n_layer too). */
+		int *const fields[] = {&hp->n_embd,    &hp->n_layer, &hp->n_layer, &hp->n_head,
+				       &hp->n_head_kv, &hp->n_ff,    &hp->n_vocab, &hp->n_ctx_train,
+				       &hp->bos_id,    &hp->eos_id,  &hp->eot_id};
+		static const char *const names[] = {"n_embd",  "n_layer", "layers", "n_head", "n_head_kv", "n_ff",
+						    "n_vocab", "n_ctx",   "bos",    "eos",    "eot"};
 		int *ip = NULL;
-		if (!strcmp(key, "n_embd"))
-			ip = &hp->n_embd;
-		else if (!strcmp(key, "n_layer") || !strcmp(key, "layers"))
-			ip = &hp->n_layer;
-		else if (!strcmp(key, "n_head"))
-			ip = &hp->n_head;
-		else if (!strcmp(key, "n_head_kv"))
-			ip = &hp->n_head_kv;
-		else if (!strcmp(key, "n_ff"))
-			ip = &hp->n_ff;
-		else if (!strcmp(key, "n_vocab"))
-			ip = &hp->n_vocab;
-		else if (!strcmp(key, "n_ctx"))
-			ip = &hp->n_ctx_train;
-		else if (!strcmp(key, "bos"))
-			ip = &hp->bos_id;
-		else if (!strcmp(key, "eos"))
-			ip = &hp->eos_id;
-		else if (!strcmp(key, "eot"))
-			ip = &hp->eot_id;
+		for (size_t i = 0; i < sizeof names / sizeof names[0] && !ip; i++)
+			if (!strcmp(key, names[i]))
+				ip = fields[i];
 		if (ip) {
 			TERN_RETURN_IF(iv == INT32_MIN, err, TERN_EINVAL, "override %s: '%s' is not an integer", key,
 				       val);

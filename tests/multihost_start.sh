@@ -4,7 +4,6 @@
 # of h2 and h3 over TCP; every stage must report READY from its own host.
 # Not root (or no `ip netns`): SKIPPED with the reason (exit 77).
 set -u
-B=$(cd "$1" && pwd)
 T=$(cd "$(dirname "$0")" && pwd)
 D=$(cd "$T/../deploy" && pwd)
 prefix="tt$$"

@@ -2,6 +2,7 @@
 # tests/multihost_start.sh and tests/e2e/multihost_run.sh after they set
 #   D       the deploy/ directory (netns-hosts, nsagent)
 #   prefix  a name prefix unique to this run, e.g. "tt$$"
+# It sets B, the build directory, from the script's first argument.
 # It checks what network-namespace hosts need (root, iproute2, util-linux),
 # makes a work directory `work`, makes 3 namespace hosts $prefix-h1..h3
 # (10.77.0.1..3) and removes both at exit. Where any of that cannot be done it
@@ -14,6 +15,7 @@ if ! command -v ip >/dev/null || ! command -v unshare >/dev/null; then
 	echo "SKIPPED: the multi-host test needs iproute2 and util-linux (deploy/setup installs them)"
 	exit 77
 fi
+B=$(cd "$1" && pwd)
 work=$(mktemp -d)
 netns_cleanup() {
 	sh "$D/netns-hosts" down "$prefix" 2>/dev/null

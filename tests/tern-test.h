@@ -92,25 +92,28 @@ __attribute__((format(printf, 1, 2))) static inline void tt_skip_(const char *fm
  * not covered here. */
 #define TT_NOTE_SKIP(...) tt_note_skip(__VA_ARGS__)
 
+/* Records a failed check and prints "  FAIL file:line: cond" and then tail. */
+static inline void tt_fail_(const char *file, int line, const char *cond, const char *tail)
+{
+	fprintf(stderr, "  FAIL %s:%d: %s%s", file, line, cond, tail);
+	tt_failed_checks++;
+	tt_case_failed = 1;
+}
+
 #define TT_CHECK(cond)                                                                                    \
 	do {                                                                                              \
 		tt_nchecks++;                                                                             \
-		if (!(cond)) {                                                                            \
-			fprintf(stderr, "  FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);                 \
-			tt_failed_checks++;                                                               \
-			tt_case_failed = 1;                                                               \
-		}                                                                                         \
+		if (!(cond))                                                                              \
+			tt_fail_(__FILE__, __LINE__, #cond, "\n");                                        \
 	} while (0)
 
 #define TT_CHECKF(cond, ...)                                                                              \
 	do {                                                                                              \
 		tt_nchecks++;                                                                             \
 		if (!(cond)) {                                                                            \
-			fprintf(stderr, "  FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);                 \
+			tt_fail_(__FILE__, __LINE__, #cond, ": ");                                        \
 			fprintf(stderr, __VA_ARGS__);                                                     \
 			fputc('\n', stderr);                                                              \
-			tt_failed_checks++;                                                               \
-			tt_case_failed = 1;                                                               \
 		}                                                                                         \
 	} while (0)
 
@@ -118,9 +121,7 @@ __attribute__((format(printf, 1, 2))) static inline void tt_skip_(const char *fm
 	do {                                                                                              \
 		tt_nchecks++;                                                                             \
 		if (!(cond)) {                                                                            \
-			fprintf(stderr, "  FAIL %s:%d: %s (required)\n", __FILE__, __LINE__, #cond);      \
-			tt_failed_checks++;                                                               \
-			tt_case_failed = 1;                                                               \
+			tt_fail_(__FILE__, __LINE__, #cond, " (required)\n");                             \
 			return;                                                                           \
 		}                                                                                         \
 	} while (0)

@@ -2,7 +2,7 @@
  * private temporary directory for the run, removed with everything in it at
  * exit; recursive removal; whole-file read and write. Kept apart from the
  * harness (tern-test.h) so a test that needs neither pays nothing. Also a
- * seeded xorshift64. */
+ * seeded xorshift64 and a free for arrays of strings. */
 #ifndef TERN_TEST_UTIL_H
 #define TERN_TEST_UTIL_H
 
@@ -80,6 +80,26 @@ static inline uint64_t tt_xorshift(uint64_t *state)
 	x ^= x >> 7;
 	x ^= x << 17;
 	return *state = x;
+}
+
+/* The next 32 bits of a xorshift64* generator with its state in *state
+ * (never 0): the high half of the multiplied state. */
+static inline uint32_t tt_xorshift_star(uint64_t *state)
+{
+	uint64_t x = *state;
+	x ^= x >> 12;
+	x ^= x << 25;
+	x ^= x >> 27;
+	*state = x;
+	return (uint32_t)((x * 0x2545f4914f6cdd1dull) >> 32);
+}
+
+/* Frees the n strings of v, then v. */
+static inline void tt_free_strings(char **v, size_t n)
+{
+	for (size_t i = 0; v && i < n; i++)
+		free(v[i]);
+	free(v);
 }
 
 /* Writes N bytes at P to PATH (created or truncated); 0 or -1. */

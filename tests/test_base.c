@@ -270,6 +270,23 @@ static void test_parse_numbers(void)
 
 /* tern_cpu_count follows the affinity mask: every allowed CPU, and 1 when
  * the process is pinned to one. */
+/* tern_split_host_port: the last ':' splits, brackets around an IPv6 host
+ * go, an empty host stays empty, and what does not fit is refused. */
+static void test_split_host_port(void)
+{
+	char h[16], p[8];
+	TT_CHECK(tern_split_host_port("127.0.0.1:8080", h, sizeof h, p, sizeof p) == 0);
+	TT_CHECK(!strcmp(h, "127.0.0.1") && !strcmp(p, "8080"));
+	TT_CHECK(tern_split_host_port("[::1]:0", h, sizeof h, p, sizeof p) == 0);
+	TT_CHECK(!strcmp(h, "::1") && !strcmp(p, "0"));
+	TT_CHECK(tern_split_host_port(":50051", h, sizeof h, p, sizeof p) == 0);
+	TT_CHECK(h[0] == '\0' && !strcmp(p, "50051"));
+	TT_CHECK(tern_split_host_port("localhost", h, sizeof h, p, sizeof p) == -1);
+	TT_CHECK(tern_split_host_port("localhost:", h, sizeof h, p, sizeof p) == -1);
+	TT_CHECK(tern_split_host_port("a-very-long-host-name:1", h, sizeof h, p, sizeof p) == -1);
+	TT_CHECK(tern_split_host_port("h:123456789", h, sizeof h, p, sizeof p) == -1);
+}
+
 static void test_cpu_count(void)
 {
 	cpu_set_t all;
@@ -286,5 +303,5 @@ static void test_cpu_count(void)
 	TT_REQUIRE(sched_setaffinity(0, sizeof all, &all) == 0);
 }
 
-TT_MAIN(TT_CASE(test_parse_numbers), TT_CASE(test_cpu_count), TT_CASE(test_errors), TT_CASE(test_files), TT_CASE(test_log_levels),
+TT_MAIN(TT_CASE(test_parse_numbers), TT_CASE(test_split_host_port), TT_CASE(test_cpu_count), TT_CASE(test_errors), TT_CASE(test_files), TT_CASE(test_log_levels),
 	TT_CASE(test_clock), TT_CASE(test_aligned_alloc), TT_CASE(test_cpu_probe))

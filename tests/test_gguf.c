@@ -355,17 +355,14 @@ static size_t find_bytes(const uint8_t *hay, size_t n, const char *needle, size_
 	return (size_t)-1;
 }
 
-static void put64(uint8_t *p, uint64_t v)
+/* v little-endian in the n bytes at p. */
+static void put_le(uint8_t *p, uint64_t v, int n)
 {
-	for (int i = 0; i < 8; i++)
+	for (int i = 0; i < n; i++)
 		p[i] = (uint8_t)(v >> (8 * i));
 }
-
-static void put32(uint8_t *p, uint32_t v)
-{
-	for (int i = 0; i < 4; i++)
-		p[i] = (uint8_t)(v >> (8 * i));
-}
+#define put32(p, v) put_le(p, (uint32_t)(v), 4)
+#define put64(p, v) put_le(p, v, 8)
 
 static void test_damaged(void)
 {
@@ -794,14 +791,23 @@ static void progress_cb(void *ud, uint64_t done, uint64_t total)
 	last[2] = total;
 }
 
+/* hp from a preset and overrides, and path the name of a fresh temporary
+ * file: 0, or the first error. */
+static int synth_setup(tern_hparams *hp, const char *preset, const char *over, char *path, size_t len,
+		       const char *name, tern_err *e)
+{
+	TERN_FORWARD_IF_ERROR(tern_hparams_preset(preset, hp, e));
+	TERN_FORWARD_IF_ERROR(tern_synth_override(hp, over, e));
+	tt_tmp_path(path, len, name);
+	return 0;
+}
+
 static void test_synth_roundtrip_small(void)
 {
 	tern_hparams hp;
 	tern_err e = {0};
-	TT_REQUIRE(tern_hparams_preset("125m", &hp, &e) == 0);
-	TT_REQUIRE(tern_synth_override(&hp, "n_layer=2,n_vocab=1000", &e) == 0);
 	char path[512];
-	tt_tmp_path(path, sizeof path, "synth125.gguf");
+	TT_REQUIRE(synth_setup(&hp, "125m", "n_layer=2,n_vocab=1000", path, sizeof path, "synth125.gguf", &e) == 0);
 	uint64_t prog[3] = {0, 0, 0};
 	tern_synth_opts o = {3, -1, progress_cb, prog};
 	TT_REQUIRE(tern_synth_write(path, &hp, 42, &o, &e) == 0);
@@ -871,10 +877,9 @@ static void test_synth_2b4t_widths(void)
 	 * with the Llama-3 special ids. */
 	tern_hparams hp;
 	tern_err e = {0};
-	TT_REQUIRE(tern_hparams_preset("2b4t", &hp, &e) == 0);
-	TT_REQUIRE(tern_synth_override(&hp, "layers=1,n_vocab=512,bos=400,eos=401,eot=409", &e) == 0);
 	char path[512];
-	tt_tmp_path(path, sizeof path, "synth2b.gguf");
+	TT_REQUIRE(synth_setup(&hp, "2b4t", "layers=1,n_vocab=512,bos=400,eos=401,eot=409", path, sizeof path,
+			       "synth2b.gguf", &e) == 0);
 	TT_REQUIRE(tern_synth_write(path, &hp, 7, NULL, &e) == 0);
 	tern_gguf *g;
 	TT_REQUIRE(tern_gguf_open(&g, path, &e) == 0);
@@ -912,10 +917,8 @@ static void test_synth_bad_shapes(void)
 	TT_REQUIRE(tern_hparams_preset("125m", &hp, &e) == 0);
 	TT_CHECK(tern_synth_override(&hp, "n_bogus=3", &e) == TERN_EINVAL && strstr(e.msg, "n_bogus"));
 	TT_CHECK(tern_synth_override(&hp, "n_layer=abc", &e) == TERN_EINVAL);
-	TT_REQUIRE(tern_hparams_preset("125m", &hp, &e) == 0);
-	TT_REQUIRE(tern_synth_override(&hp, "n_vocab=100", &e) == 0);
 	char path[512];
-	tt_tmp_path(path, sizeof path, "never.gguf");
+	TT_REQUIRE(synth_setup(&hp, "125m", "n_vocab=100", path, sizeof path, "never.gguf", &e) == 0);
 	TT_CHECK(tern_synth_write(path, &hp, 1, NULL, &e) == TERN_EINVAL && strstr(e.msg, "too small"));
 	TT_CHECK(access(path, F_OK) != 0);
 	/* Big presets: size known without writing (the 70B file is ~17 GB of I2_S). */
@@ -932,10 +935,9 @@ static void test_gguf_float_weights(void)
 {
 	tern_hparams hp;
 	tern_err e = {0};
-	TT_REQUIRE(tern_hparams_preset("125m", &hp, &e) == 0);
-	TT_REQUIRE(tern_synth_override(&hp, "n_embd=128,n_head=2,n_head_kv=1,n_ff=256,n_vocab=40,n_layer=1", &e) == 0);
 	char path[512];
-	tt_tmp_path(path, sizeof path, "float.gguf");
+	TT_REQUIRE(synth_setup(&hp, "125m", "n_embd=128,n_head=2,n_head_kv=1,n_ff=256,n_vocab=40,n_layer=1", path,
+			       sizeof path, "float.gguf", &e) == 0);
 	tern_gguf_writer *w;
 	TT_REQUIRE(tern_gguf_writer_open(&w, path, 3, 0, &e) == 0);
 	int rc = tern_gguf_writer_add_str(w, "general.architecture", "bitnet-25", &e);

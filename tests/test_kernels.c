@@ -601,8 +601,7 @@ static void int8_gemm_cover(int *mins, tern_isa isa)
 	static const int shapes[][2] = {{1, 1},     {3, 5},     {65, 129},  {130, 6},   {97, 385},  {255, 767},
 					{1000, 37}, {333, 2049}, {17, 3001}, {64, 388}, {200, 1158}, {71, 1539}};
 	for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
-		TT_CHECKF(run_shape(shapes[s][0], shapes[s][1], few, 10, (int)(s % 3), (int)(s % 3), TERN_ISA_AVX2,
-				    -1) == 0,
+		TT_CHECKF(run_shape(shapes[s][0], shapes[s][1], few, 10, (int)(s % 3), (int)(s % 3), isa, -1) == 0,
 			  "shape %d x %d", shapes[s][0], shapes[s][1]);
 	const int b16[] = {16, 32};
 	TT_EQ_INT(run_shape(2560, 6912, b16, UNDER_ASAN ? 1 : 2, W_DENSE, 0, isa, -1), 0);
@@ -648,28 +647,7 @@ static void test_vnni_gemm(void)
 	tern_isa_default(); /* sets the flags from cpuid */
 	if (!tern_kern_avx512_vnni)
 		TT_SKIP("no AVX512_VNNI on this CPU");
-	int saved[TERN_PACK_COUNT];
-	memcpy(saved, tern_kern_gemm_vnni_min, sizeof saved);
-	for (int p = 0; p < TERN_PACK_COUNT; p++)
-		tern_kern_gemm_vnni_min[p] = 1;
-	int batches[64];
-	for (int i = 0; i < 64; i++)
-		batches[i] = i + 1;
-	TT_EQ_INT(run_shape(70, 200, batches, 64, W_RANDOM, 0, TERN_ISA_AVX512, -1), 0);
-	TT_EQ_INT(run_shape(131, 390, batches, 64, W_DENSE, 1, TERN_ISA_AVX512, -1), 0);
-	/* TL2 k_pad % 4 == 2 (a partial last k4), k_pad = 6, one row, > 64 tokens. */
-	const int few[] = {1, 5, 6, 7, 13, 64, 65, 130};
-	static const int shapes[][2] = {{1, 1}, {3, 5}, {65, 129}, {130, 6}, {97, 385}, {255, 767},
-					{1000, 37}, {333, 2049}, {17, 3001}, {64, 388}, {200, 1158}};
-	for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
-		TT_CHECKF(run_shape(shapes[s][0], shapes[s][1], few, 8, (int)(s % 3), (int)(s % 3), TERN_ISA_AVX512,
-				    -1) == 0,
-			  "shape %d x %d", shapes[s][0], shapes[s][1]);
-	const int b16[] = {16, 32};
-	TT_EQ_INT(run_shape(2560, 6912, b16, UNDER_ASAN ? 1 : 2, W_DENSE, 0, TERN_ISA_AVX512, -1), 0);
-	test_row_ranges();
-	test_worst_case_overflow();
-	memcpy(tern_kern_gemm_vnni_min, saved, sizeof saved);
+	int8_gemm_cover(tern_kern_gemm_vnni_min, TERN_ISA_AVX512);
 }
 
 /* Mirrors kern-internal.h (tests see only the public header). */

@@ -99,18 +99,15 @@ static void test_tensor_names_and_shapes(void)
 	tern_err e;
 	TT_REQUIRE(tern_hparams_preset("2b4t", &hp, &e) == 0);
 	char b[128];
-	tern_proj_gguf_name(TERN_PROJ_O, 7, b, sizeof b);
-	TT_CHECK(strcmp(b, "blk.7.attn_output.weight") == 0);
-	tern_proj_hf_name(TERN_PROJ_GATE, 3, b, sizeof b);
-	TT_CHECK(strcmp(b, "model.layers.3.mlp.gate_proj.weight") == 0);
-	tern_norm_gguf_name(TERN_NORM_FFN_SUB, 2, b, sizeof b);
-	TT_CHECK(strcmp(b, "blk.2.ffn_sub_norm.weight") == 0);
-	tern_norm_hf_name(TERN_NORM_ATTN_SUB, 0, b, sizeof b);
-	TT_CHECK(strcmp(b, "model.layers.0.self_attn.attn_sub_norm.weight") == 0);
-	tern_norm_gguf_name(TERN_NORM_OUTPUT, 5, b, sizeof b);
-	TT_CHECK(strcmp(b, "output_norm.weight") == 0);
-	tern_norm_hf_name(TERN_NORM_OUTPUT, 5, b, sizeof b);
-	TT_CHECK(strcmp(b, "model.norm.weight") == 0);
+/* NAME_IS(f, kind, layer, "name"): f writes that name into b */
+#define NAME_IS(f, kind, layer, want) (f(kind, layer, b, sizeof b), strcmp(b, want) == 0)
+	TT_CHECK(NAME_IS(tern_proj_gguf_name, TERN_PROJ_O, 7, "blk.7.attn_output.weight"));
+	TT_CHECK(NAME_IS(tern_proj_hf_name, TERN_PROJ_GATE, 3, "model.layers.3.mlp.gate_proj.weight"));
+	TT_CHECK(NAME_IS(tern_norm_gguf_name, TERN_NORM_FFN_SUB, 2, "blk.2.ffn_sub_norm.weight"));
+	TT_CHECK(NAME_IS(tern_norm_hf_name, TERN_NORM_ATTN_SUB, 0, "model.layers.0.self_attn.attn_sub_norm.weight"));
+	TT_CHECK(NAME_IS(tern_norm_gguf_name, TERN_NORM_OUTPUT, 5, "output_norm.weight"));
+	TT_CHECK(NAME_IS(tern_norm_hf_name, TERN_NORM_OUTPUT, 5, "model.norm.weight"));
+#undef NAME_IS
 	TT_CHECK(strcmp(tern_dense_gguf_name(TERN_DENSE_OUTPUT), "output.weight") == 0);
 	TT_CHECK(strcmp(tern_dense_hf_name(TERN_DENSE_TOKEN_EMBD), "model.embed_tokens.weight") == 0);
 	TT_CHECK(strcmp(tern_proj_name(TERN_PROJ_DOWN), "down") == 0 && strcmp(tern_proj_gguf(TERN_PROJ_K), "attn_k") == 0);

@@ -506,6 +506,23 @@ static void synth_small(const char *path, tern_hparams *hp, const char *preset, 
 	TT_CHECKF(tern_synth_write(path, hp, seed, NULL, &err) == 0, "%s", err.msg);
 }
 
+/* Plans gguf (hparams hp) with the default options over `domains` uniform
+ * domains (2 cores, 8 GiB each) into the temporary directory `name`: the
+ * directory, or NULL with the error in err. */
+static const char *plan_default(const char *gguf, const tern_hparams *hp, int domains, const char *name,
+				tern_err *err)
+{
+	tern_cluster c;
+	if (tern_cluster_uniform(&c, "box", domains, 8ull << 30, 2, err) < 0)
+		return NULL;
+	tern_plan_opts o;
+	tern_plan_opts_default(&o, hp);
+	const char *dir = tt_tmp(name);
+	const int rc = tern_plan_write(gguf, &o, &c, dir, 1, 0, NULL, err);
+	tern_cluster_free(&c);
+	return rc < 0 ? NULL : dir;
+}
+
 static void test_roundtrip_2b4t_width(void)
 {
 	/* 2B4T's widths (2560 / 640 KV / 6912), cut to 4 layers and a small vocabulary */
@@ -781,14 +798,9 @@ static void test_alloc_failure(void)
 	synth_small(gguf, &hp, "125m", "n_layer=2,n_embd=256,n_head=4,n_head_kv=2,n_ff=512,n_vocab=300,bos=256,eos=257,"
 				       "eot=258",
 		    3);
-	tern_cluster c;
 	tern_err err = {0};
-	TT_REQUIRE(tern_cluster_uniform(&c, "box", 1, 8ull << 30, 2, &err) == 0);
-	tern_plan_opts o;
-	tern_plan_opts_default(&o, &hp);
-	const char *dir = tt_tmp("plan-af");
-	TT_REQUIRE(tern_plan_write(gguf, &o, &c, dir, 1, 0, NULL, &err) == 0);
-	tern_cluster_free(&c);
+	const char *dir = plan_default(gguf, &hp, 1, "plan-af", &err);
+	TT_REQUIRE(dir);
 	char path[512];
 	snprintf(path, sizeof path, "%s/stage-001.shard", dir);
 	tern_shard *sh;
@@ -832,14 +844,9 @@ static void test_damage(void)
 	tern_hparams hp;
 	const char *gguf = tt_tmp("dmg.gguf");
 	synth_small(gguf, &hp, "125m", "n_layer=2,n_vocab=600,bos=1,eos=2,eot=3", 9);
-	tern_cluster c;
 	tern_err err = {0};
-	TT_REQUIRE(tern_cluster_uniform(&c, "box", 2, 8ull << 30, 2, &err) == 0);
-	tern_plan_opts o;
-	tern_plan_opts_default(&o, &hp);
-	const char *dir = tt_tmp("plan-dmg");
-	TT_REQUIRE(tern_plan_write(gguf, &o, &c, dir, 1, 0, NULL, &err) == 0);
-	tern_cluster_free(&c);
+	const char *dir = plan_default(gguf, &hp, 2, "plan-dmg", &err);
+	TT_REQUIRE(dir);
 	TT_REQUIRE(tern_plan_verify(dir, 0, &err) == 0);
 	char s2[512], co[512], man[512];
 	snprintf(s2, sizeof s2, "%s/stage-002.shard", dir);

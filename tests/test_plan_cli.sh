@@ -6,9 +6,7 @@
 set -u
 B="$1/partition/tern-partition"
 SRC="$2"
-T=$(mktemp -d /tmp/tern-plan-cli-XXXXXX)
-trap 'rm -rf "$T"' EXIT
-fail() { echo "FAIL: $*"; exit 1; }
+. "$(dirname "$0")/cli-env.sh"
 
 "$B" 100b --cluster "$SRC/deploy/hosts.example.yaml" --dry-run > "$T/dry.txt" 2>&1 || fail "dry run: $(cat "$T/dry.txt")"
 cat "$T/dry.txt"

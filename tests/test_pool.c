@@ -13,6 +13,7 @@
 #include "tern-kernels.h"
 #include "tern-pool.h"
 #include "tern-test.h"
+#include "test-util.h"
 
 /* ---- plain runs ---------------------------------------------------------- */
 
@@ -185,11 +186,8 @@ static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
 
 static uint32_t rnd(void)
 {
-	/* xorshift64*: deterministic, so a failure reproduces. */
-	rng_state ^= rng_state >> 12;
-	rng_state ^= rng_state << 25;
-	rng_state ^= rng_state >> 27;
-	return (uint32_t)((rng_state * 0x2545f4914f6cdd1dull) >> 32);
+	/* Deterministic, so a failure reproduces. */
+	return tt_xorshift_star(&rng_state);
 }
 
 /* One packing x ISA x shape: single-threaded over [row0, m) against the pool

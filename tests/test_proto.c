@@ -51,17 +51,16 @@ static void test_roundtrip(void)
 static void test_rejects_damage(void)
 {
 	enum { ROWS = 2, D = 8 };
-	float x[ROWS * D] = {0};
-	uint8_t buf[1024];
-	long n = pack_act(buf, sizeof buf, ROWS, D, x);
-	TT_REQUIRE(n > 0);
 	Tern__V1__Frame *h;
 	const uint8_t *pl;
 	size_t pn;
 	tern_err e;
+	float x[ROWS * D] = {0};
+	uint8_t buf[1024];
 	/* Too small an output buffer. */
 	TT_EQ_INT(pack_act(buf, 20, ROWS, D, x), TERN_ERANGE);
-	n = pack_act(buf, sizeof buf, ROWS, D, x);
+	const long n = pack_act(buf, sizeof buf, ROWS, D, x);
+	TT_REQUIRE(n > 0);
 	/* Every truncation is rejected (payload length no longer matches). */
 	for (long cut = 0; cut < n; cut++) {
 		int rc = tern_frame_unpack(buf, (size_t)cut, &h, &pl, &pn, &e);

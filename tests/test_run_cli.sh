@@ -5,9 +5,7 @@
 set -u
 R="$1/coordinator/tern-run"
 P="$1/partition/tern-partition"
-T=$(mktemp -d /tmp/tern-run-cli-XXXXXX)
-trap 'rm -rf "$T"' EXIT
-fail() { echo "FAIL: $*"; exit 1; }
+. "$(dirname "$0")/cli-env.sh"
 
 "$P" synth 125m --dims n_embd=128,n_head=2,n_head_kv=1,n_ff=256,n_vocab=300,bos=256,eos=257,eot=258 \
 	--layers 2 --seed 3 -o "$T/m.gguf" > /dev/null || fail synth

@@ -493,18 +493,31 @@ static void check_common(tern_source *s, const hf_model *md)
 	TT_CHECK(strcmp(voc->model, "gpt2") == 0 && strcmp(voc->pre, "llama-bpe") == 0);
 }
 
+/* Makes md, writes it packed or in bf16 as the checkpoint dir ("hf-packed"
+ * or "hf-bf16" in the temporary directory) and opens it: the source, with the
+ * weight format and check_common checked; NULL when writing or opening failed. */
+static tern_source *write_and_open(hf_model *md, char *dir, size_t len, int packed, tern_err *e)
+{
+	make_model(md);
+	tt_tmp_path(dir, len, packed ? "hf-packed" : "hf-bf16");
+	tern_source *s = NULL;
+	if (write_hf(dir, md, packed) != 0 || tern_source_open(&s, dir, e) != 0) {
+		fprintf(stderr, "  %s: cannot write or open: %s\n", dir, e->msg);
+		return NULL;
+	}
+	TT_CHECK(tern_source_prequantized(s) == packed &&
+		 strcmp(tern_source_weight_format(s), packed ? "hf packed" : "hf bf16") == 0);
+	check_common(s, md);
+	return s;
+}
+
 static void test_hf_packed(void)
 {
 	hf_model md;
-	make_model(&md);
 	char dir[512];
-	tt_tmp_path(dir, sizeof dir, "hf-packed");
-	TT_REQUIRE(write_hf(dir, &md, 1) == 0);
 	tern_err e = {0};
-	tern_source *s;
-	TT_REQUIRE(tern_source_open(&s, dir, &e) == 0);
-	TT_CHECK(tern_source_prequantized(s) == 1 && strcmp(tern_source_weight_format(s), "hf packed") == 0);
-	check_common(s, &md);
+	tern_source *s = write_and_open(&md, dir, sizeof dir, 1, &e);
+	TT_REQUIRE(s);
 	int8_t *w = malloc((size_t)FF * D);
 	for (int l = 0; l < NL; l++)
 		for (int p = 0; p < 7; p++) {
@@ -569,16 +582,11 @@ static void expect_absmean(const uint16_t *bf, int m, int k, int group_rows, int
 
 static void test_hf_bf16(void)
 {
-	hf_model md;
-	make_model(&md);
-	char dir[512];
-	tt_tmp_path(dir, sizeof dir, "hf-bf16");
-	TT_REQUIRE(write_hf(dir, &md, 0) == 0);
 	tern_err e = {0};
-	tern_source *s;
-	TT_REQUIRE(tern_source_open(&s, dir, &e) == 0);
-	TT_CHECK(tern_source_prequantized(s) == 0 && strcmp(tern_source_weight_format(s), "hf bf16") == 0);
-	check_common(s, &md);
+	hf_model md;
+	char dir[512];
+	tern_source *s = write_and_open(&md, dir, sizeof dir, 0, &e);
+	TT_REQUIRE(s);
 	int8_t *w = malloc((size_t)FF * D), *want = malloc((size_t)FF * D);
 	const int groups[3] = {0, 64, 100}; /* per tensor, even blocks, ragged last block */
 	long long n_nonzero = 0;

@@ -193,20 +193,31 @@ static void test_seed_reproduces(void)
 	tern_sampler_free(s3);
 }
 
+/* In cnt[0..V), how often each id came out of n draws by a new sampler with
+ * p over the V logits l: 0, or -1 when the sampler or a draw failed. */
+static int draw_counts(const tern_sampling_params *p, const float *l, int V, int n, int *cnt)
+{
+	tern_sampler *s;
+	if (tern_sampler_create(p, V, &s, NULL))
+		return -1;
+	memset(cnt, 0, (size_t)V * sizeof *cnt);
+	int rc = 0;
+	for (int i = 0; i < n && rc == 0; i++) {
+		int32_t t;
+		if ((rc = tern_sampler_sample(s, l, &t, NULL)) == 0)
+			cnt[t]++;
+	}
+	tern_sampler_free(s);
+	return rc ? -1 : 0;
+}
+
 /* Pearson chi-square of draw counts against softmax(l / T). */
 static double chi_square(const float *l, int V, float T, int N, uint64_t seed)
 {
-	tern_sampling_params p = plain(T, seed);
-	tern_sampler *s;
-	if (tern_sampler_create(&p, V, &s, NULL))
+	const tern_sampling_params p = plain(T, seed);
+	int cnt[16];
+	if (draw_counts(&p, l, V, N, cnt))
 		return 1e9;
-	int cnt[16] = {0};
-	for (int i = 0; i < N; i++) {
-		int32_t t;
-		tern_sampler_sample(s, l, &t, NULL);
-		cnt[t]++;
-	}
-	tern_sampler_free(s);
 	double mx = -1e30, z = 0, chi = 0;
 	for (int i = 0; i < V; i++)
 		mx = l[i] > mx ? l[i] : mx;
@@ -231,16 +242,9 @@ static void test_temperature_distribution(void)
 	TT_CHECK(c07 < 20.5);
 	TT_CHECK(c15 < 20.5);
 	/* A wrong temperature is caught: draws at T=0.7 against softmax at T=1.5. */
-	tern_sampling_params p = plain(0.7f, 5);
-	tern_sampler *s;
-	TT_REQUIRE(tern_sampler_create(&p, 6, &s, NULL) == 0);
-	int cnt[6] = {0};
-	for (int i = 0; i < 20000; i++) {
-		int32_t t;
-		tern_sampler_sample(s, l, &t, NULL);
-		cnt[t]++;
-	}
-	tern_sampler_free(s);
+	const tern_sampling_params p = plain(0.7f, 5);
+	int cnt[6];
+	TT_REQUIRE(draw_counts(&p, l, 6, 20000, cnt) == 0);
 	double z = 0, chi = 0;
 	for (int i = 0; i < 6; i++)
 		z += exp(l[i] / 1.5);
@@ -257,40 +261,19 @@ static void test_top_p_min_p(void)
 	const float l[4] = {logf(0.5f), logf(0.3f), logf(0.15f), logf(0.05f)};
 	tern_sampling_params p = plain(1.0f, 3);
 	p.top_p = 0.75f; /* 0.5 < 0.75 <= 0.8: keeps ids 0 and 1 */
-	tern_sampler *s;
-	TT_REQUIRE(tern_sampler_create(&p, 4, &s, NULL) == 0);
-	int cnt[4] = {0};
-	for (int i = 0; i < 4000; i++) {
-		int32_t t;
-		TT_REQUIRE(tern_sampler_sample(s, l, &t, NULL) == 0);
-		cnt[t]++;
-	}
-	tern_sampler_free(s);
+	int cnt[4];
+	TT_REQUIRE(draw_counts(&p, l, 4, 4000, cnt) == 0);
 	TT_CHECK(cnt[0] > 0 && cnt[1] > 0 && cnt[2] == 0 && cnt[3] == 0);
 	/* Renormalised over the kept two: 0.5/0.8 = 0.625 (binomial sd ~0.0077). */
 	TT_CHECK(fabs(cnt[0] / 4000.0 - 0.625) < 0.04);
 	/* The same after top-k (candidates already ranked). */
 	p.top_k = 3;
-	TT_REQUIRE(tern_sampler_create(&p, 4, &s, NULL) == 0);
-	memset(cnt, 0, sizeof cnt);
-	for (int i = 0; i < 2000; i++) {
-		int32_t t;
-		TT_REQUIRE(tern_sampler_sample(s, l, &t, NULL) == 0);
-		cnt[t]++;
-	}
-	tern_sampler_free(s);
+	TT_REQUIRE(draw_counts(&p, l, 4, 2000, cnt) == 0);
 	TT_CHECK(cnt[0] > 0 && cnt[1] > 0 && cnt[2] == 0 && cnt[3] == 0);
 	p.top_k = 0;
 	p.top_p = 1.0f;
 	p.min_p = 0.2f; /* keeps p >= 0.1: ids 0..2 */
-	TT_REQUIRE(tern_sampler_create(&p, 4, &s, NULL) == 0);
-	memset(cnt, 0, sizeof cnt);
-	for (int i = 0; i < 4000; i++) {
-		int32_t t;
-		TT_REQUIRE(tern_sampler_sample(s, l, &t, NULL) == 0);
-		cnt[t]++;
-	}
-	tern_sampler_free(s);
+	TT_REQUIRE(draw_counts(&p, l, 4, 4000, cnt) == 0);
 	TT_CHECK(cnt[0] > 0 && cnt[1] > 0 && cnt[2] > 0 && cnt[3] == 0);
 
 	/* A large vocabulary takes the histogram path of top-p: every draw must
@@ -328,6 +311,7 @@ static void test_top_p_min_p(void)
 	}
 	p = plain(1.0f, 11);
 	p.top_p = 0.9f;
+	tern_sampler *s;
 	TT_REQUIRE(tern_sampler_create(&p, V, &s, NULL) == 0);
 	int bad = 0;
 	for (int i = 0; i < 300; i++) {
@@ -339,6 +323,21 @@ static void test_top_p_min_p(void)
 	printf("top-p 0.9 nucleus of %d / %d tokens\n", kept, V);
 	TT_CHECK(kept > 1000);
 	TT_EQ_INT(bad, 0);
+}
+
+/* The id a new sampler with p (6 logits l) draws after accepting hist[0..n);
+ * -1 when it cannot be made or the draw fails. */
+static int32_t sample_after(const tern_sampling_params *p, const int32_t *hist, int n, const float *l)
+{
+	tern_sampler *s;
+	if (tern_sampler_create(p, 6, &s, NULL))
+		return -1;
+	for (int i = 0; i < n; i++)
+		tern_sampler_accept(s, hist[i]);
+	int32_t t;
+	const int rc = tern_sampler_sample(s, l, &t, NULL);
+	tern_sampler_free(s);
+	return rc ? -1 : t;
 }
 
 static void test_repetition_penalty(void)
@@ -366,29 +365,17 @@ static void test_repetition_penalty(void)
 	tern_sampler_free(s);
 	/* Unpenalised tokens are untouched: with penalty 1 the argmax stays. */
 	p.repeat_penalty = 1.0f;
-	TT_REQUIRE(tern_sampler_create(&p, 6, &s, NULL) == 0);
-	tern_sampler_accept(s, 0);
-	TT_REQUIRE(tern_sampler_sample(s, pos, &t, NULL) == 0);
-	TT_EQ_INT(t, 0);
-	tern_sampler_free(s);
+	const int32_t once[] = {0}, twice[] = {0, 0};
+	TT_EQ_INT(sample_after(&p, once, 1, pos), 0);
 	/* Frequency and presence: 2.0 - 2 * 0.1 - 0.5 = 1.3 < 1.9 - 0 (unseen). */
 	p.frequency_penalty = 0.1f;
 	p.presence_penalty = 0.5f;
 	p.repeat_last_n = 8;
-	TT_REQUIRE(tern_sampler_create(&p, 6, &s, NULL) == 0);
-	tern_sampler_accept(s, 0);
-	tern_sampler_accept(s, 0);
-	TT_REQUIRE(tern_sampler_sample(s, pos, &t, NULL) == 0);
-	TT_EQ_INT(t, 1);
-	tern_sampler_free(s);
+	TT_EQ_INT(sample_after(&p, twice, 2, pos), 1);
 	/* A small presence penalty leaves token 0 ahead: 2.0 - 0.05 = 1.95 > 1.9. */
 	p.frequency_penalty = 0.0f;
 	p.presence_penalty = 0.05f;
-	TT_REQUIRE(tern_sampler_create(&p, 6, &s, NULL) == 0);
-	tern_sampler_accept(s, 0);
-	TT_REQUIRE(tern_sampler_sample(s, pos, &t, NULL) == 0);
-	TT_EQ_INT(t, 0);
-	tern_sampler_free(s);
+	TT_EQ_INT(sample_after(&p, once, 1, pos), 0);
 }
 
 /* Feeds chunks, collects what is emitted; returns the feed result of the last chunk. */

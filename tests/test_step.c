@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "tern-step.h"
+#include "test-bpe.h"
 #include "tern-test.h"
 #include "tern-unicode.h"
 
@@ -27,19 +28,10 @@ static tern_tokenizer *make_tok(void)
 		tok[257] = strdup("<|begin_of_text|>"), type[257] = TERN_TOKTYPE_CONTROL;
 	}
 	tern_tokenizer_desc d;
-	tern_tokenizer_desc_init(&d);
-	d.model = "gpt2";
-	d.pre = "llama-bpe";
-	d.n_tokens = 258;
-	d.tokens = (const char *const *)tok;
-	d.token_types = type;
+	tt_bpe_desc(&d, 258, tok, type, 0, NULL);
 	d.bos_id = 257;
 	d.eos_id = EOS;
-	tern_tokenizer *t = NULL;
-	tern_err err;
-	if (tern_tokenizer_create(&d, &t, &err))
-		fprintf(stderr, "create: %s\n", err.msg);
-	return t;
+	return tt_tokenizer_create(&d);
 }
 
 /* Runs ids through a step; all shown text (tokens' and tail) goes to out.

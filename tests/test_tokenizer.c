@@ -4,7 +4,9 @@
  * round trips over arbitrary bytes, and error handling. The comparison with
  * Python's `regex` and an independent Python BPE is check_tokenizer.py
  * (ctest test_tokenizer_py). */
+#include "test-bpe.h"
 #include "tern-test.h"
+#include "test-util.h"
 #include "tern-sampling.h"
 #include "tern-tokenizer.h"
 #include "tern-unicode.h"
@@ -53,22 +55,11 @@ static tern_tokenizer *make_bpe(int add_bos)
 		add_tok("<tool>", TERN_TOKTYPE_USER_DEFINED);
 	}
 	tern_tokenizer_desc d;
-	tern_tokenizer_desc_init(&d);
-	d.model = "gpt2";
-	d.pre = "llama-bpe";
-	d.n_tokens = bn;
-	d.tokens = (const char *const *)btok;
-	d.token_types = btype;
-	d.n_merges = sizeof bpe_merges / sizeof bpe_merges[0];
-	d.merges = bpe_merges;
+	tt_bpe_desc(&d, bn, btok, btype, sizeof bpe_merges / sizeof bpe_merges[0], bpe_merges);
 	d.bos_id = 0;
 	d.eos_id = (int32_t)bn - 3;
 	d.add_bos = add_bos;
-	tern_tokenizer *t = NULL;
-	tern_err err;
-	if (tern_tokenizer_create(&d, &t, &err))
-		fprintf(stderr, "create: %s\n", err.msg);
-	return t;
+	return tt_tokenizer_create(&d);
 }
 
 static int32_t id_of(const tern_tokenizer *t, const char *s)
@@ -430,11 +421,7 @@ static tern_tokenizer *make_spm(void)
 	d.scores = score;
 	d.bos_id = 1;
 	d.eos_id = 2;
-	tern_tokenizer *t = NULL;
-	tern_err err;
-	if (tern_tokenizer_create(&d, &t, &err))
-		fprintf(stderr, "create: %s\n", err.msg);
-	return t;
+	return tt_tokenizer_create(&d);
 }
 
 static void test_spm(void)
@@ -676,13 +663,7 @@ static void test_large_vocab(void)
 		mer[nm++] = strdup(m);
 	}
 	tern_tokenizer_desc d;
-	tern_tokenizer_desc_init(&d);
-	d.model = "gpt2";
-	d.pre = "llama-bpe";
-	d.n_tokens = n;
-	d.tokens = (const char *const *)tok;
-	d.n_merges = nm;
-	d.merges = (const char *const *)mer;
+	tt_bpe_desc(&d, n, tok, NULL, nm, (const char *const *)mer);
 	tern_tokenizer *t = NULL;
 	double t0 = cpu_s();
 	TT_REQUIRE(tern_tokenizer_create(&d, &t, NULL) == 0);
@@ -712,12 +693,8 @@ static void test_large_vocab(void)
 	tern_tokens_free(&v);
 	tern_tokenizer_free(t);
 	free(text);
-	for (uint32_t i = 0; i < n; i++)
-		free(tok[i]);
-	for (uint32_t i = 0; i < nm; i++)
-		free(mer[i]);
-	free(tok);
-	free(mer);
+	tt_free_strings(tok, n);
+	tt_free_strings(mer, nm);
 	free(set);
 	free(pool);
 }

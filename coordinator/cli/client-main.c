@@ -258,16 +258,15 @@ static int do_chat(conn *c, const client_opts *o)
 
 static int do_unary(conn *c, const client_opts *o, const char *what, const char *text)
 {
-	tern_grpc_msg_buf r = {0};
 	char detail[1024];
-	grpc_status_code st;
+	int st;
 	if (!strcmp(what, "tokenize")) {
 		Tern__V1__TokenizeRequest q = TERN__V1__TOKENIZE_REQUEST__INIT;
 		q.text = (char *)text;
 		q.add_bos = 1;
-		st = call(c, "/tern.v1.Tern/Tokenize", &q.base, tern_grpc_keep_msg, &r, detail, sizeof detail);
-		Tern__V1__TokenizeResponse *t = st == GRPC_STATUS_OK ? tern__v1__tokenize_response__unpack(NULL, r.n, r.p)
-								      : NULL;
+		Tern__V1__TokenizeResponse *t = (Tern__V1__TokenizeResponse *)tern_grpc_unary(
+			c->cl, "/tern.v1.Tern/Tokenize", &q.base, c->timeout, &tern__v1__tokenize_response__descriptor,
+			&st, detail, sizeof detail);
 		if (t) {
 			json_t *ids = json_array(), *pieces = json_array();
 			for (size_t i = 0; i < t->n_token_ids; i++) {
@@ -296,9 +295,9 @@ static int do_unary(conn *c, const client_opts *o, const char *what, const char 
 		}
 	} else if (!strcmp(what, "health")) {
 		Tern__V1__HealthRequest q = TERN__V1__HEALTH_REQUEST__INIT;
-		st = call(c, "/tern.v1.Tern/Health", &q.base, tern_grpc_keep_msg, &r, detail, sizeof detail);
-		Tern__V1__HealthResponse *h = st == GRPC_STATUS_OK ? tern__v1__health_response__unpack(NULL, r.n, r.p)
-								   : NULL;
+		Tern__V1__HealthResponse *h = (Tern__V1__HealthResponse *)tern_grpc_unary(
+			c->cl, "/tern.v1.Tern/Health", &q.base, c->timeout, &tern__v1__health_response__descriptor, &st,
+			detail, sizeof detail);
 		if (h) {
 			if (o->json) {
 				json_t *j = json_object(), *stages = json_array();
@@ -334,9 +333,9 @@ static int do_unary(conn *c, const client_opts *o, const char *what, const char 
 		}
 	} else {
 		Tern__V1__StatsRequest q = TERN__V1__STATS_REQUEST__INIT;
-		st = call(c, "/tern.v1.Tern/Stats", &q.base, tern_grpc_keep_msg, &r, detail, sizeof detail);
-		Tern__V1__StatsResponse *s = st == GRPC_STATUS_OK ? tern__v1__stats_response__unpack(NULL, r.n, r.p)
-								  : NULL;
+		Tern__V1__StatsResponse *s = (Tern__V1__StatsResponse *)tern_grpc_unary(
+			c->cl, "/tern.v1.Tern/Stats", &q.base, c->timeout, &tern__v1__stats_response__descriptor, &st,
+			detail, sizeof detail);
 		if (s) {
 			if (o->json) {
 				json_t *j = json_object(), *stages = json_array();
@@ -377,8 +376,7 @@ static int do_unary(conn *c, const client_opts *o, const char *what, const char 
 			tern__v1__stats_response__free_unpacked(s, NULL);
 		}
 	}
-	free(r.p);
-	return report_status(st, detail);
+	return report_status((grpc_status_code)st, detail);
 }
 
 static void usage(FILE *f)

@@ -8,10 +8,13 @@
  * one tern-node per NUMA domain by default; --stages 0 runs the layers in the
  * coordinator's process) or attaches to a coordinator already serving, waits
  * until its Health says ready, then serves the OpenAI HTTP API
- * (coordinator/server/tern-http.h) by calling the coordinator over
- * tern.v1.Tern gRPC. SIGINT/SIGTERM: stop accepting, stop the job (the
- * coordinator ends every request and drains the pipeline), exit. */
+ * (coordinator/server/tern-http.h) and tern.v1.Tern gRPC itself
+ * (coordinator/server/tern-relay.h), both by calling the coordinator over
+ * tern.v1.Tern gRPC: a private Unix socket when it launches the job on this
+ * box. SIGINT/SIGTERM: stop accepting, stop the job (the coordinator ends
+ * every request and drains the pipeline), exit. */
 #include <getopt.h>
+#include <errno.h>
 #include <libgen.h>
 #include <limits.h>
 #include <signal.h>
@@ -24,27 +27,44 @@
 
 #include "tern-base.h"
 #include "tern-grpc-client.h"
+#include "tern-grpc.h"
 #include "tern-http.h"
 #include "tern-launch.h"
+#include "tern-relay.h"
 #include "tern.pb-c.h"
 
 static void usage(FILE *f)
 {
 	fprintf(f, "usage: tern-server -m MODEL|PLAN [--stages N | --hostfile HOSTS] [--http ADDR] [--grpc ADDR]\n"
-		   "                   [--api-key-file F] [-- coordinator options]\n"
-		   "       tern-server --attach ADDR [--http ADDR] [--api-key-file F]\n"
+		   "                   [--api-key-file F] [--coordinator ADDR] [-- coordinator options]\n"
+		   "       tern-server --attach ADDR [--http ADDR] [--grpc ADDR] [--api-key-file F]\n"
 		   "  -m, --model PATH     GGUF file, HF checkpoint directory or plan directory\n"
 		   "  --stages N           pipeline stages on this box (default: one per NUMA domain; 0 = the\n"
 		   "                       layers in the coordinator's process)\n"
 		   "  --hostfile HOSTS     Open MPI hostfile: the coordinator takes the first slot, stages the rest\n"
+		   "  --network NET        with --hostfile: the private cluster network MPI may use (CIDR or\n"
+		   "                       interfaces; default the hostfile's '# network: NET' line)\n"
+		   "  --private-net        single box: the MPI job in its own network namespace, loopback only\n"
+		   "                       (root); the coordinator on its private Unix socket\n"
 		   "  --http ADDR          OpenAI HTTP API, and the chat page at / (default 127.0.0.1:8080)\n"
-		   "  --grpc ADDR          the coordinator's tern.v1.Tern gRPC address (default 127.0.0.1:50051)\n"
+		   "  --grpc ADDR|off      tern.v1.Tern gRPC, relayed to the coordinator (default 127.0.0.1:50051)\n"
 		   "  --api-key-file F     require 'Authorization: Bearer <key>' (key = first line of F) on all but\n"
-		   "                       / (the chat page) and /health\n"
+		   "                       HTTP / (the chat page) and /health (over gRPC on every call)\n"
+		   "  --coordinator ADDR   where the launched coordinator serves gRPC (default: a private Unix\n"
+		   "                       socket on this box; with --hostfile 127.0.0.1:50052, the coordinator\n"
+		   "                       being on the hostfile's first host)\n"
 		   "  --attach ADDR        use a coordinator already serving at ADDR instead of launching one\n"
+		   "  --tls-cert F --tls-key F   HTTPS and gRPC over TLS (PEM files)\n"
+		   "  --cors ORIGIN        let pages from ORIGIN (or *) call the HTTP API (default: off)\n"
+		   "  --max-connections N  connections open at once on each port; more are refused (default\n"
+		   "                       2048 HTTP, 1024 gRPC)\n"
 		   "  --ready-timeout S    wait at most S seconds for the coordinator to be ready (default 600)\n"
 		   "  after --: tern-coordinator options (--slots, --ctx, --queue, --threads, ...; not --listen)\n");
 }
+
+/* How long the job may take to stop after SIGTERM before it is killed: the
+ * coordinator's default --drain-timeout (30 s) and then its own shutdown. */
+#define TERN_SERVER_STOP_S 45.0
 
 static volatile sig_atomic_t g_stop;
 
@@ -53,33 +73,23 @@ static void on_signal(int sig)
 	g_stop = sig;
 }
 
-enum { OPT_STAGES = 256, OPT_HOSTFILE, OPT_HTTP, OPT_GRPC, OPT_API_KEY_FILE, OPT_ATTACH, OPT_READY_TIMEOUT };
-
-typedef struct health_buf {
-	Tern__V1__HealthResponse *h;
-} health_buf;
-
-static void on_health(void *ctx, const uint8_t *p, size_t n)
-{
-	health_buf *b = ctx;
-	if (b->h)
-		tern__v1__health_response__free_unpacked(b->h, NULL);
-	b->h = tern__v1__health_response__unpack(NULL, n, p);
-}
+enum { OPT_STAGES = 256, OPT_HOSTFILE, OPT_HTTP, OPT_GRPC, OPT_API_KEY_FILE, OPT_ATTACH, OPT_READY_TIMEOUT,
+       OPT_COORDINATOR, OPT_MAX_CONNS, OPT_NETWORK, OPT_PRIVATE_NET, OPT_TLS_CERT, OPT_TLS_KEY,
+       OPT_CORS };
 
 static int is_ready(tern_grpc_client *c, char *model, size_t model_len)
 {
 	Tern__V1__HealthRequest q = TERN__V1__HEALTH_REQUEST__INIT;
-	health_buf b = {0};
 	char detail[256];
-	const int st = tern_grpc_call(c, "/tern.v1.Tern/Health", &q.base, 2.0, on_health, &b, detail, sizeof detail);
-	int ready = 0;
-	if (st == 0 && b.h) {
-		ready = b.h->ready;
-		snprintf(model, model_len, "%s", b.h->model ? b.h->model : "");
+	int st;
+	Tern__V1__HealthResponse *h = (Tern__V1__HealthResponse *)tern_grpc_unary(
+		c, "/tern.v1.Tern/Health", &q.base, 2.0, &tern__v1__health_response__descriptor, &st, detail,
+		sizeof detail);
+	const int ready = h && h->ready;
+	if (h) {
+		snprintf(model, model_len, "%s", h->model ? h->model : "");
+		tern__v1__health_response__free_unpacked(h, NULL);
 	}
-	if (b.h)
-		tern__v1__health_response__free_unpacked(b.h, NULL);
 	return ready;
 }
 
@@ -116,12 +126,21 @@ int main(int argc, char **argv)
 		{"grpc", required_argument, NULL, OPT_GRPC},
 		{"api-key-file", required_argument, NULL, OPT_API_KEY_FILE},
 		{"attach", required_argument, NULL, OPT_ATTACH},
+		{"coordinator", required_argument, NULL, OPT_COORDINATOR},
+		{"max-connections", required_argument, NULL, OPT_MAX_CONNS},
+		{"network", required_argument, NULL, OPT_NETWORK},
+		{"private-net", no_argument, NULL, OPT_PRIVATE_NET},
+		{"tls-cert", required_argument, NULL, OPT_TLS_CERT},
+		{"tls-key", required_argument, NULL, OPT_TLS_KEY},
+		{"cors", required_argument, NULL, OPT_CORS},
 		{"ready-timeout", required_argument, NULL, OPT_READY_TIMEOUT},
 		{NULL, 0, NULL, 0},
 	};
 	const char *model = NULL, *hostfile = NULL, *http = "127.0.0.1:8080", *grpc = "127.0.0.1:50051";
-	const char *key_file = NULL, *attach = NULL;
-	int stages = -1;
+	const char *key_file = NULL, *attach = NULL, *coord_addr = NULL, *network = NULL;
+	const char *tls_cert = NULL, *tls_key = NULL, *cors = NULL;
+	int private_net = 0;
+	int stages = -1, max_conns = 0;
 	double ready_timeout = 600;
 	tern_err err;
 	tern_err_clear(&err);
@@ -154,6 +173,27 @@ int main(int argc, char **argv)
 		case OPT_ATTACH:
 			attach = optarg;
 			break;
+		case OPT_COORDINATOR:
+			coord_addr = optarg;
+			break;
+		case OPT_NETWORK:
+			network = optarg;
+			break;
+		case OPT_PRIVATE_NET:
+			private_net = 1;
+			break;
+		case OPT_TLS_CERT:
+			tls_cert = optarg;
+			break;
+		case OPT_TLS_KEY:
+			tls_key = optarg;
+			break;
+		case OPT_CORS:
+			cors = optarg;
+			break;
+		case OPT_MAX_CONNS:
+			rc = tern_parse_int(optarg, 1, 1 << 20, "--max-connections", &max_conns, &err);
+			break;
 		case OPT_READY_TIMEOUT:
 			rc = tern_parse_double(optarg, 0.1, 1e7, "--ready-timeout", &ready_timeout, &err);
 			break;
@@ -175,9 +215,13 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
-	if (attach && (model || hostfile || stages >= 0 || (dashdash && optind < argc))) {
-		fprintf(stderr, "tern-server: --attach uses a running coordinator: no -m, --stages, --hostfile or "
-				"coordinator options\n");
+	if (attach && (model || hostfile || stages >= 0 || coord_addr || (dashdash && optind < argc))) {
+		fprintf(stderr, "tern-server: --attach uses a running coordinator: no -m, --stages, --hostfile, "
+				"--coordinator or coordinator options\n");
+		return 2;
+	}
+	if (!tls_cert != !tls_key) {
+		fprintf(stderr, "tern-server: TLS needs both --tls-cert and --tls-key\n");
 		return 2;
 	}
 	if (hostfile && stages >= 0) {
@@ -186,7 +230,7 @@ int main(int argc, char **argv)
 	}
 	for (int i = optind; dashdash && i < argc; i++)
 		if (!strcmp(argv[i], "--listen") || !strncmp(argv[i], "--listen=", 9)) {
-			fprintf(stderr, "tern-server: give the coordinator's address with --grpc, not -- --listen\n");
+			fprintf(stderr, "tern-server: give the coordinator's address with --coordinator, not -- --listen\n");
 			return 2;
 		}
 	char *api_key = NULL;
@@ -198,12 +242,31 @@ int main(int argc, char **argv)
 	signal(SIGTERM, on_signal);
 	signal(SIGPIPE, SIG_IGN);
 
+	const int relay_on = strcmp(grpc, "off") != 0;
 	int status = 1, warned = 0;
 	tern_grpc_client *up = NULL;
 	tern_http_server *hs = NULL;
+	tern_relay *relay = NULL;
+	tern_grpc_server *gs = NULL;
 	tern_job job;
 	memset(&job, 0, sizeof job);
-	const char *target = attach ? attach : grpc;
+	/* The launched coordinator's gRPC: a Unix socket in a directory only we
+	 * can enter, unless told otherwise. */
+	char run_dir[64] = "", sock_addr[128] = "";
+	if (!attach && !coord_addr && !hostfile) {
+		snprintf(run_dir, sizeof run_dir, "/tmp/tern-server-XXXXXX");
+		if (!mkdtemp(run_dir)) {
+			TERN_ERR(&err, TERN_EIO, "cannot make a directory for the coordinator's socket: %s",
+				 strerror(errno));
+			run_dir[0] = '\0';
+			goto fail;
+		}
+		snprintf(sock_addr, sizeof sock_addr, "unix:%s/coordinator.sock", run_dir);
+		coord_addr = sock_addr;
+	} else if (!attach && !coord_addr) {
+		coord_addr = "127.0.0.1:50052";
+	}
+	const char *target = attach ? attach : coord_addr;
 	tern_grpc_client_opts co = {.target = target};
 	if (tern_grpc_client_open(&co, &up, &err) < 0)
 		goto fail;
@@ -219,7 +282,9 @@ int main(int argc, char **argv)
 				       .stages = stages,
 				       .hostfile = hostfile,
 				       .bin_dir = dirname(exe),
-				       .grpc_listen = grpc,
+				       .grpc_listen = coord_addr,
+				       .network = network,
+				       .private_net = private_net,
 				       .coord_args = dashdash ? argv + optind : NULL,
 				       .n_coord_args = dashdash ? argc - optind : 0};
 		if (tern_launch_start(&lo, &job, &err) < 0)
@@ -244,11 +309,32 @@ int main(int argc, char **argv)
 	}
 	char model_id[256];
 	model_id_of(served, model_id, sizeof model_id);
-	tern_http_opts ho = {.listen = http, .api_key = api_key, .upstream = up, .model_id = model_id};
+	tern_http_opts ho = {.listen = http,
+			     .api_key = api_key,
+			     .upstream = up,
+			     .model_id = model_id,
+			     .max_connections = (unsigned)max_conns,
+			     .tls_cert_file = tls_cert,
+			     .tls_key_file = tls_key,
+			     .cors_origin = cors};
 	if (tern_http_start(&ho, &hs, &err) < 0)
 		goto fail;
-	printf("tern-server: serving the OpenAI API on http://%s (port %d), model '%s'%s; coordinator at %s\n", http,
+	if (relay_on) {
+		if (tern_relay_create(up, &relay, &err) < 0)
+			goto fail;
+		tern_grpc_opts go = {.listen = grpc,
+				     .auth_token = api_key,
+				     .max_connections = (unsigned)max_conns,
+				     .tls_cert_file = tls_cert,
+				     .tls_key_file = tls_key};
+		if (tern_grpc_start(&go, tern_relay_service(relay), &gs, &err) < 0)
+			goto fail;
+	}
+	printf("tern-server: serving the OpenAI API on %s://%s (port %d), model '%s'%s; coordinator at %s\n",
+	       tls_cert ? "https" : "http", http,
 	       tern_http_port(hs), model_id, api_key ? ", API key required" : "", target);
+	if (gs)
+		printf("tern-server: serving tern.v1.Tern gRPC on %s (port %d)\n", grpc, tern_grpc_port(gs));
 	fflush(stdout);
 	while (!g_stop) {
 		if (!attach && !warned && tern_launch_poll(&job)) {
@@ -275,14 +361,22 @@ cleanup:
 	if (!attach && job.pid > 0) {
 		/* A job that failed earlier is reported, not this stop's failure;
 		 * one that would not stop is. */
-		const int js = tern_launch_stop(&job, 20.0);
+		const int js = tern_launch_stop(&job, TERN_SERVER_STOP_S);
 		if (js < 0)
 			status = 1;
 		else if (js != 0)
 			fprintf(stderr, "tern-server: the MPI job ended with status %d\n", js);
 	}
+	/* gRPC clients streaming through the relay heard the coordinator's
+	 * drain like HTTP clients did; what is left is cancelled. */
+	tern_grpc_stop(gs, 5.0);
 	tern_http_stop(hs);
+	tern_relay_free(relay);
 	tern_grpc_client_close(up);
 	free(api_key);
+	if (run_dir[0]) {
+		unlink(sock_addr + 5);
+		rmdir(run_dir);
+	}
 	return status;
 }

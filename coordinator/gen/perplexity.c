@@ -11,8 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* -log softmax(l)[target], in double: max, then the sum of exp(l - max). */
-double tern_perplexity_token_nll(const float *l, int n_vocab, int32_t target)
+double tern_logsumexp(const float *l, int n_vocab)
 {
 	float mx = l[0];
 	for (int i = 1; i < n_vocab; i++)
@@ -21,7 +20,34 @@ double tern_perplexity_token_nll(const float *l, int n_vocab, int32_t target)
 	double s = 0.0;
 	for (int i = 0; i < n_vocab; i++)
 		s += exp((double)l[i] - (double)mx);
-	return log(s) + (double)mx - (double)l[target];
+	return log(s) + (double)mx;
+}
+
+double tern_perplexity_token_nll(const float *l, int n_vocab, int32_t target)
+{
+	return tern_logsumexp(l, n_vocab) - (double)l[target];
+}
+
+void tern_top_logprobs(const float *l, int n_vocab, double lse, int k, int32_t *ids, float *logprobs)
+{
+	if (k <= 0)
+		return;
+	/* Insertion into the k best so far: k is small (OpenAI allows 20), and
+	 * most logits fail the first comparison. Strictly greater moves up, so
+	 * of equal logits the lower id (seen first) stays ahead. */
+	int n = 0;
+	for (int i = 0; i < n_vocab; i++) {
+		if (n == k && !(l[i] > l[ids[k - 1]]))
+			continue;
+		int j = n < k ? n++ : k - 1;
+		while (j > 0 && l[i] > l[ids[j - 1]]) {
+			ids[j] = ids[j - 1];
+			j--;
+		}
+		ids[j] = i;
+	}
+	for (int j = 0; j < n; j++)
+		logprobs[j] = (float)((double)l[ids[j]] - lse);
 }
 
 int tern_perplexity_tokens(tern_engine *e, tern_head *h, int n_vocab, int n_embd, const tern_ppl_config *cfg,

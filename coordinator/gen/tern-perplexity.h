@@ -59,12 +59,22 @@ int tern_perplexity_tokens(tern_engine *e, tern_head *h, int n_vocab, int n_embd
 int tern_perplexity_text(tern_engine *e, tern_head *h, const tern_tokenizer *tok, int n_embd,
 			 const tern_ppl_config *cfg, const char *text, size_t len, tern_ppl_result *res, tern_err *err);
 
-/* tern_perplexity_text over the contents of the file at path (TERN_EIO if
- * it cannot be read, TERN_EINVAL if it is empty). */
-/* -log softmax(l)[target] over n_vocab logits, in double (max, then the sum
- * of exp(l - max), in index order): one token's NLL, as every scorer uses. */
+/* log sum exp(l) over n_vocab logits, in double: the max, then the sum of
+ * exp(l - max) in index order. log softmax(l)[i] = l[i] - this. */
+double tern_logsumexp(const float *l, int n_vocab);
+
+/* -log softmax(l)[target] (tern_logsumexp(l) - l[target]): one token's NLL,
+ * as every scorer uses. */
 double tern_perplexity_token_nll(const float *l, int n_vocab, int32_t target);
 
+/* The k (<= n_vocab) most likely ids of l, most likely first, ties to the
+ * lower id, with their log-probabilities l[id] - lse (lse from
+ * tern_logsumexp). */
+#define TERN_MAX_TOP_LOGPROBS 20 /* the most a request may ask for (OpenAI's limit) */
+void tern_top_logprobs(const float *l, int n_vocab, double lse, int k, int32_t *ids, float *logprobs);
+
+/* tern_perplexity_text over the contents of the file at path (TERN_EIO if
+ * it cannot be read, TERN_EINVAL if it is empty). */
 int tern_perplexity_file(tern_engine *e, tern_head *h, const tern_tokenizer *tok, int n_embd,
 			 const tern_ppl_config *cfg, const char *path, tern_ppl_result *res, tern_err *err);
 

@@ -258,12 +258,29 @@ int tern_grpc_call(tern_grpc_client *c, const char *method, const ProtobufCMessa
 	return tern_grpc_stream_finish(s, detail, detail_len);
 }
 
-void tern_grpc_keep_msg(void *ctx, const uint8_t *msg, size_t len)
+/* Keeps a copy of the last message of a call (NULL when out of memory). */
+typedef struct last_msg {
+	uint8_t *p;
+	size_t n;
+} last_msg;
+
+static void keep_last(void *ctx, const uint8_t *msg, size_t len)
 {
-	tern_grpc_msg_buf *b = ctx;
+	last_msg *b = ctx;
 	free(b->p);
 	b->p = malloc(len ? len : 1);
 	b->n = b->p ? len : 0;
 	if (b->p && len)
 		memcpy(b->p, msg, len);
+}
+
+ProtobufCMessage *tern_grpc_unary(tern_grpc_client *c, const char *method, const ProtobufCMessage *req,
+				  double timeout_s, const ProtobufCMessageDescriptor *desc, int *status, char *detail,
+				  size_t detail_len)
+{
+	last_msg b = {0};
+	*status = tern_grpc_call(c, method, req, timeout_s, keep_last, &b, detail, detail_len);
+	ProtobufCMessage *m = *status == 0 && b.p ? protobuf_c_message_unpack(desc, NULL, b.n, b.p) : NULL;
+	free(b.p);
+	return m;
 }

@@ -62,32 +62,12 @@ struct tern_grpc_gate {
 	unsigned long long refused;
 };
 
-/* "host:port" or "[v6]:port" into its parts; "" host means every address. */
-static int split_addr(const char *addr, char *host, size_t host_cap, char *port, size_t port_cap)
-{
-	const char *colon = strrchr(addr, ':');
-	if (!colon || !colon[1] || strlen(colon + 1) >= port_cap)
-		return -1;
-	const char *h = addr;
-	size_t hn = (size_t)(colon - addr);
-	if (hn >= 2 && h[0] == '[' && h[hn - 1] == ']') {
-		h++;
-		hn -= 2;
-	}
-	if (hn >= host_cap)
-		return -1;
-	memcpy(host, h, hn);
-	host[hn] = 0;
-	memcpy(port, colon + 1, strlen(colon + 1) + 1);
-	return 0;
-}
-
 int tern_grpc_gate_open(const char *addr, unsigned max_conns, unsigned handshake_ms, tern_grpc_gate **out,
 			tern_err *err)
 {
 	*out = NULL;
 	char host[256], port[16];
-	TERN_RETURN_IF(split_addr(addr, host, sizeof host, port, sizeof port) < 0, err, TERN_EINVAL,
+	TERN_RETURN_IF(tern_split_host_port(addr, host, sizeof host, port, sizeof port) < 0, err, TERN_EINVAL,
 		       "cannot listen on %s: expected HOST:PORT", addr);
 	TERN_RETURN_IF(max_conns < 1, err, TERN_EINVAL, "the connection cap must be at least 1");
 	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_PASSIVE};

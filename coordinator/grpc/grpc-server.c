@@ -110,8 +110,14 @@ struct tern_grpc_server {
 	atomic_int stopping;
 	atomic_int shutdown_done; /* the shutdown tag came back: every call has completed */
 	atomic_int live_calls;
+	atomic_int unary_workers; /* threads running a unary call (handle_unary) */
 	double grace_s;
 };
+
+/* Unary calls run on a thread of their own, so a slow one (tern-server's
+ * relay waits on the coordinator) never holds the completion queue; more at
+ * once than this get RESOURCE_EXHAUSTED. */
+#define TERN_GRPC_MAX_UNARY 64
 
 /* ---- helpers ----------------------------------------------------------- */
 
@@ -416,80 +422,127 @@ static void handle_generate(call_ctx *c, const uint8_t *p, size_t n)
 		s->svc->cancel(s->svc->self, handle);
 }
 
+/* The request of descriptor d from p[0..n), or NULL after finishing the call
+ * with INVALID_ARGUMENT ("malformed TokenizeRequest"). */
+static ProtobufCMessage *unpack_request(call_ctx *c, const ProtobufCMessageDescriptor *d, const uint8_t *p, size_t n)
+{
+	ProtobufCMessage *req = protobuf_c_message_unpack(d, NULL, n, p);
+	if (!req) {
+		char msg[128];
+		snprintf(msg, sizeof msg, "malformed %s", d->short_name);
+		finish(c, GRPC_STATUS_INVALID_ARGUMENT, msg);
+	}
+	return req;
+}
+
+/* Ends a unary call with the back end's answer: out on TERN_STATUS_OK, else
+ * status st with msg (fallback when msg is empty); then frees out. */
+static void answer(call_ctx *c, int st, ProtobufCMessage *out, const char *msg, const char *fallback)
+{
+	tern_grpc_server *s = c->srv;
+	if (st == TERN_STATUS_OK)
+		reply_and_finish(c, out);
+	else
+		finish(c, (grpc_status_code)st, msg[0] ? msg : fallback);
+	s->svc->free_response(s->svc->self, out);
+}
+
 static void handle_unary(call_ctx *c, const uint8_t *p, size_t n)
 {
 	tern_grpc_server *s = c->srv;
 	char msg[512] = "";
-	int st;
 	switch (c->method) {
 	case M_TOKENIZE: {
-		Tern__V1__TokenizeRequest *req = tern__v1__tokenize_request__unpack(NULL, n, p);
-		if (!req) {
-			finish(c, GRPC_STATUS_INVALID_ARGUMENT, "malformed TokenizeRequest");
+		Tern__V1__TokenizeRequest *req =
+		    (Tern__V1__TokenizeRequest *)unpack_request(c, &tern__v1__tokenize_request__descriptor, p, n);
+		if (!req)
 			return;
-		}
 		Tern__V1__TokenizeResponse out = TERN__V1__TOKENIZE_RESPONSE__INIT;
-		st = s->svc->tokenize(s->svc->self, req, &out, msg, sizeof msg);
+		const int st = s->svc->tokenize(s->svc->self, req, &out, msg, sizeof msg);
 		tern__v1__tokenize_request__free_unpacked(req, NULL);
-		if (st == TERN_STATUS_OK)
-			reply_and_finish(c, &out.base);
-		else
-			finish(c, (grpc_status_code)st, msg);
-		s->svc->free_response(s->svc->self, &out.base);
+		answer(c, st, &out.base, msg, "");
 		return;
 	}
 	case M_DETOKENIZE: {
-		Tern__V1__DetokenizeRequest *req = tern__v1__detokenize_request__unpack(NULL, n, p);
-		if (!req) {
-			finish(c, GRPC_STATUS_INVALID_ARGUMENT, "malformed DetokenizeRequest");
+		Tern__V1__DetokenizeRequest *req =
+		    (Tern__V1__DetokenizeRequest *)unpack_request(c, &tern__v1__detokenize_request__descriptor, p, n);
+		if (!req)
 			return;
-		}
 		Tern__V1__DetokenizeResponse out = TERN__V1__DETOKENIZE_RESPONSE__INIT;
-		st = s->svc->detokenize ? s->svc->detokenize(s->svc->self, req, &out, msg, sizeof msg)
-					: GRPC_STATUS_UNIMPLEMENTED;
+		const int st = s->svc->detokenize ? s->svc->detokenize(s->svc->self, req, &out, msg, sizeof msg)
+						  : GRPC_STATUS_UNIMPLEMENTED;
 		tern__v1__detokenize_request__free_unpacked(req, NULL);
-		if (st == TERN_STATUS_OK)
-			reply_and_finish(c, &out.base);
-		else
-			finish(c, (grpc_status_code)st, msg[0] ? msg : "detokenize unavailable");
-		s->svc->free_response(s->svc->self, &out.base);
+		answer(c, st, &out.base, msg, "detokenize unavailable");
 		return;
 	}
-	case M_HEALTH: {
-		Tern__V1__HealthRequest *req = tern__v1__health_request__unpack(NULL, n, p);
-		if (!req) {
-			finish(c, GRPC_STATUS_INVALID_ARGUMENT, "malformed HealthRequest");
-			return;
-		}
-		tern__v1__health_request__free_unpacked(req, NULL);
-		Tern__V1__HealthResponse out = TERN__V1__HEALTH_RESPONSE__INIT;
-		st = s->svc->health(s->svc->self, &out);
-		if (st == TERN_STATUS_OK)
-			reply_and_finish(c, &out.base);
-		else
-			finish(c, (grpc_status_code)st, "health unavailable");
-		s->svc->free_response(s->svc->self, &out.base);
-		return;
-	}
+	case M_HEALTH:
 	case M_STATS: {
-		Tern__V1__StatsRequest *req = tern__v1__stats_request__unpack(NULL, n, p);
-		if (!req) {
-			finish(c, GRPC_STATUS_INVALID_ARGUMENT, "malformed StatsRequest");
+		/* Empty requests: only checked, then the back end answers. */
+		const int health = c->method == M_HEALTH;
+		ProtobufCMessage *req = unpack_request(
+		    c, health ? &tern__v1__health_request__descriptor : &tern__v1__stats_request__descriptor, p, n);
+		if (!req)
 			return;
-		}
-		tern__v1__stats_request__free_unpacked(req, NULL);
-		Tern__V1__StatsResponse out = TERN__V1__STATS_RESPONSE__INIT;
-		st = s->svc->stats(s->svc->self, &out);
-		if (st == TERN_STATUS_OK)
-			reply_and_finish(c, &out.base);
-		else
-			finish(c, (grpc_status_code)st, "stats unavailable");
-		s->svc->free_response(s->svc->self, &out.base);
+		protobuf_c_message_free_unpacked(req, NULL);
+		union {
+			ProtobufCMessage base;
+			Tern__V1__HealthResponse health;
+			Tern__V1__StatsResponse stats;
+		} out;
+		protobuf_c_message_init(health ? &tern__v1__health_response__descriptor : &tern__v1__stats_response__descriptor,
+					&out);
+		const int st = health ? s->svc->health(s->svc->self, &out.health) : s->svc->stats(s->svc->self, &out.stats);
+		answer(c, st, &out.base, "", health ? "health unavailable" : "stats unavailable");
 		return;
 	}
 	default:
 		finish(c, GRPC_STATUS_UNIMPLEMENTED, "unknown method");
 	}
+}
+
+typedef struct unary_job {
+	call_ctx *c;
+	grpc_slice payload;
+} unary_job;
+
+static void *unary_worker(void *arg)
+{
+	unary_job *j = arg;
+	tern_grpc_server *s = j->c->srv;
+	handle_unary(j->c, GRPC_SLICE_START_PTR(j->payload), GRPC_SLICE_LENGTH(j->payload));
+	grpc_slice_unref(j->payload);
+	call_unref(j->c);
+	free(j);
+	atomic_fetch_sub(&s->unary_workers, 1);
+	return NULL;
+}
+
+/* Runs handle_unary on its own detached thread, which takes a reference on
+ * c and owns payload; -1 (nothing taken) when too many run already. */
+static int start_unary(call_ctx *c, grpc_slice payload)
+{
+	tern_grpc_server *s = c->srv;
+	if (atomic_fetch_add(&s->unary_workers, 1) >= TERN_GRPC_MAX_UNARY) {
+		atomic_fetch_sub(&s->unary_workers, 1);
+		return -1;
+	}
+	unary_job *j = malloc(sizeof *j);
+	int ok = j != NULL;
+	if (ok) {
+		*j = (unary_job){c, payload};
+		pthread_mutex_lock(&c->mu);
+		c->refs++;
+		pthread_mutex_unlock(&c->mu);
+		ok = tern_thread_detached(unary_worker, j) == 0;
+		if (!ok)
+			call_unref(c);
+	}
+	if (!ok) {
+		free(j);
+		atomic_fetch_sub(&s->unary_workers, 1);
+		return -1;
+	}
+	return 0;
 }
 
 static void on_new_call(tern_grpc_server *s, int m, int success)
@@ -542,8 +595,10 @@ static void on_new_call(tern_grpc_server *s, int m, int success)
 		finish(c, GRPC_STATUS_UNAUTHENTICATED, auth_refusal);
 	else if (m == M_GENERATE)
 		handle_generate(c, GRPC_SLICE_START_PTR(payload), GRPC_SLICE_LENGTH(payload));
+	else if (start_unary(c, payload) == 0)
+		return; /* the worker owns payload */
 	else
-		handle_unary(c, GRPC_SLICE_START_PTR(payload), GRPC_SLICE_LENGTH(payload));
+		finish(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "too many calls at once");
 	grpc_slice_unref(payload);
 }
 
@@ -714,7 +769,6 @@ int tern_grpc_start(const tern_grpc_opts *opts, const tern_service *svc, tern_gr
 				 : TERN_ERR(err, TERN_EIO, "cannot listen on %s (address in use or invalid)", listen);
 	}
 	grpc_server_start(s->server);
-
 	for (int m = 0; m < M_COUNT; m++)
 		arm_slot(s, m);
 	s->shutdown_tag.kind = TAG_SHUTDOWN;
@@ -761,6 +815,12 @@ void tern_grpc_stop(tern_grpc_server *s, double grace_s)
 	}
 	grpc_server_cancel_all_calls(s->server);
 	pthread_join(s->thread, NULL);
+	/* Unary workers end with their back end's call (the relay's have
+	 * deadlines); they must not outlive s. */
+	while (atomic_load(&s->unary_workers) > 0) {
+		const struct timespec ts = {0, 5 * 1000000};
+		nanosleep(&ts, NULL);
+	}
 	grpc_server_destroy(s->server);
 	grpc_completion_queue_destroy(s->cq);
 	grpc_shutdown();

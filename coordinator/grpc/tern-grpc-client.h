@@ -58,13 +58,12 @@ typedef void (*tern_grpc_on_msg)(void *ctx, const uint8_t *msg, size_t len);
 int tern_grpc_call(tern_grpc_client *c, const char *method, const ProtobufCMessage *req, double timeout_s,
 		   tern_grpc_on_msg on_msg, void *ctx, char *detail, size_t detail_len);
 
-/* A unary call's reply: tern_grpc_keep_msg as on_msg with a zeroed buffer
- * as ctx keeps a copy of the last message (p NULL when none arrived or out
- * of memory; n is then 0). The caller frees p. */
-typedef struct tern_grpc_msg_buf {
-	uint8_t *p;
-	size_t n;
-} tern_grpc_msg_buf;
-void tern_grpc_keep_msg(void *ctx, const uint8_t *msg, size_t len);
+/* One unary call whose reply is unpacked as a message of type desc: the
+ * reply (free it with protobuf_c_message_free_unpacked) when the call ends OK
+ * and the reply unpacks, else NULL (an OK call without a well-formed reply is
+ * the caller's to report); *status is the call's status code. */
+ProtobufCMessage *tern_grpc_unary(tern_grpc_client *c, const char *method, const ProtobufCMessage *req,
+				  double timeout_s, const ProtobufCMessageDescriptor *desc, int *status, char *detail,
+				  size_t detail_len);
 
 #endif /* TERN_GRPC_CLIENT_H */

@@ -75,6 +75,23 @@ static void on_done(void *ctx, const Tern__V1__GenerateResponse *fin, int status
 	j->done = 1;
 }
 
+/* The array member key of o in *arr (NULL when absent, and nothing else set);
+ * when present, *items (the address of a pointer) gets a new zeroed array of
+ * its length (at least one element of elem bytes) and *n the length. */
+static int get_array(const tern_json *o, const char *key, size_t elem, void *items, size_t *n, const tern_json **arr,
+		     const char *path, int line, tern_err *err)
+{
+	const tern_json *a = *arr = tern_json_get(o, key);
+	if (!a)
+		return 0;
+	TERN_RETURN_IF(a->type != TERN_JSON_ARRAY, err, TERN_EFORMAT, "%s:%d: %s is not an array", path, line, key);
+	void *p = calloc(a->len ? a->len : 1, elem);
+	TERN_RETURN_IF(!p, err, TERN_ENOMEM, "out of memory");
+	memcpy(items, &p, sizeof p);
+	*n = a->len;
+	return 0;
+}
+
 /* Fills a GenerateRequest from one JSON object; strings point into the doc,
  * arrays are malloc'd (freed by free_request). */
 static int build_request(const tern_json *o, Tern__V1__GenerateRequest *r, Tern__V1__SamplingParams *sp,
@@ -101,49 +118,30 @@ static int build_request(const tern_json *o, Tern__V1__GenerateRequest *r, Tern_
 		sp->seed = (uint64_t)seed->integer;
 	}
 	r->sampling = sp;
-	const tern_json *ids = tern_json_get(o, "token_ids");
-	if (ids) {
-		TERN_RETURN_IF(ids->type != TERN_JSON_ARRAY, err, TERN_EFORMAT, "%s:%d: token_ids is not an array", path,
-			       line);
-		r->token_ids = malloc((ids->len ? ids->len : 1) * sizeof *r->token_ids);
-		TERN_RETURN_IF(!r->token_ids, err, TERN_ENOMEM, "out of memory");
-		r->n_token_ids = ids->len;
-		for (size_t i = 0; i < ids->len; i++) {
-			const tern_json *v = ids->items[i];
-			TERN_RETURN_IF(v->type != TERN_JSON_NUMBER || !v->is_int || v->integer < 0 ||
-					       v->integer > UINT32_MAX,
-				       err, TERN_EFORMAT, "%s:%d: token_ids[%zu] is not a token id", path, line, i);
-			r->token_ids[i] = (uint32_t)v->integer;
-		}
+	const tern_json *ids, *stop, *msgs;
+	TERN_FORWARD_IF_ERROR(
+	    get_array(o, "token_ids", sizeof *r->token_ids, &r->token_ids, &r->n_token_ids, &ids, path, line, err));
+	for (size_t i = 0; ids && i < ids->len; i++) {
+		const tern_json *v = ids->items[i];
+		TERN_RETURN_IF(v->type != TERN_JSON_NUMBER || !v->is_int || v->integer < 0 || v->integer > UINT32_MAX,
+			       err, TERN_EFORMAT, "%s:%d: token_ids[%zu] is not a token id", path, line, i);
+		r->token_ids[i] = (uint32_t)v->integer;
 	}
-	const tern_json *stop = tern_json_get(o, "stop");
-	if (stop) {
-		TERN_RETURN_IF(stop->type != TERN_JSON_ARRAY, err, TERN_EFORMAT, "%s:%d: stop is not an array", path,
-			       line);
-		r->stop = malloc((stop->len ? stop->len : 1) * sizeof *r->stop);
-		TERN_RETURN_IF(!r->stop, err, TERN_ENOMEM, "out of memory");
-		r->n_stop = stop->len;
-		for (size_t i = 0; i < stop->len; i++) {
-			TERN_RETURN_IF(stop->items[i]->type != TERN_JSON_STRING, err, TERN_EFORMAT,
-				       "%s:%d: stop[%zu] is not a string", path, line, i);
-			r->stop[i] = (char *)stop->items[i]->str;
-		}
+	TERN_FORWARD_IF_ERROR(get_array(o, "stop", sizeof *r->stop, &r->stop, &r->n_stop, &stop, path, line, err));
+	for (size_t i = 0; stop && i < stop->len; i++) {
+		TERN_RETURN_IF(stop->items[i]->type != TERN_JSON_STRING, err, TERN_EFORMAT,
+			       "%s:%d: stop[%zu] is not a string", path, line, i);
+		r->stop[i] = (char *)stop->items[i]->str;
 	}
-	const tern_json *msgs = tern_json_get(o, "messages");
-	if (msgs) {
-		TERN_RETURN_IF(msgs->type != TERN_JSON_ARRAY, err, TERN_EFORMAT, "%s:%d: messages is not an array",
-			       path, line);
-		r->messages = calloc(msgs->len ? msgs->len : 1, sizeof *r->messages);
-		TERN_RETURN_IF(!r->messages, err, TERN_ENOMEM, "out of memory");
-		r->n_messages = msgs->len;
-		for (size_t i = 0; i < msgs->len; i++) {
-			Tern__V1__ChatMessage *m = malloc(sizeof *m);
-			TERN_RETURN_IF(!m, err, TERN_ENOMEM, "out of memory");
-			tern__v1__chat_message__init(m);
-			m->role = (char *)tern_json_get_str(msgs->items[i], "role", "");
-			m->content = (char *)tern_json_get_str(msgs->items[i], "content", "");
-			r->messages[i] = m;
-		}
+	TERN_FORWARD_IF_ERROR(
+	    get_array(o, "messages", sizeof *r->messages, &r->messages, &r->n_messages, &msgs, path, line, err));
+	for (size_t i = 0; msgs && i < msgs->len; i++) {
+		Tern__V1__ChatMessage *m = malloc(sizeof *m);
+		TERN_RETURN_IF(!m, err, TERN_ENOMEM, "out of memory");
+		tern__v1__chat_message__init(m);
+		m->role = (char *)tern_json_get_str(msgs->items[i], "role", "");
+		m->content = (char *)tern_json_get_str(msgs->items[i], "content", "");
+		r->messages[i] = m;
 	}
 	return 0;
 }

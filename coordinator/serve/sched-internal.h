@@ -30,6 +30,7 @@ typedef struct seq {
 	int n_gen;
 	int max_tokens;
 	int ignore_eos;
+	int logprobs, top_logprobs; /* each piece carries its logprob and the top_logprobs best */
 	int score; /* score_prompt: sum the NLL of prompt tokens */
 	double nll_sum;
 	int n_scored;

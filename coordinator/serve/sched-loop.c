@@ -116,9 +116,26 @@ static Tern__V1__FinishReason finish_reason(tern_finish f)
 				       : TERN__V1__FINISH_REASON__FINISH_REASON_STOP;
 }
 
-/* Emits a sampled token of q through its generation step; ends q when the
- * step says so (the end-of-generation token itself is not streamed). */
-static void take_token(tern_sched *s, seq *q, int32_t t)
+/* A sampled token's log-probabilities (GenerateRequest.logprobs). */
+typedef struct token_lp {
+	float logprob;
+	int n_top;
+	int32_t top_ids[TERN_MAX_TOP_LOGPROBS];
+	float top_lp[TERN_MAX_TOP_LOGPROBS];
+} token_lp;
+
+static void token_bytes_of(const tern_sched *s, int32_t id, ProtobufCBinaryData *out)
+{
+	size_t n = 0;
+	const char *p = tern_tokenizer_piece(s->cfg.tok, id, 1, &n);
+	out->data = (uint8_t *)(p ? p : "");
+	out->len = p ? n : 0;
+}
+
+/* Emits a sampled token of q through its generation step, with its
+ * log-probabilities when lp is given; ends q when the step says so (the
+ * end-of-generation token itself is not streamed). */
+static void take_token(tern_sched *s, seq *q, int32_t t, const token_lp *lp)
 {
 	const double now = tern_now_s();
 	if (q->t_first == 0)
@@ -149,6 +166,20 @@ static void take_token(tern_sched *s, seq *q, int32_t t)
 	m.text = (char *)so.text; /* NUL-terminated by the step */
 	m.index = (uint32_t)(q->n_gen - 1);
 	m.request_id = q->request_id;
+	Tern__V1__TokenLogprob top[TERN_MAX_TOP_LOGPROBS], *top_ptrs[TERN_MAX_TOP_LOGPROBS];
+	if (lp) {
+		m.logprob = lp->logprob;
+		token_bytes_of(s, t, &m.token_bytes);
+		for (int i = 0; i < lp->n_top; i++) {
+			tern__v1__token_logprob__init(&top[i]);
+			top[i].token_id = (uint32_t)lp->top_ids[i];
+			top[i].logprob = lp->top_lp[i];
+			token_bytes_of(s, lp->top_ids[i], &top[i].token_bytes);
+			top_ptrs[i] = &top[i];
+		}
+		m.n_top_logprobs = (size_t)lp->n_top;
+		m.top_logprobs = top_ptrs;
+	}
 	q->sink.piece(q->sink.ctx, &m);
 	if (so.finish == TERN_FINISH_NONE && q->n_tok >= s->cfg.n_ctx &&
 	    tern_step_end(q->step, TERN_FINISH_LENGTH, &so, &err) < 0) {
@@ -227,13 +258,21 @@ static int process_mb(tern_sched *s, micro_batch *mb, tern_err *err)
 		if (!e->logits)
 			continue;
 		int32_t t = 0;
-		if (tern_sampler_sample(q->sampler, s->logits + (size_t)li * c->n_vocab, &t, err) < 0) {
+		const float *row = s->logits + (size_t)li * c->n_vocab;
+		if (tern_sampler_sample(q->sampler, row, &t, err) < 0) {
 			li++;
 			seq_finish(s, q, TERN__V1__FINISH_REASON__FINISH_REASON_ERROR, TERN_STATUS_INTERNAL, err->msg);
 			continue;
 		}
 		li++;
-		take_token(s, q, t);
+		token_lp lp;
+		if (q->logprobs) {
+			const double lse = tern_logsumexp(row, c->n_vocab);
+			lp.logprob = (float)((double)row[t] - lse);
+			lp.n_top = q->top_logprobs < c->n_vocab ? q->top_logprobs : c->n_vocab;
+			tern_top_logprobs(row, c->n_vocab, lse, lp.n_top, lp.top_ids, lp.top_lp);
+		}
+		take_token(s, q, t, q->logprobs ? &lp : NULL);
 	}
 	return 0;
 }

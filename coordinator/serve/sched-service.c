@@ -114,6 +114,12 @@ static int svc_generate(void *self, const Tern__V1__GenerateRequest *req, const 
 	if (status == TERN_STATUS_OK && q->n_prompt + q->max_tokens > c->n_ctx)
 		q->max_tokens = c->n_ctx - q->n_prompt; /* the default shrinks to fit */
 	q->ignore_eos = req->ignore_eos;
+	if (status == TERN_STATUS_OK && req->top_logprobs > TERN_MAX_TOP_LOGPROBS) {
+		snprintf(msg, msg_len, "top_logprobs %u: at most %d", req->top_logprobs, TERN_MAX_TOP_LOGPROBS);
+		status = TERN_STATUS_INVALID_ARGUMENT;
+	}
+	q->logprobs = req->logprobs || req->top_logprobs > 0;
+	q->top_logprobs = (int)req->top_logprobs;
 
 	/* Sampling: unset fields are off; temperature 0 is greedy. */
 	tern_sampling_params sp;
@@ -256,6 +262,31 @@ static int svc_tokenize(void *self, const Tern__V1__TokenizeRequest *req, Tern__
 	return rc;
 }
 
+/* A new array of n messages of descriptor d, each initialised; *made says how
+ * many there are (fewer than n when memory ran out; free_response frees them). */
+static void *new_messages(const ProtobufCMessageDescriptor *d, int n, size_t *made)
+{
+	ProtobufCMessage **v = calloc(n > 0 ? (size_t)n : 1, sizeof *v);
+	*made = 0;
+	for (int i = 0; v && i < n; i++) {
+		if (!(v[i] = malloc(d->sizeof_message)))
+			break;
+		protobuf_c_message_init(d, v[i]);
+		++*made;
+	}
+	return v;
+}
+
+/* Frees what new_messages made: the n messages (their own fields freed
+ * before) and the array. */
+static void free_messages(void *arr, size_t n)
+{
+	ProtobufCMessage **v = arr;
+	for (size_t i = 0; v && i < n; i++)
+		free(v[i]);
+	free(v);
+}
+
 static int svc_health(void *self, Tern__V1__HealthResponse *out)
 {
 	tern_sched *s = self;
@@ -269,16 +300,10 @@ static int svc_health(void *self, Tern__V1__HealthResponse *out)
 	out->stages_up = ok ? (uint32_t)n : 0;
 	out->model = (char *)(s->cfg.model_name ? s->cfg.model_name : "");
 	out->version = (char *)"tern 0.1.0";
-	out->n_stages = (size_t)n;
-	out->stages = calloc(n > 0 ? (size_t)n : 1, sizeof *out->stages);
+	out->stages = new_messages(&tern__v1__stage_status__descriptor, n, &out->n_stages);
 	const char *d = s->cfg.stage_desc;
-	for (int i = 0; out->stages && i < n; i++) {
-		Tern__V1__StageStatus *st = malloc(sizeof *st);
-		if (!st) {
-			out->n_stages = (size_t)i;
-			break;
-		}
-		tern__v1__stage_status__init(st);
+	for (size_t i = 0; i < out->n_stages; i++) {
+		Tern__V1__StageStatus *st = out->stages[i];
 		st->stage = (uint32_t)(i + 1);
 		st->up = ok;
 		/* stage_desc lines: "host\tbinding\tfirst\tlast" */
@@ -293,7 +318,6 @@ static int svc_health(void *self, Tern__V1__HealthResponse *out)
 		st->binding = strdup(bind);
 		st->first_layer = first;
 		st->last_layer = last;
-		out->stages[i] = st;
 	}
 	return TERN_STATUS_OK;
 }
@@ -315,20 +339,13 @@ static int svc_stats(void *self, Tern__V1__StatsResponse *out)
 	out->tokens_generated = s->tokens_generated;
 	out->uptime_s = tern_now_s() - s->t_start;
 	const int n = s->n_stage_ms;
-	out->stages = calloc(n > 0 ? (size_t)n : 1, sizeof *out->stages);
-	out->n_stages = out->stages ? (size_t)n : 0;
+	out->stages = new_messages(&tern__v1__stage_timing__descriptor, n, &out->n_stages);
 	const double wall = tern_now_s() - s->busy_since;
-	for (int i = 0; out->stages && i < n; i++) {
-		Tern__V1__StageTiming *t = malloc(sizeof *t);
-		if (!t) {
-			out->n_stages = (size_t)i;
-			break;
-		}
-		tern__v1__stage_timing__init(t);
+	for (size_t i = 0; i < out->n_stages; i++) {
+		Tern__V1__StageTiming *t = out->stages[i];
 		t->stage = (uint32_t)(i + 1);
 		t->mean_step_ms = s->stage_ms_n ? s->stage_ms_sum[i] / (double)s->stage_ms_n : 0;
 		t->busy_fraction = wall > 0 ? s->stage_ms_sum[i] * 1e-3 / wall : 0;
-		out->stages[i] = t;
 	}
 	pthread_mutex_unlock(&s->mu);
 	return TERN_STATUS_OK;
@@ -391,14 +408,11 @@ static void svc_free_response(void *self, ProtobufCMessage *m)
 		for (size_t i = 0; r->stages && i < r->n_stages; i++) {
 			free(r->stages[i]->host);
 			free(r->stages[i]->binding);
-			free(r->stages[i]);
 		}
-		free(r->stages);
+		free_messages(r->stages, r->n_stages);
 	} else if (m->descriptor == &tern__v1__stats_response__descriptor) {
 		Tern__V1__StatsResponse *r = (Tern__V1__StatsResponse *)m;
-		for (size_t i = 0; r->stages && i < r->n_stages; i++)
-			free(r->stages[i]);
-		free(r->stages);
+		free_messages(r->stages, r->n_stages);
 	}
 }
 

@@ -22,6 +22,7 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include "tern-metrics.h"
 #include "tern-openai.h"
 #include "tern-page.h"
 #include "tern-service.h"
@@ -32,6 +33,9 @@ struct tern_http_server {
 	tern_http_opts o;
 	char model_id[256];
 	char *api_key;
+	tern_metrics *metrics;
+	char *tls_cert, *tls_key; /* PEM texts, with --tls-cert/--tls-key */
+	char *cors;               /* o.cors_origin's copy */
 	long long started;
 	int port;
 };
@@ -47,7 +51,35 @@ typedef struct req_ctx {
 
 /* ---- replies ----------------------------------------------------------------- */
 
-static enum MHD_Result reply_text(struct MHD_Connection *c, unsigned status, char *text, const char *type)
+/* The Origin a CORS reply names: with --cors, the request's Origin when it is
+ * the one allowed (or any, for "*"); NULL: no CORS headers. */
+static const char *cors_origin(const tern_http_server *s, struct MHD_Connection *c)
+{
+	if (!s->o.cors_origin)
+		return NULL;
+	const char *origin = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Origin");
+	if (!origin)
+		return NULL;
+	return !strcmp(s->o.cors_origin, "*") || !strcmp(s->o.cors_origin, origin) ? origin : NULL;
+}
+
+/* Every response goes through here, so tern_http_requests_total sees it
+ * and a --cors origin gets its headers. */
+static enum MHD_Result queue(tern_http_server *s, struct MHD_Connection *c, unsigned status, struct MHD_Response *r)
+{
+	const char *origin = cors_origin(s, c);
+	if (origin) {
+		MHD_add_response_header(r, "Access-Control-Allow-Origin", origin);
+		MHD_add_response_header(r, "Vary", "Origin");
+	}
+	const enum MHD_Result q = MHD_queue_response(c, status, r);
+	if (q == MHD_YES)
+		tern_metrics_http(s->metrics, status);
+	return q;
+}
+
+static enum MHD_Result reply_text(tern_http_server *s, struct MHD_Connection *c, unsigned status, char *text,
+				  const char *type)
 {
 	if (!text) {
 		static const char oom[] = "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\","
@@ -55,7 +87,7 @@ static enum MHD_Result reply_text(struct MHD_Connection *c, unsigned status, cha
 		struct MHD_Response *r = MHD_create_response_from_buffer(sizeof oom - 1, (void *)oom,
 									 MHD_RESPMEM_PERSISTENT);
 		MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
-		enum MHD_Result q = MHD_queue_response(c, MHD_HTTP_INTERNAL_SERVER_ERROR, r);
+		enum MHD_Result q = queue(s, c, MHD_HTTP_INTERNAL_SERVER_ERROR, r);
 		MHD_destroy_response(r);
 		return q;
 	}
@@ -65,26 +97,26 @@ static enum MHD_Result reply_text(struct MHD_Connection *c, unsigned status, cha
 		return MHD_NO;
 	}
 	MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
-	enum MHD_Result q = MHD_queue_response(c, status, r);
+	enum MHD_Result q = queue(s, c, status, r);
 	MHD_destroy_response(r);
 	return q;
 }
 
-static enum MHD_Result reply_json(struct MHD_Connection *c, unsigned status, json_t *j)
+static enum MHD_Result reply_json(tern_http_server *s, struct MHD_Connection *c, unsigned status, json_t *j)
 {
-	char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
+	char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
 	json_decref(j);
-	return reply_text(c, status, s, "application/json");
+	return reply_text(s, c, status, text, "application/json");
 }
 
-static enum MHD_Result reply_error(struct MHD_Connection *c, const tern_oai_error *e)
+static enum MHD_Result reply_error(tern_http_server *s, struct MHD_Connection *c, const tern_oai_error *e)
 {
-	char *s = tern_oai_error_json(e);
-	if (!s)
-		return reply_text(c, 500, NULL, NULL);
-	struct MHD_Response *r = MHD_create_response_from_buffer(strlen(s), s, MHD_RESPMEM_MUST_FREE);
+	char *text = tern_oai_error_json(e);
+	if (!text)
+		return reply_text(s, c, 500, NULL, NULL);
+	struct MHD_Response *r = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
 	if (!r) {
-		free(s);
+		free(text);
 		return MHD_NO;
 	}
 	MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
@@ -93,18 +125,18 @@ static enum MHD_Result reply_error(struct MHD_Connection *c, const tern_oai_erro
 		MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
 	if (e->http_status == 401)
 		MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
-	enum MHD_Result q = MHD_queue_response(c, (unsigned)e->http_status, r);
+	enum MHD_Result q = queue(s, c, (unsigned)e->http_status, r);
 	MHD_destroy_response(r);
 	return q;
 }
 
-static enum MHD_Result reply_err(struct MHD_Connection *c, int status, const char *type, const char *code,
-				 const char *msg)
+static enum MHD_Result reply_err(tern_http_server *s, struct MHD_Connection *c, int status, const char *type,
+				 const char *code, const char *msg)
 {
 	tern_oai_error e;
 	tern_oai_error_set(&e, status, type, NULL, "%s", msg);
 	e.code = code;
-	return reply_error(c, &e);
+	return reply_error(s, c, &e);
 }
 
 /* ---- the client side of a connection ----------------------------------------- */
@@ -152,12 +184,11 @@ static void make_id(char *out, size_t len, const char *prefix)
 static enum MHD_Result do_health(tern_http_server *s, struct MHD_Connection *c)
 {
 	Tern__V1__HealthRequest q = TERN__V1__HEALTH_REQUEST__INIT;
-	tern_grpc_msg_buf b = {0};
 	char detail[512];
-	const int st = tern_grpc_call(s->o.upstream, "/tern.v1.Tern/Health", &q.base, 5.0,
-				      tern_grpc_keep_msg, &b, detail, sizeof detail);
-	Tern__V1__HealthResponse *h = st == 0 && b.p ? tern__v1__health_response__unpack(NULL, b.n, b.p) : NULL;
-	free(b.p);
+	int st;
+	Tern__V1__HealthResponse *h = (Tern__V1__HealthResponse *)tern_grpc_unary(
+		s->o.upstream, "/tern.v1.Tern/Health", &q.base, 5.0, &tern__v1__health_response__descriptor, &st,
+		detail, sizeof detail);
 	json_t *j;
 	int ready = 0;
 	if (h) {
@@ -178,7 +209,7 @@ static enum MHD_Result do_health(tern_http_server *s, struct MHD_Connection *c)
 		j = json_pack("{s:s,s:b,s:s}", "status", "unavailable", "ready", 0, "error",
 			      st == 0 ? "malformed Health reply" : detail[0] ? detail : tern_grpc_status_name(st));
 	}
-	return reply_json(c, ready ? 200 : 503, j);
+	return reply_json(s, c, ready ? 200 : 503, j);
 }
 
 static enum MHD_Result do_models(tern_http_server *s, struct MHD_Connection *c, const char *one)
@@ -192,11 +223,11 @@ static enum MHD_Result do_models(tern_http_server *s, struct MHD_Connection *c, 
 			tern_oai_error_set(&e, 404, "invalid_request_error", "model", "the model '%.200s' does not exist",
 					   one);
 			e.code = "model_not_found";
-			return reply_error(c, &e);
+			return reply_error(s, c, &e);
 		}
-		return reply_json(c, 200, m);
+		return reply_json(s, c, 200, m);
 	}
-	return reply_json(c, 200, json_pack("{s:s,s:[o]}", "object", "list", "data", m));
+	return reply_json(s, c, 200, json_pack("{s:s,s:[o]}", "object", "list", "data", m));
 }
 
 static enum MHD_Result do_tokenize(tern_http_server *s, struct MHD_Connection *c, const req_ctx *rq)
@@ -205,7 +236,7 @@ static enum MHD_Result do_tokenize(tern_http_server *s, struct MHD_Connection *c
 	json_t *root = json_loadb(rq->body ? rq->body : "", rq->len, 0, &je);
 	if (!json_is_object(root)) {
 		json_decref(root);
-		return reply_err(c, 400, "invalid_request_error", NULL, "the body must be a JSON object");
+		return reply_err(s, c, 400, "invalid_request_error", NULL, "the body must be a JSON object");
 	}
 	json_t *text = json_object_get(root, "content");
 	if (!text)
@@ -220,7 +251,7 @@ static enum MHD_Result do_tokenize(tern_http_server *s, struct MHD_Connection *c
 	if (!json_is_string(text) || (as && !json_is_boolean(as)) || (ps && !json_is_boolean(ps)) ||
 	    (wp && !json_is_boolean(wp))) {
 		json_decref(root);
-		return reply_err(c, 400, "invalid_request_error", NULL,
+		return reply_err(s, c, 400, "invalid_request_error", NULL,
 				 "give 'content' (a string), optionally 'add_special', 'parse_special', 'with_pieces' "
 				 "(booleans)");
 	}
@@ -229,17 +260,16 @@ static enum MHD_Result do_tokenize(tern_http_server *s, struct MHD_Connection *c
 	q.add_bos = as ? json_is_true(as) : 1;
 	q.parse_special = ps && json_is_true(ps);
 	const int pieces = wp && json_is_true(wp);
-	tern_grpc_msg_buf b = {0};
 	char detail[512];
-	const int st = tern_grpc_call(s->o.upstream, "/tern.v1.Tern/Tokenize", &q.base, 30.0,
-				      tern_grpc_keep_msg, &b, detail, sizeof detail);
+	int st;
+	Tern__V1__TokenizeResponse *t = (Tern__V1__TokenizeResponse *)tern_grpc_unary(
+		s->o.upstream, "/tern.v1.Tern/Tokenize", &q.base, 30.0, &tern__v1__tokenize_response__descriptor, &st,
+		detail, sizeof detail);
 	json_decref(root);
-	Tern__V1__TokenizeResponse *t = st == 0 && b.p ? tern__v1__tokenize_response__unpack(NULL, b.n, b.p) : NULL;
-	free(b.p);
 	if (!t) {
 		tern_oai_error e;
 		tern_oai_error_from_status(st ? st : TERN_STATUS_INTERNAL, st ? detail : "malformed Tokenize reply", &e);
-		return reply_error(c, &e);
+		return reply_error(s, c, &e);
 	}
 	json_t *ids = json_array(), *ps_arr = pieces ? json_array() : NULL;
 	for (size_t i = 0; ids && i < t->n_token_ids; i++)
@@ -252,7 +282,7 @@ static enum MHD_Result do_tokenize(tern_http_server *s, struct MHD_Connection *c
 	if (j && ps_arr)
 		json_object_set_new(j, "pieces", ps_arr);
 	tern__v1__tokenize_response__free_unpacked(t, NULL);
-	return reply_json(c, 200, j);
+	return reply_json(s, c, 200, j);
 }
 
 static enum MHD_Result do_detokenize(tern_http_server *s, struct MHD_Connection *c, const req_ctx *rq)
@@ -274,7 +304,7 @@ static enum MHD_Result do_detokenize(tern_http_server *s, struct MHD_Connection 
 	if (!ok || !ids) {
 		json_decref(root);
 		free(ids);
-		return reply_err(c, 400, "invalid_request_error", NULL,
+		return reply_err(s, c, 400, "invalid_request_error", NULL,
 				 "give 'tokens' (an array of token ids), optionally 'special' (a boolean)");
 	}
 	Tern__V1__DetokenizeRequest q = TERN__V1__DETOKENIZE_REQUEST__INIT;
@@ -282,23 +312,48 @@ static enum MHD_Result do_detokenize(tern_http_server *s, struct MHD_Connection 
 	q.token_ids = ids;
 	q.special = sp && json_is_true(sp);
 	json_decref(root);
-	tern_grpc_msg_buf b = {0};
 	char detail[512];
-	const int st = tern_grpc_call(s->o.upstream, "/tern.v1.Tern/Detokenize", &q.base, 30.0,
-				      tern_grpc_keep_msg, &b, detail, sizeof detail);
+	int st;
+	Tern__V1__DetokenizeResponse *t = (Tern__V1__DetokenizeResponse *)tern_grpc_unary(
+		s->o.upstream, "/tern.v1.Tern/Detokenize", &q.base, 30.0, &tern__v1__detokenize_response__descriptor,
+		&st, detail, sizeof detail);
 	free(ids);
-	Tern__V1__DetokenizeResponse *t = st == 0 && b.p ? tern__v1__detokenize_response__unpack(NULL, b.n, b.p)
-							 : NULL;
-	free(b.p);
 	if (!t) {
 		tern_oai_error e;
 		tern_oai_error_from_status(st ? st : TERN_STATUS_INTERNAL, st ? detail : "malformed Detokenize reply",
 					   &e);
-		return reply_error(c, &e);
+		return reply_error(s, c, &e);
 	}
 	json_t *text = json_string(t->text);
 	tern__v1__detokenize_response__free_unpacked(t, NULL);
-	return reply_json(c, 200, json_pack("{s:o}", "content", text ? text : json_string("\xef\xbf\xbd")));
+	return reply_json(s, c, 200, json_pack("{s:o}", "content", text ? text : json_string("\xef\xbf\xbd")));
+}
+
+/* The Stats call of a scrape is short: a job that is down must not hold up
+ * tern-server's own figures. */
+#define TERN_HTTP_STATS_TIMEOUT_S 1.0
+
+static enum MHD_Result do_metrics(tern_http_server *s, struct MHD_Connection *c)
+{
+	Tern__V1__StatsRequest q = TERN__V1__STATS_REQUEST__INIT;
+	char detail[256];
+	int st;
+	Tern__V1__StatsResponse *stats = (Tern__V1__StatsResponse *)tern_grpc_unary(
+		s->o.upstream, "/tern.v1.Tern/Stats", &q.base, TERN_HTTP_STATS_TIMEOUT_S,
+		&tern__v1__stats_response__descriptor, &st, detail, sizeof detail);
+	char *text = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&text, &len);
+	if (f) {
+		tern_metrics_render(s->metrics, stats, f);
+		if (fclose(f) != 0) {
+			free(text);
+			text = NULL;
+		}
+	}
+	if (stats)
+		tern__v1__stats_response__free_unpacked(stats, NULL);
+	return reply_text(s, c, 200, text, TERN_METRICS_CONTENT_TYPE);
 }
 
 /* ---- generation ----------------------------------------------------------------- */
@@ -344,9 +399,11 @@ static void sbuf_event(sbuf *b, char *json)
 	free(json);
 }
 
-/* Next message of the call, waiting in slices and watching the client.
- * 1: *out is a message (free it); -1: the call ended; -2: the client left. */
-static int next_msg(tern_grpc_stream *gs, int fd, double keepalive_s, Tern__V1__GenerateResponse **out)
+/* Next message of the call, waiting in slices and watching the client; a
+ * token message is timed on mr. 1: *out is a message (free it); -1: the call
+ * ended; -2: the client left. */
+static int next_msg(tern_grpc_stream *gs, int fd, double keepalive_s, tern_metrics_req *mr,
+		    Tern__V1__GenerateResponse **out)
 {
 	const double t0 = tern_now_s();
 	*out = NULL;
@@ -362,6 +419,8 @@ static int next_msg(tern_grpc_stream *gs, int fd, double keepalive_s, Tern__V1__
 			*out = tern__v1__generate_response__unpack(NULL, n, m);
 			if (!*out)
 				continue; /* a malformed message is skipped: the status still ends the call */
+			if (!(*out)->done)
+				tern_metrics_req_token(mr);
 			return 1;
 		}
 		if (keepalive_s > 0 && tern_now_s() - t0 >= keepalive_s)
@@ -377,6 +436,8 @@ typedef struct sse_ctx {
 	char id[48];
 	long long created;
 	Tern__V1__GenerateResponse *pending; /* the first message, read before the 200 */
+	tern_oai_logprobs *lp;               /* the request asked for logprobs */
+	tern_metrics_req mr;
 	sbuf out;
 	size_t off;
 } sse_ctx;
@@ -384,12 +445,15 @@ typedef struct sse_ctx {
 static void sse_free(void *cls)
 {
 	sse_ctx *x = cls;
+	/* Not ended yet: the connection closed before the last event. */
+	tern_metrics_req_fail(&x->mr, TERN_OUTCOME_ABORT);
 	if (x->gs) {
 		char d[256];
 		tern_grpc_stream_finish(x->gs, d, sizeof d); /* cancels a call still running */
 	}
 	if (x->pending)
 		tern__v1__generate_response__free_unpacked(x->pending, NULL);
+	tern_oai_logprobs_free(x->lp);
 	free(x->out.p);
 	free(x);
 }
@@ -410,17 +474,24 @@ static int end_call(tern_grpc_stream **gs, char *detail, size_t dl)
 static void sse_message(sse_ctx *x, Tern__V1__GenerateResponse *m)
 {
 	const char *model = x->srv->model_id;
+	/* A token's logprobs ride on the chunk that shows its text; those of
+	 * tokens whose text is held back (part of a character, maybe a stop
+	 * string) wait for a later one, at the latest the last. */
+	if (x->lp && !m->done && tern_oai_logprobs_add(x->lp, m) < 0)
+		x->out.oom = 1;
 	if (m->text && m->text[0])
 		sbuf_event(&x->out, tern_oai_chunk_json(x->chat, x->id, x->created, model, 0, m->text,
-							strlen(m->text), -1));
+							strlen(m->text), -1, x->lp));
 	if (!m->done)
 		return;
 	char detail[512];
+	tern_metrics_req_done(&x->mr, (int)m->finish_reason, m->usage);
 	const int st = end_call(&x->gs, detail, sizeof detail);
 	if (st != 0 && st != TERN_STATUS_CANCELLED)
 		tern_log(TERN_LOG_WARN, "http", "stream %s: status %s after its last message: %s", x->id,
 			 tern_grpc_status_name(st), detail);
-	sbuf_event(&x->out, tern_oai_chunk_json(x->chat, x->id, x->created, model, 0, "", 0, (int)m->finish_reason));
+	sbuf_event(&x->out, tern_oai_chunk_json(x->chat, x->id, x->created, model, 0, "", 0, (int)m->finish_reason,
+						x->lp));
 	if (x->include_usage)
 		sbuf_event(&x->out, tern_oai_usage_chunk_json(x->chat, x->id, x->created, model, m->usage));
 	sbuf_add(&x->out, "data: [DONE]\n\n", 14);
@@ -449,14 +520,15 @@ static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max)
 			/* The first chunk carries the role (chat) before any text. */
 			if (x->chat)
 				sbuf_event(&x->out, tern_oai_chunk_json(1, x->id, x->created, x->srv->model_id, 1, "",
-									0, -1));
+									0, -1, NULL));
 		}
 		Tern__V1__GenerateResponse *m = x->pending;
 		x->pending = NULL;
 		int r = 1;
 		if (!m)
-			r = next_msg(x->gs, x->fd, TERN_HTTP_KEEPALIVE_S, &m);
+			r = next_msg(x->gs, x->fd, TERN_HTTP_KEEPALIVE_S, &x->mr, &m);
 		if (r == -2) {
+			tern_metrics_req_fail(&x->mr, TERN_OUTCOME_ABORT);
 			tern_grpc_stream_cancel(x->gs);
 			return MHD_CONTENT_READER_END_WITH_ERROR;
 		}
@@ -474,6 +546,7 @@ static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max)
 		char detail[512];
 		const int st = tern_grpc_stream_finish(x->gs, detail, sizeof detail);
 		x->gs = NULL;
+		tern_metrics_req_fail(&x->mr, TERN_OUTCOME_ERROR);
 		tern_oai_error e;
 		tern_oai_error_from_status(st ? st : TERN_STATUS_INTERNAL, st ? detail : "the stream ended early", &e);
 		sbuf_event(&x->out, tern_oai_error_json(&e));
@@ -487,34 +560,49 @@ static enum MHD_Result do_generate(tern_http_server *s, struct MHD_Connection *c
 	tern_oai_error e;
 	if (tern_oai_parse(rq->body ? rq->body : "", rq->len, chat, &r, &e) < 0) {
 		tern_oai_request_free(&r);
-		return reply_error(c, &e);
+		return reply_error(s, c, &e);
 	}
 	char id[48];
 	make_id(id, sizeof id, chat ? "chatcmpl-" : "cmpl-");
 	r.gen.request_id = id;
 	const long long created = (long long)time(NULL);
+	tern_metrics_req mr;
+	tern_metrics_req_start(s->metrics, &mr);
 	tern_grpc_stream *gs;
 	tern_err err;
 	if (tern_grpc_stream_start(s->o.upstream, "/tern.v1.Tern/Generate", &r.gen.base, 0, &gs, &err) < 0) {
 		tern_oai_request_free(&r);
-		return reply_err(c, 500, "server_error", NULL, err.msg);
+		tern_metrics_req_fail(&mr, TERN_OUTCOME_ERROR);
+		return reply_err(s, c, 500, "server_error", NULL, err.msg);
 	}
 	const int stream = r.stream, include_usage = r.include_usage;
+	tern_oai_logprobs *lp = r.gen.logprobs ? tern_oai_logprobs_new(chat) : NULL;
+	const int lp_oom = r.gen.logprobs && !lp;
 	tern_oai_request_free(&r);
+	if (lp_oom) {
+		char d[64];
+		tern_grpc_stream_finish(gs, d, sizeof d);
+		tern_metrics_req_fail(&mr, TERN_OUTCOME_ERROR);
+		return reply_text(s, c, 500, NULL, NULL);
+	}
 	const int fd = conn_fd(c);
 	Tern__V1__GenerateResponse *m = NULL;
-	int got = next_msg(gs, fd, 0, &m);
+	int got = next_msg(gs, fd, 0, &mr, &m);
 	if (got == -2) {
 		char d[64];
 		tern_grpc_stream_finish(gs, d, sizeof d);
+		tern_metrics_req_fail(&mr, TERN_OUTCOME_ABORT);
+		tern_oai_logprobs_free(lp);
 		return MHD_NO; /* the client left: close */
 	}
 	if (got == -1) {
 		char detail[512];
 		const int st = tern_grpc_stream_finish(gs, detail, sizeof detail);
+		tern_metrics_req_fail(&mr, TERN_OUTCOME_ERROR);
+		tern_oai_logprobs_free(lp);
 		tern_oai_error_from_status(st ? st : TERN_STATUS_INTERNAL, st ? detail : "no reply from the coordinator",
 					   &e);
-		return reply_error(c, &e);
+		return reply_error(s, c, &e);
 	}
 	if (stream) {
 		sse_ctx *x = calloc(1, sizeof *x);
@@ -522,20 +610,23 @@ static enum MHD_Result do_generate(tern_http_server *s, struct MHD_Connection *c
 			tern__v1__generate_response__free_unpacked(m, NULL);
 			char d[64];
 			tern_grpc_stream_finish(gs, d, sizeof d);
-			return reply_text(c, 500, NULL, NULL);
+			tern_metrics_req_fail(&mr, TERN_OUTCOME_ERROR);
+			tern_oai_logprobs_free(lp);
+			return reply_text(s, c, 500, NULL, NULL);
 		}
 		*x = (sse_ctx){.srv = s, .fd = fd, .gs = gs, .chat = chat, .include_usage = include_usage, .first = 1,
-			       .created = created, .pending = m};
+			       .created = created, .pending = m, .lp = lp, .mr = mr};
 		snprintf(x->id, sizeof x->id, "%s", id);
 		struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, sse_read, x,
 									      sse_free);
 		if (!resp) {
+			tern_metrics_req_fail(&x->mr, TERN_OUTCOME_ERROR);
 			sse_free(x);
 			return MHD_NO;
 		}
 		MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
 		MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
-		enum MHD_Result q = MHD_queue_response(c, 200, resp);
+		enum MHD_Result q = queue(s, c, 200, resp);
 		MHD_destroy_response(resp);
 		return q;
 	}
@@ -549,31 +640,40 @@ static enum MHD_Result do_generate(tern_http_server *s, struct MHD_Connection *c
 			final = m;
 			break;
 		}
+		if (lp && tern_oai_logprobs_add(lp, m) < 0)
+			text.oom = 1;
 		tern__v1__generate_response__free_unpacked(m, NULL);
-		got = next_msg(gs, fd, 0, &m);
+		got = next_msg(gs, fd, 0, &mr, &m);
 	}
 	if (got == -2) {
 		char d[64];
 		tern_grpc_stream_finish(gs, d, sizeof d);
 		free(text.p);
+		tern_oai_logprobs_free(lp);
+		tern_metrics_req_fail(&mr, TERN_OUTCOME_ABORT);
 		return MHD_NO;
 	}
 	char detail[512];
 	const int st = final ? end_call(&gs, detail, sizeof detail) : tern_grpc_stream_finish(gs, detail, sizeof detail);
+	if (final)
+		tern_metrics_req_done(&mr, (int)final->finish_reason, final->usage);
+	else
+		tern_metrics_req_fail(&mr, TERN_OUTCOME_ERROR);
 	enum MHD_Result q;
 	if (!final) {
 		tern_oai_error_from_status(st ? st : TERN_STATUS_INTERNAL, st ? detail : "the reply ended early", &e);
-		q = reply_error(c, &e);
+		q = reply_error(s, c, &e);
 	} else if (text.oom) {
-		q = reply_text(c, 500, NULL, NULL);
+		q = reply_text(s, c, 500, NULL, NULL);
 	} else {
-		q = reply_text(c, 200,
+		q = reply_text(s, c, 200,
 			       tern_oai_completion_json(chat, id, created, s->model_id, text.p ? text.p : "", text.len,
-							(int)final->finish_reason, final->usage),
+							(int)final->finish_reason, final->usage, lp),
 			       "application/json");
 	}
 	if (final)
 		tern__v1__generate_response__free_unpacked(final, NULL);
+	tern_oai_logprobs_free(lp);
 	free(text.p);
 	return q;
 }
@@ -615,33 +715,51 @@ static int key_ok(const tern_http_server *s, struct MHD_Connection *c)
 	return diff == 0;
 }
 
+static enum MHD_Result reply_preflight(tern_http_server *s, struct MHD_Connection *c)
+{
+	struct MHD_Response *r = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+	if (!r)
+		return MHD_NO;
+	MHD_add_response_header(r, "Access-Control-Allow-Methods", "GET, POST, OPTIONS");
+	MHD_add_response_header(r, "Access-Control-Allow-Headers", "Authorization, Content-Type");
+	MHD_add_response_header(r, "Access-Control-Max-Age", "600");
+	const enum MHD_Result q = queue(s, c, MHD_HTTP_NO_CONTENT, r);
+	MHD_destroy_response(r);
+	return q;
+}
+
 static enum MHD_Result route(tern_http_server *s, struct MHD_Connection *c, const char *url, const char *method,
 			     const req_ctx *rq)
 {
 	const int get = !strcmp(method, "GET"), post = !strcmp(method, "POST");
+	/* A browser's CORS preflight: no key is sent with it, none is asked. */
+	if (!strcmp(method, "OPTIONS") && cors_origin(s, c))
+		return reply_preflight(s, c);
 	/* The page holds no data and the API it calls checks the key itself, so
 	 * it is served without one (it asks for the key). */
 	if (!strcmp(url, "/"))
 		return get || !strcmp(method, "HEAD") ? do_page(c)
-						     : reply_err(c, 405, "invalid_request_error", NULL, "use GET /");
+						     : reply_err(s, c, 405, "invalid_request_error", NULL, "use GET /");
 	if (!strcmp(url, "/health"))
-		return get ? do_health(s, c) : reply_err(c, 405, "invalid_request_error", NULL, "use GET /health");
+		return get ? do_health(s, c) : reply_err(s, c, 405, "invalid_request_error", NULL, "use GET /health");
 	if (!key_ok(s, c))
-		return reply_err(c, 401, "authentication_error", "invalid_api_key",
+		return reply_err(s, c, 401, "authentication_error", "invalid_api_key",
 				 "missing or wrong API key (Authorization: Bearer <key>)");
+	if (!strcmp(url, "/metrics"))
+		return get ? do_metrics(s, c) : reply_err(s, c, 405, "invalid_request_error", NULL, "use GET /metrics");
 	if (!strcmp(url, "/v1/models") || !strncmp(url, "/v1/models/", 11)) {
 		if (!get)
-			return reply_err(c, 405, "invalid_request_error", NULL, "use GET");
+			return reply_err(s, c, 405, "invalid_request_error", NULL, "use GET");
 		return do_models(s, c, url[10] == '/' ? url + 11 : NULL);
 	}
 	const int chat = !strcmp(url, "/v1/chat/completions");
 	if (chat || !strcmp(url, "/v1/completions"))
-		return post ? do_generate(s, c, rq, chat) : reply_err(c, 405, "invalid_request_error", NULL, "use POST");
+		return post ? do_generate(s, c, rq, chat) : reply_err(s, c, 405, "invalid_request_error", NULL, "use POST");
 	if (!strcmp(url, "/tokenize"))
-		return post ? do_tokenize(s, c, rq) : reply_err(c, 405, "invalid_request_error", NULL, "use POST");
+		return post ? do_tokenize(s, c, rq) : reply_err(s, c, 405, "invalid_request_error", NULL, "use POST");
 	if (!strcmp(url, "/detokenize"))
-		return post ? do_detokenize(s, c, rq) : reply_err(c, 405, "invalid_request_error", NULL, "use POST");
-	return reply_err(c, 404, "invalid_request_error", NULL, "no such endpoint");
+		return post ? do_detokenize(s, c, rq) : reply_err(s, c, 405, "invalid_request_error", NULL, "use POST");
+	return reply_err(s, c, 404, "invalid_request_error", NULL, "no such endpoint");
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
@@ -663,7 +781,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 			rq->too_big = 1;
 		/* Not worth reading at all: the status now, then the connection closes. */
 		if (n > TERN_HTTP_DRAIN_FACTOR * (unsigned long long)s->o.max_body)
-			return reply_err(c, 413, "invalid_request_error", NULL, "the request body is too large");
+			return reply_err(s, c, 413, "invalid_request_error", NULL, "the request body is too large");
 		return MHD_YES;
 	}
 	if (*upload_size) {
@@ -693,7 +811,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 		return MHD_YES;
 	}
 	if (rq->too_big)
-		return reply_err(c, 413, "invalid_request_error", NULL, "the request body is too large");
+		return reply_err(s, c, 413, "invalid_request_error", NULL, "the request body is too large");
 	return route(s, c, url, method, rq);
 }
 
@@ -720,21 +838,15 @@ int tern_http_start(const tern_http_opts *o, tern_http_server **out, tern_err *e
 	*out = NULL;
 	const char *listen = o->listen ? o->listen : "127.0.0.1:8080";
 	char host[256];
-	const char *colon = strrchr(listen, ':');
-	if (!colon || colon == listen || (size_t)(colon - listen) >= sizeof host || !colon[1])
+	char port[64];
+	if (tern_split_host_port(listen, host, sizeof host, port, sizeof port) < 0 || listen[0] == ':')
 		return TERN_ERR(err, TERN_EINVAL, "HTTP address '%s' is not HOST:PORT", listen);
-	memcpy(host, listen, (size_t)(colon - listen));
-	host[colon - listen] = '\0';
-	if (host[0] == '[' && host[strlen(host) - 1] == ']') {
-		memmove(host, host + 1, strlen(host) - 2);
-		host[strlen(host) - 2] = '\0';
-	}
 	struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
 				 .ai_flags = AI_NUMERICSERV | AI_PASSIVE},
 			*ai = NULL;
-	if (getaddrinfo(host, colon + 1, &hints, &ai) != 0 || !ai)
+	if (getaddrinfo(host, port, &hints, &ai) != 0 || !ai)
 		return TERN_ERR(err, TERN_EINVAL, "HTTP address '%s': cannot resolve '%s' port '%s'", listen, host,
-				colon + 1);
+				port);
 	tern_http_server *s = calloc(1, sizeof *s);
 	if (!s) {
 		freeaddrinfo(ai);
@@ -750,22 +862,53 @@ int tern_http_start(const tern_http_opts *o, tern_http_server **out, tern_err *e
 	snprintf(s->model_id, sizeof s->model_id, "%s", o->model_id ? o->model_id : "tern");
 	s->api_key = o->api_key ? strdup(o->api_key) : NULL;
 	s->o.api_key = s->api_key;
+	s->cors = o->cors_origin ? strdup(o->cors_origin) : NULL;
+	s->o.cors_origin = s->cors;
+	s->metrics = tern_metrics_create();
+	if (!s->metrics || (o->api_key && !s->api_key) || (o->cors_origin && !s->cors)) {
+		freeaddrinfo(ai);
+		tern_http_stop(s);
+		return TERN_ERR(err, TERN_ENOMEM, "out of memory");
+	}
 	s->started = (long long)time(NULL);
 	unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG |
 			 MHD_USE_POLL | MHD_USE_ITC;
 	if (ai->ai_family == AF_INET6)
 		flags |= MHD_USE_IPv6;
+	struct MHD_OptionItem tls[3] = {{MHD_OPTION_END, 0, NULL}, {MHD_OPTION_END, 0, NULL}, {MHD_OPTION_END, 0, NULL}};
+	if (o->tls_cert_file || o->tls_key_file) {
+		size_t n;
+		int rc = (!o->tls_cert_file || !o->tls_key_file)
+				 ? TERN_ERR(err, TERN_EINVAL, "TLS needs both a certificate and a key")
+			 : MHD_is_feature_supported(MHD_FEATURE_TLS) != MHD_YES
+				 ? TERN_ERR(err, TERN_EINVAL, "this libmicrohttpd has no TLS")
+				 : 0;
+		if (rc == 0)
+			rc = tern_read_file(o->tls_cert_file, 1u << 20, &s->tls_cert, &n, err);
+		if (rc == 0)
+			rc = tern_read_file(o->tls_key_file, 1u << 20, &s->tls_key, &n, err);
+		if (rc < 0) {
+			freeaddrinfo(ai);
+			tern_http_stop(s);
+			return rc;
+		}
+		flags |= MHD_USE_TLS;
+		tls[0] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, s->tls_cert};
+		tls[1] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, s->tls_key};
+	}
 	s->d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
 				MHD_OPTION_CONNECTION_LIMIT, s->o.max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
 				s->o.idle_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
 				MHD_OPTION_PER_IP_CONNECTION_LIMIT, s->o.max_connections,
 				MHD_OPTION_THREAD_STACK_SIZE, (size_t)(512 * 1024), MHD_OPTION_NOTIFY_COMPLETED,
-				on_completed, s, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s, MHD_OPTION_END);
+				on_completed, s, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s, MHD_OPTION_ARRAY, tls,
+				MHD_OPTION_END);
 	freeaddrinfo(ai);
 	if (!s->d) {
-		free(s->api_key);
-		free(s);
-		return TERN_ERR(err, TERN_EIO, "cannot listen on %s (address in use or not this machine's)", listen);
+		tern_http_stop(s);
+		return TERN_ERR(err, TERN_EIO, "cannot listen on %s (address in use, not this machine's, or a bad TLS "
+					       "certificate or key)",
+				listen);
 	}
 	const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->d, MHD_DAEMON_INFO_BIND_PORT);
 	s->port = di ? di->port : 0;
@@ -788,7 +931,12 @@ void tern_http_stop(tern_http_server *s)
 {
 	if (!s)
 		return;
-	MHD_stop_daemon(s->d);
+	if (s->d)
+		MHD_stop_daemon(s->d);
+	tern_metrics_free(s->metrics);
 	free(s->api_key);
+	free(s->tls_cert);
+	free(s->tls_key);
+	free(s->cors);
 	free(s);
 }

@@ -6,6 +6,10 @@
 #include "tern-launch.h"
 
 #include <dirent.h>
+#include <net/if.h>
+#include <sched.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -30,8 +34,31 @@ int tern_launch_numa_domains(void)
 	return n > 0 ? n : 1;
 }
 
-/* Slots of an Open MPI hostfile ("host slots=N", comments, blank lines). */
-static int hostfile_slots(const char *path, tern_err *err)
+/* In the child, before exec: a fresh network namespace with loopback up
+ * (what deploy/private-net does under unshare --net). */
+static int enter_private_net(void)
+{
+	if (unshare(CLONE_NEWNET) < 0)
+		return -1;
+	const int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -1;
+	struct ifreq ifr;
+	memset(&ifr, 0, sizeof ifr);
+	snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "lo");
+	int rc = ioctl(fd, SIOCGIFFLAGS, &ifr);
+	if (rc == 0) {
+		ifr.ifr_flags |= IFF_UP;
+		rc = ioctl(fd, SIOCSIFFLAGS, &ifr);
+	}
+	close(fd);
+	return rc;
+}
+
+/* Slots of an Open MPI hostfile ("host slots=N", comments, blank lines);
+ * when network[0] is still empty, its "# network: NET" line (deploy/tern-up's)
+ * goes there. */
+static int hostfile_read(const char *path, char *network, size_t network_cap, tern_err *err)
 {
 	FILE *f = fopen(path, "r");
 	if (!f)
@@ -39,6 +66,18 @@ static int hostfile_slots(const char *path, tern_err *err)
 	char line[1024];
 	long total = 0;
 	while (fgets(line, sizeof line, f)) {
+		char *p = line + strspn(line, " \t");
+		if (*p == '#' && !network[0]) {
+			p += 1 + strspn(p + 1, " \t");
+			if (!strncmp(p, "network:", 8)) {
+				p += 8 + strspn(p + 8, " \t");
+				const size_t n = strcspn(p, " \t\r\n");
+				if (n > 0 && n < network_cap) {
+					memcpy(network, p, n);
+					network[n] = '\0';
+				}
+			}
+		}
 		line[strcspn(line, "#\r\n")] = '\0';
 		char *tok = strtok(line, " \t");
 		if (!tok)
@@ -60,6 +99,13 @@ static int hostfile_slots(const char *path, tern_err *err)
 	return (int)(total > 4097 ? 4097 : total);
 }
 
+/* Appends k words to argv at *n. */
+static void push_words(const char **argv, int *n, const char *const *words, size_t k)
+{
+	for (size_t i = 0; i < k; i++)
+		argv[(*n)++] = words[i];
+}
+
 static int executable(const char *p)
 {
 	return access(p, X_OK) == 0;
@@ -76,18 +122,33 @@ int tern_launch_start(const tern_launch_opts *o, tern_job *job, tern_err *err)
 	if (!executable(coord))
 		return TERN_ERR(err, TERN_EINVAL, "no tern-coordinator in %s", o->bin_dir);
 	int stages = o->stages;
+	char network[256] = "";
 	if (o->hostfile) {
-		const int slots = hostfile_slots(o->hostfile, err);
+		TERN_RETURN_IF(o->private_net, err, TERN_EINVAL, "--private-net is for a single box, not --hostfile");
+		if (o->network)
+			snprintf(network, sizeof network, "%s", o->network);
+		const int slots = hostfile_read(o->hostfile, network, sizeof network, err);
 		if (slots < 0)
 			return slots;
 		stages = slots - 1;
+		TERN_RETURN_IF(!network[0], err, TERN_EINVAL,
+			       "name the private cluster network MPI may use: --network CIDR, or a '# network: CIDR' "
+			       "line in %s (MPI's TCP is unauthenticated)",
+			       o->hostfile);
 	} else if (stages < 0) {
 		stages = tern_launch_numa_domains();
 	}
 	if (stages > 0 && !executable(node))
 		return TERN_ERR(err, TERN_EINVAL, "no tern-node in %s or %s/../node", o->bin_dir, o->bin_dir);
+	if (o->private_net) {
+		TERN_RETURN_IF(geteuid() != 0, err, TERN_EINVAL, "--private-net needs root (a network namespace)");
+		TERN_RETURN_IF(strncmp(o->grpc_listen, "unix:", 5) != 0, err, TERN_EINVAL,
+			       "--private-net: the coordinator must serve on a unix: address (it is %s)", o->grpc_listen);
+	}
 	snprintf(stages_s, sizeof stages_s, "%d", stages);
-	const char **argv = calloc((size_t)o->n_coord_args + 32, sizeof *argv);
+	/* Fixed words: mpirun's 7, a hostfile's 13, "-n 1", the coordinator's 7,
+	 * the stages' 4 and the NULL: 34 at most. */
+	const char **argv = calloc((size_t)o->n_coord_args + 40, sizeof *argv);
 	if (!argv)
 		return TERN_ERR(err, TERN_ENOMEM, "out of memory");
 	int n = 0;
@@ -95,13 +156,18 @@ int tern_launch_start(const tern_launch_opts *o, tern_job *job, tern_err *err)
 	if (mpirun) {
 		const char *pre[] = {"mpirun", "--bind-to", "none", "--oversubscribe", "--mca", "mpi_yield_when_idle",
 				     "1"};
-		for (size_t i = 0; i < sizeof pre / sizeof pre[0]; i++)
-			argv[n++] = pre[i];
+		push_words(argv, &n, pre, sizeof pre / sizeof pre[0]);
 		if (o->hostfile) {
-			argv[n++] = "--hostfile";
-			argv[n++] = o->hostfile;
-			argv[n++] = "--map-by";
-			argv[n++] = "slot";
+			/* TCP between ranks and daemons only on the cluster network. */
+			const char *hf[] = {"--hostfile", o->hostfile, "--map-by", "slot", "--mca", "btl", "tcp,vader,self",
+					    "--mca", "btl_tcp_if_include", network, "--mca", "oob_tcp_if_include",
+					    network};
+			push_words(argv, &n, hf, sizeof hf / sizeof hf[0]);
+		} else {
+			/* One box: shared memory between ranks (no TCP BTL listener),
+			 * mpirun's OOB advertised on loopback. */
+			const char *one[] = {"--mca", "btl", "self,vader", "--mca", "oob_tcp_if_include", "lo"};
+			push_words(argv, &n, one, sizeof one / sizeof one[0]);
 		}
 		argv[n++] = "-n";
 		argv[n++] = "1";
@@ -139,6 +205,10 @@ int tern_launch_start(const tern_launch_opts *o, tern_job *job, tern_err *err)
 		signal(SIGPIPE, SIG_DFL);
 		setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
 		setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
+		if (o->private_net && enter_private_net() < 0) {
+			fprintf(stderr, "tern-server: cannot make a private network namespace: %s\n", strerror(errno));
+			_exit(127);
+		}
 		execvp(argv[0], (char *const *)argv);
 		fprintf(stderr, "tern-server: cannot run %s: %s\n", argv[0], strerror(errno));
 		_exit(127);

@@ -268,11 +268,6 @@ static int refuse_unsupported(json_t *root, int chat, tern_oai_error *e)
 			return BAD("response_format", "response_format other than text (json_object, json_schema) "
 						      "is not supported yet");
 	}
-	/* chat: logprobs is a bool; completions: an integer count. */
-	if ((v = field(root, "logprobs")) && !json_is_false(v) && !(json_is_integer(v) && json_integer_value(v) == 0))
-		return BAD("logprobs", "logprobs are not supported yet");
-	if ((v = field(root, "top_logprobs")) && !(json_is_integer(v) && json_integer_value(v) == 0))
-		return BAD("top_logprobs", "logprobs are not supported yet");
 	if ((v = field(root, "logit_bias")) && !(json_is_object(v) && json_object_size(v) == 0))
 		return BAD("logit_bias", "logit_bias is not supported yet");
 	if (!chat) {
@@ -338,6 +333,34 @@ static int parse_sampling(json_t *root, tern_oai_request *r, tern_oai_error *e)
 	return 0;
 }
 
+/* chat: logprobs true/false and top_logprobs 0..20; completions: logprobs
+ * N (0..20: the sampled token's and the N best), as vLLM reads it. */
+static int parse_logprobs(json_t *root, tern_oai_request *r, tern_oai_error *e)
+{
+	json_t *lp = field(root, "logprobs");
+	int given;
+	double d;
+	if (r->chat) {
+		int on = 0;
+		if (get_bool(root, "logprobs", &on, e) < 0 ||
+		    get_number(root, "top_logprobs", 0, TERN_OAI_MAX_TOP_LOGPROBS, &given, &d, e) < 0)
+			return -1;
+		if (given && d != floor(d))
+			return BAD("top_logprobs", "'top_logprobs' must be an integer");
+		if (given && d > 0 && !on)
+			return BAD("top_logprobs", "'top_logprobs' needs 'logprobs': true");
+		r->gen.logprobs = on;
+		r->gen.top_logprobs = given ? (uint32_t)d : 0;
+	} else if (lp) {
+		if (!json_is_integer(lp) || json_integer_value(lp) < 0 ||
+		    json_integer_value(lp) > TERN_OAI_MAX_TOP_LOGPROBS)
+			return BAD("logprobs", "'logprobs' must be an integer in [0, %d]", TERN_OAI_MAX_TOP_LOGPROBS);
+		r->gen.logprobs = 1;
+		r->gen.top_logprobs = (uint32_t)json_integer_value(lp);
+	}
+	return 0;
+}
+
 int tern_oai_parse(const char *body, size_t len, int chat, tern_oai_request *r, tern_oai_error *e)
 {
 	memset(r, 0, sizeof *r);
@@ -380,7 +403,7 @@ int tern_oai_parse(const char *body, size_t len, int chat, tern_oai_request *r, 
 	json_t *m = field(root, "model");
 	if (m && !json_is_string(m))
 		return BAD("model", "'model' must be a string");
-	return 0;
+	return parse_logprobs(root, r, e);
 }
 
 void tern_oai_error_from_status(int st, const char *details, tern_oai_error *e)
@@ -446,21 +469,144 @@ static json_t *usage_json(const Tern__V1__Usage *u)
 			 "total_tokens", (json_int_t)p + c);
 }
 
-char *tern_oai_completion_json(int chat, const char *id, long long created, const char *model, const char *text,
-			       size_t text_len, int finish_reason, const Tern__V1__Usage *usage)
+/* ---- logprobs ---------------------------------------------------------- */
+
+/* The entries not yet sent, by column: chat has one (content); completions
+ * four (tokens, token_logprobs, top_logprobs, text_offset). */
+enum { LP_TOKENS, LP_LOGPROBS, LP_TOP, LP_OFFSET, LP_COLS };
+static const char *const lp_col_names[LP_COLS] = {"tokens", "token_logprobs", "top_logprobs", "text_offset"};
+
+struct tern_oai_logprobs {
+	int chat;
+	json_t *col[LP_COLS]; /* chat: col[0] = content */
+	size_t offset;        /* completions: bytes of the text so far */
+};
+
+static int lp_cols(const tern_oai_logprobs *lp)
 {
-	json_t *choice = chat ? json_pack("{s:i,s:{s:s,s:o},s:n,s:s}", "index", 0, "message", "role", "assistant",
-					  "content", text_json(text, text_len), "logprobs", "finish_reason",
-					  tern_oai_finish_reason(finish_reason))
-			      : json_pack("{s:i,s:o,s:n,s:s}", "index", 0, "text", text_json(text, text_len),
-					  "logprobs", "finish_reason", tern_oai_finish_reason(finish_reason));
+	return lp->chat ? 1 : LP_COLS;
+}
+
+/* Fresh empty columns: 0, or -1 out of memory. */
+static int lp_reset(tern_oai_logprobs *lp)
+{
+	int bad = 0;
+	for (int i = 0; i < lp_cols(lp); i++)
+		bad |= !(lp->col[i] = json_array());
+	return bad ? -1 : 0;
+}
+
+tern_oai_logprobs *tern_oai_logprobs_new(int chat)
+{
+	tern_oai_logprobs *lp = calloc(1, sizeof *lp);
+	if (!lp)
+		return NULL;
+	lp->chat = chat;
+	if (lp_reset(lp) < 0) {
+		tern_oai_logprobs_free(lp);
+		return NULL;
+	}
+	return lp;
+}
+
+void tern_oai_logprobs_free(tern_oai_logprobs *lp)
+{
+	if (!lp)
+		return;
+	for (int i = 0; i < LP_COLS; i++)
+		json_decref(lp->col[i]);
+	free(lp);
+}
+
+/* A token's text as OpenAI shows it: the bytes when they are UTF-8, else
+ * "bytes:\xNN..." (a byte token holding part of a character). */
+static json_t *token_text(const ProtobufCBinaryData *b)
+{
+	json_t *j = json_stringn((const char *)b->data, b->len);
+	if (j || b->len > 1024)
+		return j ? j : json_string("bytes:");
+	char buf[6 + 4 * 1024 + 1] = "bytes:";
+	size_t n = 6;
+	for (size_t i = 0; i < b->len; i++)
+		n += (size_t)snprintf(buf + n, sizeof buf - n, "\\x%02x", b->data[i]);
+	return json_string(buf);
+}
+
+static json_t *bytes_array(const ProtobufCBinaryData *b)
+{
+	json_t *a = json_array();
+	for (size_t i = 0; a && i < b->len; i++)
+		json_array_append_new(a, json_integer(b->data[i]));
+	return a;
+}
+
+int tern_oai_logprobs_add(tern_oai_logprobs *lp, const Tern__V1__GenerateResponse *m)
+{
+	int bad = 0;
+	if (lp->chat) {
+		json_t *top = json_array();
+		for (size_t i = 0; top && i < m->n_top_logprobs; i++)
+			bad |= json_array_append_new(
+			    top, json_pack("{s:o,s:f,s:o}", "token", token_text(&m->top_logprobs[i]->token_bytes),
+					   "logprob", (double)m->top_logprobs[i]->logprob, "bytes",
+					   bytes_array(&m->top_logprobs[i]->token_bytes)));
+		return bad | json_array_append_new(lp->col[0],
+						   json_pack("{s:o,s:f,s:o,s:o}", "token", token_text(&m->token_bytes),
+							     "logprob", (double)m->logprob, "bytes",
+							     bytes_array(&m->token_bytes), "top_logprobs", top))
+			   ? -1
+			   : 0;
+	}
+	json_t *top = json_object();
+	for (size_t i = 0; top && i < m->n_top_logprobs; i++) {
+		json_t *t = token_text(&m->top_logprobs[i]->token_bytes);
+		if (t)
+			bad |= json_object_set_new(top, json_string_value(t),
+						   json_real((double)m->top_logprobs[i]->logprob));
+		json_decref(t);
+	}
+	json_t *v[LP_COLS] = {token_text(&m->token_bytes), json_real((double)m->logprob), top,
+			      json_integer((json_int_t)lp->offset)};
+	for (int i = 0; i < LP_COLS; i++)
+		bad |= json_array_append_new(lp->col[i], v[i]);
+	lp->offset += m->token_bytes.len;
+	return bad ? -1 : 0;
+}
+
+/* The entries added since the last take, as a choice's "logprobs" (and
+ * forgotten here); JSON null when lp is NULL. */
+static json_t *logprobs_take(tern_oai_logprobs *lp)
+{
+	if (!lp)
+		return json_null();
+	json_t *out = lp->chat ? json_pack("{s:o,s:n}", "content", lp->col[0], "refusal") : json_object();
+	for (int i = 0; !lp->chat && i < LP_COLS; i++)
+		json_object_set_new(out, lp_col_names[i], lp->col[i]);
+	lp_reset(lp);
+	return out;
+}
+
+int tern_oai_logprobs_pending(const tern_oai_logprobs *lp)
+{
+	return lp && json_array_size(lp->col[0]) > 0;
+}
+
+char *tern_oai_completion_json(int chat, const char *id, long long created, const char *model, const char *text,
+			       size_t text_len, int finish_reason, const Tern__V1__Usage *usage, tern_oai_logprobs *lp)
+{
+	json_t *choice = chat
+			     ? json_pack("{s:i,s:{s:s,s:o},s:o,s:s}", "index", 0, "message", "role", "assistant",
+					 "content", text_json(text, text_len), "logprobs", logprobs_take(lp),
+					 "finish_reason", tern_oai_finish_reason(finish_reason))
+			     : json_pack("{s:i,s:o,s:o,s:s}", "index", 0, "text", text_json(text, text_len), "logprobs",
+					 logprobs_take(lp), "finish_reason", tern_oai_finish_reason(finish_reason));
 	return dump(json_pack("{s:s,s:s,s:I,s:s,s:[o],s:o}", "id", id, "object",
 			      chat ? "chat.completion" : "text_completion", "created", (json_int_t)created, "model",
 			      model, "choices", choice, "usage", usage_json(usage)));
 }
 
-char *tern_oai_chunk_json(int chat, const char *id, long long created, const char *model, int first,
-			  const char *text, size_t text_len, int finish_reason)
+char *tern_oai_chunk_json(int chat, const char *id, long long created, const char *model, int first, const char *text,
+			  size_t text_len, int finish_reason, tern_oai_logprobs *lp)
 {
 	json_t *fr = finish_reason < 0 ? json_null() : json_string(tern_oai_finish_reason(finish_reason));
 	json_t *choice;
@@ -470,10 +616,11 @@ char *tern_oai_chunk_json(int chat, const char *id, long long created, const cha
 			json_object_set_new(delta, "role", json_string("assistant"));
 		if (delta && (text_len || first))
 			json_object_set_new(delta, "content", text_json(text, text_len));
-		choice = json_pack("{s:i,s:o,s:n,s:o}", "index", 0, "delta", delta, "logprobs", "finish_reason", fr);
+		choice = json_pack("{s:i,s:o,s:o,s:o}", "index", 0, "delta", delta, "logprobs",
+				   logprobs_take(tern_oai_logprobs_pending(lp) ? lp : NULL), "finish_reason", fr);
 	} else {
-		choice = json_pack("{s:i,s:o,s:n,s:o}", "index", 0, "text", text_json(text, text_len), "logprobs",
-				   "finish_reason", fr);
+		choice = json_pack("{s:i,s:o,s:o,s:o}", "index", 0, "text", text_json(text, text_len), "logprobs",
+				   logprobs_take(tern_oai_logprobs_pending(lp) ? lp : NULL), "finish_reason", fr);
 	}
 	return dump(json_pack("{s:s,s:s,s:I,s:s,s:[o]}", "id", id, "object",
 			      chat ? "chat.completion.chunk" : "text_completion", "created", (json_int_t)created,

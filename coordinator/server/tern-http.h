@@ -1,7 +1,8 @@
 /* tern-http.h: tern-server's HTTP/1.1 front end (libmicrohttpd): the OpenAI
  * API (/v1/models, /v1/chat/completions, /v1/completions, plain and SSE),
- * /health, /tokenize, /detokenize. Every request is relayed to the
- * coordinator over tern.v1.Tern gRPC; nothing here knows a model.
+ * /health, /tokenize, /detokenize, and /metrics (tern-metrics.h). Every
+ * request is relayed to the coordinator over tern.v1.Tern gRPC; nothing here
+ * knows a model.
  *
  * One thread per connection: a connection's thread runs its gRPC call, and
  * between messages checks whether the client has gone, so a client that
@@ -27,12 +28,18 @@ typedef struct tern_http_opts {
 	size_t max_body;             /* larger request bodies get 413 (default 4 MiB) */
 	unsigned max_connections;    /* beyond it new connections are refused (default 2048: one thread each) */
 	unsigned idle_timeout_s;     /* idle connections are closed (default 300) */
+	const char *tls_cert_file;   /* PEM certificate chain; with tls_key_file: HTTPS only */
+	const char *tls_key_file;    /* PEM private key */
+	const char *cors_origin;     /* NULL: no CORS headers (browsers refuse other origins); an origin
+				      * ("https://app.example") or "*": replies to it carry
+				      * Access-Control-Allow-Origin, and its OPTIONS preflight gets 204 */
 } tern_http_opts;
 
 typedef struct tern_http_server tern_http_server;
 
-/* Binds and starts serving. Errors: TERN_EINVAL (bad address), TERN_EIO
- * (bind failed), TERN_ENOMEM. */
+/* Binds and starts serving. Errors: TERN_EINVAL (bad address, one TLS file
+ * without the other, no TLS in libmicrohttpd), TERN_EIO (bind failed, a TLS
+ * file unreadable or not PEM), TERN_ENOMEM. */
 int tern_http_start(const tern_http_opts *o, tern_http_server **out, tern_err *err);
 /* The bound port. */
 int tern_http_port(const tern_http_server *s);

@@ -16,6 +16,9 @@ typedef struct tern_launch_opts {
 	const char *hostfile;         /* Open MPI hostfile; NULL: this box */
 	const char *bin_dir;          /* where tern-coordinator is; tern-node is there or in ../node */
 	const char *grpc_listen;      /* the coordinator's --listen */
+	const char *network;          /* with hostfile: the private cluster network MPI may use (CIDR or
+				       * interfaces); NULL: the hostfile's "# network: NET" line */
+	int private_net;              /* single box: the job in its own network namespace (root) */
 	char *const *coord_args;      /* (n_coord_args) more tern-coordinator options */
 	int n_coord_args;
 } tern_launch_opts;
@@ -31,8 +34,14 @@ typedef struct tern_job {
 /* This machine's NUMA domains (/sys/devices/system/node), at least 1. */
 int tern_launch_numa_domains(void);
 
-/* Starts the job (argv printed to stderr first). Errors: TERN_EINVAL (no
- * binaries, unreadable hostfile), TERN_EIO (fork failed). */
+/* Starts the job (argv printed to stderr first), with MPI kept off the
+ * network as deploy/tern-up keeps it (deploy/README.md, trust model): on one
+ * box shared memory between ranks and mpirun's OOB on loopback; with
+ * private_net the whole job in a fresh network namespace with loopback only
+ * (the coordinator must then serve on a unix: address); across hosts TCP only
+ * on the named cluster network. Errors: TERN_EINVAL (no binaries, unreadable
+ * hostfile, no network named, private_net without root or with a TCP
+ * address), TERN_EIO (fork failed). */
 int tern_launch_start(const tern_launch_opts *o, tern_job *job, tern_err *err);
 
 /* Reaps the job if it has exited: 1 exited (job->status set), 0 running. */

@@ -5,8 +5,8 @@
  * Requests are read leniently, as real clients need: unknown fields are
  * ignored, `content` is a string or an array of text parts, `stop` a string or
  * an array, `max_tokens` or `max_completion_tokens`. What tern cannot do yet
- * (n != 1, tools, response_format other than text, logprobs, echo, suffix,
- * logit_bias) is refused with a 400 that says so, never ignored. */
+ * (n != 1, tools, response_format other than text, echo, suffix, logit_bias)
+ * is refused with a 400 that says so, never ignored. */
 #ifndef TERN_OPENAI_H
 #define TERN_OPENAI_H
 
@@ -61,14 +61,33 @@ char *tern_oai_error_json(const tern_oai_error *e);
 /* "stop" or "length" for a tern.v1 finish reason. */
 const char *tern_oai_finish_reason(int reason);
 
-/* The whole reply of a non-streaming request. */
+/* The most top_logprobs a request may ask for (OpenAI's limit). */
+#define TERN_OAI_MAX_TOP_LOGPROBS 20
+
+/* A reply's logprobs, OpenAI's shape: chat {"content": [{token, logprob,
+ * bytes, top_logprobs: [{token, logprob, bytes}]}], "refusal": null};
+ * completions {tokens, token_logprobs, top_logprobs: [{token: logprob}],
+ * text_offset (bytes)}. A token that is not whole UTF-8 shows as
+ * "bytes:\xNN...". Entries are added per generated piece and handed to the
+ * next builder given lp, which takes those added since the last one (a
+ * stream attaches them to the chunk that shows their text, or the last). */
+typedef struct tern_oai_logprobs tern_oai_logprobs;
+tern_oai_logprobs *tern_oai_logprobs_new(int chat); /* NULL: out of memory */
+void tern_oai_logprobs_free(tern_oai_logprobs *lp);
+/* Adds m's logprob, token_bytes and top_logprobs: 0, or -1 out of memory. */
+int tern_oai_logprobs_add(tern_oai_logprobs *lp, const Tern__V1__GenerateResponse *m);
+/* Whether entries wait for a builder. */
+int tern_oai_logprobs_pending(const tern_oai_logprobs *lp);
+
+/* The whole reply of a non-streaming request; lp NULL: "logprobs": null. */
 char *tern_oai_completion_json(int chat, const char *id, long long created, const char *model, const char *text,
-			       size_t text_len, int finish_reason, const Tern__V1__Usage *usage);
+			       size_t text_len, int finish_reason, const Tern__V1__Usage *usage, tern_oai_logprobs *lp);
 
 /* One streaming chunk: delta text (chat: with the role when first), and the
- * finish reason on the last (finish_reason < 0: null). */
+ * finish reason on the last (finish_reason < 0: null); lp as above, its
+ * "logprobs" null when no entry waits. */
 char *tern_oai_chunk_json(int chat, const char *id, long long created, const char *model, int first,
-			  const char *text, size_t text_len, int finish_reason);
+			  const char *text, size_t text_len, int finish_reason, tern_oai_logprobs *lp);
 /* The usage chunk of stream_options.include_usage: choices [] and usage. */
 char *tern_oai_usage_chunk_json(int chat, const char *id, long long created, const char *model,
 				const Tern__V1__Usage *usage);

@@ -7,54 +7,6 @@
 
 /* ---- BPE ---------------------------------------------------------------- */
 
-static int bcand_less(const bcand *a, const bcand *b)
-{
-	return a->rank < b->rank || (a->rank == b->rank && a->left < b->left);
-}
-
-static int heap_push(scratch *s, const bcand *c)
-{
-	if (s->heap_n == s->heap_cap) {
-		const size_t nc = s->heap_cap ? s->heap_cap * 2 : 64;
-		bcand *q = realloc(s->heap, nc * sizeof *q);
-		if (!q)
-			return -1;
-		s->heap = q;
-		s->heap_cap = nc;
-	}
-	size_t i = s->heap_n++;
-	while (i > 0) {
-		const size_t p = (i - 1) / 2;
-		if (!bcand_less(c, &s->heap[p]))
-			break;
-		s->heap[i] = s->heap[p];
-		i = p;
-	}
-	s->heap[i] = *c;
-	return 0;
-}
-
-static bcand heap_pop(scratch *s)
-{
-	const bcand top = s->heap[0];
-	const bcand last = s->heap[--s->heap_n];
-	size_t i = 0;
-	for (;;) {
-		size_t c = 2 * i + 1;
-		if (c >= s->heap_n)
-			break;
-		if (c + 1 < s->heap_n && bcand_less(&s->heap[c + 1], &s->heap[c]))
-			c++;
-		if (!bcand_less(&s->heap[c], &last))
-			break;
-		s->heap[i] = s->heap[c];
-		i = c;
-	}
-	if (s->heap_n)
-		s->heap[i] = last;
-	return top;
-}
-
 static int bpe_try_pair(const tern_tokenizer *t, scratch *s, int32_t l, int32_t r)
 {
 	if (l < 0 || r < 0)
@@ -66,7 +18,7 @@ static int bpe_try_pair(const tern_tokenizer *t, scratch *s, int32_t l, int32_t 
 	c.right = r;
 	c.gl = s->sym[l].gen;
 	c.gr = s->sym[r].gen;
-	return heap_push(s, &c);
+	return bheap_push(&s->heap, &c);
 }
 
 /* BPE over the bytes of one pre-token (each byte starts as the token of its
@@ -87,12 +39,12 @@ static int bpe_word(const tern_tokenizer *t, scratch *s, const unsigned char *w,
 		s->sym[i].gen = 0;
 		s->sym[i].alive = 1;
 	}
-	s->heap_n = 0;
+	s->heap.n = 0;
 	for (size_t i = 0; i + 1 < n; i++)
 		if (bpe_try_pair(t, s, (int32_t)i, (int32_t)i + 1))
 			return -1;
-	while (s->heap_n) {
-		const bcand c = heap_pop(s);
+	while (s->heap.n) {
+		const bcand c = bheap_pop(&s->heap);
 		bsym *L = &s->sym[c.left], *R = &s->sym[c.right];
 		if (!L->alive || !R->alive || L->next != c.right || L->gen != c.gl || R->gen != c.gr)
 			continue;

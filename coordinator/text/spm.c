@@ -15,59 +15,13 @@ typedef struct scand {
 	size_t size;
 } scand;
 
-typedef struct sheap {
-	scand *p;
-	size_t n, cap;
-} sheap;
-
 /* Higher score first; equal scores: leftmost first (llama.cpp). */
 static int scand_before(const scand *a, const scand *b)
 {
 	return a->score > b->score || (a->score == b->score && a->left < b->left);
 }
 
-static int sheap_push(sheap *h, const scand *c)
-{
-	if (h->n == h->cap) {
-		const size_t nc = h->cap ? h->cap * 2 : 64;
-		scand *q = realloc(h->p, nc * sizeof *q);
-		if (!q)
-			return -1;
-		h->p = q;
-		h->cap = nc;
-	}
-	size_t i = h->n++;
-	while (i > 0) {
-		const size_t p = (i - 1) / 2;
-		if (!scand_before(c, &h->p[p]))
-			break;
-		h->p[i] = h->p[p];
-		i = p;
-	}
-	h->p[i] = *c;
-	return 0;
-}
-
-static scand sheap_pop(sheap *h)
-{
-	const scand top = h->p[0];
-	const scand last = h->p[--h->n];
-	size_t i = 0;
-	for (;;) {
-		size_t c = 2 * i + 1;
-		if (c >= h->n)
-			break;
-		if (c + 1 < h->n && scand_before(&h->p[c + 1], &h->p[c]))
-			c++;
-		if (!scand_before(&h->p[c], &last))
-			break;
-		h->p[i] = h->p[c];
-		i = c;
-	}
-	if (h->n)
-		h->p[i] = last;
-	return top;
-}
+TEXT_HEAP(sheap, scand, scand_before)
 
 static int spm_try(const tern_tokenizer *t, const char *txt, ssym *sym, sheap *h, int32_t l, int32_t r)
 {

@@ -54,6 +54,70 @@ typedef struct sbuf {
 	size_t n, cap;
 } sbuf;
 
+/* Makes room for `need` elements of `size` bytes in the array *pp points to
+ * (capacity *cap, doubled from `first`): 0, or -1 when out of memory, with
+ * the array and *cap unchanged. pp is the address of any object pointer. */
+static inline int vec_reserve(void *pp, size_t *cap, size_t need, size_t size, size_t first)
+{
+	if (need <= *cap)
+		return 0;
+	size_t nc = *cap ? *cap : first;
+	while (nc < need)
+		nc *= 2;
+	void *p;
+	memcpy(&p, pp, sizeof p);
+	void *q = realloc(p, nc * size);
+	if (!q)
+		return -1;
+	memcpy(pp, &q, sizeof q);
+	*cap = nc;
+	return 0;
+}
+
+/* TEXT_HEAP(name, T, before): a binary heap `name` of T ({p, n, cap}, zero
+ * to start, p freed by its owner) with name##_push (0 or -1 when out of
+ * memory) and name##_pop (n > 0); before(a, b) says a comes out first. */
+#define TEXT_HEAP(name, T, before)                                                                                     \
+	typedef struct name {                                                                                          \
+		T *p;                                                                                                  \
+		size_t n, cap;                                                                                         \
+	} name;                                                                                                        \
+	static inline int name##_push(name *h, const T *c)                                                             \
+	{                                                                                                              \
+		if (vec_reserve(&h->p, &h->cap, h->n + 1, sizeof *h->p, 64))                                           \
+			return -1;                                                                                     \
+		size_t i = h->n++;                                                                                     \
+		while (i > 0) {                                                                                        \
+			const size_t par = (i - 1) / 2;                                                                \
+			if (!before(c, &h->p[par]))                                                                    \
+				break;                                                                                 \
+			h->p[i] = h->p[par];                                                                           \
+			i = par;                                                                                       \
+		}                                                                                                      \
+		h->p[i] = *c;                                                                                          \
+		return 0;                                                                                              \
+	}                                                                                                              \
+	static inline T name##_pop(name *h)                                                                            \
+	{                                                                                                              \
+		const T top = h->p[0];                                                                                 \
+		const T last = h->p[--h->n];                                                                           \
+		size_t i = 0;                                                                                          \
+		for (;;) {                                                                                             \
+			size_t c = 2 * i + 1;                                                                          \
+			if (c >= h->n)                                                                                 \
+				break;                                                                                 \
+			if (c + 1 < h->n && before(&h->p[c + 1], &h->p[c]))                                            \
+				c++;                                                                                   \
+			if (!before(&h->p[c], &last))                                                                  \
+				break;                                                                                 \
+			h->p[i] = h->p[c];                                                                             \
+			i = c;                                                                                         \
+		}                                                                                                      \
+		if (h->n)                                                                                              \
+			h->p[i] = last;                                                                                \
+		return top;                                                                                            \
+	}
+
 /* tokenizer.c */
 int sbuf_put(sbuf *b, const void *s, size_t n);
 int tokens_push(tern_tokens *v, int32_t id);
@@ -77,11 +141,17 @@ typedef struct bcand {
 	int32_t res;
 } bcand;
 
+/* Lower rank first; equal ranks: leftmost first. */
+static inline int bcand_less(const bcand *a, const bcand *b)
+{
+	return a->rank < b->rank || (a->rank == b->rank && a->left < b->left);
+}
+TEXT_HEAP(bheap, bcand, bcand_less)
+
 typedef struct scratch {
 	bsym *sym;
 	size_t sym_cap;
-	bcand *heap;
-	size_t heap_n, heap_cap;
+	bheap heap;
 	sbuf mapped;
 } scratch;
 int bpe_raw(const tern_tokenizer *t, scratch *s, const char *text, size_t len, tern_tokens *out);

@@ -38,16 +38,8 @@ static size_t pow2_at_least(size_t n)
 
 int sbuf_put(sbuf *b, const void *s, size_t n)
 {
-	if (b->n + n + 1 > b->cap) {
-		size_t nc = b->cap ? b->cap : 64;
-		while (nc < b->n + n + 1)
-			nc *= 2;
-		char *q = realloc(b->p, nc);
-		if (!q)
-			return -1;
-		b->p = q;
-		b->cap = nc;
-	}
+	if (vec_reserve(&b->p, &b->cap, b->n + n + 1, 1, 64))
+		return -1;
 	if (n)
 		memcpy(b->p + b->n, s, n);
 	b->n += n;
@@ -57,14 +49,8 @@ int sbuf_put(sbuf *b, const void *s, size_t n)
 
 int tokens_push(tern_tokens *v, int32_t id)
 {
-	if (v->n == v->cap) {
-		const size_t nc = v->cap ? v->cap * 2 : 64;
-		int32_t *q = realloc(v->ids, nc * sizeof *q);
-		if (!q)
-			return -1;
-		v->ids = q;
-		v->cap = nc;
-	}
+	if (vec_reserve(&v->ids, &v->cap, v->n + 1, sizeof *v->ids, 64))
+		return -1;
 	v->ids[v->n++] = id;
 	return 0;
 }
@@ -542,14 +528,8 @@ typedef struct fragv {
 
 static int fragv_push(fragv *v, size_t off, size_t len, int32_t token)
 {
-	if (v->n == v->cap) {
-		const size_t nc = v->cap ? v->cap * 2 : 16;
-		frag *q = realloc(v->p, nc * sizeof *q);
-		if (!q)
-			return -1;
-		v->p = q;
-		v->cap = nc;
-	}
+	if (vec_reserve(&v->p, &v->cap, v->n + 1, sizeof *v->p, 16))
+		return -1;
 	v->p[v->n].off = off;
 	v->p[v->n].len = len;
 	v->p[v->n].token = token;
@@ -649,7 +629,7 @@ nomem:
 done:
 	free(fr.p);
 	free(s.sym);
-	free(s.heap);
+	free(s.heap.p);
 	free(s.mapped.p);
 	return rc;
 }

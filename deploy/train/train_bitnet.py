@@ -356,21 +356,12 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description="Train tern's default BitNet b1.58 model on the KJV Bible.")
     ap.add_argument("--out-dir", default=os.path.join(HERE, "..", "models"))
     ap.add_argument("--name", default="tern-kjv")
-    ap.add_argument("--seed", type=int, default=1611)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--vocab", type=int, default=4096)
-    ap.add_argument("--n-embd", type=int, default=256)
-    ap.add_argument("--n-layer", type=int, default=4)
-    ap.add_argument("--n-head", type=int, default=4)
-    ap.add_argument("--n-head-kv", type=int, default=2)
-    ap.add_argument("--n-ff", type=int, default=640)
-    ap.add_argument("--n-ctx", type=int, default=128)
-    ap.add_argument("--rope-theta", type=float, default=10000.0)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=900)
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--warmup", type=int, default=30)
-    ap.add_argument("--wd", type=float, default=0.05)
+    # The numeric options; each takes its default's type.
+    for opt, default in (("--seed", 1611), ("--threads", 2), ("--vocab", 4096), ("--n-embd", 256), ("--n-layer", 4),
+                         ("--n-head", 4), ("--n-head-kv", 2), ("--n-ff", 640), ("--n-ctx", 128),
+                         ("--rope-theta", 10000.0), ("--batch", 16), ("--steps", 900), ("--lr", 3e-3),
+                         ("--warmup", 30), ("--wd", 0.05)):
+        ap.add_argument(opt, type=type(default), default=default)
     ap.add_argument("--prompt", default="And God said,")
     ap.add_argument("--n-predict", type=int, default=32)
     ap.add_argument("--ckpt", default="", help="also save the PyTorch checkpoint here (not committed)")

@@ -9,61 +9,25 @@
 
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 
-static void rmsnorm_neon(const float *x, const float *w, int n, float eps, float *out)
+/* "v > m ? v : m" per lane (vmaxq_f32 would propagate NaN instead). */
+static inline float32x4_t max_gt(float32x4_t v, float32x4_t m)
 {
-	const float s = tern_rms_scale(x, n, eps);
-	const float32x4_t vs = vdupq_n_f32(s);
-	int i = 0;
-	if (w) {
-		for (; i + 4 <= n; i += 4)
-			vst1q_f32(out + i, vmulq_f32(vmulq_f32(vld1q_f32(x + i), vs), vld1q_f32(w + i)));
-	} else {
-		for (; i + 4 <= n; i += 4)
-			vst1q_f32(out + i, vmulq_f32(vld1q_f32(x + i), vs));
-	}
-	tern_rms_apply(x, w, s, i, n, out);
+	return vbslq_f32(vcgtq_f32(v, m), v, m);
 }
 
-static void softmax_neon(float *x, int n)
+TERN_FLOAT_ROWWISE(neon, float32x4_t, 4, vld1q_f32, vst1q_f32, vmulq_f32, vdupq_n_f32, max_gt)
+
+/* Pairs j .. j+3 of head xh. */
+static ALWAYS_INLINE void rope_step(float *xh, int half, const float *cs_pos, int j)
 {
-	/* "v > m ? v : m" per lane (vmaxq_f32 would propagate NaN instead) */
-	float32x4_t vm = vdupq_n_f32(x[0]);
-	int i = 1;
-	for (; i + 4 <= n; i += 4) {
-		const float32x4_t v = vld1q_f32(x + i);
-		vm = vbslq_f32(vcgtq_f32(v, vm), v, vm);
-	}
-	float l[4];
-	vst1q_f32(l, vm);
-	float m = l[0];
-	for (int k = 1; k < 4; k++)
-		m = tern_max_step(m, l[k]);
-	for (; i < n; i++)
-		m = tern_max_step(m, x[i]);
-	const float inv = tern_softmax_exp(x, n, m);
-	const float32x4_t vi = vdupq_n_f32(inv);
-	for (i = 0; i + 4 <= n; i += 4)
-		vst1q_f32(x + i, vmulq_f32(vld1q_f32(x + i), vi));
-	tern_softmax_scale(x, inv, i, n);
+	const float32x4x2_t cs = vld2q_f32(cs_pos + 2 * j); /* val[0] = cos, val[1] = sin */
+	const float32x4_t x0 = vld1q_f32(xh + j), x1 = vld1q_f32(xh + j + half);
+	vst1q_f32(xh + j, vsubq_f32(vmulq_f32(x0, cs.val[0]), vmulq_f32(x1, cs.val[1])));
+	vst1q_f32(xh + j + half, vaddq_f32(vmulq_f32(x0, cs.val[1]), vmulq_f32(x1, cs.val[0])));
 }
 
-static void rope_neon(float *x, int n_heads, int head_dim, const float *cs_pos)
-{
-	const int half = head_dim / 2;
-	for (int h = 0; h < n_heads; h++) {
-		float *xh = x + (size_t)h * (size_t)head_dim;
-		int j = 0;
-		for (; j + 4 <= half; j += 4) {
-			const float32x4x2_t cs = vld2q_f32(cs_pos + 2 * j); /* val[0] = cos, val[1] = sin */
-			const float32x4_t x0 = vld1q_f32(xh + j), x1 = vld1q_f32(xh + j + half);
-			vst1q_f32(xh + j, vsubq_f32(vmulq_f32(x0, cs.val[0]), vmulq_f32(x1, cs.val[1])));
-			vst1q_f32(xh + j + half, vaddq_f32(vmulq_f32(x0, cs.val[1]), vmulq_f32(x1, cs.val[0])));
-		}
-		tern_rope_pairs(xh, half, cs_pos, j);
-	}
-}
+TERN_FLOAT_ROPE(neon, 4, rope_step)
 
-/* Eight elements from i as two float32x4 (lanes i..i+3, i+4..i+7). */
 static ALWAYS_INLINE void ld8(const uint8_t *row, tern_dot_type t, int i, float32x4_t *lo, float32x4_t *hi)
 {
 	switch (t) {
@@ -110,8 +74,7 @@ static ALWAYS_INLINE float dot1(const uint8_t *row, tern_dot_type t, const float
 	float l[TERN_DOT_LANES];
 	for (int k = 0; k < 16; k++)
 		vst1q_f32(l + 4 * k, a[k]);
-	tern_dot_tail(l, row, t, x, n64, n);
-	return tern_dot_reduce(l);
+	return tern_dot_finish(l, row, t, x, n64, n);
 }
 
 static ALWAYS_INLINE void rows_t(const tern_dot_args *a, tern_dot_type t, int r0, int r1)

@@ -104,46 +104,73 @@ static void i2s_gemv_base(const tern_matrix *w, const int8_t *q, int32_t qsum, i
  * repeats its last token and does not store the copies). */
 #define I2S_TOKENS 4
 
-static void i2s_gemm_base(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
+/* The activation rows of tokens j0 .. j0+3 (past the last token: the last). */
+static inline void i2s_token_rows(const tern_act *a, int j0, const int8_t *q[I2S_TOKENS])
+{
+	for (int t = 0; t < I2S_TOKENS; t++) {
+		const int j = j0 + t < a->n ? j0 + t : a->n - 1;
+		q[t] = a->q + (size_t)j * (size_t)a->k_pad;
+	}
+}
+
+/* One row's dot products of the tokens j0 .. j0+3 that exist (d: the row's
+ * slot of token 0). */
+static inline void i2s_store(const tern_act *a, const int32x4_t acc[I2S_TOKENS], int j0, int32_t *d, int ldd)
+{
+	for (int t = 0; t < I2S_TOKENS && j0 + t < a->n; t++)
+		d[(size_t)(j0 + t) * (size_t)ldd] = vaddvq_s32(acc[t]) - a->sum[j0 + t];
+}
+
+/* The GEMM loop nest: for each token group and row, row(wr, q, nblk, acc)
+ * adds the row's products with the group's tokens into acc (inlined, so it
+ * is compiled with its caller's target). */
+static inline __attribute__((always_inline)) void
+i2s_gemm_rows(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1,
+	      void (*row)(const uint8_t *, const int8_t *const *, int, int32x4_t *))
 {
 	const size_t row_bytes = (size_t)w->k_pad / 4;
 	const int nblk = w->k_pad / 128;
 	for (int j0 = 0; j0 < a->n; j0 += I2S_TOKENS) {
 		const int8_t *q[I2S_TOKENS];
-		for (int t = 0; t < I2S_TOKENS; t++) {
-			const int j = j0 + t < a->n ? j0 + t : a->n - 1;
-			q[t] = a->q + (size_t)j * (size_t)a->k_pad;
-		}
+		i2s_token_rows(a, j0, q);
 		for (int o = row0; o < row1; o++) {
-			const uint8_t *wr = w->data + (size_t)o * row_bytes;
 			int32x4_t acc[I2S_TOKENS];
 			for (int t = 0; t < I2S_TOKENS; t++)
 				acc[t] = vdupq_n_s32(0);
-			for (int b0 = 0; b0 < nblk; b0 += I2S_RUN) {
-				const int b1 = nblk - b0 < I2S_RUN ? nblk : b0 + I2S_RUN;
-				int16x8_t lo[I2S_TOKENS], hi[I2S_TOKENS];
-				for (int t = 0; t < I2S_TOKENS; t++)
-					lo[t] = hi[t] = vdupq_n_s16(0);
-				for (int b = b0; b < b1; b++) {
-					int8x16_t c[8];
-					i2s_decode(wr + (size_t)b * 32, c);
-					for (int t = 0; t < I2S_TOKENS; t++) {
-						const int8_t *qb = q[t] + (size_t)b * 128;
-						for (int v = 0; v < 8; v++) {
-							const int8x16_t x = vld1q_s8(qb + 16 * v);
-							lo[t] = vmlal_s8(lo[t], vget_low_s8(c[v]), vget_low_s8(x));
-							hi[t] = vmlal_high_s8(hi[t], c[v], x);
-						}
-					}
-				}
-				for (int t = 0; t < I2S_TOKENS; t++)
-					acc[t] = vpadalq_s16(vpadalq_s16(acc[t], lo[t]), hi[t]);
-			}
-			for (int t = 0; t < I2S_TOKENS && j0 + t < a->n; t++)
-				dot[(size_t)(j0 + t) * (size_t)ldd + (size_t)(o - row0)] =
-				    vaddvq_s32(acc[t]) - a->sum[j0 + t];
+			row(w->data + (size_t)o * row_bytes, q, nblk, acc);
+			i2s_store(a, acc, j0, dot + (o - row0), ldd);
 		}
 	}
+}
+
+static inline __attribute__((always_inline)) void i2s_row_base(const uint8_t *wr, const int8_t *const *q, int nblk,
+							       int32x4_t *acc)
+{
+	for (int b0 = 0; b0 < nblk; b0 += I2S_RUN) {
+		const int b1 = nblk - b0 < I2S_RUN ? nblk : b0 + I2S_RUN;
+		int16x8_t lo[I2S_TOKENS], hi[I2S_TOKENS];
+		for (int t = 0; t < I2S_TOKENS; t++)
+			lo[t] = hi[t] = vdupq_n_s16(0);
+		for (int b = b0; b < b1; b++) {
+			int8x16_t c[8];
+			i2s_decode(wr + (size_t)b * 32, c);
+			for (int t = 0; t < I2S_TOKENS; t++) {
+				const int8_t *qb = q[t] + (size_t)b * 128;
+				for (int v = 0; v < 8; v++) {
+					const int8x16_t x = vld1q_s8(qb + 16 * v);
+					lo[t] = vmlal_s8(lo[t], vget_low_s8(c[v]), vget_low_s8(x));
+					hi[t] = vmlal_high_s8(hi[t], c[v], x);
+				}
+			}
+		}
+		for (int t = 0; t < I2S_TOKENS; t++)
+			acc[t] = vpadalq_s16(vpadalq_s16(acc[t], lo[t]), hi[t]);
+	}
+}
+
+static void i2s_gemm_base(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
+{
+	i2s_gemm_rows(w, a, dot, ldd, row0, row1, i2s_row_base);
 }
 
 /* SDOT accumulates 4 products per int32 lane: |4 * 2 * 128| per step, no
@@ -172,36 +199,25 @@ DOTPROD_TARGET static void i2s_gemv_sdot(const tern_matrix *w, const int8_t *q, 
 	}
 }
 
+DOTPROD_TARGET static inline __attribute__((always_inline)) void i2s_row_sdot(const uint8_t *wr,
+										const int8_t *const *q, int nblk,
+										int32x4_t *acc)
+{
+	for (int b = 0; b < nblk; b++) {
+		int8x16_t c[8];
+		i2s_decode(wr + (size_t)b * 32, c);
+		for (int t = 0; t < I2S_TOKENS; t++) {
+			const int8_t *qb = q[t] + (size_t)b * 128;
+			for (int v = 0; v < 8; v++)
+				acc[t] = vdotq_s32(acc[t], c[v], vld1q_s8(qb + 16 * v));
+		}
+	}
+}
+
 DOTPROD_TARGET static void i2s_gemm_sdot(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0,
 					 int row1)
 {
-	const size_t row_bytes = (size_t)w->k_pad / 4;
-	const int nblk = w->k_pad / 128;
-	for (int j0 = 0; j0 < a->n; j0 += I2S_TOKENS) {
-		const int8_t *q[I2S_TOKENS];
-		for (int t = 0; t < I2S_TOKENS; t++) {
-			const int j = j0 + t < a->n ? j0 + t : a->n - 1;
-			q[t] = a->q + (size_t)j * (size_t)a->k_pad;
-		}
-		for (int o = row0; o < row1; o++) {
-			const uint8_t *wr = w->data + (size_t)o * row_bytes;
-			int32x4_t acc[I2S_TOKENS];
-			for (int t = 0; t < I2S_TOKENS; t++)
-				acc[t] = vdupq_n_s32(0);
-			for (int b = 0; b < nblk; b++) {
-				int8x16_t c[8];
-				i2s_decode(wr + (size_t)b * 32, c);
-				for (int t = 0; t < I2S_TOKENS; t++) {
-					const int8_t *qb = q[t] + (size_t)b * 128;
-					for (int v = 0; v < 8; v++)
-						acc[t] = vdotq_s32(acc[t], c[v], vld1q_s8(qb + 16 * v));
-				}
-			}
-			for (int t = 0; t < I2S_TOKENS && j0 + t < a->n; t++)
-				dot[(size_t)(j0 + t) * (size_t)ldd + (size_t)(o - row0)] =
-				    vaddvq_s32(acc[t]) - a->sum[j0 + t];
-		}
-	}
+	i2s_gemm_rows(w, a, dot, ldd, row0, row1, i2s_row_sdot);
 }
 
 void tern_kern_i2s_neon(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
@@ -359,27 +375,27 @@ static void tl_store(int32_t acc[TL_TOKENS][TERN_TL_ROWS], int nt, int j0, int t
 	}
 }
 
-void tern_kern_tl1_neon(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
+/* The TL loop nest: tiles of steps (TL1 quads, TL2 pairs: two groups each)
+ * of step_bytes, blocks of 32 steps (64 groups, the int16 bound) per token
+ * done by block(); inlined so block is a direct call. */
+static inline __attribute__((always_inline)) void tl_run(const tern_matrix *w, const tern_act *a, int32_t *dot,
+							 int ldd, int row0, int row1, int steps, size_t step_bytes,
+							 void (*block)(const uint8_t *, const uint8_t *, int, int32_t *))
 {
-	if (sg_use(a, TERN_PACK_TL1)) {
-		sg_gemm(w, a, dot, ldd, row0, row1);
-		return;
-	}
-	const int nquad = w->k_pad / 4;
-	const int qblk = TERN_TL_BLOCK_GROUPS / 2;
+	const int sblk = TERN_TL_BLOCK_GROUPS / 2;
 	int32_t acc[TL_TOKENS][TERN_TL_ROWS];
 	for (int t = row0 / TERN_TL_ROWS; t * TERN_TL_ROWS < row1; t++) {
-		const uint8_t *tile = w->data + (size_t)t * (size_t)nquad * TERN_TL1_QUAD_BYTES;
+		const uint8_t *tile = w->data + (size_t)t * (size_t)steps * step_bytes;
 		for (int j0 = 0; j0 < a->n; j0 += TL_TOKENS) {
 			const int nt = a->n - j0 < TL_TOKENS ? a->n - j0 : TL_TOKENS;
 			memset(acc, 0, sizeof acc);
-			for (int q0 = 0; q0 < nquad; q0 += qblk) {
-				const int nq = nquad - q0 < qblk ? nquad - q0 : qblk;
+			for (int s0 = 0; s0 < steps; s0 += sblk) {
+				const int ns = steps - s0 < sblk ? steps - s0 : sblk;
 				for (int u = 0; u < nt; u++) {
 					const uint8_t *lut =
 					    (const uint8_t *)a->lut + (size_t)(j0 + u) * a->lut_row_bytes;
-					tl1_block(tile + (size_t)q0 * TERN_TL1_QUAD_BYTES,
-						  lut + (size_t)q0 * 2 * TERN_LUT_GROUP_BYTES, nq, acc[u]);
+					block(tile + (size_t)s0 * step_bytes, lut + (size_t)s0 * 2 * TERN_LUT_GROUP_BYTES, ns,
+					      acc[u]);
 				}
 			}
 			tl_store(acc, nt, j0, t, dot, ldd, row0, row1);
@@ -387,31 +403,20 @@ void tern_kern_tl1_neon(const tern_matrix *w, const tern_act *a, int32_t *dot, i
 	}
 }
 
+void tern_kern_tl1_neon(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
+{
+	if (sg_use(a, TERN_PACK_TL1))
+		sg_gemm(w, a, dot, ldd, row0, row1);
+	else
+		tl_run(w, a, dot, ldd, row0, row1, w->k_pad / 4, TERN_TL1_QUAD_BYTES, tl1_block);
+}
+
 void tern_kern_tl2_neon(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
 {
-	if (sg_use(a, TERN_PACK_TL2)) {
+	if (sg_use(a, TERN_PACK_TL2))
 		sg_gemm(w, a, dot, ldd, row0, row1);
-		return;
-	}
-	const int npair = w->k_pad / 6;
-	int32_t acc[TL_TOKENS][TERN_TL_ROWS];
-	for (int t = row0 / TERN_TL_ROWS; t * TERN_TL_ROWS < row1; t++) {
-		const uint8_t *tile = w->data + (size_t)t * (size_t)npair * TERN_TL2_PAIR_BYTES;
-		for (int j0 = 0; j0 < a->n; j0 += TL_TOKENS) {
-			const int nt = a->n - j0 < TL_TOKENS ? a->n - j0 : TL_TOKENS;
-			memset(acc, 0, sizeof acc);
-			for (int p0 = 0; p0 < npair; p0 += TERN_TL2_BLOCK_PAIRS) {
-				const int np = npair - p0 < TERN_TL2_BLOCK_PAIRS ? npair - p0 : TERN_TL2_BLOCK_PAIRS;
-				for (int u = 0; u < nt; u++) {
-					const uint8_t *lut =
-					    (const uint8_t *)a->lut + (size_t)(j0 + u) * a->lut_row_bytes;
-					tl2_block(tile + (size_t)p0 * TERN_TL2_PAIR_BYTES,
-						  lut + (size_t)p0 * 2 * TERN_LUT_GROUP_BYTES, np, acc[u]);
-				}
-			}
-			tl_store(acc, nt, j0, t, dot, ldd, row0, row1);
-		}
-	}
+	else
+		tl_run(w, a, dot, ldd, row0, row1, w->k_pad / 6, TERN_TL2_PAIR_BYTES, tl2_block);
 }
 
 /* ---- the SDOT GEMM: each weight tile decoded once -------------------------
@@ -546,9 +551,7 @@ static inline void sg_interleave4(uint8x16_t p0, uint8x16_t p1, uint8x16_t p2, u
 static void sg_tl1_decode(const tern_matrix *w, int r0, int row1, int k0, int k1, uint8_t *d)
 {
 	(void)row1; /* TL1 tiles are padded to 64 rows in data */
-	static const uint8_t t0b[16] = {0, 0, 0, 1, 1, 1, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1};
-	static const uint8_t t1b[16] = {0, 1, 2, 0, 1, 2, 0, 1, 2, 1, 1, 1, 1, 1, 1, 1};
-	const uint8x16_t t0 = vld1q_u8(t0b), t1 = vld1q_u8(t1b), m15 = vdupq_n_u8(15);
+	const uint8x16_t t0 = vld1q_u8(tern_tl1_codes[0]), t1 = vld1q_u8(tern_tl1_codes[1]), m15 = vdupq_n_u8(15);
 	const size_t quads = (size_t)w->k_pad / 4;
 	const uint8_t *tile = w->data + (size_t)(r0 / SG_ROWS) * quads * TERN_TL1_QUAD_BYTES;
 	for (int qd = k0 / 4; qd < k1 / 4; qd++) {
@@ -568,11 +571,9 @@ static void sg_tl1_decode(const tern_matrix *w, int r0, int row1, int k0, int k1
  * The row masks come from the sign record as in tl2_block. */
 static inline void sg_tl2_planes(uint8x16_t v, uint8x16_t rec0, uint8x16_t rec1, uint8x16_t sel, uint8x16_t p[6])
 {
-	static const uint8_t c0b[16] = {1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 1, 1};
-	static const uint8_t c1b[16] = {1, 1, 2, 2, 2, 0, 0, 0, 1, 1, 1, 2, 2, 2, 1, 1};
-	static const uint8_t c2b[16] = {1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 1, 1};
 	static const uint8_t bit_of_lane[16] = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
-	const uint8x16_t c0 = vld1q_u8(c0b), c1 = vld1q_u8(c1b), c2 = vld1q_u8(c2b), bits = vld1q_u8(bit_of_lane);
+	const uint8x16_t c0 = vld1q_u8(tern_tl2_codes[0]), c1 = vld1q_u8(tern_tl2_codes[1]);
+	const uint8x16_t c2 = vld1q_u8(tern_tl2_codes[2]), bits = vld1q_u8(bit_of_lane);
 	const uint8x16_t m15 = vdupq_n_u8(15), three = vdupq_n_u8(3);
 	const uint8x16_t ix[2] = {vandq_u8(v, m15), vshrq_n_u8(v, 4)};
 	const uint8x16_t rec[2] = {rec0, rec1};

@@ -120,3 +120,22 @@ int tern_opt_bad(const char *prog, const char *msg)
 	fprintf(stderr, "%s: %s\n%s: see %s --help\n", prog, msg, prog, prog);
 	return 2;
 }
+
+int tern_split_host_port(const char *addr, char *host, size_t host_cap, char *port, size_t port_cap)
+{
+	const char *colon = strrchr(addr, ':');
+	if (!colon || !colon[1] || strlen(colon + 1) >= port_cap)
+		return -1;
+	const char *h = addr;
+	size_t hn = (size_t)(colon - addr);
+	if (hn >= 2 && h[0] == '[' && h[hn - 1] == ']') {
+		h++;
+		hn -= 2;
+	}
+	if (hn >= host_cap)
+		return -1;
+	memcpy(host, h, hn);
+	host[hn] = '\0';
+	memcpy(port, colon + 1, strlen(colon + 1) + 1);
+	return 0;
+}

@@ -145,6 +145,11 @@ int tern_parse_int(const char *s, int lo, int hi, const char *what, int *out, te
 int tern_parse_uint64(const char *s, const char *what, uint64_t *out, tern_err *err);
 /* A finite decimal (strtod syntax, no inf/nan) in [lo, hi]. */
 int tern_parse_double(const char *s, double lo, double hi, const char *what, double *out, tern_err *err);
+
+/* "HOST:PORT" or "[V6]:PORT", split at the last ':' (the brackets dropped)
+ * into host and port: 0, or -1 when there is no port or a part does not fit
+ * its buffer. host may come out empty (":PORT"). */
+int tern_split_host_port(const char *addr, char *host, size_t host_cap, char *port, size_t port_cap);
 int tern_parse_float(const char *s, float lo, float hi, const char *what, float *out, tern_err *err);
 /* A byte count: digits, then nothing or B, K/KiB, M/MiB, G/GiB, T/TiB (powers
  * of 1024), in [lo, hi] bytes. */
@@ -182,6 +187,10 @@ void tern_cpu_describe(const tern_cpu *cpu, char *buf, size_t len);
  * count where the mask cannot be read), at least 1: the default thread
  * count of tern-run and local mode, as llama.cpp uses every core. */
 int tern_cpu_count(void);
+
+/* Runs fn(arg) on a new detached thread: 0, or -1 when it cannot start (fn
+ * is then not called and arg is still the caller's). */
+int tern_thread_detached(void *(*fn)(void *), void *arg);
 
 #ifdef __cplusplus
 }

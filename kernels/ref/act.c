@@ -106,23 +106,17 @@ static int act_reserve(tern_act *a, tern_packing p, tern_isa isa, int n, int k, 
 		const int cap = n > a->cap_n ? n : (a->cap_n > 0 ? a->cap_n : 1);
 		const int kp = k_pad > a->k_pad ? k_pad : a->k_pad;
 		const size_t lr = lut_row > a->lut_row_bytes ? lut_row : a->lut_row_bytes;
-		int8_t *nq = tern_aligned_alloc((size_t)cap * (size_t)kp, TERN_ALIGN);
-		float *ns = malloc((size_t)cap * sizeof(float));
-		int32_t *nsum = malloc((size_t)cap * sizeof(int32_t));
-		void *nl = lr ? tern_aligned_alloc((size_t)cap * lr, TERN_ALIGN) : NULL;
-		if (!nq || !ns || !nsum || (lr && !nl)) {
-			tern_aligned_free(nq);
-			free(ns);
-			free(nsum);
-			tern_aligned_free(nl);
+		tern_act grown = {.cap_n = cap,
+				  .q = tern_aligned_alloc((size_t)cap * (size_t)kp, TERN_ALIGN),
+				  .scale = malloc((size_t)cap * sizeof(float)),
+				  .sum = malloc((size_t)cap * sizeof(int32_t)),
+				  .lut = lr ? tern_aligned_alloc((size_t)cap * lr, TERN_ALIGN) : NULL};
+		if (!grown.q || !grown.scale || !grown.sum || (lr && !grown.lut)) {
+			tern_act_free(&grown);
 			return TERN_ERR(err, TERN_ENOMEM, "tern_act_prepare: %d rows of %d", cap, kp);
 		}
 		tern_act_free(a);
-		a->q = nq;
-		a->scale = ns;
-		a->sum = nsum;
-		a->lut = nl;
-		a->cap_n = cap;
+		*a = grown;
 	}
 	a->packing = p;
 	a->isa = isa;

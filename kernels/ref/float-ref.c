@@ -29,8 +29,7 @@ static void dot_rows_ref(const tern_dot_args *a, int r0, int r1)
 		const uint8_t *row = tern_dot_row(a, r);
 		for (int j = 0; j < a->nx; j++) {
 			float l[TERN_DOT_LANES] = {0};
-			tern_dot_tail(l, row, a->type, a->x + (size_t)j * a->ldx, 0, a->n);
-			tern_dot_store(a, j, r, tern_dot_reduce(l));
+			tern_dot_store(a, j, r, tern_dot_finish(l, row, a->type, a->x + (size_t)j * a->ldx, 0, a->n));
 		}
 	}
 }

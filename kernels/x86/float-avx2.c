@@ -9,63 +9,24 @@
 
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 
-static void rmsnorm_avx2(const float *x, const float *w, int n, float eps, float *out)
+/* max_ps(v, m) is exactly "v > m ? v : m" per lane (NaN or equal: m) */
+TERN_FLOAT_ROWWISE(avx2, __m256, 8, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_mul_ps, _mm256_set1_ps, _mm256_max_ps)
+
+/* Pairs j .. j+7 of head xh. */
+static ALWAYS_INLINE void rope_step(float *xh, int half, const float *cs_pos, int j)
 {
-	const float s = tern_rms_scale(x, n, eps);
-	const __m256 vs = _mm256_set1_ps(s);
-	int i = 0;
-	if (w) {
-		for (; i + 8 <= n; i += 8)
-			_mm256_storeu_ps(out + i,
-					 _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), vs), _mm256_loadu_ps(w + i)));
-	} else {
-		for (; i + 8 <= n; i += 8)
-			_mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), vs));
-	}
-	tern_rms_apply(x, w, s, i, n, out);
+	/* (c0 s0 c1 s1 c2 s2 c3 s3), (c4 s4 ...) -> c0..c7, s0..s7 */
+	const __m256 t0 = _mm256_loadu_ps(cs_pos + 2 * j), t1 = _mm256_loadu_ps(cs_pos + 2 * j + 8);
+	const __m256 c = _mm256_castpd_ps(_mm256_permute4x64_pd(
+	    _mm256_castps_pd(_mm256_shuffle_ps(t0, t1, _MM_SHUFFLE(2, 0, 2, 0))), _MM_SHUFFLE(3, 1, 2, 0)));
+	const __m256 s = _mm256_castpd_ps(_mm256_permute4x64_pd(
+	    _mm256_castps_pd(_mm256_shuffle_ps(t0, t1, _MM_SHUFFLE(3, 1, 3, 1))), _MM_SHUFFLE(3, 1, 2, 0)));
+	const __m256 x0 = _mm256_loadu_ps(xh + j), x1 = _mm256_loadu_ps(xh + j + half);
+	_mm256_storeu_ps(xh + j, _mm256_sub_ps(_mm256_mul_ps(x0, c), _mm256_mul_ps(x1, s)));
+	_mm256_storeu_ps(xh + j + half, _mm256_add_ps(_mm256_mul_ps(x0, s), _mm256_mul_ps(x1, c)));
 }
 
-static void softmax_avx2(float *x, int n)
-{
-	/* max_ps(v, m) is exactly "v > m ? v : m" per lane (NaN or equal: m) */
-	__m256 vm = _mm256_set1_ps(x[0]);
-	int i = 1;
-	for (; i + 8 <= n; i += 8)
-		vm = _mm256_max_ps(_mm256_loadu_ps(x + i), vm);
-	float l[8];
-	_mm256_storeu_ps(l, vm);
-	float m = l[0];
-	for (int k = 1; k < 8; k++)
-		m = tern_max_step(m, l[k]);
-	for (; i < n; i++)
-		m = tern_max_step(m, x[i]);
-	const float inv = tern_softmax_exp(x, n, m);
-	const __m256 vi = _mm256_set1_ps(inv);
-	for (i = 0; i + 8 <= n; i += 8)
-		_mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), vi));
-	tern_softmax_scale(x, inv, i, n);
-}
-
-static void rope_avx2(float *x, int n_heads, int head_dim, const float *cs_pos)
-{
-	const int half = head_dim / 2;
-	for (int h = 0; h < n_heads; h++) {
-		float *xh = x + (size_t)h * (size_t)head_dim;
-		int j = 0;
-		for (; j + 8 <= half; j += 8) {
-			/* (c0 s0 c1 s1 c2 s2 c3 s3), (c4 s4 ...) -> c0..c7, s0..s7 */
-			const __m256 t0 = _mm256_loadu_ps(cs_pos + 2 * j), t1 = _mm256_loadu_ps(cs_pos + 2 * j + 8);
-			const __m256 c = _mm256_castpd_ps(_mm256_permute4x64_pd(
-			    _mm256_castps_pd(_mm256_shuffle_ps(t0, t1, _MM_SHUFFLE(2, 0, 2, 0))), _MM_SHUFFLE(3, 1, 2, 0)));
-			const __m256 s = _mm256_castpd_ps(_mm256_permute4x64_pd(
-			    _mm256_castps_pd(_mm256_shuffle_ps(t0, t1, _MM_SHUFFLE(3, 1, 3, 1))), _MM_SHUFFLE(3, 1, 2, 0)));
-			const __m256 x0 = _mm256_loadu_ps(xh + j), x1 = _mm256_loadu_ps(xh + j + half);
-			_mm256_storeu_ps(xh + j, _mm256_sub_ps(_mm256_mul_ps(x0, c), _mm256_mul_ps(x1, s)));
-			_mm256_storeu_ps(xh + j + half, _mm256_add_ps(_mm256_mul_ps(x0, s), _mm256_mul_ps(x1, c)));
-		}
-		tern_rope_pairs(xh, half, cs_pos, j);
-	}
-}
+TERN_FLOAT_ROPE(avx2, 8, rope_step)
 
 static ALWAYS_INLINE __m256 ld8(const uint8_t *row, tern_dot_type t, int i)
 {
@@ -95,8 +56,7 @@ static ALWAYS_INLINE float dot1(const uint8_t *row, tern_dot_type t, const float
 	float l[TERN_DOT_LANES];
 	for (int k = 0; k < 8; k++)
 		_mm256_storeu_ps(l + 8 * k, a[k]);
-	tern_dot_tail(l, row, t, x, n64, n);
-	return tern_dot_reduce(l);
+	return tern_dot_finish(l, row, t, x, n64, n);
 }
 
 static ALWAYS_INLINE void rows_t(const tern_dot_args *a, tern_dot_type t, int r0, int r1)

@@ -11,61 +11,23 @@
 
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 
-static void rmsnorm_avx512(const float *x, const float *w, int n, float eps, float *out)
-{
-	const float s = tern_rms_scale(x, n, eps);
-	const __m512 vs = _mm512_set1_ps(s);
-	int i = 0;
-	if (w) {
-		for (; i + 16 <= n; i += 16)
-			_mm512_storeu_ps(out + i,
-					 _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(x + i), vs), _mm512_loadu_ps(w + i)));
-	} else {
-		for (; i + 16 <= n; i += 16)
-			_mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), vs));
-	}
-	tern_rms_apply(x, w, s, i, n, out);
-}
+/* max_ps(v, m) is exactly "v > m ? v : m" per lane (NaN or equal: m) */
+TERN_FLOAT_ROWWISE(avx512, __m512, 16, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_mul_ps, _mm512_set1_ps,
+		   _mm512_max_ps)
 
-static void softmax_avx512(float *x, int n)
+/* Pairs j .. j+15 of head xh. */
+static ALWAYS_INLINE void rope_step(float *xh, int half, const float *cs_pos, int j)
 {
-	/* max_ps(v, m) is exactly "v > m ? v : m" per lane (NaN or equal: m) */
-	__m512 vm = _mm512_set1_ps(x[0]);
-	int i = 1;
-	for (; i + 16 <= n; i += 16)
-		vm = _mm512_max_ps(_mm512_loadu_ps(x + i), vm);
-	float l[16];
-	_mm512_storeu_ps(l, vm);
-	float m = l[0];
-	for (int k = 1; k < 16; k++)
-		m = tern_max_step(m, l[k]);
-	for (; i < n; i++)
-		m = tern_max_step(m, x[i]);
-	const float inv = tern_softmax_exp(x, n, m);
-	const __m512 vi = _mm512_set1_ps(inv);
-	for (i = 0; i + 16 <= n; i += 16)
-		_mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), vi));
-	tern_softmax_scale(x, inv, i, n);
-}
-
-static void rope_avx512(float *x, int n_heads, int head_dim, const float *cs_pos)
-{
-	const int half = head_dim / 2;
 	const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
 	const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-	for (int h = 0; h < n_heads; h++) {
-		float *xh = x + (size_t)h * (size_t)head_dim;
-		int j = 0;
-		for (; j + 16 <= half; j += 16) {
-			const __m512 t0 = _mm512_loadu_ps(cs_pos + 2 * j), t1 = _mm512_loadu_ps(cs_pos + 2 * j + 16);
-			const __m512 c = _mm512_permutex2var_ps(t0, even, t1), s = _mm512_permutex2var_ps(t0, odd, t1);
-			const __m512 x0 = _mm512_loadu_ps(xh + j), x1 = _mm512_loadu_ps(xh + j + half);
-			_mm512_storeu_ps(xh + j, _mm512_sub_ps(_mm512_mul_ps(x0, c), _mm512_mul_ps(x1, s)));
-			_mm512_storeu_ps(xh + j + half, _mm512_add_ps(_mm512_mul_ps(x0, s), _mm512_mul_ps(x1, c)));
-		}
-		tern_rope_pairs(xh, half, cs_pos, j);
-	}
+	const __m512 t0 = _mm512_loadu_ps(cs_pos + 2 * j), t1 = _mm512_loadu_ps(cs_pos + 2 * j + 16);
+	const __m512 c = _mm512_permutex2var_ps(t0, even, t1), s = _mm512_permutex2var_ps(t0, odd, t1);
+	const __m512 x0 = _mm512_loadu_ps(xh + j), x1 = _mm512_loadu_ps(xh + j + half);
+	_mm512_storeu_ps(xh + j, _mm512_sub_ps(_mm512_mul_ps(x0, c), _mm512_mul_ps(x1, s)));
+	_mm512_storeu_ps(xh + j + half, _mm512_add_ps(_mm512_mul_ps(x0, s), _mm512_mul_ps(x1, c)));
 }
+
+TERN_FLOAT_ROPE(avx512, 16, rope_step)
 
 static ALWAYS_INLINE __m512 ld16(const uint8_t *row, tern_dot_type t, int i)
 {
@@ -99,8 +61,7 @@ static ALWAYS_INLINE float dot1(const uint8_t *row, tern_dot_type t, const float
 	_mm512_storeu_ps(l + 16, a1);
 	_mm512_storeu_ps(l + 32, a2);
 	_mm512_storeu_ps(l + 48, a3);
-	tern_dot_tail(l, row, t, x, n64, n);
-	return tern_dot_reduce(l);
+	return tern_dot_finish(l, row, t, x, n64, n);
 }
 
 /* One row against nt <= 4 vectors (xs[0..nt)): the row is loaded and
@@ -127,8 +88,7 @@ static ALWAYS_INLINE void dot4(const uint8_t *row, tern_dot_type t, const float 
 		float l[TERN_DOT_LANES];
 		for (int k = 0; k < 4; k++)
 			_mm512_storeu_ps(l + 16 * k, a[v][k]);
-		tern_dot_tail(l, row, t, xs[v], n64, n);
-		o[v] = tern_dot_reduce(l);
+		o[v] = tern_dot_finish(l, row, t, xs[v], n64, n);
 	}
 }
 

@@ -34,6 +34,7 @@
  * (half h, vector u, 128-bit lane L, dword i); the store maps slots to rows.
  * Layouts: kernels/LAYOUTS.md. */
 #include "kern-internal.h"
+#include "i8-gemm.h"
 
 #include <immintrin.h>
 #include <string.h>
@@ -42,7 +43,6 @@ int tern_kern_avx2_dot = TERN_AVX2_DOT_MADDUBS;
 int tern_kern_avx2_gemm_min[TERN_PACK_COUNT] = {TERN_GEMM_AVX2_MIN_I2S, TERN_GEMM_AVX2_MIN_TL1,
 						TERN_GEMM_AVX2_MIN_TL2};
 
-#define I8_ROWS 64
 #ifndef I8_NT
 #define I8_NT 6 /* tokens per pass */
 #endif
@@ -50,7 +50,6 @@ int tern_kern_avx2_gemm_min[TERN_PACK_COUNT] = {TERN_GEMM_AVX2_MIN_I2S, TERN_GEM
 #define I8_RV 2 /* ymm of rows per pass (8 rows each): 12 accumulators */
 #endif
 #define I8_TOKENS 64    /* tokens whose int32 sums live in the scratch at once */
-#define I8_K4_BYTES 256 /* one decoded k4: 64 rows x 4 codes */
 #define I8_RUN 32       /* k4 per int16 run of the maddubs variant (bound above) */
 #define I8_KC_I2S 256   /* K per decoded chunk (2 I2_S blocks) */
 #define I8_KC_TL1 256
@@ -58,7 +57,7 @@ int tern_kern_avx2_gemm_min[TERN_PACK_COUNT] = {TERN_GEMM_AVX2_MIN_I2S, TERN_GEM
 #define I8_KC_MAX 384
 
 /* ---- the product over one decoded chunk --------------------------------------
- * d: the chunk at the 16-row group's first ymm (k4 stride I8_K4_BYTES); q: the
+ * d: the chunk at the 16-row group's first ymm (k4 stride I8G_K4_BYTES); q: the
  * first token's activations at the chunk's k0 (token stride ldq); acc[t][16]
  * int32 sums of the group (first: overwrite instead of add). */
 
@@ -93,7 +92,7 @@ static inline __attribute__((always_inline)) void pass_maddubs(const uint8_t *d,
 			for (int v = 0; v < I8_RV; v++)
 				c[t][v] = _mm256_setzero_si256();
 		for (int k4 = k0; k4 < k1; k4++) {
-			const uint8_t *dk = d + (size_t)k4 * I8_K4_BYTES;
+			const uint8_t *dk = d + (size_t)k4 * I8G_K4_BYTES;
 			__m256i wv[I8_RV];
 #pragma GCC unroll 4
 			for (int v = 0; v < I8_RV; v++)
@@ -110,7 +109,7 @@ static inline __attribute__((always_inline)) void pass_maddubs(const uint8_t *d,
 		for (int t = 0; t < nt; t++)
 #pragma GCC unroll 4
 			for (int v = 0; v < I8_RV; v++) {
-				__m256i *p = (__m256i *)(acc + t * I8_ROWS + 8 * v);
+				__m256i *p = (__m256i *)(acc + t * I8G_ROWS + 8 * v);
 				const __m256i s = _mm256_madd_epi16(c[t][v], ones);
 				_mm256_store_si256(p, first && k0 == 0 ? s : _mm256_add_epi32(_mm256_load_si256(p), s));
 			}
@@ -133,42 +132,23 @@ static inline __attribute__((always_inline)) void pass_maddubs(const uint8_t *d,
 
 PASS_N(pass_n_maddubs, pass_maddubs)
 
-/* clang ignores GCC target pragmas: it takes the same attribute this way. */
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avxvnni"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avxvnni")
-#endif
+TERN_TARGET_PUSH("avxvnni")
 #define I8_PASS pass_vex
 #define I8_DPBUSD _mm256_dpbusd_avx_epi32
 #include "i8-pass-avx2.inc"
 #undef I8_PASS
 #undef I8_DPBUSD
 PASS_N(pass_n_vex, pass_vex)
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+TERN_TARGET_POP()
 
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx512vl,avx512vnni"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512vl,avx512vnni")
-#endif
+TERN_TARGET_PUSH("avx512f,avx512vl,avx512vnni")
 #define I8_PASS pass_evex
 #define I8_DPBUSD _mm256_dpbusd_epi32
 #include "i8-pass-avx2.inc"
 #undef I8_PASS
 #undef I8_DPBUSD
 PASS_N(pass_n_evex, pass_evex)
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+TERN_TARGET_POP()
 
 typedef void (*i8_pass_fn)(const uint8_t *d, int nk4, const int8_t *q, size_t ldq, int nt, int32_t *acc,
 			   int first);
@@ -182,19 +162,11 @@ typedef void (*i8_decode_fn)(const tern_matrix *w, int r0, int row1, int k0, int
  * k4 32b + 8g + j, rows in natural order. */
 static void i2s_decode(const tern_matrix *w, int r0, int row1, int k0, int k1, uint8_t *d)
 {
-	const size_t row_bytes = (size_t)w->k_pad / 4;
 	const __m256i m3 = _mm256_set1_epi8(3);
 	const int b0 = k0 / 128, b1 = k1 / 128;
 	for (int v = 0; v < 8; v++) {
 		const uint8_t *rp[8];
-		for (int r = 0; r < 8; r++) {
-			const int row = r0 + 8 * v + r;
-			rp[r] = w->data + (size_t)(row < row1 ? row : row1 - 1) * row_bytes;
-			/* The next chunk of this row (or the next tile's first chunk). */
-			const uint8_t *next = k1 < w->k_pad ? rp[r] + k1 / 4 : rp[r] + I8_ROWS * row_bytes;
-			for (int l = 0; l < (k1 - k0) / 4; l += 64)
-				_mm_prefetch((const char *)(next + l), _MM_HINT_T0);
-		}
+		i8g_i2s_rows(w, r0 + 8 * v, 8, row1, k0, k1, rp);
 		for (int b = b0; b < b1; b++) {
 			__m256i z[8], t[8], u[8], y[8];
 			for (int i = 0; i < 8; i++)
@@ -213,19 +185,25 @@ static void i2s_decode(const tern_matrix *w, int r0, int row1, int k0, int k1, u
 				y[j] = _mm256_permute2x128_si256(u[j], u[4 + j], 0x20);
 				y[4 + j] = _mm256_permute2x128_si256(u[j], u[4 + j], 0x31);
 			}
-			uint8_t *db = d + (size_t)(b - b0) * 32 * I8_K4_BYTES + 32 * (size_t)v;
+			uint8_t *db = d + (size_t)(b - b0) * 32 * I8G_K4_BYTES + 32 * (size_t)v;
 			for (int j = 0; j < 8; j++) {
-				_mm256_store_si256((__m256i *)(db + (size_t)(0 + j) * I8_K4_BYTES),
+				_mm256_store_si256((__m256i *)(db + (size_t)(0 + j) * I8G_K4_BYTES),
 						   _mm256_and_si256(_mm256_srli_epi16(y[j], 6), m3));
-				_mm256_store_si256((__m256i *)(db + (size_t)(8 + j) * I8_K4_BYTES),
+				_mm256_store_si256((__m256i *)(db + (size_t)(8 + j) * I8G_K4_BYTES),
 						   _mm256_and_si256(_mm256_srli_epi16(y[j], 4), m3));
-				_mm256_store_si256((__m256i *)(db + (size_t)(16 + j) * I8_K4_BYTES),
+				_mm256_store_si256((__m256i *)(db + (size_t)(16 + j) * I8G_K4_BYTES),
 						   _mm256_and_si256(_mm256_srli_epi16(y[j], 2), m3));
-				_mm256_store_si256((__m256i *)(db + (size_t)(24 + j) * I8_K4_BYTES),
+				_mm256_store_si256((__m256i *)(db + (size_t)(24 + j) * I8G_K4_BYTES),
 						   _mm256_and_si256(y[j], m3));
 			}
 		}
 	}
+}
+
+/* A 16-byte table in both 128-bit lanes. */
+static inline __m256i bcast16(const uint8_t *t)
+{
+	return _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(const void *)t));
 }
 
 /* Four byte planes of half h (codes of 4 consecutive k, byte j = row 32h + j)
@@ -241,26 +219,17 @@ static inline void interleave4(__m256i p0, __m256i p1, __m256i p2, __m256i p3, u
 }
 
 /* TL1: idx = 3*w0 + w1 + 4 = 3*c0 + c1, so c0 = idx / 3, c1 = idx % 3. */
-static void tl1_decode(const tern_matrix *w, int r0, int row1, int k0, int k1, uint8_t *d)
+static inline __attribute__((always_inline)) void tl1_quad(const uint8_t *src, uint8_t *dk)
 {
-	(void)row1; /* TL1 tiles are padded to 64 rows in data */
 	const __m256i m15 = _mm256_set1_epi8(15);
-	const __m256i t0 = _mm256_broadcastsi128_si256(_mm_setr_epi8(0, 0, 0, 1, 1, 1, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1));
-	const __m256i t1 = _mm256_broadcastsi128_si256(_mm_setr_epi8(0, 1, 2, 0, 1, 2, 0, 1, 2, 1, 1, 1, 1, 1, 1, 1));
-	const size_t quads = (size_t)w->k_pad / 4;
-	const uint8_t *tile = w->data + (size_t)(r0 / I8_ROWS) * quads * TERN_TL1_QUAD_BYTES;
-	const size_t chunk_bytes = (size_t)(k1 - k0) / 4 * TERN_TL1_QUAD_BYTES;
-	for (int qd = k0 / 4; qd < k1 / 4; qd++) {
-		const uint8_t *src = tile + (size_t)qd * TERN_TL1_QUAD_BYTES;
-		_mm_prefetch((const char *)(src + chunk_bytes), _MM_HINT_T0);
-		uint8_t *dk = d + (size_t)(qd - k0 / 4) * I8_K4_BYTES;
-		for (int h = 0; h < 2; h++) {
-			const __m256i v = _mm256_loadu_si256((const __m256i *)(src + 32 * h));
-			const __m256i i0 = _mm256_and_si256(v, m15);
-			const __m256i i1 = _mm256_and_si256(_mm256_srli_epi16(v, 4), m15);
-			interleave4(_mm256_shuffle_epi8(t0, i0), _mm256_shuffle_epi8(t1, i0), _mm256_shuffle_epi8(t0, i1),
-				    _mm256_shuffle_epi8(t1, i1), dk + 128 * h);
-		}
+	const __m256i t0 = bcast16(tern_tl1_codes[0]);
+	const __m256i t1 = bcast16(tern_tl1_codes[1]);
+	for (int h = 0; h < 2; h++) {
+		const __m256i v = _mm256_loadu_si256((const __m256i *)(src + 32 * h));
+		const __m256i i0 = _mm256_and_si256(v, m15);
+		const __m256i i1 = _mm256_and_si256(_mm256_srli_epi16(v, 4), m15);
+		interleave4(_mm256_shuffle_epi8(t0, i0), _mm256_shuffle_epi8(t1, i0), _mm256_shuffle_epi8(t0, i1),
+			    _mm256_shuffle_epi8(t1, i1), dk + 128 * h);
 	}
 }
 
@@ -274,9 +243,9 @@ static inline void tl2_planes(__m256i v, const uint8_t *rec, __m256i sel, __m256
 {
 	const __m256i m15 = _mm256_set1_epi8(15), three = _mm256_set1_epi8(3);
 	const __m256i bits = _mm256_set1_epi64x((long long)0x8040201008040201ull);
-	const __m256i c0 = _mm256_broadcastsi128_si256(_mm_setr_epi8(1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 1, 1));
-	const __m256i c1 = _mm256_broadcastsi128_si256(_mm_setr_epi8(1, 1, 2, 2, 2, 0, 0, 0, 1, 1, 1, 2, 2, 2, 1, 1));
-	const __m256i c2 = _mm256_broadcastsi128_si256(_mm_setr_epi8(1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 1, 1));
+	const __m256i c0 = bcast16(tern_tl2_codes[0]);
+	const __m256i c1 = bcast16(tern_tl2_codes[1]);
+	const __m256i c2 = bcast16(tern_tl2_codes[2]);
 	const __m256i i0 = _mm256_and_si256(v, m15), i1 = _mm256_and_si256(_mm256_srli_epi16(v, 4), m15);
 	for (int e = 0; e < 2; e++) {
 		int64_t r;
@@ -290,56 +259,36 @@ static inline void tl2_planes(__m256i v, const uint8_t *rec, __m256i sel, __m256
 	}
 }
 
-static void tl2_decode(const tern_matrix *w, int r0, int row1, int k0, int k1, uint8_t *d)
+/* The record byte of each lane of half h (see tl2_planes). */
+static inline __m256i tl2_sel(int h)
 {
-	(void)row1; /* TL2 tiles are padded to 64 rows in data */
-	const int pairs = w->k_pad / 6;
-	const uint8_t *tile = w->data + (size_t)(r0 / I8_ROWS) * (size_t)pairs * TERN_TL2_PAIR_BYTES;
-	const int p0 = k0 / 6, p1 = k1 / 6;
-	const size_t chunk_bytes = (size_t)(p1 - p0) * TERN_TL2_PAIR_BYTES;
-	__m256i sel[2];
+	const char a = (char)(2 * h), b = (char)(4 + 2 * h);
+	return _mm256_setr_epi8(a, a, a, a, a, a, a, a, b, b, b, b, b, b, b, b, (char)(a + 1), (char)(a + 1),
+				(char)(a + 1), (char)(a + 1), (char)(a + 1), (char)(a + 1), (char)(a + 1), (char)(a + 1),
+				(char)(b + 1), (char)(b + 1), (char)(b + 1), (char)(b + 1), (char)(b + 1), (char)(b + 1),
+				(char)(b + 1), (char)(b + 1));
+}
+
+static inline __attribute__((always_inline)) void tl2_pairs(const uint8_t *idx, const uint8_t *rec, int n,
+							    uint8_t *dk)
+{
 	for (int h = 0; h < 2; h++) {
-		const char a = (char)(2 * h), b = (char)(4 + 2 * h);
-		sel[h] = _mm256_setr_epi8(a, a, a, a, a, a, a, a, b, b, b, b, b, b, b, b, (char)(a + 1), (char)(a + 1),
-					  (char)(a + 1), (char)(a + 1), (char)(a + 1), (char)(a + 1), (char)(a + 1),
-					  (char)(a + 1), (char)(b + 1), (char)(b + 1), (char)(b + 1), (char)(b + 1),
-					  (char)(b + 1), (char)(b + 1), (char)(b + 1), (char)(b + 1));
-	}
-	uint8_t *dk = d;
-	for (int pb = p0; pb < p1; pb += TERN_TL2_BLOCK_PAIRS) {
-		const int np = pairs - pb < TERN_TL2_BLOCK_PAIRS ? pairs - pb : TERN_TL2_BLOCK_PAIRS;
-		const uint8_t *idx = tile + (size_t)pb * TERN_TL2_PAIR_BYTES;
-		const uint8_t *sgn = idx + (size_t)np * 64;
-		for (size_t off = 0; off < (size_t)np * TERN_TL2_PAIR_BYTES; off += 64)
-			_mm_prefetch((const char *)(idx + off + chunk_bytes), _MM_HINT_T0);
-		int p = 0;
-		/* Two pairs = 12 k = 3 k4. */
-		for (; p + 2 <= np; p += 2) {
-			for (int h = 0; h < 2; h++) {
-				__m256i a[6], b[6];
-				tl2_planes(_mm256_loadu_si256((const __m256i *)(idx + (size_t)p * 64 + 32 * h)),
-					   sgn + (size_t)p * 16, sel[h], a);
-				tl2_planes(_mm256_loadu_si256((const __m256i *)(idx + (size_t)(p + 1) * 64 + 32 * h)),
-					   sgn + (size_t)(p + 1) * 16, sel[h], b);
-				interleave4(a[0], a[1], a[2], a[3], dk + 128 * h);
-				interleave4(a[4], a[5], b[0], b[1], dk + I8_K4_BYTES + 128 * h);
-				interleave4(b[2], b[3], b[4], b[5], dk + 2 * I8_K4_BYTES + 128 * h);
-			}
-			dk += 3 * I8_K4_BYTES;
-		}
-		if (p < np) { /* the odd last pair of the matrix: 6 k, the last 2 past k_pad are code 0 */
+		const __m256i sel = tl2_sel(h);
+		__m256i a[6], b[6];
+		tl2_planes(_mm256_loadu_si256((const __m256i *)(idx + 32 * h)), rec, sel, a);
+		interleave4(a[0], a[1], a[2], a[3], dk + 128 * h);
+		if (n == 2) {
+			tl2_planes(_mm256_loadu_si256((const __m256i *)(idx + 64 + 32 * h)), rec + 16, sel, b);
+			interleave4(a[4], a[5], b[0], b[1], dk + I8G_K4_BYTES + 128 * h);
+			interleave4(b[2], b[3], b[4], b[5], dk + 2 * I8G_K4_BYTES + 128 * h);
+		} else {
 			const __m256i z = _mm256_setzero_si256();
-			for (int h = 0; h < 2; h++) {
-				__m256i a[6];
-				tl2_planes(_mm256_loadu_si256((const __m256i *)(idx + (size_t)p * 64 + 32 * h)),
-					   sgn + (size_t)p * 16, sel[h], a);
-				interleave4(a[0], a[1], a[2], a[3], dk + 128 * h);
-				interleave4(a[4], a[5], z, z, dk + I8_K4_BYTES + 128 * h);
-			}
-			dk += 2 * I8_K4_BYTES;
+			interleave4(a[4], a[5], z, z, dk + I8G_K4_BYTES + 128 * h);
 		}
 	}
 }
+
+I8G_TL_DECODERS(tl1_quad, tl2_pairs)
 
 /* ---- the driver --------------------------------------------------------------- */
 
@@ -353,63 +302,56 @@ static int tl_slot_row(int s)
 static void i8_drive(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1, int kc,
 		     i8_decode_fn decode, int interleaved)
 {
-	_Alignas(64) uint8_t dec[(I8_KC_MAX / 4 + 1) * I8_K4_BYTES];
-	_Alignas(64) int32_t acc[I8_TOKENS * I8_ROWS];
-	uint8_t slot_row[I8_ROWS];
-	for (int s = 0; s < I8_ROWS; s++)
+	_Alignas(64) uint8_t dec[(I8_KC_MAX / 4 + 1) * I8G_K4_BYTES];
+	_Alignas(64) int32_t acc[I8_TOKENS * I8G_ROWS];
+	uint8_t slot_row[I8G_ROWS];
+	for (int s = 0; s < I8G_ROWS; s++)
 		slot_row[s] = (uint8_t)(interleaved ? tl_slot_row(s) : s);
 	const i8_pass_fn pass = tern_kern_avx2_dot == TERN_AVX2_DOT_VNNI   ? pass_n_vex
 				: tern_kern_avx2_dot == TERN_AVX2_DOT_EVEX ? pass_n_evex
 									   : pass_n_maddubs;
 	const int k_pad = w->k_pad;
-	const int k4_full = k_pad / 4, tail = k_pad % 4;
 	for (int j0 = 0; j0 < a->n; j0 += I8_TOKENS) {
 		const int nj = a->n - j0 < I8_TOKENS ? a->n - j0 : I8_TOKENS;
-		/* The activations of a partial last k4, zero-padded (4 bytes per token). */
 		_Alignas(64) int8_t qtail[I8_TOKENS * 4];
-		if (tail) {
-			memset(qtail, 0, sizeof qtail);
-			for (int t = 0; t < nj; t++)
-				memcpy(qtail + 4 * t, a->q + (size_t)(j0 + t) * (size_t)k_pad + 4 * (size_t)k4_full,
-				       (size_t)tail);
-		}
+		i8g_qtail(a, k_pad, j0, nj, qtail, sizeof qtail);
 		/* Balanced token blocks (8 = 4 + 4, not 6 + 2): a small block
 		 * loads the decoded weights for few products. */
 		const int blocks = (nj + I8_NT - 1) / I8_NT;
-		for (int r = row0; r < row1; r += I8_ROWS) {
+		for (int r = row0; r < row1; r += I8G_ROWS) {
 			for (int k0 = 0; k0 < k_pad; k0 += kc) {
 				const int k1 = k_pad - k0 < kc ? k_pad : k0 + kc;
 				decode(w, r, row1, k0, k1, dec);
 				const int nk4 = (k1 - k0) / 4;
 				const int part = (k1 - k0) % 4 != 0;
-				for (int g = 0; g < I8_ROWS / (8 * I8_RV); g++) {
+				for (int g = 0; g < I8G_ROWS / (8 * I8_RV); g++) {
 					const uint8_t *dg = dec + 32 * I8_RV * (size_t)g;
 					for (int t = 0, bi = 0; t < nj; bi++) {
 						const int nt = (nj - t + (blocks - bi) - 1) / (blocks - bi);
-						int32_t *at = acc + (size_t)t * I8_ROWS + 8 * I8_RV * (size_t)g;
+						int32_t *at = acc + (size_t)t * I8G_ROWS + 8 * I8_RV * (size_t)g;
 						if (nk4)
 							pass(dg, nk4, a->q + (size_t)(j0 + t) * (size_t)k_pad + (size_t)k0,
 							     (size_t)k_pad, nt, at, k0 == 0);
 						if (part)
-							pass(dg + (size_t)nk4 * I8_K4_BYTES, 1, qtail + 4 * t, 4, nt, at,
+							pass(dg + (size_t)nk4 * I8G_K4_BYTES, 1, qtail + 4 * t, 4, nt, at,
 							     k0 == 0 && nk4 == 0);
 						t += nt;
 					}
 				}
 			}
-			const int rows = row1 - r < I8_ROWS ? row1 - r : I8_ROWS;
+			const int rows = row1 - r < I8G_ROWS ? row1 - r : I8G_ROWS;
 			for (int t = 0; t < nj; t++) {
-				const int32_t *at = acc + (size_t)t * I8_ROWS;
+				const int32_t *at = acc + (size_t)t * I8G_ROWS;
 				const int32_t s = a->sum[j0 + t];
 				int32_t *dt = dot + (size_t)(j0 + t) * (size_t)ldd + (size_t)(r - row0);
-				if (!interleaved && rows == I8_ROWS) {
+				if (!interleaved && rows == I8G_ROWS) {
 					const __m256i vs = _mm256_set1_epi32(s);
 					for (int v = 0; v < 8; v++)
 						_mm256_storeu_si256(
 						    (__m256i *)(dt + 8 * v),
 						    _mm256_sub_epi32(_mm256_load_si256((const __m256i *)(at + 8 * v)), vs));
 				} else {
-					for (int i = 0; i < I8_ROWS; i++)
+					for (int i = 0; i < I8G_ROWS; i++)
 						if (slot_row[i] < rows)
 							dt[slot_row[i]] = at[i] - s;
 				}
@@ -418,17 +360,4 @@ static void i8_drive(const tern_matrix *w, const tern_act *a, int32_t *dot, int 
 	}
 }
 
-void tern_kern_i2s_avx2_gemm(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
-{
-	i8_drive(w, a, dot, ldd, row0, row1, I8_KC_I2S, i2s_decode, 0);
-}
-
-void tern_kern_tl1_avx2_gemm(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
-{
-	i8_drive(w, a, dot, ldd, row0, row1, I8_KC_TL1, tl1_decode, 1);
-}
-
-void tern_kern_tl2_avx2_gemm(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
-{
-	i8_drive(w, a, dot, ldd, row0, row1, I8_KC_TL2, tl2_decode, 1);
-}
+I8G_GEMMS(avx2, i8_drive, I8_KC_I2S, I8_KC_TL1, I8_KC_TL2)

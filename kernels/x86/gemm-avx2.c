@@ -117,104 +117,6 @@ static inline void widen_add(int32_t *acc, __m256i A, __m256i B)
 	    p + 3, _mm256_add_epi32(_mm256_loadu_si256(p + 3), _mm256_cvtepi16_epi32(_mm256_extracti128_si256(B, 1))));
 }
 
-static inline __attribute__((always_inline)) void tl1_tile(const uint8_t *tile, int q_begin, int quads,
-							   const tern_act *a, int j0, const int nt, ptrdiff_t pf,
-							   int32_t acc[][TERN_TL_ROWS])
-{
-	const __m256i m15 = _mm256_set1_epi8(15);
-	const uint8_t *lut[AVX2_TL_TOKENS];
-	for (int t = 0; t < nt; t++) {
-		lut[t] = (const uint8_t *)a->lut + (size_t)(j0 + t) * a->lut_row_bytes;
-	}
-	const int qblock = TERN_TL_BLOCK_GROUPS / 2;
-	for (int h = 0; h < 2; h++) {
-		for (int q0 = q_begin; q0 < quads; q0 += qblock) {
-			const int q1 = quads - q0 < qblock ? quads : q0 + qblock;
-			__m256i A[AVX2_TL_TOKENS], B[AVX2_TL_TOKENS];
-			for (int t = 0; t < nt; t++)
-				A[t] = B[t] = _mm256_setzero_si256();
-			for (int q = q0; q < q1; q++) {
-				const __m256i v = _mm256_loadu_si256((const __m256i *)(tile + (size_t)q * 64 + 32 * h));
-				/* The first half's pass brings the tile in; the second reads it from L2. */
-				if (h == 0 && pf)
-					_mm_prefetch((const char *)(tile + (size_t)q * 64 + pf), _MM_HINT_T0);
-				const __m256i i0 = _mm256_and_si256(v, m15);
-				const __m256i i1 = _mm256_and_si256(_mm256_srli_epi16(v, 4), m15);
-				for (int t = 0; t < nt; t++) {
-					const uint8_t *g = lut[t] + (size_t)q * 2 * TERN_LUT_GROUP_BYTES;
-					__m256i tlo, thi;
-					lut_planes(g, &tlo, &thi);
-					__m256i l = _mm256_shuffle_epi8(tlo, i0), hh = _mm256_shuffle_epi8(thi, i0);
-					A[t] = _mm256_add_epi16(A[t], _mm256_unpacklo_epi8(l, hh));
-					B[t] = _mm256_add_epi16(B[t], _mm256_unpackhi_epi8(l, hh));
-					lut_planes(g + TERN_LUT_GROUP_BYTES, &tlo, &thi);
-					l = _mm256_shuffle_epi8(tlo, i1);
-					hh = _mm256_shuffle_epi8(thi, i1);
-					A[t] = _mm256_add_epi16(A[t], _mm256_unpacklo_epi8(l, hh));
-					B[t] = _mm256_add_epi16(B[t], _mm256_unpackhi_epi8(l, hh));
-				}
-			}
-			for (int t = 0; t < nt; t++)
-				widen_add(acc[t] + 32 * h, A[t], B[t]);
-		}
-	}
-}
-
-/* GEMV (one token): both halves in one pass, as tl2_gemv_tile. */
-static void tl1_gemv_tile(const uint8_t *tile, int q_begin, int quads, const tern_act *a, int j0, ptrdiff_t pf,
-			  int32_t acc[][TERN_TL_ROWS])
-{
-	const __m256i m15 = _mm256_set1_epi8(15);
-	const uint8_t *lut = (const uint8_t *)a->lut + (size_t)j0 * a->lut_row_bytes;
-	const int qblock = TERN_TL_BLOCK_GROUPS / 2;
-	for (int q0 = q_begin; q0 < quads; q0 += qblock) {
-		const int q1 = quads - q0 < qblock ? quads : q0 + qblock;
-		__m256i A0 = _mm256_setzero_si256(), B0 = A0, A1 = A0, B1 = A0;
-		for (int q = q0; q < q1; q++) {
-			const __m256i v0 = _mm256_loadu_si256((const __m256i *)(tile + (size_t)q * 64));
-			const __m256i v1 = _mm256_loadu_si256((const __m256i *)(tile + (size_t)q * 64 + 32));
-			if (pf)
-				_mm_prefetch((const char *)(tile + (size_t)q * 64 + pf), _MM_HINT_T0);
-			for (int e = 0; e < 2; e++) {
-				const __m256i ix0 =
-				    e ? _mm256_and_si256(_mm256_srli_epi16(v0, 4), m15) : _mm256_and_si256(v0, m15);
-				const __m256i ix1 =
-				    e ? _mm256_and_si256(_mm256_srli_epi16(v1, 4), m15) : _mm256_and_si256(v1, m15);
-				__m256i tlo, thi;
-				lut_planes(lut + (size_t)(2 * q + e) * TERN_LUT_GROUP_BYTES, &tlo, &thi);
-				const __m256i l0 = _mm256_shuffle_epi8(tlo, ix0), h0 = _mm256_shuffle_epi8(thi, ix0);
-				const __m256i l1 = _mm256_shuffle_epi8(tlo, ix1), h1 = _mm256_shuffle_epi8(thi, ix1);
-				A0 = _mm256_add_epi16(A0, _mm256_unpacklo_epi8(l0, h0));
-				B0 = _mm256_add_epi16(B0, _mm256_unpackhi_epi8(l0, h0));
-				A1 = _mm256_add_epi16(A1, _mm256_unpacklo_epi8(l1, h1));
-				B1 = _mm256_add_epi16(B1, _mm256_unpackhi_epi8(l1, h1));
-			}
-		}
-		widen_add(acc[0], A0, B0);
-		widen_add(acc[0] + 32, A1, B1);
-	}
-}
-
-static void tl1_avx2_run(const uint8_t *tile, int s0, int s1, const tern_act *a, int j0, int nt, ptrdiff_t pf,
-			 int32_t acc[][TERN_TL_ROWS])
-{
-	if (nt == AVX2_TL_TOKENS)
-		tl1_tile(tile, s0, s1, a, j0, AVX2_TL_TOKENS, pf, acc);
-	else if (nt == AVX2_TL_TOKENS / 2)
-		tl1_tile(tile, s0, s1, a, j0, AVX2_TL_TOKENS / 2, pf, acc);
-	else
-		tl1_gemv_tile(tile, s0, s1, a, j0, pf, acc);
-}
-
-void tern_kern_tl1_avx2(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
-{
-	if (a->n >= tern_kern_avx2_gemm_min[TERN_PACK_TL1]) {
-		tern_kern_tl1_avx2_gemm(w, a, dot, ldd, row0, row1);
-		return;
-	}
-	tl_drive(w, a, dot, ldd, row0, row1, w->k_pad / 4, TERN_TL1_QUAD_BYTES, AVX2_TL_TOKENS, tl1_avx2_run);
-}
-
 /* Per-lane signs from 16 sign bits (lane i <-> bit i): multiplying the
  * broadcast bits by 2^(15-i) moves bit i to lane i's sign bit; OR 1 keeps the
  * lane nonzero so vpsignw either keeps or negates (3 ops instead of the 4 of
@@ -231,51 +133,49 @@ static inline __m256i negate_if(__m256i x, __m256i s)
 	return _mm256_sign_epi16(x, s);
 }
 
-static inline __attribute__((always_inline)) void tl2_tile(const uint8_t *tile, int p_begin, int pairs,
-							   const tern_act *a, int j0, const int nt, ptrdiff_t pf,
-							   int32_t acc[][TERN_TL_ROWS])
+/* TL1 (tl2 = 0) or TL2 (tl2 = 1; a constant after inlining), for a block of
+ * nt tokens: one step = 64 index bytes = two groups, a block is 32 steps (64
+ * groups); TL2 steps also carry 16 sign bytes after the block's indices. */
+static inline __attribute__((always_inline)) void tl_tile(const uint8_t *tile, int p_begin, int pairs,
+							  const tern_act *a, int j0, const int nt, ptrdiff_t pf,
+							  const int tl2, int32_t acc[][TERN_TL_ROWS])
 {
 	const __m256i m15 = _mm256_set1_epi8(15);
 	const __m256i bits =
 	    _mm256_setr_epi16((short)0x8000, 16384, 8192, 4096, 2048, 1024, 512, 256, 128, 64, 32, 16, 8, 4, 2, 1);
 	const uint8_t *lut[AVX2_TL_TOKENS];
-	for (int t = 0; t < nt; t++) {
-		lut[t] = (const uint8_t *)a->lut + (size_t)(j0 + t) * a->lut_row_bytes;
-	}
+	tl_luts(a, j0, nt, lut);
+	const size_t step_bytes = tl2 ? TERN_TL2_PAIR_BYTES : TERN_TL1_QUAD_BYTES;
 	for (int h = 0; h < 2; h++) {
 		for (int p0 = p_begin; p0 < pairs; p0 += TERN_TL2_BLOCK_PAIRS) {
 			const int np = pairs - p0 < TERN_TL2_BLOCK_PAIRS ? pairs - p0 : TERN_TL2_BLOCK_PAIRS;
-			const uint8_t *idx = tile + (size_t)p0 * TERN_TL2_PAIR_BYTES;
+			const uint8_t *idx = tile + (size_t)p0 * step_bytes;
 			const uint8_t *sgn = idx + (size_t)np * 64;
 			__m256i A[AVX2_TL_TOKENS], B[AVX2_TL_TOKENS];
 			for (int t = 0; t < nt; t++)
 				A[t] = B[t] = _mm256_setzero_si256();
 			for (int p = 0; p < np; p++) {
 				const __m256i v = _mm256_loadu_si256((const __m256i *)(idx + (size_t)p * 64 + 32 * h));
-				if (h == 0 && pf) {
-					/* A step spans 80 bytes: two prefetches 40 apart touch every line. */
-					_mm_prefetch((const char *)(idx + (size_t)p * TERN_TL2_PAIR_BYTES + pf),
-						     _MM_HINT_T0);
-					_mm_prefetch((const char *)(idx + (size_t)p * TERN_TL2_PAIR_BYTES + pf + 40),
-						     _MM_HINT_T0);
-				}
+				/* The first half's pass brings the tile in; the second reads it from L2. */
+				if (h == 0)
+					tl_prefetch_step(idx + (size_t)p * step_bytes, pf, tl2);
 				const uint8_t *rec = sgn + (size_t)p * 16;
 				for (int e = 0; e < 2; e++) {
 					const __m256i ix = e ? _mm256_and_si256(_mm256_srli_epi16(v, 4), m15)
 							     : _mm256_and_si256(v, m15);
 					/* Record: A in bytes 0-3, B in 4-7; this half's 16 bits at 2h. */
-					const __m256i sa = sign_lanes(rec + 8 * e + 2 * h, bits);
-					const __m256i sb = sign_lanes(rec + 8 * e + 4 + 2 * h, bits);
+					const __m256i sa = tl2 ? sign_lanes(rec + 8 * e + 2 * h, bits) : bits;
+					const __m256i sb = tl2 ? sign_lanes(rec + 8 * e + 4 + 2 * h, bits) : bits;
 					for (int t = 0; t < nt; t++) {
 						__m256i tlo, thi;
 						lut_planes(lut[t] + (size_t)(2 * (p0 + p) + e) * TERN_LUT_GROUP_BYTES,
 							   &tlo, &thi);
 						const __m256i l = _mm256_shuffle_epi8(tlo, ix),
 							      hh = _mm256_shuffle_epi8(thi, ix);
-						A[t] =
-						    _mm256_add_epi16(A[t], negate_if(_mm256_unpacklo_epi8(l, hh), sa));
-						B[t] =
-						    _mm256_add_epi16(B[t], negate_if(_mm256_unpackhi_epi8(l, hh), sb));
+						const __m256i xa = _mm256_unpacklo_epi8(l, hh),
+							      xb = _mm256_unpackhi_epi8(l, hh);
+						A[t] = _mm256_add_epi16(A[t], tl2 ? negate_if(xa, sa) : xa);
+						B[t] = _mm256_add_epi16(B[t], tl2 ? negate_if(xb, sb) : xb);
 					}
 				}
 			}
@@ -285,29 +185,29 @@ static inline __attribute__((always_inline)) void tl2_tile(const uint8_t *tile, 
 	}
 }
 
-/* GEMV (one token): both 32-row halves in the same pass, so each LUT group is
- * loaded once and the tile is read once (the token-block version above does
- * the halves one after the other to keep its accumulators in registers). */
-static void tl2_gemv_tile(const uint8_t *tile, int p_begin, int pairs, const tern_act *a, int j0, ptrdiff_t pf,
-			  int32_t acc[][TERN_TL_ROWS])
+/* GEMV (one token, nt = 1): both 32-row halves in the same pass, so each LUT
+ * group is loaded once and the tile is read once (the token-block version
+ * above does the halves one after the other to keep its accumulators in
+ * registers). */
+static inline __attribute__((always_inline)) void tl_gemv_tile(const uint8_t *tile, int p_begin, int pairs,
+							       const tern_act *a, int j0, const int nt, ptrdiff_t pf,
+							       const int tl2, int32_t acc[][TERN_TL_ROWS])
 {
+	(void)nt;
 	const __m256i m15 = _mm256_set1_epi8(15);
 	const __m256i bits =
 	    _mm256_setr_epi16((short)0x8000, 16384, 8192, 4096, 2048, 1024, 512, 256, 128, 64, 32, 16, 8, 4, 2, 1);
 	const uint8_t *lut = (const uint8_t *)a->lut + (size_t)j0 * a->lut_row_bytes;
+	const size_t step_bytes = tl2 ? TERN_TL2_PAIR_BYTES : TERN_TL1_QUAD_BYTES;
 	for (int p0 = p_begin; p0 < pairs; p0 += TERN_TL2_BLOCK_PAIRS) {
 		const int np = pairs - p0 < TERN_TL2_BLOCK_PAIRS ? pairs - p0 : TERN_TL2_BLOCK_PAIRS;
-		const uint8_t *idx = tile + (size_t)p0 * TERN_TL2_PAIR_BYTES;
+		const uint8_t *idx = tile + (size_t)p0 * step_bytes;
 		const uint8_t *sgn = idx + (size_t)np * 64;
 		__m256i A0 = _mm256_setzero_si256(), B0 = A0, A1 = A0, B1 = A0;
 		for (int p = 0; p < np; p++) {
 			const __m256i v0 = _mm256_loadu_si256((const __m256i *)(idx + (size_t)p * 64));
 			const __m256i v1 = _mm256_loadu_si256((const __m256i *)(idx + (size_t)p * 64 + 32));
-			if (pf) {
-				_mm_prefetch((const char *)(idx + (size_t)p * TERN_TL2_PAIR_BYTES + pf), _MM_HINT_T0);
-				_mm_prefetch((const char *)(idx + (size_t)p * TERN_TL2_PAIR_BYTES + pf + 40),
-					     _MM_HINT_T0);
-			}
+			tl_prefetch_step(idx + (size_t)p * step_bytes, pf, tl2);
 			const uint8_t *rec = sgn + (size_t)p * 16;
 			for (int e = 0; e < 2; e++) {
 				const __m256i ix0 =
@@ -318,15 +218,21 @@ static void tl2_gemv_tile(const uint8_t *tile, int p_begin, int pairs, const ter
 				lut_planes(lut + (size_t)(2 * (p0 + p) + e) * TERN_LUT_GROUP_BYTES, &tlo, &thi);
 				const __m256i l0 = _mm256_shuffle_epi8(tlo, ix0), h0 = _mm256_shuffle_epi8(thi, ix0);
 				const __m256i l1 = _mm256_shuffle_epi8(tlo, ix1), h1 = _mm256_shuffle_epi8(thi, ix1);
-				/* Record: A in bytes 0-3, B in 4-7; half h's 16 bits at 2h. */
-				const uint8_t *r = rec + 8 * e;
-				A0 = _mm256_add_epi16(A0, negate_if(_mm256_unpacklo_epi8(l0, h0), sign_lanes(r, bits)));
-				B0 = _mm256_add_epi16(B0,
-						      negate_if(_mm256_unpackhi_epi8(l0, h0), sign_lanes(r + 4, bits)));
-				A1 = _mm256_add_epi16(A1,
-						      negate_if(_mm256_unpacklo_epi8(l1, h1), sign_lanes(r + 2, bits)));
-				B1 = _mm256_add_epi16(B1,
-						      negate_if(_mm256_unpackhi_epi8(l1, h1), sign_lanes(r + 6, bits)));
+				const __m256i xa0 = _mm256_unpacklo_epi8(l0, h0), xb0 = _mm256_unpackhi_epi8(l0, h0);
+				const __m256i xa1 = _mm256_unpacklo_epi8(l1, h1), xb1 = _mm256_unpackhi_epi8(l1, h1);
+				if (tl2) {
+					/* Record: A in bytes 0-3, B in 4-7; half h's 16 bits at 2h. */
+					const uint8_t *r = rec + 8 * e;
+					A0 = _mm256_add_epi16(A0, negate_if(xa0, sign_lanes(r, bits)));
+					B0 = _mm256_add_epi16(B0, negate_if(xb0, sign_lanes(r + 4, bits)));
+					A1 = _mm256_add_epi16(A1, negate_if(xa1, sign_lanes(r + 2, bits)));
+					B1 = _mm256_add_epi16(B1, negate_if(xb1, sign_lanes(r + 6, bits)));
+				} else {
+					A0 = _mm256_add_epi16(A0, xa0);
+					B0 = _mm256_add_epi16(B0, xb0);
+					A1 = _mm256_add_epi16(A1, xa1);
+					B1 = _mm256_add_epi16(B1, xb1);
+				}
 			}
 		}
 		widen_add(acc[0], A0, B0);
@@ -334,22 +240,16 @@ static void tl2_gemv_tile(const uint8_t *tile, int p_begin, int pairs, const ter
 	}
 }
 
-static void tl2_avx2_run(const uint8_t *tile, int s0, int s1, const tern_act *a, int j0, int nt, ptrdiff_t pf,
-			 int32_t acc[][TERN_TL_ROWS])
+TL_RUN_FN(tl1_avx2_run, tl_tile, tl_gemv_tile, AVX2_TL_TOKENS, 0)
+TL_RUN_FN(tl2_avx2_run, tl_tile, tl_gemv_tile, AVX2_TL_TOKENS, 1)
+
+/* TL1 (tl2 = 0) or TL2: the decode-once GEMM from its batch size up, else the LUT tiles. */
+static void tl_avx2(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1, int tl2)
 {
-	if (nt == AVX2_TL_TOKENS)
-		tl2_tile(tile, s0, s1, a, j0, AVX2_TL_TOKENS, pf, acc);
-	else if (nt == AVX2_TL_TOKENS / 2)
-		tl2_tile(tile, s0, s1, a, j0, AVX2_TL_TOKENS / 2, pf, acc);
+	if (a->n >= tern_kern_avx2_gemm_min[tl2 ? TERN_PACK_TL2 : TERN_PACK_TL1])
+		(tl2 ? tern_kern_tl2_avx2_gemm : tern_kern_tl1_avx2_gemm)(w, a, dot, ldd, row0, row1);
 	else
-		tl2_gemv_tile(tile, s0, s1, a, j0, pf, acc);
+		tl_drive(w, a, dot, ldd, row0, row1, tl2, AVX2_TL_TOKENS, tl2 ? tl2_avx2_run : tl1_avx2_run);
 }
 
-void tern_kern_tl2_avx2(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
-{
-	if (a->n >= tern_kern_avx2_gemm_min[TERN_PACK_TL2]) {
-		tern_kern_tl2_avx2_gemm(w, a, dot, ldd, row0, row1);
-		return;
-	}
-	tl_drive(w, a, dot, ldd, row0, row1, w->k_pad / 6, TERN_TL2_PAIR_BYTES, AVX2_TL_TOKENS, tl2_avx2_run);
-}
+TL_ENTRY_POINTS(avx2, tl_avx2)

@@ -54,13 +54,7 @@ static inline int32_t hsum8(__m256i v)
 #undef I2S_BLOCK
 #undef I2S_BLOCK_GEMV
 
-/* clang ignores GCC target pragmas: it takes the same attribute this way. */
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512vnni"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx512vnni")
-#endif
+TERN_TARGET_PUSH("avx512vnni")
 #define I2S_FN(x) i2s_vnni_##x
 #define I2S_BLOCK(acc, c0, c1, c2, c3, a0, a1, a2, a3)  \
 	do {                                            \
@@ -80,11 +74,7 @@ static inline int32_t hsum8(__m256i v)
 #undef I2S_FN
 #undef I2S_BLOCK
 #undef I2S_BLOCK_GEMV
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+TERN_TARGET_POP()
 
 void tern_kern_i2s_avx512(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
 {
@@ -126,62 +116,6 @@ static inline void widen_add(int32_t *acc, __m512i A, __m512i B)
 	widen_lane(acc + 48, _mm512_extracti32x4_epi32(A, 3), _mm512_extracti32x4_epi32(B, 3));
 }
 
-static inline __attribute__((always_inline)) void tl1_tile(const uint8_t *tile, int q_begin, int quads,
-							   const tern_act *a, int j0, const int nt, ptrdiff_t pf,
-							   int32_t acc[][TERN_TL_ROWS])
-{
-	const __m512i m15 = _mm512_set1_epi8(15);
-	const uint8_t *lut[TL_TOKENS];
-	for (int t = 0; t < nt; t++) {
-		lut[t] = (const uint8_t *)a->lut + (size_t)(j0 + t) * a->lut_row_bytes;
-	}
-	const int qblock = TERN_TL_BLOCK_GROUPS / 2;
-	for (int q0 = q_begin; q0 < quads; q0 += qblock) {
-		const int q1 = quads - q0 < qblock ? quads : q0 + qblock;
-		__m512i A[TL_TOKENS], B[TL_TOKENS];
-		for (int t = 0; t < nt; t++)
-			A[t] = B[t] = _mm512_setzero_si512();
-		for (int q = q0; q < q1; q++) {
-			const __m512i v = _mm512_loadu_si512((const void *)(tile + (size_t)q * 64));
-			if (pf)
-				_mm_prefetch((const char *)(tile + (size_t)q * 64 + pf), _MM_HINT_T0);
-			const __m512i i0 = _mm512_and_si512(v, m15);
-			const __m512i i1 = _mm512_and_si512(_mm512_srli_epi16(v, 4), m15);
-			for (int t = 0; t < nt; t++) {
-				const uint8_t *g = lut[t] + (size_t)q * 2 * TERN_LUT_GROUP_BYTES;
-				__m512i tlo, thi;
-				lut_planes(g, &tlo, &thi);
-				__m512i l = _mm512_shuffle_epi8(tlo, i0), hh = _mm512_shuffle_epi8(thi, i0);
-				A[t] = _mm512_add_epi16(A[t], _mm512_unpacklo_epi8(l, hh));
-				B[t] = _mm512_add_epi16(B[t], _mm512_unpackhi_epi8(l, hh));
-				lut_planes(g + TERN_LUT_GROUP_BYTES, &tlo, &thi);
-				l = _mm512_shuffle_epi8(tlo, i1);
-				hh = _mm512_shuffle_epi8(thi, i1);
-				A[t] = _mm512_add_epi16(A[t], _mm512_unpacklo_epi8(l, hh));
-				B[t] = _mm512_add_epi16(B[t], _mm512_unpackhi_epi8(l, hh));
-			}
-		}
-		for (int t = 0; t < nt; t++)
-			widen_add(acc[t], A[t], B[t]);
-	}
-}
-
-static void tl1_bw_run(const uint8_t *tile, int s0, int s1, const tern_act *a, int j0, int nt, ptrdiff_t pf,
-		       int32_t acc[][TERN_TL_ROWS])
-{
-	if (nt == TL_TOKENS)
-		tl1_tile(tile, s0, s1, a, j0, TL_TOKENS, pf, acc);
-	else if (nt == TL_TOKENS / 2)
-		tl1_tile(tile, s0, s1, a, j0, TL_TOKENS / 2, pf, acc);
-	else
-		tl1_tile(tile, s0, s1, a, j0, 1, pf, acc);
-}
-
-static void tl1_bw_kernel(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
-{
-	tl_drive(w, a, dot, ldd, row0, row1, w->k_pad / 4, TERN_TL1_QUAD_BYTES, TL_TOKENS, tl1_bw_run);
-}
-
 static inline __mmask32 load_mask32(const uint8_t *p)
 {
 	uint32_t m;
@@ -189,69 +123,73 @@ static inline __mmask32 load_mask32(const uint8_t *p)
 	return _cvtu32_mask32(m);
 }
 
-static inline __attribute__((always_inline)) void tl2_tile(const uint8_t *tile, int p_begin, int pairs,
-							   const tern_act *a, int j0, const int nt, ptrdiff_t pf,
-							   int32_t acc[][TERN_TL_ROWS])
+/* One step of a tile for nt tokens: adds the int16 entries of its two groups
+ * (index bytes v, first group g, TL2 sign record rec) into A[t], B[t]. */
+typedef void (*tl_step_fn)(__m512i v, const uint8_t *rec, const uint8_t *const *lut, size_t g, int nt, int tl2,
+			   __m512i *A, __m512i *B);
+
+/* The loop nest of one 64-row tile for nt tokens over steps [p_begin, pairs)
+ * of TL1 (tl2 = 0) or TL2 (tl2 = 1): one step = 64 index bytes = two groups,
+ * a block of 32 steps (64 groups) is summed in int16 and then widened into
+ * acc; TL2 steps also carry 16 sign bytes after the block's indices. nt, tl2
+ * and step are constants after inlining. */
+static inline __attribute__((always_inline)) void tl_tile(const uint8_t *tile, int p_begin, int pairs,
+							  const tern_act *a, int j0, const int nt, ptrdiff_t pf,
+							  const int tl2, int32_t acc[][TERN_TL_ROWS], tl_step_fn step)
 {
-	const __m512i m15 = _mm512_set1_epi8(15);
 	const uint8_t *lut[TL_TOKENS];
-	for (int t = 0; t < nt; t++) {
-		lut[t] = (const uint8_t *)a->lut + (size_t)(j0 + t) * a->lut_row_bytes;
-	}
+	tl_luts(a, j0, nt, lut);
+	const size_t step_bytes = tl2 ? TERN_TL2_PAIR_BYTES : TERN_TL1_QUAD_BYTES;
 	for (int p0 = p_begin; p0 < pairs; p0 += TERN_TL2_BLOCK_PAIRS) {
 		const int np = pairs - p0 < TERN_TL2_BLOCK_PAIRS ? pairs - p0 : TERN_TL2_BLOCK_PAIRS;
-		const uint8_t *idx = tile + (size_t)p0 * TERN_TL2_PAIR_BYTES;
+		const uint8_t *idx = tile + (size_t)p0 * step_bytes;
 		const uint8_t *sgn = idx + (size_t)np * 64;
 		__m512i A[TL_TOKENS], B[TL_TOKENS];
 		for (int t = 0; t < nt; t++)
 			A[t] = B[t] = _mm512_setzero_si512();
 		for (int p = 0; p < np; p++) {
 			const __m512i v = _mm512_loadu_si512((const void *)(idx + (size_t)p * 64));
-			const uint8_t *rec = sgn + (size_t)p * 16;
-			if (pf) {
-				_mm_prefetch((const char *)(idx + (size_t)p * TERN_TL2_PAIR_BYTES + pf), _MM_HINT_T0);
-				_mm_prefetch((const char *)(idx + (size_t)p * TERN_TL2_PAIR_BYTES + pf + 40),
-					     _MM_HINT_T0);
-			}
-			for (int e = 0; e < 2; e++) {
-				const __m512i ix =
-				    e ? _mm512_and_si512(_mm512_srli_epi16(v, 4), m15) : _mm512_and_si512(v, m15);
-				const __mmask32 ka = load_mask32(rec + 8 * e), kb = load_mask32(rec + 8 * e + 4);
-				for (int t = 0; t < nt; t++) {
-					__m512i tlo, thi;
-					lut_planes(lut[t] + (size_t)(2 * (p0 + p) + e) * TERN_LUT_GROUP_BYTES, &tlo,
-						   &thi);
-					const __m512i l = _mm512_shuffle_epi8(tlo, ix),
-						      hh = _mm512_shuffle_epi8(thi, ix);
-					const __m512i xa = _mm512_unpacklo_epi8(l, hh),
-						      xb = _mm512_unpackhi_epi8(l, hh);
-					/* Negate entries of negative groups off the accumulator chain. */
-					const __m512i z = _mm512_setzero_si512();
-					A[t] = _mm512_add_epi16(A[t], _mm512_mask_sub_epi16(xa, ka, z, xa));
-					B[t] = _mm512_add_epi16(B[t], _mm512_mask_sub_epi16(xb, kb, z, xb));
-				}
-			}
+			tl_prefetch_step(idx + (size_t)p * step_bytes, pf, tl2);
+			step(v, sgn + (size_t)p * 16, lut, 2 * (size_t)(p0 + p), nt, tl2, A, B);
 		}
 		for (int t = 0; t < nt; t++)
 			widen_add(acc[t], A[t], B[t]);
 	}
 }
 
-static void tl2_bw_run(const uint8_t *tile, int s0, int s1, const tern_act *a, int j0, int nt, ptrdiff_t pf,
-		       int32_t acc[][TERN_TL_ROWS])
+/* vpshufb of each group's LUT planes (broadcast to the four 128-bit lanes). */
+static inline __attribute__((always_inline)) void bw_step(__m512i v, const uint8_t *rec, const uint8_t *const *lut,
+							  size_t g, const int nt, const int tl2, __m512i *A,
+							  __m512i *B)
 {
-	if (nt == TL_TOKENS)
-		tl2_tile(tile, s0, s1, a, j0, TL_TOKENS, pf, acc);
-	else if (nt == TL_TOKENS / 2)
-		tl2_tile(tile, s0, s1, a, j0, TL_TOKENS / 2, pf, acc);
-	else
-		tl2_tile(tile, s0, s1, a, j0, 1, pf, acc);
+	const __m512i m15 = _mm512_set1_epi8(15);
+	for (int e = 0; e < 2; e++) {
+		const __m512i ix = e ? _mm512_and_si512(_mm512_srli_epi16(v, 4), m15) : _mm512_and_si512(v, m15);
+		const __mmask32 ka = tl2 ? load_mask32(rec + 8 * e) : 0;
+		const __mmask32 kb = tl2 ? load_mask32(rec + 8 * e + 4) : 0;
+		for (int t = 0; t < nt; t++) {
+			__m512i tlo, thi;
+			lut_planes(lut[t] + (g + (size_t)e) * TERN_LUT_GROUP_BYTES, &tlo, &thi);
+			const __m512i l = _mm512_shuffle_epi8(tlo, ix), hh = _mm512_shuffle_epi8(thi, ix);
+			const __m512i xa = _mm512_unpacklo_epi8(l, hh), xb = _mm512_unpackhi_epi8(l, hh);
+			if (tl2) {
+				/* Negate entries of negative groups off the accumulator chain. */
+				const __m512i z = _mm512_setzero_si512();
+				A[t] = _mm512_add_epi16(A[t], _mm512_mask_sub_epi16(xa, ka, z, xa));
+				B[t] = _mm512_add_epi16(B[t], _mm512_mask_sub_epi16(xb, kb, z, xb));
+			} else {
+				A[t] = _mm512_add_epi16(A[t], xa);
+				B[t] = _mm512_add_epi16(B[t], xb);
+			}
+		}
+	}
 }
 
-static void tl2_bw_kernel(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
-{
-	tl_drive(w, a, dot, ldd, row0, row1, w->k_pad / 6, TERN_TL2_PAIR_BYTES, TL_TOKENS, tl2_bw_run);
-}
+/* tl_tile with the vpshufb step (TL_RUN_FN passes the other arguments). */
+#define TL_BW_TILE(...) tl_tile(__VA_ARGS__, bw_step)
+
+TL_RUN_FN(tl1_bw_run, TL_BW_TILE, TL_BW_TILE, TL_TOKENS, 0)
+TL_RUN_FN(tl2_bw_run, TL_BW_TILE, TL_BW_TILE, TL_TOKENS, 1)
 
 /* ---- TL1 / TL2 with VBMI -------------------------------------------------
  * vpshufb + unpack costs four shuffles per group and 64 rows, and shuffles
@@ -263,13 +201,7 @@ static void tl2_bw_kernel(const tern_matrix *w, const tern_act *a, int32_t *dot,
  * by all tokens) plus four lookups per token. The unpacks put rows in the same
  * A/B lane order as the vpshufb path, so the TL2 sign masks load unchanged.
  * (Measured in cache, 256 x 6912, one core: TL2 34 -> 43 GB/s of weights.) */
-/* clang ignores GCC target pragmas: it takes the same attribute this way. */
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512vbmi"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx512vbmi")
-#endif
+TERN_TARGET_PUSH("avx512vbmi")
 
 /* (w & 0x0f0f) | off in one vpternlogd: (a & b) | c is truth table 0xea. */
 static inline __m512i idx_words(__m512i w, __m512i m0f, __m512i off)
@@ -277,117 +209,60 @@ static inline __m512i idx_words(__m512i w, __m512i m0f, __m512i off)
 	return _mm512_ternarylogic_epi32(w, m0f, off, 0xea);
 }
 
-static inline __attribute__((always_inline)) void tl_vbmi_tile(const uint8_t *tile, int p_begin, int pairs,
-							       const tern_act *a, int j0, const int nt, ptrdiff_t pf,
-							       const int tl2, int32_t acc[][TERN_TL_ROWS])
+static inline __attribute__((always_inline)) void vbmi_step(__m512i v, const uint8_t *rec,
+							    const uint8_t *const *lut, size_t g, const int nt,
+							    const int tl2, __m512i *A, __m512i *B)
 {
 	const __m512i m0f = _mm512_set1_epi16(0x0f0f), off0 = _mm512_set1_epi16(0x1000),
 		      off1 = _mm512_set1_epi16(0x3020);
-	const uint8_t *lut[TL_TOKENS];
+	const __m512i wa = _mm512_unpacklo_epi8(v, v), wb = _mm512_unpackhi_epi8(v, v);
+	const __m512i xa0 = idx_words(wa, m0f, off0), xb0 = idx_words(wb, m0f, off0);
+	const __m512i xa1 = idx_words(_mm512_srli_epi16(wa, 4), m0f, off1);
+	const __m512i xb1 = idx_words(_mm512_srli_epi16(wb, 4), m0f, off1);
+	__mmask32 ka0 = 0, kb0 = 0, ka1 = 0, kb1 = 0;
+	if (tl2) {
+		ka0 = load_mask32(rec);
+		kb0 = load_mask32(rec + 4);
+		ka1 = load_mask32(rec + 8);
+		kb1 = load_mask32(rec + 12);
+	}
 	for (int t = 0; t < nt; t++) {
-		lut[t] = (const uint8_t *)a->lut + (size_t)(j0 + t) * a->lut_row_bytes;
-	}
-	/* One step = 64 index bytes = two groups; a block is 32 steps (64 groups). */
-	const size_t step_bytes = tl2 ? TERN_TL2_PAIR_BYTES : TERN_TL1_QUAD_BYTES;
-	for (int p0 = p_begin; p0 < pairs; p0 += TERN_TL2_BLOCK_PAIRS) {
-		const int np = pairs - p0 < TERN_TL2_BLOCK_PAIRS ? pairs - p0 : TERN_TL2_BLOCK_PAIRS;
-		const uint8_t *idx = tile + (size_t)p0 * step_bytes;
-		const uint8_t *sgn = idx + (size_t)np * 64;
-		__m512i A[TL_TOKENS], B[TL_TOKENS];
-		for (int t = 0; t < nt; t++)
-			A[t] = B[t] = _mm512_setzero_si512();
-		for (int p = 0; p < np; p++) {
-			const __m512i v = _mm512_loadu_si512((const void *)(idx + (size_t)p * 64));
-			if (pf) {
-				/* A TL2 step spans 80 bytes: two prefetches 40 apart touch every line. */
-				_mm_prefetch((const char *)(idx + (size_t)p * step_bytes + pf), _MM_HINT_T0);
-				if (tl2)
-					_mm_prefetch((const char *)(idx + (size_t)p * step_bytes + pf + 40),
-						     _MM_HINT_T0);
-			}
-			const __m512i wa = _mm512_unpacklo_epi8(v, v), wb = _mm512_unpackhi_epi8(v, v);
-			const __m512i xa0 = idx_words(wa, m0f, off0), xb0 = idx_words(wb, m0f, off0);
-			const __m512i xa1 = idx_words(_mm512_srli_epi16(wa, 4), m0f, off1);
-			const __m512i xb1 = idx_words(_mm512_srli_epi16(wb, 4), m0f, off1);
-			__mmask32 ka0 = 0, kb0 = 0, ka1 = 0, kb1 = 0;
-			if (tl2) {
-				const uint8_t *rec = sgn + (size_t)p * 16;
-				ka0 = load_mask32(rec);
-				kb0 = load_mask32(rec + 4);
-				ka1 = load_mask32(rec + 8);
-				kb1 = load_mask32(rec + 12);
-			}
-			for (int t = 0; t < nt; t++) {
-				const __m512i T = _mm512_loadu_si512(
-				    (const void *)(lut[t] + (size_t)(2 * (p0 + p)) * TERN_LUT_GROUP_BYTES));
-				const __m512i ya0 = _mm512_permutexvar_epi8(xa0, T),
-					      yb0 = _mm512_permutexvar_epi8(xb0, T);
-				const __m512i ya1 = _mm512_permutexvar_epi8(xa1, T),
-					      yb1 = _mm512_permutexvar_epi8(xb1, T);
-				if (tl2) {
-					/* Negate entries of negative groups off the accumulator's
-					 * dependency chain (one add per step on it). */
-					const __m512i z = _mm512_setzero_si512();
-					const __m512i sa = _mm512_add_epi16(_mm512_mask_sub_epi16(ya0, ka0, z, ya0),
-									    _mm512_mask_sub_epi16(ya1, ka1, z, ya1));
-					const __m512i sb = _mm512_add_epi16(_mm512_mask_sub_epi16(yb0, kb0, z, yb0),
-									    _mm512_mask_sub_epi16(yb1, kb1, z, yb1));
-					A[t] = _mm512_add_epi16(A[t], sa);
-					B[t] = _mm512_add_epi16(B[t], sb);
-				} else {
-					A[t] = _mm512_add_epi16(A[t], _mm512_add_epi16(ya0, ya1));
-					B[t] = _mm512_add_epi16(B[t], _mm512_add_epi16(yb0, yb1));
-				}
-			}
+		const __m512i T = _mm512_loadu_si512((const void *)(lut[t] + g * TERN_LUT_GROUP_BYTES));
+		const __m512i ya0 = _mm512_permutexvar_epi8(xa0, T), yb0 = _mm512_permutexvar_epi8(xb0, T);
+		const __m512i ya1 = _mm512_permutexvar_epi8(xa1, T), yb1 = _mm512_permutexvar_epi8(xb1, T);
+		if (tl2) {
+			/* Negate entries of negative groups off the accumulator's
+			 * dependency chain (one add per step on it). */
+			const __m512i z = _mm512_setzero_si512();
+			const __m512i sa = _mm512_add_epi16(_mm512_mask_sub_epi16(ya0, ka0, z, ya0),
+							    _mm512_mask_sub_epi16(ya1, ka1, z, ya1));
+			const __m512i sb = _mm512_add_epi16(_mm512_mask_sub_epi16(yb0, kb0, z, yb0),
+							    _mm512_mask_sub_epi16(yb1, kb1, z, yb1));
+			A[t] = _mm512_add_epi16(A[t], sa);
+			B[t] = _mm512_add_epi16(B[t], sb);
+		} else {
+			A[t] = _mm512_add_epi16(A[t], _mm512_add_epi16(ya0, ya1));
+			B[t] = _mm512_add_epi16(B[t], _mm512_add_epi16(yb0, yb1));
 		}
-		for (int t = 0; t < nt; t++)
-			widen_add(acc[t], A[t], B[t]);
 	}
 }
 
-static void tl1_vbmi_run(const uint8_t *tile, int s0, int s1, const tern_act *a, int j0, int nt, ptrdiff_t pf,
-			 int32_t acc[][TERN_TL_ROWS])
-{
-	if (nt == TL_TOKENS)
-		tl_vbmi_tile(tile, s0, s1, a, j0, TL_TOKENS, pf, 0, acc);
-	else if (nt == TL_TOKENS / 2)
-		tl_vbmi_tile(tile, s0, s1, a, j0, TL_TOKENS / 2, pf, 0, acc);
-	else
-		tl_vbmi_tile(tile, s0, s1, a, j0, 1, pf, 0, acc);
-}
+#define TL_VBMI_TILE(...) tl_tile(__VA_ARGS__, vbmi_step)
 
-static void tl2_vbmi_run(const uint8_t *tile, int s0, int s1, const tern_act *a, int j0, int nt, ptrdiff_t pf,
-			 int32_t acc[][TERN_TL_ROWS])
-{
-	if (nt == TL_TOKENS)
-		tl_vbmi_tile(tile, s0, s1, a, j0, TL_TOKENS, pf, 1, acc);
-	else if (nt == TL_TOKENS / 2)
-		tl_vbmi_tile(tile, s0, s1, a, j0, TL_TOKENS / 2, pf, 1, acc);
-	else
-		tl_vbmi_tile(tile, s0, s1, a, j0, 1, pf, 1, acc);
-}
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+TL_RUN_FN(tl1_vbmi_run, TL_VBMI_TILE, TL_VBMI_TILE, TL_TOKENS, 0)
+TL_RUN_FN(tl2_vbmi_run, TL_VBMI_TILE, TL_VBMI_TILE, TL_TOKENS, 1)
+TERN_TARGET_POP()
 
-void tern_kern_tl1_avx512(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
+/* TL1 (tl2 = 0) or TL2: the VNNI GEMM from its batch size up, else the VBMI
+ * or the vpshufb tiles. */
+static void tl_avx512(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1, int tl2)
 {
-	if (tern_kern_avx512_vnni && a->n >= tern_kern_gemm_vnni_min[TERN_PACK_TL1])
-		tern_kern_tl1_vnni_gemm(w, a, dot, ldd, row0, row1);
+	if (tern_kern_avx512_vnni && a->n >= tern_kern_gemm_vnni_min[tl2 ? TERN_PACK_TL2 : TERN_PACK_TL1])
+		(tl2 ? tern_kern_tl2_vnni_gemm : tern_kern_tl1_vnni_gemm)(w, a, dot, ldd, row0, row1);
 	else if (tern_kern_avx512_vbmi)
-		tl_drive(w, a, dot, ldd, row0, row1, w->k_pad / 4, TERN_TL1_QUAD_BYTES, TL_TOKENS, tl1_vbmi_run);
+		tl_drive(w, a, dot, ldd, row0, row1, tl2, TL_TOKENS, tl2 ? tl2_vbmi_run : tl1_vbmi_run);
 	else
-		tl1_bw_kernel(w, a, dot, ldd, row0, row1);
+		tl_drive(w, a, dot, ldd, row0, row1, tl2, TL_TOKENS, tl2 ? tl2_bw_run : tl1_bw_run);
 }
 
-void tern_kern_tl2_avx512(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
-{
-	if (tern_kern_avx512_vnni && a->n >= tern_kern_gemm_vnni_min[TERN_PACK_TL2])
-		tern_kern_tl2_vnni_gemm(w, a, dot, ldd, row0, row1);
-	else if (tern_kern_avx512_vbmi)
-		tl_drive(w, a, dot, ldd, row0, row1, w->k_pad / 6, TERN_TL2_PAIR_BYTES, TL_TOKENS, tl2_vbmi_run);
-	else
-		tl2_bw_kernel(w, a, dot, ldd, row0, row1);
-}
+TL_ENTRY_POINTS(avx512, tl_avx512)

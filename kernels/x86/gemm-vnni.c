@@ -22,6 +22,7 @@
  * chunk (<= 24 KiB) and the accumulators of up to 64 tokens (16 KiB) stay in
  * L1. Layouts: kernels/LAYOUTS.md. */
 #include "kern-internal.h"
+#include "i8-gemm.h"
 
 #include <immintrin.h>
 #include <string.h>
@@ -30,10 +31,8 @@
 int tern_kern_gemm_vnni_min[TERN_PACK_COUNT] = {TERN_GEMM_VNNI_MIN_I2S, TERN_GEMM_VNNI_MIN_TL1,
 						TERN_GEMM_VNNI_MIN_TL2};
 
-#define VG_ROWS 64
 #define VG_NT 6          /* tokens per pass: 24 accumulators */
 #define VG_TOKENS 64     /* tokens whose accumulators live in the scratch at once */
-#define VG_K4_BYTES 256  /* one decoded k4: 64 rows x 4 codes */
 #define VG_KC_I2S 512    /* K per decoded chunk (2 I2_S blocks) */
 #define VG_KC_TL1 256
 #define VG_KC_TL2 384    /* 2 TL2 blocks of 32 pairs */
@@ -58,10 +57,10 @@ static inline __attribute__((always_inline)) void vg_pass(const uint8_t *d, int 
 		for (int t = 0; t < nt; t++)
 #pragma GCC unroll 4
 			for (int v = 0; v < 4; v++)
-				c[t][v] = _mm512_load_si512((const void *)(acc + t * VG_ROWS + 16 * v));
+				c[t][v] = _mm512_load_si512((const void *)(acc + t * I8G_ROWS + 16 * v));
 	}
 	for (int k4 = 0; k4 < nk4; k4++) {
-		const uint8_t *dk = d + (size_t)k4 * VG_K4_BYTES;
+		const uint8_t *dk = d + (size_t)k4 * I8G_K4_BYTES;
 		const __m512i w0 = _mm512_load_si512((const void *)dk), w1 = _mm512_load_si512((const void *)(dk + 64)),
 			      w2 = _mm512_load_si512((const void *)(dk + 128)),
 			      w3 = _mm512_load_si512((const void *)(dk + 192));
@@ -80,7 +79,7 @@ static inline __attribute__((always_inline)) void vg_pass(const uint8_t *d, int 
 	for (int t = 0; t < nt; t++)
 #pragma GCC unroll 4
 		for (int v = 0; v < 4; v++)
-			_mm512_store_si512((void *)(acc + t * VG_ROWS + 16 * v), c[t][v]);
+			_mm512_store_si512((void *)(acc + t * I8G_ROWS + 16 * v), c[t][v]);
 }
 
 /* nt tokens (1..VG_NT) at q (row stride ldq), accumulators acc[nt][64]. */
@@ -104,21 +103,13 @@ typedef void (*vg_decode_fn)(const tern_matrix *w, int r0, int row1, int k0, int
  * of row r's block), then code plane g of Y_j is the k4 32b + 8g + j. */
 static void i2s_decode(const tern_matrix *w, int r0, int row1, int k0, int k1, uint8_t *d)
 {
-	const size_t row_bytes = (size_t)w->k_pad / 4;
 	const __m512i m3 = _mm512_set1_epi8(3);
 	const __m512i lo_idx = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13);
 	const __m512i hi_idx = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
 	const int b0 = k0 / 128, b1 = k1 / 128;
 	for (int v = 0; v < 4; v++) {
 		const uint8_t *rp[16];
-		for (int r = 0; r < 16; r++) {
-			const int row = r0 + 16 * v + r;
-			rp[r] = w->data + (size_t)(row < row1 ? row : row1 - 1) * row_bytes;
-			/* The next chunk of this row (or the next tile's first chunk). */
-			const uint8_t *next = k1 < w->k_pad ? rp[r] + k1 / 4 : rp[r] + VG_ROWS * row_bytes;
-			for (int l = 0; l < (k1 - k0) / 4; l += 64)
-				_mm_prefetch((const char *)(next + l), _MM_HINT_T0);
-		}
+		i8g_i2s_rows(w, r0 + 16 * v, 16, row1, k0, k1, rp);
 		for (int b = b0; b < b1; b++) {
 			__m512i z[8];
 			for (int i = 0; i < 8; i++)
@@ -136,20 +127,26 @@ static void i2s_decode(const tern_matrix *w, int r0, int row1, int k0, int k1, u
 				u[h][2] = _mm512_unpacklo_epi64(h01, h23);
 				u[h][3] = _mm512_unpackhi_epi64(h01, h23);
 			}
-			uint8_t *db = d + (size_t)(b - b0) * 32 * VG_K4_BYTES + 64 * (size_t)v;
+			uint8_t *db = d + (size_t)(b - b0) * 32 * I8G_K4_BYTES + 64 * (size_t)v;
 			for (int j = 0; j < 8; j++) {
 				const __m512i y = _mm512_permutex2var_epi64(u[0][j % 4], j < 4 ? lo_idx : hi_idx,
 									    u[1][j % 4]);
-				_mm512_store_si512((void *)(db + (size_t)(0 + j) * VG_K4_BYTES),
+				_mm512_store_si512((void *)(db + (size_t)(0 + j) * I8G_K4_BYTES),
 						   _mm512_and_si512(_mm512_srli_epi16(y, 6), m3));
-				_mm512_store_si512((void *)(db + (size_t)(8 + j) * VG_K4_BYTES),
+				_mm512_store_si512((void *)(db + (size_t)(8 + j) * I8G_K4_BYTES),
 						   _mm512_and_si512(_mm512_srli_epi16(y, 4), m3));
-				_mm512_store_si512((void *)(db + (size_t)(16 + j) * VG_K4_BYTES),
+				_mm512_store_si512((void *)(db + (size_t)(16 + j) * I8G_K4_BYTES),
 						   _mm512_and_si512(_mm512_srli_epi16(y, 2), m3));
-				_mm512_store_si512((void *)(db + (size_t)(24 + j) * VG_K4_BYTES), _mm512_and_si512(y, m3));
+				_mm512_store_si512((void *)(db + (size_t)(24 + j) * I8G_K4_BYTES), _mm512_and_si512(y, m3));
 			}
 		}
 	}
+}
+
+/* A 16-byte table in all four 128-bit lanes. */
+static inline __m512i bcast16(const uint8_t *t)
+{
+	return _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(const void *)t));
 }
 
 /* Four byte planes (codes of 4 consecutive k, one byte per row) -> one k4 in
@@ -165,23 +162,15 @@ static inline void interleave4(__m512i p0, __m512i p1, __m512i p2, __m512i p3, u
 }
 
 /* TL1: idx = 3*w0 + w1 + 4 = 3*c0 + c1, so c0 = idx / 3, c1 = idx % 3. */
-static void tl1_decode(const tern_matrix *w, int r0, int row1, int k0, int k1, uint8_t *d)
+static inline __attribute__((always_inline)) void tl1_quad(const uint8_t *src, uint8_t *dk)
 {
-	(void)row1; /* TL1 tiles are padded to 64 rows in data */
 	const __m512i m15 = _mm512_set1_epi8(15);
-	const __m512i t0 = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 0, 0, 1, 1, 1, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1));
-	const __m512i t1 = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 1, 2, 0, 1, 2, 0, 1, 2, 1, 1, 1, 1, 1, 1, 1));
-	const size_t quads = (size_t)w->k_pad / 4;
-	const uint8_t *tile = w->data + (size_t)(r0 / VG_ROWS) * quads * TERN_TL1_QUAD_BYTES;
-	const size_t chunk_bytes = (size_t)(k1 - k0) / 4 * TERN_TL1_QUAD_BYTES;
-	for (int qd = k0 / 4; qd < k1 / 4; qd++) {
-		const uint8_t *src = tile + (size_t)qd * TERN_TL1_QUAD_BYTES;
-		_mm_prefetch((const char *)(src + chunk_bytes), _MM_HINT_T0);
-		const __m512i v = _mm512_loadu_si512((const void *)src);
-		const __m512i i0 = _mm512_and_si512(v, m15), i1 = _mm512_and_si512(_mm512_srli_epi16(v, 4), m15);
-		interleave4(_mm512_shuffle_epi8(t0, i0), _mm512_shuffle_epi8(t1, i0), _mm512_shuffle_epi8(t0, i1),
-			    _mm512_shuffle_epi8(t1, i1), d + (size_t)(qd - k0 / 4) * VG_K4_BYTES);
-	}
+	const __m512i t0 = bcast16(tern_tl1_codes[0]);
+	const __m512i t1 = bcast16(tern_tl1_codes[1]);
+	const __m512i v = _mm512_loadu_si512((const void *)src);
+	const __m512i i0 = _mm512_and_si512(v, m15), i1 = _mm512_and_si512(_mm512_srli_epi16(v, 4), m15);
+	interleave4(_mm512_shuffle_epi8(t0, i0), _mm512_shuffle_epi8(t1, i0), _mm512_shuffle_epi8(t0, i1),
+		    _mm512_shuffle_epi8(t1, i1), dk);
 }
 
 /* TL2: |v| = 9*w0 + 3*w1 + w2 >= 0, so |v| + 13 = 9*c0 + 3*c1 + c2; a negative
@@ -191,9 +180,9 @@ static void tl1_decode(const tern_matrix *w, int r0, int row1, int k0, int k1, u
 static inline void tl2_planes(const uint8_t *idx, const uint8_t *rec, __m512i p[6])
 {
 	const __m512i m15 = _mm512_set1_epi8(15), two = _mm512_set1_epi8(2);
-	const __m512i c0 = _mm512_broadcast_i32x4(_mm_setr_epi8(1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 1, 1));
-	const __m512i c1 = _mm512_broadcast_i32x4(_mm_setr_epi8(1, 1, 2, 2, 2, 0, 0, 0, 1, 1, 1, 2, 2, 2, 1, 1));
-	const __m512i c2 = _mm512_broadcast_i32x4(_mm_setr_epi8(1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 1, 1));
+	const __m512i c0 = bcast16(tern_tl2_codes[0]);
+	const __m512i c1 = bcast16(tern_tl2_codes[1]);
+	const __m512i c2 = bcast16(tern_tl2_codes[2]);
 	const __m128i order = _mm_setr_epi8(0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15);
 	const __m128i s = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)rec), order);
 	const __mmask64 neg0 = _cvtu64_mask64((uint64_t)_mm_cvtsi128_si64(s));
@@ -209,41 +198,23 @@ static inline void tl2_planes(const uint8_t *idx, const uint8_t *rec, __m512i p[
 	x = _mm512_shuffle_epi8(c2, i1), p[5] = _mm512_mask_sub_epi8(x, neg1, two, x);
 }
 
-static void tl2_decode(const tern_matrix *w, int r0, int row1, int k0, int k1, uint8_t *d)
+static inline __attribute__((always_inline)) void tl2_pairs(const uint8_t *idx, const uint8_t *rec, int n,
+							    uint8_t *dk)
 {
-	(void)row1; /* TL2 tiles are padded to 64 rows in data */
-	const int pairs = w->k_pad / 6;
-	const uint8_t *tile = w->data + (size_t)(r0 / VG_ROWS) * (size_t)pairs * TERN_TL2_PAIR_BYTES;
-	const int p0 = k0 / 6, p1 = k1 / 6;
-	const size_t chunk_bytes = (size_t)(p1 - p0) * TERN_TL2_PAIR_BYTES;
-	uint8_t *dk = d;
-	for (int pb = p0; pb < p1; pb += TERN_TL2_BLOCK_PAIRS) {
-		const int np = pairs - pb < TERN_TL2_BLOCK_PAIRS ? pairs - pb : TERN_TL2_BLOCK_PAIRS;
-		const uint8_t *idx = tile + (size_t)pb * TERN_TL2_PAIR_BYTES;
-		const uint8_t *sgn = idx + (size_t)np * 64;
-		for (size_t off = 0; off < (size_t)np * TERN_TL2_PAIR_BYTES; off += 64)
-			_mm_prefetch((const char *)(idx + off + chunk_bytes), _MM_HINT_T0);
-		int p = 0;
-		/* Two pairs = 12 k = 3 k4. */
-		for (; p + 2 <= np; p += 2) {
-			__m512i a[6], b[6];
-			tl2_planes(idx + (size_t)p * 64, sgn + (size_t)p * 16, a);
-			tl2_planes(idx + (size_t)(p + 1) * 64, sgn + (size_t)(p + 1) * 16, b);
-			interleave4(a[0], a[1], a[2], a[3], dk);
-			interleave4(a[4], a[5], b[0], b[1], dk + VG_K4_BYTES);
-			interleave4(b[2], b[3], b[4], b[5], dk + 2 * VG_K4_BYTES);
-			dk += 3 * VG_K4_BYTES;
-		}
-		if (p < np) { /* the odd last pair of the matrix: 6 k, the last 2 past k_pad are code 0 */
-			__m512i a[6];
-			const __m512i z = _mm512_setzero_si512();
-			tl2_planes(idx + (size_t)p * 64, sgn + (size_t)p * 16, a);
-			interleave4(a[0], a[1], a[2], a[3], dk);
-			interleave4(a[4], a[5], z, z, dk + VG_K4_BYTES);
-			dk += 2 * VG_K4_BYTES;
-		}
+	__m512i a[6], b[6];
+	tl2_planes(idx, rec, a);
+	interleave4(a[0], a[1], a[2], a[3], dk);
+	if (n == 2) {
+		tl2_planes(idx + 64, rec + 16, b);
+		interleave4(a[4], a[5], b[0], b[1], dk + I8G_K4_BYTES);
+		interleave4(b[2], b[3], b[4], b[5], dk + 2 * I8G_K4_BYTES);
+	} else {
+		const __m512i z = _mm512_setzero_si512();
+		interleave4(a[4], a[5], z, z, dk + I8G_K4_BYTES);
 	}
 }
+
+I8G_TL_DECODERS(tl1_quad, tl2_pairs)
 
 /* ---- the driver --------------------------------------------------------------- */
 
@@ -262,21 +233,14 @@ static inline void unpermute(__m512i x[4])
 static void vg_drive(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1, int kc,
 		     vg_decode_fn decode, int interleaved)
 {
-	_Alignas(64) uint8_t dec[(VG_KC_MAX / 4 + 1) * VG_K4_BYTES];
-	_Alignas(64) int32_t acc[VG_TOKENS * VG_ROWS];
+	_Alignas(64) uint8_t dec[(VG_KC_MAX / 4 + 1) * I8G_K4_BYTES];
+	_Alignas(64) int32_t acc[VG_TOKENS * I8G_ROWS];
 	const int k_pad = w->k_pad;
-	const int k4_full = k_pad / 4, tail = k_pad % 4;
 	for (int j0 = 0; j0 < a->n; j0 += VG_TOKENS) {
 		const int nj = a->n - j0 < VG_TOKENS ? a->n - j0 : VG_TOKENS;
-		/* The activations of a partial last k4, zero-padded (4 bytes per token). */
 		_Alignas(64) int8_t qtail[VG_TOKENS * 4];
-		if (tail) {
-			memset(qtail, 0, sizeof qtail);
-			for (int t = 0; t < nj; t++)
-				memcpy(qtail + 4 * t, a->q + (size_t)(j0 + t) * (size_t)k_pad + 4 * (size_t)k4_full,
-				       (size_t)tail);
-		}
-		for (int r = row0; r < row1; r += VG_ROWS) {
+		i8g_qtail(a, k_pad, j0, nj, qtail, sizeof qtail);
+		for (int r = row0; r < row1; r += I8G_ROWS) {
 			for (int k0 = 0; k0 < k_pad; k0 += kc) {
 				const int k1 = k_pad - k0 < kc ? k_pad : k0 + kc;
 				decode(w, r, row1, k0, k1, dec);
@@ -287,20 +251,20 @@ static void vg_drive(const tern_matrix *w, const tern_act *a, int32_t *dot, int 
 				const int blocks = (nj + VG_NT - 1) / VG_NT;
 				for (int t = 0, bi = 0; t < nj; bi++) {
 					const int nt = (nj - t + (blocks - bi) - 1) / (blocks - bi);
-					int32_t *at = acc + (size_t)t * VG_ROWS;
+					int32_t *at = acc + (size_t)t * I8G_ROWS;
 					vg_pass_n(dec, nk4, a->q + (size_t)(j0 + t) * (size_t)k_pad + (size_t)k0,
 						  (size_t)k_pad, nt, at, k0 == 0);
 					if (part)
-						vg_pass_n(dec + (size_t)nk4 * VG_K4_BYTES, 1, qtail + 4 * t, 4, nt, at,
+						vg_pass_n(dec + (size_t)nk4 * I8G_K4_BYTES, 1, qtail + 4 * t, 4, nt, at,
 							  k0 == 0 && nk4 == 0);
 					t += nt;
 				}
 			}
-			const int rows = row1 - r < VG_ROWS ? row1 - r : VG_ROWS;
+			const int rows = row1 - r < I8G_ROWS ? row1 - r : I8G_ROWS;
 			for (int t = 0; t < nj; t++) {
 				__m512i x[4];
 				for (int v = 0; v < 4; v++)
-					x[v] = _mm512_load_si512((const void *)(acc + (size_t)t * VG_ROWS + 16 * v));
+					x[v] = _mm512_load_si512((const void *)(acc + (size_t)t * I8G_ROWS + 16 * v));
 				if (interleaved)
 					unpermute(x);
 				const __m512i s = _mm512_set1_epi32(a->sum[j0 + t]);
@@ -315,17 +279,4 @@ static void vg_drive(const tern_matrix *w, const tern_act *a, int32_t *dot, int 
 	}
 }
 
-void tern_kern_i2s_vnni_gemm(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
-{
-	vg_drive(w, a, dot, ldd, row0, row1, VG_KC_I2S, i2s_decode, 0);
-}
-
-void tern_kern_tl1_vnni_gemm(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
-{
-	vg_drive(w, a, dot, ldd, row0, row1, VG_KC_TL1, tl1_decode, 1);
-}
-
-void tern_kern_tl2_vnni_gemm(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1)
-{
-	vg_drive(w, a, dot, ldd, row0, row1, VG_KC_TL2, tl2_decode, 1);
-}
+I8G_GEMMS(vnni, vg_drive, VG_KC_I2S, VG_KC_TL1, VG_KC_TL2)

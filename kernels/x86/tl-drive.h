@@ -18,6 +18,7 @@
 
 #include <stddef.h>
 #include <string.h>
+#include <xmmintrin.h>
 
 #define TL_LUT_BUDGET (512 * 1024)
 #define TL_MAX_TOKENS 8
@@ -28,9 +29,63 @@
 typedef void (*tl_run_fn)(const uint8_t *tile, int s0, int s1, const tern_act *a, int j0, int nt, ptrdiff_t pf,
 			  int32_t acc[][TERN_TL_ROWS]);
 
-static void tl_drive(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1, int steps,
-		     size_t step_bytes, int max_nt, tl_run_fn run)
+/* The LUT rows of tokens j0 .. j0+nt-1. */
+static inline void tl_luts(const tern_act *a, int j0, int nt, const uint8_t **lut)
 {
+	for (int t = 0; t < nt; t++)
+		lut[t] = (const uint8_t *)a->lut + (size_t)(j0 + t) * a->lut_row_bytes;
+}
+
+/* Prefetches pf bytes ahead of a step (pf = 0: nothing). A TL2 step spans
+ * 80 bytes: two prefetches 40 apart touch every line. always_inline: GCC
+ * counts a function of prefetches alone as const and drops its calls as dead
+ * code when it does not inline them early (measured: no prefetch left in the
+ * tile loops, TL2 GEMV 10-20% slower). */
+static inline __attribute__((always_inline)) void tl_prefetch_step(const uint8_t *step, ptrdiff_t pf, int tl2)
+{
+	if (pf) {
+		_mm_prefetch((const char *)(step + pf), _MM_HINT_T0);
+		if (tl2)
+			_mm_prefetch((const char *)(step + pf + 40), _MM_HINT_T0);
+	}
+}
+
+/* Defines name, a tl_run_fn for packing tl2 (0: TL1, 1: TL2) that calls
+ * tile_fn(tile, s0, s1, a, j0, NT, pf, tl2, acc) with the token count NT as
+ * a constant (max_nt or max_nt / 2, the counts tl_drive hands out), so each
+ * count gets its own unrolled body; one token goes to one_fn (same
+ * arguments, NT = 1: tile_fn again, or a GEMV tile). */
+#define TL_RUN_FN(name, tile_fn, one_fn, max_nt, tl2)                                                           \
+	static void name(const uint8_t *tile, int s0, int s1, const tern_act *a, int j0, int nt, ptrdiff_t pf,  \
+			 int32_t acc[][TERN_TL_ROWS])                                                           \
+	{                                                                                                       \
+		if (nt == (max_nt))                                                                             \
+			tile_fn(tile, s0, s1, a, j0, (max_nt), pf, (tl2), acc);                                 \
+		else if (nt == (max_nt) / 2)                                                                    \
+			tile_fn(tile, s0, s1, a, j0, (max_nt) / 2, pf, (tl2), acc);                             \
+		else                                                                                            \
+			one_fn(tile, s0, s1, a, j0, 1, pf, (tl2), acc);                                         \
+	}
+
+/* Defines the entry points tern_kern_tl1_<isa> and tern_kern_tl2_<isa>
+ * (kern-internal.h) as fn(w, a, dot, ldd, row0, row1, tl2). */
+#define TL_ENTRY_POINTS(isa, fn)                                                                                  \
+	void tern_kern_tl1_##isa(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1) \
+	{                                                                                                         \
+		fn(w, a, dot, ldd, row0, row1, 0);                                                                \
+	}                                                                                                         \
+	void tern_kern_tl2_##isa(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1) \
+	{                                                                                                         \
+		fn(w, a, dot, ldd, row0, row1, 1);                                                                \
+	}
+
+/* TL1 (tl2 = 0: steps are quads) or TL2 (pairs) with tiles run by run, for
+ * at most max_nt tokens at a time. */
+static void tl_drive(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1, int tl2,
+		     int max_nt, tl_run_fn run)
+{
+	const int steps = w->k_pad / (tl2 ? 6 : 4);
+	const size_t step_bytes = tl2 ? TERN_TL2_PAIR_BYTES : TERN_TL1_QUAD_BYTES;
 	int32_t acc[TL_MAX_TOKENS][TERN_TL_ROWS];
 	const size_t tile_bytes = (size_t)steps * step_bytes;
 	/* Slices are whole 32-step int16 blocks. */

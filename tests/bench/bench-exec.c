@@ -3,8 +3,9 @@
  *               tokens/s of a model shape beside the bandwidth bound)
  *   cluster  -> deploy/bench-serve.py cluster (aggregate decode tokens/s vs
  *               concurrency for 1, 2, 4 stages over real gRPC)
- *   serve    -> deploy/bench-serve.py serve (time to first token and tokens/s
- *               percentiles under N concurrent gRPC clients)
+ *   serve    -> deploy/bench-serve.py serve (time to first token, inter-token
+ *               latency and tokens/s under N clients: gRPC direct, gRPC through
+ *               tern-server's relay, HTTP SSE)
  * They keep one entry point and one row format (DESIGN.md). */
 #include <errno.h>
 #include <stdio.h>

@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "bench.h"
+#include "test-util.h"
 
 #define MAX_LIST 16
 #define MAX_REPS 256
@@ -186,19 +187,15 @@ static int parse_opts(kbench *b, int argc, char **argv)
 				return -1;
 			break;
 		case O_THREADS:
-			o->n_threads = bench_parse_int_list(optarg, o->threads, MAX_LIST);
-			if (o->n_threads < 1) {
-				fprintf(stderr, "tern-bench kernels: bad --threads '%s'\n", optarg);
+		case O_BATCHES: {
+			const int th = c == O_THREADS;
+			int *n = th ? &o->n_threads : &o->n_batches;
+			if ((*n = bench_parse_int_list(optarg, th ? o->threads : o->batches, MAX_LIST)) < 1) {
+				fprintf(stderr, "tern-bench kernels: bad --%s '%s'\n", th ? "threads" : "batches", optarg);
 				return -1;
 			}
 			break;
-		case O_BATCHES:
-			o->n_batches = bench_parse_int_list(optarg, o->batches, MAX_LIST);
-			if (o->n_batches < 1) {
-				fprintf(stderr, "tern-bench kernels: bad --batches '%s'\n", optarg);
-				return -1;
-			}
-			break;
+		}
 		case O_SHAPE: {
 			long m = strtol(optarg, &end, 10), k = 0;
 			if (*end == 'x' || *end == 'X')
@@ -324,10 +321,7 @@ static uint64_t rng = 0x243f6a8885a308d3ull;
 
 static uint32_t rnd32(void)
 {
-	rng ^= rng >> 12;
-	rng ^= rng << 25;
-	rng ^= rng >> 27;
-	return (uint32_t)((rng * 0x2545f4914f6cdd1dull) >> 32);
+	return tt_xorshift_star(&rng);
 }
 
 static void wset_free(wset *ws)

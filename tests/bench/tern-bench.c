@@ -17,7 +17,7 @@ static const bench_mode modes[] = {
     {"kernels", bench_kernels_main, "GEMV/GEMM per packing x ISA x threads vs measured read bandwidth"},
     {"run", bench_run_main, "prefill/decode tokens/s of a model shape (engine_bench) vs the bandwidth bound"},
     {"cluster", bench_cluster_main, "aggregate decode tokens/s vs concurrency for 1, 2, 4 stages (gRPC)"},
-    {"serve", bench_serve_main, "time to first token and tokens/s percentiles under N gRPC clients"},
+    {"serve", bench_serve_main, "TTFT, inter-token latency, tokens/s: gRPC direct, relayed, HTTP"},
 };
 
 static void usage(FILE *f)

@@ -5,7 +5,6 @@
 # directory (only where it is missing: a second start copies nothing). Every
 # token of every sequence must equal tern-run's. Not root: SKIPPED (77).
 set -u
-B=$(cd "$1" && pwd)
 T=$(cd "$(dirname "$0")" && pwd)
 D=$(cd "$T/../../deploy" && pwd)
 prefix="tr$$"

@@ -18,7 +18,6 @@ Usage: test_drain.py BUILD_DIR SOURCE_DIR
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,13 +27,7 @@ import time
 import grpc
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ternlib import Client, Results, load_pb2, make_model  # noqa: E402
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from ternlib import Client, Results, free_port, load_pb2, make_model  # noqa: E402
 
 
 class Up:
@@ -104,60 +97,58 @@ def main():
             time.sleep(0.02)
         raise AssertionError("only %d active + %d queued of %d" % (s.active_sequences, s.queue_depth, n))
 
-    def drain_all():
-        up = Up(src, build, model, ["--slots", "16", "--queue", "64", "-c", "1100", "--drain-timeout", "120"])
+    def with_up(args, body):
+        """Runs body(up, client) against a fresh tern-up, which must then exit 0."""
+        up = Up(src, build, model, args)
         cl = Client(pb, up.port)
         try:
-            ths, out = streams(cl, 64, 1000, [0] * 64)
-            s = wait_accepted(cl, 64)
-            assert s.active_sequences == 16 and s.queue_depth == 48, s
-            os.kill(up.proc.pid, signal.SIGTERM)  # what systemctl stop does
-            # tern-up passes it to the coordinator, which then says not ready
-            # (a request sent before that is accepted like any other).
-            deadline = time.time() + 30
-            while cl.health(pb.HealthRequest(), timeout=10).ready and time.time() < deadline:
-                time.sleep(0.02)
-            code, details = None, ""
-            try:
-                cl.gen(timeout=30, prompt="late", max_tokens=2)
-            except grpc.RpcError as e:
-                code, details = e.code(), e.details()
-            assert code == grpc.StatusCode.UNAVAILABLE and "not taking new requests" in details, (code, details)
-            for t in ths:
-                t.join(timeout=300)
-            bad = [o for o in out if o != ("ok", 1000, pb.FINISH_REASON_LENGTH)]
-            assert not bad, "%d of 64 streams did not finish: %s" % (len(bad), bad[:4])
+            body(up, cl)
             rc = up.proc.wait(timeout=60)
             assert rc == 0, "tern-up exited %d: %s" % (rc, up.text()[-2000:])
         finally:
             cl.close()
             up.kill_all()
-    res.check("drain_finishes_every_stream", drain_all)
 
-    def drain_timeout():
-        up = Up(src, build, model, ["--slots", "4", "-c", "4096", "--drain-timeout", "1"])
-        cl = Client(pb, up.port)
+    def drain_all(up, cl):
+        ths, out = streams(cl, 64, 1000, [0] * 64)
+        s = wait_accepted(cl, 64)
+        assert s.active_sequences == 16 and s.queue_depth == 48, s
+        os.kill(up.proc.pid, signal.SIGTERM)  # what systemctl stop does
+        # tern-up passes it to the coordinator, which then says not ready
+        # (a request sent before that is accepted like any other).
+        deadline = time.time() + 30
+        while cl.health(pb.HealthRequest(), timeout=10).ready and time.time() < deadline:
+            time.sleep(0.02)
+        code, details = None, ""
         try:
-            got = [0] * 4
-            ths, out = streams(cl, 4, 4000, got)
-            wait_accepted(cl, 4)
-            deadline = time.time() + 60
-            while min(got) == 0 and time.time() < deadline and not any(out):
-                time.sleep(0.01)
-            assert min(got) > 0, ("streams did not start", got, out)
-            os.kill(up.proc.pid, signal.SIGTERM)
-            at_signal = sum(got)
-            for t in ths:
-                t.join(timeout=120)
-            assert all(o and o[0] == grpc.StatusCode.UNAVAILABLE for o in out), out
-            # They went on generating during the drain, then were ended.
-            assert sum(got) > at_signal, (at_signal, got)
-            rc = up.proc.wait(timeout=60)
-            assert rc == 0, "tern-up exited %d: %s" % (rc, up.text()[-2000:])
-        finally:
-            cl.close()
-            up.kill_all()
-    res.check("drain_timeout_ends_the_rest", drain_timeout)
+            cl.gen(timeout=30, prompt="late", max_tokens=2)
+        except grpc.RpcError as e:
+            code, details = e.code(), e.details()
+        assert code == grpc.StatusCode.UNAVAILABLE and "not taking new requests" in details, (code, details)
+        for t in ths:
+            t.join(timeout=300)
+        bad = [o for o in out if o != ("ok", 1000, pb.FINISH_REASON_LENGTH)]
+        assert not bad, "%d of 64 streams did not finish: %s" % (len(bad), bad[:4])
+    res.check("drain_finishes_every_stream",
+              lambda: with_up(["--slots", "16", "--queue", "64", "-c", "1100", "--drain-timeout", "120"], drain_all))
+
+    def drain_timeout(up, cl):
+        got = [0] * 4
+        ths, out = streams(cl, 4, 4000, got)
+        wait_accepted(cl, 4)
+        deadline = time.time() + 60
+        while min(got) == 0 and time.time() < deadline and not any(out):
+            time.sleep(0.01)
+        assert min(got) > 0, ("streams did not start", got, out)
+        os.kill(up.proc.pid, signal.SIGTERM)
+        at_signal = sum(got)
+        for t in ths:
+            t.join(timeout=120)
+        assert all(o and o[0] == grpc.StatusCode.UNAVAILABLE for o in out), out
+        # They went on generating during the drain, then were ended.
+        assert sum(got) > at_signal, (at_signal, got)
+    res.check("drain_timeout_ends_the_rest",
+              lambda: with_up(["--slots", "4", "-c", "4096", "--drain-timeout", "1"], drain_timeout))
     return res.finish()
 
 

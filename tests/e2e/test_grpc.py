@@ -3,6 +3,8 @@
 
 A real tern-coordinator (with real tern-node stages under mpirun, or the
 layers in-process) serves a small synthetic model; a Python client checks:
+  - logprobs: each piece's equals what scoring the same tokens gives (two
+    paths through the head), the top list sorted and led by the greedy choice;
   - Health and Tokenize answer; Tokenize of text split into byte tokens ("café",
     "日本語", an emoji) decodes in grpcio: pieces valid UTF-8, piece_bytes exact;
   - a streamed greedy generation equals tern-run's tokens for the same prompt;
@@ -98,6 +100,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("build")
     ap.add_argument("--stages", type=int, default=2)
+    ap.add_argument("--via-server", action="store_true",
+                    help="every check through tern-server's relay instead of the coordinator's own gRPC")
     args = ap.parse_args()
     build = os.path.abspath(args.build)
     pb = load_pb2(build)
@@ -109,7 +113,7 @@ def main():
 
     prompts = ["the cat", "hello world", "a", "once upon a time", "the the the", "xyz", "tern serves",
                "what is it"]
-    srv = Server(build, model, args.stages, ["--slots", "16", "--queue", "128", "-c", "256"])
+    srv = Server(build, model, args.stages, ["--slots", "16", "--queue", "128", "-c", "256"], via_server=args.via_server)
     cl = Client(pb, srv.port)
     try:
         def health():
@@ -139,6 +143,44 @@ def main():
                     assert piece == (raw.decode() if _utf8(raw) else piece), (piece, raw)
                     assert _utf8(raw) or "\ufffd" in piece, (piece, raw)
         check("tokenize_non_ascii_valid_utf8", tokenize_non_ascii)
+
+        def logprobs_match_scoring():
+            # Each piece's logprob is log softmax of the logits that chose
+            # it; scoring prompt + generated tokens (score_prompt) computes
+            # the same logits on another path (prompt rows, batch invariance),
+            # so the generated tokens' NLL is the difference of two scores.
+            # The top list is sorted and, greedy, led by the chosen token;
+            # (The bytes equal the text where the text is UTF-8: test_openai_node.)
+            pieces = list(cl.generate(pb.GenerateRequest(prompt="the cat", max_tokens=8, ignore_eos=True,
+                                                         logprobs=True, top_logprobs=4), timeout=60))
+            toks = [m for m in pieces if not m.done]
+            assert len(toks) == 8, len(toks)
+            for m in toks:
+                assert m.logprob <= 0 and len(m.top_logprobs) == 4, m
+                assert m.top_logprobs[0].token_id == m.token_id and m.top_logprobs[0].logprob == m.logprob, m
+                lps = [t.logprob for t in m.top_logprobs]
+                assert lps == sorted(lps, reverse=True), lps
+                assert m.top_logprobs[0].token_bytes == m.token_bytes
+                assert m.token_bytes, m  # every token of this vocabulary has bytes
+            prompt_ids = list(cl.tokenize(pb.TokenizeRequest(text="the cat", add_bos=True), timeout=10).token_ids)
+            ids = [m.token_id for m in toks]
+
+            def score(seq):
+                fin = [m for m in cl.generate(pb.GenerateRequest(token_ids=seq, score_prompt=True), timeout=60)
+                       if m.done][0]
+                return fin.prompt_nll, fin.scored_tokens
+            full, n_full = score(prompt_ids + ids)
+            head, n_head = score(prompt_ids)
+            assert n_full - n_head == len(ids), (n_full, n_head)
+            want = -sum(m.logprob for m in toks)
+            assert abs((full - head) - want) <= 1e-4 * max(1.0, abs(want)), (full - head, want)
+            # No logprobs asked: none sent.
+            plain = [m for m in cl.generate(pb.GenerateRequest(prompt="the cat", max_tokens=2), timeout=60)
+                     if not m.done]
+            assert all(m.logprob == 0 and not m.top_logprobs and not m.token_bytes for m in plain)
+            code, det = code_of(lambda: cl.gen(prompt="a", max_tokens=2, top_logprobs=21))
+            assert code == grpc.StatusCode.INVALID_ARGUMENT and "top_logprobs" in det, (code, det)
+        check("logprobs_match_scoring", logprobs_match_scoring)
 
         alone = {}
 
@@ -305,7 +347,7 @@ def main():
     check("clean_shutdown_exit_status", clean_exit)
 
     # Queue limit: one slot, queue of 8.
-    srv = Server(build, model, args.stages, ["--slots", "1", "--queue", "8", "-c", "256"])
+    srv = Server(build, model, args.stages, ["--slots", "1", "--queue", "8", "-c", "256"], via_server=args.via_server)
     cl = Client(pb, srv.port)
     try:
         def queue_limit():
@@ -337,7 +379,7 @@ def main():
         srv.stop()
 
     # Queue limit 0: free slots still admit; only waiting work is refused.
-    srv = Server(build, model, args.stages, ["--slots", "2", "--queue", "0", "-c", "256"])
+    srv = Server(build, model, args.stages, ["--slots", "2", "--queue", "0", "-c", "256"], via_server=args.via_server)
     cl = Client(pb, srv.port)
     try:
         def queue_zero():
@@ -360,7 +402,7 @@ def main():
     tok = os.path.join(work, "token")
     with open(tok, "w") as f:
         f.write("s3cret-token\n")
-    srv = Server(build, model, 0, ["--auth-token-file", tok, "-c", "256"])
+    srv = Server(build, model, 0, ["--auth-token-file", tok, "-c", "256"], via_server=args.via_server)
     try:
         def auth():
             bare = Client(pb, srv.port)
@@ -445,7 +487,7 @@ def main():
     # A connection cap of 8: the ninth connection is closed at once, a gRPC
     # call fails while 8 are held and works once they are gone; connections
     # gRPC served and closed no longer count.
-    srv = Server(build, model, 0, ["--max-connections", "8", "-c", "256"])
+    srv = Server(build, model, 0, ["--max-connections", "8", "-c", "256"], via_server=args.via_server)
     try:
         def connection_cap():
             import socket
@@ -500,7 +542,7 @@ def main():
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", crt,
                     "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
                    check=True, capture_output=True)
-    srv = Server(build, model, 0, ["--tls-cert", crt, "--tls-key", key, "-c", "256"])
+    srv = Server(build, model, 0, ["--tls-cert", crt, "--tls-key", key, "-c", "256"], via_server=args.via_server)
     try:
         def tls():
             creds = grpc.ssl_channel_credentials(root_certificates=open(crt, "rb").read())
@@ -512,6 +554,21 @@ def main():
             code, _ = code_of(lambda: plain.health(pb.HealthRequest(), timeout=5))
             assert code != grpc.StatusCode.OK, code
             plain.close()
+            if args.via_server:
+                # tern-server's HTTP port speaks HTTPS with the same pair.
+                import http.client
+                import json
+                import ssl
+                import urllib.request
+                ctx = ssl.create_default_context(cafile=crt)
+                with urllib.request.urlopen("https://localhost:%d/v1/models" % srv.http_port, context=ctx,
+                                            timeout=30) as r:
+                    assert r.status == 200 and json.loads(r.read())["data"], r.status
+                try:
+                    urllib.request.urlopen("http://127.0.0.1:%d/v1/models" % srv.http_port, timeout=10)
+                    raise AssertionError("plain HTTP answered on the HTTPS port")
+                except (OSError, http.client.HTTPException):
+                    pass  # refused: no TLS handshake
         check("tls", tls)
     finally:
         srv.stop()

@@ -2,7 +2,8 @@
 clients, with raw sockets (Python's standard library only). One tern-server
 (--stages 0, the built-in model) started, signalled and reaped by pid. Every
 case must get an HTTP status (or, for a cut upload, a closed connection), and
-after each one a normal request must still be served.
+after each one a normal request must still be served. Also CORS: off by
+default, and with --cors ORIGIN (a second tern-server) that origin only.
 
     /usr/bin/python3 tests/e2e/test_http_hostile.py BUILD_DIR SOURCE_DIR
 """
@@ -17,18 +18,17 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ternlib  # noqa: E402
+from ternlib import free_port  # noqa: E402
+
 build, src = sys.argv[1], sys.argv[2]
 MODEL = os.path.join(src, "deploy/models/tern-kjv.gguf")
+KEY_FILE = tempfile.NamedTemporaryFile(prefix="tern-hostile-key-", delete=False).name
+with open(KEY_FILE, "w") as f:
+    f.write("k3y\n")
 failed = 0
 passed = 0
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 HTTP = free_port()
@@ -96,6 +96,44 @@ cases = []
 def case(fn):
     cases.append(fn)
     return fn
+
+
+def with_origin(method, path, origin, port=None, body=None):
+    c = http.client.HTTPConnection("127.0.0.1", port or HTTP, timeout=60)
+    h = {"Origin": origin}
+    if method == "OPTIONS":
+        h.update({"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"})
+    c.request(method, path, body=body, headers=h)
+    r = c.getresponse()
+    r.read()
+    c.close()
+    return r.status, {k.lower(): v for k, v in r.getheaders()}
+
+
+@case
+def cors():
+    # Off by default: a page from another origin gets no CORS headers (the
+    # browser refuses the reply), and no preflight succeeds.
+    st, h = with_origin("GET", "/v1/models", "https://evil.example")
+    check(st == 200 and "access-control-allow-origin" not in h, "no --cors: no ACAO header (%s %s)" % (st, h))
+    st, h = with_origin("OPTIONS", "/v1/chat/completions", "https://evil.example")
+    check(st != 204 and "access-control-allow-origin" not in h, "no --cors: preflight refused (%s)" % st)
+    # --cors ORIGIN: that origin only, preflight without the key.
+    other = ternlib.TernServer(build, ["-m", MODEL, "--stages", "0", "--cors", "https://app.example",
+                                       "--api-key-file", KEY_FILE])
+    try:
+        st, h = with_origin("OPTIONS", "/v1/chat/completions", "https://app.example", other.port)
+        check(st == 204 and h.get("access-control-allow-origin") == "https://app.example" and
+              "POST" in h.get("access-control-allow-methods", "") and
+              "authorization" in h.get("access-control-allow-headers", "").lower(),
+              "--cors: preflight 204 with the headers (%s %s)" % (st, h))
+        st, h = with_origin("GET", "/v1/models", "https://app.example", other.port)
+        check(st == 401 and h.get("access-control-allow-origin") == "https://app.example",
+              "--cors: a 401 still names the origin, so the page can read it (%s %s)" % (st, h))
+        st, h = with_origin("GET", "/health", "https://evil.example", other.port)
+        check(st == 200 and "access-control-allow-origin" not in h, "--cors: other origins get none (%s)" % h)
+    finally:
+        check(other.stop() == 0, "the --cors server stops cleanly")
 
 
 @case

@@ -12,6 +12,9 @@ coordinator and one stage, checked with `ss` by the pids of the job
   - --private-net (gRPC on a Unix socket): no process of the job has any TCP
     or UDP listener in this network namespace, the job's namespace has
     loopback only, and a generation through the Unix socket works.
+  - tern-server launching the same job: the same, with its own HTTP and gRPC
+    listeners on loopback; --private-net puts the job (not tern-server) in
+    its own namespace; a hostfile without a cluster network is refused.
 Not root: SKIPPED (77), counted.
 
 Usage: test_listeners.py BUILD_DIR SOURCE_DIR
@@ -25,27 +28,12 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ternlib import Results  # noqa: E402
+from ternlib import Results, TernServer, descendants, mpi_rank  # noqa: E402
 
 
-def descendants(pid):
-    """pid and every process below it (from /proc)."""
-    children = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % d) as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(d))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(children.get(p, []))
-    return out
+def parent(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
 
 
 def listeners(pids, netns_of=None):
@@ -104,7 +92,7 @@ def main():
     def default_mode():
         env, coord, mpirun = up("tcp", [], "127.0.0.1:0")
         try:
-            pids = set(descendants(mpirun))
+            pids = {mpirun, *descendants(mpirun)}
             ranks = pids - {mpirun}
             assert coord in ranks and len(ranks) >= 2, (coord, ranks)
             ls = listeners(pids)
@@ -121,7 +109,7 @@ def main():
         sock = os.path.join(work, "tern.sock")
         env, coord, mpirun = up("private", ["--private-net"], "unix:" + sock)
         try:
-            pids = set(descendants(mpirun))
+            pids = {mpirun, *descendants(mpirun)}
             assert coord in pids and len(pids) >= 3, pids
             ls = listeners(pids)
             assert not ls, "the job listens in the host's network namespace: %s" % ls
@@ -153,6 +141,72 @@ def main():
         assert r.returncode == 0 and "btl_tcp_if_include 10.1.0.0/16" in r.stdout and \
             "oob_tcp_if_include 10.1.0.0/16" in r.stdout, r
     res.check("launcher_needs_cluster_network", refused)
+
+    # tern-server launches the same job itself: the same rules hold, and its
+    # own HTTP and gRPC ports are on loopback.
+    def server(tag, extra):
+        return TernServer(build, ["-m", model, "--stages", "1"] + extra)
+
+    def chat_works(port):
+        import json
+        import urllib.request
+        req = urllib.request.Request("http://127.0.0.1:%d/v1/chat/completions" % port, data=json.dumps(
+            {"messages": [{"role": "user", "content": "And God said"}], "max_tokens": 4}).encode())
+        with urllib.request.urlopen(req, timeout=60) as r:
+            body = json.loads(r.read())
+        assert body["usage"]["completion_tokens"] >= 1, body
+
+    def server_default():
+        srv = server("srv", [])
+        try:
+            pids = {srv.proc.pid, *descendants(srv.proc.pid)}
+            job = pids - {srv.proc.pid}
+            assert len(job) >= 3, "mpirun, the coordinator and a stage under tern-server: %s" % job
+            ls = listeners(pids)
+            own = [a for a, p in ls if p == srv.proc.pid]
+            assert len(own) >= 2 and all(loopback(a) for a in own), "tern-server's HTTP and gRPC: %s" % own
+            mpirun = [p for p in job if parent(p) == srv.proc.pid][0]
+            bad = [(a, p) for a, p in ls if p in job and p != mpirun and not loopback(a)]
+            assert not bad, "ranks listen outside loopback: %s" % bad
+            chat_works(srv.port)
+        finally:
+            assert srv.stop() == 0
+    res.check("tern_server_ranks_loopback_only", server_default)
+
+    def server_private():
+        srv = server("srvp", ["--private-net"])
+        try:
+            pids = {srv.proc.pid, *descendants(srv.proc.pid)}
+            job = pids - {srv.proc.pid}
+            ls = listeners(pids)
+            assert all(p == srv.proc.pid for _, p in ls), "the job listens in the host's namespace: %s" % ls
+            assert ls and all(loopback(a) for a, _ in ls), "tern-server's own listeners: %s" % ls
+            coord = [p for p in job if mpi_rank(p) == 0][0]
+            addrs = subprocess.run(["nsenter", "-t", str(coord), "-n", "ip", "-o", "addr"], capture_output=True,
+                                   text=True, check=True).stdout
+            assert {ln.split()[1] for ln in addrs.splitlines() if ln.strip()} == {"lo"}, addrs
+            chat_works(srv.port)
+        finally:
+            assert srv.stop() == 0
+    res.check("tern_server_private_net", server_private)
+
+    def server_refuses():
+        r = subprocess.run([os.path.join(build, "coordinator", "tern-server"), "-m", model, "--hostfile",
+                            os.path.join(work, "hosts"), "--http", "127.0.0.1:0", "--grpc", "off"],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode != 0 and "network" in r.stderr, r
+        # With the network named in the hostfile the job is launched with TCP
+        # kept to it (the hosts do not exist: mpirun then fails at once).
+        named = os.path.join(work, "hosts-net")
+        with open(named, "w") as f:
+            f.write("# network: 10.1.0.0/16\nnohost-a.invalid slots=1\nnohost-b.invalid slots=1\n")
+        r = subprocess.run([os.path.join(build, "coordinator", "tern-server"), "-m", model, "--hostfile", named,
+                            "--http", "127.0.0.1:0", "--grpc", "off"], capture_output=True, text=True, timeout=120)
+        launch = [ln for ln in r.stderr.splitlines() if ln.startswith("tern-server: mpirun ")]
+        assert r.returncode != 0 and launch, r
+        assert "--mca btl_tcp_if_include 10.1.0.0/16" in launch[0] and \
+            "--mca oob_tcp_if_include 10.1.0.0/16" in launch[0] and launch[0].endswith("tern-node"), launch
+    res.check("tern_server_needs_cluster_network", server_refuses)
     return res.finish()
 
 

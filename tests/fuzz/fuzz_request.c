@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "tern-sched.h"
+#include "test-bpe.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -47,14 +48,7 @@ static void setup(void)
 	types[258] = TERN_TOKTYPE_CONTROL;
 	static const char *merges[] = {"h e"};
 	tern_tokenizer_desc d;
-	tern_tokenizer_desc_init(&d);
-	d.model = "gpt2";
-	d.pre = "llama-bpe";
-	d.n_tokens = VOCAB;
-	d.tokens = (const char *const *)tokens;
-	d.token_types = types;
-	d.n_merges = 1;
-	d.merges = merges;
+	tt_bpe_desc(&d, VOCAB, tokens, types, 1, merges);
 	d.bos_id = 257;
 	d.eos_id = 258;
 	d.add_bos = 1;

@@ -129,6 +129,39 @@ test('seed reproduces a sampled reply; penalties accepted', async () => {
   check(g.choices[0].message.content !== g0.choices[0].message.content, 'penalties change the greedy text');
 });
 
+test('logprobs: chat and completions, plain and streamed', async () => {
+  const req = { model: 'tern-kjv', messages: [{ role: 'user', content: user }], temperature: 0, max_tokens: 12,
+    logprobs: true, top_logprobs: 3 };
+  const r = await client.chat.completions.create(req);
+  const content = r.choices[0].logprobs?.content ?? [];
+  check(content.length === r.usage.completion_tokens, `one entry per token (${content.length} of ${r.usage.completion_tokens})`);
+  const bytes = [];
+  for (const [i, e] of content.entries()) {
+    check(e.logprob <= 0 && e.top_logprobs.length === 3, `entry ${i}: logprob <= 0, 3 alternatives`);
+    // Greedy: the chosen token is the most likely, alternatives in order.
+    check(e.top_logprobs[0].logprob === e.logprob && e.top_logprobs[0].token === e.token, `entry ${i}: greedy = top 1`);
+    check(e.top_logprobs.every((t, k) => k === 0 || t.logprob <= e.top_logprobs[k - 1].logprob), `entry ${i}: sorted`);
+    bytes.push(...e.bytes);
+  }
+  check(Buffer.from(bytes).toString() === r.choices[0].message.content, 'the entries\' bytes are the text');
+  // Streamed: the same entries, spread over the chunks.
+  const st = await client.chat.completions.create({ ...req, stream: true });
+  const streamed = [];
+  for await (const ch of st)
+    for (const c of ch.choices) streamed.push(...(c.logprobs?.content ?? []));
+  check(JSON.stringify(streamed) === JSON.stringify(content), 'streamed entries = the plain reply\'s');
+  // Sampling settings do not change the numbers: log softmax of the model's logits.
+  const hot = await client.chat.completions.create({ ...req, temperature: 1.5, seed: 3, max_tokens: 1 });
+  check(hot.choices[0].logprobs.content[0].top_logprobs[0].logprob === content[0].top_logprobs[0].logprob,
+    'temperature does not change the first position\'s logprobs');
+  const c = await client.completions.create({ model: 'tern-kjv', prompt: user, temperature: 0, max_tokens: 6, logprobs: 2 });
+  const lp = c.choices[0].logprobs;
+  check(lp.tokens.length === 6 && lp.token_logprobs.length === 6 && lp.top_logprobs.length === 6, 'completions: 6 columns');
+  check(lp.tokens.join('') === c.choices[0].text, 'completions: the tokens are the text');
+  check(lp.top_logprobs.every((t) => Object.keys(t).length <= 2), 'completions: 2 alternatives');
+  check(lp.text_offset[0] === 0 && lp.text_offset.every((o, i) => i === 0 || o >= lp.text_offset[i - 1]), 'text offsets');
+});
+
 test('errors are the SDK exception classes', async () => {
   const bad = async (req, cls, status, what) => {
     try {
@@ -142,7 +175,8 @@ test('errors are the SDK exception classes', async () => {
   await bad({ n: 2 }, OpenAI.BadRequestError, 400, 'n = 2');
   await bad({ tools: [{ type: 'function', function: { name: 'f', parameters: {} } }] }, OpenAI.BadRequestError, 400, 'tools');
   await bad({ response_format: { type: 'json_object' } }, OpenAI.BadRequestError, 400, 'response_format');
-  await bad({ logprobs: true }, OpenAI.BadRequestError, 400, 'logprobs');
+  await bad({ logprobs: true, top_logprobs: 21 }, OpenAI.BadRequestError, 400, 'top_logprobs over 20');
+  await bad({ top_logprobs: 2 }, OpenAI.BadRequestError, 400, 'top_logprobs without logprobs');
   await bad({ max_tokens: 100000 }, OpenAI.BadRequestError, 400, 'max_tokens past the context');
   await bad({ temperature: 7 }, OpenAI.BadRequestError, 400, 'temperature out of range');
   await bad({ messages: [{ role: 'tool', content: 'x' }] }, OpenAI.BadRequestError, 400, 'tool role');
@@ -220,7 +254,12 @@ test('a client aborting mid-stream frees its sequence', async () => {
   let n = 0;
   try {
     for await (const c of stream) {
-      if (c.choices[0].text && ++n === 3) ctl.abort();
+      // Chunks the SDK had already read may still come after abort():
+      // stop reading at once, as a client that goes away does.
+      if (c.choices[0].text && ++n === 3) {
+        ctl.abort();
+        break;
+      }
     }
   } catch (e) {
     check(e instanceof OpenAI.APIUserAbortError || e.name === 'AbortError', `abort raises ${e.constructor.name}`);
@@ -275,7 +314,7 @@ test('a stage dies mid-stream: an error event, a closed body, then 503', async (
 let jobA;
 await h.main(async () => {
   jobA = await h.startServer('A', ['-m', MODEL, '--stages', '1', '--http', httpA, '--grpc', grpcA, '--', '--ctx', '2048']);
-  await h.startServer('B', ['--attach', grpcA, '--http', httpB, '--api-key-file', keyFile]);
+  await h.startServer('B', ['--attach', grpcA, '--http', httpB, '--grpc', 'off', '--api-key-file', keyFile]);
   await h.startServer('C', ['-m', MODEL, '--stages', '0', '--http', httpC, '--grpc', grpcC, '--', '--slots', '1', '--queue', '0']);
   client = new OpenAI({ baseURL: `http://${httpA}/v1`, apiKey: 'unused', maxRetries: 0 });
   keyed = new OpenAI({ baseURL: `http://${httpB}/v1`, apiKey: 'sk-tern-test-key', maxRetries: 0 });

@@ -91,6 +91,24 @@ def run_tool(tool, args, lines):
     return p.stdout.decode().split('\n')[:len(lines)]
 
 
+def tool_encodings(tool, mode, vocab_lines, cases):
+    """Writes vocab_lines as a vocabulary file for the tool's MODE ("bpe" or
+    "spm") and has it encode and decode every (text, flags) case:
+    [(text, flags, C ids, decoded bytes)]."""
+    with tempfile.NamedTemporaryFile('w', suffix='.vocab', delete=False) as f:
+        f.write(''.join(l + '\n' for l in vocab_lines))
+        path = f.name
+    try:
+        got = run_tool(tool, [mode, path], ['%d %s' % (fl, t.encode().hex()) for t, fl in cases])
+    finally:
+        os.unlink(path)
+    out = []
+    for (t, fl), line in zip(cases, got):
+        ids_s, _, dec = line.partition(' ')
+        out.append((t, fl, [int(x) for x in ids_s.split(',') if x], bytes.fromhex(dec)))
+    return out
+
+
 def check_classes(tool):
     out = subprocess.run([tool, 'ranges'], stdout=subprocess.PIPE, check=True).stdout.decode().split('\n')
     if out[0] != unicodedata.unidata_version:
@@ -178,6 +196,19 @@ def mapped(piece):
     return ''.join(BMAP[b] for b in piece.encode())
 
 
+def merge_pair(seq, a, b):
+    """seq with every non-overlapping a, b (left to right) merged into a + b."""
+    out, i = [], 0
+    while i < len(seq):
+        if i + 1 < len(seq) and seq[i] == a and seq[i + 1] == b:
+            out.append(a + b)
+            i += 2
+        else:
+            out.append(seq[i])
+            i += 1
+    return out
+
+
 def train(words, n_merges):
     """Plain BPE training: repeatedly merge the most frequent adjacent pair
     (ties: the smallest pair). Pair counts are updated only for the words
@@ -209,18 +240,29 @@ def train(words, n_merges):
                 counts[pair] -= c
                 if counts[pair] == 0:
                     del counts[pair]
-            out, i = [], 0
-            while i < len(s):
-                if i + 1 < len(s) and s[i] == a and s[i + 1] == b:
-                    out.append(a + b)
-                    i += 2
-                else:
-                    out.append(s[i])
-                    i += 1
+            out = merge_pair(s, a, b)
             for pair in zip(out, out[1:]):
                 counts[pair] = counts.get(pair, 0) + c
             entry[0] = out
     return merges
+
+
+def split_specials(parts, specials):
+    """[(text, is_special)] with every special token (longest first) split
+    out of the plain parts as a part of its own; empty pieces dropped."""
+    for sp in sorted(specials, key=len, reverse=True):
+        nxt = []
+        for p, is_sp in parts:
+            if is_sp:
+                nxt.append((p, True))
+                continue
+            for i, c in enumerate(p.split(sp)):
+                if i:
+                    nxt.append((sp, True))
+                if c:
+                    nxt.append((c, False))
+        parts = nxt
+    return parts
 
 
 def py_encode(text, vocab, ranks, merge_list, pieces_of, parse_special, add_bos):
@@ -229,19 +271,7 @@ def py_encode(text, vocab, ranks, merge_list, pieces_of, parse_special, add_bos)
     out = [0] if add_bos else []
     parts = [(text, False)]
     if parse_special:
-        for sp in sorted(SPECIALS, key=len, reverse=True):
-            nxt = []
-            for p, is_sp in parts:
-                if is_sp:
-                    nxt.append((p, True))
-                    continue
-                chunks = p.split(sp)
-                for i, c in enumerate(chunks):
-                    if i:
-                        nxt.append((sp, True))
-                    if c:
-                        nxt.append((c, False))
-            parts = nxt
+        parts = split_specials(parts, SPECIALS)
     for p, is_sp in parts:
         if is_sp:
             out.append(vocab[p])
@@ -258,15 +288,7 @@ def py_encode(text, vocab, ranks, merge_list, pieces_of, parse_special, add_bos)
                 if r == 1 << 60:
                     break
                 a, b = merge_list[r]
-                new, i = [], 0
-                while i < len(word):
-                    if i + 1 < len(word) and word[i] == a and word[i + 1] == b:
-                        new.append(a + b)
-                        i += 2
-                    else:
-                        new.append(word[i])
-                        i += 1
-                word = new
+                word = merge_pair(word, a, b)
             out.extend(vocab[w] for w in word)
     return out
 
@@ -307,23 +329,12 @@ def check_bpe(tool, texts, splits):
     if pat is None:
         # Without regex only corpus strings have known splits.
         cases = [(t, f) for t, f in cases if t in split_of and f < 2]
-    with tempfile.NamedTemporaryFile('w', suffix='.vocab', delete=False) as f:
-        f.write('%d %d\n' % (len(tokens), len(merges)))
-        for t, ty in zip(tokens, types):
-            f.write('%d %s\n' % (ty, t.encode().hex()))
-        for a, b in merges:
-            f.write((a + ' ' + b).encode().hex() + '\n')
-        path = f.name
-    try:
-        got = run_tool(tool, ['bpe', path], ['%d %s' % (fl, t.encode().hex()) for t, fl in cases])
-    finally:
-        os.unlink(path)
+    lines = (['%d %d' % (len(tokens), len(merges))] + ['%d %s' % (ty, t.encode().hex()) for t, ty in zip(tokens, types)]
+             + [(a + ' ' + b).encode().hex() for a, b in merges])
     bad = 0
-    for (t, fl), line in zip(cases, got):
-        ids_s, _, dec = line.partition(' ')
-        have = [int(x) for x in ids_s.split(',') if x]
+    for t, fl, have, dec in tool_encodings(tool, 'bpe', lines, cases):
         want = py_encode(t, vocab, ranks, merges, pieces_of, fl & 2, fl & 1)
-        text_back = bytes.fromhex(dec).decode('utf-8', 'replace')
+        text_back = dec.decode('utf-8', 'replace')
         want_back = ('<|begin_of_text|>' if fl & 1 else '') + t
         if have != want or text_back != want_back:
             if bad < 10:
@@ -368,18 +379,7 @@ def py_spm_encode(text, vocab, scores, add_bos, parse_special):
     out = [1] if add_bos else []
     parts = [(text, False)] if text else []  # empty text: no fragment, no space prefix
     if parse_special:
-        for sp in sorted(SPM_SPECIALS, key=len, reverse=True):
-            nxt = []
-            for p, is_sp in parts:
-                if is_sp:
-                    nxt.append((p, True))
-                    continue
-                for i, c in enumerate(p.split(sp)):
-                    if i:
-                        nxt.append((sp, True))
-                    if c:
-                        nxt.append((c, False))
-            parts = nxt
+        parts = split_specials(parts, SPM_SPECIALS)
     prev_special = True
     for p, is_sp in parts:
         if is_sp:
@@ -423,21 +423,11 @@ def check_spm(tool, texts):
     vocab = {t: i for i, t in enumerate(tokens)}
     cases = [(t, f) for t in texts for f in (0, 1)]
     cases += [(t, f) for t in ['<s>hello</s> world', 'a</s>', '</s></s>x', '<unk> y'] for f in range(4)]
-    with tempfile.NamedTemporaryFile('w', suffix='.vocab', delete=False) as f:
-        f.write('%d 0\n' % len(tokens))
-        for t, ty, sc in zip(tokens, types, scores):
-            f.write('%d %r %s\n' % (ty, sc, t.encode().hex()))
-        path = f.name
-    try:
-        got = run_tool(tool, ['spm', path], ['%d %s' % (fl, t.encode().hex()) for t, fl in cases])
-    finally:
-        os.unlink(path)
+    lines = ['%d 0' % len(tokens)] + ['%d %r %s' % (ty, sc, t.encode().hex())
+                                      for t, ty, sc in zip(tokens, types, scores)]
     bad = 0
-    for (t, fl), line in zip(cases, got):
-        ids_s, _, dec = line.partition(' ')
-        have = [int(x) for x in ids_s.split(',') if x]
+    for t, fl, have, back in tool_encodings(tool, 'spm', lines, cases):
         want = py_spm_encode(t, vocab, scores, fl & 1, fl & 2)
-        back = bytes.fromhex(dec)
         want_back = py_spm_decode(want, tokens, types)
         if have != want or back != want_back:
             if bad < 10:

@@ -14,6 +14,7 @@
  * bpe: token 0 is BOS; spm: 0 <unk>, 1 BOS, 2 EOS. */
 #include "tern-tokenizer.h"
 #include "tern-unicode.h"
+#include "test-util.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -140,12 +141,8 @@ static int do_vocab(const char *path, int spm)
 		free(s);
 	}
 	tern_tokenizer_free(t);
-	for (unsigned i = 0; i < nt; i++)
-		free(tok[i]);
-	for (unsigned i = 0; i < nm; i++)
-		free(mer[i]);
-	free(tok);
-	free(mer);
+	tt_free_strings(tok, nt);
+	tt_free_strings(mer, nm);
 	free(tl);
 	free(ml);
 	free(ty);

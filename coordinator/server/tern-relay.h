@@ -1,0 +1,24 @@
+/* tern-relay.h: tern.v1.Tern as tern-server serves it (--grpc): a
+ * tern_service (serve/tern-service.h) whose every call is relayed to the
+ * coordinator, so the `tern` CLI and every gRPC client work through
+ * tern-server unchanged, and grpc/'s server (auth, connection cap, status
+ * codes) serves it as it serves the scheduler. A client's cancel cancels the
+ * upstream call; the coordinator's refusals (INVALID_ARGUMENT,
+ * RESOURCE_EXHAUSTED, UNAVAILABLE) reach the client as they are. */
+#ifndef TERN_RELAY_H
+#define TERN_RELAY_H
+
+#include "tern-base.h"
+#include "tern-grpc-client.h"
+#include "tern-service.h"
+
+typedef struct tern_relay tern_relay;
+
+/* up must outlive the relay. Errors: TERN_ENOMEM. */
+int tern_relay_create(tern_grpc_client *up, tern_relay **out, tern_err *err);
+const tern_service *tern_relay_service(tern_relay *r);
+/* Cancels every stream still running, waits for their threads, frees r.
+ * Call after the gRPC server that uses it has stopped. NULL is a no-op. */
+void tern_relay_free(tern_relay *r);
+
+#endif /* TERN_RELAY_H */
