@@ -118,8 +118,10 @@ export function harness(name, build) {
     });
   };
 
-  // The coordinator's counters (tern stats --json).
-  const stats = (grpcAddr) => JSON.parse(execFileSync(TERN, ['stats', '--json', '--server', grpcAddr]).toString());
+  // The coordinator's counters (tern stats --json), through tern-server's
+  // gRPC relay (with its API key file, when it wants one).
+  const stats = (grpcAddr, tokenFile) => JSON.parse(execFileSync(TERN, ['stats', '--json', '--server', grpcAddr,
+    ...(tokenFile ? ['--token-file', tokenFile] : [])]).toString());
 
   // Runs setup, then every case, then cleanup (if given); stops every server it started, the last
   // started first (one that only attaches goes before the one that owns the

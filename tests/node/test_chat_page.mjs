@@ -183,7 +183,7 @@ test('tokens stream in; the shown answer = the API\'s answer to the same request
 });
 
 test('Stop: the stream stops, the server frees the sequence, the page is usable again', async () => {
-  const before = h.stats(grpc);
+  const before = h.stats(grpc, keyFile);
   const sent = await ask('Tell me more', { 'max-tokens': 1000 });
   check(JSON.stringify(sent.messages) === JSON.stringify([...turn1.sent.messages,
     { role: 'assistant', content: turn1.text }, { role: 'user', content: 'Tell me more' }]),
@@ -195,7 +195,7 @@ test('Stop: the stream stops, the server frees the sequence, the page is usable 
   // Polled, not timed: the server sees the closed connection and cancels.
   let s;
   for (let i = 0; i < 300; i++) {
-    s = h.stats(grpc);
+    s = h.stats(grpc, keyFile);
     if (s.requests_cancelled > before.requests_cancelled && s.active_sequences === 0) break;
     await sleep(100);
   }
