@@ -30,6 +30,7 @@
 #include "tern-grpc.h"
 #include "tern-http.h"
 #include "tern-launch.h"
+#include "tern-supervise.h"
 #include "tern-relay.h"
 #include "tern.pb-c.h"
 
@@ -59,6 +60,11 @@ static void usage(FILE *f)
 		   "  --max-connections N  connections open at once on each port; more are refused (default\n"
 		   "                       2048 HTTP, 1024 gRPC)\n"
 		   "  --ready-timeout S    wait at most S seconds for the coordinator to be ready (default 600)\n"
+		   "  --restart-limit N/W  a job that dies is restarted (back-off 1, 2, 4 ... 30 s) and the\n"
+		   "                       requests in flight resume; more than N restarts within W seconds\n"
+		   "                       and it is left down (default 5/300; 0/1: never restart)\n"
+		   "  --stall-timeout S    a coordinator that does not answer Health for S seconds is killed\n"
+		   "                       and restarted (default 10)\n"
 		   "  after --: tern-coordinator options (--slots, --ctx, --queue, --threads, ...; not --listen)\n");
 }
 
@@ -75,7 +81,7 @@ static void on_signal(int sig)
 
 enum { OPT_STAGES = 256, OPT_HOSTFILE, OPT_HTTP, OPT_GRPC, OPT_API_KEY_FILE, OPT_ATTACH, OPT_READY_TIMEOUT,
        OPT_COORDINATOR, OPT_MAX_CONNS, OPT_NETWORK, OPT_PRIVATE_NET, OPT_TLS_CERT, OPT_TLS_KEY,
-       OPT_CORS };
+       OPT_CORS, OPT_RESTART_LIMIT, OPT_STALL_TIMEOUT };
 
 static int is_ready(tern_grpc_client *c, char *model, size_t model_len)
 {
@@ -134,6 +140,8 @@ int main(int argc, char **argv)
 		{"tls-key", required_argument, NULL, OPT_TLS_KEY},
 		{"cors", required_argument, NULL, OPT_CORS},
 		{"ready-timeout", required_argument, NULL, OPT_READY_TIMEOUT},
+		{"restart-limit", required_argument, NULL, OPT_RESTART_LIMIT},
+		{"stall-timeout", required_argument, NULL, OPT_STALL_TIMEOUT},
 		{NULL, 0, NULL, 0},
 	};
 	const char *model = NULL, *hostfile = NULL, *http = "127.0.0.1:8080", *grpc = "127.0.0.1:50051";
@@ -141,7 +149,8 @@ int main(int argc, char **argv)
 	const char *tls_cert = NULL, *tls_key = NULL, *cors = NULL;
 	int private_net = 0;
 	int stages = -1, max_conns = 0;
-	double ready_timeout = 600;
+	double ready_timeout = 600, restart_window = 300, stall_timeout = 10;
+	int restart_limit = 5;
 	tern_err err;
 	tern_err_clear(&err);
 	opterr = 0;
@@ -197,6 +206,25 @@ int main(int argc, char **argv)
 		case OPT_READY_TIMEOUT:
 			rc = tern_parse_double(optarg, 0.1, 1e7, "--ready-timeout", &ready_timeout, &err);
 			break;
+		case OPT_RESTART_LIMIT: {
+			/* N/WINDOW */
+			char n_s[32];
+			const char *slash = strchr(optarg, '/');
+			if (!slash || (size_t)(slash - optarg) >= sizeof n_s) {
+				rc = TERN_ERR(&err, TERN_EINVAL, "--restart-limit: N/WINDOW, e.g. 5/300 (got '%s')",
+					      optarg);
+				break;
+			}
+			memcpy(n_s, optarg, (size_t)(slash - optarg));
+			n_s[slash - optarg] = '\0';
+			rc = tern_parse_int(n_s, 0, 1000, "--restart-limit N", &restart_limit, &err);
+			if (rc == 0)
+				rc = tern_parse_double(slash + 1, 1, 1e7, "--restart-limit WINDOW", &restart_window, &err);
+			break;
+		}
+		case OPT_STALL_TIMEOUT:
+			rc = tern_parse_double(optarg, 1, 1e6, "--stall-timeout", &stall_timeout, &err);
+			break;
 		default:
 			return tern_opt_fail("tern-server", oc, argv);
 		}
@@ -243,13 +271,13 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 
 	const int relay_on = strcmp(grpc, "off") != 0;
-	int status = 1, warned = 0;
+	int status = 1;
 	tern_grpc_client *up = NULL;
 	tern_http_server *hs = NULL;
 	tern_relay *relay = NULL;
 	tern_grpc_server *gs = NULL;
-	tern_job job;
-	memset(&job, 0, sizeof job);
+	tern_supervisor *sup = NULL;
+	tern_metrics *metrics = NULL;
 	/* The launched coordinator's gRPC: a Unix socket in a directory only we
 	 * can enter, unless told otherwise. */
 	char run_dir[64] = "", sock_addr[128] = "";
@@ -270,42 +298,66 @@ int main(int argc, char **argv)
 	tern_grpc_client_opts co = {.target = target};
 	if (tern_grpc_client_open(&co, &up, &err) < 0)
 		goto fail;
+	char exe[PATH_MAX];
+	tern_launch_opts lo;
 	if (!attach) {
-		char exe[PATH_MAX];
 		const ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
 		if (n <= 0) {
 			TERN_ERR(&err, TERN_EIO, "cannot find my own binary (/proc/self/exe)");
 			goto fail;
 		}
 		exe[n] = '\0';
-		tern_launch_opts lo = {.model = model,
-				       .stages = stages,
-				       .hostfile = hostfile,
-				       .bin_dir = dirname(exe),
-				       .grpc_listen = coord_addr,
-				       .network = network,
-				       .private_net = private_net,
-				       .coord_args = dashdash ? argv + optind : NULL,
-				       .n_coord_args = dashdash ? argc - optind : 0};
-		if (tern_launch_start(&lo, &job, &err) < 0)
-			goto fail;
+		lo = (tern_launch_opts){.model = model,
+					.stages = stages,
+					.hostfile = hostfile,
+					.bin_dir = dirname(exe),
+					.grpc_listen = coord_addr,
+					.network = network,
+					.private_net = private_net,
+					.coord_args = dashdash ? argv + optind : NULL,
+					.n_coord_args = dashdash ? argc - optind : 0};
 	}
+	if (!(metrics = tern_metrics_create())) {
+		TERN_ERR(&err, TERN_ENOMEM, "out of memory");
+		goto fail;
+	}
+	tern_supervisor_opts so = {.launch = attach ? NULL : &lo,
+				   .up = up,
+				   .metrics = metrics,
+				   .ready_timeout_s = ready_timeout,
+				   .restart_limit = restart_limit,
+				   .restart_window_s = restart_window,
+				   .stall_s = stall_timeout,
+				   .unix_socket = sock_addr[0] ? sock_addr + 5 : NULL};
+	if (tern_supervisor_start(&so, &sup, &err) < 0)
+		goto fail;
 	char served[PATH_MAX] = "";
-	const double t0 = tern_now_s();
-	while (!is_ready(up, served, sizeof served)) {
-		if (g_stop)
-			goto stop;
-		if (!attach && tern_launch_poll(&job)) {
-			TERN_ERR(&err, TERN_ESTATE, "the MPI job exited before it served (status %d)",
-				 WIFEXITED(job.status) ? WEXITSTATUS(job.status) : 128 + WTERMSIG(job.status));
-			goto fail;
+	if (attach) {
+		/* Nothing launched: wait until the coordinator answers ready. */
+		const double t0 = tern_now_s();
+		while (!is_ready(up, served, sizeof served)) {
+			if (g_stop)
+				goto stop;
+			if (tern_now_s() - t0 > ready_timeout) {
+				TERN_ERR(&err, TERN_ETIMEOUT, "the coordinator at %s was not ready within %.0f s", target,
+					 ready_timeout);
+				goto fail;
+			}
+			sleep_ms(200);
 		}
-		if (tern_now_s() - t0 > ready_timeout) {
-			TERN_ERR(&err, TERN_ETIMEOUT, "the coordinator at %s was not ready within %.0f s", target,
-				 ready_timeout);
-			goto fail;
+	} else {
+		for (;;) {
+			char why[512];
+			const int r = tern_supervisor_await(sup, 0, 0.2, NULL, served, sizeof served, why, sizeof why);
+			if (r == 1)
+				break;
+			if (r < 0) {
+				TERN_ERR(&err, TERN_ESTATE, "%s", why);
+				goto fail;
+			}
+			if (g_stop)
+				goto stop;
 		}
-		sleep_ms(200);
 	}
 	char model_id[256];
 	model_id_of(served, model_id, sizeof model_id);
@@ -316,11 +368,13 @@ int main(int argc, char **argv)
 			     .max_connections = (unsigned)max_conns,
 			     .tls_cert_file = tls_cert,
 			     .tls_key_file = tls_key,
-			     .cors_origin = cors};
+			     .cors_origin = cors,
+			     .supervisor = sup,
+			     .metrics = metrics};
 	if (tern_http_start(&ho, &hs, &err) < 0)
 		goto fail;
 	if (relay_on) {
-		if (tern_relay_create(up, &relay, &err) < 0)
+		if (tern_relay_create(up, sup, &relay, &err) < 0)
 			goto fail;
 		tern_grpc_opts go = {.listen = grpc,
 				     .auth_token = api_key,
@@ -336,16 +390,8 @@ int main(int argc, char **argv)
 	if (gs)
 		printf("tern-server: serving tern.v1.Tern gRPC on %s (port %d)\n", grpc, tern_grpc_port(gs));
 	fflush(stdout);
-	while (!g_stop) {
-		if (!attach && !warned && tern_launch_poll(&job)) {
-			/* Restarting the job is the next step (issue 15); until then
-			 * every request gets 503 and /health says so. */
-			fprintf(stderr, "tern-server: the MPI job exited (status %d): requests get 503 until restarted\n",
-				WIFEXITED(job.status) ? WEXITSTATUS(job.status) : 128 + WTERMSIG(job.status));
-			warned = 1;
-		}
+	while (!g_stop)
 		sleep_ms(200);
-	}
 stop:
 	if (g_stop)
 		fprintf(stderr, "tern-server: stopping on signal %d\n", (int)g_stop);
@@ -358,10 +404,10 @@ cleanup:
 	/* New connections stop first; the coordinator then ends the requests
 	 * in flight (their clients hear it), then the connections close. */
 	tern_http_quiesce(hs);
-	if (!attach && job.pid > 0) {
+	{
 		/* A job that failed earlier is reported, not this stop's failure;
 		 * one that would not stop is. */
-		const int js = tern_launch_stop(&job, TERN_SERVER_STOP_S);
+		const int js = tern_supervisor_stop(sup, TERN_SERVER_STOP_S);
 		if (js < 0)
 			status = 1;
 		else if (js != 0)
@@ -372,6 +418,8 @@ cleanup:
 	tern_grpc_stop(gs, 5.0);
 	tern_http_stop(hs);
 	tern_relay_free(relay);
+	tern_supervisor_free(sup);
+	tern_metrics_free(metrics);
 	tern_grpc_client_close(up);
 	free(api_key);
 	if (run_dir[0]) {

@@ -73,7 +73,16 @@ int tern_grpc_client_open(const tern_grpc_client_opts *o, tern_grpc_client **out
 	grpc_channel_credentials *creds = ca ? grpc_ssl_credentials_create(ca, NULL, NULL, NULL)
 					     : grpc_insecure_credentials_create();
 	free(ca);
-	c->ch = grpc_channel_create(o->target, creds, NULL);
+	/* A server that went away (tern-server's coordinator, restarted) is
+	 * tried again within a second, not after gRPC's default back-off of up
+	 * to two minutes. */
+	grpc_arg args[3] = {
+		{.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, .value.integer = 100},
+		{.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, .value.integer = 100},
+		{.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, .value.integer = 1000},
+	};
+	const grpc_channel_args ca_args = {.num_args = 3, .args = args};
+	c->ch = grpc_channel_create(o->target, creds, &ca_args);
 	grpc_channel_credentials_release(creds);
 	if (o->bearer_token && o->bearer_token[0])
 		snprintf(c->auth, sizeof c->auth, "Bearer %s", o->bearer_token);

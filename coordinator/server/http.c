@@ -22,6 +22,7 @@
 #include <sys/socket.h>
 #include <time.h>
 
+#include "tern-hold.h"
 #include "tern-metrics.h"
 #include "tern-openai.h"
 #include "tern-page.h"
@@ -208,6 +209,15 @@ static enum MHD_Result do_health(tern_http_server *s, struct MHD_Connection *c)
 	} else {
 		j = json_pack("{s:s,s:b,s:s}", "status", "unavailable", "ready", 0, "error",
 			      st == 0 ? "malformed Health reply" : detail[0] ? detail : tern_grpc_status_name(st));
+	}
+	if (j && s->o.supervisor) {
+		/* The job as tern-server sees it: its state and how often it was restarted. */
+		unsigned gen = 0;
+		const tern_job_state js = tern_supervisor_state(s->o.supervisor, &gen);
+		json_object_set_new(j, "job", json_string(tern_job_state_name(js)));
+		json_object_set_new(j, "generation", json_integer(gen));
+		if (js != TERN_JOB_UP)
+			ready = 0;
 	}
 	return reply_json(s, c, ready ? 200 : 503, j);
 }
@@ -402,7 +412,7 @@ static void sbuf_event(sbuf *b, char *json)
 /* Next message of the call, waiting in slices and watching the client; a
  * token message is timed on mr. 1: *out is a message (free it); -1: the call
  * ended; -2: the client left. */
-static int next_msg(tern_grpc_stream *gs, int fd, double keepalive_s, tern_metrics_req *mr,
+static int next_msg(tern_held *gs, int fd, double keepalive_s, tern_metrics_req *mr,
 		    Tern__V1__GenerateResponse **out)
 {
 	const double t0 = tern_now_s();
@@ -412,7 +422,7 @@ static int next_msg(tern_grpc_stream *gs, int fd, double keepalive_s, tern_metri
 			return -2;
 		const uint8_t *m;
 		size_t n;
-		const int r = tern_grpc_stream_next(gs, TERN_HTTP_POLL_MS / 1000.0, &m, &n);
+		const int r = tern_held_next(gs, TERN_HTTP_POLL_MS / 1000.0, &m, &n);
 		if (r < 0)
 			return -1;
 		if (r == 1) {
@@ -431,7 +441,7 @@ static int next_msg(tern_grpc_stream *gs, int fd, double keepalive_s, tern_metri
 typedef struct sse_ctx {
 	tern_http_server *srv;
 	int fd;
-	tern_grpc_stream *gs;
+	tern_held *gs;
 	int chat, include_usage, first, done;
 	char id[48];
 	long long created;
@@ -449,7 +459,7 @@ static void sse_free(void *cls)
 	tern_metrics_req_fail(&x->mr, TERN_OUTCOME_ABORT);
 	if (x->gs) {
 		char d[256];
-		tern_grpc_stream_finish(x->gs, d, sizeof d); /* cancels a call still running */
+		tern_held_finish(x->gs, d, sizeof d); /* cancels a call still running */
 	}
 	if (x->pending)
 		tern__v1__generate_response__free_unpacked(x->pending, NULL);
@@ -459,13 +469,13 @@ static void sse_free(void *cls)
 }
 
 /* Ends the call after its last message (the status follows it at once). */
-static int end_call(tern_grpc_stream **gs, char *detail, size_t dl)
+static int end_call(tern_held **gs, char *detail, size_t dl)
 {
 	const uint8_t *m;
 	size_t n;
-	while (tern_grpc_stream_next(*gs, 5.0, &m, &n) == 1)
+	while (tern_held_next(*gs, 5.0, &m, &n) == 1)
 		;
-	const int st = tern_grpc_stream_finish(*gs, detail, dl);
+	const int st = tern_held_finish(*gs, detail, dl);
 	*gs = NULL;
 	return st;
 }
@@ -529,7 +539,7 @@ static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max)
 			r = next_msg(x->gs, x->fd, TERN_HTTP_KEEPALIVE_S, &x->mr, &m);
 		if (r == -2) {
 			tern_metrics_req_fail(&x->mr, TERN_OUTCOME_ABORT);
-			tern_grpc_stream_cancel(x->gs);
+			tern_held_cancel(x->gs);
 			return MHD_CONTENT_READER_END_WITH_ERROR;
 		}
 		if (r == 0) {
@@ -544,7 +554,7 @@ static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max)
 		/* The call ended without its last message: an error, said in the
 		 * stream, which then ends properly. */
 		char detail[512];
-		const int st = tern_grpc_stream_finish(x->gs, detail, sizeof detail);
+		const int st = tern_held_finish(x->gs, detail, sizeof detail);
 		x->gs = NULL;
 		tern_metrics_req_fail(&x->mr, TERN_OUTCOME_ERROR);
 		tern_oai_error e;
@@ -568,9 +578,9 @@ static enum MHD_Result do_generate(tern_http_server *s, struct MHD_Connection *c
 	const long long created = (long long)time(NULL);
 	tern_metrics_req mr;
 	tern_metrics_req_start(s->metrics, &mr);
-	tern_grpc_stream *gs;
+	tern_held *gs;
 	tern_err err;
-	if (tern_grpc_stream_start(s->o.upstream, "/tern.v1.Tern/Generate", &r.gen.base, 0, &gs, &err) < 0) {
+	if (tern_held_start(s->o.supervisor, s->o.upstream, &r.gen, &gs, &err) < 0) {
 		tern_oai_request_free(&r);
 		tern_metrics_req_fail(&mr, TERN_OUTCOME_ERROR);
 		return reply_err(s, c, 500, "server_error", NULL, err.msg);
@@ -581,7 +591,7 @@ static enum MHD_Result do_generate(tern_http_server *s, struct MHD_Connection *c
 	tern_oai_request_free(&r);
 	if (lp_oom) {
 		char d[64];
-		tern_grpc_stream_finish(gs, d, sizeof d);
+		tern_held_finish(gs, d, sizeof d);
 		tern_metrics_req_fail(&mr, TERN_OUTCOME_ERROR);
 		return reply_text(s, c, 500, NULL, NULL);
 	}
@@ -590,14 +600,14 @@ static enum MHD_Result do_generate(tern_http_server *s, struct MHD_Connection *c
 	int got = next_msg(gs, fd, 0, &mr, &m);
 	if (got == -2) {
 		char d[64];
-		tern_grpc_stream_finish(gs, d, sizeof d);
+		tern_held_finish(gs, d, sizeof d);
 		tern_metrics_req_fail(&mr, TERN_OUTCOME_ABORT);
 		tern_oai_logprobs_free(lp);
 		return MHD_NO; /* the client left: close */
 	}
 	if (got == -1) {
 		char detail[512];
-		const int st = tern_grpc_stream_finish(gs, detail, sizeof detail);
+		const int st = tern_held_finish(gs, detail, sizeof detail);
 		tern_metrics_req_fail(&mr, TERN_OUTCOME_ERROR);
 		tern_oai_logprobs_free(lp);
 		tern_oai_error_from_status(st ? st : TERN_STATUS_INTERNAL, st ? detail : "no reply from the coordinator",
@@ -609,7 +619,7 @@ static enum MHD_Result do_generate(tern_http_server *s, struct MHD_Connection *c
 		if (!x) {
 			tern__v1__generate_response__free_unpacked(m, NULL);
 			char d[64];
-			tern_grpc_stream_finish(gs, d, sizeof d);
+			tern_held_finish(gs, d, sizeof d);
 			tern_metrics_req_fail(&mr, TERN_OUTCOME_ERROR);
 			tern_oai_logprobs_free(lp);
 			return reply_text(s, c, 500, NULL, NULL);
@@ -647,14 +657,14 @@ static enum MHD_Result do_generate(tern_http_server *s, struct MHD_Connection *c
 	}
 	if (got == -2) {
 		char d[64];
-		tern_grpc_stream_finish(gs, d, sizeof d);
+		tern_held_finish(gs, d, sizeof d);
 		free(text.p);
 		tern_oai_logprobs_free(lp);
 		tern_metrics_req_fail(&mr, TERN_OUTCOME_ABORT);
 		return MHD_NO;
 	}
 	char detail[512];
-	const int st = final ? end_call(&gs, detail, sizeof detail) : tern_grpc_stream_finish(gs, detail, sizeof detail);
+	const int st = final ? end_call(&gs, detail, sizeof detail) : tern_held_finish(gs, detail, sizeof detail);
 	if (final)
 		tern_metrics_req_done(&mr, (int)final->finish_reason, final->usage);
 	else
@@ -864,7 +874,7 @@ int tern_http_start(const tern_http_opts *o, tern_http_server **out, tern_err *e
 	s->o.api_key = s->api_key;
 	s->cors = o->cors_origin ? strdup(o->cors_origin) : NULL;
 	s->o.cors_origin = s->cors;
-	s->metrics = tern_metrics_create();
+	s->metrics = o->metrics ? o->metrics : tern_metrics_create();
 	if (!s->metrics || (o->api_key && !s->api_key) || (o->cors_origin && !s->cors)) {
 		freeaddrinfo(ai);
 		tern_http_stop(s);
@@ -933,7 +943,8 @@ void tern_http_stop(tern_http_server *s)
 		return;
 	if (s->d)
 		MHD_stop_daemon(s->d);
-	tern_metrics_free(s->metrics);
+	if (s->metrics != s->o.metrics)
+		tern_metrics_free(s->metrics);
 	free(s->api_key);
 	free(s->tls_cert);
 	free(s->tls_key);

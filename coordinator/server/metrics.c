@@ -13,6 +13,8 @@ static const double ttft_bounds[] = {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08,
 				     1.0,   2.5,   5.0,  7.5,  10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0};
 static const double itl_bounds[] = {0.01, 0.025, 0.05, 0.075, 0.1,  0.15, 0.2,  0.3,  0.4, 0.5,
 				    0.75, 1.0,   2.5,  5.0,   7.5,  10.0, 20.0, 40.0, 80.0};
+/* A resumed request's pause: detection, the job's restart, re-prefill. */
+static const double pause_bounds[] = {0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0};
 static const double e2e_bounds[] = {0.3,  0.5,  0.8,  1.0,  1.5,   2.0,   2.5,   5.0,    10.0,   15.0,  20.0,
 				    30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0};
 #define TERN_METRICS_MAX_BUCKETS 24
@@ -33,7 +35,8 @@ static const unsigned http_codes[] = {200, 400, 401, 404, 405, 413, 429, 500, 50
 
 struct tern_metrics {
 	pthread_mutex_t mu;
-	histogram ttft, itl, e2e;
+	histogram ttft, itl, e2e, pause;
+	unsigned long long restarts, resumed;
 	unsigned long long outcomes[TERN_OUTCOME_COUNT];
 	unsigned long long prompt_tokens, generation_tokens;
 	unsigned long long http[N_HTTP_CODES + 1]; /* by http_codes; [N_HTTP_CODES] other */
@@ -42,7 +45,8 @@ struct tern_metrics {
 #define HIST(b) ((histogram){.bounds = b, .n = sizeof b / sizeof b[0]})
 _Static_assert(sizeof ttft_bounds / sizeof(double) < TERN_METRICS_MAX_BUCKETS &&
 		       sizeof itl_bounds / sizeof(double) < TERN_METRICS_MAX_BUCKETS &&
-		       sizeof e2e_bounds / sizeof(double) < TERN_METRICS_MAX_BUCKETS,
+		       sizeof e2e_bounds / sizeof(double) < TERN_METRICS_MAX_BUCKETS &&
+		       sizeof pause_bounds / sizeof(double) < TERN_METRICS_MAX_BUCKETS,
 	       "TERN_METRICS_MAX_BUCKETS too small");
 
 tern_metrics *tern_metrics_create(void)
@@ -54,6 +58,7 @@ tern_metrics *tern_metrics_create(void)
 	m->ttft = HIST(ttft_bounds);
 	m->itl = HIST(itl_bounds);
 	m->e2e = HIST(e2e_bounds);
+	m->pause = HIST(pause_bounds);
 	return m;
 }
 
@@ -196,9 +201,14 @@ void tern_metrics_render(tern_metrics *m, const Tern__V1__StatsResponse *stats, 
 	one(f, "tern_up", "gauge", "1 when the coordinator answered this scrape's Stats call, else 0.", stats ? 1 : 0);
 	if (stats)
 		render_stats(f, stats);
-	one(f, "tern_job_restarts_total", "counter",
-	    "Restarts of the MPI job by tern-server. Always 0: supervised restart does not exist yet.", 0);
 	pthread_mutex_lock(&m->mu);
+	one(f, "tern_job_restarts_total", "counter",
+	    "Times tern-server found its MPI job dead or stalled and started it again (or gave up).",
+	    (double)m->restarts);
+	one(f, "tern_requests_resumed_total", "counter",
+	    "Requests in flight when the job died that continued on its next start.", (double)m->resumed);
+	render_histogram(f, "tern_resume_pause_seconds",
+			 "The pause a resumed request saw: from its stream's failure to its next token.", &m->pause);
 	head(f, "tern_request_finished_total", "counter",
 	     "Generation requests sent to the coordinator, by how they ended (abort: the client left first).");
 	for (int o = 0; o < TERN_OUTCOME_COUNT; o++)
@@ -221,5 +231,20 @@ void tern_metrics_render(tern_metrics *m, const Tern__V1__StatsResponse *stats, 
 		else
 			fprintf(f, "tern_http_requests_total{code=\"other\"} %llu\n", m->http[i]);
 	}
+	pthread_mutex_unlock(&m->mu);
+}
+
+void tern_metrics_job_restart(tern_metrics *m)
+{
+	pthread_mutex_lock(&m->mu);
+	m->restarts++;
+	pthread_mutex_unlock(&m->mu);
+}
+
+void tern_metrics_resumed(tern_metrics *m, double pause_s)
+{
+	pthread_mutex_lock(&m->mu);
+	m->resumed++;
+	observe(&m->pause, pause_s);
 	pthread_mutex_unlock(&m->mu);
 }

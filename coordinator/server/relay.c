@@ -8,6 +8,8 @@
  * are made on the gRPC server's unary worker thread, with a deadline. */
 #include "tern-relay.h"
 
+#include "tern-hold.h"
+
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -22,6 +24,7 @@ typedef struct relay_gen relay_gen;
 
 struct tern_relay {
 	tern_grpc_client *up;
+	tern_supervisor *sup; /* may be NULL */
 	tern_service svc;
 	pthread_mutex_t mu;
 	pthread_cond_t idle; /* signalled when n_live drops to 0 */
@@ -57,30 +60,30 @@ static void *gen_thread(void *arg)
 {
 	relay_gen *g = arg;
 	tern_err err;
-	tern_grpc_stream *st = NULL;
+	tern_held *st = NULL;
 	char detail[512] = "";
 	int status;
 	Tern__V1__GenerateResponse *final = NULL;
-	if (tern_grpc_stream_start(g->r->up, "/tern.v1.Tern/Generate", &g->req->base, 0, &st, &err) < 0) {
+	if (tern_held_start(g->r->sup, g->r->up, g->req, &st, &err) < 0) {
 		status = TERN_STATUS_RESOURCE_EXHAUSTED;
 		snprintf(detail, sizeof detail, "%s", err.msg);
 	} else {
 		int cancelled = 0;
 		for (;;) {
 			if (!cancelled && atomic_load(&g->cancelled)) {
-				tern_grpc_stream_cancel(st);
+				tern_held_cancel(st);
 				cancelled = 1;
 			}
 			const uint8_t *m;
 			size_t n;
-			const int got = tern_grpc_stream_next(st, RELAY_POLL_S, &m, &n);
+			const int got = tern_held_next(st, RELAY_POLL_S, &m, &n);
 			if (got < 0)
 				break;
 			if (got == 0)
 				continue;
 			Tern__V1__GenerateResponse *msg = tern__v1__generate_response__unpack(NULL, n, m);
 			if (!msg) {
-				tern_grpc_stream_cancel(st);
+				tern_held_cancel(st);
 				cancelled = 1;
 				continue;
 			}
@@ -94,7 +97,7 @@ static void *gen_thread(void *arg)
 				tern__v1__generate_response__free_unpacked(msg, NULL);
 			}
 		}
-		status = tern_grpc_stream_finish(st, detail, sizeof detail);
+		status = tern_held_finish(st, detail, sizeof detail);
 		if (status == TERN_STATUS_OK && !final) {
 			status = TERN_STATUS_INTERNAL;
 			snprintf(detail, sizeof detail, "the coordinator ended the stream without its last message");
@@ -202,8 +205,16 @@ static int relay_detokenize(void *self, const Tern__V1__DetokenizeRequest *req, 
 
 static int relay_health(void *self, Tern__V1__HealthResponse *out)
 {
+	tern_relay *r = self;
 	Tern__V1__HealthRequest q = TERN__V1__HEALTH_REQUEST__INIT;
-	return relay_unary(self, "/tern.v1.Tern/Health", &q.base, RELAY_STATUS_S, &out->base, NULL, 0);
+	const int st = relay_unary(r, "/tern.v1.Tern/Health", &q.base, RELAY_STATUS_S, &out->base, NULL, 0);
+	if (st == TERN_STATUS_OK && r->sup) {
+		unsigned gen = 0;
+		if (tern_supervisor_state(r->sup, &gen) != TERN_JOB_UP)
+			out->ready = 0;
+		out->generation = gen;
+	}
+	return st;
 }
 
 static int relay_stats(void *self, Tern__V1__StatsResponse *out)
@@ -224,12 +235,13 @@ static void relay_free_response(void *self, ProtobufCMessage *out)
 	protobuf_c_message_free_unpacked(copy, NULL);
 }
 
-int tern_relay_create(tern_grpc_client *up, tern_relay **out, tern_err *err)
+int tern_relay_create(tern_grpc_client *up, tern_supervisor *sup, tern_relay **out, tern_err *err)
 {
 	*out = NULL;
 	tern_relay *r = calloc(1, sizeof *r);
 	TERN_RETURN_IF(!r, err, TERN_ENOMEM, "out of memory");
 	r->up = up;
+	r->sup = sup;
 	pthread_mutex_init(&r->mu, NULL);
 	pthread_cond_init(&r->idle, NULL);
 	r->svc = (tern_service){.self = r,

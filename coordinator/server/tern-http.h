@@ -15,6 +15,8 @@
 
 #include "tern-base.h"
 #include "tern-grpc-client.h"
+#include "tern-metrics.h"
+#include "tern-supervise.h"
 
 #define TERN_HTTP_POLL_MS 200
 /* A stream that has sent nothing for this long gets an SSE comment line. */
@@ -33,6 +35,9 @@ typedef struct tern_http_opts {
 	const char *cors_origin;     /* NULL: no CORS headers (browsers refuse other origins); an origin
 				      * ("https://app.example") or "*": replies to it carry
 				      * Access-Control-Allow-Origin, and its OPTIONS preflight gets 204 */
+	tern_supervisor *supervisor; /* the job's: generations resume on its next start (tern-hold.h), /health
+				      * shows its state; NULL: none. Must outlive the server */
+	tern_metrics *metrics;       /* /metrics' counters, shared with the supervisor; NULL: the server's own */
 } tern_http_opts;
 
 typedef struct tern_http_server tern_http_server;

@@ -57,6 +57,11 @@ void tern_metrics_req_fail(tern_metrics_req *r, tern_outcome o);
 /* An HTTP response with this status was queued. */
 void tern_metrics_http(tern_metrics *m, unsigned status);
 
+/* The supervisor found the job dead or stalled (tern-supervise.h). */
+void tern_metrics_job_restart(tern_metrics *m);
+/* A request continued on the job's next start after a pause of pause_s. */
+void tern_metrics_resumed(tern_metrics *m, double pause_s);
+
 /* Writes every metric to f: tern-server's own, then the coordinator's gauges
  * from stats (NULL: the coordinator did not answer; tern_up is then 0 and
  * its gauges are left out). */

@@ -4,18 +4,22 @@
  * tern-server unchanged, and grpc/'s server (auth, connection cap, status
  * codes) serves it as it serves the scheduler. A client's cancel cancels the
  * upstream call; the coordinator's refusals (INVALID_ARGUMENT,
- * RESOURCE_EXHAUSTED, UNAVAILABLE) reach the client as they are. */
+ * RESOURCE_EXHAUSTED, UNAVAILABLE) reach the client as they are; a stream
+ * whose job died resumes on its next start (tern-hold.h), and Health carries
+ * the supervisor's generation. */
 #ifndef TERN_RELAY_H
 #define TERN_RELAY_H
 
 #include "tern-base.h"
 #include "tern-grpc-client.h"
 #include "tern-service.h"
+#include "tern-supervise.h"
 
 typedef struct tern_relay tern_relay;
 
-/* up must outlive the relay. Errors: TERN_ENOMEM. */
-int tern_relay_create(tern_grpc_client *up, tern_relay **out, tern_err *err);
+/* up and sup (may be NULL: no resume) must outlive the relay. Errors:
+ * TERN_ENOMEM. */
+int tern_relay_create(tern_grpc_client *up, tern_supervisor *sup, tern_relay **out, tern_err *err);
 const tern_service *tern_relay_service(tern_relay *r);
 /* Cancels every stream still running, waits for their threads, frees r.
  * Call after the gRPC server that uses it has stopped. NULL is a no-op. */

@@ -45,7 +45,8 @@ keyfile.close()
 
 GRPC = ternlib.free_port()
 srv = ternlib.TernServer(build, ["-m", MODEL, "--stages", "0", "--grpc", "127.0.0.1:%d" % GRPC,
-                                 "--api-key-file", keyfile.name, "--", "--ctx", "1024", "--slots", str(SLOTS)])
+                                 "--api-key-file", keyfile.name, "--restart-limit", "0/1",
+                                 "--", "--ctx", "1024", "--slots", str(SLOTS)])
 res = ternlib.Results()
 
 

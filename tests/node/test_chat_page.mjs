@@ -227,7 +227,7 @@ test('nothing broke the CSP', async () => {
   check(cspViolations.length === 0 && inPage.length === 0, `CSP violations: ${JSON.stringify([...cspViolations, ...inPage])}`);
 });
 
-// Last: it takes the job down.
+// Last: it takes the job down (never restarted: --restart-limit 0/1; test_resume has restarts).
 test('a stage dies mid-stream: the SSE error event is shown, health turns red', async () => {
   await page.click('#new-chat');
   await page.evaluate(() => { window.ternFrames.length = 0; });
@@ -249,7 +249,7 @@ test('a stage dies mid-stream: the SSE error event is shown, health turns red', 
 
 await h.main(async () => {
   server = await h.startServer('S', ['-m', MODEL, '--stages', '1', '--http', http, '--grpc', grpc,
-    '--api-key-file', keyFile, '--', '--ctx', '2048']);
+    '--api-key-file', keyFile, '--restart-limit', '0/1', '--', '--ctx', '2048']);
   // As root (CI, this machine) chromium's sandbox cannot start.
   const args = process.getuid?.() === 0 ? ['--no-sandbox'] : [];
   browser = await chromium.launch({ executablePath: CHROMIUM, args });

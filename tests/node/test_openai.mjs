@@ -277,7 +277,7 @@ test('a client aborting mid-stream frees its sequence', async () => {
   check(s.tokens_generated - before.tokens_generated < 2000, `generation stopped early (${s.tokens_generated - before.tokens_generated} tokens)`);
 });
 
-// Last: it takes A's job down.
+// Last: it takes A's job down (A never restarts it: --restart-limit 0/1; test_resume has restarts).
 test('a stage dies mid-stream: an error event, a closed body, then 503', async () => {
   const stream = await client.chat.completions.create({
     model: 'tern-kjv', messages: [{ role: 'user', content: user }], temperature: 0, max_tokens: 2000,
@@ -313,7 +313,7 @@ test('a stage dies mid-stream: an error event, a closed body, then 503', async (
 
 let jobA;
 await h.main(async () => {
-  jobA = await h.startServer('A', ['-m', MODEL, '--stages', '1', '--http', httpA, '--grpc', grpcA, '--', '--ctx', '2048']);
+  jobA = await h.startServer('A', ['-m', MODEL, '--stages', '1', '--http', httpA, '--grpc', grpcA, '--restart-limit', '0/1', '--', '--ctx', '2048']);
   await h.startServer('B', ['--attach', grpcA, '--http', httpB, '--grpc', 'off', '--api-key-file', keyFile]);
   await h.startServer('C', ['-m', MODEL, '--stages', '0', '--http', httpC, '--grpc', grpcC, '--', '--slots', '1', '--queue', '0']);
   client = new OpenAI({ baseURL: `http://${httpA}/v1`, apiKey: 'unused', maxRetries: 0 });

@@ -1,0 +1,49 @@
+/* tern-hold.h: a Generate call that outlives the MPI job (issue 15).
+ *
+ * tern-server's HTTP handlers and its gRPC relay call the coordinator through
+ * this instead of a bare tern_grpc_stream. It has the same shape (start, next,
+ * cancel, finish) and hands out the coordinator's messages unchanged, but it
+ * remembers the token ids it handed out, and when the call fails because the
+ * job died (UNAVAILABLE and its kin while the supervisor restarts jobs), it
+ * waits for the next generation of the job and sends the request again with
+ * those ids as resume_token_ids: the coordinator replays them and continues at
+ * the next index, so the caller sees a pause, then the same stream. The
+ * request gets an explicit seed first, so a sampled stream continues the same.
+ *
+ * An error that is not the job's (INVALID_ARGUMENT, RESOURCE_EXHAUSTED, a
+ * cancel) passes through as it is, as does everything when the supervisor is
+ * attached or NULL. Past the restart limit, or when the server stops, the call
+ * ends with UNAVAILABLE and the supervisor's reason. A held call belongs to
+ * the thread that started it, like a tern_grpc_stream. */
+#ifndef TERN_HOLD_H
+#define TERN_HOLD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tern-base.h"
+#include "tern-grpc-client.h"
+#include "tern-supervise.h"
+#include "tern.pb-c.h"
+
+typedef struct tern_held tern_held;
+
+/* Starts Generate(req) (req is copied). sup may be NULL (no resume).
+ * Errors: TERN_ENOMEM. */
+int tern_held_start(tern_supervisor *sup, tern_grpc_client *up, const Tern__V1__GenerateRequest *req,
+		    tern_held **out, tern_err *err);
+
+/* As tern_grpc_stream_next: 1 with the next message (valid until the next
+ * call on h), 0 when wait_s passed first (also while waiting for the job to
+ * come back), -1 when the call has ended (status in tern_held_finish). */
+int tern_held_next(tern_held *h, double wait_s, const uint8_t **msg, size_t *len);
+
+/* Cancels the call (also while it waits for the job); next() then returns -1
+ * and finish() CANCELLED. */
+void tern_held_cancel(tern_held *h);
+
+/* Ends the call (cancelling it if still running), frees h, and returns its
+ * status code, details copied into detail. */
+int tern_held_finish(tern_held *h, char *detail, size_t detail_len);
+
+#endif /* TERN_HOLD_H */

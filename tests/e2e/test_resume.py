@@ -1,0 +1,357 @@
+#!/usr/bin/python3
+"""test_resume.py: a stage, the coordinator or a hung stage goes down, the
+streams go on (issue 15).
+
+One tern-server launches the built-in model over 2 tern-node stages. Eight
+streams run at once, four through its gRPC relay and four over HTTP SSE
+(/v1/completions), half greedy, half sampled at temperature 0.8 with a seed,
+two of the HTTP ones with logprobs. Each is first run undisturbed; then, for
+each fault, all eight again, and once every stream has sent some tokens the
+fault is injected by pid:
+  - kill -9 a tern-node;
+  - kill -9 the coordinator rank;
+  - SIGSTOP a tern-node (the coordinator's stall timeout, or tern-server's);
+  - two faults in one stream (a stage, then, once the streams flow again,
+    the coordinator).
+Every stream must complete byte-identical to its undisturbed run: gRPC token
+ids, indices, text, usage, finish reason and seed; HTTP text, finish reason,
+usage and logprobs. Then /metrics: restarts counted, resumed requests and
+their pauses, token counters not double-counted; gRPC Health's generation.
+
+Last, a job that dies at every start: the model file is removed and a stage
+killed; past --restart-limit 1/600 both streams end with UNAVAILABLE (gRPC)
+and an SSE error event on a properly ended body, nothing of the job is left,
+/health says failed, new requests are refused, tern-server exits 0.
+
+The pause each stream saw (its longest gap between two tokens) is printed
+per fault: figures, not assertions.
+
+Usage: test_resume.py BUILD_DIR SOURCE_DIR
+"""
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+
+import grpc
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ternlib import Client, Results, TernServer, descendants, free_port, load_pb2, mpi_rank  # noqa: E402
+
+build, src = sys.argv[1], sys.argv[2]
+MODEL = os.path.join(src, "deploy/models/tern-kjv.gguf")
+TOKENS = 96
+PROMPTS = ["And God said", "In the beginning", "The LORD is my shepherd", "And it came to pass",
+           "Blessed are the", "Then Jesus said unto them", "And the earth was", "Behold, I stand at"]
+pb = load_pb2(build)
+res = Results()
+
+
+def spec(i):
+    """The i-th request: 0-3 over gRPC, 4-7 over HTTP; odd ones sampled."""
+    sampled = i % 2 == 1
+    return {"i": i, "grpc": i < 4, "prompt": PROMPTS[i], "temperature": 0.8 if sampled else 0.0,
+            "seed": 1000 + i, "logprobs": i in (5, 7)}
+
+
+def run_grpc(port, s, out):
+    c = Client(pb, port)
+    try:
+        sp = pb.SamplingParams(temperature=s["temperature"], seed=s["seed"], has_seed=True)
+        req = pb.GenerateRequest(prompt=s["prompt"], max_tokens=TOKENS, ignore_eos=True, sampling=sp)
+        for m in c.generate(req, timeout=300):
+            out["times"].append(time.monotonic())
+            if m.done:
+                out["final"] = (m.text, m.finish_reason, m.usage.prompt_tokens, m.usage.completion_tokens, m.seed)
+            else:
+                out["ids"].append((m.index, m.token_id))
+                out["text"].append(m.text)
+    except grpc.RpcError as e:
+        out["error"] = (e.code(), e.details())
+    finally:
+        c.close()
+
+
+def run_http(port, s, out):
+    body = {"prompt": s["prompt"], "max_tokens": TOKENS, "temperature": s["temperature"], "seed": s["seed"],
+            "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": True}
+    if s["logprobs"]:
+        body["logprobs"] = 2
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+    try:
+        c.request("POST", "/v1/completions", body=json.dumps(body), headers={"Content-Type": "application/json"})
+        r = c.getresponse()
+        out["status"] = r.status
+        buf = b""
+        while True:
+            chunk = r.read1(65536) if hasattr(r, "read1") else r.read(1)
+            if not chunk:
+                break
+            buf += chunk
+            while b"\n\n" in buf:
+                ev, buf = buf.split(b"\n\n", 1)
+                ev = ev.decode()
+                if not ev.startswith("data: "):
+                    continue
+                if ev == "data: [DONE]":
+                    out["done"] = True
+                    continue
+                j = json.loads(ev[6:])
+                if "error" in j:
+                    out["error"] = j["error"]
+                    continue
+                if j.get("usage"):
+                    out["final"] = j["usage"]
+                for ch in j.get("choices", []):
+                    if ch.get("text"):
+                        out["times"].append(time.monotonic())
+                        out["text"].append(ch["text"])
+                    if ch.get("logprobs"):
+                        out["lp"].append(json.dumps(ch["logprobs"], sort_keys=True))
+                    if ch.get("finish_reason"):
+                        out["finish"] = ch["finish_reason"]
+    except (OSError, http.client.HTTPException) as e:
+        out["error"] = repr(e)
+    finally:
+        c.close()
+
+
+def start_all(srv, grpc_port):
+    outs, threads = [], []
+    for i in range(8):
+        s = spec(i)
+        o = {"spec": s, "ids": [], "text": [], "lp": [], "times": [], "final": None, "error": None}
+        t = threading.Thread(target=run_grpc if s["grpc"] else run_http,
+                             args=(grpc_port if s["grpc"] else srv.port, s, o), daemon=True)
+        t.start()
+        outs.append(o)
+        threads.append(t)
+    return outs, threads
+
+
+def join_all(threads, outs):
+    for t in threads:
+        t.join(timeout=300)
+    assert not any(t.is_alive() for t in threads), "a stream hung"
+    return outs
+
+
+def summary(o):
+    """What must be identical to the undisturbed run."""
+    if o["spec"]["grpc"]:
+        return {"ids": o["ids"], "text": "".join(o["text"]), "final": o["final"], "error": str(o["error"])}
+    return {"text": "".join(o["text"]), "finish": o.get("finish"), "usage": o["final"], "lp": o["lp"],
+            "done": o.get("done"), "error": str(o["error"])}
+
+
+def job_ranks(srv):
+    ranks = {}
+    for p in descendants(srv.proc.pid):
+        r = mpi_rank(p)
+        if r is not None and r not in ranks:
+            ranks[r] = p
+    return ranks
+
+
+def health(port):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        c.request("GET", "/health")
+        r = c.getresponse()
+        return r.status, json.loads(r.read() or b"{}")
+    except (OSError, ValueError, http.client.HTTPException):
+        return 0, {}
+    finally:
+        c.close()
+
+
+def wait_ready(srv, gen=None, timeout=120):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        st, h = health(srv.port)
+        if st == 200 and (gen is None or h.get("generation") == gen) and len(job_ranks(srv)) == 3:
+            return h
+        time.sleep(0.2)
+    raise AssertionError("tern-server not ready again (generation %s): %s" % (gen, health(srv.port)))
+
+
+def wait_tokens(outs, n, since=None):
+    """Until every stream that has not ended has n more tokens than since."""
+    end = time.monotonic() + 120
+    while time.monotonic() < end:
+        ok = True
+        for k, o in enumerate(outs):
+            have = len(o["times"]) - (since[k] if since else 0)
+            if have < n and o["final"] is None and o["error"] is None:
+                ok = False
+        if ok:
+            return
+        time.sleep(0.02)
+    raise AssertionError("the streams did not flow: %s" % [len(o["times"]) for o in outs])
+
+
+def pauses(outs):
+    return [max((b - a for a, b in zip(o["times"], o["times"][1:])), default=0.0) for o in outs]
+
+
+state = {"faults": 0, "pauses": []}
+tmp = tempfile.mkdtemp(prefix="tern-resume-")
+grpc_port = free_port()
+srv = TernServer(build, ["-m", MODEL, "--stages", "2", "--grpc", "127.0.0.1:%d" % grpc_port,
+                         "--restart-limit", "20/600", "--", "--ctx", "1024", "--slots", "8"])
+
+
+def scrape():
+    c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+    c.request("GET", "/metrics")
+    text = c.getresponse().read().decode()
+    c.close()
+    vals = {}
+    for ln in text.splitlines():
+        if ln and not ln.startswith("#"):
+            k, v = ln.rsplit(" ", 1)
+            vals[k] = float(v)
+    return vals
+
+
+def undisturbed():
+    wait_ready(srv, 0)
+    state["m0"] = scrape()
+    outs = join_all(*reversed(start_all(srv, grpc_port)))
+    for o in outs:
+        assert o["error"] is None, "undisturbed stream %d failed: %s" % (o["spec"]["i"], o["error"])
+        if o["spec"]["grpc"]:
+            assert len(o["ids"]) == TOKENS and [i for i, _ in o["ids"]] == list(range(TOKENS)), o["ids"][:5]
+        else:
+            assert o.get("done") and o["final"]["completion_tokens"] == TOKENS, summary(o)
+    state["ref"] = [summary(o) for o in outs]
+    state["http_tokens"] = sum(o["final"]["completion_tokens"] for o in outs if not o["spec"]["grpc"])
+
+
+def fault_case(name, inject):
+    def run():
+        if "ref" not in state:
+            raise AssertionError("no undisturbed run to compare with")
+        gen = state["faults"]
+        wait_ready(srv, gen)
+        outs, threads = start_all(srv, grpc_port)
+        wait_tokens(outs, 8)
+        n = inject(outs)
+        state["faults"] += n
+        join_all(threads, outs)
+        for o, want in zip(outs, state["ref"]):
+            got = summary(o)
+            assert got == want, "stream %d (%s) differs after the fault:\n got %s\nwant %s" % (
+                o["spec"]["i"], "gRPC" if o["spec"]["grpc"] else "HTTP", json.dumps(got)[:1500],
+                json.dumps(want)[:1500])
+        p = sorted(pauses(outs))
+        state["pauses"] += p
+        print("  %s: pause per stream p50 %.2f s, max %.2f s" % (name, p[len(p) // 2], p[-1]), flush=True)
+        wait_ready(srv, state["faults"])
+    res.check(name, run)
+
+
+def kill_rank(rank, sig=signal.SIGKILL):
+    def inject(outs):
+        pid = job_ranks(srv)[rank]
+        os.kill(pid, sig)
+        return 1
+    return inject
+
+
+def two_faults(outs):
+    kill_rank(2)(outs)
+    wait_ready(srv, state["faults"] + 1)
+    since = [len(o["times"]) for o in outs]
+    wait_tokens(outs, 4, since)
+    kill_rank(0)(outs)
+    return 2
+
+
+def metrics_counted():
+    m = scrape()
+    m0 = state["m0"]
+    assert m["tern_job_restarts_total"] == state["faults"], (m["tern_job_restarts_total"], state["faults"])
+    resumed = m["tern_requests_resumed_total"]
+    assert 1 <= resumed <= 8 * state["faults"], resumed
+    assert m["tern_resume_pause_seconds_count"] == resumed, m["tern_resume_pause_seconds_count"]
+    # HTTP requests: the undisturbed run and each fault case's, each counted once.
+    runs = 1 + sum(1 for name, ok in res.items if ok and name.startswith("fault:"))
+    got = m["tern_generation_tokens_total"] - m0["tern_generation_tokens_total"]
+    assert got == runs * state["http_tokens"], "generation tokens %s, want %d x %d" % (got, runs, state["http_tokens"])
+    c = Client(pb, grpc_port)
+    try:
+        h = c.health(pb.HealthRequest(), timeout=10)
+    finally:
+        c.close()
+    assert h.ready and h.generation == state["faults"], (h.ready, h.generation, state["faults"])
+    p = sorted(state["pauses"])
+    print("  pause over %d streams x faults: p50 %.2f s, max %.2f s" % (len(p), p[len(p) // 2], p[-1]))
+
+
+try:
+    res.check("undisturbed: 8 streams, 4 gRPC + 4 HTTP, greedy and seeded", undisturbed)
+    fault_case("fault: kill -9 a tern-node mid-stream", kill_rank(1))
+    fault_case("fault: kill -9 the coordinator mid-stream", kill_rank(0))
+    fault_case("fault: SIGSTOP a tern-node (stall)", kill_rank(2, signal.SIGSTOP))
+    fault_case("fault: two faults in one stream", two_faults)
+    res.check("metrics: restarts, resumed requests and pauses; tokens not double-counted", metrics_counted)
+finally:
+    rc = srv.stop()
+res.check("tern-server exits 0 on SIGTERM", lambda: (_ for _ in ()).throw(AssertionError(rc)) if rc != 0 else None)
+
+
+def dies_at_every_start():
+    model = os.path.join(tmp, "doomed.gguf")
+    shutil.copy(MODEL, model)
+    gport = free_port()
+    s2 = TernServer(build, ["-m", model, "--stages", "1", "--grpc", "127.0.0.1:%d" % gport,
+                            "--restart-limit", "1/600", "--", "--ctx", "1024"])
+    try:
+        outs = []
+        threads = []
+        for i, grpc_side in ((0, True), (4, False)):
+            s = spec(i)
+            o = {"spec": s, "ids": [], "text": [], "lp": [], "times": [], "final": None, "error": None}
+            t = threading.Thread(target=run_grpc if grpc_side else run_http,
+                                 args=(gport if grpc_side else s2.port, s, o), daemon=True)
+            t.start()
+            outs.append(o)
+            threads.append(t)
+        wait_tokens(outs, 4)
+        os.unlink(model)  # every start from now on fails to load it
+        os.kill(job_ranks(s2)[1], signal.SIGKILL)
+        join_all(threads, outs)
+        g, h = outs
+        assert g["error"] and g["error"][0] == grpc.StatusCode.UNAVAILABLE and "not restarting" in g["error"][1], \
+            g["error"]
+        assert h["status"] == 200 and h["error"] and "not restarting" in h["error"]["message"], h
+        assert not h.get("done"), "an SSE stream that failed must not end with [DONE]"
+        left = [p for p in descendants(s2.proc.pid)]
+        assert not left, "processes of the job left behind: %s" % left
+        st, body = health(s2.port)
+        assert st == 503 and body.get("job") == "failed", (st, body)
+        c = Client(pb, gport)
+        try:
+            code = None
+            try:
+                list(c.generate(pb.GenerateRequest(prompt="hi", max_tokens=2), timeout=30))
+            except grpc.RpcError as e:
+                code = e.code()
+            assert code == grpc.StatusCode.UNAVAILABLE, code
+        finally:
+            c.close()
+    finally:
+        rc2 = s2.stop()
+    assert rc2 == 0, "tern-server exit status after the job was given up: %s" % rc2
+
+
+res.check("a job that dies at every start: past --restart-limit every stream ends, nothing left", dies_at_every_start)
+shutil.rmtree(tmp, ignore_errors=True)
+sys.exit(res.finish())
