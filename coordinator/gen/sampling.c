@@ -181,6 +181,13 @@ void tern_sampler_accept(tern_sampler *s, int32_t token)
 		s->hist_n++;
 }
 
+void tern_sampler_skip(tern_sampler *s, int32_t token)
+{
+	if (s->p.temperature != 0.0f)
+		(void)rng_uniform(s->rng);
+	tern_sampler_accept(s, token);
+}
+
 void tern_sampler_reset(tern_sampler *s)
 {
 	s->hist_n = s->hist_pos = 0;
@@ -401,6 +408,9 @@ int tern_sampler_sample(tern_sampler *s, const float *logits, int32_t *token, te
 			best = i;
 		}
 	}
+	/* Exactly one draw per sampled token, whatever the logits: a resumed
+	 * sequence (tern_sampler_skip) then continues with the same numbers. */
+	const double u01 = rng_uniform(s->rng);
 	if (mx == -INFINITY) {
 		*token = c[0].id; /* every logit was -inf or NaN: nothing to weigh */
 		tern_sampler_accept(s, *token);
@@ -409,7 +419,7 @@ int tern_sampler_sample(tern_sampler *s, const float *logits, int32_t *token, te
 	double sum = 0;
 	for (size_t i = 0; i < n; i++)
 		sum += exp((double)c[i].logit * inv_t - mx);
-	const double u = rng_uniform(s->rng) * sum;
+	const double u = u01 * sum;
 	double cum = 0;
 	size_t pick = best;
 	for (size_t i = 0; i < n; i++) {

@@ -54,6 +54,11 @@ uint64_t tern_sampler_seed(const tern_sampler *s);
 /* Adds a token to the penalty history (call it for the prompt's tokens;
  * tern_sampler_sample adds the tokens it picks). Ids out of range are ignored. */
 void tern_sampler_accept(tern_sampler *s, int32_t token);
+/* A token this sampler would have picked, picked elsewhere (a resumed
+ * sequence's tokens already sent): the history takes it and the PRNG moves
+ * on by the one draw tern_sampler_sample makes per token at a temperature
+ * above 0 (none when greedy), so what follows is what would have followed. */
+void tern_sampler_skip(tern_sampler *s, int32_t token);
 /* Forgets the history and restarts the PRNG from the seed. */
 void tern_sampler_reset(tern_sampler *s);
 

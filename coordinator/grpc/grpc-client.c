@@ -74,14 +74,14 @@ int tern_grpc_client_open(const tern_grpc_client_opts *o, tern_grpc_client **out
 					     : grpc_insecure_credentials_create();
 	free(ca);
 	/* A server that went away (tern-server's coordinator, restarted) is
-	 * tried again within a second, not after gRPC's default back-off of up
-	 * to two minutes. */
-	grpc_arg args[3] = {
-		{.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, .value.integer = 100},
-		{.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, .value.integer = 100},
+	 * tried again within a second, not after gRPC's back-off of up to two
+	 * minutes. Only the cap: in gRPC 1.51 a short initial or minimum
+	 * back-off also cuts the connect timeout, and a handshake through the
+	 * coordinator's connection gate then never completes over TCP. */
+	grpc_arg args[1] = {
 		{.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, .value.integer = 1000},
 	};
-	const grpc_channel_args ca_args = {.num_args = 3, .args = args};
+	const grpc_channel_args ca_args = {.num_args = 1, .args = args};
 	c->ch = grpc_channel_create(o->target, creds, &ca_args);
 	grpc_channel_credentials_release(creds);
 	if (o->bearer_token && o->bearer_token[0])

@@ -167,6 +167,37 @@ static int svc_generate(void *self, const Tern__V1__GenerateRequest *req, const 
 			status = TERN_STATUS_RESOURCE_EXHAUSTED;
 		}
 	}
+	/* Resume: the tokens already sent go through the sampler and the step
+	 * as if generated here (nothing is sent for them) and into the
+	 * sequence, whose prefill then covers them: generation continues at
+	 * index n exactly as the undisturbed run did (batch invariance). */
+	if (status == TERN_STATUS_OK && req->n_resume_token_ids > 0) {
+		if (q->score) {
+			snprintf(msg, msg_len, "resume_token_ids with score_prompt");
+			status = TERN_STATUS_INVALID_ARGUMENT;
+		} else if (req->n_resume_token_ids >= (size_t)q->max_tokens) {
+			snprintf(msg, msg_len, "%zu resume tokens: max_tokens %d leaves nothing to generate",
+				 req->n_resume_token_ids, q->max_tokens);
+			status = TERN_STATUS_INVALID_ARGUMENT;
+		}
+		for (size_t i = 0; status == TERN_STATUS_OK && i < req->n_resume_token_ids; i++) {
+			const uint32_t t = req->resume_token_ids[i];
+			tern_step_out so;
+			if (t >= (uint32_t)c->n_vocab) {
+				snprintf(msg, msg_len, "resume token id %u is outside the vocabulary of %d", t, c->n_vocab);
+				status = TERN_STATUS_INVALID_ARGUMENT;
+			} else if (tern_step_token(q->step, (int32_t)t, &so, &err) < 0 || so.finish != TERN_FINISH_NONE) {
+				snprintf(msg, msg_len, "resume token %zu (id %u) already ends the generation", i, t);
+				status = TERN_STATUS_INVALID_ARGUMENT;
+			} else if (seq_push_token(q, (int32_t)t) < 0) {
+				snprintf(msg, msg_len, "out of memory");
+				status = TERN_STATUS_RESOURCE_EXHAUSTED;
+			} else {
+				tern_sampler_skip(q->sampler, (int32_t)t);
+				q->n_gen++;
+			}
+		}
+	}
 	if (status != TERN_STATUS_OK) {
 		seq_free(q);
 		return reject(s, status);

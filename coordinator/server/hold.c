@@ -112,8 +112,12 @@ static int end(tern_held *h, int status, const char *detail)
 {
 	h->state = HELD_ENDED;
 	h->status = status;
-	if (detail != h->detail)
-		snprintf(h->detail, sizeof h->detail, "%s", detail);
+	if (detail != h->detail) {
+		/* Cut to fit (a reason may be longer than the buffer). */
+		const size_t n = strnlen(detail, sizeof h->detail - 1);
+		memmove(h->detail, detail, n);
+		h->detail[n] = '\0';
+	}
 	return -1;
 }
 

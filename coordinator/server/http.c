@@ -216,6 +216,12 @@ static enum MHD_Result do_health(tern_http_server *s, struct MHD_Connection *c)
 		const tern_job_state js = tern_supervisor_state(s->o.supervisor, &gen);
 		json_object_set_new(j, "job", json_string(tern_job_state_name(js)));
 		json_object_set_new(j, "generation", json_integer(gen));
+		tern_host_swap sw[TERN_MAX_HOSTS];
+		const int n = tern_supervisor_swaps(s->o.supervisor, sw, TERN_MAX_HOSTS);
+		json_t *rep = json_array();
+		for (int i = 0; rep && i < n; i++)
+			json_array_append_new(rep, json_pack("{s:s,s:s}", "host", sw[i].failed, "by", sw[i].spare));
+		json_object_set_new(j, "replaced", rep);
 		if (js != TERN_JOB_UP)
 			ready = 0;
 	}

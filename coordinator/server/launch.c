@@ -11,6 +11,7 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -55,48 +56,102 @@ static int enter_private_net(void)
 	return rc;
 }
 
-/* Slots of an Open MPI hostfile ("host slots=N", comments, blank lines);
- * when network[0] is still empty, its "# network: NET" line (deploy/tern-up's)
- * goes there. */
-static int hostfile_read(const char *path, char *network, size_t network_cap, tern_err *err)
+/* "host slots=N [other words]" (after the '#' is cut): 1 with the host, 0
+ * for a blank line, -1 for bad slots. */
+static int host_line(char *line, tern_host *h)
 {
+	char *save = NULL, *tok = strtok_r(line, " \t\r\n", &save);
+	if (!tok)
+		return 0;
+	long slots = 1;
+	snprintf(h->name, sizeof h->name, "%s", tok);
+	while ((tok = strtok_r(NULL, " \t\r\n", &save)))
+		if (!strncmp(tok, "slots=", 6))
+			slots = strtol(tok + 6, NULL, 10);
+	if (slots < 1 || slots > 4096)
+		return -1;
+	h->slots = (int)slots;
+	return 1;
+}
+
+int tern_hostfile_read(const char *path, tern_hostfile *hf, tern_err *err)
+{
+	memset(hf, 0, sizeof *hf);
 	FILE *f = fopen(path, "r");
 	if (!f)
 		return TERN_ERR(err, TERN_EINVAL, "cannot read the hostfile %s", path);
 	char line[1024];
 	long total = 0;
-	while (fgets(line, sizeof line, f)) {
+	int lineno = 0, rc = 0;
+	while (rc == 0 && fgets(line, sizeof line, f)) {
+		lineno++;
 		char *p = line + strspn(line, " \t");
-		if (*p == '#' && !network[0]) {
+		if (*p == '#') {
+			/* Comments to mpirun; two of them are tern's: the cluster
+			 * network, and spare hosts. */
 			p += 1 + strspn(p + 1, " \t");
-			if (!strncmp(p, "network:", 8)) {
+			if (!strncmp(p, "network:", 8) && !hf->network[0]) {
 				p += 8 + strspn(p + 8, " \t");
 				const size_t n = strcspn(p, " \t\r\n");
-				if (n > 0 && n < network_cap) {
-					memcpy(network, p, n);
-					network[n] = '\0';
+				if (n > 0 && n < sizeof hf->network) {
+					memcpy(hf->network, p, n);
+					hf->network[n] = '\0';
 				}
+			} else if (!strncmp(p, "spare:", 6)) {
+				if (hf->n_spares == TERN_MAX_HOSTS) {
+					rc = TERN_ERR(err, TERN_EINVAL, "%s:%d: more than %d spare hosts", path, lineno,
+						      TERN_MAX_HOSTS);
+					break;
+				}
+				const int k = host_line(p + 6, &hf->spare[hf->n_spares]);
+				if (k < 0)
+					rc = TERN_ERR(err, TERN_EINVAL, "%s:%d: a spare host with bad slots", path, lineno);
+				else
+					hf->n_spares += k;
 			}
-		}
-		line[strcspn(line, "#\r\n")] = '\0';
-		char *tok = strtok(line, " \t");
-		if (!tok)
 			continue;
-		long slots = 1;
-		while ((tok = strtok(NULL, " \t")))
-			if (!strncmp(tok, "slots=", 6))
-				slots = strtol(tok + 6, NULL, 10);
-		if (slots < 1 || slots > 4096) {
-			fclose(f);
-			return TERN_ERR(err, TERN_EINVAL, "%s: a host with slots=%ld", path, slots);
 		}
-		total += slots;
+		line[strcspn(line, "#")] = '\0';
+		if (hf->n_hosts == TERN_MAX_HOSTS) {
+			char probe[sizeof line];
+			memcpy(probe, line, sizeof probe);
+			tern_host h;
+			if (host_line(probe, &h) != 0)
+				rc = TERN_ERR(err, TERN_EINVAL, "%s: more than %d hosts", path, TERN_MAX_HOSTS);
+			continue;
+		}
+		const int k = host_line(line, &hf->host[hf->n_hosts]);
+		if (k < 0)
+			rc = TERN_ERR(err, TERN_EINVAL, "%s:%d: a host with bad slots (1..4096)", path, lineno);
+		else if (k > 0)
+			total += hf->host[hf->n_hosts++].slots;
 	}
 	fclose(f);
+	if (rc < 0)
+		return rc;
 	if (total < 2)
 		return TERN_ERR(err, TERN_EINVAL, "%s has %ld slot(s): the coordinator's and at least one stage's are needed",
 				path, total);
-	return (int)(total > 4097 ? 4097 : total);
+	if (total > 4097)
+		return TERN_ERR(err, TERN_EINVAL, "%s has %ld slots: at most 4097", path, total);
+	hf->slots = (int)total;
+	return 0;
+}
+
+int tern_hostfile_write(const tern_hostfile *hf, const char *path, tern_err *err)
+{
+	FILE *f = fopen(path, "w");
+	if (!f)
+		return TERN_ERR(err, TERN_EIO, "cannot write %s: %s", path, strerror(errno));
+	if (hf->network[0])
+		fprintf(f, "# network: %s\n", hf->network);
+	for (int i = 0; i < hf->n_hosts; i++)
+		fprintf(f, "%s slots=%d\n", hf->host[i].name, hf->host[i].slots);
+	for (int i = 0; i < hf->n_spares; i++)
+		fprintf(f, "# spare: %s slots=%d\n", hf->spare[i].name, hf->spare[i].slots);
+	if (fclose(f) != 0)
+		return TERN_ERR(err, TERN_EIO, "cannot write %s: %s", path, strerror(errno));
+	return 0;
 }
 
 /* Appends k words to argv at *n. */
@@ -125,12 +180,12 @@ int tern_launch_start(const tern_launch_opts *o, tern_job *job, tern_err *err)
 	char network[256] = "";
 	if (o->hostfile) {
 		TERN_RETURN_IF(o->private_net, err, TERN_EINVAL, "--private-net is for a single box, not --hostfile");
-		if (o->network)
-			snprintf(network, sizeof network, "%s", o->network);
-		const int slots = hostfile_read(o->hostfile, network, sizeof network, err);
-		if (slots < 0)
-			return slots;
-		stages = slots - 1;
+		tern_hostfile hf;
+		const int rc = tern_hostfile_read(o->hostfile, &hf, err);
+		if (rc < 0)
+			return rc;
+		snprintf(network, sizeof network, "%s", o->network ? o->network : hf.network);
+		stages = hf.slots - 1;
 		TERN_RETURN_IF(!network[0], err, TERN_EINVAL,
 			       "name the private cluster network MPI may use: --network CIDR, or a '# network: CIDR' "
 			       "line in %s (MPI's TCP is unauthenticated)",
@@ -193,12 +248,22 @@ int tern_launch_start(const tern_launch_opts *o, tern_job *job, tern_err *err)
 		fprintf(stderr, " %s", argv[i]);
 	fprintf(stderr, "\n");
 	fflush(NULL);
+	/* The job's stderr comes through us (tern_launch_poll forwards it), so
+	 * that what mpirun says of a failed host is read. */
+	int errp[2];
+	if (pipe2(errp, O_CLOEXEC) < 0) {
+		free(argv);
+		return TERN_ERR(err, TERN_EIO, "pipe: %s", strerror(errno));
+	}
 	const pid_t pid = fork();
 	if (pid < 0) {
 		free(argv);
+		close(errp[0]);
+		close(errp[1]);
 		return TERN_ERR(err, TERN_EIO, "fork: %s", strerror(errno));
 	}
 	if (pid == 0) {
+		dup2(errp[1], STDERR_FILENO);
 		/* Its own process group: a terminal's Ctrl-C reaches tern-server,
 		 * which stops the job in order. */
 		setpgid(0, 0);
@@ -215,14 +280,97 @@ int tern_launch_start(const tern_launch_opts *o, tern_job *job, tern_err *err)
 	}
 	setpgid(pid, pid);
 	free(argv);
+	close(errp[1]);
+	fcntl(errp[0], F_SETFL, O_NONBLOCK);
+	job->err_fd = errp[0];
 	job->pid = pid;
 	job->stages = stages;
 	job->via_mpirun = mpirun;
 	return 0;
 }
 
+/* A host named failed in a line of the job's stderr: mpirun's "Remote
+ * daemon: [[j,0],k] on node H" (the host's daemon is gone) and "process rank
+ * R with PID P on node H exited", the coordinator's "(rank R on host H,". */
+static void note_failed_host(tern_job *job, const char *line)
+{
+	static const char *const marks[][2] = {
+		{"Remote daemon:", " on node "},
+		{" with PID ", " on node "},
+		{" died", "(rank "},
+	};
+	for (size_t m = 0; m < sizeof marks / sizeof marks[0]; m++) {
+		const char *p = strstr(line, marks[m][0]);
+		if (!p)
+			continue;
+		const char *q = strstr(m == 2 ? line : p, marks[m][1]);
+		if (m == 2 && q) {
+			q = strstr(q, " on host ");
+			if (q)
+				q += 9;
+		} else if (q) {
+			q += strlen(marks[m][1]);
+		}
+		if (!q)
+			continue;
+		const size_t n = strcspn(q, " ,):\t\r\n");
+		if (n == 0 || n >= sizeof job->failed[0])
+			continue;
+		for (int i = 0; i < job->n_failed; i++)
+			if (!strncmp(job->failed[i], q, n) && !job->failed[i][n])
+				return;
+		if (job->n_failed < TERN_MAX_FAILED) {
+			memcpy(job->failed[job->n_failed], q, n);
+			job->failed[job->n_failed++][n] = '\0';
+		}
+		return;
+	}
+}
+
+/* Forwards what the job wrote to stderr, a line at a time, noting failed hosts. */
+static void read_stderr(tern_job *job)
+{
+	if (job->err_fd <= 0)
+		return;
+	for (;;) {
+		const size_t room = sizeof job->line - 1 - job->line_len;
+		const ssize_t n = read(job->err_fd, job->line + job->line_len, room);
+		if (n <= 0) {
+			if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+				if (job->line_len) {
+					job->line[job->line_len] = '\0';
+					note_failed_host(job, job->line);
+					fprintf(stderr, "%s\n", job->line);
+					job->line_len = 0;
+				}
+				close(job->err_fd);
+				job->err_fd = -1;
+			}
+			return;
+		}
+		job->line_len += (size_t)n;
+		job->line[job->line_len] = '\0';
+		char *start = job->line, *nl;
+		while ((nl = strchr(start, '\n'))) {
+			*nl = '\0';
+			note_failed_host(job, start);
+			fprintf(stderr, "%s\n", start);
+			start = nl + 1;
+		}
+		size_t rest = job->line_len - (size_t)(start - job->line);
+		if (rest == sizeof job->line - 1) {
+			/* A line longer than the buffer: passed on in pieces. */
+			fprintf(stderr, "%s", job->line);
+			rest = 0;
+		}
+		memmove(job->line, start, rest);
+		job->line_len = rest;
+	}
+}
+
 int tern_launch_poll(tern_job *job)
 {
+	read_stderr(job);
 	if (job->exited)
 		return 1;
 	if (job->pid <= 0)
@@ -232,9 +380,19 @@ int tern_launch_poll(tern_job *job)
 	if (r == job->pid) {
 		job->exited = 1;
 		job->status = st;
+		/* What it wrote last (its children may hold the pipe a while). */
+		read_stderr(job);
 		return 1;
 	}
 	return 0;
+}
+
+void tern_launch_release(tern_job *job)
+{
+	if (job->err_fd > 0) {
+		close(job->err_fd);
+		job->err_fd = -1;
+	}
 }
 
 /* The coordinator among mpirun's children: the one whose environment says

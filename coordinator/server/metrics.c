@@ -36,7 +36,7 @@ static const unsigned http_codes[] = {200, 400, 401, 404, 405, 413, 429, 500, 50
 struct tern_metrics {
 	pthread_mutex_t mu;
 	histogram ttft, itl, e2e, pause;
-	unsigned long long restarts, resumed;
+	unsigned long long restarts, resumed, host_swaps;
 	unsigned long long outcomes[TERN_OUTCOME_COUNT];
 	unsigned long long prompt_tokens, generation_tokens;
 	unsigned long long http[N_HTTP_CODES + 1]; /* by http_codes; [N_HTTP_CODES] other */
@@ -207,6 +207,8 @@ void tern_metrics_render(tern_metrics *m, const Tern__V1__StatsResponse *stats, 
 	    (double)m->restarts);
 	one(f, "tern_requests_resumed_total", "counter",
 	    "Requests in flight when the job died that continued on its next start.", (double)m->resumed);
+	one(f, "tern_host_replacements_total", "counter",
+	    "Failed hosts tern-server replaced by a spare host of the hostfile on a restart.", (double)m->host_swaps);
 	render_histogram(f, "tern_resume_pause_seconds",
 			 "The pause a resumed request saw: from its stream's failure to its next token.", &m->pause);
 	head(f, "tern_request_finished_total", "counter",
@@ -246,5 +248,12 @@ void tern_metrics_resumed(tern_metrics *m, double pause_s)
 	pthread_mutex_lock(&m->mu);
 	m->resumed++;
 	observe(&m->pause, pause_s);
+	pthread_mutex_unlock(&m->mu);
+}
+
+void tern_metrics_host_replaced(tern_metrics *m)
+{
+	pthread_mutex_lock(&m->mu);
+	m->host_swaps++;
 	pthread_mutex_unlock(&m->mu);
 }

@@ -213,6 +213,18 @@ static int relay_health(void *self, Tern__V1__HealthResponse *out)
 		if (tern_supervisor_state(r->sup, &gen) != TERN_JOB_UP)
 			out->ready = 0;
 		out->generation = gen;
+		/* "FAILED -> SPARE" strings, freed with the reply (relay_free_response). */
+		tern_host_swap sw[TERN_MAX_HOSTS];
+		const int n = tern_supervisor_swaps(r->sup, sw, TERN_MAX_HOSTS);
+		if (n > 0 && (out->replaced_hosts = calloc((size_t)n, sizeof *out->replaced_hosts))) {
+			for (int i = 0; i < n; i++) {
+				const size_t len = strlen(sw[i].failed) + strlen(sw[i].spare) + 5;
+				if (!(out->replaced_hosts[i] = malloc(len)))
+					break;
+				snprintf(out->replaced_hosts[i], len, "%s -> %s", sw[i].failed, sw[i].spare);
+				out->n_replaced_hosts = (size_t)i + 1;
+			}
+		}
 	}
 	return st;
 }

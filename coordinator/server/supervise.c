@@ -33,6 +33,12 @@ struct tern_supervisor {
 	double grace_s;
 	int stop_status;
 	tern_job job;
+	tern_launch_opts lo;   /* the launch options, hostfile switched to hosts_path after a replacement */
+	tern_hostfile hf;      /* with a hostfile: the hosts as launched now, and the spares left */
+	char hosts_dir[64];    /* a private directory for the rewritten hostfile; "" until needed */
+	char hosts_path[128];
+	tern_host_swap swaps[TERN_MAX_HOSTS]; /* (n_swaps) replacements made, in order */
+	int n_swaps;
 	double *fails;    /* (restart_limit + 1) ring of failure times */
 	unsigned n_fails;
 };
@@ -124,7 +130,8 @@ static int start_and_wait(tern_supervisor *s)
 	tern_err err;
 	if (s->o.unix_socket)
 		unlink(s->o.unix_socket);
-	if (tern_launch_start(s->o.launch, &s->job, &err) < 0) {
+	tern_launch_release(&s->job);
+	if (tern_launch_start(&s->lo, &s->job, &err) < 0) {
 		fprintf(stderr, "tern-server: cannot start the MPI job: %s\n", err.msg);
 		return 0;
 	}
@@ -189,6 +196,69 @@ static int watch(tern_supervisor *s)
 	}
 }
 
+/* Puts a spare in place of each host the dead job's stderr named failed
+ * (not the first: the coordinator's, next to tern-server), and launches the
+ * next job from a hostfile written with the hosts as they now are. */
+static void replace_failed_hosts(tern_supervisor *s)
+{
+	if (!s->lo.hostfile)
+		return;
+	int changed = 0;
+	for (int f = 0; f < s->job.n_failed; f++) {
+		const char *bad = s->job.failed[f];
+		int at = -1;
+		for (int i = 0; i < s->hf.n_hosts; i++)
+			if (!strcmp(s->hf.host[i].name, bad))
+				at = i;
+		if (at < 0)
+			continue;
+		if (at == 0) {
+			fprintf(stderr, "tern-server: host %s (the coordinator's) failed: it is not replaced\n", bad);
+			continue;
+		}
+		if (s->hf.n_spares == 0) {
+			fprintf(stderr, "tern-server: host %s failed and no spare host is left: restarting on it\n", bad);
+			continue;
+		}
+		tern_host *h = &s->hf.host[at];
+		const tern_host spare = s->hf.spare[0];
+		memmove(s->hf.spare, s->hf.spare + 1, (size_t)(s->hf.n_spares - 1) * sizeof *s->hf.spare);
+		s->hf.n_spares--;
+		pthread_mutex_lock(&s->mu);
+		if (s->n_swaps < TERN_MAX_HOSTS) {
+			memcpy(s->swaps[s->n_swaps].failed, h->name, sizeof h->name);
+			memcpy(s->swaps[s->n_swaps].spare, spare.name, sizeof spare.name);
+			s->n_swaps++;
+		}
+		pthread_mutex_unlock(&s->mu);
+		fprintf(stderr, "tern-server: host %s failed: spare host %s takes its %d slot(s)\n", h->name, spare.name,
+			h->slots);
+		if (s->o.metrics)
+			tern_metrics_host_replaced(s->o.metrics);
+		/* The spare takes the failed host's slots: the same stages, the
+		 * same layers (a plan's shards for them must be on the spare). */
+		memcpy(h->name, spare.name, sizeof h->name);
+		changed = 1;
+	}
+	if (!changed)
+		return;
+	tern_err err;
+	if (!s->hosts_dir[0]) {
+		snprintf(s->hosts_dir, sizeof s->hosts_dir, "/tmp/tern-hosts-XXXXXX");
+		if (!mkdtemp(s->hosts_dir)) {
+			fprintf(stderr, "tern-server: cannot make a directory for the new hostfile: %s\n", strerror(errno));
+			s->hosts_dir[0] = '\0';
+			return;
+		}
+		snprintf(s->hosts_path, sizeof s->hosts_path, "%s/hosts", s->hosts_dir);
+	}
+	if (tern_hostfile_write(&s->hf, s->hosts_path, &err) < 0) {
+		fprintf(stderr, "tern-server: %s\n", err.msg);
+		return;
+	}
+	s->lo.hostfile = s->hosts_path;
+}
+
 /* One more failure: 1 when the restart limit allows another start. */
 static int may_restart(tern_supervisor *s)
 {
@@ -238,8 +308,6 @@ static void *supervise(void *arg)
 		}
 		kill_leftovers(s);
 		set_state(s, TERN_JOB_STARTING);
-		if (s->o.metrics)
-			tern_metrics_job_restart(s->o.metrics);
 		if (!may_restart(s)) {
 			pthread_mutex_lock(&s->mu);
 			snprintf(s->why, sizeof s->why, "the MPI job failed %d times within %.0f s: not restarting it",
@@ -255,6 +323,9 @@ static void *supervise(void *arg)
 		if (delay > s->o.backoff_max_s)
 			delay = s->o.backoff_max_s;
 		streak++;
+		replace_failed_hosts(s);
+		if (s->o.metrics)
+			tern_metrics_job_restart(s->o.metrics);
 		fprintf(stderr, "tern-server: restarting the MPI job in %.0f s\n", delay);
 		if (nap(s, delay))
 			break;
@@ -288,9 +359,18 @@ int tern_supervisor_start(const tern_supervisor_opts *o, tern_supervisor **out, 
 	pthread_mutex_init(&s->mu, NULL);
 	pthread_cond_init(&s->changed, NULL);
 	s->state = o->launch ? TERN_JOB_STARTING : TERN_JOB_UP;
+	s->job.err_fd = -1;
 	if (!o->launch) {
 		*out = s;
 		return 0;
+	}
+	s->lo = *o->launch;
+	if (s->lo.hostfile) {
+		const int rc = tern_hostfile_read(s->lo.hostfile, &s->hf, err);
+		if (rc < 0) {
+			tern_supervisor_free(s);
+			return rc;
+		}
 	}
 	s->fails = calloc((size_t)s->o.restart_limit + 1, sizeof *s->fails);
 	if (!s->fails) {
@@ -356,6 +436,16 @@ int tern_supervisor_restarts_jobs(const tern_supervisor *s)
 	return s->o.launch != NULL && s->o.restart_limit > 0;
 }
 
+int tern_supervisor_swaps(tern_supervisor *s, tern_host_swap *out, int max)
+{
+	pthread_mutex_lock(&s->mu);
+	const int n = s->n_swaps < max ? s->n_swaps : max;
+	if (n > 0)
+		memcpy(out, s->swaps, (size_t)n * sizeof *out);
+	pthread_mutex_unlock(&s->mu);
+	return n;
+}
+
 void tern_supervisor_resumed(tern_supervisor *s, double pause_s)
 {
 	if (s->o.metrics)
@@ -387,6 +477,11 @@ void tern_supervisor_free(tern_supervisor *s)
 		tern_supervisor_stop(s, 0);
 	pthread_mutex_destroy(&s->mu);
 	pthread_cond_destroy(&s->changed);
+	tern_launch_release(&s->job);
+	if (s->hosts_dir[0]) {
+		unlink(s->hosts_path);
+		rmdir(s->hosts_dir);
+	}
 	free(s->fails);
 	free(s);
 }

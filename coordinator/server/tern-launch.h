@@ -23,13 +23,49 @@ typedef struct tern_launch_opts {
 	int n_coord_args;
 } tern_launch_opts;
 
+#define TERN_MAX_FAILED 8
+
 typedef struct tern_job {
 	pid_t pid;      /* mpirun, or tern-coordinator itself with 0 stages */
 	int stages;
 	int via_mpirun;
 	int exited;     /* reaped */
 	int status;     /* waitpid status when exited */
+	int err_fd;     /* the read end of the job's stderr; -1 once closed */
+	char line[4096]; /* (line_len) a line of it not yet complete */
+	size_t line_len;
+	/* Hosts the job's stderr named failed (mpirun's lost daemon or dead
+	 * rank, the coordinator's dead stage), in the order seen. */
+	char failed[TERN_MAX_FAILED][256];
+	int n_failed;
 } tern_job;
+
+#define TERN_MAX_HOSTS 64
+
+/* A host of an Open MPI hostfile. */
+typedef struct tern_host {
+	char name[256];
+	int slots;
+} tern_host;
+
+/* An Open MPI hostfile as tern reads it: "host slots=N" lines in order
+ * (the coordinator takes the first slot), and two comment lines mpirun
+ * ignores: "# network: NET" (the private cluster network) and
+ * "# spare: host slots=N" (a host tern-server may put in place of a failed
+ * one, in the order listed). */
+typedef struct tern_hostfile {
+	tern_host host[TERN_MAX_HOSTS]; /* (n_hosts) */
+	int n_hosts;
+	tern_host spare[TERN_MAX_HOSTS]; /* (n_spares) */
+	int n_spares;
+	int slots;                      /* of host[] */
+	char network[256];              /* "" when the file has no network line */
+} tern_hostfile;
+
+/* Errors: TERN_EINVAL (unreadable, bad slots, fewer than 2 slots, too many hosts). */
+int tern_hostfile_read(const char *path, tern_hostfile *hf, tern_err *err);
+/* Writes hf in the same form. Errors: TERN_EIO. */
+int tern_hostfile_write(const tern_hostfile *hf, const char *path, tern_err *err);
 
 /* This machine's NUMA domains (/sys/devices/system/node), at least 1. */
 int tern_launch_numa_domains(void);
@@ -44,8 +80,12 @@ int tern_launch_numa_domains(void);
  * address), TERN_EIO (fork failed). */
 int tern_launch_start(const tern_launch_opts *o, tern_job *job, tern_err *err);
 
-/* Reaps the job if it has exited: 1 exited (job->status set), 0 running. */
+/* Forwards what the job wrote to stderr (noting failed hosts in
+ * job->failed) and reaps the job if it has exited: 1 exited (job->status
+ * set), 0 running. Call it often: the job blocks when its stderr is full. */
 int tern_launch_poll(tern_job *job);
+/* Closes what is left of an exited job (its stderr pipe). */
+void tern_launch_release(tern_job *job);
 
 /* SIGTERM to the coordinator (found among mpirun's children by its MPI rank),
  * waits up to grace_s for the job to end, then kills its process group.

@@ -59,6 +59,8 @@ void tern_metrics_http(tern_metrics *m, unsigned status);
 
 /* The supervisor found the job dead or stalled (tern-supervise.h). */
 void tern_metrics_job_restart(tern_metrics *m);
+/* A spare host took a failed host's place. */
+void tern_metrics_host_replaced(tern_metrics *m);
 /* A request continued on the job's next start after a pause of pause_s. */
 void tern_metrics_resumed(tern_metrics *m, double pause_s);
 

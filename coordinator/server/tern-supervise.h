@@ -13,6 +13,12 @@
  * a later generation of the job is up, then resumes. The generation is the
  * restart count: 0 for the first job.
  *
+ * With a hostfile, the job's stderr is read for the hosts it names failed
+ * (mpirun's lost daemon or dead rank, the coordinator's dead stage); on the
+ * restart each is replaced by the next "# spare: host slots=N" of the
+ * hostfile (tern-launch.h), taking its slots; the log, /health, Health and
+ * /metrics say which replaced which.
+ *
  * Attached (no launch options): nothing is launched or restarted; the
  * supervisor only says UP (generation 0), so held streams pass every error
  * through as it is. */
@@ -45,6 +51,12 @@ typedef struct tern_supervisor_opts {
 
 typedef struct tern_supervisor tern_supervisor;
 
+/* A host of the hostfile that failed and the spare that took its place. */
+typedef struct tern_host_swap {
+	char failed[256];
+	char spare[256];
+} tern_host_swap;
+
 /* Launches the job (unless attached) and starts watching it. Returns at
  * once; tern_supervisor_await(s, 0, ...) waits for the first job. Errors:
  * those of tern_launch_start, TERN_ENOMEM, TERN_EIO (no thread). */
@@ -61,6 +73,9 @@ tern_job_state tern_supervisor_state(tern_supervisor *s, unsigned *gen);
 /* 1 when it restarts jobs (it launched one, restart_limit > 0), 0 when
  * attached or never restarting. */
 int tern_supervisor_restarts_jobs(const tern_supervisor *s);
+/* The replacements made so far, oldest first: up to max into out; returns
+ * how many. */
+int tern_supervisor_swaps(tern_supervisor *s, tern_host_swap *out, int max);
 /* Counts one resumed request and the pause it saw (for /metrics). */
 void tern_supervisor_resumed(tern_supervisor *s, double pause_s);
 /* "up", "starting", "failed", "stopping". */

@@ -310,3 +310,124 @@ class Results:
         if failed:
             return 1
         return 77 if skipped and not passed else 0
+
+
+# ---- streams that must come out identical across a fault (test_resume, test_spare) ----
+
+def new_stream(spec):
+    """The record a stream runner fills: spec is the request's description
+    (keys grpc, prompt, temperature, seed, logprobs, tokens)."""
+    return {"spec": spec, "ids": [], "text": [], "lp": [], "times": [], "final": None, "error": None}
+
+
+def stream_grpc(pb, port, out):
+    """A Generate stream: token (index, id) pairs, texts, the final message's
+    (text, finish, usage, seed), or the error; a time per message."""
+    s = out["spec"]
+    c = Client(pb, port)
+    try:
+        sp = pb.SamplingParams(temperature=s["temperature"], seed=s["seed"], has_seed=True)
+        req = pb.GenerateRequest(prompt=s["prompt"], max_tokens=s["tokens"], ignore_eos=True, sampling=sp)
+        for m in c.generate(req, timeout=300):
+            out["times"].append(time.monotonic())
+            if m.done:
+                out["final"] = (m.text, m.finish_reason, m.usage.prompt_tokens, m.usage.completion_tokens, m.seed)
+            else:
+                out["ids"].append((m.index, m.token_id))
+                out["text"].append(m.text)
+    except grpc.RpcError as e:
+        out["error"] = (e.code(), e.details())
+    finally:
+        c.close()
+
+
+def stream_http(port, out):
+    """A streaming /v1/completions: texts, logprobs, finish reason, usage,
+    [DONE] seen, or the error event; a time per text chunk."""
+    import http.client
+    import json
+    s = out["spec"]
+    body = {"prompt": s["prompt"], "max_tokens": s["tokens"], "temperature": s["temperature"], "seed": s["seed"],
+            "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": True}
+    if s.get("logprobs"):
+        body["logprobs"] = 2
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+    try:
+        c.request("POST", "/v1/completions", body=json.dumps(body), headers={"Content-Type": "application/json"})
+        r = c.getresponse()
+        out["status"] = r.status
+        buf = b""
+        while True:
+            chunk = r.read1(65536)
+            if not chunk:
+                break
+            buf += chunk
+            while b"\n\n" in buf:
+                ev, buf = buf.split(b"\n\n", 1)
+                ev = ev.decode()
+                if not ev.startswith("data: "):
+                    continue
+                if ev == "data: [DONE]":
+                    out["done"] = True
+                    continue
+                j = json.loads(ev[6:])
+                if "error" in j:
+                    out["error"] = j["error"]
+                    continue
+                if j.get("usage"):
+                    out["final"] = j["usage"]
+                for ch in j.get("choices", []):
+                    if ch.get("text"):
+                        out["times"].append(time.monotonic())
+                        out["text"].append(ch["text"])
+                    if ch.get("logprobs"):
+                        out["lp"].append(json.dumps(ch["logprobs"], sort_keys=True))
+                    if ch.get("finish_reason"):
+                        out["finish"] = ch["finish_reason"]
+    except (OSError, http.client.HTTPException) as e:
+        out["error"] = repr(e)
+    finally:
+        c.close()
+
+
+def start_streams(pb, specs, grpc_port, http_port):
+    """Every spec as a stream on a thread of its own: (records, threads)."""
+    outs, threads = [], []
+    for sp in specs:
+        o = new_stream(sp)
+        t = threading.Thread(target=stream_grpc if sp["grpc"] else stream_http,
+                             args=(pb, grpc_port, o) if sp["grpc"] else (http_port, o), daemon=True)
+        t.start()
+        outs.append(o)
+        threads.append(t)
+    return outs, threads
+
+
+def join_streams(threads, timeout=300):
+    for t in threads:
+        t.join(timeout=timeout)
+    assert not any(t.is_alive() for t in threads), "a stream hung"
+
+
+def stream_summary(o):
+    """What must be identical to the undisturbed run."""
+    if o["spec"]["grpc"]:
+        return {"ids": o["ids"], "text": "".join(o["text"]), "final": o["final"], "error": str(o["error"])}
+    return {"text": "".join(o["text"]), "finish": o.get("finish"), "usage": o["final"], "lp": o["lp"],
+            "done": o.get("done"), "error": str(o["error"])}
+
+
+def wait_streams(outs, n, since=None, timeout=120):
+    """Until every stream that has not ended has n more messages than since."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if all(len(o["times"]) - (since[k] if since else 0) >= n or o["final"] is not None or o["error"] is not None
+               for k, o in enumerate(outs)):
+            return
+        time.sleep(0.02)
+    raise AssertionError("the streams did not flow: %s" % [len(o["times"]) for o in outs])
+
+
+def stream_pauses(outs):
+    """Each stream's longest gap between two messages (s)."""
+    return [max((b - a for a, b in zip(o["times"], o["times"][1:])), default=0.0) for o in outs]

@@ -36,13 +36,13 @@ import shutil
 import signal
 import sys
 import tempfile
-import threading
 import time
 
 import grpc
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ternlib import Client, Results, TernServer, descendants, free_port, load_pb2, mpi_rank  # noqa: E402
+from ternlib import (Client, Results, TernServer, descendants, free_port, join_streams, load_pb2,  # noqa: E402
+                     mpi_rank, start_streams, stream_pauses, stream_summary, wait_streams)
 
 build, src = sys.argv[1], sys.argv[2]
 MODEL = os.path.join(src, "deploy/models/tern-kjv.gguf")
@@ -57,97 +57,11 @@ def spec(i):
     """The i-th request: 0-3 over gRPC, 4-7 over HTTP; odd ones sampled."""
     sampled = i % 2 == 1
     return {"i": i, "grpc": i < 4, "prompt": PROMPTS[i], "temperature": 0.8 if sampled else 0.0,
-            "seed": 1000 + i, "logprobs": i in (5, 7)}
-
-
-def run_grpc(port, s, out):
-    c = Client(pb, port)
-    try:
-        sp = pb.SamplingParams(temperature=s["temperature"], seed=s["seed"], has_seed=True)
-        req = pb.GenerateRequest(prompt=s["prompt"], max_tokens=TOKENS, ignore_eos=True, sampling=sp)
-        for m in c.generate(req, timeout=300):
-            out["times"].append(time.monotonic())
-            if m.done:
-                out["final"] = (m.text, m.finish_reason, m.usage.prompt_tokens, m.usage.completion_tokens, m.seed)
-            else:
-                out["ids"].append((m.index, m.token_id))
-                out["text"].append(m.text)
-    except grpc.RpcError as e:
-        out["error"] = (e.code(), e.details())
-    finally:
-        c.close()
-
-
-def run_http(port, s, out):
-    body = {"prompt": s["prompt"], "max_tokens": TOKENS, "temperature": s["temperature"], "seed": s["seed"],
-            "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": True}
-    if s["logprobs"]:
-        body["logprobs"] = 2
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
-    try:
-        c.request("POST", "/v1/completions", body=json.dumps(body), headers={"Content-Type": "application/json"})
-        r = c.getresponse()
-        out["status"] = r.status
-        buf = b""
-        while True:
-            chunk = r.read1(65536) if hasattr(r, "read1") else r.read(1)
-            if not chunk:
-                break
-            buf += chunk
-            while b"\n\n" in buf:
-                ev, buf = buf.split(b"\n\n", 1)
-                ev = ev.decode()
-                if not ev.startswith("data: "):
-                    continue
-                if ev == "data: [DONE]":
-                    out["done"] = True
-                    continue
-                j = json.loads(ev[6:])
-                if "error" in j:
-                    out["error"] = j["error"]
-                    continue
-                if j.get("usage"):
-                    out["final"] = j["usage"]
-                for ch in j.get("choices", []):
-                    if ch.get("text"):
-                        out["times"].append(time.monotonic())
-                        out["text"].append(ch["text"])
-                    if ch.get("logprobs"):
-                        out["lp"].append(json.dumps(ch["logprobs"], sort_keys=True))
-                    if ch.get("finish_reason"):
-                        out["finish"] = ch["finish_reason"]
-    except (OSError, http.client.HTTPException) as e:
-        out["error"] = repr(e)
-    finally:
-        c.close()
+            "seed": 1000 + i, "logprobs": i in (5, 7), "tokens": TOKENS}
 
 
 def start_all(srv, grpc_port):
-    outs, threads = [], []
-    for i in range(8):
-        s = spec(i)
-        o = {"spec": s, "ids": [], "text": [], "lp": [], "times": [], "final": None, "error": None}
-        t = threading.Thread(target=run_grpc if s["grpc"] else run_http,
-                             args=(grpc_port if s["grpc"] else srv.port, s, o), daemon=True)
-        t.start()
-        outs.append(o)
-        threads.append(t)
-    return outs, threads
-
-
-def join_all(threads, outs):
-    for t in threads:
-        t.join(timeout=300)
-    assert not any(t.is_alive() for t in threads), "a stream hung"
-    return outs
-
-
-def summary(o):
-    """What must be identical to the undisturbed run."""
-    if o["spec"]["grpc"]:
-        return {"ids": o["ids"], "text": "".join(o["text"]), "final": o["final"], "error": str(o["error"])}
-    return {"text": "".join(o["text"]), "finish": o.get("finish"), "usage": o["final"], "lp": o["lp"],
-            "done": o.get("done"), "error": str(o["error"])}
+    return start_streams(pb, [spec(i) for i in range(8)], grpc_port, srv.port)
 
 
 def job_ranks(srv):
@@ -181,25 +95,6 @@ def wait_ready(srv, gen=None, timeout=120):
     raise AssertionError("tern-server not ready again (generation %s): %s" % (gen, health(srv.port)))
 
 
-def wait_tokens(outs, n, since=None):
-    """Until every stream that has not ended has n more tokens than since."""
-    end = time.monotonic() + 120
-    while time.monotonic() < end:
-        ok = True
-        for k, o in enumerate(outs):
-            have = len(o["times"]) - (since[k] if since else 0)
-            if have < n and o["final"] is None and o["error"] is None:
-                ok = False
-        if ok:
-            return
-        time.sleep(0.02)
-    raise AssertionError("the streams did not flow: %s" % [len(o["times"]) for o in outs])
-
-
-def pauses(outs):
-    return [max((b - a for a, b in zip(o["times"], o["times"][1:])), default=0.0) for o in outs]
-
-
 state = {"faults": 0, "pauses": []}
 tmp = tempfile.mkdtemp(prefix="tern-resume-")
 grpc_port = free_port()
@@ -223,14 +118,15 @@ def scrape():
 def undisturbed():
     wait_ready(srv, 0)
     state["m0"] = scrape()
-    outs = join_all(*reversed(start_all(srv, grpc_port)))
+    outs, threads = start_all(srv, grpc_port)
+    join_streams(threads)
     for o in outs:
         assert o["error"] is None, "undisturbed stream %d failed: %s" % (o["spec"]["i"], o["error"])
         if o["spec"]["grpc"]:
             assert len(o["ids"]) == TOKENS and [i for i, _ in o["ids"]] == list(range(TOKENS)), o["ids"][:5]
         else:
-            assert o.get("done") and o["final"]["completion_tokens"] == TOKENS, summary(o)
-    state["ref"] = [summary(o) for o in outs]
+            assert o.get("done") and o["final"]["completion_tokens"] == TOKENS, stream_summary(o)
+    state["ref"] = [stream_summary(o) for o in outs]
     state["http_tokens"] = sum(o["final"]["completion_tokens"] for o in outs if not o["spec"]["grpc"])
 
 
@@ -241,16 +137,16 @@ def fault_case(name, inject):
         gen = state["faults"]
         wait_ready(srv, gen)
         outs, threads = start_all(srv, grpc_port)
-        wait_tokens(outs, 8)
+        wait_streams(outs, 8)
         n = inject(outs)
         state["faults"] += n
-        join_all(threads, outs)
+        join_streams(threads)
         for o, want in zip(outs, state["ref"]):
-            got = summary(o)
+            got = stream_summary(o)
             assert got == want, "stream %d (%s) differs after the fault:\n got %s\nwant %s" % (
                 o["spec"]["i"], "gRPC" if o["spec"]["grpc"] else "HTTP", json.dumps(got)[:1500],
                 json.dumps(want)[:1500])
-        p = sorted(pauses(outs))
+        p = sorted(stream_pauses(outs))
         state["pauses"] += p
         print("  %s: pause per stream p50 %.2f s, max %.2f s" % (name, p[len(p) // 2], p[-1]), flush=True)
         wait_ready(srv, state["faults"])
@@ -269,7 +165,7 @@ def two_faults(outs):
     kill_rank(2)(outs)
     wait_ready(srv, state["faults"] + 1)
     since = [len(o["times"]) for o in outs]
-    wait_tokens(outs, 4, since)
+    wait_streams(outs, 4, since)
     kill_rank(0)(outs)
     return 2
 
@@ -314,20 +210,11 @@ def dies_at_every_start():
     s2 = TernServer(build, ["-m", model, "--stages", "1", "--grpc", "127.0.0.1:%d" % gport,
                             "--restart-limit", "1/600", "--", "--ctx", "1024"])
     try:
-        outs = []
-        threads = []
-        for i, grpc_side in ((0, True), (4, False)):
-            s = spec(i)
-            o = {"spec": s, "ids": [], "text": [], "lp": [], "times": [], "final": None, "error": None}
-            t = threading.Thread(target=run_grpc if grpc_side else run_http,
-                                 args=(gport if grpc_side else s2.port, s, o), daemon=True)
-            t.start()
-            outs.append(o)
-            threads.append(t)
-        wait_tokens(outs, 4)
+        outs, threads = start_streams(pb, [spec(0), spec(4)], gport, s2.port)
+        wait_streams(outs, 4)
         os.unlink(model)  # every start from now on fails to load it
         os.kill(job_ranks(s2)[1], signal.SIGKILL)
-        join_all(threads, outs)
+        join_streams(threads)
         g, h = outs
         assert g["error"] and g["error"][0] == grpc.StatusCode.UNAVAILABLE and "not restarting" in g["error"][1], \
             g["error"]
