@@ -78,6 +78,12 @@ int tern_held_start(tern_supervisor *sup, tern_grpc_client *up, const Tern__V1__
 	}
 	h->sup = sup;
 	h->up = up;
+	/* A caller's own resume ids (a front end before us resuming) are the
+	 * first of the ids handed out: the stream starts at their count. */
+	h->ids = h->req->resume_token_ids;
+	h->n_ids = h->cap = h->req->n_resume_token_ids;
+	h->req->resume_token_ids = NULL;
+	h->req->n_resume_token_ids = 0;
 	if (resumes(h)) {
 		/* The seed is ours from the start, so a resumed stream draws the
 		 * same numbers (the final message reports it, as it would). */
@@ -85,6 +91,7 @@ int tern_held_start(tern_supervisor *sup, tern_grpc_client *up, const Tern__V1__
 			h->req->sampling = malloc(sizeof *h->req->sampling);
 			if (!h->req->sampling) {
 				tern__v1__generate_request__free_unpacked(h->req, NULL);
+				free(h->ids);
 				free(h);
 				return TERN_ERR(err, TERN_ENOMEM, "out of memory");
 			}
@@ -101,6 +108,7 @@ int tern_held_start(tern_supervisor *sup, tern_grpc_client *up, const Tern__V1__
 	}
 	if (call(h, err) < 0) {
 		tern__v1__generate_request__free_unpacked(h->req, NULL);
+		free(h->ids);
 		free(h);
 		return -1;
 	}
@@ -135,7 +143,7 @@ static int note(tern_held *h, const uint8_t *m, size_t n)
 		rc = -1;
 	} else {
 		if (h->n_ids == h->cap) {
-			const size_t cap = h->cap ? 2 * h->cap : 64;
+			const size_t cap = h->cap ? 2 * h->cap : 64; /* the unpacker's array: realloc-able */
 			uint32_t *p = realloc(h->ids, cap * sizeof *p);
 			if (!p) {
 				tern__v1__generate_response__free_unpacked(r, NULL);

@@ -238,6 +238,45 @@ def main():
             assert final.finish_reason == pb.FINISH_REASON_STOP, final
         check("text_equals_tern_run_split_character", text_equals_tern_run)
 
+        def resume_exact():
+            """A request resumed after k of its tokens (resume_token_ids, what
+            tern-server sends after a fault) continues exactly: the first k
+            messages' texts + the resumed ones' = the undisturbed text, ids,
+            indices, logprobs, usage and finish reason. Greedy with the split
+            character and a stop string straddling it (text withheld at the
+            cut), and seeded sampling with penalties."""
+            p, ids, k_split = find_split_character()
+            stop = pieces[ids[k_split - 1]].decode() + (pieces[ids[k_split]] + pieces[ids[k_split + 1]]).decode()
+
+            def msgs(**kw):
+                out = list(cl.generate(pb.GenerateRequest(**kw), timeout=60))
+                return out[:-1], out[-1]
+            cases = [dict(prompt=p, max_tokens=48, ignore_eos=True, stop=[stop], logprobs=True, top_logprobs=2,
+                          sampling=pb.SamplingParams(seed=3, has_seed=True)),
+                     dict(prompt="once upon a time", max_tokens=40, ignore_eos=True, logprobs=True,
+                          sampling=pb.SamplingParams(temperature=0.8, seed=7, has_seed=True, repetition_penalty=1.2,
+                                                     presence_penalty=0.4, frequency_penalty=0.2))]
+            for kw in cases:
+                full, fin = msgs(**kw)
+                n = len(full)
+                cuts = sorted({1, n // 2, n - 1} | ({k_split, k_split + 1} if "stop" in kw else set()))
+                for k in [c for c in cuts if 0 < c < n]:
+                    rest, fin2 = msgs(resume_token_ids=[m.token_id for m in full[:k]], **kw)
+                    got = full[:k] + rest
+                    assert [(m.index, m.token_id) for m in got] == [(m.index, m.token_id) for m in full], (k, kw)
+                    assert "".join(m.text for m in got) + fin2.text == "".join(m.text for m in full) + fin.text, k
+                    assert [(m.logprob, [(t.token_id, t.logprob) for t in m.top_logprobs]) for m in rest] == \
+                        [(m.logprob, [(t.token_id, t.logprob) for t in m.top_logprobs]) for m in full[k:]], k
+                    assert (fin2.finish_reason, fin2.usage.prompt_tokens, fin2.usage.completion_tokens, fin2.seed) == \
+                        (fin.finish_reason, fin.usage.prompt_tokens, fin.usage.completion_tokens, fin.seed), (k, fin2)
+            # Refused: ids outside the vocabulary, nothing left to generate, the end token (299 of 300).
+            for kw, what in ((dict(prompt="the cat", max_tokens=4, resume_token_ids=[300]), "vocabulary"),
+                             (dict(prompt="the cat", max_tokens=2, resume_token_ids=[5, 6]), "nothing to generate"),
+                             (dict(prompt="the cat", max_tokens=4, resume_token_ids=[299]), "ends the generation")):
+                code, detail = code_of(lambda: list(cl.generate(pb.GenerateRequest(**kw), timeout=30)))
+                assert code == grpc.StatusCode.INVALID_ARGUMENT and what in detail, (kw, code, detail)
+        check("resume_exact", resume_exact)
+
         def tern_cli():
             # The C client: --json stream equals tern-run; errors are a status line and exit 1.
             exe = os.path.join(build, "coordinator", "tern")
