@@ -75,16 +75,23 @@ static int stopping(tern_supervisor *s)
 	return st;
 }
 
+/* The CLOCK_REALTIME time d seconds from now (pthread_cond_timedwait's clock). */
+static struct timespec deadline_after(double d)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	const double t = (double)ts.tv_sec + ts.tv_nsec * 1e-9 + d;
+	ts.tv_sec = (time_t)t;
+	ts.tv_nsec = (long)((t - (double)ts.tv_sec) * 1e9);
+	return ts;
+}
+
 /* Sleeps up to d seconds, waking early when stopped; returns stopping(s). */
 static int nap(tern_supervisor *s, double d)
 {
 	pthread_mutex_lock(&s->mu);
 	if (!s->stop && d > 0) {
-		struct timespec ts;
-		clock_gettime(CLOCK_REALTIME, &ts);
-		const double t = (double)ts.tv_sec + ts.tv_nsec * 1e-9 + d;
-		ts.tv_sec = (time_t)t;
-		ts.tv_nsec = (long)((t - (double)ts.tv_sec) * 1e9);
+		const struct timespec ts = deadline_after(d);
 		pthread_cond_timedwait(&s->changed, &s->mu, &ts);
 	}
 	const int st = s->stop;
@@ -410,11 +417,7 @@ int tern_supervisor_await(tern_supervisor *s, unsigned min_gen, double max_s, un
 		const double left = end - tern_now_s();
 		if (left <= 0)
 			break;
-		struct timespec ts;
-		clock_gettime(CLOCK_REALTIME, &ts);
-		const double t = (double)ts.tv_sec + ts.tv_nsec * 1e-9 + left;
-		ts.tv_sec = (time_t)t;
-		ts.tv_nsec = (long)((t - (double)ts.tv_sec) * 1e9);
+		const struct timespec ts = deadline_after(left);
 		pthread_cond_timedwait(&s->changed, &s->mu, &ts);
 	}
 	pthread_mutex_unlock(&s->mu);

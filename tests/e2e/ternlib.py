@@ -54,6 +54,31 @@ def mpi_rank(pid):
     return None
 
 
+def job_ranks(pid):
+    """{MPI rank: pid} of the MPI job below process PID (mpirun, tern-server)."""
+    ranks = {}
+    for p in descendants(pid):
+        r = mpi_rank(p)
+        if r is not None and r not in ranks:
+            ranks[r] = p
+    return ranks
+
+
+def http_health(port):
+    """tern-server's GET /health: (status, JSON body); (0, {}) when it does not answer."""
+    import http.client
+    import json
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        c.request("GET", "/health")
+        r = c.getresponse()
+        return r.status, json.loads(r.read() or b"{}")
+    except (OSError, ValueError, http.client.HTTPException):
+        return 0, {}
+    finally:
+        c.close()
+
+
 def free_port():
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as s:
@@ -132,12 +157,7 @@ class Server:
 
     def rank_pids(self):
         """{MPI rank: pid} of this job's processes (descendants of its mpirun)."""
-        ranks = {}
-        for pid in descendants(self.proc.pid):
-            r = mpi_rank(pid)
-            if r is not None and r not in ranks:
-                ranks[r] = pid
-        return ranks
+        return job_ranks(self.proc.pid)
 
     def coordinator_pid(self):
         return self.rank_pids().get(0)

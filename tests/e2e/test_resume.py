@@ -41,8 +41,8 @@ import time
 import grpc
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ternlib import (Client, Results, TernServer, descendants, free_port, join_streams, load_pb2,  # noqa: E402
-                     mpi_rank, start_streams, stream_pauses, stream_summary, wait_streams)
+from ternlib import (Client, Results, TernServer, descendants, free_port, http_health, job_ranks,  # noqa: E402
+                     join_streams, load_pb2, start_streams, stream_pauses, stream_summary, wait_streams)
 
 build, src = sys.argv[1], sys.argv[2]
 MODEL = os.path.join(src, "deploy/models/tern-kjv.gguf")
@@ -64,35 +64,14 @@ def start_all(srv, grpc_port):
     return start_streams(pb, [spec(i) for i in range(8)], grpc_port, srv.port)
 
 
-def job_ranks(srv):
-    ranks = {}
-    for p in descendants(srv.proc.pid):
-        r = mpi_rank(p)
-        if r is not None and r not in ranks:
-            ranks[r] = p
-    return ranks
-
-
-def health(port):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        c.request("GET", "/health")
-        r = c.getresponse()
-        return r.status, json.loads(r.read() or b"{}")
-    except (OSError, ValueError, http.client.HTTPException):
-        return 0, {}
-    finally:
-        c.close()
-
-
 def wait_ready(srv, gen=None, timeout=120):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        st, h = health(srv.port)
-        if st == 200 and (gen is None or h.get("generation") == gen) and len(job_ranks(srv)) == 3:
+        st, h = http_health(srv.port)
+        if st == 200 and (gen is None or h.get("generation") == gen) and len(job_ranks(srv.proc.pid)) == 3:
             return h
         time.sleep(0.2)
-    raise AssertionError("tern-server not ready again (generation %s): %s" % (gen, health(srv.port)))
+    raise AssertionError("tern-server not ready again (generation %s): %s" % (gen, http_health(srv.port)))
 
 
 state = {"faults": 0, "pauses": []}
@@ -155,7 +134,7 @@ def fault_case(name, inject):
 
 def kill_rank(rank, sig=signal.SIGKILL):
     def inject(outs):
-        pid = job_ranks(srv)[rank]
+        pid = job_ranks(srv.proc.pid)[rank]
         os.kill(pid, sig)
         return 1
     return inject
@@ -213,7 +192,7 @@ def dies_at_every_start():
         outs, threads = start_streams(pb, [spec(0), spec(4)], gport, s2.port)
         wait_streams(outs, 4)
         os.unlink(model)  # every start from now on fails to load it
-        os.kill(job_ranks(s2)[1], signal.SIGKILL)
+        os.kill(job_ranks(s2.proc.pid)[1], signal.SIGKILL)
         join_streams(threads)
         g, h = outs
         assert g["error"] and g["error"][0] == grpc.StatusCode.UNAVAILABLE and "not restarting" in g["error"][1], \
@@ -222,7 +201,7 @@ def dies_at_every_start():
         assert not h.get("done"), "an SSE stream that failed must not end with [DONE]"
         left = [p for p in descendants(s2.proc.pid)]
         assert not left, "processes of the job left behind: %s" % left
-        st, body = health(s2.port)
+        st, body = http_health(s2.port)
         assert st == 503 and body.get("job") == "failed", (st, body)
         c = Client(pb, gport)
         try:

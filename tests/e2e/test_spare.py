@@ -18,7 +18,6 @@ Usage: test_spare.py BUILD_DIR SOURCE_DIR
 """
 
 import http.client
-import json
 import os
 import signal
 import subprocess
@@ -55,7 +54,7 @@ if len(sys.argv) < 4:
     sys.exit(outside())
 
 # ---- inside h1 ----
-from ternlib import (Client, Results, TernServer, free_port, join_streams, load_pb2,  # noqa: E402
+from ternlib import (Client, Results, TernServer, free_port, http_health, join_streams, load_pb2,  # noqa: E402
                      start_streams, stream_pauses, stream_summary, wait_streams)
 
 MODEL = os.path.join(src, "deploy/models/tern-kjv.gguf")
@@ -74,26 +73,14 @@ specs = [{"grpc": i < 2, "prompt": p, "temperature": 0.8 if i % 2 else 0.0, "see
          for i, p in enumerate(["And God said", "In the beginning", "Blessed are the", "And it came to pass"])]
 
 
-def health(port):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        c.request("GET", "/health")
-        r = c.getresponse()
-        return r.status, json.loads(r.read() or b"{}")
-    except (OSError, ValueError, http.client.HTTPException):
-        return 0, {}
-    finally:
-        c.close()
-
-
 def wait_ready(port, gen, timeout=180):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        st, h = health(port)
+        st, h = http_health(port)
         if st == 200 and h.get("generation") == gen:
             return h
         time.sleep(0.2)
-    raise AssertionError("not ready (generation %d): %s" % (gen, health(port)))
+    raise AssertionError("not ready (generation %d): %s" % (gen, http_health(port)))
 
 
 def pids_of_host(name):
