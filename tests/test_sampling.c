@@ -193,6 +193,45 @@ static void test_seed_reproduces(void)
 	tern_sampler_free(s3);
 }
 
+/* A resumed sequence: a sampler told the first k tokens (tern_sampler_skip)
+ * picks what one that sampled them picks next, greedy and at a temperature
+ * with penalties, over logits that change every step (one of them all -inf,
+ * where the draw is still made). */
+static void test_skip_resumes(void)
+{
+	enum { V = 300, N = 40 };
+	static float l[N][V];
+	for (int t = 0; t < N; t++)
+		for (int i = 0; i < V; i++)
+			l[t][i] = t == 7 ? -INFINITY : frand() * 6;
+	for (int greedy = 0; greedy < 2; greedy++) {
+		tern_sampling_params p = plain(greedy ? 0.0f : 0.8f, 99);
+		p.repeat_penalty = 1.2f;
+		p.presence_penalty = 0.4f;
+		p.frequency_penalty = 0.2f;
+		p.top_p = 0.9f;
+		int32_t full[N];
+		tern_sampler *s;
+		TT_REQUIRE(tern_sampler_create(&p, V, &s, NULL) == 0);
+		for (int t = 0; t < N; t++)
+			TT_REQUIRE(tern_sampler_sample(s, l[t], &full[t], NULL) == 0);
+		tern_sampler_free(s);
+		for (int k = 1; k < N; k += 6) {
+			TT_REQUIRE(tern_sampler_create(&p, V, &s, NULL) == 0);
+			for (int t = 0; t < k; t++)
+				tern_sampler_skip(s, full[t]);
+			int same = 1;
+			for (int t = k; t < N; t++) {
+				int32_t got;
+				TT_REQUIRE(tern_sampler_sample(s, l[t], &got, NULL) == 0);
+				same &= got == full[t];
+			}
+			TT_CHECK(same);
+			tern_sampler_free(s);
+		}
+	}
+}
+
 /* In cnt[0..V), how often each id came out of n draws by a new sampler with
  * p over the V logits l: 0, or -1 when the sampler or a draw failed. */
 static int draw_counts(const tern_sampling_params *p, const float *l, int V, int n, int *cnt)
@@ -489,6 +528,6 @@ static void test_speed_report(void)
 	free(l);
 }
 
-TT_MAIN(TT_CASE(test_validation), TT_CASE(test_greedy), TT_CASE(test_topk1_is_greedy), TT_CASE(test_seed_reproduces),
+TT_MAIN(TT_CASE(test_validation), TT_CASE(test_greedy), TT_CASE(test_topk1_is_greedy), TT_CASE(test_seed_reproduces), TT_CASE(test_skip_resumes),
 	TT_CASE(test_temperature_distribution), TT_CASE(test_top_p_min_p), TT_CASE(test_repetition_penalty),
 	TT_CASE(test_stop_strings), TT_CASE(test_speed_report))

@@ -27,7 +27,8 @@ typedef struct seq {
 	int n_tok, cap_tok;
 	int n_prompt;
 	int n_done; /* positions already in the KV cache */
-	int n_gen;
+	int n_gen;    /* generated tokens, the n_resume replayed ones included */
+	int n_resume; /* resume_token_ids: counted in n_gen, never sent */
 	int max_tokens;
 	int ignore_eos;
 	int logprobs, top_logprobs; /* each piece carries its logprob and the top_logprobs best */

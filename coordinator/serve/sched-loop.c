@@ -166,6 +166,10 @@ static void take_token(tern_sched *s, seq *q, int32_t t, const token_lp *lp)
 	m.text = (char *)so.text; /* NUL-terminated by the step */
 	m.index = (uint32_t)(q->n_gen - 1);
 	m.request_id = q->request_id;
+	/* The first message names the seed too, so a front end that did not
+	 * choose one can resume the stream (resume_token_ids) from its start. */
+	if (q->n_gen - 1 == q->n_resume)
+		m.seed = tern_sampler_seed(q->sampler);
 	Tern__V1__TokenLogprob top[TERN_MAX_TOP_LOGPROBS], *top_ptrs[TERN_MAX_TOP_LOGPROBS];
 	if (lp) {
 		m.logprob = lp->logprob;

@@ -111,6 +111,14 @@ static int svc_generate(void *self, const Tern__V1__GenerateRequest *req, const 
 			 need, c->n_ctx);
 		status = TERN_STATUS_INVALID_ARGUMENT;
 	}
+	/* Resume tokens count toward max_tokens; with the default one, the
+	 * prompt and they must still leave room for one more. */
+	if (status == TERN_STATUS_OK && !req->max_tokens && req->n_resume_token_ids > 0 &&
+	    req->n_resume_token_ids >= (size_t)(c->n_ctx - q->n_prompt)) {
+		snprintf(msg, msg_len, "prompt of %d tokens + %zu resume tokens + 1 exceeds the context of %d",
+			 q->n_prompt, req->n_resume_token_ids, c->n_ctx);
+		status = TERN_STATUS_INVALID_ARGUMENT;
+	}
 	if (status == TERN_STATUS_OK && q->n_prompt + q->max_tokens > c->n_ctx)
 		q->max_tokens = c->n_ctx - q->n_prompt; /* the default shrinks to fit */
 	q->ignore_eos = req->ignore_eos;
@@ -195,6 +203,7 @@ static int svc_generate(void *self, const Tern__V1__GenerateRequest *req, const 
 			} else {
 				tern_sampler_skip(q->sampler, (int32_t)t);
 				q->n_gen++;
+				q->n_resume++;
 			}
 		}
 	}

@@ -259,9 +259,13 @@ def main():
             for kw in cases:
                 full, fin = msgs(**kw)
                 n = len(full)
-                cuts = sorted({1, n // 2, n - 1} | ({k_split, k_split + 1} if "stop" in kw else set()))
+                assert full[0].seed == fin.seed != 0, (full[0], fin)  # the first message names the seed
+                withheld = [i + 1 for i, m in enumerate(full) if not m.text][:1]  # cut just after held text
+                cuts = sorted({1, n // 2, n - 1} | set(withheld) |
+                              ({k_split, k_split + 1} if "stop" in kw else set()))
                 for k in [c for c in cuts if 0 < c < n]:
                     rest, fin2 = msgs(resume_token_ids=[m.token_id for m in full[:k]], **kw)
+                    assert rest[0].seed == fin.seed, (k, rest[0])
                     got = full[:k] + rest
                     assert [(m.index, m.token_id) for m in got] == [(m.index, m.token_id) for m in full], (k, kw)
                     assert "".join(m.text for m in got) + fin2.text == "".join(m.text for m in full) + fin.text, k
@@ -269,10 +273,14 @@ def main():
                         [(m.logprob, [(t.token_id, t.logprob) for t in m.top_logprobs]) for m in full[k:]], k
                     assert (fin2.finish_reason, fin2.usage.prompt_tokens, fin2.usage.completion_tokens, fin2.seed) == \
                         (fin.finish_reason, fin.usage.prompt_tokens, fin.usage.completion_tokens, fin.seed), (k, fin2)
+                if fin.finish_reason == pb.FINISH_REASON_STOP:  # all the ids: the last completes the stop string
+                    code, detail = code_of(lambda: msgs(resume_token_ids=[m.token_id for m in full], **kw))
+                    assert code == grpc.StatusCode.INVALID_ARGUMENT and "ends the generation" in detail, detail
             # Refused: ids outside the vocabulary, nothing left to generate, the end token (299 of 300).
             for kw, what in ((dict(prompt="the cat", max_tokens=4, resume_token_ids=[300]), "vocabulary"),
                              (dict(prompt="the cat", max_tokens=2, resume_token_ids=[5, 6]), "nothing to generate"),
-                             (dict(prompt="the cat", max_tokens=4, resume_token_ids=[299]), "ends the generation")):
+                             (dict(prompt="the cat", max_tokens=4, resume_token_ids=[299]), "ends the generation"),
+                             (dict(prompt="the cat", resume_token_ids=[5] * 256), "exceeds the context")):
                 code, detail = code_of(lambda: list(cl.generate(pb.GenerateRequest(**kw), timeout=30)))
                 assert code == grpc.StatusCode.INVALID_ARGUMENT and what in detail, (kw, code, detail)
         check("resume_exact", resume_exact)
