@@ -83,22 +83,6 @@ enum { OPT_STAGES = 256, OPT_HOSTFILE, OPT_HTTP, OPT_GRPC, OPT_API_KEY_FILE, OPT
        OPT_COORDINATOR, OPT_MAX_CONNS, OPT_NETWORK, OPT_PRIVATE_NET, OPT_TLS_CERT, OPT_TLS_KEY,
        OPT_CORS, OPT_RESTART_LIMIT, OPT_STALL_TIMEOUT };
 
-static int is_ready(tern_grpc_client *c, char *model, size_t model_len)
-{
-	Tern__V1__HealthRequest q = TERN__V1__HEALTH_REQUEST__INIT;
-	char detail[256];
-	int st;
-	Tern__V1__HealthResponse *h = (Tern__V1__HealthResponse *)tern_grpc_unary(
-		c, "/tern.v1.Tern/Health", &q.base, 2.0, &tern__v1__health_response__descriptor, &st, detail,
-		sizeof detail);
-	const int ready = h && h->ready;
-	if (h) {
-		snprintf(model, model_len, "%s", h->model ? h->model : "");
-		tern__v1__health_response__free_unpacked(h, NULL);
-	}
-	return ready;
-}
-
 /* The name clients see: the model file's (or plan directory's) base name
  * without ".gguf". */
 static void model_id_of(const char *path, char *out, size_t len)
@@ -335,7 +319,7 @@ int main(int argc, char **argv)
 	if (attach) {
 		/* Nothing launched: wait until the coordinator answers ready. */
 		const double t0 = tern_now_s();
-		while (!is_ready(up, served, sizeof served)) {
+		while (tern_coordinator_health(up, 2.0, served, sizeof served) != 1) {
 			if (g_stop)
 				goto stop;
 			if (tern_now_s() - t0 > ready_timeout) {

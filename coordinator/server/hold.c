@@ -129,59 +129,61 @@ static int end(tern_held *h, int status, const char *detail)
 	return -1;
 }
 
-/* Records a message handed out: 0, or -1 when it breaks the stream's order
- * (a coordinator that did not resume where it was asked to). */
-static int note(tern_held *h, const uint8_t *m, size_t n)
+/* Records a message about to be handed out: 0, -1 when it breaks the
+ * stream's order (a coordinator that did not resume where it was asked
+ * to), -2 out of memory. */
+static int note(tern_held *h, const Tern__V1__GenerateResponse *r)
 {
-	Tern__V1__GenerateResponse *r = tern__v1__generate_response__unpack(NULL, n, m);
-	if (!r)
-		return 0; /* the caller skips it as well; the status ends the call */
-	int rc = 0;
 	if (r->done) {
 		h->final_seen = 1;
-	} else if (r->index != h->n_ids) {
-		rc = -1;
-	} else {
-		if (h->n_ids == h->cap) {
-			const size_t cap = h->cap ? 2 * h->cap : 64; /* the unpacker's array: realloc-able */
-			uint32_t *p = realloc(h->ids, cap * sizeof *p);
-			if (!p) {
-				tern__v1__generate_response__free_unpacked(r, NULL);
-				return -2;
-			}
-			h->ids = p;
-			h->cap = cap;
-		}
-		h->ids[h->n_ids++] = r->token_id;
+		return 0;
 	}
-	tern__v1__generate_response__free_unpacked(r, NULL);
-	return rc;
+	if (r->index != h->n_ids)
+		return -1;
+	if (h->n_ids == h->cap) {
+		const size_t cap = h->cap ? 2 * h->cap : 64; /* the unpacker's array: realloc-able */
+		uint32_t *p = realloc(h->ids, cap * sizeof *p);
+		if (!p)
+			return -2;
+		h->ids = p;
+		h->cap = cap;
+	}
+	h->ids[h->n_ids++] = r->token_id;
+	return 0;
 }
 
-int tern_held_next(tern_held *h, double wait_s, const uint8_t **msg, size_t *len)
+int tern_held_next(tern_held *h, double wait_s, Tern__V1__GenerateResponse **msg)
 {
+	*msg = NULL;
 	for (;;) {
 		switch (h->state) {
 		case HELD_ENDED:
 			return -1;
 		case HELD_STREAMING: {
-			const int r = tern_grpc_stream_next(h->st, wait_s, msg, len);
+			const uint8_t *m;
+			size_t n;
+			const int r = tern_grpc_stream_next(h->st, wait_s, &m, &n);
 			if (r == 0)
 				return 0;
 			if (r == 1) {
-				const int k = note(h, *msg, *len);
+				Tern__V1__GenerateResponse *resp = tern__v1__generate_response__unpack(NULL, n, m);
+				const int k = resp ? note(h, resp) : -3;
 				if (k < 0) {
-					tern_grpc_stream_cancel(h->st);
+					if (resp)
+						tern__v1__generate_response__free_unpacked(resp, NULL);
 					char d[64];
-					tern_grpc_stream_finish(h->st, d, sizeof d);
+					tern_grpc_stream_finish(h->st, d, sizeof d); /* cancels it */
 					h->st = NULL;
 					return end(h, k == -2 ? TERN_STATUS_RESOURCE_EXHAUSTED : TERN_STATUS_INTERNAL,
-						   k == -2 ? "out of memory" : "the resumed stream did not continue in order");
+						   k == -2   ? "out of memory"
+						   : k == -3 ? "a malformed message from the coordinator"
+							     : "the resumed stream did not continue in order");
 				}
 				if (h->t_fail > 0) {
 					tern_supervisor_resumed(h->sup, tern_now_s() - h->t_fail);
 					h->t_fail = 0;
 				}
+				*msg = resp;
 				return 1;
 			}
 			const int st = tern_grpc_stream_finish(h->st, h->detail, sizeof h->detail);

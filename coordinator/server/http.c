@@ -426,15 +426,10 @@ static int next_msg(tern_held *gs, int fd, double keepalive_s, tern_metrics_req 
 	for (;;) {
 		if (client_gone(fd))
 			return -2;
-		const uint8_t *m;
-		size_t n;
-		const int r = tern_held_next(gs, TERN_HTTP_POLL_MS / 1000.0, &m, &n);
+		const int r = tern_held_next(gs, TERN_HTTP_POLL_MS / 1000.0, out);
 		if (r < 0)
 			return -1;
 		if (r == 1) {
-			*out = tern__v1__generate_response__unpack(NULL, n, m);
-			if (!*out)
-				continue; /* a malformed message is skipped: the status still ends the call */
 			if (!(*out)->done)
 				tern_metrics_req_token(mr);
 			return 1;
@@ -477,10 +472,9 @@ static void sse_free(void *cls)
 /* Ends the call after its last message (the status follows it at once). */
 static int end_call(tern_held **gs, char *detail, size_t dl)
 {
-	const uint8_t *m;
-	size_t n;
-	while (tern_held_next(*gs, 5.0, &m, &n) == 1)
-		;
+	Tern__V1__GenerateResponse *m;
+	while (tern_held_next(*gs, 5.0, &m) == 1)
+		tern__v1__generate_response__free_unpacked(m, NULL);
 	const int st = tern_held_finish(*gs, detail, dl);
 	*gs = NULL;
 	return st;

@@ -74,19 +74,12 @@ static void *gen_thread(void *arg)
 				tern_held_cancel(st);
 				cancelled = 1;
 			}
-			const uint8_t *m;
-			size_t n;
-			const int got = tern_held_next(st, RELAY_POLL_S, &m, &n);
+			Tern__V1__GenerateResponse *msg;
+			const int got = tern_held_next(st, RELAY_POLL_S, &msg);
 			if (got < 0)
 				break;
 			if (got == 0)
 				continue;
-			Tern__V1__GenerateResponse *msg = tern__v1__generate_response__unpack(NULL, n, m);
-			if (!msg) {
-				tern_held_cancel(st);
-				cancelled = 1;
-				continue;
-			}
 			if (msg->done) {
 				if (final)
 					tern__v1__generate_response__free_unpacked(final, NULL);

@@ -99,15 +99,14 @@ static int nap(tern_supervisor *s, double d)
 	return st;
 }
 
-/* The coordinator's Health: 1 ready, 0 answered not ready, -1 no answer. */
-static int health(tern_supervisor *s, char *model, size_t model_len)
+int tern_coordinator_health(tern_grpc_client *up, double deadline_s, char *model, size_t model_len)
 {
 	Tern__V1__HealthRequest q = TERN__V1__HEALTH_REQUEST__INIT;
 	char detail[256];
 	int st;
 	Tern__V1__HealthResponse *h = (Tern__V1__HealthResponse *)tern_grpc_unary(
-		s->o.up, "/tern.v1.Tern/Health", &q.base, SUP_HEALTH_DEADLINE_S, &tern__v1__health_response__descriptor,
-		&st, detail, sizeof detail);
+		up, "/tern.v1.Tern/Health", &q.base, deadline_s, &tern__v1__health_response__descriptor, &st, detail,
+		sizeof detail);
 	if (!h)
 		return -1;
 	const int ready = h->ready;
@@ -115,6 +114,11 @@ static int health(tern_supervisor *s, char *model, size_t model_len)
 		snprintf(model, model_len, "%s", h->model);
 	tern__v1__health_response__free_unpacked(h, NULL);
 	return ready;
+}
+
+static int health(tern_supervisor *s, char *model, size_t model_len)
+{
+	return tern_coordinator_health(s->o.up, SUP_HEALTH_DEADLINE_S, model, model_len);
 }
 
 static int exit_code(int status)

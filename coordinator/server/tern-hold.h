@@ -33,10 +33,12 @@ typedef struct tern_held tern_held;
 int tern_held_start(tern_supervisor *sup, tern_grpc_client *up, const Tern__V1__GenerateRequest *req,
 		    tern_held **out, tern_err *err);
 
-/* As tern_grpc_stream_next: 1 with the next message (valid until the next
- * call on h), 0 when wait_s passed first (also while waiting for the job to
- * come back), -1 when the call has ended (status in tern_held_finish). */
-int tern_held_next(tern_held *h, double wait_s, const uint8_t **msg, size_t *len);
+/* As tern_grpc_stream_next, but the message comes unpacked: 1 with *msg
+ * (the caller's, to free with tern__v1__generate_response__free_unpacked),
+ * 0 when wait_s passed first (also while waiting for the job to come back),
+ * -1 when the call has ended (status in tern_held_finish). A malformed
+ * message ends the call with INTERNAL. */
+int tern_held_next(tern_held *h, double wait_s, Tern__V1__GenerateResponse **msg);
 
 /* Cancels the call (also while it waits for the job); next() then returns -1
  * and finish() CANCELLED. */

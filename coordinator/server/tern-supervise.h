@@ -51,6 +51,10 @@ typedef struct tern_supervisor_opts {
 
 typedef struct tern_supervisor tern_supervisor;
 
+/* The coordinator's Health over up within deadline_s: 1 ready, 0 answered
+ * not ready, -1 no answer; model (when not NULL) gets the name it gave. */
+int tern_coordinator_health(tern_grpc_client *up, double deadline_s, char *model, size_t model_len);
+
 /* A host of the hostfile that failed and the spare that took its place. */
 typedef struct tern_host_swap {
 	char failed[256];
