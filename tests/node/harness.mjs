@@ -67,6 +67,17 @@ export function descendants(pid) {
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+// tern-run's greedy continuation of prompt (n tokens; chat: through the
+// model's chat template), the text every HTTP client must get back.
+export function ternRun(build, model, prompt, n, chat) {
+  const args = ['-m', model, '-p', prompt, '-n', String(n), '--temp', '0'];
+  if (chat) args.push('--chat');
+  const out = execFileSync(path.join(build, 'coordinator/tern-run'), args, { stdio: ['ignore', 'pipe', 'ignore'] }).toString();
+  // tern-run prints the prompt, the generated text, then a newline.
+  if (!out.startsWith(prompt)) throw new Error(`tern-run output does not start with the prompt: ${out}`);
+  return out.slice(prompt.length).replace(/\n$/, '');
+}
+
 // name: the temporary folder's tag; build: the build tree.
 export function harness(name, build) {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), `tern-${name}-`));

@@ -10,26 +10,17 @@
 //      the slot is held is refused: 429).
 // Exit 0 all passed, 1 a check failed, 77 (SKIPPED) when the npm modules are
 // not installed (deploy/setup runs `npm ci` in tests/node).
-import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { harness, freePort, descendants, npmModule, buildAndSource } from './harness.mjs';
+import { harness, freePort, descendants, npmModule, buildAndSource, ternRun as ternRunIn } from './harness.mjs';
 
 const OpenAI = await npmModule('openai');
 const [build, src] = buildAndSource('test_openai.mjs');
 const MODEL = path.join(src, 'deploy/models/tern-kjv.gguf');
-const TERN_RUN = path.join(build, 'coordinator/tern-run');
 const h = harness('openai', build);
 const { check, test, stats } = h;
 
-function ternRun(prompt, n, chat) {
-  const args = ['-m', MODEL, '-p', prompt, '-n', String(n), '--temp', '0'];
-  if (chat) args.push('--chat');
-  const out = execFileSync(TERN_RUN, args, { stdio: ['ignore', 'pipe', 'ignore'] }).toString();
-  // tern-run prints the prompt, the generated text, then a newline.
-  if (!out.startsWith(prompt)) throw new Error(`tern-run output does not start with the prompt: ${out}`);
-  return out.slice(prompt.length).replace(/\n$/, '');
-}
+const ternRun = (prompt, n, chat) => ternRunIn(build, MODEL, prompt, n, chat);
 
 async function collect(stream) {
   const chunks = [];
@@ -234,14 +225,16 @@ test('tokenize, health, plain HTTP errors', async () => {
   check(mal.status === 400 && (await mal.json()).error.type === 'invalid_request_error', `malformed JSON: ${mal.status}`);
 });
 
-test('12 concurrent streams, each = the single greedy reply', async () => {
-  const msgs = [{ role: 'user', content: user }];
-  const want = (await client.chat.completions.create({ model: 'tern-kjv', messages: msgs, ...greedy })).choices[0].message.content;
-  const runs = await Promise.all(Array.from({ length: 12 }, async () => {
-    const chunks = await collect(await client.chat.completions.create({ model: 'tern-kjv', messages: msgs, ...greedy, stream: true }));
+test('64 concurrent streams (16 slots, the rest queued), each = its prompt\'s single greedy reply', async () => {
+  const prompts = [user, 'In the beginning', 'And the earth was', 'Blessed are they'];
+  const ask = (content, stream) => client.chat.completions.create({ model: 'tern-kjv', messages: [{ role: 'user', content }], ...greedy, stream });
+  const want = await Promise.all(prompts.map(async (p) => (await ask(p, false)).choices[0].message.content));
+  const runs = await Promise.all(Array.from({ length: 64 }, async (_, i) => {
+    const chunks = await collect(await ask(prompts[i % 4], true));
     return chunks.map((c) => c.choices[0]?.delta?.content ?? '').join('');
   }));
-  check(runs.every((r) => r === want), `every stream = the single reply (${runs.filter((r) => r === want).length}/12)`);
+  const same = runs.filter((r, i) => r === want[i % 4]).length;
+  check(same === 64, `every stream = its single reply (${same}/64)`);
 });
 
 test('a client aborting mid-stream frees its sequence', async () => {
