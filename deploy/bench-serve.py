@@ -48,7 +48,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
 def start_cluster(build, model, stages, port, extra):
     env = dict(os.environ, TERN_UP_PIDFILE="/tmp/tern-bench-%d.pid" % port,
                TERN_UP_LOG="/tmp/tern-bench-%d.log" % port)
-    cmd = [os.path.join(HERE, "tern-up"), "--build", build, "--stages", str(stages), "--daemon", model, "--",
+    cmd = [os.path.join(HERE, "tern-up"), "--no-server", "--build", build, "--stages", str(stages), "--daemon", model, "--",
            "--listen", "127.0.0.1:%d" % port] + extra
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if r.returncode != 0:

@@ -3,7 +3,9 @@
 # "hosts": deploy/tern-up --hostfile starts the coordinator on h1 and one stage
 # on each of h2 and h3 over TCP, after copying the model into each host's own
 # directory (only where it is missing: a second start copies nothing). Every
-# token of every sequence must equal tern-run's. Not root: SKIPPED (77).
+# token of every sequence must equal tern-run's (the plain job, --no-server,
+# batch mode); then tern-up's default, tern-server on h1 in front of the same
+# job, answers over HTTP with tern-run's text. Not root: SKIPPED (77).
 set -u
 T=$(cd "$(dirname "$0")" && pwd)
 D=$(cd "$T/../../deploy" && pwd)
@@ -25,7 +27,7 @@ done
 mpi="--mca plm_rsh_agent $D/nsagent -x TERN_NETNS_PREFIX"
 for round in 1 2; do
 	rm -f "$work/out.jsonl"
-	ip netns exec "$prefix-h1" unshare --uts sh -c "hostname h1; exec timeout 120 $D/tern-up \
+	ip netns exec "$prefix-h1" unshare --uts sh -c "hostname h1; exec timeout 120 $D/tern-up --no-server \
 		--hostfile $work/hosts --remote-dir $work/hosts.d/%h --rsh $D/nsagent --build $B \
 		--mpi-args '$mpi' $work/m.gguf -- --batch $work/in.jsonl --out $work/out.jsonl" >"$work/up.log" 2>&1
 	rc=$?
@@ -47,5 +49,29 @@ for round in 1 2; do
 		! grep -q 'copying' "$work/up.log" || { echo "FAIL: copied again though every host had it"; fail=1; }
 	fi
 done
+# tern-up's default across the same hosts: tern-server on h1 in front of the
+# job (the coordinator on h1 behind a Unix socket), the OpenAI HTTP API
+# answering with tern-run's greedy text (the built-in model: real text, where
+# the random model's bytes are not UTF-8); tern-down stops all of it.
+pidf="$work/srv.pid"
+kjv="$D/models/tern-kjv.gguf"
+TERN_UP_PIDFILE=$pidf TERN_UP_LOG="$work/srv.log" ip netns exec "$prefix-h1" unshare --uts sh -c "hostname h1; \
+	exec $D/tern-up --daemon --hostfile $work/hosts --remote-dir $work/hosts.d/%h --rsh $D/nsagent --build $B \
+	--mpi-args '$mpi' --http 127.0.0.1:18080 --grpc off $kjv" >"$work/srv-up.log" 2>&1
+rc=$?
+cat "$work/srv-up.log"
+if [ $rc -ne 0 ]; then
+	echo "FAIL: tern-up (tern-server) exited $rc"; cat "$work/srv.log"; fail=1
+else
+	grep -q "stage 2 ready on h3" "$work/srv-up.log" || { echo "FAIL: tern-server's job: stage 2 not on h3"; fail=1; }
+	want=$("$B/coordinator/tern-run" -m "$kjv" -p "And God said," -n 16 --temp 0 2>/dev/null)
+	got=$(ip netns exec "$prefix-h1" curl -sS http://127.0.0.1:18080/v1/completions \
+		-d '{"prompt": "And God said,", "max_tokens": 16, "temperature": 0}' |
+		/usr/bin/python3 -c 'import json, sys; print("And God said," + json.load(sys.stdin)["choices"][0]["text"])')
+	[ "$got" = "$want" ] || { echo "FAIL: HTTP text '$got' differs from tern-run's '$want'"; fail=1; }
+	srv=$(cat "$pidf")
+	TERN_UP_PIDFILE=$pidf sh "$D/tern-down" || { echo "FAIL: tern-down"; fail=1; }
+	! kill -0 "$srv" 2>/dev/null || { echo "FAIL: tern-server $srv still running"; fail=1; }
+fi
 if [ $fail -eq 0 ]; then echo "1 passed, 0 failed, 0 skipped"; else echo "0 passed, 1 failed, 0 skipped"; fi
 exit $fail

@@ -1,8 +1,10 @@
 #!/usr/bin/python3
 """test_drain.py: stopping a served cluster the way systemd does drains it.
 
-deploy/tern.service runs deploy/tern-up in the foreground, and `systemctl
-stop` (KillMode=mixed) sends SIGTERM to that main process only. A real job
+The plain job (deploy/tern-up --no-server) in the foreground, as systemd
+would run it: `systemctl stop` (KillMode=mixed) sends SIGTERM to that main
+process only (deploy/tern.service runs tern-server, which passes the SIGTERM
+on to the coordinator the same way). A real job
 (coordinator + 1 stage, 16 KV slots), 64 streaming gRPC clients, then
 SIGTERM to tern-up's pid:
   - drain_finishes_every_stream: new requests are refused with UNAVAILABLE
@@ -38,8 +40,8 @@ class Up:
         self.log = tempfile.NamedTemporaryFile(prefix="tern-drain-", suffix=".log", delete=False)
         env = dict(os.environ, OMPI_MCA_mpi_yield_when_idle="1")
         self.proc = subprocess.Popen(
-            ["sh", os.path.join(src, "deploy", "tern-up"), "--build", build, "--stages", "1", model, "--",
-             "--listen", "127.0.0.1:%d" % self.port] + coord_args,
+            ["sh", os.path.join(src, "deploy", "tern-up"), "--no-server", "--build", build, "--stages", "1", model,
+             "--", "--listen", "127.0.0.1:%d" % self.port] + coord_args,
             stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         deadline = time.time() + 120
         while time.time() < deadline:

@@ -14,7 +14,10 @@ coordinator and one stage, checked with `ss` by the pids of the job
     loopback only, and a generation through the Unix socket works.
   - tern-server launching the same job: the same, with its own HTTP and gRPC
     listeners on loopback; --private-net puts the job (not tern-server) in
-    its own namespace; a hostfile without a cluster network is refused.
+    its own namespace; a hostfile without a cluster network is refused;
+  - deploy/tern-up's default (tern-server in front, --daemon): the pid it
+    records is tern-server's, the job runs under it, HTTP and gRPC answer on
+    the loopback ports asked for, and tern-down leaves no process behind.
 Not root: SKIPPED (77), counted.
 
 Usage: test_listeners.py BUILD_DIR SOURCE_DIR
@@ -74,7 +77,7 @@ def main():
     def up(tag, up_args, listen):
         env = dict(os.environ, TERN_UP_PIDFILE=os.path.join(work, tag + ".pid"),
                    TERN_UP_LOG=os.path.join(work, tag + ".log"))
-        r = subprocess.run(["sh", os.path.join(src, "deploy", "tern-up"), "--daemon", "--build", build,
+        r = subprocess.run(["sh", os.path.join(src, "deploy", "tern-up"), "--no-server", "--daemon", "--build", build,
                             "--stages", "1"] + up_args + [model, "--", "--listen", listen],
                            capture_output=True, text=True, env=env, timeout=180)
         assert r.returncode == 0, (r.stdout, r.stderr)
@@ -127,8 +130,8 @@ def main():
     res.check("private_net_no_listener_outside", private_mode)
 
     def refused():
-        r = subprocess.run(["sh", os.path.join(src, "deploy", "tern-up"), "--dry-run", "--private-net", model],
-                           capture_output=True, text=True)
+        r = subprocess.run(["sh", os.path.join(src, "deploy", "tern-up"), "--no-server", "--dry-run", "--private-net",
+                            model], capture_output=True, text=True)
         assert r.returncode == 2 and "Unix socket" in r.stderr and r.stderr.count("\n") == 1, r
         hosts = os.path.join(work, "hosts")
         with open(hosts, "w") as f:
@@ -207,6 +210,41 @@ def main():
         assert "--mca btl_tcp_if_include 10.1.0.0/16" in launch[0] and \
             "--mca oob_tcp_if_include 10.1.0.0/16" in launch[0] and launch[0].endswith("tern-node"), launch
     res.check("tern_server_needs_cluster_network", server_refuses)
+
+    # deploy/tern-up's default: tern-server in front of the job, which
+    # tern-down stops with everything under it.
+    def tern_up_server():
+        import socket
+        ports = []
+        for _ in range(2):
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                ports.append(s.getsockname()[1])
+        env = dict(os.environ, TERN_UP_PIDFILE=os.path.join(work, "up-srv.pid"),
+                   TERN_UP_LOG=os.path.join(work, "up-srv.log"))
+        r = subprocess.run(["sh", os.path.join(src, "deploy", "tern-up"), "--daemon", "--build", build, "--stages",
+                            "1", "--http", "127.0.0.1:%d" % ports[0], "--grpc", "127.0.0.1:%d" % ports[1], model,
+                            "--", "--slots", "2"], capture_output=True, text=True, env=env, timeout=180)
+        assert r.returncode == 0 and "tern-server pid" in r.stdout, (r.stdout, r.stderr)
+        srv = int(open(env["TERN_UP_PIDFILE"]).read())
+        pids = {srv, *descendants(srv)}
+        try:
+            assert open("/proc/%d/cmdline" % srv).read().split("\0")[0].endswith("tern-server"), srv
+            job = pids - {srv}
+            assert any(mpi_rank(p) == 0 for p in job) and len(job) >= 3, "mpirun and 2 ranks under it: %s" % job
+            own = [a for a, p in listeners(pids) if p == srv]
+            assert sorted(int(a.rsplit(":", 1)[1]) for a in own) == sorted(ports) and all(map(loopback, own)), own
+            chat_works(ports[0])
+            r = subprocess.run([tern, "--server", "127.0.0.1:%d" % ports[1], "generate", "And God said,", "-n", "4",
+                                "--temp", "0", "-q"], capture_output=True, text=True, timeout=60)
+            assert r.returncode == 0 and r.stdout.strip(), (r.returncode, r.stdout, r.stderr)
+        finally:
+            d = subprocess.run(["sh", os.path.join(src, "deploy", "tern-down")], env=env, capture_output=True,
+                               text=True, timeout=90)
+        assert d.returncode == 0 and "stopped" in d.stdout, (d.stdout, d.stderr)
+        left = [p for p in pids if os.path.exists("/proc/%d" % p)]
+        assert not left, "left behind after tern-down: %s" % left
+    res.check("tern_up_starts_tern_server", tern_up_server)
     return res.finish()
 
 
