@@ -186,6 +186,37 @@ static inline const uint8_t *tern_dot_row(const tern_dot_args *a, int r)
 		}                                                            \
 	} while (0)
 
+/* ---- quantized head (tern_qdot_args) ---- */
+
+/* Tile b of group g. */
+static inline const uint8_t *tern_qh_tile(const tern_qdot_args *a, int g, int b)
+{
+	return (const uint8_t *)a->w + (size_t)g * tern_qh_group_bytes(a->type, a->n) +
+	       (size_t)b * tern_qh_tile_bytes(a->type);
+}
+
+/* The 16 f16 scales of a tile. */
+static inline const uint8_t *tern_qh_tile_scales(tern_qh_type t, const uint8_t *tile)
+{
+	return tile + tern_qh_tile_bytes(t) - 2 * TERN_QH_GROUP;
+}
+
+/* Stores lanes [k0, k0 + w) of group g for activation row j (l[k] = row
+ * g * 16 + k0 + k), only the rows that exist. */
+static inline void tern_qh_store(const tern_qdot_args *a, int j, int g, int k0, const float *l, int w)
+{
+	const int r0 = g * TERN_QH_GROUP + k0;
+	float *o = a->out + (size_t)j * a->ldo + (size_t)r0;
+	for (int k = 0; k < w && r0 + k < a->rows; k++)
+		o[k] = l[k];
+}
+
+/* Whole groups, with no padding row: stored straight from the vector. */
+static inline int tern_qh_full(const tern_qdot_args *a, int g)
+{
+	return (g + 1) * TERN_QH_GROUP <= a->rows;
+}
+
 extern const tern_float_kernels tern_float_ref;
 extern const tern_float_kernels tern_float_avx2;
 extern const tern_float_kernels tern_float_avx512;

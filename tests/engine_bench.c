@@ -165,7 +165,8 @@ int main(int argc, char **argv)
 	}
 	for (int i = 0; i < hp.n_embd; i++)
 		onorm[i] = 1.0f;
-	const tern_head_config hc = {hp.n_vocab, hp.n_embd, TERN_DTYPE_F16, emb, 0, onorm, hp.norm_eps, TERN_ISA_AUTO};
+	const tern_head_config hc = {hp.n_vocab, hp.n_embd, TERN_DTYPE_F16, emb, 0, onorm, hp.norm_eps, TERN_ISA_AUTO,
+				     TERN_HEAD_FILE, NULL};
 	tern_head *head;
 	if (tern_head_create(&hc, &head, &err) < 0) {
 		fprintf(stderr, "engine_bench: %s\n", err.msg);
