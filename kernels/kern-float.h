@@ -188,17 +188,10 @@ static inline const uint8_t *tern_dot_row(const tern_dot_args *a, int r)
 
 /* ---- quantized head (tern_qdot_args) ---- */
 
-/* Tile b of group g. */
-static inline const uint8_t *tern_qh_tile(const tern_qdot_args *a, int g, int b)
+/* Group g of a->w. */
+static inline const uint8_t *tern_qh_group(const tern_qdot_args *a, int g)
 {
-	return (const uint8_t *)a->w + (size_t)g * tern_qh_group_bytes(a->type, a->n) +
-	       (size_t)b * tern_qh_tile_bytes(a->type);
-}
-
-/* The 16 f16 scales of a tile. */
-static inline const uint8_t *tern_qh_tile_scales(tern_qh_type t, const uint8_t *tile)
-{
-	return tile + tern_qh_tile_bytes(t) - 2 * TERN_QH_GROUP;
+	return (const uint8_t *)a->w + (size_t)g * tern_qh_group_bytes(a->type, a->n);
 }
 
 /* Stores lanes [k0, k0 + w) of group g for activation row j (l[k] = row

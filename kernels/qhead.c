@@ -40,11 +40,6 @@ static size_t tile_offset(tern_qh_type t, int k, int e, int *high)
 	return ((size_t)(e / 4) * TERN_QH_GROUP + (size_t)k) * 4 + (size_t)(e % 4);
 }
 
-static size_t quant_bytes(tern_qh_type t)
-{
-	return tern_qh_tile_bytes(t) - 2 * TERN_QH_GROUP;
-}
-
 void tern_qh_pack_group(tern_qh_type t, const float *w, size_t ldw, int nr, int n, void *out)
 {
 	const int nb = tern_qh_blocks(n);
@@ -53,11 +48,11 @@ void tern_qh_pack_group(tern_qh_type t, const float *w, size_t ldw, int nr, int 
 	/* Q4's padding rows and elements must hold the code of q = 0 (8) */
 	if (t == TERN_QH_Q4)
 		for (int b = 0; b < nb; b++)
-			memset(g + (size_t)b * tern_qh_tile_bytes(t), 0x88, quant_bytes(t));
+			memset(g + (size_t)b * tern_qh_quant_bytes(t), 0x88, tern_qh_quant_bytes(t));
 	for (int k = 0; k < nr; k++) {
 		const float *row = w + (size_t)k * ldw;
 		for (int b = 0; b < nb; b++) {
-			uint8_t *tile = g + (size_t)b * tern_qh_tile_bytes(t);
+			uint8_t *tile = g + (size_t)b * tern_qh_quant_bytes(t);
 			const int i0 = b * TERN_QH_BLOCK, m = n - i0 < TERN_QH_BLOCK ? n - i0 : TERN_QH_BLOCK;
 			float big = 0.0f; /* the element of largest magnitude, the first on ties */
 			for (int e = 0; e < m; e++)
@@ -66,7 +61,7 @@ void tern_qh_pack_group(tern_qh_type t, const float *w, size_t ldw, int nr, int 
 			const uint16_t h = tern_f32_to_f16(t == TERN_QH_Q4 ? big / -8.0f : fabsf(big) / 127.0f);
 			const float d = tern_f16_to_f32(h), id = d != 0.0f ? 1.0f / d : 0.0f;
 			const float lo = t == TERN_QH_Q4 ? -8.0f : -127.0f, hi = t == TERN_QH_Q4 ? 7.0f : 127.0f;
-			memcpy(tile + quant_bytes(t) + 2 * (size_t)k, &h, 2);
+			memcpy(g + (tern_qh_scales(t, g, n, b) - g) + 2 * (size_t)k, &h, 2);
 			for (int e = 0; e < m; e++) {
 				float q = rintf(row[i0 + e] * id);
 				q = q < lo ? lo : q > hi ? hi : q;
@@ -88,9 +83,9 @@ void tern_qh_unpack_row(tern_qh_type t, const void *group, int k, int n, int8_t 
 	const int nb = tern_qh_blocks(n);
 	const uint8_t *g = group;
 	for (int b = 0; b < nb; b++) {
-		const uint8_t *tile = g + (size_t)b * tern_qh_tile_bytes(t);
+		const uint8_t *tile = tern_qh_quants(t, g, b);
 		uint16_t h;
-		memcpy(&h, tile + quant_bytes(t) + 2 * (size_t)k, 2);
+		memcpy(&h, tern_qh_scales(t, g, n, b) + 2 * (size_t)k, 2);
 		dw[b] = tern_f16_to_f32(h);
 		for (int e = 0; e < TERN_QH_BLOCK; e++) {
 			int high;

@@ -95,11 +95,13 @@ typedef struct tern_dot_args {
  *
  * Layout (one buffer, tern_qh_bytes): rows in groups of TERN_QH_GROUP = 16
  * (the last group padded with zero rows); a group is its nb = ceil(n/32)
- * tiles in block order, a tile (tern_qh_tile_bytes) is the 16 rows' block b:
+ * quant tiles in block order, then its nb scale tiles. Quant tile b
+ * (tern_qh_quant_bytes: 512 for Q8, 256 for Q4) holds the 16 rows' block b:
  *   Q8: byte (c * 16 + k) * 4 + t, c < 8, t < 4   = q of row k, element 4c + t
  *   Q4: byte (c * 16 + k) * 4 + t, c < 4, t < 4:  low nibble  = q + 8 of row
  *       k, element 4c + t; high nibble = q + 8 of row k, element 16 + 4c + t
- *   then 16 f16 scales dw, row k at 2 * k.
+ * scale tile b is 16 f16 dw, row k at byte 2 * k. (Scales apart keep every
+ * quant tile on 64-byte boundaries when the group is: no split loads.)
  * Four consecutive elements of a row sit in one 32-bit lane next to the
  * other rows' (row k = lane k): one vpdpbusd / sdot against four broadcast
  * activation bytes accumulates 16 (AVX-512), 8 (AVX2) or 4 (NEON) rows'
@@ -133,15 +135,26 @@ static inline int tern_qh_blocks(int n)
 	return (n + TERN_QH_BLOCK - 1) / TERN_QH_BLOCK;
 }
 
-/* Bytes of one tile: 16 rows' quants of one block, then their 16 f16 scales. */
-static inline size_t tern_qh_tile_bytes(tern_qh_type t)
+/* Bytes of one quant tile: 16 rows' quants of one block. */
+static inline size_t tern_qh_quant_bytes(tern_qh_type t)
 {
-	return (t == TERN_QH_Q4 ? 16 * 16 : 16 * 32) + 2 * TERN_QH_GROUP;
+	return t == TERN_QH_Q4 ? 16 * 16 : 16 * 32;
 }
 
 static inline size_t tern_qh_group_bytes(tern_qh_type t, int n)
 {
-	return tern_qh_tile_bytes(t) * (size_t)tern_qh_blocks(n);
+	return (tern_qh_quant_bytes(t) + 2 * TERN_QH_GROUP) * (size_t)tern_qh_blocks(n);
+}
+
+/* Quant tile and scale tile b of the group at g (rows of n elements). */
+static inline const uint8_t *tern_qh_quants(tern_qh_type t, const void *g, int b)
+{
+	return (const uint8_t *)g + (size_t)b * tern_qh_quant_bytes(t);
+}
+
+static inline const uint8_t *tern_qh_scales(tern_qh_type t, const void *g, int n, int b)
+{
+	return (const uint8_t *)g + (size_t)tern_qh_blocks(n) * tern_qh_quant_bytes(t) + (size_t)b * 2 * TERN_QH_GROUP;
 }
 
 /* Bytes of a whole quantized matrix of rows x n. */

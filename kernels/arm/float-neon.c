@@ -147,8 +147,8 @@ static ALWAYS_INLINE float32x4_t qh_step(float32x4_t acc, int32x4_t is, float32x
 				const int nt = (a)->nx - j0 < QX_TILE ? (a)->nx - j0 : QX_TILE;                \
 				memset(acc, 0, sizeof acc);                                                    \
 				for (int b = 0; b < nb_; b++) {                                                \
-					const uint8_t *tile = tern_qh_tile((a), g, b);                         \
-					const uint8_t *sc = tern_qh_tile_scales((t), tile);                    \
+					const uint8_t *tile = tern_qh_quants((t), tern_qh_group((a), g), b);   \
+					const uint8_t *sc = tern_qh_scales((t), tern_qh_group((a), g), (a)->n, b); \
 					for (int qd = 0; qd < 4; qd++) {                                       \
 						int8x16_t w[8];                                                \
 						qh_load((t), tile, qd, w);                                     \

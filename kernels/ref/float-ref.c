@@ -49,13 +49,13 @@ static void qdot_groups_ref(const tern_qdot_args *a, int g0, int g1)
 				for (int j = 0; j < nj; j++)
 					acc[j] = 0.0f;
 				for (int b = 0; b < nb; b++) {
-					const uint8_t *tile = tern_qh_tile(a, g, b);
+					const uint8_t *tile = tern_qh_quants(a->type, tern_qh_group(a, g), b);
 					for (int e = 0; e < TERN_QH_BLOCK; e++) {
 						const uint8_t c = tile[((size_t)(e % 16 / 4 + (a->type == TERN_QH_Q8) * (e / 16) * 4) * 16 + (size_t)k) * 4 + (size_t)(e % 4)];
 						q[e] = a->type == TERN_QH_Q8 ? (int8_t)c : (int8_t)((e >= 16 ? c >> 4 : c & 0x0F) - 8);
 					}
 					uint16_t h;
-					memcpy(&h, tern_qh_tile_scales(a->type, tile) + 2 * k, 2);
+					memcpy(&h, tern_qh_scales(a->type, tern_qh_group(a, g), a->n, b) + 2 * k, 2);
 					const float dw = tern_f16_to_f32(h);
 					for (int j = 0; j < nj; j++) {
 						const size_t xo = (size_t)(j0 + j) * (size_t)nb;

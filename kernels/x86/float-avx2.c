@@ -130,8 +130,8 @@ static ALWAYS_INLINE void qdot_t(const tern_qdot_args *a, tern_qh_type t, int g0
 			const int nt = a->nx - j0 < QX_TILE ? a->nx - j0 : QX_TILE;
 			memset(acc, 0, sizeof acc);
 			for (int b = 0; b < nb; b++) {
-				const uint8_t *tile = tern_qh_tile(a, g, b);
-				const uint8_t *sc = tern_qh_tile_scales(t, tile);
+				const uint8_t *tile = tern_qh_quants(t, tern_qh_group(a, g), b);
+				const uint8_t *sc = tern_qh_scales(t, tern_qh_group(a, g), a->n, b);
 				for (int h = 0; h < 2; h++) {
 					__m256i w[8];
 					qh_load(t, tile, h, w);
