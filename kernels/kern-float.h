@@ -181,7 +181,6 @@ static inline const uint8_t *tern_dot_row(const tern_dot_args *a, int r)
 		switch ((a)->type) {                                         \
 		case TERN_DOT_F16: rows_t((a), TERN_DOT_F16, (r0), (r1)); break;   \
 		case TERN_DOT_BF16: rows_t((a), TERN_DOT_BF16, (r0), (r1)); break; \
-		case TERN_DOT_I8: rows_t((a), TERN_DOT_I8, (r0), (r1)); break;     \
 		default: rows_t((a), TERN_DOT_F32, (r0), (r1)); break;             \
 		}                                                            \
 	} while (0)

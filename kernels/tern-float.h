@@ -36,7 +36,6 @@ typedef enum {
 	TERN_DOT_F32 = 0,
 	TERN_DOT_F16 = 1,  /* IEEE binary16, converted exactly (tern-half.h) */
 	TERN_DOT_BF16 = 2, /* bfloat16, converted exactly */
-	TERN_DOT_I8 = 3,   /* int8, converted exactly (the int8 LM head) */
 	TERN_DOT_COUNT
 } tern_dot_type;
 
@@ -49,7 +48,6 @@ static inline float tern_dot_elem(const void *row, tern_dot_type t, int i)
 	switch (t) {
 	case TERN_DOT_F16: memcpy(&h, b + 2 * (size_t)i, 2); return tern_f16_to_f32(h);
 	case TERN_DOT_BF16: memcpy(&h, b + 2 * (size_t)i, 2); return tern_bf16_to_f32(h);
-	case TERN_DOT_I8: return (float)(int8_t)b[i];
 	default: memcpy(&f, b + 4 * (size_t)i, 4); return f;
 	}
 }

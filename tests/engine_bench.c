@@ -297,14 +297,14 @@ int main(int argc, char **argv)
 				    thr[ti], pre, preset, hp.n_layer, tern_packing_name(packing), n_prompt, fmt_name(fmts[f]));
 				printf(
 				    "{\"bench\":\"run\",\"what\":\"decode\",\"threads\":%d,\"value\":%.3f,\"unit\":\"tok/s\","
-				    "\"bound\":%.3f,\"fraction\":%.3f,\"model\":\"%s\",\"phase\":\"decode\",\"layers\":%d,"
+				    "\"bound\":%.3f,\"fraction\":%.6f,\"model\":\"%s\",\"phase\":\"decode\",\"layers\":%d,"
 				    "\"packing\":\"%s\",\"bytes_per_token\":%llu,\"lm_head\":\"%s\",\"head_bytes_per_token\":%llu}\n",
 				    thr[ti], dec, bound, dec / bound, preset, hp.n_layer, tern_packing_name(packing),
 				    (unsigned long long)(lbytes + hbytes), fmt_name(fmts[f]), (unsigned long long)hbytes);
 				/* the head alone: its calls per second against its own bytes */
 				printf(
 				    "{\"bench\":\"run\",\"what\":\"lm_head\",\"threads\":%d,\"value\":%.3f,\"unit\":\"tok/s\","
-				    "\"bound\":%.3f,\"fraction\":%.3f,\"model\":\"%s\",\"phase\":\"decode\",\"lm_head\":\"%s\","
+				    "\"bound\":%.3f,\"fraction\":%.6f,\"model\":\"%s\",\"phase\":\"decode\",\"lm_head\":\"%s\","
 				    "\"bytes_per_token\":%llu}\n",
 				    thr[ti], hps, hbound, hps / hbound, preset, fmt_name(fmts[f]), (unsigned long long)hbytes);
 			}

@@ -1,6 +1,6 @@
 /* test_float.c: the float kernels' consistency test (tern-float.h). Every ISA
  * this build and CPU can run must equal the scalar reference bit for bit for
- * RMSNorm, softmax, RoPE and the dense dot products (F32/F16/BF16/I8 rows,
+ * RMSNorm, softmax, RoPE and the dense dot products (F32/F16/BF16 rows,
  * 1..9 vectors, with and without row scales) over many shapes: n = 1, odd
  * widths, every tail around the 64 lanes and the SIMD widths, and model
  * widths. The reference itself is checked against the documented order,
@@ -281,8 +281,8 @@ static void test_rope_all_isas(void)
 
 /* ---- dense dot products ------------------------------------------------------------------ */
 
-static const size_t elem_size[TERN_DOT_COUNT] = {4, 2, 2, 1};
-static const char *const type_names[TERN_DOT_COUNT] = {"f32", "f16", "bf16", "i8"};
+static const size_t elem_size[TERN_DOT_COUNT] = {4, 2, 2};
+static const char *const type_names[TERN_DOT_COUNT] = {"f32", "f16", "bf16"};
 
 /* The order of tern-float.h, written out from the comment. */
 static float documented_dot(const float *row, const float *x, int n)
@@ -317,10 +317,6 @@ static void fill_row(uint8_t *row, tern_dot_type t, int n, float *f)
 			f[i] = tern_bf16_to_f32(h);
 			break;
 		}
-		case TERN_DOT_I8:
-			row[i] = (uint8_t)(int8_t)((int)(rng() % 255) - 127);
-			f[i] = (float)(int8_t)row[i];
-			break;
 		default:
 			memcpy(row + 4 * (size_t)i, &v, 4);
 			f[i] = v;

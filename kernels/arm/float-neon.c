@@ -45,12 +45,6 @@ static ALWAYS_INLINE void ld8(const uint8_t *row, tern_dot_type t, int i, float3
 		*hi = vreinterpretq_f32_u32(vshll_n_u16(vget_high_u16(h), 16));
 		break;
 	}
-	case TERN_DOT_I8: {
-		const int16x8_t q = vmovl_s8(vld1_s8((const int8_t *)(const void *)(row + i)));
-		*lo = vcvtq_f32_s32(vmovl_s16(vget_low_s16(q)));
-		*hi = vcvtq_f32_s32(vmovl_s16(vget_high_s16(q)));
-		break;
-	}
 	default:
 		*lo = vld1q_f32((const float *)(const void *)(row + 4 * (size_t)i));
 		*hi = vld1q_f32((const float *)(const void *)(row + 4 * (size_t)i + 16));

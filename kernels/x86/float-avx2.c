@@ -36,8 +36,6 @@ static ALWAYS_INLINE __m256 ld8(const uint8_t *row, tern_dot_type t, int i)
 	case TERN_DOT_BF16:
 		return _mm256_castsi256_ps(_mm256_slli_epi32(
 		    _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)(row + 2 * (size_t)i))), 16));
-	case TERN_DOT_I8:
-		return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(row + i))));
 	default: return _mm256_loadu_ps((const float *)(const void *)(row + 4 * (size_t)i));
 	}
 }

@@ -40,9 +40,6 @@ static ALWAYS_INLINE __m512 ld16(const uint8_t *row, tern_dot_type t, int i)
 		return _mm512_castsi512_ps(_mm512_slli_epi32(
 		    _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(const void *)(row + 2 * (size_t)i))),
 		    16));
-	case TERN_DOT_I8:
-		return _mm512_cvtepi32_ps(
-		    _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(row + i))));
 	default: return _mm512_loadu_ps((const float *)(const void *)(row + 4 * (size_t)i));
 	}
 }
