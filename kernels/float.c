@@ -16,8 +16,10 @@ static const tern_float_kernels *const tables[TERN_ISA_COUNT] = {
 
 const tern_float_kernels *tern_float_kernels_get(tern_isa isa)
 {
+	/* tern_isa_default also sets the kernel variant flags (VNNI) once */
+	const tern_isa def = tern_isa_default();
 	if (isa == TERN_ISA_AUTO)
-		isa = tern_isa_default();
+		isa = def;
 	if ((unsigned)isa >= TERN_ISA_COUNT || !tern_isa_available(isa))
 		return NULL;
 	return tables[isa];

@@ -181,10 +181,33 @@ static inline const uint8_t *tern_dot_row(const tern_dot_args *a, int r)
 		switch ((a)->type) {                                         \
 		case TERN_DOT_F16: rows_t((a), TERN_DOT_F16, (r0), (r1)); break;   \
 		case TERN_DOT_BF16: rows_t((a), TERN_DOT_BF16, (r0), (r1)); break; \
-		case TERN_DOT_I8: rows_t((a), TERN_DOT_I8, (r0), (r1)); break;     \
 		default: rows_t((a), TERN_DOT_F32, (r0), (r1)); break;             \
 		}                                                            \
 	} while (0)
+
+/* ---- quantized head (tern_qdot_args) ---- */
+
+/* Group g of a->w. */
+static inline const uint8_t *tern_qh_group(const tern_qdot_args *a, int g)
+{
+	return (const uint8_t *)a->w + (size_t)g * tern_qh_group_bytes(a->type, a->n);
+}
+
+/* Stores lanes [k0, k0 + w) of group g for activation row j (l[k] = row
+ * g * 16 + k0 + k), only the rows that exist. */
+static inline void tern_qh_store(const tern_qdot_args *a, int j, int g, int k0, const float *l, int w)
+{
+	const int r0 = g * TERN_QH_GROUP + k0;
+	float *o = a->out + (size_t)j * a->ldo + (size_t)r0;
+	for (int k = 0; k < w && r0 + k < a->rows; k++)
+		o[k] = l[k];
+}
+
+/* Whole groups, with no padding row: stored straight from the vector. */
+static inline int tern_qh_full(const tern_qdot_args *a, int g)
+{
+	return (g + 1) * TERN_QH_GROUP <= a->rows;
+}
 
 extern const tern_float_kernels tern_float_ref;
 extern const tern_float_kernels tern_float_avx2;

@@ -58,6 +58,9 @@ extern int tern_kern_avx512_vnni;
 /* 1: the AVX-512 TL1/TL2 kernels use vpermb lookups (default with VBMI);
  * 0: vpshufb + unpack. */
 extern int tern_kern_avx512_vbmi;
+/* 1: the NEON kernels may use SDOT (HWCAP has it and TERN_NEON_DOTPROD is
+ * not "0"; arm/gemm-neon.c decides once). */
+int tern_kern_neon_dotprod(void);
 
 /* AVX-512 VNNI GEMM (x86/gemm-vnni.c): each weight tile decoded once into
  * int8 codes, then vpdpbusd against every token of the batch. The AVX-512

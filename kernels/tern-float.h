@@ -36,7 +36,6 @@ typedef enum {
 	TERN_DOT_F32 = 0,
 	TERN_DOT_F16 = 1,  /* IEEE binary16, converted exactly (tern-half.h) */
 	TERN_DOT_BF16 = 2, /* bfloat16, converted exactly */
-	TERN_DOT_I8 = 3,   /* int8, converted exactly (the int8 LM head) */
 	TERN_DOT_COUNT
 } tern_dot_type;
 
@@ -49,7 +48,6 @@ static inline float tern_dot_elem(const void *row, tern_dot_type t, int i)
 	switch (t) {
 	case TERN_DOT_F16: memcpy(&h, b + 2 * (size_t)i, 2); return tern_f16_to_f32(h);
 	case TERN_DOT_BF16: memcpy(&h, b + 2 * (size_t)i, 2); return tern_bf16_to_f32(h);
-	case TERN_DOT_I8: return (float)(int8_t)b[i];
 	default: memcpy(&f, b + 4 * (size_t)i, 4); return f;
 	}
 }
@@ -81,6 +79,118 @@ typedef struct tern_dot_args {
 	size_t ldo;
 } tern_dot_args;
 
+/* ---- quantized LM head: integer dot products ----------------------------------
+ *
+ * Weight rows quantized in blocks of TERN_QH_BLOCK = 32 elements, each block
+ * with one f16 scale dw; activation rows (the normed hidden states) in the
+ * same blocks as int8 with one f32 scale dx (tern_qx_quantize). Formats:
+ *   Q8: w ~= dw * q, q in [-127, 127]; dw = f16(absmax / 127)
+ *   Q4: w ~= dw * q, q in [-8, 7] (symmetric, no offset); dw = f16(m / -8)
+ *       with m the block's element of largest magnitude (the first on ties),
+ *       so m itself maps to -8 exactly and the range is used in full
+ * and q = clamp(rint(w / dw)) (round half to even; dw = 0 gives q = 0). A
+ * partial last block (n % 32) is zero-padded.
+ *
+ * Layout (one buffer, tern_qh_bytes): rows in groups of TERN_QH_GROUP = 16
+ * (the last group padded with zero rows); a group is its nb = ceil(n/32)
+ * quant tiles in block order, then its nb scale tiles. Quant tile b
+ * (tern_qh_quant_bytes: 512 for Q8, 256 for Q4) holds the 16 rows' block b:
+ *   Q8: byte (c * 16 + k) * 4 + t, c < 8, t < 4   = q of row k, element 4c + t
+ *   Q4: byte (c * 16 + k) * 4 + t, c < 4, t < 4:  low nibble  = q + 8 of row
+ *       k, element 4c + t; high nibble = q + 8 of row k, element 16 + 4c + t
+ * scale tile b is 16 f16 dw, row k at byte 2 * k. (Scales apart keep every
+ * quant tile on 64-byte boundaries when the group is: no split loads.)
+ * Four consecutive elements of a row sit in one 32-bit lane next to the
+ * other rows' (row k = lane k): one vpdpbusd / sdot against four broadcast
+ * activation bytes accumulates 16 (AVX-512), 8 (AVX2) or 4 (NEON) rows'
+ * block sums with no horizontal reduction, and every ISA reads the same
+ * bytes.
+ *
+ * The fixed order: for row r and activation row j,
+ *   isum_b = sum over i < 32 of q_w[r][32b + i] * q_x[j][32b + i]  (exact int32, any order)
+ *   acc = +0.0f;
+ *   for b = 0, 1, ..., nb-1:  acc = acc + (float)isum_b * (dw[r][b] * dx[j][b]);
+ *   out[j * ldo + r] = acc
+ * each product and sum rounded to float on its own (no FMA). (float)isum_b
+ * is exact (|isum_b| <= 32 * 127 * 127 < 2^24). The order depends on n only:
+ * the same logits bit for bit on every ISA, for any batch size and any split
+ * of the groups over threads. */
+typedef enum {
+	TERN_QH_Q8 = 0,
+	TERN_QH_Q4 = 1,
+	TERN_QH_COUNT
+} tern_qh_type;
+
+#define TERN_QH_BLOCK 32
+#define TERN_QH_GROUP 16
+
+/* "q8" / "q4"; tern_qh_parse returns -1 for anything else. */
+const char *tern_qh_name(tern_qh_type t);
+int tern_qh_parse(const char *s);
+
+static inline int tern_qh_blocks(int n)
+{
+	return (n + TERN_QH_BLOCK - 1) / TERN_QH_BLOCK;
+}
+
+/* Bytes of one quant tile: 16 rows' quants of one block. */
+static inline size_t tern_qh_quant_bytes(tern_qh_type t)
+{
+	return t == TERN_QH_Q4 ? 16 * 16 : 16 * 32;
+}
+
+static inline size_t tern_qh_group_bytes(tern_qh_type t, int n)
+{
+	return (tern_qh_quant_bytes(t) + 2 * TERN_QH_GROUP) * (size_t)tern_qh_blocks(n);
+}
+
+/* Quant tile and scale tile b of the group at g (rows of n elements). */
+static inline const uint8_t *tern_qh_quants(tern_qh_type t, const void *g, int b)
+{
+	return (const uint8_t *)g + (size_t)b * tern_qh_quant_bytes(t);
+}
+
+static inline const uint8_t *tern_qh_scales(tern_qh_type t, const void *g, int n, int b)
+{
+	return (const uint8_t *)g + (size_t)tern_qh_blocks(n) * tern_qh_quant_bytes(t) + (size_t)b * 2 * TERN_QH_GROUP;
+}
+
+/* Bytes of a whole quantized matrix of rows x n. */
+static inline size_t tern_qh_bytes(tern_qh_type t, int64_t rows, int n)
+{
+	return tern_qh_group_bytes(t, n) * (size_t)((rows + TERN_QH_GROUP - 1) / TERN_QH_GROUP);
+}
+
+/* Quantizes nr <= 16 rows of n floats (row k at w + k * ldw) into one group
+ * at out (tern_qh_group_bytes); rows nr..15 become zero rows. */
+void tern_qh_pack_group(tern_qh_type t, const float *w, size_t ldw, int nr, int n, void *out);
+
+/* Row k of a group back as its quantized values q (nb * 32 int8, the padding
+ * zero) and block scales dw (nb floats, exact from f16): the inverse of the
+ * layout, for tests and the embedding lookup. */
+void tern_qh_unpack_row(tern_qh_type t, const void *group, int k, int n, int8_t *q, float *dw);
+
+/* One activation row x (n floats) as int8 blocks: per block dx = absmax / 127
+ * (0 for an all-zero block), q = clamp(rint(x * (127 / absmax)), +-127) (round
+ * half to even), sum = the block's sum of q. q (nb * 32; padding zero), dx and
+ * sum (nb each). Scalar on every ISA (cheap: once per row, not per weight). */
+void tern_qx_quantize(const float *x, int n, int8_t *q, float *dx, int32_t *sum);
+
+/* One batch of quantized dot products: the rows of groups [g0, g1) of w
+ * against nx quantized activation rows, in the order above. */
+typedef struct tern_qdot_args {
+	tern_qh_type type;
+	const void *w;     /* groups of tern_qh_group_bytes(type, n) bytes, any alignment */
+	int n;             /* elements per row, >= 1 */
+	int rows;          /* rows of w; rows of the padded last group are never stored */
+	const int8_t *xq;  /* (nx, nb * 32) activation quants */
+	const float *xd;   /* (nx, nb) activation scales */
+	const int32_t *xs; /* (nx, nb) block sums of xq */
+	int nx;            /* activation rows, >= 0 */
+	float *out;        /* out[j * ldo + r] */
+	size_t ldo;
+} tern_qdot_args;
+
 /* The kernels of one ISA. Arguments are not checked (they sit in the hot
  * loops): sizes >= 1 unless said otherwise, buffers as large as stated. */
 typedef struct tern_float_kernels {
@@ -102,6 +212,9 @@ typedef struct tern_float_kernels {
 	void (*rope)(float *x, int n_heads, int head_dim, const float *cs_pos);
 	/* Rows [r0, r1) of a (see tern_dot_args), all a->nx vectors. */
 	void (*dot_rows)(const tern_dot_args *a, int r0, int r1);
+	/* Groups [g0, g1) of a quantized matrix (see tern_qdot_args): each tile
+	 * is loaded once and applied to all a->nx activation rows. */
+	void (*qdot_groups)(const tern_qdot_args *a, int g0, int g1);
 } tern_float_kernels;
 
 /* The float kernels of isa (AUTO resolves to tern_isa_default()), or NULL

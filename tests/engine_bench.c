@@ -5,7 +5,12 @@
  * DESIGN.md convention (bench "run").
  *
  *   engine_bench [--preset 2b4t] [--layers N] [--threads 1,2] [--packing tl2]
- *                [--kernel auto] [--prompt 64] [--decode 32] [--json]
+ *                [--kernel auto] [--prompt 64] [--decode 32] [--lm-head f16,q8,q4]
+ *                [--json]
+ *
+ * --lm-head: the LM head formats to compare (default f16): each thread count
+ * runs them one after the other in the same process (alternating, so drift
+ * of the machine hits them alike), each from the same random F16 matrix.
  *
  * Not a test: it asserts nothing and runs for minutes on big shapes. */
 #include <getopt.h>
@@ -87,13 +92,21 @@ static double read_bw(tern_pool *pool)
 	return best;
 }
 
+static const char *fmt_name(tern_head_format f)
+{
+	return f == TERN_HEAD_FILE ? "f16" : tern_head_format_name(f);
+}
+
 int main(int argc, char **argv)
 {
 	const char *preset = "2b4t";
 	int layers = 0, n_prompt = 64, n_decode = 32, json = 0, thr[8] = {1, 2}, n_thr = 2;
 	tern_packing packing = TERN_PACK_TL2;
 	tern_isa isa = TERN_ISA_AUTO;
+	tern_head_format fmts[TERN_HEAD_FORMAT_COUNT] = {TERN_HEAD_FILE};
+	int n_fmt = 1;
 	static const struct option long_opts[] = {
+		{"lm-head", required_argument, NULL, 'H'},
 		{"preset", required_argument, NULL, 'P'},   {"layers", required_argument, NULL, 'L'},
 		{"prompt", required_argument, NULL, 'p'},   {"decode", required_argument, NULL, 'd'},
 		{"packing", required_argument, NULL, 'k'},  {"kernel", required_argument, NULL, 'K'},
@@ -120,6 +133,14 @@ int main(int argc, char **argv)
 			isa = (tern_isa)tern_isa_parse(optarg);
 		} else if (c == 'j') {
 			json = 1;
+		} else if (c == 'H') {
+			n_fmt = 0;
+			for (char *s = optarg, *tok; (tok = strtok(s, ",")); s = NULL) {
+				const int f = !strcmp(tok, "f16") ? TERN_HEAD_FILE : tern_head_format_parse(tok);
+				if (f < 0 || n_fmt == TERN_HEAD_FORMAT_COUNT)
+					return tern_opt_bad("engine_bench", "--lm-head wants a list of f16, q8, q4");
+				fmts[n_fmt++] = (tern_head_format)f;
+			}
 		} else if (c == 't') {
 			n_thr = 0;
 			for (char *s = optarg, *tok; n_thr < 8 && (tok = strtok(s, ",")); s = NULL)
@@ -127,7 +148,7 @@ int main(int argc, char **argv)
 					break;
 		} else {
 			fprintf(stderr, "usage: engine_bench [--preset P] [--layers N] [--threads 1,2] [--packing tl2]"
-					" [--kernel auto] [--prompt N] [--decode N] [--json]\n");
+					" [--kernel auto] [--prompt N] [--decode N] [--lm-head f16,q8,q4] [--json]\n");
 			return tern_opt_fail("engine_bench", c, argv);
 		}
 		if (rc < 0)
@@ -165,21 +186,34 @@ int main(int argc, char **argv)
 	}
 	for (int i = 0; i < hp.n_embd; i++)
 		onorm[i] = 1.0f;
-	const tern_head_config hc = {hp.n_vocab, hp.n_embd, TERN_DTYPE_F16, emb, 0, onorm, hp.norm_eps, TERN_ISA_AUTO};
-	tern_head *head;
-	if (tern_head_create(&hc, &head, &err) < 0) {
-		fprintf(stderr, "engine_bench: %s\n", err.msg);
-		return 1;
+	const tern_head_config hc = {hp.n_vocab, hp.n_embd, TERN_DTYPE_F16, emb, 0, onorm, hp.norm_eps, TERN_ISA_AUTO,
+				     TERN_HEAD_FILE, NULL};
+	/* one head per format, all reading the same F16 matrix */
+	tern_head *heads[TERN_HEAD_FORMAT_COUNT] = {NULL};
+	{
+		tern_pool *bp = NULL;
+		if (tern_pool_create(thr[n_thr - 1], NULL, 0, &bp, &err) < 0) {
+			fprintf(stderr, "engine_bench: %s\n", err.msg);
+			return 1;
+		}
+		for (int f = 0; f < n_fmt; f++)
+			if (tern_head_create(&hc, &heads[f], &err) < 0 || tern_head_quantize(heads[f], fmts[f], bp, &err) < 0) {
+				fprintf(stderr, "engine_bench: %s\n", err.msg);
+				return 1;
+			}
+		tern_pool_free(bp);
 	}
 	const double t_build = tern_now_s() - t0;
-	const uint64_t lbytes = tern_layers_bytes(&w), hbytes = tern_head_bytes(head);
-	fprintf(json ? stderr : stdout,
-		"engine_bench: %s shape, %d layers, %s, kernels %s, head %s; built in %.1f s\n"
-		"  bytes per decode token: layers %.1f MB + LM head %.1f MB = %.1f MB\n",
+	const uint64_t lbytes = tern_layers_bytes(&w);
+	fprintf(json ? stderr : stdout, "engine_bench: %s shape, %d layers, %s, kernels %s, head %s; built in %.1f s\n",
 		preset, hp.n_layer, tern_packing_name(packing),
-		tern_isa_name(isa == TERN_ISA_AUTO ? tern_isa_default() : isa),
-		tern_isa_name(tern_head_isa(head)), t_build, lbytes / 1e6, hbytes / 1e6,
-		(lbytes + hbytes) / 1e6);
+		tern_isa_name(isa == TERN_ISA_AUTO ? tern_isa_default() : isa), tern_isa_name(tern_head_isa(heads[0])),
+		t_build);
+	for (int f = 0; f < n_fmt; f++) {
+		const uint64_t hbytes = tern_head_bytes(heads[f]);
+		fprintf(json ? stderr : stdout, "  bytes per decode token, LM head %s: layers %.1f MB + head %.1f MB = %.1f MB\n",
+			fmt_name(fmts[f]), lbytes / 1e6, hbytes / 1e6, (lbytes + hbytes) / 1e6);
+	}
 
 	const int d = hp.n_embd;
 	float *hid = tern_aligned_alloc(sizeof(float) * (size_t)n_prompt * d, TERN_ALIGN);
@@ -206,63 +240,74 @@ int main(int argc, char **argv)
 			fprintf(stderr, "engine_bench: %s\n", err.msg);
 			return 1;
 		}
-		/* prefill: the whole prompt as one chunk, logits of the last row */
-		tern_head_embed(head, toks, n_prompt, hid, &err);
-		for (int i = 0; i < n_prompt; i++)
-			rows[i] = (tern_row){slot, i};
-		double tp = tern_now_s();
-		if (tern_engine_forward(e, rows, n_prompt, hid, &err) < 0 ||
-		    tern_head_logits(head, pool, hid + (size_t)(n_prompt - 1) * d, 1, logits, &err) < 0) {
-			fprintf(stderr, "engine_bench: %s\n", err.msg);
-			return 1;
-		}
-		tp = tern_now_s() - tp;
-		/* decode: one row per step, greedy, full LM head each step */
-		double td = tern_now_s(), t_layers = 0, t_head = 0;
-		for (int k = 0; k < n_decode; k++) {
-			int32_t best = 0;
-			for (int v = 1; v < hp.n_vocab; v++)
-				best = logits[v] > logits[best] ? v : best;
-			tern_head_embed(head, &best, 1, hid, &err);
-			const tern_row r = {slot, n_prompt + k};
-			const double t0s = tern_now_s();
-			const int rc1 = tern_engine_forward(e, &r, 1, hid, &err);
-			const double t1s = tern_now_s();
-			const int rc2 = rc1 < 0 ? rc1 : tern_head_logits(head, pool, hid, 1, logits, &err);
-			t_layers += t1s - t0s;
-			t_head += tern_now_s() - t1s;
-			if (rc1 < 0 || rc2 < 0) {
+		if (json)
+			printf("{\"bench\":\"run\",\"what\":\"read_bw\",\"threads\":%d,\"value\":%.3f,\"unit\":\"GB/s\","
+			       "\"bound\":null,\"fraction\":null}\n",
+			       thr[ti], bw);
+		for (int f = 0; f < n_fmt; f++) {
+			tern_head *head = heads[f];
+			/* prefill: the whole prompt as one chunk, logits of the last row */
+			tern_head_embed(head, toks, n_prompt, hid, &err);
+			for (int i = 0; i < n_prompt; i++)
+				rows[i] = (tern_row){slot, i};
+			double tp = tern_now_s();
+			if (tern_engine_forward(e, rows, n_prompt, hid, &err) < 0 ||
+			    tern_head_logits(head, pool, hid + (size_t)(n_prompt - 1) * d, 1, logits, &err) < 0) {
 				fprintf(stderr, "engine_bench: %s\n", err.msg);
 				return 1;
 			}
-		}
-		td = tern_now_s() - td;
-		const double bound = bw * 1e9 / (double)(lbytes + hbytes);
-		const double pre = n_prompt / tp, dec = n_decode / td;
-		FILE *tf = json ? stderr : stdout;
-		fprintf(
-		    tf,
-		    "  threads %d: read bw %.1f GB/s | prefill %.1f tok/s | decode %.2f tok/s, bound %.2f, %.0f%%\n",
-		    thr[ti], bw, pre, dec, bound, 100.0 * dec / bound);
-		fprintf(tf, "    per decode token: layers %.1f ms (%.1f GB/s), LM head %.1f ms (%.1f GB/s)\n",
-			1e3 * t_layers / n_decode, lbytes / (t_layers / n_decode) / 1e9, 1e3 * t_head / n_decode,
-			hbytes / (t_head / n_decode) / 1e9);
-		if (json) {
-			printf(
-			    "{\"bench\":\"run\",\"what\":\"read_bw\",\"threads\":%d,\"value\":%.3f,\"unit\":\"GB/s\","
-			    "\"bound\":null,\"fraction\":null}\n",
-			    thr[ti], bw);
-			printf(
-			    "{\"bench\":\"run\",\"what\":\"prefill\",\"threads\":%d,\"value\":%.3f,\"unit\":\"tok/s\","
-			    "\"bound\":null,\"fraction\":null,\"model\":\"%s\",\"phase\":\"prefill\",\"layers\":%d,"
-			    "\"packing\":\"%s\",\"batch\":%d}\n",
-			    thr[ti], pre, preset, hp.n_layer, tern_packing_name(packing), n_prompt);
-			printf(
-			    "{\"bench\":\"run\",\"what\":\"decode\",\"threads\":%d,\"value\":%.3f,\"unit\":\"tok/s\","
-			    "\"bound\":%.3f,\"fraction\":%.3f,\"model\":\"%s\",\"phase\":\"decode\",\"layers\":%d,"
-			    "\"packing\":\"%s\",\"bytes_per_token\":%llu}\n",
-			    thr[ti], dec, bound, dec / bound, preset, hp.n_layer, tern_packing_name(packing),
-			    (unsigned long long)(lbytes + hbytes));
+			tp = tern_now_s() - tp;
+			/* decode: one row per step, greedy, full LM head each step */
+			double td = tern_now_s(), t_layers = 0, t_head = 0;
+			for (int k = 0; k < n_decode; k++) {
+				int32_t best = 0;
+				for (int v = 1; v < hp.n_vocab; v++)
+					best = logits[v] > logits[best] ? v : best;
+				tern_head_embed(head, &best, 1, hid, &err);
+				const tern_row r = {slot, n_prompt + k};
+				const double t0s = tern_now_s();
+				const int rc1 = tern_engine_forward(e, &r, 1, hid, &err);
+				const double t1s = tern_now_s();
+				const int rc2 = rc1 < 0 ? rc1 : tern_head_logits(head, pool, hid, 1, logits, &err);
+				t_layers += t1s - t0s;
+				t_head += tern_now_s() - t1s;
+				if (rc1 < 0 || rc2 < 0) {
+					fprintf(stderr, "engine_bench: %s\n", err.msg);
+					return 1;
+				}
+			}
+			td = tern_now_s() - td;
+			const uint64_t hbytes = tern_head_bytes(head);
+			const double bound = bw * 1e9 / (double)(lbytes + hbytes);
+			const double hps = n_decode / t_head, hbound = bw * 1e9 / (double)hbytes;
+			const double pre = n_prompt / tp, dec = n_decode / td;
+			FILE *tf = json ? stderr : stdout;
+			fprintf(
+			    tf,
+			    "  threads %d, LM head %s: read bw %.1f GB/s | prefill %.1f tok/s | decode %.2f tok/s, bound %.2f, %.0f%%\n",
+			    thr[ti], fmt_name(fmts[f]), bw, pre, dec, bound, 100.0 * dec / bound);
+			fprintf(tf, "    per decode token: layers %.1f ms (%.1f GB/s), LM head %.1f ms (%.1f GB/s, %.0f%% of its bound)\n",
+				1e3 * t_layers / n_decode, lbytes / (t_layers / n_decode) / 1e9, 1e3 * t_head / n_decode,
+				hbytes / (t_head / n_decode) / 1e9, 100.0 * hps / hbound);
+			if (json) {
+				printf(
+				    "{\"bench\":\"run\",\"what\":\"prefill\",\"threads\":%d,\"value\":%.3f,\"unit\":\"tok/s\","
+				    "\"bound\":null,\"fraction\":null,\"model\":\"%s\",\"phase\":\"prefill\",\"layers\":%d,"
+				    "\"packing\":\"%s\",\"batch\":%d,\"lm_head\":\"%s\"}\n",
+				    thr[ti], pre, preset, hp.n_layer, tern_packing_name(packing), n_prompt, fmt_name(fmts[f]));
+				printf(
+				    "{\"bench\":\"run\",\"what\":\"decode\",\"threads\":%d,\"value\":%.3f,\"unit\":\"tok/s\","
+				    "\"bound\":%.3f,\"fraction\":%.6f,\"model\":\"%s\",\"phase\":\"decode\",\"layers\":%d,"
+				    "\"packing\":\"%s\",\"bytes_per_token\":%llu,\"lm_head\":\"%s\",\"head_bytes_per_token\":%llu}\n",
+				    thr[ti], dec, bound, dec / bound, preset, hp.n_layer, tern_packing_name(packing),
+				    (unsigned long long)(lbytes + hbytes), fmt_name(fmts[f]), (unsigned long long)hbytes);
+				/* the head alone: its calls per second against its own bytes */
+				printf(
+				    "{\"bench\":\"run\",\"what\":\"lm_head\",\"threads\":%d,\"value\":%.3f,\"unit\":\"tok/s\","
+				    "\"bound\":%.3f,\"fraction\":%.6f,\"model\":\"%s\",\"phase\":\"decode\",\"lm_head\":\"%s\","
+				    "\"bytes_per_token\":%llu}\n",
+				    thr[ti], hps, hbound, hps / hbound, preset, fmt_name(fmts[f]), (unsigned long long)hbytes);
+			}
 		}
 		tern_engine_free(e);
 		tern_pool_free(pool);
@@ -271,7 +316,8 @@ int main(int argc, char **argv)
 	free(toks);
 	tern_aligned_free(hid);
 	tern_aligned_free(logits);
-	tern_head_free(head);
+	for (int f = 0; f < n_fmt; f++)
+		tern_head_free(heads[f]);
 	free(onorm);
 	tern_aligned_free(emb);
 	tern_layers_free(&w);

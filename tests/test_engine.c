@@ -191,7 +191,7 @@ static int tmodel_init(tmodel *m, uint64_t seed)
 	for (int i = 0; i < m->hp.n_embd; i++)
 		m->onorm[i] = rng_f(0.8f, 1.2f);
 	tern_head_config hc = {m->hp.n_vocab, m->hp.n_embd,   TERN_DTYPE_F16, m->emb, 0,
-			       m->onorm,      m->hp.norm_eps, TERN_ISA_AUTO};
+			       m->onorm,      m->hp.norm_eps, TERN_ISA_AUTO, TERN_HEAD_FILE, NULL};
 	return tern_head_create(&hc, &m->head, NULL);
 }
 
@@ -743,7 +743,7 @@ static void test_head(void)
 				TT_NOTE_SKIP("head %s", tern_isa_name((tern_isa)isa));
 				continue;
 			}
-			tern_head_config hc = {V, D, (tern_dtype)dt, embs[dt], 0, norm, 1e-5f, (tern_isa)isa};
+			tern_head_config hc = {V, D, (tern_dtype)dt, embs[dt], 0, norm, 1e-5f, (tern_isa)isa, TERN_HEAD_FILE, NULL};
 			tern_head *h;
 			TT_REQUIRE(tern_head_create(&hc, &h, NULL) == 0);
 			float *dst = first ? lg[dt] : lg1;
@@ -804,7 +804,7 @@ static void test_head(void)
 	const uint16_t codes[5] = {0x3c00, 0xc000, 0x0001, 0x7bff, 0x8000};
 	const float vals[5] = {1.0f, -2.0f, 0x1p-24f, 65504.0f, -0.0f};
 	float nrm1[5] = {1, 1, 1, 1, 1};
-	tern_head_config hc = {5, 1, TERN_DTYPE_F16, codes, 0, nrm1, 1e-5f, TERN_ISA_AUTO};
+	tern_head_config hc = {5, 1, TERN_DTYPE_F16, codes, 0, nrm1, 1e-5f, TERN_ISA_AUTO, TERN_HEAD_FILE, NULL};
 	tern_head *h;
 	TT_REQUIRE(tern_head_create(&hc, &h, NULL) == 0);
 	TT_EQ_INT(tern_head_isa(h), tern_isa_default()); /* AUTO follows TERN_KERNEL like the layers */
@@ -818,16 +818,17 @@ static void test_head(void)
 	tern_pool_free(pool);
 }
 
-/* The optional int8 LM head: same on every code path, close to the F16 head,
- * switchable, and its agreement count is what the argmaxes say. */
-static void test_head_int8(void)
+/* The quantized LM heads (Q8, Q4): the same logits on every ISA, thread
+ * count and batch size, close to the F16 head, switchable, loadable
+ * pre-packed, and the agreement count is what the argmaxes say. */
+static void test_head_quantized(void)
 {
 	enum { V = 301, D = 200, NB = 40 };
 	uint16_t *e16 = malloc(sizeof(uint16_t) * V * D);
 	float norm[D], *hid = malloc(sizeof(float) * NB * D);
-	float *l16 = malloc(sizeof(float) * NB * V), *l8 = malloc(sizeof(float) * NB * V);
-	float *l8b = malloc(sizeof(float) * NB * V);
-	TT_REQUIRE(e16 && hid && l16 && l8 && l8b);
+	float *l16 = malloc(sizeof(float) * NB * V), *lq = malloc(sizeof(float) * NB * V);
+	float *lqb = malloc(sizeof(float) * NB * V);
+	TT_REQUIRE(e16 && hid && l16 && lq && lqb);
 	for (int i = 0; i < V * D; i++)
 		e16[i] = tern_f32_to_f16(rng_f(-1, 1));
 	for (int i = 0; i < D; i++)
@@ -836,64 +837,94 @@ static void test_head_int8(void)
 		hid[i] = rng_f(-4, 4);
 	tern_pool *pool = NULL;
 	TT_REQUIRE(tern_pool_create(2, NULL, 0, &pool, NULL) == 0);
-	int first = 1;
-	for (int isa = 0; isa < TERN_ISA_COUNT; isa++) {
-		if (!tern_isa_available((tern_isa)isa)) {
-			TT_NOTE_SKIP("head %s", tern_isa_name((tern_isa)isa));
-			continue;
-		}
-		tern_head_config hc = {V, D, TERN_DTYPE_F16, e16, 0, norm, 1e-5f, (tern_isa)isa};
-		tern_head *h;
-		TT_REQUIRE(tern_head_create(&hc, &h, NULL) == 0);
-		const uint64_t b16 = tern_head_bytes(h);
-		TT_REQUIRE(tern_head_logits(h, NULL, hid, NB, l16, NULL) == 0);
-		tern_err err = {0};
-		int agree = -1;
-		TT_EQ_INT(tern_head_int8_agreement(h, NULL, hid, NB, &agree, &err), TERN_ESTATE);
-		TT_REQUIRE(tern_head_int8_build(h, pool, NULL) == 0);
-		TT_CHECK(tern_head_int8_active(h));
-		TT_EQ_INT(tern_head_bytes(h) * 2, b16);
-		TT_REQUIRE(tern_head_logits(h, pool, hid, NB, first ? l8 : l8b, NULL) == 0);
-		if (!first)
-			TT_CHECKF(memcmp(l8, l8b, sizeof(float) * NB * V) == 0, "int8 head differs on %s",
-				  tern_isa_name((tern_isa)isa));
-		/* close to the F16 head: per row, relative to its largest logit */
-		double worst = 0;
-		int same = 0;
-		for (int j = 0; j < NB; j++) {
-			double mx = 0, df = 0;
-			int a16 = 0, a8 = 0;
-			for (int v = 0; v < V; v++) {
-				mx = fabs(l16[j * V + v]) > mx ? fabs(l16[j * V + v]) : mx;
-				const double dd = fabs((double)l8[j * V + v] - l16[j * V + v]);
-				df = dd > df ? dd : df;
-				a16 = l16[j * V + v] > l16[j * V + a16] ? v : a16;
-				a8 = l8[j * V + v] > l8[j * V + a8] ? v : a8;
+	for (int f = TERN_HEAD_Q8; f <= TERN_HEAD_Q4; f++) {
+		int first = 1;
+		for (int isa = 0; isa < TERN_ISA_COUNT; isa++) {
+			if (!tern_isa_available((tern_isa)isa)) {
+				TT_NOTE_SKIP("head %s", tern_isa_name((tern_isa)isa));
+				continue;
 			}
-			worst = df / mx > worst ? df / mx : worst;
-			same += a16 == a8;
+			tern_head_config hc = {V, D, TERN_DTYPE_F16, e16, 0, norm, 1e-5f, (tern_isa)isa, TERN_HEAD_FILE, NULL};
+			tern_head *h;
+			TT_REQUIRE(tern_head_create(&hc, &h, NULL) == 0);
+			const uint64_t b16 = tern_head_bytes(h);
+			TT_REQUIRE(tern_head_logits(h, NULL, hid, NB, l16, NULL) == 0);
+			tern_err err = {0};
+			int agree = -1;
+			TT_EQ_INT(tern_head_agreement(h, NULL, hid, NB, &agree, &err), TERN_ESTATE);
+			TT_EQ_INT(tern_head_quantize(h, (tern_head_format)7, pool, &err), TERN_EINVAL);
+			TT_REQUIRE(tern_head_quantize(h, (tern_head_format)f, pool, NULL) == 0);
+			TT_EQ_INT(tern_head_active(h), f);
+			/* 19 groups of 16 rows, 7 blocks of 34 (Q8) or 18 (Q4) bytes per row */
+			TT_EQ_INT(tern_head_bytes(h), 19 * 16 * 7 * (f == TERN_HEAD_Q8 ? 34 : 18));
+			TT_CHECK(tern_head_bytes(h) * (f == TERN_HEAD_Q8 ? 1 : 2) < b16);
+			TT_REQUIRE(tern_head_logits(h, pool, hid, NB, first ? lq : lqb, NULL) == 0);
+			if (!first)
+				TT_CHECKF(memcmp(lq, lqb, sizeof(float) * NB * V) == 0, "%s head differs on %s",
+					  tern_head_format_name((tern_head_format)f), tern_isa_name((tern_isa)isa));
+			/* one row at a time, single-threaded: the same bits */
+			for (int j = 0; j < NB; j++)
+				TT_REQUIRE(tern_head_logits(h, NULL, hid + (size_t)j * D, 1, lqb + (size_t)j * V, NULL) == 0);
+			TT_CHECK(memcmp(lq, lqb, sizeof(float) * NB * V) == 0);
+			/* close to the F16 head: per row, relative to its largest logit */
+			double worst = 0;
+			int same = 0;
+			for (int j = 0; j < NB; j++) {
+				double mx = 0, df = 0;
+				int a16 = 0, aq = 0;
+				for (int v = 0; v < V; v++) {
+					mx = fabs(l16[j * V + v]) > mx ? fabs(l16[j * V + v]) : mx;
+					const double dd = fabs((double)lq[j * V + v] - l16[j * V + v]);
+					df = dd > df ? dd : df;
+					a16 = l16[j * V + v] > l16[j * V + a16] ? v : a16;
+					aq = lq[j * V + v] > lq[j * V + aq] ? v : aq;
+				}
+				worst = df / mx > worst ? df / mx : worst;
+				same += a16 == aq;
+			}
+			TT_CHECKF(worst < (f == TERN_HEAD_Q8 ? 3e-2 : 0.25) && worst > 0, "%s head relative error %g",
+				  tern_head_format_name((tern_head_format)f), worst);
+			TT_REQUIRE(tern_head_agreement(h, pool, hid, NB, &agree, NULL) == 0);
+			TT_EQ_INT(agree, same);
+			TT_CHECK(agree >= (f == TERN_HEAD_Q8 ? NB * 3 / 4 : NB / 3));
+			TT_EQ_INT(tern_head_active(h), f);
+			/* a head created from the packed bytes (a plan's shard) gives the same logits */
+			size_t pb = 0;
+			const void *packed = tern_head_packed(h, &pb);
+			TT_CHECK(packed && pb == tern_head_bytes(h));
+			tern_head_config pc = hc;
+			pc.qformat = (tern_head_format)f;
+			pc.qhead = packed;
+			tern_head *h2;
+			TT_REQUIRE(tern_head_create(&pc, &h2, NULL) == 0);
+			TT_EQ_INT(tern_head_active(h2), f);
+			TT_REQUIRE(tern_head_logits(h2, pool, hid, NB, lqb, NULL) == 0);
+			TT_CHECK(memcmp(lq, lqb, sizeof(float) * NB * V) == 0);
+			tern_head_free(h2);
+			pc.qformat = (tern_head_format)9;
+			TT_EQ_INT(tern_head_create(&pc, &h2, &err), TERN_EINVAL);
+			/* switched off, the F16 logits come back bit for bit */
+			TT_REQUIRE(tern_head_quantize(h, TERN_HEAD_FILE, pool, NULL) == 0);
+			TT_EQ_INT(tern_head_active(h), TERN_HEAD_FILE);
+			TT_REQUIRE(tern_head_logits(h, pool, hid, NB, lqb, NULL) == 0);
+			TT_CHECK(memcmp(lqb, l16, sizeof(float) * NB * V) == 0);
+			tern_head_free(h);
+			first = 0;
 		}
-		TT_CHECKF(worst < 3e-2 && worst > 0, "int8 head relative error %g", worst);
-		TT_REQUIRE(tern_head_int8_agreement(h, pool, hid, NB, &agree, NULL) == 0);
-		TT_EQ_INT(agree, same);
-		TT_CHECK(agree >= NB * 3 / 4);
-		TT_CHECK(tern_head_int8_active(h));
-		/* switched off, the F16 logits come back bit for bit */
-		tern_head_int8_use(h, 0);
-		TT_REQUIRE(tern_head_logits(h, pool, hid, NB, l8b, NULL) == 0);
-		TT_CHECK(memcmp(l8b, l16, sizeof(float) * NB * V) == 0);
-		tern_head_free(h);
-		first = 0;
 	}
+	TT_EQ_INT(tern_head_format_parse("int8"), TERN_HEAD_Q8);
+	TT_EQ_INT(tern_head_format_parse("q4"), TERN_HEAD_Q4);
+	TT_EQ_INT(tern_head_format_parse("file"), TERN_HEAD_FILE);
+	TT_EQ_INT(tern_head_format_parse("q3"), -1);
 	tern_pool_free(pool);
 	free(e16);
 	free(hid);
 	free(l16);
-	free(l8);
-	free(l8b);
+	free(lq);
+	free(lqb);
 }
 
 TT_MAIN(TT_CASE(test_rmsnorm), TT_CASE(test_rope), TT_CASE(test_softmax_relu2_dot), TT_CASE(test_batch_invariance),
 	TT_CASE(test_slot_isolation), TT_CASE(test_packings_isas_threads), TT_CASE(test_slot_reuse_truncate),
 	TT_CASE(test_bad_batches), TT_CASE(test_stage_split), TT_CASE(test_builder), TT_CASE(test_head),
-	TT_CASE(test_head_int8))
+	TT_CASE(test_head_quantized))

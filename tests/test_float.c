@@ -1,12 +1,14 @@
 /* test_float.c: the float kernels' consistency test (tern-float.h). Every ISA
  * this build and CPU can run must equal the scalar reference bit for bit for
- * RMSNorm, softmax, RoPE and the dense dot products (F32/F16/BF16/I8 rows,
+ * RMSNorm, softmax, RoPE and the dense dot products (F32/F16/BF16 rows,
  * 1..9 vectors, with and without row scales) over many shapes: n = 1, odd
  * widths, every tail around the 64 lanes and the SIMD widths, and model
  * widths. The reference itself is checked against the documented order,
  * computed here independently, and against double precision. ISAs the CPU
  * lacks are printed as SKIPPED and counted. Also: the half conversions of
- * kernels/base over every F16/BF16 code, and dispatch (TERN_KERNEL). */
+ * kernels/base over every F16/BF16 code, and dispatch (TERN_KERNEL). The
+ * quantized head's integer dots (Q8/Q4 rows, 0..17 activation rows, widths
+ * around the 32-element blocks) the same way, on x86 with and without VNNI. */
 #include "tern-float.h"
 #include "tern-half.h"
 #include "tern-test.h"
@@ -279,8 +281,8 @@ static void test_rope_all_isas(void)
 
 /* ---- dense dot products ------------------------------------------------------------------ */
 
-static const size_t elem_size[TERN_DOT_COUNT] = {4, 2, 2, 1};
-static const char *const type_names[TERN_DOT_COUNT] = {"f32", "f16", "bf16", "i8"};
+static const size_t elem_size[TERN_DOT_COUNT] = {4, 2, 2};
+static const char *const type_names[TERN_DOT_COUNT] = {"f32", "f16", "bf16"};
 
 /* The order of tern-float.h, written out from the comment. */
 static float documented_dot(const float *row, const float *x, int n)
@@ -315,10 +317,6 @@ static void fill_row(uint8_t *row, tern_dot_type t, int n, float *f)
 			f[i] = tern_bf16_to_f32(h);
 			break;
 		}
-		case TERN_DOT_I8:
-			row[i] = (uint8_t)(int8_t)((int)(rng() % 255) - 127);
-			f[i] = (float)(int8_t)row[i];
-			break;
 		default:
 			memcpy(row + 4 * (size_t)i, &v, 4);
 			f[i] = v;
@@ -468,6 +466,222 @@ static void test_dot_accuracy_and_order(void)
 	TT_CHECKF(o2 == 1.0f + 0x1p-23f, "%a", (double)o2);
 }
 
+/* ---- quantized head (integer dot products) ---------------------------------------------- */
+
+#if defined(__x86_64__) || defined(__i386__)
+extern int tern_kern_avx512_vnni; /* kernels' VNNI switch: both paths are compared */
+#define QH_VARIANTS 2
+#else
+#define QH_VARIANTS 1
+#endif
+
+static const char *const qh_names[TERN_QH_COUNT] = {"q8", "q4"};
+
+/* The order of tern-float.h, from tern_qh_unpack_row and tern_qx_quantize. */
+static float documented_qdot(tern_qh_type t, const uint8_t *w, int r, int n, const int8_t *xq, const float *xd)
+{
+	const int nb = tern_qh_blocks(n);
+	int8_t q[2600 / 32 * 32 + 32];
+	float dw[2600 / 32 + 1];
+	tern_qh_unpack_row(t, w + (size_t)(r / 16) * tern_qh_group_bytes(t, n), r % 16, n, q, dw);
+	float acc = 0.0f;
+	for (int b = 0; b < nb; b++) {
+		int32_t is = 0;
+		for (int e = 0; e < 32; e++)
+			is += (int32_t)q[32 * b + e] * xq[32 * b + e];
+		acc = acc + (float)is * (dw[b] * xd[b]);
+	}
+	return acc;
+}
+
+/* rows x n packed as t against nx quantized rows: the reference equals the
+ * documented order and, within the format's error, the float dot product;
+ * every ISA (and on x86 both AVX-512 variants) equals the reference for the
+ * whole range, split in two, and per activation row alone. */
+static int check_qdot(tern_qh_type t, int rows, int n, int nx, const tern_float_kernels *const *isas, int n_isa,
+		      int *checked)
+{
+	const int nb = tern_qh_blocks(n), ng = (rows + 15) / 16;
+	const size_t ldo = (size_t)rows + 3;
+	float *wf = malloc(sizeof(float) * (size_t)rows * (size_t)n);
+	float *x = malloc(sizeof(float) * (size_t)(nx + 1) * (size_t)n);
+	uint8_t *buf = malloc(tern_qh_bytes(t, rows, n) + 1);
+	int8_t *xq = malloc((size_t)(nx + 1) * (size_t)nb * 32);
+	float *xd = malloc(sizeof(float) * (size_t)(nx + 1) * (size_t)nb);
+	int32_t *xs = malloc(sizeof(int32_t) * (size_t)(nx + 1) * (size_t)nb);
+	float *want = malloc(sizeof(float) * (size_t)(nx + 1) * ldo), *got = malloc(sizeof(float) * (size_t)(nx + 1) * ldo);
+	int bad = 0;
+	if (!wf || !x || !buf || !xq || !xd || !xs || !want || !got) {
+		bad = 1;
+		goto done;
+	}
+	for (size_t i = 0; i < (size_t)rows * (size_t)n; i++)
+		wf[i] = frand(-1, 1) * (i % 29 == 3 ? 8.0f : 1.0f); /* outliers set some block scales */
+	for (size_t i = 0; i < (size_t)nx * (size_t)n; i++)
+		x[i] = frand(-3, 3);
+	if (nx > 1)
+		memset(x + (size_t)n, 0, sizeof(float) * (size_t)(n < 40 ? n : 40)); /* all-zero blocks */
+	uint8_t *w = buf + 1; /* misaligned on purpose */
+	for (int g = 0; g < ng; g++)
+		tern_qh_pack_group(t, wf + (size_t)g * 16 * (size_t)n, (size_t)n, rows - 16 * g < 16 ? rows - 16 * g : 16, n,
+				   w + (size_t)g * tern_qh_group_bytes(t, n));
+	for (int j = 0; j < nx; j++)
+		tern_qx_quantize(x + (size_t)j * n, n, xq + (size_t)j * nb * 32, xd + (size_t)j * nb, xs + (size_t)j * nb);
+	const tern_float_kernels *ref = tern_float_kernels_get(TERN_ISA_REF);
+	tern_qdot_args a = {t, w, n, rows, xq, xd, xs, nx, want, ldo};
+	ref->qdot_groups(&a, 0, ng);
+	for (int j = 0; j < nx; j++)
+		for (int r = 0; r < rows; r++) {
+			const float d = documented_qdot(t, w, r, n, xq + (size_t)j * nb * 32, xd + (size_t)j * nb);
+			const float got_r = want[(size_t)j * ldo + (size_t)r];
+			bad += memcmp(&d, &got_r, 4) != 0;
+			/* the quantized dot is near the float one: error bound from the block
+			 * steps (|w - dw q| <= dw (Q4: clamp at +7), |x - dx q| <= dx / 2) */
+			double exact = 0, tol = 0;
+			for (int i = 0; i < n; i++) {
+				const double wi = wf[(size_t)r * n + i], xi = x[(size_t)j * n + i];
+				exact += wi * xi;
+				tol += fabs(wi) * 3.0 / 254 + fabs(xi) * (t == TERN_QH_Q4 ? 8.0 / 7 : 8.0 / 254) + 1e-3;
+			}
+			if (fabs(got_r - exact) > tol) {
+				bad++;
+				fprintf(stderr, "  qdot %s n=%d: %g vs float %g (tol %g)\n", qh_names[t], n, (double)got_r, exact, tol);
+			}
+		}
+	for (int k = 0; k < n_isa; k++) {
+		/* AVX-512: the VNNI path (where the CPU has it), then the BW one */
+		int nvar = 1;
+#if QH_VARIANTS > 1
+		const int vnni = tern_kern_avx512_vnni;
+		if (isas[k]->isa == TERN_ISA_AVX512) {
+			if (vnni)
+				nvar = 2;
+			else
+				TT_NOTE_SKIP("qdot on avx512 with VNNI (not on this CPU)");
+		}
+#endif
+		for (int var = 0; var < nvar; var++) {
+#if QH_VARIANTS > 1
+			if (var)
+				tern_kern_avx512_vnni = 0;
+#endif
+			int diff = 0;
+			a.out = got;
+			memset(got, 0xff, sizeof(float) * (size_t)nx * ldo);
+			isas[k]->qdot_groups(&a, 0, ng);
+			for (int j = 0; j < nx; j++)
+				diff += !same_bits(got + (size_t)j * ldo, want + (size_t)j * ldo, (size_t)rows);
+			const int cut = ng / 2;
+			memset(got, 0xff, sizeof(float) * (size_t)nx * ldo);
+			isas[k]->qdot_groups(&a, cut, ng);
+			isas[k]->qdot_groups(&a, 0, cut);
+			for (int j = 0; j < nx; j++) {
+				diff += !same_bits(got + (size_t)j * ldo, want + (size_t)j * ldo, (size_t)rows);
+				/* nothing stored past the last row */
+				uint32_t u;
+				memcpy(&u, got + (size_t)j * ldo + (size_t)rows, 4);
+				diff += u != 0xffffffffu;
+			}
+			for (int j = 0; j < nx; j++) {
+				tern_qdot_args a1 = a;
+				a1.xq = xq + (size_t)j * nb * 32, a1.xd = xd + (size_t)j * nb, a1.xs = xs + (size_t)j * nb;
+				a1.nx = 1;
+				isas[k]->qdot_groups(&a1, 0, ng);
+				diff += !same_bits(got, want + (size_t)j * ldo, (size_t)rows);
+			}
+#if QH_VARIANTS > 1
+			tern_kern_avx512_vnni = vnni;
+#endif
+			if (diff)
+				fprintf(stderr, "  qdot %s %s%s rows=%d n=%d nx=%d differs\n", tern_isa_name(isas[k]->isa),
+					var ? "(no VNNI) " : "", qh_names[t], rows, n, nx);
+			bad += diff;
+			(*checked)++;
+		}
+	}
+done:
+	free(wf);
+	free(x);
+	free(buf);
+	free(xq);
+	free(xd);
+	free(xs);
+	free(want);
+	free(got);
+	return bad;
+}
+
+static void test_qdot_all_isas(void)
+{
+	const tern_float_kernels *isas[TERN_ISA_COUNT];
+	const int n_isa = other_isas("qdot_groups", isas);
+	static const int qwidths[] = {1, 5, 31, 32, 33, 63, 64, 65, 96, 100, 127, 129, 200, 257, 1000, 2560, 2561};
+	int bad = 0, checked = 0;
+	for (int t = 0; t < TERN_QH_COUNT; t++) {
+		for (size_t wi = 0; wi < sizeof qwidths / sizeof qwidths[0]; wi++) {
+			const int n = qwidths[wi];
+			const int rows = n >= 2560 ? 18 : 1 + (int)(wi * 11) % 40;
+			bad += check_qdot((tern_qh_type)t, rows, n, 1 + (int)wi % 17, isas, n_isa, &checked);
+		}
+		/* every batch size 0..17 (the 8-row passes and their tails) */
+		for (int nx = 0; nx <= 17; nx++)
+			bad += check_qdot((tern_qh_type)t, 16 + nx, 203, nx, isas, n_isa, &checked);
+	}
+	TT_EQ_INT(bad, 0);
+	fprintf(stderr, "  %d quantized dot batches compared on %d ISAs\n", checked, n_isa);
+}
+
+/* The formats' quantizers: every code in range, |w - dw q| within half a
+ * step (Q4: the +8 side clamps to 7, one step), the activation block sums
+ * right, zero blocks zero, and the Q4 extreme maps to -8 exactly. */
+static void test_qh_formats(void)
+{
+	enum { N = 77 };
+	float w[16 * N], x[N];
+	for (int i = 0; i < 16 * N; i++)
+		w[i] = frand(-2, 2);
+	memset(w + N, 0, sizeof(float) * N); /* row 1 all zero */
+	w[2 * N + 40] = -5.0f;                /* block 1 of row 2: its extreme */
+	for (int t = 0; t < TERN_QH_COUNT; t++) {
+		uint8_t g[3 * 544];
+		TT_REQUIRE(tern_qh_group_bytes((tern_qh_type)t, N) <= sizeof g);
+		tern_qh_pack_group((tern_qh_type)t, w, N, 5, N, g);
+		int bad = 0;
+		for (int k = 0; k < 16; k++) {
+			int8_t q[3 * 32];
+			float dw[3];
+			tern_qh_unpack_row((tern_qh_type)t, g, k, N, q, dw);
+			for (int i = 0; i < 3 * 32; i++) {
+				const float v = k < 5 && i < N ? w[k * N + i] : 0.0f;
+				const float step = fabsf(dw[i / 32]) * (t == TERN_QH_Q4 ? 1.0f : 0.5f) * 1.0001f;
+				bad += fabsf(v - dw[i / 32] * q[i]) > step;
+				bad += t == TERN_QH_Q4 ? (q[i] < -8 || q[i] > 7) : (q[i] < -127);
+				bad += (k >= 5 || k == 1 || i >= N) && q[i] != 0;
+			}
+			if (k == 2)
+				bad += t == TERN_QH_Q4 ? q[40] != -8 : q[40] != -127;
+		}
+		TT_EQ_INT(bad, 0);
+		TT_EQ_INT(tern_qh_parse(tern_qh_name((tern_qh_type)t)), t);
+	}
+	TT_EQ_INT(tern_qh_parse("q5"), -1);
+	for (int i = 0; i < N; i++)
+		x[i] = i < 32 ? 0.0f : frand(-1, 1);
+	x[50] = 2.5f;
+	int8_t q[96];
+	float dx[3];
+	int32_t sum[3];
+	tern_qx_quantize(x, N, q, dx, sum);
+	TT_CHECK(dx[0] == 0.0f && sum[0] == 0 && q[50] == 127 && dx[1] == 2.5f / 127.0f);
+	for (int b = 0; b < 3; b++) {
+		int32_t s = 0;
+		for (int e = 0; e < 32; e++)
+			s += q[32 * b + e];
+		TT_EQ_INT(s, sum[b]);
+	}
+	TT_CHECK(q[N] == 0 && q[95] == 0);
+}
+
 TT_MAIN(TT_CASE(test_half_all_codes), TT_CASE(test_dispatch), TT_CASE(test_rmsnorm_all_isas),
 	TT_CASE(test_softmax_all_isas), TT_CASE(test_rope_all_isas), TT_CASE(test_dot_all_isas),
-	TT_CASE(test_dot_accuracy_and_order))
+	TT_CASE(test_dot_accuracy_and_order), TT_CASE(test_qdot_all_isas), TT_CASE(test_qh_formats))

@@ -22,6 +22,15 @@ ids() { grep '^ids:' "$1"; }
 "$R" --model="$T/m.gguf" --prompt=x --n-predict=2 --temp=0 --print-ids --ignore-eos -q 2> "$T/d.txt" || fail run
 [ "$(ids "$T/d.txt" | wc -w)" = 3 ] || fail "--n-predict=2: $(ids "$T/d.txt")"
 
+# --lm-head: f16 is the file's precision here (same ids); q8 prints its agreement line
+"$R" -m "$T/m.gguf" -p "the cat" -n 6 --temp 0 --seed 1 --print-ids --ignore-eos -q --lm-head f16 2> "$T/f.txt" ||
+	fail "--lm-head f16: $(cat "$T/f.txt")"
+[ "$(ids "$T/a.txt")" = "$(ids "$T/f.txt")" ] || fail "--lm-head f16 differs from the file's head"
+"$R" -m "$T/m.gguf" -p "the cat" -n 6 --temp 0 --print-ids --ignore-eos -q --lm-head q8 2> "$T/q.txt" ||
+	fail "--lm-head q8: $(cat "$T/q.txt")"
+grep -q "^tern-run: q8 LM head: top-1 agrees with the file-precision head at [0-9]* of 13 positions" "$T/q.txt" ||
+	fail "--lm-head q8: no agreement line: $(cat "$T/q.txt")"
+
 bad() { # bad EXPECTED-LINE ARGS...: exit 2, that first line, then the hint only
 	want="$1"
 	shift
@@ -40,4 +49,5 @@ bad "tern-run: unknown option '--bogus=1'" -m "$T/m.gguf" -p x --bogus=1
 bad "tern-run: unknown option '-Z'" -m "$T/m.gguf" -p x -Z
 bad "tern-run: option '--ctx-size' needs a value" -m "$T/m.gguf" -p x --ctx-size
 bad "tern-run: option '-n' needs a value" -m "$T/m.gguf" -p x -n
+bad "tern-run: bad value 'q5' for --lm-head: expected file, f16, q8 or q4" -m "$T/m.gguf" -p x --lm-head q5
 echo "test_run_cli: OK"

@@ -32,6 +32,7 @@ typedef struct coord_opts {
 	int packing;
 	int isa;
 	int slots, ctx, max_rows, chunk, threads, head_threads, queue, max_tokens, max_conns;
+	int lm_head; /* tern_head_format */
 	double stall, drain;
 	const char *listen, *tls_cert, *tls_key, *token_file;
 	const char *batch_in, *batch_out;
@@ -51,6 +52,8 @@ static void usage(FILE *f)
 		"  --chunk N               prompt rows of one sequence per micro-batch (default 64)\n"
 		"  -t, --threads N         kernel threads per stage (default: its NUMA domain's cores)\n"
 		"  --head-threads N        LM head threads on the coordinator (default: all CPUs)\n"
+		"  --lm-head file|q8|q4    LM head precision: the file's (default) or quantized, as tern-run\n"
+		"                          --lm-head (the same logits bit for bit)\n"
 		"  --queue N               requests that may wait for a slot (default 64)\n"
 		"  -n, --max-tokens N      default max_tokens of a request (default 256)\n"
 		"  --stall-timeout S       a pipeline silent this long is dead (default 8)\n"
@@ -96,6 +99,7 @@ enum {
 	OPT_MAX_ROWS,
 	OPT_CHUNK,
 	OPT_HEAD_THREADS,
+	OPT_LM_HEAD,
 	OPT_QUEUE,
 	OPT_LISTEN,
 	OPT_MAX_CONNS,
@@ -142,6 +146,7 @@ static int parse_args(int argc, char **argv, coord_opts *o)
 		{"chunk", required_argument, NULL, OPT_CHUNK},
 		{"threads", required_argument, NULL, 't'},
 		{"head-threads", required_argument, NULL, OPT_HEAD_THREADS},
+		{"lm-head", required_argument, NULL, OPT_LM_HEAD},
 		{"queue", required_argument, NULL, OPT_QUEUE},
 		{"max-tokens", required_argument, NULL, 'n'},
 		{"listen", required_argument, NULL, OPT_LISTEN},
@@ -209,6 +214,10 @@ static int parse_args(int argc, char **argv, coord_opts *o)
 			break;
 		case OPT_HEAD_THREADS:
 			rc = tern_parse_int(v, 1, 1024, "--head-threads", &o->head_threads, &err);
+			break;
+		case OPT_LM_HEAD:
+			if ((o->lm_head = tern_head_format_parse(v)) < 0)
+				rc = TERN_ERR(&err, TERN_EINVAL, "bad value '%s' for --lm-head: expected file, q8 or q4", v);
 			break;
 		case OPT_QUEUE:
 			rc = tern_parse_int(v, 0, 1 << 20, "--queue", &o->queue, &err);
@@ -446,6 +455,8 @@ int main(int argc, char **argv)
 		goto fail;
 	tern_tokenizer *tok = model->tok;
 	tern_head *head = model->head;
+	if (tern_head_quantize(head, (tern_head_format)o.lm_head, head_pool, &err) < 0)
+		goto fail;
 	tern_sched_config sc = {
 		.n_embd = hp->n_embd,
 		.n_vocab = hp->n_vocab,

@@ -41,7 +41,8 @@ typedef struct {
 	int quiet;
 	int print_ids; /* --print-ids: "ids: ..." of the generated tokens on stderr */
 	const char *ppl; /* --perplexity FILE */
-	int head_int8; /* --lm-head int8 */
+	int head_fmt;    /* --lm-head: tern_head_format */
+	int head_f16;    /* --lm-head f16: the file's precision, which must be F16 */
 	const char *stops[16];
 	int n_stops;
 	tern_sampling_params sp;
@@ -70,9 +71,12 @@ static void usage(FILE *f)
 		   "      --kernel K         ref | avx2 | avx512 | auto (default auto)\n"
 		   "      --layers L         run only the first L layers (tests)\n"
 		   "      --ignore-eos       keep generating past end-of-generation tokens\n"
-		   "      --lm-head file|int8  LM head in the file's precision (default) or int8 with\n"
-		   "                         per-row scales (lossy, half the bytes; its top-1 agreement\n"
-		   "                         with the file-precision head is printed at the end)\n"
+		   "      --lm-head F        file | f16 | q8 | q4: LM head in the file's precision\n"
+		   "                         (default; f16 = the same, checked to be F16) or quantized\n"
+		   "                         in blocks of 32 with integer dot products (q8: 8-bit, about\n"
+		   "                         half the bytes of F16; q4: 4-bit, about a quarter; int8 =\n"
+		   "                         q8; lossy: the top-1 agreement with the file-precision head\n"
+		   "                         is printed at the end)\n"
 		   "      --dump-logits FILE write every row's logits as float32 .npy\n"
 		   "  -q, --quiet            no text on stdout (speed only)\n");
 }
@@ -202,10 +206,10 @@ static int parse_args(int argc, char **argv, run_opts *o)
 			o->stops[o->n_stops++] = v;
 			break;
 		case OPT_LM_HEAD:
-			if (!strcmp(v, "int8"))
-				o->head_int8 = 1;
-			else if (strcmp(v, "file"))
-				rc = TERN_ERR(&err, TERN_EINVAL, "bad value '%s' for --lm-head: expected file or int8", v);
+			o->head_f16 = !strcmp(v, "f16");
+			if ((o->head_fmt = o->head_f16 ? TERN_HEAD_FILE : tern_head_format_parse(v)) < 0)
+				rc = TERN_ERR(&err, TERN_EINVAL, "bad value '%s' for --lm-head: expected file, f16, q8 or q4",
+					      v);
 			break;
 		case OPT_CHAT:
 			o->chat = 1;
@@ -315,7 +319,7 @@ typedef struct {
 	tern_tokens prompt;
 	float *hidden; /* (batch, n_embd) */
 	float *logits; /* (batch, n_vocab) */
-	float *seen;   /* (n_seen_cap, n_embd) final hidden state of every row, for the int8 head check */
+	float *seen;   /* (n_seen_cap, n_embd) final hidden state of every row, for the quantized head check */
 	int n_seen;
 	int n_seen_cap;
 	FILE *dump;
@@ -396,8 +400,14 @@ static int run(run_state *s, tern_err *err)
 	const tern_engine_config ec = {1, n_ctx, o->batch, (tern_isa)o->isa, s->pool, NULL};
 	TERN_FORWARD_IF_ERROR(tern_engine_create(&s->layers, &ec, &s->eng, err));
 	TERN_FORWARD_IF_ERROR(tern_head_from_source(s->src, TERN_ISA_AUTO, &s->head, err));
-	if (o->head_int8)
-		TERN_FORWARD_IF_ERROR(tern_head_int8_build(s->head, s->pool, err));
+	if (o->head_f16) {
+		tern_dense_view te;
+		TERN_FORWARD_IF_ERROR(tern_source_dense(s->src, TERN_DENSE_TOKEN_EMBD, &te, err));
+		TERN_RETURN_IF(te.type != TERN_DTYPE_F16, err, TERN_EINVAL,
+			       "--lm-head f16: %s stores token_embd as %s (use --lm-head file)", o->model,
+			       tern_dtype_name(te.type));
+	}
+	TERN_FORWARD_IF_ERROR(tern_head_quantize(s->head, (tern_head_format)o->head_fmt, s->pool, err));
 	int slot;
 	TERN_FORWARD_IF_ERROR(tern_kv_slot_alloc(tern_engine_kv(s->eng), &slot, err));
 
@@ -446,7 +456,7 @@ static int run(run_state *s, tern_err *err)
 	s->hidden = tern_aligned_alloc((size_t)o->batch * hp.n_embd * sizeof(float), TERN_ALIGN);
 	s->logits = tern_aligned_alloc((size_t)o->batch * hp.n_vocab * sizeof(float), TERN_ALIGN);
 	TERN_RETURN_IF(!s->hidden || !s->logits, err, TERN_ENOMEM, "out of memory for %d rows", o->batch);
-	if (o->head_int8) {
+	if (o->head_fmt != TERN_HEAD_FILE) {
 		s->n_seen_cap = (int)s->prompt.n + o->n_predict;
 		s->seen = malloc((size_t)s->n_seen_cap * hp.n_embd * sizeof(float));
 		TERN_RETURN_IF(!s->seen, err, TERN_ENOMEM, "out of memory for %d hidden rows", s->n_seen_cap);
@@ -527,13 +537,13 @@ static int run(run_state *s, tern_err *err)
 		t_prompt > 0 ? n_prompt / t_prompt : 0.0);
 	fprintf(stderr, "tern-run: decode %d tokens in %.3f s = %.2f tokens/s (%d engine steps)\n", n_gen, t_decode,
 		t_decode > 0 && n_fed ? n_fed / t_decode : 0.0, n_fed);
-	if (o->head_int8 && s->n_seen > 0) {
+	if (o->head_fmt != TERN_HEAD_FILE && s->n_seen > 0) {
 		int agree = 0;
-		TERN_FORWARD_IF_ERROR(tern_head_int8_agreement(s->head, s->pool, s->seen, s->n_seen, &agree, err));
+		TERN_FORWARD_IF_ERROR(tern_head_agreement(s->head, s->pool, s->seen, s->n_seen, &agree, err));
 		fprintf(stderr,
-			"tern-run: int8 LM head: top-1 agrees with the file-precision head at %d of %d positions "
+			"tern-run: %s LM head: top-1 agrees with the file-precision head at %d of %d positions "
 			"(%.2f%%)\n",
-			agree, s->n_seen, 100.0 * agree / s->n_seen);
+			tern_head_format_name((tern_head_format)o->head_fmt), agree, s->n_seen, 100.0 * agree / s->n_seen);
 	}
 	return 0;
 }

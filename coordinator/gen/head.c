@@ -4,7 +4,9 @@
  * shape in F16): it is the largest single read of a decode step. Its dot
  * products, the final RMSNorm and the element conversions are kernels/'s
  * float kernels (tern-float.h) of the ISA chosen at creation: every ISA
- * computes the same logits bit for bit. */
+ * computes the same logits bit for bit. A quantized head (Q8/Q4) reads its
+ * own packed copy (tern_qh_* layout) with the integer dot products of the
+ * same kernels. */
 #include "tern-head.h"
 
 #include <math.h>
@@ -21,10 +23,19 @@ struct tern_head {
 	float *norm; /* (n_embd) copy of the final norm weight */
 	float *xn;   /* (cap, n_embd) normed rows */
 	int cap;
-	int8_t *q8;     /* (n_vocab, n_embd) int8 LM head, NULL until tern_head_int8_build */
-	float *q8scale; /* (n_vocab) per-row scale: row ~= q8 * scale */
-	int use_q8;
+	tern_head_format qfmt;  /* format of qw (TERN_HEAD_FILE: none) */
+	const uint8_t *qw;      /* tern_qh_bytes(qfmt) packed head: owned (qw_own) or borrowed (a plan's shard) */
+	uint8_t *qw_own;
+	int use_q;              /* logits from qw */
+	int8_t *xq;             /* (cap, nb * 32) the normed rows quantized for the integer dots */
+	float *xd;              /* (cap, nb) */
+	int32_t *xs;            /* (cap, nb) */
 };
+
+static tern_qh_type qh_type(tern_head_format f)
+{
+	return f == TERN_HEAD_Q4 ? TERN_QH_Q4 : TERN_QH_Q8;
+}
 
 /* The embedding types the dot kernels read; -1 for any other. */
 static int dot_type(tern_dtype dt)
@@ -50,6 +61,8 @@ int tern_head_create(const tern_head_config *cfg, tern_head **out, tern_err *err
 	TERN_RETURN_IF(!cfg || !cfg->emb || !cfg->out_norm, err, TERN_EINVAL, "head: no embeddings or norm");
 	TERN_RETURN_IF(cfg->n_vocab <= 0 || cfg->n_embd <= 0 || cfg->n_embd > (1 << 20), err, TERN_EINVAL,
 		       "head: bad shape %d x %d", cfg->n_vocab, cfg->n_embd);
+	TERN_RETURN_IF(cfg->qhead && cfg->qformat != TERN_HEAD_Q8 && cfg->qformat != TERN_HEAD_Q4, err, TERN_EINVAL,
+		       "head: packed LM head of unknown format %d", (int)cfg->qformat);
 	const int dot = dot_type(cfg->dtype);
 	TERN_RETURN_IF(dot < 0, err, TERN_EINVAL, "head: unsupported embedding type %d", (int)cfg->dtype);
 	const size_t elem = dot == TERN_DOT_F32 ? 4 : 2;
@@ -72,6 +85,11 @@ int tern_head_create(const tern_head_config *cfg, tern_head **out, tern_err *err
 	}
 	memcpy(h->norm, cfg->out_norm, (size_t)cfg->n_embd * sizeof(float));
 	h->cfg.out_norm = h->norm;
+	if (cfg->qhead) {
+		h->qfmt = cfg->qformat;
+		h->qw = cfg->qhead;
+		h->use_q = 1;
+	}
 	*out = h;
 	return 0;
 }
@@ -82,15 +100,18 @@ void tern_head_free(tern_head *h)
 		return;
 	tern_aligned_free(h->norm);
 	tern_aligned_free(h->xn);
-	tern_aligned_free(h->q8);
-	free(h->q8scale);
+	tern_aligned_free(h->qw_own);
+	tern_aligned_free(h->xq);
+	free(h->xd);
+	free(h->xs);
 	free(h);
 }
 
 uint64_t tern_head_bytes(const tern_head *h)
 {
-	const uint64_t elem = h->use_q8 ? 1 : h->elem;
-	return (uint64_t)h->cfg.n_vocab * elem * (uint64_t)h->cfg.n_embd;
+	if (h->use_q)
+		return tern_qh_bytes(qh_type(h->qfmt), h->cfg.n_vocab, h->cfg.n_embd);
+	return (uint64_t)h->cfg.n_vocab * h->elem * (uint64_t)h->cfg.n_embd;
 }
 
 static const uint8_t *emb_row(const tern_head *h, int64_t v)
@@ -115,7 +136,6 @@ int tern_head_embed(const tern_head *h, const int32_t *tokens, int n, float *hid
 typedef struct {
 	const tern_head *h;
 	int n;
-	int q8; /* use the int8 matrix */
 	float *logits;
 } logits_job;
 
@@ -124,20 +144,18 @@ static void logits_run(void *ctx, int tid, int nth)
 	const logits_job *job = ctx;
 	const tern_head *h = job->h;
 	const int V = h->cfg.n_vocab, d = h->cfg.n_embd;
-	/* contiguous vocabulary ranges, so each thread streams its own part */
+	/* contiguous vocabulary ranges (whole 16-row groups when quantized), so
+	 * each thread streams its own part */
+	if (h->use_q) {
+		const int G = (V + TERN_QH_GROUP - 1) / TERN_QH_GROUP;
+		const int g0 = (int)((int64_t)G * tid / nth), g1 = (int)((int64_t)G * (tid + 1) / nth);
+		const tern_qdot_args a = {qh_type(h->qfmt), h->qw, d, V, h->xq, h->xd, h->xs, job->n, job->logits, (size_t)V};
+		if (g0 < g1)
+			h->fk->qdot_groups(&a, g0, g1);
+		return;
+	}
 	const int v0 = (int)((int64_t)V * tid / nth), v1 = (int)((int64_t)V * (tid + 1) / nth);
-	const tern_dot_args a = {
-	    job->q8 ? TERN_DOT_I8 : h->dot,
-	    job->q8 ? (const void *)h->q8 : h->cfg.emb,
-	    job->q8 ? (size_t)d : h->cfg.row_bytes,
-	    job->q8 ? h->q8scale : NULL,
-	    d,
-	    h->xn,
-	    (size_t)d,
-	    job->n,
-	    job->logits,
-	    (size_t)V,
-	};
+	const tern_dot_args a = {h->dot, h->cfg.emb, h->cfg.row_bytes, NULL, d, h->xn, (size_t)d, job->n, job->logits, (size_t)V};
 	if (v0 < v1)
 		h->fk->dot_rows(&a, v0, v1);
 }
@@ -147,76 +165,130 @@ int tern_head_logits(tern_head *h, tern_pool *pool, const float *hidden, int n, 
 	if (n <= 0)
 		return 0;
 	const int d = h->cfg.n_embd;
+	const size_t nb = (size_t)tern_qh_blocks(d);
 	if (n > h->cap) {
 		float *xn = tern_aligned_alloc((size_t)n * (size_t)d * sizeof(float), TERN_ALIGN);
-		TERN_RETURN_IF(!xn, err, TERN_ENOMEM, "head: cannot hold %d normed rows", n);
+		int8_t *xq = tern_aligned_alloc((size_t)n * nb * TERN_QH_BLOCK, TERN_ALIGN);
+		float *xd = malloc((size_t)n * nb * sizeof(float));
+		int32_t *xs = malloc((size_t)n * nb * sizeof(int32_t));
+		if (!xn || !xq || !xd || !xs) {
+			tern_aligned_free(xn);
+			tern_aligned_free(xq);
+			free(xd);
+			free(xs);
+			return TERN_ERR(err, TERN_ENOMEM, "head: cannot hold %d normed rows", n);
+		}
 		tern_aligned_free(h->xn);
-		h->xn = xn;
+		tern_aligned_free(h->xq);
+		free(h->xd);
+		free(h->xs);
+		h->xn = xn, h->xq = xq, h->xd = xd, h->xs = xs;
 		h->cap = n;
 	}
-	for (int j = 0; j < n; j++)
-		h->fk->rmsnorm(hidden + (size_t)j * (size_t)d, h->norm, d, h->cfg.eps, h->xn + (size_t)j * (size_t)d);
-	logits_job job = {h, n, h->use_q8, logits};
+	for (int j = 0; j < n; j++) {
+		float *xn = h->xn + (size_t)j * (size_t)d;
+		h->fk->rmsnorm(hidden + (size_t)j * (size_t)d, h->norm, d, h->cfg.eps, xn);
+		if (h->use_q)
+			tern_qx_quantize(xn, d, h->xq + (size_t)j * nb * TERN_QH_BLOCK, h->xd + (size_t)j * nb,
+					 h->xs + (size_t)j * nb);
+	}
+	logits_job job = {h, n, logits};
 	tern_pool_run(pool, logits_run, &job);
 	return 0;
 }
 
-/* ---- optional int8 LM head ----------------------------------------------------- */
+/* ---- quantized LM head ---------------------------------------------------------------- */
 
 typedef struct {
 	tern_head *h;
-} q8_job;
+	tern_qh_type t;
+	uint8_t *qw;
+	int failed; /* a thread could not get its scratch rows */
+} pack_job;
 
-static void q8_run(void *ctx, int tid, int nth)
+static void pack_run(void *ctx, int tid, int nth)
 {
-	tern_head *h = ((q8_job *)ctx)->h;
-	const int V = h->cfg.n_vocab, d = h->cfg.n_embd;
-	const int v0 = (int)((int64_t)V * tid / nth), v1 = (int)((int64_t)V * (tid + 1) / nth);
-	for (int v = v0; v < v1; v++) {
-		const uint8_t *row = emb_row(h, v);
-		float amax = 0.0f;
-		for (int i = 0; i < d; i++) {
-			const float a = fabsf(tern_dot_elem(row, h->dot, i));
-			amax = a > amax ? a : amax;
-		}
-		const float scale = amax > 0.0f ? amax / 127.0f : 1.0f;
-		int8_t *q = h->q8 + (size_t)v * (size_t)d;
-		for (int i = 0; i < d; i++) {
-			const float r = rintf(tern_dot_elem(row, h->dot, i) / scale);
-			q[i] = (int8_t)(r > 127.0f ? 127 : r < -127.0f ? -127 : (int)r);
-		}
-		h->q8scale[v] = scale;
+	pack_job *job = ctx;
+	const tern_head *h = job->h;
+	const int V = h->cfg.n_vocab, d = h->cfg.n_embd, G = (V + TERN_QH_GROUP - 1) / TERN_QH_GROUP;
+	const int g0 = (int)((int64_t)G * tid / nth), g1 = (int)((int64_t)G * (tid + 1) / nth);
+	float *rows = malloc((size_t)TERN_QH_GROUP * (size_t)d * sizeof(float)); /* (16, n_embd) */
+	if (!rows) {
+		__atomic_store_n(&job->failed, 1, __ATOMIC_RELAXED);
+		return;
 	}
+	for (int g = g0; g < g1; g++) {
+		const int nr = V - g * TERN_QH_GROUP < TERN_QH_GROUP ? V - g * TERN_QH_GROUP : TERN_QH_GROUP;
+		for (int k = 0; k < nr; k++) {
+			const uint8_t *row = emb_row(h, (int64_t)g * TERN_QH_GROUP + k);
+			for (int i = 0; i < d; i++)
+				rows[(size_t)k * d + i] = tern_dot_elem(row, h->dot, i);
+		}
+		tern_qh_pack_group(job->t, rows, (size_t)d, nr, d, job->qw + (size_t)g * tern_qh_group_bytes(job->t, d));
+	}
+	free(rows);
 }
 
-int tern_head_int8_build(tern_head *h, tern_pool *pool, tern_err *err)
+int tern_head_quantize(tern_head *h, tern_head_format f, tern_pool *pool, tern_err *err)
 {
-	if (!h->q8) {
-		h->q8 = tern_aligned_alloc((size_t)h->cfg.n_vocab * (size_t)h->cfg.n_embd, TERN_ALIGN);
-		h->q8scale = malloc((size_t)h->cfg.n_vocab * sizeof(float));
-		if (!h->q8 || !h->q8scale) {
-			tern_aligned_free(h->q8);
-			free(h->q8scale);
-			h->q8 = NULL;
-			h->q8scale = NULL;
-			return TERN_ERR(err, TERN_ENOMEM, "head: cannot hold the int8 LM head (%d x %d)",
-					h->cfg.n_vocab, h->cfg.n_embd);
-		}
-		q8_job job = {h};
-		tern_pool_run(pool, q8_run, &job);
+	if (f == TERN_HEAD_FILE) {
+		h->use_q = 0;
+		return 0;
 	}
-	h->use_q8 = 1;
+	TERN_RETURN_IF(f != TERN_HEAD_Q8 && f != TERN_HEAD_Q4, err, TERN_EINVAL, "head: unknown LM head format %d",
+		       (int)f);
+	if (h->qw && h->qfmt == f) {
+		h->use_q = 1;
+		return 0;
+	}
+	const size_t bytes = tern_qh_bytes(qh_type(f), h->cfg.n_vocab, h->cfg.n_embd);
+	uint8_t *qw = tern_aligned_alloc(bytes, TERN_ALIGN);
+	TERN_RETURN_IF(!qw, err, TERN_ENOMEM, "head: cannot hold the %s LM head (%zu bytes)", tern_head_format_name(f),
+		       bytes);
+	pack_job job = {h, qh_type(f), qw, 0};
+	tern_pool_run(pool, pack_run, &job);
+	if (job.failed) {
+		tern_aligned_free(qw);
+		return TERN_ERR(err, TERN_ENOMEM, "head: out of memory");
+	}
+	tern_aligned_free(h->qw_own);
+	h->qw_own = qw;
+	h->qw = qw;
+	h->qfmt = f;
+	h->use_q = 1;
 	return 0;
 }
 
-void tern_head_int8_use(tern_head *h, int on)
+tern_head_format tern_head_active(const tern_head *h)
 {
-	h->use_q8 = on && h->q8;
+	return h->use_q ? h->qfmt : TERN_HEAD_FILE;
 }
 
-int tern_head_int8_active(const tern_head *h)
+const void *tern_head_packed(const tern_head *h, size_t *bytes)
 {
-	return h->use_q8;
+	*bytes = h->qw ? tern_qh_bytes(qh_type(h->qfmt), h->cfg.n_vocab, h->cfg.n_embd) : 0;
+	return h->qw;
+}
+
+const char *tern_head_format_name(tern_head_format f)
+{
+	switch (f) {
+	case TERN_HEAD_FILE: return "file";
+	case TERN_HEAD_Q8: return "q8";
+	case TERN_HEAD_Q4: return "q4";
+	default: return "?";
+	}
+}
+
+int tern_head_format_parse(const char *s)
+{
+	if (!strcmp(s, "file"))
+		return TERN_HEAD_FILE;
+	if (!strcmp(s, "q8") || !strcmp(s, "int8"))
+		return TERN_HEAD_Q8;
+	if (!strcmp(s, "q4"))
+		return TERN_HEAD_Q4;
+	return -1;
 }
 
 static int32_t argmax_row(const float *x, int n)
@@ -228,14 +300,14 @@ static int32_t argmax_row(const float *x, int n)
 	return best;
 }
 
-int tern_head_int8_agreement(tern_head *h, tern_pool *pool, const float *hidden, int n, int *agree, tern_err *err)
+int tern_head_agreement(tern_head *h, tern_pool *pool, const float *hidden, int n, int *agree, tern_err *err)
 {
 	*agree = 0;
-	TERN_RETURN_IF(!h->q8, err, TERN_ESTATE, "head: no int8 LM head built");
+	TERN_RETURN_IF(!h->use_q, err, TERN_ESTATE, "head: no quantized LM head in use");
 	const int V = h->cfg.n_vocab, d = h->cfg.n_embd, chunk = 16;
 	float *a = malloc((size_t)chunk * (size_t)V * sizeof(float));
 	float *b = malloc((size_t)chunk * (size_t)V * sizeof(float));
-	const int was = h->use_q8;
+	const int was = h->use_q;
 	int rc = 0;
 	if (!a || !b) {
 		rc = TERN_ERR(err, TERN_ENOMEM, "head: out of memory");
@@ -243,16 +315,16 @@ int tern_head_int8_agreement(tern_head *h, tern_pool *pool, const float *hidden,
 	}
 	for (int j = 0; j < n && rc == 0; j += chunk) {
 		const int c = n - j < chunk ? n - j : chunk;
-		h->use_q8 = 0;
+		h->use_q = 0;
 		rc = tern_head_logits(h, pool, hidden + (size_t)j * (size_t)d, c, a, err);
-		h->use_q8 = 1;
+		h->use_q = 1;
 		if (rc == 0)
 			rc = tern_head_logits(h, pool, hidden + (size_t)j * (size_t)d, c, b, err);
 		for (int r = 0; rc == 0 && r < c; r++)
 			*agree += argmax_row(a + (size_t)r * V, V) == argmax_row(b + (size_t)r * V, V);
 	}
 done:
-	h->use_q8 = was;
+	h->use_q = was;
 	free(a);
 	free(b);
 	return rc;

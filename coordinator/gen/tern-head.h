@@ -1,6 +1,7 @@
 /* tern-head.h: the coordinator's ends of the model: token embedding lookup,
  * the final RMSNorm and the tied LM head (logits = Embed_matrix x norm(h)),
- * in the precision the file stores the embeddings in (F16, BF16 or F32).
+ * in the precision the file stores the embeddings in (F16, BF16 or F32) or
+ * quantized (Q8 / Q4, tern_head_quantize).
  *
  * The LM head is batch invariant like the layers (DESIGN.md, Numerics): the
  * final norm is the engine's RMSNorm and each logit is one dense dot product
@@ -26,6 +27,21 @@
 extern "C" {
 #endif
 
+/* The LM head's precision: the embedding matrix as the file stores it, or a
+ * packed quantized copy (kernels/tern-float.h, "quantized LM head": blocks
+ * of 32 with an f16 scale, 16 rows interleaved; int8 activations in the same
+ * blocks, exact int32 block sums, a fixed float order over the blocks). */
+typedef enum {
+	TERN_HEAD_FILE = 0,
+	TERN_HEAD_Q8 = 1, /* 8-bit, 34 bytes per 32 weights */
+	TERN_HEAD_Q4 = 2, /* 4-bit symmetric, 18 bytes per 32 weights */
+	TERN_HEAD_FORMAT_COUNT
+} tern_head_format;
+
+/* "file", "q8", "q4"; parse also takes "int8" for q8; -1 for anything else. */
+const char *tern_head_format_name(tern_head_format f);
+int tern_head_format_parse(const char *s);
+
 typedef struct tern_head_config {
 	int n_vocab;
 	int n_embd;
@@ -35,6 +51,11 @@ typedef struct tern_head_config {
 	const float *out_norm; /* (n_embd) final norm weight, copied */
 	float eps;             /* RMSNorm epsilon */
 	tern_isa isa;          /* float kernels (AUTO: tern_isa_default()); results are the same for all */
+	/* Optional: an already packed quantized head (e.g. a plan's coordinator
+	 * shard), borrowed, tern_qh_bytes(qformat, n_vocab, n_embd) bytes; the
+	 * head then starts with it in use. NULL: the file's precision. */
+	tern_head_format qformat;
+	const void *qhead;
 } tern_head_config;
 
 typedef struct tern_head tern_head;
@@ -61,23 +82,28 @@ int tern_head_logits(tern_head *h, tern_pool *pool, const float *hidden, int n, 
 struct tern_source;
 int tern_head_from_source(const struct tern_source *src, tern_isa isa, tern_head **out, tern_err *err);
 
-/* Optional int8 LM head (off by default; lossy): each embedding row is
- * quantized to int8 with its own scale (absmax / 127, round half to even), so
- * the head reads half the bytes of F16. Logits are then (fixed-order dot of the
- * int8 row and the normed f32 hidden state) * scale, identical across code
- * paths. tern_head_int8_build quantizes (threads of pool) and switches it on;
- * tern_head_int8_use switches between the two; the embedding lookup always
- * uses the file's values. TERN_ENOMEM if it cannot be held. */
-int tern_head_int8_build(tern_head *h, tern_pool *pool, tern_err *err);
-void tern_head_int8_use(tern_head *h, int on);
-int tern_head_int8_active(const tern_head *h);
-/* Top-1 agreement of the int8 head with the file-precision head over the n
- * rows of hidden (n, n_embd): *agree = rows whose argmax (lowest id on ties)
- * is the same. TERN_ESTATE if no int8 head was built. */
-int tern_head_int8_agreement(tern_head *h, tern_pool *pool, const float *hidden, int n, int *agree, tern_err *err);
+/* Quantized LM head (lossy; off unless asked for): packs the embedding rows
+ * as f (threads of pool) and switches the logits to it; TERN_HEAD_FILE
+ * switches back (the packed copy is kept). The logits are then the integer
+ * dot products' fixed order (tern-float.h): identical on every ISA, batch size
+ * and thread count, and so identical in tern-run and the served path for the
+ * same format. The embedding lookup (tern_head_embed) always reads the file's
+ * rows, not the dequantized ones: they are the mapping already (only the
+ * looked-up rows are ever paged in), exact, and the same in both formats, so
+ * the hidden states entering the layers do not depend on the head format.
+ * TERN_EINVAL for an unknown format, TERN_ENOMEM. */
+int tern_head_quantize(tern_head *h, tern_head_format f, tern_pool *pool, tern_err *err);
+/* The format the logits use now. */
+tern_head_format tern_head_active(const tern_head *h);
+/* The packed quantized head (NULL, *bytes = 0 if none): what a plan stores. */
+const void *tern_head_packed(const tern_head *h, size_t *bytes);
+/* Top-1 agreement of the quantized head in use with the file-precision head
+ * over the n rows of hidden (n, n_embd): *agree = rows whose argmax (lowest
+ * id on ties) is the same. TERN_ESTATE if no quantized head is in use. */
+int tern_head_agreement(tern_head *h, tern_pool *pool, const float *hidden, int n, int *agree, tern_err *err);
 
-/* Bytes the LM head reads per call (the embedding matrix, or the int8 one
- * when active): for bandwidth bounds. */
+/* Bytes the LM head reads per call (the embedding matrix, or the packed
+ * quantized one when in use): for bandwidth bounds. */
 uint64_t tern_head_bytes(const tern_head *h);
 
 #ifdef __cplusplus

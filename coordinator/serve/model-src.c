@@ -119,7 +119,7 @@ static int head_from_plan(tern_coord_model *m, tern_err *err)
 		rc = tern_shard_read_tensor(sh, in, norm, (size_t)m->hp.n_embd * sizeof *norm, NULL, err);
 	if (rc == 0) {
 		const tern_head_config cfg = {m->hp.n_vocab, m->hp.n_embd,   te->dtype,    m->emb, 0,
-					      norm,          m->hp.norm_eps, TERN_ISA_AUTO};
+					      norm,          m->hp.norm_eps, TERN_ISA_AUTO, TERN_HEAD_FILE, NULL};
 		rc = tern_head_create(&cfg, &m->head, err);
 	}
 	free(norm);

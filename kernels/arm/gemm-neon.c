@@ -38,6 +38,11 @@ static int use_dotprod(void)
 	return neon_dotprod;
 }
 
+int tern_kern_neon_dotprod(void)
+{
+	return use_dotprod();
+}
+
 /* The SDOT GEMM at the end of the file (decode once, then every token). */
 static int sg_use(const tern_act *a, tern_packing p);
 static void sg_gemm(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1);

@@ -34,7 +34,47 @@ static void dot_rows_ref(const tern_dot_args *a, int r0, int r1)
 	}
 }
 
-const tern_float_kernels tern_float_ref = {TERN_ISA_REF, rmsnorm_ref, softmax_ref, rope_ref, dot_rows_ref};
+/* The quantized head straight from the documented order: each row's block
+ * unpacked (tern_qh_unpack_row's layout), its integer sum, then the float
+ * steps one at a time. */
+static void qdot_groups_ref(const tern_qdot_args *a, int g0, int g1)
+{
+	const int nb = tern_qh_blocks(a->n);
+	int8_t q[TERN_QH_BLOCK];
+	for (int g = g0; g < g1; g++) {
+		for (int k = 0; k < TERN_QH_GROUP && g * TERN_QH_GROUP + k < a->rows; k++) {
+			float acc[64];
+			for (int j0 = 0; j0 < a->nx; j0 += 64) {
+				const int nj = a->nx - j0 < 64 ? a->nx - j0 : 64;
+				for (int j = 0; j < nj; j++)
+					acc[j] = 0.0f;
+				for (int b = 0; b < nb; b++) {
+					const uint8_t *tile = tern_qh_quants(a->type, tern_qh_group(a, g), b);
+					for (int e = 0; e < TERN_QH_BLOCK; e++) {
+						const uint8_t c = tile[((size_t)(e % 16 / 4 + (a->type == TERN_QH_Q8) * (e / 16) * 4) * 16 + (size_t)k) * 4 + (size_t)(e % 4)];
+						q[e] = a->type == TERN_QH_Q8 ? (int8_t)c : (int8_t)((e >= 16 ? c >> 4 : c & 0x0F) - 8);
+					}
+					uint16_t h;
+					memcpy(&h, tern_qh_scales(a->type, tern_qh_group(a, g), a->n, b) + 2 * k, 2);
+					const float dw = tern_f16_to_f32(h);
+					for (int j = 0; j < nj; j++) {
+						const size_t xo = (size_t)(j0 + j) * (size_t)nb;
+						const int8_t *xq = a->xq + (xo + (size_t)b) * TERN_QH_BLOCK;
+						int32_t isum = 0;
+						for (int e = 0; e < TERN_QH_BLOCK; e++)
+							isum += (int32_t)q[e] * (int32_t)xq[e];
+						acc[j] = acc[j] + (float)isum * (dw * a->xd[xo + (size_t)b]);
+					}
+				}
+				for (int j = 0; j < nj; j++)
+					a->out[(size_t)(j0 + j) * a->ldo + (size_t)g * TERN_QH_GROUP + (size_t)k] = acc[j];
+			}
+		}
+	}
+}
+
+const tern_float_kernels tern_float_ref = {TERN_ISA_REF, rmsnorm_ref, softmax_ref, rope_ref, dot_rows_ref,
+					   qdot_groups_ref};
 
 void tern_rope_table(float theta, int head_dim, int n_pos, float *cs)
 {

@@ -4,6 +4,7 @@
  * chains = the 64 lanes of the reference order. Compiled with -mavx2 -mfma
  * -mf16c -ffp-contract=off -fno-fast-math. */
 #include <immintrin.h>
+#include <string.h>
 
 #include "kern-float.h"
 
@@ -35,8 +36,6 @@ static ALWAYS_INLINE __m256 ld8(const uint8_t *row, tern_dot_type t, int i)
 	case TERN_DOT_BF16:
 		return _mm256_castsi256_ps(_mm256_slli_epi32(
 		    _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)(row + 2 * (size_t)i))), 16));
-	case TERN_DOT_I8:
-		return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(row + i))));
 	default: return _mm256_loadu_ps((const float *)(const void *)(row + 4 * (size_t)i));
 	}
 }
@@ -69,4 +68,94 @@ static void dot_rows_avx2(const tern_dot_args *a, int r0, int r1)
 	TERN_DOT_BY_TYPE(rows_t, a, r0, r1);
 }
 
-const tern_float_kernels tern_float_avx2 = {TERN_ISA_AVX2, rmsnorm_avx2, softmax_avx2, rope_avx2, dot_rows_avx2};
+/* ---- quantized head: 8 rows per ymm (half h of a 16-row group) ---- */
+
+/* Activation rows per pass over a group: their accumulators sit on the stack
+ * (L1) while each tile is decoded once into registers for all of them. */
+#define QX_TILE 8
+
+static ALWAYS_INLINE __m256i bcast4(const int8_t *p)
+{
+	int32_t v;
+	memcpy(&v, p, 4);
+	return _mm256_set1_epi32(v);
+}
+
+/* Codes of half h of a tile in element-chunk order: w[c] holds elements
+ * 4c..4c+3 of rows 8h..8h+7 (Q8: q as int8; Q4: q + 8 as u8). */
+static ALWAYS_INLINE void qh_load(tern_qh_type t, const uint8_t *tile, int h, __m256i *w)
+{
+	if (t == TERN_QH_Q8) {
+		for (int c = 0; c < 8; c++)
+			w[c] = _mm256_loadu_si256((const __m256i *)(const void *)(tile + 64 * c + 32 * h));
+	} else {
+		const __m256i m = _mm256_set1_epi8(0x0F);
+		for (int c = 0; c < 4; c++) {
+			const __m256i v = _mm256_loadu_si256((const __m256i *)(const void *)(tile + 64 * c + 32 * h));
+			w[c] = _mm256_and_si256(v, m);
+			w[c + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m);
+		}
+	}
+}
+
+/* The 8 rows' exact block sums against one activation block xb (sum xs).
+ * Q8: |q_w| * (q_x with q_w's sign) fits maddubs' int16 pairs (2 * 127^2);
+ * Q4: codes 0..15 times q_x, eight chunks' pairs still fit int16
+ * (8 * 2 * 15 * 127), minus 8 * xs for the code offset. */
+static ALWAYS_INLINE __m256i qh_isum(tern_qh_type t, const __m256i *w, const int8_t *xb, int32_t xs)
+{
+	const __m256i ones = _mm256_set1_epi16(1);
+	if (t == TERN_QH_Q8) {
+		__m256i s = _mm256_setzero_si256();
+		for (int c = 0; c < 8; c++) {
+			const __m256i p = _mm256_maddubs_epi16(_mm256_abs_epi8(w[c]), _mm256_sign_epi8(bcast4(xb + 4 * c), w[c]));
+			s = _mm256_add_epi32(s, _mm256_madd_epi16(p, ones));
+		}
+		return s;
+	}
+	__m256i p = _mm256_setzero_si256();
+	for (int c = 0; c < 8; c++)
+		p = _mm256_add_epi16(p, _mm256_maddubs_epi16(w[c], bcast4(xb + 4 * c)));
+	return _mm256_sub_epi32(_mm256_madd_epi16(p, ones), _mm256_set1_epi32(8 * xs));
+}
+
+static ALWAYS_INLINE void qdot_t(const tern_qdot_args *a, tern_qh_type t, int g0, int g1)
+{
+	const int nb = tern_qh_blocks(a->n);
+	float acc[QX_TILE][TERN_QH_GROUP];
+	for (int g = g0; g < g1; g++) {
+		for (int j0 = 0; j0 < a->nx; j0 += QX_TILE) {
+			const int nt = a->nx - j0 < QX_TILE ? a->nx - j0 : QX_TILE;
+			memset(acc, 0, sizeof acc);
+			for (int b = 0; b < nb; b++) {
+				const uint8_t *tile = tern_qh_quants(t, tern_qh_group(a, g), b);
+				const uint8_t *sc = tern_qh_scales(t, tern_qh_group(a, g), a->n, b);
+				for (int h = 0; h < 2; h++) {
+					__m256i w[8];
+					qh_load(t, tile, h, w);
+					const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(sc + 16 * h)));
+					for (int v = 0; v < nt; v++) {
+						const size_t xo = (size_t)(j0 + v) * (size_t)nb + (size_t)b;
+						const __m256i is = qh_isum(t, w, a->xq + xo * TERN_QH_BLOCK, a->xs[xo]);
+						const __m256 p = _mm256_mul_ps(_mm256_cvtepi32_ps(is), _mm256_mul_ps(dw, _mm256_set1_ps(a->xd[xo])));
+						float *l = acc[v] + 8 * h;
+						_mm256_storeu_ps(l, _mm256_add_ps(_mm256_loadu_ps(l), p));
+					}
+				}
+			}
+			for (int v = 0; v < nt; v++)
+				tern_qh_store(a, j0 + v, g, 0, acc[v], TERN_QH_GROUP);
+		}
+	}
+}
+
+static void qdot_groups_avx2(const tern_qdot_args *a, int g0, int g1)
+{
+	if (a->type == TERN_QH_Q8)
+		qdot_t(a, TERN_QH_Q8, g0, g1);
+	else
+		qdot_t(a, TERN_QH_Q4, g0, g1);
+}
+
+const tern_float_kernels tern_float_avx2 = {TERN_ISA_AVX2, rmsnorm_avx2, softmax_avx2, rope_avx2, dot_rows_avx2,
+					    qdot_groups_avx2};

@@ -6,8 +6,10 @@
  * how many others share the pass. Compiled with -mavx512f (and the AVX2
  * file's flags) -ffp-contract=off -fno-fast-math. */
 #include <immintrin.h>
+#include <string.h>
 
 #include "kern-float.h"
+#include "kern-internal.h"
 
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 
@@ -38,9 +40,6 @@ static ALWAYS_INLINE __m512 ld16(const uint8_t *row, tern_dot_type t, int i)
 		return _mm512_castsi512_ps(_mm512_slli_epi32(
 		    _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(const void *)(row + 2 * (size_t)i))),
 		    16));
-	case TERN_DOT_I8:
-		return _mm512_cvtepi32_ps(
-		    _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(row + i))));
 	default: return _mm512_loadu_ps((const float *)(const void *)(row + 4 * (size_t)i));
 	}
 }
@@ -118,5 +117,157 @@ static void dot_rows_avx512(const tern_dot_args *a, int r0, int r1)
 	TERN_DOT_BY_TYPE(rows_t, a, r0, r1);
 }
 
+/* ---- quantized head: a whole 16-row group per zmm (row k = lane k) ---- */
+
+#define QX_TILE 8 /* activation rows per pass over a group (accumulators in L1) */
+
+static ALWAYS_INLINE __m512i bcast4(const int8_t *p)
+{
+	int32_t v;
+	memcpy(&v, p, 4);
+	return _mm512_set1_epi32(v);
+}
+
+/* A tile's codes in element-chunk order: w[c] = elements 4c..4c+3 of all 16
+ * rows. vnni: Q8 as q + 128 (u8, for vpdpbusd), else Q8 as q; Q4 as q + 8. */
+static ALWAYS_INLINE void qh_load(tern_qh_type t, int vnni, const uint8_t *tile, __m512i *w)
+{
+	if (t == TERN_QH_Q8) {
+		const __m512i flip = _mm512_set1_epi8((char)0x80);
+		for (int c = 0; c < 8; c++) {
+			w[c] = _mm512_loadu_si512((const void *)(tile + 64 * c));
+			if (vnni)
+				w[c] = _mm512_xor_si512(w[c], flip);
+		}
+	} else {
+		const __m512i m = _mm512_set1_epi8(0x0F);
+		for (int c = 0; c < 4; c++) {
+			const __m512i v = _mm512_loadu_si512((const void *)(tile + 64 * c));
+			w[c] = _mm512_and_si512(v, m);
+			w[c + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m);
+		}
+	}
+}
+
+/* The 16 rows' exact block sums without VNNI: Q8 as |q_w| * (q_x with q_w's
+ * sign) in maddubs' int16 pairs (2 * 127^2 fits), Q4 codes times q_x with
+ * eight chunks' pairs summed in int16 (8 * 2 * 15 * 127 fits) minus 8 * xs. */
+static ALWAYS_INLINE __m512i qh_isum_bw(tern_qh_type t, const __m512i *w, const int8_t *xb, int32_t xs)
+{
+	const __m512i ones = _mm512_set1_epi16(1), zero = _mm512_setzero_si512();
+	if (t == TERN_QH_Q8) {
+		__m512i s = zero;
+		for (int c = 0; c < 8; c++) {
+			const __m512i x = bcast4(xb + 4 * c);
+			const __m512i sx = _mm512_mask_sub_epi8(x, _mm512_movepi8_mask(w[c]), zero, x);
+			s = _mm512_add_epi32(s, _mm512_madd_epi16(_mm512_maddubs_epi16(_mm512_abs_epi8(w[c]), sx), ones));
+		}
+		return s;
+	}
+	__m512i p = zero;
+	for (int c = 0; c < 8; c++)
+		p = _mm512_add_epi16(p, _mm512_maddubs_epi16(w[c], bcast4(xb + 4 * c)));
+	return _mm512_sub_epi32(_mm512_madd_epi16(p, ones), _mm512_set1_epi32(8 * xs));
+}
+
+/* The float steps of one block for one activation row (tern-float.h order). */
+static ALWAYS_INLINE __m512 qh_step(__m512 acc, __m512i is, __m512 dw, float dx)
+{
+	return _mm512_add_ps(acc, _mm512_mul_ps(_mm512_cvtepi32_ps(is), _mm512_mul_ps(dw, _mm512_set1_ps(dx))));
+}
+
+static ALWAYS_INLINE void qh_store(const tern_qdot_args *a, int j, int g, __m512 acc)
+{
+	if (tern_qh_full(a, g)) {
+		_mm512_storeu_ps(a->out + (size_t)j * a->ldo + (size_t)g * TERN_QH_GROUP, acc);
+	} else {
+		float l[TERN_QH_GROUP];
+		_mm512_storeu_ps(l, acc);
+		tern_qh_store(a, j, g, 0, l, TERN_QH_GROUP);
+	}
+}
+
+/* Groups [g0, g1) with the block sums of isum(t, w, xb, xs); the codes of
+ * each tile are decoded once for up to QX_TILE activation rows (one row,
+ * the decode step: its accumulator stays in a register). */
+#define QH_GROUPS(a, t, vnni, isum, g0, g1)                                                                    \
+	do {                                                                                                   \
+		const int nb_ = tern_qh_blocks((a)->n);                                                        \
+		for (int g = (g0); g < (g1) && (a)->nx == 1; g++) {                                            \
+			const uint8_t *grp = tern_qh_group((a), g);                                            \
+			__m512 acc1 = _mm512_setzero_ps();                                                     \
+			for (int b = 0; b < nb_; b++) {                                                        \
+				__m512i w[8];                                                                  \
+				qh_load((t), (vnni), tern_qh_quants((t), grp, b), w);                          \
+				const __m512 dw = _mm512_cvtph_ps(                                             \
+				    _mm256_loadu_si256((const __m256i *)(const void *)tern_qh_scales((t), grp, (a)->n, b))); \
+				acc1 = qh_step(acc1, isum((t), w, (a)->xq + (size_t)b * TERN_QH_BLOCK, (a)->xs[b]), dw, \
+					       (a)->xd[b]);                                                    \
+			}                                                                                      \
+			qh_store((a), 0, g, acc1);                                                             \
+		}                                                                                              \
+		for (int g = (g0); g < (g1) && (a)->nx != 1; g++) {                                            \
+			for (int j0 = 0; j0 < (a)->nx; j0 += QX_TILE) {                                        \
+				const int nt = (a)->nx - j0 < QX_TILE ? (a)->nx - j0 : QX_TILE;                \
+				__m512 acc[QX_TILE];                                                           \
+				for (int v = 0; v < QX_TILE; v++)                                              \
+					acc[v] = _mm512_setzero_ps();                                          \
+				for (int b = 0; b < nb_; b++) {                                                \
+					const uint8_t *tile = tern_qh_quants((t), tern_qh_group((a), g), b);   \
+					__m512i w[8];                                                          \
+					qh_load((t), (vnni), tile, w);                                         \
+					const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(                  \
+					    (const __m256i *)(const void *)tern_qh_scales((t), tern_qh_group((a), g), (a)->n, b))); \
+					for (int v = 0; v < nt; v++) {                                         \
+						const size_t xo = (size_t)(j0 + v) * (size_t)nb_ + (size_t)b;  \
+						acc[v] = qh_step(acc[v], isum((t), w, (a)->xq + xo * TERN_QH_BLOCK, (a)->xs[xo]), \
+								 dw, (a)->xd[xo]);                     \
+					}                                                                      \
+				}                                                                              \
+				for (int v = 0; v < nt; v++)                                                   \
+					qh_store((a), j0 + v, g, acc[v]);                                      \
+			}                                                                                      \
+		}                                                                                              \
+	} while (0)
+
+static void qdot_bw(const tern_qdot_args *a, int g0, int g1)
+{
+	if (a->type == TERN_QH_Q8)
+		QH_GROUPS(a, TERN_QH_Q8, 0, qh_isum_bw, g0, g1);
+	else
+		QH_GROUPS(a, TERN_QH_Q4, 0, qh_isum_bw, g0, g1);
+}
+
+TERN_TARGET_PUSH("avx512vnni")
+/* With VNNI: vpdpbusd of u8 codes and s8 activations, started at minus the
+ * codes' offset times the block sum of the activations (Q8: 128, Q4: 8). */
+static ALWAYS_INLINE __m512i qh_isum_vnni(tern_qh_type t, const __m512i *w, const int8_t *xb, int32_t xs)
+{
+	/* two chains of four: half the latency of one of eight */
+	__m512i s0 = _mm512_set1_epi32(-(t == TERN_QH_Q8 ? 128 : 8) * xs), s1 = _mm512_setzero_si512();
+	for (int c = 0; c < 8; c += 2) {
+		s0 = _mm512_dpbusd_epi32(s0, w[c], bcast4(xb + 4 * c));
+		s1 = _mm512_dpbusd_epi32(s1, w[c + 1], bcast4(xb + 4 * c + 4));
+	}
+	return _mm512_add_epi32(s0, s1);
+}
+
+static void qdot_vnni(const tern_qdot_args *a, int g0, int g1)
+{
+	if (a->type == TERN_QH_Q8)
+		QH_GROUPS(a, TERN_QH_Q8, 1, qh_isum_vnni, g0, g1);
+	else
+		QH_GROUPS(a, TERN_QH_Q4, 1, qh_isum_vnni, g0, g1);
+}
+TERN_TARGET_POP()
+
+static void qdot_groups_avx512(const tern_qdot_args *a, int g0, int g1)
+{
+	if (tern_kern_avx512_vnni)
+		qdot_vnni(a, g0, g1);
+	else
+		qdot_bw(a, g0, g1);
+}
+
 const tern_float_kernels tern_float_avx512 = {TERN_ISA_AVX512, rmsnorm_avx512, softmax_avx512, rope_avx512,
-					      dot_rows_avx512};
+					      dot_rows_avx512, qdot_groups_avx512};

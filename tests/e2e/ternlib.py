@@ -275,9 +275,9 @@ def code_of(fn):
     return grpc.StatusCode.OK, ""
 
 
-def run_tern_run(build, model, prompt, n):
+def run_tern_run(build, model, prompt, n, extra=()):
     out = subprocess.run([os.path.join(build, "coordinator", "tern-run"), "-m", model, "-p", prompt, "-n", str(n),
-                          "--temp", "0", "--print-ids", "--ignore-eos", "-q"], capture_output=True, text=True,
+                          "--temp", "0", "--print-ids", "--ignore-eos", "-q"] + list(extra), capture_output=True, text=True,
                          errors="replace", timeout=120)
     if out.returncode != 0:
         raise RuntimeError("tern-run failed: " + out.stderr[-2000:])

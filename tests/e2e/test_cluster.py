@@ -7,6 +7,7 @@
     leave while others decode), with small prefill chunks (long prompts
     interleave with decoding), and with the layers in-process (--stages 0);
     also from a 2-stage plan directory, through its stages and in-process;
+    also with a quantized LM head (--lm-head q8/q4 on both sides);
   - a malformed batch line is a one-line error naming the line, exit non-zero;
   - faults: a stage killed mid-generation, and a stage that hangs (SIGSTOP):
     the in-flight request fails with an error within 10 s of the fault and the
@@ -97,6 +98,19 @@ def main():
         return fn
     res.check("identical_plan_2_stages", identical_plan(2))
     res.check("identical_plan_in_process", identical_plan(0))
+
+    # A quantized LM head (--lm-head q8 / q4) on the coordinator gives
+    # tern-run's ids with the same head, through 2 stages and in-process.
+    def identical_lm_head(fmt, stages):
+        def fn():
+            rows = run_batch(build, model, stages, PROMPTS[:4], work, ["--lm-head", fmt])
+            for p, row in zip(PROMPTS, rows):
+                want_q = run_tern_run(build, model, p, N_GEN, ["--lm-head", fmt])
+                assert row["token_ids"] == want_q, (fmt, stages, p, row, want_q)
+        return fn
+    for fmt in ("q8", "q4"):
+        res.check("identical_lm_head_%s_2_stages" % fmt, identical_lm_head(fmt, 2))
+    res.check("identical_lm_head_q4_in_process", identical_lm_head("q4", 0))
 
     def bad_batch():
         inp = os.path.join(work, "bad.jsonl")
