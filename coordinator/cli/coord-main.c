@@ -415,8 +415,11 @@ int main(int argc, char **argv)
 	int hello_sent = 0; /* start_stages ran: the stages have their HELLO */
 	uint64_t layer_bytes = 0;
 
+	const double t_open = tern_now_s();
 	if (tern_coord_model_open(o.model, &model, &err) < 0)
 		goto fail;
+	/* Its share of a restart's load time (bench_faults.py reads it). */
+	TERN_LOGI("coord", "%s opened in %.2f s", model->path, tern_now_s() - t_open);
 	const tern_hparams *hp = &model->hp;
 	const int ctx = o.ctx ? o.ctx : (hp->n_ctx_train < 4096 ? hp->n_ctx_train : 4096);
 	if (n_stages > 0) {

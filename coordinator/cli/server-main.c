@@ -63,6 +63,8 @@ static void usage(FILE *f)
 		   "  --restart-limit N/W  a job that dies is restarted (back-off 1, 2, 4 ... 30 s) and the\n"
 		   "                       requests in flight resume; more than N restarts within W seconds\n"
 		   "                       and it is left down (default 5/300; 0/1: never restart)\n"
+		   "  --backoff-reset S    a job that has served S seconds (Health answering) is restarted\n"
+		   "                       after 1 s again when it next dies (default 10)\n"
 		   "  --stall-timeout S    a coordinator that does not answer Health for S seconds is killed\n"
 		   "                       and restarted (default 10)\n"
 		   "  after --: tern-coordinator options (--slots, --ctx, --queue, --threads, ...; not --listen)\n");
@@ -81,7 +83,8 @@ static void on_signal(int sig)
 
 enum { OPT_STAGES = 256, OPT_HOSTFILE, OPT_HTTP, OPT_GRPC, OPT_API_KEY_FILE, OPT_ATTACH, OPT_READY_TIMEOUT,
        OPT_COORDINATOR, OPT_MAX_CONNS, OPT_NETWORK, OPT_PRIVATE_NET, OPT_TLS_CERT, OPT_TLS_KEY,
-       OPT_CORS, OPT_RESTART_LIMIT, OPT_STALL_TIMEOUT };
+       OPT_CORS, OPT_RESTART_LIMIT, OPT_STALL_TIMEOUT,
+       OPT_BACKOFF_RESET };
 
 /* The name clients see: the model file's (or plan directory's) base name
  * without ".gguf". */
@@ -126,6 +129,7 @@ int main(int argc, char **argv)
 		{"ready-timeout", required_argument, NULL, OPT_READY_TIMEOUT},
 		{"restart-limit", required_argument, NULL, OPT_RESTART_LIMIT},
 		{"stall-timeout", required_argument, NULL, OPT_STALL_TIMEOUT},
+		{"backoff-reset", required_argument, NULL, OPT_BACKOFF_RESET},
 		{NULL, 0, NULL, 0},
 	};
 	const char *model = NULL, *hostfile = NULL, *http = "127.0.0.1:8080", *grpc = "127.0.0.1:50051";
@@ -133,7 +137,7 @@ int main(int argc, char **argv)
 	const char *tls_cert = NULL, *tls_key = NULL, *cors = NULL;
 	int private_net = 0;
 	int stages = -1, max_conns = 0;
-	double ready_timeout = 600, restart_window = 300, stall_timeout = 10;
+	double ready_timeout = 600, restart_window = 300, stall_timeout = 10, backoff_reset = 10;
 	int restart_limit = 5;
 	tern_err err;
 	tern_err_clear(&err);
@@ -208,6 +212,9 @@ int main(int argc, char **argv)
 		}
 		case OPT_STALL_TIMEOUT:
 			rc = tern_parse_double(optarg, 1, 1e6, "--stall-timeout", &stall_timeout, &err);
+			break;
+		case OPT_BACKOFF_RESET:
+			rc = tern_parse_double(optarg, 0.1, 1e7, "--backoff-reset", &backoff_reset, &err);
 			break;
 		default:
 			return tern_opt_fail("tern-server", oc, argv);
@@ -312,6 +319,7 @@ int main(int argc, char **argv)
 				   .restart_limit = restart_limit,
 				   .restart_window_s = restart_window,
 				   .stall_s = stall_timeout,
+				   .backoff_reset_s = backoff_reset,
 				   .unix_socket = sock_addr[0] ? sock_addr + 5 : NULL};
 	if (tern_supervisor_start(&so, &sup, &err) < 0)
 		goto fail;

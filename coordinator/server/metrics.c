@@ -36,7 +36,7 @@ static const unsigned http_codes[] = {200, 400, 401, 404, 405, 413, 429, 500, 50
 struct tern_metrics {
 	pthread_mutex_t mu;
 	histogram ttft, itl, e2e, pause;
-	unsigned long long restarts, resumed, host_swaps;
+	unsigned long long restarts, resumed, host_swaps, copied_bytes;
 	unsigned long long outcomes[TERN_OUTCOME_COUNT];
 	unsigned long long prompt_tokens, generation_tokens;
 	unsigned long long http[N_HTTP_CODES + 1]; /* by http_codes; [N_HTTP_CODES] other */
@@ -209,6 +209,9 @@ void tern_metrics_render(tern_metrics *m, const Tern__V1__StatsResponse *stats, 
 	    "Requests in flight when the job died that continued on its next start.", (double)m->resumed);
 	one(f, "tern_host_replacements_total", "counter",
 	    "Failed hosts tern-server replaced by a spare host of the hostfile on a restart.", (double)m->host_swaps);
+	one(f, "tern_host_copy_bytes_total", "counter",
+	    "Bytes of model or plan files copied to spare hosts before they took a failed host's place.",
+	    (double)m->copied_bytes);
 	render_histogram(f, "tern_resume_pause_seconds",
 			 "The pause a resumed request saw: from its stream's failure to its next token.", &m->pause);
 	head(f, "tern_request_finished_total", "counter",
@@ -251,9 +254,10 @@ void tern_metrics_resumed(tern_metrics *m, double pause_s)
 	pthread_mutex_unlock(&m->mu);
 }
 
-void tern_metrics_host_replaced(tern_metrics *m)
+void tern_metrics_host_replaced(tern_metrics *m, uint64_t copied_bytes)
 {
 	pthread_mutex_lock(&m->mu);
 	m->host_swaps++;
+	m->copied_bytes += copied_bytes;
 	pthread_mutex_unlock(&m->mu);
 }

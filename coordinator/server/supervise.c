@@ -176,10 +176,14 @@ static int start_and_wait(tern_supervisor *s)
 }
 
 /* Watches a ready job until it exits or stalls: 1 it ended (reaped), -1
- * stopping (the job is still running). */
-static int watch(tern_supervisor *s)
+ * stopping (the job is still running). Once it has answered Health for
+ * backoff_reset_s since it came up, *streak (the back-off's failures in a
+ * row) is zeroed: an isolated fault costs the first back-off step again,
+ * while a job that dies soon after every start keeps doubling it. */
+static int watch(tern_supervisor *s, int *streak)
 {
-	double last_ok = tern_now_s(), last_probe = 0;
+	const double up_since = tern_now_s();
+	double last_ok = up_since, last_probe = 0;
 	for (;;) {
 		if (nap(s, SUP_TICK_S))
 			return -1;
@@ -193,6 +197,11 @@ static int watch(tern_supervisor *s)
 		last_probe = now;
 		if (health(s, NULL, 0) >= 0) {
 			last_ok = tern_now_s();
+			if (*streak > 0 && last_ok - up_since >= s->o.backoff_reset_s) {
+				*streak = 0;
+				fprintf(stderr, "tern-server: the MPI job has served %.0f s: the back-off starts anew\n",
+					s->o.backoff_reset_s);
+			}
 			continue;
 		}
 		if (tern_now_s() - last_ok >= s->o.stall_s) {
@@ -209,7 +218,11 @@ static int watch(tern_supervisor *s)
 
 /* Puts a spare in place of each host the dead job's stderr named failed
  * (not the first: the coordinator's, next to tern-server), and launches the
- * next job from a hostfile written with the hosts as they now are. */
+ * next job from a hostfile written with the hosts as they now are. Before a
+ * spare takes the host's slots, the files of those stages are copied to it
+ * where missing or different (tern_launch_sync_host); a spare that cannot
+ * be brought up to date is skipped (dropped from the spares) for the next;
+ * with none left the job restarts on the failed host. */
 static void replace_failed_hosts(tern_supervisor *s)
 {
 	if (!s->lo.hostfile)
@@ -217,39 +230,56 @@ static void replace_failed_hosts(tern_supervisor *s)
 	int changed = 0;
 	for (int f = 0; f < s->job.n_failed; f++) {
 		const char *bad = s->job.failed[f];
-		int at = -1;
-		for (int i = 0; i < s->hf.n_hosts; i++)
+		int at = -1, first_slot = 0;
+		for (int i = 0; i < s->hf.n_hosts && at < 0; i++) {
 			if (!strcmp(s->hf.host[i].name, bad))
 				at = i;
+			else
+				first_slot += s->hf.host[i].slots;
+		}
 		if (at < 0)
 			continue;
 		if (at == 0) {
 			fprintf(stderr, "tern-server: host %s (the coordinator's) failed: it is not replaced\n", bad);
 			continue;
 		}
-		if (s->hf.n_spares == 0) {
-			fprintf(stderr, "tern-server: host %s failed and no spare host is left: restarting on it\n", bad);
-			continue;
-		}
 		tern_host *h = &s->hf.host[at];
-		const tern_host spare = s->hf.spare[0];
-		memmove(s->hf.spare, s->hf.spare + 1, (size_t)(s->hf.n_spares - 1) * sizeof *s->hf.spare);
-		s->hf.n_spares--;
-		pthread_mutex_lock(&s->mu);
-		if (s->n_swaps < TERN_MAX_HOSTS) {
-			memcpy(s->swaps[s->n_swaps].failed, h->name, sizeof h->name);
-			memcpy(s->swaps[s->n_swaps].spare, spare.name, sizeof spare.name);
-			s->n_swaps++;
+		/* Slot k runs stage k (slot 0 the coordinator): --map-by slot. */
+		const int first_stage = first_slot, n_stages = h->slots, stages = s->hf.slots - 1;
+		int taken = 0;
+		while (!taken && s->hf.n_spares > 0) {
+			const tern_host spare = s->hf.spare[0];
+			memmove(s->hf.spare, s->hf.spare + 1, (size_t)(s->hf.n_spares - 1) * sizeof *s->hf.spare);
+			s->hf.n_spares--;
+			tern_sync_result sr;
+			tern_err err;
+			if (tern_launch_sync_host(&s->lo, spare.name, first_stage, n_stages, stages, &sr, &err) < 0) {
+				fprintf(stderr, "tern-server: spare host %s skipped: %s\n", spare.name, err.msg);
+				continue;
+			}
+			pthread_mutex_lock(&s->mu);
+			if (s->n_swaps < TERN_MAX_HOSTS) {
+				tern_host_swap *sw = &s->swaps[s->n_swaps++];
+				memcpy(sw->failed, h->name, sizeof h->name);
+				memcpy(sw->spare, spare.name, sizeof spare.name);
+				sw->files_copied = sr.copied;
+				sw->bytes_copied = sr.bytes;
+			}
+			pthread_mutex_unlock(&s->mu);
+			fprintf(stderr,
+				"tern-server: host %s failed: spare host %s takes its %d slot(s) (stages %d-%d; %d of %d "
+				"file(s) copied, %llu bytes, in %.1f s)\n",
+				h->name, spare.name, h->slots, first_stage, first_stage + n_stages - 1, sr.copied, sr.files,
+				(unsigned long long)sr.bytes, sr.seconds);
+			if (s->o.metrics)
+				tern_metrics_host_replaced(s->o.metrics, sr.bytes);
+			/* The spare takes the failed host's slots: the same stages,
+			 * the same layers, whose files it now holds. */
+			memcpy(h->name, spare.name, sizeof h->name);
+			changed = taken = 1;
 		}
-		pthread_mutex_unlock(&s->mu);
-		fprintf(stderr, "tern-server: host %s failed: spare host %s takes its %d slot(s)\n", h->name, spare.name,
-			h->slots);
-		if (s->o.metrics)
-			tern_metrics_host_replaced(s->o.metrics);
-		/* The spare takes the failed host's slots: the same stages, the
-		 * same layers (a plan's shards for them must be on the spare). */
-		memcpy(h->name, spare.name, sizeof h->name);
-		changed = 1;
+		if (!taken)
+			fprintf(stderr, "tern-server: host %s failed and no spare host is left: restarting on it\n", bad);
 	}
 	if (!changed)
 		return;
@@ -303,12 +333,8 @@ static void *supervise(void *arg)
 			if (!first)
 				fprintf(stderr, "tern-server: the MPI job is up again (generation %u)\n", gen);
 			first = 0;
-			const double up_since = tern_now_s();
-			if (watch(s) < 0)
+			if (watch(s, &streak) < 0)
 				break;
-			/* A job that served a whole window starts the back-off anew. */
-			if (tern_now_s() - up_since > s->o.restart_window_s)
-				streak = 0;
 		} else if (first) {
 			pthread_mutex_lock(&s->mu);
 			snprintf(s->why, sizeof s->why, "the MPI job did not start");
@@ -334,11 +360,13 @@ static void *supervise(void *arg)
 		if (delay > s->o.backoff_max_s)
 			delay = s->o.backoff_max_s;
 		streak++;
+		/* Copying to a spare is part of the wait, not added to it. */
+		const double t_swap = tern_now_s();
 		replace_failed_hosts(s);
 		if (s->o.metrics)
 			tern_metrics_job_restart(s->o.metrics);
 		fprintf(stderr, "tern-server: restarting the MPI job in %.0f s\n", delay);
-		if (nap(s, delay))
+		if (nap(s, delay - (tern_now_s() - t_swap)))
 			break;
 	}
 	/* Stopping: the job, if one runs, is stopped in order. */
@@ -367,6 +395,8 @@ int tern_supervisor_start(const tern_supervisor_opts *o, tern_supervisor **out, 
 		s->o.backoff_max_s = 30;
 	if (s->o.stall_s <= 0)
 		s->o.stall_s = 10;
+	if (s->o.backoff_reset_s <= 0)
+		s->o.backoff_reset_s = 10;
 	pthread_mutex_init(&s->mu, NULL);
 	pthread_cond_init(&s->changed, NULL);
 	s->state = o->launch ? TERN_JOB_STARTING : TERN_JOB_UP;

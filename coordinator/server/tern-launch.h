@@ -6,6 +6,7 @@
 #ifndef TERN_LAUNCH_H
 #define TERN_LAUNCH_H
 
+#include <stdint.h>
 #include <sys/types.h>
 
 #include "tern-base.h"
@@ -66,6 +67,31 @@ typedef struct tern_hostfile {
 int tern_hostfile_read(const char *path, tern_hostfile *hf, tern_err *err);
 /* Writes hf in the same form. Errors: TERN_EIO. */
 int tern_hostfile_write(const tern_hostfile *hf, const char *path, tern_err *err);
+
+/* What tern_launch_sync_host found and did. */
+typedef struct tern_sync_result {
+	int files;      /* files the host's stages read */
+	int copied;     /* of them, copied: missing there, or another xxh64 */
+	uint64_t bytes; /* bytes copied */
+	double seconds; /* checking and copying */
+} tern_sync_result;
+
+/* Before a spare host takes stages [first_stage, first_stage + n_stages)
+ * of a job of `stages` stages: makes the files those stages read from
+ * o->model the same there as here (this host, where tern-server runs, next
+ * to the coordinator), comparing xxh64 and copying only what is missing or
+ * different. What a stage reads: a plan's manifest and the shards of its
+ * stages (every stage shard when the job's stage count is not the plan's),
+ * a model file, or every file of a checkpoint directory. "%h" in o->model
+ * is the host's name on each side (deploy/tern-up --remote-dir). The host
+ * is reached as mpirun reaches it: the first alternative of
+ * OMPI_MCA_plm_rsh_agent (default ssh) runs `xxhsum -H1 PATH` there, and a
+ * copy goes through its stdin into PATH.part, renamed once whole (the
+ * stage checks the shard's xxh64 again as it loads it). Errors: TERN_EIO
+ * (unreadable here, the remote shell failed or timed out), TERN_EINVAL (a
+ * quote in the path), and those of reading the plan's manifest. */
+int tern_launch_sync_host(const tern_launch_opts *o, const char *host, int first_stage, int n_stages, int stages,
+			  tern_sync_result *r, tern_err *err);
 
 /* This machine's NUMA domains (/sys/devices/system/node), at least 1. */
 int tern_launch_numa_domains(void);

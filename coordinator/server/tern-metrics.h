@@ -15,6 +15,7 @@
 #ifndef TERN_METRICS_H
 #define TERN_METRICS_H
 
+#include <stdint.h>
 #include <stdio.h>
 
 #include "tern.pb-c.h"
@@ -59,8 +60,9 @@ void tern_metrics_http(tern_metrics *m, unsigned status);
 
 /* The supervisor found the job dead or stalled (tern-supervise.h). */
 void tern_metrics_job_restart(tern_metrics *m);
-/* A spare host took a failed host's place. */
-void tern_metrics_host_replaced(tern_metrics *m);
+/* A spare host took a failed host's place; copied_bytes were copied to it
+ * first (the files it lacked). */
+void tern_metrics_host_replaced(tern_metrics *m, uint64_t copied_bytes);
 /* A request continued on the job's next start after a pause of pause_s. */
 void tern_metrics_resumed(tern_metrics *m, double pause_s);
 

@@ -3,7 +3,8 @@
  * A thread of its own starts the job (tern-launch.h), watches it (its exit,
  * and the coordinator's Health every second), and when it dies or stops
  * answering (a stall) kills what is left of its process group and starts it
- * again after a back-off (1 s, 2 s, 4 s, ... capped), reusing the model or
+ * again after a back-off (1 s, 2 s, 4 s, ... capped; back to 1 s once a job
+ * has served backoff_reset_s), reusing the model or
  * plan as it is on disk. Work is re-admitted only once Health says every
  * stage is up again. More than restart_limit restarts within
  * restart_window_s: the job is left down (FAILED) and every request held for
@@ -16,8 +17,11 @@
  * With a hostfile, the job's stderr is read for the hosts it names failed
  * (mpirun's lost daemon or dead rank, the coordinator's dead stage); on the
  * restart each is replaced by the next "# spare: host slots=N" of the
- * hostfile (tern-launch.h), taking its slots; the log, /health, Health and
- * /metrics say which replaced which.
+ * hostfile (tern-launch.h), taking its slots, once the files of its stages
+ * are there (tern_launch_sync_host copies what is missing or different; a
+ * spare that cannot be brought up to date is skipped); the log, /health,
+ * Health and /metrics say which replaced which, the log and /metrics how
+ * many bytes were copied.
  *
  * Attached (no launch options): nothing is launched or restarted; the
  * supervisor only says UP (generation 0), so held streams pass every error
@@ -45,6 +49,8 @@ typedef struct tern_supervisor_opts {
 	int restart_limit;              /* restarts allowed within restart_window_s (default 5) */
 	double restart_window_s;        /* (default 300) */
 	double backoff_max_s;           /* back-off cap (default 30) */
+	double backoff_reset_s;         /* a job up and answering Health this long restarts at the first
+					 * back-off step when it next dies (default 10) */
 	double stall_s;                 /* Health unanswered this long while up: the job is killed (default 10) */
 	const char *unix_socket;        /* the coordinator's socket file, removed before each restart; or NULL */
 } tern_supervisor_opts;
@@ -59,6 +65,8 @@ int tern_coordinator_health(tern_grpc_client *up, double deadline_s, char *model
 typedef struct tern_host_swap {
 	char failed[256];
 	char spare[256];
+	int files_copied;      /* files copied to the spare before it took over */
+	unsigned long long bytes_copied;
 } tern_host_swap;
 
 /* Launches the job (unless attached) and starts watching it. Returns at

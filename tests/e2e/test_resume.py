@@ -18,8 +18,15 @@ ids, indices, text, usage, finish reason and seed; HTTP text, finish reason,
 usage and logprobs. Then /metrics: restarts counted, resumed requests and
 their pauses, token counters not double-counted; gRPC Health's generation.
 
+The back-off: before each single fault the test waits until the log says the
+job has served --backoff-reset 2 s ("the back-off starts anew"), so each of
+those restarts must wait the first step, 1 s (the log's "restarting the MPI
+job in 1 s"): isolated faults do not climb to the cap.
+
 Last, a job that dies at every start: the model file is removed and a stage
-killed; past --restart-limit 1/600 both streams end with UNAVAILABLE (gRPC)
+killed; the restarts must back off 1, 2, 4 s (no start ever serves, so the
+streak is never reset) and past --restart-limit 3/600 (4 failures, 3 restarts
+counted) both streams end with UNAVAILABLE (gRPC)
 and an SSE error event on a properly ended body, nothing of the job is left,
 /health says failed, new requests are refused, tern-server exits 0.
 
@@ -78,7 +85,26 @@ state = {"faults": 0, "pauses": []}
 tmp = tempfile.mkdtemp(prefix="tern-resume-")
 grpc_port = free_port()
 srv = TernServer(build, ["-m", MODEL, "--stages", "2", "--grpc", "127.0.0.1:%d" % grpc_port,
-                         "--restart-limit", "20/600", "--", "--ctx", "1024", "--slots", "8"])
+                         "--restart-limit", "20/600", "--backoff-reset", "2", "--", "--ctx", "1024", "--slots", "8"])
+RESET = "the back-off starts anew"
+
+
+def log_lines(server, key):
+    return [ln for ln in open(server.log.name).read().splitlines() if key in ln]
+
+
+def restart_delays(server):
+    """The back-off of each restart so far, in s, from the log."""
+    return [int(ln.split(" in ")[1].split()[0]) for ln in log_lines(server, "restarting the MPI job in")]
+
+
+def wait_backoff_reset(server, n, timeout=60):
+    """Until the log has said n times that the job served --backoff-reset."""
+    end = time.monotonic() + timeout
+    while len(log_lines(server, RESET)) < n:
+        if time.monotonic() > end:
+            raise AssertionError("the log never said '%s' %d times" % (RESET, n))
+        time.sleep(0.1)
 
 
 def scrape():
@@ -115,11 +141,16 @@ def fault_case(name, inject):
             raise AssertionError("no undisturbed run to compare with")
         gen = state["faults"]
         wait_ready(srv, gen)
+        wait_backoff_reset(srv, gen)
         outs, threads = start_all(srv, grpc_port)
         wait_streams(outs, 8)
         n = inject(outs)
         state["faults"] += n
         join_streams(threads)
+        delays = restart_delays(srv)
+        # The fault after a job that served --backoff-reset: the first step.
+        assert len(delays) == state["faults"] and delays[gen] == 1, \
+            "restart back-offs %s: fault %d after the reset line should wait 1 s" % (delays, gen + 1)
         for o, want in zip(outs, state["ref"]):
             got = stream_summary(o)
             assert got == want, "stream %d (%s) differs after the fault:\n got %s\nwant %s" % (
@@ -187,7 +218,7 @@ def dies_at_every_start():
     shutil.copy(MODEL, model)
     gport = free_port()
     s2 = TernServer(build, ["-m", model, "--stages", "1", "--grpc", "127.0.0.1:%d" % gport,
-                            "--restart-limit", "1/600", "--", "--ctx", "1024"])
+                            "--restart-limit", "3/600", "--", "--ctx", "1024"])
     try:
         outs, threads = start_streams(pb, [spec(0), spec(4)], gport, s2.port)
         wait_streams(outs, 4)
@@ -199,6 +230,17 @@ def dies_at_every_start():
             g["error"]
         assert h["status"] == 200 and h["error"] and "not restarting" in h["error"]["message"], h
         assert not h.get("done"), "an SSE stream that failed must not end with [DONE]"
+        # No start served: the back-off doubles every time, and the 4th
+        # failure within the window is past the limit (3 restarts made).
+        assert restart_delays(s2) == [1, 2, 4], restart_delays(s2)
+        assert not log_lines(s2, RESET), log_lines(s2, RESET)
+        assert log_lines(s2, "failed 4 times within 600 s: not restarting it"), open(s2.log.name).read()[-2000:]
+        c = http.client.HTTPConnection("127.0.0.1", s2.port, timeout=10)
+        c.request("GET", "/metrics")
+        restarts = [ln for ln in c.getresponse().read().decode().splitlines()
+                    if ln.startswith("tern_job_restarts_total ")]
+        c.close()
+        assert restarts == ["tern_job_restarts_total 3"], restarts
         left = [p for p in descendants(s2.proc.pid)]
         assert not left, "processes of the job left behind: %s" % left
         st, body = http_health(s2.port)

@@ -3,14 +3,20 @@
 on (issue 15).
 
 Four network-namespace hosts (deploy/netns-hosts, deploy/nsagent as Open
-MPI's launch agent): tern-server on h1 launches the built-in model with the
-coordinator on h1 and one stage on each of h2 and h3; h4 is listed as
-"# spare: h4 slots=1". Four streams (2 gRPC through the relay, 2 HTTP SSE,
-greedy and seeded) run undisturbed, then again; mid-stream every process of
-h3 is killed (its orted and its stage) by pid. The job must come back with
-stage 2 on h4, and every stream complete identical to its undisturbed run.
-/health names the replacement and the stage's new host, gRPC Health lists
-it, /metrics counts it.
+MPI's launch agent): tern-server on h1 launches a 2-stage plan of the
+built-in model (tern-partition) from WORK/%h/plan, with the coordinator on
+h1 and one stage on each of h2 and h3, each of which holds the whole plan
+(as deploy/tern-up --remote-dir WORK/%h would leave it). The hostfile lists
+two spares: "# spare: h5 slots=1", a host that cannot be reached (no such
+namespace), then "# spare: h4 slots=1", which holds nothing. Four streams
+(2 gRPC through the relay, 2 HTTP SSE, greedy and seeded) run undisturbed,
+then again; mid-stream every process of h3 is killed (its orted and its
+stage) by pid. The copy to h5 must fail and h5 be skipped (one log line);
+h4 must get exactly what stage 2 reads, the manifest and stage 2's shard
+(not the coordinator's or stage 1's), the job come back with stage 2 on h4,
+and every stream complete identical to its undisturbed run. /health names
+the replacement and the stage's new host, gRPC Health lists it, /metrics
+counts it and the bytes copied, the log says both.
 
 Needs root for network namespaces: SKIPPED (77) otherwise.
 
@@ -19,6 +25,7 @@ Usage: test_spare.py BUILD_DIR SOURCE_DIR
 
 import http.client
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -64,7 +71,17 @@ res = Results()
 work = tempfile.mkdtemp(prefix="tern-spare-")
 hosts = os.path.join(work, "hosts")
 with open(hosts, "w") as f:
-    f.write("# network: 10.77.0.0/24\nh1 slots=1\nh2 slots=1\nh3 slots=1\n# spare: h4 slots=1\n")
+    f.write("# network: 10.77.0.0/24\nh1 slots=1\nh2 slots=1\nh3 slots=1\n# spare: h5 slots=1\n"
+            "# spare: h4 slots=1\n")
+# The plan on h1, h2, h3 (each host's own directory); none on h4.
+os.makedirs(os.path.join(work, "h1"))
+subprocess.run([os.path.join(build, "partition", "tern-partition"), MODEL, "--stages", "2", "-o",
+                os.path.join(work, "h1", "plan")], check=True, capture_output=True)
+for h in ("h2", "h3"):
+    shutil.copytree(os.path.join(work, "h1", "plan"), os.path.join(work, h, "plan"))
+PLAN = os.path.join(work, "%h", "plan")
+NEEDED = ["plan.pb", "stage-002.shard"]
+NEEDED_BYTES = sum(os.path.getsize(os.path.join(work, "h1", "plan", f)) for f in NEEDED)
 os.environ.update({"OMPI_MCA_plm_rsh_agent": os.path.join(DEPLOY, "nsagent"), "TERN_NETNS_PREFIX": PREFIX,
                    "OMPI_MCA_plm_rsh_no_tree_spawn": "1", "OMPI_MCA_mpi_yield_when_idle": "1",
                    "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"})
@@ -89,7 +106,7 @@ def pids_of_host(name):
 
 
 state = {}
-srv = TernServer(build, ["-m", MODEL, "--hostfile", hosts, "--grpc", "127.0.0.1:%d" % grpc_port,
+srv = TernServer(build, ["-m", PLAN, "--hostfile", hosts, "--grpc", "127.0.0.1:%d" % grpc_port,
                          "--restart-limit", "3/600", "--", "--ctx", "1024"], timeout=240)
 try:
     def undisturbed():
@@ -131,12 +148,20 @@ try:
         text = conn.getresponse().read().decode()
         conn.close()
         assert "tern_host_replacements_total 1\n" in text, [ln for ln in text.splitlines() if "replace" in ln]
+        assert "tern_host_copy_bytes_total %d\n" % NEEDED_BYTES in text, \
+            ([ln for ln in text.splitlines() if "copy" in ln], NEEDED_BYTES)
+        got = sorted(os.listdir(os.path.join(work, "h4", "plan")))
+        assert got == NEEDED, "h4 holds %s, want what stage 2 reads: %s" % (got, NEEDED)
     res.check("every process of h3 killed mid-stream: spare h4 takes stage 2, streams identical", host_dies)
 finally:
     rc = srv.stop()
     log = open(srv.log.name).read()
-res.check("the log says which host replaced which",
-          lambda: None if "host h3 failed: spare host h4 takes its 1 slot(s)" in log else
+want_log = ["tern-server: spare host h5 skipped: copying ",
+            "tern-server: host h3 failed: spare host h4 takes its 1 slot(s) (stages 2-2; 2 of 2 file(s) copied, "
+            "%d bytes, in " % NEEDED_BYTES]
+res.check("the log says h5 was skipped, which host replaced which and what was copied",
+          lambda: None if all(sum(ln.startswith(w) for ln in log.splitlines()) == 1 for w in want_log) else
           (_ for _ in ()).throw(AssertionError(log[-3000:])))
 res.check("tern-server exits 0 on SIGTERM", lambda: None if rc == 0 else (_ for _ in ()).throw(AssertionError(rc)))
+shutil.rmtree(work, ignore_errors=True)
 sys.exit(res.finish())
