@@ -220,7 +220,9 @@ static enum MHD_Result do_health(tern_http_server *s, struct MHD_Connection *c)
 		const int n = tern_supervisor_swaps(s->o.supervisor, sw, TERN_MAX_HOSTS);
 		json_t *rep = json_array();
 		for (int i = 0; rep && i < n; i++)
-			json_array_append_new(rep, json_pack("{s:s,s:s}", "host", sw[i].failed, "by", sw[i].spare));
+			json_array_append_new(rep, json_pack("{s:s,s:s,s:i,s:I}", "host", sw[i].failed, "by", sw[i].spare,
+							     "files_copied", sw[i].files_copied, "bytes_copied",
+							     (json_int_t)sw[i].bytes_copied));
 		json_object_set_new(j, "replaced", rep);
 		if (js != TERN_JOB_UP)
 			ready = 0;

@@ -135,7 +135,8 @@ try:
         print("  pause per stream p50 %.2f s, max %.2f s" % (p[len(p) // 2], p[-1]), flush=True)
         h = wait_ready(srv.port, 1)
         assert [s["host"] for s in h["stages"]] == ["h2", "h4"], h["stages"]
-        assert h["replaced"] == [{"host": "h3", "by": "h4"}], h.get("replaced")
+        assert h["replaced"] == [{"host": "h3", "by": "h4", "files_copied": len(NEEDED),
+                                  "bytes_copied": NEEDED_BYTES}], h.get("replaced")
         assert pids_of_host("h4"), "nothing runs on the spare"
         c = Client(pb, grpc_port)
         try:
