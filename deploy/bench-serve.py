@@ -19,9 +19,12 @@ that one job: gRPC straight to the coordinator (its private Unix socket), gRPC
 through tern-server's relay (--grpc) and the OpenAI HTTP API with SSE
 (--http). Per path: time to first token and inter-token latency p50/p90/p99,
 aggregate tokens/s; and what the front end adds: TTFT p50 minus the direct
-path's (ms) and aggregate tokens/s as a fraction of the direct path's. The
-clients are Python threads on the same box, so a Python-side limit shows in
-every path alike.
+path's (ms) and aggregate tokens/s as a fraction of the direct path's. Each
+client count runs --rounds rounds (at least 24 streams per path in all), the
+three paths in a rotating order, samples pooled. The clients are Python
+threads on the same box, so a Python-side limit shows in every path alike.
+--server-args passes tern-server options (e.g. '--nice 0' for the before
+figure of the priority split).
 
 Output: a table on stdout; with --json one JSON object per row (DESIGN.md
 "Benchmark output": bench, what, threads, value, unit, bound, fraction, plus
@@ -164,13 +167,21 @@ def pct(xs, p):
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
-def start_server(build, model, stages, extra):
+def cpu_seconds(pid):
+    """User + system CPU seconds of a process so far (its ended threads included)."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_server(build, model, stages, extra, server_args=None):
     """tern-server on free ports; returns (process, HTTP port, relay port, its log file)."""
     from ternlib import free_port, wait_port  # noqa: E402
     http_port, grpc_port = free_port(), free_port()
     log = tempfile.NamedTemporaryFile(prefix="tern-bench-serve-", suffix=".log", delete=False)
     proc = subprocess.Popen([os.path.join(build, "coordinator", "tern-server"), "-m", model, "--stages", str(stages),
-                             "--http", "127.0.0.1:%d" % http_port, "--grpc", "127.0.0.1:%d" % grpc_port, "--"] + extra,
+                             "--http", "127.0.0.1:%d" % http_port, "--grpc", "127.0.0.1:%d" % grpc_port]
+                            + list(server_args or []) + ["--"] + extra,
                             stdout=subprocess.PIPE, stderr=log, text=True)
     if wait_port(proc, r"serving tern\.v1\.Tern gRPC on .* \(port (\d+)\)", 600) is None:
         proc.kill()
@@ -181,7 +192,7 @@ def start_server(build, model, stages, extra):
 def serve_bench(a, build, pb, Client, clients, extra, emit):
     import signal
     s = int(a.stages if a.stages is not None else 1)
-    proc, http_port, grpc_port, log = start_server(build, a.model, s, extra)
+    proc, http_port, grpc_port, log = start_server(build, a.model, s, extra, list(a.server_args.split()))
     try:
         # The coordinator's own address: the --listen of the launch line
         # tern-server logs.
@@ -192,18 +203,32 @@ def serve_bench(a, build, pb, Client, clients, extra, emit):
         for _, cl, hp in paths:
             run_clients(cl, pb, 2, 4, http_port=hp)  # warm-up
         if not a.json:
-            print("%-7s %-6s %9s %9s %9s %9s %9s %9s %10s %9s %8s" % (
+            print("%-7s %-6s %9s %9s %9s %9s %9s %9s %10s %9s %8s %10s" % (
                 "path", "clients", "ttft p50", "p90", "p99", "itl p50", "p90", "p99", "tok/s", "+ttft ms",
-                "tok/s %"))
+                "tok/s %", "srv us/tok"))
         for n in clients:
+            # Rounds in a rotating order, so no path always runs first (or
+            # on a warmer box); every round's samples are pooled.
+            rounds = max(a.rounds, -(-24 // n))
+            got = {name: {"ttft": [], "itl": [], "tokens": 0, "wall": 0.0, "cpu": 0.0} for name, _, _ in paths}
+            for r in range(rounds):
+                for name, cl, hp in paths[r % len(paths):] + paths[:r % len(paths)]:
+                    c0 = cpu_seconds(proc.pid)
+                    out, wall = run_clients(cl, pb, n, a.tokens, http_port=hp)
+                    g = got[name]
+                    g["cpu"] += cpu_seconds(proc.pid) - c0
+                    g["ttft"] += [o["ttft"] for o in out]
+                    g["itl"] += [x for o in out for x in o["gaps"]]
+                    g["tokens"] += sum(o["tokens"] for o in out)
+                    g["wall"] += wall
             base = None
-            for name, cl, hp in paths:
-                out, wall = run_clients(cl, pb, n, a.tokens, http_port=hp)
-                ttft = [o["ttft"] for o in out]
-                itl = [g for o in out for g in o["gaps"]]
-                agg = sum(o["tokens"] for o in out) / wall
+            for name, _, _ in paths:
+                g = got[name]
+                ttft, itl = g["ttft"], g["itl"]
+                agg = g["tokens"] / g["wall"]
                 row = {"bench": "serve", "what": name, "threads": a.threads or None, "stages": s,
-                       "sequences": n, "value": round(agg, 3), "unit": "tok/s", "bound": None, "fraction": None}
+                       "sequences": n, "rounds": rounds, "value": round(agg, 3), "unit": "tok/s", "bound": None,
+                       "fraction": None}
                 for p in (50, 90, 99):
                     row["ttft_p%d_ms" % p] = round(pct(ttft, p) * 1e3, 3)
                     row["itl_p%d_ms" % p] = round(pct(itl, p) * 1e3, 3)
@@ -211,12 +236,15 @@ def serve_bench(a, build, pb, Client, clients, extra, emit):
                     base = row
                 row["ttft_added_ms"] = round(row["ttft_p50_ms"] - base["ttft_p50_ms"], 3)
                 row["vs_direct"] = round(agg / base["value"], 4) if base["value"] else None
+                # What tern-server itself spent per token streamed (on the
+                # direct path: its idle cost, Health checks).
+                row["server_us_per_token"] = round(g["cpu"] / max(1, g["tokens"]) * 1e6, 2)
                 emit(row)
                 if not a.json:
-                    print("%-7s %-6d %9.2f %9.2f %9.2f %9.2f %9.2f %9.2f %10.1f %9.2f %7.1f%%" % (
+                    print("%-7s %-6d %9.2f %9.2f %9.2f %9.2f %9.2f %9.2f %10.1f %9.2f %7.1f%% %10.1f" % (
                         name, n, row["ttft_p50_ms"], row["ttft_p90_ms"], row["ttft_p99_ms"], row["itl_p50_ms"],
                         row["itl_p90_ms"], row["itl_p99_ms"], agg, row["ttft_added_ms"],
-                        100 * (row["vs_direct"] or 0)), flush=True)
+                        100 * (row["vs_direct"] or 0), row["server_us_per_token"]), flush=True)
         for _, cl, _ in paths:
             if cl:
                 cl.close()
@@ -237,6 +265,9 @@ def main():
     ap.add_argument("--conc", default="1,2,4,8,16,32")
     ap.add_argument("--clients", default="1,4,16,64,256")
     ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="serve: rounds per client count (at least 24 streams per path in all)")
+    ap.add_argument("--server-args", default="", help="serve: more tern-server options, e.g. '--nice 0'")
     ap.add_argument("--port", type=int, default=50200)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--plot", default=None)

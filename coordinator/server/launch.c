@@ -9,6 +9,7 @@
 #include <net/if.h>
 #include <sched.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -268,6 +269,10 @@ int tern_launch_start(const tern_launch_opts *o, tern_job *job, tern_err *err)
 		 * which stops the job in order. */
 		setpgid(0, 0);
 		signal(SIGPIPE, SIG_DFL);
+		/* The job gets back the priority tern-server gave up (--nice). */
+		if (o->restore_nice && setpriority(PRIO_PROCESS, 0, o->job_nice) < 0)
+			fprintf(stderr, "tern-server: the job keeps tern-server's priority (cannot set nice %d: %s)\n",
+				o->job_nice, strerror(errno));
 		setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
 		setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
 		if (o->private_net && enter_private_net() < 0) {

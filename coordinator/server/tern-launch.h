@@ -22,6 +22,8 @@ typedef struct tern_launch_opts {
 	int private_net;              /* single box: the job in its own network namespace (root) */
 	char *const *coord_args;      /* (n_coord_args) more tern-coordinator options */
 	int n_coord_args;
+	int restore_nice;             /* 1: the job runs at nice `job_nice` (tern-server itself runs nicer) */
+	int job_nice;
 } tern_launch_opts;
 
 #define TERN_MAX_FAILED 8

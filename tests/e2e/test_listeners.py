@@ -57,6 +57,12 @@ def listeners(pids, netns_of=None):
     return got
 
 
+def task_nice(pid, tid):
+    """The nice value of thread tid of process pid (field 19 of its stat)."""
+    with open("/proc/%s/task/%s/stat" % (pid, tid)) as f:
+        return int(f.read().rsplit(")", 1)[1].split()[16])
+
+
 def loopback(addr):
     host = addr.rsplit(":", 1)[0].strip("[]")
     if host.startswith("::ffff:"):
@@ -172,6 +178,13 @@ def main():
             bad = [(a, p) for a, p in ls if p in job and p != mpirun and not loopback(a)]
             assert not bad, "ranks listen outside loopback: %s" % bad
             chat_works(srv.port)
+            # --nice (default 10): every thread of tern-server runs 10 nicer
+            # than the job it launched, which keeps the priority we had.
+            base = os.getpriority(os.PRIO_PROCESS, 0)
+            own_nice = {task_nice(srv.proc.pid, t) for t in os.listdir("/proc/%d/task" % srv.proc.pid)}
+            assert own_nice == {min(19, base + 10)}, "tern-server's threads: nice %s" % own_nice
+            job_nice = {task_nice(p, p) for p in job if os.path.exists("/proc/%d" % p)}
+            assert job_nice == {base}, "the job: nice %s, want %d" % (job_nice, base)
         finally:
             assert srv.stop() == 0
     res.check("tern_server_ranks_loopback_only", server_default)
@@ -194,6 +207,10 @@ def main():
     res.check("tern_server_private_net", server_private)
 
     def server_refuses():
+        for bad in ("20", "-1", "x"):
+            r = subprocess.run([os.path.join(build, "coordinator", "tern-server"), "-m", model, "--nice", bad],
+                               capture_output=True, text=True, timeout=60)
+            assert r.returncode == 2 and "--nice" in r.stderr.splitlines()[0], r
         r = subprocess.run([os.path.join(build, "coordinator", "tern-server"), "-m", model, "--hostfile",
                             os.path.join(work, "hosts"), "--http", "127.0.0.1:0", "--grpc", "off"],
                            capture_output=True, text=True, timeout=60)
