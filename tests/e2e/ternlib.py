@@ -21,6 +21,15 @@ import grpc
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+def proc_stat(pid, tid=None):
+    """The fields of /proc/PID/stat (or of thread TID's) after "pid (comm)":
+    [0] state, [1] ppid, [11] utime, [12] stime, [16] nice (proc(5) field
+    number minus 3). Raises OSError when the process is gone."""
+    path = "/proc/%s/stat" % pid if tid is None else "/proc/%s/task/%s/stat" % (pid, tid)
+    with open(path) as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
 def descendants(pid):
     """Pids of every live descendant of PID (from /proc, by parent pid)."""
     kids = {}
@@ -28,9 +37,7 @@ def descendants(pid):
         if not d.isdigit():
             continue
         try:
-            with open("/proc/%s/stat" % d) as f:
-                st = f.read()
-            ppid = int(st[st.rindex(")") + 2:].split()[1])  # after "pid (comm) state"
+            ppid = int(proc_stat(d)[1])
         except (OSError, ValueError, IndexError):
             continue
         kids.setdefault(ppid, []).append(int(d))

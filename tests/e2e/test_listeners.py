@@ -31,12 +31,11 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ternlib import Results, TernServer, descendants, mpi_rank  # noqa: E402
+from ternlib import Results, TernServer, descendants, mpi_rank, proc_stat  # noqa: E402
 
 
 def parent(pid):
-    with open("/proc/%d/stat" % pid) as f:
-        return int(f.read().rsplit(")", 1)[1].split()[1])
+    return int(proc_stat(pid)[1])
 
 
 def listeners(pids, netns_of=None):
@@ -55,12 +54,6 @@ def listeners(pids, netns_of=None):
             if int(p) in pids:
                 got.append((f[4], int(p)))
     return got
-
-
-def task_nice(pid, tid):
-    """The nice value of thread tid of process pid (field 19 of its stat)."""
-    with open("/proc/%s/task/%s/stat" % (pid, tid)) as f:
-        return int(f.read().rsplit(")", 1)[1].split()[16])
 
 
 def loopback(addr):
@@ -88,9 +81,7 @@ def main():
                            capture_output=True, text=True, env=env, timeout=180)
         assert r.returncode == 0, (r.stdout, r.stderr)
         coord = int(open(env["TERN_UP_PIDFILE"]).read())
-        with open("/proc/%d/stat" % coord) as f:
-            mpirun = int(f.read().rsplit(")", 1)[1].split()[1])
-        return env, coord, mpirun
+        return env, coord, parent(coord)
 
     def down(env, mpirun):
         subprocess.run(["sh", os.path.join(src, "deploy", "tern-down")], env=env, timeout=60)
@@ -181,9 +172,9 @@ def main():
             # --nice (default 10): every thread of tern-server runs 10 nicer
             # than the job it launched, which keeps the priority we had.
             base = os.getpriority(os.PRIO_PROCESS, 0)
-            own_nice = {task_nice(srv.proc.pid, t) for t in os.listdir("/proc/%d/task" % srv.proc.pid)}
+            own_nice = {int(proc_stat(srv.proc.pid, t)[16]) for t in os.listdir("/proc/%d/task" % srv.proc.pid)}
             assert own_nice == {min(19, base + 10)}, "tern-server's threads: nice %s" % own_nice
-            job_nice = {task_nice(p, p) for p in job if os.path.exists("/proc/%d" % p)}
+            job_nice = {int(proc_stat(p)[16]) for p in job if os.path.exists("/proc/%d" % p)}
             assert job_nice == {base}, "the job: nice %s, want %d" % (job_nice, base)
         finally:
             assert srv.stop() == 0

@@ -321,9 +321,8 @@ def job_down():
     # It drains, then exits (a zombie until tern-server reaps it): polled.
     for _ in range(600):
         try:
-            with open("/proc/%d/stat" % kids[0]) as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    break
+            if ternlib.proc_stat(kids[0])[0] == "Z":
+                break
         except OSError:
             break
         time.sleep(0.1)
