@@ -923,14 +923,9 @@ float tern_i2s_scale(const uint8_t *data, int64_t m, int64_t k)
 
 /* ---- hyper-parameters ----------------------------------------------------- */
 
-static const char *const arch_names[] = {"bitnet-b1.58", "bitnet-25", "bitnet", "bitnet-1.58"};
-
 int tern_gguf_arch_supported(const char *arch)
 {
-	for (size_t i = 0; i < sizeof arch_names / sizeof arch_names[0]; i++)
-		if (strcmp(arch, arch_names[i]) == 0)
-			return 1;
-	return 0;
+	return tern_arch_find(arch) != NULL;
 }
 
 static int arch_int(const tern_gguf *g, const char *arch, const char *suffix, int dflt, int *out, tern_err *err)
@@ -1000,9 +995,8 @@ int tern_gguf_hparams(const tern_gguf *g, tern_hparams *hp, tern_err *err)
 	memcpy(a, arch, alen);
 	a[alen] = 0;
 	if (strlen(a) != alen || !tern_gguf_arch_supported(a))
-		return TERN_ERR(err, TERN_EUNSUP,
-				"%s: unsupported architecture '%s' (tern reads bitnet-b1.58, bitnet-25, bitnet)",
-				g->path, a);
+		return TERN_ERR(err, TERN_EUNSUP, "%s: unsupported architecture '%s' (tern reads %s)", g->path, a,
+				tern_arch_names());
 	snprintf(hp->arch, sizeof hp->arch, "%s", a);
 	TERN_FORWARD_IF_ERROR(arch_int(g, a, "embedding_length", -1, &hp->n_embd, err));
 	TERN_FORWARD_IF_ERROR(arch_int(g, a, "block_count", -1, &hp->n_layer, err));
