@@ -1033,6 +1033,21 @@ int tern_gguf_hparams(const tern_gguf *g, tern_hparams *hp, tern_err *err)
 		       "%s: %s.rope.dimension_count is %d, but tern rotates the whole head of %d (partial RoPE is "
 		       "not supported)",
 		       g->path, a, rope_dim, hp->head_dim);
+	/* RoPE scaling (linear, or llama3's rope_freqs factors) changes the
+	 * angles the engine's table holds: refused rather than run unscaled. */
+	char rkey[64];
+	snprintf(rkey, sizeof rkey, "%s.rope.scaling.type", a);
+	if (tern_gguf_find_key(g, rkey) >= 0) {
+		const char *st;
+		uint64_t sl;
+		TERN_FORWARD_IF_ERROR(tern_gguf_get_str(g, rkey, &st, &sl, err));
+		TERN_RETURN_IF(!(sl == 4 && memcmp(st, "none", 4) == 0), err, TERN_EUNSUP,
+			       "%s: %s '%.*s' is not supported (tern runs plain RoPE)", g->path, rkey,
+			       (int)(sl < 32 ? sl : 32), st);
+	}
+	TERN_RETURN_IF(tern_gguf_find_tensor(g, "rope_freqs.weight") != NULL, err, TERN_EUNSUP,
+		       "%s: tensor 'rope_freqs.weight' (llama3 RoPE scaling) is not supported (tern runs plain RoPE)",
+		       g->path);
 	for (int64_t i = 0; i < g->n_tensors; i++) {
 		const long l = blk_index(g->tensors[i].name);
 		TERN_RETURN_IF(l >= hp->n_layer, err, TERN_EFORMAT,
