@@ -77,11 +77,16 @@ static const preset presets[] = {
 	{"30b", 6656, 60, 52, 52, 17920, 32000, 4096, 10000.0f, NULL, 0.0f, 0, 0, 0},
 	{"70b", 8192, 80, 64, 8, 28672, 32000, 4096, 10000.0f, NULL, 0.0f, 0, 0, 0},
 	{"100b", 8192, 116, 64, 8, 28672, 128256, 4096, 500000.0f, NULL, 0.0f, 0, 0, 0},
+	/* HF1BitLLM/Llama3-8B-1.58-100B-tokens: Llama-3-8B-Instruct's shape */
+	{"llama3-8b", 4096, 32, 32, 8, 14336, 128256, 8192, 500000.0f, "llama", 0.0f, 0, 0, 0},
+	/* tiiuae/Falcon3-10B-Instruct-1.58bit (model card: 40 blocks, 12 query and 4 KV heads of
+	 * 256, rope theta 1000042, 32K context, 131K vocabulary, SwiGLU; eps as Falcon3's configs) */
+	{"falcon3-10b", 3072, 40, 12, 4, 23040, 131072, 32768, 1000042.0f, "llama", 1e-6f, 0, 0, 0},
 };
 
 const char *tern_hparams_preset_names(void)
 {
-	return "125m 700m 2b4t 3b 7b 13b 30b 70b 100b";
+	return "125m 700m 2b4t 3b 7b 13b 30b 70b 100b llama3-8b falcon3-10b";
 }
 
 int tern_hparams_preset(const char *name, tern_hparams *hp, tern_err *err)
