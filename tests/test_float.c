@@ -733,4 +733,5 @@ static void test_swiglu_all_isas(void)
 
 TT_MAIN(TT_CASE(test_half_all_codes), TT_CASE(test_dispatch), TT_CASE(test_rmsnorm_all_isas),
 	TT_CASE(test_softmax_all_isas), TT_CASE(test_rope_all_isas), TT_CASE(test_dot_all_isas),
-	TT_CASE(test_dot_accuracy_and_order), TT_CASE(test_qdot_all_isas), TT_CASE(test_qh_formats), TT_CASE(test_swiglu_all_isas))
+	TT_CASE(test_dot_accuracy_and_order), TT_CASE(test_qdot_all_isas), TT_CASE(test_qh_formats),
+	TT_CASE(test_swiglu_all_isas))

@@ -1122,5 +1122,5 @@ static void test_f16_conversions(void)
 
 TT_MAIN(TT_CASE(test_i2s_hand_built), TT_CASE(test_nbytes), TT_CASE(test_f16_conversions),
 	TT_CASE(test_roundtrip_v2_v3_alignment), TT_CASE(test_damaged), TT_CASE(test_arch), TT_CASE(test_metadata_checked),
-	TT_CASE(test_synth_roundtrip_small), TT_CASE(test_synth_llama), TT_CASE(test_synth_2b4t_widths), TT_CASE(test_synth_bad_shapes),
-	TT_CASE(test_gguf_float_weights))
+	TT_CASE(test_synth_roundtrip_small), TT_CASE(test_synth_llama), TT_CASE(test_synth_2b4t_widths),
+	TT_CASE(test_synth_bad_shapes), TT_CASE(test_gguf_float_weights))

@@ -150,7 +150,8 @@ static void test_config(void)
 	const char *c2 = "{\"hidden_size\":256,\"num_hidden_layers\":2,\"num_attention_heads\":4,"
 			 "\"intermediate_size\":512,\"vocab_size\":300,\"eos_token_id\":[7,8]}";
 	TT_REQUIRE(tern_hf_config_parse(c2, strlen(c2), "c2", &hp, &online, &e) == 0);
-	TT_CHECK(online.online == 1 && online.scale_divides == 0 && hp.eos_id == 7 && hp.bos_id == -1 && hp.n_head_kv == 4 && hp.n_ctx_train == 2048 &&
+	TT_CHECK(online.online == 1 && online.scale_divides == 0 && hp.eos_id == 7 && hp.bos_id == -1 &&
+		 hp.n_head_kv == 4 && hp.n_ctx_train == 2048 &&
 		 hp.rope_theta == 10000.0f && hp.tied_embeddings == 0);
 	const char *c3 = "{\"hidden_size\":256,\"num_hidden_layers\":2,\"num_attention_heads\":4}";
 	TT_CHECK(tern_hf_config_parse(c3, strlen(c3), "c3.json", &hp, &online, &e) == TERN_EFORMAT &&
