@@ -503,13 +503,15 @@ int tern_source_ternary(const tern_source *s, int layer, tern_proj p, int group_
 	snprintf(what, sizeof what, "%s: tensor '%s'", s->path, r->name);
 	const int hd = s->hp.head_dim;
 	const int permuted = s->qk_interleaved && (p == TERN_PROJ_Q || p == TERN_PROJ_K);
+	TERN_FORWARD_IF_ERROR(ternary_as_stored(s, r, group_rows, w, scales, group_rows_out, what, err));
+	if (!permuted)
+		return 0;
 	/* groups of rows must not straddle heads, or un-permuting would move a
 	 * row away from the scale it was quantized with */
-	TERN_RETURN_IF(permuted && group_rows > 0 && group_rows < r->m && group_rows % hd != 0, err, TERN_EUNSUP,
+	TERN_RETURN_IF(*group_rows_out < r->m && *group_rows_out % hd != 0, err, TERN_EUNSUP,
 		       "%s: %d rows per scale is not a multiple of the head size %d (q/k rows are permuted per head)",
-		       what, group_rows, hd);
-	TERN_FORWARD_IF_ERROR(ternary_as_stored(s, r, group_rows, w, scales, group_rows_out, what, err));
-	return permuted ? unpermute_qk(w, r->m, r->k, hd, what, err) : 0;
+		       what, *group_rows_out, hd);
+	return unpermute_qk(w, r->m, r->k, hd, what, err);
 }
 
 /* The ternary matrix in the file's row order. */
