@@ -128,4 +128,10 @@ int tern_weight_at(const tern_matrix *w, int i, int k);
 /* Groups of the LUT for packing p (0 for I2_S). */
 int tern_lut_groups(tern_packing p, int k_pad);
 
+/* Activation preparation with AVX-512 (x86/act-avx512.c, CPUs with
+ * AVX512_VNNI): tern_quant_row and ref/act.c's table builder, byte for byte
+ * (lut: row_bytes, groups then zero padding). */
+float tern_kern_quant_row_avx512(const float *x, int k, int k_pad, int8_t *q, int32_t *sum);
+void tern_kern_lut_avx512(tern_packing p, const int8_t *q, int k_pad, uint8_t *lut, size_t row_bytes);
+
 #endif /* TERN_KERN_INTERNAL_H */
