@@ -232,7 +232,7 @@ int main(int argc, char **argv)
 			return 1;
 		}
 		const double bw = read_bw(pool);
-		const tern_engine_config ec = {1, n_prompt + n_decode + 1, n_prompt, isa, pool, NULL};
+		const tern_engine_config ec = {1, n_prompt + n_decode + 1, n_prompt, isa, pool, NULL, TERN_KV_TYPE_DEFAULT};
 		tern_engine *e;
 		int slot;
 		if (tern_engine_create(&w, &ec, &e, &err) < 0 ||
