@@ -246,7 +246,15 @@ static inline __attribute__((always_inline)) const float *kv_head_row(const void
 	return tmp;
 }
 
-static inline __attribute__((always_inline)) void attn_body(void *ctx, int tid, int nth, kv_widen_fn widen)
+/* Optional fused forms for a half-precision cache, what an ISA copy may pass
+ * instead of widening a row first: q.k in dot_f64's order, and acc[d] +=
+ * p * v[d] in d order, each element widened exactly on the way. NULL: widen
+ * the row, then the loops below. */
+typedef double (*kv_dot_half_fn)(const float *q, const uint16_t *k, int type, int n);
+typedef void (*kv_axpy_half_fn)(double *acc, double p, const uint16_t *v, int type, int n);
+
+static inline __attribute__((always_inline)) void attn_body(void *ctx, int tid, int nth, kv_widen_fn widen,
+							    kv_dot_half_fn dot_half, kv_axpy_half_fn axpy_half)
 {
 	const attn_job *job = ctx;
 	tern_engine *e = job->e;
@@ -269,18 +277,29 @@ static inline __attribute__((always_inline)) void attn_body(void *ctx, int tid, 
 		/* products of floats are exact in double, so these sums are close
 		 * to correctly rounded once cast back: few int8 rounding flips
 		 * against any other careful implementation */
-		for (int t = 0; t <= pos; t++) {
-			const float *kt = kv_head_row(kc, base + (size_t)t * kvd, type, hd, widen, ktmp);
-			sc[t] = (float)dot_f64(qh, kt, hd) * scale;
+		if (dot_half && type != TERN_DTYPE_F32) {
+			for (int t = 0; t <= pos; t++)
+				sc[t] = (float)dot_half(qh, (const uint16_t *)kc + base + (size_t)t * kvd, type, hd) *
+					scale;
+		} else {
+			for (int t = 0; t <= pos; t++) {
+				const float *kt = kv_head_row(kc, base + (size_t)t * kvd, type, hd, widen, ktmp);
+				sc[t] = (float)dot_f64(qh, kt, hd) * scale;
+			}
 		}
 		e->fk->softmax(sc, pos + 1);
 		for (int d = 0; d < hd; d++)
 			acc[d] = 0.0;
-		for (int t = 0; t <= pos; t++) {
-			const double p = (double)sc[t];
-			const float *vt = kv_head_row(vc, base + (size_t)t * kvd, type, hd, widen, vtmp);
-			for (int d = 0; d < hd; d++)
-				acc[d] += p * (double)vt[d];
+		if (axpy_half && type != TERN_DTYPE_F32) {
+			for (int t = 0; t <= pos; t++)
+				axpy_half(acc, (double)sc[t], (const uint16_t *)vc + base + (size_t)t * kvd, type, hd);
+		} else {
+			for (int t = 0; t <= pos; t++) {
+				const double p = (double)sc[t];
+				const float *vt = kv_head_row(vc, base + (size_t)t * kvd, type, hd, widen, vtmp);
+				for (int d = 0; d < hd; d++)
+					acc[d] += p * (double)vt[d];
+			}
 		}
 		float *o = e->att + (size_t)j * hp->n_embd + (size_t)h * hd;
 		for (int d = 0; d < hd; d++)
@@ -290,7 +309,7 @@ static inline __attribute__((always_inline)) void attn_body(void *ctx, int tid, 
 
 static void attn_run(void *ctx, int tid, int nth)
 {
-	attn_body(ctx, tid, nth, kv_widen_scalar);
+	attn_body(ctx, tid, nth, kv_widen_scalar, NULL, NULL);
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -318,7 +337,7 @@ __attribute__((target("avx2,f16c"))) static void kv_widen_avx2(const uint16_t *h
 
 __attribute__((target("avx2,f16c"))) static void attn_run_avx2(void *ctx, int tid, int nth)
 {
-	attn_body(ctx, tid, nth, kv_widen_avx2);
+	attn_body(ctx, tid, nth, kv_widen_avx2, NULL, NULL);
 }
 
 __attribute__((target("avx512f"))) static void kv_widen_avx512(const uint16_t *h, int type, int n, float *out)
@@ -338,9 +357,54 @@ __attribute__((target("avx512f"))) static void kv_widen_avx512(const uint16_t *h
 	kv_widen_scalar(h + i, type, n - i, out + i);
 }
 
-__attribute__((target("avx512f"))) static void attn_run_avx512(void *ctx, int tid, int nth)
+/* 8 half elements as doubles, exactly. (F16C: as kernels/x86/float-avx512.c,
+ * every AVX-512 CPU has it.) */
+__attribute__((target("avx512f,f16c"))) static inline __m512d half8_pd(const uint16_t *h, int type)
 {
-	attn_body(ctx, tid, nth, kv_widen_avx512);
+	const __m128i x = _mm_loadu_si128((const __m128i *)(const void *)h);
+	const __m256 f = type == TERN_DTYPE_F16 ? _mm256_cvtph_ps(x)
+						: _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(x), 16));
+	return _mm512_cvtps_pd(f);
+}
+
+static inline float half1(uint16_t h, int type)
+{
+	return type == TERN_DTYPE_F16 ? tern_f16_to_f32(h) : tern_bf16_to_f32(h);
+}
+
+/* dot_f64(q, widened k, n): lane j sums elements i = j mod 8 in i order
+ * (one vector add per 8), the tail into lanes 0.., the same combining tree. */
+__attribute__((target("avx512f,f16c"))) static double dot_half_avx512(const float *q, const uint16_t *k, int type,
+								      int n)
+{
+	__m512d acc = _mm512_setzero_pd();
+	int i = 0;
+	for (; i + 8 <= n; i += 8)
+		acc = _mm512_add_pd(acc, _mm512_mul_pd(_mm512_cvtps_pd(_mm256_loadu_ps(q + i)), half8_pd(k + i, type)));
+	double l[8];
+	_mm512_storeu_pd(l, acc);
+	for (int j = 0; i < n; i++, j++)
+		l[j] += (double)q[i] * (double)half1(k[i], type);
+	const double s0 = l[0] + l[4], s1 = l[1] + l[5], s2 = l[2] + l[6], s3 = l[3] + l[7];
+	return (s0 + s2) + (s1 + s3);
+}
+
+/* acc[d] += p * (double)v[d] for each d: a product, then a sum, as the loop. */
+__attribute__((target("avx512f,f16c"))) static void axpy_half_avx512(double *acc, double p, const uint16_t *v, int type,
+								     int n)
+{
+	const __m512d pp = _mm512_set1_pd(p);
+	int d = 0;
+	for (; d + 8 <= n; d += 8)
+		_mm512_storeu_pd(acc + d,
+				 _mm512_add_pd(_mm512_loadu_pd(acc + d), _mm512_mul_pd(pp, half8_pd(v + d, type))));
+	for (; d < n; d++)
+		acc[d] += p * (double)half1(v[d], type);
+}
+
+__attribute__((target("avx512f,f16c"))) static void attn_run_avx512(void *ctx, int tid, int nth)
+{
+	attn_body(ctx, tid, nth, kv_widen_avx512, dot_half_avx512, axpy_half_avx512);
 }
 #define HAVE_ATTN_X86 1
 #endif
