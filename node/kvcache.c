@@ -1,5 +1,5 @@
-/* kvcache.c: the f32 KV cache of one layer range: one K and one V block per
- * layer, (n_slots, n_ctx, kv_dim) each, placed by a caller-supplied allocator
+/* kvcache.c: the KV cache of one layer range: one K and one V block per
+ * layer, (n_slots, n_ctx, kv_dim) elements of its type each, placed by a caller-supplied allocator
  * (a NUMA-pinned stage puts it on its own domain), and the slot bookkeeping
  * (which slots are live, how many positions each holds). A freed slot is not
  * cleared: the engine never reads a position at or beyond a slot's length. */
@@ -22,15 +22,18 @@ static void default_free(void *ctx, void *p, size_t bytes)
 	tern_aligned_free(p);
 }
 
-int tern_kv_create(tern_kv_cache **out, int n_layer, int n_slots, int n_ctx, int kv_dim, const tern_allocator *a,
-		   tern_err *err)
+int tern_kv_create(tern_kv_cache **out, int n_layer, int n_slots, int n_ctx, int kv_dim, int type,
+		   const tern_allocator *a, tern_err *err)
 {
 	*out = NULL;
 	TERN_RETURN_IF(n_layer <= 0 || n_slots <= 0 || n_ctx <= 0 || kv_dim <= 0, err, TERN_EINVAL,
 		       "KV cache: bad size (layers %d, slots %d, context %d, width %d)", n_layer, n_slots, n_ctx,
 		       kv_dim);
+	TERN_RETURN_IF(!tern_kv_type_ok(type), err, TERN_EINVAL, "KV cache: %s is not a KV type (f32, f16, bf16)",
+		       tern_dtype_name(type));
+	const size_t esize = tern_dtype_size(type);
 	const uint64_t elems = (uint64_t)n_slots * (uint64_t)n_ctx * (uint64_t)kv_dim;
-	TERN_RETURN_IF(elems > (UINT64_C(1) << 40) || elems * sizeof(float) > SIZE_MAX / 2, err, TERN_ERANGE,
+	TERN_RETURN_IF(elems > (UINT64_C(1) << 40) || elems * esize > SIZE_MAX / 2, err, TERN_ERANGE,
 		       "KV cache: %d slots x %d positions x %d is too large", n_slots, n_ctx, kv_dim);
 	tern_kv_cache *kv = calloc(1, sizeof *kv);
 	if (!kv)
@@ -39,7 +42,9 @@ int tern_kv_create(tern_kv_cache **out, int n_layer, int n_slots, int n_ctx, int
 	kv->n_slots = n_slots;
 	kv->n_ctx = n_ctx;
 	kv->kv_dim = kv_dim;
-	kv->layer_bytes = (size_t)elems * sizeof(float);
+	kv->type = type;
+	kv->elem_bytes = esize;
+	kv->layer_bytes = (size_t)elems * esize;
 	if (a && a->alloc && a->free) {
 		kv->alloc = *a;
 	} else {
@@ -65,7 +70,7 @@ int tern_kv_create(tern_kv_cache **out, int n_layer, int n_slots, int n_ctx, int
 nomem:
 	tern_kv_free(kv);
 	return TERN_ERR(err, TERN_ENOMEM, "KV cache: cannot allocate %d layers x 2 x %llu bytes", n_layer,
-			(unsigned long long)(elems * sizeof(float)));
+			(unsigned long long)(elems * esize));
 }
 
 void tern_kv_free(tern_kv_cache *kv)

@@ -14,10 +14,14 @@
  * -ffp-contract=off, so the compiler cannot re-associate or fuse anything. */
 #include "tern-engine.h"
 #include "tern-float.h"
+#include "tern-half.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
 
 /* ---- primitives --------------------------------------------------------- */
 
@@ -101,6 +105,7 @@ struct tern_engine {
 	float *u;       /* (max_rows, n_ff) */
 	float *scores;  /* (n_threads, n_ctx) per-thread attention scores */
 	double *acc;    /* (n_threads, head_dim) per-thread weighted V sums */
+	float *kvrow;   /* (n_threads, 2, head_dim) per-thread K and V of one head widened to f32 */
 	int *slot_next; /* (n_slots) validation scratch: next position expected in this call */
 	proj_job *pjob; /* bookkeeping of the product runs (per-thread errors) */
 	tern_act act_e; /* activations of width n_embd */
@@ -150,7 +155,7 @@ int tern_engine_create(const tern_layers *w, const tern_engine_config *cfg, tern
 	e->ffn_act = arch->ffn_act == TERN_FFN_SILU ? e->fk->swiglu : tern_engine_relu2_mul;
 	e->kv_dim = w->hp.n_head_kv * w->hp.head_dim;
 	e->n_threads = tern_pool_size(cfg->pool);
-	int rc = tern_kv_create(&e->kv, w->n, cfg->n_slots, cfg->n_ctx, e->kv_dim, cfg->kv_alloc, err);
+	int rc = tern_kv_create(&e->kv, w->n, cfg->n_slots, cfg->n_ctx, e->kv_dim, cfg->kv_type, cfg->kv_alloc, err);
 	if (rc < 0)
 		goto fail;
 	const size_t R = (size_t)cfg->max_rows, d = (size_t)e->hp.n_embd, ff = (size_t)e->hp.n_ff;
@@ -165,10 +170,11 @@ int tern_engine_create(const tern_layers *w, const tern_engine_config *cfg, tern
 	e->u = alloc_f32(R * ff);
 	e->scores = alloc_f32((size_t)e->n_threads * (size_t)cfg->n_ctx);
 	e->acc = tern_aligned_alloc((size_t)e->n_threads * (size_t)e->hp.head_dim * sizeof(double), TERN_ALIGN);
+	e->kvrow = alloc_f32((size_t)e->n_threads * 2 * (size_t)e->hp.head_dim);
 	e->slot_next = malloc((size_t)cfg->n_slots * sizeof *e->slot_next);
 	e->pjob = calloc(1, sizeof *e->pjob);
 	if (!e->rope || !e->xn || !e->q || !e->k || !e->v || !e->att || !e->y || !e->g || !e->u || !e->scores ||
-	    !e->acc || !e->slot_next || !e->pjob) {
+	    !e->acc || !e->kvrow || !e->slot_next || !e->pjob) {
 		rc = TERN_ERR(err, TERN_ENOMEM, "engine: cannot allocate scratch for %d rows", cfg->max_rows);
 		goto fail;
 	}
@@ -196,6 +202,7 @@ void tern_engine_free(tern_engine *e)
 	tern_aligned_free(e->u);
 	tern_aligned_free(e->scores);
 	tern_aligned_free(e->acc);
+	tern_aligned_free(e->kvrow);
 	free(e->slot_next);
 	free(e->pjob);
 	tern_act_free(&e->act_e);
@@ -222,7 +229,41 @@ typedef struct {
 	int n;
 } attn_job;
 
-static inline __attribute__((always_inline)) void attn_body(void *ctx, int tid, int nth)
+/* Widens n half-precision KV elements (F16 or BF16 bits, as type says) to
+ * f32. Every such value is a float, so each ISA's widening gives the same
+ * bits (tern-half.h); the vector ones only do it 8 or 16 at a time. */
+typedef void (*kv_widen_fn)(const uint16_t *h, int type, int n, float *out);
+
+static void kv_widen_scalar(const uint16_t *h, int type, int n, float *out)
+{
+	if (type == TERN_DTYPE_F16)
+		for (int i = 0; i < n; i++)
+			out[i] = tern_f16_to_f32(h[i]);
+	else
+		for (int i = 0; i < n; i++)
+			out[i] = tern_bf16_to_f32(h[i]);
+}
+
+/* K (or V) of one head at one position as f32: the cache itself when it is
+ * f32, else that head's elements widened into tmp. */
+static inline __attribute__((always_inline)) const float *kv_head_row(const void *cache, size_t off, int type, int hd,
+								      kv_widen_fn widen, float *tmp)
+{
+	if (type == TERN_DTYPE_F32)
+		return (const float *)cache + off;
+	widen((const uint16_t *)cache + off, type, hd, tmp);
+	return tmp;
+}
+
+/* Optional fused forms for a half-precision cache, what an ISA copy may pass
+ * instead of widening a row first: q.k in dot_f64's order, and acc[d] +=
+ * p * v[d] in d order, each element widened exactly on the way. NULL: widen
+ * the row, then the loops below. */
+typedef double (*kv_dot_half_fn)(const float *q, const uint16_t *k, int type, int n);
+typedef void (*kv_axpy_half_fn)(double *acc, double p, const uint16_t *v, int type, int n);
+
+static inline __attribute__((always_inline)) void attn_body(void *ctx, int tid, int nth, kv_widen_fn widen,
+							    kv_dot_half_fn dot_half, kv_axpy_half_fn axpy_half)
 {
 	const attn_job *job = ctx;
 	tern_engine *e = job->e;
@@ -234,7 +275,9 @@ static inline __attribute__((always_inline)) void attn_body(void *ctx, int tid, 
 	const float scale = 1.0f / sqrtf((float)hd);
 	float *sc = e->scores + (size_t)tid * (size_t)e->cfg.n_ctx;
 	double *acc = e->acc + (size_t)tid * (size_t)hd;
-	const float *kc = e->kv->k[job->layer], *vc = e->kv->v[job->layer];
+	float *ktmp = e->kvrow + (size_t)tid * 2 * (size_t)hd, *vtmp = ktmp + hd;
+	const void *kc = e->kv->k[job->layer], *vc = e->kv->v[job->layer];
+	const int type = e->kv->type;
 	for (size_t it = i0; it < i1; it++) {
 		const int j = (int)(it / (size_t)n_head), h = (int)(it % (size_t)n_head);
 		const int kvh = h / group, pos = job->rows[j].pos;
@@ -243,16 +286,29 @@ static inline __attribute__((always_inline)) void attn_body(void *ctx, int tid, 
 		/* products of floats are exact in double, so these sums are close
 		 * to correctly rounded once cast back: few int8 rounding flips
 		 * against any other careful implementation */
-		for (int t = 0; t <= pos; t++)
-			sc[t] = (float)dot_f64(qh, kc + base + (size_t)t * kvd, hd) * scale;
+		if (dot_half && type != TERN_DTYPE_F32) {
+			for (int t = 0; t <= pos; t++)
+				sc[t] = (float)dot_half(qh, (const uint16_t *)kc + base + (size_t)t * kvd, type, hd) *
+					scale;
+		} else {
+			for (int t = 0; t <= pos; t++) {
+				const float *kt = kv_head_row(kc, base + (size_t)t * kvd, type, hd, widen, ktmp);
+				sc[t] = (float)dot_f64(qh, kt, hd) * scale;
+			}
+		}
 		e->fk->softmax(sc, pos + 1);
 		for (int d = 0; d < hd; d++)
 			acc[d] = 0.0;
-		for (int t = 0; t <= pos; t++) {
-			const double p = (double)sc[t];
-			const float *vt = vc + base + (size_t)t * kvd;
-			for (int d = 0; d < hd; d++)
-				acc[d] += p * (double)vt[d];
+		if (axpy_half && type != TERN_DTYPE_F32) {
+			for (int t = 0; t <= pos; t++)
+				axpy_half(acc, (double)sc[t], (const uint16_t *)vc + base + (size_t)t * kvd, type, hd);
+		} else {
+			for (int t = 0; t <= pos; t++) {
+				const double p = (double)sc[t];
+				const float *vt = kv_head_row(vc, base + (size_t)t * kvd, type, hd, widen, vtmp);
+				for (int d = 0; d < hd; d++)
+					acc[d] += p * (double)vt[d];
+			}
 		}
 		float *o = e->att + (size_t)j * hp->n_embd + (size_t)h * hd;
 		for (int d = 0; d < hd; d++)
@@ -262,20 +318,121 @@ static inline __attribute__((always_inline)) void attn_body(void *ctx, int tid, 
 
 static void attn_run(void *ctx, int tid, int nth)
 {
-	attn_body(ctx, tid, nth);
+	attn_body(ctx, tid, nth, kv_widen_scalar, NULL, NULL);
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
-/* The same attention compiled for AVX-512: the q.k and p.v loops in double
- * are a tenth of a decode step at a few hundred positions, and the baseline
- * build runs them two doubles at a time. -ffp-contract=off holds for this
- * copy too, so it computes what attn_run computes, bit for bit. */
-__attribute__((target("avx512f"))) static void attn_run_avx512(void *ctx, int tid, int nth)
+/* The same attention compiled for AVX2 (+F16C) and for AVX-512: the q.k and
+ * p.v loops in double are a tenth of a decode step at a few hundred
+ * positions (most of it at a few thousand), and the baseline build runs them
+ * two doubles at a time. -ffp-contract=off holds for these copies too, so
+ * they compute what attn_run computes, bit for bit. */
+__attribute__((target("avx2,f16c"))) static void kv_widen_avx2(const uint16_t *h, int type, int n, float *out)
 {
-	attn_body(ctx, tid, nth);
+	int i = 0;
+	if (type == TERN_DTYPE_F16) {
+		for (; i + 8 <= n; i += 8)
+			_mm256_storeu_ps(out + i,
+					 _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(h + i))));
+	} else {
+		for (; i + 8 <= n; i += 8) {
+			const __m256i w =
+			    _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)(h + i)));
+			_mm256_storeu_ps(out + i, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
+		}
+	}
+	kv_widen_scalar(h + i, type, n - i, out + i);
 }
-#define HAVE_ATTN_AVX512 1
+
+__attribute__((target("avx2,f16c"))) static void attn_run_avx2(void *ctx, int tid, int nth)
+{
+	attn_body(ctx, tid, nth, kv_widen_avx2, NULL, NULL);
+}
+
+__attribute__((target("avx512f"))) static void kv_widen_avx512(const uint16_t *h, int type, int n, float *out)
+{
+	int i = 0;
+	if (type == TERN_DTYPE_F16) {
+		for (; i + 16 <= n; i += 16)
+			_mm512_storeu_ps(out + i,
+					 _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(h + i))));
+	} else {
+		for (; i + 16 <= n; i += 16) {
+			const __m512i w =
+			    _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(const void *)(h + i)));
+			_mm512_storeu_ps(out + i, _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)));
+		}
+	}
+	kv_widen_scalar(h + i, type, n - i, out + i);
+}
+
+/* 8 half elements as doubles, exactly. (F16C: as kernels/x86/float-avx512.c,
+ * every AVX-512 CPU has it.) */
+__attribute__((target("avx512f,f16c"))) static inline __m512d half8_pd(const uint16_t *h, int type)
+{
+	const __m128i x = _mm_loadu_si128((const __m128i *)(const void *)h);
+	const __m256 f = type == TERN_DTYPE_F16 ? _mm256_cvtph_ps(x)
+						: _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(x), 16));
+	return _mm512_cvtps_pd(f);
+}
+
+static inline float half1(uint16_t h, int type)
+{
+	return type == TERN_DTYPE_F16 ? tern_f16_to_f32(h) : tern_bf16_to_f32(h);
+}
+
+/* dot_f64(q, widened k, n): lane j sums elements i = j mod 8 in i order
+ * (one vector add per 8), the tail into lanes 0.., the same combining tree. */
+__attribute__((target("avx512f,f16c"))) static double dot_half_avx512(const float *q, const uint16_t *k, int type,
+								      int n)
+{
+	__m512d acc = _mm512_setzero_pd();
+	int i = 0;
+	for (; i + 8 <= n; i += 8)
+		acc = _mm512_add_pd(acc, _mm512_mul_pd(_mm512_cvtps_pd(_mm256_loadu_ps(q + i)), half8_pd(k + i, type)));
+	double l[8];
+	_mm512_storeu_pd(l, acc);
+	for (int j = 0; i < n; i++, j++)
+		l[j] += (double)q[i] * (double)half1(k[i], type);
+	const double s0 = l[0] + l[4], s1 = l[1] + l[5], s2 = l[2] + l[6], s3 = l[3] + l[7];
+	return (s0 + s2) + (s1 + s3);
+}
+
+/* acc[d] += p * (double)v[d] for each d: a product, then a sum, as the loop. */
+__attribute__((target("avx512f,f16c"))) static void axpy_half_avx512(double *acc, double p, const uint16_t *v, int type,
+								     int n)
+{
+	const __m512d pp = _mm512_set1_pd(p);
+	int d = 0;
+	for (; d + 8 <= n; d += 8)
+		_mm512_storeu_pd(acc + d,
+				 _mm512_add_pd(_mm512_loadu_pd(acc + d), _mm512_mul_pd(pp, half8_pd(v + d, type))));
+	for (; d < n; d++)
+		acc[d] += p * (double)half1(v[d], type);
+}
+
+__attribute__((target("avx512f,f16c"))) static void attn_run_avx512(void *ctx, int tid, int nth)
+{
+	attn_body(ctx, tid, nth, kv_widen_avx512, dot_half_avx512, axpy_half_avx512);
+}
+#define HAVE_ATTN_X86 1
 #endif
+
+/* Rounds one row's K or V (n floats) to the cache type at dst. */
+static void kv_store(void *dst, int type, const float *x, int n)
+{
+	if (type == TERN_DTYPE_F32) {
+		memcpy(dst, x, (size_t)n * sizeof(float));
+	} else if (type == TERN_DTYPE_F16) {
+		uint16_t *h = dst;
+		for (int i = 0; i < n; i++)
+			h[i] = tern_f32_to_f16(x[i]);
+	} else {
+		uint16_t *h = dst;
+		for (int i = 0; i < n; i++)
+			h[i] = tern_f32_to_bf16(x[i]);
+	}
+}
 
 static void proj_run(void *ctx, int tid, int nth)
 {
@@ -363,12 +520,17 @@ static int layer_forward(tern_engine *e, int l, const tern_row *rows, int n, flo
 		/* every row's K/V lands in the cache before any row attends, so a
 		 * row sees the earlier rows of its own sequence in this batch */
 		const size_t off = ((size_t)rows[j].slot * (size_t)e->cfg.n_ctx + (size_t)rows[j].pos) * (size_t)kvd;
-		memcpy(e->kv->k[l] + off, e->k + (size_t)j * kvd, (size_t)kvd * sizeof(float));
-		memcpy(e->kv->v[l] + off, e->v + (size_t)j * kvd, (size_t)kvd * sizeof(float));
+		const size_t boff = off * e->kv->elem_bytes;
+		kv_store((char *)e->kv->k[l] + boff, e->kv->type, e->k + (size_t)j * kvd, kvd);
+		kv_store((char *)e->kv->v[l] + boff, e->kv->type, e->v + (size_t)j * kvd, kvd);
 	}
 	attn_job job = {e, l, rows, n};
-#ifdef HAVE_ATTN_AVX512
-	tern_pool_run(e->cfg.pool, e->fk->isa == TERN_ISA_AVX512 ? attn_run_avx512 : attn_run, &job);
+#ifdef HAVE_ATTN_X86
+	tern_pool_run(e->cfg.pool,
+		      e->fk->isa == TERN_ISA_AVX512 ? attn_run_avx512
+		      : e->fk->isa == TERN_ISA_AVX2 ? attn_run_avx2
+						    : attn_run,
+		      &job);
 #else
 	tern_pool_run(e->cfg.pool, attn_run, &job);
 #endif

@@ -131,8 +131,11 @@ int main(int argc, char **argv)
 			.n_ctx = (int)hello->n_ctx,
 			.max_rows = (int)hello->max_rows,
 			.isa = (tern_isa)hello->isa,
+			.kv_type = TERN_KV_TYPE_DEFAULT,
 		};
-		if (tern_stage_load(hello, &layers, &err) < 0 ||
+		if ((hello->kv_type && hello->kv_type[0] &&
+		     tern_kv_type_parse(hello->kv_type, "HELLO kv_type", &cfg.kv_type, &err) < 0) ||
+		    tern_stage_load(hello, &layers, &err) < 0 ||
 		    tern_pool_create(threads, n_cpus > 0 ? cpus : NULL, n_cpus, &pool, &err) < 0) {
 			snprintf(errmsg, sizeof errmsg, "%s", err.msg);
 		} else {
@@ -144,9 +147,13 @@ int main(int argc, char **argv)
 				int slot;
 				while (tern_kv_slot_alloc(tern_engine_kv(engine), &slot, NULL) == 0)
 					;
-				TERN_LOGI("node", "stage %d: layers %u..%u, %.1f MiB packed, %d threads, loaded in %.2f s",
+				TERN_LOGI("node",
+					  "stage %d: layers %u..%u, %.1f MiB packed, %.1f MiB %s KV, %d threads, loaded in "
+					  "%.2f s",
 					  rank, hello->first_layer, hello->first_layer + hello->n_layers - 1,
-					  (double)tern_layers_bytes(&layers) / (1 << 20), threads, tern_now_s() - t0);
+					  (double)tern_layers_bytes(&layers) / (1 << 20),
+					  2.0 * (double)tern_engine_kv(engine)->layer_bytes * hello->n_layers / (1 << 20),
+					  tern_dtype_name(cfg.kv_type), threads, tern_now_s() - t0);
 			}
 		}
 	}

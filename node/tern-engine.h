@@ -1,8 +1,8 @@
 /* tern-engine.h: the BitNet b1.58 layer engine, what one pipeline stage runs
  * ("a node is layers a..b"), and what tern-run runs for the whole model.
  *
- * It owns the transformer layers of one contiguous range and the f32 KV cache
- * of those layers for a fixed number of sequence slots. One call runs a
+ * It owns the transformer layers of one contiguous range and the KV cache
+ * (f16 by default, f32 or bf16 as configured) of those layers for a fixed number of sequence slots. One call runs a
  * micro-batch of T rows (slot, position, hidden f32[n_embd]) through every
  * layer of the range: rows of several sequences at different positions, and
  * several consecutive rows of one sequence (chunked prefill), together. Every
@@ -17,6 +17,10 @@
  *
  * Attention: score_t = (float)(q.k_t in double) * (1/sqrtf(head_dim)); softmax
  * as kernels/tern-float.h; out = (float)(sum_t p_t * v_t in double, t order).
+ * K and V are rounded once to the cache type when written (round to nearest
+ * even, kernels/base/tern-half.h) and widened exactly to f32 when read, so
+ * the cache types differ only by that stored rounding, and every ISA reads
+ * the same numbers.
  * RMSNorm, RoPE NEOX and softmax are the float kernels of tern-float.h (their
  * orders are written there), run on the engine's kernel ISA.
  *
@@ -144,23 +148,26 @@ typedef struct tern_allocator {
 	void *ctx;
 } tern_allocator;
 
-/* f32 K and V of n_layer layers for n_slots sequences of up to n_ctx positions. */
+/* K and V of n_layer layers for n_slots sequences of up to n_ctx positions,
+ * elements of type (f32 float, or f16 / bf16 uint16_t bits). */
 typedef struct tern_kv_cache {
 	int n_layer;
 	int n_slots;
 	int n_ctx;
 	int kv_dim;         /* n_head_kv * head_dim */
+	int type;           /* TERN_DTYPE_F32, F16 or BF16 (tern_kv_type_ok) */
+	size_t elem_bytes;  /* tern_dtype_size(type) */
 	size_t layer_bytes; /* bytes of one layer's K (and of its V) */
-	float **k;          /* (n_layer) -> (n_slots, n_ctx, kv_dim) */
-	float **v;          /* (n_layer) -> (n_slots, n_ctx, kv_dim) */
+	void **k;           /* (n_layer) -> (n_slots, n_ctx, kv_dim) of type */
+	void **v;           /* (n_layer) -> (n_slots, n_ctx, kv_dim) of type */
 	int *len;           /* (n_slots) positions held; -1 = slot free */
 	tern_allocator alloc;
 } tern_kv_cache;
 
-/* Errors: TERN_EINVAL (non-positive sizes), TERN_ERANGE (size overflow),
- * TERN_ENOMEM. *out is NULL on failure. */
-int tern_kv_create(tern_kv_cache **out, int n_layer, int n_slots, int n_ctx, int kv_dim, const tern_allocator *a,
-		   tern_err *err);
+/* Errors: TERN_EINVAL (non-positive sizes, type not a KV type), TERN_ERANGE
+ * (size overflow), TERN_ENOMEM. *out is NULL on failure. */
+int tern_kv_create(tern_kv_cache **out, int n_layer, int n_slots, int n_ctx, int kv_dim, int type,
+		   const tern_allocator *a, tern_err *err);
 void tern_kv_free(tern_kv_cache *kv);
 /* Claims a free slot (length 0): TERN_EFULL when all are in use. */
 int tern_kv_slot_alloc(tern_kv_cache *kv, int *slot, tern_err *err);
@@ -182,6 +189,8 @@ typedef struct tern_engine_config {
 	tern_isa isa;                   /* kernel ISA (AUTO resolves once) */
 	tern_pool *pool;                /* borrowed, may be NULL (single-threaded) */
 	const tern_allocator *kv_alloc; /* NULL: tern_aligned_alloc */
+	int kv_type;                    /* KV cache element type (tern_kv_type_ok); 0 is TERN_DTYPE_F32,
+					   the CLIs default to TERN_KV_TYPE_DEFAULT (f16) */
 } tern_engine_config;
 
 /* One row of a micro-batch. */

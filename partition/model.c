@@ -166,9 +166,11 @@ uint64_t tern_hparams_total_params(const tern_hparams *hp)
 	return tern_hparams_layer_params(hp) * (uint64_t)hp->n_layer + emb * (hp->tied_embeddings ? 1 : 2);
 }
 
-uint64_t tern_hparams_kv_bytes_per_token_layer(const tern_hparams *hp)
+uint64_t tern_hparams_kv_bytes_per_token_layer(const tern_hparams *hp, int kv_type)
 {
-	return 2ull * (uint64_t)hp->n_head_kv * (uint64_t)hp->head_dim * sizeof(float);
+	if (!tern_kv_type_ok(kv_type))
+		return 0;
+	return 2ull * (uint64_t)hp->n_head_kv * (uint64_t)hp->head_dim * (uint64_t)tern_dtype_size(kv_type);
 }
 
 /* ---- the tensors of a layer ------------------------------------------------ */
@@ -366,4 +368,23 @@ int tern_tokenizer_type(const char *model, const char *pre, tern_err *err)
 		       err, TERN_EUNSUP,
 		       "pre-tokenizer \"%s\" is not supported (only llama3 / llama-v3 / llama-bpe / falcon3)", pre);
 	return 1;
+}
+
+/* ---- KV cache element type -------------------------------------------------- */
+
+int tern_kv_type_ok(int dt)
+{
+	return dt == TERN_DTYPE_F32 || dt == TERN_DTYPE_F16 || dt == TERN_DTYPE_BF16;
+}
+
+int tern_kv_type_parse(const char *s, const char *opt, int *out, tern_err *err)
+{
+	static const int types[] = {TERN_DTYPE_F32, TERN_DTYPE_F16, TERN_DTYPE_BF16};
+	for (size_t i = 0; s && i < sizeof types / sizeof types[0]; i++) {
+		if (strcmp(s, tern_dtype_name(types[i])) == 0) {
+			*out = types[i];
+			return 0;
+		}
+	}
+	return TERN_ERR(err, TERN_EINVAL, "bad value '%s' for %s: expected f32, f16 or bf16", s ? s : "", opt);
 }

@@ -34,6 +34,7 @@ static void usage(FILE *f)
 		"                          (default: one scale per tensor)\n"
 		"  --seqs N                sequences to size the KV caches for (default 4)\n"
 		"  --ctx N                 context per sequence (default min(4096, trained context))\n"
+		"  --kv-type T             KV cache element type the stages are sized for: f16 (default), f32, bf16\n"
 		"  --mem SIZE              with --stages: memory to split over the stages (default: this\n"
 		"                          host's RAM), e.g. 16GiB\n"
 		"  --zstd-level N          shard compression level 0..19 (default 1; 0 stores raw)\n"
@@ -235,6 +236,7 @@ enum {
 	OPT_GROUP_ROWS,
 	OPT_SEQS,
 	OPT_CTX,
+	OPT_KV_TYPE,
 	OPT_MEM,
 	OPT_ZSTD_LEVEL,
 	OPT_DRY_RUN,
@@ -254,7 +256,7 @@ int main(int argc, char **argv)
 
 	const char *model = NULL, *cluster_path = NULL, *out = NULL;
 	int stages = 0, hw = 0, dry = 0, progress = 1, zlevel = 1;
-	int group_rows = 0, seqs = 0, ctx = 0;
+	int group_rows = 0, seqs = 0, ctx = 0, kv_type = TERN_KV_TYPE_DEFAULT;
 	int packing = TERN_PACK_TL2;
 	uint64_t mem = 0;
 	static const struct option long_opts[] = {
@@ -265,6 +267,7 @@ int main(int argc, char **argv)
 		{"group-rows", required_argument, NULL, OPT_GROUP_ROWS},
 		{"seqs", required_argument, NULL, OPT_SEQS},
 		{"ctx", required_argument, NULL, OPT_CTX},
+		{"kv-type", required_argument, NULL, OPT_KV_TYPE},
 		{"mem", required_argument, NULL, OPT_MEM},
 		{"zstd-level", required_argument, NULL, OPT_ZSTD_LEVEL},
 		{"dry-run", no_argument, NULL, OPT_DRY_RUN},
@@ -304,6 +307,9 @@ int main(int argc, char **argv)
 			break;
 		case OPT_CTX:
 			rc = tern_parse_int(v, 1, 1 << 22, "--ctx", &ctx, &perr);
+			break;
+		case OPT_KV_TYPE:
+			rc = tern_kv_type_parse(v, "--kv-type", &kv_type, &perr);
 			break;
 		case OPT_MEM:
 			rc = tern_parse_size(v, 1, UINT64_MAX, "--mem", &mem, &perr);
@@ -369,6 +375,7 @@ int main(int argc, char **argv)
 		o.n_seqs = seqs;
 	if (ctx)
 		o.n_ctx = ctx;
+	o.kv_type = kv_type;
 	if (dry) {
 		tern_plan_layout lay;
 		rc = tern_plan_compute(&pm, &o, &c, &lay, NULL, &err);

@@ -247,6 +247,7 @@ static int write_manifest(const char *dir, tern_source *src, const tern_plan_mod
 	plan.group_rows = (uint32_t)group_rows;
 	plan.n_seqs = (uint32_t)o->n_seqs;
 	plan.n_ctx = (uint32_t)o->n_ctx;
+	plan.kv_type = (char *)tern_dtype_name(o->kv_type);
 	plan.n_stages = (size_t)S;
 	plan.stages = stage_ptrs;
 	plan.coordinator = &co;

@@ -21,6 +21,7 @@ void tern_plan_opts_default(tern_plan_opts *o, const tern_hparams *hp)
 	o->n_seqs = 4;
 	o->n_ctx = hp && hp->n_ctx_train > 0 && hp->n_ctx_train < 4096 ? hp->n_ctx_train : 4096;
 	o->work_tokens = 128;
+	o->kv_type = TERN_KV_TYPE_DEFAULT;
 }
 
 int tern_plan_embd_elem_bytes(tern_dtype embd_type)
@@ -45,12 +46,12 @@ uint64_t tern_plan_layer_weight_bytes(const tern_hparams *hp, const tern_plan_op
 
 uint64_t tern_plan_layer_kv_bytes(const tern_hparams *hp, const tern_plan_opts *o)
 {
-	return tern_hparams_kv_bytes_per_token_layer(hp) * (uint64_t)o->n_seqs * (uint64_t)o->n_ctx;
+	return tern_hparams_kv_bytes_per_token_layer(hp, o->kv_type) * (uint64_t)o->n_seqs * (uint64_t)o->n_ctx;
 }
 
 uint64_t tern_plan_layer_token_bytes(const tern_hparams *hp, const tern_plan_opts *o)
 {
-	return tern_plan_layer_weight_bytes(hp, o) + tern_hparams_kv_bytes_per_token_layer(hp) * (uint64_t)o->n_ctx;
+	return tern_plan_layer_weight_bytes(hp, o) + tern_hparams_kv_bytes_per_token_layer(hp, o->kv_type) * (uint64_t)o->n_ctx;
 }
 
 /* Estimate of one stage's working set for a micro-batch (or prefill chunk) of
@@ -183,6 +184,8 @@ int tern_plan_compute(const tern_plan_model *m, const tern_plan_opts *o, const t
 			       o->n_ctx > (1 << 22) || o->work_tokens < 1 || o->work_tokens > (1 << 16),
 		       err, TERN_EINVAL, "bad plan options (group rows %d, %d seqs, ctx %d, work tokens %d)",
 		       o->group_rows, o->n_seqs, o->n_ctx, o->work_tokens);
+	TERN_RETURN_IF(!tern_kv_type_ok(o->kv_type), err, TERN_EINVAL, "bad KV cache type %s (f32, f16, bf16)",
+		       tern_dtype_name(o->kv_type));
 	TERN_RETURN_IF(c->n_domains < 1, err, TERN_EINVAL, "the cluster has no NUMA domains");
 	TERN_RETURN_IF(c->n_domains > m->hp.n_layer, err, TERN_EINVAL,
 		       "%d stages but the model has only %d layers (at least one layer per stage)", c->n_domains,
@@ -325,9 +328,9 @@ void tern_plan_print_table(FILE *f, const tern_plan_model *m, const tern_plan_op
 {
 	fprintf(f, "model: %d layers, n_embd %d, n_ff %d, vocab %d (%.2fB parameters)\n", m->hp.n_layer, m->hp.n_embd,
 		m->hp.n_ff, m->hp.n_vocab, (double)tern_hparams_total_params(&m->hp) / 1e9);
-	fprintf(f, "plan: %d stages on %d host(s), packing %s, %s, KV for %d seqs x %d ctx (f32)\n", l->n_stages,
+	fprintf(f, "plan: %d stages on %d host(s), packing %s, %s, KV for %d seqs x %d ctx (%s)\n", l->n_stages,
 		c->n_hosts, tern_packing_name(o->packing), o->group_rows > 0 ? "row-block scales" : "per-tensor scales",
-		o->n_seqs, o->n_ctx);
+		o->n_seqs, o->n_ctx, tern_dtype_name(o->kv_type));
 	fprintf(f, "%-6s %-16s %4s %-9s %11s %10s %9s %11s %11s %7s\n", "stage", "host", "numa", "layers", "weight MiB",
 		"KV MiB", "work MiB", "used MiB", "domain MiB", "share");
 	const tern_cluster_domain *cd = &c->domains[l->coord_domain];

@@ -87,8 +87,9 @@ int tern_tokenizer_type(const char *model, const char *pre, tern_err *err);
 uint64_t tern_hparams_layer_params(const tern_hparams *hp);   /* ternary weights of one layer */
 uint64_t tern_hparams_total_params(const tern_hparams *hp);   /* all layers + embeddings (+ head if untied) */
 
-/* KV cache bytes per token per layer (f32 K and V). */
-uint64_t tern_hparams_kv_bytes_per_token_layer(const tern_hparams *hp);
+/* KV cache bytes per token per layer: K and V of n_head_kv x head_dim
+ * elements of kv_type (a tern_kv_type_ok type); 0 for any other type. */
+uint64_t tern_hparams_kv_bytes_per_token_layer(const tern_hparams *hp, int kv_type);
 
 /* ---- the tensors of a layer ------------------------------------------------ */
 
@@ -185,5 +186,16 @@ int tern_dtype_of_safetensors(const char *name);   /* "BF16" -> TERN_DTYPE_BF16 
 const char *tern_dtype_safetensors(int dt);        /* TERN_DTYPE_BF16 -> "BF16"; NULL if none */
 int tern_dtype_of_shard(uint32_t code);            /* shard index dtype code -> tern_dtype */
 uint32_t tern_dtype_shard(int dt);                 /* tern_dtype -> shard code; UINT32_MAX if none */
+
+/* ---- KV cache element type ---------------------------------------------------
+ * The KV cache stores K and V in one of TERN_DTYPE_F32, F16 (the default) or
+ * BF16, a tern_dtype, named "f32", "f16", "bf16" as tern_dtype_name says. */
+#define TERN_KV_TYPE_DEFAULT TERN_DTYPE_F16
+/* 1 if dt is a KV cache type (F32, F16, BF16). */
+int tern_kv_type_ok(int dt);
+/* The one parser of --kv-type (every CLI): "f32", "f16" or "bf16" into *out;
+ * anything else TERN_EINVAL "bad value 'X' for OPT: expected f32, f16 or bf16"
+ * (opt: the flag's name as the user typed it, e.g. "--kv-type"). */
+int tern_kv_type_parse(const char *s, const char *opt, int *out, tern_err *err);
 
 #endif /* TERN_MODEL_H */

@@ -82,16 +82,17 @@ typedef struct tern_plan_opts {
 	int n_seqs;           /* sequences the KV cache is sized for (default 4) */
 	int n_ctx;            /* context per sequence (default min(4096, n_ctx_train)) */
 	int work_tokens;      /* largest micro-batch / prefill chunk in tokens (default 128) */
+	int kv_type;          /* KV cache element type, tern_kv_type_ok (default TERN_KV_TYPE_DEFAULT, f16) */
 } tern_plan_opts;
 
-/* Fills defaults for hp (TL2, per tensor, 4 x min(4096, n_ctx_train), 128). */
+/* Fills defaults for hp (TL2, per tensor, 4 x min(4096, n_ctx_train), 128, f16 KV). */
 void tern_plan_opts_default(tern_plan_opts *o, const tern_hparams *hp);
 /* Bytes per element of an embedding type; 0 unless F32, F16 or BF16. */
 int tern_plan_embd_elem_bytes(tern_dtype embd_type);
 
 /* Byte counts the planner balances and fits (pure functions).
  * layer weights: packed ternary data of the 7 projections + their scales + f32 norms;
- * layer KV: n_seqs x n_ctx positions of f32 K and V;
+ * layer KV: n_seqs x n_ctx positions of K and V in o->kv_type;
  * layer token bytes: what decoding one token reads: the weights + K,V of n_ctx positions;
  * stage work: micro-batch activations (f32 and int8 + LUTs) + attention scores
  *   of one prefill chunk, an estimate documented in planner.c. */

@@ -6,11 +6,21 @@
  *
  *   engine_bench [--preset 2b4t] [--layers N] [--threads 1,2] [--packing tl2]
  *                [--kernel auto] [--prompt 64] [--decode 32] [--lm-head f16,q8,q4]
- *                [--json]
+ *                [--depth 0,512,2048] [--kv-type f16,f32] [--json]
  *
  * --lm-head: the LM head formats to compare (default f16): each thread count
  * runs them one after the other in the same process (alternating, so drift
  * of the machine hits them alike), each from the same random F16 matrix.
+ * --depth: decode after N tokens of context (default: N = --prompt): the
+ * context is prefilled for real (in chunks of --prompt rows, at the largest
+ * thread count; the other thread counts get a copy of that cache, which is
+ * what they would compute, bit for bit), then --decode tokens are timed and
+ * the cache is cut back to N for the next measurement. Depths grow, so each
+ * prefill only adds the difference. --kv-type: the KV cache types to compare
+ * (default f16), alternated like the heads.
+ * The bound counts every byte a decode token reads: packed layers + LM head
+ * + the K and V of every position attended (depth + 1 .. depth + decode, the
+ * mean of them) x layers, in the KV type.
  *
  * Not a test: it asserts nothing and runs for minutes on big shapes. */
 #include <getopt.h>
@@ -105,12 +115,14 @@ int main(int argc, char **argv)
 	tern_isa isa = TERN_ISA_AUTO;
 	tern_head_format fmts[TERN_HEAD_FORMAT_COUNT] = {TERN_HEAD_FILE};
 	int n_fmt = 1;
+	int depths[16], n_depth = 0, kvt[3] = {TERN_KV_TYPE_DEFAULT}, n_kvt = 1;
 	static const struct option long_opts[] = {
 		{"lm-head", required_argument, NULL, 'H'},
 		{"preset", required_argument, NULL, 'P'},   {"layers", required_argument, NULL, 'L'},
 		{"prompt", required_argument, NULL, 'p'},   {"decode", required_argument, NULL, 'd'},
 		{"packing", required_argument, NULL, 'k'},  {"kernel", required_argument, NULL, 'K'},
 		{"json", no_argument, NULL, 'j'},           {"threads", required_argument, NULL, 't'},
+		{"depth", required_argument, NULL, 'D'},    {"kv-type", required_argument, NULL, 'V'},
 		{NULL, 0, NULL, 0},
 	};
 	tern_err perr;
@@ -141,6 +153,24 @@ int main(int argc, char **argv)
 					return tern_opt_bad("engine_bench", "--lm-head wants a list of f16, q8, q4");
 				fmts[n_fmt++] = (tern_head_format)f;
 			}
+		} else if (c == 'D') {
+			n_depth = 0;
+			for (char *s = optarg, *tok; (tok = strtok(s, ",")); s = NULL) {
+				if (n_depth == 16)
+					return tern_opt_bad("engine_bench", "--depth takes at most 16 depths");
+				if ((rc = tern_parse_int(tok, 0, 1 << 20, "--depth", &depths[n_depth++], &perr)) < 0)
+					break;
+				if (n_depth > 1 && depths[n_depth - 1] < depths[n_depth - 2])
+					return tern_opt_bad("engine_bench", "--depth wants increasing depths");
+			}
+		} else if (c == 'V') {
+			n_kvt = 0;
+			for (char *s = optarg, *tok; (tok = strtok(s, ",")); s = NULL) {
+				if (n_kvt == 3)
+					return tern_opt_bad("engine_bench", "--kv-type takes at most 3 types");
+				if ((rc = tern_kv_type_parse(tok, "--kv-type", &kvt[n_kvt++], &perr)) < 0)
+					break;
+			}
 		} else if (c == 't') {
 			n_thr = 0;
 			for (char *s = optarg, *tok; n_thr < 8 && (tok = strtok(s, ",")); s = NULL)
@@ -148,16 +178,20 @@ int main(int argc, char **argv)
 					break;
 		} else {
 			fprintf(stderr, "usage: engine_bench [--preset P] [--layers N] [--threads 1,2] [--packing tl2]"
-					" [--kernel auto] [--prompt N] [--decode N] [--lm-head f16,q8,q4] [--json]\n");
+					" [--kernel auto] [--prompt N] [--decode N] [--lm-head f16,q8,q4]"
+					" [--depth N,...] [--kv-type f16,f32] [--json]\n");
 			return tern_opt_fail("engine_bench", c, argv);
 		}
 		if (rc < 0)
 			return tern_opt_bad("engine_bench", perr.msg);
 	}
-	if ((int)packing < 0 || (int)isa == -2 || n_prompt < 1 || n_decode < 1) {
+	if ((int)packing < 0 || (int)isa == -2 || n_prompt < 1 || n_decode < 1 || n_kvt < 1) {
 		fprintf(stderr, "engine_bench: bad option value\n");
 		return 2;
 	}
+	const int by_depth = n_depth > 0; /* rows carry "depth" and "kv_type" */
+	if (!by_depth)
+		depths[n_depth++] = n_prompt;
 	tern_err err = {0};
 	tern_hparams hp;
 	if (tern_hparams_preset(preset, &hp, &err) < 0) {
@@ -215,102 +249,181 @@ int main(int argc, char **argv)
 			fmt_name(fmts[f]), lbytes / 1e6, hbytes / 1e6, (lbytes + hbytes) / 1e6);
 	}
 
-	const int d = hp.n_embd;
-	float *hid = tern_aligned_alloc(sizeof(float) * (size_t)n_prompt * d, TERN_ALIGN);
+	const int d = hp.n_embd, max_depth = depths[n_depth - 1], chunk = n_prompt;
+	const int n_ctx = max_depth + n_decode + 1;
+	float *hid = tern_aligned_alloc(sizeof(float) * (size_t)chunk * d, TERN_ALIGN);
 	float *logits = tern_aligned_alloc(sizeof(float) * (size_t)hp.n_vocab, TERN_ALIGN);
-	int32_t *toks = malloc(sizeof(int32_t) * (size_t)n_prompt);
-	tern_row *rows = malloc(sizeof(tern_row) * (size_t)n_prompt);
+	int32_t *toks = malloc(sizeof(int32_t) * (size_t)(max_depth + 1));
+	tern_row *rows = malloc(sizeof(tern_row) * (size_t)chunk);
 	if (!hid || !logits || !toks || !rows)
 		return 1;
-	for (int i = 0; i < n_prompt; i++)
+	for (int i = 0; i <= max_depth; i++)
 		toks[i] = (int32_t)((i * 7919) % hp.n_vocab);
 
+	/* every (thread count, KV type) engine at once, so the measurements
+	 * alternate between them at each depth */
+	tern_pool *pools[8] = {NULL};
+	tern_engine *eng[8][3] = {{NULL}};
+	double bws[8];
 	for (int ti = 0; ti < n_thr; ti++) {
-		tern_pool *pool = NULL;
-		if (tern_pool_create(thr[ti], NULL, 0, &pool, &err) < 0) {
+		if (tern_pool_create(thr[ti], NULL, 0, &pools[ti], &err) < 0) {
 			fprintf(stderr, "engine_bench: %s\n", err.msg);
 			return 1;
 		}
-		const double bw = read_bw(pool);
-		const tern_engine_config ec = {1, n_prompt + n_decode + 1, n_prompt, isa, pool, NULL};
-		tern_engine *e;
-		int slot;
-		if (tern_engine_create(&w, &ec, &e, &err) < 0 ||
-		    tern_kv_slot_alloc(tern_engine_kv(e), &slot, &err) < 0) {
-			fprintf(stderr, "engine_bench: %s\n", err.msg);
-			return 1;
-		}
+		bws[ti] = read_bw(pools[ti]);
 		if (json)
 			printf("{\"bench\":\"run\",\"what\":\"read_bw\",\"threads\":%d,\"value\":%.3f,\"unit\":\"GB/s\","
 			       "\"bound\":null,\"fraction\":null}\n",
-			       thr[ti], bw);
-		for (int f = 0; f < n_fmt; f++) {
-			tern_head *head = heads[f];
-			/* prefill: the whole prompt as one chunk, logits of the last row */
-			tern_head_embed(head, toks, n_prompt, hid, &err);
-			for (int i = 0; i < n_prompt; i++)
-				rows[i] = (tern_row){slot, i};
-			double tp = tern_now_s();
-			if (tern_engine_forward(e, rows, n_prompt, hid, &err) < 0 ||
-			    tern_head_logits(head, pool, hid + (size_t)(n_prompt - 1) * d, 1, logits, &err) < 0) {
+			       thr[ti], bws[ti]);
+		for (int v = 0; v < n_kvt; v++) {
+			const tern_engine_config ec = {1, n_ctx, chunk, isa, pools[ti], NULL, kvt[v]};
+			int slot;
+			if (tern_engine_create(&w, &ec, &eng[ti][v], &err) < 0 ||
+			    tern_kv_slot_alloc(tern_engine_kv(eng[ti][v]), &slot, &err) < 0) {
 				fprintf(stderr, "engine_bench: %s\n", err.msg);
 				return 1;
 			}
-			tp = tern_now_s() - tp;
-			/* decode: one row per step, greedy, full LM head each step */
-			double td = tern_now_s(), t_layers = 0, t_head = 0;
-			for (int k = 0; k < n_decode; k++) {
-				int32_t best = 0;
-				for (int v = 1; v < hp.n_vocab; v++)
-					best = logits[v] > logits[best] ? v : best;
-				tern_head_embed(head, &best, 1, hid, &err);
-				const tern_row r = {slot, n_prompt + k};
-				const double t0s = tern_now_s();
-				const int rc1 = tern_engine_forward(e, &r, 1, hid, &err);
-				const double t1s = tern_now_s();
-				const int rc2 = rc1 < 0 ? rc1 : tern_head_logits(head, pool, hid, 1, logits, &err);
-				t_layers += t1s - t0s;
-				t_head += tern_now_s() - t1s;
-				if (rc1 < 0 || rc2 < 0) {
+		}
+	}
+	for (int v = 0; v < n_kvt; v++) {
+		const tern_kv_cache *kv = tern_engine_kv(eng[0][v]);
+		fprintf(json ? stderr : stdout, "  KV cache %s: %.1f MB per slot at %d positions (%d layers)\n",
+			tern_dtype_name(kvt[v]), 2.0 * (double)kv->layer_bytes * hp.n_layer / 1e6, n_ctx, hp.n_layer);
+	}
+	const int big = n_thr - 1; /* the engine that prefills */
+	const int slot = 0;
+	int cur = 0;
+	FILE *tf = json ? stderr : stdout;
+	for (int di = 0; di < n_depth; di++) {
+		const int depth = depths[di];
+		/* prefill cur..depth in chunks, on the largest pool, each KV type */
+		for (int v = 0; v < n_kvt; v++) {
+			tern_engine *e = eng[big][v];
+			double tp = tern_now_s();
+			for (int p0 = cur; p0 < depth; p0 += chunk) {
+				const int cnt = depth - p0 < chunk ? depth - p0 : chunk;
+				tern_head_embed(heads[0], toks + p0, cnt, hid, &err);
+				for (int i = 0; i < cnt; i++)
+					rows[i] = (tern_row){slot, p0 + i};
+				if (tern_engine_forward(e, rows, cnt, hid, &err) < 0) {
 					fprintf(stderr, "engine_bench: %s\n", err.msg);
 					return 1;
 				}
 			}
-			td = tern_now_s() - td;
-			const uint64_t hbytes = tern_head_bytes(head);
-			const double bound = bw * 1e9 / (double)(lbytes + hbytes);
-			const double hps = n_decode / t_head, hbound = bw * 1e9 / (double)hbytes;
-			const double pre = n_prompt / tp, dec = n_decode / td;
-			FILE *tf = json ? stderr : stdout;
-			fprintf(
-			    tf,
-			    "  threads %d, LM head %s: read bw %.1f GB/s | prefill %.1f tok/s | decode %.2f tok/s, bound %.2f, %.0f%%\n",
-			    thr[ti], fmt_name(fmts[f]), bw, pre, dec, bound, 100.0 * dec / bound);
-			fprintf(tf, "    per decode token: layers %.1f ms (%.1f GB/s), LM head %.1f ms (%.1f GB/s, %.0f%% of its bound)\n",
-				1e3 * t_layers / n_decode, lbytes / (t_layers / n_decode) / 1e9, 1e3 * t_head / n_decode,
-				hbytes / (t_head / n_decode) / 1e9, 100.0 * hps / hbound);
-			if (json) {
-				printf(
-				    "{\"bench\":\"run\",\"what\":\"prefill\",\"threads\":%d,\"value\":%.3f,\"unit\":\"tok/s\","
-				    "\"bound\":null,\"fraction\":null,\"model\":\"%s\",\"phase\":\"prefill\",\"layers\":%d,"
-				    "\"packing\":\"%s\",\"batch\":%d,\"lm_head\":\"%s\"}\n",
-				    thr[ti], pre, preset, hp.n_layer, tern_packing_name(packing), n_prompt, fmt_name(fmts[f]));
-				printf(
-				    "{\"bench\":\"run\",\"what\":\"decode\",\"threads\":%d,\"value\":%.3f,\"unit\":\"tok/s\","
-				    "\"bound\":%.3f,\"fraction\":%.6f,\"model\":\"%s\",\"phase\":\"decode\",\"layers\":%d,"
-				    "\"packing\":\"%s\",\"bytes_per_token\":%llu,\"lm_head\":\"%s\",\"head_bytes_per_token\":%llu}\n",
-				    thr[ti], dec, bound, dec / bound, preset, hp.n_layer, tern_packing_name(packing),
-				    (unsigned long long)(lbytes + hbytes), fmt_name(fmts[f]), (unsigned long long)hbytes);
-				/* the head alone: its calls per second against its own bytes */
-				printf(
-				    "{\"bench\":\"run\",\"what\":\"lm_head\",\"threads\":%d,\"value\":%.3f,\"unit\":\"tok/s\","
-				    "\"bound\":%.3f,\"fraction\":%.6f,\"model\":\"%s\",\"phase\":\"decode\",\"lm_head\":\"%s\","
-				    "\"bytes_per_token\":%llu}\n",
-				    thr[ti], hps, hbound, hps / hbound, preset, fmt_name(fmts[f]), (unsigned long long)hbytes);
+			tp = tern_now_s() - tp;
+			if (depth > cur) {
+				const double pre = (depth - cur) / tp;
+				fprintf(tf, "  threads %d, KV %s: prefill %d..%d %.1f tok/s\n", thr[big],
+					tern_dtype_name(kvt[v]), cur, depth, pre);
+				if (json) {
+					printf("{\"bench\":\"run\",\"what\":\"prefill\",\"threads\":%d,\"value\":%.3f,"
+					       "\"unit\":\"tok/s\",\"bound\":null,\"fraction\":null,\"model\":\"%s\","
+					       "\"phase\":\"prefill\",\"layers\":%d,\"packing\":\"%s\",\"batch\":%d,"
+					       "\"lm_head\":\"%s\"",
+					       thr[big], pre, preset, hp.n_layer, tern_packing_name(packing), chunk,
+					       fmt_name(fmts[0]));
+					if (by_depth)
+						printf(",\"depth\":%d,\"from\":%d,\"kv_type\":\"%s\"", depth, cur,
+						       tern_dtype_name(kvt[v]));
+					printf("}\n");
+				}
+			}
+			/* the other thread counts: a copy of what they would have computed */
+			const tern_kv_cache *from = tern_engine_kv(e);
+			for (int ti = 0; ti < big; ti++) {
+				tern_kv_cache *dst = tern_engine_kv(eng[ti][v]);
+				const size_t nb = (size_t)depth * (size_t)from->kv_dim * from->elem_bytes;
+				for (int l = 0; l < from->n_layer; l++) {
+					memcpy(dst->k[l], from->k[l], nb);
+					memcpy(dst->v[l], from->v[l], nb);
+				}
+				dst->len[slot] = depth;
 			}
 		}
-		tern_engine_free(e);
-		tern_pool_free(pool);
+		cur = depth;
+		for (int ti = 0; ti < n_thr; ti++) {
+			const double bw = bws[ti];
+			tern_pool *pool = pools[ti];
+			for (int f = 0; f < n_fmt; f++) {
+				for (int v = 0; v < n_kvt; v++) {
+					tern_engine *e = eng[ti][v];
+					tern_head *hd = heads[f];
+					/* decode: one row per step, greedy, full LM head each step */
+					double td = tern_now_s(), t_layers = 0, t_head = 0;
+					int32_t best = toks[depth];
+					for (int k = 0; k < n_decode; k++) {
+						if (k > 0) {
+							best = 0;
+							for (int x = 1; x < hp.n_vocab; x++)
+								best = logits[x] > logits[best] ? x : best;
+						}
+						tern_head_embed(hd, &best, 1, hid, &err);
+						const tern_row r = {slot, depth + k};
+						const double t0s = tern_now_s();
+						const int rc1 = tern_engine_forward(e, &r, 1, hid, &err);
+						const double t1s = tern_now_s();
+						const int rc2 = rc1 < 0 ? rc1 : tern_head_logits(hd, pool, hid, 1, logits, &err);
+						t_layers += t1s - t0s;
+						t_head += tern_now_s() - t1s;
+						if (rc1 < 0 || rc2 < 0) {
+							fprintf(stderr, "engine_bench: %s\n", err.msg);
+							return 1;
+						}
+					}
+					td = tern_now_s() - td;
+					if (tern_kv_slot_truncate(tern_engine_kv(e), slot, depth, &err) < 0) {
+						fprintf(stderr, "engine_bench: %s\n", err.msg);
+						return 1;
+					}
+					/* step k attends depth + k + 1 positions: the mean over the run */
+					const uint64_t kv_tok = tern_hparams_kv_bytes_per_token_layer(&hp, kvt[v]) *
+								(uint64_t)hp.n_layer;
+					const uint64_t kvbytes =
+					    (uint64_t)((double)kv_tok * ((double)depth + (n_decode + 1) / 2.0) + 0.5);
+					const uint64_t hbytes = tern_head_bytes(hd);
+					const uint64_t tbytes = lbytes + hbytes + kvbytes;
+					const double bound = bw * 1e9 / (double)tbytes;
+					const double hps = n_decode / t_head, hbound = bw * 1e9 / (double)hbytes;
+					const double dec = n_decode / td;
+					fprintf(tf,
+						"  threads %d, LM head %s, KV %s, depth %d: read bw %.1f GB/s | decode %.2f "
+						"tok/s, bound %.2f (%.1f MB/token, KV %.1f MB), %.0f%%\n",
+						thr[ti], fmt_name(fmts[f]), tern_dtype_name(kvt[v]), depth, bw, dec, bound,
+						tbytes / 1e6, kvbytes / 1e6, 100.0 * dec / bound);
+					fprintf(tf,
+						"    per decode token: layers %.1f ms (%.1f GB/s), LM head %.1f ms (%.1f GB/s, "
+						"%.0f%% of its bound)\n",
+						1e3 * t_layers / n_decode, (lbytes + kvbytes) / (t_layers / n_decode) / 1e9,
+						1e3 * t_head / n_decode, hbytes / (t_head / n_decode) / 1e9, 100.0 * hps / hbound);
+					if (json) {
+						printf("{\"bench\":\"run\",\"what\":\"decode\",\"threads\":%d,\"value\":%.3f,"
+						       "\"unit\":\"tok/s\",\"bound\":%.3f,\"fraction\":%.6f,\"model\":\"%s\","
+						       "\"phase\":\"decode\",\"layers\":%d,\"packing\":\"%s\","
+						       "\"bytes_per_token\":%llu,\"lm_head\":\"%s\",\"head_bytes_per_token\":%llu,"
+						       "\"kv_bytes_per_token\":%llu",
+						       thr[ti], dec, bound, dec / bound, preset, hp.n_layer,
+						       tern_packing_name(packing), (unsigned long long)tbytes, fmt_name(fmts[f]),
+						       (unsigned long long)hbytes, (unsigned long long)kvbytes);
+						if (by_depth)
+							printf(",\"depth\":%d,\"kv_type\":\"%s\"", depth, tern_dtype_name(kvt[v]));
+						printf("}\n");
+						/* the head alone: its calls per second against its own bytes */
+						if (v == 0)
+							printf("{\"bench\":\"run\",\"what\":\"lm_head\",\"threads\":%d,"
+							       "\"value\":%.3f,\"unit\":\"tok/s\",\"bound\":%.3f,"
+							       "\"fraction\":%.6f,\"model\":\"%s\",\"phase\":\"decode\","
+							       "\"lm_head\":\"%s\",\"bytes_per_token\":%llu}\n",
+							       thr[ti], hps, hbound, hps / hbound, preset, fmt_name(fmts[f]),
+							       (unsigned long long)hbytes);
+					}
+				}
+			}
+		}
+	}
+	for (int ti = 0; ti < n_thr; ti++) {
+		for (int v = 0; v < n_kvt; v++)
+			tern_engine_free(eng[ti][v]);
+		tern_pool_free(pools[ti]);
 	}
 	free(rows);
 	free(toks);

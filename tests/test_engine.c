@@ -5,7 +5,9 @@
  * invariance (one sequence alone, inside a batch of 16 others, with its prompt
  * chunked 1/3/7/all gives bit-identical hidden states and logits); KV slot
  * isolation; identical outputs for every packing, kernel ISA and thread count;
- * slot free/reuse and truncation; bad micro-batches rejected; the LM head's
+ * slot free/reuse and truncation; bad micro-batches rejected; the KV cache
+ * types (f16 default, f32, bf16: the invariances for each, the stored
+ * rounding exact, every ISA's widening the same); the LM head's
  * SIMD paths equal to its scalar code and to a double-precision dot. */
 #include <math.h>
 #include <stdint.h>
@@ -216,9 +218,13 @@ static int build_layers(const tmodel *m, tern_packing p, tern_layers *w)
 	return rc;
 }
 
+/* The KV cache type make_engine gives every engine: the default (f16) unless
+ * a case runs the others. */
+static int g_kv_type = TERN_KV_TYPE_DEFAULT;
+
 static int make_engine(const tern_layers *w, int n_slots, int max_rows, tern_isa isa, tern_pool *pool, tern_engine **e)
 {
-	tern_engine_config cfg = {n_slots, 128, max_rows, isa, pool, NULL};
+	tern_engine_config cfg = {n_slots, 128, max_rows, isa, pool, NULL, g_kv_type};
 	tern_err err = {0};
 	const int rc = tern_engine_create(w, &cfg, e, &err);
 	if (rc < 0)
@@ -594,7 +600,7 @@ static void test_bad_batches(void)
 	/* shape mismatch between layers and hparams is refused */
 	tern_layers bad = w;
 	bad.hp.n_ff = 256;
-	tern_engine_config cfg = {1, 8, 4, TERN_ISA_AUTO, NULL, NULL};
+	tern_engine_config cfg = {1, 8, 4, TERN_ISA_AUTO, NULL, NULL, TERN_DTYPE_F16};
 	TT_EQ_INT(tern_engine_create(&bad, &cfg, &e, &err), TERN_EINVAL);
 	TT_CHECK(e == NULL);
 	tern_layers_free(&w);
@@ -961,8 +967,153 @@ static void test_llama_arch(void)
 	small_arch = "bitnet-b1.58";
 }
 
+/* The invariance and ISA cases again with the other KV cache types (the
+ * cases above run the default, f16). */
+static void test_kv_types_invariance(void)
+{
+	const int types[] = {TERN_DTYPE_F32, TERN_DTYPE_BF16};
+	for (int i = 0; i < 2; i++) {
+		g_kv_type = types[i];
+		fprintf(stderr, "  KV %s:\n", tern_dtype_name(g_kv_type));
+		test_batch_invariance();
+		test_packings_isas_threads();
+	}
+	g_kv_type = TERN_KV_TYPE_DEFAULT;
+}
+
+/* What a half-precision cache stores and how it is read:
+ * - layer 0's K and V (computed before any attention) are the f32 engine's
+ *   rounded once, to nearest even: the bits tern_f32_to_f16/bf16 give;
+ * - the outputs differ from f32 only by that rounding (close, not equal);
+ * - half the bytes; a type that is not a KV type is refused;
+ * - a head width that is not a multiple of 8 or 16 (the vector widenings'
+ *   tails): every ISA and thread count still bit-identical, per type. */
+static void test_kv_half(void)
+{
+	tmodel m;
+	TT_REQUIRE(tmodel_init(&m, 5) == 0);
+	tern_layers w;
+	TT_REQUIRE(build_layers(&m, TERN_PACK_TL2, &w) == 0);
+	const int d = m.hp.n_embd, V = m.hp.n_vocab, kvd = m.hp.n_head_kv * m.hp.head_dim;
+	int32_t tok[SEQ];
+	seq_tokens(tok, SEQ, V, 11);
+	const int types[] = {TERN_DTYPE_F32, TERN_DTYPE_F16, TERN_DTYPE_BF16};
+	float *h[3], *l[3];
+	tern_engine *e[3];
+	for (int t = 0; t < 3; t++) {
+		h[t] = malloc(sizeof(float) * SEQ * d);
+		l[t] = malloc(sizeof(float) * SEQ * V);
+		TT_REQUIRE(h[t] && l[t]);
+		g_kv_type = types[t];
+		int s;
+		TT_REQUIRE(make_engine(&w, 1, 8, TERN_ISA_AUTO, NULL, &e[t]) == 0);
+		TT_REQUIRE(tern_kv_slot_alloc(tern_engine_kv(e[t]), &s, NULL) == 0);
+		TT_REQUIRE(run_seq(&m, e[t], s, tok, SEQ, 8, h[t], l[t]) == 0);
+		TT_EQ_INT(tern_engine_kv(e[t])->type, types[t]);
+	}
+	g_kv_type = TERN_KV_TYPE_DEFAULT;
+	const tern_kv_cache *k32 = tern_engine_kv(e[0]);
+	TT_CHECK(tern_engine_kv(e[1])->layer_bytes * 2 == k32->layer_bytes);
+	TT_CHECK(tern_engine_kv(e[2])->layer_bytes * 2 == k32->layer_bytes);
+	for (int t = 1; t < 3; t++) {
+		const tern_kv_cache *kh = tern_engine_kv(e[t]);
+		int same = 1;
+		for (int c = 0; c < 2; c++) {
+			const float *x = c ? k32->v[0] : k32->k[0];
+			const uint16_t *y = c ? kh->v[0] : kh->k[0];
+			for (int i = 0; i < SEQ * kvd; i++)
+				same &= y[i] ==
+					(types[t] == TERN_DTYPE_F16 ? tern_f32_to_f16(x[i]) : tern_f32_to_bf16(x[i]));
+		}
+		TT_CHECKF(same, "KV %s: layer 0 K/V are not the f32 cache rounded to nearest even",
+			  tern_dtype_name(types[t]));
+		double worst = 0;
+		for (int r = 0; r < SEQ; r++) {
+			double num = 0, den = 0;
+			for (int i = 0; i < V; i++) {
+				const double a = l[0][(size_t)r * V + i], b = l[t][(size_t)r * V + i];
+				num = fabs(a - b) > num ? fabs(a - b) : num;
+				den = fabs(a) > den ? fabs(a) : den;
+			}
+			worst = num / den > worst ? num / den : worst;
+		}
+		fprintf(stderr, "  KV %s vs f32: max relative logit difference %.2e\n", tern_dtype_name(types[t]),
+			worst);
+		TT_CHECKF(memcmp(h[0], h[t], sizeof(float) * SEQ * d) != 0, "KV %s gives exactly f32's numbers",
+			  tern_dtype_name(types[t]));
+		TT_CHECKF(worst < (types[t] == TERN_DTYPE_F16 ? 0.05 : 0.1), "KV %s: logits %.2e from f32's",
+			  tern_dtype_name(types[t]), worst);
+	}
+	for (int t = 0; t < 3; t++) {
+		tern_engine_free(e[t]);
+		free(h[t]);
+		free(l[t]);
+	}
+	tern_engine *bad = NULL;
+	tern_err err = {0};
+	tern_engine_config cfg = {1, 8, 4, TERN_ISA_AUTO, NULL, NULL, TERN_DTYPE_I8};
+	TT_EQ_INT(tern_engine_create(&w, &cfg, &bad, &err), TERN_EINVAL);
+	TT_CHECK(bad == NULL && strstr(err.msg, "not a KV type") != NULL);
+	tern_layers_free(&w);
+	tmodel_free(&m);
+
+	/* head width 36: 2 x 16 + 4 and 4 x 8 + 4 */
+	TT_REQUIRE(tmodel_init(&m, 6) == 0);
+	m.hp.n_embd = 108;
+	m.hp.head_dim = 36;
+	m.hp.n_ff = 160;
+	tern_head_free(m.head);
+	m.head = NULL;
+	{
+		tern_head_config hc = {m.hp.n_vocab, m.hp.n_embd,   TERN_DTYPE_F16, m.emb,          0,
+				       m.onorm,      m.hp.norm_eps, TERN_ISA_AUTO,  TERN_HEAD_FILE, NULL};
+		TT_REQUIRE(tern_head_create(&hc, &m.head, NULL) == 0);
+	}
+	TT_REQUIRE(build_layers(&m, TERN_PACK_I2S, &w) == 0);
+	tern_pool *pool = NULL;
+	TT_REQUIRE(tern_pool_create(2, NULL, 0, &pool, NULL) == 0);
+	float *href = malloc(sizeof(float) * SEQ * 108), *hh = malloc(sizeof(float) * SEQ * 108);
+	float *ll = malloc(sizeof(float) * SEQ * V);
+	TT_REQUIRE(href && hh && ll);
+	for (int t = 0; t < 3; t++) {
+		g_kv_type = types[t];
+		int have = 0, combos = 0;
+		for (int isa = 0; isa < TERN_ISA_COUNT; isa++) {
+			if (!tern_isa_available((tern_isa)isa)) {
+				TT_NOTE_SKIP("%s", tern_isa_name((tern_isa)isa));
+				continue;
+			}
+			for (int th = 0; th < 2; th++) {
+				tern_engine *en;
+				int s;
+				TT_REQUIRE(make_engine(&w, 1, 8, (tern_isa)isa, th ? pool : NULL, &en) == 0);
+				TT_REQUIRE(tern_kv_slot_alloc(tern_engine_kv(en), &s, NULL) == 0);
+				TT_REQUIRE(run_seq(&m, en, s, tok, SEQ, 5, hh, ll) == 0);
+				tern_engine_free(en);
+				if (!have)
+					memcpy(href, hh, sizeof(float) * SEQ * 108);
+				else
+					TT_CHECKF(memcmp(hh, href, sizeof(float) * SEQ * 108) == 0,
+						  "head width 36, KV %s, isa %s, threads %d differs",
+						  tern_dtype_name(types[t]), tern_isa_name((tern_isa)isa), th + 1);
+				have = 1;
+				combos++;
+			}
+		}
+		TT_CHECK(combos >= 2);
+	}
+	g_kv_type = TERN_KV_TYPE_DEFAULT;
+	tern_pool_free(pool);
+	free(href);
+	free(hh);
+	free(ll);
+	tern_layers_free(&w);
+	tmodel_free(&m);
+}
+
 TT_MAIN(TT_CASE(test_rmsnorm), TT_CASE(test_llama_arch), TT_CASE(test_rope), TT_CASE(test_softmax_relu2_dot),
 	TT_CASE(test_batch_invariance),
-	TT_CASE(test_slot_isolation), TT_CASE(test_packings_isas_threads), TT_CASE(test_slot_reuse_truncate),
+	TT_CASE(test_slot_isolation), TT_CASE(test_packings_isas_threads), TT_CASE(test_kv_types_invariance),
+	TT_CASE(test_kv_half), TT_CASE(test_slot_reuse_truncate),
 	TT_CASE(test_bad_batches), TT_CASE(test_stage_split), TT_CASE(test_builder), TT_CASE(test_head),
 	TT_CASE(test_head_quantized))

@@ -73,7 +73,23 @@ static void test_presets(void)
 	TT_EQ_INT(tern_hparams_validate(&hp, &e), 0);
 	/* 30 x (2*2560^2 + 2*2560*640 + 3*2560*6912) + 128256*2560 */
 	TT_CHECK(tern_hparams_total_params(&hp) == 30ull * 69468160ull + 328335360ull);
-	TT_EQ_INT(tern_hparams_kv_bytes_per_token_layer(&hp), 2 * 640 * 4);
+	TT_EQ_INT(tern_hparams_kv_bytes_per_token_layer(&hp, TERN_DTYPE_F32), 2 * 640 * 4);
+	TT_EQ_INT(tern_hparams_kv_bytes_per_token_layer(&hp, TERN_DTYPE_F16), 2 * 640 * 2);
+	TT_EQ_INT(tern_hparams_kv_bytes_per_token_layer(&hp, TERN_DTYPE_BF16), 2 * 640 * 2);
+	TT_EQ_INT(tern_hparams_kv_bytes_per_token_layer(&hp, TERN_DTYPE_I8), 0);
+	/* 30 layers x 4096 positions of f32 K and V: the 629 MB per slot of issue 16 */
+	TT_CHECK(30 * 4096 * tern_hparams_kv_bytes_per_token_layer(&hp, TERN_DTYPE_F32) == 629145600ull);
+	{
+		int kt = -1;
+		TT_EQ_INT(tern_kv_type_parse("f16", "--kv-type", &kt, &e), 0);
+		TT_EQ_INT(kt, TERN_DTYPE_F16);
+		TT_EQ_INT(tern_kv_type_parse("bf16", "--kv-type", &kt, &e), 0);
+		TT_EQ_INT(kt, TERN_DTYPE_BF16);
+		TT_EQ_INT(tern_kv_type_parse("F16", "--kv-type", &kt, &e), TERN_EINVAL);
+		TT_CHECK(strstr(e.msg, "bad value 'F16' for --kv-type: expected f32, f16 or bf16") != NULL);
+		TT_EQ_INT(tern_kv_type_parse("i8", "--kv-type", &kt, &e), TERN_EINVAL);
+		TT_EQ_INT(kt, TERN_DTYPE_BF16);
+	}
 	/* Every preset is valid, and the names say roughly how big they are. */
 	const char *names[] = {"125m", "700m", "2b4t", "3b", "7b", "13b", "30b", "70b", "100b"};
 	const double billions[] = {0.125, 0.7, 2.4, 3.3, 6.7, 13, 32, 69, 100};

@@ -359,11 +359,25 @@ static void test_dry_run_100b(void)
 	TT_CHECK(strstr(buf, "coord") != NULL && strstr(buf, "weight MiB") != NULL && strstr(buf, "share") != NULL);
 	free(buf);
 	tern_plan_layout_free(&l);
-	/* the same model on two 16 GiB domains does not fit: refused, with a shortfall */
+	/* the same model on two 16 GiB domains with an f32 KV cache does not fit:
+	 * refused, with a shortfall; the default f16 cache needs 2 (K, V) x 4
+	 * seqs x 4096 x 116 layers x 1024 x 2 bytes (7.25 GiB) less, and fits */
 	tern_cluster small;
 	const uint64_t mem[2] = {16ull << 30, 16ull << 30};
 	cluster_mem(&small, 2, mem);
 	uint64_t shortfall = 0;
+	o.kv_type = TERN_DTYPE_F32;
+	TT_EQ_INT(tern_plan_compute(&m, &o, &small, &l, &shortfall, &err), TERN_ERANGE);
+	TT_CHECK(shortfall > 0);
+	o.kv_type = TERN_DTYPE_F16;
+	TT_EQ_INT(tern_plan_compute(&m, &o, &small, &l, &shortfall, &err), 0);
+	TT_CHECK(l.stages[0].kv_bytes + l.stages[1].kv_bytes ==
+		 116ull * 4 * 4096 * tern_hparams_kv_bytes_per_token_layer(&m.hp, TERN_DTYPE_F16));
+	tern_plan_layout_free(&l);
+	/* half the KV memory on 10 GiB domains is still too much */
+	const uint64_t mem10[2] = {10ull << 30, 10ull << 30};
+	tern_cluster_free(&small);
+	cluster_mem(&small, 2, mem10);
 	TT_EQ_INT(tern_plan_compute(&m, &o, &small, &l, &shortfall, &err), TERN_ERANGE);
 	TT_CHECK(shortfall > 0);
 	tern_cluster_free(&small);

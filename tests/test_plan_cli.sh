@@ -13,9 +13,15 @@ cat "$T/dry.txt"
 [ "$(grep -c '^[1-8] ' "$T/dry.txt")" = 8 ] || fail "dry run: expected 8 stage rows"
 grep -q '^coord *node-a' "$T/dry.txt" || fail "dry run: coordinator row"
 
-if "$B" 100b --stages 2 --mem 32GiB --dry-run > "$T/no.txt" 2>&1; then fail "100b fitted in 32 GiB"; fi
+# 100b with an f32 KV cache (4 x 4096 positions) does not fit in 32 GiB; the
+# default f16 cache is 7.25 GiB smaller, and it fits (the table says f16)
+if "$B" 100b --stages 2 --mem 32GiB --kv-type f32 --dry-run > "$T/no.txt" 2>&1; then fail "100b fitted in 32 GiB"; fi
 grep -q 'does not fit: short by [0-9]* bytes' "$T/no.txt" || fail "no shortfall: $(cat "$T/no.txt")"
 [ "$(wc -l < "$T/no.txt")" = 1 ] || fail "refusal is not one line"
+"$B" 100b --stages 2 --mem 32GiB --dry-run > "$T/f16.txt" 2>&1 || fail "100b with f16 KV: $(cat "$T/f16.txt")"
+grep -q 'KV for 4 seqs x 4096 ctx (f16)' "$T/f16.txt" || fail "no f16 in the table: $(cat "$T/f16.txt")"
+if "$B" 100b --stages 2 --kv-type f8 --dry-run > "$T/kvbad.txt" 2>&1; then fail "--kv-type f8 accepted"; fi
+grep -q "bad value 'f8' for --kv-type: expected f32, f16 or bf16" "$T/kvbad.txt" || fail "kv-type: $(cat "$T/kvbad.txt")"
 
 # this machine's topology through hwloc, here a synthetic two-domain one
 HWLOC_SYNTHETIC="pack:2 [numa] core:1 pu:1" "$B" 2b4t --hwloc --dry-run > "$T/hw.txt" 2>&1 || fail "hwloc: $(cat "$T/hw.txt")"

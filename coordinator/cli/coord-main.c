@@ -31,6 +31,7 @@ typedef struct coord_opts {
 	double timeout;      /* start-up: READY within this */
 	int packing;
 	int isa;
+	int kv_type; /* KV cache element type, every stage's (tern_kv_type_parse) */
 	int slots, ctx, max_rows, chunk, threads, head_threads, queue, max_tokens, max_conns;
 	int lm_head; /* tern_head_format */
 	double stall, drain;
@@ -48,6 +49,7 @@ static void usage(FILE *f)
 		"  --kernel ISA            ref|avx2|avx512|neon|auto (default auto)\n"
 		"  --slots N               sequences generating at once (default 16)\n"
 		"  -c, --ctx N             context per sequence (default min(4096, the model's))\n"
+		"  --kv-type f16|f32|bf16  KV cache element type on every stage (default f16)\n"
 		"  --max-rows N            rows per micro-batch (default 256)\n"
 		"  --chunk N               prompt rows of one sequence per micro-batch (default 64)\n"
 		"  -t, --threads N         kernel threads per stage (default: its NUMA domain's cores)\n"
@@ -95,6 +97,7 @@ enum {
 	OPT_DRAIN,
 	OPT_PACKING,
 	OPT_KERNEL,
+	OPT_KV_TYPE,
 	OPT_SLOTS,
 	OPT_MAX_ROWS,
 	OPT_CHUNK,
@@ -119,6 +122,7 @@ static int parse_args(int argc, char **argv, coord_opts *o)
 	o->timeout = 300;
 	o->packing = TERN_PACK_TL2;
 	o->isa = TERN_ISA_AUTO;
+	o->kv_type = TERN_KV_TYPE_DEFAULT;
 	o->slots = 16;
 	o->max_rows = 256;
 	o->chunk = 64;
@@ -140,6 +144,7 @@ static int parse_args(int argc, char **argv, coord_opts *o)
 		{"drain-timeout", required_argument, NULL, OPT_DRAIN},
 		{"packing", required_argument, NULL, OPT_PACKING},
 		{"kernel", required_argument, NULL, OPT_KERNEL},
+		{"kv-type", required_argument, NULL, OPT_KV_TYPE},
 		{"slots", required_argument, NULL, OPT_SLOTS},
 		{"ctx", required_argument, NULL, 'c'},
 		{"max-rows", required_argument, NULL, OPT_MAX_ROWS},
@@ -196,6 +201,9 @@ static int parse_args(int argc, char **argv, coord_opts *o)
 			o->isa = tern_isa_parse(v);
 			if (o->isa == -2)
 				rc = TERN_ERR(&err, TERN_EINVAL, "unknown kernel ISA '%s'", v);
+			break;
+		case OPT_KV_TYPE:
+			rc = tern_kv_type_parse(v, "--kv-type", &o->kv_type, &err);
 			break;
 		case OPT_SLOTS:
 			rc = tern_parse_int(v, 1, 4096, "--slots", &o->slots, &err);
@@ -302,6 +310,7 @@ static int start_stages(const coord_opts *o, int n_stages, const tern_coord_mode
 	hello.n_ctx = (uint32_t)ctx;
 	hello.threads = (uint32_t)o->threads;
 	hello.isa = o->isa;
+	hello.kv_type = (char *)tern_dtype_name(o->kv_type);
 	hello.max_rows = (uint32_t)o->max_rows;
 	for (int s = 1; s <= n_stages; s++) {
 		hello.stage = (uint32_t)s;
@@ -437,7 +446,7 @@ int main(int argc, char **argv)
 			tern_coord_pipeline_set_stage(&be, st, g_stage_host[st - 1], g_stage_pid[st - 1]);
 	} else {
 		tern_engine_config cfg = {.n_slots = o.slots, .n_ctx = ctx, .max_rows = o.max_rows,
-					  .isa = (tern_isa)o.isa};
+					  .isa = (tern_isa)o.isa, .kv_type = o.kv_type};
 		const int threads = o.threads > 0 ? o.threads : tern_cpu_count();
 		/* The layers come from the model (or plan) already open: one parse. */
 		if (tern_pool_create(threads, NULL, 0, &local_pool, &err) < 0 ||

@@ -36,6 +36,7 @@ typedef struct {
 	int chat;
 	int packing;
 	int isa;
+	int kv_type; /* KV cache element type (tern_kv_type_parse) */
 	int layers; /* 0: all */
 	int ignore_eos;
 	int quiet;
@@ -69,6 +70,7 @@ static void usage(FILE *f)
 		   "      --chat             wrap the prompt in the model's chat template\n"
 		   "      --packing P        tl2 | i2_s | tl1 (default tl2)\n"
 		   "      --kernel K         ref | avx2 | avx512 | auto (default auto)\n"
+		   "      --kv-type T        KV cache elements: f16 (default, half the bytes), f32, bf16\n"
 		   "      --layers L         run only the first L layers (tests)\n"
 		   "      --ignore-eos       keep generating past end-of-generation tokens\n"
 		   "      --lm-head F        file | f16 | q8 | q4: LM head in the file's precision\n"
@@ -94,6 +96,7 @@ enum {
 	OPT_CHAT,
 	OPT_PACKING,
 	OPT_KERNEL,
+	OPT_KV_TYPE,
 	OPT_LAYERS,
 	OPT_IGNORE_EOS,
 	OPT_LM_HEAD,
@@ -122,6 +125,7 @@ static const struct option run_long_opts[] = {
 	{"chat", no_argument, NULL, OPT_CHAT},
 	{"packing", required_argument, NULL, OPT_PACKING},
 	{"kernel", required_argument, NULL, OPT_KERNEL},
+	{"kv-type", required_argument, NULL, OPT_KV_TYPE},
 	{"layers", required_argument, NULL, OPT_LAYERS},
 	{"ignore-eos", no_argument, NULL, OPT_IGNORE_EOS},
 	{"lm-head", required_argument, NULL, OPT_LM_HEAD},
@@ -144,6 +148,7 @@ static int parse_args(int argc, char **argv, run_opts *o)
 	o->batch = 64;
 	o->packing = TERN_PACK_TL2;
 	o->isa = TERN_ISA_AUTO;
+	o->kv_type = TERN_KV_TYPE_DEFAULT;
 	tern_sampling_params_default(&o->sp);
 	tern_err err;
 	tern_err_clear(&err);
@@ -222,6 +227,9 @@ static int parse_args(int argc, char **argv, run_opts *o)
 			if ((o->isa = tern_isa_parse(v)) == -2)
 				rc = TERN_ERR(&err, TERN_EINVAL, "bad value '%s' for --kernel: expected ref, avx2, avx512, "
 								 "neon or auto", v);
+			break;
+		case OPT_KV_TYPE:
+			rc = tern_kv_type_parse(v, "--kv-type", &o->kv_type, &err);
 			break;
 		case OPT_LAYERS:
 			rc = tern_parse_int(v, 1, 1 << 16, "--layers", &o->layers, &err);
@@ -397,7 +405,7 @@ static int run(run_state *s, tern_err *err)
 	TERN_FORWARD_IF_ERROR(tern_pool_create(o->threads, NULL, 0, &s->pool, err));
 	TERN_FORWARD_IF_ERROR(
 	    tern_layers_from_source_mt(&s->layers, s->src, 0, n_layer, (tern_packing)o->packing, 0, s->pool, err));
-	const tern_engine_config ec = {1, n_ctx, o->batch, (tern_isa)o->isa, s->pool, NULL};
+	const tern_engine_config ec = {1, n_ctx, o->batch, (tern_isa)o->isa, s->pool, NULL, o->kv_type};
 	TERN_FORWARD_IF_ERROR(tern_engine_create(&s->layers, &ec, &s->eng, err));
 	TERN_FORWARD_IF_ERROR(tern_head_from_source(s->src, TERN_ISA_AUTO, &s->head, err));
 	if (o->head_f16) {
@@ -470,11 +478,11 @@ static int run(run_state *s, tern_err *err)
 	}
 	const double t_load = tern_now_s() - t0;
 	TERN_LOGI("run",
-		  "%s: %d/%d layers, %s, %s kernels, %d thread%s, head %s, context %d, seed %llu, loaded in %.2f s",
+		  "%s: %d/%d layers, %s, %s kernels, %d thread%s, head %s, context %d (%s KV), seed %llu, loaded in %.2f s",
 		  o->model, n_layer, hp.n_layer, tern_packing_name((tern_packing)o->packing),
 		  tern_isa_name(o->isa == TERN_ISA_AUTO ? tern_isa_default() : (tern_isa)o->isa), o->threads,
 		  o->threads > 1 ? "s" : "", tern_isa_name(tern_head_isa(s->head)), n_ctx,
-		  (unsigned long long)tern_sampler_seed(s->smp), t_load);
+		  tern_dtype_name(o->kv_type), (unsigned long long)tern_sampler_seed(s->smp), t_load);
 	if (o->tokens && s->tok && !o->quiet) {
 		for (size_t i = 0; i < s->prompt.n; i++) {
 			const char *text;

@@ -2,8 +2,10 @@
 """check_bench_json.py: runs a tern-bench command that was given --json and
 checks its stdout against DESIGN.md's "Benchmark output" convention: every line
 one JSON object with the common keys, kernel rows with theirs, a read_bw row,
-and the figures positive and consistent (fraction == value / bound). Cluster
-rows (tern-bench cluster) carry both bounds, and bound is the lower one.
+and the figures positive and consistent (fraction == value / bound). Run rows with
+"depth" (tern-bench run --depth) carry "kv_type"; their decode rows count the KV bytes
+of that depth in bytes_per_token, and deeper rows of one configuration read more.
+Cluster rows (tern-bench cluster) carry both bounds, and bound is the lower one.
 
 usage: check_bench_json.py [EMULATOR...] TERN_BENCH MODE ARGS...   (exit 0 when valid)
 """
@@ -34,6 +36,7 @@ def main():
     seen = {"read_bw": 0, "gemv": 0, "gemm": 0}
     peaks = 0
     aggregates = 0
+    kv_by_config = {}
     for n, line in enumerate(lines, 1):
         try:
             row = json.loads(line)
@@ -55,6 +58,19 @@ def main():
             if row["fraction"] is None or abs(row["fraction"] - row["value"] / row["bound"]) > 1e-4 * max(
                     1.0, row["fraction"]):
                 fail("line %d: fraction %r is not value/bound" % (n, row["fraction"]))
+        if "depth" in row:
+            if not isinstance(row["depth"], int) or row["depth"] < 0 or row.get("kv_type") not in ("f32", "f16",
+                                                                                                 "bf16"):
+                fail("line %d: depth row without a depth >= 0 and a kv_type: %r" % (n, line[:200]))
+            if row["what"] == "decode":
+                kv = row.get("kv_bytes_per_token")
+                if not isinstance(kv, int) or kv <= 0 or row["bytes_per_token"] < kv + row["head_bytes_per_token"]:
+                    fail("line %d: decode row's bytes_per_token lacks its KV bytes: %r" % (n, line[:300]))
+                key = (row["threads"], row["kv_type"], row["lm_head"])
+                prev = kv_by_config.get(key)
+                if prev is not None and not (row["depth"] > prev[0] and kv > prev[1]):
+                    fail("line %d: deeper row does not read more KV bytes: %r" % (n, line[:300]))
+                kv_by_config[key] = (row["depth"], kv)
         if row["bench"] == "kernels":
             what = row["what"]
             if what in seen:
@@ -82,6 +98,8 @@ def main():
                                                                          bounds))
         elif row["what"] == "int8_peak":
             peaks += 1
+    if "--depth" in sys.argv and not kv_by_config:
+        fail("--depth given but no decode row carries a depth")
     if "kernels" in sys.argv[2:]:
         for what, count in seen.items():
             if count == 0:

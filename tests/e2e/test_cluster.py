@@ -7,7 +7,9 @@
     leave while others decode), with small prefill chunks (long prompts
     interleave with decoding), and with the layers in-process (--stages 0);
     also from a 2-stage plan directory, through its stages and in-process;
-    also with a quantized LM head (--lm-head q8/q4 on both sides);
+    also with a quantized LM head (--lm-head q8/q4 on both sides); all of it with the
+    default f16 KV cache, and once more with --kv-type f32 on both sides (the stages
+    log the type the coordinator's HELLO gave them);
   - a malformed batch line is a one-line error naming the line, exit non-zero;
   - faults: a stage killed mid-generation, and a stage that hangs (SIGSTOP):
     the in-flight request fails with an error within 10 s of the fault and the
@@ -41,7 +43,7 @@ def mpi_env():
     return e
 
 
-def run_batch(build, model, stages, prompts, work, extra=()):
+def run_batch(build, model, stages, prompts, work, extra=(), log=None):
     inp = os.path.join(work, "in.jsonl")
     out = os.path.join(work, "out.jsonl")
     with open(inp, "w") as f:
@@ -57,6 +59,8 @@ def run_batch(build, model, stages, prompts, work, extra=()):
         raise AssertionError("batch run failed (%d):\n%s" % (r.returncode, r.stderr[-3000:]))
     rows = [json.loads(line) for line in open(out)]
     assert [row["id"] for row in rows] == [str(i) for i in range(len(prompts))], rows
+    if log is not None:
+        log.append(r.stderr)
     return rows
 
 
@@ -83,6 +87,20 @@ def main():
     res.check("identical_2_stages_5_seqs_3_slots", identical(2, 5, ["--slots", "3"]))
     res.check("identical_3_stages_chunk_2", identical(3, 16, ["--chunk", "2", "--max-rows", "8"]))
     res.check("identical_in_process", identical(0, 16))
+
+    # The KV cache type travels in HELLO: --kv-type f32 on the coordinator
+    # gives every stage an f32 cache, and tern-run --kv-type f32's ids.
+    def identical_kv_f32():
+        log = []
+        rows = run_batch(build, model, 2, PROMPTS[:4], work, ["--kv-type", "f32"], log)
+        for p, row in zip(PROMPTS, rows):
+            want32 = run_tern_run(build, model, p, N_GEN, ["--kv-type", "f32"])
+            assert row["token_ids"] == want32, (p, row, want32)
+        assert log[0].count(" f32 KV,") == 2, log[0][-2000:]
+        log = []
+        run_batch(build, model, 2, PROMPTS[:1], work, (), log)
+        assert log[0].count(" f16 KV,") == 2, log[0][-2000:]
+    res.check("identical_kv_f32_2_stages", identical_kv_f32)
 
     # A plan directory (tern-partition, 2 stages): its stages load their
     # shards, and --stages 0 loads every layer from all of them in-process.

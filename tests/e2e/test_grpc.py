@@ -107,7 +107,10 @@ def main():
     pb = load_pb2(build)
     work = tempfile.mkdtemp(prefix="tern-grpc-")
     model = os.path.join(work, "m.gguf")
-    make_model(model)
+    # seed 14: with the default f16 KV cache its greedy outputs include the split
+    # 2-byte character the text checks need (seed 11's stopped doing so when the
+    # cache became f16; only the f32 cache's outputs had one)
+    make_model(model, seed=14)
     res = Results()
     check = res.check
 

@@ -22,7 +22,7 @@
 
 typedef struct {
 	const char *model, *file;
-	int n_ctx, threads, batch, packing, ids;
+	int n_ctx, threads, batch, packing, ids, kv_type;
 } ppl_opts;
 
 /* Collects the scored ids in order (the text's tokens) for --ids. */
@@ -69,7 +69,7 @@ static int run(const ppl_opts *o, tern_err *err)
 	if ((rc = tern_pool_create(o->threads, NULL, 0, &pool, err)) < 0 ||
 	    (rc = tern_layers_from_source_mt(&layers, src, 0, hp->n_layer, (tern_packing)o->packing, 0, pool, err)) < 0)
 		goto done;
-	const tern_engine_config ec = {1, n_ctx, o->batch, TERN_ISA_AUTO, pool, NULL};
+	const tern_engine_config ec = {1, n_ctx, o->batch, TERN_ISA_AUTO, pool, NULL, o->kv_type};
 	if ((rc = tern_engine_create(&layers, &ec, &eng, err)) < 0 ||
 	    (rc = tern_head_from_source(src, TERN_ISA_AUTO, &head, err)) < 0 ||
 	    (rc = tern_coord_tokenizer_from_source(src, &tok, err)) < 0 ||
@@ -106,9 +106,10 @@ int main(int argc, char **argv)
 		{"help", no_argument, NULL, 'h'},
 		{"ids", no_argument, NULL, 'I'},
 		{"packing", required_argument, NULL, 'P'},
+		{"kv-type", required_argument, NULL, 'K'},
 		{NULL, 0, NULL, 0},
 	};
-	ppl_opts o = {NULL, NULL, 0, 1, 32, TERN_PACK_TL2, 0};
+	ppl_opts o = {NULL, NULL, 0, 1, 32, TERN_PACK_TL2, 0, TERN_KV_TYPE_DEFAULT};
 	tern_err perr;
 	tern_err_clear(&perr);
 	opterr = 0;
@@ -117,7 +118,7 @@ int main(int argc, char **argv)
 		int rc = 0;
 		switch (c) {
 		case 'h':
-			printf("usage: tern-ppl -m MODEL -f FILE [-c N] [-t N] [-b N] [--packing P] [--ids]\n");
+			printf("usage: tern-ppl -m MODEL -f FILE [-c N] [-t N] [-b N] [--packing P] [--kv-type T] [--ids]\n");
 			return 0;
 		case 'I':
 			o.ids = 1;
@@ -141,8 +142,12 @@ int main(int argc, char **argv)
 			if ((o.packing = tern_packing_parse(optarg)) < 0)
 				rc = TERN_ERR(&perr, TERN_EINVAL, "bad value '%s' for --packing", optarg);
 			break;
+		case 'K':
+			rc = tern_kv_type_parse(optarg, "--kv-type", &o.kv_type, &perr);
+			break;
 		default:
-			fprintf(stderr, "tern-ppl: usage: -m MODEL -f FILE [-c N] [-t N] [-b N] [--packing P] [--ids]\n");
+			fprintf(stderr, "tern-ppl: usage: -m MODEL -f FILE [-c N] [-t N] [-b N] [--packing P] [--kv-type T] "
+					"[--ids]\n");
 			return tern_opt_fail("tern-ppl", c, argv);
 		}
 		if (rc < 0)

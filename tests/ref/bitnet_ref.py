@@ -35,7 +35,9 @@ Precision (float32 values everywhere, like bitnet.cpp; the exceptions are listed
   theta (theta_scale = powf(base, -2/n_rot), theta *= theta_scale per pair), which drifts
   from the exact angle at large positions.
 - KV cache in float32 (bitnet.cpp's default is F16: --kv-f16 rounds K, V, and the q and
-  softmax operands ggml converts for its F16 matmuls, to float16).
+  softmax operands ggml converts for its F16 matmuls, to float16). --kv-type f16|bf16
+  instead rounds only K and V, once, to nearest even as they are stored, and computes with
+  them exactly (widened) as tern's engine does with its KV cache (node/README.md).
 - LM head: the F16 token_embd converted exactly; --lm-head-f16-act rounds the final
   normalised activation to F16 first, as ggml's F16 mul_mat does.
 
@@ -97,10 +99,27 @@ class ModelError(Exception):
 class Options:
     """Numerics switches (defaults: MODEL-FORMATS as written)."""
 
-    def __init__(self, rope="exact", act_round="even", kv_f16=False, lm_head_f16_act=False):
-        if rope not in ("exact", "ggml") or act_round not in ("even", "away"):
+    def __init__(self, rope="exact", act_round="even", kv_f16=False, lm_head_f16_act=False, kv_type="f32"):
+        if rope not in ("exact", "ggml") or act_round not in ("even", "away") or kv_type not in KV_TYPES:
             raise ValueError("bad options")
         self.rope, self.act_round, self.kv_f16, self.lm_head_f16_act = rope, act_round, kv_f16, lm_head_f16_act
+        self.kv_type = kv_type
+
+
+KV_TYPES = ("f32", "f16", "bf16")
+
+
+def kv_round(x, kv_type):
+    """float32 x as a KV cache of kv_type stores it: rounded to nearest, ties to even
+    (numpy's float16 cast; bfloat16 by the bits, which numpy has no type for), then
+    widened back to float32 exactly."""
+    if kv_type == "f16":
+        return x.astype(np.float16).astype(np.float32)
+    if kv_type == "bf16":
+        u = np.ascontiguousarray(x, np.float32).view(np.uint32).astype(np.uint64)
+        u = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
+        return u.astype(np.uint32).view(np.float32)
+    return x
 
 
 # ---- the operations of MODEL-FORMATS 1.2-1.4 ---------------------------------------------
@@ -486,6 +505,7 @@ class BitNetModel:
             if self.opt.kv_f16:
                 k = k.astype(np.float16).astype(np.float32)
                 v = v.astype(np.float16).astype(np.float32)
+            k, v = kv_round(k, self.opt.kv_type), kv_round(v, self.opt.kv_type)
             cache.k[li][positions] = k
             cache.v[li][positions] = v
             n = positions[-1] + 1
@@ -605,6 +625,8 @@ def main(argv=None):
     ap.add_argument("--rope", choices=("exact", "ggml"), default="exact")
     ap.add_argument("--act-round", choices=("even", "away"), default="even")
     ap.add_argument("--kv-f16", action="store_true")
+    ap.add_argument("--kv-type", choices=KV_TYPES, default="f32",
+                    help="KV cache element type: K and V rounded to it as stored (tern-run --kv-type)")
     ap.add_argument("--lm-head-f16-act", action="store_true")
     a = ap.parse_args(argv)
     try:
@@ -612,7 +634,8 @@ def main(argv=None):
             raise ModelError("--generate must be >= 0 and --chunk > 0")
         prompt = parse_tokens(a.tokens)
         t0 = time.time()
-        m = BitNetModel(a.model, a.layers, Options(a.rope, a.act_round, a.kv_f16, a.lm_head_f16_act))
+        m = BitNetModel(a.model, a.layers, Options(a.rope, a.act_round, a.kv_f16, a.lm_head_f16_act,
+                                                      a.kv_type))
         t1 = time.time()
         marg = [] if a.margins else None
         logits, gen = m.run(prompt, a.generate, a.chunk, marg)

@@ -546,6 +546,37 @@ def test_options_change_numbers_a_little():
             assert not np.array_equal(other, base), "f16 rounding had no effect"
 
 
+def test_kv_type_rounding():
+    # kv_round is round-to-nearest-even to the stored type, widened exactly: ties go to
+    # the even neighbour, and the result is a fixed point.
+    x = np.array([1.0, 1.0 + 2.0 ** -11, 1.0 + 3 * 2.0 ** -11, 65504.0, 1e-7, -2.5], np.float32)
+    f16 = br.kv_round(x, "f16")
+    assert f16.dtype == np.float32
+    assert f16[1] == 1.0 and f16[2] == 1.0 + 2.0 ** -9 and f16[3] == 65504.0 and f16[5] == -2.5
+    assert np.array_equal(br.kv_round(f16, "f16"), f16)
+    y = np.array([1.0 + 2.0 ** -8, 1.0 + 3 * 2.0 ** -8, 1.0 + 2.0 ** -9, -3.0], np.float32)
+    bf = br.kv_round(y, "bf16")
+    assert bf[0] == 1.0 and bf[1] == 1.0 + 2.0 ** -6 and bf[2] == 1.0 and bf[3] == -3.0
+    assert np.array_equal(br.kv_round(bf, "bf16"), bf)
+    assert br.kv_round(x, "f32") is x
+    # Through the model: f16 / bf16 K and V change the numbers a little, never the
+    # invariances: chunked prefill still gives the same rows.
+    p = tiny_model()
+    toks = [9, 8, 7, 6, 5, 4, 3, 200, 100]
+    base = br.BitNetModel(p).run(toks)[0]
+    for kt in ("f16", "bf16"):
+        m = br.BitNetModel(p, options=br.Options(kv_type=kt))
+        rows = m.run(toks)[0]
+        assert not np.array_equal(rows, base), "%s rounding had no effect" % kt
+        assert np.corrcoef(rows.ravel(), base.ravel())[0, 1] > 0.9
+        assert close(m.run(toks, chunk=2)[0], rows, 1e-6)
+    try:
+        br.Options(kv_type="i8")
+        raise AssertionError("kv_type i8 accepted")
+    except ValueError:
+        pass
+
+
 def test_model_checks():
     expect_error(lambda: br.BitNetModel(tiny_model("qwen3.gguf", arch="qwen3")), "unsupported architecture")
     p25 = tiny_model("b25.gguf", arch="bitnet-25")
