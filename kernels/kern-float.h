@@ -61,6 +61,24 @@ static inline void tern_swiglu_elems(const float *g, const float *u, int i0, int
 		tern_swiglu_elems(g, u, 0, n, out);                                      \
 	}
 
+/* The squared-ReLU gated product for elements [i0, n)
+ * (tern_float_kernels.relu2's order). */
+static inline void tern_relu2_elems(const float *g, const float *u, int i0, int n, float *out)
+{
+	for (int i = i0; i < n; i++) {
+		const float r = g[i] > 0.0f ? g[i] : 0.0f;
+		out[i] = (r * r) * u[i];
+	}
+}
+
+/* relu2 of an ISA: the one body, which each ISA's compiler flags vectorize
+ * (a select, two products: the same roundings in any lane width). */
+#define TERN_FLOAT_RELU2(isa)                                                             \
+	static void relu2_##isa(const float *g, const float *u, int n, float *out)       \
+	{                                                                                \
+		tern_relu2_elems(g, u, 0, n, out);                                       \
+	}
+
 /* Softmax's last step for elements [i0, n). */
 static inline void tern_softmax_scale(float *x, float inv, int i0, int n)
 {

@@ -222,6 +222,11 @@ typedef struct tern_float_kernels {
 	 * on every ISA (one body, kern-float.h), so every ISA gives the same
 	 * bits. out may equal g or u. */
 	void (*swiglu)(const float *g, const float *u, int n, float *out);
+	/* BitNet b1.58's squared-ReLU gated product, element by element:
+	 *   r = g[i] > 0 ? g[i] : 0;  out[i] = (r * r) * u[i]
+	 * (NaN and -0 give r = 0), each product rounded on its own; the same
+	 * bits on every ISA. out may equal g or u. */
+	void (*relu2)(const float *g, const float *u, int n, float *out);
 } tern_float_kernels;
 
 /* The float kernels of isa (AUTO resolves to tern_isa_default()), or NULL

@@ -25,14 +25,6 @@
 
 /* ---- primitives --------------------------------------------------------- */
 
-void tern_engine_relu2_mul(const float *g, const float *u, int n, float *out)
-{
-	for (int i = 0; i < n; i++) {
-		const float r = g[i] > 0.0f ? g[i] : 0.0f;
-		out[i] = (r * r) * u[i];
-	}
-}
-
 /* Inlined into attention, so that its AVX-512 copy (attn_run_avx512) runs
  * these loops in wide registers: the same operations in the same order. */
 static inline __attribute__((always_inline)) double dot_f64(const float *a, const float *b, int n)
@@ -152,7 +144,7 @@ int tern_engine_create(const tern_layers *w, const tern_engine_config *cfg, tern
 	e->cfg = *cfg;
 	e->isa = isa;
 	e->fk = tern_float_kernels_get(isa);
-	e->ffn_act = arch->ffn_act == TERN_FFN_SILU ? e->fk->swiglu : tern_engine_relu2_mul;
+	e->ffn_act = arch->ffn_act == TERN_FFN_SILU ? e->fk->swiglu : e->fk->relu2;
 	e->kv_dim = w->hp.n_head_kv * w->hp.head_dim;
 	e->n_threads = tern_pool_size(cfg->pool);
 	int rc = tern_kv_create(&e->kv, w->n, cfg->n_slots, cfg->n_ctx, e->kv_dim, cfg->kv_type, cfg->kv_alloc, err);

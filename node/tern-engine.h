@@ -221,8 +221,6 @@ int tern_engine_forward(tern_engine *e, const tern_row *rows, int n, float *hidd
 
 /* ---- the layer math, exposed for unit tests and the coordinator --------- */
 
-/* out[i] = (relu(g[i])^2) * u[i]. */
-void tern_engine_relu2_mul(const float *g, const float *u, int n, float *out);
 /* Dot product with 8 lane sums (lane i % 8) combined as ((0+4)+(2+6))+((1+5)+(3+7)). */
 float tern_engine_dot(const float *a, const float *b, int n);
 /* The same in double (each product exact): what attention uses for q.k. */

@@ -731,7 +731,49 @@ static void test_swiglu_all_isas(void)
 	free(got);
 }
 
+/* relu2: every ISA equals the reference bit for bit (NaN, signed zeros,
+ * ragged widths, in place over g), and the reference the documented order. */
+static void test_relu2_all_isas(void)
+{
+	const tern_float_kernels *ref = tern_float_kernels_get(TERN_ISA_REF), *isas[TERN_ISA_COUNT];
+	const int n_isa = other_isas("relu2", isas);
+	enum { MAXN = 6912 };
+	float *g = malloc(MAXN * sizeof(float)), *u = malloc(MAXN * sizeof(float));
+	float *want = malloc(MAXN * sizeof(float)), *got = malloc(MAXN * sizeof(float));
+	TT_REQUIRE(g && u && want && got);
+	int mismatches = 0;
+	static const float special[] = {0.0f, -0.0f, 1e-30f, -1e-30f, 1e20f, -1e20f, 3e38f, NAN, INFINITY, -INFINITY};
+	for (int wi = 0; wi < N_WIDTHS; wi++) {
+		const int n = widths[wi];
+		for (int style = 0; style < 2; style++) {
+			for (int i = 0; i < n; i++) {
+				g[i] = style == 0 ? frand(-12, 12) : special[i % (int)(sizeof special / sizeof special[0])];
+				u[i] = frand(-3, 3);
+			}
+			ref->relu2(g, u, n, want);
+			for (int i = 0; i < n; i++) {
+				const float r = g[i] > 0.0f ? g[i] : 0.0f, v = (r * r) * u[i];
+				mismatches += memcmp(&v, &want[i], 4) != 0;
+			}
+			for (int k = 0; k < n_isa; k++) {
+				memcpy(got, g, (size_t)n * sizeof(float));
+				isas[k]->relu2(got, u, n, got); /* in place over g */
+				if (!same_bits(got, want, (size_t)n)) {
+					mismatches++;
+					fprintf(stderr, "  relu2 %s n=%d style %d differs\n", tern_isa_name(isas[k]->isa), n,
+						style);
+				}
+			}
+		}
+	}
+	TT_EQ_INT(mismatches, 0);
+	free(g);
+	free(u);
+	free(want);
+	free(got);
+}
+
 TT_MAIN(TT_CASE(test_half_all_codes), TT_CASE(test_dispatch), TT_CASE(test_rmsnorm_all_isas),
 	TT_CASE(test_softmax_all_isas), TT_CASE(test_rope_all_isas), TT_CASE(test_dot_all_isas),
 	TT_CASE(test_dot_accuracy_and_order), TT_CASE(test_qdot_all_isas), TT_CASE(test_qh_formats),
-	TT_CASE(test_swiglu_all_isas))
+	TT_CASE(test_swiglu_all_isas), TT_CASE(test_relu2_all_isas))

@@ -158,6 +158,8 @@ static void qdot_groups_avx2(const tern_qdot_args *a, int g0, int g1)
 }
 
 TERN_FLOAT_SWIGLU(avx2)
+TERN_FLOAT_RELU2(avx2)
 
 const tern_float_kernels tern_float_avx2 = {TERN_ISA_AVX2, rmsnorm_avx2, softmax_avx2, rope_avx2, dot_rows_avx2,
-					    qdot_groups_avx2, swiglu_avx2};
+					    qdot_groups_avx2, swiglu_avx2,
+					    relu2_avx2};
