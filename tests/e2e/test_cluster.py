@@ -7,6 +7,7 @@
     leave while others decode), with small prefill chunks (long prompts
     interleave with decoding), and with the layers in-process (--stages 0);
     also from a 2-stage plan directory, through its stages and in-process;
+    also for an untied model (its own LM head), from the file and a plan;
     also with a quantized LM head (--lm-head q8/q4 on both sides);
   - a malformed batch line is a one-line error naming the line, exit non-zero;
   - faults: a stage killed mid-generation, and a stage that hangs (SIGSTOP):
@@ -98,6 +99,27 @@ def main():
         return fn
     res.check("identical_plan_2_stages", identical_plan(2))
     res.check("identical_plan_in_process", identical_plan(0))
+
+    # An untied model (its own output.weight is the LM head; tern-run's
+    # logits of it are checked against the numpy reference by
+    # engine_vs_ref.py): the coordinator from the file and from a 2-stage
+    # plan gives tern-run's ids.
+    untied = os.path.join(work, "untied.gguf")
+    make_model(untied, layers=4, seed=6, untied=True)
+    uplan = os.path.join(work, "plan-untied")
+    subprocess.run([os.path.join(build, "partition", "tern-partition"), untied, "--stages", "2", "-o", uplan],
+                   check=True, stdout=subprocess.DEVNULL)
+    want_u = {p: run_tern_run(build, untied, p, N_GEN) for p in PROMPTS[:4]}
+
+    def identical_untied(src, stages):
+        def fn():
+            rows = run_batch(build, src, stages, PROMPTS[:4], work)
+            for p, row in zip(PROMPTS, rows):
+                assert row["token_ids"] == want_u[p], (src, stages, p, row, want_u[p])
+        return fn
+    res.check("identical_untied_file_2_stages", identical_untied(untied, 2))
+    res.check("identical_untied_plan_2_stages", identical_untied(uplan, 2))
+    res.check("identical_untied_plan_in_process", identical_untied(uplan, 0))
 
     # A quantized LM head (--lm-head q8 / q4) on the coordinator gives
     # tern-run's ids with the same head, through 2 stages and in-process.
