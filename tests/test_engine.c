@@ -191,7 +191,7 @@ static int tmodel_init(tmodel *m, uint64_t seed)
 	for (int i = 0; i < m->hp.n_embd; i++)
 		m->onorm[i] = rng_f(0.8f, 1.2f);
 	tern_head_config hc = {m->hp.n_vocab, m->hp.n_embd,   TERN_DTYPE_F16, m->emb, 0,
-			       m->onorm,      m->hp.norm_eps, TERN_ISA_AUTO, TERN_HEAD_FILE, NULL, TERN_DTYPE_NONE, NULL, 0};
+			       m->onorm,      m->hp.norm_eps, TERN_ISA_AUTO, TERN_HEAD_FILE, NULL, TERN_DTYPE_NONE, NULL, 0, 0};
 	return tern_head_create(&hc, &m->head, NULL);
 }
 
@@ -743,7 +743,7 @@ static void test_head(void)
 				TT_NOTE_SKIP("head %s", tern_isa_name((tern_isa)isa));
 				continue;
 			}
-			tern_head_config hc = {V, D, (tern_dtype)dt, embs[dt], 0, norm, 1e-5f, (tern_isa)isa, TERN_HEAD_FILE, NULL, TERN_DTYPE_NONE, NULL, 0};
+			tern_head_config hc = {V, D, (tern_dtype)dt, embs[dt], 0, norm, 1e-5f, (tern_isa)isa, TERN_HEAD_FILE, NULL, TERN_DTYPE_NONE, NULL, 0, 0};
 			tern_head *h;
 			TT_REQUIRE(tern_head_create(&hc, &h, NULL) == 0);
 			float *dst = first ? lg[dt] : lg1;
@@ -806,9 +806,9 @@ static void test_head(void)
 	 * quantized head packs the output matrix, not the embeddings. */
 	{
 		tern_head_config uc = {V, D, TERN_DTYPE_BF16, eb16, 0, norm, 1e-5f, TERN_ISA_AUTO, TERN_HEAD_FILE, NULL,
-				       TERN_DTYPE_F32, e32, 0};
+				       TERN_DTYPE_F32, e32, 0, 0};
 		const tern_head_config tc = {V, D, TERN_DTYPE_F32, e32, 0, norm, 1e-5f, TERN_ISA_AUTO, TERN_HEAD_FILE, NULL,
-					     TERN_DTYPE_NONE, NULL, 0};
+					     TERN_DTYPE_NONE, NULL, 0, 0};
 		tern_head *u, *t;
 		TT_REQUIRE(tern_head_create(&uc, &u, NULL) == 0 && tern_head_create(&tc, &t, NULL) == 0);
 		TT_REQUIRE(tern_head_logits(u, pool, hid, NB, lg1, NULL) == 0);
@@ -833,7 +833,7 @@ static void test_head(void)
 	const uint16_t codes[5] = {0x3c00, 0xc000, 0x0001, 0x7bff, 0x8000};
 	const float vals[5] = {1.0f, -2.0f, 0x1p-24f, 65504.0f, -0.0f};
 	float nrm1[5] = {1, 1, 1, 1, 1};
-	tern_head_config hc = {5, 1, TERN_DTYPE_F16, codes, 0, nrm1, 1e-5f, TERN_ISA_AUTO, TERN_HEAD_FILE, NULL, TERN_DTYPE_NONE, NULL, 0};
+	tern_head_config hc = {5, 1, TERN_DTYPE_F16, codes, 0, nrm1, 1e-5f, TERN_ISA_AUTO, TERN_HEAD_FILE, NULL, TERN_DTYPE_NONE, NULL, 0, 0};
 	tern_head *h;
 	TT_REQUIRE(tern_head_create(&hc, &h, NULL) == 0);
 	TT_EQ_INT(tern_head_isa(h), tern_isa_default()); /* AUTO follows TERN_KERNEL like the layers */
@@ -873,7 +873,7 @@ static void test_head_quantized(void)
 				TT_NOTE_SKIP("head %s", tern_isa_name((tern_isa)isa));
 				continue;
 			}
-			tern_head_config hc = {V, D, TERN_DTYPE_F16, e16, 0, norm, 1e-5f, (tern_isa)isa, TERN_HEAD_FILE, NULL, TERN_DTYPE_NONE, NULL, 0};
+			tern_head_config hc = {V, D, TERN_DTYPE_F16, e16, 0, norm, 1e-5f, (tern_isa)isa, TERN_HEAD_FILE, NULL, TERN_DTYPE_NONE, NULL, 0, 0};
 			tern_head *h;
 			TT_REQUIRE(tern_head_create(&hc, &h, NULL) == 0);
 			const uint64_t b16 = tern_head_bytes(h);

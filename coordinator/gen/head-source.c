@@ -36,7 +36,7 @@ int tern_head_from_source(const tern_source *src, tern_isa isa, tern_head **out,
 	int rc = tern_source_norm(src, 0, TERN_NORM_OUTPUT, norm, err);
 	if (rc == 0) {
 		tern_head_config cfg = {hp->n_vocab, hp->n_embd, v.type,       v.data,
-					v.row_bytes, norm,       hp->norm_eps, isa, TERN_HEAD_FILE, NULL, TERN_DTYPE_NONE, NULL, 0};
+					v.row_bytes, norm,       hp->norm_eps, isa, TERN_HEAD_FILE, NULL, TERN_DTYPE_NONE, NULL, 0, 0};
 		if (!hp->tied_embeddings) {
 			cfg.head_dtype = o.type;
 			cfg.head = o.data;

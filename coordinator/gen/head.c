@@ -69,6 +69,8 @@ int tern_head_create(const tern_head_config *cfg, tern_head **out, tern_err *err
 		       "head: bad shape %d x %d", cfg->n_vocab, cfg->n_embd);
 	TERN_RETURN_IF(cfg->qhead && cfg->qformat != TERN_HEAD_Q8 && cfg->qformat != TERN_HEAD_Q4, err, TERN_EINVAL,
 		       "head: packed LM head of unknown format %d", (int)cfg->qformat);
+	TERN_RETURN_IF(cfg->packed_only && (!cfg->qhead || cfg->head), err, TERN_EINVAL,
+		       "head: a packed-only LM head needs the packed head and no head matrix");
 	const int dot = dot_type(cfg->dtype), hdot = cfg->head ? dot_type(cfg->head_dtype) : dot;
 	TERN_RETURN_IF(dot < 0, err, TERN_EINVAL, "head: unsupported embedding type %d", (int)cfg->dtype);
 	TERN_RETURN_IF(hdot < 0, err, TERN_EINVAL, "head: unsupported output matrix type %d", (int)cfg->head_dtype);
@@ -131,11 +133,6 @@ uint64_t tern_head_bytes(const tern_head *h)
 static const uint8_t *emb_row(const tern_head *h, int64_t v)
 {
 	return (const uint8_t *)h->cfg.emb + (size_t)v * h->cfg.row_bytes;
-}
-
-static const uint8_t *head_row(const tern_head *h, int64_t v)
-{
-	return (const uint8_t *)h->hw + (size_t)v * h->hrow;
 }
 
 int tern_head_embed(const tern_head *h, const int32_t *tokens, int n, float *hidden, tern_err *err)
@@ -236,20 +233,16 @@ static void pack_run(void *ctx, int tid, int nth)
 		__atomic_store_n(&job->failed, 1, __ATOMIC_RELAXED);
 		return;
 	}
-	for (int g = g0; g < g1; g++) {
-		const int nr = V - g * TERN_QH_GROUP < TERN_QH_GROUP ? V - g * TERN_QH_GROUP : TERN_QH_GROUP;
-		for (int k = 0; k < nr; k++) {
-			const uint8_t *row = head_row(h, (int64_t)g * TERN_QH_GROUP + k);
-			for (int i = 0; i < d; i++)
-				rows[(size_t)k * d + i] = tern_dot_elem(row, h->hdot, i);
-		}
-		tern_qh_pack_group(job->t, rows, (size_t)d, nr, d, job->qw + (size_t)g * tern_qh_group_bytes(job->t, d));
-	}
+	tern_qh_pack_rows(job->t, h->hw, h->hdot, h->hrow, V, d, g0, g1, rows, job->qw);
 	free(rows);
 }
 
 int tern_head_quantize(tern_head *h, tern_head_format f, tern_pool *pool, tern_err *err)
 {
+	TERN_RETURN_IF(h->cfg.packed_only && f != h->qfmt, err, TERN_EUNSUP,
+		       "the plan stores only the %s LM head of this untied model, not its output matrix: %s needs a plan "
+		       "cut with --lm-head %s",
+		       tern_head_format_name(h->qfmt), tern_head_format_name(f), tern_head_format_name(f));
 	if (f == TERN_HEAD_FILE) {
 		h->use_q = 0;
 		return 0;
@@ -323,6 +316,7 @@ int tern_head_agreement(tern_head *h, tern_pool *pool, const float *hidden, int 
 {
 	*agree = 0;
 	TERN_RETURN_IF(!h->use_q, err, TERN_ESTATE, "head: no quantized LM head in use");
+	TERN_RETURN_IF(h->cfg.packed_only, err, TERN_EUNSUP, "head: no full-precision LM head to compare with");
 	const int V = h->cfg.n_vocab, d = h->cfg.n_embd, chunk = 16;
 	float *a = malloc((size_t)chunk * (size_t)V * sizeof(float));
 	float *b = malloc((size_t)chunk * (size_t)V * sizeof(float));

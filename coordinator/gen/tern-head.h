@@ -62,6 +62,10 @@ typedef struct tern_head_config {
 	tern_dtype head_dtype; /* F32, F16 or BF16 */
 	const void *head;      /* (n_vocab, head_row_bytes) */
 	size_t head_row_bytes; /* 0 = n_embd * element size */
+	/* The head matrix is absent (an untied plan that stores only its packed
+	 * head): logits only from qhead (required); switching to another format
+	 * and tern_head_agreement are TERN_EUNSUP. */
+	int packed_only;
 } tern_head_config;
 
 typedef struct tern_head tern_head;
@@ -98,7 +102,8 @@ int tern_head_from_source(const struct tern_source *src, tern_isa isa, tern_head
  * rows, not the dequantized ones: they are the mapping already (only the
  * looked-up rows are ever paged in), exact, and the same in both formats, so
  * the hidden states entering the layers do not depend on the head format.
- * TERN_EINVAL for an unknown format, TERN_ENOMEM. */
+ * TERN_EINVAL for an unknown format, TERN_ENOMEM; TERN_EUNSUP for a format other
+ * than the packed one of a packed_only head. */
 int tern_head_quantize(tern_head *h, tern_head_format f, tern_pool *pool, tern_err *err);
 /* The format the logits use now. */
 tern_head_format tern_head_active(const tern_head *h);

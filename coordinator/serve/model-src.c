@@ -7,6 +7,7 @@
 
 #include "plan.pb-c.h"
 #include "tern-coord.h"
+#include "tern-float.h"
 #include "tern-plan.h"
 #include "tern-shard.h"
 
@@ -122,10 +123,22 @@ static int head_from_plan(tern_coord_model *m, tern_err *err)
 	tern_dtype et = TERN_DTYPE_NONE, ot = TERN_DTYPE_NONE;
 	const int in = tern_shard_find(sh, TERN_ROLE_OUTPUT_NORM, -1);
 	const tern_shard_tensor *tn = in >= 0 ? tern_shard_tensor_at(sh, in) : NULL;
-	int rc = plan_matrix(m, sh, path, TERN_ROLE_TOKEN_EMBD, &m->emb, &et, err);
-	/* an untied model's logits read its own output matrix */
-	if (rc == 0 && !m->hp.tied_embeddings)
+	int qi = -1, qt = -1;
+	/* the packed head's format and size are checked before any copy */
+	int rc = tern_plan_packed_head(pm, sh, path, &qi, &qt, err);
+	if (rc == 0)
+		rc = plan_matrix(m, sh, path, TERN_ROLE_TOKEN_EMBD, &m->emb, &et, err);
+	/* an untied model's logits read its own output matrix, which a plan with
+	 * a packed head does not store */
+	if (rc == 0 && !m->hp.tied_embeddings && qi < 0)
 		rc = plan_matrix(m, sh, path, TERN_ROLE_OUTPUT, &m->out_w, &ot, err);
+	if (rc == 0 && qi >= 0) {
+		const tern_shard_tensor *tq = tern_shard_tensor_at(sh, qi);
+		if (!(m->qhead = tern_aligned_alloc(tq->raw_bytes, TERN_ALIGN)))
+			rc = TERN_ERR(err, TERN_ENOMEM, "out of memory for the packed LM head");
+		else
+			rc = tern_shard_read_tensor(sh, qi, m->qhead, tq->raw_bytes, NULL, err);
+	}
 	if (rc == 0 && (!tn || tn->dtype != TERN_DTYPE_F32 || (int64_t)tn->m * tn->k != m->hp.n_embd))
 		rc = TERN_ERR(err, TERN_EFORMAT, "%s: no output_norm of %d f32", path, m->hp.n_embd);
 	if (rc == 0 && !(norm = malloc((size_t)m->hp.n_embd * sizeof *norm)))
@@ -134,9 +147,15 @@ static int head_from_plan(tern_coord_model *m, tern_err *err)
 		rc = tern_shard_read_tensor(sh, in, norm, (size_t)m->hp.n_embd * sizeof *norm, NULL, err);
 	if (rc == 0) {
 		tern_head_config cfg = {m->hp.n_vocab, m->hp.n_embd,   et,           m->emb, 0,
-					norm,          m->hp.norm_eps, TERN_ISA_AUTO, TERN_HEAD_FILE, NULL, TERN_DTYPE_NONE, NULL, 0};
+					norm,          m->hp.norm_eps, TERN_ISA_AUTO, TERN_HEAD_FILE, NULL, TERN_DTYPE_NONE, NULL, 0, 0};
 		cfg.head = m->out_w;
 		cfg.head_dtype = ot;
+		if (qi >= 0) {
+			/* the shard's bytes as they are: no quantizing at load */
+			cfg.qformat = qt == TERN_QH_Q4 ? TERN_HEAD_Q4 : TERN_HEAD_Q8;
+			cfg.qhead = m->qhead;
+			cfg.packed_only = !m->hp.tied_embeddings;
+		}
 		rc = tern_head_create(&cfg, &m->head, err);
 	}
 	free(norm);
@@ -190,6 +209,7 @@ void tern_coord_model_close(tern_coord_model *m)
 	tern_tokenizer_free(m->tok);
 	tern_aligned_free(m->emb);
 	tern_aligned_free(m->out_w);
+	tern_aligned_free(m->qhead);
 	tern_plan_manifest_free(m->plan);
 	tern_source_close(m->src);
 	free(m);

@@ -8,7 +8,8 @@
     interleave with decoding), and with the layers in-process (--stages 0);
     also from a 2-stage plan directory, through its stages and in-process;
     also for an untied model (its own LM head), from the file and a plan;
-    also with a quantized LM head (--lm-head q8/q4 on both sides);
+    also with a quantized LM head (--lm-head q8/q4 on both sides), and from
+    plans that store the q8 head (tern-partition --lm-head q8);
   - a malformed batch line is a one-line error naming the line, exit non-zero;
   - faults: a stage killed mid-generation, and a stage that hangs (SIGSTOP):
     the in-flight request fails with an error within 10 s of the fault and the
@@ -42,7 +43,8 @@ def mpi_env():
     return e
 
 
-def run_batch(build, model, stages, prompts, work, extra=()):
+def run_batch(build, model, stages, prompts, work, extra=(), stdout=None):
+    """The rows of an offline batch run; stdout (a list) receives the coordinator's stdout."""
     inp = os.path.join(work, "in.jsonl")
     out = os.path.join(work, "out.jsonl")
     with open(inp, "w") as f:
@@ -58,7 +60,17 @@ def run_batch(build, model, stages, prompts, work, extra=()):
         raise AssertionError("batch run failed (%d):\n%s" % (r.returncode, r.stderr[-3000:]))
     rows = [json.loads(line) for line in open(out)]
     assert [row["id"] for row in rows] == [str(i) for i in range(len(prompts))], rows
+    if stdout is not None:
+        stdout.append(r.stdout)
     return rows
+
+
+def head_bytes(fmt, vocab=300, n_embd=128):
+    """Bytes the LM head reads per token in a format (kernels/tern-float.h tern_qh_bytes; F16 as stored)."""
+    if fmt == "file":
+        return vocab * n_embd * 2
+    quant = 512 if fmt == "q8" else 256
+    return (vocab + 15) // 16 * (quant + 32) * ((n_embd + 31) // 32)
 
 
 def main():
@@ -133,6 +145,47 @@ def main():
     for fmt in ("q8", "q4"):
         res.check("identical_lm_head_%s_2_stages" % fmt, identical_lm_head(fmt, 2))
     res.check("identical_lm_head_q4_in_process", identical_lm_head("q4", 0))
+
+    # A plan that stores the packed q8 head (tern-partition --lm-head q8):
+    # the coordinator uses the shard's bytes as its default head (its
+    # "decode reads" line names the head's bytes: on this small model q8 and
+    # F16 agree on every greedy id, so the ids alone cannot tell) and gives
+    # tern-run --lm-head q8's ids over 2 stages and in-process, for the tied
+    # model and the untied one (whose plan then keeps no output matrix:
+    # asking it for another head is a one-line error, exit non-zero); the
+    # tied plan still quantizes q4 from token_embd when asked.
+    def q8_plan(src, name):
+        d = os.path.join(work, name)
+        subprocess.run([os.path.join(build, "partition", "tern-partition"), src, "--stages", "2", "-o", d,
+                        "--lm-head", "q8", "--no-progress"], check=True, stdout=subprocess.DEVNULL)
+        return d
+    qplan, uqplan = q8_plan(model, "plan-q8"), q8_plan(untied, "plan-untied-q8")
+
+    def identical_head_plan(src, plan_dir, stages, fmt, extra=()):
+        def fn():
+            out = []
+            rows = run_batch(build, plan_dir, stages, PROMPTS[:4], work, extra, out)
+            assert "+ LM head %d)" % head_bytes(fmt) in out[0], out[0][-2000:]
+            for p, row in zip(PROMPTS, rows):
+                want_q = run_tern_run(build, src, p, N_GEN, ["--lm-head", fmt])
+                assert row["token_ids"] == want_q, (plan_dir, stages, p, row, want_q)
+        return fn
+    res.check("identical_plan_f16_head_in_process", identical_head_plan(model, plan, 0, "file"))
+    res.check("identical_plan_q8_2_stages", identical_head_plan(model, qplan, 2, "q8"))
+    res.check("identical_plan_q8_in_process", identical_head_plan(model, qplan, 0, "q8"))
+    res.check("identical_plan_q8_asked_q4", identical_head_plan(model, qplan, 0, "q4", ["--lm-head", "q4"]))
+    res.check("identical_untied_plan_q8_2_stages", identical_head_plan(untied, uqplan, 2, "q8"))
+
+    def untied_q8_plan_refuses_file():
+        inp = os.path.join(work, "one.jsonl")
+        with open(inp, "w") as f:
+            f.write('{"prompt": "a", "max_tokens": 2}\n')
+        r = subprocess.run(["mpirun", "-n", "1", os.path.join(build, "coordinator", "tern-coordinator"), "-m",
+                            uqplan, "--stages", "0", "--batch", inp, "--out", os.path.join(work, "o.jsonl"),
+                            "--lm-head", "file"], capture_output=True, text=True, env=mpi_env(), timeout=120)
+        assert r.returncode != 0, r
+        assert "stores only the q8 LM head" in r.stderr, r.stderr
+    res.check("untied_plan_q8_refuses_file", untied_q8_plan_refuses_file)
 
     def bad_batch():
         inp = os.path.join(work, "bad.jsonl")
