@@ -136,23 +136,17 @@ def write_model(path, n_embd, n_head, n_head_kv, n_ff, vocab, n_layer, seed=0, n
     embd_seed = int(rng.integers(2**63))
     std = np.float32(1.0 / np.sqrt(n_embd))
 
-    def embd_chunks():
-        er = np.random.default_rng(embd_seed)
-        for r in range(0, vocab, 4096):
-            n = min(4096, vocab - r)
-            yield (er.standard_normal((n, n_embd), dtype=np.float32) * std).astype("<f2").tobytes()
-
-    w.add_tensor("token_embd.weight", embd_chunks, gguf.F16, ne=(n_embd, vocab))
-    if untied:
-        out_seed = int(rng.integers(2**63))
-
-        def out_chunks():
-            er = np.random.default_rng(out_seed)
+    def f16_chunks(seed):
+        def chunks():
+            er = np.random.default_rng(seed)
             for r in range(0, vocab, 4096):
                 n = min(4096, vocab - r)
                 yield (er.standard_normal((n, n_embd), dtype=np.float32) * std).astype("<f2").tobytes()
+        return chunks
 
-        w.add_tensor("output.weight", out_chunks, gguf.F16, ne=(n_embd, vocab))
+    w.add_tensor("token_embd.weight", f16_chunks(embd_seed), gguf.F16, ne=(n_embd, vocab))
+    if untied:
+        w.add_tensor("output.weight", f16_chunks(int(rng.integers(2**63))), gguf.F16, ne=(n_embd, vocab))
 
     def norm(n):
         return (1.0 + 0.05 * rng.standard_normal(n)).astype(np.float32)
