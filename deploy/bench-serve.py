@@ -8,10 +8,13 @@ cluster: for each stage count, start the cluster (deploy/tern-up), then for
 each concurrency C run C streaming clients that each generate --tokens tokens
 (ignore_eos, greedy) and report the aggregate decode tokens/s, the mean
 per-sequence time per token, and the speed-up over one sequence. The bound
-printed beside it is the single-sequence memory bound: measured read bandwidth
-/ bytes read per token (packed weights + LM head), times C for a batch (the
-weights are read once per step for the whole batch), capped at the
-compute-free ideal.
+printed beside it is the lower of two, both measured in the same run: the
+memory bound, read bandwidth / bytes read per token (packed weights + LM
+head) times C (the weights are read once per step for the whole batch), and
+the compute bound, the int8 dot-product peak of the box's best unit (all
+cores) / 2 ops per multiply-add per token (one per ternary weight and one per
+head weight, as the coordinator prints). The "c"/"b" after it says which.
+--coord-args passes tern-coordinator options (e.g. '--lm-head q8').
 
 serve: one tern-server (it launches the job), and for each client count in
 --clients (1,4,16,64,256) the same streaming load three ways, side by side on
@@ -56,8 +59,11 @@ def start_cluster(build, model, stages, port, extra):
     r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if r.returncode != 0:
         raise RuntimeError("cluster did not start:\n" + r.stdout + r.stderr)
-    m = re.search(r"decode reads (\d+) bytes per token", open(env["TERN_UP_LOG"]).read())
+    log = open(env["TERN_UP_LOG"]).read()
+    m = re.search(r"decode reads (\d+) bytes per token", log)
     env["TERN_BYTES_PER_TOKEN"] = m.group(1) if m else "0"
+    m = re.search(r"decode does (\d+) multiply-adds per token", log)
+    env["TERN_MACS_PER_TOKEN"] = m.group(1) if m else "0"
     return env
 
 
@@ -65,8 +71,9 @@ def stop_cluster(env):
     subprocess.run([os.path.join(HERE, "tern-down")], env=env, capture_output=True)
 
 
-def read_bw(build, threads):
-    """Read bandwidth (GB/s) measured by tern-bench kernels, or None."""
+def read_bounds(build, threads):
+    """(read bandwidth GB/s, int8 peak GOPS, its unit) measured by tern-bench
+    kernels with `threads` threads; None for what it did not give."""
     exe = os.path.join(build, "tests", "bench", "tern-bench")
     try:
         # The smallest kernels run: its read_bw rows are the bandwidth probe.
@@ -74,15 +81,31 @@ def read_bw(build, threads):
                               "--shape", "64x64", "--ws-mib", "8", "--batches", "1", "--min-time", "0.05"],
                              capture_output=True, text=True, timeout=300).stdout
     except (OSError, subprocess.TimeoutExpired):
-        return None
+        return None, None, None
+    bw = peak = unit = None
     for line in out.splitlines():
         try:
             row = json.loads(line)
         except ValueError:
             continue
-        if row.get("what") == "read_bw" and row.get("threads") == threads:
-            return row["value"]
-    return None
+        if row.get("threads") != threads:
+            continue
+        if row.get("what") == "read_bw":
+            bw = row["value"]
+        elif row.get("what") == "int8_peak" and row.get("value") and (peak is None or row["value"] > peak):
+            peak, unit = row["value"], row.get("int8_unit")
+    return bw, peak, unit
+
+
+def cpu_model():
+    """The CPU's name as /proc/cpuinfo gives it (for plot titles)."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
 
 
 def one_stream(client, pb, prompt, n, out, i, t_start):
@@ -226,7 +249,7 @@ def serve_bench(a, build, pb, Client, clients, extra, emit):
                 g = got[name]
                 ttft, itl = g["ttft"], g["itl"]
                 agg = g["tokens"] / g["wall"]
-                row = {"bench": "serve", "what": name, "threads": a.threads or None, "stages": s,
+                row = {"bench": "serve", "what": name, "threads": a.threads or os.cpu_count(), "stages": s,
                        "sequences": n, "rounds": rounds, "value": round(agg, 3), "unit": "tok/s", "bound": None,
                        "fraction": None}
                 for p in (50, 90, 99):
@@ -268,6 +291,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3,
                     help="serve: rounds per client count (at least 24 streams per path in all)")
     ap.add_argument("--server-args", default="", help="serve: more tern-server options, e.g. '--nice 0'")
+    ap.add_argument("--coord-args", default="", help="more tern-coordinator options, e.g. '--lm-head q8'")
     ap.add_argument("--port", type=int, default=50200)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--plot", default=None)
@@ -276,7 +300,7 @@ def main():
     build = os.path.abspath(a.build)
     from ternlib import Client, load_pb2  # noqa: E402
     pb = load_pb2(build)
-    bw = read_bw(build, os.cpu_count() or 1)
+    bw, peak, peak_unit = read_bounds(build, os.cpu_count() or 1)
     rows = []
 
     def emit(row):
@@ -287,23 +311,32 @@ def main():
     if bw:
         emit({"bench": a.mode, "what": "read_bw", "threads": os.cpu_count(), "value": round(bw, 2),
               "unit": "GB/s", "bound": None, "fraction": None})
+    if peak:
+        emit({"bench": a.mode, "what": "int8_peak", "threads": os.cpu_count(), "value": round(peak, 1),
+              "unit": "GOPS", "bound": None, "fraction": None, "int8_unit": peak_unit})
 
     def bound_of(env):
         bpt = float(env.get("TERN_BYTES_PER_TOKEN", "0"))
         return bw * 1e9 / bpt if (bw and bpt) else None
+
+    def compute_bound_of(env):
+        macs = float(env.get("TERN_MACS_PER_TOKEN", "0"))
+        return peak * 1e9 / (2 * macs) if (peak and macs) else None
     clients = [int(x) for x in a.clients.split(",")]
     extra = ["--slots", str(max(32, max(clients) if a.mode == "serve" else 0)), "--queue", "1024"]
+    extra += a.coord_args.split()
     if a.threads:
         extra += ["-t", str(a.threads)]
     if a.mode == "cluster":
         stage_list = [int(x) for x in (a.stages or "1,2,4").split(",")]
         conc = [int(x) for x in a.conc.split(",")]
         if not a.json:
-            print("%-7s %-5s %12s %14s %10s %12s" % ("stages", "seqs", "tok/s", "ms/token/seq", "speedup",
-                                                     "bound tok/s"))
+            print("%-7s %-5s %12s %14s %10s %12s %6s" % ("stages", "seqs", "tok/s", "ms/token/seq", "speedup",
+                                                         "bound tok/s", "frac"))
         for s in stage_list:
             env = start_cluster(build, a.model, s, a.port, extra)
             bound1 = bound_of(env)
+            cbound = compute_bound_of(env)
             try:
                 cl = Client(pb, a.port)
                 run_clients(cl, pb, 1, 4)  # warm-up
@@ -315,15 +348,20 @@ def main():
                     agg = toks / decode_wall if decode_wall > 0 else 0
                     lat = statistics.mean(o["decode_s"] / max(1, o["tokens"] - 1) for o in out) * 1e3
                     base = base or agg
-                    bound = bound1 * c if bound1 else None
-                    emit({"bench": "cluster", "what": "decode_aggregate", "threads": a.threads or None,
+                    bwb = bound1 * c if bound1 else None
+                    bound = min(x for x in (bwb, cbound) if x) if (bwb or cbound) else None
+                    kind = None if bound is None else ("bandwidth" if bwb and (not cbound or bwb <= cbound) else "compute")
+                    emit({"bench": "cluster", "what": "decode_aggregate", "threads": a.threads or os.cpu_count(),
                           "stages": s, "sequences": c, "value": round(agg, 3), "unit": "tok/s",
                           "bound": round(bound, 3) if bound else None,
-                          "fraction": round(agg / bound, 4) if bound else None,
+                          "fraction": round(agg / bound, 4) if bound else None, "bound_kind": kind,
+                          "bandwidth_bound": round(bwb, 3) if bwb else None,
+                          "compute_bound": round(cbound, 3) if cbound else None,
                           "ms_per_token_per_seq": round(lat, 3), "speedup_vs_1": round(agg / base, 3)})
                     if not a.json:
-                        print("%-7d %-5d %12.2f %14.2f %10.2f %12s" % (s, c, agg, lat, agg / base,
-                                                                       "%.2f" % bound if bound else "-"))
+                        print("%-7d %-5d %12.2f %14.2f %10.2f %12s %6s" % (
+                            s, c, agg, lat, agg / base, "%.2f %s" % (bound, kind[0]) if bound else "-",
+                            "%.0f%%" % (100 * agg / bound) if bound else "-"))
                 cl.close()
             finally:
                 stop_cluster(env)
@@ -332,15 +370,19 @@ def main():
             for s in stage_list:
                 data.write("# stages %d\n" % s)
                 for r in rows:
-                    if r.get("stages") == s:
-                        data.write("%d %f\n" % (r["sequences"], r["value"]))
+                    if r.get("stages") == s and r.get("what") == "decode_aggregate":
+                        data.write("%d %f %f\n" % (r["sequences"], r["value"], r["bound"] or 0))
                 data.write("\n\n")
             data.close()
-            plots = ", ".join("'%s' index %d with linespoints title '%d stage(s)'" % (data.name, i, s)
+            plots = ", ".join("'%s' index %d using 1:2 with linespoints title '%d stage(s)'" % (data.name, i, s)
                               for i, s in enumerate(stage_list))
-            script = ("set terminal png size 900,600; set output '%s'; set logscale x 2; set xlabel 'concurrent "
-                      "sequences'; set ylabel 'aggregate decode tokens/s'; set grid; set key left top; plot %s"
-                      % (a.plot, plots))
+            # The bound depends on the model and the box, not the stage count.
+            plots += ", '%s' index 0 using 1:3 with lines dashtype 2 title 'bound: min(bandwidth x sequences, " \
+                     "int8 peak)'" % data.name
+            title = "%s, %s, %d CPUs" % (os.path.basename(a.model), cpu_model(), os.cpu_count() or 1)
+            script = ("set terminal png size 900,600; set output '%s'; set title '%s' noenhanced; set logscale x 2; "
+                      "set xlabel 'concurrent sequences'; set ylabel 'aggregate decode tokens/s'; set grid; "
+                      "set key left top; plot %s" % (a.plot, title.replace("'", ""), plots))
             subprocess.run(["gnuplot", "-e", script], check=True)
             print("plot: %s" % a.plot, file=sys.stderr)
     else:

@@ -181,23 +181,41 @@ int tern_gemm_f32(const tern_matrix *w, const tern_act *a, float *y, int ldy, in
 	if (a->n == 0 || row0 == row1)
 		return 0;
 	const int rows = row1 - row0;
-	/* Rows in chunks (a multiple of the tile) so the int32 scratch stays small. */
+	/* Rows in chunks (a multiple of the tile) so the int32 scratch stays
+	 * small: on the stack where it fits, which is every call with fewer
+	 * than 16384 / tile tokens (no allocation per product). */
 	const int tile = tern_row_tile(w->packing);
 	int chunk = 16384 / (a->n > 0 ? a->n : 1);
 	chunk = chunk < tile ? tile : chunk / tile * tile;
 	if (chunk > rows)
 		chunk = rows;
-	int32_t *tmp = tern_aligned_alloc((size_t)chunk * (size_t)a->n * sizeof(int32_t), TERN_ALIGN);
+	_Alignas(64) int32_t stack_tmp[16384];
+	const size_t need = (size_t)chunk * (size_t)a->n;
+	int32_t *tmp = need <= sizeof stack_tmp / sizeof stack_tmp[0]
+			   ? stack_tmp
+			   : tern_aligned_alloc(need * sizeof(int32_t), TERN_ALIGN);
 	TERN_RETURN_IF(!tmp, err, TERN_ENOMEM, "tern_gemm_f32: scratch for %d x %d", a->n, chunk);
 	for (int r0 = row0; r0 < row1; r0 += chunk) {
 		const int r1 = row1 - r0 < chunk ? row1 : r0 + chunk;
 		kernels[isa][w->packing](w, a, tmp, chunk, r0, r1);
-		for (int j = 0; j < a->n; j++)
-			for (int i = r0; i < r1; i++)
-				y[(size_t)j * (size_t)ldy + (size_t)i] =
-				    (float)tmp[(size_t)j * (size_t)chunk + (size_t)(i - r0)] / a->scale[j] *
-				    w->scales[i / w->group_rows];
+		/* One expression per output, dot / act scale * weight scale; the
+		 * rows of one scale group run as one loop (no division by
+		 * group_rows per output, which cost ~8% of a batched step). */
+		for (int j = 0; j < a->n; j++) {
+			const float as = a->scale[j];
+			const int32_t *t = tmp + (size_t)j * (size_t)chunk;
+			float *yj = y + (size_t)j * (size_t)ldy;
+			for (int i = r0; i < r1;) {
+				const int g = i / w->group_rows;
+				const long long g_end = (long long)(g + 1) * w->group_rows;
+				const int end = g_end < r1 ? (int)g_end : r1;
+				const float ws = w->scales[g];
+				for (; i < end; i++)
+					yj[i] = (float)t[i - r0] / as * ws;
+			}
+		}
 	}
-	tern_aligned_free(tmp);
+	if (tmp != stack_tmp)
+		tern_aligned_free(tmp);
 	return 0;
 }

@@ -44,6 +44,23 @@ static inline void tern_rms_apply(const float *x, const float *w, float s, int i
 	}
 }
 
+/* SwiGLU for elements [i0, n) (tern_float_kernels.swiglu's order). */
+static inline void tern_swiglu_elems(const float *g, const float *u, int i0, int n, float *out)
+{
+	for (int i = i0; i < n; i++) {
+		const float x = g[i];
+		out[i] = (x / (1.0f + expf(-x))) * u[i];
+	}
+}
+
+/* SwiGLU of an ISA: the one scalar body compiled into the ISA's file (a
+ * vector exp would be a second exp with other roundings). */
+#define TERN_FLOAT_SWIGLU(isa)                                                            \
+	static void swiglu_##isa(const float *g, const float *u, int n, float *out)      \
+	{                                                                                \
+		tern_swiglu_elems(g, u, 0, n, out);                                      \
+	}
+
 /* Softmax's last step for elements [i0, n). */
 static inline void tern_softmax_scale(float *x, float inv, int i0, int n)
 {

@@ -66,14 +66,18 @@ int tern_kern_neon_dotprod(void);
  * int8 codes, then vpdpbusd against every token of the batch. The AVX-512
  * kernels switch to it (when tern_kern_avx512_vnni) from
  * tern_kern_gemm_vnni_min[packing] tokens up; the defaults are the
- * crossovers measured on AMD EPYC (Zen 5), in cache and from DRAM (tern-bench
- * kernels, where TL2 at 16 tokens was still 0.87-0.96x the LUT kernel), on the
- * four BitNet 2B4T shapes: below them the LUT kernels (TL1/TL2) and the
- * row-pair vpdpbusd kernel (I2_S, which decodes its 2-bit codes in a few
- * shifts) are as fast or faster. Tests lower them to cover every batch. */
-#define TERN_GEMM_VNNI_MIN_I2S 24
-#define TERN_GEMM_VNNI_MIN_TL1 12
-#define TERN_GEMM_VNNI_MIN_TL2 24
+ * crossovers measured on AMD EPYC (Zen 5) with thread CPU time, alternating
+ * both kernels, on the four BitNet 2B4T shapes in cache (L3) and on 2560x6912
+ * from DRAM (24 matrices): VNNI over the LUT kernel at I2_S 16 tokens
+ * 0.97-1.02x the time in cache and 0.91x from DRAM (20: 0.88-0.93x); TL1 at 6
+ * 0.72-0.75x (4: 0.91-0.97x); TL2 at 12 0.89-0.95x in cache and 1.00x from
+ * DRAM (16: 0.88-0.97x / 0.96x). Below them the LUT kernels (TL1/TL2) and the
+ * row-pair vpdpbusd kernel (I2_S) are as fast or faster. (An earlier set,
+ * 24/12/24, came from wall-clock tern-bench runs on a loaded machine.) Tests
+ * lower them to cover every batch. */
+#define TERN_GEMM_VNNI_MIN_I2S 16
+#define TERN_GEMM_VNNI_MIN_TL1 6
+#define TERN_GEMM_VNNI_MIN_TL2 12
 extern int tern_kern_gemm_vnni_min[TERN_PACK_COUNT];
 void tern_kern_i2s_vnni_gemm(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1);
 void tern_kern_tl1_vnni_gemm(const tern_matrix *w, const tern_act *a, int32_t *dot, int ldd, int row0, int row1);
@@ -127,5 +131,11 @@ int tern_weight_at(const tern_matrix *w, int i, int k);
 
 /* Groups of the LUT for packing p (0 for I2_S). */
 int tern_lut_groups(tern_packing p, int k_pad);
+
+/* Activation preparation with AVX-512 (x86/act-avx512.c, CPUs with
+ * AVX512_VNNI): tern_quant_row and ref/act.c's table builder, byte for byte
+ * (lut: row_bytes, groups then zero padding). */
+float tern_kern_quant_row_avx512(const float *x, int k, int k_pad, int8_t *q, int32_t *sum);
+void tern_kern_lut_avx512(tern_packing p, const int8_t *q, int k_pad, uint8_t *lut, size_t row_bytes);
 
 #endif /* TERN_KERN_INTERNAL_H */

@@ -1,5 +1,6 @@
 /* tern-float.h: the float kernels of the model around the ternary products:
- * RMSNorm, softmax, RoPE (NEOX) and the dense dot products of the LM head,
+ * RMSNorm, softmax, RoPE (NEOX), SwiGLU's silu(g) * u and the dense dot
+ * products of the LM head,
  * each with a scalar reference (kernels/ref/float-ref.c, the oracle) and
  * AVX2 / AVX-512 / NEON versions, chosen like the ternary kernels (tern_isa,
  * TERN_ISA_AUTO -> tern_isa_default(), which TERN_KERNEL can force).
@@ -222,6 +223,12 @@ typedef struct tern_float_kernels {
 	/* Groups [g0, g1) of a quantized matrix (see tern_qdot_args): each tile
 	 * is loaded once and applied to all a->nx activation rows. */
 	void (*qdot_groups)(const tern_qdot_args *a, int g0, int g1);
+	/* SwiGLU's gated product, element by element in index order:
+	 *   out[i] = (g[i] / (1.0f + expf(-g[i]))) * u[i]
+	 * each operation rounded to float on its own; expf is libm's scalar expf
+	 * on every ISA (one body, kern-float.h), so every ISA gives the same
+	 * bits. out may equal g or u. */
+	void (*swiglu)(const float *g, const float *u, int n, float *out);
 } tern_float_kernels;
 
 /* The float kernels of isa (AUTO resolves to tern_isa_default()), or NULL

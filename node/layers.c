@@ -1,6 +1,7 @@
-/* layers.c: the BitNet b1.58 layer forward pass over a micro-batch (see
- * tern-engine.h for the math and the batch-invariance contract), and the
- * float primitives it is made of.
+/* layers.c: the layer forward pass over a micro-batch (see tern-engine.h
+ * for the math and the batch-invariance contract), and the float
+ * primitives it is made of. What differs between architectures (sub-norms,
+ * the FFN activation) is read from the arch row (tern_arch) once at create.
  *
  * Every float loop below runs in one order that depends only on the row's
  * own width and position: no reduction is split by batch size, chunking or
@@ -84,6 +85,8 @@ struct tern_engine {
 	tern_engine_config cfg;
 	tern_isa isa;
 	const tern_float_kernels *fk; /* RMSNorm, RoPE, softmax of that ISA */
+	const tern_arch *arch;        /* sub-norms or not, the FFN activation */
+	void (*ffn_act)(const float *g, const float *u, int n, float *out); /* the arch's gated product */
 	int kv_dim;
 	int n_threads;
 	tern_kv_cache *kv;
@@ -132,13 +135,19 @@ int tern_engine_create(const tern_layers *w, const tern_engine_config *cfg, tern
 				       tern_packing_name(mat->packing), m, k, tern_packing_name(w->packing));
 		}
 
+	const tern_arch *arch = tern_arch_find(w->hp.arch);
+	TERN_RETURN_IF(!arch || arch->qk_norm || arch->bias, err, TERN_EUNSUP,
+		       "engine: architecture '%s' is not one the engine runs", w->hp.arch);
+
 	tern_engine *e = calloc(1, sizeof *e);
 	TERN_RETURN_IF(!e, err, TERN_ENOMEM, "engine: out of memory");
+	e->arch = arch;
 	e->w = w;
 	e->hp = w->hp;
 	e->cfg = *cfg;
 	e->isa = isa;
 	e->fk = tern_float_kernels_get(isa);
+	e->ffn_act = arch->ffn_act == TERN_FFN_SILU ? e->fk->swiglu : tern_engine_relu2_mul;
 	e->kv_dim = w->hp.n_head_kv * w->hp.head_dim;
 	e->n_threads = tern_pool_size(cfg->pool);
 	int rc = tern_kv_create(&e->kv, w->n, cfg->n_slots, cfg->n_ctx, e->kv_dim, cfg->kv_alloc, err);
@@ -363,8 +372,12 @@ static int layer_forward(tern_engine *e, int l, const tern_row *rows, int n, flo
 #else
 	tern_pool_run(e->cfg.pool, attn_run, &job);
 #endif
-	norm_rows(e, e->att, d, lw->norm[TERN_NORM_ATTN_SUB], d, eps, n, e->xn, d);
-	TERN_FORWARD_IF_ERROR(tern_act_prepare(&e->act_e, pk, e->isa, e->xn, n, d, d, err));
+	const float *o_in = e->att;
+	if (e->arch->sub_norms) {
+		norm_rows(e, e->att, d, lw->norm[TERN_NORM_ATTN_SUB], d, eps, n, e->xn, d);
+		o_in = e->xn;
+	}
+	TERN_FORWARD_IF_ERROR(tern_act_prepare(&e->act_e, pk, e->isa, o_in, n, d, d, err));
 	TERN_FORWARD_IF_ERROR(proj(e, l, TERN_PROJ_O, &e->act_e, e->y, d, err));
 	add_rows(h, e->y, (size_t)n * (size_t)d);
 
@@ -377,8 +390,9 @@ static int layer_forward(tern_engine *e, int l, const tern_row *rows, int n, flo
 		const int ldy[2] = {ff, ff};
 		TERN_FORWARD_IF_ERROR(projs(e, l, p, 2, &e->act_e, y, ldy, err));
 	}
-	tern_engine_relu2_mul(e->g, e->u, n * ff, e->g);
-	norm_rows(e, e->g, ff, lw->norm[TERN_NORM_FFN_SUB], ff, eps, n, e->g, ff);
+	e->ffn_act(e->g, e->u, n * ff, e->g);
+	if (e->arch->sub_norms)
+		norm_rows(e, e->g, ff, lw->norm[TERN_NORM_FFN_SUB], ff, eps, n, e->g, ff);
 	TERN_FORWARD_IF_ERROR(tern_act_prepare(&e->act_f, pk, e->isa, e->g, n, ff, ff, err));
 	TERN_FORWARD_IF_ERROR(proj(e, l, TERN_PROJ_DOWN, &e->act_f, e->y, d, err));
 	add_rows(h, e->y, (size_t)n * (size_t)d);

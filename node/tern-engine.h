@@ -26,6 +26,10 @@
  *   h += BitLinear_o(RMSNorm(o, attn_sub_norm));
  *   f = RMSNorm(h, ffn_norm); m = relu(gate(f))^2 * up(f);
  *   h += BitLinear_down(RMSNorm(m, ffn_sub_norm)).
+ * The architecture row (tern_arch of hp.arch, partition/tern-model.h) says
+ * which parts a model has: without sub_norms, o and down take the attention
+ * output and m unnormed (Llama); ffn_act TERN_FFN_SILU makes
+ * m = silu(gate(f)) * up(f) (the float core's swiglu).
  *
  * Depends on kernels/ (products, pool) and partition/ (tern_hparams, the
  * model readers, plan shards); never on MPI or hwloc. */

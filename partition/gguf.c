@@ -923,14 +923,9 @@ float tern_i2s_scale(const uint8_t *data, int64_t m, int64_t k)
 
 /* ---- hyper-parameters ----------------------------------------------------- */
 
-static const char *const arch_names[] = {"bitnet-b1.58", "bitnet-25", "bitnet", "bitnet-1.58"};
-
 int tern_gguf_arch_supported(const char *arch)
 {
-	for (size_t i = 0; i < sizeof arch_names / sizeof arch_names[0]; i++)
-		if (strcmp(arch, arch_names[i]) == 0)
-			return 1;
-	return 0;
+	return tern_arch_find(arch) != NULL;
 }
 
 static int arch_int(const tern_gguf *g, const char *arch, const char *suffix, int dflt, int *out, tern_err *err)
@@ -1000,9 +995,8 @@ int tern_gguf_hparams(const tern_gguf *g, tern_hparams *hp, tern_err *err)
 	memcpy(a, arch, alen);
 	a[alen] = 0;
 	if (strlen(a) != alen || !tern_gguf_arch_supported(a))
-		return TERN_ERR(err, TERN_EUNSUP,
-				"%s: unsupported architecture '%s' (tern reads bitnet-b1.58, bitnet-25, bitnet)",
-				g->path, a);
+		return TERN_ERR(err, TERN_EUNSUP, "%s: unsupported architecture '%s' (tern reads %s)", g->path, a,
+				tern_arch_names());
 	snprintf(hp->arch, sizeof hp->arch, "%s", a);
 	TERN_FORWARD_IF_ERROR(arch_int(g, a, "embedding_length", -1, &hp->n_embd, err));
 	TERN_FORWARD_IF_ERROR(arch_int(g, a, "block_count", -1, &hp->n_layer, err));
@@ -1039,6 +1033,21 @@ int tern_gguf_hparams(const tern_gguf *g, tern_hparams *hp, tern_err *err)
 		       "%s: %s.rope.dimension_count is %d, but tern rotates the whole head of %d (partial RoPE is "
 		       "not supported)",
 		       g->path, a, rope_dim, hp->head_dim);
+	/* RoPE scaling (linear, or llama3's rope_freqs factors) changes the
+	 * angles the engine's table holds: refused rather than run unscaled. */
+	char rkey[64];
+	snprintf(rkey, sizeof rkey, "%s.rope.scaling.type", a);
+	if (tern_gguf_find_key(g, rkey) >= 0) {
+		const char *st;
+		uint64_t sl;
+		TERN_FORWARD_IF_ERROR(tern_gguf_get_str(g, rkey, &st, &sl, err));
+		TERN_RETURN_IF(!(sl == 4 && memcmp(st, "none", 4) == 0), err, TERN_EUNSUP,
+			       "%s: %s '%.*s' is not supported (tern runs plain RoPE)", g->path, rkey,
+			       (int)(sl < 32 ? sl : 32), st);
+	}
+	TERN_RETURN_IF(tern_gguf_find_tensor(g, "rope_freqs.weight") != NULL, err, TERN_EUNSUP,
+		       "%s: tensor 'rope_freqs.weight' (llama3 RoPE scaling) is not supported (tern runs plain RoPE)",
+		       g->path);
 	for (int64_t i = 0; i < g->n_tensors; i++) {
 		const long l = blk_index(g->tensors[i].name);
 		TERN_RETURN_IF(l >= hp->n_layer, err, TERN_EFORMAT,

@@ -6,10 +6,61 @@
 #include <stdio.h>
 #include <string.h>
 
+/* ---- architectures ----------------------------------------------------------- */
+
+/* The BitNet b1.58 graph (MODEL-FORMATS 1.2) under every name bitnet.cpp and
+ * its forks give it ("bitnet" only with the b1.58 tensor set: the readers
+ * find the sub-norms or fail naming them), and the Llama graph bitnet.cpp's
+ * converter writes for LlamaForCausalLM ternary checkpoints
+ * (HF1BitLLM/Llama3-8B-1.58, tiiuae/Falcon3-*-1.58bit): SwiGLU, no sub-norms,
+ * q/k permuted in the GGUF (partition/README.md, issue 17). */
+static const tern_arch archs[] = {
+    {"bitnet-b1.58", TERN_FFN_RELU2, 1, 0, 0, 0, "BitNetForCausalLM", "relu2"},
+    {"bitnet-25", TERN_FFN_RELU2, 1, 0, 0, 0, "BitNetForCausalLM", "relu2"},
+    {"bitnet", TERN_FFN_RELU2, 1, 0, 0, 0, "BitNetForCausalLM", "relu2"},
+    {"bitnet-1.58", TERN_FFN_RELU2, 1, 0, 0, 0, "BitNetForCausalLM", "relu2"},
+    {"llama", TERN_FFN_SILU, 0, 1, 0, 0, "LlamaForCausalLM", "silu"},
+};
+#define N_ARCHS (sizeof archs / sizeof archs[0])
+
+const tern_arch *tern_arch_find(const char *name)
+{
+	for (size_t i = 0; name && i < N_ARCHS; i++)
+		if (strcmp(archs[i].name, name) == 0)
+			return &archs[i];
+	return NULL;
+}
+
+const tern_arch *tern_arch_find_hf(const char *hf_class)
+{
+	for (size_t i = 0; hf_class && i < N_ARCHS; i++)
+		if (strcmp(archs[i].hf_class, hf_class) == 0)
+			return &archs[i];
+	return NULL;
+}
+
+const char *tern_arch_names(void)
+{
+	return "bitnet-b1.58, bitnet-25, bitnet, bitnet-1.58, llama";
+}
+
+int tern_norm_present(const tern_hparams *hp, tern_norm_kind n)
+{
+	const tern_arch *a = tern_arch_find(hp->arch);
+	if (n == TERN_NORM_ATTN_SUB || n == TERN_NORM_FFN_SUB)
+		return a && a->sub_norms;
+	return (unsigned)n < TERN_NORM_COUNT;
+}
+
+/* ---- presets -------------------------------------------------------------------- */
+
 typedef struct {
 	const char *name;
 	int n_embd, n_layer, n_head, n_head_kv, n_ff, n_vocab, n_ctx;
 	float theta;
+	const char *arch; /* NULL: bitnet-b1.58 */
+	float eps;        /* 0: 1e-5 */
+	int32_t bos, eos, eot; /* 0, 0, 0: from the vocabulary size (below) */
 } preset;
 
 /* 700m and 3b are 1bitLLM's bitnet_b1_58-large / -3B; 2b4t is
@@ -17,20 +68,25 @@ typedef struct {
  * b1.58 was scaled on; 100b widens the 70b shape to ~100B parameters
  * (116 layers of 8192 x 28672, Llama-3 vocabulary). */
 static const preset presets[] = {
-	{"125m", 768, 12, 12, 12, 2048, 32000, 2048, 10000.0f},
-	{"700m", 1536, 24, 16, 16, 4096, 32002, 2048, 10000.0f},
-	{"2b4t", 2560, 30, 20, 5, 6912, 128256, 4096, 500000.0f},
-	{"3b", 3200, 26, 32, 32, 8640, 32002, 2048, 10000.0f},
-	{"7b", 4096, 32, 32, 32, 11008, 32000, 4096, 10000.0f},
-	{"13b", 5120, 40, 40, 40, 13824, 32000, 4096, 10000.0f},
-	{"30b", 6656, 60, 52, 52, 17920, 32000, 4096, 10000.0f},
-	{"70b", 8192, 80, 64, 8, 28672, 32000, 4096, 10000.0f},
-	{"100b", 8192, 116, 64, 8, 28672, 128256, 4096, 500000.0f},
+	{"125m", 768, 12, 12, 12, 2048, 32000, 2048, 10000.0f, NULL, 0.0f, 0, 0, 0},
+	{"700m", 1536, 24, 16, 16, 4096, 32002, 2048, 10000.0f, NULL, 0.0f, 0, 0, 0},
+	{"2b4t", 2560, 30, 20, 5, 6912, 128256, 4096, 500000.0f, NULL, 0.0f, 0, 0, 0},
+	{"3b", 3200, 26, 32, 32, 8640, 32002, 2048, 10000.0f, NULL, 0.0f, 0, 0, 0},
+	{"7b", 4096, 32, 32, 32, 11008, 32000, 4096, 10000.0f, NULL, 0.0f, 0, 0, 0},
+	{"13b", 5120, 40, 40, 40, 13824, 32000, 4096, 10000.0f, NULL, 0.0f, 0, 0, 0},
+	{"30b", 6656, 60, 52, 52, 17920, 32000, 4096, 10000.0f, NULL, 0.0f, 0, 0, 0},
+	{"70b", 8192, 80, 64, 8, 28672, 32000, 4096, 10000.0f, NULL, 0.0f, 0, 0, 0},
+	{"100b", 8192, 116, 64, 8, 28672, 128256, 4096, 500000.0f, NULL, 0.0f, 0, 0, 0},
+	/* HF1BitLLM/Llama3-8B-1.58-100B-tokens: Llama-3-8B-Instruct's shape */
+	{"llama3-8b", 4096, 32, 32, 8, 14336, 128256, 8192, 500000.0f, "llama", 0.0f, 0, 0, 0},
+	/* tiiuae/Falcon3-10B-Instruct-1.58bit (model card: 40 blocks, 12 query and 4 KV heads of
+	 * 256, rope theta 1000042, 32K context, 131K vocabulary, SwiGLU; eps as Falcon3's configs) */
+	{"falcon3-10b", 3072, 40, 12, 4, 23040, 131072, 32768, 1000042.0f, "llama", 1e-6f, 0, 0, 0},
 };
 
 const char *tern_hparams_preset_names(void)
 {
-	return "125m 700m 2b4t 3b 7b 13b 30b 70b 100b";
+	return "125m 700m 2b4t 3b 7b 13b 30b 70b 100b llama3-8b falcon3-10b";
 }
 
 int tern_hparams_preset(const char *name, tern_hparams *hp, tern_err *err)
@@ -40,7 +96,7 @@ int tern_hparams_preset(const char *name, tern_hparams *hp, tern_err *err)
 		if (strcmp(p->name, name) != 0)
 			continue;
 		memset(hp, 0, sizeof *hp);
-		snprintf(hp->arch, sizeof hp->arch, "bitnet-b1.58");
+		snprintf(hp->arch, sizeof hp->arch, "%s", p->arch ? p->arch : "bitnet-b1.58");
 		hp->n_embd = p->n_embd;
 		hp->n_layer = p->n_layer;
 		hp->n_head = p->n_head;
@@ -50,9 +106,13 @@ int tern_hparams_preset(const char *name, tern_hparams *hp, tern_err *err)
 		hp->n_vocab = p->n_vocab;
 		hp->n_ctx_train = p->n_ctx;
 		hp->rope_theta = p->theta;
-		hp->norm_eps = 1e-5f;
+		hp->norm_eps = p->eps > 0.0f ? p->eps : 1e-5f;
 		hp->tied_embeddings = 1;
-		if (p->n_vocab == 128256) {
+		if (p->bos || p->eos) {
+			hp->bos_id = p->bos;
+			hp->eos_id = p->eos;
+			hp->eot_id = p->eot;
+		} else if (p->n_vocab == 128256) {
 			hp->bos_id = 128000;
 			hp->eos_id = 128001;
 			hp->eot_id = 128009;
@@ -70,6 +130,8 @@ int tern_hparams_validate(const tern_hparams *hp, tern_err *err)
 {
 	/* Limits far above any real model, low enough that products of them
 	 * cannot overflow 64-bit byte counts. */
+	TERN_RETURN_IF(!tern_arch_find(hp->arch), err, TERN_EUNSUP, "unsupported architecture '%.31s' (tern runs %s)",
+		       hp->arch, tern_arch_names());
 	TERN_RETURN_IF(hp->n_embd <= 0 || hp->n_embd > 65536, err, TERN_ERANGE, "absurd n_embd %d", hp->n_embd);
 	TERN_RETURN_IF(hp->n_layer <= 0 || hp->n_layer > 1024, err, TERN_ERANGE, "absurd layer count %d",
 		       hp->n_layer);
@@ -298,9 +360,10 @@ int tern_tokenizer_type(const char *model, const char *pre, tern_err *err)
 		return 2;
 	TERN_RETURN_IF(strcmp(model, "gpt2") != 0, err, TERN_EUNSUP,
 		       "tokenizer.ggml.model \"%s\" is not supported (gpt2, llama)", model);
+	/* llama.cpp runs "falcon3" with the LLaMA-3 rules (LLAMA_VOCAB_PRE_TYPE_LLAMA3) */
 	TERN_RETURN_IF(pre && *pre && strcmp(pre, "default") && strcmp(pre, "llama3") && strcmp(pre, "llama-v3") &&
-			       strcmp(pre, "llama-bpe"),
-		       err, TERN_EUNSUP, "pre-tokenizer \"%s\" is not supported (only llama3 / llama-v3 / llama-bpe)",
-		       pre);
+			       strcmp(pre, "llama-bpe") && strcmp(pre, "falcon3"),
+		       err, TERN_EUNSUP,
+		       "pre-tokenizer \"%s\" is not supported (only llama3 / llama-v3 / llama-bpe / falcon3)", pre);
 	return 1;
 }

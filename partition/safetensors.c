@@ -278,7 +278,39 @@ static int cfg_int(const tern_json *root, const char *key, int64_t dflt, int *ou
 	return 0;
 }
 
-int tern_hf_config_parse(const char *json, size_t len, const char *what, tern_hparams *hp, int *online, tern_err *err)
+/* The tern_arch row of a config: "architectures"[0], else bitnet-b1.58; the
+ * checks of tern-safetensors.h that are about the graph. */
+static int cfg_arch(const tern_json *r, const char *what, const tern_arch **out, tern_err *err)
+{
+	const tern_json *classes = tern_json_get(r, "architectures");
+	const char *cls = NULL;
+	if (classes && classes->type == TERN_JSON_ARRAY && classes->len > 0 &&
+	    classes->items[0]->type == TERN_JSON_STRING)
+		cls = classes->items[0]->str;
+	const tern_arch *a = cls ? tern_arch_find_hf(cls) : tern_arch_find("bitnet-b1.58");
+	TERN_RETURN_IF(!a, err, TERN_EUNSUP,
+		       "%s: architectures \"%.64s\" is not supported (BitNetForCausalLM, LlamaForCausalLM)", what, cls);
+	const char *act = tern_json_get_str(r, "hidden_act", a->hf_act);
+	TERN_RETURN_IF(strcmp(act, a->hf_act) != 0, err, TERN_EUNSUP,
+		       "%s: hidden_act \"%.32s\" is not supported for %s (%s)", what, act, a->hf_class, a->hf_act);
+	const tern_json *rs = tern_json_get(r, "rope_scaling");
+	TERN_RETURN_IF(rs && rs->type != TERN_JSON_NULL, err, TERN_EUNSUP,
+		       "%s: rope_scaling is not supported (tern runs plain RoPE)", what);
+	TERN_RETURN_IF(tern_json_get_bool(r, "attention_bias", 0) || tern_json_get_bool(r, "mlp_bias", 0), err,
+		       TERN_EUNSUP, "%s: bias terms (attention_bias / mlp_bias) are not supported", what);
+	const tern_json *q = tern_json_get(r, "quantization_config");
+	/* a Llama checkpoint is ternary only through the bitnet quantizer;
+	 * BitNet's graph is ternary whatever the config says */
+	TERN_RETURN_IF(!a->sub_norms && strcmp(tern_json_get_str(q, "quant_method", ""), "bitnet") != 0, err,
+		       TERN_EUNSUP,
+		       "%s: %s without quantization_config.quant_method \"bitnet\" is not a ternary checkpoint", what,
+		       a->hf_class);
+	*out = a;
+	return 0;
+}
+
+int tern_hf_config_parse(const char *json, size_t len, const char *what, tern_hparams *hp, tern_hf_quant *quant,
+			 tern_err *err)
 {
 	memset(hp, 0, sizeof *hp);
 	tern_json_doc *doc;
@@ -315,11 +347,15 @@ int tern_hf_config_parse(const char *json, size_t len, const char *what, tern_hp
 			      tern_json_get_int(r, "head_dim", 0));
 		goto out;
 	}
-	snprintf(hp->arch, sizeof hp->arch, "bitnet-b1.58");
-	if (online) {
+	const tern_arch *a = NULL;
+	if ((rc = cfg_arch(r, what, &a, err)) < 0)
+		goto out;
+	snprintf(hp->arch, sizeof hp->arch, "%s", a->name);
+	if (quant) {
 		const tern_json *q = tern_json_get(r, "quantization_config");
 		const char *mode = tern_json_get_str(q, "quantization_mode", "online");
-		*online = q == NULL || strcmp(mode, "online") == 0;
+		quant->online = q == NULL || strcmp(mode, "online") == 0;
+		quant->scale_divides = q != NULL && strcmp(tern_json_get_str(q, "linear_class", ""), "autobitlinear") != 0;
 	}
 	rc = tern_hparams_validate(hp, err);
 	if (rc < 0) {
@@ -332,14 +368,14 @@ out:
 	return rc;
 }
 
-int tern_hf_config_read(const char *dir, tern_hparams *hp, int *online, tern_err *err)
+int tern_hf_config_read(const char *dir, tern_hparams *hp, tern_hf_quant *q, tern_err *err)
 {
 	char path[4096];
 	snprintf(path, sizeof path, "%s/config.json", dir);
 	char *buf;
 	size_t n;
 	TERN_FORWARD_IF_ERROR(tern_read_file(path, 1 << 20, &buf, &n, err));
-	const int rc = tern_hf_config_parse(buf, n, path, hp, online, err);
+	const int rc = tern_hf_config_parse(buf, n, path, hp, q, err);
 	free(buf);
 	return rc;
 }

@@ -38,6 +38,8 @@ struct tern_source {
 	tern_st **st; /* (n_st) HF shards */
 	int n_st;
 	int prequant;
+	int qk_interleaved; /* GGUF q/k rows in llama.cpp's interleaved order (tern_arch), undone on read */
+	int scale_divides;  /* HF packed: W = ternary / weight_scale (tern_hf_quant) */
 	char fmt_desc[32];
 	tref *w;    /* (n_layer, TERN_PROJ_COUNT) */
 	tref *norm; /* (n_layer * 4 + 1): per layer ATTN..FFN_SUB, then OUTPUT */
@@ -63,6 +65,34 @@ static float ld_f32(tern_dtype dt, const uint8_t *d, uint64_t i)
 	case TERN_DTYPE_F16: return tern_f16_to_f32((uint16_t)(d[2 * i] | (d[2 * i + 1] << 8)));
 	default: return tern_bf16_to_f32((uint16_t)(d[2 * i] | (d[2 * i + 1] << 8)));
 	}
+}
+
+/* A float tensor that is already ternary: every element 0 or +-a for one a
+ * (bitnet.cpp's converter writes ternary / weight_scale to F16/F32 GGUFs, and
+ * llama-quantize's I2_S keeps a = max|W|). Then W = sign * a exactly, which
+ * absmean would turn into the scale frac_nonzero * a. Returns 1 with w and
+ * *a filled, 0 (w untouched) for anything else, an all-zero tensor included. */
+static int single_magnitude(tern_dtype dt, const uint8_t *d, int64_t m, int64_t k, int8_t *w, float *a)
+{
+	const uint64_t n = (uint64_t)(m * k);
+	float mag = 0.0f;
+	for (uint64_t i = 0; i < n; i++) {
+		const float v = fabsf(ld_f32(dt, d, i));
+		if (v == 0.0f)
+			continue;
+		if (mag == 0.0f)
+			mag = v;
+		else if (v != mag)
+			return 0;
+	}
+	if (!(mag > 0.0f) || !isfinite(mag))
+		return 0;
+	for (uint64_t i = 0; i < n; i++) {
+		const float v = ld_f32(dt, d, i);
+		w[i] = (int8_t)(v > 0.0f ? 1 : v < 0.0f ? -1 : 0);
+	}
+	*a = mag;
+	return 1;
 }
 
 /* Per-group absmean over a full-precision m x k matrix in any float format. */
@@ -180,6 +210,8 @@ static int resolve_tensors(tern_source *s, const tensor_names *f, tern_err *err)
 			wdt = r->dtype;
 		}
 		for (int n = 0; n < TERN_NORM_OUTPUT; n++) {
+			if (!tern_norm_present(hp, (tern_norm_kind)n))
+				continue;
 			f->norm_name((tern_norm_kind)n, l, name, sizeof name);
 			TERN_FORWARD_IF_ERROR(
 			    f->ref(s, name, 0, tern_norm_len(hp, (tern_norm_kind)n), 0, &s->norm[l * 4 + n], err));
@@ -213,6 +245,7 @@ static int open_gguf(tern_source *s, tern_err *err)
 {
 	TERN_FORWARD_IF_ERROR(tern_gguf_open(&s->g, s->path, err));
 	TERN_FORWARD_IF_ERROR(tern_gguf_hparams(s->g, &s->hp, err));
+	s->qk_interleaved = tern_arch_find(s->hp.arch)->gguf_qk_interleaved;
 	return resolve_tensors(s, &gguf_names, err);
 }
 
@@ -262,7 +295,10 @@ static int hf_ref(tern_source *s, const char *name, int64_t rows, int64_t cols, 
 		TERN_RETURN_IF(st->n_elem != 1 || !is_float(st->dtype), err, TERN_EFORMAT, "%s: '%s' must be one float",
 			       s->path, sname);
 		r->scale = tern_st_get_f32(st, 0);
-		TERN_RETURN_IF(!isfinite(r->scale), err, TERN_EFORMAT, "%s: '%s' is not finite", s->path, sname);
+		if (s->scale_divides)
+			r->scale = 1.0f / r->scale;
+		TERN_RETURN_IF(!isfinite(r->scale), err, TERN_EFORMAT, "%s: '%s' is not finite%s", s->path, sname,
+			       s->scale_divides ? " or is zero (W = ternary / weight_scale)" : "");
 	}
 	return 0;
 }
@@ -277,8 +313,9 @@ static int cmp_str(const void *a, const void *b)
 
 static int open_hf(tern_source *s, tern_err *err)
 {
-	int online = 1;
-	TERN_FORWARD_IF_ERROR(tern_hf_config_read(s->path, &s->hp, &online, err));
+	tern_hf_quant q;
+	TERN_FORWARD_IF_ERROR(tern_hf_config_read(s->path, &s->hp, &q, err));
+	s->scale_divides = q.scale_divides;
 	DIR *d = opendir(s->path);
 	TERN_RETURN_IF(!d, err, TERN_EIO, "%s: cannot list: %s", s->path, strerror(errno));
 	char *names[256];
@@ -322,7 +359,6 @@ static int open_hf(tern_source *s, tern_err *err)
 
 	/* A checkpoint without lm_head is tied whatever config.json says. */
 	s->hp.tied_embeddings = hf_find(s, tern_dense_hf_name(TERN_DENSE_OUTPUT)) == NULL;
-	(void)online;
 	return resolve_tensors(s, &hf_names, err);
 }
 
@@ -436,6 +472,27 @@ static int unpack_hf(const tref *r, int8_t *w, const char *path, tern_err *err)
 	return 0;
 }
 
+/* Rows of q/k from llama.cpp's interleaved order back to HF's half split,
+ * head by head: HF row h*hd + j*hd/2 + i is GGUF row h*hd + 2i + j. */
+static int unpermute_qk(int8_t *w, int64_t m, int64_t k, int hd, const char *what, tern_err *err)
+{
+	int8_t *tmp = malloc((size_t)hd * (size_t)k);
+	TERN_RETURN_IF(!tmp, err, TERN_ENOMEM, "%s: out of memory", what);
+	const int half = hd / 2;
+	for (int64_t h = 0; h < m / hd; h++) {
+		int8_t *head = w + (uint64_t)(h * hd * k);
+		memcpy(tmp, head, (size_t)hd * (size_t)k);
+		for (int i = 0; i < half; i++)
+			for (int j = 0; j < 2; j++)
+				memcpy(head + (uint64_t)((j * half + i) * k), tmp + (uint64_t)((2 * i + j) * k), (size_t)k);
+	}
+	free(tmp);
+	return 0;
+}
+
+static int ternary_as_stored(const tern_source *s, const tref *r, int group_rows, int8_t *w, float *scales,
+			     int *group_rows_out, const char *what, tern_err *err);
+
 int tern_source_ternary(const tern_source *s, int layer, tern_proj p, int group_rows, int8_t *w, float *scales,
 			int *group_rows_out, tern_err *err)
 {
@@ -444,12 +501,33 @@ int tern_source_ternary(const tern_source *s, int layer, tern_proj p, int group_
 	const tref *r = &s->w[layer * TERN_PROJ_COUNT + p];
 	char what[700];
 	snprintf(what, sizeof what, "%s: tensor '%s'", s->path, r->name);
+	const int hd = s->hp.head_dim;
+	const int permuted = s->qk_interleaved && (p == TERN_PROJ_Q || p == TERN_PROJ_K);
+	TERN_FORWARD_IF_ERROR(ternary_as_stored(s, r, group_rows, w, scales, group_rows_out, what, err));
+	if (!permuted)
+		return 0;
+	/* groups of rows must not straddle heads, or un-permuting would move a
+	 * row away from the scale it was quantized with */
+	TERN_RETURN_IF(*group_rows_out < r->m && *group_rows_out % hd != 0, err, TERN_EUNSUP,
+		       "%s: %d rows per scale is not a multiple of the head size %d (q/k rows are permuted per head)",
+		       what, *group_rows_out, hd);
+	return unpermute_qk(w, r->m, r->k, hd, what, err);
+}
+
+/* The ternary matrix in the file's row order. */
+static int ternary_as_stored(const tern_source *s, const tref *r, int group_rows, int8_t *w, float *scales,
+			     int *group_rows_out, const char *what, tern_err *err)
+{
 	if (r->dtype == TERN_DTYPE_I2_S || r->dtype == TERN_DTYPE_U8) {
 		if (r->dtype == TERN_DTYPE_I2_S)
 			TERN_FORWARD_IF_ERROR(tern_i2s_decode_rows(r->data, r->m, r->k, 0, r->m, w, what, err));
 		else
 			TERN_FORWARD_IF_ERROR(unpack_hf(r, w, s->path, err));
 		scales[0] = r->scale;
+		*group_rows_out = (int)r->m;
+		return 0;
+	}
+	if (single_magnitude(r->dtype, r->data, r->m, r->k, w, &scales[0])) {
 		*group_rows_out = (int)r->m;
 		return 0;
 	}
@@ -464,6 +542,11 @@ int tern_source_norm(const tern_source *s, int layer, tern_norm_kind n, float *o
 	TERN_RETURN_IF((unsigned)n >= TERN_NORM_COUNT ||
 			   (n != TERN_NORM_OUTPUT && (layer < 0 || layer >= s->hp.n_layer)),
 		       err, TERN_EINVAL, "%s: no norm %d of layer %d", s->path, (int)n, layer);
+	if (!tern_norm_present(&s->hp, n)) {
+		for (int i = 0; i < tern_norm_len(&s->hp, n); i++)
+			out[i] = 1.0f;
+		return 0;
+	}
 	const tref *r = n == TERN_NORM_OUTPUT ? &s->norm[s->hp.n_layer * 4] : &s->norm[layer * 4 + n];
 	for (int64_t i = 0; i < r->k; i++)
 		out[i] = ld_f32(r->dtype, r->data, (uint64_t)i);

@@ -263,7 +263,7 @@ static int check_shape(const tern_hparams *hp, tern_err *err)
 /* Declares every KV and tensor of the synthetic model on w. */
 static int declare(tern_gguf_writer *w, const tern_hparams *hp, uint64_t seed, const synth_vocab *v, tern_err *err)
 {
-	const char *a = "bitnet-b1.58";
+	const char *a = hp->arch; /* the family's own keys: bitnet-b1.58.*, llama.* */
 	char key[128];
 	TERN_FORWARD_IF_ERROR(tern_gguf_writer_add_str(w, "general.architecture", a, err));
 	TERN_FORWARD_IF_ERROR(tern_gguf_writer_add_str(w, "general.name", "tern-synth", err));
@@ -310,6 +310,8 @@ static int declare(tern_gguf_writer *w, const tern_hparams *hp, uint64_t seed, c
 	for (int l = 0; l < hp->n_layer; l++) {
 		char name[96];
 		for (int n = 0; n < TERN_NORM_OUTPUT; n++) {
+			if (!tern_norm_present(hp, (tern_norm_kind)n))
+				continue;
 			const uint64_t len = (uint64_t)tern_norm_len(hp, (tern_norm_kind)n);
 			tern_norm_gguf_name((tern_norm_kind)n, l, name, sizeof name);
 			TERN_FORWARD_IF_ERROR(tern_gguf_writer_add_tensor(w, name, 1, &len, TERN_DTYPE_F32, err));
@@ -349,6 +351,21 @@ static int write_norm(stream *s, uint64_t seed, int layer, tern_norm_kind n, int
 	return emit(s, buf, (size_t)len * sizeof(float), err);
 }
 
+/* GGUF rows [row0, row0 + nrows) of q/k in the converter's interleaved order
+ * (tern_arch.gguf_qk_interleaved): GGUF row h*hd + 2i + j holds the
+ * generator's (HF order) row h*hd + j*hd/2 + i. */
+static void permuted_rows(uint64_t seed, const tern_hparams *hp, int layer, tern_proj p, int64_t row0, int64_t nrows,
+			  int8_t *w)
+{
+	int m, k;
+	tern_proj_shape(hp, p, &m, &k);
+	const int64_t hd = hp->head_dim, half = hd / 2;
+	for (int64_t r = row0; r < row0 + nrows; r++) {
+		const int64_t h = r / hd, i = (r % hd) / 2, j = r % 2;
+		tern_synth_ternary_rows(seed, hp, layer, p, h * hd + j * half + i, 1, w + (r - row0) * k);
+	}
+}
+
 static uint64_t gcd64(uint64_t a, uint64_t b)
 {
 	while (b) {
@@ -373,6 +390,7 @@ static int write_all(stream *s, const tern_hparams *hp, uint64_t seed, tern_err 
 		rc = TERN_ERR(err, TERN_ENOMEM, "synth: out of memory");
 		goto out;
 	}
+	const int qk_interleaved = tern_arch_find(hp->arch)->gguf_qk_interleaved;
 	const uint64_t ebase = tensor_base(seed, tid_of(-1, 32));
 	const double sigma = embd_sigma(hp);
 	for (int64_t t = 0; rc == 0 && t < hp->n_vocab; t += 64) {
@@ -386,10 +404,13 @@ static int write_all(stream *s, const tern_hparams *hp, uint64_t seed, tern_err 
 		rc = write_norm(s, seed, -1, TERN_NORM_OUTPUT, d, fbuf, err);
 	for (int l = 0; rc == 0 && l < hp->n_layer; l++) {
 		for (int n = 0; rc == 0 && n < TERN_NORM_OUTPUT; n++)
-			rc = write_norm(s, seed, l, (tern_norm_kind)n, tern_norm_len(hp, (tern_norm_kind)n), fbuf, err);
+			if (tern_norm_present(hp, (tern_norm_kind)n))
+				rc = write_norm(s, seed, l, (tern_norm_kind)n, tern_norm_len(hp, (tern_norm_kind)n), fbuf,
+						err);
 		for (int p = 0; rc == 0 && p < TERN_PROJ_COUNT; p++) {
 			int m, k;
 			tern_proj_shape(hp, (tern_proj)p, &m, &k);
+			const int permuted = qk_interleaved && (p == TERN_PROJ_Q || p == TERN_PROJ_K);
 			const uint64_t unit_rows = 128 / gcd64((uint64_t)k, 128);
 			uint64_t rows = CHUNK_ELEMS / ((uint64_t)k * unit_rows) * unit_rows;
 			if (rows == 0)
@@ -397,7 +418,10 @@ static int write_all(stream *s, const tern_hparams *hp, uint64_t seed, tern_err 
 			for (int64_t r0 = 0; rc == 0 && r0 < m; r0 += (int64_t)rows) {
 				const int64_t nr = m - r0 < (int64_t)rows ? m - r0 : (int64_t)rows;
 				const uint64_t ne = (uint64_t)nr * (uint64_t)k;
-				tern_synth_ternary_rows(seed, hp, l, (tern_proj)p, r0, nr, tw);
+				if (permuted)
+					permuted_rows(seed, hp, l, (tern_proj)p, r0, nr, tw);
+				else
+					tern_synth_ternary_rows(seed, hp, l, (tern_proj)p, r0, nr, tw);
 				/* Encode with block indices relative to this chunk. */
 				tern_i2s_encode(packed, 0, tw, ne);
 				rc = emit(s, packed, (size_t)(ne / 4), err);

@@ -14,7 +14,7 @@
 #include "tern-base.h"
 
 typedef struct tern_hparams {
-	char arch[32];        /* "bitnet-b1.58", "bitnet-25" or "bitnet" */
+	char arch[32];        /* a name of the architecture table (tern_arch_find): "bitnet-b1.58", "llama", ... */
 	int n_embd;           /* hidden size */
 	int n_layer;
 	int n_head;
@@ -29,24 +29,58 @@ typedef struct tern_hparams {
 	int32_t bos_id, eos_id, eot_id; /* -1 when absent */
 } tern_hparams;
 
-/* Named shapes of BitNet b1.58 models (MODEL-FORMATS.md section 1 for 2b4t):
- * "125m", "700m", "2b4t", "3b", "7b", "13b", "30b", "70b", "100b".
+/* ---- architectures ---------------------------------------------------------
+ *
+ * What differs between the model families tern runs, as data: one row per
+ * architecture name (GGUF general.architecture, the arch field of a plan),
+ * read by the model readers, the engine and the synthetic writer. Nothing
+ * outside this table asks which architecture a model is. */
+
+typedef enum {
+	TERN_FFN_RELU2 = 0, /* BitNet b1.58: relu(gate)^2 * up */
+	TERN_FFN_SILU,      /* Llama (SwiGLU): silu(gate) * up, silu(x) = x / (1 + exp(-x)) */
+} tern_ffn_act;
+
+typedef struct tern_arch {
+	const char *name;         /* general.architecture */
+	tern_ffn_act ffn_act;     /* the activation of the gated FFN */
+	int sub_norms;            /* attn_sub_norm before o, ffn_sub_norm before down (else neither) */
+	int gguf_qk_interleaved;  /* GGUF q/k rows permuted for llama.cpp's interleaved RoPE by the
+				   * converter (row h*hd + 2i + j holds HF row h*hd + j*hd/2 + i);
+				   * tern_source undoes it, the engine always runs RoPE NEOX */
+	int qk_norm;              /* RMSNorm of q and k per head: 0 in every architecture tern reads */
+	int bias;                 /* bias terms on the projections: likewise 0 */
+	const char *hf_class;     /* config.json "architectures" entry of the HF checkpoint */
+	const char *hf_act;       /* config.json "hidden_act" */
+} tern_arch;
+
+/* The row of an architecture name; NULL if tern does not run it. */
+const tern_arch *tern_arch_find(const char *name);
+/* The row of a config.json "architectures" class; NULL if unknown. */
+const tern_arch *tern_arch_find_hf(const char *hf_class);
+/* Comma-separated names, for error messages. */
+const char *tern_arch_names(void);
+
+/* Named shapes (MODEL-FORMATS.md section 1 for 2b4t): BitNet b1.58 "125m",
+ * "700m", "2b4t", "3b", "7b", "13b", "30b", "70b", "100b"; arch "llama"
+ * (published config shapes) "llama3-8b", "falcon3-10b".
  * Returns TERN_EINVAL for an unknown name. */
 int tern_hparams_preset(const char *name, tern_hparams *hp, tern_err *err);
 /* Space-separated list of preset names, for help texts. */
 const char *tern_hparams_preset_names(void);
 
-/* Checks that the numbers are a consistent, sane model (positive, heads
- * divide n_embd, n_head_kv divides n_head, sizes below absurd limits). */
+/* Checks that the numbers are a consistent, sane model (a known arch name,
+ * positive, heads divide n_embd, n_head_kv divides n_head, sizes below
+ * absurd limits). */
 int tern_hparams_validate(const tern_hparams *hp, tern_err *err);
 
 /* The tokenizers tern runs (coordinator/text), the one list every tool
  * checks against: tokenizer.ggml.model "gpt2" (byte-level BPE) with the
- * pre-tokenizer "llama3", "llama-v3" or "llama-bpe" (missing or "default":
- * the same LLaMA-3 rules), or "llama" (SentencePiece; pre ignored). pre may
+ * pre-tokenizer "llama3", "llama-v3", "llama-bpe" or "falcon3" (missing or
+ * "default": the same LLaMA-3 rules), or "llama" (SentencePiece; pre ignored). pre may
  * be NULL. Returns 1 for gpt2, 2 for llama; otherwise TERN_EUNSUP with
  * 'tokenizer.ggml.model "X" is not supported (gpt2, llama)' or
- * 'pre-tokenizer "X" is not supported (only llama3 / llama-v3 / llama-bpe)'. */
+ * 'pre-tokenizer "X" is not supported (only llama3 / llama-v3 / llama-bpe / falcon3)'. */
 int tern_tokenizer_type(const char *model, const char *pre, tern_err *err);
 
 /* Parameter counts. */
@@ -103,6 +137,11 @@ void tern_norm_hf_name(tern_norm_kind n, int layer, char *buf, size_t len);
  * "lm_head.weight"; "?" out of range. */
 const char *tern_dense_gguf_name(tern_dense_kind d);
 const char *tern_dense_hf_name(tern_dense_kind d);
+/* 1 if layer norm n exists in hp's architecture (the sub-norms only where
+ * tern_arch.sub_norms; TERN_NORM_OUTPUT always). A norm that does not exist
+ * is not read from a file; the shards carry it as ones and the engine never
+ * applies it. */
+int tern_norm_present(const tern_hparams *hp, tern_norm_kind n);
 /* Output rows (m) and inputs (k) of a projection; width of a norm vector. */
 void tern_proj_shape(const tern_hparams *hp, tern_proj p, int *m, int *k);
 int tern_norm_len(const tern_hparams *hp, tern_norm_kind n);

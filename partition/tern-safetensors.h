@@ -55,12 +55,26 @@ float tern_st_get_f32(const tern_st_tensor *t, uint64_t i);
  * heads), intermediate_size, vocab_size, max_position_embeddings (default
  * 2048), rope_theta (default 10000), rms_norm_eps (default 1e-5),
  * tie_word_embeddings (default 0), bos/eos_token_id (eos may be a list: the
- * first); head_dim = hidden/heads; arch "bitnet-b1.58". *online (if non-NULL)
- * = 1 when quantization_config.quantization_mode == "online" or absent.
- * Validated with tern_hparams_validate. */
-int tern_hf_config_read(const char *dir, tern_hparams *hp, int *online, tern_err *err);
+ * first); head_dim = hidden/heads. The arch comes from "architectures"[0]
+ * (the tern_arch row of that class: BitNetForCausalLM -> "bitnet-b1.58",
+ * LlamaForCausalLM -> "llama"; absent: "bitnet-b1.58"); "hidden_act", when
+ * present, must be the row's. Refused (TERN_EUNSUP, one line): another class,
+ * rope_scaling, attention_bias / mlp_bias true, and a Llama checkpoint
+ * without quantization_config.quant_method "bitnet" (not ternary).
+ * q (if non-NULL): online = 1 when quantization_config.quantization_mode is
+ * "online" or absent; scale_divides = 1 when a quantization_config is present
+ * whose linear_class is not "autobitlinear": transformers then runs BitLinear,
+ * y = y_int / (input_scale * weight_scale), so W = ternary / weight_scale
+ * (AutoBitLinear, 2B4T's class, multiplies). Validated with
+ * tern_hparams_validate. */
+typedef struct tern_hf_quant {
+	int online;
+	int scale_divides;
+} tern_hf_quant;
+int tern_hf_config_read(const char *dir, tern_hparams *hp, tern_hf_quant *q, tern_err *err);
 /* The same from a JSON text (tests, fuzzing); `what` names it in errors. */
-int tern_hf_config_parse(const char *json, size_t len, const char *what, tern_hparams *hp, int *online, tern_err *err);
+int tern_hf_config_parse(const char *json, size_t len, const char *what, tern_hparams *hp, tern_hf_quant *q,
+			 tern_err *err);
 
 #ifdef __cplusplus
 }

@@ -1,5 +1,5 @@
-/* tern-source.h: one uniform view of a BitNet b1.58 model, whatever file it
- * came from. The shard writer and the engine consume only this.
+/* tern-source.h: one uniform view of a ternary model (BitNet b1.58 or a
+ * Llama-style family, tern_arch), whatever file it came from. The shard writer and the engine consume only this.
  *
  * Inputs (tern_source_open decides by what the path is):
  *  - a GGUF file: bitnet.cpp's I2_S layout (MODEL-FORMATS 2.4) or linear
@@ -21,8 +21,15 @@
  *        mean  = (float)(sum over the group of |W| in double / count)
  *        scale = max(mean, 1e-5f);  s = 1.0f / scale
  *        Wt    = clamp(rintf(W * s), -1, 1)       (round half to even)
- * q/k need no permutation: HF and bitnet.cpp GGUF share the half-split
- * (NEOX) order (MODEL-FORMATS 1.4).
+ * A float tensor whose every element is 0 or +-a (a converter's ternary /
+ * weight_scale) comes out exactly as its signs and the one scale a.
+ * HF packed scales: the file's weight_scale, or 1 / weight_scale where
+ * transformers' BitLinear divides (tern_hf_quant.scale_divides).
+ * q/k rows: HF and bitnet.cpp's bitnet-arch GGUFs share the half-split (NEOX)
+ * order (MODEL-FORMATS 1.4); the converter's llama-arch GGUF permutes them for
+ * interleaved RoPE (tern_arch.gguf_qk_interleaved) and they are permuted back
+ * here, so every source gives HF order. Norms the architecture lacks (the
+ * sub-norms of llama) read as ones (tern_norm_present).
  *
  * Threads: after open, the weight/norm/dense accessors only read the
  * mapping and may be called concurrently (e.g. one thread per tensor);

@@ -1,8 +1,12 @@
 /* tern-synth.h: synthetic BitNet b1.58 models, written as GGUF in
  * bitnet.cpp's own layout (MODEL-FORMATS 2.4): I2_S ternary projections with
  * the per-tensor scale in the tail, F16 token_embd, F32 norms, no output
- * tensor (tied), "bitnet-b1.58" hyper-parameter keys, and tokenizer metadata
- * for a small byte-level BPE ("gpt2") vocabulary.
+ * tensor (tied), the hyper-parameter keys of hp->arch ("bitnet-b1.58.*", or
+ * "llama.*" for the Llama-style presets, whose GGUF has no sub-norms and q/k
+ * rows in the interleaved order bitnet.cpp's converter writes, tern_arch),
+ * and tokenizer metadata for a small byte-level BPE ("gpt2") vocabulary.
+ * tern_synth_ternary_rows gives the matrices in HF order either way, which is
+ * what tern_source reads back.
  *
  * Every value is a pure function of (seed, tensor, index) through a
  * counter-based hash, so any tensor (or row range) can be regenerated on its

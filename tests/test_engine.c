@@ -156,10 +156,13 @@ typedef struct {
 	tern_head *head;
 } tmodel;
 
+/* The architecture the tmodel cases run (test_llama_arch switches it). */
+static const char *small_arch = "bitnet-b1.58";
+
 static void small_hparams(tern_hparams *hp)
 {
 	memset(hp, 0, sizeof *hp);
-	strcpy(hp->arch, "bitnet-b1.58");
+	snprintf(hp->arch, sizeof hp->arch, "%s", small_arch);
 	hp->n_embd = 192;
 	hp->n_layer = 2;
 	hp->n_head = 3;
@@ -953,7 +956,42 @@ static void test_head_quantized(void)
 	free(lqb);
 }
 
-TT_MAIN(TT_CASE(test_rmsnorm), TT_CASE(test_rope), TT_CASE(test_softmax_relu2_dot), TT_CASE(test_batch_invariance),
+/* The Llama-style architecture row (SwiGLU, no sub-norms) through the same
+ * batch-invariance case, and its logits differ from the same weights run as
+ * BitNet b1.58 (the row is really read). */
+static void test_llama_arch(void)
+{
+	enum { N = 9 };
+	int32_t tok[N];
+	float *l[2];
+	for (int a = 0; a < 2; a++) {
+		small_arch = a ? "llama" : "bitnet-b1.58";
+		tmodel m;
+		TT_REQUIRE(tmodel_init(&m, 42) == 0);
+		seq_tokens(tok, N, m.hp.n_vocab, 7);
+		tern_layers w;
+		TT_REQUIRE(build_layers(&m, TERN_PACK_TL2, &w) == 0);
+		tern_engine *e = NULL;
+		int slot;
+		float *h = malloc(sizeof(float) * N * (size_t)m.hp.n_embd);
+		l[a] = malloc(sizeof(float) * N * (size_t)m.hp.n_vocab);
+		TT_REQUIRE(h && l[a] && make_engine(&w, 1, 64, TERN_ISA_AUTO, NULL, &e) == 0);
+		TT_REQUIRE(tern_kv_slot_alloc(tern_engine_kv(e), &slot, NULL) == 0);
+		TT_REQUIRE(run_seq(&m, e, slot, tok, N, N, h, l[a]) == 0);
+		tern_engine_free(e);
+		tern_layers_free(&w);
+		tmodel_free(&m);
+		free(h);
+	}
+	TT_CHECK(memcmp(l[0], l[1], sizeof(float) * N * 300) != 0);
+	free(l[0]);
+	free(l[1]);
+	test_batch_invariance();
+	small_arch = "bitnet-b1.58";
+}
+
+TT_MAIN(TT_CASE(test_rmsnorm), TT_CASE(test_llama_arch), TT_CASE(test_rope), TT_CASE(test_softmax_relu2_dot),
+	TT_CASE(test_batch_invariance),
 	TT_CASE(test_slot_isolation), TT_CASE(test_packings_isas_threads), TT_CASE(test_slot_reuse_truncate),
 	TT_CASE(test_bad_batches), TT_CASE(test_stage_split), TT_CASE(test_builder), TT_CASE(test_head),
 	TT_CASE(test_head_quantized))

@@ -8,7 +8,8 @@
  * lacks are printed as SKIPPED and counted. Also: the half conversions of
  * kernels/base over every F16/BF16 code, and dispatch (TERN_KERNEL). The
  * quantized head's integer dots (Q8/Q4 rows, 0..17 activation rows, widths
- * around the 32-element blocks) the same way, on x86 with and without VNNI. */
+ * around the 32-element blocks) the same way, on x86 with and without VNNI.
+ * SwiGLU (silu(g) * u) likewise, in place too. */
 #include "tern-float.h"
 #include "tern-half.h"
 #include "tern-test.h"
@@ -682,6 +683,55 @@ static void test_qh_formats(void)
 	TT_CHECK(q[N] == 0 && q[95] == 0);
 }
 
+/* SwiGLU: every ISA equals the reference bit for bit; the reference equals
+ * the documented order and lies within 4 float ulps of silu(g) * u in double
+ * (expf and three float steps round), 1e-30 absolute; out may alias g. */
+static void test_swiglu_all_isas(void)
+{
+	const tern_float_kernels *ref = tern_float_kernels_get(TERN_ISA_REF), *isas[TERN_ISA_COUNT];
+	const int n_isa = other_isas("swiglu", isas);
+	enum { MAXN = 6912 };
+	float *g = malloc(MAXN * sizeof(float)), *u = malloc(MAXN * sizeof(float));
+	float *want = malloc(MAXN * sizeof(float)), *got = malloc(MAXN * sizeof(float));
+	TT_REQUIRE(g && u && want && got);
+	int mismatches = 0, far = 0;
+	static const float special[] = {0.0f, -0.0f, 1e-30f, -1e-30f, 88.0f, -88.0f, 89.0f, -104.0f, -200.0f, 200.0f};
+	for (int wi = 0; wi < N_WIDTHS; wi++) {
+		const int n = widths[wi];
+		for (int style = 0; style < 3; style++) {
+			for (int i = 0; i < n; i++) {
+				g[i] = style == 0 ? frand(-12, 12) : style == 1 ? frand(-1e-3f, 1e-3f)
+										 : special[i % (int)(sizeof special / sizeof special[0])];
+				u[i] = frand(-3, 3);
+			}
+			ref->swiglu(g, u, n, want);
+			for (int i = 0; i < n; i++) {
+				const float v = (g[i] / (1.0f + expf(-g[i]))) * u[i];
+				mismatches += memcmp(&v, &want[i], 4) != 0;
+				const double e = (double)g[i] / (1.0 + exp(-(double)g[i])) * (double)u[i];
+				const double ulp = ldexp(1.0, ilogb(fabs(e) > 1e-30 ? e : 1e-30) - 23);
+				far += fabs((double)want[i] - e) > 4.0 * ulp;
+			}
+			for (int k = 0; k < n_isa; k++) {
+				memcpy(got, g, (size_t)n * sizeof(float));
+				isas[k]->swiglu(got, u, n, got); /* in place over g */
+				if (!same_bits(got, want, (size_t)n)) {
+					mismatches++;
+					fprintf(stderr, "  swiglu %s n=%d style %d differs\n", tern_isa_name(isas[k]->isa), n,
+						style);
+				}
+			}
+		}
+	}
+	TT_EQ_INT(mismatches, 0);
+	TT_EQ_INT(far, 0);
+	free(g);
+	free(u);
+	free(want);
+	free(got);
+}
+
 TT_MAIN(TT_CASE(test_half_all_codes), TT_CASE(test_dispatch), TT_CASE(test_rmsnorm_all_isas),
 	TT_CASE(test_softmax_all_isas), TT_CASE(test_rope_all_isas), TT_CASE(test_dot_all_isas),
-	TT_CASE(test_dot_accuracy_and_order), TT_CASE(test_qdot_all_isas), TT_CASE(test_qh_formats))
+	TT_CASE(test_dot_accuracy_and_order), TT_CASE(test_qdot_all_isas), TT_CASE(test_qh_formats),
+	TT_CASE(test_swiglu_all_isas))

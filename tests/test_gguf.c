@@ -531,11 +531,11 @@ static int write_arch(const char *path, const char *arch, tern_err *e)
 
 static void test_arch(void)
 {
-	const char *ok[] = {"bitnet-b1.58", "bitnet-25", "bitnet", "bitnet-1.58"};
+	const char *ok[] = {"bitnet-b1.58", "bitnet-25", "bitnet", "bitnet-1.58", "llama"};
 	char path[512];
 	tern_err e = {0};
 	tt_tmp_path(path, sizeof path, "arch.gguf");
-	for (int i = 0; i < 4; i++) {
+	for (int i = 0; i < 5; i++) {
 		TT_REQUIRE(write_arch(path, ok[i], &e) == 0);
 		tern_gguf *g;
 		TT_REQUIRE(tern_gguf_open(&g, path, &e) == 0);
@@ -545,11 +545,11 @@ static void test_arch(void)
 			 hp.n_vocab == 300 && hp.n_ctx_train == 2048 && hp.norm_eps == 1e-5f && hp.tied_embeddings);
 		tern_gguf_close(g);
 	}
-	TT_REQUIRE(write_arch(path, "llama", &e) == 0);
+	TT_REQUIRE(write_arch(path, "qwen3", &e) == 0);
 	tern_gguf *g;
 	TT_REQUIRE(tern_gguf_open(&g, path, &e) == 0);
 	tern_hparams hp;
-	TT_CHECK(tern_gguf_hparams(g, &hp, &e) == TERN_EUNSUP && strstr(e.msg, "'llama'") && names_file(&e, path));
+	TT_CHECK(tern_gguf_hparams(g, &hp, &e) == TERN_EUNSUP && strstr(e.msg, "'qwen3'") && names_file(&e, path));
 	tern_gguf_close(g);
 	/* Missing required key. */
 	tern_gguf_writer *w;
@@ -681,7 +681,7 @@ static void check_synth_model(const char *path, const tern_hparams *hp, uint64_t
 		 h->n_head_kv == hp->n_head_kv && h->head_dim == hp->head_dim && h->n_ff == hp->n_ff &&
 		 h->n_vocab == hp->n_vocab && h->n_ctx_train == hp->n_ctx_train && h->rope_theta == hp->rope_theta &&
 		 h->norm_eps == hp->norm_eps && h->tied_embeddings == 1 && h->bos_id == hp->bos_id &&
-		 h->eos_id == hp->eos_id && h->eot_id == hp->eot_id && strcmp(h->arch, "bitnet-b1.58") == 0);
+		 h->eos_id == hp->eos_id && h->eot_id == hp->eot_id && strcmp(h->arch, hp->arch) == 0);
 	TT_CHECK(tern_source_prequantized(s) == 1);
 	TT_CHECK(strcmp(tern_source_weight_format(s), "gguf i2_s") == 0);
 	const int maxk = hp->n_ff > hp->n_embd ? hp->n_ff : hp->n_embd;
@@ -709,8 +709,10 @@ static void check_synth_model(const char *path, const tern_hparams *hp, uint64_t
 			TT_REQUIRE(tern_source_norm(s, l, (tern_norm_kind)n, f, &e) == 0);
 			int ok = 1;
 			for (int i = 0; i < len; i++)
-				ok &= f[i] == tern_synth_norm(seed, l, (tern_norm_kind)n, i) && f[i] >= 0.9f &&
-				      f[i] <= 1.1f;
+				ok &= tern_norm_present(hp, (tern_norm_kind)n)
+					  ? f[i] == tern_synth_norm(seed, l, (tern_norm_kind)n, i) && f[i] >= 0.9f &&
+						f[i] <= 1.1f
+					  : f[i] == 1.0f; /* a norm the arch lacks reads as ones */
 			TT_CHECK(ok);
 		}
 	}
@@ -869,6 +871,50 @@ static void test_synth_roundtrip_small(void)
 		 names_file(&e, bad));
 	free(bytes);
 	tern_source_close(NULL);
+}
+
+/* The Llama-style presets in their own GGUF form (issue 17): llama.* keys, no
+ * sub-norm tensors, q/k rows stored in the converter's interleaved order;
+ * tern_source reads back the generator's (HF order) matrices. */
+static void test_synth_llama(void)
+{
+	static const char *const presets[] = {"llama3-8b", "falcon3-10b"};
+	for (int pi = 0; pi < 2; pi++) {
+		tern_hparams hp;
+		tern_err e = {0};
+		char path[512];
+		TT_REQUIRE(synth_setup(&hp, presets[pi],
+				       "n_embd=256,n_head=4,n_head_kv=2,n_ff=512,n_layer=2,n_vocab=1000,bos=997,eos=998,"
+				       "eot=999",
+				       path, sizeof path, "synth-llama.gguf", &e) == 0);
+		TT_CHECK(strcmp(hp.arch, "llama") == 0);
+		TT_REQUIRE(tern_synth_write(path, &hp, 9, NULL, &e) == 0);
+		check_synth_model(path, &hp, 9);
+		tern_gguf *g;
+		TT_REQUIRE(tern_gguf_open(&g, path, &e) == 0);
+		TT_CHECK(tern_gguf_find_key(g, "llama.block_count") >= 0 &&
+			 tern_gguf_find_key(g, "bitnet-b1.58.block_count") < 0);
+		TT_CHECK(!tern_gguf_find_tensor(g, "blk.0.attn_sub_norm.weight") &&
+			 !tern_gguf_find_tensor(g, "blk.1.ffn_sub_norm.weight") &&
+			 tern_gguf_find_tensor(g, "blk.1.ffn_norm.weight"));
+		/* the stored q rows: GGUF row h*hd + 2i + j is the generator's h*hd + j*hd/2 + i */
+		const tern_gguf_tensor *t = tern_gguf_find_tensor(g, "blk.1.attn_q.weight");
+		TT_REQUIRE(t && t->dtype == TERN_DTYPE_I2_S);
+		int8_t *raw = malloc(256 * 256), *gen = malloc(256 * 256);
+		TT_REQUIRE(raw && gen);
+		TT_REQUIRE(tern_i2s_decode_rows(t->data, 256, 256, 0, 256, raw, "q", &e) == 0);
+		tern_synth_ternary_rows(9, &hp, 1, TERN_PROJ_Q, 0, 256, gen);
+		int bad = 0, moved = 0;
+		for (int r = 0; r < 256; r++) {
+			const int h = r / 64, i = (r % 64) / 2, j = r % 2, hf = h * 64 + j * 32 + i;
+			bad += memcmp(raw + r * 256, gen + hf * 256, 256) != 0;
+			moved += hf != r && memcmp(raw + r * 256, gen + r * 256, 256) != 0;
+		}
+		TT_CHECK(bad == 0 && moved > 200);
+		free(raw);
+		free(gen);
+		tern_gguf_close(g);
+	}
 }
 
 static void test_synth_2b4t_widths(void)
@@ -1051,6 +1097,113 @@ static void test_gguf_float_weights(void)
 	free(want);
 }
 
+/* A llama GGUF with float projections (issue 17): q full precision and k
+ * holding ternary / weight_scale (one magnitude), both stored with the
+ * converter's q/k row permutation. tern_source gives HF row order: q equal to
+ * absmean over the HF rows (head-aligned groups too; a group that straddles
+ * heads is refused), k exactly its signs and magnitude whatever group is
+ * asked; the absent sub-norms read as ones. */
+static void test_gguf_llama_float(void)
+{
+	tern_hparams hp;
+	tern_err e = {0};
+	char path[512];
+	TT_REQUIRE(synth_setup(&hp, "llama3-8b", "n_embd=128,n_head=2,n_head_kv=1,n_ff=256,n_vocab=40,n_layer=1,bos=1,"
+			       "eos=2,eot=3",
+			       path, sizeof path, "llama-float.gguf", &e) == 0);
+	tern_gguf_writer *w;
+	TT_REQUIRE(tern_gguf_writer_open(&w, path, 3, 0, &e) == 0);
+	int rc = tern_gguf_writer_add_str(w, "general.architecture", "llama", &e);
+	rc = rc ? rc : tern_gguf_writer_add_u32(w, "llama.embedding_length", 128, &e);
+	rc = rc ? rc : tern_gguf_writer_add_u32(w, "llama.block_count", 1, &e);
+	rc = rc ? rc : tern_gguf_writer_add_u32(w, "llama.attention.head_count", 2, &e);
+	rc = rc ? rc : tern_gguf_writer_add_u32(w, "llama.attention.head_count_kv", 1, &e);
+	rc = rc ? rc : tern_gguf_writer_add_u32(w, "llama.feed_forward_length", 256, &e);
+	rc = rc ? rc : tern_gguf_writer_add_u32(w, "llama.vocab_size", 40, &e);
+	TT_REQUIRE(rc == 0);
+	const uint64_t ne_e[2] = {128, 40}, d = 128;
+	TT_REQUIRE(tern_gguf_writer_add_tensor(w, "token_embd.weight", 2, ne_e, TERN_DTYPE_F32, &e) == 0);
+	TT_REQUIRE(tern_gguf_writer_add_tensor(w, "output_norm.weight", 1, &d, TERN_DTYPE_F32, &e) == 0);
+	TT_REQUIRE(tern_gguf_writer_add_tensor(w, "blk.0.attn_norm.weight", 1, &d, TERN_DTYPE_F32, &e) == 0);
+	TT_REQUIRE(tern_gguf_writer_add_tensor(w, "blk.0.ffn_norm.weight", 1, &d, TERN_DTYPE_F32, &e) == 0);
+	char name[96];
+	for (int p = 0; p < 7; p++) {
+		int m, k;
+		tern_proj_shape(&hp, (tern_proj)p, &m, &k);
+		const uint64_t ne[2] = {(uint64_t)k, (uint64_t)m};
+		tern_proj_gguf_name((tern_proj)p, 0, name, sizeof name);
+		TT_REQUIRE(tern_gguf_writer_add_tensor(w, name, 2, ne, p == TERN_PROJ_K ? TERN_DTYPE_F16 : TERN_DTYPE_F32,
+						       &e) == 0);
+	}
+	TT_REQUIRE(tern_gguf_writer_write_header(w, &e) == 0);
+	static float buf[256 * 128], truth_q[128 * 128];
+	static int8_t signs_k[64 * 128];
+	static uint16_t hb[64 * 128];
+	for (int i = 0; i < 128 * 40; i++)
+		buf[i] = (float)(i % 7) / 10.0f;
+	TT_REQUIRE(tern_gguf_writer_write(w, buf, 128 * 40 * 4, &e) == 0);
+	for (int i = 0; i < 128; i++)
+		buf[i] = 1.0f;
+	for (int n = 0; n < 3; n++)
+		TT_REQUIRE(tern_gguf_writer_write(w, buf, 128 * 4, &e) == 0);
+	uint32_t st = 7;
+	for (int p = 0; p < 7; p++) {
+		int m, k;
+		tern_proj_shape(&hp, (tern_proj)p, &m, &k);
+		for (int i = 0; i < m * k; i++) {
+			st = st * 1103515245u + 12345u;
+			const float v = (float)((st >> 8) & 0xFFFF) / 65536.0f - 0.5f;
+			if (p == TERN_PROJ_Q)
+				truth_q[i] = v;
+			else if (p == TERN_PROJ_K)
+				signs_k[i] = (int8_t)(v < -0.15f ? -1 : v > 0.15f ? 1 : 0);
+			else
+				buf[i] = v;
+		}
+		if (p == TERN_PROJ_Q || p == TERN_PROJ_K) {
+			/* stored row h*64 + 2i + j holds HF row h*64 + j*32 + i */
+			for (int r = 0; r < m; r++) {
+				const int hf = r / 64 * 64 + r % 2 * 32 + r % 64 / 2;
+				for (int c = 0; c < k; c++) {
+					if (p == TERN_PROJ_Q)
+						buf[r * k + c] = truth_q[hf * k + c];
+					else
+						hb[r * k + c] = tern_f32_to_f16((float)signs_k[hf * k + c] * 0.0625f);
+				}
+			}
+		}
+		if (p == TERN_PROJ_K)
+			TT_REQUIRE(tern_gguf_writer_write(w, hb, (size_t)m * k * 2, &e) == 0);
+		else
+			TT_REQUIRE(tern_gguf_writer_write(w, buf, (size_t)m * k * 4, &e) == 0);
+	}
+	TT_REQUIRE(tern_gguf_writer_finish(w, &e) == 0);
+	tern_gguf_writer_free(w);
+
+	tern_source *s;
+	TT_REQUIRE(tern_source_open(&s, path, &e) == 0);
+	TT_CHECK(strcmp(tern_source_hparams(s)->arch, "llama") == 0);
+	static int8_t got[128 * 128], want[128 * 128];
+	float sc[8], wsc[8];
+	int gr;
+	for (int gi = 0; gi < 2; gi++) {
+		const int group = gi ? 64 : 0;
+		TT_REQUIRE(tern_source_ternary(s, 0, TERN_PROJ_Q, group, got, sc, &gr, &e) == 0);
+		TT_REQUIRE(tern_absmean_quantize(truth_q, 128, 128, group, want, wsc, &e) == 0);
+		TT_CHECKF(gr == (group ? 64 : 128) && memcmp(got, want, sizeof got) == 0 && sc[0] == wsc[0] &&
+			      (!group || sc[1] == wsc[1]),
+			  "q group %d", group);
+	}
+	TT_CHECK(tern_source_ternary(s, 0, TERN_PROJ_Q, 32, got, sc, &gr, &e) == TERN_EUNSUP &&
+		 strstr(e.msg, "multiple of the head size") && strstr(e.msg, "blk.0.attn_q.weight"));
+	TT_REQUIRE(tern_source_ternary(s, 0, TERN_PROJ_K, 32, got, sc, &gr, &e) == 0);
+	TT_CHECK(gr == 64 && sc[0] == 0.0625f && memcmp(got, signs_k, 64 * 128) == 0);
+	float f[256];
+	TT_REQUIRE(tern_source_norm(s, 0, TERN_NORM_FFN_SUB, f, &e) == 0);
+	TT_CHECK(f[0] == 1.0f && f[255] == 1.0f);
+	tern_source_close(s);
+}
+
 static void test_f16_conversions(void)
 {
 	/* Exhaustive: every finite f16 survives f16 -> f32 -> f16. */
@@ -1076,5 +1229,5 @@ static void test_f16_conversions(void)
 
 TT_MAIN(TT_CASE(test_i2s_hand_built), TT_CASE(test_nbytes), TT_CASE(test_f16_conversions),
 	TT_CASE(test_roundtrip_v2_v3_alignment), TT_CASE(test_damaged), TT_CASE(test_arch), TT_CASE(test_metadata_checked),
-	TT_CASE(test_synth_roundtrip_small), TT_CASE(test_synth_2b4t_widths), TT_CASE(test_synth_bad_shapes),
-	TT_CASE(test_gguf_float_weights))
+	TT_CASE(test_synth_roundtrip_small), TT_CASE(test_synth_llama), TT_CASE(test_synth_2b4t_widths),
+	TT_CASE(test_synth_bad_shapes), TT_CASE(test_gguf_float_weights), TT_CASE(test_gguf_llama_float))

@@ -650,6 +650,71 @@ static void test_vnni_gemm(void)
 	int8_gemm_cover(tern_kern_gemm_vnni_min, TERN_ISA_AVX512);
 }
 
+/* The AVX-512 activation preparation (x86/act-avx512.c: quantization and
+ * the TL1/TL2 tables) against the scalar one byte for byte: int8 rows, sums,
+ * scales to the bit, whole table rows (padding included), over ragged
+ * widths and rows with NaN, infinities, signed zeros, exact rounding ties
+ * and saturating values. */
+static void test_act_avx512(void)
+{
+	if (!tern_isa_available(TERN_ISA_AVX512) || !tern_cpu_get()->avx512vnni)
+		TT_SKIP("no AVX-512 with VNNI on this CPU");
+	static const int widths[] = {1, 2, 3, 5, 15, 16, 17, 31, 33, 47, 64, 100, 127, 129, 255, 2560, 2561, 6912};
+	const int rows = 5;
+	uint32_t rng = 12345;
+	for (size_t wi = 0; wi < sizeof widths / sizeof widths[0]; wi++) {
+		const int k = widths[wi];
+		float *x = malloc(sizeof(float) * (size_t)k * rows);
+		TT_REQUIRE(x);
+		for (int j = 0; j < rows; j++)
+			for (int i = 0; i < k; i++) {
+				rng = rng * 1664525u + 1013904223u;
+				float v = ((float)(rng >> 8) / 16777216.0f - 0.5f) * (j == 3 ? 1e-6f : 20.0f);
+				/* row 1: exact ties of x * 127/amax (amax 127: scale 1) */
+				if (j == 1)
+					v = i == 0 ? 127.0f : (float)((int)(rng % 255) - 127) + 0.5f;
+				/* row 2: specials */
+				if (j == 2 && i % 7 == 3)
+					v = (i / 7) % 4 == 0 ? NAN : (i / 7) % 4 == 1 ? INFINITY : (i / 7) % 4 == 2 ? -0.0f : -1e30f;
+				x[(size_t)j * k + i] = v;
+			}
+		for (int p = 0; p < TERN_PACK_COUNT; p++) {
+			tern_act ref, simd;
+			memset(&ref, 0, sizeof ref);
+			memset(&simd, 0, sizeof simd);
+			tern_err err;
+			TT_REQUIRE(tern_act_prepare(&ref, (tern_packing)p, TERN_ISA_REF, x, rows, k, k, &err) == 0);
+			TT_REQUIRE(tern_act_prepare(&simd, (tern_packing)p, TERN_ISA_AVX512, x, rows, k, k, &err) == 0);
+			TT_REQUIRE(ref.k_pad == simd.k_pad && ref.lut_row_bytes == simd.lut_row_bytes);
+			for (int j = 0; j < rows; j++) {
+				TT_CHECKF(memcmp(&ref.scale[j], &simd.scale[j], sizeof(float)) == 0 && ref.sum[j] == simd.sum[j],
+					  "%s k=%d row %d: scale %a/%a sum %d/%d", tern_packing_name((tern_packing)p), k, j,
+					  (double)ref.scale[j], (double)simd.scale[j], ref.sum[j], simd.sum[j]);
+				TT_CHECKF(memcmp(ref.q + (size_t)j * ref.k_pad, simd.q + (size_t)j * simd.k_pad,
+						 (size_t)ref.k_pad) == 0,
+					  "%s k=%d row %d: int8 rows differ", tern_packing_name((tern_packing)p), k, j);
+				if (ref.lut_row_bytes)
+					TT_CHECKF(memcmp((const uint8_t *)ref.lut + (size_t)j * ref.lut_row_bytes,
+							 (const uint8_t *)simd.lut + (size_t)j * simd.lut_row_bytes,
+							 ref.lut_row_bytes) == 0,
+						  "%s k=%d row %d: tables differ", tern_packing_name((tern_packing)p), k, j);
+			}
+			/* Rows given as int8 (tern_act_prepare_q) build the same tables. */
+			tern_act fromq;
+			memset(&fromq, 0, sizeof fromq);
+			TT_REQUIRE(tern_act_prepare_q(&fromq, (tern_packing)p, TERN_ISA_AVX512, ref.q, ref.scale, rows, k,
+						      ref.k_pad, &err) == 0);
+			if (ref.lut_row_bytes)
+				TT_CHECKF(memcmp(ref.lut, fromq.lut, ref.lut_row_bytes * rows) == 0,
+					  "%s k=%d: tables from int8 rows differ", tern_packing_name((tern_packing)p), k);
+			tern_act_free(&fromq);
+			tern_act_free(&ref);
+			tern_act_free(&simd);
+		}
+		free(x);
+	}
+}
+
 /* Mirrors kern-internal.h (tests see only the public header). */
 #define AVX2_DOT_MADDUBS 0
 #define AVX2_DOT_VNNI 1
@@ -694,6 +759,11 @@ static void test_avx512_variants(void)
 	TT_SKIP("AVX-512 is x86-64 only");
 }
 
+static void test_act_avx512(void)
+{
+	TT_SKIP("not an x86-64 build");
+}
+
 static void test_avx2_gemm_maddubs(void)
 {
 	TT_SKIP("not an x86-64 build");
@@ -735,5 +805,5 @@ static void test_neon_gemm(void)
 TT_MAIN(TT_CASE(test_quant_hand), TT_CASE(test_pack_roundtrip), TT_CASE(test_i2s_bitnet_layout),
 	TT_CASE(test_names_and_dispatch), TT_CASE(test_bad_arguments), TT_CASE(test_small_shapes_all_batches),
 	TT_CASE(test_odd_shapes), TT_CASE(test_row_ranges), TT_CASE(test_worst_case_overflow),
-	TT_CASE(test_avx512_variants), TT_CASE(test_vnni_gemm), TT_CASE(test_avx2_gemm_maddubs),
+	TT_CASE(test_avx512_variants), TT_CASE(test_act_avx512), TT_CASE(test_vnni_gemm), TT_CASE(test_avx2_gemm_maddubs),
 	TT_CASE(test_avx2_gemm_avxvnni), TT_CASE(test_avx2_gemm_evex), TT_CASE(test_neon_gemm), TT_CASE(test_forced_isa), TT_CASE(test_bitnet_shapes), TT_CASE(test_100b_shapes))

@@ -140,17 +140,18 @@ static void test_config(void)
 {
 	tern_hparams hp;
 	tern_err e = {0};
-	int online = -1;
+	tern_hf_quant online = {-1, -1};
 	TT_REQUIRE(tern_hf_config_parse(config_2b4t, strlen(config_2b4t), "config.json", &hp, &online, &e) == 0);
 	TT_CHECK(hp.n_embd == 2560 && hp.n_layer == 30 && hp.n_head == 20 && hp.n_head_kv == 5 && hp.head_dim == 128 &&
 		 hp.n_ff == 6912 && hp.n_vocab == 128256 && hp.n_ctx_train == 4096 && hp.rope_theta == 500000.0f &&
 		 hp.norm_eps == 1e-5f && hp.tied_embeddings == 1 && hp.bos_id == 128000 && hp.eos_id == 128001);
-	TT_CHECK(online == 0);
+	TT_CHECK(online.online == 0 && online.scale_divides == 0 && strcmp(hp.arch, "bitnet-b1.58") == 0);
 	/* Online (bf16) config, eos as a list, defaults. */
 	const char *c2 = "{\"hidden_size\":256,\"num_hidden_layers\":2,\"num_attention_heads\":4,"
 			 "\"intermediate_size\":512,\"vocab_size\":300,\"eos_token_id\":[7,8]}";
 	TT_REQUIRE(tern_hf_config_parse(c2, strlen(c2), "c2", &hp, &online, &e) == 0);
-	TT_CHECK(online == 1 && hp.eos_id == 7 && hp.bos_id == -1 && hp.n_head_kv == 4 && hp.n_ctx_train == 2048 &&
+	TT_CHECK(online.online == 1 && online.scale_divides == 0 && hp.eos_id == 7 && hp.bos_id == -1 &&
+		 hp.n_head_kv == 4 && hp.n_ctx_train == 2048 &&
 		 hp.rope_theta == 10000.0f && hp.tied_embeddings == 0);
 	const char *c3 = "{\"hidden_size\":256,\"num_hidden_layers\":2,\"num_attention_heads\":4}";
 	TT_CHECK(tern_hf_config_parse(c3, strlen(c3), "c3.json", &hp, &online, &e) == TERN_EFORMAT &&
@@ -161,6 +162,38 @@ static void test_config(void)
 		 names_file(&e, "c4.json"));
 	const char *c5 = "{\"hidden_size\":\"256\"}";
 	TT_CHECK(tern_hf_config_parse(c5, strlen(c5), "c5.json", &hp, &online, &e) == TERN_EFORMAT);
+	/* Llama ternary (HF1BitLLM / Falcon3-1.58bit style): BitLinear divides by weight_scale. */
+	const char *l1 = "{\"architectures\":[\"LlamaForCausalLM\"],\"model_type\":\"llama\",\"hidden_act\":\"silu\","
+			 "\"hidden_size\":256,\"num_hidden_layers\":2,\"num_attention_heads\":4,\"num_key_value_heads\":2,"
+			 "\"intermediate_size\":512,\"vocab_size\":300,\"rope_scaling\":null,"
+			 "\"quantization_config\":{\"quant_method\":\"bitnet\",\"modules_to_not_convert\":null}}";
+	TT_REQUIRE(tern_hf_config_parse(l1, strlen(l1), "l1", &hp, &online, &e) == 0);
+	TT_CHECK(strcmp(hp.arch, "llama") == 0 && online.scale_divides == 1 && hp.n_head_kv == 2);
+	static const char *const refused[][2] = {
+	    {"{\"architectures\":[\"LlamaForCausalLM\"],\"hidden_size\":256,\"num_hidden_layers\":2,"
+	     "\"num_attention_heads\":4,\"intermediate_size\":512,\"vocab_size\":300}",
+	     "not a ternary checkpoint"},
+	    {"{\"architectures\":[\"Qwen3ForCausalLM\"],\"hidden_size\":256,\"num_hidden_layers\":2,"
+	     "\"num_attention_heads\":4,\"intermediate_size\":512,\"vocab_size\":300}",
+	     "Qwen3ForCausalLM"},
+	    {"{\"architectures\":[\"LlamaForCausalLM\"],\"hidden_act\":\"gelu\",\"hidden_size\":256,"
+	     "\"num_hidden_layers\":2,\"num_attention_heads\":4,\"intermediate_size\":512,\"vocab_size\":300,"
+	     "\"quantization_config\":{\"quant_method\":\"bitnet\"}}",
+	     "hidden_act"},
+	    {"{\"architectures\":[\"LlamaForCausalLM\"],\"hidden_size\":256,\"num_hidden_layers\":2,"
+	     "\"num_attention_heads\":4,\"intermediate_size\":512,\"vocab_size\":300,\"rope_scaling\":"
+	     "{\"rope_type\":\"llama3\",\"factor\":8.0},\"quantization_config\":{\"quant_method\":\"bitnet\"}}",
+	     "rope_scaling"},
+	    {"{\"architectures\":[\"LlamaForCausalLM\"],\"attention_bias\":true,\"hidden_size\":256,"
+	     "\"num_hidden_layers\":2,\"num_attention_heads\":4,\"intermediate_size\":512,\"vocab_size\":300,"
+	     "\"quantization_config\":{\"quant_method\":\"bitnet\"}}",
+	     "bias"},
+	};
+	for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++)
+		TT_CHECKF(tern_hf_config_parse(refused[i][0], strlen(refused[i][0]), "r.json", &hp, &online, &e) ==
+				      TERN_EUNSUP &&
+			      strstr(e.msg, refused[i][1]) && names_file(&e, "r.json"),
+			  "case %zu: %s", i, e.msg);
 	TT_CHECK(tern_hf_config_read("/nonexistent", &hp, &online, &e) == TERN_EIO &&
 		 strstr(e.msg, "/nonexistent/config.json"));
 }
@@ -330,7 +363,8 @@ static void write_common(const char *dir, const char *mode)
 			       "\"num_attention_heads\":%d,\"num_key_value_heads\":%d,\"intermediate_size\":%d,"
 			       "\"vocab_size\":%d,\"bos_token_id\":290,\"eos_token_id\":291,\"rope_theta\":500000.0,"
 			       "\"rms_norm_eps\":1e-05,\"tie_word_embeddings\":true,\"max_position_embeddings\":4096,"
-			       "\"quantization_config\":{\"quant_method\":\"bitnet\",\"quantization_mode\":\"%s\"}}",
+			       "\"quantization_config\":{\"quant_method\":\"bitnet\",\"linear_class\":\"autobitlinear\","
+			       "\"quantization_mode\":\"%s\"}}",
 			       D, NL, NH, NKV, FF, NV, mode);
 	tt_write_file(p, cfg, (size_t)n);
 	/* tokenizer.json: 260 plain tokens, two specials, both merge spellings. */

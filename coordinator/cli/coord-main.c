@@ -488,6 +488,13 @@ int main(int argc, char **argv)
 	printf("tern-coordinator: decode reads %llu bytes per token (layers %llu + LM head %llu)\n",
 	       (unsigned long long)(layer_bytes + tern_head_bytes(head)), (unsigned long long)layer_bytes,
 	       (unsigned long long)tern_head_bytes(head));
+	/* And what it must compute: the int8 bound of batched decode and prefill
+	 * (one multiply-add per ternary weight, one per head weight). */
+	const uint64_t layer_macs = tern_hparams_layer_params(hp) * (uint64_t)hp->n_layer;
+	const uint64_t head_macs = (uint64_t)hp->n_vocab * (uint64_t)hp->n_embd;
+	printf("tern-coordinator: decode does %llu multiply-adds per token (layers %llu + LM head %llu)\n",
+	       (unsigned long long)(layer_macs + head_macs), (unsigned long long)layer_macs,
+	       (unsigned long long)head_macs);
 	g_sched = sched;
 	g_drain_s = o.drain;
 	signal(SIGINT, on_signal);

@@ -200,5 +200,7 @@ static void qdot_groups_neon(const tern_qdot_args *a, int g0, int g1)
 		qdot_base(a, g0, g1);
 }
 
+TERN_FLOAT_SWIGLU(neon)
+
 const tern_float_kernels tern_float_neon = {TERN_ISA_NEON, rmsnorm_neon, softmax_neon, rope_neon, dot_rows_neon,
-					    qdot_groups_neon};
+					    qdot_groups_neon, swiglu_neon};

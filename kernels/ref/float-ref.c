@@ -73,8 +73,10 @@ static void qdot_groups_ref(const tern_qdot_args *a, int g0, int g1)
 	}
 }
 
+TERN_FLOAT_SWIGLU(ref)
+
 const tern_float_kernels tern_float_ref = {TERN_ISA_REF, rmsnorm_ref, softmax_ref, rope_ref, dot_rows_ref,
-					   qdot_groups_ref};
+					   qdot_groups_ref, swiglu_ref};
 
 void tern_rope_table(float theta, int head_dim, int n_pos, float *cs)
 {

@@ -157,5 +157,7 @@ static void qdot_groups_avx2(const tern_qdot_args *a, int g0, int g1)
 		qdot_t(a, TERN_QH_Q4, g0, g1);
 }
 
+TERN_FLOAT_SWIGLU(avx2)
+
 const tern_float_kernels tern_float_avx2 = {TERN_ISA_AVX2, rmsnorm_avx2, softmax_avx2, rope_avx2, dot_rows_avx2,
-					    qdot_groups_avx2};
+					    qdot_groups_avx2, swiglu_avx2};

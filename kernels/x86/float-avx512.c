@@ -269,5 +269,7 @@ static void qdot_groups_avx512(const tern_qdot_args *a, int g0, int g1)
 		qdot_bw(a, g0, g1);
 }
 
+TERN_FLOAT_SWIGLU(avx512)
+
 const tern_float_kernels tern_float_avx512 = {TERN_ISA_AVX512, rmsnorm_avx512, softmax_avx512, rope_avx512,
-					      dot_rows_avx512, qdot_groups_avx512};
+					      dot_rows_avx512, qdot_groups_avx512, swiglu_avx512};

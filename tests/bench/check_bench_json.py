@@ -2,7 +2,8 @@
 """check_bench_json.py: runs a tern-bench command that was given --json and
 checks its stdout against DESIGN.md's "Benchmark output" convention: every line
 one JSON object with the common keys, kernel rows with theirs, a read_bw row,
-and the figures positive and consistent (fraction == value / bound).
+and the figures positive and consistent (fraction == value / bound). Cluster
+rows (tern-bench cluster) carry both bounds, and bound is the lower one.
 
 usage: check_bench_json.py [EMULATOR...] TERN_BENCH MODE ARGS...   (exit 0 when valid)
 """
@@ -32,6 +33,7 @@ def main():
         fail("no rows on stdout")
     seen = {"read_bw": 0, "gemv": 0, "gemm": 0}
     peaks = 0
+    aggregates = 0
     for n, line in enumerate(lines, 1):
         try:
             row = json.loads(line)
@@ -69,10 +71,23 @@ def main():
                     fail("line %d: op %r" % (n, row["op"]))
                 if row["bound"] is None:
                     fail("line %d: kernel row without a bandwidth bound" % n)
+        elif row["bench"] == "cluster" and row["what"] == "decode_aggregate":
+            aggregates += 1
+            bounds = [row.get("bandwidth_bound"), row.get("compute_bound")]
+            if any(not isinstance(b, (int, float)) or b <= 0 for b in bounds):
+                fail("line %d: cluster row without both bounds: %r" % (n, line[:300]))
+            kind = "bandwidth" if bounds[0] <= bounds[1] else "compute"
+            if row["bound"] != min(bounds) or row.get("bound_kind") != kind:
+                fail("line %d: bound %r / %r is not the lower of %r" % (n, row["bound"], row.get("bound_kind"),
+                                                                         bounds))
+        elif row["what"] == "int8_peak":
+            peaks += 1
     if "kernels" in sys.argv[2:]:
         for what, count in seen.items():
             if count == 0:
                 fail("no %s row" % what)
+    if "cluster" in sys.argv[2:] and (aggregates == 0 or peaks == 0):
+        fail("a cluster run without decode_aggregate or int8_peak rows")
     print("check_bench_json: %d valid rows (%s, int8_peak %d)" %
           (len(lines), ", ".join("%s %d" % kv for kv in seen.items()), peaks))
 

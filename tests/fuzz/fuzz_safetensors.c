@@ -14,7 +14,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	tern_err e;
 	if (size > 0 && data[0] == '{') {
 		tern_hparams hp;
-		int online;
+		tern_hf_quant online;
 		(void)tern_hf_config_parse((const char *)data, size, "<fuzz>", &hp, &online, &e);
 		return 0;
 	}

@@ -145,6 +145,13 @@ def main():
                                    "bos_token_id": 128000, "eos_token_id": [128001, 128009],
                                    "quantization_config": {"quant_method": "bitnet",
                                                            "quantization_mode": "offline"}}).encode(),
+        "config-llama.json": json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+                                         "hidden_act": "silu", "hidden_size": 4096, "num_hidden_layers": 32,
+                                         "num_attention_heads": 32, "num_key_value_heads": 8,
+                                         "intermediate_size": 14336, "vocab_size": 128256, "rope_theta": 500000.0,
+                                         "rope_scaling": None, "tie_word_embeddings": False,
+                                         "quantization_config": {"quant_method": "bitnet",
+                                                                 "modules_to_not_convert": None}}).encode(),
         "escapes.json": b'{"hidden_size": 64, "s": "\\u00e9\\ud83d\\ude00\\n", "n": [-1.5e3, 0, true, null]}',
     }
     for n, b in sfiles.items():

@@ -47,6 +47,21 @@ Architectures: "bitnet-b1.58", "bitnet-25", "bitnet-1.58" (FORK build_bitnet_158
 "bitnet" only with the b1.58 tensor set (FORK's own "bitnet" graph, with SiLU and separate
 *.scale tensors, is a different model and is refused).
 
+Llama-style ternary models (issue 17: HF1BitLLM/Llama3-8B-1.58, tiiuae/Falcon3-*-1.58bit),
+from transformers' modeling_llama.py and integrations/bitnet.py (BitLinear):
+  h += o(attn(q, k, v)) and h += down(silu(gate(f)) * up(f)): no sub-norms; each
+  projection y = y_int / (input_scale * weight_scale) with the same per-token absmax int8
+  activations (W = ternary / weight_scale); silu(g) = g / (1 + exp(-g)), each step in
+  float32 (exp in float64, rounded), then * up in float32.
+Read two ways, on purpose not the way tern reads them:
+  - general.architecture "llama" GGUF (bitnet.cpp's converter): q/k rows are kept in the
+    file's permuted order and rotated with llama.cpp's interleaved RoPE (pairs 2i, 2i+1)
+    instead of being un-permuted; projections I2_S, or F16/F32/BF16 holding
+    ternary / weight_scale (every element 0 or +-a: W = sign * a, anything else refused);
+  - a Hugging Face checkpoint directory (LlamaForCausalLM config.json, model.safetensors
+    with uint8 [out/4, in] packed weights + weight_scale): HF row order, rotate_half RoPE,
+    the BitLinear divide.
+
 CLI:
   /usr/bin/python3 tests/ref/bitnet_ref.py MODEL.gguf --tokens 1,2,3 [--generate N]
       [--layers L] [--chunk C] [--out logits.npy] [--json [--margins]]
@@ -127,11 +142,14 @@ def tie_margin(x):
     return np.abs(prod - np.floor(prod) - 0.5).min(axis=-1)
 
 
-def bitlinear(x, w, w_scale, act_round="even"):
-    """x: (T, K) float32, w: (N, K) int8 ternary, w_scale float32 -> (T, N) float32."""
+def bitlinear(x, w, w_scale, act_round="even", divide=False):
+    """x: (T, K) float32, w: (N, K) int8 ternary, w_scale float32 -> (T, N) float32.
+    divide: transformers' BitLinear, y = y_int / (input_scale * weight_scale)."""
     q, s = quantize_act(x, act_round)
     assert 128 * w.shape[1] < 2**53
     dot = q.astype(np.float64) @ w.astype(np.float64).T  # exact integers
+    if divide:
+        return dot.astype(np.float32) / (s[:, None] * np.float32(w_scale))
     return (dot.astype(np.float32) / s[:, None]) * np.float32(w_scale)
 
 
@@ -198,6 +216,69 @@ def relu_sqr_mul(g, u):
     return (r * r) * u
 
 
+def silu_mul(g, u):
+    """Llama's act_fn(gate) * up with act_fn = SiLU (hidden_act "silu"): g / (1 + exp(-g)) in
+    float32 step by step like every elementwise operation here, exp as in attention (float64,
+    rounded to float32), then * up."""
+    g = np.asarray(g, np.float32)
+    with np.errstate(over="ignore"):
+        e = np.exp(-g.astype(np.float64)).astype(np.float32)  # inf past float32's range: g / inf = -0
+    return (g / (np.float32(1) + e)) * u
+
+
+def rope_interleaved(x, cos, sin, n_rot):
+    """llama.cpp's normal (non-NEOX) RoPE: rotates the pairs (2i, 2i+1) with frequency i."""
+    out = x.copy()
+    x0, x1 = x[:, :, 0:n_rot:2], x[:, :, 1:n_rot:2]
+    c, s = cos[:, None, :], sin[:, None, :]
+    out[:, :, 0:n_rot:2] = x0 * c - x1 * s
+    out[:, :, 1:n_rot:2] = x0 * s + x1 * c
+    return out
+
+
+def ternary_of_float(w, what):
+    """A float matrix whose every element is 0 or +-a (one a): (int8 signs, float32 a)."""
+    w = np.asarray(w, np.float32)
+    mags = np.unique(np.abs(w[w != 0]))
+    if len(mags) != 1:
+        raise ModelError("%s: a float projection must hold ternary / weight_scale (one magnitude), has %d"
+                         % (what, len(mags)))
+    return np.sign(w).astype(np.int8), np.float32(mags[0])
+
+
+def read_safetensors(path):
+    """{name: numpy array} of a safetensors file (F32, F16, BF16 -> float32; U8 as is)."""
+    import struct
+    with open(path, "rb") as f:
+        raw = f.read()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    base, out = 8 + n, {}
+    for name, t in header.items():
+        if name == "__metadata__":
+            continue
+        a, b = t["data_offsets"]
+        buf = raw[base + a:base + b]
+        dt = t["dtype"]
+        if dt == "BF16":
+            arr = gguf.bf16_bits_to_f32(np.frombuffer(buf, "<u2"))
+        elif dt in ("F32", "F16", "U8"):
+            arr = np.frombuffer(buf, {"F32": "<f4", "F16": "<f2", "U8": "u1"}[dt]).astype(
+                np.uint8 if dt == "U8" else np.float32)
+        else:
+            raise ModelError("%s: tensor %s has dtype %s" % (path, name, dt))
+        out[name] = arr.reshape(t["shape"])
+    return out
+
+
+def unpack_rows(packed):
+    """transformers' unpack_weights: uint8 [P, K] -> int8 [4P, K], row i*P + p from bits 2i of row p."""
+    codes = [((packed >> (2 * i)) & 3).astype(np.int8) - 1 for i in range(4)]
+    if any((c == 2).any() for c in codes):
+        raise ModelError("packed weight holds the invalid code 3")
+    return np.concatenate(codes, axis=0)
+
+
 # ---- the model ---------------------------------------------------------------------------
 
 class Layer:
@@ -211,6 +292,12 @@ class BitNetModel:
     def __init__(self, path, n_layers=None, options=None, verbose=True):
         self.opt = options or Options()
         self.path = str(path)
+        # what the architecture changes (see the header): defaults are BitNet b1.58's
+        self.sub_norms, self.ffn_act, self.rope = True, relu_sqr_mul, rope_neox
+        self.divide = False  # BitLinear's y_int / (input_scale * weight_scale)
+        if os.path.isdir(self.path):
+            self._load_hf(n_layers)
+            return
         try:
             g = gguf.GGUFReader(path)
         except gguf.GGUFError as e:
@@ -226,8 +313,10 @@ class BitNetModel:
             if verbose:
                 print("warning: %s: arch 'bitnet' with b1.58 tensors, run as bitnet-b1.58" % self.path,
                       file=sys.stderr)
+        elif arch == "llama":
+            self.sub_norms, self.ffn_act, self.rope = False, silu_mul, rope_interleaved
         elif arch not in ARCHS_B158:
-            raise ModelError("%s: unsupported architecture %r (need one of %s or 'bitnet')"
+            raise ModelError("%s: unsupported architecture %r (need one of %s, 'bitnet' or 'llama')"
                              % (self.path, arch, ", ".join(ARCHS_B158)))
 
         def hp(key, default=None, kind=int):
@@ -272,14 +361,18 @@ class BitNetModel:
         for i in range(self.n_layer):
             L = Layer()
             L.attn_norm = self._vec("blk.%d.attn_norm.weight" % i, self.n_embd)
-            L.attn_sub_norm = self._vec("blk.%d.attn_sub_norm.weight" % i, self.n_embd)
             L.ffn_norm = self._vec("blk.%d.ffn_norm.weight" % i, self.n_embd)
-            L.ffn_sub_norm = self._vec("blk.%d.ffn_sub_norm.weight" % i, self.n_ff)
+            if self.sub_norms:
+                L.attn_sub_norm = self._vec("blk.%d.attn_sub_norm.weight" % i, self.n_embd)
+                L.ffn_sub_norm = self._vec("blk.%d.ffn_sub_norm.weight" % i, self.n_ff)
             for name in LINEARS:
                 tname = "blk.%d.%s.weight" % (i, name)
                 if tname not in g.tensors:
                     raise ModelError("%s: missing tensor %s" % (self.path, tname))
                 t = g.tensors[tname]
+                if arch == "llama" and t.gtype in (gguf.F32, gguf.F16, gguf.BF16) and t.shape == shapes[name]:
+                    setattr(L, name, ternary_of_float(g.tensor(tname), "%s: %s" % (self.path, tname)))
+                    continue
                 if t.gtype != gguf.I2_S:
                     raise ModelError("%s: %s is %s; the reference needs i2_s ternary weights"
                                      % (self.path, tname, gguf.TYPE_NAMES.get(t.gtype, t.gtype)))
@@ -291,6 +384,54 @@ class BitNetModel:
                 except gguf.GGUFError as e:
                     raise ModelError(str(e))
                 setattr(L, name, (w, s))
+            self.layers.append(L)
+
+    def _load_hf(self, n_layers):
+        """A LlamaForCausalLM ternary checkpoint (config.json + *.safetensors)."""
+        d = self.path
+        try:
+            with open(os.path.join(d, "config.json")) as f:
+                cfg = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ModelError("%s: config.json: %s" % (d, e))
+        if cfg.get("architectures", [None])[0] != "LlamaForCausalLM" or cfg.get("hidden_act", "silu") != "silu":
+            raise ModelError("%s: the reference reads LlamaForCausalLM (silu) checkpoints only" % d)
+        q = cfg.get("quantization_config") or {}
+        if q.get("quant_method") != "bitnet" or q.get("linear_class") == "autobitlinear":
+            raise ModelError("%s: need quantization_config bitnet with BitLinear (no linear_class)" % d)
+        if cfg.get("rope_scaling") is not None:
+            raise ModelError("%s: rope_scaling is not modelled" % d)
+        self.arch = "llama"
+        self.sub_norms, self.ffn_act, self.rope, self.divide = False, silu_mul, rope_neox, True
+        t = {}
+        for fn in sorted(os.listdir(d)):
+            if fn.endswith(".safetensors"):
+                t.update(read_safetensors(os.path.join(d, fn)))
+        self.n_embd, self.n_layer_file = cfg["hidden_size"], cfg["num_hidden_layers"]
+        self.n_ff, self.n_head = cfg["intermediate_size"], cfg["num_attention_heads"]
+        self.n_head_kv = cfg.get("num_key_value_heads", self.n_head)
+        self.eps = np.float32(cfg.get("rms_norm_eps", 1e-5))
+        self.theta = float(cfg.get("rope_theta", 10000.0))
+        self.n_ctx_train = cfg.get("max_position_embeddings", 2048)
+        self.head_dim = self.n_rot = self.n_embd // self.n_head
+        self.n_layer = self.n_layer_file if n_layers is None else int(n_layers)
+        if "lm_head.weight" in t:
+            raise ModelError("%s: untied lm_head: the reference's head is the embedding (tied)" % d)
+        self.embd = t["model.embed_tokens.weight"]
+        self.n_vocab = self.embd.shape[0]
+        self.output_norm = t["model.norm.weight"]
+        names = (("attn_q", "self_attn.q_proj"), ("attn_k", "self_attn.k_proj"), ("attn_v", "self_attn.v_proj"),
+                 ("attn_output", "self_attn.o_proj"), ("ffn_gate", "mlp.gate_proj"), ("ffn_up", "mlp.up_proj"),
+                 ("ffn_down", "mlp.down_proj"))
+        self.layers = []
+        for i in range(self.n_layer):
+            p = "model.layers.%d." % i
+            L = Layer()
+            L.attn_norm = t[p + "input_layernorm.weight"]
+            L.ffn_norm = t[p + "post_attention_layernorm.weight"]
+            for name, hf in names:
+                ws = t[p + hf + ".weight_scale"].reshape(-1)
+                setattr(L, name, (unpack_rows(t[p + hf + ".weight"]), np.float32(ws[0])))
             self.layers.append(L)
 
     def _vec(self, name, n):
@@ -336,13 +477,14 @@ class BitNetModel:
         h = np.asarray(self.embd[tokens], np.float32)         # (T, n_embd)
         hd, ar = self.head_dim, self.opt.act_round
         marg = np.full((T, self.n_layer, len(SITES)), np.inf)
+        dv = self.divide
         for li, L in enumerate(self.layers):
             a = rms_norm(h, L.attn_norm, self.eps)
-            q = bitlinear(a, *L.attn_q, ar).reshape(T, self.n_head, hd)
-            k = bitlinear(a, *L.attn_k, ar).reshape(T, self.n_head_kv, hd)
-            v = bitlinear(a, *L.attn_v, ar).reshape(T, self.n_head_kv, hd)
-            q = rope_neox(q, cos, sin, self.n_rot)
-            k = rope_neox(k, cos, sin, self.n_rot)
+            q = bitlinear(a, *L.attn_q, ar, dv).reshape(T, self.n_head, hd)
+            k = bitlinear(a, *L.attn_k, ar, dv).reshape(T, self.n_head_kv, hd)
+            v = bitlinear(a, *L.attn_v, ar, dv).reshape(T, self.n_head_kv, hd)
+            q = self.rope(q, cos, sin, self.n_rot)
+            k = self.rope(k, cos, sin, self.n_rot)
             if self.opt.kv_f16:
                 k = k.astype(np.float16).astype(np.float32)
                 v = v.astype(np.float16).astype(np.float32)
@@ -350,12 +492,14 @@ class BitNetModel:
             cache.v[li][positions] = v
             n = positions[-1] + 1
             o = attention(q, cache.k[li][:n], cache.v[li][:n], positions, self.opt.kv_f16)
-            o = rms_norm(o, L.attn_sub_norm, self.eps)
-            h = h + bitlinear(o, *L.attn_output, ar)
+            if self.sub_norms:
+                o = rms_norm(o, L.attn_sub_norm, self.eps)
+            h = h + bitlinear(o, *L.attn_output, ar, dv)
             f = rms_norm(h, L.ffn_norm, self.eps)
-            m = relu_sqr_mul(bitlinear(f, *L.ffn_gate, ar), bitlinear(f, *L.ffn_up, ar))
-            m = rms_norm(m, L.ffn_sub_norm, self.eps)
-            h = h + bitlinear(m, *L.ffn_down, ar)
+            m = self.ffn_act(bitlinear(f, *L.ffn_gate, ar, dv), bitlinear(f, *L.ffn_up, ar, dv))
+            if self.sub_norms:
+                m = rms_norm(m, L.ffn_sub_norm, self.eps)
+            h = h + bitlinear(m, *L.ffn_down, ar, dv)
             if margins is not None:
                 for si, xin in enumerate((a, o, f, m)):
                     marg[:, li, si] = tie_margin(xin)
@@ -449,7 +593,8 @@ def parse_tokens(s):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Reference BitNet b1.58 forward pass (numpy).")
-    ap.add_argument("model", help="BitNet b1.58 GGUF (i2_s weights)")
+    ap.add_argument("model", help="BitNet b1.58 GGUF (i2_s weights), llama GGUF, or a LlamaForCausalLM "
+                                  "ternary checkpoint directory")
     ap.add_argument("--tokens", required=True, help="prompt token ids, comma-separated")
     ap.add_argument("--generate", type=int, default=0, help="greedy tokens to generate")
     ap.add_argument("--layers", type=int, default=None, help="use only the first L layers")

@@ -547,7 +547,7 @@ def test_options_change_numbers_a_little():
 
 
 def test_model_checks():
-    expect_error(lambda: br.BitNetModel(tiny_model("llama.gguf", arch="llama")), "unsupported architecture")
+    expect_error(lambda: br.BitNetModel(tiny_model("qwen3.gguf", arch="qwen3")), "unsupported architecture")
     p25 = tiny_model("b25.gguf", arch="bitnet-25")
     pb = tiny_model("bn.gguf", arch="bitnet")
     ref = br.BitNetModel(tiny_model()).run([1, 2, 3])[0]
@@ -684,6 +684,36 @@ def test_compare_tool():
     assert subprocess.run(cmd, capture_output=True, timeout=60).returncode == 0
     np.save(npy, big)
     assert subprocess.run(cmd, capture_output=True, timeout=60).returncode == 1
+
+
+def test_llama_pieces():
+    """The Llama-style pieces (issue 17): interleaved RoPE on the converter's permuted rows is
+    NEOX RoPE on HF's rows, element for element; the packed HF rows unpack to what
+    make_llama packed; silu_mul is close to silu in float64; a float projection with more
+    than one magnitude is refused."""
+    import make_llama
+    rng = np.random.default_rng(3)
+    n_head, hd, T = 3, 8, 5
+    x = rng.standard_normal((T, n_head * hd)).astype(np.float32)
+    cos, sin = br.rope_cos_sin(np.arange(T) * 7, hd, 10000.0)
+    neox = br.rope_neox(x.reshape(T, n_head, hd), cos, sin, hd).reshape(T, -1)
+    perm = make_llama.permute_rows(x.T, n_head).T  # columns play the rows of q
+    inter = br.rope_interleaved(np.ascontiguousarray(perm).reshape(T, n_head, hd), cos, sin, hd).reshape(T, -1)
+    assert np.array_equal(make_llama.permute_rows(neox.T, n_head).T, inter)
+    t = rng.integers(-1, 2, (12, 5)).astype(np.int8)
+    assert np.array_equal(br.unpack_rows(make_llama.pack_rows(t)), t)
+    g = np.linspace(-30, 30, 1001).astype(np.float32)
+    u = np.ones_like(g)
+    want = g.astype(np.float64) / (1 + np.exp(-g.astype(np.float64)))
+    assert np.abs(br.silu_mul(g, u) - want).max() <= 4 * np.spacing(np.float32(30))
+    assert br.silu_mul(np.float32([-200.0]), np.float32([1.0]))[0] == 0.0
+    w, a = br.ternary_of_float(np.float32([[0.25, -0.25], [0, 0.25]]), "w")
+    assert a == np.float32(0.25) and w.tolist() == [[1, -1], [0, 1]]
+    try:
+        br.ternary_of_float(np.float32([[0.25, 0.5]]), "w")
+        raise AssertionError("two magnitudes accepted")
+    except br.ModelError:
+        pass
 
 
 def main():
