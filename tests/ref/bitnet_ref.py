@@ -415,10 +415,12 @@ class BitNetModel:
         self.n_ctx_train = cfg.get("max_position_embeddings", 2048)
         self.head_dim = self.n_rot = self.n_embd // self.n_head
         self.n_layer = self.n_layer_file if n_layers is None else int(n_layers)
-        if "lm_head.weight" in t:
-            raise ModelError("%s: untied lm_head: the reference's head is the embedding (tied)" % d)
         self.embd = t["model.embed_tokens.weight"]
         self.n_vocab = self.embd.shape[0]
+        self.tied = "lm_head.weight" not in t
+        self.head = self.embd if self.tied else t["lm_head.weight"]  # (n_vocab, n_embd)
+        if self.head.shape != self.embd.shape:
+            raise ModelError("%s: lm_head.weight is %s, embed_tokens %s" % (d, self.head.shape, self.embd.shape))
         self.output_norm = t["model.norm.weight"]
         names = (("attn_q", "self_attn.q_proj"), ("attn_k", "self_attn.k_proj"), ("attn_v", "self_attn.v_proj"),
                  ("attn_output", "self_attn.o_proj"), ("ffn_gate", "mlp.gate_proj"), ("ffn_up", "mlp.up_proj"),
