@@ -78,6 +78,22 @@ void tern_qh_pack_group(tern_qh_type t, const float *w, size_t ldw, int nr, int 
 	}
 }
 
+void tern_qh_pack_rows(tern_qh_type t, const void *w, tern_dot_type wt, size_t row_bytes, int64_t rows, int n, int g0,
+		       int g1, float *scratch, void *out)
+{
+	const size_t gb = tern_qh_group_bytes(t, n);
+	for (int g = g0; g < g1; g++) {
+		const int64_t r0 = (int64_t)g * TERN_QH_GROUP;
+		const int nr = rows - r0 < TERN_QH_GROUP ? (int)(rows - r0) : TERN_QH_GROUP;
+		for (int k = 0; k < nr; k++) {
+			const uint8_t *row = (const uint8_t *)w + (size_t)(r0 + k) * row_bytes;
+			for (int i = 0; i < n; i++)
+				scratch[(size_t)k * n + i] = tern_dot_elem(row, wt, i);
+		}
+		tern_qh_pack_group(t, scratch, (size_t)n, nr, n, (uint8_t *)out + (size_t)g * gb);
+	}
+}
+
 void tern_qh_unpack_row(tern_qh_type t, const void *group, int k, int n, int8_t *q, float *dw)
 {
 	const int nb = tern_qh_blocks(n);

@@ -166,6 +166,13 @@ static inline size_t tern_qh_bytes(tern_qh_type t, int64_t rows, int n)
  * at out (tern_qh_group_bytes); rows nr..15 become zero rows. */
 void tern_qh_pack_group(tern_qh_type t, const float *w, size_t ldw, int nr, int n, void *out);
 
+/* Groups [g0, g1) of a dense matrix (rows x n elements of type wt, row r at
+ * w + r * row_bytes) quantized into out, the whole packed matrix (group g at
+ * out + g * tern_qh_group_bytes(t, n)); scratch holds 16 * n floats. The one
+ * packing loop of the LM head at load and of a plan's stored head. */
+void tern_qh_pack_rows(tern_qh_type t, const void *w, tern_dot_type wt, size_t row_bytes, int64_t rows, int n, int g0,
+		       int g1, float *scratch, void *out);
+
 /* Row k of a group back as its quantized values q (nb * 32 int8, the padding
  * zero) and block scales dw (nb floats, exact from f16): the inverse of the
  * layout, for tests and the embedding lookup. */

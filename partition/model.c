@@ -282,7 +282,7 @@ static const struct {
     [TERN_DTYPE_BF16] = {"bf16", 2, 30, "BF16", 3},
     [TERN_DTYPE_F64] = {"f64", 8, 28, "F64", NO_CODE},
     [TERN_DTYPE_I8] = {"i8", 1, 24, "I8", NO_CODE},
-    [TERN_DTYPE_U8] = {"u8", 1, NO_CODE, "U8", NO_CODE},
+    [TERN_DTYPE_U8] = {"u8", 1, NO_CODE, "U8", 4},
     [TERN_DTYPE_I16] = {"i16", 2, 25, "I16", NO_CODE},
     [TERN_DTYPE_U16] = {"u16", 2, NO_CODE, "U16", NO_CODE},
     [TERN_DTYPE_I32] = {"i32", 4, 26, "I32", NO_CODE},

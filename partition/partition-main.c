@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "plan.pb-c.h"
+#include "tern-float.h"
 #include "tern-plan.h"
 #include "tern-progress.h"
 #include "tern-source.h"
@@ -38,6 +39,10 @@ static void usage(FILE *f)
 		"  --mem SIZE              with --stages: memory to split over the stages (default: this\n"
 		"                          host's RAM), e.g. 16GiB\n"
 		"  --zstd-level N          shard compression level 0..19 (default 1; 0 stores raw)\n"
+		"  --lm-head file|f16|q8|q4  LM head the coordinator's shard stores: the head matrix as\n"
+		"                          the model stores it (file; f16: the same, refused unless F16)\n"
+		"                          or packed quantized as tern-run --lm-head q8|q4 packs it\n"
+		"                          (default file); token_embd is kept for the token lookup\n"
 		"  --no-progress           never draw a progress bar\n"
 		"synth: --dims takes n_embd, n_layer, n_head, n_head_kv, n_ff, n_vocab, n_ctx, ... and\n"
 		"starts from PRESET (or 125m when none is given).\n",
@@ -241,6 +246,7 @@ enum {
 	OPT_ZSTD_LEVEL,
 	OPT_DRY_RUN,
 	OPT_NO_PROGRESS,
+	OPT_LM_HEAD,
 };
 
 int main(int argc, char **argv)
@@ -258,6 +264,7 @@ int main(int argc, char **argv)
 	int stages = 0, hw = 0, dry = 0, progress = 1, zlevel = 1;
 	int group_rows = 0, seqs = 0, ctx = 0, kv_type = TERN_KV_TYPE_DEFAULT;
 	int packing = TERN_PACK_TL2;
+	int lm_head = TERN_PLAN_HEAD_STORED, lm_head_f16 = 0;
 	uint64_t mem = 0;
 	static const struct option long_opts[] = {
 		{"stages", required_argument, NULL, OPT_STAGES},
@@ -272,6 +279,7 @@ int main(int argc, char **argv)
 		{"zstd-level", required_argument, NULL, OPT_ZSTD_LEVEL},
 		{"dry-run", no_argument, NULL, OPT_DRY_RUN},
 		{"no-progress", no_argument, NULL, OPT_NO_PROGRESS},
+		{"lm-head", required_argument, NULL, OPT_LM_HEAD},
 		{NULL, 0, NULL, 0},
 	};
 	tern_err perr;
@@ -323,6 +331,18 @@ int main(int argc, char **argv)
 		case OPT_NO_PROGRESS:
 			progress = 0;
 			break;
+		case OPT_LM_HEAD: {
+			const int q = tern_qh_parse(v);
+			lm_head_f16 = !strcmp(v, "f16");
+			if (lm_head_f16 || !strcmp(v, "file"))
+				lm_head = TERN_PLAN_HEAD_STORED;
+			else if (q >= 0)
+				lm_head = q == TERN_QH_Q4 ? TERN_PLAN_HEAD_Q4 : TERN_PLAN_HEAD_Q8;
+			else
+				rc = TERN_ERR(&perr, TERN_EINVAL, "bad value '%s' for --lm-head: expected file, f16, q8 or q4",
+					      v);
+			break;
+		}
 		default:
 			return tern_opt_fail(PROG, oc, argv);
 		}
@@ -376,6 +396,8 @@ int main(int argc, char **argv)
 	if (ctx)
 		o.n_ctx = ctx;
 	o.kv_type = kv_type;
+	o.lm_head = pm.lm_head = lm_head;
+	o.lm_head_f16 = lm_head_f16;
 	if (dry) {
 		tern_plan_layout lay;
 		rc = tern_plan_compute(&pm, &o, &c, &lay, NULL, &err);

@@ -12,6 +12,7 @@
 #include <xxhash.h>
 
 #include "plan-internal.h"
+#include "tern-float.h"
 #include "tern-progress.h"
 #include "tern-shard.h"
 
@@ -34,6 +35,49 @@ static int file_index(const Tern__V1__Plan *p, const char *name)
 		if (strcmp(p->files[i]->name, name) == 0)
 			return (int)i;
 	return -1;
+}
+
+int tern_plan_head_qh(int lm_head)
+{
+	switch (lm_head) {
+	case TERN_PLAN_HEAD_Q8: return TERN_QH_Q8;
+	case TERN_PLAN_HEAD_Q4: return TERN_QH_Q4;
+	default: return -1;
+	}
+}
+
+uint64_t tern_plan_head_packed_bytes(int lm_head, int n_vocab, int n_embd)
+{
+	const int qh = tern_plan_head_qh(lm_head);
+	return qh >= 0 && n_vocab > 0 && n_embd > 0 ? tern_qh_bytes((tern_qh_type)qh, n_vocab, n_embd) : 0;
+}
+
+int tern_plan_packed_head(const tern_plan_manifest *p, const tern_shard *sh, const char *path, int *index, int *qh,
+			  tern_err *err)
+{
+	*index = *qh = -1;
+	const int lm = p->coordinator ? (int)p->coordinator->lm_head : TERN_PLAN_HEAD_STORED;
+	const int i = tern_shard_find(sh, TERN_ROLE_HEAD_PACKED, -1);
+	if (lm == TERN_PLAN_HEAD_STORED) {
+		TERN_RETURN_IF(i >= 0, err, TERN_EFORMAT, "%s: a packed LM head the manifest does not name", path);
+		return 0;
+	}
+	const int t = tern_plan_head_qh(lm);
+	TERN_RETURN_IF(t < 0, err, TERN_EFORMAT, "%s: unknown LM head format %d", path, lm);
+	TERN_RETURN_IF(i < 0, err, TERN_EFORMAT, "%s: the manifest names a %s LM head the shard lacks", path,
+		       tern_qh_name((tern_qh_type)t));
+	const tern_shard_tensor *st = tern_shard_tensor_at(sh, i);
+	const int V = (int)p->hparams->n_vocab, d = (int)p->hparams->n_embd;
+	const uint64_t groups = ((uint64_t)V + TERN_QH_GROUP - 1) / TERN_QH_GROUP;
+	TERN_RETURN_IF(st->dtype != TERN_DTYPE_U8 || (uint64_t)st->m != groups ||
+			       (uint64_t)st->k != tern_qh_group_bytes((tern_qh_type)t, d) ||
+			       st->raw_bytes != tern_plan_head_packed_bytes(lm, V, d),
+		       err, TERN_EFORMAT, "%s: %s LM head of %llu bytes (%d x %d), %d x %d needs %llu", path,
+		       tern_qh_name((tern_qh_type)t), (unsigned long long)st->raw_bytes, st->m, st->k, V, d,
+		       (unsigned long long)tern_plan_head_packed_bytes(lm, V, d));
+	*index = i;
+	*qh = t;
+	return 0;
 }
 
 static int validate(const Tern__V1__Plan *p, const char *nm, tern_err *err)
@@ -72,6 +116,8 @@ static int validate(const Tern__V1__Plan *p, const char *nm, tern_err *err)
 		       next - 1, hp.n_layer);
 	TERN_RETURN_IF(!p->coordinator || file_index(p, p->coordinator->shard) < 0, err, TERN_EFORMAT,
 		       "%s: the coordinator's shard is missing", nm);
+	TERN_RETURN_IF(p->coordinator->lm_head != TERN_PLAN_HEAD_STORED && tern_plan_head_qh(p->coordinator->lm_head) < 0,
+		       err, TERN_EFORMAT, "%s: unknown LM head format %d", nm, (int)p->coordinator->lm_head);
 	const Tern__V1__Tokenizer *t = p->tokenizer;
 	if (t && t->n_tokens) {
 		const int64_t n = (int64_t)t->n_tokens;
@@ -222,9 +268,13 @@ static int check_shard(const char *path, const Tern__V1__Plan *p, const Tern__V1
 		if (rc == 0 && tern_shard_n_tensors(sh) != (last - first + 1) * (TERN_ROLE_FFN_SUB_NORM + 1))
 			rc = TERN_ERR(err, TERN_EFORMAT, "%s: unexpected extra tensors", path);
 	} else {
+		int qi = -1, qt;
 		if (tern_shard_find(sh, TERN_ROLE_TOKEN_EMBD, -1) < 0 || tern_shard_find(sh, TERN_ROLE_OUTPUT_NORM, -1) < 0)
 			rc = TERN_ERR(err, TERN_EFORMAT, "%s: coordinator shard lacks embeddings or output norm", path);
-		else if (!p->hparams->tied_embeddings && tern_shard_find(sh, TERN_ROLE_OUTPUT, -1) < 0)
+		else
+			rc = tern_plan_packed_head(p, sh, path, &qi, &qt, err);
+		/* an untied model's head as stored, unless the packed head replaces it */
+		if (rc == 0 && !p->hparams->tied_embeddings && qi < 0 && tern_shard_find(sh, TERN_ROLE_OUTPUT, -1) < 0)
 			rc = TERN_ERR(err, TERN_EFORMAT, "%s: coordinator shard lacks the (untied) output head", path);
 	}
 	tern_shard_close(sh);

@@ -13,6 +13,7 @@
 #include <xxhash.h>
 
 #include "plan-internal.h"
+#include "tern-float.h"
 #include "tern-gguf.h"
 #include "tern-progress.h"
 #include "tern-shard.h"
@@ -82,12 +83,36 @@ fail:
 	return rc;
 }
 
+/* The packed quantized head of the dense matrix v (tern_qh_pack_rows, the
+ * layout the coordinator's head reads as it is), as role HEAD_PACKED. */
+static int write_packed_head(tern_shard_writer *w, const tern_dense_view *v, int lm_head, int n_embd, tern_err *err)
+{
+	const tern_qh_type t = (tern_qh_type)tern_plan_head_qh(lm_head);
+	const int dt = v->type == TERN_DTYPE_F32 ? TERN_DOT_F32 : v->type == TERN_DTYPE_F16 ? TERN_DOT_F16 : TERN_DOT_BF16;
+	const int groups = (int)((v->rows + TERN_QH_GROUP - 1) / TERN_QH_GROUP);
+	const size_t gb = tern_qh_group_bytes(t, n_embd);
+	TERN_RETURN_IF(gb > INT32_MAX, err, TERN_ERANGE, "LM head rows too wide to pack (%d)", n_embd);
+	uint8_t *q = tern_aligned_alloc(tern_qh_bytes(t, v->rows, n_embd), TERN_ALIGN);
+	float *scratch = malloc((size_t)TERN_QH_GROUP * (size_t)n_embd * sizeof(float));
+	int rc = 0;
+	if (!q || !scratch)
+		rc = TERN_ERR(err, TERN_ENOMEM, "out of memory for the %s LM head", tern_qh_name(t));
+	if (rc == 0) {
+		tern_qh_pack_rows(t, v->data, (tern_dot_type)dt, v->row_bytes, v->rows, n_embd, 0, groups, scratch, q);
+		rc = tern_shard_write_dense(w, TERN_ROLE_HEAD_PACKED, -1, TERN_DTYPE_U8, groups, (int)gb, q, err);
+	}
+	tern_aligned_free(q);
+	free(scratch);
+	return rc;
+}
+
 static int write_coord(tern_source *src, const tern_plan_opts *o, const char *path, int zlevel, tern_progress *pr,
 		       file_rec *rec, tern_err *err)
 {
 	const tern_hparams *hp = tern_source_hparams(src);
+	const int packed = tern_plan_head_qh(o->lm_head) >= 0;
 	tern_shard_writer *w;
-	TERN_FORWARD_IF_ERROR(tern_shard_writer_open(&w, path, 0, -1, -1, o->packing, 3, zlevel, err));
+	TERN_FORWARD_IF_ERROR(tern_shard_writer_open(&w, path, 0, -1, -1, o->packing, 4, zlevel, err));
 	tern_shard_writer_set_progress(w, pr);
 	float *norm = malloc(sizeof(float) * (size_t)hp->n_embd);
 	int rc = 0;
@@ -101,13 +126,25 @@ static int write_coord(tern_source *src, const tern_plan_opts *o, const char *pa
 		tern_dense_view v;
 		if ((rc = tern_source_dense(src, (tern_dense_kind)d, &v, err)) < 0)
 			goto fail;
-		if (tern_plan_embd_elem_bytes(v.type) == 0 || v.rows < 1 || v.cols < 1 || v.rows > INT32_MAX ||
-		    v.cols > INT32_MAX) {
-			rc = TERN_ERR(err, TERN_EUNSUP, "%s: %s stored as type %s, not F32/F16/BF16",
-				      tern_source_path(src), tern_dense_gguf((tern_dense_kind)d),
-				      tern_dtype_name(v.type));
+		if (tern_plan_embd_elem_bytes(v.type) == 0 || v.rows != hp->n_vocab || v.cols != hp->n_embd) {
+			rc = TERN_ERR(err, TERN_EUNSUP, "%s: %s stored as %s %lld x %lld, not F32/F16/BF16 %d x %d",
+				      tern_source_path(src), tern_dense_gguf((tern_dense_kind)d), tern_dtype_name(v.type),
+				      (long long)v.rows, (long long)v.cols, hp->n_vocab, hp->n_embd);
 			goto fail;
 		}
+		/* the head matrix: the embeddings when tied, the output matrix when not */
+		const int is_head = d == TERN_DENSE_OUTPUT || hp->tied_embeddings;
+		if (is_head && o->lm_head_f16 && v.type != TERN_DTYPE_F16) {
+			rc = TERN_ERR(err, TERN_EINVAL, "--lm-head f16: %s stores %s as %s (use --lm-head file)",
+				      tern_source_path(src), tern_dense_gguf((tern_dense_kind)d), tern_dtype_name(v.type));
+			goto fail;
+		}
+		if (is_head && packed && (rc = write_packed_head(w, &v, o->lm_head, hp->n_embd, err)) < 0)
+			goto fail;
+		/* the token lookup always reads token_embd; an untied output matrix
+		 * as stored only when no packed head replaces it */
+		if (d == TERN_DENSE_OUTPUT && packed)
+			break;
 		if ((rc =
 			 tern_shard_write_dense(w, d == TERN_DENSE_TOKEN_EMBD ? TERN_ROLE_TOKEN_EMBD : TERN_ROLE_OUTPUT,
 						-1, v.type, (int)v.rows, (int)v.cols, v.data, err)) < 0)
@@ -203,6 +240,7 @@ static int write_manifest(const char *dir, tern_source *src, const tern_plan_mod
 	co.shard = (char *)recs[S].name;
 	co.embd_type = tern_dtype_ggml(pm->embd_type);
 	co.stage_domain = (uint32_t)lay->coord_stage;
+	co.lm_head = (Tern__V1__LmHead)o->lm_head;
 
 	const tern_vocab *v = NULL;
 	tern_err verr;
@@ -304,6 +342,11 @@ int tern_plan_write(const char *model_path, const tern_plan_opts *o, const tern_
 	if ((rc = tern_source_dense(src, TERN_DENSE_TOKEN_EMBD, &ev, err)) < 0)
 		goto out;
 	pm.embd_type = ev.type;
+	if (o->lm_head != TERN_PLAN_HEAD_STORED && tern_plan_head_qh(o->lm_head) < 0) {
+		rc = TERN_ERR(err, TERN_EINVAL, "unknown LM head format %d", o->lm_head);
+		goto out;
+	}
+	pm.lm_head = o->lm_head;
 	const tern_vocab *v;
 	tern_err verr;
 	if (tern_source_vocab(src, &v, &verr) == 0) {
@@ -344,7 +387,7 @@ int tern_plan_write(const char *model_path, const tern_plan_opts *o, const tern_
 		rc = TERN_ERR(err, TERN_ENOMEM, "out of memory");
 		goto out;
 	}
-	uint64_t total = (uint64_t)ev.rows * ev.row_bytes * (pm.hp.tied_embeddings ? 1 : 2);
+	uint64_t total = lay.coord_weight_bytes;
 	for (int s = 0; s < S; s++)
 		total += lay.stages[s].weight_bytes;
 	tern_progress pr;

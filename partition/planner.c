@@ -72,9 +72,19 @@ static uint64_t embd_bytes(const tern_plan_model *m)
 	return (uint64_t)m->hp.n_vocab * (uint64_t)m->hp.n_embd * (uint64_t)tern_plan_embd_elem_bytes(m->embd_type);
 }
 
+/* The head the logits read: the packed head when the plan stores one, else
+ * the matrix as stored (the embeddings when tied, the output matrix when not). */
+static uint64_t head_bytes(const tern_plan_model *m)
+{
+	const uint64_t packed = tern_plan_head_packed_bytes(m->lm_head, m->hp.n_vocab, m->hp.n_embd);
+	return packed ? packed : embd_bytes(m);
+}
+
 uint64_t tern_plan_coord_weight_bytes(const tern_plan_model *m)
 {
-	return embd_bytes(m) * (m->hp.tied_embeddings ? 1 : 2) + (uint64_t)m->hp.n_embd * sizeof(float);
+	/* token_embd always (the lookup); a head of its own unless tied and stored */
+	const int own_head = !m->hp.tied_embeddings || tern_plan_head_qh(m->lm_head) >= 0;
+	return embd_bytes(m) + (own_head ? head_bytes(m) : 0) + (uint64_t)m->hp.n_embd * sizeof(float);
 }
 
 uint64_t tern_plan_coord_work_bytes(const tern_plan_model *m, const tern_plan_opts *o)
@@ -87,8 +97,8 @@ uint64_t tern_plan_coord_work_bytes(const tern_plan_model *m, const tern_plan_op
 
 uint64_t tern_plan_coord_token_bytes(const tern_plan_model *m)
 {
-	/* the head (the embedding matrix when tied) is read whole for every token */
-	return embd_bytes(m) + (uint64_t)m->hp.n_embd * (sizeof(float) + (uint64_t)tern_plan_embd_elem_bytes(m->embd_type));
+	/* the head is read whole for every token, plus one embedding row and the norm */
+	return head_bytes(m) + (uint64_t)m->hp.n_embd * (sizeof(float) + (uint64_t)tern_plan_embd_elem_bytes(m->embd_type));
 }
 
 void tern_plan_layout_free(tern_plan_layout *l)

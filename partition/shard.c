@@ -35,6 +35,7 @@ const char *tern_shard_role_name(tern_shard_role r)
 	case TERN_ROLE_TOKEN_EMBD: return tern_dense_gguf(TERN_DENSE_TOKEN_EMBD);
 	case TERN_ROLE_OUTPUT_NORM: return tern_norm_name(TERN_NORM_OUTPUT);
 	case TERN_ROLE_OUTPUT: return tern_dense_gguf(TERN_DENSE_OUTPUT);
+	case TERN_ROLE_HEAD_PACKED: return "output_packed";
 	default: return "?";
 	}
 }
@@ -274,7 +275,8 @@ int tern_shard_write_dense(tern_shard_writer *w, tern_shard_role role, int layer
 {
 	TERN_RETURN_IF(role < TERN_ROLE_ATTN_NORM || role >= TERN_ROLE_COUNT, err, TERN_EINVAL,
 		       "role %d is not a dense tensor", (int)role);
-	const int dense = tern_dtype_shard(dtype) != UINT32_MAX && dtype != TERN_DTYPE_TERNARY;
+	const int dense = tern_dtype_shard(dtype) != UINT32_MAX && dtype != TERN_DTYPE_TERNARY &&
+			  (role == TERN_ROLE_HEAD_PACKED) == (dtype == TERN_DTYPE_U8);
 	TERN_RETURN_IF(!dense || m < 1 || k < 1 || m > MAX_ROWS || k > MAX_COLS, err, TERN_EINVAL,
 		       "%s: bad dense tensor %s (%dx%d, dtype %s)", w->path, tern_shard_role_name(role), m, k,
 		       tern_dtype_name(dtype));
@@ -451,8 +453,9 @@ static int parse(tern_shard *sh, tern_err *err)
 		TERN_RETURN_IF(m < 1 || m > MAX_ROWS || k < 1 || k > MAX_COLS, err, TERN_ERANGE,
 			       "%s: tensor '%s': absurd shape %ux%u", nm, t->name, m, k);
 		const int proj = t->role < TERN_SHARD_N_PROJ;
-		TERN_RETURN_IF(proj != (t->dtype == TERN_DTYPE_TERNARY), err, TERN_EFORMAT,
-			       "%s: tensor '%s': role and type disagree", nm, t->name);
+		TERN_RETURN_IF(proj != (t->dtype == TERN_DTYPE_TERNARY) ||
+				       (t->role == TERN_ROLE_HEAD_PACKED) != (t->dtype == TERN_DTYPE_U8),
+			       err, TERN_EFORMAT, "%s: tensor '%s': role and type disagree", nm, t->name);
 		const int global = t->role >= TERN_ROLE_TOKEN_EMBD;
 		TERN_RETURN_IF(global ? t->layer != -1 : (t->layer < first || t->layer > last || stage == 0), err,
 			       TERN_EFORMAT, "%s: tensor '%s': layer %d outside the shard's range", nm, t->name, t->layer);

@@ -70,10 +70,24 @@ void tern_cluster_free(tern_cluster *c);
 
 /* ---- what is planned ---------------------------------------------------- */
 
+/* The LM head a plan stores (plan.proto LmHead; coordinator/gen's
+ * tern_head_format has the same numbers): the head matrix as the model
+ * stores it, or packed quantized (kernels/tern-float.h tern_qh_*) in the
+ * coordinator's shard as role TERN_ROLE_HEAD_PACKED. */
+#define TERN_PLAN_HEAD_STORED 0
+#define TERN_PLAN_HEAD_Q8 1
+#define TERN_PLAN_HEAD_Q4 2
+/* The kernels' tern_qh_type of a packed plan head; -1 for STORED or unknown. */
+int tern_plan_head_qh(int lm_head);
+/* Bytes of a packed head of n_vocab x n_embd in that format (tern_qh_bytes);
+ * 0 for STORED or unknown. */
+uint64_t tern_plan_head_packed_bytes(int lm_head, int n_vocab, int n_embd);
+
 typedef struct tern_plan_model {
 	tern_hparams hp;
 	tern_dtype embd_type;     /* token embedding as stored: F32, F16 or BF16 (the manifest keeps its GGUF code) */
 	uint64_t tokenizer_bytes; /* coordinator memory for tokenizer tables; 0 = estimate from n_vocab */
+	int lm_head;              /* TERN_PLAN_HEAD_*: the head the coordinator reads per token */
 } tern_plan_model;
 
 typedef struct tern_plan_opts {
@@ -83,6 +97,8 @@ typedef struct tern_plan_opts {
 	int n_ctx;            /* context per sequence (default min(4096, n_ctx_train)) */
 	int work_tokens;      /* largest micro-batch / prefill chunk in tokens (default 128) */
 	int kv_type;          /* KV cache element type, tern_kv_type_ok (default TERN_KV_TYPE_DEFAULT, f16) */
+	int lm_head;          /* TERN_PLAN_HEAD_*: the LM head stored in the coordinator's shard (default STORED) */
+	int lm_head_f16;      /* refuse a head matrix not stored as F16 (--lm-head f16) */
 } tern_plan_opts;
 
 /* Fills defaults for hp (TL2, per tensor, 4 x min(4096, n_ctx_train), 128, f16 KV). */
@@ -100,7 +116,8 @@ uint64_t tern_plan_layer_weight_bytes(const tern_hparams *hp, const tern_plan_op
 uint64_t tern_plan_layer_kv_bytes(const tern_hparams *hp, const tern_plan_opts *o);
 uint64_t tern_plan_layer_token_bytes(const tern_hparams *hp, const tern_plan_opts *o);
 uint64_t tern_plan_stage_work_bytes(const tern_hparams *hp, const tern_plan_opts *o);
-/* Coordinator: embeddings (+ untied head) + output norm; logits + tokenizer; head read per token. */
+/* Coordinator: embeddings (+ the untied head as stored, + the packed head) + output norm; logits + tokenizer;
+ * head read per token (the packed head's real bytes when the plan stores one) + one embedding row + the norm. */
 uint64_t tern_plan_coord_weight_bytes(const tern_plan_model *m);
 uint64_t tern_plan_coord_work_bytes(const tern_plan_model *m, const tern_plan_opts *o);
 uint64_t tern_plan_coord_token_bytes(const tern_plan_model *m);
@@ -164,6 +181,15 @@ int tern_plan_manifest_decode(tern_plan_manifest **out, const uint8_t *buf, size
 			      tern_err *err);
 /* The manifest's hyper-parameters as tern_hparams (validated). */
 int tern_plan_manifest_hparams(const tern_plan_manifest *p, tern_hparams *hp, tern_err *err);
+/* The packed LM head of a plan in its coordinator shard sh (path for
+ * messages): with Coordinator.lm_head Q8/Q4, the TERN_ROLE_HEAD_PACKED
+ * tensor's dtype, shape and byte size are checked against n_vocab x n_embd
+ * in that format before anything is read; *index = the tensor, *qh = its
+ * tern_qh_type. With STORED, *index = *qh = -1 and such a tensor is an error.
+ * TERN_EFORMAT (one line, naming the file) for any mismatch or unknown format. */
+struct tern_shard;
+int tern_plan_packed_head(const tern_plan_manifest *p, const struct tern_shard *sh, const char *path, int *index,
+			  int *qh, tern_err *err);
 /* Reads dir/plan.pb and decodes it. */
 int tern_plan_manifest_read(tern_plan_manifest **out, const char *dir, tern_err *err);
 void tern_plan_manifest_free(tern_plan_manifest *p);

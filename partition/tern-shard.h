@@ -1,7 +1,8 @@
 /* tern-shard.h: one shard file of a plan directory: the weights of one
  * pipeline stage (its layers' projections already packed in the kernel
  * layout, with their own per-group scales, and f32 norms), or the
- * coordinator's part (token embeddings as stored, output norm, untied head).
+ * coordinator's part (token embeddings as stored, output norm, untied head,
+ * and optionally the packed quantized LM head).
  *
  * Container (all integers little-endian; version 1):
  *
@@ -18,7 +19,7 @@
  *    56  u64 xxh64 of the index bytes
  *   index, n_tensors entries of 128 bytes:
  *     0  char[48] name, NUL-terminated ("blk.3.attn_q.weight")
- *    48  u16 role (tern_shard_role), 50 u16 dtype (0 ternary, 1 f32, 2 f16, 3 bf16: tern_dtype_shard)
+ *    48  u16 role (tern_shard_role), 50 u16 dtype (0 ternary, 1 f32, 2 f16, 3 bf16, 4 u8: tern_dtype_shard)
  *    52  i32 layer (-1 for global tensors)
  *    56  u32 packing, 60 u32 m (rows), 64 u32 k (columns; 1 for vectors)
  *    68  u32 k_pad, 72 u32 m_pad (as tern_matrix_pack set them; 0 if not ternary)
@@ -63,6 +64,10 @@ typedef enum {
 	TERN_ROLE_TOKEN_EMBD = 11,
 	TERN_ROLE_OUTPUT_NORM = 12,
 	TERN_ROLE_OUTPUT = 13, /* untied LM head */
+	/* The LM head packed in kernels/'s quantized layout (tern-float.h,
+	 * tern_qh_*), format in the manifest (plan.proto Coordinator.lm_head):
+	 * dtype u8, m = ceil(n_vocab / 16) row groups, k = tern_qh_group_bytes. */
+	TERN_ROLE_HEAD_PACKED = 14,
 	TERN_ROLE_COUNT
 } tern_shard_role;
 #define TERN_SHARD_N_PROJ 7 /* roles 0..6 are the ternary projections */

@@ -221,7 +221,7 @@ int main(int argc, char **argv)
 	for (int i = 0; i < hp.n_embd; i++)
 		onorm[i] = 1.0f;
 	const tern_head_config hc = {hp.n_vocab, hp.n_embd, TERN_DTYPE_F16, emb, 0, onorm, hp.norm_eps, TERN_ISA_AUTO,
-				     TERN_HEAD_FILE, NULL};
+				     TERN_HEAD_FILE, NULL, TERN_DTYPE_NONE, NULL, 0, 0};
 	/* one head per format, all reading the same F16 matrix */
 	tern_head *heads[TERN_HEAD_FORMAT_COUNT] = {NULL};
 	{

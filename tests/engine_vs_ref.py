@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """engine_vs_ref.py: tern-run against the independent numpy reference (tests/ref/bitnet_ref.py).
 
-For each synthetic model (written by tests/ref/make_model.py and by tern-partition synth):
+For each synthetic model (written by tests/ref/make_model.py and by tern-partition synth; one of
+them untied, its LM head its own output.weight):
 the reference computes the logits of a 32-token prompt and 32 greedy tokens (63 rows: every
 prompt position and every fed generated token); tern-run does the same with --temp 0
 --dump-logits for every packing (tl2, i2_s, tl1) and every kernel ISA this CPU has. It passes when
@@ -165,6 +166,11 @@ def main():
         run(make + ["--out", p, "--n-embd", "256", "--n-head", "4", "--n-head-kv", "2", "--n-ff", "512",
                     "--vocab", "300", "--layers", "2", "--seed", "7"])
         models.append(("tiny", p, None, True))
+        # an untied model: the logits read output.weight, the lookup token_embd
+        p = os.path.join(work, "untied.gguf")
+        run(make + ["--out", p, "--n-embd", "256", "--n-head", "4", "--n-head-kv", "2", "--n-ff", "512",
+                    "--vocab", "300", "--layers", "2", "--seed", "9", "--untied"])
+        models.append(("untied", p, None, False))
         p = os.path.join(work, "w700m.gguf")
         run(make + ["--out", p, "--preset", "700m", "--layers", "1", "--seed", "3"])
         models.append(("w700m", p, None, a.full))

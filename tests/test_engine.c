@@ -196,7 +196,7 @@ static int tmodel_init(tmodel *m, uint64_t seed)
 	for (int i = 0; i < m->hp.n_embd; i++)
 		m->onorm[i] = rng_f(0.8f, 1.2f);
 	tern_head_config hc = {m->hp.n_vocab, m->hp.n_embd,   TERN_DTYPE_F16, m->emb, 0,
-			       m->onorm,      m->hp.norm_eps, TERN_ISA_AUTO, TERN_HEAD_FILE, NULL};
+			       m->onorm,      m->hp.norm_eps, TERN_ISA_AUTO, TERN_HEAD_FILE, NULL, TERN_DTYPE_NONE, NULL, 0, 0};
 	return tern_head_create(&hc, &m->head, NULL);
 }
 
@@ -752,7 +752,7 @@ static void test_head(void)
 				TT_NOTE_SKIP("head %s", tern_isa_name((tern_isa)isa));
 				continue;
 			}
-			tern_head_config hc = {V, D, (tern_dtype)dt, embs[dt], 0, norm, 1e-5f, (tern_isa)isa, TERN_HEAD_FILE, NULL};
+			tern_head_config hc = {V, D, (tern_dtype)dt, embs[dt], 0, norm, 1e-5f, (tern_isa)isa, TERN_HEAD_FILE, NULL, TERN_DTYPE_NONE, NULL, 0, 0};
 			tern_head *h;
 			TT_REQUIRE(tern_head_create(&hc, &h, NULL) == 0);
 			float *dst = first ? lg[dt] : lg1;
@@ -809,11 +809,40 @@ static void test_head(void)
 		}
 		TT_CHECKF(worst < 1e-6, "dtype %d: worst error %g of sum |terms|", dt, worst);
 	}
+	/* Untied: the logits read the output matrix (here e32), the lookup the
+	 * embeddings (eb16): the logits are the tied F32 head's (checked against
+	 * double above) bit for bit, the lookup converts eb16's rows, and the
+	 * quantized head packs the output matrix, not the embeddings. */
+	{
+		tern_head_config uc = {V, D, TERN_DTYPE_BF16, eb16, 0, norm, 1e-5f, TERN_ISA_AUTO, TERN_HEAD_FILE, NULL,
+				       TERN_DTYPE_F32, e32, 0, 0};
+		const tern_head_config tc = {V, D, TERN_DTYPE_F32, e32, 0, norm, 1e-5f, TERN_ISA_AUTO, TERN_HEAD_FILE, NULL,
+					     TERN_DTYPE_NONE, NULL, 0, 0};
+		tern_head *u, *t;
+		TT_REQUIRE(tern_head_create(&uc, &u, NULL) == 0 && tern_head_create(&tc, &t, NULL) == 0);
+		TT_REQUIRE(tern_head_logits(u, pool, hid, NB, lg1, NULL) == 0);
+		TT_CHECK(memcmp(lg1, lg[0], sizeof lg1) == 0);
+		TT_EQ_INT((int)tern_head_bytes(u), V * D * 4);
+		float row[D];
+		const int32_t tok = 11;
+		TT_REQUIRE(tern_head_embed(u, &tok, 1, row, NULL) == 0);
+		TT_CHECK(row[7] == tern_bf16_to_f32(eb16[11 * D + 7]) && row[7] != e32[11 * D + 7]);
+		TT_REQUIRE(tern_head_quantize(u, TERN_HEAD_Q8, pool, NULL) == 0 &&
+			   tern_head_quantize(t, TERN_HEAD_Q8, NULL, NULL) == 0);
+		size_t nu, nt;
+		const void *pu = tern_head_packed(u, &nu), *pt = tern_head_packed(t, &nt);
+		TT_CHECK(nu == nt && nu > 0 && memcmp(pu, pt, nu) == 0);
+		uc.head_dtype = TERN_DTYPE_I8;
+		tern_head *bad;
+		TT_EQ_INT(tern_head_create(&uc, &bad, NULL), TERN_EINVAL);
+		tern_head_free(u);
+		tern_head_free(t);
+	}
 	/* known F16 encodings */
 	const uint16_t codes[5] = {0x3c00, 0xc000, 0x0001, 0x7bff, 0x8000};
 	const float vals[5] = {1.0f, -2.0f, 0x1p-24f, 65504.0f, -0.0f};
 	float nrm1[5] = {1, 1, 1, 1, 1};
-	tern_head_config hc = {5, 1, TERN_DTYPE_F16, codes, 0, nrm1, 1e-5f, TERN_ISA_AUTO, TERN_HEAD_FILE, NULL};
+	tern_head_config hc = {5, 1, TERN_DTYPE_F16, codes, 0, nrm1, 1e-5f, TERN_ISA_AUTO, TERN_HEAD_FILE, NULL, TERN_DTYPE_NONE, NULL, 0, 0};
 	tern_head *h;
 	TT_REQUIRE(tern_head_create(&hc, &h, NULL) == 0);
 	TT_EQ_INT(tern_head_isa(h), tern_isa_default()); /* AUTO follows TERN_KERNEL like the layers */
@@ -853,7 +882,7 @@ static void test_head_quantized(void)
 				TT_NOTE_SKIP("head %s", tern_isa_name((tern_isa)isa));
 				continue;
 			}
-			tern_head_config hc = {V, D, TERN_DTYPE_F16, e16, 0, norm, 1e-5f, (tern_isa)isa, TERN_HEAD_FILE, NULL};
+			tern_head_config hc = {V, D, TERN_DTYPE_F16, e16, 0, norm, 1e-5f, (tern_isa)isa, TERN_HEAD_FILE, NULL, TERN_DTYPE_NONE, NULL, 0, 0};
 			tern_head *h;
 			TT_REQUIRE(tern_head_create(&hc, &h, NULL) == 0);
 			const uint64_t b16 = tern_head_bytes(h);

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "plan.pb-c.h"
+#include "tern-float.h"
 #include "tern-gguf.h"
 #include "tern-plan.h"
 #include "tern-shard.h"
@@ -782,6 +783,102 @@ static void test_group_scales_full_precision(void)
 	tt_rm_rf(dir);
 }
 
+/* Rewrites dir's manifest with Coordinator.lm_head = lm (a damaged plan). */
+static void set_manifest_lm_head(const char *dir, int lm)
+{
+	tern_err err = {0};
+	tern_plan_manifest *p;
+	TT_REQUIRE(tern_plan_manifest_read(&p, dir, &err) == 0);
+	p->coordinator->lm_head = (Tern__V1__LmHead)lm;
+	const size_t len = tern__v1__plan__get_packed_size(p);
+	uint8_t *buf = malloc(len);
+	TT_REQUIRE(buf);
+	tern__v1__plan__pack(p, buf);
+	char path[512];
+	snprintf(path, sizeof path, "%s/%s", dir, TERN_PLAN_MANIFEST);
+	FILE *f = fopen(path, "wb");
+	TT_REQUIRE(f && fwrite(buf, 1, len, f) == len && fclose(f) == 0);
+	free(buf);
+	tern_plan_manifest_free(p);
+}
+
+/* The packed LM head stored in the plan (--lm-head q8), on the untied model
+ * (BF16 token_embd, F16 output.weight): the coordinator's shard holds the
+ * output matrix packed exactly as kernels/'s tern_qh_pack_rows packs it, the
+ * BF16 token_embd for the lookup and no F16 output matrix; the manifest says
+ * q8 and the planner counts the packed head's bytes. A manifest whose format
+ * is unknown, or names a format whose size the shard's tensor does not have,
+ * or names none while the shard has one, is a one-line error. */
+static void test_packed_head(void)
+{
+	tern_hparams hp;
+	const char *gguf = tt_tmp("fpq.gguf");
+	write_fp_gguf(gguf, &hp);
+	tern_cluster c;
+	tern_err err = {0};
+	TT_REQUIRE(tern_cluster_uniform(&c, "box", 2, 8ull << 30, 2, &err) == 0);
+	tern_plan_opts o;
+	tern_plan_opts_default(&o, &hp);
+	TT_EQ_INT(o.lm_head, TERN_PLAN_HEAD_STORED);
+	o.lm_head = TERN_PLAN_HEAD_Q8;
+	o.lm_head_f16 = 1; /* output.weight is F16: accepted */
+	const char *dir = tt_tmp("plan-q8");
+	TT_REQUIRE(tern_plan_write(gguf, &o, &c, dir, 1, 0, NULL, &err) == 0);
+	TT_CHECKF(tern_plan_verify(dir, 0, &err) == 0, "%s", err.msg);
+	const uint64_t qbytes = tern_qh_bytes(TERN_QH_Q8, 300, 256);
+	TT_EQ_INT((long long)tern_plan_head_packed_bytes(TERN_PLAN_HEAD_Q8, 300, 256), (long long)qbytes);
+	TT_EQ_INT((long long)qbytes, 19 * (512 + 32) * 8); /* 19 groups of 16 rows, 8 blocks of 32 */
+	tern_plan_manifest *p;
+	TT_REQUIRE(tern_plan_manifest_read(&p, dir, &err) == 0);
+	TT_EQ_INT(p->coordinator->lm_head, TERN_PLAN_HEAD_Q8);
+	/* per token: the packed head, one BF16 embedding row and the f32 norm */
+	TT_EQ_INT((long long)p->coordinator->token_bytes, (long long)(qbytes + 256 * (4 + 2)));
+	TT_EQ_INT((long long)p->coordinator->weight_bytes, (long long)(qbytes + 300 * 256 * 2 + 256 * 4));
+	char cpath[512];
+	snprintf(cpath, sizeof cpath, "%s/%s", dir, p->coordinator->shard);
+	tern_shard *cs;
+	TT_REQUIRE(tern_shard_open(&cs, cpath, NULL, &err) == 0);
+	TT_CHECK(tern_shard_find(cs, TERN_ROLE_OUTPUT, -1) < 0);
+	const int ie = tern_shard_find(cs, TERN_ROLE_TOKEN_EMBD, -1), iq = tern_shard_find(cs, TERN_ROLE_HEAD_PACKED, -1);
+	TT_REQUIRE(ie >= 0 && iq >= 0);
+	TT_EQ_INT(tern_shard_tensor_at(cs, ie)->dtype, TERN_DTYPE_BF16);
+	const tern_shard_tensor *tq = tern_shard_tensor_at(cs, iq);
+	TT_CHECK(tq->dtype == TERN_DTYPE_U8 && tq->m == 19 && tq->k == (512 + 32) * 8 && tq->raw_bytes == qbytes);
+	int qi, qt;
+	TT_REQUIRE(tern_plan_packed_head(p, cs, cpath, &qi, &qt, &err) == 0);
+	TT_CHECK(qi == iq && qt == TERN_QH_Q8);
+	uint8_t *got = malloc(qbytes), *want = malloc(qbytes);
+	float *scratch = malloc(sizeof(float) * 16 * 256);
+	TT_REQUIRE(got && want && scratch && tern_shard_read_tensor(cs, iq, got, qbytes, NULL, &err) == 0);
+	tern_source *src;
+	TT_REQUIRE(tern_source_open(&src, gguf, &err) == 0);
+	tern_dense_view v;
+	TT_REQUIRE(tern_source_dense(src, TERN_DENSE_OUTPUT, &v, &err) == 0 && v.type == TERN_DTYPE_F16);
+	tern_qh_pack_rows(TERN_QH_Q8, v.data, TERN_DOT_F16, v.row_bytes, 300, 256, 0, 19, scratch, want);
+	TT_CHECK(memcmp(got, want, qbytes) == 0);
+	tern_source_close(src);
+	free(got);
+	free(want);
+	free(scratch);
+	tern_shard_close(cs);
+	tern_plan_manifest_free(p);
+
+	/* damaged manifests: unknown format, a format whose size differs, none */
+	set_manifest_lm_head(dir, TERN_PLAN_HEAD_Q4);
+	TT_EQ_INT(tern_plan_verify(dir, 0, &err), TERN_EFORMAT);
+	TT_CHECKF(strstr(err.msg, "coord.shard: q4 LM head of") != NULL && strchr(err.msg, '\n') == NULL, "%s",
+		  err.msg);
+	set_manifest_lm_head(dir, TERN_PLAN_HEAD_STORED);
+	TT_EQ_INT(tern_plan_verify(dir, 0, &err), TERN_EFORMAT);
+	TT_CHECKF(strstr(err.msg, "a packed LM head the manifest does not name") != NULL, "%s", err.msg);
+	set_manifest_lm_head(dir, 7); /* last: the manifest no longer decodes */
+	TT_EQ_INT(tern_plan_manifest_read(&p, dir, &err), TERN_EFORMAT);
+	TT_CHECKF(strstr(err.msg, "unknown LM head format 7") != NULL, "%s", err.msg);
+	tt_rm_rf(dir);
+
+	tern_cluster_free(&c);
+}
+
 /* An allocator that fails after a budget of allocations: every failure
  * point must give ENOMEM and release what was allocated (ASan checks). */
 typedef struct {
@@ -921,4 +1018,4 @@ static void test_damage(void)
 TT_MAIN(TT_CASE(test_balance_even), TT_CASE(test_optimal_vs_brute), TT_CASE(test_memory_refusal_exact),
 	TT_CASE(test_hosts_parse), TT_CASE(test_hosts_errors), TT_CASE(test_dry_run_100b),
 	TT_CASE(test_roundtrip_2b4t_width), TT_CASE(test_roundtrip_packings), TT_CASE(test_group_scales_full_precision),
-	TT_CASE(test_alloc_failure), TT_CASE(test_damage))
+	TT_CASE(test_packed_head), TT_CASE(test_alloc_failure), TT_CASE(test_damage))

@@ -41,6 +41,11 @@ grep -q "bad.yaml:4: domain without 'cores'" "$T/bad.txt" || fail "hosts error: 
 "$B" verify "$T/plan" > /dev/null || fail "verify of a good plan"
 
 [ -f "$T/plan/stage-003.shard" ] || fail "--stages=3 not taken"
+# the packed LM head stored in the plan verifies; a bad format is a one-line error
+"$B" "$T/m.gguf" --stages 2 --lm-head q8 --no-progress -o "$T/plan-q8" > /dev/null 2>&1 || fail "--lm-head q8"
+"$B" verify "$T/plan-q8" > /dev/null || fail "verify of a q8-head plan"
+"$B" "$T/m.gguf" --stages 2 --lm-head q9 -o "$T/p3" > "$T/bad.txt" 2>&1
+[ $? = 2 ] && grep -q "bad value 'q9' for --lm-head: expected file, f16, q8 or q4" "$T/bad.txt" || fail "--lm-head q9: $(cat "$T/bad.txt")"
 
 # bad command lines: one error line + a --help hint, exit 2
 "$B" "$T/m.gguf" --stages=3 --zstd-level=99 -o "$T/p2" > "$T/bad.txt" 2>&1

@@ -33,7 +33,7 @@ typedef struct coord_opts {
 	int isa;
 	int kv_type; /* KV cache element type, every stage's (tern_kv_type_parse) */
 	int slots, ctx, max_rows, chunk, threads, head_threads, queue, max_tokens, max_conns;
-	int lm_head; /* tern_head_format */
+	int lm_head; /* tern_head_format; -1: the model's (a file's precision, a plan's stored head) */
 	double stall, drain;
 	const char *listen, *tls_cert, *tls_key, *token_file;
 	const char *batch_in, *batch_out;
@@ -55,7 +55,9 @@ static void usage(FILE *f)
 		"  -t, --threads N         kernel threads per stage (default: its NUMA domain's cores)\n"
 		"  --head-threads N        LM head threads on the coordinator (default: all CPUs)\n"
 		"  --lm-head file|q8|q4    LM head precision: the file's (default) or quantized, as tern-run\n"
-		"                          --lm-head (the same logits bit for bit)\n"
+		"                          --lm-head (the same logits bit for bit); a plan's default is the\n"
+		"                          head it stores (tern-partition --lm-head), another format is\n"
+		"                          quantized from its full-precision matrix at load\n"
 		"  --queue N               requests that may wait for a slot (default 64)\n"
 		"  -n, --max-tokens N      default max_tokens of a request (default 256)\n"
 		"  --stall-timeout S       a pipeline silent this long is dead (default 8)\n"
@@ -126,6 +128,7 @@ static int parse_args(int argc, char **argv, coord_opts *o)
 	o->slots = 16;
 	o->max_rows = 256;
 	o->chunk = 64;
+	o->lm_head = -1;
 	o->head_threads = tern_cpu_count();
 	if (o->head_threads < 1)
 		o->head_threads = 1;
@@ -467,7 +470,7 @@ int main(int argc, char **argv)
 		goto fail;
 	tern_tokenizer *tok = model->tok;
 	tern_head *head = model->head;
-	if (tern_head_quantize(head, (tern_head_format)o.lm_head, head_pool, &err) < 0)
+	if (o.lm_head >= 0 && tern_head_quantize(head, (tern_head_format)o.lm_head, head_pool, &err) < 0)
 		goto fail;
 	tern_sched_config sc = {
 		.n_embd = hp->n_embd,

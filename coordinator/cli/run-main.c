@@ -409,10 +409,12 @@ static int run(run_state *s, tern_err *err)
 	TERN_FORWARD_IF_ERROR(tern_engine_create(&s->layers, &ec, &s->eng, err));
 	TERN_FORWARD_IF_ERROR(tern_head_from_source(s->src, TERN_ISA_AUTO, &s->head, err));
 	if (o->head_f16) {
+		/* the head matrix: token_embd when tied, the output matrix when not */
+		const tern_dense_kind hk = hp.tied_embeddings ? TERN_DENSE_TOKEN_EMBD : TERN_DENSE_OUTPUT;
 		tern_dense_view te;
-		TERN_FORWARD_IF_ERROR(tern_source_dense(s->src, TERN_DENSE_TOKEN_EMBD, &te, err));
+		TERN_FORWARD_IF_ERROR(tern_source_dense(s->src, hk, &te, err));
 		TERN_RETURN_IF(te.type != TERN_DTYPE_F16, err, TERN_EINVAL,
-			       "--lm-head f16: %s stores token_embd as %s (use --lm-head file)", o->model,
+			       "--lm-head f16: %s stores %s as %s (use --lm-head file)", o->model, tern_dense_gguf(hk),
 			       tern_dtype_name(te.type));
 	}
 	TERN_FORWARD_IF_ERROR(tern_head_quantize(s->head, (tern_head_format)o->head_fmt, s->pool, err));

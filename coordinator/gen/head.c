@@ -1,7 +1,8 @@
-/* head.c: token embeddings, final RMSNorm and the tied LM head (tern-head.h).
+/* head.c: token embeddings, final RMSNorm and the LM head (tern-head.h):
+ * the embedding matrix when tied, the output matrix when not.
  *
- * The LM head reads the whole embedding matrix per call (657 MB for the 2b4t
- * shape in F16): it is the largest single read of a decode step. Its dot
+ * The LM head reads its whole matrix per call (657 MB for the 2b4t shape in
+ * F16): it is the largest single read of a decode step. Its dot
  * products, the final RMSNorm and the element conversions are kernels/'s
  * float kernels (tern-float.h) of the ISA chosen at creation: every ISA
  * computes the same logits bit for bit. A quantized head (Q8/Q4) reads its
@@ -20,6 +21,11 @@ struct tern_head {
 	tern_dot_type dot;            /* cfg.dtype as the dot kernels name it */
 	const tern_float_kernels *fk; /* the ISA's float kernels */
 	size_t elem; /* bytes per element */
+	/* the matrix the logits read: cfg.head (untied) or cfg.emb (tied) */
+	tern_dot_type hdot;
+	size_t helem;
+	const void *hw; /* (n_vocab, hrow) */
+	size_t hrow;
 	float *norm; /* (n_embd) copy of the final norm weight */
 	float *xn;   /* (cap, n_embd) normed rows */
 	int cap;
@@ -63,11 +69,17 @@ int tern_head_create(const tern_head_config *cfg, tern_head **out, tern_err *err
 		       "head: bad shape %d x %d", cfg->n_vocab, cfg->n_embd);
 	TERN_RETURN_IF(cfg->qhead && cfg->qformat != TERN_HEAD_Q8 && cfg->qformat != TERN_HEAD_Q4, err, TERN_EINVAL,
 		       "head: packed LM head of unknown format %d", (int)cfg->qformat);
-	const int dot = dot_type(cfg->dtype);
+	TERN_RETURN_IF(cfg->packed_only && (!cfg->qhead || cfg->head), err, TERN_EINVAL,
+		       "head: a packed-only LM head needs the packed head and no head matrix");
+	const int dot = dot_type(cfg->dtype), hdot = cfg->head ? dot_type(cfg->head_dtype) : dot;
 	TERN_RETURN_IF(dot < 0, err, TERN_EINVAL, "head: unsupported embedding type %d", (int)cfg->dtype);
-	const size_t elem = dot == TERN_DOT_F32 ? 4 : 2;
+	TERN_RETURN_IF(hdot < 0, err, TERN_EINVAL, "head: unsupported output matrix type %d", (int)cfg->head_dtype);
+	const size_t elem = dot == TERN_DOT_F32 ? 4 : 2, helem = hdot == TERN_DOT_F32 ? 4 : 2;
 	TERN_RETURN_IF(cfg->row_bytes && cfg->row_bytes < elem * (size_t)cfg->n_embd, err, TERN_EINVAL,
 		       "head: row stride %zu below a row of %d elements", cfg->row_bytes, cfg->n_embd);
+	TERN_RETURN_IF(cfg->head && cfg->head_row_bytes && cfg->head_row_bytes < helem * (size_t)cfg->n_embd, err,
+		       TERN_EINVAL, "head: output row stride %zu below a row of %d elements", cfg->head_row_bytes,
+		       cfg->n_embd);
 	const tern_float_kernels *fk = tern_float_kernels_get(cfg->isa);
 	TERN_RETURN_IF(!fk, err, TERN_EINVAL, "head: kernel ISA %s not available here", tern_isa_name(cfg->isa));
 	tern_head *h = calloc(1, sizeof *h);
@@ -78,6 +90,10 @@ int tern_head_create(const tern_head_config *cfg, tern_head **out, tern_err *err
 	h->elem = elem;
 	if (!h->cfg.row_bytes)
 		h->cfg.row_bytes = elem * (size_t)cfg->n_embd;
+	h->hdot = (tern_dot_type)hdot;
+	h->helem = helem;
+	h->hw = cfg->head ? cfg->head : cfg->emb;
+	h->hrow = !cfg->head ? h->cfg.row_bytes : cfg->head_row_bytes ? cfg->head_row_bytes : helem * (size_t)cfg->n_embd;
 	h->norm = tern_aligned_alloc((size_t)cfg->n_embd * sizeof(float), TERN_ALIGN);
 	if (!h->norm) {
 		free(h);
@@ -111,7 +127,7 @@ uint64_t tern_head_bytes(const tern_head *h)
 {
 	if (h->use_q)
 		return tern_qh_bytes(qh_type(h->qfmt), h->cfg.n_vocab, h->cfg.n_embd);
-	return (uint64_t)h->cfg.n_vocab * h->elem * (uint64_t)h->cfg.n_embd;
+	return (uint64_t)h->cfg.n_vocab * h->helem * (uint64_t)h->cfg.n_embd;
 }
 
 static const uint8_t *emb_row(const tern_head *h, int64_t v)
@@ -155,7 +171,7 @@ static void logits_run(void *ctx, int tid, int nth)
 		return;
 	}
 	const int v0 = (int)((int64_t)V * tid / nth), v1 = (int)((int64_t)V * (tid + 1) / nth);
-	const tern_dot_args a = {h->dot, h->cfg.emb, h->cfg.row_bytes, NULL, d, h->xn, (size_t)d, job->n, job->logits, (size_t)V};
+	const tern_dot_args a = {h->hdot, h->hw, h->hrow, NULL, d, h->xn, (size_t)d, job->n, job->logits, (size_t)V};
 	if (v0 < v1)
 		h->fk->dot_rows(&a, v0, v1);
 }
@@ -217,20 +233,16 @@ static void pack_run(void *ctx, int tid, int nth)
 		__atomic_store_n(&job->failed, 1, __ATOMIC_RELAXED);
 		return;
 	}
-	for (int g = g0; g < g1; g++) {
-		const int nr = V - g * TERN_QH_GROUP < TERN_QH_GROUP ? V - g * TERN_QH_GROUP : TERN_QH_GROUP;
-		for (int k = 0; k < nr; k++) {
-			const uint8_t *row = emb_row(h, (int64_t)g * TERN_QH_GROUP + k);
-			for (int i = 0; i < d; i++)
-				rows[(size_t)k * d + i] = tern_dot_elem(row, h->dot, i);
-		}
-		tern_qh_pack_group(job->t, rows, (size_t)d, nr, d, job->qw + (size_t)g * tern_qh_group_bytes(job->t, d));
-	}
+	tern_qh_pack_rows(job->t, h->hw, h->hdot, h->hrow, V, d, g0, g1, rows, job->qw);
 	free(rows);
 }
 
 int tern_head_quantize(tern_head *h, tern_head_format f, tern_pool *pool, tern_err *err)
 {
+	TERN_RETURN_IF(h->cfg.packed_only && f != h->qfmt, err, TERN_EUNSUP,
+		       "the plan stores only the %s LM head of this untied model, not its output matrix: %s needs a plan "
+		       "cut with --lm-head %s",
+		       tern_head_format_name(h->qfmt), tern_head_format_name(f), tern_head_format_name(f));
 	if (f == TERN_HEAD_FILE) {
 		h->use_q = 0;
 		return 0;
@@ -304,6 +316,7 @@ int tern_head_agreement(tern_head *h, tern_pool *pool, const float *hidden, int 
 {
 	*agree = 0;
 	TERN_RETURN_IF(!h->use_q, err, TERN_ESTATE, "head: no quantized LM head in use");
+	TERN_RETURN_IF(h->cfg.packed_only, err, TERN_EUNSUP, "head: no full-precision LM head to compare with");
 	const int V = h->cfg.n_vocab, d = h->cfg.n_embd, chunk = 16;
 	float *a = malloc((size_t)chunk * (size_t)V * sizeof(float));
 	float *b = malloc((size_t)chunk * (size_t)V * sizeof(float));

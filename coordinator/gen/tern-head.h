@@ -1,7 +1,8 @@
 /* tern-head.h: the coordinator's ends of the model: token embedding lookup,
- * the final RMSNorm and the tied LM head (logits = Embed_matrix x norm(h)),
- * in the precision the file stores the embeddings in (F16, BF16 or F32) or
- * quantized (Q8 / Q4, tern_head_quantize).
+ * the final RMSNorm and the LM head (logits = Head_matrix x norm(h), where
+ * the head matrix is the embedding matrix for tied models and the model's own
+ * output matrix for untied ones), in the precision the file stores it in
+ * (F16, BF16 or F32) or quantized (Q8 / Q4, tern_head_quantize).
  *
  * The LM head is batch invariant like the layers (DESIGN.md, Numerics): the
  * final norm is the engine's RMSNorm and each logit is one dense dot product
@@ -56,6 +57,15 @@ typedef struct tern_head_config {
 	 * head then starts with it in use. NULL: the file's precision. */
 	tern_head_format qformat;
 	const void *qhead;
+	/* Untied models: the output matrix the logits read, borrowed like emb
+	 * (the lookup still reads emb). NULL: tied, the head is emb. */
+	tern_dtype head_dtype; /* F32, F16 or BF16 */
+	const void *head;      /* (n_vocab, head_row_bytes) */
+	size_t head_row_bytes; /* 0 = n_embd * element size */
+	/* The head matrix is absent (an untied plan that stores only its packed
+	 * head): logits only from qhead (required); switching to another format
+	 * and tern_head_agreement are TERN_EUNSUP. */
+	int packed_only;
 } tern_head_config;
 
 typedef struct tern_head tern_head;
@@ -71,18 +81,19 @@ tern_isa tern_head_isa(const tern_head *h);
  * [0, n_vocab) is TERN_EINVAL (nothing written past the bad row). */
 int tern_head_embed(const tern_head *h, const int32_t *tokens, int n, float *hidden, tern_err *err);
 
-/* logits (n, n_vocab) = Embed_matrix . RMSNorm(hidden[j], out_norm) for the n
+/* logits (n, n_vocab) = Head_matrix . RMSNorm(hidden[j], out_norm) for the n
  * rows of hidden (n, n_embd), vocabulary split across the pool (may be NULL).
  * TERN_ENOMEM if the normed rows cannot be held. */
 int tern_head_logits(tern_head *h, tern_pool *pool, const float *hidden, int n, float *logits, tern_err *err);
 
 /* The head of a model file (partition/tern-source.h): token_embd as stored
- * (borrowed: src must outlive the head) and output_norm. TERN_EUNSUP for an
- * embedding type other than F32/F16/BF16. */
+ * (borrowed: src must outlive the head), the output matrix as the head when
+ * the model is untied (hparams tied_embeddings == 0), and output_norm.
+ * TERN_EUNSUP for a matrix type other than F32/F16/BF16. */
 struct tern_source;
 int tern_head_from_source(const struct tern_source *src, tern_isa isa, tern_head **out, tern_err *err);
 
-/* Quantized LM head (lossy; off unless asked for): packs the embedding rows
+/* Quantized LM head (lossy; off unless asked for): packs the head matrix's rows
  * as f (threads of pool) and switches the logits to it; TERN_HEAD_FILE
  * switches back (the packed copy is kept). The logits are then the integer
  * dot products' fixed order (tern-float.h): identical on every ISA, batch size
@@ -91,7 +102,8 @@ int tern_head_from_source(const struct tern_source *src, tern_isa isa, tern_head
  * rows, not the dequantized ones: they are the mapping already (only the
  * looked-up rows are ever paged in), exact, and the same in both formats, so
  * the hidden states entering the layers do not depend on the head format.
- * TERN_EINVAL for an unknown format, TERN_ENOMEM. */
+ * TERN_EINVAL for an unknown format, TERN_ENOMEM; TERN_EUNSUP for a format other
+ * than the packed one of a packed_only head. */
 int tern_head_quantize(tern_head *h, tern_head_format f, tern_pool *pool, tern_err *err);
 /* The format the logits use now. */
 tern_head_format tern_head_active(const tern_head *h);
@@ -102,7 +114,7 @@ const void *tern_head_packed(const tern_head *h, size_t *bytes);
  * id on ties) is the same. TERN_ESTATE if no quantized head is in use. */
 int tern_head_agreement(tern_head *h, tern_pool *pool, const float *hidden, int n, int *agree, tern_err *err);
 
-/* Bytes the LM head reads per call (the embedding matrix, or the packed
+/* Bytes the LM head reads per call (the head matrix, or the packed
  * quantized one when in use): for bandwidth bounds. */
 uint64_t tern_head_bytes(const tern_head *h);
 

@@ -7,6 +7,7 @@
 
 #include "plan.pb-c.h"
 #include "tern-coord.h"
+#include "tern-float.h"
 #include "tern-plan.h"
 #include "tern-shard.h"
 
@@ -77,6 +78,31 @@ static int tokenizer_from_plan(const Tern__V1__Plan *pm, const char *dir, tern_t
 	return tern_tokenizer_create(&d, out, err);
 }
 
+/* Reads the dense (n_vocab, n_embd) matrix of role r (F32/F16/BF16) into an
+ * owned aligned buffer, its shape checked against the model before the copy. */
+static int plan_matrix(const tern_coord_model *m, const tern_shard *sh, const char *path, tern_shard_role r,
+		       void **out, tern_dtype *dtype, tern_err *err)
+{
+	const int i = tern_shard_find(sh, r, -1);
+	const tern_shard_tensor *t = i >= 0 ? tern_shard_tensor_at(sh, i) : NULL;
+	TERN_RETURN_IF(!t, err, TERN_EFORMAT, "%s: no %s", path, tern_shard_role_name(r));
+	TERN_RETURN_IF(t->m != m->hp.n_vocab || t->k != m->hp.n_embd, err, TERN_EFORMAT,
+		       "%s: %s is %d x %d, the model needs %d x %d", path, tern_shard_role_name(r), t->m, t->k,
+		       m->hp.n_vocab, m->hp.n_embd);
+	TERN_RETURN_IF(t->dtype != TERN_DTYPE_F32 && t->dtype != TERN_DTYPE_F16 && t->dtype != TERN_DTYPE_BF16, err,
+		       TERN_EUNSUP, "%s: %s dtype %s", path, tern_shard_role_name(r), tern_dtype_name(t->dtype));
+	void *buf = tern_aligned_alloc(t->raw_bytes ? t->raw_bytes : 1, TERN_ALIGN);
+	TERN_RETURN_IF(!buf, err, TERN_ENOMEM, "out of memory for %s", tern_shard_role_name(r));
+	const int rc = tern_shard_read_tensor(sh, i, buf, t->raw_bytes, NULL, err);
+	if (rc < 0) {
+		tern_aligned_free(buf);
+		return rc;
+	}
+	*out = buf;
+	*dtype = t->dtype;
+	return 0;
+}
+
 static int head_from_plan(tern_coord_model *m, tern_err *err)
 {
 	const Tern__V1__Plan *pm = m->plan;
@@ -93,33 +119,43 @@ static int head_from_plan(tern_coord_model *m, tern_err *err)
 		       TERN_EINVAL, "%s: path too long", m->path);
 	tern_shard *sh = NULL;
 	TERN_FORWARD_IF_ERROR(tern_shard_open(&sh, path, &fr->xxh64, err));
-	int rc = 0;
 	float *norm = NULL;
-	const int ie = tern_shard_find(sh, TERN_ROLE_TOKEN_EMBD, -1), in = tern_shard_find(sh, TERN_ROLE_OUTPUT_NORM, -1);
-	const tern_shard_tensor *te = ie >= 0 ? tern_shard_tensor_at(sh, ie) : NULL;
+	tern_dtype et = TERN_DTYPE_NONE, ot = TERN_DTYPE_NONE;
+	const int in = tern_shard_find(sh, TERN_ROLE_OUTPUT_NORM, -1);
 	const tern_shard_tensor *tn = in >= 0 ? tern_shard_tensor_at(sh, in) : NULL;
-	if (!te || !tn) {
-		rc = TERN_ERR(err, TERN_EFORMAT, "%s: no token_embd or output_norm", path);
-	} else if (te->m != m->hp.n_vocab || te->k != m->hp.n_embd || tn->dtype != TERN_DTYPE_F32 ||
-		   tn->m * tn->k != m->hp.n_embd) {
-		rc = TERN_ERR(err, TERN_EFORMAT, "%s: embeddings %d x %d / output norm do not match the model", path,
-			      te->m, te->k);
-	} else if (te->dtype != TERN_DTYPE_F32 && te->dtype != TERN_DTYPE_F16 && te->dtype != TERN_DTYPE_BF16) {
-		rc = TERN_ERR(err, TERN_EUNSUP, "%s: token_embd dtype %s", path, tern_dtype_name(te->dtype));
-	}
-	if (rc == 0) {
-		m->emb = tern_aligned_alloc(te->raw_bytes ? te->raw_bytes : 1, TERN_ALIGN);
-		norm = malloc((size_t)m->hp.n_embd * sizeof *norm);
-		if (!m->emb || !norm)
-			rc = TERN_ERR(err, TERN_ENOMEM, "out of memory for the embeddings");
-	}
+	int qi = -1, qt = -1;
+	/* the packed head's format and size are checked before any copy */
+	int rc = tern_plan_packed_head(pm, sh, path, &qi, &qt, err);
 	if (rc == 0)
-		rc = tern_shard_read_tensor(sh, ie, m->emb, te->raw_bytes, NULL, err);
+		rc = plan_matrix(m, sh, path, TERN_ROLE_TOKEN_EMBD, &m->emb, &et, err);
+	/* an untied model's logits read its own output matrix, which a plan with
+	 * a packed head does not store */
+	if (rc == 0 && !m->hp.tied_embeddings && qi < 0)
+		rc = plan_matrix(m, sh, path, TERN_ROLE_OUTPUT, &m->out_w, &ot, err);
+	if (rc == 0 && qi >= 0) {
+		const tern_shard_tensor *tq = tern_shard_tensor_at(sh, qi);
+		if (!(m->qhead = tern_aligned_alloc(tq->raw_bytes, TERN_ALIGN)))
+			rc = TERN_ERR(err, TERN_ENOMEM, "out of memory for the packed LM head");
+		else
+			rc = tern_shard_read_tensor(sh, qi, m->qhead, tq->raw_bytes, NULL, err);
+	}
+	if (rc == 0 && (!tn || tn->dtype != TERN_DTYPE_F32 || (int64_t)tn->m * tn->k != m->hp.n_embd))
+		rc = TERN_ERR(err, TERN_EFORMAT, "%s: no output_norm of %d f32", path, m->hp.n_embd);
+	if (rc == 0 && !(norm = malloc((size_t)m->hp.n_embd * sizeof *norm)))
+		rc = TERN_ERR(err, TERN_ENOMEM, "out of memory");
 	if (rc == 0)
 		rc = tern_shard_read_tensor(sh, in, norm, (size_t)m->hp.n_embd * sizeof *norm, NULL, err);
 	if (rc == 0) {
-		const tern_head_config cfg = {m->hp.n_vocab, m->hp.n_embd,   te->dtype,    m->emb, 0,
-					      norm,          m->hp.norm_eps, TERN_ISA_AUTO, TERN_HEAD_FILE, NULL};
+		tern_head_config cfg = {m->hp.n_vocab, m->hp.n_embd,   et,           m->emb, 0,
+					norm,          m->hp.norm_eps, TERN_ISA_AUTO, TERN_HEAD_FILE, NULL, TERN_DTYPE_NONE, NULL, 0, 0};
+		cfg.head = m->out_w;
+		cfg.head_dtype = ot;
+		if (qi >= 0) {
+			/* the shard's bytes as they are: no quantizing at load */
+			cfg.qformat = qt == TERN_QH_Q4 ? TERN_HEAD_Q4 : TERN_HEAD_Q8;
+			cfg.qhead = m->qhead;
+			cfg.packed_only = !m->hp.tied_embeddings;
+		}
 		rc = tern_head_create(&cfg, &m->head, err);
 	}
 	free(norm);
@@ -172,6 +208,8 @@ void tern_coord_model_close(tern_coord_model *m)
 	tern_head_free(m->head);
 	tern_tokenizer_free(m->tok);
 	tern_aligned_free(m->emb);
+	tern_aligned_free(m->out_w);
+	tern_aligned_free(m->qhead);
 	tern_plan_manifest_free(m->plan);
 	tern_source_close(m->src);
 	free(m);

@@ -27,6 +27,8 @@ typedef struct tern_coord_model {
 	struct tern_source *src;       /* model-file mode */
 	struct Tern__V1__Plan *plan;   /* plan mode: the manifest */
 	void *emb;                     /* plan mode: the embeddings, decompressed (n_vocab, n_embd) */
+	void *out_w;                   /* plan mode, untied: the output matrix (n_vocab, n_embd), or NULL */
+	void *qhead;                   /* plan mode: the packed LM head (the head borrows it), or NULL */
 	tern_tokenizer *tok;
 	tern_head *head;
 } tern_coord_model;

@@ -296,11 +296,11 @@ def run_tern_run(build, model, prompt, n, extra=()):
 
 
 
-def make_model(path, layers=4, seed=11, n_embd=128, n_head=4, n_head_kv=2, n_ff=256, vocab=300):
+def make_model(path, layers=4, seed=11, n_embd=128, n_head=4, n_head_kv=2, n_ff=256, vocab=300, untied=False):
     subprocess.run(["/usr/bin/python3", os.path.join(HERE, "..", "ref", "make_model.py"), "--out", path,
                     "--n-embd", str(n_embd), "--n-head", str(n_head), "--n-head-kv", str(n_head_kv),
-                    "--n-ff", str(n_ff), "--vocab", str(vocab), "--layers", str(layers), "--seed", str(seed)],
-                   check=True, stdout=subprocess.DEVNULL)
+                    "--n-ff", str(n_ff), "--vocab", str(vocab), "--layers", str(layers), "--seed", str(seed)]
+                   + (["--untied"] if untied else []), check=True, stdout=subprocess.DEVNULL)
 
 
 class Skip(Exception):

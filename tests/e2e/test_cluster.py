@@ -7,7 +7,9 @@
     leave while others decode), with small prefill chunks (long prompts
     interleave with decoding), and with the layers in-process (--stages 0);
     also from a 2-stage plan directory, through its stages and in-process;
-    also with a quantized LM head (--lm-head q8/q4 on both sides); all of it with the
+    also for an untied model (its own LM head), from the file and a plan;
+    also with a quantized LM head (--lm-head q8/q4 on both sides), and from
+    plans that store the q8 head (tern-partition --lm-head q8); all of it with the
     default f16 KV cache, and once more with --kv-type f32 on both sides (the stages
     log the type the coordinator's HELLO gave them);
   - a malformed batch line is a one-line error naming the line, exit non-zero;
@@ -43,7 +45,9 @@ def mpi_env():
     return e
 
 
-def run_batch(build, model, stages, prompts, work, extra=(), log=None):
+def run_batch(build, model, stages, prompts, work, extra=(), log=None, stdout=None):
+    """The rows of an offline batch run; log / stdout (lists) receive the
+    coordinator's stderr / stdout."""
     inp = os.path.join(work, "in.jsonl")
     out = os.path.join(work, "out.jsonl")
     with open(inp, "w") as f:
@@ -61,7 +65,17 @@ def run_batch(build, model, stages, prompts, work, extra=(), log=None):
     assert [row["id"] for row in rows] == [str(i) for i in range(len(prompts))], rows
     if log is not None:
         log.append(r.stderr)
+    if stdout is not None:
+        stdout.append(r.stdout)
     return rows
+
+
+def head_bytes(fmt, vocab=300, n_embd=128):
+    """Bytes the LM head reads per token in a format (kernels/tern-float.h tern_qh_bytes; F16 as stored)."""
+    if fmt == "file":
+        return vocab * n_embd * 2
+    quant = 512 if fmt == "q8" else 256
+    return (vocab + 15) // 16 * (quant + 32) * ((n_embd + 31) // 32)
 
 
 def main():
@@ -117,6 +131,27 @@ def main():
     res.check("identical_plan_2_stages", identical_plan(2))
     res.check("identical_plan_in_process", identical_plan(0))
 
+    # An untied model (its own output.weight is the LM head; tern-run's
+    # logits of it are checked against the numpy reference by
+    # engine_vs_ref.py): the coordinator from the file and from a 2-stage
+    # plan gives tern-run's ids.
+    untied = os.path.join(work, "untied.gguf")
+    make_model(untied, layers=4, seed=6, untied=True)
+    uplan = os.path.join(work, "plan-untied")
+    subprocess.run([os.path.join(build, "partition", "tern-partition"), untied, "--stages", "2", "-o", uplan],
+                   check=True, stdout=subprocess.DEVNULL)
+    want_u = {p: run_tern_run(build, untied, p, N_GEN) for p in PROMPTS[:4]}
+
+    def identical_untied(src, stages):
+        def fn():
+            rows = run_batch(build, src, stages, PROMPTS[:4], work)
+            for p, row in zip(PROMPTS, rows):
+                assert row["token_ids"] == want_u[p], (src, stages, p, row, want_u[p])
+        return fn
+    res.check("identical_untied_file_2_stages", identical_untied(untied, 2))
+    res.check("identical_untied_plan_2_stages", identical_untied(uplan, 2))
+    res.check("identical_untied_plan_in_process", identical_untied(uplan, 0))
+
     # A quantized LM head (--lm-head q8 / q4) on the coordinator gives
     # tern-run's ids with the same head, through 2 stages and in-process.
     def identical_lm_head(fmt, stages):
@@ -129,6 +164,47 @@ def main():
     for fmt in ("q8", "q4"):
         res.check("identical_lm_head_%s_2_stages" % fmt, identical_lm_head(fmt, 2))
     res.check("identical_lm_head_q4_in_process", identical_lm_head("q4", 0))
+
+    # A plan that stores the packed q8 head (tern-partition --lm-head q8):
+    # the coordinator uses the shard's bytes as its default head (its
+    # "decode reads" line names the head's bytes: on this small model q8 and
+    # F16 agree on every greedy id, so the ids alone cannot tell) and gives
+    # tern-run --lm-head q8's ids over 2 stages and in-process, for the tied
+    # model and the untied one (whose plan then keeps no output matrix:
+    # asking it for another head is a one-line error, exit non-zero); the
+    # tied plan still quantizes q4 from token_embd when asked.
+    def q8_plan(src, name):
+        d = os.path.join(work, name)
+        subprocess.run([os.path.join(build, "partition", "tern-partition"), src, "--stages", "2", "-o", d,
+                        "--lm-head", "q8", "--no-progress"], check=True, stdout=subprocess.DEVNULL)
+        return d
+    qplan, uqplan = q8_plan(model, "plan-q8"), q8_plan(untied, "plan-untied-q8")
+
+    def identical_head_plan(src, plan_dir, stages, fmt, extra=()):
+        def fn():
+            out = []
+            rows = run_batch(build, plan_dir, stages, PROMPTS[:4], work, extra, out)
+            assert "+ LM head %d)" % head_bytes(fmt) in out[0], out[0][-2000:]
+            for p, row in zip(PROMPTS, rows):
+                want_q = run_tern_run(build, src, p, N_GEN, ["--lm-head", fmt])
+                assert row["token_ids"] == want_q, (plan_dir, stages, p, row, want_q)
+        return fn
+    res.check("identical_plan_f16_head_in_process", identical_head_plan(model, plan, 0, "file"))
+    res.check("identical_plan_q8_2_stages", identical_head_plan(model, qplan, 2, "q8"))
+    res.check("identical_plan_q8_in_process", identical_head_plan(model, qplan, 0, "q8"))
+    res.check("identical_plan_q8_asked_q4", identical_head_plan(model, qplan, 0, "q4", ["--lm-head", "q4"]))
+    res.check("identical_untied_plan_q8_2_stages", identical_head_plan(untied, uqplan, 2, "q8"))
+
+    def untied_q8_plan_refuses_file():
+        inp = os.path.join(work, "one.jsonl")
+        with open(inp, "w") as f:
+            f.write('{"prompt": "a", "max_tokens": 2}\n')
+        r = subprocess.run(["mpirun", "-n", "1", os.path.join(build, "coordinator", "tern-coordinator"), "-m",
+                            uqplan, "--stages", "0", "--batch", inp, "--out", os.path.join(work, "o.jsonl"),
+                            "--lm-head", "file"], capture_output=True, text=True, env=mpi_env(), timeout=120)
+        assert r.returncode != 0, r
+        assert "stores only the q8 LM head" in r.stderr, r.stderr
+    res.check("untied_plan_q8_refuses_file", untied_q8_plan_refuses_file)
 
     def bad_batch():
         inp = os.path.join(work, "bad.jsonl")

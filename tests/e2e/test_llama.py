@@ -17,7 +17,9 @@ same with Falcon3's pre-tokenizer name, and the Hugging Face LlamaForCausalLM ch
   - cluster_2_stages_<form> and plan_2_stages: a 2-stage pipeline (mpirun, tern-coordinator
     + tern-node; and a tern-partition plan) gives tern-run's tokens;
   - refused_*: what tern does not run is a one-line error and a non-zero exit;
-  - untied_head: SKIPPED until the coordinator and tern-run use an output matrix.
+  - untied_head: an untied checkpoint (lm_head.weight) and GGUF (output.weight): the
+    reference reads both heads alike, tern-run's logits of both equal the reference's, and
+    a 2-stage pipeline from the checkpoint and from its plan gives tern-run's tokens.
 
 Usage: test_llama.py BUILD_DIR
 """
@@ -152,8 +154,23 @@ def main():
     res.check("refused_other_class", refused(lambda c: c.update(architectures=["Qwen3ForCausalLM"]), "Qwen3"))
 
     def untied():
-        make(["--hf", os.path.join(work, "untied"), "--untied"])
-        raise Skip("untied output head: the coordinator and tern-run still read token_embd (helper planhead)")
+        hf, gg = os.path.join(work, "untied"), os.path.join(work, "untied.gguf")
+        make(["--hf", hf, "--untied"])
+        make(["--gguf", gg, "--outtype", "i2_s", "--untied"])
+        a, b = ref_logits(gg), ref_logits(hf)
+        rel = np.abs(a - b).max() / np.abs(a).max()
+        assert rel < 1e-5 and (a.argmax(1) == b.argmax(1)).all(), rel
+        for name, path in (("untied_hf", hf), ("untied_gguf", gg)):
+            assert engine_vs_ref.check_model(name, path, tern_run, work, None, False)
+        if not shutil.which("mpirun"):
+            raise Skip("no mpirun: tern-run checked, the pipeline not")
+        d = os.path.join(work, "plan-untied")
+        subprocess.run([os.path.join(build, "partition", "tern-partition"), hf, "--stages", "2", "-o", d],
+                       check=True, stdout=subprocess.DEVNULL)
+        for src in (hf, d):
+            rows = run_batch(build, src, 2, PROMPTS, work)
+            for p, row in zip(PROMPTS, rows):
+                assert row["token_ids"] == run_tern_run(build, hf, p, N_GEN), (src, p, row)
     res.check("untied_head", untied)
     rc = res.finish()
     shutil.rmtree(work, ignore_errors=True)

@@ -6,7 +6,9 @@ Each case starts `mpirun tern-coordinator -m BAD --stages 2 : -n 2 tern-node`
 and needs the job to end within a bound far below the stages' 120 s HELLO
 wait (which is how long such a job used to hang): a missing model file, a
 damaged (truncated) model file, a plan with a damaged coord.shard, a plan
-whose plan.pb is garbage, and a plan made from a model without a tokenizer.
+whose plan.pb is garbage, a plan made from a model without a tokenizer, and
+a plan storing a q8 LM head whose manifest names q4 (the shard's tensor has
+the wrong size for it) or an unknown format.
 The stages must end cleanly on the coordinator's SHUTDOWN (no MPI_Abort)."""
 
 import os
@@ -42,14 +44,60 @@ def run_job(build, model):
     return p.returncode, out + err, time.time() - t0
 
 
-def expect_prompt_failure(build, model, what):
+def expect_prompt_failure(build, model, what, expect=None):
     rc, text, dt = run_job(build, model)
     print("    %s: exit %d after %.1f s" % (what, rc, dt), flush=True)
     assert rc != 0, "exit 0 for %s:\n%s" % (what, text[-2000:])
     lines = [ln for ln in text.splitlines() if ln.startswith("tern-coordinator: ")]
     assert lines, "no one-line error from the coordinator:\n" + text[-2000:]
     print("    " + lines[0], flush=True)
+    assert expect is None or expect in lines[0], "expected %r in the error line" % expect
     assert "MPI_ABORT" not in text and "tern-node" not in text, "stages did not end cleanly:\n" + text[-2000:]
+
+
+def varint(buf, i):
+    v = shift = 0
+    while True:
+        b = buf[i]
+        i += 1
+        v |= (b & 0x7F) << shift
+        shift += 7
+        if b < 0x80:
+            return v, i
+
+
+def fields(buf, i, end):
+    """(field number, wire type, value start, value end) of each field of a protobuf message."""
+    while i < end:
+        tag, i = varint(buf, i)
+        wire = tag & 7
+        if wire == 0:
+            _, j = varint(buf, i)
+        elif wire == 1:
+            j = i + 8
+        elif wire == 5:
+            j = i + 4
+        elif wire == 2:
+            n, i = varint(buf, i)
+            j = i + n
+        else:
+            raise AssertionError("wire type %d in plan.pb" % wire)
+        yield tag >> 3, wire, i, j
+        i = j
+
+
+def set_lm_head(manifest, value):
+    """Rewrites plan.proto's Plan.coordinator (10).lm_head (11), a one-byte varint, in place."""
+    buf = bytearray(open(manifest, "rb").read())
+    for f, wire, a, b in fields(buf, 0, len(buf)):
+        if f == 10 and wire == 2:
+            for g, w2, c, d in fields(buf, a, b):
+                if g == 11 and w2 == 0:
+                    assert d == c + 1 and value < 0x80, (c, d, value)
+                    buf[c] = value
+                    open(manifest, "wb").write(buf)
+                    return
+    raise AssertionError("%s: no Coordinator.lm_head" % manifest)
 
 
 def main():
@@ -105,6 +153,20 @@ def main():
             return
         expect_prompt_failure(build, d, "plan without a tokenizer")
     res.check("plan_without_tokenizer", no_tokenizer)
+
+    qplan = os.path.join(work, "plan-q8")
+    subprocess.run([part, kjv, "--stages", "2", "-o", qplan, "--no-progress", "--lm-head", "q8"], check=True,
+                   capture_output=True)
+
+    def bad_head(value, expect):
+        def fn():
+            d = os.path.join(work, "plan-head-%d" % value)
+            shutil.copytree(qplan, d)
+            set_lm_head(os.path.join(d, "plan.pb"), value)
+            expect_prompt_failure(build, d, "plan with LM head format %d" % value, expect)
+        return fn
+    res.check("plan_head_wrong_size", bad_head(2, "coord.shard: q4 LM head of"))
+    res.check("plan_head_unknown_format", bad_head(9, "unknown LM head format 9"))
 
     shutil.rmtree(work, ignore_errors=True)
     return res.finish()

@@ -61,7 +61,7 @@ static void setup(void)
 	}
 	for (int i = 0; i < EMBD; i++)
 		out_norm[i] = 1.0f;
-	const tern_head_config hc = {VOCAB, EMBD, TERN_DTYPE_F32, emb, 0, out_norm, 1e-5f, TERN_ISA_AUTO, TERN_HEAD_FILE, NULL};
+	const tern_head_config hc = {VOCAB, EMBD, TERN_DTYPE_F32, emb, 0, out_norm, 1e-5f, TERN_ISA_AUTO, TERN_HEAD_FILE, NULL, TERN_DTYPE_NONE, NULL, 0, 0};
 	if (tern_head_create(&hc, &head, NULL) < 0)
 		abort();
 	tern_hparams hp;

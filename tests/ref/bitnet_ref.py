@@ -41,8 +41,9 @@ Precision (float32 values everywhere, like bitnet.cpp; the exceptions are listed
 - LM head: the F16 token_embd converted exactly; --lm-head-f16-act rounds the final
   normalised activation to F16 first, as ggml's F16 mul_mat does.
 
-The LM head is always token_embd (MODEL-FORMATS 1.2: the FORK graph never reads
-output.weight); a file with output.weight gets a warning.
+The LM head is token_embd (tied), or output.weight when the file has one (untied, as HF's
+modeling code does with tie_word_embeddings false and tern does; the FORK graph never reads
+output.weight, MODEL-FORMATS 1.2); the token lookup always reads token_embd.
 
 Architectures: "bitnet-b1.58", "bitnet-25", "bitnet-1.58" (FORK build_bitnet_158), and
 "bitnet" only with the b1.58 tensor set (FORK's own "bitnet" graph, with SiLU and separate
@@ -366,9 +367,11 @@ class BitNetModel:
         self.embd = self._embedding()                         # (n_vocab, n_embd) float16 or float32
         self.n_vocab = self.embd.shape[0]
         self.output_norm = self._vec("output_norm.weight", self.n_embd)
-        if "output.weight" in g.tensors and verbose:
-            print("warning: %s: output.weight is ignored; the LM head is token_embd (tied)" % self.path,
-                  file=sys.stderr)
+        self.tied = "output.weight" not in g.tensors
+        self.head = self.embd if self.tied else self._embedding("output.weight")  # (n_vocab, n_embd)
+        if self.head.shape[0] != self.n_vocab:
+            raise ModelError("%s: output.weight has %d rows, token_embd %d" % (self.path, self.head.shape[0],
+                                                                               self.n_vocab))
         kvw = self.n_head_kv * self.head_dim
         shapes = {"attn_q": (self.n_embd, self.n_embd), "attn_k": (kvw, self.n_embd), "attn_v": (kvw, self.n_embd),
                   "attn_output": (self.n_embd, self.n_embd), "ffn_gate": (self.n_ff, self.n_embd),
@@ -431,10 +434,12 @@ class BitNetModel:
         self.n_ctx_train = cfg.get("max_position_embeddings", 2048)
         self.head_dim = self.n_rot = self.n_embd // self.n_head
         self.n_layer = self.n_layer_file if n_layers is None else int(n_layers)
-        if "lm_head.weight" in t:
-            raise ModelError("%s: untied lm_head: the reference's head is the embedding (tied)" % d)
         self.embd = t["model.embed_tokens.weight"]
         self.n_vocab = self.embd.shape[0]
+        self.tied = "lm_head.weight" not in t
+        self.head = self.embd if self.tied else t["lm_head.weight"]  # (n_vocab, n_embd)
+        if self.head.shape != self.embd.shape:
+            raise ModelError("%s: lm_head.weight is %s, embed_tokens %s" % (d, self.head.shape, self.embd.shape))
         self.output_norm = t["model.norm.weight"]
         names = (("attn_q", "self_attn.q_proj"), ("attn_k", "self_attn.k_proj"), ("attn_v", "self_attn.v_proj"),
                  ("attn_output", "self_attn.o_proj"), ("ffn_gate", "mlp.gate_proj"), ("ffn_up", "mlp.up_proj"),
@@ -459,8 +464,7 @@ class BitNetModel:
                              % (self.path, name, n, gguf.TYPE_NAMES.get(t.gtype, t.gtype), list(t.ne)))
         return np.ascontiguousarray(self.g.tensor(name), np.float32)
 
-    def _embedding(self):
-        name = "token_embd.weight"
+    def _embedding(self, name="token_embd.weight"):
         t = self.g.tensors.get(name)
         if t is None:
             raise ModelError("%s: missing tensor %s" % (self.path, name))
@@ -530,14 +534,15 @@ class BitNetModel:
         return self.lm_head(x)
 
     def lm_head(self, x, rows_per_chunk=8192):
-        """logits (T, n_vocab) float32 = token_embd . x, in float64, chunked over the vocabulary."""
+        """logits (T, n_vocab) float32 = head . x (token_embd, or output.weight when untied), in float64,
+        chunked over the vocabulary."""
         x64 = np.ascontiguousarray(np.asarray(x, np.float64).T)  # (n_embd, T)
         out = np.empty((x.shape[0], self.n_vocab), np.float32)
         # One reused conversion buffer: fresh 170 MB arrays per chunk cost more in page faults than the product.
         buf = np.empty((min(rows_per_chunk, self.n_vocab), self.n_embd), np.float64)
         for r in range(0, self.n_vocab, rows_per_chunk):
             n = min(rows_per_chunk, self.n_vocab - r)
-            np.copyto(buf[:n], self.embd[r:r + n])
+            np.copyto(buf[:n], self.head[r:r + n])
             out[:, r:r + n] = (buf[:n] @ x64).T.astype(np.float32)
         return out
 

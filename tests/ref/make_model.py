@@ -10,7 +10,9 @@ layers:
   to Gaussian latent weights: s = 1/max(mean|W|, 1e-5), Wt = clamp(round_half_even(W*s),
   -1, 1), scale = mean|W|. That gives ~31% zeros. The latent std is picked so that a
   BitLinear maps unit-RMS inputs to roughly unit-RMS outputs.
-- token_embd F16 ~ N(0, 1/n_embd) (logits of order 1), norms 1 + N(0, 0.05^2).
+- token_embd F16 ~ N(0, 1/n_embd) (logits of order 1), norms 1 + N(0, 0.05^2); with --untied
+  also an output.weight F16 of the same statistics from its own seed (the LM head of an
+  untied model).
 - gpt2 tokenizer metadata for a tiny byte-level vocabulary: the 256 byte symbols
   (GPT-2 bytes_to_unicode), a handful of merges, then reserved control tokens; with the
   Llama-3 vocabulary size the special ids are Llama-3's (128000, 128001, 128009), else BOS
@@ -107,7 +109,7 @@ def ternary_weight(rng, n_out, n_in):
 
 
 def write_model(path, n_embd, n_head, n_head_kv, n_ff, vocab, n_layer, seed=0, n_ctx=4096, theta=500000.0,
-                arch="bitnet-b1.58", eps=1e-5, tokenizer=True, version=3):
+                arch="bitnet-b1.58", eps=1e-5, tokenizer=True, version=3, untied=False):
     if n_embd % n_head or n_head % n_head_kv or (n_embd // n_head) % 2:
         raise ValueError("heads must divide n_embd (even head_dim) and kv heads must divide heads")
     hd = n_embd // n_head
@@ -134,13 +136,17 @@ def write_model(path, n_embd, n_head, n_head_kv, n_ff, vocab, n_layer, seed=0, n
     embd_seed = int(rng.integers(2**63))
     std = np.float32(1.0 / np.sqrt(n_embd))
 
-    def embd_chunks():
-        er = np.random.default_rng(embd_seed)
-        for r in range(0, vocab, 4096):
-            n = min(4096, vocab - r)
-            yield (er.standard_normal((n, n_embd), dtype=np.float32) * std).astype("<f2").tobytes()
+    def f16_chunks(seed):
+        def chunks():
+            er = np.random.default_rng(seed)
+            for r in range(0, vocab, 4096):
+                n = min(4096, vocab - r)
+                yield (er.standard_normal((n, n_embd), dtype=np.float32) * std).astype("<f2").tobytes()
+        return chunks
 
-    w.add_tensor("token_embd.weight", embd_chunks, gguf.F16, ne=(n_embd, vocab))
+    w.add_tensor("token_embd.weight", f16_chunks(embd_seed), gguf.F16, ne=(n_embd, vocab))
+    if untied:
+        w.add_tensor("output.weight", f16_chunks(int(rng.integers(2**63))), gguf.F16, ne=(n_embd, vocab))
 
     def norm(n):
         return (1.0 + 0.05 * rng.standard_normal(n)).astype(np.float32)
@@ -176,6 +182,7 @@ def main(argv=None):
     ap.add_argument("--arch", default="bitnet-b1.58")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-tokenizer", action="store_true")
+    ap.add_argument("--untied", action="store_true", help="write a separate output.weight (the LM head)")
     a = ap.parse_args(argv)
     base = PRESETS[a.preset] if a.preset else (256, 4, 2, 512, 300, 2, 4096, 500000.0)
     vals = [a.n_embd, a.n_head, a.n_head_kv, a.n_ff, a.vocab, a.layers, a.ctx, a.theta]
@@ -183,7 +190,8 @@ def main(argv=None):
     if a.n_head is not None and a.n_head_kv is None:
         hkv = h
     try:
-        write_model(a.out, e, h, hkv, ff, voc, nl, a.seed, ctx, th, a.arch, tokenizer=not a.no_tokenizer)
+        write_model(a.out, e, h, hkv, ff, voc, nl, a.seed, ctx, th, a.arch, tokenizer=not a.no_tokenizer,
+                    untied=a.untied)
     except (ValueError, gguf.GGUFError) as err:
         print("make_model: %s" % err, file=sys.stderr)
         return 1
