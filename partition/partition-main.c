@@ -39,10 +39,10 @@ static void usage(FILE *f)
 		"  --mem SIZE              with --stages: memory to split over the stages (default: this\n"
 		"                          host's RAM), e.g. 16GiB\n"
 		"  --zstd-level N          shard compression level 0..19 (default 1; 0 stores raw)\n"
-		"  --lm-head file|f16|q8|q4  LM head the coordinator's shard stores: the head matrix as\n"
-		"                          the model stores it (file; f16: the same, refused unless F16)\n"
-		"                          or packed quantized as tern-run --lm-head q8|q4 packs it\n"
-		"                          (default file); token_embd is kept for the token lookup\n"
+		"  --lm-head q8|q4|file|f16  LM head the coordinator's shard stores: packed quantized as\n"
+		"                          tern-run --lm-head q8|q4 packs it (default q8), or the head\n"
+		"                          matrix as the model stores it (file; f16: the same, refused\n"
+		"                          unless F16); token_embd is kept for the token lookup\n"
 		"  --no-progress           never draw a progress bar\n"
 		"synth: --dims takes n_embd, n_layer, n_head, n_head_kv, n_ff, n_vocab, n_ctx, ... and\n"
 		"starts from PRESET (or 125m when none is given).\n",
@@ -264,7 +264,7 @@ int main(int argc, char **argv)
 	int stages = 0, hw = 0, dry = 0, progress = 1, zlevel = 1;
 	int group_rows = 0, seqs = 0, ctx = 0, kv_type = TERN_KV_TYPE_DEFAULT;
 	int packing = TERN_PACK_TL2;
-	int lm_head = TERN_PLAN_HEAD_STORED, lm_head_f16 = 0;
+	int lm_head = TERN_PLAN_HEAD_DEFAULT, lm_head_f16 = 0;
 	uint64_t mem = 0;
 	static const struct option long_opts[] = {
 		{"stages", required_argument, NULL, OPT_STAGES},

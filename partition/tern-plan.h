@@ -77,6 +77,10 @@ void tern_cluster_free(tern_cluster *c);
 #define TERN_PLAN_HEAD_STORED 0
 #define TERN_PLAN_HEAD_Q8 1
 #define TERN_PLAN_HEAD_Q4 2
+/* The LM head tern-partition, tern-run and tern-coordinator use unless told
+ * otherwise (--lm-head): q8, measured in coordinator/README.md ("Quantized LM
+ * head"). The library's own default (tern_plan_opts_default) stays STORED. */
+#define TERN_PLAN_HEAD_DEFAULT TERN_PLAN_HEAD_Q8
 /* The kernels' tern_qh_type of a packed plan head; -1 for STORED or unknown. */
 int tern_plan_head_qh(int lm_head);
 /* Bytes of a packed head of n_vocab x n_embd in that format (tern_qh_bytes);

@@ -82,9 +82,10 @@ def check_model(name, model, tern_run, work, layers=None, scalar=True, kv="f16",
             continue
         for packing in packings:
             got_npy = os.path.join(work, "%s-%s-%s.npy" % (name.replace("/", "-"), packing, isa))
+            # the reference's head is the file's F16 matrix: so is tern-run's here (its default is q8)
             cmd = [tern_run, "-m", model, "--tokens", ",".join(map(str, PROMPT)), "-n", str(N_GEN),
                    "--temp", "0", "--ignore-eos", "-q", "--packing", packing, "--kernel", isa, "-b", "7",
-                   "--dump-logits", got_npy, "--kv-type", kv]
+                   "--dump-logits", got_npy, "--kv-type", kv, "--lm-head", "file"]
             if layers:
                 cmd += ["--layers", str(layers)]
             run(cmd)
@@ -136,7 +137,7 @@ def check_first_row(name, model, tern_run, work):
     for packing in ("tl2", "i2_s", "tl1"):
         got_npy = os.path.join(work, "%s-%s.npy" % (name, packing))
         run([tern_run, "-m", model, "--tokens", prompt, "-n", "1", "--temp", "0", "-q", "--packing", packing,
-             "--dump-logits", got_npy, "--kv-type", "f16"])
+             "--dump-logits", got_npy, "--kv-type", "f16", "--lm-head", "file"])
         res = compare.compare(ref_logits, compare.load(got_npy, None), RTOL, first_only=True)
         print("%-8s %-5s first row max_rel %.2e argmax %s" % (name, packing, res["max_rel"],
                                                               "same" if not res["argmax_mismatch_rows"] else "DIFFERENT"))

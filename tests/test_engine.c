@@ -1095,7 +1095,7 @@ static void test_kv_half(void)
 	m.head = NULL;
 	{
 		tern_head_config hc = {m.hp.n_vocab, m.hp.n_embd,   TERN_DTYPE_F16, m.emb,          0,
-				       m.onorm,      m.hp.norm_eps, TERN_ISA_AUTO,  TERN_HEAD_FILE, NULL};
+				       m.onorm,      m.hp.norm_eps, TERN_ISA_AUTO,  TERN_HEAD_FILE, NULL, TERN_DTYPE_NONE, NULL, 0, 0};
 		TT_REQUIRE(tern_head_create(&hc, &m.head, NULL) == 0);
 	}
 	TT_REQUIRE(build_layers(&m, TERN_PACK_I2S, &w) == 0);

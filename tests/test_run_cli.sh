@@ -22,14 +22,21 @@ ids() { grep '^ids:' "$1"; }
 "$R" --model="$T/m.gguf" --prompt=x --n-predict=2 --temp=0 --print-ids --ignore-eos -q 2> "$T/d.txt" || fail run
 [ "$(ids "$T/d.txt" | wc -w)" = 3 ] || fail "--n-predict=2: $(ids "$T/d.txt")"
 
-# --lm-head: f16 is the file's precision here (same ids); q8 prints its agreement line
+# --lm-head: f16 is the file's precision here (same ids as file); q8 asked for prints its
+# agreement line; the default is q8 (same ids as asked for, no agreement line)
+"$R" -m "$T/m.gguf" -p "the cat" -n 6 --temp 0 --seed 1 --print-ids --ignore-eos -q --lm-head file 2> "$T/g.txt" ||
+	fail "--lm-head file: $(cat "$T/g.txt")"
 "$R" -m "$T/m.gguf" -p "the cat" -n 6 --temp 0 --seed 1 --print-ids --ignore-eos -q --lm-head f16 2> "$T/f.txt" ||
 	fail "--lm-head f16: $(cat "$T/f.txt")"
-[ "$(ids "$T/a.txt")" = "$(ids "$T/f.txt")" ] || fail "--lm-head f16 differs from the file's head"
-"$R" -m "$T/m.gguf" -p "the cat" -n 6 --temp 0 --print-ids --ignore-eos -q --lm-head q8 2> "$T/q.txt" ||
+[ "$(ids "$T/g.txt")" = "$(ids "$T/f.txt")" ] || fail "--lm-head f16 differs from the file's head"
+"$R" -m "$T/m.gguf" -p "the cat" -n 6 --temp 0 --seed 1 --print-ids --ignore-eos -q --lm-head q8 2> "$T/q.txt" ||
 	fail "--lm-head q8: $(cat "$T/q.txt")"
 grep -q "^tern-run: q8 LM head: top-1 agrees with the file-precision head at [0-9]* of 13 positions" "$T/q.txt" ||
 	fail "--lm-head q8: no agreement line: $(cat "$T/q.txt")"
+[ "$(ids "$T/a.txt")" = "$(ids "$T/q.txt")" ] || fail "the default head differs from --lm-head q8"
+grep -q ", LM head q8 (" "$T/a.txt" || fail "the default head is not q8: $(cat "$T/a.txt")"
+grep -q ", LM head file (" "$T/g.txt" || fail "--lm-head file not in use: $(cat "$T/g.txt")"
+! grep -q "top-1 agrees" "$T/a.txt" || fail "the default head printed the agreement line: $(cat "$T/a.txt")"
 
 bad() { # bad EXPECTED-LINE ARGS...: exit 2, that first line, then the hint only
 	want="$1"

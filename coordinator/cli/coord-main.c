@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "tern-coord.h"
+#include "tern-plan.h"
 #include "tern-grpc.h"
 #include "tern-link.h"
 #include "tern-pipeline.h"
@@ -33,7 +34,7 @@ typedef struct coord_opts {
 	int isa;
 	int kv_type; /* KV cache element type, every stage's (tern_kv_type_parse) */
 	int slots, ctx, max_rows, chunk, threads, head_threads, queue, max_tokens, max_conns;
-	int lm_head; /* tern_head_format; -1: the model's (a file's precision, a plan's stored head) */
+	int lm_head; /* tern_head_format; -1: a plan's stored head, a model file's TERN_PLAN_HEAD_DEFAULT */
 	double stall, drain;
 	const char *listen, *tls_cert, *tls_key, *token_file;
 	const char *batch_in, *batch_out;
@@ -54,10 +55,11 @@ static void usage(FILE *f)
 		"  --chunk N               prompt rows of one sequence per micro-batch (default 64)\n"
 		"  -t, --threads N         kernel threads per stage (default: its NUMA domain's cores)\n"
 		"  --head-threads N        LM head threads on the coordinator (default: all CPUs)\n"
-		"  --lm-head file|q8|q4    LM head precision: the file's (default) or quantized, as tern-run\n"
-		"                          --lm-head (the same logits bit for bit); a plan's default is the\n"
-		"                          head it stores (tern-partition --lm-head), another format is\n"
-		"                          quantized from its full-precision matrix at load\n"
+		"  --lm-head q8|q4|file    LM head precision: quantized (q8 is a model file's default) or\n"
+		"                          the file's, as tern-run --lm-head (the same logits bit for bit);\n"
+		"                          a plan's default is the head it stores (tern-partition\n"
+		"                          --lm-head), another format is quantized from its full-precision\n"
+		"                          matrix at load\n"
 		"  --queue N               requests that may wait for a slot (default 64)\n"
 		"  -n, --max-tokens N      default max_tokens of a request (default 256)\n"
 		"  --stall-timeout S       a pipeline silent this long is dead (default 8)\n"
@@ -470,7 +472,8 @@ int main(int argc, char **argv)
 		goto fail;
 	tern_tokenizer *tok = model->tok;
 	tern_head *head = model->head;
-	if (o.lm_head >= 0 && tern_head_quantize(head, (tern_head_format)o.lm_head, head_pool, &err) < 0)
+	const int lm_head = o.lm_head >= 0 ? o.lm_head : model->from_plan ? -1 : TERN_PLAN_HEAD_DEFAULT;
+	if (lm_head >= 0 && tern_head_quantize(head, (tern_head_format)lm_head, head_pool, &err) < 0)
 		goto fail;
 	tern_sched_config sc = {
 		.n_embd = hp->n_embd,

@@ -19,6 +19,7 @@
 #include "tern-coord.h"
 #include "tern-head.h"
 #include "tern-perplexity.h"
+#include "tern-plan.h"
 #include "tern-sampling.h"
 #include "tern-source.h"
 #include "tern-step.h"
@@ -44,6 +45,7 @@ typedef struct {
 	const char *ppl; /* --perplexity FILE */
 	int head_fmt;    /* --lm-head: tern_head_format */
 	int head_f16;    /* --lm-head f16: the file's precision, which must be F16 */
+	int head_asked;  /* --lm-head given: a quantized head's top-1 agreement is printed */
 	const char *stops[16];
 	int n_stops;
 	tern_sampling_params sp;
@@ -73,12 +75,12 @@ static void usage(FILE *f)
 		   "      --kv-type T        KV cache elements: f16 (default, half the bytes), f32, bf16\n"
 		   "      --layers L         run only the first L layers (tests)\n"
 		   "      --ignore-eos       keep generating past end-of-generation tokens\n"
-		   "      --lm-head F        file | f16 | q8 | q4: LM head in the file's precision\n"
-		   "                         (default; f16 = the same, checked to be F16) or quantized\n"
-		   "                         in blocks of 32 with integer dot products (q8: 8-bit, about\n"
+		   "      --lm-head F        q8 | q4 | file | f16: LM head quantized in blocks of 32\n"
+		   "                         with integer dot products (q8, the default: 8-bit, about\n"
 		   "                         half the bytes of F16; q4: 4-bit, about a quarter; int8 =\n"
-		   "                         q8; lossy: the top-1 agreement with the file-precision head\n"
-		   "                         is printed at the end)\n"
+		   "                         q8; lossy: given explicitly, the top-1 agreement with the\n"
+		   "                         file-precision head is printed at the end) or in the file's\n"
+		   "                         precision (file; f16 = the same, checked to be F16)\n"
 		   "      --dump-logits FILE write every row's logits as float32 .npy\n"
 		   "  -q, --quiet            no text on stdout (speed only)\n");
 }
@@ -149,6 +151,7 @@ static int parse_args(int argc, char **argv, run_opts *o)
 	o->packing = TERN_PACK_TL2;
 	o->isa = TERN_ISA_AUTO;
 	o->kv_type = TERN_KV_TYPE_DEFAULT;
+	o->head_fmt = TERN_PLAN_HEAD_DEFAULT;
 	tern_sampling_params_default(&o->sp);
 	tern_err err;
 	tern_err_clear(&err);
@@ -212,6 +215,7 @@ static int parse_args(int argc, char **argv, run_opts *o)
 			break;
 		case OPT_LM_HEAD:
 			o->head_f16 = !strcmp(v, "f16");
+			o->head_asked = 1;
 			if ((o->head_fmt = o->head_f16 ? TERN_HEAD_FILE : tern_head_format_parse(v)) < 0)
 				rc = TERN_ERR(&err, TERN_EINVAL, "bad value '%s' for --lm-head: expected file, f16, q8 or q4",
 					      v);
@@ -466,7 +470,7 @@ static int run(run_state *s, tern_err *err)
 	s->hidden = tern_aligned_alloc((size_t)o->batch * hp.n_embd * sizeof(float), TERN_ALIGN);
 	s->logits = tern_aligned_alloc((size_t)o->batch * hp.n_vocab * sizeof(float), TERN_ALIGN);
 	TERN_RETURN_IF(!s->hidden || !s->logits, err, TERN_ENOMEM, "out of memory for %d rows", o->batch);
-	if (o->head_fmt != TERN_HEAD_FILE) {
+	if (o->head_fmt != TERN_HEAD_FILE && o->head_asked) {
 		s->n_seen_cap = (int)s->prompt.n + o->n_predict;
 		s->seen = malloc((size_t)s->n_seen_cap * hp.n_embd * sizeof(float));
 		TERN_RETURN_IF(!s->seen, err, TERN_ENOMEM, "out of memory for %d hidden rows", s->n_seen_cap);
@@ -480,11 +484,12 @@ static int run(run_state *s, tern_err *err)
 	}
 	const double t_load = tern_now_s() - t0;
 	TERN_LOGI("run",
-		  "%s: %d/%d layers, %s, %s kernels, %d thread%s, head %s, context %d (%s KV), seed %llu, loaded in %.2f s",
+		  "%s: %d/%d layers, %s, %s kernels, %d thread%s, LM head %s (%s), context %d (%s KV), seed %llu, loaded in %.2f s",
 		  o->model, n_layer, hp.n_layer, tern_packing_name((tern_packing)o->packing),
 		  tern_isa_name(o->isa == TERN_ISA_AUTO ? tern_isa_default() : (tern_isa)o->isa), o->threads,
-		  o->threads > 1 ? "s" : "", tern_isa_name(tern_head_isa(s->head)), n_ctx,
-		  tern_dtype_name(o->kv_type), (unsigned long long)tern_sampler_seed(s->smp), t_load);
+		  o->threads > 1 ? "s" : "", tern_head_format_name(tern_head_active(s->head)),
+		  tern_isa_name(tern_head_isa(s->head)), n_ctx, tern_dtype_name(o->kv_type),
+		  (unsigned long long)tern_sampler_seed(s->smp), t_load);
 	if (o->tokens && s->tok && !o->quiet) {
 		for (size_t i = 0; i < s->prompt.n; i++) {
 			const char *text;
@@ -547,7 +552,7 @@ static int run(run_state *s, tern_err *err)
 		t_prompt > 0 ? n_prompt / t_prompt : 0.0);
 	fprintf(stderr, "tern-run: decode %d tokens in %.3f s = %.2f tokens/s (%d engine steps)\n", n_gen, t_decode,
 		t_decode > 0 && n_fed ? n_fed / t_decode : 0.0, n_fed);
-	if (o->head_fmt != TERN_HEAD_FILE && s->n_seen > 0) {
+	if (o->head_fmt != TERN_HEAD_FILE && o->head_asked && s->n_seen > 0) {
 		int agree = 0;
 		TERN_FORWARD_IF_ERROR(tern_head_agreement(s->head, s->pool, s->seen, s->n_seen, &agree, err));
 		fprintf(stderr,

@@ -28,7 +28,9 @@
 extern "C" {
 #endif
 
-/* The LM head's precision: the embedding matrix as the file stores it, or a
+/* The LM head's precision (the numbers of plan.proto's LmHead and of
+ * partition's TERN_PLAN_HEAD_*, whose TERN_PLAN_HEAD_DEFAULT the command
+ * lines default to): the head matrix as the file stores it, or a
  * packed quantized copy (kernels/tern-float.h, "quantized LM head": blocks
  * of 32 with an f16 scale, 16 rows interleaved; int8 activations in the same
  * blocks, exact int32 block sums, a fixed float order over the blocks). */

@@ -134,17 +134,18 @@ def main():
     # An untied model (its own output.weight is the LM head; tern-run's
     # logits of it are checked against the numpy reference by
     # engine_vs_ref.py): the coordinator from the file and from a 2-stage
-    # plan gives tern-run's ids.
+    # plan gives tern-run's ids, all with the head as stored (--lm-head
+    # file; the plan then keeps the output matrix, role 13).
     untied = os.path.join(work, "untied.gguf")
     make_model(untied, layers=4, seed=6, untied=True)
     uplan = os.path.join(work, "plan-untied")
-    subprocess.run([os.path.join(build, "partition", "tern-partition"), untied, "--stages", "2", "-o", uplan],
-                   check=True, stdout=subprocess.DEVNULL)
-    want_u = {p: run_tern_run(build, untied, p, N_GEN) for p in PROMPTS[:4]}
+    subprocess.run([os.path.join(build, "partition", "tern-partition"), untied, "--stages", "2", "-o", uplan,
+                    "--lm-head", "file"], check=True, stdout=subprocess.DEVNULL)
+    want_u = {p: run_tern_run(build, untied, p, N_GEN, ["--lm-head", "file"]) for p in PROMPTS[:4]}
 
     def identical_untied(src, stages):
         def fn():
-            rows = run_batch(build, src, stages, PROMPTS[:4], work)
+            rows = run_batch(build, src, stages, PROMPTS[:4], work, [] if src == uplan else ["--lm-head", "file"])
             for p, row in zip(PROMPTS, rows):
                 assert row["token_ids"] == want_u[p], (src, stages, p, row, want_u[p])
         return fn
@@ -183,13 +184,18 @@ def main():
     def identical_head_plan(src, plan_dir, stages, fmt, extra=()):
         def fn():
             out = []
-            rows = run_batch(build, plan_dir, stages, PROMPTS[:4], work, extra, out)
+            rows = run_batch(build, plan_dir, stages, PROMPTS[:4], work, extra, stdout=out)
             assert "+ LM head %d)" % head_bytes(fmt) in out[0], out[0][-2000:]
             for p, row in zip(PROMPTS, rows):
                 want_q = run_tern_run(build, src, p, N_GEN, ["--lm-head", fmt])
                 assert row["token_ids"] == want_q, (plan_dir, stages, p, row, want_q)
         return fn
-    res.check("identical_plan_f16_head_in_process", identical_head_plan(model, plan, 0, "file"))
+    # tern-partition's default head is q8 (the plan above); --lm-head file stores F16
+    fplan = os.path.join(work, "plan-file")
+    subprocess.run([os.path.join(build, "partition", "tern-partition"), model, "--stages", "2", "-o", fplan,
+                    "--lm-head", "file", "--no-progress"], check=True, stdout=subprocess.DEVNULL)
+    res.check("plan_default_head_q8", identical_head_plan(model, plan, 2, "q8"))
+    res.check("identical_plan_f16_head_in_process", identical_head_plan(model, fplan, 0, "file"))
     res.check("identical_plan_q8_2_stages", identical_head_plan(model, qplan, 2, "q8"))
     res.check("identical_plan_q8_in_process", identical_head_plan(model, qplan, 0, "q8"))
     res.check("identical_plan_q8_asked_q4", identical_head_plan(model, qplan, 0, "q4", ["--lm-head", "q4"]))

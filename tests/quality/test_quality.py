@@ -76,8 +76,10 @@ def test_run(build, model, heldout, ref):
     uni = math.exp(ref["unigram_entropy"])
     check(ppl < 0.5 * uni, "tern perplexity %.2f is well below the unigram baseline %.2f" % (ppl, uni))
 
-    # The same windows through tern-run --perplexity (llama-perplexity's place in the CLI).
-    r = subprocess.run([os.path.join(build, "coordinator", "tern-run"), "-m", model, "--perplexity", heldout],
+    # The same windows through tern-run --perplexity (llama-perplexity's place in the CLI), with the
+    # file's F16 head as PyTorch has it (tern-run's default head is q8).
+    r = subprocess.run([os.path.join(build, "coordinator", "tern-run"), "-m", model, "--perplexity", heldout,
+                        "--lm-head", "file"],
                        capture_output=True, text=True, timeout=120)
     m = re.search(r"perplexity: .*: (\d+) tokens in \d+ windows of \d+, nll [0-9.]+, ppl ([0-9.]+)", r.stdout)
     check(r.returncode == 0 and m is not None, "tern-run --perplexity runs: %r %r" % (r.stdout, r.stderr[-1000:]))
@@ -115,7 +117,7 @@ def greedy_run(build, model, ref, kv):
         n_gen = len(ref["greedy_ids"])
         r = subprocess.run([os.path.join(build, "coordinator", "tern-run"), "-m", model, "-p", ref["prompt"],
                             "-n", str(n_gen), "--temp", "0", "--ignore-eos", "--dump-logits", dump,
-                            "--kv-type", kv], capture_output=True, text=True, timeout=120)
+                            "--kv-type", kv, "--lm-head", "file"], capture_output=True, text=True, timeout=120)
         check(r.returncode == 0, "tern-run greedy, %s KV (%d): %s" % (kv, r.returncode, r.stderr[-2000:]))
         logits = np.load(dump)
         n_prompt = len(ref["prompt_ids"])
@@ -150,7 +152,7 @@ def cluster_run(build, model, ref, env, inp, out, windows, kv):
     """The batch file inp through 2 stages with a KV cache type (see the module docstring)."""
     cmd = ["mpirun", "--bind-to", "none", "--oversubscribe", "-n", "1",
            os.path.join(build, "coordinator", "tern-coordinator"), "-m", model, "--stages", "2",
-           "--batch", inp, "--out", out, "--kv-type", kv, ":", "-n", "2", os.path.join(build, "node", "tern-node")]
+           "--lm-head", "file", "--batch", inp, "--out", out, "--kv-type", kv, ":", "-n", "2", os.path.join(build, "node", "tern-node")]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
     check(r.returncode == 0, "2-stage cluster batch run (%d): %s" % (r.returncode, r.stderr[-3000:]))
     with open(out) as f:

@@ -64,7 +64,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="tern-xcheck-") as tmp:
         dump = os.path.join(tmp, "c.npy")
         cmd = [a.tern_run, "-m", a.model, "--tokens", ",".join(map(str, prompt)), "-n", str(a.gen), "--temp", "0",
-               "--ignore-eos", "-q", "-t", str(a.threads), "--dump-logits", dump]
+               "--lm-head", "file", "--ignore-eos", "-q", "-t", str(a.threads), "--dump-logits", dump]
         for flag, val in (("--layers", a.layers), ("--packing", a.packing), ("--kernel", a.kernel),
                           ("-b", a.batch_size)):
             if val is not None:
