@@ -320,23 +320,6 @@ def main():
                 assert ids == alone[p], (p, ids, alone[p])
         check("concurrent_64_clients", concurrent_64)
 
-        def cancel_frees():
-            it = cl.generate(pb.GenerateRequest(prompt="the cat", max_tokens=200, ignore_eos=True), timeout=120)
-            got = 0
-            for m in it:
-                got += 1
-                if got == 3:
-                    it.cancel()
-                    break
-            deadline = time.time() + 10
-            while time.time() < deadline:
-                s = cl.stats(pb.StatsRequest(), timeout=10)
-                if s.active_sequences == 0 and s.queue_depth == 0:
-                    break
-                time.sleep(0.05)
-            assert s.active_sequences == 0 and s.kv_slots_free == s.kv_slots_total, s
-            assert s.requests_cancelled >= 1, s
-        check("cancel_frees_sequence", cancel_frees)
 
         def hostile():
             # Keep one honest stream going throughout.
@@ -396,12 +379,15 @@ def main():
         assert rc == 0, "job exited %s after SIGTERM to the coordinator" % rc
     check("clean_shutdown_exit_status", clean_exit)
 
-    # Queue limit: one slot, queue of 8.
-    srv = Server(build, model, args.stages, ["--slots", "1", "--queue", "8", "-c", "256"], via_server=args.via_server)
+    # Queue limit: one slot, queue of 8. The first stream must hold the slot
+    # until the queue is full: 4000 tokens, not 200, which the in-process
+    # back end generated in tens of milliseconds, before a loaded box had
+    # queued the 8 others (the extras then got OK).
+    srv = Server(build, model, args.stages, ["--slots", "1", "--queue", "8", "-c", "4096"], via_server=args.via_server)
     cl = Client(pb, srv.port)
     try:
         def queue_limit():
-            first = cl.generate(pb.GenerateRequest(prompt="a", max_tokens=200, ignore_eos=True), timeout=120)
+            first = cl.generate(pb.GenerateRequest(prompt="a", max_tokens=4000, ignore_eos=True), timeout=120)
             next(first)  # it holds the only slot now
             codes = []
             lock = threading.Lock()
@@ -414,29 +400,51 @@ def main():
             for _ in range(8):
                 ths.append(threading.Thread(target=one))
                 ths[-1].start()
-            deadline = time.time() + 10
+            deadline = time.time() + 30
             while cl.stats(pb.StatsRequest(), timeout=10).queue_depth < 8 and time.time() < deadline:
                 time.sleep(0.02)
+            depth = cl.stats(pb.StatsRequest(), timeout=10).queue_depth
             extra = [code_of(lambda: cl.gen(prompt="a", max_tokens=2))[0] for _ in range(3)]
+            assert depth == 8, "the queue never filled (depth %d): the first stream ended too early" % depth
             first.cancel()
             for t in ths:
                 t.join(timeout=120)
             assert extra == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 3, extra
             assert codes == [grpc.StatusCode.OK] * 8, codes
         check("queue_limit_resource_exhausted", queue_limit)
+
+        # On this server too (4096 positions): a 200-token stream of the small
+        # model could end before the cancel reached it.
+        def cancel_frees():
+            it = cl.generate(pb.GenerateRequest(prompt="the cat", max_tokens=4000, ignore_eos=True), timeout=120)
+            got = 0
+            for m in it:
+                got += 1
+                if got == 3:
+                    it.cancel()
+                    break
+            deadline = time.time() + 10
+            while time.time() < deadline:
+                s = cl.stats(pb.StatsRequest(), timeout=10)
+                if s.active_sequences == 0 and s.queue_depth == 0:
+                    break
+                time.sleep(0.05)
+            assert s.active_sequences == 0 and s.kv_slots_free == s.kv_slots_total, s
+            assert s.requests_cancelled >= 1, s
+        check("cancel_frees_sequence", cancel_frees)
     finally:
         cl.close()
         srv.stop()
 
     # Queue limit 0: free slots still admit; only waiting work is refused.
-    srv = Server(build, model, args.stages, ["--slots", "2", "--queue", "0", "-c", "256"], via_server=args.via_server)
+    srv = Server(build, model, args.stages, ["--slots", "2", "--queue", "0", "-c", "4096"], via_server=args.via_server)
     cl = Client(pb, srv.port)
     try:
         def queue_zero():
             code, _ = code_of(lambda: cl.gen(timeout=120, prompt="a", max_tokens=2, ignore_eos=True))
             assert code == grpc.StatusCode.OK, code
-            a = cl.generate(pb.GenerateRequest(prompt="a", max_tokens=200, ignore_eos=True), timeout=120)
-            b = cl.generate(pb.GenerateRequest(prompt="b", max_tokens=200, ignore_eos=True), timeout=120)
+            a = cl.generate(pb.GenerateRequest(prompt="a", max_tokens=4000, ignore_eos=True), timeout=120)
+            b = cl.generate(pb.GenerateRequest(prompt="b", max_tokens=4000, ignore_eos=True), timeout=120)
             next(a)
             next(b)  # both slots are held now
             extra, _ = code_of(lambda: cl.gen(timeout=60, prompt="c", max_tokens=2))
