@@ -6,6 +6,8 @@
     offline batch mode; also with fewer slots than requests (sequences join and
     leave while others decode), with small prefill chunks (long prompts
     interleave with decoding), and with the layers in-process (--stages 0);
+    stages on one box keep 1 micro-batch in flight (they share its cores),
+    --in-flight 4 keeps 4 (the pipelining used across hosts);
     also from a 2-stage plan directory, through its stages and in-process;
     also with a quantized LM head (--lm-head q8/q4 on both sides);
   - a malformed batch line is a one-line error naming the line, exit non-zero;
@@ -41,7 +43,8 @@ def mpi_env():
     return e
 
 
-def run_batch(build, model, stages, prompts, work, extra=()):
+def run_batch(build, model, stages, prompts, work, extra=(), log=None):
+    """The batch's rows in input order; log (a list) receives the job's stderr."""
     inp = os.path.join(work, "in.jsonl")
     out = os.path.join(work, "out.jsonl")
     with open(inp, "w") as f:
@@ -55,6 +58,8 @@ def run_batch(build, model, stages, prompts, work, extra=()):
     r = subprocess.run(cmd, capture_output=True, text=True, env=mpi_env(), timeout=300)
     if r.returncode != 0:
         raise AssertionError("batch run failed (%d):\n%s" % (r.returncode, r.stderr[-3000:]))
+    if log is not None:
+        log.append(r.stderr)
     rows = [json.loads(line) for line in open(out)]
     assert [row["id"] for row in rows] == [str(i) for i in range(len(prompts))], rows
     return rows
@@ -69,16 +74,25 @@ def main():
     res = Results()
     want = {p: run_tern_run(build, model, p, N_GEN) for p in PROMPTS}
 
-    def identical(stages, n_seqs, extra=()):
+    def identical(stages, n_seqs, extra=(), in_flight=None):
+        """in_flight: the number of micro-batches the coordinator must say it
+        keeps in the pipeline (every stage here shares this box's cores: 1,
+        unless --in-flight says otherwise)."""
         def fn():
-            rows = run_batch(build, model, stages, PROMPTS[:n_seqs], work, extra)
+            log = []
+            rows = run_batch(build, model, stages, PROMPTS[:n_seqs], work, extra, log)
             for p, row in zip(PROMPTS, rows):
                 assert row["token_ids"] == want[p], (stages, p, row, want[p])
                 assert row["finish_reason"] == "length" and row["completion_tokens"] == N_GEN, row
+            if in_flight:
+                line = "pipeline: %d micro-batch%s in flight at most" % (in_flight, "es" if in_flight > 1 else "")
+                assert line in log[0], (line, log[0][-2000:])
         return fn
 
     for s in (1, 2, 3, 4):
-        res.check("identical_%d_stages_16_seqs" % s, identical(s, 16))
+        res.check("identical_%d_stages_16_seqs" % s, identical(s, 16, in_flight=1))
+    # Several micro-batches in flight at once, as across hosts.
+    res.check("identical_3_stages_16_seqs_in_flight_4", identical(3, 16, ["--in-flight", "4"], in_flight=4))
     res.check("identical_2_stages_1_seq", identical(2, 1))
     res.check("identical_2_stages_5_seqs_3_slots", identical(2, 5, ["--slots", "3"]))
     res.check("identical_3_stages_chunk_2", identical(3, 16, ["--chunk", "2", "--max-rows", "8"]))
