@@ -41,10 +41,10 @@ typedef struct pipe_be {
  * that run on the same CPUs (same host and binding), plus one for the
  * coordinator's head unless a stage shares its host (the head's threads then
  * run on that stage's cores). A stage not yet known counts as a group of its
- * own. On one box with one NUMA domain this is 1: a second micro-batch in
- * flight would only set two thread pools against each other on the same
- * cores (at 16 sequences, 1 stage: 0.36x the in-process rate, 2 stages: 0.24x
- * before; node/README.md). */
+ * own. On one box with one NUMA domain this is 1: every rank's pool already
+ * uses all of its cores, so a second micro-batch in flight adds no compute and
+ * only sets two pools against each other (each product then waits for a
+ * thread the other pool preempted; node/README.md, how ranks wait). */
 static int pipe_depth(const pipe_be *p)
 {
 	char me[256] = "";
