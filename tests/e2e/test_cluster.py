@@ -7,7 +7,8 @@
     leave while others decode), with small prefill chunks (long prompts
     interleave with decoding), and with the layers in-process (--stages 0);
     stages on one box keep 1 micro-batch in flight (they share its cores),
-    --in-flight 4 keeps 4 (the pipelining used across hosts);
+    --in-flight 4 keeps 4 (the pipelining used across hosts); a stage without
+    a binding (--no-bind) runs one kernel thread per CPU;
     also from a 2-stage plan directory, through its stages and in-process;
     also with a quantized LM head (--lm-head q8/q4 on both sides);
   - a malformed batch line is a one-line error naming the line, exit non-zero;
@@ -20,6 +21,7 @@ Usage: test_cluster.py BUILD_DIR
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -43,8 +45,9 @@ def mpi_env():
     return e
 
 
-def run_batch(build, model, stages, prompts, work, extra=(), log=None):
-    """The batch's rows in input order; log (a list) receives the job's stderr."""
+def run_batch(build, model, stages, prompts, work, extra=(), log=None, node_args=()):
+    """The batch's rows in input order; log (a list) receives the job's stderr;
+    node_args go to every tern-node."""
     inp = os.path.join(work, "in.jsonl")
     out = os.path.join(work, "out.jsonl")
     with open(inp, "w") as f:
@@ -54,7 +57,7 @@ def run_batch(build, model, stages, prompts, work, extra=(), log=None):
              "--batch", inp, "--out", out] + list(extra)
     cmd = ["mpirun", "--bind-to", "none", "--oversubscribe", "-n", "1"] + coord
     if stages:
-        cmd += [":", "-n", str(stages), os.path.join(build, "node", "tern-node")]
+        cmd += [":", "-n", str(stages), os.path.join(build, "node", "tern-node")] + list(node_args)
     r = subprocess.run(cmd, capture_output=True, text=True, env=mpi_env(), timeout=300)
     if r.returncode != 0:
         raise AssertionError("batch run failed (%d):\n%s" % (r.returncode, r.stderr[-3000:]))
@@ -97,6 +100,17 @@ def main():
     res.check("identical_2_stages_5_seqs_3_slots", identical(2, 5, ["--slots", "3"]))
     res.check("identical_3_stages_chunk_2", identical(3, 16, ["--chunk", "2", "--max-rows", "8"]))
     res.check("identical_in_process", identical(0, 16))
+
+    # A stage that is not bound to a NUMA domain runs one kernel thread per
+    # CPU it may use, as tern-run does (it used to run 1).
+    def unbound_threads():
+        log = []
+        rows = run_batch(build, model, 1, PROMPTS[:2], work, log=log, node_args=["--no-bind"])
+        for p, row in zip(PROMPTS, rows):
+            assert row["token_ids"] == want[p], (p, row, want[p])
+        n = len(os.sched_getaffinity(0))
+        assert re.search(r"stage 1: layers .*, %d threads?, loaded" % n, log[0]), (n, log[0][-2000:])
+    res.check("unbound_stage_threads", unbound_threads)
 
     # A plan directory (tern-partition, 2 stages): its stages load their
     # shards, and --stages 0 loads every layer from all of them in-process.
