@@ -124,8 +124,13 @@ int main(int argc, char **argv)
 	if (serving && !errmsg[0]) {
 		const double t0 = tern_now_s();
 		int threads = (int)hello->threads;
-		if (threads <= 0)
-			threads = n_cpus > 0 ? n_cpus : 1;
+		/* Default: every core of the domain; unbound, every CPU this
+		 * process may use (as tern-run). */
+		if (threads <= 0) {
+			threads = n_cpus > 0 ? n_cpus : tern_cpu_count();
+			if (threads > TERN_POOL_MAX_THREADS)
+				threads = TERN_POOL_MAX_THREADS;
+		}
 		tern_engine_config cfg = {
 			.n_slots = (int)hello->n_slots,
 			.n_ctx = (int)hello->n_ctx,

@@ -36,6 +36,7 @@ typedef struct coord_opts {
 	int slots, ctx, max_rows, chunk, threads, head_threads, queue, max_tokens, max_conns;
 	int lm_head; /* tern_head_format; -1: a plan's stored head, a model file's TERN_PLAN_HEAD_DEFAULT */
 	double stall, drain;
+	int in_flight; /* micro-batches in the pipeline at most; 0: from where the stages run */
 	const char *listen, *tls_cert, *tls_key, *token_file;
 	const char *batch_in, *batch_out;
 } coord_opts;
@@ -63,6 +64,9 @@ static void usage(FILE *f)
 		"  --queue N               requests that may wait for a slot (default 64)\n"
 		"  -n, --max-tokens N      default max_tokens of a request (default 256)\n"
 		"  --stall-timeout S       a pipeline silent this long is dead (default 8)\n"
+		"  --in-flight N           micro-batches in the pipeline at most (default: one per group of\n"
+		"                          stages on the same host and CPUs, plus one for the LM head when\n"
+		"                          no stage shares the coordinator's host; 1 on one box)\n"
 		"  --drain-timeout S       on SIGTERM/SIGINT: refuse new requests, let accepted ones run\n"
 		"                          up to S seconds, end the rest; a second signal stops at once (default 30)\n"
 		"  --listen ADDR           gRPC address (default 127.0.0.1:50051)\n"
@@ -98,6 +102,7 @@ enum {
 	OPT_PLAN_ID,
 	OPT_TIMEOUT,
 	OPT_STALL,
+	OPT_IN_FLIGHT,
 	OPT_DRAIN,
 	OPT_PACKING,
 	OPT_KERNEL,
@@ -146,6 +151,7 @@ static int parse_args(int argc, char **argv, coord_opts *o)
 		{"plan-id", required_argument, NULL, OPT_PLAN_ID},
 		{"timeout", required_argument, NULL, OPT_TIMEOUT},
 		{"stall-timeout", required_argument, NULL, OPT_STALL},
+		{"in-flight", required_argument, NULL, OPT_IN_FLIGHT},
 		{"drain-timeout", required_argument, NULL, OPT_DRAIN},
 		{"packing", required_argument, NULL, OPT_PACKING},
 		{"kernel", required_argument, NULL, OPT_KERNEL},
@@ -193,6 +199,9 @@ static int parse_args(int argc, char **argv, coord_opts *o)
 			break;
 		case OPT_STALL:
 			rc = tern_parse_double(v, 1e-3, 1e9, "--stall-timeout", &o->stall, &err);
+			break;
+		case OPT_IN_FLIGHT:
+			rc = tern_parse_int(v, 1, TERN_PIPE_MAX_STAGES + 1, "--in-flight", &o->in_flight, &err);
 			break;
 		case OPT_DRAIN:
 			rc = tern_parse_double(v, 0, 1e9, "--drain-timeout", &o->drain, &err);
@@ -292,6 +301,7 @@ static void shutdown_stages_control(int n_stages)
 /* Each stage's host and pid from its READY, for the pipeline back end to
  * name a dead or stopped one. */
 static char g_stage_host[TERN_PIPE_MAX_STAGES][64];
+static char g_stage_binding[TERN_PIPE_MAX_STAGES][128];
 static uint32_t g_stage_pid[TERN_PIPE_MAX_STAGES];
 
 /* HELLO to every stage, then every READY (bounded). Fills desc with one
@@ -354,6 +364,8 @@ static int start_stages(const coord_opts *o, int n_stages, const tern_coord_mode
 			*weight_bytes += h->weight_bytes;
 			if (from >= 1 && from <= TERN_PIPE_MAX_STAGES) {
 				snprintf(g_stage_host[from - 1], sizeof g_stage_host[0], "%s", h->host ? h->host : "");
+				snprintf(g_stage_binding[from - 1], sizeof g_stage_binding[0], "%s",
+					 h->binding ? h->binding : "");
 				g_stage_pid[from - 1] = h->pid;
 			}
 			if (from >= 1 && from <= 64)
@@ -444,11 +456,18 @@ int main(int argc, char **argv)
 			abort_mpi = 1;
 			goto fail;
 		}
-		/* One micro-batch per stage plus one at the coordinator's head. */
-		if (tern_coord_pipeline_backend(n_stages, hp->n_embd, n_stages + 1, &be, &err) < 0)
+		/* At most one micro-batch per stage plus one at the coordinator's
+		 * head; fewer where stages share cores (set_stage). */
+		const int cap = o.in_flight > n_stages + 1 ? o.in_flight : n_stages + 1;
+		if (tern_coord_pipeline_backend(n_stages, hp->n_embd, cap, &be, &err) < 0)
 			goto fail;
 		for (int st = 1; st <= n_stages && st <= TERN_PIPE_MAX_STAGES; st++)
-			tern_coord_pipeline_set_stage(&be, st, g_stage_host[st - 1], g_stage_pid[st - 1]);
+			tern_coord_pipeline_set_stage(&be, st, g_stage_host[st - 1], g_stage_binding[st - 1],
+						      g_stage_pid[st - 1]);
+		if (o.in_flight > 0)
+			be.max_in_flight = o.in_flight;
+		TERN_LOGI("coord", "pipeline: %d micro-batch%s in flight at most (%d stage%s)", be.max_in_flight,
+			  be.max_in_flight > 1 ? "es" : "", n_stages, n_stages > 1 ? "s" : "");
 	} else {
 		tern_engine_config cfg = {.n_slots = o.slots, .n_ctx = ctx, .max_rows = o.max_rows,
 					  .isa = (tern_isa)o.isa, .kv_type = o.kv_type};

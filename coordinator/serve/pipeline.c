@@ -32,17 +32,48 @@ typedef struct pipe_be {
 	tern_link_send_req *req; /* (n_req) sends in flight */
 	sent_mb *sent;           /* (n_req) ring of micro-batches in the pipeline, oldest at sent_head */
 	int sent_head, n_sent;
-	char host[TERN_PIPE_MAX_STAGES][64]; /* each stage's host and pid, from its READY */
+	char host[TERN_PIPE_MAX_STAGES][64]; /* each stage's host, binding and pid, from its READY */
+	char binding[TERN_PIPE_MAX_STAGES][128];
 	int pid[TERN_PIPE_MAX_STAGES];
 } pipe_be;
 
-void tern_coord_pipeline_set_stage(tern_sched_backend *be, int stage, const char *host, uint32_t pid)
+/* How many micro-batches can make progress at once: one per group of stages
+ * that run on the same CPUs (same host and binding), plus one for the
+ * coordinator's head unless a stage shares its host (the head's threads then
+ * run on that stage's cores). A stage not yet known counts as a group of its
+ * own. On one box with one NUMA domain this is 1: every rank's pool already
+ * uses all of its cores, so a second micro-batch in flight adds no compute and
+ * only sets two pools against each other (each product then waits for a
+ * thread the other pool preempted; node/README.md, how ranks wait). */
+static int pipe_depth(const pipe_be *p)
+{
+	char me[256] = "";
+	if (gethostname(me, sizeof me - 1) != 0)
+		me[0] = '\0';
+	int groups = 0, head_shares = 0;
+	for (int s = 0; s < p->n_stages; s++) {
+		const int known = s < TERN_PIPE_MAX_STAGES && p->host[s][0];
+		int seen = 0;
+		for (int t = 0; known && t < s && !seen; t++)
+			seen = !strcmp(p->host[t], p->host[s]) && !strcmp(p->binding[t], p->binding[s]);
+		groups += !seen;
+		if (known && me[0] && !strcmp(p->host[s], me))
+			head_shares = 1;
+	}
+	const int depth = groups + !head_shares;
+	return depth < 1 ? 1 : depth > p->n_req ? p->n_req : depth;
+}
+
+void tern_coord_pipeline_set_stage(tern_sched_backend *be, int stage, const char *host, const char *binding,
+				   uint32_t pid)
 {
 	pipe_be *p = be->self;
 	if (!p || stage < 1 || stage > p->n_stages || stage > TERN_PIPE_MAX_STAGES)
 		return;
 	snprintf(p->host[stage - 1], sizeof p->host[0], "%s", host ? host : "");
+	snprintf(p->binding[stage - 1], sizeof p->binding[0], "%s", binding ? binding : "");
 	p->pid[stage - 1] = pid <= INT32_MAX ? (int)pid : 0;
+	be->max_in_flight = pipe_depth(p);
 }
 
 /* The state letter of a process of this host (/proc/PID/stat), 'X' when it

@@ -6,6 +6,9 @@
     offline batch mode; also with fewer slots than requests (sequences join and
     leave while others decode), with small prefill chunks (long prompts
     interleave with decoding), and with the layers in-process (--stages 0);
+    stages on one box keep 1 micro-batch in flight (they share its cores),
+    --in-flight 4 keeps 4 (the pipelining used across hosts); a stage without
+    a binding (--no-bind) runs one kernel thread per CPU;
     also from a 2-stage plan directory, through its stages and in-process;
     also for an untied model (its own LM head), from the file and a plan;
     also with a quantized LM head (--lm-head q8/q4 on both sides), and from
@@ -22,6 +25,7 @@ Usage: test_cluster.py BUILD_DIR
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -45,9 +49,9 @@ def mpi_env():
     return e
 
 
-def run_batch(build, model, stages, prompts, work, extra=(), log=None, stdout=None):
-    """The rows of an offline batch run; log / stdout (lists) receive the
-    coordinator's stderr / stdout."""
+def run_batch(build, model, stages, prompts, work, extra=(), log=None, stdout=None, node_args=()):
+    """The batch's rows in input order; log / stdout (lists) receive the
+    job's stderr / the coordinator's stdout; node_args go to every tern-node."""
     inp = os.path.join(work, "in.jsonl")
     out = os.path.join(work, "out.jsonl")
     with open(inp, "w") as f:
@@ -57,14 +61,14 @@ def run_batch(build, model, stages, prompts, work, extra=(), log=None, stdout=No
              "--batch", inp, "--out", out] + list(extra)
     cmd = ["mpirun", "--bind-to", "none", "--oversubscribe", "-n", "1"] + coord
     if stages:
-        cmd += [":", "-n", str(stages), os.path.join(build, "node", "tern-node")]
+        cmd += [":", "-n", str(stages), os.path.join(build, "node", "tern-node")] + list(node_args)
     r = subprocess.run(cmd, capture_output=True, text=True, env=mpi_env(), timeout=300)
     if r.returncode != 0:
         raise AssertionError("batch run failed (%d):\n%s" % (r.returncode, r.stderr[-3000:]))
-    rows = [json.loads(line) for line in open(out)]
-    assert [row["id"] for row in rows] == [str(i) for i in range(len(prompts))], rows
     if log is not None:
         log.append(r.stderr)
+    rows = [json.loads(line) for line in open(out)]
+    assert [row["id"] for row in rows] == [str(i) for i in range(len(prompts))], rows
     if stdout is not None:
         stdout.append(r.stdout)
     return rows
@@ -87,16 +91,25 @@ def main():
     res = Results()
     want = {p: run_tern_run(build, model, p, N_GEN) for p in PROMPTS}
 
-    def identical(stages, n_seqs, extra=()):
+    def identical(stages, n_seqs, extra=(), in_flight=None):
+        """in_flight: the number of micro-batches the coordinator must say it
+        keeps in the pipeline (every stage here shares this box's cores: 1,
+        unless --in-flight says otherwise)."""
         def fn():
-            rows = run_batch(build, model, stages, PROMPTS[:n_seqs], work, extra)
+            log = []
+            rows = run_batch(build, model, stages, PROMPTS[:n_seqs], work, extra, log)
             for p, row in zip(PROMPTS, rows):
                 assert row["token_ids"] == want[p], (stages, p, row, want[p])
                 assert row["finish_reason"] == "length" and row["completion_tokens"] == N_GEN, row
+            if in_flight:
+                line = "pipeline: %d micro-batch%s in flight at most" % (in_flight, "es" if in_flight > 1 else "")
+                assert line in log[0], (line, log[0][-2000:])
         return fn
 
     for s in (1, 2, 3, 4):
-        res.check("identical_%d_stages_16_seqs" % s, identical(s, 16))
+        res.check("identical_%d_stages_16_seqs" % s, identical(s, 16, in_flight=1))
+    # Several micro-batches in flight at once, as across hosts.
+    res.check("identical_3_stages_16_seqs_in_flight_4", identical(3, 16, ["--in-flight", "4"], in_flight=4))
     res.check("identical_2_stages_1_seq", identical(2, 1))
     res.check("identical_2_stages_5_seqs_3_slots", identical(2, 5, ["--slots", "3"]))
     res.check("identical_3_stages_chunk_2", identical(3, 16, ["--chunk", "2", "--max-rows", "8"]))
@@ -115,6 +128,16 @@ def main():
         run_batch(build, model, 2, PROMPTS[:1], work, (), log)
         assert log[0].count(" f16 KV,") == 2, log[0][-2000:]
     res.check("identical_kv_f32_2_stages", identical_kv_f32)
+    # A stage that is not bound to a NUMA domain runs one kernel thread per
+    # CPU it may use, as tern-run does (it used to run 1).
+    def unbound_threads():
+        log = []
+        rows = run_batch(build, model, 1, PROMPTS[:2], work, log=log, node_args=["--no-bind"])
+        for p, row in zip(PROMPTS, rows):
+            assert row["token_ids"] == want[p], (p, row, want[p])
+        n = len(os.sched_getaffinity(0))
+        assert re.search(r"stage 1: layers .*, %d threads?, loaded" % n, log[0]), (n, log[0][-2000:])
+    res.check("unbound_stage_threads", unbound_threads)
 
     # A plan directory (tern-partition, 2 stages): its stages load their
     # shards, and --stages 0 loads every layer from all of them in-process.
