@@ -30,6 +30,22 @@ def proc_stat(pid, tid=None):
         return f.read().rsplit(")", 1)[1].split()
 
 
+def thread_stats(pid):
+    """proc_stat of every thread of PID that is still alive when read: a
+    thread may end between listing /proc/PID/task and opening its stat."""
+    out = []
+    try:
+        tids = os.listdir("/proc/%s/task" % pid)
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            out.append(proc_stat(pid, tid))
+        except OSError:
+            continue
+    return out
+
+
 def descendants(pid):
     """Pids of every live descendant of PID (from /proc, by parent pid)."""
     kids = {}

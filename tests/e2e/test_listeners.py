@@ -31,7 +31,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ternlib import Results, TernServer, descendants, mpi_rank, proc_stat  # noqa: E402
+from ternlib import Results, TernServer, descendants, mpi_rank, proc_stat, thread_stats  # noqa: E402
 
 
 def parent(pid):
@@ -172,9 +172,14 @@ def main():
             # --nice (default 10): every thread of tern-server runs 10 nicer
             # than the job it launched, which keeps the priority we had.
             base = os.getpriority(os.PRIO_PROCESS, 0)
-            own_nice = {int(proc_stat(srv.proc.pid, t)[16]) for t in os.listdir("/proc/%d/task" % srv.proc.pid)}
+            own_nice = {int(st[16]) for st in thread_stats(srv.proc.pid)}
             assert own_nice == {min(19, base + 10)}, "tern-server's threads: nice %s" % own_nice
-            job_nice = {int(proc_stat(p)[16]) for p in job if os.path.exists("/proc/%d" % p)}
+            job_nice = set()
+            for p in job:
+                try:
+                    job_nice.add(int(proc_stat(p)[16]))
+                except OSError:  # a process of the job that has ended
+                    continue
             assert job_nice == {base}, "the job: nice %s, want %d" % (job_nice, base)
         finally:
             assert srv.stop() == 0
