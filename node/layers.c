@@ -248,14 +248,21 @@ static inline __attribute__((always_inline)) const float *kv_head_row(const void
 }
 
 /* Optional fused forms for a half-precision cache, what an ISA copy may pass
- * instead of widening a row first: q.k in dot_f64's order, and acc[d] +=
- * p * v[d] in d order, each element widened exactly on the way. NULL: widen
- * the row, then the loops below. */
-typedef double (*kv_dot_half_fn)(const float *q, const uint16_t *k, int type, int n);
-typedef void (*kv_axpy_half_fn)(double *acc, double p, const uint16_t *v, int type, int n);
+ * instead of widening a row first, over all positions 0..count-1 of one head
+ * (rows `stride` elements apart), each element widened exactly on the way:
+ * - scores: sc[t] = (float)(q.k_t) * scale, every q.k_t in dot_f64's order;
+ * - attend: acc[d] += (double)sc[t] * v_t[d] for t = 0, 1, ... in that order
+ *   for every d (a product, then a sum).
+ * Each output runs exactly the loops' operations in their order, so the
+ * copies may interleave positions or elements for throughput. NULL: widen
+ * each row, then the loops below. */
+typedef void (*kv_scores_half_fn)(const float *q, const uint16_t *k, size_t stride, int type, int n, int count,
+				  float scale, float *sc);
+typedef void (*kv_attend_half_fn)(double *acc, const float *sc, const uint16_t *v, size_t stride, int type, int n,
+				  int count);
 
 static inline __attribute__((always_inline)) void attn_body(void *ctx, int tid, int nth, kv_widen_fn widen,
-							    kv_dot_half_fn dot_half, kv_axpy_half_fn axpy_half)
+							    kv_scores_half_fn scores_half, kv_attend_half_fn attend_half)
 {
 	const attn_job *job = ctx;
 	tern_engine *e = job->e;
@@ -278,10 +285,8 @@ static inline __attribute__((always_inline)) void attn_body(void *ctx, int tid, 
 		/* products of floats are exact in double, so these sums are close
 		 * to correctly rounded once cast back: few int8 rounding flips
 		 * against any other careful implementation */
-		if (dot_half && type != TERN_DTYPE_F32) {
-			for (int t = 0; t <= pos; t++)
-				sc[t] = (float)dot_half(qh, (const uint16_t *)kc + base + (size_t)t * kvd, type, hd) *
-					scale;
+		if (scores_half && type != TERN_DTYPE_F32) {
+			scores_half(qh, (const uint16_t *)kc + base, (size_t)kvd, type, hd, pos + 1, scale, sc);
 		} else {
 			for (int t = 0; t <= pos; t++) {
 				const float *kt = kv_head_row(kc, base + (size_t)t * kvd, type, hd, widen, ktmp);
@@ -291,9 +296,8 @@ static inline __attribute__((always_inline)) void attn_body(void *ctx, int tid, 
 		e->fk->softmax(sc, pos + 1);
 		for (int d = 0; d < hd; d++)
 			acc[d] = 0.0;
-		if (axpy_half && type != TERN_DTYPE_F32) {
-			for (int t = 0; t <= pos; t++)
-				axpy_half(acc, (double)sc[t], (const uint16_t *)vc + base + (size_t)t * kvd, type, hd);
+		if (attend_half && type != TERN_DTYPE_F32) {
+			attend_half(acc, sc, (const uint16_t *)vc + base, (size_t)kvd, type, hd, pos + 1);
 		} else {
 			for (int t = 0; t <= pos; t++) {
 				const double p = (double)sc[t];
@@ -373,15 +377,12 @@ static inline float half1(uint16_t h, int type)
 	return type == TERN_DTYPE_F16 ? tern_f16_to_f32(h) : tern_bf16_to_f32(h);
 }
 
-/* dot_f64(q, widened k, n): lane j sums elements i = j mod 8 in i order
- * (one vector add per 8), the tail into lanes 0.., the same combining tree. */
-__attribute__((target("avx512f,f16c"))) static double dot_half_avx512(const float *q, const uint16_t *k, int type,
-								      int n)
+/* The end of one dot_f64(q, widened k, n) whose 8 lanes are in acc: the
+ * tail into lanes 0.., the same combining tree. */
+__attribute__((target("avx512f,f16c"))) static inline double dot_half_finish(__m512d acc, const float *q,
+									      const uint16_t *k, int type, int i,
+									      int n)
 {
-	__m512d acc = _mm512_setzero_pd();
-	int i = 0;
-	for (; i + 8 <= n; i += 8)
-		acc = _mm512_add_pd(acc, _mm512_mul_pd(_mm512_cvtps_pd(_mm256_loadu_ps(q + i)), half8_pd(k + i, type)));
 	double l[8];
 	_mm512_storeu_pd(l, acc);
 	for (int j = 0; i < n; i++, j++)
@@ -390,22 +391,85 @@ __attribute__((target("avx512f,f16c"))) static double dot_half_avx512(const floa
 	return (s0 + s2) + (s1 + s3);
 }
 
-/* acc[d] += p * (double)v[d] for each d: a product, then a sum, as the loop. */
-__attribute__((target("avx512f,f16c"))) static void axpy_half_avx512(double *acc, double p, const uint16_t *v, int type,
-								     int n)
+/* kv_scores_half_fn: each dot is dot_f64's order (lane j sums elements
+ * i = j mod 8 in i order, one vector add per 8), four positions at a time so
+ * four independent add chains fill the pipeline instead of one. */
+__attribute__((target("avx512f,f16c"))) static void scores_half_avx512(const float *q, const uint16_t *k,
+									size_t stride, int type, int n, int count,
+									float scale, float *sc)
 {
-	const __m512d pp = _mm512_set1_pd(p);
+	int t = 0;
+	for (; t + 4 <= count; t += 4) {
+		const uint16_t *k0 = k + (size_t)t * stride, *k1 = k0 + stride, *k2 = k1 + stride, *k3 = k2 + stride;
+		/* the rows 8 positions on, which the prefetchers lose at every page */
+		if (t + 12 <= count)
+			for (int r = 0; r < 4; r++)
+				for (int l = 0; l < n; l += 32)
+					_mm_prefetch((const char *)(k0 + (size_t)(8 + r) * stride + l), _MM_HINT_T0);
+		__m512d a0 = _mm512_setzero_pd(), a1 = a0, a2 = a0, a3 = a0;
+		int i = 0;
+		for (; i + 8 <= n; i += 8) {
+			const __m512d qv = _mm512_cvtps_pd(_mm256_loadu_ps(q + i));
+			a0 = _mm512_add_pd(a0, _mm512_mul_pd(qv, half8_pd(k0 + i, type)));
+			a1 = _mm512_add_pd(a1, _mm512_mul_pd(qv, half8_pd(k1 + i, type)));
+			a2 = _mm512_add_pd(a2, _mm512_mul_pd(qv, half8_pd(k2 + i, type)));
+			a3 = _mm512_add_pd(a3, _mm512_mul_pd(qv, half8_pd(k3 + i, type)));
+		}
+		sc[t] = (float)dot_half_finish(a0, q, k0, type, i, n) * scale;
+		sc[t + 1] = (float)dot_half_finish(a1, q, k1, type, i, n) * scale;
+		sc[t + 2] = (float)dot_half_finish(a2, q, k2, type, i, n) * scale;
+		sc[t + 3] = (float)dot_half_finish(a3, q, k3, type, i, n) * scale;
+	}
+	for (; t < count; t++) {
+		const uint16_t *kt = k + (size_t)t * stride;
+		__m512d a = _mm512_setzero_pd();
+		int i = 0;
+		for (; i + 8 <= n; i += 8)
+			a = _mm512_add_pd(a, _mm512_mul_pd(_mm512_cvtps_pd(_mm256_loadu_ps(q + i)), half8_pd(kt + i, type)));
+		sc[t] = (float)dot_half_finish(a, q, kt, type, i, n) * scale;
+	}
+}
+
+/* kv_attend_half_fn: 64 elements of acc stay in 8 registers across all
+ * positions (8 independent chains; before, every position loaded and stored
+ * acc and each element's chain ran through memory). */
+__attribute__((target("avx512f,f16c"))) static void attend_half_avx512(double *acc, const float *sc,
+									const uint16_t *v, size_t stride, int type, int n,
+									int count)
+{
 	int d = 0;
-	for (; d + 8 <= n; d += 8)
-		_mm512_storeu_pd(acc + d,
-				 _mm512_add_pd(_mm512_loadu_pd(acc + d), _mm512_mul_pd(pp, half8_pd(v + d, type))));
+	for (; d + 64 <= n; d += 64) {
+		__m512d a[8];
+		for (int r = 0; r < 8; r++)
+			a[r] = _mm512_loadu_pd(acc + d + 8 * r);
+		for (int t = 0; t < count; t++) {
+			const __m512d pp = _mm512_set1_pd((double)sc[t]);
+			const uint16_t *vt = v + (size_t)t * stride + d;
+			if (t + 8 < count) {
+				_mm_prefetch((const char *)(vt + 8 * stride), _MM_HINT_T0);
+				_mm_prefetch((const char *)(vt + 8 * stride + 32), _MM_HINT_T0);
+			}
+			for (int r = 0; r < 8; r++)
+				a[r] = _mm512_add_pd(a[r], _mm512_mul_pd(pp, half8_pd(vt + 8 * r, type)));
+		}
+		for (int r = 0; r < 8; r++)
+			_mm512_storeu_pd(acc + d + 8 * r, a[r]);
+	}
+	for (; d + 8 <= n; d += 8) {
+		__m512d a = _mm512_loadu_pd(acc + d);
+		for (int t = 0; t < count; t++)
+			a = _mm512_add_pd(a, _mm512_mul_pd(_mm512_set1_pd((double)sc[t]),
+							   half8_pd(v + (size_t)t * stride + d, type)));
+		_mm512_storeu_pd(acc + d, a);
+	}
 	for (; d < n; d++)
-		acc[d] += p * (double)half1(v[d], type);
+		for (int t = 0; t < count; t++)
+			acc[d] += (double)sc[t] * (double)half1(v[(size_t)t * stride + d], type);
 }
 
 __attribute__((target("avx512f,f16c"))) static void attn_run_avx512(void *ctx, int tid, int nth)
 {
-	attn_body(ctx, tid, nth, kv_widen_avx512, dot_half_avx512, axpy_half_avx512);
+	attn_body(ctx, tid, nth, kv_widen_avx512, scores_half_avx512, attend_half_avx512);
 }
 #define HAVE_ATTN_X86 1
 #endif
