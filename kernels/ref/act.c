@@ -127,33 +127,31 @@ static int act_reserve(tern_act *a, tern_packing p, tern_isa isa, int n, int k, 
 	return 0;
 }
 
-/* Whether a's rows are prepared by x86/act-avx512.c: for the AVX-512 ISA on
- * CPUs with AVX512_VNNI (the same bytes; the scalar code stays the
- * reference, and what TERN_KERNEL=ref runs). */
-static int act_simd(const tern_act *a)
+/* The quantizer and table builder for a's ISA: x86/act-avx512.c for the
+ * AVX-512 ISA on CPUs with AVX512_VNNI (the same bytes), else the scalar
+ * code above, which stays the reference and what TERN_KERNEL=ref runs. */
+typedef float (*act_quant_fn)(const float *x, int k, int k_pad, int8_t *q, int32_t *sum);
+typedef void (*act_lut_fn)(tern_packing p, const int8_t *q, int k_pad, uint8_t *lut, size_t row_bytes);
+
+static void act_impl(const tern_act *a, act_quant_fn *quant, act_lut_fn *lut)
 {
+	*quant = tern_quant_row;
+	*lut = build_lut;
 #if defined(TERN_KERNELS_X86)
-	return a->isa == TERN_ISA_AVX512 && tern_cpu_get()->avx512vnni;
+	if (a->isa == TERN_ISA_AVX512 && tern_cpu_get()->avx512vnni) {
+		*quant = tern_kern_quant_row_avx512;
+		*lut = tern_kern_lut_avx512;
+	}
 #else
 	(void)a;
-	return 0;
 #endif
 }
 
-static void act_tables(tern_act *a, int j, int simd)
+static void act_tables(tern_act *a, int j, act_lut_fn lut)
 {
-	if (!a->lut_row_bytes)
-		return;
-	const int8_t *q = a->q + (size_t)j * (size_t)a->k_pad;
-	uint8_t *lut = (uint8_t *)a->lut + (size_t)j * a->lut_row_bytes;
-#if defined(TERN_KERNELS_X86)
-	if (simd) {
-		tern_kern_lut_avx512(a->packing, q, a->k_pad, lut, a->lut_row_bytes);
-		return;
-	}
-#endif
-	(void)simd;
-	build_lut(a->packing, q, a->k_pad, lut, a->lut_row_bytes);
+	if (a->lut_row_bytes)
+		lut(a->packing, a->q + (size_t)j * (size_t)a->k_pad, a->k_pad,
+		    (uint8_t *)a->lut + (size_t)j * a->lut_row_bytes, a->lut_row_bytes);
 }
 
 int tern_act_prepare(tern_act *a, tern_packing p, tern_isa isa, const float *x, int n, int k, int ldx, tern_err *err)
@@ -161,17 +159,13 @@ int tern_act_prepare(tern_act *a, tern_packing p, tern_isa isa, const float *x, 
 	TERN_RETURN_IF(!a || (!x && n > 0), err, TERN_EINVAL, "tern_act_prepare: NULL argument");
 	TERN_RETURN_IF(ldx < k, err, TERN_EINVAL, "tern_act_prepare: row stride %d < k %d", ldx, k);
 	TERN_FORWARD_IF_ERROR(act_reserve(a, p, isa, n, k, err));
-	const int simd = act_simd(a);
+	act_quant_fn quant;
+	act_lut_fn lut;
+	act_impl(a, &quant, &lut);
 	for (int j = 0; j < n; j++) {
-		const float *xj = x + (size_t)j * (size_t)ldx;
-		int8_t *qj = a->q + (size_t)j * (size_t)a->k_pad;
-#if defined(TERN_KERNELS_X86)
-		a->scale[j] = simd ? tern_kern_quant_row_avx512(xj, k, a->k_pad, qj, &a->sum[j])
-				   : tern_quant_row(xj, k, a->k_pad, qj, &a->sum[j]);
-#else
-		a->scale[j] = tern_quant_row(xj, k, a->k_pad, qj, &a->sum[j]);
-#endif
-		act_tables(a, j, simd);
+		a->scale[j] = quant(x + (size_t)j * (size_t)ldx, k, a->k_pad, a->q + (size_t)j * (size_t)a->k_pad,
+				    &a->sum[j]);
+		act_tables(a, j, lut);
 	}
 	return 0;
 }
@@ -182,6 +176,9 @@ int tern_act_prepare_q(tern_act *a, tern_packing p, tern_isa isa, const int8_t *
 	TERN_RETURN_IF(!a || ((!q || !scale) && n > 0), err, TERN_EINVAL, "tern_act_prepare_q: NULL argument");
 	TERN_RETURN_IF(ldq < k, err, TERN_EINVAL, "tern_act_prepare_q: row stride %d < k %d", ldq, k);
 	TERN_FORWARD_IF_ERROR(act_reserve(a, p, isa, n, k, err));
+	act_quant_fn quant;
+	act_lut_fn lut;
+	act_impl(a, &quant, &lut);
 	for (int j = 0; j < n; j++) {
 		int8_t *qj = a->q + (size_t)j * (size_t)a->k_pad;
 		int32_t s = 0;
@@ -192,7 +189,7 @@ int tern_act_prepare_q(tern_act *a, tern_packing p, tern_isa isa, const int8_t *
 		memset(qj + k, 0, (size_t)(a->k_pad - k));
 		a->scale[j] = scale[j];
 		a->sum[j] = s;
-		act_tables(a, j, act_simd(a));
+		act_tables(a, j, lut);
 	}
 	return 0;
 }

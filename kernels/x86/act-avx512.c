@@ -17,6 +17,7 @@
 #include "kern-internal.h"
 
 #include <immintrin.h>
+#include <pthread.h>
 #include <string.h>
 
 float tern_kern_quant_row_avx512(const float *x, int k, int k_pad, int8_t *q, int32_t *sum)
@@ -62,39 +63,35 @@ typedef struct lut_consts {
 	_Alignas(64) int32_t bias[2][16];
 } lut_consts;
 
-static lut_consts lut_consts_make(void)
+static lut_consts lut_c; /* filled once (pthread_once); zero elsewhere */
+
+static void lut_consts_make(void)
 {
-	lut_consts c;
-	memset(&c, 0, sizeof c);
+	lut_consts *c = &lut_c;
 	for (int w0 = -1; w0 <= 1; w0++)
 		for (int w1 = -1; w1 <= 1; w1++) {
 			const int v = 3 * w0 + w1 + 4;
-			c.w[0][4 * v] = (int8_t)w0, c.w[0][4 * v + 1] = (int8_t)w1;
-			c.bias[0][v] = -128 * (w0 + w1);
+			c->w[0][4 * v] = (int8_t)w0, c->w[0][4 * v + 1] = (int8_t)w1;
+			c->bias[0][v] = -128 * (w0 + w1);
 			for (int w2 = -1; w2 <= 1; w2++) {
 				const int u = 9 * w0 + 3 * w1 + w2;
 				if (u < 0)
 					continue;
-				c.w[1][4 * u] = (int8_t)w0, c.w[1][4 * u + 1] = (int8_t)w1, c.w[1][4 * u + 2] = (int8_t)w2;
-				c.bias[1][u] = -128 * (w0 + w1 + w2);
+				c->w[1][4 * u] = (int8_t)w0, c->w[1][4 * u + 1] = (int8_t)w1, c->w[1][4 * u + 2] = (int8_t)w2;
+				c->bias[1][u] = -128 * (w0 + w1 + w2);
 			}
 		}
-	return c;
 }
 
 void tern_kern_lut_avx512(tern_packing p, const int8_t *q, int k_pad, uint8_t *lut, size_t row_bytes)
 {
-	static lut_consts c;
-	static int made; /* a benign race: every thread writes the same bytes */
-	if (!__atomic_load_n(&made, __ATOMIC_ACQUIRE)) {
-		lut_consts t = lut_consts_make();
-		memcpy(&c, &t, sizeof c);
-		__atomic_store_n(&made, 1, __ATOMIC_RELEASE);
-	}
+	static pthread_once_t once = PTHREAD_ONCE_INIT;
+	pthread_once(&once, lut_consts_make);
+	const lut_consts *c = &lut_c;
 	const int tl2 = p == TERN_PACK_TL2, step = tl2 ? 3 : 2;
 	const int groups = tern_lut_groups(p, k_pad);
-	const __m512i w = _mm512_load_si512((const void *)c.w[tl2]);
-	const __m512i bias = _mm512_load_si512((const void *)c.bias[tl2]);
+	const __m512i w = _mm512_load_si512((const void *)c->w[tl2]);
+	const __m512i bias = _mm512_load_si512((const void *)c->bias[tl2]);
 	const __m512i flip = _mm512_set1_epi8((char)0x80);
 	for (int g = 0; g < groups; g++) {
 		/* The group's bytes and whatever follows them: those meet weight 0.
