@@ -3,13 +3,22 @@
  * Each stream owns a pluck completion queue, so threads never share one and
  * a wait with a timeout leaves the pending receive in place: the next wait
  * picks it up. The first receive also carries RECV_INITIAL_METADATA, so
- * starting a call never waits for the server. */
+ * starting a call never waits for the server.
+ *
+ * An event-driven stream (tern_grpc_astream) starts three batches on the
+ * shared queue at once: the request, the first receive, and the status.
+ * Each completed receive hands its message to msg() and starts the next;
+ * end() runs when all three have come back (the status alone may complete
+ * before the last receive). */
 #include "tern-grpc-client.h"
+
+#include "tern-cq.h"
 
 #include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc.h>
 #include <grpc/grpc_security.h>
 #include <grpc/support/time.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -115,6 +124,33 @@ static int wait_tag(tern_grpc_stream *s, void *tag, double wait_s)
 	return ev.type == GRPC_OP_COMPLETE && ev.success;
 }
 
+/* Creates a call of method on cq and its request batch (initial metadata
+ * with the bearer token, the packed req, close): the ops in ops[0..3), the
+ * byte buffer in *bb (the caller destroys it once the batch is started). */
+static grpc_call *new_call(tern_grpc_client *c, const char *method, const ProtobufCMessage *req, double timeout_s,
+			   grpc_completion_queue *cq, grpc_metadata *md, grpc_op ops[3], grpc_byte_buffer **bb)
+{
+	grpc_slice m = grpc_slice_from_copied_string(method);
+	grpc_call *call = grpc_channel_create_call(c->ch, NULL, GRPC_PROPAGATE_DEFAULTS, cq, m, NULL,
+						   deadline_in(timeout_s > 0 ? timeout_s : -1), NULL);
+	grpc_slice_unref(m);
+	const size_t n = protobuf_c_message_get_packed_size(req);
+	grpc_slice body = grpc_slice_malloc(n);
+	protobuf_c_message_pack(req, GRPC_SLICE_START_PTR(body));
+	*bb = grpc_raw_byte_buffer_create(&body, 1);
+	grpc_slice_unref(body);
+	md->key = grpc_slice_from_static_string("authorization");
+	md->value = grpc_slice_from_copied_string(c->auth);
+	memset(ops, 0, 3 * sizeof *ops);
+	ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+	ops[0].data.send_initial_metadata.count = c->auth[0] ? 1 : 0;
+	ops[0].data.send_initial_metadata.metadata = md;
+	ops[1].op = GRPC_OP_SEND_MESSAGE;
+	ops[1].data.send_message.send_message = *bb;
+	ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+	return call;
+}
+
 int tern_grpc_stream_start(tern_grpc_client *c, const char *method, const ProtobufCMessage *req, double timeout_s,
 			   tern_grpc_stream **out, tern_err *err)
 {
@@ -123,27 +159,11 @@ int tern_grpc_stream_start(tern_grpc_client *c, const char *method, const Protob
 	if (!s)
 		return TERN_ERR(err, TERN_ENOMEM, "out of memory");
 	s->cq = grpc_completion_queue_create_for_pluck(NULL);
-	grpc_slice m = grpc_slice_from_copied_string(method);
-	s->call = grpc_channel_create_call(c->ch, NULL, GRPC_PROPAGATE_DEFAULTS, s->cq, m, NULL,
-					   deadline_in(timeout_s > 0 ? timeout_s : -1), NULL);
-	grpc_slice_unref(m);
 	grpc_metadata_array_init(&s->init_md);
 	grpc_metadata_array_init(&s->trail_md);
-	const size_t n = protobuf_c_message_get_packed_size(req);
-	grpc_slice body = grpc_slice_malloc(n);
-	protobuf_c_message_pack(req, GRPC_SLICE_START_PTR(body));
-	grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&body, 1);
-	grpc_slice_unref(body);
-	s->md.key = grpc_slice_from_static_string("authorization");
-	s->md.value = grpc_slice_from_copied_string(c->auth);
 	grpc_op ops[3];
-	memset(ops, 0, sizeof ops);
-	ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-	ops[0].data.send_initial_metadata.count = c->auth[0] ? 1 : 0;
-	ops[0].data.send_initial_metadata.metadata = &s->md;
-	ops[1].op = GRPC_OP_SEND_MESSAGE;
-	ops[1].data.send_message.send_message = bb;
-	ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+	grpc_byte_buffer *bb;
+	s->call = new_call(c, method, req, timeout_s, s->cq, &s->md, ops, &bb);
 	grpc_call_error ce = grpc_call_start_batch(s->call, ops, 3, &s->tag_send, NULL);
 	/* A send fails only when the call is already dead; the status says why. */
 	if (ce == GRPC_CALL_OK)
@@ -292,4 +312,154 @@ ProtobufCMessage *tern_grpc_unary(tern_grpc_client *c, const char *method, const
 	ProtobufCMessage *m = *status == 0 && b.p ? protobuf_c_message_unpack(desc, NULL, b.n, b.p) : NULL;
 	free(b.p);
 	return m;
+}
+
+/* ---- event-driven streams -------------------------------------------- */
+
+struct tern_grpc_astream {
+	grpc_call *call;
+	tern_grpc_astream_cb cb;
+	tern_cq_tag t_send, t_recv, t_status;
+	int pending; /* batches started and not yet back */
+	int cancelled;
+	grpc_metadata md;
+	grpc_metadata_array init_md, trail_md;
+	grpc_byte_buffer *send_bb, *in;
+	grpc_status_code status;
+	grpc_slice details;
+};
+
+static void astream_maybe_end(tern_grpc_astream *s)
+{
+	if (--s->pending > 0)
+		return;
+	char detail[512];
+	snprintf(detail, sizeof detail, "%.*s", (int)GRPC_SLICE_LENGTH(s->details),
+		 (const char *)GRPC_SLICE_START_PTR(s->details));
+	s->cb.end(s->cb.ctx, (int)s->status, detail);
+	grpc_slice_unref(s->details);
+	grpc_slice_unref(s->md.value);
+	grpc_metadata_array_destroy(&s->init_md);
+	grpc_metadata_array_destroy(&s->trail_md);
+	grpc_call_unref(s->call);
+	free(s);
+}
+
+/* Starts a receive (with the initial metadata the first time): 0, or -1
+ * when the call is already over (nothing pending). */
+static int astream_recv(tern_grpc_astream *s, int first)
+{
+	grpc_op ops[2];
+	memset(ops, 0, sizeof ops);
+	size_t n = 0;
+	if (first) {
+		ops[n].op = GRPC_OP_RECV_INITIAL_METADATA;
+		ops[n++].data.recv_initial_metadata.recv_initial_metadata = &s->init_md;
+	}
+	ops[n].op = GRPC_OP_RECV_MESSAGE;
+	ops[n++].data.recv_message.recv_message = &s->in;
+	s->in = NULL;
+	if (grpc_call_start_batch(s->call, ops, n, &s->t_recv, NULL) != GRPC_CALL_OK)
+		return -1;
+	s->pending++;
+	return 0;
+}
+
+static void astream_sent(tern_cq_tag *t, int ok)
+{
+	(void)ok; /* a failed send shows in the status */
+	tern_grpc_astream *s = TERN_CQ_OWNER(t, tern_grpc_astream, t_send);
+	grpc_byte_buffer_destroy(s->send_bb);
+	s->send_bb = NULL;
+	astream_maybe_end(s);
+}
+
+static void astream_received(tern_cq_tag *t, int ok)
+{
+	tern_grpc_astream *s = TERN_CQ_OWNER(t, tern_grpc_astream, t_recv);
+	if (ok && s->in) {
+		grpc_byte_buffer_reader rd;
+		grpc_slice m = grpc_empty_slice();
+		if (grpc_byte_buffer_reader_init(&rd, s->in)) {
+			m = grpc_byte_buffer_reader_readall(&rd);
+			grpc_byte_buffer_reader_destroy(&rd);
+		}
+		grpc_byte_buffer_destroy(s->in);
+		s->in = NULL;
+		/* The next receive first, so it is in flight while msg() works. */
+		if (!s->cancelled)
+			astream_recv(s, 0);
+		s->cb.msg(s->cb.ctx, GRPC_SLICE_START_PTR(m), GRPC_SLICE_LENGTH(m));
+		grpc_slice_unref(m);
+	} else if (s->in) {
+		grpc_byte_buffer_destroy(s->in);
+		s->in = NULL;
+	}
+	astream_maybe_end(s);
+}
+
+static void astream_status(tern_cq_tag *t, int ok)
+{
+	(void)ok;
+	astream_maybe_end(TERN_CQ_OWNER(t, tern_grpc_astream, t_status));
+}
+
+int tern_grpc_astream_start(tern_grpc_client *c, const char *method, const ProtobufCMessage *req, double timeout_s,
+			    void *cq, const tern_grpc_astream_cb *cb, tern_grpc_astream **out, tern_err *err)
+{
+	*out = NULL;
+	tern_grpc_astream *s = calloc(1, sizeof *s);
+	if (!s)
+		return TERN_ERR(err, TERN_ENOMEM, "out of memory");
+	s->cb = *cb;
+	s->t_send.done = astream_sent;
+	s->t_recv.done = astream_received;
+	s->t_status.done = astream_status;
+	s->status = GRPC_STATUS_UNKNOWN;
+	s->details = grpc_empty_slice();
+	grpc_metadata_array_init(&s->init_md);
+	grpc_metadata_array_init(&s->trail_md);
+	grpc_op ops[3];
+	s->call = new_call(c, method, req, timeout_s, cq, &s->md, ops, &s->send_bb);
+	grpc_op st;
+	memset(&st, 0, sizeof st);
+	st.op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+	st.data.recv_status_on_client.trailing_metadata = &s->trail_md;
+	st.data.recv_status_on_client.status = &s->status;
+	st.data.recv_status_on_client.status_details = &s->details;
+	/* On a fresh call these fail only on a programming error; then nothing
+	 * is pending and the call is dropped here. */
+	const int sent = grpc_call_start_batch(s->call, ops, 3, &s->t_send, NULL) == GRPC_CALL_OK;
+	if (!sent)
+		grpc_byte_buffer_destroy(s->send_bb);
+	const int status = grpc_call_start_batch(s->call, &st, 1, &s->t_status, NULL) == GRPC_CALL_OK;
+	if (!sent || !status) {
+		grpc_call_cancel(s->call, NULL);
+		if (sent || status) {
+			/* One batch is out: it completes on the queue; end() then
+			 * reports the status as the call's owner would have seen it. */
+			s->pending = 1;
+			s->cancelled = 1;
+			*out = s;
+			return 0;
+		}
+		grpc_slice_unref(s->md.value);
+		grpc_metadata_array_destroy(&s->init_md);
+		grpc_metadata_array_destroy(&s->trail_md);
+		grpc_call_unref(s->call);
+		free(s);
+		return TERN_ERR(err, TERN_EIO, "cannot start the call %s", method);
+	}
+	s->pending = 2;
+	astream_recv(s, 1);
+	*out = s;
+	return 0;
+}
+
+void tern_grpc_astream_cancel(tern_grpc_astream *s)
+{
+	if (s && !s->cancelled) {
+		s->cancelled = 1;
+		grpc_call_cancel(s->call, NULL);
+	}
 }

@@ -9,6 +9,7 @@
 #include "tern-grpc.h"
 
 #include "grpc-gate.h"
+#include "tern-cq.h"
 
 #include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc.h>
@@ -17,6 +18,7 @@
 #include <grpc/support/time.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,14 +34,16 @@ static const char *const method_paths[M_COUNT] = {
 	"/tern.v1.Tern/Detokenize",
 };
 
-typedef enum { TAG_NEW_CALL, TAG_RECV_CLOSE, TAG_SEND, TAG_SHUTDOWN } tag_kind;
-
 typedef struct call_ctx call_ctx;
 
+/* Every tag on the queue is a tern_cq_tag (tern-cq.h): the server's own
+ * (a new call, RECV_CLOSE, a send, the shutdown) and a back end's (the
+ * relay's upstream calls, tern_gen_sink.cq). */
 typedef struct tag {
-	tag_kind kind;
-	int method;       /* TAG_NEW_CALL */
-	call_ctx *call;   /* TAG_RECV_CLOSE, TAG_SEND */
+	tern_cq_tag cq;
+	tern_grpc_server *srv;
+	int method;       /* a new call's */
+	call_ctx *call;   /* RECV_CLOSE's, a send's */
 } tag;
 
 typedef struct request_slot {
@@ -109,6 +113,8 @@ struct tern_grpc_server {
 	pthread_t thread;
 	atomic_int stopping;
 	atomic_int shutdown_done; /* the shutdown tag came back: every call has completed */
+	int shutdown_seen;        /* the CQ thread's: draining since stop_deadline - grace_s */
+	double stop_deadline;
 	atomic_int live_calls;
 	atomic_int unary_workers; /* threads running a unary call (handle_unary) */
 	double grace_s;
@@ -142,10 +148,15 @@ static grpc_slice read_payload(grpc_byte_buffer *bb)
 	return s;
 }
 
+static void tag_new_call(tern_cq_tag *t, int ok);
+static void tag_close(tern_cq_tag *t, int ok);
+static void tag_send(tern_cq_tag *t, int ok);
+
 static int arm_slot(tern_grpc_server *s, int m)
 {
 	request_slot *r = &s->slots[m];
-	r->t.kind = TAG_NEW_CALL;
+	r->t.cq.done = tag_new_call;
+	r->t.srv = s;
 	r->t.method = m;
 	r->t.call = NULL;
 	r->call = NULL;
@@ -399,6 +410,7 @@ static void handle_generate(call_ctx *c, const uint8_t *p, size_t n)
 		return;
 	}
 	c->sink.ctx = c;
+	c->sink.cq = s->cq;
 	c->sink.piece = sink_piece;
 	c->sink.done = sink_done;
 	pthread_mutex_lock(&c->mu);
@@ -577,9 +589,9 @@ static void on_new_call(tern_grpc_server *s, int m, int success)
 	c->method = m;
 	pthread_mutex_init(&c->mu, NULL);
 	c->refs = 2; /* RECV_CLOSE completion + status send completion */
-	c->close_tag.kind = TAG_RECV_CLOSE;
+	c->close_tag.cq.done = tag_close;
 	c->close_tag.call = c;
-	c->send_tag.kind = TAG_SEND;
+	c->send_tag.cq.done = tag_send;
 	c->send_tag.call = c;
 	grpc_op op;
 	memset(&op, 0, sizeof op);
@@ -640,37 +652,64 @@ static void on_send_done(call_ctx *c)
 		call_unref(c);
 }
 
+static void tag_new_call(tern_cq_tag *t, int ok)
+{
+	tag *g = (tag *)t;
+	on_new_call(g->srv, g->method, ok);
+}
+
+static void tag_close(tern_cq_tag *t, int ok)
+{
+	(void)ok;
+	on_close(((tag *)t)->call);
+}
+
+static void tag_send(tern_cq_tag *t, int ok)
+{
+	(void)ok;
+	on_send_done(((tag *)t)->call);
+}
+
+static void tag_shutdown(tern_cq_tag *t, int ok)
+{
+	(void)ok;
+	tern_grpc_server *s = ((tag *)t)->srv;
+	atomic_store(&s->shutdown_done, 1);
+	s->shutdown_seen = 1;
+	s->stop_deadline = tern_now_s() + s->grace_s;
+}
+
+/* The event loop: every event's tag runs on this thread, the back end's
+ * tick at least every TERN_SERVICE_TICK_MS when it has one. */
 static void *serve(void *arg)
 {
 	tern_grpc_server *s = arg;
-	int shutdown_seen = 0;
-	double stop_deadline = 0;
+	const int wait_ms = s->svc->tick ? TERN_SERVICE_TICK_MS : 200;
+	double next_tick = tern_now_s() + wait_ms / 1000.0;
 	for (;;) {
-		gpr_timespec dl = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_millis(200, GPR_TIMESPAN));
+		gpr_timespec dl = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_millis(wait_ms, GPR_TIMESPAN));
 		grpc_event ev = grpc_completion_queue_next(s->cq, dl, NULL);
 		if (ev.type == GRPC_QUEUE_SHUTDOWN)
 			break;
 		if (ev.type == GRPC_OP_COMPLETE) {
-			tag *t = ev.tag;
-			switch (t->kind) {
-			case TAG_NEW_CALL: on_new_call(s, t->method, ev.success); break;
-			case TAG_RECV_CLOSE: on_close(t->call); break;
-			case TAG_SEND: on_send_done(t->call); break;
-			case TAG_SHUTDOWN:
-				atomic_store(&s->shutdown_done, 1);
-				shutdown_seen = 1;
-				stop_deadline = tern_now_s() + s->grace_s;
-				break;
+			tern_cq_tag *t = ev.tag;
+			t->done(t, ev.success);
+		}
+		if (s->svc->tick) {
+			const double now = tern_now_s();
+			if (now >= next_tick) {
+				s->svc->tick(s->svc->self);
+				next_tick = now + wait_ms / 1000.0;
 			}
 		}
-		if (shutdown_seen &&
-		    (atomic_load(&s->live_calls) == 0 || tern_now_s() > stop_deadline)) {
+		if (s->shutdown_seen &&
+		    (atomic_load(&s->live_calls) == 0 || tern_now_s() > s->stop_deadline)) {
 			if (atomic_load(&s->live_calls) != 0)
 				TERN_LOGW("grpc", "%d calls still held by the back end at shutdown",
 					  atomic_load(&s->live_calls));
 			grpc_completion_queue_shutdown(s->cq);
-			shutdown_seen = 0; /* drain until GRPC_QUEUE_SHUTDOWN */
-			stop_deadline = 1e300;
+			s->shutdown_seen = 0; /* drain until GRPC_QUEUE_SHUTDOWN */
+			s->stop_deadline = 1e300;
 		}
 	}
 	return NULL;
@@ -771,7 +810,8 @@ int tern_grpc_start(const tern_grpc_opts *opts, const tern_service *svc, tern_gr
 	grpc_server_start(s->server);
 	for (int m = 0; m < M_COUNT; m++)
 		arm_slot(s, m);
-	s->shutdown_tag.kind = TAG_SHUTDOWN;
+	s->shutdown_tag.cq.done = tag_shutdown;
+	s->shutdown_tag.srv = s;
 	if (pthread_create(&s->thread, NULL, serve, s) != 0) {
 		atomic_store(&s->stopping, 1);
 		tern_grpc_gate_close(s->gate);

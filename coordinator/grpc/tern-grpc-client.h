@@ -2,9 +2,11 @@
  * protobuf-c messages), shared by `tern` (the CLI) and `tern-server` (the
  * HTTP front end), so both call the coordinator the same way.
  *
- * A client is one channel; it may be used from many threads at once. Each
- * call (a stream) has its own completion queue and belongs to the thread that
- * started it: next/cancel/finish are called from that thread only. */
+ * A client is one channel; it may be used from many threads at once. A
+ * blocking call (tern_grpc_stream) has its own completion queue and belongs
+ * to the thread that started it: next/cancel/finish are called from that
+ * thread only. An event-driven call (tern_grpc_astream) lives on a completion
+ * queue someone else drives (tern-cq.h) and calls back on that thread. */
 #ifndef TERN_GRPC_CLIENT_H
 #define TERN_GRPC_CLIENT_H
 
@@ -65,5 +67,30 @@ int tern_grpc_call(tern_grpc_client *c, const char *method, const ProtobufCMessa
 ProtobufCMessage *tern_grpc_unary(tern_grpc_client *c, const char *method, const ProtobufCMessage *req,
 				  double timeout_s, const ProtobufCMessageDescriptor *desc, int *status, char *detail,
 				  size_t detail_len);
+
+/* An event-driven server-streaming call on a shared completion queue: no
+ * thread of its own, no hand-off. Every callback runs on the thread that
+ * drives the queue (it calls grpc_completion_queue_next and each event's
+ * tern_cq_tag). msg() gets each response message (valid during the call
+ * only); end() the call's status once, after the last message and after
+ * every operation of the call has completed; the stream is freed when end()
+ * returns. */
+typedef struct tern_grpc_astream tern_grpc_astream;
+typedef struct tern_grpc_astream_cb {
+	void *ctx;
+	void (*msg)(void *ctx, const uint8_t *msg, size_t len);
+	void (*end)(void *ctx, int status, const char *detail);
+} tern_grpc_astream_cb;
+
+/* Starts method(req) on cq (a grpc_completion_queue * made for next, whose
+ * tags are tern_cq_tag). No callback runs before it returns. timeout_s <= 0:
+ * no deadline. Errors: TERN_ENOMEM, TERN_EIO (the call could not start). */
+int tern_grpc_astream_start(tern_grpc_client *c, const char *method, const ProtobufCMessage *req, double timeout_s,
+			    void *cq, const tern_grpc_astream_cb *cb, tern_grpc_astream **out, tern_err *err);
+
+/* Cancels the call (the server frees what it holds for it); end() follows
+ * with CANCELLED (or the status it had already). Call on the queue's thread,
+ * before end() has run. */
+void tern_grpc_astream_cancel(tern_grpc_astream *s);
 
 #endif /* TERN_GRPC_CLIENT_H */

@@ -217,7 +217,7 @@ int tern_coord_batch(tern_sched *s, const char *in_path, const char *out_path, t
 		for (size_t j = 0; j < n_jobs; j++) {
 			snprintf(jobs[j].id, sizeof jobs[j].id, "%s", reqs[j].request_id);
 			jobs[j].score = reqs[j].score_prompt;
-			tern_gen_sink sink = {&jobs[j], on_piece, on_done};
+			tern_gen_sink sink = {&jobs[j], on_piece, on_done, NULL};
 			uint64_t h;
 			char msg[512] = "";
 			const int st = svc->generate(svc->self, &reqs[j], &sink, &h, msg, sizeof msg);

@@ -34,6 +34,12 @@ typedef struct tern_gen_sink {
 	/* final: the last message (done set, usage, finish reason) when status
 	 * is OK, else NULL; status/details end the call. */
 	void (*done)(void *ctx, const Tern__V1__GenerateResponse *final, int status, const char *details);
+	/* The gRPC completion queue (a grpc_completion_queue *) of the thread
+	 * that calls generate, cancel and tick, or NULL. A back end that makes
+	 * gRPC calls of its own (tern-server's relay) may put them on it: their
+	 * tags must be tern_cq_tag (grpc/tern-cq.h), and their callbacks then
+	 * run on that thread, so piece() and done() may be called there. */
+	void *cq;
 } tern_gen_sink;
 
 typedef struct tern_service {
@@ -58,6 +64,12 @@ typedef struct tern_service {
 	void (*free_response)(void *self, ProtobufCMessage *out);
 	int (*detokenize)(void *self, const Tern__V1__DetokenizeRequest *req, Tern__V1__DetokenizeResponse *out,
 			  char *msg, size_t msg_len);
+	/* Optional: called on the thread that calls generate and cancel at
+	 * least every TERN_SERVICE_TICK_MS (the relay's held calls look for a
+	 * restarted job there). */
+	void (*tick)(void *self);
 } tern_service;
+
+#define TERN_SERVICE_TICK_MS 50
 
 #endif /* TERN_SERVICE_H */

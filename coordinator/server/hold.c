@@ -1,5 +1,13 @@
 /* hold.c: Generate calls that resume on the MPI job's next start
- * (tern-hold.h). */
+ * (tern-hold.h).
+ *
+ * One state machine (STREAMING -> WAITING -> STREAMING ... -> ENDED) with
+ * two drivers: tern_held_next pulls a blocking tern_grpc_stream (the HTTP
+ * handlers' threads); a held call opened on a completion queue
+ * (tern_held_open, the relay) is pushed by its tern_grpc_astream's callbacks
+ * and by tern_held_tick. Both go through the same steps: take() for a
+ * message, stream_ended() when the upstream call ends, poll_job() while
+ * waiting for the job. */
 #include "tern-hold.h"
 #include "tern-service.h"
 
@@ -17,6 +25,9 @@ typedef enum { HELD_STREAMING, HELD_WAITING, HELD_ENDED } held_state;
 struct tern_held {
 	tern_supervisor *sup; /* NULL: no resume */
 	tern_grpc_client *up;
+	void *cq;                 /* event-driven (tern_held_open): the queue, else NULL */
+	tern_held_cb cb;          /* event-driven: where messages and the end go */
+	tern_grpc_astream *as;    /* event-driven: the upstream call, NULL between calls */
 	Tern__V1__GenerateRequest *req; /* our copy */
 	uint32_t *ids;                  /* (n_ids, cap) token ids handed out, index order */
 	size_t n_ids, cap;
@@ -56,19 +67,25 @@ static int resumes(const tern_held *h)
 	return h->sup && tern_supervisor_restarts_jobs(h->sup);
 }
 
+static void as_msg(void *ctx, const uint8_t *m, size_t n);
+static void as_end(void *ctx, int status, const char *detail);
+
 static int call(tern_held *h, tern_err *err)
 {
 	/* The resume ids ride on the copy only while it is packed. */
 	h->req->resume_token_ids = h->n_ids ? h->ids : NULL;
 	h->req->n_resume_token_ids = h->n_ids;
-	const int rc = tern_grpc_stream_start(h->up, "/tern.v1.Tern/Generate", &h->req->base, 0, &h->st, err);
+	const tern_grpc_astream_cb cb = {h, as_msg, as_end};
+	const int rc = h->cq ? tern_grpc_astream_start(h->up, "/tern.v1.Tern/Generate", &h->req->base, 0, h->cq, &cb,
+						       &h->as, err)
+			     : tern_grpc_stream_start(h->up, "/tern.v1.Tern/Generate", &h->req->base, 0, &h->st, err);
 	h->req->resume_token_ids = NULL;
 	h->req->n_resume_token_ids = 0;
 	return rc;
 }
 
-int tern_held_start(tern_supervisor *sup, tern_grpc_client *up, const Tern__V1__GenerateRequest *req,
-		    tern_held **out, tern_err *err)
+static int held_new(tern_supervisor *sup, tern_grpc_client *up, const Tern__V1__GenerateRequest *req, void *cq,
+		    const tern_held_cb *cb, tern_held **out, tern_err *err)
 {
 	*out = NULL;
 	tern_held *h = calloc(1, sizeof *h);
@@ -78,6 +95,9 @@ int tern_held_start(tern_supervisor *sup, tern_grpc_client *up, const Tern__V1__
 	}
 	h->sup = sup;
 	h->up = up;
+	h->cq = cq;
+	if (cb)
+		h->cb = *cb;
 	/* A caller's own resume ids (a front end before us resuming) are the
 	 * first of the ids handed out: the stream starts at their count. */
 	h->ids = h->req->resume_token_ids;
@@ -116,6 +136,18 @@ int tern_held_start(tern_supervisor *sup, tern_grpc_client *up, const Tern__V1__
 	return 0;
 }
 
+int tern_held_start(tern_supervisor *sup, tern_grpc_client *up, const Tern__V1__GenerateRequest *req,
+		    tern_held **out, tern_err *err)
+{
+	return held_new(sup, up, req, NULL, NULL, out, err);
+}
+
+int tern_held_open(tern_supervisor *sup, tern_grpc_client *up, const Tern__V1__GenerateRequest *req, void *cq,
+		   const tern_held_cb *cb, tern_held **out, tern_err *err)
+{
+	return held_new(sup, up, req, cq, cb, out, err);
+}
+
 static int end(tern_held *h, int status, const char *detail)
 {
 	h->state = HELD_ENDED;
@@ -152,6 +184,75 @@ static int note(tern_held *h, const Tern__V1__GenerateResponse *r)
 	return 0;
 }
 
+/* A message from the upstream call, unpacked into *out: 0, or -1 after
+ * ending the call (malformed, out of order, out of memory); the caller then
+ * cancels the upstream call. */
+static int take(tern_held *h, const uint8_t *m, size_t n, Tern__V1__GenerateResponse **out)
+{
+	*out = NULL;
+	Tern__V1__GenerateResponse *resp = tern__v1__generate_response__unpack(NULL, n, m);
+	const int k = resp ? note(h, resp) : -3;
+	if (k < 0) {
+		if (resp)
+			tern__v1__generate_response__free_unpacked(resp, NULL);
+		return end(h, k == -2 ? TERN_STATUS_RESOURCE_EXHAUSTED : TERN_STATUS_INTERNAL,
+			   k == -2   ? "out of memory"
+			   : k == -3 ? "a malformed message from the coordinator"
+				     : "the resumed stream did not continue in order");
+	}
+	if (h->t_fail > 0) {
+		tern_supervisor_resumed(h->sup, tern_now_s() - h->t_fail);
+		h->t_fail = 0;
+	}
+	*out = resp;
+	return 0;
+}
+
+/* The upstream call ended with st (details in h->detail): 1 when the call
+ * now waits for the job's next start, -1 when it has ended. */
+static int stream_ended(tern_held *h, int st)
+{
+	if (st == TERN_STATUS_OK || h->final_seen || h->cancelled || !job_status(st) || !resumes(h))
+		return end(h, h->cancelled && st == TERN_STATUS_OK ? TERN_STATUS_CANCELLED : st, h->detail);
+	h->status = st;
+	h->state = HELD_WAITING;
+	if (h->t_fail <= 0)
+		h->t_fail = tern_now_s();
+	tern_log(TERN_LOG_INFO, "hold", "a stream failed after %zu tokens (%s: %s): waiting for the job", h->n_ids,
+		 tern_grpc_status_name(st), h->detail);
+	return 1;
+}
+
+/* While waiting: looks for the job's next generation (up to wait_s). 1 when
+ * the call is sent again (streaming), 0 still waiting, -1 ended. */
+static int poll_job(tern_held *h, double wait_s)
+{
+	if (h->cancelled)
+		return end(h, TERN_STATUS_CANCELLED, "cancelled");
+	unsigned gen = 0;
+	char why[512];
+	const int r = tern_supervisor_await(h->sup, h->gen + 1, wait_s, &gen, NULL, 0, why, sizeof why);
+	if (r < 0) {
+		/* What broke the stream, then why it will not resume. */
+		char d[sizeof h->detail + sizeof why + 2];
+		snprintf(d, sizeof d, "%s; %s", h->detail[0] ? h->detail : "the stream failed", why);
+		return end(h, TERN_STATUS_UNAVAILABLE, d);
+	}
+	if (r == 0) {
+		unsigned now_gen;
+		if (tern_supervisor_state(h->sup, &now_gen) == TERN_JOB_UP && now_gen == h->gen &&
+		    tern_now_s() - h->t_fail > HOLD_CONFIRM_S)
+			return end(h, h->status, h->detail);
+		return 0;
+	}
+	h->gen = gen;
+	tern_err err;
+	if (call(h, &err) < 0)
+		return end(h, TERN_STATUS_RESOURCE_EXHAUSTED, err.msg);
+	h->state = HELD_STREAMING;
+	return 1;
+}
+
 int tern_held_next(tern_held *h, double wait_s, Tern__V1__GenerateResponse **msg)
 {
 	*msg = NULL;
@@ -166,66 +267,70 @@ int tern_held_next(tern_held *h, double wait_s, Tern__V1__GenerateResponse **msg
 			if (r == 0)
 				return 0;
 			if (r == 1) {
-				Tern__V1__GenerateResponse *resp = tern__v1__generate_response__unpack(NULL, n, m);
-				const int k = resp ? note(h, resp) : -3;
-				if (k < 0) {
-					if (resp)
-						tern__v1__generate_response__free_unpacked(resp, NULL);
+				if (take(h, m, n, msg) < 0) {
 					char d[64];
 					tern_grpc_stream_finish(h->st, d, sizeof d); /* cancels it */
 					h->st = NULL;
-					return end(h, k == -2 ? TERN_STATUS_RESOURCE_EXHAUSTED : TERN_STATUS_INTERNAL,
-						   k == -2   ? "out of memory"
-						   : k == -3 ? "a malformed message from the coordinator"
-							     : "the resumed stream did not continue in order");
+					return -1;
 				}
-				if (h->t_fail > 0) {
-					tern_supervisor_resumed(h->sup, tern_now_s() - h->t_fail);
-					h->t_fail = 0;
-				}
-				*msg = resp;
 				return 1;
 			}
 			const int st = tern_grpc_stream_finish(h->st, h->detail, sizeof h->detail);
 			h->st = NULL;
-			if (st == TERN_STATUS_OK || h->final_seen || h->cancelled || !job_status(st) || !resumes(h))
-				return end(h, h->cancelled && st == TERN_STATUS_OK ? TERN_STATUS_CANCELLED : st, h->detail);
-			h->status = st;
-			h->state = HELD_WAITING;
-			if (h->t_fail <= 0)
-				h->t_fail = tern_now_s();
-			tern_log(TERN_LOG_INFO, "hold", "a stream failed after %zu tokens (%s: %s): waiting for the job",
-				 h->n_ids, tern_grpc_status_name(st), h->detail);
+			if (stream_ended(h, st) < 0)
+				return -1;
 			continue;
 		}
-		case HELD_WAITING: {
-			if (h->cancelled)
-				return end(h, TERN_STATUS_CANCELLED, "cancelled");
-			unsigned gen = 0;
-			char why[512];
-			const int r = tern_supervisor_await(h->sup, h->gen + 1, wait_s, &gen, NULL, 0, why, sizeof why);
-			if (r < 0) {
-				/* What broke the stream, then why it will not resume. */
-				char d[sizeof h->detail + sizeof why + 2];
-				snprintf(d, sizeof d, "%s; %s", h->detail[0] ? h->detail : "the stream failed", why);
-				return end(h, TERN_STATUS_UNAVAILABLE, d);
-			}
-			if (r == 0) {
-				unsigned now_gen;
-				if (tern_supervisor_state(h->sup, &now_gen) == TERN_JOB_UP && now_gen == h->gen &&
-				    tern_now_s() - h->t_fail > HOLD_CONFIRM_S)
-					return end(h, h->status, h->detail);
-				return 0;
-			}
-			h->gen = gen;
-			tern_err err;
-			if (call(h, &err) < 0)
-				return end(h, TERN_STATUS_RESOURCE_EXHAUSTED, err.msg);
-			h->state = HELD_STREAMING;
+		case HELD_WAITING:
+			if (poll_job(h, wait_s) <= 0)
+				return h->state == HELD_ENDED ? -1 : 0;
 			continue;
-		}
 		}
 	}
+}
+
+/* ---- the event-driven driver ------------------------------------------ */
+
+/* Tells the owner the call has ended and frees h. */
+static void deliver_end(tern_held *h)
+{
+	h->cb.end(h->cb.ctx, h->status, h->detail);
+	tern__v1__generate_request__free_unpacked(h->req, NULL);
+	free(h->ids);
+	free(h);
+}
+
+static void as_msg(void *ctx, const uint8_t *m, size_t n)
+{
+	tern_held *h = ctx;
+	if (h->state != HELD_STREAMING)
+		return; /* ended by an earlier message: the rest is dropped */
+	Tern__V1__GenerateResponse *resp;
+	if (take(h, m, n, &resp) < 0) {
+		tern_grpc_astream_cancel(h->as); /* as_end delivers the end */
+		return;
+	}
+	h->cb.msg(h->cb.ctx, resp);
+}
+
+static void as_end(void *ctx, int status, const char *detail)
+{
+	tern_held *h = ctx;
+	h->as = NULL;
+	if (h->state == HELD_ENDED) { /* take() ended it: its status stands */
+		deliver_end(h);
+		return;
+	}
+	snprintf(h->detail, sizeof h->detail, "%s", detail);
+	if (stream_ended(h, status) < 0)
+		deliver_end(h);
+	/* else waiting: tern_held_tick carries on */
+}
+
+void tern_held_tick(tern_held *h)
+{
+	if (h->state == HELD_WAITING && poll_job(h, 0) < 0)
+		deliver_end(h);
 }
 
 void tern_held_cancel(tern_held *h)
@@ -233,6 +338,12 @@ void tern_held_cancel(tern_held *h)
 	h->cancelled = 1;
 	if (h->st)
 		tern_grpc_stream_cancel(h->st);
+	if (h->as)
+		tern_grpc_astream_cancel(h->as);
+	else if (h->cq && h->state == HELD_WAITING) {
+		end(h, TERN_STATUS_CANCELLED, "cancelled");
+		deliver_end(h);
+	}
 }
 
 int tern_held_finish(tern_held *h, char *detail, size_t detail_len)

@@ -2,21 +2,22 @@
  * (tern-relay.h). It is a tern_service, so grpc/'s server serves it exactly
  * as it serves the scheduler: same auth, limits and status codes.
  *
- * A generation is one upstream stream on a thread of its own: the thread
- * starts the call, hands every reply to the sink and, when the client
- * cancels, cancels upstream (the coordinator frees the sequence). Unary calls
- * are made on the gRPC server's unary worker thread, with a deadline. */
+ * A generation has no thread: it is a held call (tern-hold.h) on the gRPC
+ * server's own completion queue (tern_gen_sink.cq), so the server's one
+ * event-loop thread receives each upstream message, hands it to the sink
+ * (which starts the send to the client) and starts the next receive, with no
+ * hand-off between threads. generate, cancel and tick all run on that
+ * thread, so the list of live generations needs no lock. A client's cancel
+ * cancels upstream at once (the coordinator frees the sequence). Unary calls
+ * are made on the gRPC server's unary worker threads, with a deadline. */
 #include "tern-relay.h"
 
 #include "tern-hold.h"
 
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define RELAY_POLL_S 0.05  /* how often a stream looks for a cancel */
 #define RELAY_UNARY_S 30.0 /* deadline of Tokenize/Detokenize upstream */
 #define RELAY_STATUS_S 5.0 /* deadline of Health/Stats upstream */
 
@@ -26,142 +27,117 @@ struct tern_relay {
 	tern_grpc_client *up;
 	tern_supervisor *sup; /* may be NULL */
 	tern_service svc;
-	pthread_mutex_t mu;
-	pthread_cond_t idle; /* signalled when n_live drops to 0 */
-	relay_gen *live;     /* every generation still running */
+	relay_gen *live;      /* every generation still running (the loop thread's) */
 	unsigned n_live;
 	uint64_t next_handle;
-	int closing;
 };
 
 struct relay_gen {
 	tern_relay *r;
-	relay_gen *next;
+	relay_gen *next, *prev;
 	uint64_t handle;
-	atomic_int cancelled;
-	Tern__V1__GenerateRequest *req; /* a copy: the caller's is gone when generate() returns */
+	int cancelled;
+	tern_held *held;
+	Tern__V1__GenerateResponse *final; /* the last message, kept until the end */
 	tern_gen_sink sink;
 };
 
 static void unlink_gen(tern_relay *r, relay_gen *g)
 {
-	pthread_mutex_lock(&r->mu);
-	for (relay_gen **p = &r->live; *p; p = &(*p)->next)
-		if (*p == g) {
-			*p = g->next;
-			break;
-		}
-	if (--r->n_live == 0)
-		pthread_cond_broadcast(&r->idle);
-	pthread_mutex_unlock(&r->mu);
+	if (g->prev)
+		g->prev->next = g->next;
+	else
+		r->live = g->next;
+	if (g->next)
+		g->next->prev = g->prev;
+	r->n_live--;
 }
 
-static void *gen_thread(void *arg)
+static void gen_msg(void *ctx, Tern__V1__GenerateResponse *msg)
 {
-	relay_gen *g = arg;
-	tern_err err;
-	tern_held *st = NULL;
-	char detail[512] = "";
-	int status;
-	Tern__V1__GenerateResponse *final = NULL;
-	if (tern_held_start(g->r->sup, g->r->up, g->req, &st, &err) < 0) {
-		status = TERN_STATUS_RESOURCE_EXHAUSTED;
-		snprintf(detail, sizeof detail, "%s", err.msg);
-	} else {
-		int cancelled = 0;
-		for (;;) {
-			if (!cancelled && atomic_load(&g->cancelled)) {
-				tern_held_cancel(st);
-				cancelled = 1;
-			}
-			Tern__V1__GenerateResponse *msg;
-			const int got = tern_held_next(st, RELAY_POLL_S, &msg);
-			if (got < 0)
-				break;
-			if (got == 0)
-				continue;
-			if (msg->done) {
-				if (final)
-					tern__v1__generate_response__free_unpacked(final, NULL);
-				final = msg;
-			} else {
-				if (!cancelled)
-					g->sink.piece(g->sink.ctx, msg);
-				tern__v1__generate_response__free_unpacked(msg, NULL);
-			}
-		}
-		status = tern_held_finish(st, detail, sizeof detail);
-		if (status == TERN_STATUS_OK && !final) {
-			status = TERN_STATUS_INTERNAL;
-			snprintf(detail, sizeof detail, "the coordinator ended the stream without its last message");
-		}
+	relay_gen *g = ctx;
+	if (msg->done) {
+		if (g->final)
+			tern__v1__generate_response__free_unpacked(g->final, NULL);
+		g->final = msg;
+		return;
 	}
-	if (atomic_load(&g->cancelled) && status == TERN_STATUS_OK)
+	if (!g->cancelled)
+		g->sink.piece(g->sink.ctx, msg);
+	tern__v1__generate_response__free_unpacked(msg, NULL);
+}
+
+static void gen_end(void *ctx, int status, const char *detail)
+{
+	relay_gen *g = ctx;
+	if (status == TERN_STATUS_OK && !g->final) {
+		status = TERN_STATUS_INTERNAL;
+		detail = "the coordinator ended the stream without its last message";
+	}
+	if (g->cancelled && status == TERN_STATUS_OK)
 		status = TERN_STATUS_CANCELLED;
-	g->sink.done(g->sink.ctx, status == TERN_STATUS_OK ? final : NULL, status, detail);
-	if (final)
-		tern__v1__generate_response__free_unpacked(final, NULL);
-	tern__v1__generate_request__free_unpacked(g->req, NULL);
+	g->sink.done(g->sink.ctx, status == TERN_STATUS_OK ? g->final : NULL, status, detail);
+	if (g->final)
+		tern__v1__generate_response__free_unpacked(g->final, NULL);
 	unlink_gen(g->r, g);
 	free(g);
-	return NULL;
 }
 
 /* Admits every request (the coordinator judges it: a refusal arrives as the
- * stream's status through done()), unless the relay is closing. */
+ * stream's status through done()). */
 static int relay_generate(void *self, const Tern__V1__GenerateRequest *req, const tern_gen_sink *sink, uint64_t *handle,
 			  char *msg, size_t msg_len)
 {
 	tern_relay *r = self;
-	const size_t n = protobuf_c_message_get_packed_size(&req->base);
-	uint8_t *buf = malloc(n ? n : 1);
-	relay_gen *g = calloc(1, sizeof *g);
-	if (buf && g) {
-		protobuf_c_message_pack(&req->base, buf);
-		g->req = tern__v1__generate_request__unpack(NULL, n, buf);
+	if (!sink->cq) {
+		snprintf(msg, msg_len, "the relay needs the server's completion queue");
+		return TERN_STATUS_INTERNAL;
 	}
-	free(buf);
-	if (!g || !g->req) {
-		if (g && g->req)
-			tern__v1__generate_request__free_unpacked(g->req, NULL);
-		free(g);
+	relay_gen *g = calloc(1, sizeof *g);
+	if (!g) {
 		snprintf(msg, msg_len, "out of memory");
 		return TERN_STATUS_RESOURCE_EXHAUSTED;
 	}
 	g->r = r;
 	g->sink = *sink;
-	pthread_mutex_lock(&r->mu);
-	if (r->closing) {
-		pthread_mutex_unlock(&r->mu);
-		tern__v1__generate_request__free_unpacked(g->req, NULL);
+	const tern_held_cb cb = {g, gen_msg, gen_end};
+	tern_err err;
+	if (tern_held_open(r->sup, r->up, req, sink->cq, &cb, &g->held, &err) < 0) {
 		free(g);
-		snprintf(msg, msg_len, "the server is shutting down");
-		return TERN_STATUS_UNAVAILABLE;
-	}
-	g->handle = ++r->next_handle;
-	g->next = r->live;
-	r->live = g;
-	r->n_live++;
-	pthread_mutex_unlock(&r->mu);
-	*handle = g->handle;
-	if (tern_thread_detached(gen_thread, g) < 0) {
-		unlink_gen(r, g);
-		tern__v1__generate_request__free_unpacked(g->req, NULL);
-		free(g);
-		snprintf(msg, msg_len, "cannot start a thread for the stream");
+		snprintf(msg, msg_len, "%s", err.msg);
 		return TERN_STATUS_RESOURCE_EXHAUSTED;
 	}
+	g->handle = *handle = ++r->next_handle;
+	g->next = r->live;
+	if (r->live)
+		r->live->prev = g;
+	r->live = g;
+	r->n_live++;
 	return TERN_STATUS_OK;
 }
 
 static void relay_cancel(void *self, uint64_t handle)
 {
 	tern_relay *r = self;
-	pthread_mutex_lock(&r->mu);
 	for (relay_gen *g = r->live; g; g = g->next)
-		if (g->handle == handle)
-			atomic_store(&g->cancelled, 1);
-	pthread_mutex_unlock(&r->mu);
+		if (g->handle == handle) {
+			if (!g->cancelled) {
+				g->cancelled = 1;
+				tern_held_cancel(g->held); /* may end g at once */
+			}
+			return;
+		}
+}
+
+/* Held calls waiting for the job look again. A tick may end one (gen_end
+ * unlinks and frees it): the next is read first. */
+static void relay_tick(void *self)
+{
+	tern_relay *r = self;
+	for (relay_gen *g = r->live, *next; g; g = next) {
+		next = g->next;
+		tern_held_tick(g->held);
+	}
 }
 
 /* One unary call upstream; its reply unpacked into *out (a struct of the
@@ -247,8 +223,6 @@ int tern_relay_create(tern_grpc_client *up, tern_supervisor *sup, tern_relay **o
 	TERN_RETURN_IF(!r, err, TERN_ENOMEM, "out of memory");
 	r->up = up;
 	r->sup = sup;
-	pthread_mutex_init(&r->mu, NULL);
-	pthread_cond_init(&r->idle, NULL);
 	r->svc = (tern_service){.self = r,
 				.generate = relay_generate,
 				.cancel = relay_cancel,
@@ -256,7 +230,8 @@ int tern_relay_create(tern_grpc_client *up, tern_supervisor *sup, tern_relay **o
 				.health = relay_health,
 				.stats = relay_stats,
 				.free_response = relay_free_response,
-				.detokenize = relay_detokenize};
+				.detokenize = relay_detokenize,
+				.tick = relay_tick};
 	*out = r;
 	return 0;
 }
@@ -270,14 +245,10 @@ void tern_relay_free(tern_relay *r)
 {
 	if (!r)
 		return;
-	pthread_mutex_lock(&r->mu);
-	r->closing = 1;
-	for (relay_gen *g = r->live; g; g = g->next)
-		atomic_store(&g->cancelled, 1);
-	while (r->n_live > 0)
-		pthread_cond_wait(&r->idle, &r->mu);
-	pthread_mutex_unlock(&r->mu);
-	pthread_mutex_destroy(&r->mu);
-	pthread_cond_destroy(&r->idle);
-	free(r);
+	/* The server's stop cancelled every call and drained its queue, so every
+	 * generation has ended; one that has not can no longer move (no loop). */
+	if (r->n_live > 0)
+		TERN_LOGW("relay", "%u streams still open when the relay is freed (left as they are)", r->n_live);
+	else
+		free(r);
 }

@@ -14,7 +14,13 @@
  * cancel) passes through as it is, as does everything when the supervisor is
  * attached or NULL. Past the restart limit, or when the server stops, the call
  * ends with UNAVAILABLE and the supervisor's reason. A held call belongs to
- * the thread that started it, like a tern_grpc_stream. */
+ * the thread that started it, like a tern_grpc_stream.
+ *
+ * Two ways to drive one: tern_held_start + tern_held_next pull it on a
+ * thread of the caller's (blocking); tern_held_open puts it on a shared
+ * completion queue (tern-cq.h) and pushes every message and the end to
+ * callbacks on the queue's thread, with tern_held_tick called there while
+ * the job is down (the relay, no thread per stream). */
 #ifndef TERN_HOLD_H
 #define TERN_HOLD_H
 
@@ -40,8 +46,31 @@ int tern_held_start(tern_supervisor *sup, tern_grpc_client *up, const Tern__V1__
  * message ends the call with INTERNAL. */
 int tern_held_next(tern_held *h, double wait_s, Tern__V1__GenerateResponse **msg);
 
+/* Where an event-driven held call's output goes (all on the queue's
+ * thread). msg(): a message, the owner's to free (as from next()); end():
+ * the call's status once, after which h is gone. */
+typedef struct tern_held_cb {
+	void *ctx;
+	void (*msg)(void *ctx, Tern__V1__GenerateResponse *msg);
+	void (*end)(void *ctx, int status, const char *detail);
+} tern_held_cb;
+
+/* As tern_held_start, but the upstream call goes on cq (a
+ * grpc_completion_queue * whose thread runs every tern_cq_tag) and its
+ * output to cb; no callback runs before it returns. Only tern_held_cancel
+ * and tern_held_tick apply to it, on the queue's thread. */
+int tern_held_open(tern_supervisor *sup, tern_grpc_client *up, const Tern__V1__GenerateRequest *req, void *cq,
+		   const tern_held_cb *cb, tern_held **out, tern_err *err);
+
+/* An event-driven call waiting for the job looks again (without blocking);
+ * may end it (end() runs, h is gone). Call every TERN_SERVICE_TICK_MS or so
+ * on the queue's thread; a no-op while streaming. */
+void tern_held_tick(tern_held *h);
+
 /* Cancels the call (also while it waits for the job); next() then returns -1
- * and finish() CANCELLED. */
+ * and finish() CANCELLED. An event-driven call's end() follows with
+ * CANCELLED: at once when it was waiting for the job (h is then gone), else
+ * once the upstream call has wound down. */
 void tern_held_cancel(tern_held *h);
 
 /* Ends the call (cancelling it if still running), frees h, and returns its

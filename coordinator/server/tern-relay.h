@@ -2,7 +2,8 @@
  * tern_service (serve/tern-service.h) whose every call is relayed to the
  * coordinator, so the `tern` CLI and every gRPC client work through
  * tern-server unchanged, and grpc/'s server (auth, connection cap, status
- * codes) serves it as it serves the scheduler. A client's cancel cancels the
+ * codes) serves it as it serves the scheduler, on its completion-queue
+ * thread (no thread per stream). A client's cancel cancels the
  * upstream call; the coordinator's refusals (INVALID_ARGUMENT,
  * RESOURCE_EXHAUSTED, UNAVAILABLE) reach the client as they are; a stream
  * whose job died resumes on its next start (tern-hold.h), and Health carries
@@ -21,8 +22,9 @@ typedef struct tern_relay tern_relay;
  * TERN_ENOMEM. */
 int tern_relay_create(tern_grpc_client *up, tern_supervisor *sup, tern_relay **out, tern_err *err);
 const tern_service *tern_relay_service(tern_relay *r);
-/* Cancels every stream still running, waits for their threads, frees r.
- * Call after the gRPC server that uses it has stopped. NULL is a no-op. */
+/* Frees r. Call after the gRPC server that uses it has stopped (its stop
+ * cancels every stream and runs the loop until they have ended). NULL is a
+ * no-op. */
 void tern_relay_free(tern_relay *r);
 
 #endif /* TERN_RELAY_H */

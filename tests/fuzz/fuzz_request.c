@@ -116,7 +116,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		abort();
 	const tern_service *svc = tern_sched_service(s);
 	int done = 0;
-	tern_gen_sink sink = {&done, on_piece, on_done};
+	tern_gen_sink sink = {&done, on_piece, on_done, NULL};
 	uint64_t h = 0;
 	char msg[512] = "";
 	const int st = svc->generate(svc->self, req, &sink, &h, msg, sizeof msg);
