@@ -11,7 +11,9 @@ layers in-process) serves a small synthetic model; a Python client checks:
   - and its text equals tern-run's where the length limit cuts a multi-byte
     character and where a stop string straddles one (one generation step);
   - cancelling mid-stream frees the sequence (Stats shows no active sequence);
-  - 64 concurrent streaming clients all complete, each with the tokens it gets alone;
+  - 64 concurrent streaming clients all complete, each with the tokens it gets alone
+    (through the relay, tern-server gains at most 8 threads meanwhile: no
+    thread per stream);
   - with two slots and a queue limit of 0, a request is served while a slot
     is free and refused (RESOURCE_EXHAUSTED) only when it would wait;
   - with one slot and a queue limit of 8, the requests past the 8 waiting get
@@ -48,7 +50,7 @@ import grpc
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "ref"))
-from ternlib import Client, Results, Server, code_of, load_pb2, make_model, run_tern_run  # noqa: E402
+from ternlib import Client, Results, Server, code_of, load_pb2, make_model, run_tern_run, thread_stats  # noqa: E402
 import make_model as mm  # noqa: E402
 
 
@@ -313,9 +315,26 @@ def main():
             for p in prompts:
                 alone[p] = cl.gen(prompt=p, max_tokens=10, ignore_eos=True)[0]
             jobs = [prompts[i % len(prompts)] for i in range(64)]
+            # Through the relay: tern-server's thread count while the 64 stream
+            # stays near its idle count (one event loop, no thread per stream).
+            idle = len(thread_stats(srv.proc.pid))
+            most = [idle]
+            sampling = threading.Event()
+
+            def sample():
+                while not sampling.is_set():
+                    most[0] = max(most[0], len(thread_stats(srv.proc.pid)))
+                    time.sleep(0.005)
+            sampler = threading.Thread(target=sample)
+            if args.via_server:
+                sampler.start()
             with cf.ThreadPoolExecutor(64) as ex:
                 outs = list(ex.map(lambda p: cl.gen(timeout=300, prompt=p, max_tokens=10, ignore_eos=True)[0],
                                    jobs))
+            sampling.set()
+            if args.via_server:
+                sampler.join()
+                assert most[0] <= idle + 8, "tern-server went from %d to %d threads with 64 streams" % (idle, most[0])
             for p, ids in zip(jobs, outs):
                 assert ids == alone[p], (p, ids, alone[p])
         check("concurrent_64_clients", concurrent_64)
