@@ -8,6 +8,8 @@
 #ifndef TERN_CQ_H
 #define TERN_CQ_H
 
+#include <stddef.h>
+
 typedef struct tern_cq_tag tern_cq_tag;
 struct tern_cq_tag {
 	void (*done)(tern_cq_tag *t, int ok);
