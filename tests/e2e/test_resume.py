@@ -17,6 +17,9 @@ Every stream must complete byte-identical to its undisturbed run: gRPC token
 ids, indices, text, usage, finish reason and seed; HTTP text, finish reason,
 usage and logprobs. Then /metrics: restarts counted, resumed requests and
 their pauses, token counters not double-counted; gRPC Health's generation.
+Then a relayed stream cancelled while its held call waits for the job (a
+stage killed) is never sent again: no resume counted, no sequence once the
+job is back, and the relay serves the next request.
 
 The back-off: before each single fault the test waits until the log says the
 job has served --backoff-reset 2 s ("the back-off starts anew"), so each of
@@ -201,6 +204,40 @@ def metrics_counted():
     print("  pause over %d streams x faults: p50 %.2f s, max %.2f s" % (len(p), p[len(p) // 2], p[-1]))
 
 
+def cancel_while_down():
+    """A relayed stream cancelled while its held call waits for the job ends
+    there: it is never sent again (nothing resumed, no sequence after the
+    restart), and the relay serves on."""
+    wait_ready(srv, state["faults"])
+    m0 = scrape()
+    waiting0 = len(log_lines(srv, "waiting for the job"))
+    c = Client(pb, grpc_port)
+    try:
+        call = c.generate(pb.GenerateRequest(prompt=PROMPTS[0], max_tokens=800, ignore_eos=True), timeout=120)
+        for _ in range(3):
+            next(call)
+        os.kill(job_ranks(srv.proc.pid)[1], signal.SIGKILL)
+        state["faults"] += 1
+        end = time.monotonic() + 30
+        while len(log_lines(srv, "waiting for the job")) <= waiting0:
+            assert time.monotonic() < end, "the stream never waited for the job"
+            time.sleep(0.02)
+        call.cancel()
+        wait_ready(srv, state["faults"])
+        # Sent again, it would hold a sequence for 800 tokens.
+        for _ in range(10):
+            st = c.stats(pb.StatsRequest(), timeout=10)
+            assert st.active_sequences == 0, "a cancelled stream was sent again: %d active" % st.active_sequences
+            time.sleep(0.1)
+        ids, _, final = c.gen(prompt=PROMPTS[1], max_tokens=4)
+        assert len(ids) == 4 and final is not None, ids
+    finally:
+        c.close()
+    m = scrape()
+    assert m["tern_requests_resumed_total"] == m0["tern_requests_resumed_total"], \
+        (m["tern_requests_resumed_total"], m0["tern_requests_resumed_total"])
+
+
 try:
     res.check("undisturbed: 8 streams, 4 gRPC + 4 HTTP, greedy and seeded", undisturbed)
     fault_case("fault: kill -9 a tern-node mid-stream", kill_rank(1))
@@ -208,6 +245,7 @@ try:
     fault_case("fault: SIGSTOP a tern-node (stall)", kill_rank(2, signal.SIGSTOP))
     fault_case("fault: two faults in one stream", two_faults)
     res.check("metrics: restarts, resumed requests and pauses; tokens not double-counted", metrics_counted)
+    res.check("a relayed stream cancelled while the job is down is not sent again", cancel_while_down)
 finally:
     rc = srv.stop()
 res.check("tern-server exits 0 on SIGTERM", lambda: (_ for _ in ()).throw(AssertionError(rc)) if rc != 0 else None)
