@@ -480,13 +480,9 @@ static void kv_store(void *dst, int type, const float *x, int n)
 	if (type == TERN_DTYPE_F32) {
 		memcpy(dst, x, (size_t)n * sizeof(float));
 	} else if (type == TERN_DTYPE_F16) {
-		uint16_t *h = dst;
-		for (int i = 0; i < n; i++)
-			h[i] = tern_f32_to_f16(x[i]);
+		tern_f32_to_f16_n(x, dst, (size_t)n);
 	} else {
-		uint16_t *h = dst;
-		for (int i = 0; i < n; i++)
-			h[i] = tern_f32_to_bf16(x[i]);
+		tern_f32_to_bf16_n(x, dst, (size_t)n);
 	}
 }
 

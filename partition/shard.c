@@ -178,8 +178,11 @@ static int write_payload(tern_shard_writer *w, tern_shard_tensor *t, const void 
 	t->raw_xxh64 = XXH64(data, n, 0);
 	t->data_offset = w->pos - w->data_offset;
 	const uint64_t start = w->pos;
-	/* small tensors (norms) are not worth a frame */
-	if (w->zlevel == 0 || n < 4096) {
+	/* small tensors (norms) are not worth a frame; the token embeddings are
+	 * stored as they are so a reader can map them (tern_shard_map_tensor):
+	 * the coordinator reads one row per token, and F16 values gain little
+	 * from zstd (about 8%) */
+	if (w->zlevel == 0 || n < 4096 || t->role == TERN_ROLE_TOKEN_EMBD) {
 		t->compression = 0;
 		TERN_FORWARD_IF_ERROR(wr(w, data, n, err));
 		if (w->progress)
@@ -612,6 +615,20 @@ int tern_shard_read_tensor(const tern_shard *sh, int i, void *dst, size_t dst_by
 		       TERN_ECHECKSUM, "%s: tensor '%s': checksum mismatch (damaged file)", sh->name, t->name);
 	if (scales && t->n_groups)
 		memcpy(scales, sh->base + t->scales_offset, (size_t)t->n_groups * sizeof(float));
+	return 0;
+}
+
+int tern_shard_map_tensor(const tern_shard *sh, int i, const void **data, tern_err *err)
+{
+	*data = NULL;
+	TERN_RETURN_IF(i < 0 || i >= sh->n, err, TERN_EINVAL, "%s: no tensor %d", sh->name, i);
+	const tern_shard_tensor *t = &sh->t[i];
+	TERN_RETURN_IF(t->compression, err, TERN_EUNSUP, "%s: tensor '%s' is compressed: read it, it cannot be mapped",
+		       sh->name, t->name);
+	const uint8_t *src = sh->base + t->data_offset;
+	TERN_RETURN_IF(!sh->verified && XXH64(src, (size_t)t->raw_bytes, 0) != t->raw_xxh64, err, TERN_ECHECKSUM,
+		       "%s: tensor '%s': checksum mismatch (damaged file)", sh->name, t->name);
+	*data = src;
 	return 0;
 }
 

@@ -136,6 +136,12 @@ int tern_shard_find(const tern_shard *sh, tern_shard_role role, int layer);
  * the whole file was checked at open; scales (if non-NULL) receive n_groups
  * floats. */
 int tern_shard_read_tensor(const tern_shard *sh, int i, void *dst, size_t dst_bytes, float *scales, tern_err *err);
+/* An uncompressed tensor i (a token_embd: the writer stores those raw) in
+ * place: *data points into the shard's mapping (raw_bytes, 64-byte aligned
+ * in the file), valid until tern_shard_close, paged in as it is read; its
+ * xxh64 checked here unless the whole file was at open. TERN_EUNSUP for a
+ * compressed tensor (older plans: read it instead). */
+int tern_shard_map_tensor(const tern_shard *sh, int i, const void **data, tern_err *err);
 
 /* Where the node wants its weights (e.g. on its NUMA domain). NULL
  * callbacks mean tern_aligned_alloc/tern_aligned_free. */

@@ -96,6 +96,52 @@ static void test_half_all_codes(void)
 	TT_CHECK(isnan(tern_bf16_to_f32(tern_f32_to_bf16(NAN))));
 }
 
+/* The row conversion (F16C where present) gives the scalar rule's bits: every
+ * f16 code's float, its neighbours one float ulp away and the midpoints
+ * between codes and theirs (the ties and the values around them), infinities
+ * and NaNs with payloads, in rows of odd lengths and offsets (the vector
+ * steps and their scalar tails). */
+static void test_half_rows(void)
+{
+	const size_t n = 65536 * 8 + 13;
+	float *x = malloc(n * sizeof *x);
+	uint16_t *h = malloc(n * sizeof *h);
+	TT_REQUIRE(x && h);
+	size_t c = 0;
+	for (uint32_t code = 0; code < 65536; code++) {
+		const float f = tern_f16_to_f32((uint16_t)code), g = tern_f16_to_f32((uint16_t)(code + 1));
+		const float mid = isfinite(f) && isfinite(g) && (code & 0x7FFF) != 0x7BFF ? f + (g - f) / 2 : f;
+		x[c++] = f;
+		x[c++] = nextafterf(f, INFINITY);
+		x[c++] = nextafterf(f, -INFINITY);
+		x[c++] = mid;
+		x[c++] = nextafterf(mid, INFINITY);
+		x[c++] = nextafterf(mid, -INFINITY);
+	}
+	/* NaNs (payloads, both signs) at every 1021st place: most 8-lane steps
+	 * hold none, so the vector conversion is what gets checked there */
+	for (size_t i = 0; i < c; i += 1021) {
+		const uint32_t u = (i & 1 ? 0xFF800000u : 0x7F800000u) | (uint32_t)(1 + i * 97 % 0x7FFFFF);
+		memcpy(&x[i], &u, 4);
+	}
+	while (c < n)
+		x[c] = ldexpf((float)c, -(int)(c % 40)), c++;
+	int bad = 0;
+	for (size_t off = 0; off < 9; off += 4) {
+		const size_t len = n - off - (off ? 5 : 0);
+		memset(h, 0xAB, n * sizeof *h);
+		tern_f32_to_f16_n(x + off, h + off, len);
+		for (size_t i = 0; i < len; i++)
+			bad += h[off + i] != tern_f32_to_f16(x[off + i]);
+		tern_f32_to_bf16_n(x + off, h + off, len);
+		for (size_t i = 0; i < len; i++)
+			bad += h[off + i] != tern_f32_to_bf16(x[off + i]);
+	}
+	TT_EQ_INT(bad, 0);
+	free(x);
+	free(h);
+}
+
 /* ---- dispatch ---------------------------------------------------------------------- */
 
 static void test_dispatch(void)
@@ -773,7 +819,7 @@ static void test_relu2_all_isas(void)
 	free(got);
 }
 
-TT_MAIN(TT_CASE(test_half_all_codes), TT_CASE(test_dispatch), TT_CASE(test_rmsnorm_all_isas),
+TT_MAIN(TT_CASE(test_half_all_codes), TT_CASE(test_half_rows), TT_CASE(test_dispatch), TT_CASE(test_rmsnorm_all_isas),
 	TT_CASE(test_softmax_all_isas), TT_CASE(test_rope_all_isas), TT_CASE(test_dot_all_isas),
 	TT_CASE(test_dot_accuracy_and_order), TT_CASE(test_qdot_all_isas), TT_CASE(test_qh_formats),
 	TT_CASE(test_swiglu_all_isas), TT_CASE(test_relu2_all_isas))

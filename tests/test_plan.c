@@ -856,6 +856,36 @@ static void test_packed_head(void)
 	TT_REQUIRE(tern_source_dense(src, TERN_DENSE_OUTPUT, &v, &err) == 0 && v.type == TERN_DTYPE_F16);
 	tern_qh_pack_rows(TERN_QH_Q8, v.data, TERN_DOT_F16, v.row_bytes, 300, 256, 0, 19, scratch, want);
 	TT_CHECK(memcmp(got, want, qbytes) == 0);
+	/* token_embd is stored raw and read in place (the coordinator maps it);
+	 * the compressed packed head cannot be mapped */
+	const tern_shard_tensor *te = tern_shard_tensor_at(cs, ie);
+	TT_EQ_INT(te->compression, 0);
+	TT_CHECK(tq->compression == 1);
+	const void *mapped = NULL;
+	TT_CHECKF(tern_shard_map_tensor(cs, ie, &mapped, &err) == 0, "%s", err.msg);
+	tern_dense_view ve;
+	TT_REQUIRE(tern_source_dense(src, TERN_DENSE_TOKEN_EMBD, &ve, &err) == 0);
+	TT_CHECK(mapped && te->raw_bytes == 300 * 256 * 2 && memcmp(mapped, ve.data, te->raw_bytes) == 0);
+	TT_EQ_INT(tern_shard_map_tensor(cs, iq, &mapped, &err), TERN_EUNSUP);
+	TT_CHECKF(mapped == NULL && strstr(err.msg, "is compressed") != NULL, "%s", err.msg);
+	/* a shard opened without the file's digest: the mapped tensor's own xxh64
+	 * is checked, so one flipped byte in it is a checksum error */
+	FILE *cf = fopen(cpath, "rb");
+	TT_REQUIRE(cf != NULL);
+	fseek(cf, 0, SEEK_END);
+	const long clen = ftell(cf);
+	fseek(cf, 0, SEEK_SET);
+	uint8_t *cbuf = malloc((size_t)clen);
+	TT_REQUIRE(cbuf && fread(cbuf, 1, (size_t)clen, cf) == (size_t)clen);
+	fclose(cf);
+	tern_shard *ms;
+	TT_REQUIRE(tern_shard_open_mem(&ms, cbuf, (size_t)clen, "copy", &err) == 0);
+	TT_CHECK(tern_shard_map_tensor(ms, ie, &mapped, &err) == 0);
+	cbuf[(const uint8_t *)mapped - cbuf + 1000] ^= 0x40;
+	TT_EQ_INT(tern_shard_map_tensor(ms, ie, &mapped, &err), TERN_ECHECKSUM);
+	TT_CHECKF(strstr(err.msg, "checksum mismatch") != NULL, "%s", err.msg);
+	tern_shard_close(ms);
+	free(cbuf);
 	tern_source_close(src);
 	free(got);
 	free(want);

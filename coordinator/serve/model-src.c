@@ -78,10 +78,12 @@ static int tokenizer_from_plan(const Tern__V1__Plan *pm, const char *dir, tern_t
 	return tern_tokenizer_create(&d, out, err);
 }
 
-/* Reads the dense (n_vocab, n_embd) matrix of role r (F32/F16/BF16) into an
- * owned aligned buffer, its shape checked against the model before the copy. */
+/* The dense (n_vocab, n_embd) matrix of role r (F32/F16/BF16), its shape
+ * checked against the model before any copy: in place in the shard's mapping
+ * when it is stored raw and *mapped is non-NULL (set to 1 then), else read
+ * into an owned aligned buffer. */
 static int plan_matrix(const tern_coord_model *m, const tern_shard *sh, const char *path, tern_shard_role r,
-		       void **out, tern_dtype *dtype, tern_err *err)
+		       void **out, tern_dtype *dtype, int *mapped, tern_err *err)
 {
 	const int i = tern_shard_find(sh, r, -1);
 	const tern_shard_tensor *t = i >= 0 ? tern_shard_tensor_at(sh, i) : NULL;
@@ -91,6 +93,14 @@ static int plan_matrix(const tern_coord_model *m, const tern_shard *sh, const ch
 		       m->hp.n_vocab, m->hp.n_embd);
 	TERN_RETURN_IF(t->dtype != TERN_DTYPE_F32 && t->dtype != TERN_DTYPE_F16 && t->dtype != TERN_DTYPE_BF16, err,
 		       TERN_EUNSUP, "%s: %s dtype %s", path, tern_shard_role_name(r), tern_dtype_name(t->dtype));
+	if (mapped && !t->compression) {
+		const void *p;
+		TERN_FORWARD_IF_ERROR(tern_shard_map_tensor(sh, i, &p, err));
+		*out = (void *)(uintptr_t)p; /* read-only: the head and the lookup only read it */
+		*dtype = t->dtype;
+		*mapped = 1;
+		return 0;
+	}
 	void *buf = tern_aligned_alloc(t->raw_bytes ? t->raw_bytes : 1, TERN_ALIGN);
 	TERN_RETURN_IF(!buf, err, TERN_ENOMEM, "out of memory for %s", tern_shard_role_name(r));
 	const int rc = tern_shard_read_tensor(sh, i, buf, t->raw_bytes, NULL, err);
@@ -127,11 +137,11 @@ static int head_from_plan(tern_coord_model *m, tern_err *err)
 	/* the packed head's format and size are checked before any copy */
 	int rc = tern_plan_packed_head(pm, sh, path, &qi, &qt, err);
 	if (rc == 0)
-		rc = plan_matrix(m, sh, path, TERN_ROLE_TOKEN_EMBD, &m->emb, &et, err);
+		rc = plan_matrix(m, sh, path, TERN_ROLE_TOKEN_EMBD, &m->emb, &et, &m->emb_mapped, err);
 	/* an untied model's logits read its own output matrix, which a plan with
 	 * a packed head does not store */
 	if (rc == 0 && !m->hp.tied_embeddings && qi < 0)
-		rc = plan_matrix(m, sh, path, TERN_ROLE_OUTPUT, &m->out_w, &ot, err);
+		rc = plan_matrix(m, sh, path, TERN_ROLE_OUTPUT, &m->out_w, &ot, NULL, err);
 	if (rc == 0 && qi >= 0) {
 		const tern_shard_tensor *tq = tern_shard_tensor_at(sh, qi);
 		if (!(m->qhead = tern_aligned_alloc(tq->raw_bytes, TERN_ALIGN)))
@@ -159,7 +169,10 @@ static int head_from_plan(tern_coord_model *m, tern_err *err)
 		rc = tern_head_create(&cfg, &m->head, err);
 	}
 	free(norm);
-	tern_shard_close(sh);
+	if (m->emb_mapped)
+		m->coord_shard = sh; /* the mapping holds the embeddings */
+	else
+		tern_shard_close(sh);
 	return rc;
 }
 
@@ -207,7 +220,9 @@ void tern_coord_model_close(tern_coord_model *m)
 		return;
 	tern_head_free(m->head);
 	tern_tokenizer_free(m->tok);
-	tern_aligned_free(m->emb);
+	if (!m->emb_mapped)
+		tern_aligned_free(m->emb);
+	tern_shard_close(m->coord_shard);
 	tern_aligned_free(m->out_w);
 	tern_aligned_free(m->qhead);
 	tern_plan_manifest_free(m->plan);

@@ -38,3 +38,46 @@ uint16_t tern_f32_to_bf16(float f)
 	u += 0x7FFF + ((u >> 16) & 1);
 	return (uint16_t)(u >> 16);
 }
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+
+#include "tern-base.h"
+
+/* vcvtps2ph rounds to nearest even, gives infinity from 65520 up and keeps
+ * subnormals (MXCSR's DAZ is never set here), like tern_f32_to_f16; only a
+ * NaN differs (the hardware keeps the payload, the scalar rule gives the one
+ * quiet NaN), so an 8-lane step holding a NaN takes the scalar rule. */
+__attribute__((target("avx,f16c"))) static size_t f16_n_f16c(const float *x, uint16_t *h, size_t n)
+{
+	size_t i = 0;
+	for (; i + 8 <= n; i += 8) {
+		const __m256 v = _mm256_loadu_ps(x + i);
+		const __m256 nan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
+		if (!_mm256_testz_ps(nan, nan))
+			for (size_t j = i; j < i + 8; j++)
+				h[j] = tern_f32_to_f16(x[j]);
+		else
+			_mm_storeu_si128((__m128i *)(void *)(h + i),
+					 _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+	}
+	return i;
+}
+#endif
+
+void tern_f32_to_f16_n(const float *x, uint16_t *h, size_t n)
+{
+	size_t i = 0;
+#if defined(__x86_64__) || defined(__i386__)
+	if (tern_cpu_get()->f16c)
+		i = f16_n_f16c(x, h, n);
+#endif
+	for (; i < n; i++)
+		h[i] = tern_f32_to_f16(x[i]);
+}
+
+void tern_f32_to_bf16_n(const float *x, uint16_t *h, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		h[i] = tern_f32_to_bf16(x[i]);
+}

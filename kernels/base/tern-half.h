@@ -10,6 +10,7 @@
 #ifndef TERN_HALF_H
 #define TERN_HALF_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -48,6 +49,12 @@ static inline float tern_bf16_to_f32(uint16_t h)
 uint16_t tern_f32_to_f16(float f);
 /* float -> BF16 bits: round to nearest even. */
 uint16_t tern_f32_to_bf16(float f);
+
+/* h[i] = tern_f32_to_f16(x[i]) for i < n, the same bits; with F16C where the
+ * CPU has it (a KV cache row, a converted tensor). */
+void tern_f32_to_f16_n(const float *x, uint16_t *h, size_t n);
+/* h[i] = tern_f32_to_bf16(x[i]) for i < n. */
+void tern_f32_to_bf16_n(const float *x, uint16_t *h, size_t n);
 
 #ifdef __cplusplus
 }

@@ -252,12 +252,125 @@ static ALWAYS_INLINE __m512i qh_isum_vnni(tern_qh_type t, const __m512i *w, cons
 	return _mm512_add_epi32(s0, s1);
 }
 
+/* Two groups (32 rows) against nt <= QH2_ROWS activation rows: every
+ * broadcast of four activation bytes feeds two vpdpbusd (one per group), so
+ * a block costs one load per two multiply-add instructions instead of one per
+ * one; each (row, group) keeps its one chain of block steps in the order of
+ * tern-float.h. */
+#define QH2_ROWS 4
+
+static ALWAYS_INLINE void qh2_pass(const tern_qdot_args *a, tern_qh_type t, int g, int j0, const int nt, int pass,
+				   int npass, int g_end)
+{
+	const int nb = tern_qh_blocks(a->n);
+	const int32_t off = t == TERN_QH_Q8 ? -128 : -8;
+	const uint8_t *p0 = tern_qh_group(a, g), *p1 = tern_qh_group(a, g + 1);
+	const size_t qb = tern_qh_quant_bytes(t);
+	/* the next pair, streamed in while this one is computed: its tiles
+	 * spread evenly over the npass passes of this pair */
+	const uint8_t *n0 = g + 2 < g_end ? tern_qh_group(a, g + 2) : NULL;
+	const uint8_t *n1 = g + 3 < g_end ? tern_qh_group(a, g + 3) : n0;
+	__m512 acc0[QH2_ROWS], acc1[QH2_ROWS];
+	for (int v = 0; v < nt; v++)
+		acc0[v] = acc1[v] = _mm512_setzero_ps();
+	for (int b = 0; b < nb; b++) {
+		const uint8_t *q0 = tern_qh_quants(t, p0, b), *q1 = tern_qh_quants(t, p1, b);
+		const int l = pass * nb + b;
+		if (n0 && l % npass == 0) {
+			const int pb = l / npass;
+			const uint8_t *t0 = tern_qh_quants(t, n0, pb), *t1 = tern_qh_quants(t, n1, pb);
+			for (size_t o = 0; o < qb; o += 64) {
+				_mm_prefetch((const char *)t0 + o, _MM_HINT_T0);
+				_mm_prefetch((const char *)t1 + o, _MM_HINT_T0);
+			}
+			_mm_prefetch((const char *)tern_qh_scales(t, n0, a->n, pb), _MM_HINT_T0);
+			_mm_prefetch((const char *)tern_qh_scales(t, n1, a->n, pb), _MM_HINT_T0);
+		}
+		__m512i w0[8], w1[8];
+		qh_load(t, 1, q0, w0);
+		qh_load(t, 1, q1, w1);
+		const __m512 dw0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)tern_qh_scales(t, p0, a->n, b)));
+		const __m512 dw1 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)tern_qh_scales(t, p1, a->n, b)));
+		for (int v = 0; v < nt; v++) {
+			const size_t xo = (size_t)(j0 + v) * (size_t)nb + (size_t)b;
+			const int8_t *xb = a->xq + xo * TERN_QH_BLOCK;
+			__m512i s0 = _mm512_set1_epi32(off * a->xs[xo]), s1 = s0;
+			for (int c = 0; c < 8; c++) {
+				const __m512i x = bcast4(xb + 4 * c);
+				s0 = _mm512_dpbusd_epi32(s0, w0[c], x);
+				s1 = _mm512_dpbusd_epi32(s1, w1[c], x);
+			}
+			const __m512 dx = _mm512_set1_ps(a->xd[xo]);
+			acc0[v] = _mm512_add_ps(acc0[v], _mm512_mul_ps(_mm512_cvtepi32_ps(s0), _mm512_mul_ps(dw0, dx)));
+			acc1[v] = _mm512_add_ps(acc1[v], _mm512_mul_ps(_mm512_cvtepi32_ps(s1), _mm512_mul_ps(dw1, dx)));
+		}
+	}
+	for (int v = 0; v < nt; v++) {
+		qh_store(a, j0 + v, g, acc0[v]);
+		qh_store(a, j0 + v, g + 1, acc1[v]);
+	}
+}
+
+static ALWAYS_INLINE void qh2_groups(const tern_qdot_args *a, tern_qh_type t, int g0, int g1)
+{
+	int gp = g0;
+	for (; gp + 1 < g1; gp += 2)
+		for (int j0 = 0, np = (a->nx + QH2_ROWS - 1) / QH2_ROWS; j0 < a->nx; j0 += QH2_ROWS) {
+			const int nt = a->nx - j0 < QH2_ROWS ? a->nx - j0 : QH2_ROWS, k = j0 / QH2_ROWS;
+			switch (nt) {
+			case 1: qh2_pass(a, t, gp, j0, 1, k, np, g1); break;
+			case 2: qh2_pass(a, t, gp, j0, 2, k, np, g1); break;
+			case 3: qh2_pass(a, t, gp, j0, 3, k, np, g1); break;
+			default: qh2_pass(a, t, gp, j0, QH2_ROWS, k, np, g1); break;
+			}
+		}
+	if (gp < g1)
+		QH_GROUPS(a, t, 1, qh_isum_vnni, gp, g1);
+}
+
+/* One activation row (decode): a stream of tiles, each read once; software
+ * prefetch QH_PF bytes ahead in the quants and scales of the same group or
+ * the next (the hardware prefetchers alone leave bandwidth unused, as in the
+ * ternary GEMV). */
+#define QH_PF 4096
+
+static ALWAYS_INLINE void qh1_groups(const tern_qdot_args *a, tern_qh_type t, int g0, int g1)
+{
+	const int nb = tern_qh_blocks(a->n);
+	const size_t qb = tern_qh_quant_bytes(t), gbytes = tern_qh_group_bytes(t, a->n);
+	const char *end = (const char *)tern_qh_group(a, g1);
+	for (int g = g0; g < g1; g++) {
+		const uint8_t *grp = tern_qh_group(a, g);
+		__m512 acc = _mm512_setzero_ps();
+		for (int b = 0; b < nb; b++) {
+			const uint8_t *tile = tern_qh_quants(t, grp, b);
+			const uint8_t *sc = tern_qh_scales(t, grp, a->n, b);
+			for (size_t o = 0; o < qb; o += 64)
+				if ((const char *)tile + QH_PF + o < end)
+					_mm_prefetch((const char *)tile + QH_PF + o, _MM_HINT_T0);
+			if (!(b & 1) && (const char *)sc + gbytes < end)
+				_mm_prefetch((const char *)sc + gbytes, _MM_HINT_T0);
+			__m512i w[8];
+			qh_load(t, 1, tile, w);
+			const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)sc));
+			acc = qh_step(acc, qh_isum_vnni(t, w, a->xq + (size_t)b * TERN_QH_BLOCK, a->xs[b]), dw, a->xd[b]);
+		}
+		qh_store(a, 0, g, acc);
+	}
+}
+
 static void qdot_vnni(const tern_qdot_args *a, int g0, int g1)
 {
-	if (a->type == TERN_QH_Q8)
-		QH_GROUPS(a, TERN_QH_Q8, 1, qh_isum_vnni, g0, g1);
-	else
-		QH_GROUPS(a, TERN_QH_Q4, 1, qh_isum_vnni, g0, g1);
+	if (a->nx == 1) {
+		if (a->type == TERN_QH_Q8)
+			qh1_groups(a, TERN_QH_Q8, g0, g1);
+		else
+			qh1_groups(a, TERN_QH_Q4, g0, g1);
+	} else if (a->type == TERN_QH_Q8) {
+		qh2_groups(a, TERN_QH_Q8, g0, g1);
+	} else {
+		qh2_groups(a, TERN_QH_Q4, g0, g1);
+	}
 }
 TERN_TARGET_POP()
 

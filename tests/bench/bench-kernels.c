@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "bench.h"
+#include "tern-float.h"
 #include "test-util.h"
 
 #define MAX_LIST 16
@@ -41,6 +42,8 @@ typedef struct kopts {
 	int threads[MAX_LIST], n_threads;
 	int batches[MAX_LIST], n_batches;
 	int shapes[MAX_LIST][2], n_shapes; /* (m, k) */
+	int heads[TERN_QH_COUNT], n_heads;  /* quantized LM head formats measured (tern_qh_type) */
+	int head_shape[2];                   /* (vocabulary, width) of the head rows */
 	double ws_mib, bw_mib, min_s;
 	int min_reps, gemv_reps; /* repetitions at least (GEMM, GEMV) */
 	int pin, quick;
@@ -87,6 +90,8 @@ static void usage(FILE *f)
 		"  --shape MxK      a matrix shape, repeatable (default the BitNet 2B4T set\n"
 		"                   2560x2560, 640x2560, 6912x2560, 2560x6912)\n"
 		"  --batches LIST   GEMM batch sizes (default 1,8,32,128)\n"
+		"  --head LIST      quantized LM head rows: q8,q4 or none (default q8)\n"
+		"  --head-shape VxD the head's vocabulary x width (default 2B4T's 128256x2560)\n"
 		"  --ws-mib N       working set of distinct matrices per shape (default 1024)\n"
 		"  --bw-mib N       buffer for the read-bandwidth probe (default 1024)\n"
 		"  --min-time S     seconds per measurement, at least (default 0.3)\n"
@@ -109,6 +114,13 @@ static int parse_names(const char *s, int *out, int max, int (*parse)(const char
 		out[n++] = v;
 	}
 	return n;
+}
+
+/* A head format name for parse_names (-2: unknown). */
+static int head_parse(const char *s)
+{
+	const int t = tern_qh_parse(s);
+	return t < 0 ? -2 : t;
 }
 
 static int dedupe(int *v, int n)
@@ -136,7 +148,7 @@ static int parse_opts(kbench *b, int argc, char **argv)
 	 * best: more of them make one quiet pass likelier on a shared machine. */
 	o->gemv_reps = 5;
 	o->pin = 1;
-	int ws_set = 0, bw_set = 0, time_set = 0;
+	int ws_set = 0, bw_set = 0, time_set = 0, head_set = 0;
 	enum {
 		O_PACK = 256,
 		O_ISA,
@@ -149,7 +161,9 @@ static int parse_opts(kbench *b, int argc, char **argv)
 		O_NOPIN,
 		O_QUICK,
 		O_JSON,
-		O_CSV
+		O_CSV,
+		O_HEAD,
+		O_HEAD_SHAPE
 	};
 	static const struct option lopts[] = {{"packing", required_argument, 0, O_PACK},
 					      {"isa", required_argument, 0, O_ISA},
@@ -163,6 +177,8 @@ static int parse_opts(kbench *b, int argc, char **argv)
 					      {"quick", no_argument, 0, O_QUICK},
 					      {"json", no_argument, 0, O_JSON},
 					      {"csv", no_argument, 0, O_CSV},
+					      {"head", required_argument, 0, O_HEAD},
+					      {"head-shape", required_argument, 0, O_HEAD_SHAPE},
 					      {"help", no_argument, 0, 'h'},
 					      {0, 0, 0, 0}};
 	optind = 1;
@@ -196,19 +212,29 @@ static int parse_opts(kbench *b, int argc, char **argv)
 			}
 			break;
 		}
-		case O_SHAPE: {
+		case O_SHAPE:
+		case O_HEAD_SHAPE: {
+			const int head = c == O_HEAD_SHAPE;
 			long m = strtol(optarg, &end, 10), k = 0;
 			if (*end == 'x' || *end == 'X')
 				k = strtol(end + 1, &end, 10);
-			if (*end || m < 1 || k < 1 || m > (1 << 20) || k > (1 << 20) || o->n_shapes >= MAX_LIST) {
-				fprintf(stderr, "tern-bench kernels: bad --shape '%s' (want MxK)\n", optarg);
+			if (*end || m < 1 || k < 1 || m > (1 << 20) || k > (1 << 20) || (!head && o->n_shapes >= MAX_LIST)) {
+				fprintf(stderr, "tern-bench kernels: bad --%s '%s' (want %s)\n", head ? "head-shape" : "shape",
+					optarg, head ? "VxD" : "MxK");
 				return -1;
 			}
-			o->shapes[o->n_shapes][0] = (int)m;
-			o->shapes[o->n_shapes][1] = (int)k;
-			o->n_shapes++;
+			int *dst = head ? o->head_shape : o->shapes[o->n_shapes++];
+			dst[0] = (int)m;
+			dst[1] = (int)k;
 			break;
 		}
+		case O_HEAD:
+			head_set = 1;
+			o->n_heads = 0;
+			if (strcmp(optarg, "none") != 0 &&
+			    (o->n_heads = parse_names(optarg, o->heads, TERN_QH_COUNT, head_parse, "head format")) < 0)
+				return -1;
+			break;
 		case O_WS:
 		case O_BW:
 		case O_TIME: {
@@ -253,6 +279,17 @@ static int parse_opts(kbench *b, int argc, char **argv)
 			o->shapes[0][1] = 2560;
 			o->n_shapes = 1;
 		}
+		if (!o->head_shape[0]) {
+			o->head_shape[0] = 1000;
+			o->head_shape[1] = 256;
+		}
+	}
+	if (!head_set)
+		o->heads[o->n_heads++] = TERN_QH_Q8;
+	o->n_heads = dedupe(o->heads, o->n_heads);
+	if (!o->head_shape[0]) {
+		o->head_shape[0] = 128256;
+		o->head_shape[1] = 2560;
 	}
 	if (!o->n_packings)
 		for (int p = 0; p < TERN_PACK_COUNT; p++)
@@ -388,10 +425,92 @@ typedef struct krun {
 	const void *bw_buf; /* read between GEMV passes, see measure() */
 	size_t bw_bytes;
 	const char *peak_unit; /* int8 unit run between GEMM passes (NULL: none) */
+	const struct hset *hs; /* non-NULL: the quantized head's rows instead of ws */
+	tern_qdot_args qa;     /* the head call (w set per copy) */
+	const tern_float_kernels *fk;
 } krun;
+
+/* ---- the quantized LM head's working set --------------------------------------------- */
+
+/* Copies of a head packed in the tern_qh layout (kernels/tern-float.h), as
+ * tern_head_logits runs it: each thread takes a contiguous range of 16-row
+ * groups. The group bytes are copies of N_SOURCES packed random groups. */
+typedef struct hset {
+	tern_qh_type t;
+	int rows, n, ng;  /* vocabulary, width, 16-row groups */
+	size_t bytes;     /* one copy (tern_qh_bytes) */
+	size_t stride;    /* bytes between copies */
+	int copies;
+	uint8_t *arena;
+	size_t arena_bytes;
+} hset;
+
+static void hset_free(hset *hs)
+{
+	bench_big_free(hs->arena, hs->arena_bytes);
+	memset(hs, 0, sizeof *hs);
+}
+
+static int hset_build(hset *hs, tern_qh_type t, int rows, int n, double ws_mib, tern_err *e)
+{
+	memset(hs, 0, sizeof *hs);
+	hs->t = t, hs->rows = rows, hs->n = n, hs->ng = (rows + TERN_QH_GROUP - 1) / TERN_QH_GROUP;
+	hs->bytes = tern_qh_bytes(t, rows, n);
+	hs->stride = (hs->bytes + TERN_ALIGN - 1) / TERN_ALIGN * TERN_ALIGN;
+	hs->copies = (int)ceil(ws_mib * 1048576.0 / (double)hs->bytes);
+	if (hs->copies < 1)
+		hs->copies = 1;
+	hs->arena_bytes = hs->stride * (size_t)hs->copies;
+	const size_t gb = tern_qh_group_bytes(t, n);
+	float *w = malloc(sizeof(float) * TERN_QH_GROUP * (size_t)n);
+	uint8_t *src = malloc(gb * N_SOURCES);
+	hs->arena = w && src ? bench_big_alloc(hs->arena_bytes) : NULL;
+	if (!hs->arena) {
+		free(w);
+		free(src);
+		hset_free(hs);
+		return TERN_ERR(e, TERN_ENOMEM, "out of memory for a %.0f MiB head working set", ws_mib);
+	}
+	/* an embedding matrix's kind of values: unit-scale with outliers */
+	for (int g = 0; g < N_SOURCES; g++) {
+		for (size_t i = 0; i < (size_t)TERN_QH_GROUP * n; i++)
+			w[i] = ((float)(rnd32() % 20001) - 10000.0f) / 1e5f * (rnd32() % 64 ? 1.0f : 6.0f);
+		tern_qh_pack_group(t, w, (size_t)n, TERN_QH_GROUP, n, src + (size_t)g * gb);
+	}
+	for (int c = 0; c < hs->copies; c++)
+		for (int g = 0; g < hs->ng; g++)
+			memcpy(hs->arena + hs->stride * (size_t)c + gb * (size_t)g, src + gb * (size_t)(g % N_SOURCES), gb);
+	free(w);
+	free(src);
+	return 0;
+}
+
+typedef struct {
+	const krun *r;
+	tern_qdot_args a;
+} head_job;
+
+static void head_run(void *ctx, int tid, int nth)
+{
+	const head_job *j = ctx;
+	const int ng = j->r->hs->ng;
+	const int g0 = (int)((int64_t)ng * tid / nth), g1 = (int)((int64_t)ng * (tid + 1) / nth);
+	if (g0 < g1)
+		j->r->fk->qdot_groups(&j->a, g0, g1);
+}
 
 static int run_calls(krun *r, long calls, tern_err *e)
 {
+	if (r->hs) {
+		for (long c = 0; c < calls; c++) {
+			head_job j = {r, r->qa};
+			j.a.w = r->hs->arena + r->hs->stride * (size_t)r->cursor;
+			if (++r->cursor == r->hs->copies)
+				r->cursor = 0;
+			tern_pool_run(r->pool, head_run, &j);
+		}
+		return 0;
+	}
 	for (long c = 0; c < calls; c++) {
 		const tern_matrix *w = &r->ws->mats[r->cursor];
 		if (++r->cursor == r->ws->n)
@@ -416,8 +535,9 @@ static int cmp_double(const void *a, const void *b)
  * then the best GOPS of those (NaN without a unit). */
 static int measure(krun *r, int gemv, const kopts *o, double *best, double *median, double *bw, tern_err *e)
 {
+	const int n_mats = r->hs ? r->hs->copies : r->ws->n;
 	if (gemv)
-		TERN_FORWARD_IF_ERROR(run_calls(r, r->ws->n, e));
+		TERN_FORWARD_IF_ERROR(run_calls(r, n_mats, e));
 	else
 		TERN_FORWARD_IF_ERROR(run_calls(r, 1, e));
 	double t0 = tern_now_s();
@@ -427,8 +547,8 @@ static int measure(krun *r, int gemv, const kopts *o, double *best, double *medi
 	long cpr = (long)ceil(o->min_s / min_reps / t1);
 	if (cpr < 1)
 		cpr = 1;
-	if (gemv && cpr < r->ws->n)
-		cpr = r->ws->n;
+	if (gemv && cpr < n_mats)
+		cpr = n_mats;
 	double times[MAX_REPS], spent = 0;
 	int reps = 0;
 	*bw = gemv || r->peak_unit ? 0 : NAN;
@@ -515,34 +635,43 @@ static void note_peak(kbench *b, int ti, const char *unit, double gops)
 /* GEMM rows: value tok/s; bound = min(compute, bandwidth) in tok/s, where
  * compute = peak GOPS / (2 m k) and bandwidth = read_bw / packed bytes x
  * batch (each call reads the matrix once for `batch` tokens). */
-static void kernel_row(kbench *b, int ti, const wset *ws, tern_packing pk, tern_isa isa, int batch, double best,
-		       double median, double gemv_s, double bw, double peak)
+/* What a row measured: a matrix of m x k weights stored in bytes, n_mats
+ * copies in the working set; head: the quantized LM head (rows "what":
+ * "head", op gemv | gemm, packing q8 | q4). */
+typedef struct krow {
+	const char *pack;
+	int m, k, n_mats, head;
+	size_t bytes;
+} krow;
+
+static void kernel_row(kbench *b, int ti, const krow *kw, tern_isa isa, int batch, double best, double median,
+		       double gemv_s, double bw, double peak)
 {
-	const tern_matrix *w = &ws->mats[0];
 	const int threads = b->o.threads[ti];
 	const int gemv = batch == 0;
 	if (gemv)
 		batch = 1;
-	const double bytes = (double)w->data_bytes;
+	const double bytes = (double)kw->bytes;
 	const double gbs = bytes / best / 1e9, tok_s = batch / best;
-	const double gops = 2.0 * w->m * w->k * batch / best / 1e9;
+	const double gops = 2.0 * kw->m * kw->k * batch / best / 1e9;
 	bench_row row;
-	const double ops_per_tok = 2.0 * w->m * w->k;
+	const double ops_per_tok = 2.0 * kw->m * kw->k;
 	const double bw_tok = bw * 1e9 / bytes * batch, peak_tok = peak * 1e9 / ops_per_tok;
 	const int compute_bound = !gemv && peak_tok < bw_tok; /* false for a NaN peak */
 	const double bound_tok = compute_bound ? peak_tok : bw_tok;
+	const char *what = kw->head ? "head" : gemv ? "gemv" : "gemm";
 	if (gemv)
-		bench_row_init(&row, "kernels", "gemv", threads, gbs, "GB/s", bw);
+		bench_row_init(&row, "kernels", what, threads, gbs, "GB/s", bw);
 	else
-		bench_row_init(&row, "kernels", "gemm", threads, tok_s, "tok/s", bound_tok);
-	bench_row_str(&row, "packing", tern_packing_name(pk));
+		bench_row_init(&row, "kernels", what, threads, tok_s, "tok/s", bound_tok);
+	bench_row_str(&row, "packing", kw->pack);
 	bench_row_str(&row, "isa", tern_isa_name(isa));
 	bench_row_str(&row, "op", gemv ? "gemv" : "gemm");
 	bench_row_int(&row, "batch", batch);
-	bench_row_int(&row, "m", w->m);
-	bench_row_int(&row, "k", w->k);
-	bench_row_int(&row, "weight_bytes", (long long)w->data_bytes);
-	bench_row_int(&row, "matrices", ws->n);
+	bench_row_int(&row, "m", kw->m);
+	bench_row_int(&row, "k", kw->k);
+	bench_row_int(&row, "weight_bytes", (long long)kw->bytes);
+	bench_row_int(&row, "matrices", kw->n_mats);
 	bench_row_num(&row, "us_per_call", best * 1e6);
 	bench_row_num(&row, "us_median", median * 1e6);
 	bench_row_num(&row, "gb_s", gbs);
@@ -560,7 +689,7 @@ static void kernel_row(kbench *b, int ti, const wset *ws, tern_packing pk, tern_
 	}
 	bench_emit(&b->out, &row);
 	char shape[32];
-	snprintf(shape, sizeof shape, "%dx%d", w->m, w->k);
+	snprintf(shape, sizeof shape, "%dx%d", kw->m, kw->k);
 	char peak_s[16] = "-", frac_s[16] = "-";
 	if (!gemv) {
 		if (peak == peak)
@@ -568,7 +697,7 @@ static void kernel_row(kbench *b, int ti, const wset *ws, tern_packing pk, tern_
 		snprintf(frac_s, sizeof frac_s, "%.0f%%%s", 100.0 * tok_s / bound_tok, compute_bound ? "c" : "b");
 	}
 	bench_table(&b->out, "%-10s %-5s %-7s %3d %-4s %5d %8.3f %9.1f %7.2f %6.2f %5.0f%% %10.0f %8.1f %7.2f %6s %6s\n",
-		    shape, tern_packing_name(pk), tern_isa_name(isa), threads, gemv ? "gemv" : "gemm", batch,
+		    shape, kw->pack, tern_isa_name(isa), threads, kw->head ? (gemv ? "hgmv" : "hgmm") : gemv ? "gemv" : "gemm", batch,
 		    bytes / 1048576.0, best * 1e6, gbs, bw, 100.0 * gbs / bw, tok_s, gops, speedup, peak_s, frac_s);
 }
 
@@ -602,7 +731,8 @@ static int run_shape_packing(kbench *b, int si, tern_packing pk, const float *x,
 			b->bw_best[ti] = bw > b->bw_best[ti] ? bw : b->bw_best[ti];
 			if (add_result(b, kr))
 				rc = TERN_ERR(e, TERN_ENOMEM, "out of memory");
-			kernel_row(b, ti, &ws, pk, isa, 0, best, median, best, bw, NAN);
+			const krow kw = {tern_packing_name(pk), m, k, ws.n, 0, ws.mats[0].data_bytes};
+			kernel_row(b, ti, &kw, isa, 0, best, median, best, bw, NAN);
 			const double gemv_s = best;
 			for (int bi = 0; rc == 0 && bi < b->o.n_batches; bi++) {
 				const int batch = b->o.batches[bi];
@@ -617,13 +747,70 @@ static int run_shape_packing(kbench *b, int si, tern_packing pk, const float *x,
 				note_peak(b, ti, r.peak_unit, peak);
 				if (add_result(b, kr))
 					rc = TERN_ERR(e, TERN_ENOMEM, "out of memory");
-				kernel_row(b, ti, &ws, pk, isa, batch, best, median, gemv_s, bw, peak);
+				kernel_row(b, ti, &kw, isa, batch, best, median, gemv_s, bw, peak);
 			}
 		}
 	}
 	tern_act_free(&act);
 	tern_aligned_free(y);
 	wset_free(&ws);
+	return rc;
+}
+
+/* The quantized LM head of format t over every ISA x thread count: one row
+ * (decode) against the read bandwidth, then each batch against min(int8
+ * peak, bandwidth x batch), as the GEMM rows. */
+static int run_head(kbench *b, tern_qh_type t, const float *x, int max_batch, tern_err *e)
+{
+	const int V = b->o.head_shape[0], D = b->o.head_shape[1];
+	const int nb = tern_qh_blocks(D);
+	hset hs;
+	TERN_FORWARD_IF_ERROR(hset_build(&hs, t, V, D, b->o.ws_mib, e));
+	float *y = tern_aligned_alloc((size_t)max_batch * V * sizeof *y, TERN_ALIGN);
+	int8_t *xq = malloc((size_t)max_batch * nb * TERN_QH_BLOCK);
+	float *xd = malloc((size_t)max_batch * nb * sizeof *xd);
+	int32_t *xs = malloc((size_t)max_batch * nb * sizeof *xs);
+	int rc = y && xq && xd && xs ? 0 : TERN_ERR(e, TERN_ENOMEM, "out of memory for the head's rows");
+	/* the activations: x's rows, D floats each (x holds max_batch x max(k, D)) */
+	for (int j = 0; rc == 0 && j < max_batch; j++)
+		tern_qx_quantize(x + (size_t)j * D, D, xq + (size_t)j * nb * TERN_QH_BLOCK, xd + (size_t)j * nb,
+				 xs + (size_t)j * nb);
+	const krow kw = {tern_qh_name(t), V, D, hs.copies, 1, hs.bytes};
+	for (int ii = 0; rc == 0 && ii < b->o.n_isas; ii++) {
+		const tern_isa isa = (tern_isa)b->o.isas[ii];
+		const tern_float_kernels *fk = tern_float_kernels_get(isa);
+		if (!fk)
+			continue;
+		for (int ti = 0; rc == 0 && ti < b->o.n_threads; ti++) {
+			krun r = {.y = y,
+				  .isa = isa,
+				  .pool = b->pools[ti],
+				  .bw_buf = b->bw_buf,
+				  .bw_bytes = b->bw_bytes,
+				  .peak_unit = isa_int8_unit(isa),
+				  .hs = &hs,
+				  .fk = fk};
+			r.qa = (tern_qdot_args){t, hs.arena, D, V, xq, xd, xs, 1, y, (size_t)V};
+			double best, median, bw, peak;
+			if ((rc = measure(&r, 1, &b->o, &best, &median, &bw, e)))
+				break;
+			b->bw_best[ti] = bw > b->bw_best[ti] ? bw : b->bw_best[ti];
+			kernel_row(b, ti, &kw, isa, 0, best, median, best, bw, NAN);
+			const double gemv_s = best;
+			for (int bi = 0; rc == 0 && bi < b->o.n_batches; bi++) {
+				r.qa.nx = b->o.batches[bi];
+				if ((rc = measure(&r, 0, &b->o, &best, &median, &peak, e)))
+					break;
+				note_peak(b, ti, r.peak_unit, peak);
+				kernel_row(b, ti, &kw, isa, r.qa.nx, best, median, gemv_s, bw, peak);
+			}
+		}
+	}
+	free(xq);
+	free(xd);
+	free(xs);
+	tern_aligned_free(y);
+	hset_free(&hs);
 	return rc;
 }
 
@@ -742,7 +929,7 @@ int bench_kernels_main(int argc, char **argv)
 		}
 	}
 
-	int max_batch = 1, max_k = 1;
+	int max_batch = 1, max_k = o->n_heads ? o->head_shape[1] : 1;
 	for (int i = 0; i < o->n_batches; i++)
 		max_batch = o->batches[i] > max_batch ? o->batches[i] : max_batch;
 	for (int i = 0; i < o->n_shapes; i++)
@@ -769,6 +956,12 @@ int bench_kernels_main(int argc, char **argv)
 					o->shapes[si][1], e.msg);
 				goto done;
 			}
+	for (int hi = 0; hi < o->n_heads; hi++)
+		if (run_head(b, (tern_qh_type)o->heads[hi], x, max_batch, &e)) {
+			fprintf(stderr, "tern-bench kernels: %s LM head %dx%d: %s\n", tern_qh_name((tern_qh_type)o->heads[hi]),
+				o->head_shape[0], o->head_shape[1], e.msg);
+			goto done;
+		}
 	summary(b);
 	/* The read_bw rows come last: the machine's figure is the best pass of
 	 * the whole run (a busy moment at the start must not define it). */

@@ -33,7 +33,7 @@ def main():
     lines = proc.stdout.decode().splitlines()
     if not lines:
         fail("no rows on stdout")
-    seen = {"read_bw": 0, "gemv": 0, "gemm": 0}
+    seen = {"read_bw": 0, "gemv": 0, "gemm": 0, "head": 0}
     peaks = 0
     aggregates = 0
     kv_by_config = {}
