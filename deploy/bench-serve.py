@@ -292,7 +292,7 @@ def main():
                     help="serve: rounds per client count (at least 24 streams per path in all)")
     ap.add_argument("--server-args", default="", help="serve: more tern-server options, e.g. '--nice 0'")
     ap.add_argument("--coord-args", default="", help="more tern-coordinator options, e.g. '--lm-head q8'")
-    ap.add_argument("--port", type=int, default=50200)
+    ap.add_argument("--port", type=int, default=0, help="cluster: the coordinator's gRPC port (default: a free one)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--plot", default=None)
     ap.add_argument("--threads", type=int, default=0, help="kernel threads per stage (0: domain cores)")
@@ -333,12 +333,15 @@ def main():
         if not a.json:
             print("%-7s %-5s %12s %14s %10s %12s %6s" % ("stages", "seqs", "tok/s", "ms/token/seq", "speedup",
                                                          "bound tok/s", "frac"))
+        from ternlib import free_port  # noqa: E402
         for s in stage_list:
-            env = start_cluster(build, a.model, s, a.port, extra)
+            # a fixed port collides with another run of the same benchmark on the box
+            port = a.port or free_port()
+            env = start_cluster(build, a.model, s, port, extra)
             bound1 = bound_of(env)
             cbound = compute_bound_of(env)
             try:
-                cl = Client(pb, a.port)
+                cl = Client(pb, port)
                 run_clients(cl, pb, 1, 4)  # warm-up
                 base = None
                 for c in conc:
