@@ -2,6 +2,7 @@
  * matrices and norms (a model file through its adapter, or the deterministic
  * random source that tests and benchmarks use), packed in one packing. */
 #include "tern-engine.h"
+#include "tern-shard.h"
 
 #include <math.h>
 #include <stdatomic.h>
@@ -137,6 +138,8 @@ int tern_layers_build_mt(tern_layers *out, const tern_hparams *hp, int first, in
 	for (int l = 0; l < n; l++) {
 		tern_layer_weights *lw = &out->l[l];
 		for (int q = 0; q < TERN_LAYER_NORMS; q++) {
+			if (!tern_shard_norm_present(hp, (tern_norm_kind)q))
+				continue; /* as the plan loader: a q/k norm the architecture has not stays NULL */
 			const int width = tern_norm_len(hp, (tern_norm_kind)q);
 			lw->norm[q] = tern_aligned_alloc((size_t)width * sizeof(float), TERN_ALIGN);
 			if (!lw->norm[q]) {

@@ -1,7 +1,7 @@
 /* layers.c: the layer forward pass over a micro-batch (see tern-engine.h
  * for the math and the batch-invariance contract), and the float
  * primitives it is made of. What differs between architectures (sub-norms,
- * the FFN activation) is read from the arch row (tern_arch) once at create.
+ * QK-norm, the FFN activation) is read from the arch row (tern_arch) once at create.
  *
  * Every float loop below runs in one order that depends only on the row's
  * own width and position: no reduction is split by batch size, chunking or
@@ -81,7 +81,7 @@ struct tern_engine {
 	tern_engine_config cfg;
 	tern_isa isa;
 	const tern_float_kernels *fk; /* RMSNorm, RoPE, softmax of that ISA */
-	const tern_arch *arch;        /* sub-norms or not, the FFN activation */
+	const tern_arch *arch;        /* sub-norms or not, QK-norm or not, the FFN activation */
 	void (*ffn_act)(const float *g, const float *u, int n, float *out); /* the arch's gated product */
 	int kv_dim;
 	int n_threads;
@@ -133,7 +133,7 @@ int tern_engine_create(const tern_layers *w, const tern_engine_config *cfg, tern
 		}
 
 	const tern_arch *arch = tern_arch_find(w->hp.arch);
-	TERN_RETURN_IF(!arch || arch->qk_norm || arch->bias, err, TERN_EUNSUP,
+	TERN_RETURN_IF(!arch || arch->bias, err, TERN_EUNSUP,
 		       "engine: architecture '%s' is not one the engine runs", w->hp.arch);
 
 	tern_engine *e = calloc(1, sizeof *e);
@@ -564,6 +564,12 @@ static int layer_forward(tern_engine *e, int l, const tern_row *rows, int n, flo
 		float *const y[3] = {e->q, e->k, e->v};
 		const int ldy[3] = {d, kvd, kvd};
 		TERN_FORWARD_IF_ERROR(projs(e, l, p, 3, &e->act_e, y, ldy, err));
+	}
+	if (e->arch->qk_norm) {
+		/* Qwen3: every head of q and of k RMS-normalised on its own (rows
+		 * of head_dim), before RoPE */
+		norm_rows(e, e->q, hd, lw->norm[TERN_NORM_ATTN_Q], hd, eps, n * hp->n_head, e->q, hd);
+		norm_rows(e, e->k, hd, lw->norm[TERN_NORM_ATTN_K], hd, eps, n * hp->n_head_kv, e->k, hd);
 	}
 	for (int j = 0; j < n; j++) {
 		const float *cs = e->rope + (size_t)rows[j].pos * (size_t)hd;

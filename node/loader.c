@@ -41,7 +41,9 @@ static int layer_from_shard(const tern_shard *sh, const char *path, const tern_h
 		lw->proj[p].owns_data = 1; /* tern_aligned_alloc'd: tern_layers_free releases it */
 	}
 	for (int q = 0; q < TERN_LAYER_NORMS; q++) {
-		const int i = tern_shard_find(sh, (tern_shard_role)(TERN_ROLE_ATTN_NORM + q), layer);
+		if (!tern_shard_norm_present(hp, (tern_norm_kind)q))
+			continue; /* a q/k norm the architecture has not: NULL, never applied */
+		const int i = tern_shard_find(sh, tern_shard_norm_role((tern_norm_kind)q), layer);
 		const int width = tern_norm_len(hp, (tern_norm_kind)q);
 		const tern_shard_tensor *t = i >= 0 ? tern_shard_tensor_at(sh, i) : NULL;
 		TERN_RETURN_IF(!t || t->dtype != TERN_DTYPE_F32 || (int64_t)t->m * t->k != width, err, TERN_EFORMAT,

@@ -61,7 +61,7 @@ extern "C" {
 
 typedef struct tern_layer_weights {
 	tern_matrix proj[TERN_PROJ_COUNT]; /* packed, shapes as tern_proj says */
-	float *norm[TERN_LAYER_NORMS];     /* (width) each, tern_aligned_alloc'd */
+	float *norm[TERN_LAYER_NORMS];     /* (width) each, tern_aligned_alloc'd; NULL: a q/k norm the arch has not */
 } tern_layer_weights;
 
 /* The weights of layers [first, first + n) of one model, in one packing. */

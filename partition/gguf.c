@@ -64,7 +64,7 @@ typedef struct {
 /* ggml's own table (ids, names, block sizes): every id a GGUF file may use,
  * so that files holding types tern does not read still open and name them.
  * tern_dtype_of_ggml() says which of them tern uses. */
-#define GGML_NTYPES 40
+#define GGML_NTYPES 43
 static const type_info ggml_types[GGML_NTYPES] = {
     [0] = {"f32", 1, 4},         [1] = {"f16", 1, 2},         [2] = {"q4_0", 32, 18},      [3] = {"q4_1", 32, 20},
     [6] = {"q5_0", 32, 22},      [7] = {"q5_1", 32, 24},      [8] = {"q8_0", 32, 34},      [9] = {"q8_1", 32, 36},
@@ -76,6 +76,8 @@ static const type_info ggml_types[GGML_NTYPES] = {
     [30] = {"bf16", 1, 2},       [31] = {"q4_0_4_4", 32, 18}, [32] = {"q4_0_4_8", 32, 18}, [33] = {"q4_0_8_8", 32, 18},
     [34] = {"tq1_0", 256, 54},   [35] = {"tq2_0", 256, 66},   [36] = {"i2_s", 1, 1},       [37] = {"i8_s", 1, 1},
     [38] = {"tl1", 1, 1},        [39] = {"tl2", 1, 1},
+    /* ggml (PrismML's Ternary-Bonsai files): an f16 scale per 64 ternary weights (kernels/tern-gq.h) */
+    [42] = {"q2_0", 64, 18},
 };
 
 const char *tern_ggml_type_name(uint32_t type)
@@ -1033,6 +1035,15 @@ int tern_gguf_hparams(const tern_gguf *g, tern_hparams *hp, tern_err *err)
 		       "%s: %s.rope.dimension_count is %d, but tern rotates the whole head of %d (partial RoPE is "
 		       "not supported)",
 		       g->path, a, rope_dim, hp->head_dim);
+	/* Qwen3 GGUFs name the head width (attention.key_length, from config
+	 * head_dim); the engine's heads are n_embd / n_head wide. */
+	int key_len = hp->head_dim, val_len = hp->head_dim;
+	TERN_FORWARD_IF_ERROR(arch_int(g, a, "attention.key_length", hp->head_dim, &key_len, err));
+	TERN_FORWARD_IF_ERROR(arch_int(g, a, "attention.value_length", hp->head_dim, &val_len, err));
+	TERN_RETURN_IF(key_len != hp->head_dim || val_len != hp->head_dim, err, TERN_EUNSUP,
+		       "%s: heads of %d / %d (%s.attention.key_length / value_length), but tern runs heads of "
+		       "n_embd / n_head = %d",
+		       g->path, key_len, val_len, a, hp->head_dim);
 	/* RoPE scaling (linear, or llama3's rope_freqs factors) changes the
 	 * angles the engine's table holds: refused rather than run unscaled. */
 	char rkey[64];

@@ -20,6 +20,10 @@ static const tern_arch archs[] = {
     {"bitnet", TERN_FFN_RELU2, 1, 0, 0, 0, "BitNetForCausalLM", "relu2"},
     {"bitnet-1.58", TERN_FFN_RELU2, 1, 0, 0, 0, "BitNetForCausalLM", "relu2"},
     {"llama", TERN_FFN_SILU, 0, 1, 0, 0, "LlamaForCausalLM", "silu"},
+    /* Qwen3 (transformers models/qwen3/modeling_qwen3.py): the Llama graph plus
+     * an RMSNorm over each head's q and k before RoPE (rotate_half: NEOX, which
+     * llama.cpp's converter keeps, no q/k permutation); PrismML Ternary-Bonsai */
+    {"qwen3", TERN_FFN_SILU, 0, 0, 1, 0, "Qwen3ForCausalLM", "silu"},
 };
 #define N_ARCHS (sizeof archs / sizeof archs[0])
 
@@ -41,7 +45,7 @@ const tern_arch *tern_arch_find_hf(const char *hf_class)
 
 const char *tern_arch_names(void)
 {
-	return "bitnet-b1.58, bitnet-25, bitnet, bitnet-1.58, llama";
+	return "bitnet-b1.58, bitnet-25, bitnet, bitnet-1.58, llama, qwen3";
 }
 
 int tern_norm_present(const tern_hparams *hp, tern_norm_kind n)
@@ -49,6 +53,8 @@ int tern_norm_present(const tern_hparams *hp, tern_norm_kind n)
 	const tern_arch *a = tern_arch_find(hp->arch);
 	if (n == TERN_NORM_ATTN_SUB || n == TERN_NORM_FFN_SUB)
 		return a && a->sub_norms;
+	if (n == TERN_NORM_ATTN_Q || n == TERN_NORM_ATTN_K)
+		return a && a->qk_norm;
 	return (unsigned)n < TERN_NORM_COUNT;
 }
 
@@ -82,11 +88,15 @@ static const preset presets[] = {
 	/* tiiuae/Falcon3-10B-Instruct-1.58bit (model card: 40 blocks, 12 query and 4 KV heads of
 	 * 256, rope theta 1000042, 32K context, 131K vocabulary, SwiGLU; eps as Falcon3's configs) */
 	{"falcon3-10b", 3072, 40, 12, 4, 23040, 131072, 32768, 1000042.0f, "llama", 1e-6f, 0, 0, 0},
+	/* PrismML Ternary-Bonsai-8B: Qwen3-8B's published config (36 layers of 4096, 32 query and 8 KV
+	 * heads of 128, FFN 12288, 151,936 vocabulary, rope theta 1e6, eps 1e-6, 40960 context,
+	 * bos <|endoftext|> 151643, eos <|im_end|> 151645); that Bonsai keeps it exactly is UNCONFIRMED */
+	{"bonsai-8b", 4096, 36, 32, 8, 12288, 151936, 40960, 1000000.0f, "qwen3", 1e-6f, 151643, 151645, -1},
 };
 
 const char *tern_hparams_preset_names(void)
 {
-	return "125m 700m 2b4t 3b 7b 13b 30b 70b 100b llama3-8b falcon3-10b";
+	return "125m 700m 2b4t 3b 7b 13b 30b 70b 100b llama3-8b falcon3-10b bonsai-8b";
 }
 
 int tern_hparams_preset(const char *name, tern_hparams *hp, tern_err *err)
@@ -181,10 +191,11 @@ static const char *const proj_gguf[TERN_PROJ_COUNT] = {"attn_q",   "attn_k", "at
 static const char *const proj_hf[TERN_PROJ_COUNT] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
 						     "self_attn.o_proj", "mlp.gate_proj",    "mlp.up_proj",
 						     "mlp.down_proj"};
-static const char *const norm_gguf[TERN_NORM_COUNT] = {"attn_norm", "attn_sub_norm", "ffn_norm", "ffn_sub_norm",
-						       "output_norm"};
-static const char *const norm_hf[TERN_NORM_COUNT] = {"input_layernorm", "self_attn.attn_sub_norm",
-						     "post_attention_layernorm", "mlp.ffn_sub_norm", "norm"};
+static const char *const norm_gguf[TERN_NORM_COUNT] = {"attn_norm",   "attn_sub_norm", "ffn_norm",   "ffn_sub_norm",
+						       "attn_q_norm", "attn_k_norm",   "output_norm"};
+static const char *const norm_hf[TERN_NORM_COUNT] = {"input_layernorm",  "self_attn.attn_sub_norm",
+						     "post_attention_layernorm", "mlp.ffn_sub_norm",
+						     "self_attn.q_norm", "self_attn.k_norm", "norm"};
 
 const char *tern_proj_name(tern_proj p)
 {
@@ -260,6 +271,8 @@ void tern_proj_shape(const tern_hparams *hp, tern_proj p, int *m, int *k)
 
 int tern_norm_len(const tern_hparams *hp, tern_norm_kind n)
 {
+	if (n == TERN_NORM_ATTN_Q || n == TERN_NORM_ATTN_K)
+		return hp->head_dim;
 	return n == TERN_NORM_FFN_SUB ? hp->n_ff : hp->n_embd;
 }
 

@@ -260,12 +260,21 @@ static int check_shard(const char *path, const Tern__V1__Plan *p, const Tern__V1
 		rc = TERN_ERR(err, TERN_EFORMAT, "%s: shard packed as %s, the plan says otherwise", path,
 			      tern_packing_name(tern_shard_packing(sh)));
 	} else if (st) {
+		tern_hparams hp;
+		rc = tern_plan_manifest_hparams(p, &hp, err);
 		for (int l = first; l <= last && rc == 0; l++)
-			for (int r = 0; r <= TERN_ROLE_FFN_SUB_NORM && rc == 0; r++)
-				if (tern_shard_find(sh, (tern_shard_role)r, l) < 0)
+			for (int r = 0; r < TERN_SHARD_N_PROJ + TERN_LAYER_NORMS && rc == 0; r++) {
+				const tern_shard_role role = r < TERN_SHARD_N_PROJ
+								 ? (tern_shard_role)r
+								 : tern_shard_norm_role((tern_norm_kind)(r - TERN_SHARD_N_PROJ));
+				if (r >= TERN_SHARD_N_PROJ &&
+				    !tern_shard_norm_present(&hp, (tern_norm_kind)(r - TERN_SHARD_N_PROJ)))
+					continue;
+				if (tern_shard_find(sh, role, l) < 0)
 					rc = TERN_ERR(err, TERN_EFORMAT, "%s: layer %d has no %s", path, l,
-						      tern_shard_role_name((tern_shard_role)r));
-		if (rc == 0 && tern_shard_n_tensors(sh) != (last - first + 1) * (TERN_ROLE_FFN_SUB_NORM + 1))
+						      tern_shard_role_name(role));
+			}
+		if (rc == 0 && tern_shard_n_tensors(sh) != (last - first + 1) * tern_shard_layer_tensors(&hp))
 			rc = TERN_ERR(err, TERN_EFORMAT, "%s: unexpected extra tensors", path);
 	} else {
 		int qi = -1, qt;

@@ -33,7 +33,7 @@ static int write_stage(tern_source *src, const tern_plan_opts *o, int group_rows
 	const int nl = st->last_layer - st->first_layer + 1;
 	tern_shard_writer *w;
 	TERN_FORWARD_IF_ERROR(tern_shard_writer_open(&w, path, st->index, st->first_layer, st->last_layer, o->packing,
-						     nl * (TERN_PROJ_COUNT + 4), zlevel, err));
+						     nl * tern_shard_layer_tensors(hp), zlevel, err));
 	tern_shard_writer_set_progress(w, pr);
 	size_t wmax = 0;
 	int mmax = hp->n_ff > hp->n_embd ? hp->n_ff : hp->n_embd;
@@ -65,11 +65,13 @@ static int write_stage(tern_source *src, const tern_plan_opts *o, int group_rows
 			if (rc < 0)
 				goto fail;
 		}
-		for (int n = TERN_NORM_ATTN; n <= TERN_NORM_FFN_SUB; n++) {
+		for (int n = 0; n < TERN_LAYER_NORMS; n++) {
+			if (!tern_shard_norm_present(hp, (tern_norm_kind)n))
+				continue;
 			const int len = tern_norm_len(hp, (tern_norm_kind)n);
 			if ((rc = tern_source_norm(src, l, (tern_norm_kind)n, scales, err)) < 0 ||
-			    (rc = tern_shard_write_dense(w, (tern_shard_role)(TERN_ROLE_ATTN_NORM + n), l,
-							 TERN_DTYPE_F32, len, 1, scales, err)) < 0)
+			    (rc = tern_shard_write_dense(w, tern_shard_norm_role((tern_norm_kind)n), l, TERN_DTYPE_F32,
+							 len, 1, scales, err)) < 0)
 				goto fail;
 		}
 	}

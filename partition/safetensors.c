@@ -290,6 +290,10 @@ static int cfg_arch(const tern_json *r, const char *what, const tern_arch **out,
 	const tern_arch *a = cls ? tern_arch_find_hf(cls) : tern_arch_find("bitnet-b1.58");
 	TERN_RETURN_IF(!a, err, TERN_EUNSUP,
 		       "%s: architectures \"%.64s\" is not supported (BitNetForCausalLM, LlamaForCausalLM)", what, cls);
+	/* Qwen3's ternary checkpoints (Ternary-Bonsai) are group-scaled, which the
+	 * projections of a tern_source do not carry yet: read from the GGUF only */
+	TERN_RETURN_IF(a->qk_norm, err, TERN_EUNSUP, "%s: %s checkpoints are not read yet (only its GGUF)", what,
+		       a->hf_class);
 	const char *act = tern_json_get_str(r, "hidden_act", a->hf_act);
 	TERN_RETURN_IF(strcmp(act, a->hf_act) != 0, err, TERN_EUNSUP,
 		       "%s: hidden_act \"%.32s\" is not supported for %s (%s)", what, act, a->hf_class, a->hf_act);

@@ -36,8 +36,34 @@ const char *tern_shard_role_name(tern_shard_role r)
 	case TERN_ROLE_OUTPUT_NORM: return tern_norm_name(TERN_NORM_OUTPUT);
 	case TERN_ROLE_OUTPUT: return tern_dense_gguf(TERN_DENSE_OUTPUT);
 	case TERN_ROLE_HEAD_PACKED: return "output_packed";
+	case TERN_ROLE_ATTN_Q_NORM: return tern_norm_name(TERN_NORM_ATTN_Q);
+	case TERN_ROLE_ATTN_K_NORM: return tern_norm_name(TERN_NORM_ATTN_K);
 	default: return "?";
 	}
+}
+
+tern_shard_role tern_shard_norm_role(tern_norm_kind n)
+{
+	if (n == TERN_NORM_ATTN_Q)
+		return TERN_ROLE_ATTN_Q_NORM;
+	if (n == TERN_NORM_ATTN_K)
+		return TERN_ROLE_ATTN_K_NORM;
+	return (tern_shard_role)(TERN_ROLE_ATTN_NORM + (int)n);
+}
+
+int tern_shard_norm_present(const tern_hparams *hp, tern_norm_kind n)
+{
+	if (n == TERN_NORM_ATTN_Q || n == TERN_NORM_ATTN_K)
+		return tern_norm_present(hp, n);
+	return (unsigned)n < TERN_LAYER_NORMS;
+}
+
+int tern_shard_layer_tensors(const tern_hparams *hp)
+{
+	int n = TERN_SHARD_N_PROJ;
+	for (int q = 0; q < TERN_LAYER_NORMS; q++)
+		n += tern_shard_norm_present(hp, (tern_norm_kind)q);
+	return n;
 }
 
 static void put16(uint8_t *p, uint16_t v)
@@ -459,7 +485,8 @@ static int parse(tern_shard *sh, tern_err *err)
 		TERN_RETURN_IF(proj != (t->dtype == TERN_DTYPE_TERNARY) ||
 				       (t->role == TERN_ROLE_HEAD_PACKED) != (t->dtype == TERN_DTYPE_U8),
 			       err, TERN_EFORMAT, "%s: tensor '%s': role and type disagree", nm, t->name);
-		const int global = t->role >= TERN_ROLE_TOKEN_EMBD;
+		const int global = t->role >= TERN_ROLE_TOKEN_EMBD && t->role != TERN_ROLE_ATTN_Q_NORM &&
+				   t->role != TERN_ROLE_ATTN_K_NORM;
 		TERN_RETURN_IF(global ? t->layer != -1 : (t->layer < first || t->layer > last || stage == 0), err,
 			       TERN_EFORMAT, "%s: tensor '%s': layer %d outside the shard's range", nm, t->name, t->layer);
 		t->packing = (tern_packing)pk;

@@ -42,7 +42,7 @@ struct tern_source {
 	int scale_divides;  /* HF packed: W = ternary / weight_scale (tern_hf_quant) */
 	char fmt_desc[32];
 	tref *w;    /* (n_layer, TERN_PROJ_COUNT) */
-	tref *norm; /* (n_layer * 4 + 1): per layer ATTN..FFN_SUB, then OUTPUT */
+	tref *norm; /* (n_layer * TERN_LAYER_NORMS + 1): per layer ATTN..ATTN_K, then OUTPUT */
 	tern_dense_view dense[2];
 	int has_output;
 	/* tokenizer (lazy) */
@@ -213,12 +213,12 @@ static int resolve_tensors(tern_source *s, const tensor_names *f, tern_err *err)
 			if (!tern_norm_present(hp, (tern_norm_kind)n))
 				continue;
 			f->norm_name((tern_norm_kind)n, l, name, sizeof name);
-			TERN_FORWARD_IF_ERROR(
-			    f->ref(s, name, 0, tern_norm_len(hp, (tern_norm_kind)n), 0, &s->norm[l * 4 + n], err));
+			TERN_FORWARD_IF_ERROR(f->ref(s, name, 0, tern_norm_len(hp, (tern_norm_kind)n), 0,
+						     &s->norm[l * TERN_LAYER_NORMS + n], err));
 		}
 	}
 	f->norm_name(TERN_NORM_OUTPUT, 0, name, sizeof name);
-	TERN_FORWARD_IF_ERROR(f->ref(s, name, 0, hp->n_embd, 0, &s->norm[hp->n_layer * 4], err));
+	TERN_FORWARD_IF_ERROR(f->ref(s, name, 0, hp->n_embd, 0, &s->norm[hp->n_layer * TERN_LAYER_NORMS], err));
 	const int n_w = hp->n_layer * TERN_PROJ_COUNT;
 	TERN_RETURN_IF(n_prequant != 0 && n_prequant != n_w, err, TERN_EUNSUP,
 		       "%s: mixes %s and full-precision projection weights", s->path, f->prequant_word);
@@ -386,7 +386,7 @@ int tern_source_open(tern_source **out, const char *path, tern_err *err)
 	}
 	if (rc == 0) {
 		s->w = calloc((size_t)s->hp.n_layer * TERN_PROJ_COUNT, sizeof *s->w);
-		s->norm = calloc((size_t)s->hp.n_layer * 4 + 1, sizeof *s->norm);
+		s->norm = calloc((size_t)s->hp.n_layer * TERN_LAYER_NORMS + 1, sizeof *s->norm);
 		if (!s->w || !s->norm)
 			rc = TERN_ERR(err, TERN_ENOMEM, "%s: out of memory", path);
 	}
@@ -547,7 +547,8 @@ int tern_source_norm(const tern_source *s, int layer, tern_norm_kind n, float *o
 			out[i] = 1.0f;
 		return 0;
 	}
-	const tref *r = n == TERN_NORM_OUTPUT ? &s->norm[s->hp.n_layer * 4] : &s->norm[layer * 4 + n];
+	const tref *r = n == TERN_NORM_OUTPUT ? &s->norm[s->hp.n_layer * TERN_LAYER_NORMS]
+						: &s->norm[layer * TERN_LAYER_NORMS + n];
 	for (int64_t i = 0; i < r->k; i++)
 		out[i] = ld_f32(r->dtype, r->data, (uint64_t)i);
 	return 0;

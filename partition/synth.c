@@ -82,7 +82,10 @@ float tern_synth_scale(uint64_t seed, const tern_hparams *hp, int layer, tern_pr
 float tern_synth_norm(uint64_t seed, int layer, tern_norm_kind n, int64_t i)
 {
 	const int l = n == TERN_NORM_OUTPUT ? -1 : layer;
-	return (float)(0.9 + 0.2 * unit(hash3(seed, tid_of(l, 16 + (int)n), (uint64_t)i)));
+	/* stream ids fixed when the output norm was kind 4: the same values for
+	 * every model written before the q/k norms came (kinds 4, 5 -> 28, 29) */
+	const int tag = n == TERN_NORM_OUTPUT ? 20 : n >= TERN_NORM_ATTN_Q ? 24 + (int)n : 16 + (int)n;
+	return (float)(0.9 + 0.2 * unit(hash3(seed, tid_of(l, tag), (uint64_t)i)));
 }
 
 static uint16_t embd_value(uint64_t h, double sigma)

@@ -48,8 +48,9 @@ typedef struct tern_arch {
 	int gguf_qk_interleaved;  /* GGUF q/k rows permuted for llama.cpp's interleaved RoPE by the
 				   * converter (row h*hd + 2i + j holds HF row h*hd + j*hd/2 + i);
 				   * tern_source undoes it, the engine always runs RoPE NEOX */
-	int qk_norm;              /* RMSNorm of q and k per head: 0 in every architecture tern reads */
-	int bias;                 /* bias terms on the projections: likewise 0 */
+	int qk_norm;              /* RMSNorm over each head's q and k (head_dim weights each,
+				   * attn_q_norm / attn_k_norm) after the projections, before RoPE (Qwen3) */
+	int bias;                 /* bias terms on the projections: 0 in every architecture tern reads */
 	const char *hf_class;     /* config.json "architectures" entry of the HF checkpoint */
 	const char *hf_act;       /* config.json "hidden_act" */
 } tern_arch;
@@ -63,7 +64,7 @@ const char *tern_arch_names(void);
 
 /* Named shapes (MODEL-FORMATS.md section 1 for 2b4t): BitNet b1.58 "125m",
  * "700m", "2b4t", "3b", "7b", "13b", "30b", "70b", "100b"; arch "llama"
- * (published config shapes) "llama3-8b", "falcon3-10b".
+ * (published config shapes) "llama3-8b", "falcon3-10b"; arch "qwen3" "bonsai-8b".
  * Returns TERN_EINVAL for an unknown name. */
 int tern_hparams_preset(const char *name, tern_hparams *hp, tern_err *err);
 /* Space-separated list of preset names, for help texts. */
@@ -109,10 +110,12 @@ typedef enum {
 	TERN_NORM_ATTN_SUB, /* attn_sub_norm / self_attn.attn_sub_norm  (n_embd) */
 	TERN_NORM_FFN,      /* ffn_norm      / post_attention_layernorm (n_embd) */
 	TERN_NORM_FFN_SUB,  /* ffn_sub_norm  / mlp.ffn_sub_norm         (n_ff) */
+	TERN_NORM_ATTN_Q,   /* attn_q_norm   / self_attn.q_norm         (head_dim), every head of q */
+	TERN_NORM_ATTN_K,   /* attn_k_norm   / self_attn.k_norm         (head_dim), every head of k */
 	TERN_NORM_OUTPUT,   /* output_norm   / model.norm               (n_embd), layer ignored */
 	TERN_NORM_COUNT
 } tern_norm_kind;
-#define TERN_LAYER_NORMS 4 /* a layer holds TERN_NORM_ATTN .. TERN_NORM_FFN_SUB */
+#define TERN_LAYER_NORMS 6 /* a layer holds TERN_NORM_ATTN .. TERN_NORM_ATTN_K */
 
 typedef enum {
 	TERN_DENSE_TOKEN_EMBD = 0, /* token_embd / model.embed_tokens: (n_vocab, n_embd) */
@@ -139,9 +142,10 @@ void tern_norm_hf_name(tern_norm_kind n, int layer, char *buf, size_t len);
 const char *tern_dense_gguf_name(tern_dense_kind d);
 const char *tern_dense_hf_name(tern_dense_kind d);
 /* 1 if layer norm n exists in hp's architecture (the sub-norms only where
- * tern_arch.sub_norms; TERN_NORM_OUTPUT always). A norm that does not exist
- * is not read from a file; the shards carry it as ones and the engine never
- * applies it. */
+ * tern_arch.sub_norms, the q/k norms only where tern_arch.qk_norm;
+ * TERN_NORM_OUTPUT always). A norm that does not exist is not read from a
+ * file; the shards carry an absent sub-norm as ones, an absent q/k norm not at
+ * all, and the engine never applies either. */
 int tern_norm_present(const tern_hparams *hp, tern_norm_kind n);
 /* Output rows (m) and inputs (k) of a projection; width of a norm vector. */
 void tern_proj_shape(const tern_hparams *hp, tern_proj p, int *m, int *k);

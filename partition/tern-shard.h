@@ -68,12 +68,24 @@ typedef enum {
 	 * tern_qh_*), format in the manifest (plan.proto Coordinator.lm_head):
 	 * dtype u8, m = ceil(n_vocab / 16) row groups, k = tern_qh_group_bytes. */
 	TERN_ROLE_HEAD_PACKED = 14,
+	/* Qwen3's per-head q/k RMSNorm weights, f32[head_dim], only in the shards
+	 * of an architecture with tern_arch.qk_norm. */
+	TERN_ROLE_ATTN_Q_NORM = 15,
+	TERN_ROLE_ATTN_K_NORM = 16,
 	TERN_ROLE_COUNT
 } tern_shard_role;
 #define TERN_SHARD_N_PROJ 7 /* roles 0..6 are the ternary projections */
 
 /* GGUF-style tensor name of a role ("attn_q", "token_embd", ...). */
 const char *tern_shard_role_name(tern_shard_role r);
+/* The role of layer norm n (TERN_NORM_ATTN .. TERN_NORM_ATTN_K). */
+tern_shard_role tern_shard_norm_role(tern_norm_kind n);
+/* Tensors a stage shard holds per layer of hp's architecture: the seven
+ * projections and the layer norms it carries (tern_shard_norm_present). */
+int tern_shard_layer_tensors(const tern_hparams *hp);
+/* 1 if a stage shard carries layer norm n for hp: the four norms always (an
+ * absent sub-norm as ones), the q/k norms only where they exist. */
+int tern_shard_norm_present(const tern_hparams *hp, tern_norm_kind n);
 
 typedef struct tern_shard_tensor {
 	char name[48];

@@ -697,8 +697,9 @@ static void test_builder(void)
 				memcmp(x->scales, y->scales, sizeof(float) * x->n_groups) == 0;
 		}
 		for (int q = 0; q < TERN_LAYER_NORMS; q++)
-			same &= memcmp(a.l[l].norm[q], b.l[l].norm[q],
-				       sizeof(float) * tern_norm_len(&hp, (tern_norm_kind)q)) == 0;
+			same &= !a.l[l].norm[q] == !b.l[l].norm[q] &&
+				(!a.l[l].norm[q] || memcmp(a.l[l].norm[q], b.l[l].norm[q],
+							   sizeof(float) * tern_norm_len(&hp, (tern_norm_kind)q)) == 0);
 	}
 	TT_CHECK(same);
 	TT_CHECK(tern_layers_bytes(&a) > 0 && tern_layers_bytes(&a) == tern_layers_bytes(&b));

@@ -4,6 +4,8 @@
  * adversarial matrices and many shapes; plus quantization by hand, pack/unpack
  * round trips, bitnet.cpp's I2_S layout built by hand from its spec, the int16
  * worst case at K = 32768, bad arguments, and TERN_KERNEL dispatch. */
+#include "tern-gq.h"
+#include "tern-half.h"
 #include "tern-kernels.h"
 #include "tern-test.h"
 #include "test-util.h"
@@ -802,8 +804,168 @@ static void test_neon_gemm(void)
 }
 #endif
 
+
+/* ---- group-scaled ternary (Q2_0, tern-gq.h) -------------------------------- */
+
+/* Q2_0 as ggml stores it: f16 d then 16 bytes, weight e at bits 2*(e%4) of
+ * byte e/4, value code - 1; and the input checks on data from a file. */
+static void test_gq_layout(void)
+{
+	uint8_t blk[2 * TERN_GQ_BLOCK_BYTES] = {0};
+	blk[0] = 0x00, blk[1] = 0x38; /* f16 0.5 */
+	blk[2] = 0xe4;                /* codes 0, 1, 2, 3 -> -1, 0, +1, +2 */
+	blk[17] = 0x80;               /* weight 63: code 2 */
+	blk[18] = 0x00, blk[19] = 0xbc; /* second row: f16 -1.0 */
+	memset(blk + 20, 0x55, 16);     /* all code 1: zeros */
+	tern_gq_matrix w;
+	tern_err e = {0};
+	TT_REQUIRE(tern_gq_wrap_q2_0(&w, blk, sizeof blk, 2, 64, &e) == 0);
+	TT_CHECK(w.n_groups == 1 && w.scales[0] == 0.5f && w.scales[1] == -1.0f);
+	TT_CHECK(tern_gq_weight_at(&w, 0, 0) == -1 && tern_gq_weight_at(&w, 0, 1) == 0);
+	TT_CHECK(tern_gq_weight_at(&w, 0, 2) == 1 && tern_gq_weight_at(&w, 0, 3) == 2);
+	TT_CHECK(tern_gq_weight_at(&w, 0, 4) == -1 && tern_gq_weight_at(&w, 0, 63) == 1);
+	TT_CHECK(tern_gq_weight_at(&w, 1, 17) == 0);
+	/* x = 1 at input 3 (weight +2), 127/1 scale: y = 2 * 127 * 0.5 / 127 = 1 */
+	float x[64] = {0};
+	x[3] = 1.0f;
+	tern_gq_act a = {0};
+	TT_REQUIRE(tern_gq_act_prepare(&a, x, 1, 64, 64, &e) == 0);
+	float y[2];
+	TT_REQUIRE(tern_gq_gemm_f32(&w, &a, y, 2, 0, 2, TERN_ISA_REF, &e) == 0);
+	TT_CHECK(y[0] == 1.0f && y[1] == 0.0f);
+	tern_gq_free(&w);
+	tern_gq_free(NULL);
+	TT_CHECK(tern_gq_wrap_q2_0(&w, blk, sizeof blk - 1, 2, 64, &e) == TERN_EINVAL);
+	TT_CHECK(tern_gq_wrap_q2_0(&w, blk, sizeof blk, 1, 128, &e) == 0);
+	tern_gq_free(&w);
+	TT_CHECK(tern_gq_wrap_q2_0(&w, blk, sizeof blk, 2, 32, &e) == TERN_EINVAL);
+	blk[19] = 0x7c; /* f16 infinity */
+	TT_CHECK(tern_gq_wrap_q2_0(&w, blk, sizeof blk, 2, 64, &e) == TERN_EINVAL);
+	TT_CHECK(strstr(e.msg, "non-finite") != NULL);
+	int8_t bad[64] = {0};
+	bad[5] = 3;
+	const float one = 1.0f;
+	TT_CHECK(tern_gq_pack(&w, bad, &one, 1, 64, &e) == TERN_EINVAL);
+	TT_CHECK(tern_gq_act_prepare(&a, x, 1, 65, 65, &e) == TERN_EINVAL);
+	TT_CHECK(tern_gq_gemm_f32(&w, &a, y, 2, 0, 2, TERN_ISA_REF, &e) == TERN_EINVAL); /* w freed: no blocks */
+	tern_gq_act_free(&a);
+}
+
+/* Every ISA bit for bit against an oracle written from tern-gq.h's formula
+ * (int8 rows from tern_quant_row in input order, int32 per group, the float
+ * step in its order), and near the float product of the dequantized weights. */
+static int gq_shape(int m, int k, int n, int wstyle)
+{
+	const int ng = k / TERN_GQ_GROUP;
+	int8_t *w = malloc((size_t)m * (size_t)k);
+	float *sc = malloc((size_t)m * (size_t)ng * sizeof(float));
+	for (size_t i = 0; i < (size_t)m * (size_t)k; i++)
+		w[i] = wstyle == 0 ? (int8_t)((int)(rng() % 3) - 1) : wstyle == 1 ? (int8_t)((int)(rng() % 4) - 1) : 2;
+	for (size_t i = 0; i < (size_t)m * (size_t)ng; i++)
+		sc[i] = tern_f16_to_f32(tern_f32_to_f16(frand() * (i % 5 == 0 ? 4.0f : 0.1f)));
+	float *x = make_x(n, k, wstyle == 2 ? 2 : (int)(rng() % 2));
+	tern_gq_matrix mat;
+	tern_gq_act a = {0};
+	tern_err e = {0};
+	int bad = 0;
+	if (tern_gq_pack(&mat, w, sc, m, k, &e) != 0 || tern_gq_act_prepare(&a, x, n, k, k, &e) != 0) {
+		TT_CHECKF(0, "gq setup %dx%d: %s", m, k, e.msg);
+		bad = 1;
+		goto done;
+	}
+	int8_t *q = malloc((size_t)k);
+	float *want = malloc((size_t)n * (size_t)m * sizeof(float));
+	int32_t *dot = malloc((size_t)ng * sizeof(int32_t));
+	for (int j = 0; j < n && !bad; j++) {
+		const float s = tern_quant_row(x + (size_t)j * (size_t)k, k, k, q, NULL);
+		for (int i = 0; i < m; i++) {
+			double exact = 0.0;
+			for (int g = 0; g < ng; g++) {
+				int32_t d = 0;
+				for (int c = 0; c < TERN_GQ_GROUP; c++)
+					d += w[(size_t)i * (size_t)k + (size_t)(g * TERN_GQ_GROUP + c)] * q[g * TERN_GQ_GROUP + c];
+				dot[g] = d;
+				exact += (double)d * (double)sc[(size_t)i * (size_t)ng + (size_t)g];
+			}
+			float acc = 0.0f;
+			for (int g = 0; g < ng; g++) {
+				const float p = (float)dot[g] * sc[(size_t)i * (size_t)ng + (size_t)g];
+				acc = acc + p;
+			}
+			want[(size_t)j * (size_t)m + (size_t)i] = acc / s;
+			double mag = 0.0;
+			for (int g = 0; g < ng; g++)
+				mag += fabs((double)sc[(size_t)i * (size_t)ng + (size_t)g]) * 127.0 * 2.0 * TERN_GQ_GROUP;
+			if (fabs(exact / s - (double)(acc / s)) > 1e-5 * mag / s + 1e-6) {
+				TT_CHECKF(0, "gq %dx%d n=%d: row %d token %d %g vs exact %g", m, k, n, i, j, (double)(acc / s),
+					exact / s);
+				bad = 1;
+				break;
+			}
+		}
+	}
+	float *y = malloc((size_t)n * (size_t)m * sizeof(float));
+	for (int isa = 0; isa < TERN_ISA_COUNT && !bad; isa++) {
+		if (!tern_isa_available((tern_isa)isa)) {
+			TT_NOTE_SKIP("%s", tern_isa_name((tern_isa)isa));
+			continue;
+		}
+		/* all rows, then a ragged sub-range (the rest left untouched) */
+		const int r0 = m > 2 ? 1 : 0, r1 = m > 2 ? m - 1 : m;
+		for (int pass = 0; pass < 2 && !bad; pass++) {
+			const int lo = pass ? r0 : 0, hi = pass ? r1 : m;
+			for (size_t t = 0; t < (size_t)n * (size_t)m; t++)
+				y[t] = -12345.0f;
+			if (tern_gq_gemm_f32(&mat, &a, y, m, lo, hi, (tern_isa)isa, &e) != 0) {
+				TT_CHECKF(0, "gq %s: %s", tern_isa_name((tern_isa)isa), e.msg);
+				bad = 1;
+				break;
+			}
+			for (int j = 0; j < n && !bad; j++)
+				for (int i = 0; i < m; i++) {
+					const float got = y[(size_t)j * (size_t)m + (size_t)i];
+					const float exp = i >= lo && i < hi ? want[(size_t)j * (size_t)m + (size_t)i] : -12345.0f;
+					if (memcmp(&got, &exp, sizeof got) != 0) {
+						TT_CHECKF(0, "gq %s %dx%d n=%d rows [%d,%d): y[%d][%d] = %.9g, want %.9g",
+							tern_isa_name((tern_isa)isa), m, k, n, lo, hi, j, i, (double)got,
+							(double)exp);
+						bad = 1;
+						break;
+					}
+				}
+		}
+	}
+	free(y);
+	free(dot);
+	free(want);
+	free(q);
+done:
+	tern_gq_free(&mat);
+	tern_gq_act_free(&a);
+	free(x);
+	free(sc);
+	free(w);
+	return bad;
+}
+
+static void test_gq_products(void)
+{
+	static const int ms[] = {1, 3, 17, 64};
+	static const int ks[] = {64, 128, 192, 640};
+	static const int ns[] = {1, 2, 5, 9};
+	for (int wstyle = 0; wstyle < 3; wstyle++)
+		for (size_t mi = 0; mi < sizeof ms / sizeof ms[0]; mi++)
+			for (size_t ki = 0; ki < sizeof ks / sizeof ks[0]; ki++)
+				for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++)
+					TT_CHECK(gq_shape(ms[mi], ks[ki], ns[ni], wstyle) == 0);
+	/* Bonsai-8B's shapes (Qwen3-8B: 4096, 12288) with a few rows. */
+	TT_CHECK(gq_shape(8, 4096, 3, 1) == 0);
+	TT_CHECK(gq_shape(5, 12288, 2, 0) == 0);
+}
+
 TT_MAIN(TT_CASE(test_quant_hand), TT_CASE(test_pack_roundtrip), TT_CASE(test_i2s_bitnet_layout),
 	TT_CASE(test_names_and_dispatch), TT_CASE(test_bad_arguments), TT_CASE(test_small_shapes_all_batches),
 	TT_CASE(test_odd_shapes), TT_CASE(test_row_ranges), TT_CASE(test_worst_case_overflow),
 	TT_CASE(test_avx512_variants), TT_CASE(test_act_avx512), TT_CASE(test_vnni_gemm), TT_CASE(test_avx2_gemm_maddubs),
-	TT_CASE(test_avx2_gemm_avxvnni), TT_CASE(test_avx2_gemm_evex), TT_CASE(test_neon_gemm), TT_CASE(test_forced_isa), TT_CASE(test_bitnet_shapes), TT_CASE(test_100b_shapes))
+	TT_CASE(test_avx2_gemm_avxvnni), TT_CASE(test_avx2_gemm_evex), TT_CASE(test_neon_gemm), TT_CASE(test_forced_isa), TT_CASE(test_bitnet_shapes), TT_CASE(test_100b_shapes),
+	TT_CASE(test_gq_layout), TT_CASE(test_gq_products))

@@ -75,7 +75,8 @@ static int same_layer(const tern_layer_weights *a, const tern_layer_weights *b, 
 			return 0;
 	}
 	for (int q = 0; q < TERN_LAYER_NORMS; q++)
-		if (memcmp(a->norm[q], b->norm[q], (size_t)tern_norm_len(h, (tern_norm_kind)q) * sizeof(float)))
+		if (!a->norm[q] != !b->norm[q] ||
+		    (a->norm[q] && memcmp(a->norm[q], b->norm[q], (size_t)tern_norm_len(h, (tern_norm_kind)q) * sizeof(float))))
 			return 0;
 	return 1;
 }

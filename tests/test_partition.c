@@ -123,6 +123,8 @@ static void test_tensor_names_and_shapes(void)
 	TT_CHECK(NAME_IS(tern_norm_hf_name, TERN_NORM_ATTN_SUB, 0, "model.layers.0.self_attn.attn_sub_norm.weight"));
 	TT_CHECK(NAME_IS(tern_norm_gguf_name, TERN_NORM_OUTPUT, 5, "output_norm.weight"));
 	TT_CHECK(NAME_IS(tern_norm_hf_name, TERN_NORM_OUTPUT, 5, "model.norm.weight"));
+	TT_CHECK(NAME_IS(tern_norm_gguf_name, TERN_NORM_ATTN_Q, 1, "blk.1.attn_q_norm.weight"));
+	TT_CHECK(NAME_IS(tern_norm_hf_name, TERN_NORM_ATTN_K, 4, "model.layers.4.self_attn.k_norm.weight"));
 #undef NAME_IS
 	TT_CHECK(strcmp(tern_dense_gguf_name(TERN_DENSE_OUTPUT), "output.weight") == 0);
 	TT_CHECK(strcmp(tern_dense_hf_name(TERN_DENSE_TOKEN_EMBD), "model.embed_tokens.weight") == 0);
@@ -138,6 +140,18 @@ static void test_tensor_names_and_shapes(void)
 	TT_CHECK(m == 6912 && k == 2560);
 	TT_EQ_INT(tern_norm_len(&hp, TERN_NORM_FFN_SUB), 6912);
 	TT_EQ_INT(tern_norm_len(&hp, TERN_NORM_ATTN_SUB), 2560);
+	/* QK-norm: only where the architecture row says so (Qwen3), head_dim wide */
+	TT_CHECK(!tern_norm_present(&hp, TERN_NORM_ATTN_Q) && tern_norm_present(&hp, TERN_NORM_ATTN_SUB));
+	tern_hparams qw;
+	TT_REQUIRE(tern_hparams_preset("bonsai-8b", &qw, &e) == 0);
+	TT_CHECK(strcmp(qw.arch, "qwen3") == 0 && qw.n_layer == 36 && qw.head_dim == 128 && qw.n_vocab == 151936 &&
+		 qw.n_head_kv == 8 && qw.n_ff == 12288 && qw.bos_id == 151643 && qw.eos_id == 151645);
+	TT_CHECK(tern_norm_present(&qw, TERN_NORM_ATTN_Q) && tern_norm_present(&qw, TERN_NORM_ATTN_K) &&
+		 !tern_norm_present(&qw, TERN_NORM_FFN_SUB));
+	TT_EQ_INT(tern_norm_len(&qw, TERN_NORM_ATTN_K), 128);
+	const tern_arch *a = tern_arch_find("qwen3");
+	TT_CHECK(a && a->qk_norm && !a->sub_norms && !a->gguf_qk_interleaved && a->ffn_act == TERN_FFN_SILU &&
+		 a == tern_arch_find_hf("Qwen3ForCausalLM"));
 }
 
 static void test_dtype_file_codes(void)

@@ -313,6 +313,7 @@ class BitNetModel:
         self.path = str(path)
         # what the architecture changes (see the header): defaults are BitNet b1.58's
         self.sub_norms, self.ffn_act, self.rope = True, relu_sqr_mul, rope_neox
+        self.qk_norm = False
         self.divide = False  # BitLinear's y_int / (input_scale * weight_scale)
         if os.path.isdir(self.path):
             self._load_hf(n_layers)
@@ -334,8 +335,12 @@ class BitNetModel:
                       file=sys.stderr)
         elif arch == "llama":
             self.sub_norms, self.ffn_act, self.rope = False, silu_mul, rope_interleaved
+        elif arch == "qwen3":
+            # modeling_qwen3.py: Llama's graph plus RMSNorm over each head of q and k before
+            # RoPE (rotate_half, NEOX pairs; the converter leaves q/k rows unpermuted)
+            self.sub_norms, self.ffn_act, self.rope, self.qk_norm = False, silu_mul, rope_neox, True
         elif arch not in ARCHS_B158:
-            raise ModelError("%s: unsupported architecture %r (need one of %s, 'bitnet' or 'llama')"
+            raise ModelError("%s: unsupported architecture %r (need one of %s, 'bitnet', 'llama' or 'qwen3')"
                              % (self.path, arch, ", ".join(ARCHS_B158)))
 
         def hp(key, default=None, kind=int):
@@ -384,12 +389,15 @@ class BitNetModel:
             if self.sub_norms:
                 L.attn_sub_norm = self._vec("blk.%d.attn_sub_norm.weight" % i, self.n_embd)
                 L.ffn_sub_norm = self._vec("blk.%d.ffn_sub_norm.weight" % i, self.n_ff)
+            if self.qk_norm:
+                L.q_norm = self._vec("blk.%d.attn_q_norm.weight" % i, self.head_dim)
+                L.k_norm = self._vec("blk.%d.attn_k_norm.weight" % i, self.head_dim)
             for name in LINEARS:
                 tname = "blk.%d.%s.weight" % (i, name)
                 if tname not in g.tensors:
                     raise ModelError("%s: missing tensor %s" % (self.path, tname))
                 t = g.tensors[tname]
-                if arch == "llama" and t.gtype in (gguf.F32, gguf.F16, gguf.BF16) and t.shape == shapes[name]:
+                if arch in ("llama", "qwen3") and t.gtype in (gguf.F32, gguf.F16, gguf.BF16) and t.shape == shapes[name]:
                     setattr(L, name, ternary_of_float(g.tensor(tname), "%s: %s" % (self.path, tname)))
                     continue
                 if t.gtype != gguf.I2_S:
@@ -504,6 +512,9 @@ class BitNetModel:
             q = bitlinear(a, *L.attn_q, ar, dv).reshape(T, self.n_head, hd)
             k = bitlinear(a, *L.attn_k, ar, dv).reshape(T, self.n_head_kv, hd)
             v = bitlinear(a, *L.attn_v, ar, dv).reshape(T, self.n_head_kv, hd)
+            if self.qk_norm:
+                q = rms_norm(q.reshape(-1, hd), L.q_norm, self.eps).reshape(T, self.n_head, hd)
+                k = rms_norm(k.reshape(-1, hd), L.k_norm, self.eps).reshape(T, self.n_head_kv, hd)
             q = self.rope(q, cos, sin, self.n_rot)
             k = self.rope(k, cos, sin, self.n_rot)
             if self.opt.kv_f16:

@@ -42,14 +42,30 @@ _SCALAR_NP = {UINT8: "<u1", INT8: "<i1", UINT16: "<u2", INT16: "<i2", UINT32: "<
 F32, F16, Q4_0, Q8_0 = 0, 1, 2, 8
 I8, I16, I32, I64, F64, BF16 = 24, 25, 26, 27, 28, 30
 TQ1_0, TQ2_0, I2_S, I8_S, TL1, TL2 = 34, 35, 36, 37, 38, 39
+Q2_0 = 42  # ggml.h GGML_TYPE_Q2_0 (PrismML's Ternary-Bonsai files; ggml-common.h block_q2_0)
 TYPE_NAMES = {F32: "f32", F16: "f16", Q4_0: "q4_0", Q8_0: "q8_0", I8: "i8", I16: "i16", I32: "i32",
               I64: "i64", F64: "f64", BF16: "bf16", TQ1_0: "tq1_0", TQ2_0: "tq2_0", I2_S: "i2_s",
-              TL1: "tl1", TL2: "tl2"}
+              TL1: "tl1", TL2: "tl2", Q2_0: "q2_0"}
 # Plain element types: bytes per element and numpy dtype.
 _PLAIN = {F32: (4, "<f4"), F16: (2, "<f2"), BF16: (2, "<u2"), I8: (1, "<i1"), I16: (2, "<i2"),
           I32: (4, "<i4"), I64: (8, "<i8"), F64: (8, "<f8")}
 # Block-quantized types known by size only: (elements per block, bytes per block).
-_BLOCKED = {Q4_0: (32, 18), Q8_0: (32, 34), TQ1_0: (256, 54), TQ2_0: (256, 66)}
+_BLOCKED = {Q4_0: (32, 18), Q8_0: (32, 34), TQ1_0: (256, 54), TQ2_0: (256, 66), Q2_0: (64, 18)}
+Q2_0_GROUP = 64
+
+
+def q2_0_pack(t, d):
+    """ggml Q2_0 bytes of t (rows, cols) int in -1..2, cols % 64 == 0, with d (rows, cols/64)
+    float scales: per block the f16 d, then 16 bytes, weight e at bits 2*(e%4) of byte e/4
+    holding code t + 1 (dequantize_row_q2_0: (code - 1) * d)."""
+    t = np.asarray(t)
+    rows, cols = t.shape
+    if cols % Q2_0_GROUP or t.min() < -1 or t.max() > 2:
+        raise GGUFError("q2_0: %d columns (need a multiple of 64) or values outside -1..2" % cols)
+    codes = (t.astype(np.int16) + 1).astype(np.uint8).reshape(rows, cols // Q2_0_GROUP, 16, 4)
+    qs = codes[..., 0] | (codes[..., 1] << 2) | (codes[..., 2] << 4) | (codes[..., 3] << 6)
+    dd = np.asarray(d, np.float32).astype("<f2").reshape(rows, cols // Q2_0_GROUP, 1).view(np.uint8)
+    return np.concatenate([dd, qs.astype(np.uint8)], axis=2).tobytes()
 
 I2S_BLOCK = 128       # elements per I2_S block
 I2S_BLOCK_BYTES = 32  # bytes per I2_S block

@@ -182,23 +182,29 @@ def permute_rows(w, n_head):
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_gguf(path, W, outtype, theta, eps, n_ctx, pre):
-    g = gguf.GGUFWriter(path)
-    g.add("general.architecture", gguf.Value(gguf.STRING, "llama"))
-    g.add("general.name", gguf.Value(gguf.STRING, "tern-llama-ternary"))
-    g.add("general.file_type", gguf.Value(gguf.UINT32, {"f32": 0, "f16": 1, "i2_s": 40}[outtype]))
+def add_header(g, arch, W, theta, eps, n_ctx, pre, extra=()):
+    """general.architecture, the ARCH.* hyper-parameter keys (plus `extra` (key, type, value)
+    rows) and make_model's tokenizer with tokenizer.ggml.pre = pre."""
+    g.add("general.architecture", gguf.Value(gguf.STRING, arch))
+    g.add("general.name", gguf.Value(gguf.STRING, "tern-%s-ternary" % arch))
     for key, vt, val in (("vocab_size", gguf.UINT32, W.vocab), ("context_length", gguf.UINT32, n_ctx),
                          ("embedding_length", gguf.UINT32, W.n_embd), ("block_count", gguf.UINT32, W.n_layer),
                          ("feed_forward_length", gguf.UINT32, W.n_ff), ("rope.dimension_count", gguf.UINT32, W.hd),
                          ("attention.head_count", gguf.UINT32, W.n_head),
                          ("attention.head_count_kv", gguf.UINT32, W.n_head_kv),
                          ("attention.layer_norm_rms_epsilon", gguf.FLOAT32, eps),
-                         ("rope.freq_base", gguf.FLOAT32, theta)):
-        g.add("llama." + key, gguf.Value(vt, val))
+                         ("rope.freq_base", gguf.FLOAT32, theta)) + tuple(extra):
+        g.add(arch + "." + key, gguf.Value(vt, val))
     tkv = make_model.tokenizer_kv(W.vocab)
     tkv["tokenizer.ggml.pre"] = gguf.Value(gguf.STRING, pre)
     for k, v in tkv.items():
         g.add(k, v)
+
+
+def write_gguf(path, W, outtype, theta, eps, n_ctx, pre):
+    g = gguf.GGUFWriter(path)
+    add_header(g, "llama", W, theta, eps, n_ctx, pre)
+    g.add("general.file_type", gguf.Value(gguf.UINT32, {"f32": 0, "f16": 1, "i2_s": 40}[outtype]))
     dense = gguf.F16 if outtype == "i2_s" else gguf.F32
     g.add_tensor("token_embd.weight", W.embed, dense)
     for i, L in enumerate(W.layers):

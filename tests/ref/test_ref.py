@@ -578,7 +578,9 @@ def test_kv_type_rounding():
 
 
 def test_model_checks():
-    expect_error(lambda: br.BitNetModel(tiny_model("qwen3.gguf", arch="qwen3")), "unsupported architecture")
+    expect_error(lambda: br.BitNetModel(tiny_model("qwen2.gguf", arch="qwen2")), "unsupported architecture")
+    # qwen3 is read (QK-norm), and needs its per-head q/k norm tensors
+    expect_error(lambda: br.BitNetModel(tiny_model("qwen3.gguf", arch="qwen3")), "missing tensor blk.0.attn_q_norm")
     p25 = tiny_model("b25.gguf", arch="bitnet-25")
     pb = tiny_model("bn.gguf", arch="bitnet")
     ref = br.BitNetModel(tiny_model()).run([1, 2, 3])[0]
