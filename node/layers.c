@@ -262,7 +262,8 @@ static inline __attribute__((always_inline)) const float *kv_head_row(const void
  * them once per KV block, in block order: every q.k_t is its own sum, and acc
  * carries each element's sum in double from one block to the next, so the
  * numbers are those of one call over a contiguous cache. next is the same head
- * in the following block (rows from 0, for prefetching only) or NULL. NULL
+ * in the following block (rows from 0, at least 12 of them, read only by
+ * prefetches) or NULL. NULL
  * functions: widen each row, then the loops below. */
 typedef void (*kv_scores_half_fn)(const float *q, const uint16_t *k, const uint16_t *next, size_t stride, int type,
 				  int n, int count, float scale, float *sc);
@@ -287,6 +288,9 @@ static inline __attribute__((always_inline)) void attn_body(void *ctx, int tid, 
 	const void *kc = kv->k[job->layer], *vc = kv->v[job->layer];
 	const int type = kv->type, bs = kv->block;
 	const size_t bstride = (size_t)bs * (size_t)kvd;
+	/* the half copies prefetch up to 11 rows past a block's end: from the
+	 * next block only when it has that many, so every address is in the pool */
+	const int pf_next = bs >= 12;
 	for (size_t it = i0; it < i1; it++) {
 		const int j = (int)(it / (size_t)n_head), h = (int)(it % (size_t)n_head);
 		const int kvh = h / group, pos = job->rows[j].pos;
@@ -302,7 +306,8 @@ static inline __attribute__((always_inline)) void attn_body(void *ctx, int tid, 
 			const size_t base = (size_t)tab[b] * bstride + hoff;
 			if (scores_half && type != TERN_DTYPE_F32) {
 				const uint16_t *next =
-				    b + 1 < nb ? (const uint16_t *)kc + (size_t)tab[b + 1] * bstride + hoff : NULL;
+				    pf_next && b + 1 < nb ? (const uint16_t *)kc + (size_t)tab[b + 1] * bstride + hoff
+							  : NULL;
 				scores_half(qh, (const uint16_t *)kc + base, next, (size_t)kvd, type, hd, cnt, scale,
 					    sc + t0);
 			} else {
@@ -321,7 +326,8 @@ static inline __attribute__((always_inline)) void attn_body(void *ctx, int tid, 
 			const size_t base = (size_t)tab[b] * bstride + hoff;
 			if (attend_half && type != TERN_DTYPE_F32) {
 				const uint16_t *next =
-				    b + 1 < nb ? (const uint16_t *)vc + (size_t)tab[b + 1] * bstride + hoff : NULL;
+				    pf_next && b + 1 < nb ? (const uint16_t *)vc + (size_t)tab[b + 1] * bstride + hoff
+							  : NULL;
 				attend_half(acc, sc + t0, (const uint16_t *)vc + base, next, (size_t)kvd, type, hd,
 					    cnt);
 			} else {
