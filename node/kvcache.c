@@ -1,7 +1,10 @@
-/* kvcache.c: the KV cache of one layer range: one K and one V block per
- * layer, (n_slots, n_ctx, kv_dim) elements of its type each, placed by a caller-supplied allocator
- * (a NUMA-pinned stage puts it on its own domain), and the slot bookkeeping
- * (which slots are live, how many positions each holds). A freed slot is not
+/* kvcache.c: the paged KV cache of one layer range. Per layer one K pool and
+ * one V pool of n_blocks blocks of `block` positions (kv_dim elements of its
+ * type each), placed by a caller-supplied allocator (a NUMA-pinned stage puts
+ * it on its own domain); a block id names the same positions in every layer.
+ * Each slot has a block table (its i-th block holds positions i*block ..
+ * (i+1)*block - 1) and takes blocks from the free list only as it grows, so
+ * the pool, not slots x context, is the memory. A freed block is not
  * cleared: the engine never reads a position at or beyond a slot's length. */
 #include "tern-engine.h"
 
@@ -22,8 +25,8 @@ static void default_free(void *ctx, void *p, size_t bytes)
 	tern_aligned_free(p);
 }
 
-int tern_kv_create(tern_kv_cache **out, int n_layer, int n_slots, int n_ctx, int kv_dim, int type,
-		   const tern_allocator *a, tern_err *err)
+int tern_kv_create(tern_kv_cache **out, int n_layer, int n_slots, int n_ctx, int kv_dim, int type, int block,
+		   int n_blocks, const tern_allocator *a, tern_err *err)
 {
 	*out = NULL;
 	TERN_RETURN_IF(n_layer <= 0 || n_slots <= 0 || n_ctx <= 0 || kv_dim <= 0, err, TERN_EINVAL,
@@ -31,10 +34,20 @@ int tern_kv_create(tern_kv_cache **out, int n_layer, int n_slots, int n_ctx, int
 		       kv_dim);
 	TERN_RETURN_IF(!tern_kv_type_ok(type), err, TERN_EINVAL, "KV cache: %s is not a KV type (f32, f16, bf16)",
 		       tern_dtype_name(type));
+	if (block <= 0)
+		block = TERN_KV_BLOCK_DEFAULT;
+	TERN_RETURN_IF(block > (1 << 16) || n_blocks < 0, err, TERN_EINVAL,
+		       "KV cache: bad paging (%d positions per block, %d blocks)", block, n_blocks);
+	const int max_blocks = (int)(((int64_t)n_ctx + block - 1) / block);
+	const int64_t full = (int64_t)n_slots * max_blocks;
+	TERN_RETURN_IF(full > (INT64_C(1) << 30), err, TERN_ERANGE, "KV cache: %d slots x %d blocks is too many",
+		       n_slots, max_blocks);
+	if (n_blocks == 0)
+		n_blocks = (int)full;
 	const size_t esize = tern_dtype_size(type);
-	const uint64_t elems = (uint64_t)n_slots * (uint64_t)n_ctx * (uint64_t)kv_dim;
+	const uint64_t elems = (uint64_t)n_blocks * (uint64_t)block * (uint64_t)kv_dim;
 	TERN_RETURN_IF(elems > (UINT64_C(1) << 40) || elems * esize > SIZE_MAX / 2, err, TERN_ERANGE,
-		       "KV cache: %d slots x %d positions x %d is too large", n_slots, n_ctx, kv_dim);
+		       "KV cache: %d blocks x %d positions x %d is too large", n_blocks, block, kv_dim);
 	tern_kv_cache *kv = calloc(1, sizeof *kv);
 	if (!kv)
 		goto nomem;
@@ -44,6 +57,9 @@ int tern_kv_create(tern_kv_cache **out, int n_layer, int n_slots, int n_ctx, int
 	kv->kv_dim = kv_dim;
 	kv->type = type;
 	kv->elem_bytes = esize;
+	kv->block = block;
+	kv->n_blocks = n_blocks;
+	kv->max_blocks = max_blocks;
 	kv->layer_bytes = (size_t)elems * esize;
 	if (a && a->alloc && a->free) {
 		kv->alloc = *a;
@@ -55,10 +71,19 @@ int tern_kv_create(tern_kv_cache **out, int n_layer, int n_slots, int n_ctx, int
 	kv->k = calloc((size_t)n_layer, sizeof *kv->k);
 	kv->v = calloc((size_t)n_layer, sizeof *kv->v);
 	kv->len = malloc((size_t)n_slots * sizeof *kv->len);
-	if (!kv->k || !kv->v || !kv->len)
+	kv->held = calloc((size_t)n_slots, sizeof *kv->held);
+	kv->table = malloc((size_t)full * sizeof *kv->table);
+	kv->free_ids = malloc((size_t)n_blocks * sizeof *kv->free_ids);
+	if (!kv->k || !kv->v || !kv->len || !kv->held || !kv->table || !kv->free_ids)
 		goto nomem;
 	for (int s = 0; s < n_slots; s++)
 		kv->len[s] = -1;
+	for (int64_t i = 0; i < full; i++)
+		kv->table[i] = -1;
+	/* popped from the end: block 0 first, so one sequence gets today's layout */
+	for (int b = 0; b < n_blocks; b++)
+		kv->free_ids[b] = n_blocks - 1 - b;
+	kv->n_free = n_blocks;
 	for (int l = 0; l < n_layer; l++) {
 		kv->k[l] = kv->alloc.alloc(kv->alloc.ctx, kv->layer_bytes);
 		kv->v[l] = kv->alloc.alloc(kv->alloc.ctx, kv->layer_bytes);
@@ -86,6 +111,9 @@ void tern_kv_free(tern_kv_cache *kv)
 	free(kv->k);
 	free(kv->v);
 	free(kv->len);
+	free(kv->held);
+	free(kv->table);
+	free(kv->free_ids);
 	free(kv);
 }
 
@@ -102,10 +130,22 @@ int tern_kv_slot_alloc(tern_kv_cache *kv, int *slot, tern_err *err)
 	return TERN_ERR(err, TERN_EFULL, "KV cache: all %d sequence slots are in use", kv->n_slots);
 }
 
+/* Gives back the slot's blocks past its first `keep`. */
+static void release_blocks(tern_kv_cache *kv, int slot, int keep)
+{
+	int32_t *tab = kv->table + (size_t)slot * (size_t)kv->max_blocks;
+	while (kv->held[slot] > keep) {
+		const int i = --kv->held[slot];
+		kv->free_ids[kv->n_free++] = tab[i];
+		tab[i] = -1;
+	}
+}
+
 int tern_kv_slot_free(tern_kv_cache *kv, int slot, tern_err *err)
 {
 	TERN_RETURN_IF(slot < 0 || slot >= kv->n_slots || kv->len[slot] < 0, err, TERN_EINVAL,
 		       "KV cache: slot %d is not allocated", slot);
+	release_blocks(kv, slot, 0);
 	kv->len[slot] = -1;
 	return 0;
 }
@@ -124,5 +164,53 @@ int tern_kv_slot_truncate(tern_kv_cache *kv, int slot, int len, tern_err *err)
 	TERN_RETURN_IF(len < 0 || len > kv->len[slot], err, TERN_EINVAL,
 		       "KV cache: cannot truncate slot %d of length %d to %d", slot, kv->len[slot], len);
 	kv->len[slot] = len;
+	release_blocks(kv, slot, tern_kv_blocks_for(kv, len));
+	return 0;
+}
+
+int tern_kv_blocks_for(const tern_kv_cache *kv, int n_pos)
+{
+	return n_pos <= 0 ? 0 : (int)(((int64_t)n_pos + kv->block - 1) / kv->block);
+}
+
+int tern_kv_slot_reserve(tern_kv_cache *kv, int slot, int n_pos, tern_err *err)
+{
+	TERN_RETURN_IF(slot < 0 || slot >= kv->n_slots || kv->len[slot] < 0, err, TERN_EINVAL,
+		       "KV cache: slot %d is not allocated", slot);
+	TERN_RETURN_IF(n_pos < 0 || n_pos > kv->n_ctx, err, TERN_EINVAL,
+		       "KV cache: %d positions outside the context of %d", n_pos, kv->n_ctx);
+	const int want = tern_kv_blocks_for(kv, n_pos);
+	TERN_RETURN_IF(want - kv->held[slot] > kv->n_free, err, TERN_EFULL,
+		       "KV cache: slot %d needs %d more blocks of %d positions, %d of %d free", slot,
+		       want - kv->held[slot], kv->block, kv->n_free, kv->n_blocks);
+	int32_t *tab = kv->table + (size_t)slot * (size_t)kv->max_blocks;
+	while (kv->held[slot] < want)
+		tab[kv->held[slot]++] = kv->free_ids[--kv->n_free];
+	return 0;
+}
+
+size_t tern_kv_pos_offset(const tern_kv_cache *kv, int slot, int pos)
+{
+	const int32_t b = kv->table[(size_t)slot * (size_t)kv->max_blocks + (size_t)(pos / kv->block)];
+	return ((size_t)b * (size_t)kv->block + (size_t)(pos % kv->block)) * (size_t)kv->kv_dim;
+}
+
+int tern_kv_slot_copy(tern_kv_cache *dst, int dslot, const tern_kv_cache *src, int sslot, int n_pos, tern_err *err)
+{
+	TERN_RETURN_IF(dst->n_layer != src->n_layer || dst->kv_dim != src->kv_dim || dst->type != src->type, err,
+		       TERN_EINVAL, "KV cache: copy between caches of different shapes");
+	TERN_RETURN_IF(n_pos < 0 || sslot < 0 || sslot >= src->n_slots || n_pos > src->len[sslot], err, TERN_EINVAL,
+		       "KV cache: slot %d does not hold %d positions", sslot, n_pos);
+	TERN_FORWARD_IF_ERROR(tern_kv_slot_truncate(dst, dslot, 0, err));
+	TERN_FORWARD_IF_ERROR(tern_kv_slot_reserve(dst, dslot, n_pos, err));
+	const size_t row = (size_t)src->kv_dim * src->elem_bytes;
+	for (int l = 0; l < src->n_layer; l++)
+		for (int t = 0; t < n_pos; t++) {
+			const size_t so = tern_kv_pos_offset(src, sslot, t) * src->elem_bytes;
+			const size_t d = tern_kv_pos_offset(dst, dslot, t) * dst->elem_bytes;
+			memcpy((char *)dst->k[l] + d, (const char *)src->k[l] + so, row);
+			memcpy((char *)dst->v[l] + d, (const char *)src->v[l] + so, row);
+		}
+	dst->len[dslot] = n_pos;
 	return 0;
 }

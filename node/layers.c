@@ -99,6 +99,7 @@ struct tern_engine {
 	double *acc;    /* (n_threads, head_dim) per-thread weighted V sums */
 	float *kvrow;   /* (n_threads, 2, head_dim) per-thread K and V of one head widened to f32 */
 	int *slot_next; /* (n_slots) validation scratch: next position expected in this call */
+	int *slot_first; /* (n_slots) validation scratch: the slot's first position in this call */
 	proj_job *pjob; /* bookkeeping of the product runs (per-thread errors) */
 	tern_act act_e; /* activations of width n_embd */
 	tern_act act_f; /* activations of width n_ff */
@@ -147,7 +148,8 @@ int tern_engine_create(const tern_layers *w, const tern_engine_config *cfg, tern
 	e->ffn_act = arch->ffn_act == TERN_FFN_SILU ? e->fk->swiglu : e->fk->relu2;
 	e->kv_dim = w->hp.n_head_kv * w->hp.head_dim;
 	e->n_threads = tern_pool_size(cfg->pool);
-	int rc = tern_kv_create(&e->kv, w->n, cfg->n_slots, cfg->n_ctx, e->kv_dim, cfg->kv_type, cfg->kv_alloc, err);
+	int rc = tern_kv_create(&e->kv, w->n, cfg->n_slots, cfg->n_ctx, e->kv_dim, cfg->kv_type, cfg->kv_block,
+				cfg->kv_blocks, cfg->kv_alloc, err);
 	if (rc < 0)
 		goto fail;
 	const size_t R = (size_t)cfg->max_rows, d = (size_t)e->hp.n_embd, ff = (size_t)e->hp.n_ff;
@@ -164,9 +166,10 @@ int tern_engine_create(const tern_layers *w, const tern_engine_config *cfg, tern
 	e->acc = tern_aligned_alloc((size_t)e->n_threads * (size_t)e->hp.head_dim * sizeof(double), TERN_ALIGN);
 	e->kvrow = alloc_f32((size_t)e->n_threads * 2 * (size_t)e->hp.head_dim);
 	e->slot_next = malloc((size_t)cfg->n_slots * sizeof *e->slot_next);
+	e->slot_first = malloc((size_t)cfg->n_slots * sizeof *e->slot_first);
 	e->pjob = calloc(1, sizeof *e->pjob);
 	if (!e->rope || !e->xn || !e->q || !e->k || !e->v || !e->att || !e->y || !e->g || !e->u || !e->scores ||
-	    !e->acc || !e->kvrow || !e->slot_next || !e->pjob) {
+	    !e->acc || !e->kvrow || !e->slot_next || !e->slot_first || !e->pjob) {
 		rc = TERN_ERR(err, TERN_ENOMEM, "engine: cannot allocate scratch for %d rows", cfg->max_rows);
 		goto fail;
 	}
@@ -196,6 +199,7 @@ void tern_engine_free(tern_engine *e)
 	tern_aligned_free(e->acc);
 	tern_aligned_free(e->kvrow);
 	free(e->slot_next);
+	free(e->slot_first);
 	free(e->pjob);
 	tern_act_free(&e->act_e);
 	tern_act_free(&e->act_f);
@@ -254,12 +258,17 @@ static inline __attribute__((always_inline)) const float *kv_head_row(const void
  * - attend: acc[d] += (double)sc[t] * v_t[d] for t = 0, 1, ... in that order
  *   for every d (a product, then a sum).
  * Each output runs exactly the loops' operations in their order, so the
- * copies may interleave positions or elements for throughput. NULL: widen
- * each row, then the loops below. */
-typedef void (*kv_scores_half_fn)(const float *q, const uint16_t *k, size_t stride, int type, int n, int count,
-				  float scale, float *sc);
-typedef void (*kv_attend_half_fn)(double *acc, const float *sc, const uint16_t *v, size_t stride, int type, int n,
-				  int count);
+ * copies may interleave positions or elements for throughput. The body calls
+ * them once per KV block, in block order: every q.k_t is its own sum, and acc
+ * carries each element's sum in double from one block to the next, so the
+ * numbers are those of one call over a contiguous cache. next is the same head
+ * in the following block (rows from 0, at least 12 of them, read only by
+ * prefetches) or NULL. NULL
+ * functions: widen each row, then the loops below. */
+typedef void (*kv_scores_half_fn)(const float *q, const uint16_t *k, const uint16_t *next, size_t stride, int type,
+				  int n, int count, float scale, float *sc);
+typedef void (*kv_attend_half_fn)(double *acc, const float *sc, const uint16_t *v, const uint16_t *next, size_t stride,
+				  int type, int n, int count);
 
 static inline __attribute__((always_inline)) void attn_body(void *ctx, int tid, int nth, kv_widen_fn widen,
 							    kv_scores_half_fn scores_half, kv_attend_half_fn attend_half)
@@ -275,35 +284,60 @@ static inline __attribute__((always_inline)) void attn_body(void *ctx, int tid, 
 	float *sc = e->scores + (size_t)tid * (size_t)e->cfg.n_ctx;
 	double *acc = e->acc + (size_t)tid * (size_t)hd;
 	float *ktmp = e->kvrow + (size_t)tid * 2 * (size_t)hd, *vtmp = ktmp + hd;
-	const void *kc = e->kv->k[job->layer], *vc = e->kv->v[job->layer];
-	const int type = e->kv->type;
+	const tern_kv_cache *kv = e->kv;
+	const void *kc = kv->k[job->layer], *vc = kv->v[job->layer];
+	const int type = kv->type, bs = kv->block;
+	const size_t bstride = (size_t)bs * (size_t)kvd;
+	/* the half copies prefetch up to 11 rows past a block's end: from the
+	 * next block only when it has that many, so every address is in the pool */
+	const int pf_next = bs >= 12;
 	for (size_t it = i0; it < i1; it++) {
 		const int j = (int)(it / (size_t)n_head), h = (int)(it % (size_t)n_head);
 		const int kvh = h / group, pos = job->rows[j].pos;
-		const size_t base = (size_t)job->rows[j].slot * (size_t)e->cfg.n_ctx * (size_t)kvd + (size_t)kvh * hd;
+		const int32_t *tab = kv->table + (size_t)job->rows[j].slot * (size_t)kv->max_blocks;
+		const size_t hoff = (size_t)kvh * hd;
+		const int nb = pos / bs + 1; /* blocks holding positions 0..pos */
 		const float *qh = e->q + (size_t)j * hp->n_embd + (size_t)h * hd;
 		/* products of floats are exact in double, so these sums are close
 		 * to correctly rounded once cast back: few int8 rounding flips
 		 * against any other careful implementation */
-		if (scores_half && type != TERN_DTYPE_F32) {
-			scores_half(qh, (const uint16_t *)kc + base, (size_t)kvd, type, hd, pos + 1, scale, sc);
-		} else {
-			for (int t = 0; t <= pos; t++) {
-				const float *kt = kv_head_row(kc, base + (size_t)t * kvd, type, hd, widen, ktmp);
-				sc[t] = (float)dot_f64(qh, kt, hd) * scale;
+		for (int b = 0; b < nb; b++) {
+			const int t0 = b * bs, cnt = b + 1 < nb ? bs : pos + 1 - t0;
+			const size_t base = (size_t)tab[b] * bstride + hoff;
+			if (scores_half && type != TERN_DTYPE_F32) {
+				const uint16_t *next =
+				    pf_next && b + 1 < nb ? (const uint16_t *)kc + (size_t)tab[b + 1] * bstride + hoff
+							  : NULL;
+				scores_half(qh, (const uint16_t *)kc + base, next, (size_t)kvd, type, hd, cnt, scale,
+					    sc + t0);
+			} else {
+				for (int t = 0; t < cnt; t++) {
+					const float *kt =
+					    kv_head_row(kc, base + (size_t)t * kvd, type, hd, widen, ktmp);
+					sc[t0 + t] = (float)dot_f64(qh, kt, hd) * scale;
+				}
 			}
 		}
 		e->fk->softmax(sc, pos + 1);
 		for (int d = 0; d < hd; d++)
 			acc[d] = 0.0;
-		if (attend_half && type != TERN_DTYPE_F32) {
-			attend_half(acc, sc, (const uint16_t *)vc + base, (size_t)kvd, type, hd, pos + 1);
-		} else {
-			for (int t = 0; t <= pos; t++) {
-				const double p = (double)sc[t];
-				const float *vt = kv_head_row(vc, base + (size_t)t * kvd, type, hd, widen, vtmp);
-				for (int d = 0; d < hd; d++)
-					acc[d] += p * (double)vt[d];
+		for (int b = 0; b < nb; b++) {
+			const int t0 = b * bs, cnt = b + 1 < nb ? bs : pos + 1 - t0;
+			const size_t base = (size_t)tab[b] * bstride + hoff;
+			if (attend_half && type != TERN_DTYPE_F32) {
+				const uint16_t *next =
+				    pf_next && b + 1 < nb ? (const uint16_t *)vc + (size_t)tab[b + 1] * bstride + hoff
+							  : NULL;
+				attend_half(acc, sc + t0, (const uint16_t *)vc + base, next, (size_t)kvd, type, hd,
+					    cnt);
+			} else {
+				for (int t = 0; t < cnt; t++) {
+					const double p = (double)sc[t0 + t];
+					const float *vt =
+					    kv_head_row(vc, base + (size_t)t * kvd, type, hd, widen, vtmp);
+					for (int d = 0; d < hd; d++)
+						acc[d] += p * (double)vt[d];
+				}
 			}
 		}
 		float *o = e->att + (size_t)j * hp->n_embd + (size_t)h * hd;
@@ -395,17 +429,23 @@ __attribute__((target("avx512f,f16c"))) static inline double dot_half_finish(__m
  * i = j mod 8 in i order, one vector add per 8), four positions at a time so
  * four independent add chains fill the pipeline instead of one. */
 __attribute__((target("avx512f,f16c"))) static void scores_half_avx512(const float *q, const uint16_t *k,
-									size_t stride, int type, int n, int count,
-									float scale, float *sc)
+								       const uint16_t *next, size_t stride, int type,
+								       int n, int count, float scale, float *sc)
 {
 	int t = 0;
 	for (; t + 4 <= count; t += 4) {
 		const uint16_t *k0 = k + (size_t)t * stride, *k1 = k0 + stride, *k2 = k1 + stride, *k3 = k2 + stride;
-		/* the rows 8 positions on, which the prefetchers lose at every page */
-		if (t + 12 <= count)
-			for (int r = 0; r < 4; r++)
+		/* the rows 8 positions on, which the prefetchers lose at every page,
+		 * from the next block past this one's end */
+		for (int r = 0; r < 4; r++) {
+			const int tp = t + 8 + r;
+			const uint16_t *kp = tp < count ? k + (size_t)tp * stride
+					     : next     ? next + (size_t)(tp - count) * stride
+							: NULL;
+			if (kp)
 				for (int l = 0; l < n; l += 32)
-					_mm_prefetch((const char *)(k0 + (size_t)(8 + r) * stride + l), _MM_HINT_T0);
+					_mm_prefetch((const char *)(kp + l), _MM_HINT_T0);
+		}
 		__m512d a0 = _mm512_setzero_pd(), a1 = a0, a2 = a0, a3 = a0;
 		int i = 0;
 		for (; i + 8 <= n; i += 8) {
@@ -433,9 +473,9 @@ __attribute__((target("avx512f,f16c"))) static void scores_half_avx512(const flo
 /* kv_attend_half_fn: 64 elements of acc stay in 8 registers across all
  * positions (8 independent chains; before, every position loaded and stored
  * acc and each element's chain ran through memory). */
-__attribute__((target("avx512f,f16c"))) static void attend_half_avx512(double *acc, const float *sc,
-									const uint16_t *v, size_t stride, int type, int n,
-									int count)
+__attribute__((target("avx512f,f16c"))) static void attend_half_avx512(double *acc, const float *sc, const uint16_t *v,
+								       const uint16_t *next, size_t stride, int type,
+								       int n, int count)
 {
 	int d = 0;
 	for (; d + 64 <= n; d += 64) {
@@ -445,9 +485,12 @@ __attribute__((target("avx512f,f16c"))) static void attend_half_avx512(double *a
 		for (int t = 0; t < count; t++) {
 			const __m512d pp = _mm512_set1_pd((double)sc[t]);
 			const uint16_t *vt = v + (size_t)t * stride + d;
-			if (t + 8 < count) {
-				_mm_prefetch((const char *)(vt + 8 * stride), _MM_HINT_T0);
-				_mm_prefetch((const char *)(vt + 8 * stride + 32), _MM_HINT_T0);
+			const uint16_t *vp = t + 8 < count ? vt + 8 * stride
+					     : next        ? next + (size_t)(t + 8 - count) * stride + d
+							   : NULL;
+			if (vp) {
+				_mm_prefetch((const char *)vp, _MM_HINT_T0);
+				_mm_prefetch((const char *)(vp + 32), _MM_HINT_T0);
 			}
 			for (int r = 0; r < 8; r++)
 				a[r] = _mm512_add_pd(a[r], _mm512_mul_pd(pp, half8_pd(vt + 8 * r, type)));
@@ -577,8 +620,7 @@ static int layer_forward(tern_engine *e, int l, const tern_row *rows, int n, flo
 		e->fk->rope(e->k + (size_t)j * kvd, hp->n_head_kv, hd, cs);
 		/* every row's K/V lands in the cache before any row attends, so a
 		 * row sees the earlier rows of its own sequence in this batch */
-		const size_t off = ((size_t)rows[j].slot * (size_t)e->cfg.n_ctx + (size_t)rows[j].pos) * (size_t)kvd;
-		const size_t boff = off * e->kv->elem_bytes;
+		const size_t boff = tern_kv_pos_offset(e->kv, rows[j].slot, rows[j].pos) * e->kv->elem_bytes;
 		kv_store((char *)e->kv->k[l] + boff, e->kv->type, e->k + (size_t)j * kvd, kvd);
 		kv_store((char *)e->kv->v[l] + boff, e->kv->type, e->v + (size_t)j * kvd, kvd);
 	}
@@ -619,10 +661,12 @@ static int layer_forward(tern_engine *e, int l, const tern_row *rows, int n, flo
 	return 0;
 }
 
-/* Checks the whole call before anything is written (tern-engine.h rules). */
+/* Checks the whole call before anything is written (tern-engine.h rules),
+ * then sizes every slot's blocks for it: all or nothing, so a step never
+ * runs out of blocks half way. */
 static int check_rows(tern_engine *e, const tern_row *rows, int n, tern_err *err)
 {
-	const tern_kv_cache *kv = e->kv;
+	tern_kv_cache *kv = e->kv;
 	for (int s = 0; s < kv->n_slots; s++)
 		e->slot_next[s] = -1;
 	for (int j = 0; j < n; j++) {
@@ -635,6 +679,7 @@ static int check_rows(tern_engine *e, const tern_row *rows, int n, tern_err *err
 			TERN_RETURN_IF(p > kv->len[s], err, TERN_EINVAL,
 				       "engine: row %d position %d leaves a gap after slot %d's %d positions", j, p, s,
 				       kv->len[s]);
+			e->slot_first[s] = p;
 		} else {
 			TERN_RETURN_IF(p != e->slot_next[s], err, TERN_EINVAL,
 				       "engine: row %d position %d of slot %d does not follow its previous row (%d)", j,
@@ -642,6 +687,26 @@ static int check_rows(tern_engine *e, const tern_row *rows, int n, tern_err *err
 		}
 		e->slot_next[s] = p + 1;
 	}
+	/* blocks a rewound slot gives back count for the ones that grow */
+	int64_t need = 0;
+	for (int s = 0; s < kv->n_slots; s++)
+		if (e->slot_next[s] >= 0)
+			need += tern_kv_blocks_for(kv, e->slot_next[s]) - kv->held[s];
+	TERN_RETURN_IF(need > kv->n_free, err, TERN_EFULL,
+		       "engine: the step needs %lld more KV blocks of %d positions, %d of %d are free", (long long)need,
+		       kv->block, kv->n_free, kv->n_blocks);
+	for (int pass = 0; pass < 2; pass++)
+		for (int s = 0; s < kv->n_slots; s++) {
+			if (e->slot_next[s] < 0)
+				continue;
+			/* positions from the first row on are rewritten: forget them (and
+			 * any blocks past them), so len <= held * block holds even if a
+			 * layer fails below */
+			if (pass == 0)
+				TERN_FORWARD_IF_ERROR(tern_kv_slot_truncate(kv, s, e->slot_first[s], err));
+			if (pass == 1)
+				TERN_FORWARD_IF_ERROR(tern_kv_slot_reserve(kv, s, e->slot_next[s], err));
+		}
 	return 0;
 }
 

@@ -137,11 +137,16 @@ int main(int argc, char **argv)
 			.max_rows = (int)hello->max_rows,
 			.isa = (tern_isa)hello->isa,
 			.kv_type = TERN_KV_TYPE_DEFAULT,
+			.kv_block = (int)hello->kv_block,
+			.kv_blocks = (int)hello->kv_blocks,
 		};
-		if ((hello->kv_type && hello->kv_type[0] &&
-		     tern_kv_type_parse(hello->kv_type, "HELLO kv_type", &cfg.kv_type, &err) < 0) ||
-		    tern_stage_load(hello, &layers, &err) < 0 ||
-		    tern_pool_create(threads, n_cpus > 0 ? cpus : NULL, n_cpus, &pool, &err) < 0) {
+		if (hello->kv_block > 65536 || hello->kv_blocks > (1u << 30)) {
+			snprintf(errmsg, sizeof errmsg, "HELLO: KV paging of %u blocks of %u positions is out of range",
+				 hello->kv_blocks, hello->kv_block);
+		} else if ((hello->kv_type && hello->kv_type[0] &&
+			    tern_kv_type_parse(hello->kv_type, "HELLO kv_type", &cfg.kv_type, &err) < 0) ||
+			   tern_stage_load(hello, &layers, &err) < 0 ||
+			   tern_pool_create(threads, n_cpus > 0 ? cpus : NULL, n_cpus, &pool, &err) < 0) {
 			snprintf(errmsg, sizeof errmsg, "%s", err.msg);
 		} else {
 			cfg.pool = pool;
@@ -153,12 +158,13 @@ int main(int argc, char **argv)
 				while (tern_kv_slot_alloc(tern_engine_kv(engine), &slot, NULL) == 0)
 					;
 				TERN_LOGI("node",
-					  "stage %d: layers %u..%u, %.1f MiB packed, %.1f MiB %s KV, %d threads, loaded in "
-					  "%.2f s",
+					  "stage %d: layers %u..%u, %.1f MiB packed, %.1f MiB %s KV (%d blocks of %d "
+					  "positions), %d threads, loaded in %.2f s",
 					  rank, hello->first_layer, hello->first_layer + hello->n_layers - 1,
 					  (double)tern_layers_bytes(&layers) / (1 << 20),
 					  2.0 * (double)tern_engine_kv(engine)->layer_bytes * hello->n_layers / (1 << 20),
-					  tern_dtype_name(cfg.kv_type), threads, tern_now_s() - t0);
+					  tern_dtype_name(cfg.kv_type), tern_engine_kv(engine)->n_blocks,
+					  tern_engine_kv(engine)->block, threads, tern_now_s() - t0);
 			}
 		}
 	}

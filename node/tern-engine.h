@@ -148,37 +148,66 @@ typedef struct tern_allocator {
 	void *ctx;
 } tern_allocator;
 
-/* K and V of n_layer layers for n_slots sequences of up to n_ctx positions,
- * elements of type (f32 float, or f16 / bf16 uint16_t bits). */
+/* K and V of n_layer layers, paged: a pool of n_blocks blocks of `block`
+ * positions, and a block table per slot for sequences of up to n_ctx
+ * positions; elements of type (f32 float, or f16 / bf16 uint16_t bits).
+ * Position t of slot s lives in block table[s][t / block] at row t % block:
+ * KV head h of it is the head_dim elements at tern_kv_pos_offset(kv, s, t) +
+ * h * head_dim of k[layer] and v[layer]. Invariant: len[s] <= held[s] * block. */
 typedef struct tern_kv_cache {
 	int n_layer;
 	int n_slots;
-	int n_ctx;
+	int n_ctx;          /* positions one slot may hold */
 	int kv_dim;         /* n_head_kv * head_dim */
 	int type;           /* TERN_DTYPE_F32, F16 or BF16 (tern_kv_type_ok) */
 	size_t elem_bytes;  /* tern_dtype_size(type) */
-	size_t layer_bytes; /* bytes of one layer's K (and of its V) */
-	void **k;           /* (n_layer) -> (n_slots, n_ctx, kv_dim) of type */
-	void **v;           /* (n_layer) -> (n_slots, n_ctx, kv_dim) of type */
+	int block;          /* positions per block */
+	int n_blocks;       /* blocks in the pool */
+	int max_blocks;     /* blocks of a full slot: ceil(n_ctx / block) */
+	size_t layer_bytes; /* bytes of one layer's K pool (and of its V pool) */
+	void **k;           /* (n_layer) -> (n_blocks, block, kv_dim) of type */
+	void **v;           /* (n_layer) -> (n_blocks, block, kv_dim) of type */
 	int *len;           /* (n_slots) positions held; -1 = slot free */
+	int *held;          /* (n_slots) blocks in the slot's table */
+	int32_t *table;     /* (n_slots, max_blocks) block ids, -1 past held */
+	int32_t *free_ids;  /* (n_blocks) free block ids, the top at [n_free - 1] */
+	int n_free;
 	tern_allocator alloc;
 } tern_kv_cache;
 
-/* Errors: TERN_EINVAL (non-positive sizes, type not a KV type), TERN_ERANGE
- * (size overflow), TERN_ENOMEM. *out is NULL on failure. */
-int tern_kv_create(tern_kv_cache **out, int n_layer, int n_slots, int n_ctx, int kv_dim, int type,
-		   const tern_allocator *a, tern_err *err);
+/* block <= 0 means TERN_KV_BLOCK_DEFAULT; n_blocks == 0 means every slot's
+ * whole context (n_slots * ceil(n_ctx / block), the memory of an unpaged
+ * cache), fewer makes the pool the limit. Errors: TERN_EINVAL (non-positive
+ * sizes, type not a KV type, block > 65536, n_blocks < 0), TERN_ERANGE (size
+ * overflow), TERN_ENOMEM. *out is NULL on failure. */
+int tern_kv_create(tern_kv_cache **out, int n_layer, int n_slots, int n_ctx, int kv_dim, int type, int block,
+		   int n_blocks, const tern_allocator *a, tern_err *err);
 void tern_kv_free(tern_kv_cache *kv);
-/* Claims a free slot (length 0): TERN_EFULL when all are in use. */
+/* Claims a free slot (length 0, no blocks): TERN_EFULL when all are in use. */
 int tern_kv_slot_alloc(tern_kv_cache *kv, int *slot, tern_err *err);
-/* Releases a slot; its contents are never read again. TERN_EINVAL if slot is
- * out of range or not allocated. */
+/* Releases a slot and its blocks; their contents are never read again.
+ * TERN_EINVAL if slot is out of range or not allocated. */
 int tern_kv_slot_free(tern_kv_cache *kv, int slot, tern_err *err);
 /* Positions the slot holds (-1 if free or out of range). */
 int tern_kv_slot_len(const tern_kv_cache *kv, int slot);
-/* Forgets positions >= len (rewind, e.g. to re-run a prompt suffix);
- * TERN_EINVAL if len > current length or the slot is free. */
+/* Forgets positions >= len (rewind, e.g. to re-run a prompt suffix) and gives
+ * back the blocks past them; TERN_EINVAL if len > current length or the slot
+ * is free. */
 int tern_kv_slot_truncate(tern_kv_cache *kv, int slot, int len, tern_err *err);
+/* Blocks that n_pos positions take (0 for n_pos <= 0). */
+int tern_kv_blocks_for(const tern_kv_cache *kv, int n_pos);
+/* Gives the slot blocks from the pool until it covers n_pos positions (never
+ * fewer than it holds). TERN_EFULL when the pool has too few free, TERN_EINVAL
+ * for a free slot or n_pos outside 0..n_ctx; nothing changes on error. */
+int tern_kv_slot_reserve(tern_kv_cache *kv, int slot, int n_pos, tern_err *err);
+/* Makes dslot of dst hold positions 0..n_pos-1 of sslot of src (the same
+ * layers, width and type; blocks from dst's pool). TERN_EINVAL for other
+ * shapes or a source shorter than n_pos, TERN_EFULL as tern_kv_slot_reserve
+ * (dslot is then empty). */
+int tern_kv_slot_copy(tern_kv_cache *dst, int dslot, const tern_kv_cache *src, int sslot, int n_pos, tern_err *err);
+/* Element offset of position pos of slot in a layer's K (or V) pool; pos
+ * must be below held[slot] * block. */
+size_t tern_kv_pos_offset(const tern_kv_cache *kv, int slot, int pos);
 
 /* ---- the engine --------------------------------------------------------- */
 
@@ -191,6 +220,8 @@ typedef struct tern_engine_config {
 	const tern_allocator *kv_alloc; /* NULL: tern_aligned_alloc */
 	int kv_type;                    /* KV cache element type (tern_kv_type_ok); 0 is TERN_DTYPE_F32,
 					   the CLIs default to TERN_KV_TYPE_DEFAULT (f16) */
+	int kv_block;                   /* positions per KV block, 0: TERN_KV_BLOCK_DEFAULT */
+	int kv_blocks;                  /* KV pool in blocks, 0: n_slots whole contexts */
 } tern_engine_config;
 
 /* One row of a micro-batch. */
@@ -216,7 +247,10 @@ const tern_layers *tern_engine_layers(const tern_engine *e);
  * (TERN_EINVAL otherwise, nothing changed): slots allocated; 0 <= pos < n_ctx;
  * a slot's first row in the call has pos <= its length, and its later rows
  * follow at pos + 1, pos + 2, ... (in row order, other slots may interleave).
- * After the call each slot's length is its last row's pos + 1. */
+ * Before any row runs, each slot's blocks are made to cover exactly its last
+ * row's pos + 1 (a slot rewound gives back the blocks past it, one that grows
+ * takes them from the pool); TERN_EFULL, nothing changed, when the pool has
+ * too few free. After the call each slot's length is its last row's pos + 1. */
 int tern_engine_forward(tern_engine *e, const tern_row *rows, int n, float *hidden, tern_err *err);
 
 /* ---- the layer math, exposed for unit tests and the coordinator --------- */

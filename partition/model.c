@@ -183,6 +183,14 @@ uint64_t tern_hparams_kv_bytes_per_token_layer(const tern_hparams *hp, int kv_ty
 	return 2ull * (uint64_t)hp->n_head_kv * (uint64_t)hp->head_dim * (uint64_t)tern_dtype_size(kv_type);
 }
 
+uint64_t tern_hparams_kv_pool_bytes_layer(const tern_hparams *hp, int kv_type, int n_seqs, int n_ctx, int block)
+{
+	if (n_seqs <= 0 || n_ctx <= 0 || block <= 0)
+		return 0;
+	const uint64_t blocks = (uint64_t)n_seqs * (((uint64_t)n_ctx + (uint64_t)block - 1) / (uint64_t)block);
+	return tern_hparams_kv_bytes_per_token_layer(hp, kv_type) * blocks * (uint64_t)block;
+}
+
 /* ---- the tensors of a layer ------------------------------------------------ */
 
 static const char *const proj_names[TERN_PROJ_COUNT] = {"q", "k", "v", "o", "gate", "up", "down"};

@@ -46,7 +46,8 @@ uint64_t tern_plan_layer_weight_bytes(const tern_hparams *hp, const tern_plan_op
 
 uint64_t tern_plan_layer_kv_bytes(const tern_hparams *hp, const tern_plan_opts *o)
 {
-	return tern_hparams_kv_bytes_per_token_layer(hp, o->kv_type) * (uint64_t)o->n_seqs * (uint64_t)o->n_ctx;
+	/* the pool a stage allocates by default: whole blocks for every sequence */
+	return tern_hparams_kv_pool_bytes_layer(hp, o->kv_type, o->n_seqs, o->n_ctx, TERN_KV_BLOCK_DEFAULT);
 }
 
 uint64_t tern_plan_layer_token_bytes(const tern_hparams *hp, const tern_plan_opts *o)

@@ -91,6 +91,12 @@ uint64_t tern_hparams_total_params(const tern_hparams *hp);   /* all layers + em
 /* KV cache bytes per token per layer: K and V of n_head_kv x head_dim
  * elements of kv_type (a tern_kv_type_ok type); 0 for any other type. */
 uint64_t tern_hparams_kv_bytes_per_token_layer(const tern_hparams *hp, int kv_type);
+/* Positions per block of the engine's paged KV pool when nothing else is said
+ * (node/README.md, "The KV cache"). */
+#define TERN_KV_BLOCK_DEFAULT 32
+/* KV bytes per layer of a pool that holds n_seqs sequences of n_ctx positions
+ * each in blocks of `block` positions: n_seqs x ceil(n_ctx / block) blocks. */
+uint64_t tern_hparams_kv_pool_bytes_layer(const tern_hparams *hp, int kv_type, int n_seqs, int n_ctx, int block);
 
 /* ---- the tensors of a layer ------------------------------------------------ */
 

@@ -108,6 +108,17 @@ static const char *fmt_name(tern_head_format f)
 	return f == TERN_HEAD_FILE ? "f16" : tern_head_format_name(f);
 }
 
+/* The KV type of variant v (variants: every block size x every type), and
+ * its name in the text lines: the type, with "/block N" when several sizes run. */
+#define KVT(v) kvt[(v) % n_kvt]
+static const char *kv_label(const int *kvt, int n_kvt, const int *kvb, int n_kvb, int v, char *buf)
+{
+	if (n_kvb == 1)
+		return tern_dtype_name(kvt[v % n_kvt]);
+	snprintf(buf, 32, "%s/block %d", tern_dtype_name(kvt[v % n_kvt]), kvb[v / n_kvt]);
+	return buf;
+}
+
 int main(int argc, char **argv)
 {
 	const char *preset = "2b4t";
@@ -117,6 +128,7 @@ int main(int argc, char **argv)
 	tern_head_format fmts[TERN_HEAD_FORMAT_COUNT] = {TERN_HEAD_FILE};
 	int n_fmt = 1;
 	int depths[16], n_depth = 0, kvt[3] = {TERN_KV_TYPE_DEFAULT}, n_kvt = 1;
+	int kvb[3] = {0}, n_kvb = 1; /* positions per KV block, 0: the engine's default */
 	static const struct option long_opts[] = {
 		{"lm-head", required_argument, NULL, 'H'},
 		{"preset", required_argument, NULL, 'P'},   {"layers", required_argument, NULL, 'L'},
@@ -124,6 +136,7 @@ int main(int argc, char **argv)
 		{"packing", required_argument, NULL, 'k'},  {"kernel", required_argument, NULL, 'K'},
 		{"json", no_argument, NULL, 'j'},           {"threads", required_argument, NULL, 't'},
 		{"depth", required_argument, NULL, 'D'},    {"kv-type", required_argument, NULL, 'V'},
+		{"kv-block", required_argument, NULL, 'B'},
 		{NULL, 0, NULL, 0},
 	};
 	tern_err perr;
@@ -172,6 +185,14 @@ int main(int argc, char **argv)
 				if ((rc = tern_kv_type_parse(tok, "--kv-type", &kvt[n_kvt++], &perr)) < 0)
 					break;
 			}
+		} else if (c == 'B') {
+			n_kvb = 0;
+			for (char *s = optarg, *tok; (tok = strtok(s, ",")); s = NULL) {
+				if (n_kvb == 3)
+					return tern_opt_bad("engine_bench", "--kv-block takes at most 3 sizes");
+				if ((rc = tern_parse_int(tok, 1, 1 << 16, "--kv-block", &kvb[n_kvb++], &perr)) < 0)
+					break;
+			}
 		} else if (c == 't') {
 			n_thr = 0;
 			for (char *s = optarg, *tok; n_thr < 8 && (tok = strtok(s, ",")); s = NULL)
@@ -180,7 +201,7 @@ int main(int argc, char **argv)
 		} else {
 			fprintf(stderr, "usage: engine_bench [--preset P] [--layers N] [--threads 1,2] [--packing tl2]"
 					" [--kernel auto] [--prompt N] [--decode N] [--lm-head f16,q8,q4]"
-					" [--depth N,...] [--kv-type f16,f32] [--json]\n");
+					" [--depth N,...] [--kv-type f16,f32] [--kv-block N,...] [--json]\n");
 			return tern_opt_fail("engine_bench", c, argv);
 		}
 		if (rc < 0)
@@ -190,6 +211,8 @@ int main(int argc, char **argv)
 		fprintf(stderr, "engine_bench: bad option value\n");
 		return 2;
 	}
+	const int n_var = n_kvt * n_kvb;
+	char lab[32];
 	const int by_depth = n_depth > 0; /* rows carry "depth" and "kv_type" */
 	if (!by_depth)
 		depths[n_depth++] = n_prompt;
@@ -264,7 +287,7 @@ int main(int argc, char **argv)
 	/* every (thread count, KV type) engine at once, so the measurements
 	 * alternate between them at each depth */
 	tern_pool *pools[8] = {NULL};
-	tern_engine *eng[8][3] = {{NULL}};
+	tern_engine *eng[8][9] = {{NULL}};
 	double bws[8];
 	for (int ti = 0; ti < n_thr; ti++) {
 		if (tern_pool_create(thr[ti], NULL, 0, &pools[ti], &err) < 0) {
@@ -276,8 +299,14 @@ int main(int argc, char **argv)
 			printf("{\"bench\":\"run\",\"what\":\"read_bw\",\"threads\":%d,\"value\":%.3f,\"unit\":\"GB/s\","
 			       "\"bound\":null,\"fraction\":null}\n",
 			       thr[ti], bws[ti]);
-		for (int v = 0; v < n_kvt; v++) {
-			const tern_engine_config ec = {1, n_ctx, chunk, isa, pools[ti], NULL, kvt[v]};
+		for (int v = 0; v < n_var; v++) {
+			const tern_engine_config ec = {.n_slots = 1,
+						       .n_ctx = n_ctx,
+						       .max_rows = chunk,
+						       .isa = isa,
+						       .pool = pools[ti],
+						       .kv_type = KVT(v),
+						       .kv_block = kvb[v / n_kvt]};
 			int slot;
 			if (tern_engine_create(&w, &ec, &eng[ti][v], &err) < 0 ||
 			    tern_kv_slot_alloc(tern_engine_kv(eng[ti][v]), &slot, &err) < 0) {
@@ -286,10 +315,11 @@ int main(int argc, char **argv)
 			}
 		}
 	}
-	for (int v = 0; v < n_kvt; v++) {
+	for (int v = 0; v < n_var; v++) {
 		const tern_kv_cache *kv = tern_engine_kv(eng[0][v]);
 		fprintf(json ? stderr : stdout, "  KV cache %s: %.1f MB per slot at %d positions (%d layers)\n",
-			tern_dtype_name(kvt[v]), 2.0 * (double)kv->layer_bytes * hp.n_layer / 1e6, n_ctx, hp.n_layer);
+			kv_label(kvt, n_kvt, kvb, n_kvb, v, lab), 2.0 * (double)kv->layer_bytes * hp.n_layer / 1e6,
+			n_ctx, hp.n_layer);
 	}
 	const int big = n_thr - 1; /* the engine that prefills */
 	/* Prefill is the projections' GEMMs: its bound is the int8 peak of the
@@ -318,7 +348,7 @@ int main(int argc, char **argv)
 	for (int di = 0; di < n_depth; di++) {
 		const int depth = depths[di];
 		/* prefill cur..depth in chunks, on the largest pool, each KV type */
-		for (int v = 0; v < n_kvt; v++) {
+		for (int v = 0; v < n_var; v++) {
 			tern_engine *e = eng[big][v];
 			double tp = tern_now_s();
 			for (int p0 = cur; p0 < depth; p0 += chunk) {
@@ -335,7 +365,7 @@ int main(int argc, char **argv)
 			if (depth > cur) {
 				const double pre = (depth - cur) / tp;
 				fprintf(tf, "  threads %d, KV %s: prefill %d..%d %.1f tok/s", thr[big],
-					tern_dtype_name(kvt[v]), cur, depth, pre);
+					kv_label(kvt, n_kvt, kvb, n_kvb, v, lab), cur, depth, pre);
 				if (pre_bound > 0)
 					fprintf(tf, ", %.0f%% of the int8 bound %.1f", 100.0 * pre / pre_bound, pre_bound);
 				fprintf(tf, "\n");
@@ -353,20 +383,17 @@ int main(int argc, char **argv)
 					       preset, hp.n_layer, tern_packing_name(packing), chunk, fmt_name(fmts[0]));
 					if (by_depth)
 						printf(",\"depth\":%d,\"from\":%d,\"kv_type\":\"%s\"", depth, cur,
-						       tern_dtype_name(kvt[v]));
+						       tern_dtype_name(KVT(v)));
 					printf("}\n");
 				}
 			}
 			/* the other thread counts: a copy of what they would have computed */
 			const tern_kv_cache *from = tern_engine_kv(e);
 			for (int ti = 0; ti < big; ti++) {
-				tern_kv_cache *dst = tern_engine_kv(eng[ti][v]);
-				const size_t nb = (size_t)depth * (size_t)from->kv_dim * from->elem_bytes;
-				for (int l = 0; l < from->n_layer; l++) {
-					memcpy(dst->k[l], from->k[l], nb);
-					memcpy(dst->v[l], from->v[l], nb);
+				if (tern_kv_slot_copy(tern_engine_kv(eng[ti][v]), slot, from, slot, depth, &err) < 0) {
+					fprintf(stderr, "engine_bench: %s\n", err.msg);
+					return 1;
 				}
-				dst->len[slot] = depth;
 			}
 		}
 		cur = depth;
@@ -374,7 +401,7 @@ int main(int argc, char **argv)
 			const double bw = bws[ti];
 			tern_pool *pool = pools[ti];
 			for (int f = 0; f < n_fmt; f++) {
-				for (int v = 0; v < n_kvt; v++) {
+				for (int v = 0; v < n_var; v++) {
 					tern_engine *e = eng[ti][v];
 					tern_head *hd = heads[f];
 					/* decode: one row per step, greedy, full LM head each step */
@@ -405,8 +432,8 @@ int main(int argc, char **argv)
 						return 1;
 					}
 					/* step k attends depth + k + 1 positions: the mean over the run */
-					const uint64_t kv_tok = tern_hparams_kv_bytes_per_token_layer(&hp, kvt[v]) *
-								(uint64_t)hp.n_layer;
+					const uint64_t kv_tok =
+					    tern_hparams_kv_bytes_per_token_layer(&hp, KVT(v)) * (uint64_t)hp.n_layer;
 					const uint64_t kvbytes =
 					    (uint64_t)((double)kv_tok * ((double)depth + (n_decode + 1) / 2.0) + 0.5);
 					const uint64_t hbytes = tern_head_bytes(hd);
@@ -415,10 +442,12 @@ int main(int argc, char **argv)
 					const double hps = n_decode / t_head, hbound = bw * 1e9 / (double)hbytes;
 					const double dec = n_decode / td;
 					fprintf(tf,
-						"  threads %d, LM head %s, KV %s, depth %d: read bw %.1f GB/s | decode %.2f "
+						"  threads %d, LM head %s, KV %s, depth %d: read bw %.1f GB/s | decode "
+						"%.2f "
 						"tok/s, bound %.2f (%.1f MB/token, KV %.1f MB), %.0f%%\n",
-						thr[ti], fmt_name(fmts[f]), tern_dtype_name(kvt[v]), depth, bw, dec, bound,
-						tbytes / 1e6, kvbytes / 1e6, 100.0 * dec / bound);
+						thr[ti], fmt_name(fmts[f]), kv_label(kvt, n_kvt, kvb, n_kvb, v, lab),
+						depth, bw, dec, bound, tbytes / 1e6, kvbytes / 1e6,
+						100.0 * dec / bound);
 					fprintf(tf,
 						"    per decode token: layers %.1f ms (%.1f GB/s), LM head %.1f ms (%.1f GB/s, "
 						"%.0f%% of its bound)\n",
@@ -434,7 +463,8 @@ int main(int argc, char **argv)
 						       tern_packing_name(packing), (unsigned long long)tbytes, fmt_name(fmts[f]),
 						       (unsigned long long)hbytes, (unsigned long long)kvbytes);
 						if (by_depth)
-							printf(",\"depth\":%d,\"kv_type\":\"%s\"", depth, tern_dtype_name(kvt[v]));
+							printf(",\"depth\":%d,\"kv_type\":\"%s\"", depth,
+							       tern_dtype_name(KVT(v)));
 						printf("}\n");
 						/* the head alone: its calls per second against its own bytes */
 						if (v == 0)
@@ -450,7 +480,7 @@ int main(int argc, char **argv)
 		}
 	}
 	for (int ti = 0; ti < n_thr; ti++) {
-		for (int v = 0; v < n_kvt; v++)
+		for (int v = 0; v < n_var; v++)
 			tern_engine_free(eng[ti][v]);
 		tern_pool_free(pools[ti]);
 	}

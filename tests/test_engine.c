@@ -7,7 +7,10 @@
  * isolation; identical outputs for every packing, kernel ISA and thread count;
  * slot free/reuse and truncation; bad micro-batches rejected; the KV cache
  * types (f16 default, f32, bf16: the invariances for each, the stored
- * rounding exact, every ISA's widening the same); the LM head's
+ * rounding exact, every ISA's widening the same); the paged KV cache
+ * (sequences across block boundaries interleaved in one pool and on reused
+ * blocks bit-identical to one block per slot, for every ISA; a step that
+ * outgrows the pool refused whole); the LM head's
  * SIMD paths equal to its scalar code and to a double-precision dot. */
 #include <math.h>
 #include <stdint.h>
@@ -221,10 +224,19 @@ static int build_layers(const tmodel *m, tern_packing p, tern_layers *w)
 /* The KV cache type make_engine gives every engine: the default (f16) unless
  * a case runs the others. */
 static int g_kv_type = TERN_KV_TYPE_DEFAULT;
+/* and its paging: positions per block and pool blocks (0: the defaults) */
+static int g_kv_block, g_kv_blocks;
 
 static int make_engine(const tern_layers *w, int n_slots, int max_rows, tern_isa isa, tern_pool *pool, tern_engine **e)
 {
-	tern_engine_config cfg = {n_slots, 128, max_rows, isa, pool, NULL, g_kv_type};
+	tern_engine_config cfg = {.n_slots = n_slots,
+				  .n_ctx = 128,
+				  .max_rows = max_rows,
+				  .isa = isa,
+				  .pool = pool,
+				  .kv_type = g_kv_type,
+				  .kv_block = g_kv_block,
+				  .kv_blocks = g_kv_blocks};
 	tern_err err = {0};
 	const int rc = tern_engine_create(w, &cfg, e, &err);
 	if (rc < 0)
@@ -600,7 +612,8 @@ static void test_bad_batches(void)
 	/* shape mismatch between layers and hparams is refused */
 	tern_layers bad = w;
 	bad.hp.n_ff = 256;
-	tern_engine_config cfg = {1, 8, 4, TERN_ISA_AUTO, NULL, NULL, TERN_DTYPE_F16};
+	tern_engine_config cfg = {
+	    .n_slots = 1, .n_ctx = 8, .max_rows = 4, .isa = TERN_ISA_AUTO, .kv_type = TERN_DTYPE_F16};
 	TT_EQ_INT(tern_engine_create(&bad, &cfg, &e, &err), TERN_EINVAL);
 	TT_CHECK(e == NULL);
 	tern_layers_free(&w);
@@ -1081,7 +1094,8 @@ static void test_kv_half(void)
 	}
 	tern_engine *bad = NULL;
 	tern_err err = {0};
-	tern_engine_config cfg = {1, 8, 4, TERN_ISA_AUTO, NULL, NULL, TERN_DTYPE_I8};
+	tern_engine_config cfg = {
+	    .n_slots = 1, .n_ctx = 8, .max_rows = 4, .isa = TERN_ISA_AUTO, .kv_type = TERN_DTYPE_I8};
 	TT_EQ_INT(tern_engine_create(&w, &cfg, &bad, &err), TERN_EINVAL);
 	TT_CHECK(bad == NULL && strstr(err.msg, "not a KV type") != NULL);
 	tern_layers_free(&w);
@@ -1141,9 +1155,235 @@ static void test_kv_half(void)
 	tmodel_free(&m);
 }
 
+/* ---- paged KV ------------------------------------------------------------- */
+
+/* Runs ns sequences on slots[i] together: every call takes up to `chunk` rows
+ * of each unfinished sequence, so their blocks interleave in the pool.
+ * out_h[i] gets (lens[i], n_embd) final hidden states. */
+static int run_interleaved(tmodel *m, tern_engine *e, const int *slots, int32_t *const *toks, const int *lens, int ns,
+			   int chunk, float *const *out_h)
+{
+	const int d = m->hp.n_embd;
+	tern_err err = {0};
+	tern_row rows[64];
+	float *h = malloc(sizeof(float) * 64 * (size_t)d);
+	int done[8] = {0}, rc = -1;
+	if (!h || ns > 8 || ns * chunk > 64)
+		goto fail;
+	for (;;) {
+		int n = 0, own[64], at[64];
+		for (int i = 0; i < ns; i++)
+			for (int c = 0; c < chunk && done[i] < lens[i]; c++, done[i]++) {
+				if (tern_head_embed(m->head, toks[i] + done[i], 1, h + (size_t)n * d, &err) < 0)
+					goto fail;
+				rows[n].slot = slots[i];
+				rows[n].pos = done[i];
+				own[n] = i;
+				at[n++] = done[i];
+			}
+		if (n == 0)
+			break;
+		if (tern_engine_forward(e, rows, n, h, &err) < 0) {
+			fprintf(stderr, "forward: %s\n", err.msg);
+			goto fail;
+		}
+		for (int j = 0; j < n; j++)
+			memcpy(out_h[own[j]] + (size_t)at[j] * d, h + (size_t)j * d, sizeof(float) * (size_t)d);
+	}
+	rc = 0;
+fail:
+	free(h);
+	return rc;
+}
+
+/* Sequences across block boundaries (block - 1, block, block + 1 and several
+ * blocks), interleaved in one pool, then freed and their blocks reused in
+ * another order: every hidden state bit-identical to the same sequence alone
+ * in one block per slot (the unpaged layout), for f16 and f32 and every ISA
+ * (the AVX-512 half-precision copy reads through the table with its
+ * prefetches crossing blocks). */
+static void test_kv_paged(void)
+{
+	tmodel m;
+	TT_REQUIRE(tmodel_init(&m, 77) == 0);
+	tern_layers w;
+	TT_REQUIRE(build_layers(&m, TERN_PACK_TL2, &w) == 0);
+	const int d = m.hp.n_embd, V = m.hp.n_vocab;
+	enum { NS = 5, MAXLEN = 60 };
+	const int blocks[] = {1, 7, 16};
+	const int types[] = {TERN_DTYPE_F16, TERN_DTYPE_F32};
+	int32_t *toks[NS];
+	float *ref[NS], *got[NS];
+	for (int i = 0; i < NS; i++) {
+		toks[i] = malloc(sizeof(int32_t) * MAXLEN);
+		ref[i] = malloc(sizeof(float) * MAXLEN * d);
+		got[i] = malloc(sizeof(float) * MAXLEN * d);
+		TT_REQUIRE(toks[i] && ref[i] && got[i]);
+		seq_tokens(toks[i], MAXLEN, V, 100 + (uint64_t)i);
+	}
+	float *lg = malloc(sizeof(float) * MAXLEN * V);
+	TT_REQUIRE(lg);
+	int combos = 0;
+	for (int ti = 0; ti < 2; ti++) {
+		g_kv_type = types[ti];
+		for (int isa = 0; isa < TERN_ISA_COUNT; isa++) {
+			if (!tern_isa_available((tern_isa)isa)) {
+				TT_NOTE_SKIP("%s", tern_isa_name((tern_isa)isa));
+				continue;
+			}
+			for (int bi = 0; bi < 3; bi++) {
+				const int bs = blocks[bi];
+				int lens[NS] = {bs - 1 > 0 ? bs - 1 : 2, bs, bs + 1, 3 * bs + 2, MAXLEN};
+				/* each alone, one block of 128 per slot */
+				g_kv_block = 128;
+				for (int i = 0; i < NS; i++) {
+					tern_engine *e1;
+					int s;
+					TT_REQUIRE(make_engine(&w, 1, 64, (tern_isa)isa, NULL, &e1) == 0);
+					TT_REQUIRE(tern_kv_slot_alloc(tern_engine_kv(e1), &s, NULL) == 0);
+					TT_REQUIRE(run_seq(&m, e1, s, toks[i], lens[i], 64, ref[i], lg) == 0);
+					tern_engine_free(e1);
+				}
+				g_kv_block = bs;
+				tern_engine *e;
+				int slots[NS];
+				TT_REQUIRE(make_engine(&w, NS, 64, (tern_isa)isa, NULL, &e) == 0);
+				tern_kv_cache *kv = tern_engine_kv(e);
+				TT_EQ_INT(kv->block, bs);
+				TT_EQ_INT(kv->n_blocks, NS * ((128 + bs - 1) / bs));
+				for (int i = 0; i < NS; i++)
+					TT_REQUIRE(tern_kv_slot_alloc(kv, &slots[i], NULL) == 0);
+				TT_REQUIRE(run_interleaved(&m, e, slots, toks, lens, NS, 3, got) == 0);
+				int same = 1, held = 0;
+				for (int i = 0; i < NS; i++) {
+					same &= memcmp(got[i], ref[i], sizeof(float) * (size_t)lens[i] * d) == 0;
+					held += tern_kv_blocks_for(kv, lens[i]);
+					TT_EQ_INT(kv->held[slots[i]], tern_kv_blocks_for(kv, lens[i]));
+				}
+				TT_CHECKF(same, "KV %s, isa %s, block %d: interleaved sequences differ from alone",
+					  tern_dtype_name(types[ti]), tern_isa_name((tern_isa)isa), bs);
+				TT_EQ_INT(kv->n_free, kv->n_blocks - held);
+				/* free two, run them again: the blocks come back in another order */
+				TT_REQUIRE(tern_kv_slot_free(kv, slots[3], NULL) == 0);
+				TT_REQUIRE(tern_kv_slot_free(kv, slots[1], NULL) == 0);
+				TT_EQ_INT(kv->n_free, kv->n_blocks - held + tern_kv_blocks_for(kv, lens[1]) +
+							  tern_kv_blocks_for(kv, lens[3]));
+				int s2[2];
+				TT_REQUIRE(tern_kv_slot_alloc(kv, &s2[0], NULL) == 0);
+				TT_REQUIRE(tern_kv_slot_alloc(kv, &s2[1], NULL) == 0);
+				int32_t *t2[2] = {toks[4], toks[3]};
+				const int l2[2] = {lens[4], lens[3]};
+				float *g2[2] = {got[4], got[3]};
+				TT_REQUIRE(tern_kv_slot_truncate(kv, slots[4], 0, NULL) == 0);
+				TT_REQUIRE(tern_kv_slot_free(kv, slots[4], NULL) == 0);
+				TT_REQUIRE(run_interleaved(&m, e, s2, t2, l2, 2, 5, g2) == 0);
+				TT_CHECKF(memcmp(got[4], ref[4], sizeof(float) * (size_t)lens[4] * d) == 0 &&
+					      memcmp(got[3], ref[3], sizeof(float) * (size_t)lens[3] * d) == 0,
+					  "KV %s, isa %s, block %d: sequences on reused blocks differ",
+					  tern_dtype_name(types[ti]), tern_isa_name((tern_isa)isa), bs);
+				tern_engine_free(e);
+				combos++;
+			}
+		}
+	}
+	TT_CHECK(combos >= 6);
+	g_kv_type = TERN_KV_TYPE_DEFAULT;
+	g_kv_block = 0;
+	for (int i = 0; i < NS; i++) {
+		free(toks[i]);
+		free(ref[i]);
+		free(got[i]);
+	}
+	free(lg);
+	tern_layers_free(&w);
+	tmodel_free(&m);
+}
+
+/* A pool smaller than the slots' contexts: a step that needs more blocks than
+ * are free is refused whole (TERN_EFULL, no length or block changed), and
+ * runs once blocks come back; the memory is the pool's. */
+static void test_kv_pool_exhaustion(void)
+{
+	tmodel m;
+	TT_REQUIRE(tmodel_init(&m, 78) == 0);
+	tern_layers w;
+	TT_REQUIRE(build_layers(&m, TERN_PACK_TL2, &w) == 0);
+	const int d = m.hp.n_embd, V = m.hp.n_vocab, kvd = m.hp.n_head_kv * m.hp.head_dim;
+	enum { BS = 16 };
+	int32_t tok[64];
+	seq_tokens(tok, 64, V, 9);
+	float *h = malloc(sizeof(float) * 64 * d), *lg = malloc(sizeof(float) * 64 * V);
+	float *ref = malloc(sizeof(float) * 64 * d);
+	TT_REQUIRE(h && lg && ref);
+	tern_engine *e;
+	TT_REQUIRE(make_engine(&w, 1, 64, TERN_ISA_AUTO, NULL, &e) == 0);
+	int s;
+	TT_REQUIRE(tern_kv_slot_alloc(tern_engine_kv(e), &s, NULL) == 0);
+	TT_REQUIRE(run_seq(&m, e, s, tok, 20, 64, ref, lg) == 0);
+	tern_engine_free(e);
+
+	g_kv_block = BS;
+	g_kv_blocks = 3;
+	TT_REQUIRE(make_engine(&w, 2, 64, TERN_ISA_AUTO, NULL, &e) == 0);
+	tern_kv_cache *kv = tern_engine_kv(e);
+	TT_CHECK(kv->layer_bytes == (size_t)3 * BS * kvd * kv->elem_bytes);
+	int a, b;
+	TT_REQUIRE(tern_kv_slot_alloc(kv, &a, NULL) == 0);
+	TT_REQUIRE(tern_kv_slot_alloc(kv, &b, NULL) == 0);
+	TT_REQUIRE(run_seq(&m, e, a, tok, 40, 64, h, lg) == 0); /* 3 blocks */
+	TT_EQ_INT(kv->n_free, 0);
+	tern_err err = {0};
+	tern_row rows[2] = {{b, 0}, {a, 40}};
+	TT_REQUIRE(tern_head_embed(m.head, tok, 2, h, &err) == 0);
+	TT_EQ_INT(tern_engine_forward(e, rows, 1, h, &err), TERN_EFULL); /* b needs a block */
+	TT_CHECK(strstr(err.msg, "KV blocks") != NULL);
+	TT_EQ_INT(tern_engine_forward(e, rows, 2, h, &err), TERN_EFULL);
+	TT_EQ_INT(tern_kv_slot_len(kv, a), 40);
+	TT_EQ_INT(tern_kv_slot_len(kv, b), 0);
+	TT_EQ_INT(kv->n_free, 0);
+	TT_EQ_INT(kv->held[b], 0);
+	TT_REQUIRE(tern_engine_forward(e, rows + 1, 1, h, &err) == 0); /* a's third block has room */
+	TT_EQ_INT(tern_kv_slot_len(kv, a), 41);
+	TT_REQUIRE(run_seq(&m, e, a, tok + 41, 7, 8, h, lg) == 0); /* 41..47: still three blocks */
+	rows[1].pos = 48;
+	TT_EQ_INT(tern_engine_forward(e, rows + 1, 1, h, &err), TERN_EFULL); /* a's fourth */
+	TT_EQ_INT(tern_kv_slot_len(kv, a), 48);
+	/* a rewound by a row at position 5 (a new sequence on the slot) gives back
+	 * its last two blocks; b then fits, on blocks a had written */
+	rows[1].pos = 5;
+	TT_REQUIRE(tern_head_embed(m.head, tok + 5, 1, h, &err) == 0);
+	TT_REQUIRE(tern_engine_forward(e, rows + 1, 1, h, &err) == 0);
+	TT_EQ_INT(kv->held[a], 1);
+	TT_EQ_INT(kv->n_free, 2);
+	TT_REQUIRE(run_seq(&m, e, b, tok, 20, 64, h, lg) == 0);
+	TT_CHECKF(memcmp(h, ref, sizeof(float) * 20 * d) == 0, "a sequence on reused blocks differs from alone");
+	TT_EQ_INT(kv->n_free, 0);
+	TT_EQ_INT(tern_kv_slot_reserve(kv, a, 17, &err), TERN_EFULL);
+	TT_REQUIRE(tern_kv_slot_truncate(kv, b, 16, NULL) == 0);
+	TT_EQ_INT(kv->n_free, 1);
+	TT_REQUIRE(tern_kv_slot_reserve(kv, a, 17, NULL) == 0);
+	TT_EQ_INT(kv->held[a], 2);
+	TT_EQ_INT(tern_kv_slot_reserve(kv, a, 129, &err), TERN_EINVAL);
+	TT_REQUIRE(tern_kv_slot_free(kv, a, NULL) == 0);
+	TT_REQUIRE(tern_kv_slot_free(kv, b, NULL) == 0);
+	TT_EQ_INT(kv->n_free, 3);
+	tern_engine_free(e);
+	g_kv_block = 0;
+	g_kv_blocks = 0;
+
+	tern_kv_cache *bad = NULL;
+	TT_EQ_INT(tern_kv_create(&bad, 1, 1, 8, 8, TERN_DTYPE_F16, 1 << 17, 0, NULL, &err), TERN_EINVAL);
+	TT_EQ_INT(tern_kv_create(&bad, 1, 1, 8, 8, TERN_DTYPE_F16, 4, -1, NULL, &err), TERN_EINVAL);
+	TT_CHECK(bad == NULL);
+	free(h);
+	free(lg);
+	free(ref);
+	tern_layers_free(&w);
+	tmodel_free(&m);
+}
+
 TT_MAIN(TT_CASE(test_rmsnorm), TT_CASE(test_llama_arch), TT_CASE(test_rope), TT_CASE(test_softmax_relu2_dot),
-	TT_CASE(test_batch_invariance),
-	TT_CASE(test_slot_isolation), TT_CASE(test_packings_isas_threads), TT_CASE(test_kv_types_invariance),
-	TT_CASE(test_kv_half), TT_CASE(test_slot_reuse_truncate),
-	TT_CASE(test_bad_batches), TT_CASE(test_stage_split), TT_CASE(test_builder), TT_CASE(test_head),
-	TT_CASE(test_head_quantized))
+	TT_CASE(test_batch_invariance), TT_CASE(test_slot_isolation), TT_CASE(test_packings_isas_threads),
+	TT_CASE(test_kv_types_invariance), TT_CASE(test_kv_half), TT_CASE(test_kv_paged),
+	TT_CASE(test_kv_pool_exhaustion), TT_CASE(test_slot_reuse_truncate), TT_CASE(test_bad_batches),
+	TT_CASE(test_stage_split), TT_CASE(test_builder), TT_CASE(test_head), TT_CASE(test_head_quantized))

@@ -79,6 +79,12 @@ static void test_presets(void)
 	TT_EQ_INT(tern_hparams_kv_bytes_per_token_layer(&hp, TERN_DTYPE_I8), 0);
 	/* 30 layers x 4096 positions of f32 K and V: the 629 MB per slot of issue 16 */
 	TT_CHECK(30 * 4096 * tern_hparams_kv_bytes_per_token_layer(&hp, TERN_DTYPE_F32) == 629145600ull);
+	/* the paged pool counts whole blocks: 4097 positions take 129 blocks of 32 */
+	TT_CHECK(tern_hparams_kv_pool_bytes_layer(&hp, TERN_DTYPE_F16, 3, 4096, 32) ==
+		 3ull * 4096 * tern_hparams_kv_bytes_per_token_layer(&hp, TERN_DTYPE_F16));
+	TT_CHECK(tern_hparams_kv_pool_bytes_layer(&hp, TERN_DTYPE_F16, 1, 4097, 32) ==
+		 129ull * 32 * tern_hparams_kv_bytes_per_token_layer(&hp, TERN_DTYPE_F16));
+	TT_EQ_INT(tern_hparams_kv_pool_bytes_layer(&hp, TERN_DTYPE_F16, 1, 0, 32), 0);
 	{
 		int kt = -1;
 		TT_EQ_INT(tern_kv_type_parse("f16", "--kv-type", &kt, &e), 0);

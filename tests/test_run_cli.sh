@@ -1,7 +1,8 @@
 #!/bin/sh
 # test_run_cli.sh BUILD_DIR: tern-run's command line (getopt_long): --opt=value,
 # --opt value and -oVALUE give the same run; a bad number, an unknown option
-# and a missing value are one error line + a --help hint, exit 2.
+# and a missing value are one error line + a --help hint, exit 2; --kv-blocks
+# bounds the KV pool (same ids while it lasts, a one-line refusal after).
 set -u
 R="$1/coordinator/tern-run"
 P="$1/partition/tern-partition"
@@ -57,4 +58,17 @@ bad "tern-run: unknown option '-Z'" -m "$T/m.gguf" -p x -Z
 bad "tern-run: option '--ctx-size' needs a value" -m "$T/m.gguf" -p x --ctx-size
 bad "tern-run: option '-n' needs a value" -m "$T/m.gguf" -p x -n
 bad "tern-run: bad value 'q5' for --lm-head: expected file, f16, q8 or q4" -m "$T/m.gguf" -p x --lm-head q5
+bad "tern-run: bad value '0' for --kv-blocks: expected an integer in [1, 1073741824]" -m "$T/m.gguf" -p x --kv-blocks 0
+
+# --kv-blocks: a pool of 1 block (32 positions) runs what fits with the same ids
+# as the whole-context default, and a reply that outgrows it stops with the
+# engine's one-line refusal, exit 1 (never a crash or a wrong token)
+"$R" -m "$T/m.gguf" -p "the cat" -n 6 --temp 0 --seed 1 --print-ids --ignore-eos -q --kv-blocks 1 2> "$T/k.txt" ||
+	fail "--kv-blocks 1: $(cat "$T/k.txt")"
+[ "$(ids "$T/a.txt")" = "$(ids "$T/k.txt")" ] || fail "--kv-blocks 1 differs: $(ids "$T/k.txt")"
+rc=0
+"$R" -m "$T/m.gguf" -p "the cat" -n 40 --temp 0 --seed 1 --ignore-eos -q --kv-blocks 1 2> "$T/k2.txt" || rc=$?
+[ $rc = 1 ] || fail "--kv-blocks 1 -n 40: exit $rc: $(cat "$T/k2.txt")"
+grep -q "^tern-run: engine: the step needs 1 more KV blocks of 32 positions, 0 of 1 are free$" "$T/k2.txt" ||
+	fail "--kv-blocks 1 -n 40: $(cat "$T/k2.txt")"
 echo "test_run_cli: OK"

@@ -33,6 +33,7 @@ typedef struct coord_opts {
 	int packing;
 	int isa;
 	int kv_type; /* KV cache element type, every stage's (tern_kv_type_parse) */
+	int kv_blocks; /* every stage's KV pool in blocks of TERN_KV_BLOCK_DEFAULT; 0: every slot's whole context */
 	int slots, ctx, max_rows, chunk, threads, head_threads, queue, max_tokens, max_conns;
 	int lm_head; /* tern_head_format; -1: a plan's stored head, a model file's TERN_PLAN_HEAD_DEFAULT */
 	double stall, drain;
@@ -52,6 +53,8 @@ static void usage(FILE *f)
 		"  --slots N               sequences generating at once (default 16)\n"
 		"  -c, --ctx N             context per sequence (default min(4096, the model's))\n"
 		"  --kv-type f16|f32|bf16  KV cache element type on every stage (default f16)\n"
+		"  --kv-blocks N           KV pool of every stage: N blocks of %d positions (default: every slot's\n"
+		"                          whole context); a request waits for the blocks of its prompt + max_tokens\n"
 		"  --max-rows N            rows per micro-batch (default 256)\n"
 		"  --chunk N               prompt rows of one sequence per micro-batch (default 64)\n"
 		"  -t, --threads N         kernel threads per stage (default: its NUMA domain's cores)\n"
@@ -75,7 +78,8 @@ static void usage(FILE *f)
 		"  --tls-cert F --tls-key F   serve TLS\n"
 		"  --auth-token-file F     require 'authorization: Bearer <token>' (token = first line of F)\n"
 		"  --batch IN.jsonl --out OUT.jsonl   offline batch mode instead of the server\n"
-		"  --timeout S             start-up: every stage READY within S seconds (default 300)\n");
+		"  --timeout S             start-up: every stage READY within S seconds (default 300)\n",
+		TERN_KV_BLOCK_DEFAULT);
 }
 
 static volatile sig_atomic_t g_signal;
@@ -107,6 +111,7 @@ enum {
 	OPT_PACKING,
 	OPT_KERNEL,
 	OPT_KV_TYPE,
+	OPT_KV_BLOCKS,
 	OPT_SLOTS,
 	OPT_MAX_ROWS,
 	OPT_CHUNK,
@@ -156,6 +161,7 @@ static int parse_args(int argc, char **argv, coord_opts *o)
 		{"packing", required_argument, NULL, OPT_PACKING},
 		{"kernel", required_argument, NULL, OPT_KERNEL},
 		{"kv-type", required_argument, NULL, OPT_KV_TYPE},
+		{"kv-blocks", required_argument, NULL, OPT_KV_BLOCKS},
 		{"slots", required_argument, NULL, OPT_SLOTS},
 		{"ctx", required_argument, NULL, 'c'},
 		{"max-rows", required_argument, NULL, OPT_MAX_ROWS},
@@ -218,6 +224,9 @@ static int parse_args(int argc, char **argv, coord_opts *o)
 			break;
 		case OPT_KV_TYPE:
 			rc = tern_kv_type_parse(v, "--kv-type", &o->kv_type, &err);
+			break;
+		case OPT_KV_BLOCKS:
+			rc = tern_parse_int(v, 1, 1 << 30, "--kv-blocks", &o->kv_blocks, &err);
 			break;
 		case OPT_SLOTS:
 			rc = tern_parse_int(v, 1, 4096, "--slots", &o->slots, &err);
@@ -326,6 +335,8 @@ static int start_stages(const coord_opts *o, int n_stages, const tern_coord_mode
 	hello.threads = (uint32_t)o->threads;
 	hello.isa = o->isa;
 	hello.kv_type = (char *)tern_dtype_name(o->kv_type);
+	hello.kv_block = TERN_KV_BLOCK_DEFAULT;
+	hello.kv_blocks = (uint32_t)o->kv_blocks;
 	hello.max_rows = (uint32_t)o->max_rows;
 	for (int s = 1; s <= n_stages; s++) {
 		hello.stage = (uint32_t)s;
@@ -470,7 +481,8 @@ int main(int argc, char **argv)
 			  be.max_in_flight > 1 ? "es" : "", n_stages, n_stages > 1 ? "s" : "");
 	} else {
 		tern_engine_config cfg = {.n_slots = o.slots, .n_ctx = ctx, .max_rows = o.max_rows,
-					  .isa = (tern_isa)o.isa, .kv_type = o.kv_type};
+					  .isa = (tern_isa)o.isa, .kv_type = o.kv_type, .kv_block = TERN_KV_BLOCK_DEFAULT,
+					  .kv_blocks = o.kv_blocks};
 		const int threads = o.threads > 0 ? o.threads : tern_cpu_count();
 		/* The layers come from the model (or plan) already open: one parse. */
 		if (tern_pool_create(threads, NULL, 0, &local_pool, &err) < 0 ||
@@ -499,6 +511,8 @@ int main(int argc, char **argv)
 		.n_vocab = hp->n_vocab,
 		.n_slots = o.slots,
 		.n_ctx = ctx,
+		.kv_block = TERN_KV_BLOCK_DEFAULT,
+		.kv_blocks = o.kv_blocks,
 		.max_rows = o.max_rows,
 		.prefill_chunk = o.chunk,
 		.queue_limit = o.queue,

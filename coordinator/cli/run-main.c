@@ -38,6 +38,7 @@ typedef struct {
 	int packing;
 	int isa;
 	int kv_type; /* KV cache element type (tern_kv_type_parse) */
+	int kv_blocks; /* KV pool in blocks of TERN_KV_BLOCK_DEFAULT positions, 0: the whole context */
 	int layers; /* 0: all */
 	int ignore_eos;
 	int quiet;
@@ -73,6 +74,8 @@ static void usage(FILE *f)
 		   "      --packing P        tl2 | i2_s | tl1 (default tl2)\n"
 		   "      --kernel K         ref | avx2 | avx512 | auto (default auto)\n"
 		   "      --kv-type T        KV cache elements: f16 (default, half the bytes), f32, bf16\n"
+		   "      --kv-blocks N      KV pool of N blocks of %d positions (default: the whole\n"
+		   "                         context); a prompt or reply that outgrows it stops with an error\n"
 		   "      --layers L         run only the first L layers (tests)\n"
 		   "      --ignore-eos       keep generating past end-of-generation tokens\n"
 		   "      --lm-head F        q8 | q4 | file | f16: LM head quantized in blocks of 32\n"
@@ -82,7 +85,8 @@ static void usage(FILE *f)
 		   "                         file-precision head is printed at the end) or in the file's\n"
 		   "                         precision (file; f16 = the same, checked to be F16)\n"
 		   "      --dump-logits FILE write every row's logits as float32 .npy\n"
-		   "  -q, --quiet            no text on stdout (speed only)\n");
+		   "  -q, --quiet            no text on stdout (speed only)\n",
+		TERN_KV_BLOCK_DEFAULT);
 }
 
 enum {
@@ -99,6 +103,7 @@ enum {
 	OPT_PACKING,
 	OPT_KERNEL,
 	OPT_KV_TYPE,
+	OPT_KV_BLOCKS,
 	OPT_LAYERS,
 	OPT_IGNORE_EOS,
 	OPT_LM_HEAD,
@@ -128,6 +133,7 @@ static const struct option run_long_opts[] = {
 	{"packing", required_argument, NULL, OPT_PACKING},
 	{"kernel", required_argument, NULL, OPT_KERNEL},
 	{"kv-type", required_argument, NULL, OPT_KV_TYPE},
+	{"kv-blocks", required_argument, NULL, OPT_KV_BLOCKS},
 	{"layers", required_argument, NULL, OPT_LAYERS},
 	{"ignore-eos", no_argument, NULL, OPT_IGNORE_EOS},
 	{"lm-head", required_argument, NULL, OPT_LM_HEAD},
@@ -234,6 +240,9 @@ static int parse_args(int argc, char **argv, run_opts *o)
 			break;
 		case OPT_KV_TYPE:
 			rc = tern_kv_type_parse(v, "--kv-type", &o->kv_type, &err);
+			break;
+		case OPT_KV_BLOCKS:
+			rc = tern_parse_int(v, 1, 1 << 30, "--kv-blocks", &o->kv_blocks, &err);
 			break;
 		case OPT_LAYERS:
 			rc = tern_parse_int(v, 1, 1 << 16, "--layers", &o->layers, &err);
@@ -409,7 +418,13 @@ static int run(run_state *s, tern_err *err)
 	TERN_FORWARD_IF_ERROR(tern_pool_create(o->threads, NULL, 0, &s->pool, err));
 	TERN_FORWARD_IF_ERROR(
 	    tern_layers_from_source_mt(&s->layers, s->src, 0, n_layer, (tern_packing)o->packing, 0, s->pool, err));
-	const tern_engine_config ec = {1, n_ctx, o->batch, (tern_isa)o->isa, s->pool, NULL, o->kv_type};
+	const tern_engine_config ec = {.n_slots = 1,
+				       .n_ctx = n_ctx,
+				       .max_rows = o->batch,
+				       .isa = (tern_isa)o->isa,
+				       .pool = s->pool,
+				       .kv_type = o->kv_type,
+				       .kv_blocks = o->kv_blocks};
 	TERN_FORWARD_IF_ERROR(tern_engine_create(&s->layers, &ec, &s->eng, err));
 	TERN_FORWARD_IF_ERROR(tern_head_from_source(s->src, TERN_ISA_AUTO, &s->head, err));
 	if (o->head_f16) {

@@ -30,6 +30,7 @@ typedef struct seq {
 	int n_gen;    /* generated tokens, the n_resume replayed ones included */
 	int n_resume; /* resume_token_ids: counted in n_gen, never sent */
 	int max_tokens;
+	int kv_need; /* KV blocks its prompt + max_tokens take (admission, when the pool is bounded) */
 	int ignore_eos;
 	int logprobs, top_logprobs; /* each piece carries its logprob and the top_logprobs best */
 	int score; /* score_prompt: sum the NLL of prompt tokens */
@@ -78,6 +79,12 @@ struct tern_sched {
 
 	/* Scheduler-thread state. */
 	seq **slot_seq;   /* (n_slots) */
+	/* Block bookkeeping of a bounded pool (cfg.kv_blocks > 0): what each
+	 * stage's pool may hold for a slot, the reservation of its current or
+	 * last sequence (a stage gives a slot's blocks back only when the next
+	 * sequence's first row rewinds it), and their sum. */
+	int *slot_blocks; /* (n_slots) */
+	int kv_used;
 	int rr;           /* round-robin start for fairness */
 	micro_batch *mbs; /* (max_in_flight) ring */
 	int mb_head, mb_count;

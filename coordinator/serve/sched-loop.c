@@ -27,12 +27,25 @@ static int admit_and_reap(tern_sched *s, seq **reap, int max_reap)
 	for (int i = 0; i < n_reap; i++)
 		if (reap[i]->slot < 0)
 			s->queue_len--;
-	for (int slot = 0; slot < s->cfg.n_slots; slot++) {
-		if (s->slot_seq[slot])
-			continue;
+	for (;;) {
 		seq *q = oldest_queued(s);
 		if (!q)
 			break;
+		/* the free slot whose stale blocks are most: admitting there gives
+		 * them back */
+		int slot = -1;
+		for (int i = 0; i < s->cfg.n_slots; i++)
+			if (!s->slot_seq[i] && (slot < 0 || s->slot_blocks[i] > s->slot_blocks[slot]))
+				slot = i;
+		if (slot < 0)
+			break;
+		if (s->cfg.kv_blocks > 0) {
+			const int used = s->kv_used - s->slot_blocks[slot] + q->kv_need;
+			if (used > s->cfg.kv_blocks)
+				break; /* waits, oldest first, for blocks */
+			s->kv_used = used;
+			s->slot_blocks[slot] = q->kv_need;
+		}
 		q->slot = slot;
 		q->t_admit = tern_now_s();
 		s->slot_seq[slot] = q;

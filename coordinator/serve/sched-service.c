@@ -121,6 +121,14 @@ static int svc_generate(void *self, const Tern__V1__GenerateRequest *req, const 
 	}
 	if (status == TERN_STATUS_OK && q->n_prompt + q->max_tokens > c->n_ctx)
 		q->max_tokens = c->n_ctx - q->n_prompt; /* the default shrinks to fit */
+	/* every position it can write has its block before it is admitted, so a
+	 * stage never runs out mid-step; one that never fits is refused now */
+	q->kv_need = c->kv_blocks > 0 ? (q->n_prompt + q->max_tokens + c->kv_block - 1) / c->kv_block : 0;
+	if (status == TERN_STATUS_OK && q->kv_need > c->kv_blocks && c->kv_blocks > 0) {
+		snprintf(msg, msg_len, "prompt of %d tokens + max_tokens %d needs %d KV blocks, the pool has %d",
+			 q->n_prompt, q->max_tokens, q->kv_need, c->kv_blocks);
+		status = TERN_STATUS_RESOURCE_EXHAUSTED;
+	}
 	q->ignore_eos = req->ignore_eos;
 	if (status == TERN_STATUS_OK && req->top_logprobs > TERN_MAX_TOP_LOGPROBS) {
 		snprintf(msg, msg_len, "top_logprobs %u: at most %d", req->top_logprobs, TERN_MAX_TOP_LOGPROBS);

@@ -134,8 +134,8 @@ int tern_sched_create(const tern_sched_config *cfg, const tern_sched_backend *be
 {
 	*out = NULL;
 	TERN_RETURN_IF(cfg->n_slots < 1 || cfg->n_ctx < 2 || cfg->max_rows < 1 || cfg->prefill_chunk < 1 ||
-			   cfg->queue_limit < 0 || cfg->n_embd < 1 || cfg->n_vocab < 1 || !cfg->tok || !cfg->head ||
-			   be->max_in_flight < 1,
+			   cfg->queue_limit < 0 || cfg->kv_blocks < 0 || (cfg->kv_blocks > 0 && cfg->kv_block < 1) ||
+			   cfg->n_embd < 1 || cfg->n_vocab < 1 || !cfg->tok || !cfg->head || be->max_in_flight < 1,
 		       err, TERN_EINVAL, "bad scheduler configuration");
 	tern_sched *s = calloc(1, sizeof *s);
 	TERN_RETURN_IF(!s, err, TERN_ENOMEM, "out of memory");
@@ -151,13 +151,15 @@ int tern_sched_create(const tern_sched_config *cfg, const tern_sched_backend *be
 	pthread_cond_init(&s->cv, NULL);
 	const size_t n_slots = (size_t)cfg->n_slots, max_rows = (size_t)cfg->max_rows;
 	s->slot_seq = calloc(n_slots, sizeof *s->slot_seq);
+	s->slot_blocks = calloc(n_slots, sizeof *s->slot_blocks);
 	s->mbs = calloc((size_t)be->max_in_flight, sizeof *s->mbs);
 	s->rows = malloc(max_rows * sizeof *s->rows);
 	s->row_tok = malloc(max_rows * sizeof *s->row_tok);
 	s->hidden = tern_aligned_alloc(max_rows * (size_t)cfg->n_embd * sizeof(float), TERN_ALIGN);
 	s->gathered = tern_aligned_alloc(n_slots * (size_t)cfg->n_embd * sizeof(float), TERN_ALIGN);
 	s->logits = tern_aligned_alloc(n_slots * (size_t)cfg->n_vocab * sizeof(float), TERN_ALIGN);
-	int ok = s->slot_seq && s->mbs && s->rows && s->row_tok && s->hidden && s->gathered && s->logits;
+	int ok =
+	    s->slot_seq && s->slot_blocks && s->mbs && s->rows && s->row_tok && s->hidden && s->gathered && s->logits;
 	for (int i = 0; ok && i < be->max_in_flight; i++) {
 		s->mbs[i].e = calloc(n_slots, sizeof *s->mbs[i].e);
 		ok = s->mbs[i].e != NULL;
@@ -187,6 +189,7 @@ void tern_sched_free(tern_sched *s)
 		free(s->mbs[i].e);
 	free(s->mbs);
 	free(s->slot_seq);
+	free(s->slot_blocks);
 	free(s->rows);
 	free(s->row_tok);
 	tern_aligned_free(s->hidden);

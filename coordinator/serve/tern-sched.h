@@ -50,6 +50,8 @@ typedef struct tern_sched_config {
 	int n_embd, n_vocab;
 	int n_slots;            /* sequences generating at once (KV slots) */
 	int n_ctx;              /* positions per sequence */
+	int kv_block;           /* positions per KV block of every stage's paged pool */
+	int kv_blocks;          /* blocks in each stage's pool; 0: every slot's whole context, no block check */
 	int max_rows;           /* rows per micro-batch */
 	int prefill_chunk;      /* prompt rows of one sequence per micro-batch */
 	int queue_limit;        /* requests waiting for a slot; more get RESOURCE_EXHAUSTED */

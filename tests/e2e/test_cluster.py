@@ -14,7 +14,8 @@
     also with a quantized LM head (--lm-head q8/q4 on both sides), and from
     plans that store the q8 head (tern-partition --lm-head q8); all of it with the
     default f16 KV cache, and once more with --kv-type f32 on both sides (the stages
-    log the type the coordinator's HELLO gave them);
+    log the type the coordinator's HELLO gave them); with a KV pool of 3 blocks
+    (--kv-blocks) over 2 stages and in-process, requests waiting for blocks;
   - a malformed batch line is a one-line error naming the line, exit non-zero;
   - faults: a stage killed mid-generation, and a stage that hangs (SIGSTOP):
     the in-flight request fails with an error within 10 s of the fault and the
@@ -123,11 +124,27 @@ def main():
         for p, row in zip(PROMPTS, rows):
             want32 = run_tern_run(build, model, p, N_GEN, ["--kv-type", "f32"])
             assert row["token_ids"] == want32, (p, row, want32)
-        assert log[0].count(" f32 KV,") == 2, log[0][-2000:]
+        assert log[0].count(" f32 KV (") == 2, log[0][-2000:]
         log = []
         run_batch(build, model, 2, PROMPTS[:1], work, (), log)
-        assert log[0].count(" f16 KV,") == 2, log[0][-2000:]
+        assert log[0].count(" f16 KV (") == 2, log[0][-2000:]
     res.check("identical_kv_f32_2_stages", identical_kv_f32)
+
+    # A KV pool of 3 blocks (--kv-blocks travels in HELLO): 16 requests on 16
+    # slots, each waiting for the blocks of its prompt + max_tokens, so at most
+    # three run at once and slots are reused on other sequences' blocks; every
+    # stage runs out of nothing mid-step and the ids are tern-run's.
+    def identical_kv_blocks(stages):
+        def fn():
+            log = []
+            rows = run_batch(build, model, stages, PROMPTS[:16], work, ["--kv-blocks", "3"], log)
+            for p, row in zip(PROMPTS, rows):
+                assert row["token_ids"] == want[p], (stages, p, row, want[p])
+            if stages:
+                assert log[0].count(" KV (3 blocks of 32 positions)") == stages, log[0][-2000:]
+        return fn
+    res.check("identical_kv_blocks_3_2_stages", identical_kv_blocks(2))
+    res.check("identical_kv_blocks_3_in_process", identical_kv_blocks(0))
     # A stage that is not bound to a NUMA domain runs one kernel thread per
     # CPU it may use, as tern-run does (it used to run 1).
     def unbound_threads():

@@ -69,7 +69,12 @@ static int run(const ppl_opts *o, tern_err *err)
 	if ((rc = tern_pool_create(o->threads, NULL, 0, &pool, err)) < 0 ||
 	    (rc = tern_layers_from_source_mt(&layers, src, 0, hp->n_layer, (tern_packing)o->packing, 0, pool, err)) < 0)
 		goto done;
-	const tern_engine_config ec = {1, n_ctx, o->batch, TERN_ISA_AUTO, pool, NULL, o->kv_type};
+	const tern_engine_config ec = {.n_slots = 1,
+				       .n_ctx = n_ctx,
+				       .max_rows = o->batch,
+				       .isa = TERN_ISA_AUTO,
+				       .pool = pool,
+				       .kv_type = o->kv_type};
 	if ((rc = tern_engine_create(&layers, &ec, &eng, err)) < 0 ||
 	    (rc = tern_head_from_source(src, TERN_ISA_AUTO, &head, err)) < 0 ||
 	    (rc = tern_coord_tokenizer_from_source(src, &tok, err)) < 0 ||
