@@ -65,12 +65,23 @@ typedef struct tern_layer_weights {
 } tern_layer_weights;
 
 /* The weights of layers [first, first + n) of one model, in one packing. */
+/* One region the plan loader carves matrices out of (tern_huge_alloc). */
+typedef struct tern_layers_arena {
+	void *base;
+	size_t size, used;
+} tern_layers_arena;
+
 typedef struct tern_layers {
 	tern_hparams hp;
 	int first; /* global index of the first layer */
 	int n;     /* layers held */
 	tern_packing packing;
 	tern_layer_weights *l; /* (n) */
+	/* From a plan: every matrix's data and scales carved out of one region
+	 * in 2 MiB pages (tern_huge_alloc; the matrices do not own their data),
+	 * one per stage shard read; NULL when loaded from a model file. */
+	struct tern_layers_arena *arena; /* (n_arena) */
+	int n_arena;
 } tern_layers;
 
 /* Where the builder gets one layer's weights from (a model file, a generator).
