@@ -49,7 +49,8 @@ struct tern_http_server {
 	int loop_started, n_workers;
 	tern_cq_tag wake_tag;
 	pthread_mutex_t mu; /* all below, and each gen_ctx's shared fields */
-	pthread_cond_t idle, jobs_cv;
+	pthread_cond_t idle, jobs_cv, loop_cv;
+	int sleeping; /* the loop waits on loop_cv, off the queue (nothing can come on it) */
 	int mu_ok;
 	gen_ctx *inbox;        /* posted by libmicrohttpd's thread, newest first */
 	gen_ctx *live;         /* the loop's: requests with a held call */
@@ -541,9 +542,11 @@ static void resume_locked(gen_ctx *g)
 static void loop_wake(tern_http_server *s)
 {
 	pthread_mutex_lock(&s->mu);
-	const int post = !s->wake_pending && !s->quit;
+	const int post = !s->wake_pending && !s->quit && !s->sleeping;
 	if (post)
 		s->wake_pending = 1;
+	if (s->sleeping)
+		pthread_cond_signal(&s->loop_cv);
 	pthread_mutex_unlock(&s->mu);
 	if (post)
 		tern_grpc_wake(s->o.upstream, s->cq, &s->wake_tag);
@@ -749,8 +752,17 @@ static void *loop_main(void *arg)
 	tern_http_server *s = arg;
 	double next_tick = tern_now_s() + TERN_SERVICE_TICK_MS / 1000.0;
 	int shut = 0;
-	while (tern_grpc_cq_run(s->cq, TERN_SERVICE_TICK_MS) >= 0) {
+	for (;;) {
 		pthread_mutex_lock(&s->mu);
+		/* Nothing can come on the queue: sleep off it. A thread waiting in
+		 * grpc_completion_queue_next takes its turn at the process's one
+		 * poller and hands the gRPC server's I/O over to that loop's thread,
+		 * a wake-up per message; an idle HTTP side costs the relay nothing. */
+		while (!s->live && !s->inbox && !s->wake_pending && !s->quit) {
+			s->sleeping = 1;
+			pthread_cond_wait(&s->loop_cv, &s->mu);
+			s->sleeping = 0;
+		}
 		gen_ctx *in = s->inbox;
 		s->inbox = NULL;
 		const int quit = s->quit && !s->wake_pending;
@@ -778,6 +790,8 @@ static void *loop_main(void *arg)
 			tern_grpc_cq_shutdown(s->cq);
 			shut = 1;
 		}
+		if (tern_grpc_cq_run(s->cq, TERN_SERVICE_TICK_MS) < 0)
+			break;
 	}
 	return NULL;
 }
@@ -1167,7 +1181,13 @@ static int start_loop(tern_http_server *s, tern_err *err)
 		pthread_mutex_destroy(&s->mu);
 		return TERN_ERR(err, TERN_ENOMEM, "out of memory");
 	}
+	if (pthread_cond_init(&s->loop_cv, NULL) != 0) {
+		pthread_cond_destroy(&s->idle);
+		pthread_mutex_destroy(&s->mu);
+		return TERN_ERR(err, TERN_ENOMEM, "out of memory");
+	}
 	if (pthread_cond_init(&s->jobs_cv, NULL) != 0) {
+		pthread_cond_destroy(&s->loop_cv);
 		pthread_cond_destroy(&s->idle);
 		pthread_mutex_destroy(&s->mu);
 		return TERN_ERR(err, TERN_ENOMEM, "out of memory");
@@ -1193,6 +1213,7 @@ static void stop_loop(tern_http_server *s)
 	s->quit = 1;
 	s->wquit = 1;
 	pthread_cond_broadcast(&s->jobs_cv);
+	pthread_cond_signal(&s->loop_cv);
 	pthread_mutex_unlock(&s->mu);
 	for (int i = 0; i < s->n_workers; i++)
 		pthread_join(s->workers[i], NULL);
@@ -1206,6 +1227,7 @@ static void stop_loop(tern_http_server *s)
 	if (s->cq)
 		tern_grpc_cq_destroy(s->cq);
 	pthread_cond_destroy(&s->jobs_cv);
+	pthread_cond_destroy(&s->loop_cv);
 	pthread_cond_destroy(&s->idle);
 	pthread_mutex_destroy(&s->mu);
 }
