@@ -228,6 +228,11 @@ int tern_coord_batch(tern_sched *s, const char *in_path, const char *out_path, t
 			}
 		}
 		rc = tern_sched_run(s, 1, err);
+		/* A stop (SIGTERM, a failed pipeline) can leave requests unfinished:
+		 * end them now, while their jobs exist, so the output names them and
+		 * no callback reaches a freed job later (tern_sched_shutdown again
+		 * after this finds nothing live). */
+		tern_sched_shutdown(s, "the batch stopped before this request finished");
 	}
 	if (rc == 0) {
 		FILE *out = fopen(out_path, "w");
