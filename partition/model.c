@@ -317,6 +317,7 @@ static const struct {
     [TERN_DTYPE_TL1] = {"tl1", 0, 38, NULL, NO_CODE},
     [TERN_DTYPE_TL2] = {"tl2", 0, 39, NULL, NO_CODE},
     [TERN_DTYPE_TERNARY] = {"ternary", 0, NO_CODE, NULL, 0},
+    [TERN_DTYPE_Q2_0] = {"q2_0", 0, 42, NULL, 5},
 };
 
 static int dtype_ok(int dt)

@@ -180,6 +180,8 @@ typedef enum {
 	TERN_DTYPE_TL1,     /* bitnet.cpp LUT packings: size known, data not readable */
 	TERN_DTYPE_TL2,
 	TERN_DTYPE_TERNARY, /* a plan shard's packed ternary matrix (tern_packing says which) */
+	TERN_DTYPE_Q2_0,    /* ggml Q2_0 (type 42): 18-byte blocks, an f16 scale per 64 weights (kernels/tern-gq.h);
+			       a GGUF's and a plan shard's group-scaled projection, stored as is */
 	TERN_DTYPE_COUNT
 } tern_dtype;
 
