@@ -12,9 +12,11 @@ projections, tied and untied heads.
   - forms_bit_identical: every form gives tern-run the same logits bit for bit;
   - cluster_2_stages and plan_2_stages: a 2-stage pipeline (mpirun, tern-coordinator +
     tern-node; and a tern-partition plan) gives tern-run's tokens;
-  - refused_q2_0: the Ternary-Bonsai weight format (ggml Q2_0, group-scaled) is not read by
-    tern_source yet: one line naming the tensor, non-zero exit; refused_qwen2_pre: Qwen3's
-    own pre-tokenizer name "qwen2" likewise;
+  - the Ternary-Bonsai weight format, ggml Q2_0 (an f16 scale per 64 weights, seeded 2^-1..2^1
+    times 1 / weight_scale per group): ref_detects_group_scales (the reference with one scale
+    per row differs), tern_run_vs_ref_q2_0 (every kernel ISA; --packing does not apply), and
+    cluster_2_stages / plan_2_stages on it too (the plan's shards keep the blocks as stored);
+  - refused_qwen2_pre: Qwen3's own pre-tokenizer name "qwen2" is not run yet: one line;
   - refused_head_dim: attention.key_length other than n_embd / n_head likewise.
 
 Usage: test_qwen3.py BUILD_DIR
@@ -58,6 +60,7 @@ def main():
     work = tempfile.mkdtemp(prefix="tern-qwen3-")
     forms = {t: make(os.path.join(work, "q-%s.gguf" % t), ["--outtype", t]) for t in ("f16", "f32", "i2_s")}
     forms["untied_f16"] = make(os.path.join(work, "q-untied.gguf"), ["--outtype", "f16", "--untied"])
+    forms["q2_0"] = make(os.path.join(work, "q-q2_0.gguf"), ["--outtype", "q2_0"])
     res = Results()
     prompt = engine_vs_ref.PROMPT[:8]
 
@@ -70,9 +73,25 @@ def main():
         assert rel > 1e-2, "dropping the q/k norms changed the logits by only %.2e" % rel
     res.check("ref_detects_qk_norm", ref_detects_qk_norm)
 
+    def ref_detects_group_scales():
+        m = bitnet_ref.BitNetModel(forms["q2_0"], verbose=False)
+        a = m.run(prompt, 8)[0]
+        for L in m.layers:
+            for name in bitnet_ref.LINEARS:
+                w, d = getattr(L, name)
+                assert d.ndim == 2 and len(np.unique(d)) > 1, "%s: one scale only" % name
+                setattr(L, name, (w, np.repeat(d.mean(axis=1, keepdims=True), d.shape[1], axis=1)))
+        b = m.run(prompt, 8)[0]
+        rel = np.abs(a - b).max() / np.abs(a).max()
+        assert rel > 1e-2, "one scale per row changed the logits by only %.2e" % rel
+    res.check("ref_detects_group_scales", ref_detects_group_scales)
+
     for name, path in forms.items():
         def fn(name=name, path=path):
-            assert engine_vs_ref.check_model("qwen3_" + name, path, tern_run, work, None, name == "f16")
+            # a Q2_0 model runs its own kernels (tern-gq.h) whatever --packing says: one packing
+            pk = ("tl2",) if name == "q2_0" else ("tl2", "i2_s", "tl1")
+            assert engine_vs_ref.check_model("qwen3_" + name, path, tern_run, work, None,
+                                             name in ("f16", "q2_0"), packings=pk)
         res.check("tern_run_vs_ref_" + name, fn)
 
     def forms_identical():
@@ -84,7 +103,7 @@ def main():
     def cluster():
         if not shutil.which("mpirun"):
             raise Skip("no mpirun")
-        for model in (forms["f16"], forms["untied_f16"]):
+        for model in (forms["f16"], forms["untied_f16"], forms["q2_0"]):
             rows = run_batch(build, model, 2, PROMPTS, work)
             for p, row in zip(PROMPTS, rows):
                 assert row["token_ids"] == run_tern_run(build, model, p, N_GEN), (model, p, row)
@@ -93,12 +112,13 @@ def main():
     def plan():
         if not shutil.which("mpirun"):
             raise Skip("no mpirun")
-        d = os.path.join(work, "plan")
-        subprocess.run([os.path.join(build, "partition", "tern-partition"), forms["i2_s"], "--stages", "2", "-o", d],
-                       check=True, stdout=subprocess.DEVNULL)
-        rows = run_batch(build, d, 2, PROMPTS, work)
-        for p, row in zip(PROMPTS, rows):
-            assert row["token_ids"] == run_tern_run(build, forms["i2_s"], p, N_GEN), (p, row)
+        for form in ("i2_s", "q2_0"):
+            d = os.path.join(work, "plan-" + form)
+            subprocess.run([os.path.join(build, "partition", "tern-partition"), forms[form], "--stages", "2", "-o",
+                            d], check=True, stdout=subprocess.DEVNULL)
+            rows = run_batch(build, d, 2, PROMPTS, work)
+            for p, row in zip(PROMPTS, rows):
+                assert row["token_ids"] == run_tern_run(build, forms[form], p, N_GEN), (form, p, row)
     res.check("plan_2_stages", plan)
 
     def refused(path, needle):
@@ -108,7 +128,6 @@ def main():
             lines = r.stderr.strip().splitlines()
             assert r.returncode != 0 and len(lines) == 1 and needle in lines[0], (r.returncode, r.stderr)
         return fn
-    res.check("refused_q2_0", refused(make(os.path.join(work, "q2.gguf"), ["--outtype", "q2_0"]), "attn_q.weight"))
     res.check("refused_qwen2_pre", refused(make(os.path.join(work, "pre.gguf"), ["--pre", "qwen2"]), "qwen2"))
 
     def head_dim():
