@@ -15,15 +15,15 @@
  * (HF1BitLLM/Llama3-8B-1.58, tiiuae/Falcon3-*-1.58bit): SwiGLU, no sub-norms,
  * q/k permuted in the GGUF (partition/README.md, issue 17). */
 static const tern_arch archs[] = {
-    {"bitnet-b1.58", TERN_FFN_RELU2, 1, 0, 0, 0, "BitNetForCausalLM", "relu2"},
-    {"bitnet-25", TERN_FFN_RELU2, 1, 0, 0, 0, "BitNetForCausalLM", "relu2"},
-    {"bitnet", TERN_FFN_RELU2, 1, 0, 0, 0, "BitNetForCausalLM", "relu2"},
-    {"bitnet-1.58", TERN_FFN_RELU2, 1, 0, 0, 0, "BitNetForCausalLM", "relu2"},
-    {"llama", TERN_FFN_SILU, 0, 1, 0, 0, "LlamaForCausalLM", "silu"},
+    {"bitnet-b1.58", TERN_FFN_RELU2, 1, 0, 0, 0, "BitNetForCausalLM", "relu2", TERN_DTYPE_I2_S},
+    {"bitnet-25", TERN_FFN_RELU2, 1, 0, 0, 0, "BitNetForCausalLM", "relu2", TERN_DTYPE_I2_S},
+    {"bitnet", TERN_FFN_RELU2, 1, 0, 0, 0, "BitNetForCausalLM", "relu2", TERN_DTYPE_I2_S},
+    {"bitnet-1.58", TERN_FFN_RELU2, 1, 0, 0, 0, "BitNetForCausalLM", "relu2", TERN_DTYPE_I2_S},
+    {"llama", TERN_FFN_SILU, 0, 1, 0, 0, "LlamaForCausalLM", "silu", TERN_DTYPE_I2_S},
     /* Qwen3 (transformers models/qwen3/modeling_qwen3.py): the Llama graph plus
      * an RMSNorm over each head's q and k before RoPE (rotate_half: NEOX, which
      * llama.cpp's converter keeps, no q/k permutation); PrismML Ternary-Bonsai */
-    {"qwen3", TERN_FFN_SILU, 0, 0, 1, 0, "Qwen3ForCausalLM", "silu"},
+    {"qwen3", TERN_FFN_SILU, 0, 0, 1, 0, "Qwen3ForCausalLM", "silu", TERN_DTYPE_Q2_0},
 };
 #define N_ARCHS (sizeof archs / sizeof archs[0])
 

@@ -53,6 +53,8 @@ typedef struct tern_arch {
 	int bias;                 /* bias terms on the projections: 0 in every architecture tern reads */
 	const char *hf_class;     /* config.json "architectures" entry of the HF checkpoint */
 	const char *hf_act;       /* config.json "hidden_act" */
+	int synth_proj_dtype;     /* the projections' type in the family's own GGUF, as tern-partition synth
+				   * writes it: TERN_DTYPE_I2_S (bitnet.cpp) or TERN_DTYPE_Q2_0 (Ternary-Bonsai) */
 } tern_arch;
 
 /* The row of an architecture name; NULL if tern does not run it. */

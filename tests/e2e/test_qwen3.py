@@ -16,6 +16,8 @@ projections, tied and untied heads.
     times 1 / weight_scale per group): ref_detects_group_scales (the reference with one scale
     per row differs), tern_run_vs_ref_q2_0 (every kernel ISA; --packing does not apply), and
     cluster_2_stages / plan_2_stages on it too (the plan's shards keep the blocks as stored);
+  - synth_bonsai_8b_q2_0: tern-partition synth bonsai-8b (shrunk by --dims) writes Q2_0
+    projections, and tern-run on it matches the reference;
   - refused_qwen2_pre: Qwen3's own pre-tokenizer name "qwen2" is not run yet: one line;
   - refused_head_dim: attention.key_length other than n_embd / n_head likewise.
 
@@ -99,6 +101,20 @@ def main():
         for n, x in got.items():
             assert x.shape == got["f16"].shape and np.array_equal(x, got["f16"]), "%s differs from f16" % n
     res.check("forms_bit_identical", forms_identical)
+
+    def synth_bonsai():
+        # tern-partition synth's bonsai-8b preset (shrunk) writes the family's own GGUF: Q2_0
+        # projections; the reference reads the file on its own and tern-run matches it
+        path = os.path.join(work, "bonsai.gguf")
+        subprocess.run([os.path.join(build, "partition", "tern-partition"), "synth", "bonsai-8b", "--dims",
+                        "n_embd=256,n_head=4,n_head_kv=2,n_ff=512,n_vocab=300,n_ctx=512,bos=1,eos=2,eot=3",
+                        "--layers", "2", "-o", path], check=True, stdout=subprocess.DEVNULL)
+        g = gguf.GGUFReader(path)
+        types = {t.gtype for n, t in g.tensors.items() if n.startswith("blk.") and n.endswith(
+            tuple(x + ".weight" for x in bitnet_ref.LINEARS))}
+        assert types == {gguf.Q2_0}, types
+        assert engine_vs_ref.check_model("bonsai_synth", path, tern_run, work, None, False, packings=("tl2",))
+    res.check("synth_bonsai_8b_q2_0", synth_bonsai)
 
     def cluster():
         if not shutil.which("mpirun"):
