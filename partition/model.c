@@ -384,11 +384,14 @@ int tern_tokenizer_type(const char *model, const char *pre, tern_err *err)
 		return 2;
 	TERN_RETURN_IF(strcmp(model, "gpt2") != 0, err, TERN_EUNSUP,
 		       "tokenizer.ggml.model \"%s\" is not supported (gpt2, llama)", model);
+	/* Qwen2's rules (LLAMA_VOCAB_PRE_TYPE_QWEN2; Qwen3 GGUFs say "qwen2") */
+	if (pre && !strcmp(pre, "qwen2"))
+		return 3;
 	/* llama.cpp runs "falcon3" with the LLaMA-3 rules (LLAMA_VOCAB_PRE_TYPE_LLAMA3) */
 	TERN_RETURN_IF(pre && *pre && strcmp(pre, "default") && strcmp(pre, "llama3") && strcmp(pre, "llama-v3") &&
 			       strcmp(pre, "llama-bpe") && strcmp(pre, "falcon3"),
 		       err, TERN_EUNSUP,
-		       "pre-tokenizer \"%s\" is not supported (only llama3 / llama-v3 / llama-bpe / falcon3)", pre);
+		       "pre-tokenizer \"%s\" is not supported (only llama3 / llama-v3 / llama-bpe / falcon3 / qwen2)", pre);
 	return 1;
 }
 

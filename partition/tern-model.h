@@ -81,9 +81,11 @@ int tern_hparams_validate(const tern_hparams *hp, tern_err *err);
  * checks against: tokenizer.ggml.model "gpt2" (byte-level BPE) with the
  * pre-tokenizer "llama3", "llama-v3", "llama-bpe" or "falcon3" (missing or
  * "default": the same LLaMA-3 rules), or "llama" (SentencePiece; pre ignored). pre may
- * be NULL. Returns 1 for gpt2, 2 for llama; otherwise TERN_EUNSUP with
+ * be NULL. Returns 1 for gpt2 with the LLaMA-3 rules, 3 for gpt2 with pre
+ * "qwen2" (Qwen2's rules: one digit per piece, merges always applied), 2 for
+ * llama; otherwise TERN_EUNSUP with
  * 'tokenizer.ggml.model "X" is not supported (gpt2, llama)' or
- * 'pre-tokenizer "X" is not supported (only llama3 / llama-v3 / llama-bpe / falcon3)'. */
+ * 'pre-tokenizer "X" is not supported (only llama3 / llama-v3 / llama-bpe / falcon3 / qwen2)'. */
 int tern_tokenizer_type(const char *model, const char *pre, tern_err *err);
 
 /* Parameter counts. */

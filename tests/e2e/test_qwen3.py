@@ -18,7 +18,7 @@ projections, tied and untied heads.
     cluster_2_stages / plan_2_stages on it too (the plan's shards keep the blocks as stored);
   - synth_bonsai_8b_q2_0: tern-partition synth bonsai-8b (shrunk by --dims) writes Q2_0
     projections, and tern-run on it matches the reference;
-  - refused_qwen2_pre: Qwen3's own pre-tokenizer name "qwen2" is not run yet: one line;
+  - qwen2_pre_runs: Qwen3's own pre-tokenizer name "qwen2" is accepted and a text prompt runs;
   - refused_head_dim: attention.key_length other than n_embd / n_head likewise.
 
 Usage: test_qwen3.py BUILD_DIR
@@ -144,7 +144,14 @@ def main():
             lines = r.stderr.strip().splitlines()
             assert r.returncode != 0 and len(lines) == 1 and needle in lines[0], (r.returncode, r.stderr)
         return fn
-    res.check("refused_qwen2_pre", refused(make(os.path.join(work, "pre.gguf"), ["--pre", "qwen2"]), "qwen2"))
+    def qwen2_pre():
+        # Qwen3's own pre-tokenizer name: accepted, and a text prompt with digits runs (the split
+        # itself is test_pretok_qwen2's, against a Python reference)
+        path = make(os.path.join(work, "pre.gguf"), ["--pre", "qwen2", "--outtype", "q2_0"])
+        r = subprocess.run([tern_run, "-m", path, "-p", "in 1999 and 2024", "-n", "2", "--temp", "0"],
+                           capture_output=True, text=True)
+        assert r.returncode == 0 and "prompt" in r.stderr, (r.returncode, r.stderr)
+    res.check("qwen2_pre_runs", qwen2_pre)
 
     def head_dim():
         # a Qwen3 GGUF whose heads are not n_embd / n_head wide (Qwen3-0.6B's 1024 / 16 with head_dim 128)
