@@ -16,7 +16,7 @@ embeddings and norms) plus the q/k norm weights, so every --outtype holds the sa
               weights of a row (d = 1 / weight_scale times a seeded 2^-1, 1 or 2 per group, so
               this form is its own model), F16 token_embd.
 The tokenizer is make_model's tiny byte-level BPE with --pre (default llama-bpe; Qwen3's own
-GGUFs say "qwen2", which tern's tokenizer does not run yet).
+GGUFs say "qwen2", which tern runs too).
 
   /usr/bin/python3 tests/ref/make_qwen3.py --gguf q.gguf --outtype f16 --n-embd 256 \\
       --n-head 4 --n-head-kv 2 --n-ff 512 --vocab 300 --layers 2 --seed 7
