@@ -24,6 +24,9 @@ void tern_layers_free(tern_layers *ls)
 		}
 		free(ls->l);
 	}
+	for (int a = 0; a < ls->n_arena; a++)
+		tern_huge_free(ls->arena[a].base, ls->arena[a].size);
+	free(ls->arena);
 	memset(ls, 0, sizeof *ls);
 }
 

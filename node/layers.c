@@ -718,14 +718,28 @@ static int check_rows(tern_engine *e, const tern_row *rows, int n, tern_err *err
 		}
 		e->slot_next[s] = p + 1;
 	}
-	/* blocks a rewound slot gives back count for the ones that grow */
+	/* Blocks a rewound slot gives back count for the ones that grow: only
+	 * those it alone holds. A row never writes into a shared block (prefix
+	 * cache): only full blocks are shared, and a rewind to their start
+	 * drops the reference instead. */
 	int64_t need = 0;
-	for (int s = 0; s < kv->n_slots; s++)
-		if (e->slot_next[s] >= 0)
-			need += tern_kv_blocks_for(kv, e->slot_next[s]) - kv->held[s];
-	TERN_RETURN_IF(need > kv->n_free, err, TERN_EFULL,
+	for (int s = 0; s < kv->n_slots; s++) {
+		if (e->slot_next[s] < 0)
+			continue;
+		TERN_RETURN_IF(tern_kv_block_shared(kv, s, e->slot_first[s]) && e->slot_first[s] % kv->block != 0, err,
+			       TERN_EINVAL, "engine: slot %d would write position %d into a shared KV block", s,
+			       e->slot_first[s]);
+		int kept = tern_kv_blocks_for(kv, e->slot_first[s]);
+		if (kept > kv->held[s])
+			kept = kv->held[s];
+		need += tern_kv_blocks_for(kv, e->slot_next[s]) - kept;
+		const int32_t *tab = kv->table + (size_t)s * (size_t)kv->max_blocks;
+		for (int i = kept; i < kv->held[s]; i++)
+			need -= kv->ref[tab[i]] == 1;
+	}
+	TERN_RETURN_IF(need > kv->n_free + kv->n_evictable, err, TERN_EFULL,
 		       "engine: the step needs %lld more KV blocks of %d positions, %d of %d are free", (long long)need,
-		       kv->block, kv->n_free, kv->n_blocks);
+		       kv->block, kv->n_free + kv->n_evictable, kv->n_blocks);
 	for (int pass = 0; pass < 2; pass++)
 		for (int s = 0; s < kv->n_slots; s++) {
 			if (e->slot_next[s] < 0)

@@ -67,6 +67,12 @@ typedef struct tern_layer_weights {
 } tern_layer_weights;
 
 /* The weights of layers [first, first + n) of one model, in one packing. */
+/* One region the plan loader carves matrices out of (tern_huge_alloc). */
+typedef struct tern_layers_arena {
+	void *base;
+	size_t size, used;
+} tern_layers_arena;
+
 typedef struct tern_layers {
 	tern_hparams hp;
 	int first; /* global index of the first layer */
@@ -74,6 +80,11 @@ typedef struct tern_layers {
 	tern_packing packing;
 	int group_scaled; /* 1: every projection is a tern_gq_matrix (a Q2_0 model), packing is not used */
 	tern_layer_weights *l; /* (n) */
+	/* From a plan: every matrix's data and scales carved out of one region
+	 * in 2 MiB pages (tern_huge_alloc; the matrices do not own their data),
+	 * one per stage shard read; NULL when loaded from a model file. */
+	struct tern_layers_arena *arena; /* (n_arena) */
+	int n_arena;
 } tern_layers;
 
 /* Where the builder gets one layer's weights from (a model file, a generator).
@@ -167,7 +178,11 @@ typedef struct tern_allocator {
  * positions; elements of type (f32 float, or f16 / bf16 uint16_t bits).
  * Position t of slot s lives in block table[s][t / block] at row t % block:
  * KV head h of it is the head_dim elements at tern_kv_pos_offset(kv, s, t) +
- * h * head_dim of k[layer] and v[layer]. Invariant: len[s] <= held[s] * block. */
+ * h * head_dim of k[layer] and v[layer]. Invariant: len[s] <= held[s] * block.
+ * Prefix cache (tern_kv_prefix_attach/publish): a block is free (on
+ * free_ids), held (ref > 0 slot tables name it) or, published and held by
+ * none, evictable; n_free + n_evictable blocks are available. A slot never
+ * writes into a published or shared block (tern_engine_forward checks). */
 typedef struct tern_kv_cache {
 	int n_layer;
 	int n_slots;
@@ -186,6 +201,16 @@ typedef struct tern_kv_cache {
 	int32_t *table;     /* (n_slots, max_blocks) block ids, -1 past held */
 	int32_t *free_ids;  /* (n_blocks) free block ids, the top at [n_free - 1] */
 	int n_free;
+	int32_t *ref;       /* (n_blocks) slot tables holding the block */
+	uint8_t *cached;    /* (n_blocks) published in the prefix cache */
+	uint64_t *bhash;    /* (n_blocks) chain hash of a published block */
+	uint64_t *stamp;    /* (n_blocks) when its last holder let go (LRU) */
+	int32_t *btok;      /* (n_blocks, block) token ids of a published block */
+	uint64_t *shash;    /* (n_slots, max_blocks) chain hash of the slot's first n_pub blocks */
+	int *n_pub;         /* (n_slots) leading blocks already offered to the cache */
+	int n_evictable;    /* published blocks no slot holds */
+	uint64_t clock;     /* release counter for stamp */
+	uint64_t n_evicted; /* published blocks taken back by the pool */
 	tern_allocator alloc;
 } tern_kv_cache;
 
@@ -219,6 +244,27 @@ int tern_kv_slot_reserve(tern_kv_cache *kv, int slot, int n_pos, tern_err *err);
  * shapes or a source shorter than n_pos, TERN_EFULL as tern_kv_slot_reserve
  * (dslot is then empty). */
 int tern_kv_slot_copy(tern_kv_cache *dst, int dslot, const tern_kv_cache *src, int sslot, int n_pos, tern_err *err);
+/* The prefix cache. Block i of a prompt is keyed by tern_kv_prefix_hash
+ * chained over its full blocks (h_0 = 0, h_{i+1} = hash(h_i, ids of block
+ * i)), so a key names every id up to the block's end; a hit also compares
+ * the block's own ids. Only full blocks of a prompt are ever published.
+ *
+ * attach: rewinds the slot to empty, then gives it the published blocks
+ * that tok[0..n_tok) starts with (no copy), never the block of the last id
+ * (that row must run to give logits). Returns the positions it now holds
+ * (a multiple of block), or a negative TERN_EINVAL (free slot, n_tok outside
+ * 0..n_ctx). publish: offers the slot's full blocks of positions
+ * 0..n_tok-1 (which it holds, ids tok) to the cache, each once; a prefix
+ * published already by another slot stays private here. Returns the blocks
+ * added or TERN_EINVAL (n_tok > the slot's length). Truncating or freeing a
+ * slot drops its references; a published block then waits, evictable, for
+ * the next attach or for the pool to need it. */
+uint64_t tern_kv_prefix_hash(uint64_t prev, const int32_t *tok, int n);
+int tern_kv_prefix_attach(tern_kv_cache *kv, int slot, const int32_t *tok, int n_tok, tern_err *err);
+int tern_kv_prefix_publish(tern_kv_cache *kv, int slot, const int32_t *tok, int n_tok, tern_err *err);
+/* 1 when position pos of slot lies in a block that is published or held by
+ * another slot too (writing there would change another's numbers). */
+int tern_kv_block_shared(const tern_kv_cache *kv, int slot, int pos);
 /* Element offset of position pos of slot in a layer's K (or V) pool; pos
  * must be below held[slot] * block. */
 size_t tern_kv_pos_offset(const tern_kv_cache *kv, int slot, int pos);

@@ -1382,8 +1382,176 @@ static void test_kv_pool_exhaustion(void)
 	tmodel_free(&m);
 }
 
+/* The prefix cache (issue 16): 16 sequences sharing a 70-token prefix attach
+ * its 4 full blocks of 16 (published by a warm sequence) and prefill only
+ * the rest, batched together; their logits and greedy ids over 8 decode
+ * steps equal each one run alone without the cache, bit for bit. Then the
+ * checks: references, no write into a shared block, truncate dropping the
+ * reference, LRU eviction when the pool needs blocks. */
+enum { PFX = 70, PROMPT = 80, NGEN = 8, NSEQ = 16, PBLK = 16 };
+
+static int argmax(const float *l, int n)
+{
+	int b = 0;
+	for (int i = 1; i < n; i++)
+		if (l[i] > l[b])
+			b = i;
+	return b;
+}
+
+static void test_prefix_cache(void)
+{
+	tmodel m;
+	TT_REQUIRE(tmodel_init(&m, 77) == 0);
+	tern_layers w;
+	TT_REQUIRE(build_layers(&m, TERN_PACK_TL2, &w) == 0);
+	const int d = m.hp.n_embd, V = m.hp.n_vocab;
+	static int32_t tok[NSEQ][PROMPT + NGEN];
+	for (int i = 0; i < NSEQ; i++) {
+		seq_tokens(tok[i], PFX, V, 5);
+		seq_tokens(tok[i] + PFX, PROMPT - PFX, V, 100 + (uint64_t)i);
+	}
+	float *h = malloc(sizeof(float) * NSEQ * PROMPT * d);
+	float *lg = malloc(sizeof(float) * NSEQ * PROMPT * V);
+	float *ref = malloc(sizeof(float) * NSEQ * (NGEN + 1) * V); /* logits of the last prompt row, each step */
+	float *got = malloc(sizeof(float) * NSEQ * (NGEN + 1) * V);
+	tern_row *rows = malloc(sizeof *rows * NSEQ * PROMPT);
+	int32_t *rt = malloc(sizeof *rt * NSEQ * PROMPT);
+	TT_REQUIRE(h && lg && ref && got && rows && rt);
+	g_kv_block = PBLK;
+	tern_err err = {0};
+
+	/* the misses: each sequence alone, greedy */
+	tern_engine *e;
+	TT_REQUIRE(make_engine(&w, 1, 16, TERN_ISA_AUTO, NULL, &e) == 0);
+	int s0;
+	TT_REQUIRE(tern_kv_slot_alloc(tern_engine_kv(e), &s0, NULL) == 0);
+	for (int i = 0; i < NSEQ; i++) {
+		TT_REQUIRE(tern_kv_slot_truncate(tern_engine_kv(e), s0, 0, NULL) == 0);
+		TT_REQUIRE(run_seq(&m, e, s0, tok[i], PROMPT, 7, h, lg) == 0);
+		memcpy(ref + (size_t)i * (NGEN + 1) * V, lg + (size_t)(PROMPT - 1) * V, sizeof(float) * V);
+		for (int g = 0; g < NGEN; g++) {
+			tok[i][PROMPT + g] = argmax(ref + ((size_t)i * (NGEN + 1) + g) * V, V);
+			TT_REQUIRE(run_seq(&m, e, s0, tok[i] + PROMPT + g, 1, 1, h, lg) == 0);
+			memcpy(ref + ((size_t)i * (NGEN + 1) + g + 1) * V, lg, sizeof(float) * V);
+		}
+	}
+	tern_engine_free(e);
+
+	/* the hits: a warm sequence publishes, 16 attach and run batched */
+	TT_REQUIRE(make_engine(&w, NSEQ + 1, 64, TERN_ISA_AUTO, NULL, &e) == 0);
+	tern_kv_cache *kv = tern_engine_kv(e);
+	int slot[NSEQ + 1];
+	for (int i = 0; i <= NSEQ; i++)
+		TT_REQUIRE(tern_kv_slot_alloc(kv, &slot[i], NULL) == 0);
+	const int warm = slot[NSEQ];
+	TT_REQUIRE(run_seq(&m, e, warm, tok[0], PROMPT, 9, h, lg) == 0);
+	TT_EQ_INT(tern_kv_prefix_publish(kv, warm, tok[0], PROMPT, NULL), PROMPT / PBLK);
+	TT_EQ_INT(tern_kv_prefix_publish(kv, warm, tok[0], PROMPT, NULL), 0); /* each block once */
+	TT_EQ_INT(tern_kv_prefix_publish(kv, warm, tok[0], PROMPT + 1, &err), TERN_EINVAL);
+	const int hit = PFX / PBLK * PBLK;
+	for (int i = 0; i < NSEQ; i++)
+		TT_EQ_INT(tern_kv_prefix_attach(kv, slot[i], tok[i], PROMPT, NULL), hit);
+	const int32_t b0 = kv->table[(size_t)warm * (size_t)kv->max_blocks];
+	TT_EQ_INT(kv->ref[b0], NSEQ + 1);
+	TT_EQ_INT(kv->table[(size_t)slot[3] * (size_t)kv->max_blocks + 1],
+		  kv->table[(size_t)warm * (size_t)kv->max_blocks + 1]);
+	int n = 0;
+	for (int i = 0; i < NSEQ; i++)
+		for (int p = hit; p < PROMPT; p++) {
+			rows[n].slot = slot[i];
+			rows[n].pos = p;
+			rt[n++] = tok[i][p];
+		}
+	TT_REQUIRE(tern_head_embed(m.head, rt, n, h, NULL) == 0);
+	TT_REQUIRE(tern_engine_forward(e, rows, n, h, &err) == 0);
+	for (int i = 0; i < NSEQ; i++)
+		memcpy(h + (size_t)i * d, h + (size_t)((i + 1) * (PROMPT - hit) - 1) * d, sizeof(float) * d);
+	for (int g = 0; g <= NGEN; g++) {
+		TT_REQUIRE(tern_head_logits(m.head, NULL, h, NSEQ, lg, NULL) == 0);
+		for (int i = 0; i < NSEQ; i++) {
+			memcpy(got + ((size_t)i * (NGEN + 1) + g) * V, lg + (size_t)i * V, sizeof(float) * V);
+			rows[i].slot = slot[i];
+			rows[i].pos = PROMPT + g;
+			rt[i] = argmax(lg + (size_t)i * V, V);
+			if (g < NGEN)
+				TT_CHECKF(rt[i] == tok[i][PROMPT + g], "seq %d step %d: id %d with the cache, %d without", i,
+					  g, rt[i], tok[i][PROMPT + g]);
+		}
+		if (g < NGEN) {
+			TT_REQUIRE(tern_head_embed(m.head, rt, NSEQ, h, NULL) == 0);
+			TT_REQUIRE(tern_engine_forward(e, rows, NSEQ, h, &err) == 0);
+		}
+	}
+	TT_CHECKF(memcmp(got, ref, sizeof(float) * NSEQ * (NGEN + 1) * V) == 0,
+		  "logits with the prefix cache differ from without");
+
+	/* never a write into a shared block: a rewind into one is refused, whole */
+	tern_row bad = {slot[0], 40};
+	TT_REQUIRE(tern_head_embed(m.head, &tok[0][40], 1, h, NULL) == 0);
+	TT_EQ_INT(tern_engine_forward(e, &bad, 1, h, &err), TERN_EINVAL);
+	TT_CHECK(strstr(err.msg, "shared KV block") != NULL);
+	TT_EQ_INT(tern_kv_slot_len(kv, slot[0]), PROMPT + NGEN);
+	TT_CHECK(tern_kv_block_shared(kv, slot[0], 40));
+	TT_CHECK(!tern_kv_block_shared(kv, slot[0], PROMPT));
+	/* a rewind to a block's start drops the references past it */
+	const int32_t b2 = kv->table[(size_t)slot[0] * (size_t)kv->max_blocks + 2];
+	TT_REQUIRE(tern_kv_slot_truncate(kv, slot[0], 32, NULL) == 0);
+	TT_EQ_INT(kv->ref[b2], NSEQ);
+	TT_EQ_INT(kv->ref[b0], NSEQ + 1);
+	/* all let go: the published blocks stay, evictable, and hit again */
+	for (int i = 0; i <= NSEQ; i++)
+		TT_REQUIRE(tern_kv_slot_free(kv, slot[i], NULL) == 0);
+	TT_EQ_INT(kv->n_evictable, PROMPT / PBLK);
+	TT_EQ_INT(kv->n_free + kv->n_evictable, kv->n_blocks);
+	TT_REQUIRE(tern_kv_slot_alloc(kv, &s0, NULL) == 0);
+	TT_EQ_INT(tern_kv_prefix_attach(kv, s0, tok[0], PROMPT + 1, NULL), PROMPT);
+	TT_EQ_INT(kv->n_evictable, 0);
+	TT_EQ_INT(tern_kv_prefix_attach(kv, s0, tok[0], PBLK, NULL), 0); /* the last id always runs */
+	TT_EQ_INT(tern_kv_prefix_attach(kv, s0, tok[1], 129, &err), TERN_EINVAL);
+	tern_engine_free(e);
+
+	/* LRU eviction: a pool of 6 blocks, 5 published and let go; a slot
+	 * needing 3 takes the free one and the 2 released first (the prompt's
+	 * last), growing to 5 two more; the prompt then hits on its first
+	 * block only and runs on from there exactly */
+	g_kv_blocks = 6;
+	TT_REQUIRE(make_engine(&w, 2, 16, TERN_ISA_AUTO, NULL, &e) == 0);
+	kv = tern_engine_kv(e);
+	int a, b;
+	TT_REQUIRE(tern_kv_slot_alloc(kv, &a, NULL) == 0);
+	TT_REQUIRE(tern_kv_slot_alloc(kv, &b, NULL) == 0);
+	TT_REQUIRE(run_seq(&m, e, a, tok[0], PROMPT, 16, h, lg) == 0);
+	TT_EQ_INT(tern_kv_prefix_publish(kv, a, tok[0], PROMPT, NULL), 5);
+	TT_REQUIRE(tern_kv_slot_truncate(kv, a, 0, NULL) == 0);
+	TT_EQ_INT(kv->n_free, 1);
+	TT_EQ_INT(kv->n_evictable, 5);
+	TT_REQUIRE(tern_kv_slot_reserve(kv, b, 3 * PBLK, NULL) == 0);
+	TT_EQ_INT(kv->n_evicted, 2);
+	TT_EQ_INT(tern_kv_slot_reserve(kv, b, 5 * PBLK, NULL), 0);
+	TT_EQ_INT(tern_kv_slot_reserve(kv, b, 7 * PBLK, &err), TERN_EFULL);
+	TT_REQUIRE(tern_kv_slot_truncate(kv, b, 0, NULL) == 0);
+	TT_EQ_INT(kv->n_evicted, 4);
+	TT_EQ_INT(kv->n_free, 5);
+	TT_EQ_INT(tern_kv_prefix_attach(kv, a, tok[0], PROMPT, NULL), PBLK);
+	TT_REQUIRE(run_seq(&m, e, a, tok[0] + PBLK, PROMPT - PBLK, 16, h, lg) == 0);
+	TT_CHECKF(memcmp(lg + (size_t)(PROMPT - PBLK - 1) * V, ref, sizeof(float) * V) == 0,
+		  "a prompt on the blocks left after eviction differs");
+	tern_engine_free(e);
+	g_kv_block = 0;
+	g_kv_blocks = 0;
+	free(h);
+	free(lg);
+	free(ref);
+	free(got);
+	free(rows);
+	free(rt);
+	tern_layers_free(&w);
+	tmodel_free(&m);
+}
+
 TT_MAIN(TT_CASE(test_rmsnorm), TT_CASE(test_llama_arch), TT_CASE(test_rope), TT_CASE(test_softmax_relu2_dot),
 	TT_CASE(test_batch_invariance), TT_CASE(test_slot_isolation), TT_CASE(test_packings_isas_threads),
 	TT_CASE(test_kv_types_invariance), TT_CASE(test_kv_half), TT_CASE(test_kv_paged),
-	TT_CASE(test_kv_pool_exhaustion), TT_CASE(test_slot_reuse_truncate), TT_CASE(test_bad_batches),
+	TT_CASE(test_kv_pool_exhaustion), TT_CASE(test_prefix_cache), TT_CASE(test_slot_reuse_truncate), TT_CASE(test_bad_batches),
 	TT_CASE(test_stage_split), TT_CASE(test_builder), TT_CASE(test_head), TT_CASE(test_head_quantized))

@@ -99,6 +99,22 @@ static void test_plan_equals_model(void)
 	TT_REQUIRE(tern_layers_load(&c, plan, 1, 2, TERN_PACK_TL2, NULL, &err) == 0);
 	TT_EQ_INT(c.first, 1);
 	TT_CHECK(same_layer(&c.l[0], &a.l[1], &hp) && same_layer(&c.l[1], &a.l[2], &hp));
+	/* from a plan every matrix lies in one region per shard read (two here),
+	 * owned by the layers, not by the matrices; a model file has none */
+	TT_EQ_INT(c.n_arena, 2);
+	TT_EQ_INT(a.n_arena, 0);
+	int inside = 0;
+	for (int l = 0; l < c.n; l++)
+		for (int p = 0; p < TERN_PROJ_COUNT; p++) {
+			const tern_matrix *x = &c.l[l].proj[p];
+			for (int r = 0; r < c.n_arena; r++) {
+				const char *lo = c.arena[r].base, *hi = lo + c.arena[r].used;
+				inside += !x->owns_data && (const char *)x->data >= lo &&
+					  (const char *)x->data + x->data_bytes <= hi && (const char *)x->scales >= lo &&
+					  (const char *)(x->scales + x->n_groups) <= hi;
+			}
+		}
+	TT_EQ_INT(inside, c.n * TERN_PROJ_COUNT);
 	tern_layers_free(&c);
 	/* the model file's loader with a pool gives the same weights */
 	tern_pool *pool = NULL;

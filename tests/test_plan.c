@@ -967,6 +967,56 @@ static void test_alloc_failure(void)
 	tt_rm_rf(dir);
 }
 
+/* Tensors zstd cannot shrink by 1/32 (packed ternary weights, random bytes)
+ * are stored raw, even when the frame came out larger than the data (the
+ * file is cut back); compressible ones stay compressed; every tensor reads
+ * back exact and the finished file passes the whole-file digest. */
+static void test_shard_raw_fallback(void)
+{
+	const char *path = tt_tmp("raw.shard");
+	tern_err err = {0};
+	tern_shard_writer *w;
+	TT_REQUIRE(tern_shard_writer_open(&w, path, 1, 0, 0, TERN_PACK_TL2, 8, 3, &err) == 0);
+	enum { N = 3008 }; /* F32: 12032 bytes each, a multiple of 64: the cut is not hidden by padding */
+	static float rnd1[N], zeros[N], rnd2[N];
+	uint64_t seed = 77;
+	for (int i = 0; i < N; i++) {
+		/* random bits with the exponent kept finite (no NaN payload games) */
+		uint32_t u = tt_xorshift_star(&seed) & 0xBF7FFFFFu, v = tt_xorshift_star(&seed) & 0xBF7FFFFFu;
+		memcpy(&rnd1[i], &u, 4);
+		memcpy(&rnd2[i], &v, 4);
+	}
+	TT_REQUIRE(tern_shard_write_dense(w, TERN_ROLE_OUTPUT, -1, TERN_DTYPE_F32, 1, N, rnd1, &err) == 0);
+	TT_REQUIRE(tern_shard_write_dense(w, TERN_ROLE_ATTN_NORM, 0, TERN_DTYPE_F32, 1, N, zeros, &err) == 0);
+	TT_REQUIRE(tern_shard_write_dense(w, TERN_ROLE_FFN_NORM, 0, TERN_DTYPE_F32, 1, N, rnd2, &err) == 0);
+	uint64_t bytes, digest;
+	const int closed = tern_shard_writer_close(w, &bytes, &digest, &err);
+	TT_CHECKF(closed == 0, "%s", err.msg);
+	TT_REQUIRE(closed == 0);
+	tern_shard *sh;
+	const int opened = tern_shard_open(&sh, path, &digest, &err);
+	TT_CHECKF(opened == 0, "%s", err.msg);
+	TT_REQUIRE(opened == 0);
+	const float *want[3] = {rnd1, zeros, rnd2};
+	const int roles[3] = {TERN_ROLE_OUTPUT, TERN_ROLE_ATTN_NORM, TERN_ROLE_FFN_NORM};
+	const int comp[3] = {0, 1, 0};
+	static float got[N];
+	for (int t = 0; t < 3; t++) {
+		const int i = tern_shard_find(sh, (tern_shard_role)roles[t], t ? 0 : -1);
+		TT_REQUIRE(i >= 0);
+		const tern_shard_tensor *st = tern_shard_tensor_at(sh, i);
+		TT_EQ_INT(st->compression, comp[t]);
+		TT_CHECK(comp[t] ? st->stored_bytes < st->raw_bytes / 4 : st->stored_bytes == st->raw_bytes);
+		TT_REQUIRE(tern_shard_read_tensor(sh, i, got, sizeof got, NULL, &err) == 0);
+		TT_CHECK(memcmp(got, want[t], sizeof got) == 0);
+	}
+	tern_shard_close(sh);
+	struct stat stt;
+	TT_REQUIRE(stat(path, &stt) == 0);
+	TT_EQ_INT((long long)stt.st_size, (long long)bytes);
+	remove(path);
+}
+
 /* ---- damage ------------------------------------------------------------------ */
 
 static void flip_byte(const char *path, long off)
@@ -1085,7 +1135,7 @@ static void test_shard_q2_0(void)
 	}
 }
 
-TT_MAIN(TT_CASE(test_shard_q2_0), TT_CASE(test_balance_even), TT_CASE(test_optimal_vs_brute), TT_CASE(test_memory_refusal_exact),
+TT_MAIN(TT_CASE(test_shard_q2_0), TT_CASE(test_balance_even), TT_CASE(test_shard_raw_fallback), TT_CASE(test_optimal_vs_brute), TT_CASE(test_memory_refusal_exact),
 	TT_CASE(test_hosts_parse), TT_CASE(test_hosts_errors), TT_CASE(test_dry_run_100b),
 	TT_CASE(test_roundtrip_2b4t_width), TT_CASE(test_roundtrip_packings), TT_CASE(test_group_scales_full_precision),
 	TT_CASE(test_packed_head), TT_CASE(test_alloc_failure), TT_CASE(test_damage))

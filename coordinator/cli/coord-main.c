@@ -34,6 +34,7 @@ typedef struct coord_opts {
 	int isa;
 	int kv_type; /* KV cache element type, every stage's (tern_kv_type_parse) */
 	int kv_blocks; /* every stage's KV pool in blocks of TERN_KV_BLOCK_DEFAULT; 0: every slot's whole context */
+	int no_prefix_cache; /* --no-prefix-cache: every prompt computed whole */
 	int slots, ctx, max_rows, chunk, threads, head_threads, queue, max_tokens, max_conns;
 	int lm_head; /* tern_head_format; -1: a plan's stored head, a model file's TERN_PLAN_HEAD_DEFAULT */
 	double stall, drain;
@@ -55,6 +56,8 @@ static void usage(FILE *f)
 		"  --kv-type f16|f32|bf16  KV cache element type on every stage (default f16)\n"
 		"  --kv-blocks N           KV pool of every stage: N blocks of %d positions (default: every slot's\n"
 		"                          whole context); a request waits for the blocks of its prompt + max_tokens\n"
+		"  --no-prefix-cache       compute every prompt whole (default: with --stages 0, a prompt starting\n"
+		"                          with the full KV blocks of an earlier one attaches them)\n"
 		"  --max-rows N            rows per micro-batch (default 256)\n"
 		"  --chunk N               prompt rows of one sequence per micro-batch (default 64)\n"
 		"  -t, --threads N         kernel threads per stage (default: its NUMA domain's cores)\n"
@@ -112,6 +115,7 @@ enum {
 	OPT_KERNEL,
 	OPT_KV_TYPE,
 	OPT_KV_BLOCKS,
+	OPT_NO_PREFIX_CACHE,
 	OPT_SLOTS,
 	OPT_MAX_ROWS,
 	OPT_CHUNK,
@@ -162,6 +166,7 @@ static int parse_args(int argc, char **argv, coord_opts *o)
 		{"kernel", required_argument, NULL, OPT_KERNEL},
 		{"kv-type", required_argument, NULL, OPT_KV_TYPE},
 		{"kv-blocks", required_argument, NULL, OPT_KV_BLOCKS},
+		{"no-prefix-cache", no_argument, NULL, OPT_NO_PREFIX_CACHE},
 		{"slots", required_argument, NULL, OPT_SLOTS},
 		{"ctx", required_argument, NULL, 'c'},
 		{"max-rows", required_argument, NULL, OPT_MAX_ROWS},
@@ -227,6 +232,9 @@ static int parse_args(int argc, char **argv, coord_opts *o)
 			break;
 		case OPT_KV_BLOCKS:
 			rc = tern_parse_int(v, 1, 1 << 30, "--kv-blocks", &o->kv_blocks, &err);
+			break;
+		case OPT_NO_PREFIX_CACHE:
+			o->no_prefix_cache = 1;
 			break;
 		case OPT_SLOTS:
 			rc = tern_parse_int(v, 1, 4096, "--slots", &o->slots, &err);
@@ -515,6 +523,7 @@ int main(int argc, char **argv)
 		.kv_blocks = o.kv_blocks,
 		.max_rows = o.max_rows,
 		.prefill_chunk = o.chunk,
+		.prefix_cache = !o.no_prefix_cache,
 		.queue_limit = o.queue,
 		.default_max_tokens = o.max_tokens,
 		.stall_timeout_s = o.stall,

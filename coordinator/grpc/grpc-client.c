@@ -463,3 +463,37 @@ void tern_grpc_astream_cancel(tern_grpc_astream *s)
 		grpc_call_cancel(s->call, NULL);
 	}
 }
+
+void tern_grpc_wake(tern_grpc_client *c, void *cq, tern_cq_tag *t)
+{
+	gpr_timespec dl = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_millis(1000, GPR_TIMESPAN));
+	grpc_channel_watch_connectivity_state(c->ch, GRPC_CHANNEL_SHUTDOWN, dl, cq, t);
+}
+
+void *tern_grpc_cq_create(void)
+{
+	return grpc_completion_queue_create_for_next(NULL);
+}
+
+int tern_grpc_cq_run(void *cq, int wait_ms)
+{
+	gpr_timespec dl = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_millis(wait_ms, GPR_TIMESPAN));
+	grpc_event ev = grpc_completion_queue_next(cq, dl, NULL);
+	if (ev.type == GRPC_QUEUE_SHUTDOWN)
+		return -1;
+	if (ev.type != GRPC_OP_COMPLETE)
+		return 0;
+	tern_cq_tag *t = ev.tag;
+	t->done(t, ev.success);
+	return 1;
+}
+
+void tern_grpc_cq_shutdown(void *cq)
+{
+	grpc_completion_queue_shutdown(cq);
+}
+
+void tern_grpc_cq_destroy(void *cq)
+{
+	grpc_completion_queue_destroy(cq);
+}

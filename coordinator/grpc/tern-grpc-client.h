@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "tern-base.h"
+#include "tern-cq.h"
 
 typedef struct tern_grpc_client_opts {
 	const char *target;       /* "127.0.0.1:50051", "unix:/path", ... */
@@ -92,5 +93,23 @@ int tern_grpc_astream_start(tern_grpc_client *c, const char *method, const Proto
  * with CANCELLED (or the status it had already). Call on the queue's thread,
  * before end() has run. */
 void tern_grpc_astream_cancel(tern_grpc_astream *s);
+
+/* Puts tag t on cq (its done() runs on the queue's thread) from any thread:
+ * the C core has no call to post to a queue, so this watches c's channel
+ * for a change from SHUTDOWN, which completes at once while the channel
+ * lives (else at a 1 s deadline). One wake per tag in flight; the queue
+ * must not be shut down before it is back. */
+void tern_grpc_wake(tern_grpc_client *c, void *cq, tern_cq_tag *t);
+
+/* A completion queue for an event loop of the caller's (every tag a
+ * tern_cq_tag); NULL when out of memory. */
+void *tern_grpc_cq_create(void);
+/* Waits up to wait_ms for one event and runs its tag's done(): 1 ran one,
+ * 0 none came, -1 the queue is shut down and empty. */
+int tern_grpc_cq_run(void *cq, int wait_ms);
+/* No new operations after this; tern_grpc_cq_run drains what is pending. */
+void tern_grpc_cq_shutdown(void *cq);
+/* After tern_grpc_cq_run returned -1. */
+void tern_grpc_cq_destroy(void *cq);
 
 #endif /* TERN_GRPC_CLIENT_H */

@@ -99,6 +99,7 @@ struct tern_sched {
 	/* Stats (under mu). */
 	double t_start;
 	uint64_t requests_total, requests_rejected, requests_cancelled, tokens_generated;
+	uint64_t prefix_hits, prefix_tokens; /* sequences that attached cached blocks, the positions reused */
 	double win_t0; /* decode/prefill rate window */
 	uint64_t win_decode, win_prefill;
 	double rate_decode, rate_prefill;

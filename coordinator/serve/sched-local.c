@@ -53,6 +53,18 @@ static int local_collect(void *self, double timeout_s, uint64_t *id, float *hidd
 	return 0;
 }
 
+static int local_attach(void *self, int slot, const int32_t *tok, int n, tern_err *err)
+{
+	local_be *b = self;
+	return tern_kv_prefix_attach(tern_engine_kv(b->e), slot, tok, n, err);
+}
+
+static int local_publish(void *self, int slot, const int32_t *tok, int n, tern_err *err)
+{
+	local_be *b = self;
+	return tern_kv_prefix_publish(tern_engine_kv(b->e), slot, tok, n, err);
+}
+
 int tern_sched_local_backend(tern_engine *e, tern_sched_backend *out, tern_err *err)
 {
 	memset(out, 0, sizeof *out);
@@ -65,6 +77,8 @@ int tern_sched_local_backend(tern_engine *e, tern_sched_backend *out, tern_err *
 	out->n_stages = 1;
 	out->submit = local_submit;
 	out->collect = local_collect;
+	out->prefix_attach = local_attach;
+	out->prefix_publish = local_publish;
 	return 0;
 }
 

@@ -48,6 +48,16 @@ static int admit_and_reap(tern_sched *s, seq **reap, int max_reap)
 		}
 		q->slot = slot;
 		q->t_admit = tern_now_s();
+		/* A scored prompt needs every row's hidden state: it never
+		 * attaches. An attach that fails leaves the sequence to run whole. */
+		if (s->cfg.prefix_cache && s->be.prefix_attach && !q->score) {
+			const int got = s->be.prefix_attach(s->be.self, slot, q->tok, q->n_tok, NULL);
+			if (got > 0 && got < q->n_tok) {
+				q->n_done = got;
+				s->prefix_hits++;
+				s->prefix_tokens += (uint64_t)got;
+			}
+		}
 		s->slot_seq[slot] = q;
 		s->queue_len--;
 		s->n_active++;
@@ -259,6 +269,14 @@ static int process_mb(tern_sched *s, micro_batch *mb, tern_err *err)
 	pthread_mutex_lock(&s->mu);
 	s->win_prefill += (uint64_t)prefill;
 	pthread_mutex_unlock(&s->mu);
+	/* The prompt's full blocks computed so far, for the next sequences. */
+	for (int i = 0; s->cfg.prefix_cache && s->be.prefix_publish && i < mb->n_seqs; i++) {
+		const mb_entry *e = &mb->e[i];
+		if (e->dead || e->pos0 >= e->q->n_prompt)
+			continue;
+		const int n = e->q->n_done < e->q->n_prompt ? e->q->n_done : e->q->n_prompt;
+		TERN_FORWARD_IF_ERROR(s->be.prefix_publish(s->be.self, e->q->slot, e->q->tok, n, err));
+	}
 	if (nl > 0)
 		TERN_FORWARD_IF_ERROR(tern_head_logits(c->head, c->head_pool, s->gathered, nl, s->logits, err));
 	int li = 0;
@@ -423,6 +441,9 @@ int tern_sched_run(tern_sched *s, int exit_when_idle, tern_err *err)
 		update_rates(s);
 	}
 	free(reap);
+	if (s->cfg.prefix_cache && s->be.prefix_attach)
+		TERN_LOGI("sched", "prefix cache: %llu sequences attached cached blocks, %llu prompt positions reused",
+			  (unsigned long long)s->prefix_hits, (unsigned long long)s->prefix_tokens);
 	return 0;
 failed:
 	free(reap);

@@ -385,6 +385,8 @@ static int svc_stats(void *self, Tern__V1__StatsResponse *out)
 	out->requests_rejected = s->requests_rejected;
 	out->requests_cancelled = s->requests_cancelled;
 	out->tokens_generated = s->tokens_generated;
+	out->prefix_hits = s->prefix_hits;
+	out->prefix_tokens_reused = s->prefix_tokens;
 	out->uptime_s = tern_now_s() - s->t_start;
 	const int n = s->n_stage_ms;
 	out->stages = new_messages(&tern__v1__stage_timing__descriptor, n, &out->n_stages);

@@ -44,6 +44,14 @@ typedef struct tern_sched_backend {
 	 * died" (or "is stopped") for the first stage found so, returning 1; 0
 	 * when none is known to be (alive, or on another host). */
 	int (*diagnose)(void *self, char *buf, size_t len);
+	/* The prefix cache, or NULL (the MPI pipeline: none yet). attach: slot,
+	 * rewound to empty, takes the cached full blocks its tokens tok[0..n)
+	 * start with; returns the positions it now holds (a multiple of the
+	 * block, < n) or a negative error. publish: offers the slot's full
+	 * blocks of tok[0..n) (positions it holds) to the cache. Called on the
+	 * scheduler thread, never with a micro-batch of that slot in flight. */
+	int (*prefix_attach)(void *self, int slot, const int32_t *tok, int n, tern_err *err);
+	int (*prefix_publish)(void *self, int slot, const int32_t *tok, int n, tern_err *err);
 } tern_sched_backend;
 
 typedef struct tern_sched_config {
@@ -54,6 +62,7 @@ typedef struct tern_sched_config {
 	int kv_blocks;          /* blocks in each stage's pool; 0: every slot's whole context, no block check */
 	int max_rows;           /* rows per micro-batch */
 	int prefill_chunk;      /* prompt rows of one sequence per micro-batch */
+	int prefix_cache;       /* reuse cached prompt blocks when the back end has the hooks */
 	int queue_limit;        /* requests waiting for a slot; more get RESOURCE_EXHAUSTED */
 	int default_max_tokens; /* when a request leaves max_tokens 0 */
 	int max_prompt_bytes;   /* larger prompts are INVALID_ARGUMENT */

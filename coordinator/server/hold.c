@@ -1,13 +1,11 @@
 /* hold.c: Generate calls that resume on the MPI job's next start
  * (tern-hold.h).
  *
- * One state machine (STREAMING -> WAITING -> STREAMING ... -> ENDED) with
- * two drivers: tern_held_next pulls a blocking tern_grpc_stream (the HTTP
- * handlers' threads); a held call opened on a completion queue
- * (tern_held_open, the relay) is pushed by its tern_grpc_astream's callbacks
- * and by tern_held_tick. Both go through the same steps: take() for a
- * message, stream_ended() when the upstream call ends, poll_job() while
- * waiting for the job. */
+ * One state machine (STREAMING -> WAITING -> STREAMING ... -> ENDED) on a
+ * completion queue (tern_held_open: the relay's and the HTTP side's event
+ * loops), pushed by its tern_grpc_astream's callbacks and by tern_held_tick,
+ * through three steps: take() for a message, stream_ended() when the
+ * upstream call ends, poll_job() while waiting for the job. */
 #include "tern-hold.h"
 #include "tern-service.h"
 
@@ -25,13 +23,12 @@ typedef enum { HELD_STREAMING, HELD_WAITING, HELD_ENDED } held_state;
 struct tern_held {
 	tern_supervisor *sup; /* NULL: no resume */
 	tern_grpc_client *up;
-	void *cq;                 /* event-driven (tern_held_open): the queue, else NULL */
-	tern_held_cb cb;          /* event-driven: where messages and the end go */
-	tern_grpc_astream *as;    /* event-driven: the upstream call, NULL between calls */
+	void *cq;                 /* the queue */
+	tern_held_cb cb;          /* where messages and the end go */
+	tern_grpc_astream *as;    /* the upstream call, NULL between calls */
 	Tern__V1__GenerateRequest *req; /* our copy */
 	uint32_t *ids;                  /* (n_ids, cap) token ids handed out, index order */
 	size_t n_ids, cap;
-	tern_grpc_stream *st;
 	held_state state;
 	unsigned gen;      /* generation of the job the current call went to */
 	int final_seen;    /* the last message was handed out */
@@ -76,9 +73,8 @@ static int call(tern_held *h, tern_err *err)
 	h->req->resume_token_ids = h->n_ids ? h->ids : NULL;
 	h->req->n_resume_token_ids = h->n_ids;
 	const tern_grpc_astream_cb cb = {h, as_msg, as_end};
-	const int rc = h->cq ? tern_grpc_astream_start(h->up, "/tern.v1.Tern/Generate", &h->req->base, 0, h->cq, &cb,
-						       &h->as, err)
-			     : tern_grpc_stream_start(h->up, "/tern.v1.Tern/Generate", &h->req->base, 0, &h->st, err);
+	const int rc = tern_grpc_astream_start(h->up, "/tern.v1.Tern/Generate", &h->req->base, 0, h->cq, &cb, &h->as,
+					       err);
 	h->req->resume_token_ids = NULL;
 	h->req->n_resume_token_ids = 0;
 	return rc;
@@ -134,12 +130,6 @@ static int held_new(tern_supervisor *sup, tern_grpc_client *up, const Tern__V1__
 	}
 	*out = h;
 	return 0;
-}
-
-int tern_held_start(tern_supervisor *sup, tern_grpc_client *up, const Tern__V1__GenerateRequest *req,
-		    tern_held **out, tern_err *err)
-{
-	return held_new(sup, up, req, NULL, NULL, out, err);
 }
 
 int tern_held_open(tern_supervisor *sup, tern_grpc_client *up, const Tern__V1__GenerateRequest *req, void *cq,
@@ -253,42 +243,6 @@ static int poll_job(tern_held *h, double wait_s)
 	return 1;
 }
 
-int tern_held_next(tern_held *h, double wait_s, Tern__V1__GenerateResponse **msg)
-{
-	*msg = NULL;
-	for (;;) {
-		switch (h->state) {
-		case HELD_ENDED:
-			return -1;
-		case HELD_STREAMING: {
-			const uint8_t *m;
-			size_t n;
-			const int r = tern_grpc_stream_next(h->st, wait_s, &m, &n);
-			if (r == 0)
-				return 0;
-			if (r == 1) {
-				if (take(h, m, n, msg) < 0) {
-					char d[64];
-					tern_grpc_stream_finish(h->st, d, sizeof d); /* cancels it */
-					h->st = NULL;
-					return -1;
-				}
-				return 1;
-			}
-			const int st = tern_grpc_stream_finish(h->st, h->detail, sizeof h->detail);
-			h->st = NULL;
-			if (stream_ended(h, st) < 0)
-				return -1;
-			continue;
-		}
-		case HELD_WAITING:
-			if (poll_job(h, wait_s) <= 0)
-				return h->state == HELD_ENDED ? -1 : 0;
-			continue;
-		}
-	}
-}
-
 /* ---- the event-driven driver ------------------------------------------ */
 
 /* Tells the owner the call has ended and frees h. */
@@ -336,31 +290,10 @@ void tern_held_tick(tern_held *h)
 void tern_held_cancel(tern_held *h)
 {
 	h->cancelled = 1;
-	if (h->st)
-		tern_grpc_stream_cancel(h->st);
 	if (h->as)
 		tern_grpc_astream_cancel(h->as);
-	else if (h->cq && h->state == HELD_WAITING) {
+	else if (h->state == HELD_WAITING) {
 		end(h, TERN_STATUS_CANCELLED, "cancelled");
 		deliver_end(h);
 	}
-}
-
-int tern_held_finish(tern_held *h, char *detail, size_t detail_len)
-{
-	if (h->st) {
-		const int st = tern_grpc_stream_finish(h->st, h->detail, sizeof h->detail);
-		h->st = NULL;
-		if (h->state != HELD_ENDED)
-			end(h, st, h->detail);
-	} else if (h->state != HELD_ENDED) {
-		end(h, TERN_STATUS_CANCELLED, "cancelled");
-	}
-	const int status = h->status;
-	if (detail_len)
-		snprintf(detail, detail_len, "%s", h->detail);
-	tern__v1__generate_request__free_unpacked(h->req, NULL);
-	free(h->ids);
-	free(h);
-	return status;
 }

@@ -1,13 +1,21 @@
 /* http.c: tern-server's HTTP front end on libmicrohttpd (tern-http.h).
  *
- * Thread per connection: the access handler reads the body (bounded), then
- * runs the request's gRPC call to the coordinator on the connection's own
- * thread. A streaming reply is a chunked response whose reader callback
- * blocks on the next gRPC message; before every wait slice it checks the
- * client's socket, so a client that leaves has its call cancelled. A request
- * is answered with a status only once the coordinator has either admitted it
- * (the first message arrived) or refused it, so a refused stream is a plain
- * JSON error with the right status, never a 200 that fails. */
+ * Three kinds of thread, none per connection. libmicrohttpd's epoll thread
+ * runs the access handler: it reads the body (bounded), answers what needs
+ * no call, and suspends the connection for the rest. A generation goes to
+ * the event loop (loop_main, one thread over a gRPC completion queue): it
+ * opens the held call there (a held call belongs to the queue's thread, so
+ * the handler posts it to an inbox and wakes the loop with tern_grpc_wake),
+ * formats each message into the connection's buffer and resumes the
+ * connection; the SSE reader takes the buffer and suspends the connection
+ * again when it is empty. The loop's tick watches the sockets of suspended
+ * connections (libmicrohttpd does not), so a client that leaves has its call
+ * cancelled, and cancels everything at stop, which resumes every connection
+ * before MHD_stop_daemon. The blocking unary handlers run on workers, their
+ * reply kept (queue() under tl_defer) until the connection is resumed. A
+ * request is answered with a status only once the coordinator has either
+ * admitted it (the first message arrived) or refused it, so a refused stream
+ * is a plain JSON error with the right status, never a 200 that fails. */
 #include "tern-http.h"
 
 #include <errno.h>
@@ -15,6 +23,7 @@
 #include <microhttpd.h>
 #include <netdb.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,8 +38,28 @@
 #include "tern-service.h"
 #include "tern.pb-c.h"
 
+typedef struct gen_ctx gen_ctx;
+typedef struct req_ctx req_ctx;
+
 struct tern_http_server {
 	struct MHD_Daemon *d;
+	/* The event loop (one thread): every generation's held call. */
+	void *cq;
+	pthread_t loop, workers[TERN_HTTP_WORKERS];
+	int loop_started, n_workers;
+	tern_cq_tag wake_tag;
+	pthread_mutex_t mu; /* all below, and each gen_ctx's shared fields */
+	pthread_cond_t idle, jobs_cv, loop_cv;
+	int sleeping; /* the loop waits on loop_cv, off the queue (nothing can come on it) */
+	int mu_ok;
+	gen_ctx *inbox;        /* posted by libmicrohttpd's thread, newest first */
+	gen_ctx *live;         /* the loop's: requests with a held call */
+	int n_gen;             /* requests the loop holds (inbox included) */
+	int wake_pending;      /* a wake tag is on the queue */
+	int stopping, quit;    /* stop: end every call; then: shut the queue down */
+	req_ctx *jobs, *jobs_tail; /* waiting for a worker */
+	int n_jobs;            /* queued or running */
+	int wquit;
 	tern_http_opts o;
 	char model_id[256];
 	char *api_key;
@@ -41,12 +70,32 @@ struct tern_http_server {
 	int port;
 };
 
-typedef struct req_ctx {
+enum { JOB_NONE, JOB_HEALTH, JOB_METRICS, JOB_TOKENIZE, JOB_DETOKENIZE, JOB_READY, JOB_DONE };
+
+struct req_ctx {
 	char *body; /* (cap) */
 	size_t len, cap;
 	size_t seen; /* body bytes received, kept or not */
 	int too_big;
-} req_ctx;
+	gen_ctx *g; /* a generation's (one reference) */
+	/* A worker's job: its kind, then JOB_READY with the reply. */
+	int job;
+	struct MHD_Connection *c;
+	req_ctx *next_job;
+	unsigned rstatus;
+	struct MHD_Response *resp;
+};
+
+/* On a worker: the request whose reply queue() keeps for libmicrohttpd's
+ * thread to send once the connection is resumed. */
+static _Thread_local req_ctx *tl_defer;
+
+/* After queue(): a reply kept for later stays alive. */
+static void drop_response(struct MHD_Response *r)
+{
+	if (!tl_defer || tl_defer->resp != r)
+		MHD_destroy_response(r);
+}
 
 #define TERN_HTTP_DRAIN_FACTOR 16
 
@@ -68,6 +117,11 @@ static const char *cors_origin(const tern_http_server *s, struct MHD_Connection 
  * and a --cors origin gets its headers. */
 static enum MHD_Result queue(tern_http_server *s, struct MHD_Connection *c, unsigned status, struct MHD_Response *r)
 {
+	if (tl_defer) {
+		tl_defer->rstatus = status;
+		tl_defer->resp = r;
+		return MHD_YES;
+	}
 	const char *origin = cors_origin(s, c);
 	if (origin) {
 		MHD_add_response_header(r, "Access-Control-Allow-Origin", origin);
@@ -89,7 +143,7 @@ static enum MHD_Result reply_text(tern_http_server *s, struct MHD_Connection *c,
 									 MHD_RESPMEM_PERSISTENT);
 		MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
 		enum MHD_Result q = queue(s, c, MHD_HTTP_INTERNAL_SERVER_ERROR, r);
-		MHD_destroy_response(r);
+		drop_response(r);
 		return q;
 	}
 	struct MHD_Response *r = MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
@@ -99,7 +153,7 @@ static enum MHD_Result reply_text(tern_http_server *s, struct MHD_Connection *c,
 	}
 	MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, type);
 	enum MHD_Result q = queue(s, c, status, r);
-	MHD_destroy_response(r);
+	drop_response(r);
 	return q;
 }
 
@@ -127,7 +181,7 @@ static enum MHD_Result reply_error(tern_http_server *s, struct MHD_Connection *c
 	if (e->http_status == 401)
 		MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
 	enum MHD_Result q = queue(s, c, (unsigned)e->http_status, r);
-	MHD_destroy_response(r);
+	drop_response(r);
 	return q;
 }
 
@@ -417,73 +471,107 @@ static void sbuf_event(sbuf *b, char *json)
 	free(json);
 }
 
-/* Next message of the call, waiting in slices and watching the client; a
- * token message is timed on mr. 1: *out is a message (free it); -1: the call
- * ended; -2: the client left. */
-static int next_msg(tern_held *gs, int fd, double keepalive_s, tern_metrics_req *mr,
-		    Tern__V1__GenerateResponse **out)
-{
-	const double t0 = tern_now_s();
-	*out = NULL;
-	for (;;) {
-		if (client_gone(fd))
-			return -2;
-		const int r = tern_held_next(gs, TERN_HTTP_POLL_MS / 1000.0, out);
-		if (r < 0)
-			return -1;
-		if (r == 1) {
-			if (!(*out)->done)
-				tern_metrics_req_token(mr);
-			return 1;
-		}
-		if (keepalive_s > 0 && tern_now_s() - t0 >= keepalive_s)
-			return 0;
-	}
-}
+/* ---- the event loop: generation without a thread per connection ---------------- */
 
-typedef struct sse_ctx {
+/* A Generate request's state. The loop thread owns the held call and the
+ * metrics; the fields under srv->mu are shared with libmicrohttpd's thread,
+ * which suspends the connection while there is nothing to send and is
+ * resumed by the loop. */
+struct gen_ctx {
 	tern_http_server *srv;
+	struct MHD_Connection *c;
 	int fd;
-	tern_held *gs;
-	int chat, include_usage, first, done;
+	int chat, stream, include_usage;
 	char id[48];
 	long long created;
-	Tern__V1__GenerateResponse *pending; /* the first message, read before the 200 */
-	tern_oai_logprobs *lp;               /* the request asked for logprobs */
+	gen_ctx *next, *prev; /* the inbox (next only), then the loop's list */
+	/* the loop's */
+	tern_oai_request r; /* until the call is opened */
+	tern_held *h;
 	tern_metrics_req mr;
-	sbuf out;
+	tern_oai_logprobs *lp;
+	sbuf text;                         /* not streaming: the text so far */
+	Tern__V1__GenerateResponse *final; /* not streaming: the last message */
+	double last_out;                   /* when the stream last got bytes (keep-alive) */
+	int role_sent, cancelling;
+	/* under srv->mu */
+	sbuf out; /* SSE bytes not yet taken by the reader, from off */
 	size_t off;
-} sse_ctx;
+	int answered;  /* the status is decided: 200 with a stream, or the error */
+	int done;      /* no more bytes will come */
+	int ended;     /* the held call has ended */
+	int gone;      /* the client left while suspended: close */
+	int mhd_gone;  /* libmicrohttpd let go of the request before the end */
+	int suspended; /* libmicrohttpd's connection waits for a resume */
+	int refs;      /* the request, the SSE response, the loop */
+	int has_error;
+	tern_oai_error e; /* has_error: the reply */
+	char *reply;      /* not streaming: the completion's JSON (NULL: out of memory) */
+};
 
-static void sse_free(void *cls)
+static void gen_free(gen_ctx *g)
 {
-	sse_ctx *x = cls;
-	/* Not ended yet: the connection closed before the last event. */
-	tern_metrics_req_fail(&x->mr, TERN_OUTCOME_ABORT);
-	if (x->gs) {
-		char d[256];
-		tern_held_finish(x->gs, d, sizeof d); /* cancels a call still running */
+	if (g->h)
+		return; /* cannot happen: the loop holds a ref while the call runs */
+	tern_oai_request_free(&g->r);
+	tern_oai_logprobs_free(g->lp);
+	if (g->final)
+		tern__v1__generate_response__free_unpacked(g->final, NULL);
+	free(g->text.p);
+	free(g->out.p);
+	free(g->reply);
+	free(g);
+}
+
+/* Under srv->mu: drops one reference. */
+static void gen_unref_locked(gen_ctx *g)
+{
+	if (--g->refs == 0)
+		gen_free(g);
+}
+
+static void resume_locked(gen_ctx *g)
+{
+	if (g->suspended) {
+		g->suspended = 0;
+		MHD_resume_connection(g->c);
 	}
-	if (x->pending)
-		tern__v1__generate_response__free_unpacked(x->pending, NULL);
-	tern_oai_logprobs_free(x->lp);
-	free(x->out.p);
-	free(x);
 }
 
-/* Ends the call after its last message (the status follows it at once). */
-static int end_call(tern_held **gs, char *detail, size_t dl)
+/* Any thread: the loop looks at its inbox soon. */
+static void loop_wake(tern_http_server *s)
 {
-	Tern__V1__GenerateResponse *m;
-	while (tern_held_next(*gs, 5.0, &m) == 1)
-		tern__v1__generate_response__free_unpacked(m, NULL);
-	const int st = tern_held_finish(*gs, detail, dl);
-	*gs = NULL;
-	return st;
+	pthread_mutex_lock(&s->mu);
+	const int post = !s->wake_pending && !s->quit && !s->sleeping;
+	if (post)
+		s->wake_pending = 1;
+	if (s->sleeping)
+		pthread_cond_signal(&s->loop_cv);
+	pthread_mutex_unlock(&s->mu);
+	if (post)
+		tern_grpc_wake(s->o.upstream, s->cq, &s->wake_tag);
 }
 
-/* Appends the events for one message of the call. */
-static void sse_message(sse_ctx *x, Tern__V1__GenerateResponse *m)
+static void on_wake(tern_cq_tag *t, int ok)
+{
+	(void)ok;
+	tern_http_server *s = TERN_CQ_OWNER(t, tern_http_server, wake_tag);
+	pthread_mutex_lock(&s->mu);
+	s->wake_pending = 0;
+	pthread_mutex_unlock(&s->mu);
+}
+
+/* Loop: the loop's reference goes (the request is over for the loop). */
+static void loop_release_locked(gen_ctx *g)
+{
+	tern_http_server *s = g->srv;
+	if (--s->n_gen == 0)
+		pthread_cond_broadcast(&s->idle);
+	gen_unref_locked(g);
+}
+
+/* Appends the events for one message of the call (loop, under srv->mu). */
+static void sse_message(gen_ctx *x, Tern__V1__GenerateResponse *m)
 {
 	const char *model = x->srv->model_id;
 	/* A token's logprobs ride on the chunk that shows its text; those of
@@ -496,12 +584,7 @@ static void sse_message(sse_ctx *x, Tern__V1__GenerateResponse *m)
 							strlen(m->text), -1, x->lp));
 	if (!m->done)
 		return;
-	char detail[512];
 	tern_metrics_req_done(&x->mr, (int)m->finish_reason, m->usage);
-	const int st = end_call(&x->gs, detail, sizeof detail);
-	if (st != 0 && st != TERN_STATUS_CANCELLED)
-		tern_log(TERN_LOG_WARN, "http", "stream %s: status %s after its last message: %s", x->id,
-			 tern_grpc_status_name(st), detail);
 	sbuf_event(&x->out, tern_oai_chunk_json(x->chat, x->id, x->created, model, 0, "", 0, (int)m->finish_reason,
 						x->lp));
 	if (x->include_usage)
@@ -510,183 +593,417 @@ static void sse_message(sse_ctx *x, Tern__V1__GenerateResponse *m)
 	x->done = 1;
 }
 
-static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max)
+/* Loop: a message of the held call. */
+static void gen_msg(void *ctx, Tern__V1__GenerateResponse *m)
 {
-	sse_ctx *x = cls;
-	for (;;) {
-		if (x->out.oom)
-			return MHD_CONTENT_READER_END_WITH_ERROR;
-		if (x->off < x->out.len) {
-			size_t n = x->out.len - x->off;
-			if (n > max)
-				n = max;
-			memcpy(buf, x->out.p + x->off, n);
-			x->off += n;
-			return (ssize_t)n;
+	gen_ctx *g = ctx;
+	g->last_out = tern_now_s();
+	if (!m->done)
+		tern_metrics_req_token(&g->mr);
+	if (!g->stream) {
+		if (m->text)
+			sbuf_add(&g->text, m->text, strlen(m->text));
+		if (m->done && !g->final) {
+			g->final = m;
+			return;
 		}
-		x->off = x->out.len = 0;
-		if (x->done)
-			return MHD_CONTENT_READER_END_OF_STREAM;
-		if (x->first) {
-			x->first = 0;
-			/* The first chunk carries the role (chat) before any text. */
-			if (x->chat)
-				sbuf_event(&x->out, tern_oai_chunk_json(1, x->id, x->created, x->srv->model_id, 1, "",
-									0, -1, NULL));
+		if (g->lp && !m->done && tern_oai_logprobs_add(g->lp, m) < 0)
+			g->text.oom = 1;
+		tern__v1__generate_response__free_unpacked(m, NULL);
+		return;
+	}
+	tern_http_server *s = g->srv;
+	pthread_mutex_lock(&s->mu);
+	if (!g->done) {
+		g->answered = 1;
+		/* The first chunk carries the role (chat) before any text. */
+		if (g->chat && !g->role_sent) {
+			g->role_sent = 1;
+			sbuf_event(&g->out, tern_oai_chunk_json(1, g->id, g->created, s->model_id, 1, "", 0, -1, NULL));
 		}
-		Tern__V1__GenerateResponse *m = x->pending;
-		x->pending = NULL;
-		int r = 1;
-		if (!m)
-			r = next_msg(x->gs, x->fd, TERN_HTTP_KEEPALIVE_S, &x->mr, &m);
-		if (r == -2) {
-			tern_metrics_req_fail(&x->mr, TERN_OUTCOME_ABORT);
-			tern_held_cancel(x->gs);
-			return MHD_CONTENT_READER_END_WITH_ERROR;
-		}
-		if (r == 0) {
-			sbuf_add(&x->out, ": keep-alive\n\n", 14);
-			continue;
-		}
-		if (r == 1) {
-			sse_message(x, m);
-			tern__v1__generate_response__free_unpacked(m, NULL);
-			continue;
-		}
+		sse_message(g, m);
+		resume_locked(g);
+	}
+	pthread_mutex_unlock(&s->mu);
+	tern__v1__generate_response__free_unpacked(m, NULL);
+}
+
+static void live_remove(gen_ctx *g)
+{
+	tern_http_server *s = g->srv;
+	if (g->prev)
+		g->prev->next = g->next;
+	else
+		s->live = g->next;
+	if (g->next)
+		g->next->prev = g->prev;
+	g->next = g->prev = NULL;
+}
+
+/* Loop: the held call ended (h is gone). */
+static void gen_end(void *ctx, int status, const char *detail)
+{
+	gen_ctx *g = ctx;
+	tern_http_server *s = g->srv;
+	g->h = NULL;
+	live_remove(g);
+	pthread_mutex_lock(&s->mu);
+	if (g->gone || g->mhd_gone)
+		tern_metrics_req_fail(&g->mr, TERN_OUTCOME_ABORT); /* a no-op after the last message */
+	const char *why = status ? detail : NULL;
+	if (g->stream && g->done) {
+		if (status != 0 && status != TERN_STATUS_CANCELLED)
+			tern_log(TERN_LOG_WARN, "http", "stream %s: status %s after its last message: %s", g->id,
+				 tern_grpc_status_name(status), detail);
+	} else if (g->stream && g->answered) {
 		/* The call ended without its last message: an error, said in the
 		 * stream, which then ends properly. */
-		char detail[512];
-		const int st = tern_held_finish(x->gs, detail, sizeof detail);
-		x->gs = NULL;
-		tern_metrics_req_fail(&x->mr, TERN_OUTCOME_ERROR);
+		tern_metrics_req_fail(&g->mr, TERN_OUTCOME_ERROR);
 		tern_oai_error e;
-		tern_oai_error_from_status(st ? st : TERN_STATUS_INTERNAL, st ? detail : "the stream ended early", &e);
-		sbuf_event(&x->out, tern_oai_error_json(&e));
-		x->done = 1;
+		tern_oai_error_from_status(status ? status : TERN_STATUS_INTERNAL, why ? why : "the stream ended early",
+					   &e);
+		sbuf_event(&g->out, tern_oai_error_json(&e));
+	} else if (!g->stream && g->final) {
+		tern_metrics_req_done(&g->mr, (int)g->final->finish_reason, g->final->usage);
+		if (!g->text.oom)
+			g->reply = tern_oai_completion_json(g->chat, g->id, g->created, s->model_id,
+							    g->text.p ? g->text.p : "", g->text.len,
+							    (int)g->final->finish_reason, g->final->usage, g->lp);
+	} else {
+		tern_metrics_req_fail(&g->mr, TERN_OUTCOME_ERROR);
+		tern_oai_error_from_status(status ? status : TERN_STATUS_INTERNAL,
+					   why ? why
+					   : g->stream ? "no reply from the coordinator"
+						       : "the reply ended early",
+					   &g->e);
+		g->has_error = 1;
+	}
+	g->answered = g->done = g->ended = 1;
+	resume_locked(g);
+	loop_release_locked(g);
+	pthread_mutex_unlock(&s->mu);
+}
+
+/* Loop: a request from the inbox; its call starts here (a held call belongs
+ * to the loop's thread). */
+static void gen_open(gen_ctx *g)
+{
+	tern_http_server *s = g->srv;
+	pthread_mutex_lock(&s->mu);
+	const int stopping = s->stopping;
+	pthread_mutex_unlock(&s->mu);
+	tern_err err;
+	int rc = -1;
+	if (stopping) {
+		tern_oai_error_set(&g->e, 503, "server_error", NULL, "the server is stopping");
+	} else {
+		const tern_held_cb cb = {g, gen_msg, gen_end};
+		rc = tern_held_open(s->o.supervisor, s->o.upstream, &g->r.gen, s->cq, &cb, &g->h, &err);
+		if (rc < 0)
+			tern_oai_error_set(&g->e, 500, "server_error", NULL, "%s", err.msg);
+	}
+	tern_oai_request_free(&g->r);
+	g->last_out = tern_now_s();
+	if (rc == 0) {
+		g->next = s->live;
+		if (s->live)
+			s->live->prev = g;
+		s->live = g;
+		return;
+	}
+	pthread_mutex_lock(&s->mu);
+	tern_metrics_req_fail(&g->mr, TERN_OUTCOME_ERROR);
+	g->has_error = g->answered = g->done = g->ended = 1;
+	resume_locked(g);
+	loop_release_locked(g);
+	pthread_mutex_unlock(&s->mu);
+}
+
+/* Loop, every TERN_SERVICE_TICK_MS: clients that left (libmicrohttpd does
+ * not watch a suspended connection's socket), keep-alives, the held calls
+ * waiting for the job, and the stop. */
+static void loop_tick(tern_http_server *s)
+{
+	const double now = tern_now_s();
+	gen_ctx *next;
+	for (gen_ctx *g = s->live; g; g = next) {
+		next = g->next; /* g may be freed below */
+		pthread_mutex_lock(&s->mu);
+		int cancel = s->stopping || g->mhd_gone;
+		if (!cancel && g->suspended && client_gone(g->fd))
+			cancel = g->gone = 1;
+		if (!cancel && g->stream && g->answered && !g->done && now - g->last_out >= TERN_HTTP_KEEPALIVE_S) {
+			sbuf_add(&g->out, ": keep-alive\n\n", 14);
+			g->last_out = now;
+			resume_locked(g);
+		}
+		pthread_mutex_unlock(&s->mu);
+		if (cancel && !g->cancelling) {
+			g->cancelling = 1;
+			tern_held_cancel(g->h); /* may end g here */
+		} else if (!cancel) {
+			tern_held_tick(g->h);
+		}
 	}
 }
 
-static enum MHD_Result do_generate(tern_http_server *s, struct MHD_Connection *c, const req_ctx *rq, int chat)
+static void *loop_main(void *arg)
 {
-	tern_oai_request r;
+	tern_http_server *s = arg;
+	double next_tick = tern_now_s() + TERN_SERVICE_TICK_MS / 1000.0;
+	int shut = 0;
+	for (;;) {
+		pthread_mutex_lock(&s->mu);
+		/* Nothing can come on the queue: sleep off it. A thread waiting in
+		 * grpc_completion_queue_next takes its turn at the process's one
+		 * poller and hands the gRPC server's I/O over to that loop's thread,
+		 * a wake-up per message; an idle HTTP side costs the relay nothing. */
+		while (!s->live && !s->inbox && !s->wake_pending && !s->quit) {
+			s->sleeping = 1;
+			pthread_cond_wait(&s->loop_cv, &s->mu);
+			s->sleeping = 0;
+		}
+		gen_ctx *in = s->inbox;
+		s->inbox = NULL;
+		const int quit = s->quit && !s->wake_pending;
+		pthread_mutex_unlock(&s->mu);
+		/* The inbox is newest first: open the oldest first. */
+		gen_ctx *rev = NULL;
+		while (in) {
+			gen_ctx *n = in->next;
+			in->next = rev;
+			rev = in;
+			in = n;
+		}
+		while (rev) {
+			gen_ctx *n = rev->next;
+			rev->next = NULL;
+			gen_open(rev);
+			rev = n;
+		}
+		const double now = tern_now_s();
+		if (now >= next_tick) {
+			loop_tick(s);
+			next_tick = now + TERN_SERVICE_TICK_MS / 1000.0;
+		}
+		if (quit && !shut) {
+			tern_grpc_cq_shutdown(s->cq);
+			shut = 1;
+		}
+		if (tern_grpc_cq_run(s->cq, TERN_SERVICE_TICK_MS) < 0)
+			break;
+	}
+	return NULL;
+}
+
+/* ---- libmicrohttpd's side of a generation ----------------------------------------- */
+
+static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+	(void)pos;
+	gen_ctx *g = cls;
+	tern_http_server *s = g->srv;
+	pthread_mutex_lock(&s->mu);
+	ssize_t r;
+	if (g->out.oom || g->gone) {
+		r = MHD_CONTENT_READER_END_WITH_ERROR;
+	} else if (g->off < g->out.len) {
+		size_t n = g->out.len - g->off;
+		if (n > max)
+			n = max;
+		memcpy(buf, g->out.p + g->off, n);
+		g->off += n;
+		if (g->off == g->out.len)
+			g->off = g->out.len = 0;
+		r = (ssize_t)n;
+	} else if (g->done) {
+		r = MHD_CONTENT_READER_END_OF_STREAM;
+	} else {
+		/* Nothing yet: the loop resumes the connection when there is. */
+		g->suspended = 1;
+		MHD_suspend_connection(g->c);
+		r = 0;
+	}
+	pthread_mutex_unlock(&s->mu);
+	return r;
+}
+
+/* libmicrohttpd lets go of g (the response or the request). */
+static void gen_let_go(gen_ctx *g)
+{
+	tern_http_server *s = g->srv;
+	pthread_mutex_lock(&s->mu);
+	if (!g->done)
+		g->mhd_gone = 1; /* the loop cancels the call at its next tick */
+	gen_unref_locked(g);
+	pthread_mutex_unlock(&s->mu);
+}
+
+static void sse_free(void *cls)
+{
+	gen_let_go(cls);
+}
+
+static enum MHD_Result do_generate(tern_http_server *s, struct MHD_Connection *c, req_ctx *rq, int chat)
+{
+	/* Parsed in place: the request points into itself. */
+	gen_ctx *g = calloc(1, sizeof *g);
+	if (!g)
+		return reply_text(s, c, 500, NULL, NULL);
+	tern_oai_request *r = &g->r;
 	tern_oai_error e;
-	if (tern_oai_parse(rq->body ? rq->body : "", rq->len, chat, &r, &e) < 0) {
-		tern_oai_request_free(&r);
+	if (tern_oai_parse(rq->body ? rq->body : "", rq->len, chat, r, &e) < 0) {
+		gen_free(g);
 		return reply_error(s, c, &e);
 	}
-	char id[48];
-	make_id(id, sizeof id, chat ? "chatcmpl-" : "cmpl-");
-	r.gen.request_id = id;
-	const long long created = (long long)time(NULL);
-	tern_metrics_req mr;
-	tern_metrics_req_start(s->metrics, &mr);
-	tern_held *gs;
-	tern_err err;
-	if (tern_held_start(s->o.supervisor, s->o.upstream, &r.gen, &gs, &err) < 0) {
-		tern_oai_request_free(&r);
-		tern_metrics_req_fail(&mr, TERN_OUTCOME_ERROR);
-		return reply_err(s, c, 500, "server_error", NULL, err.msg);
-	}
-	const int stream = r.stream, include_usage = r.include_usage;
-	tern_oai_logprobs *lp = r.gen.logprobs ? tern_oai_logprobs_new(chat) : NULL;
-	const int lp_oom = r.gen.logprobs && !lp;
-	tern_oai_request_free(&r);
-	if (lp_oom) {
-		char d[64];
-		tern_held_finish(gs, d, sizeof d);
-		tern_metrics_req_fail(&mr, TERN_OUTCOME_ERROR);
+	tern_oai_logprobs *lp = r->gen.logprobs ? tern_oai_logprobs_new(chat) : NULL;
+	if (r->gen.logprobs && !lp) {
+		gen_free(g);
 		return reply_text(s, c, 500, NULL, NULL);
 	}
-	const int fd = conn_fd(c);
-	Tern__V1__GenerateResponse *m = NULL;
-	int got = next_msg(gs, fd, 0, &mr, &m);
-	if (got == -2) {
-		char d[64];
-		tern_held_finish(gs, d, sizeof d);
-		tern_metrics_req_fail(&mr, TERN_OUTCOME_ABORT);
-		tern_oai_logprobs_free(lp);
+	g->srv = s;
+	g->c = c;
+	g->fd = conn_fd(c);
+	g->chat = chat;
+	g->stream = r->stream;
+	g->include_usage = r->include_usage;
+	g->created = (long long)time(NULL);
+	g->lp = lp;
+	make_id(g->id, sizeof g->id, chat ? "chatcmpl-" : "cmpl-");
+	r->gen.request_id = g->id;
+	g->refs = 2; /* the request's and the loop's */
+	tern_metrics_req_start(s->metrics, &g->mr);
+	pthread_mutex_lock(&s->mu);
+	if (s->stopping) {
+		pthread_mutex_unlock(&s->mu);
+		tern_metrics_req_fail(&g->mr, TERN_OUTCOME_ERROR);
+		gen_free(g);
+		return reply_err(s, c, 503, "server_error", NULL, "the server is stopping");
+	}
+	/* The status waits for the coordinator: its first message (200) or its
+	 * refusal. */
+	rq->g = g;
+	g->suspended = 1;
+	MHD_suspend_connection(c);
+	g->next = s->inbox;
+	s->inbox = g;
+	s->n_gen++;
+	pthread_mutex_unlock(&s->mu);
+	loop_wake(s);
+	return MHD_YES;
+}
+
+/* The access handler again, after the loop resumed the connection. */
+static enum MHD_Result gen_answer(tern_http_server *s, struct MHD_Connection *c, req_ctx *rq)
+{
+	gen_ctx *g = rq->g;
+	pthread_mutex_lock(&s->mu);
+	if (!g->answered) { /* woken early: wait on */
+		g->suspended = 1;
+		MHD_suspend_connection(c);
+		pthread_mutex_unlock(&s->mu);
+		return MHD_YES;
+	}
+	if (g->gone) {
+		pthread_mutex_unlock(&s->mu);
 		return MHD_NO; /* the client left: close */
 	}
-	if (got == -1) {
-		char detail[512];
-		const int st = tern_held_finish(gs, detail, sizeof detail);
-		tern_metrics_req_fail(&mr, TERN_OUTCOME_ERROR);
-		tern_oai_logprobs_free(lp);
-		tern_oai_error_from_status(st ? st : TERN_STATUS_INTERNAL, st ? detail : "no reply from the coordinator",
-					   &e);
+	if (g->has_error) {
+		const tern_oai_error e = g->e;
+		pthread_mutex_unlock(&s->mu);
 		return reply_error(s, c, &e);
 	}
-	if (stream) {
-		sse_ctx *x = calloc(1, sizeof *x);
-		if (!x) {
-			tern__v1__generate_response__free_unpacked(m, NULL);
-			char d[64];
-			tern_held_finish(gs, d, sizeof d);
-			tern_metrics_req_fail(&mr, TERN_OUTCOME_ERROR);
-			tern_oai_logprobs_free(lp);
-			return reply_text(s, c, 500, NULL, NULL);
-		}
-		*x = (sse_ctx){.srv = s, .fd = fd, .gs = gs, .chat = chat, .include_usage = include_usage, .first = 1,
-			       .created = created, .pending = m, .lp = lp, .mr = mr};
-		snprintf(x->id, sizeof x->id, "%s", id);
-		struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, sse_read, x,
-									      sse_free);
-		if (!resp) {
-			tern_metrics_req_fail(&x->mr, TERN_OUTCOME_ERROR);
-			sse_free(x);
-			return MHD_NO;
-		}
-		MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
-		MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
-		enum MHD_Result q = queue(s, c, 200, resp);
-		MHD_destroy_response(resp);
-		return q;
+	if (!g->stream) {
+		char *text = g->reply;
+		g->reply = NULL;
+		pthread_mutex_unlock(&s->mu);
+		return reply_text(s, c, 200, text, "application/json");
 	}
-	/* Not streaming: collect the text, then one reply. */
-	sbuf text = {0};
-	Tern__V1__GenerateResponse *final = NULL;
-	while (got == 1) {
-		if (m->text)
-			sbuf_add(&text, m->text, strlen(m->text));
-		if (m->done) {
-			final = m;
-			break;
-		}
-		if (lp && tern_oai_logprobs_add(lp, m) < 0)
-			text.oom = 1;
-		tern__v1__generate_response__free_unpacked(m, NULL);
-		got = next_msg(gs, fd, 0, &mr, &m);
-	}
-	if (got == -2) {
-		char d[64];
-		tern_held_finish(gs, d, sizeof d);
-		free(text.p);
-		tern_oai_logprobs_free(lp);
-		tern_metrics_req_fail(&mr, TERN_OUTCOME_ABORT);
+	g->refs++; /* the response's */
+	pthread_mutex_unlock(&s->mu);
+	struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, sse_read, g, sse_free);
+	if (!resp) {
+		sse_free(g);
 		return MHD_NO;
 	}
-	char detail[512];
-	const int st = final ? end_call(&gs, detail, sizeof detail) : tern_held_finish(gs, detail, sizeof detail);
-	if (final)
-		tern_metrics_req_done(&mr, (int)final->finish_reason, final->usage);
-	else
-		tern_metrics_req_fail(&mr, TERN_OUTCOME_ERROR);
-	enum MHD_Result q;
-	if (!final) {
-		tern_oai_error_from_status(st ? st : TERN_STATUS_INTERNAL, st ? detail : "the reply ended early", &e);
-		q = reply_error(s, c, &e);
-	} else if (text.oom) {
-		q = reply_text(s, c, 500, NULL, NULL);
-	} else {
-		q = reply_text(s, c, 200,
-			       tern_oai_completion_json(chat, id, created, s->model_id, text.p ? text.p : "", text.len,
-							(int)final->finish_reason, final->usage, lp),
-			       "application/json");
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+	enum MHD_Result q = queue(s, c, 200, resp);
+	MHD_destroy_response(resp);
+	return q;
+}
+
+/* ---- workers: the blocking handlers ------------------------------------------------ */
+
+static void *worker_main(void *arg)
+{
+	tern_http_server *s = arg;
+	pthread_mutex_lock(&s->mu);
+	for (;;) {
+		while (!s->jobs && !s->wquit)
+			pthread_cond_wait(&s->jobs_cv, &s->mu);
+		req_ctx *rq = s->jobs;
+		if (!rq)
+			break;
+		s->jobs = rq->next_job;
+		if (!s->jobs)
+			s->jobs_tail = NULL;
+		pthread_mutex_unlock(&s->mu);
+		tl_defer = rq;
+		switch (rq->job) {
+		case JOB_HEALTH:
+			do_health(s, rq->c);
+			break;
+		case JOB_METRICS:
+			do_metrics(s, rq->c);
+			break;
+		case JOB_TOKENIZE:
+			do_tokenize(s, rq->c, rq);
+			break;
+		default:
+			do_detokenize(s, rq->c, rq);
+			break;
+		}
+		tl_defer = NULL;
+		pthread_mutex_lock(&s->mu);
+		rq->job = JOB_READY;
+		MHD_resume_connection(rq->c);
+		if (--s->n_jobs == 0)
+			pthread_cond_broadcast(&s->idle);
 	}
-	if (final)
-		tern__v1__generate_response__free_unpacked(final, NULL);
-	tern_oai_logprobs_free(lp);
-	free(text.p);
+	pthread_mutex_unlock(&s->mu);
+	return NULL;
+}
+
+/* Hands a blocking handler to a worker; the connection waits suspended. */
+static enum MHD_Result defer_job(tern_http_server *s, struct MHD_Connection *c, req_ctx *rq, int job)
+{
+	rq->job = job;
+	rq->c = c;
+	rq->next_job = NULL;
+	pthread_mutex_lock(&s->mu);
+	MHD_suspend_connection(c);
+	if (s->jobs_tail)
+		s->jobs_tail->next_job = rq;
+	else
+		s->jobs = rq;
+	s->jobs_tail = rq;
+	s->n_jobs++;
+	pthread_cond_signal(&s->jobs_cv);
+	pthread_mutex_unlock(&s->mu);
+	return MHD_YES;
+}
+
+/* The access handler again, after the worker resumed the connection. */
+static enum MHD_Result job_answer(tern_http_server *s, struct MHD_Connection *c, req_ctx *rq)
+{
+	rq->job = JOB_DONE;
+	struct MHD_Response *r = rq->resp;
+	rq->resp = NULL;
+	if (!r)
+		return MHD_NO;
+	const enum MHD_Result q = queue(s, c, rq->rstatus, r);
+	MHD_destroy_response(r);
 	return q;
 }
 
@@ -741,7 +1058,7 @@ static enum MHD_Result reply_preflight(tern_http_server *s, struct MHD_Connectio
 }
 
 static enum MHD_Result route(tern_http_server *s, struct MHD_Connection *c, const char *url, const char *method,
-			     const req_ctx *rq)
+			     req_ctx *rq)
 {
 	const int get = !strcmp(method, "GET"), post = !strcmp(method, "POST");
 	/* A browser's CORS preflight: no key is sent with it, none is asked. */
@@ -753,12 +1070,12 @@ static enum MHD_Result route(tern_http_server *s, struct MHD_Connection *c, cons
 		return get || !strcmp(method, "HEAD") ? do_page(c)
 						     : reply_err(s, c, 405, "invalid_request_error", NULL, "use GET /");
 	if (!strcmp(url, "/health"))
-		return get ? do_health(s, c) : reply_err(s, c, 405, "invalid_request_error", NULL, "use GET /health");
+		return get ? defer_job(s, c, rq, JOB_HEALTH) : reply_err(s, c, 405, "invalid_request_error", NULL, "use GET /health");
 	if (!key_ok(s, c))
 		return reply_err(s, c, 401, "authentication_error", "invalid_api_key",
 				 "missing or wrong API key (Authorization: Bearer <key>)");
 	if (!strcmp(url, "/metrics"))
-		return get ? do_metrics(s, c) : reply_err(s, c, 405, "invalid_request_error", NULL, "use GET /metrics");
+		return get ? defer_job(s, c, rq, JOB_METRICS) : reply_err(s, c, 405, "invalid_request_error", NULL, "use GET /metrics");
 	if (!strcmp(url, "/v1/models") || !strncmp(url, "/v1/models/", 11)) {
 		if (!get)
 			return reply_err(s, c, 405, "invalid_request_error", NULL, "use GET");
@@ -768,9 +1085,9 @@ static enum MHD_Result route(tern_http_server *s, struct MHD_Connection *c, cons
 	if (chat || !strcmp(url, "/v1/completions"))
 		return post ? do_generate(s, c, rq, chat) : reply_err(s, c, 405, "invalid_request_error", NULL, "use POST");
 	if (!strcmp(url, "/tokenize"))
-		return post ? do_tokenize(s, c, rq) : reply_err(s, c, 405, "invalid_request_error", NULL, "use POST");
+		return post ? defer_job(s, c, rq, JOB_TOKENIZE) : reply_err(s, c, 405, "invalid_request_error", NULL, "use POST");
 	if (!strcmp(url, "/detokenize"))
-		return post ? do_detokenize(s, c, rq) : reply_err(s, c, 405, "invalid_request_error", NULL, "use POST");
+		return post ? defer_job(s, c, rq, JOB_DETOKENIZE) : reply_err(s, c, 405, "invalid_request_error", NULL, "use POST");
 	return reply_err(s, c, 404, "invalid_request_error", NULL, "no such endpoint");
 }
 
@@ -796,6 +1113,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 			return reply_err(s, c, 413, "invalid_request_error", NULL, "the request body is too large");
 		return MHD_YES;
 	}
+	if (rq->g)
+		return gen_answer(s, c, rq);
+	if (rq->job == JOB_READY)
+		return job_answer(s, c, rq);
+	if (rq->job != JOB_NONE)
+		return MHD_YES; /* cannot happen: a worker has it */
 	if (*upload_size) {
 		rq->seen += *upload_size;
 		if (rq->seen > TERN_HTTP_DRAIN_FACTOR * s->o.max_body)
@@ -831,6 +1154,10 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
 {
 	req_ctx *rq = *con_cls;
 	if (rq) {
+		if (rq->g)
+			gen_let_go(rq->g);
+		if (rq->resp)
+			MHD_destroy_response(rq->resp);
 		free(rq->body);
 		free(rq);
 		*con_cls = NULL;
@@ -843,6 +1170,66 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 	vsnprintf(line, sizeof line, fmt, ap);
 	line[strcspn(line, "\n")] = '\0';
 	tern_log(TERN_LOG_DEBUG, "http", "%s", line);
+}
+
+/* The loop's thread and the workers. */
+static int start_loop(tern_http_server *s, tern_err *err)
+{
+	if (pthread_mutex_init(&s->mu, NULL) != 0)
+		return TERN_ERR(err, TERN_ENOMEM, "out of memory");
+	if (pthread_cond_init(&s->idle, NULL) != 0) {
+		pthread_mutex_destroy(&s->mu);
+		return TERN_ERR(err, TERN_ENOMEM, "out of memory");
+	}
+	if (pthread_cond_init(&s->loop_cv, NULL) != 0) {
+		pthread_cond_destroy(&s->idle);
+		pthread_mutex_destroy(&s->mu);
+		return TERN_ERR(err, TERN_ENOMEM, "out of memory");
+	}
+	if (pthread_cond_init(&s->jobs_cv, NULL) != 0) {
+		pthread_cond_destroy(&s->loop_cv);
+		pthread_cond_destroy(&s->idle);
+		pthread_mutex_destroy(&s->mu);
+		return TERN_ERR(err, TERN_ENOMEM, "out of memory");
+	}
+	s->mu_ok = 1;
+	s->wake_tag.done = on_wake;
+	if (!(s->cq = tern_grpc_cq_create()))
+		return TERN_ERR(err, TERN_ENOMEM, "out of memory");
+	if (pthread_create(&s->loop, NULL, loop_main, s) != 0)
+		return TERN_ERR(err, TERN_EIO, "cannot start the HTTP event loop's thread");
+	s->loop_started = 1;
+	for (; s->n_workers < TERN_HTTP_WORKERS; s->n_workers++)
+		if (pthread_create(&s->workers[s->n_workers], NULL, worker_main, s) != 0)
+			return TERN_ERR(err, TERN_EIO, "cannot start the HTTP workers' threads");
+	return 0;
+}
+
+static void stop_loop(tern_http_server *s)
+{
+	if (!s->mu_ok)
+		return;
+	pthread_mutex_lock(&s->mu);
+	s->quit = 1;
+	s->wquit = 1;
+	pthread_cond_broadcast(&s->jobs_cv);
+	pthread_cond_signal(&s->loop_cv);
+	pthread_mutex_unlock(&s->mu);
+	for (int i = 0; i < s->n_workers; i++)
+		pthread_join(s->workers[i], NULL);
+	if (s->loop_started) {
+		pthread_join(s->loop, NULL); /* it shuts the queue down and drains it */
+	} else if (s->cq) {
+		tern_grpc_cq_shutdown(s->cq);
+		while (tern_grpc_cq_run(s->cq, 1000) >= 0)
+			;
+	}
+	if (s->cq)
+		tern_grpc_cq_destroy(s->cq);
+	pthread_cond_destroy(&s->jobs_cv);
+	pthread_cond_destroy(&s->loop_cv);
+	pthread_cond_destroy(&s->idle);
+	pthread_mutex_destroy(&s->mu);
 }
 
 int tern_http_start(const tern_http_opts *o, tern_http_server **out, tern_err *err)
@@ -883,8 +1270,14 @@ int tern_http_start(const tern_http_opts *o, tern_http_server **out, tern_err *e
 		return TERN_ERR(err, TERN_ENOMEM, "out of memory");
 	}
 	s->started = (long long)time(NULL);
-	unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG |
-			 MHD_USE_POLL | MHD_USE_ITC;
+	if (start_loop(s, err) < 0) {
+		freeaddrinfo(ai);
+		tern_http_stop(s);
+		return -1;
+	}
+	/* One thread polls every connection (epoll); a generation's connection
+	 * is suspended while the loop has nothing for it. */
+	unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
 	if (ai->ai_family == AF_INET6)
 		flags |= MHD_USE_IPv6;
 	struct MHD_OptionItem tls[3] = {{MHD_OPTION_END, 0, NULL}, {MHD_OPTION_END, 0, NULL}, {MHD_OPTION_END, 0, NULL}};
@@ -911,8 +1304,7 @@ int tern_http_start(const tern_http_opts *o, tern_http_server **out, tern_err *e
 	s->d = MHD_start_daemon(flags, 0, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
 				MHD_OPTION_CONNECTION_LIMIT, s->o.max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
 				s->o.idle_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
-				MHD_OPTION_PER_IP_CONNECTION_LIMIT, s->o.max_connections,
-				MHD_OPTION_THREAD_STACK_SIZE, (size_t)(512 * 1024), MHD_OPTION_NOTIFY_COMPLETED,
+				MHD_OPTION_PER_IP_CONNECTION_LIMIT, s->o.max_connections, MHD_OPTION_NOTIFY_COMPLETED,
 				on_completed, s, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s, MHD_OPTION_ARRAY, tls,
 				MHD_OPTION_END);
 	freeaddrinfo(ai);
@@ -943,8 +1335,21 @@ void tern_http_stop(tern_http_server *s)
 {
 	if (!s)
 		return;
+	if (s->mu_ok) {
+		/* Every call ends and every suspended connection is resumed before
+		 * libmicrohttpd stops (it cannot close a suspended one). */
+		pthread_mutex_lock(&s->mu);
+		s->stopping = 1;
+		pthread_mutex_unlock(&s->mu);
+		loop_wake(s);
+		pthread_mutex_lock(&s->mu);
+		while ((s->loop_started && s->n_gen > 0) || (s->n_workers && s->n_jobs > 0))
+			pthread_cond_wait(&s->idle, &s->mu);
+		pthread_mutex_unlock(&s->mu);
+	}
 	if (s->d)
 		MHD_stop_daemon(s->d);
+	stop_loop(s);
 	if (s->metrics != s->o.metrics)
 		tern_metrics_free(s->metrics);
 	free(s->api_key);

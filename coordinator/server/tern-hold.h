@@ -1,8 +1,8 @@
 /* tern-hold.h: a Generate call that outlives the MPI job (issue 15).
  *
- * tern-server's HTTP handlers and its gRPC relay call the coordinator through
- * this instead of a bare tern_grpc_stream. It has the same shape (start, next,
- * cancel, finish) and hands out the coordinator's messages unchanged, but it
+ * tern-server's HTTP side and its gRPC relay call the coordinator through
+ * this instead of a bare tern_grpc_astream. It hands out the coordinator's
+ * messages unchanged, but it
  * remembers the token ids it handed out, and when the call fails because the
  * job died (UNAVAILABLE and its kin while the supervisor restarts jobs), it
  * waits for the next generation of the job and sends the request again with
@@ -13,14 +13,12 @@
  * An error that is not the job's (INVALID_ARGUMENT, RESOURCE_EXHAUSTED, a
  * cancel) passes through as it is, as does everything when the supervisor is
  * attached or NULL. Past the restart limit, or when the server stops, the call
- * ends with UNAVAILABLE and the supervisor's reason. A held call belongs to
- * the thread that started it, like a tern_grpc_stream.
+ * ends with UNAVAILABLE and the supervisor's reason.
  *
- * Two ways to drive one: tern_held_start + tern_held_next pull it on a
- * thread of the caller's (blocking); tern_held_open puts it on a shared
- * completion queue (tern-cq.h) and pushes every message and the end to
- * callbacks on the queue's thread, with tern_held_tick called there while
- * the job is down (the relay, no thread per stream). */
+ * tern_held_open puts it on a shared completion queue (tern-cq.h) and pushes
+ * every message and the end to callbacks on the queue's thread, with
+ * tern_held_tick called there while the job is down (the relay and the HTTP
+ * side: no thread per stream). A held call belongs to the queue's thread. */
 #ifndef TERN_HOLD_H
 #define TERN_HOLD_H
 
@@ -34,31 +32,20 @@
 
 typedef struct tern_held tern_held;
 
-/* Starts Generate(req) (req is copied). sup may be NULL (no resume).
- * Errors: TERN_ENOMEM. */
-int tern_held_start(tern_supervisor *sup, tern_grpc_client *up, const Tern__V1__GenerateRequest *req,
-		    tern_held **out, tern_err *err);
-
-/* As tern_grpc_stream_next, but the message comes unpacked: 1 with *msg
- * (the caller's, to free with tern__v1__generate_response__free_unpacked),
- * 0 when wait_s passed first (also while waiting for the job to come back),
- * -1 when the call has ended (status in tern_held_finish). A malformed
- * message ends the call with INTERNAL. */
-int tern_held_next(tern_held *h, double wait_s, Tern__V1__GenerateResponse **msg);
-
-/* Where an event-driven held call's output goes (all on the queue's
- * thread). msg(): a message, the owner's to free (as from next()); end():
- * the call's status once, after which h is gone. */
+/* Where a held call's output goes (all on the queue's thread). msg(): a
+ * message, the owner's to free (tern__v1__generate_response__free_unpacked);
+ * end(): the call's status once, after which h is gone. */
 typedef struct tern_held_cb {
 	void *ctx;
 	void (*msg)(void *ctx, Tern__V1__GenerateResponse *msg);
 	void (*end)(void *ctx, int status, const char *detail);
 } tern_held_cb;
 
-/* As tern_held_start, but the upstream call goes on cq (a
- * grpc_completion_queue * whose thread runs every tern_cq_tag) and its
- * output to cb; no callback runs before it returns. Only tern_held_cancel
- * and tern_held_tick apply to it, on the queue's thread. */
+/* Starts Generate(req) (req is copied; sup may be NULL: no resume) on cq (a
+ * grpc_completion_queue * whose thread runs every tern_cq_tag), its output
+ * to cb; no callback runs before it returns. Only tern_held_cancel and
+ * tern_held_tick apply to it, on the queue's thread. Errors: TERN_ENOMEM,
+ * TERN_EIO. A malformed message ends the call with INTERNAL. */
 int tern_held_open(tern_supervisor *sup, tern_grpc_client *up, const Tern__V1__GenerateRequest *req, void *cq,
 		   const tern_held_cb *cb, tern_held **out, tern_err *err);
 
@@ -67,14 +54,9 @@ int tern_held_open(tern_supervisor *sup, tern_grpc_client *up, const Tern__V1__G
  * on the queue's thread; a no-op while streaming. */
 void tern_held_tick(tern_held *h);
 
-/* Cancels the call (also while it waits for the job); next() then returns -1
- * and finish() CANCELLED. An event-driven call's end() follows with
+/* Cancels the call (also while it waits for the job); end() follows with
  * CANCELLED: at once when it was waiting for the job (h is then gone), else
  * once the upstream call has wound down. */
 void tern_held_cancel(tern_held *h);
-
-/* Ends the call (cancelling it if still running), frees h, and returns its
- * status code, details copied into detail. */
-int tern_held_finish(tern_held *h, char *detail, size_t detail_len);
 
 #endif /* TERN_HOLD_H */

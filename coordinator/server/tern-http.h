@@ -4,10 +4,15 @@
  * request is relayed to the coordinator over tern.v1.Tern gRPC; nothing here
  * knows a model.
  *
- * One thread per connection: a connection's thread runs its gRPC call, and
- * between messages checks whether the client has gone, so a client that
- * disconnects has its upstream call cancelled (its sequence freed) within
- * TERN_HTTP_POLL_MS, streaming or not. */
+ * No thread per connection: libmicrohttpd's one epoll thread serves every
+ * connection; a generation's gRPC call (a held call, tern-hold.h) runs on the
+ * server's one event loop, which fills the reply (SSE or JSON) and resumes
+ * the connection, suspended while there is nothing to send; the handlers
+ * that block on a unary call (health, /metrics, tokenize, detokenize) run on
+ * TERN_HTTP_WORKERS threads. The loop looks at the sockets of suspended
+ * connections every TERN_SERVICE_TICK_MS, so a client that disconnects has
+ * its upstream call cancelled (its sequence freed) within about that,
+ * streaming or not. */
 #ifndef TERN_HTTP_H
 #define TERN_HTTP_H
 
@@ -18,7 +23,9 @@
 #include "tern-metrics.h"
 #include "tern-supervise.h"
 
-#define TERN_HTTP_POLL_MS 200
+/* Threads for the handlers that block on a unary call (health, /metrics'
+ * Stats, tokenize, detokenize). */
+#define TERN_HTTP_WORKERS 4
 /* A stream that has sent nothing for this long gets an SSE comment line. */
 #define TERN_HTTP_KEEPALIVE_S 15
 
@@ -28,7 +35,7 @@ typedef struct tern_http_opts {
 	tern_grpc_client *upstream;  /* the coordinator; must outlive the server */
 	const char *model_id;        /* the name /v1/models lists and replies carry */
 	size_t max_body;             /* larger request bodies get 413 (default 4 MiB) */
-	unsigned max_connections;    /* beyond it new connections are refused (default 2048: one thread each) */
+	unsigned max_connections;    /* beyond it new connections are refused (default 2048) */
 	unsigned idle_timeout_s;     /* idle connections are closed (default 300) */
 	const char *tls_cert_file;   /* PEM certificate chain; with tls_key_file: HTTPS only */
 	const char *tls_key_file;    /* PEM private key */

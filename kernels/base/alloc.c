@@ -3,6 +3,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 void *tern_aligned_alloc(size_t size, size_t align)
 {
@@ -25,4 +26,24 @@ void *tern_aligned_calloc(size_t size, size_t align)
 void tern_aligned_free(void *p)
 {
 	free(p);
+}
+
+void *tern_huge_alloc(size_t size)
+{
+	if (size == 0)
+		return NULL;
+	void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		return NULL;
+#ifdef MADV_HUGEPAGE
+	/* advice only: where THP is off the region stays in 4 KiB pages */
+	madvise(p, size, MADV_HUGEPAGE);
+#endif
+	return p;
+}
+
+void tern_huge_free(void *p, size_t size)
+{
+	if (p)
+		munmap(p, size);
 }

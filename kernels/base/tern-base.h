@@ -97,6 +97,12 @@ double tern_now_s(void);
  * Free with tern_aligned_free (NULL is a no-op). */
 void *tern_aligned_alloc(size_t size, size_t align);
 void *tern_aligned_calloc(size_t size, size_t align);
+/* A large region (zero-filled, page aligned) in 2 MiB pages where the kernel
+ * gives them (madvise MADV_HUGEPAGE; THP "madvise" mode is common): 512 times
+ * fewer page faults when it is first written and fewer TLB misses when it is
+ * streamed. Free with tern_huge_free(p, size), the same size. */
+void *tern_huge_alloc(size_t size);
+void tern_huge_free(void *p, size_t size);
 void tern_aligned_free(void *p);
 /* Cache line / SIMD alignment used for every kernel buffer. */
 #define TERN_ALIGN 64

@@ -221,6 +221,76 @@ def slow_reader_and_idle_connections():
           "the unread stream was cancelled: %s" % json.dumps(st))
 
 
+def sse_stream(body, cut_after=None):
+    """One SSE request on a raw socket: (status, the events' data lines), or
+    after cut_after events the socket is closed (the client leaves)."""
+    s = socket.create_connection(("127.0.0.1", HTTP), timeout=300)
+    try:
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        out = b""
+        while b"data: [DONE]" not in out:
+            if cut_after is not None and out.count(b"data: ") >= cut_after:
+                break
+            b = s.recv(65536)
+            if not b:
+                break
+            out += b
+        code = int(out.split(b" ")[1]) if out.startswith(b"HTTP/1.") else None
+        return code, [l[6:] for l in out.split(b"\n") if l.startswith(b"data: ")]
+    finally:
+        s.close()
+
+
+@case
+def streams_without_threads():
+    # 64 SSE streams at once: tern-server's thread count stays near its idle
+    # count (one event loop, libmicrohttpd's one poller, no thread per
+    # connection), and every stream is whole.
+    import concurrent.futures as cf
+    import threading
+    idle = len(ternlib.thread_stats(srv.pid))
+    most = [idle]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            most[0] = max(most[0], len(ternlib.thread_stats(srv.pid)))
+            time.sleep(0.005)
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    body = json.dumps({"prompt": "And God said,", "max_tokens": 8, "ignore_eos": True, "temperature": 0,
+                       "stream": True}).encode()
+    try:
+        with cf.ThreadPoolExecutor(64) as ex:
+            outs = list(ex.map(lambda _: sse_stream(body), range(64)))
+    finally:
+        stop.set()
+        sampler.join()
+    check(most[0] <= idle + 8, "tern-server went from %d to %d threads with 64 HTTP streams" % (idle, most[0]))
+    print("  tern-server threads: %d idle, at most %d with 64 HTTP streams" % (idle, most[0]))
+    texts = set()
+    for st, events in outs:
+        ok = st == 200 and events and events[-1] == b"[DONE]"
+        check(ok, "a stream of the 64 is whole (%s, %d events)" % (st, len(events)))
+        if ok:
+            texts.add(b"".join(json.loads(e)["choices"][0]["text"].encode() for e in events[:-1]))
+    check(len(texts) == 1, "the 64 greedy streams say the same: %s" % texts)
+    # A client that leaves mid-stream frees its sequence at once.
+    tern = os.path.join(build, "coordinator/tern")
+    before = json.loads(subprocess.check_output([tern, "stats", "--json", "--server", "127.0.0.1:%d" % GRPC]))
+    long = json.dumps({"prompt": "And", "max_tokens": 1000, "ignore_eos": True, "stream": True}).encode()
+    st, _ = sse_stream(long, cut_after=2)
+    t0 = time.time()
+    while time.time() - t0 < 5:
+        now = json.loads(subprocess.check_output([tern, "stats", "--json", "--server", "127.0.0.1:%d" % GRPC]))
+        if now["active_sequences"] == 0 and now["requests_cancelled"] > before["requests_cancelled"]:
+            break
+        time.sleep(0.05)
+    check(st == 200 and now["active_sequences"] == 0 and now["requests_cancelled"] > before["requests_cancelled"],
+          "a client that left mid-stream was cancelled: %s" % json.dumps(now))
+    print("  a client that left mid-stream: its sequence freed within %.2f s" % (time.time() - t0))
+
+
 try:
     deadline = time.time() + 120
     while True:
