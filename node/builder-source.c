@@ -22,6 +22,15 @@ static int source_proj(void *ctx, int layer, tern_proj p, int m, int k, int8_t *
 	return 0;
 }
 
+static int source_gq(void *ctx, int layer, tern_proj p, int m, int k, const uint8_t **data, size_t *bytes,
+		     tern_err *err)
+{
+	const source_ctx *c = ctx;
+	(void)m;
+	(void)k;
+	return tern_source_gq(c->src, layer, p, data, bytes, err);
+}
+
 static int source_norm(void *ctx, int layer, tern_norm_kind n, int width, float *out, tern_err *err)
 {
 	const source_ctx *c = ctx;
@@ -33,7 +42,7 @@ int tern_layers_from_source_mt(tern_layers *out, const tern_source *src, int fir
 			       int group_rows, tern_pool *pool, tern_err *err)
 {
 	source_ctx c = {src, group_rows};
-	const tern_layer_source ls = {source_proj, source_norm, &c};
+	const tern_layer_source ls = {source_proj, source_norm, &c, tern_source_group_scaled(src) ? source_gq : NULL};
 	return tern_layers_build_mt(out, tern_source_hparams(src), first, n, packing, &ls, pool, err);
 }
 

@@ -15,8 +15,10 @@ void tern_layers_free(tern_layers *ls)
 		return;
 	if (ls->l) {
 		for (int l = 0; l < ls->n; l++) {
-			for (int p = 0; p < TERN_PROJ_COUNT; p++)
+			for (int p = 0; p < TERN_PROJ_COUNT; p++) {
 				tern_matrix_free(&ls->l[l].proj[p]);
+				tern_gq_free(&ls->l[l].gq[p]);
+			}
 			for (int k = 0; k < TERN_LAYER_NORMS; k++)
 				tern_aligned_free(ls->l[l].norm[k]);
 		}
@@ -28,13 +30,31 @@ void tern_layers_free(tern_layers *ls)
 	memset(ls, 0, sizeof *ls);
 }
 
+const char *tern_layers_format(const tern_layers *ls)
+{
+	return ls->group_scaled ? tern_dtype_name(TERN_DTYPE_Q2_0) : tern_packing_name(ls->packing);
+}
+
 uint64_t tern_layers_bytes(const tern_layers *ls)
 {
 	uint64_t b = 0;
 	for (int l = 0; l < ls->n; l++)
 		for (int p = 0; p < TERN_PROJ_COUNT; p++)
-			b += ls->l[l].proj[p].data_bytes + (uint64_t)ls->l[l].proj[p].n_groups * sizeof(float);
+			b += ls->group_scaled ? tern_gq_data_bytes(ls->l[l].gq[p].m, ls->l[l].gq[p].k)
+					      : ls->l[l].proj[p].data_bytes +
+							(uint64_t)ls->l[l].proj[p].n_groups * sizeof(float);
 	return b;
+}
+
+int tern_gq_adopt(tern_gq_matrix *out, uint8_t *blocks, size_t bytes, int m, int k, tern_err *err)
+{
+	const int rc = tern_gq_wrap_q2_0(out, blocks, bytes, m, k, err);
+	if (rc < 0) {
+		free(blocks);
+		return rc;
+	}
+	out->owned = blocks; /* tern_gq_free releases it */
+	return 0;
 }
 
 typedef struct {
@@ -77,6 +97,22 @@ static void build_run(void *ctx, int tid, int nth)
 		const tern_proj p = (tern_proj)(it % TERN_PROJ_COUNT);
 		int m, k;
 		tern_proj_shape(hp, p, &m, &k);
+		if (job->src->get_gq) {
+			const uint8_t *data = NULL;
+			size_t bytes = 0;
+			rc = job->src->get_gq(job->src->ctx, job->first + l, p, m, k, &data, &bytes, err);
+			if (rc < 0)
+				break;
+			uint8_t *copy = malloc(bytes ? bytes : 1);
+			if (!copy) {
+				rc = TERN_ERR(err, TERN_ENOMEM, "builder: out of memory");
+				break;
+			}
+			memcpy(copy, data, bytes);
+			if ((rc = tern_gq_adopt(&job->out->l[l].gq[p], copy, bytes, m, k, err)) < 0)
+				break;
+			continue;
+		}
 		int group_rows = m;
 		rc = job->src->get_proj(job->src->ctx, job->first + l, p, m, k, w, scales, m, &group_rows, err);
 		if (rc < 0)
@@ -111,6 +147,7 @@ int tern_layers_build_mt(tern_layers *out, const tern_hparams *hp, int first, in
 	out->hp = *hp;
 	out->first = first;
 	out->packing = packing;
+	out->group_scaled = src->get_gq != NULL;
 	out->l = calloc((size_t)n, sizeof *out->l);
 	TERN_RETURN_IF(!out->l, err, TERN_ENOMEM, "builder: out of memory");
 	out->n = n;
@@ -210,6 +247,6 @@ static int random_norm(void *ctx, int layer, tern_norm_kind n, int width, float 
 
 tern_layer_source tern_layers_random_source(uint64_t *seed_storage)
 {
-	tern_layer_source src = {random_proj, random_norm, seed_storage};
+	tern_layer_source src = {random_proj, random_norm, seed_storage, NULL};
 	return src;
 }

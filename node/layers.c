@@ -64,12 +64,20 @@ float tern_engine_dot(const float *a, const float *b, int n)
  * computes its share of the (row-tile aligned) output rows of every matrix
  * with the single-threaded kernel, so results do not depend on the thread
  * count, and decode pays one synchronisation instead of three. */
+/* The activations of one projection input, in the form the layers' matrices
+ * take: packed ternary (tern_act) or group-scaled Q2_0 (tern_gq_act). */
+typedef struct {
+	tern_act t;
+	tern_gq_act g;
+} proj_act;
+
 typedef struct {
 	const tern_matrix *mat[3];
+	const tern_gq_matrix *gq[3]; /* instead of mat when the layers are group-scaled */
 	float *y[3];
 	int ldy[3];
 	int count;
-	const tern_act *a;
+	const proj_act *a;
 	tern_isa isa;
 	int rc[TERN_POOL_MAX_THREADS];
 	tern_err err[TERN_POOL_MAX_THREADS];
@@ -101,8 +109,8 @@ struct tern_engine {
 	int *slot_next; /* (n_slots) validation scratch: next position expected in this call */
 	int *slot_first; /* (n_slots) validation scratch: the slot's first position in this call */
 	proj_job *pjob; /* bookkeeping of the product runs (per-thread errors) */
-	tern_act act_e; /* activations of width n_embd */
-	tern_act act_f; /* activations of width n_ff */
+	proj_act act_e; /* activations of width n_embd */
+	proj_act act_f; /* activations of width n_ff */
 };
 
 static float *alloc_f32(size_t n)
@@ -126,6 +134,13 @@ int tern_engine_create(const tern_layers *w, const tern_engine_config *cfg, tern
 		for (int p = 0; p < TERN_PROJ_COUNT; p++) {
 			int m, k;
 			tern_proj_shape(&w->hp, (tern_proj)p, &m, &k);
+			if (w->group_scaled) {
+				const tern_gq_matrix *g = &w->l[l].gq[p];
+				TERN_RETURN_IF(g->m != m || g->k != k || !g->blocks, err, TERN_EINVAL,
+					       "engine: layer %d %s is %dx%d (q2_0), expected %dx%d", w->first + l,
+					       tern_proj_gguf((tern_proj)p), g->m, g->k, m, k);
+				continue;
+			}
 			const tern_matrix *mat = &w->l[l].proj[p];
 			TERN_RETURN_IF(mat->m != m || mat->k != k || mat->packing != w->packing || !mat->data, err,
 				       TERN_EINVAL, "engine: layer %d %s is %dx%d (%s), expected %dx%d (%s)",
@@ -201,8 +216,10 @@ void tern_engine_free(tern_engine *e)
 	free(e->slot_next);
 	free(e->slot_first);
 	free(e->pjob);
-	tern_act_free(&e->act_e);
-	tern_act_free(&e->act_f);
+	tern_act_free(&e->act_e.t);
+	tern_act_free(&e->act_f.t);
+	tern_gq_act_free(&e->act_e.g);
+	tern_gq_act_free(&e->act_f.g);
 	free(e);
 }
 
@@ -535,14 +552,19 @@ static void proj_run(void *ctx, int tid, int nth)
 	job->rc[tid] = 0;
 	for (int i = 0; i < job->count; i++) {
 		const tern_matrix *mat = job->mat[i];
-		const int tile = tern_row_tile(mat->packing);
-		const int n_tiles = (mat->m + tile - 1) / tile;
+		const tern_gq_matrix *gq = job->gq[i];
+		/* a gq row is independent of the others: 16-row shares, as one tile */
+		const int tile = gq ? 16 : tern_row_tile(mat->packing), m = gq ? gq->m : mat->m;
+		const int n_tiles = (m + tile - 1) / tile;
 		const int r0 = (int)((int64_t)n_tiles * tid / nth) * tile;
 		int r1 = (int)((int64_t)n_tiles * (tid + 1) / nth) * tile;
-		r1 = r1 < mat->m ? r1 : mat->m;
+		r1 = r1 < m ? r1 : m;
 		if (r0 >= r1)
 			continue;
-		const int rc = tern_gemm_f32(mat, job->a, job->y[i], job->ldy[i], r0, r1, job->isa, &job->err[tid]);
+		const int rc = gq ? tern_gq_gemm_f32(gq, &job->a->g, job->y[i], job->ldy[i], r0, r1, job->isa,
+						     &job->err[tid])
+				  : tern_gemm_f32(mat, &job->a->t, job->y[i], job->ldy[i], r0, r1, job->isa,
+						  &job->err[tid]);
 		if (rc < 0) {
 			job->rc[tid] = rc;
 			return;
@@ -550,7 +572,16 @@ static void proj_run(void *ctx, int tid, int nth)
 	}
 }
 
-static int projs(tern_engine *e, int l, const tern_proj *p, int count, const tern_act *a, float *const *y,
+/* Quantizes n rows of x (k wide) for the layers' matrices: the one place
+ * that knows packed ternary from group-scaled, with proj_run. */
+static int act_prepare(tern_engine *e, proj_act *a, const float *x, int n, int k, tern_err *err)
+{
+	if (e->w->group_scaled)
+		return tern_gq_act_prepare(&a->g, x, n, k, k, err);
+	return tern_act_prepare(&a->t, e->w->packing, e->isa, x, n, k, k, err);
+}
+
+static int projs(tern_engine *e, int l, const tern_proj *p, int count, const proj_act *a, float *const *y,
 		 const int *ldy, tern_err *err)
 {
 	proj_job *job = e->pjob;
@@ -559,6 +590,7 @@ static int projs(tern_engine *e, int l, const tern_proj *p, int count, const ter
 	job->isa = e->isa;
 	for (int i = 0; i < count; i++) {
 		job->mat[i] = &e->w->l[l].proj[p[i]];
+		job->gq[i] = e->w->group_scaled ? &e->w->l[l].gq[p[i]] : NULL;
 		job->y[i] = y[i];
 		job->ldy[i] = ldy[i];
 	}
@@ -573,7 +605,7 @@ static int projs(tern_engine *e, int l, const tern_proj *p, int count, const ter
 	return 0;
 }
 
-static int proj(tern_engine *e, int l, tern_proj p, const tern_act *a, float *y, int ldy, tern_err *err)
+static int proj(tern_engine *e, int l, tern_proj p, const proj_act *a, float *y, int ldy, tern_err *err)
 {
 	return projs(e, l, &p, 1, a, &y, &ldy, err);
 }
@@ -596,12 +628,11 @@ static int layer_forward(tern_engine *e, int l, const tern_row *rows, int n, flo
 	const tern_hparams *hp = &e->hp;
 	const tern_layer_weights *lw = &e->w->l[l];
 	const int d = hp->n_embd, ff = hp->n_ff, kvd = e->kv_dim, hd = hp->head_dim;
-	const tern_packing pk = e->w->packing;
 	const float eps = hp->norm_eps;
 
 	/* attention block */
 	norm_rows(e, h, d, lw->norm[TERN_NORM_ATTN], d, eps, n, e->xn, d);
-	TERN_FORWARD_IF_ERROR(tern_act_prepare(&e->act_e, pk, e->isa, e->xn, n, d, d, err));
+	TERN_FORWARD_IF_ERROR(act_prepare(e, &e->act_e, e->xn, n, d, err));
 	{
 		const tern_proj p[3] = {TERN_PROJ_Q, TERN_PROJ_K, TERN_PROJ_V};
 		float *const y[3] = {e->q, e->k, e->v};
@@ -639,13 +670,13 @@ static int layer_forward(tern_engine *e, int l, const tern_row *rows, int n, flo
 		norm_rows(e, e->att, d, lw->norm[TERN_NORM_ATTN_SUB], d, eps, n, e->xn, d);
 		o_in = e->xn;
 	}
-	TERN_FORWARD_IF_ERROR(tern_act_prepare(&e->act_e, pk, e->isa, o_in, n, d, d, err));
+	TERN_FORWARD_IF_ERROR(act_prepare(e, &e->act_e, o_in, n, d, err));
 	TERN_FORWARD_IF_ERROR(proj(e, l, TERN_PROJ_O, &e->act_e, e->y, d, err));
 	add_rows(h, e->y, (size_t)n * (size_t)d);
 
 	/* feed-forward block */
 	norm_rows(e, h, d, lw->norm[TERN_NORM_FFN], d, eps, n, e->xn, d);
-	TERN_FORWARD_IF_ERROR(tern_act_prepare(&e->act_e, pk, e->isa, e->xn, n, d, d, err));
+	TERN_FORWARD_IF_ERROR(act_prepare(e, &e->act_e, e->xn, n, d, err));
 	{
 		const tern_proj p[2] = {TERN_PROJ_GATE, TERN_PROJ_UP};
 		float *const y[2] = {e->g, e->u};
@@ -655,7 +686,7 @@ static int layer_forward(tern_engine *e, int l, const tern_row *rows, int n, flo
 	e->ffn_act(e->g, e->u, n * ff, e->g);
 	if (e->arch->sub_norms)
 		norm_rows(e, e->g, ff, lw->norm[TERN_NORM_FFN_SUB], ff, eps, n, e->g, ff);
-	TERN_FORWARD_IF_ERROR(tern_act_prepare(&e->act_f, pk, e->isa, e->g, n, ff, ff, err));
+	TERN_FORWARD_IF_ERROR(act_prepare(e, &e->act_f, e->g, n, ff, err));
 	TERN_FORWARD_IF_ERROR(proj(e, l, TERN_PROJ_DOWN, &e->act_f, e->y, d, err));
 	add_rows(h, e->y, (size_t)n * (size_t)d);
 	return 0;

@@ -75,6 +75,17 @@ static int layer_from_shard(const tern_shard *sh, const char *path, const tern_h
 		const tern_shard_tensor *t = tern_shard_tensor_at(sh, i);
 		TERN_RETURN_IF(t->m != m || t->k != k, err, TERN_EFORMAT, "%s: tensor '%s' is %d x %d, the model needs %d x %d",
 			       path, t->name, t->m, t->k, m, k);
+		if (t->dtype == TERN_DTYPE_Q2_0) {
+			uint8_t *blocks = malloc(t->raw_bytes);
+			TERN_RETURN_IF(!blocks, err, TERN_ENOMEM, "%s: out of memory", path);
+			const int rc = tern_shard_read_tensor(sh, i, blocks, t->raw_bytes, NULL, err);
+			if (rc < 0) {
+				free(blocks);
+				return rc;
+			}
+			TERN_FORWARD_IF_ERROR(tern_gq_adopt(&lw->gq[p], blocks, t->raw_bytes, m, k, err));
+			continue;
+		}
 		/* owns_data stays 0: the arena is released by tern_layers_free */
 		TERN_FORWARD_IF_ERROR(tern_shard_load_matrix(sh, i, a, &lw->proj[p], err));
 	}
@@ -172,6 +183,14 @@ int tern_layers_from_plan(tern_layers *out, const tern_plan_manifest *pm, const 
 	if (rc == 0 && covered != n)
 		rc = TERN_ERR(err, TERN_EFORMAT, "%s: the plan's stages do not hold layers %d..%d", dir, first,
 			      first + n - 1);
+	/* a group-scaled (Q2_0) plan has every projection so, or it is refused */
+	int n_gq = 0;
+	for (int l = 0; rc == 0 && l < n; l++)
+		for (int p = 0; p < TERN_PROJ_COUNT; p++)
+			n_gq += out->l[l].gq[p].blocks != NULL;
+	if (rc == 0 && n_gq != 0 && n_gq != n * TERN_PROJ_COUNT)
+		rc = TERN_ERR(err, TERN_EFORMAT, "%s: the plan mixes Q2_0 and packed ternary projections", dir);
+	out->group_scaled = n_gq != 0;
 	if (rc < 0)
 		tern_layers_free(out);
 	return rc;

@@ -44,6 +44,7 @@
 #include <stdint.h>
 
 #include "tern-base.h"
+#include "tern-gq.h"
 #include "tern-kernels.h"
 #include "tern-model.h"
 #include "tern-plan.h"
@@ -60,7 +61,8 @@ extern "C" {
  * come from partition/tern-model.h; a layer holds TERN_LAYER_NORMS norms. */
 
 typedef struct tern_layer_weights {
-	tern_matrix proj[TERN_PROJ_COUNT]; /* packed, shapes as tern_proj says */
+	tern_matrix proj[TERN_PROJ_COUNT]; /* packed, shapes as tern_proj says (unused when group_scaled) */
+	tern_gq_matrix gq[TERN_PROJ_COUNT]; /* the same, Q2_0 group-scaled as stored (only when group_scaled) */
 	float *norm[TERN_LAYER_NORMS];     /* (width) each, tern_aligned_alloc'd; NULL: a q/k norm the arch has not */
 } tern_layer_weights;
 
@@ -76,6 +78,7 @@ typedef struct tern_layers {
 	int first; /* global index of the first layer */
 	int n;     /* layers held */
 	tern_packing packing;
+	int group_scaled; /* 1: every projection is a tern_gq_matrix (a Q2_0 model), packing is not used */
 	tern_layer_weights *l; /* (n) */
 	/* From a plan: every matrix's data and scales carved out of one region
 	 * in 2 MiB pages (tern_huge_alloc; the matrices do not own their data),
@@ -95,6 +98,11 @@ typedef struct tern_layer_source {
 			int *group_rows, tern_err *err);
 	int (*get_norm)(void *ctx, int layer, tern_norm_kind n, int width, float *out, tern_err *err);
 	void *ctx;
+	/* Non-NULL for a group-scaled model (Q2_0): the m x k matrix's blocks as
+	 * stored (*data valid during the build, *bytes tern_gq_data_bytes(m, k));
+	 * the builder copies them and get_proj is not called. */
+	int (*get_gq)(void *ctx, int layer, tern_proj p, int m, int k, const uint8_t **data, size_t *bytes,
+		      tern_err *err);
 } tern_layer_source;
 
 /* Builds layers [first, first + n) packed in packing from src. hp is
@@ -143,8 +151,14 @@ int tern_layers_load(tern_layers *out, const char *path, int first, int n, int p
 int tern_layers_from_plan(tern_layers *out, const tern_plan_manifest *pm, const char *dir, int first, int n,
 			  int packing, tern_err *err);
 
+/* `bytes` bytes of Q2_0 blocks (malloc'd, read from a file or shard) as an
+ * m x k tern_gq_matrix that owns them (tern_gq_free releases them; freed here
+ * on error); sizes and scales checked (tern_gq_wrap_q2_0). */
+int tern_gq_adopt(tern_gq_matrix *out, uint8_t *blocks, size_t bytes, int m, int k, tern_err *err);
 /* Releases the matrices and norms; *ls is zeroed. NULL is a no-op. */
 void tern_layers_free(tern_layers *ls);
+/* How the projections are held, for logs: "q2_0" (group_scaled) or the packing's name. */
+const char *tern_layers_format(const tern_layers *ls);
 /* Bytes of packed ternary data of the whole range (what decode reads per token). */
 uint64_t tern_layers_bytes(const tern_layers *ls);
 

@@ -848,6 +848,7 @@ int tern_gguf_tensor_data(const tern_gguf *g, const tern_gguf_tensor *t, const v
 	case TERN_DTYPE_BF16:
 	case TERN_DTYPE_I8:
 	case TERN_DTYPE_I2_S:
+	case TERN_DTYPE_Q2_0:
 		*data = t->data;
 		*nbytes = t->nbytes;
 		return 0;

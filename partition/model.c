@@ -15,15 +15,15 @@
  * (HF1BitLLM/Llama3-8B-1.58, tiiuae/Falcon3-*-1.58bit): SwiGLU, no sub-norms,
  * q/k permuted in the GGUF (partition/README.md, issue 17). */
 static const tern_arch archs[] = {
-    {"bitnet-b1.58", TERN_FFN_RELU2, 1, 0, 0, 0, "BitNetForCausalLM", "relu2"},
-    {"bitnet-25", TERN_FFN_RELU2, 1, 0, 0, 0, "BitNetForCausalLM", "relu2"},
-    {"bitnet", TERN_FFN_RELU2, 1, 0, 0, 0, "BitNetForCausalLM", "relu2"},
-    {"bitnet-1.58", TERN_FFN_RELU2, 1, 0, 0, 0, "BitNetForCausalLM", "relu2"},
-    {"llama", TERN_FFN_SILU, 0, 1, 0, 0, "LlamaForCausalLM", "silu"},
+    {"bitnet-b1.58", TERN_FFN_RELU2, 1, 0, 0, 0, "BitNetForCausalLM", "relu2", TERN_DTYPE_I2_S},
+    {"bitnet-25", TERN_FFN_RELU2, 1, 0, 0, 0, "BitNetForCausalLM", "relu2", TERN_DTYPE_I2_S},
+    {"bitnet", TERN_FFN_RELU2, 1, 0, 0, 0, "BitNetForCausalLM", "relu2", TERN_DTYPE_I2_S},
+    {"bitnet-1.58", TERN_FFN_RELU2, 1, 0, 0, 0, "BitNetForCausalLM", "relu2", TERN_DTYPE_I2_S},
+    {"llama", TERN_FFN_SILU, 0, 1, 0, 0, "LlamaForCausalLM", "silu", TERN_DTYPE_I2_S},
     /* Qwen3 (transformers models/qwen3/modeling_qwen3.py): the Llama graph plus
      * an RMSNorm over each head's q and k before RoPE (rotate_half: NEOX, which
      * llama.cpp's converter keeps, no q/k permutation); PrismML Ternary-Bonsai */
-    {"qwen3", TERN_FFN_SILU, 0, 0, 1, 0, "Qwen3ForCausalLM", "silu"},
+    {"qwen3", TERN_FFN_SILU, 0, 0, 1, 0, "Qwen3ForCausalLM", "silu", TERN_DTYPE_Q2_0},
 };
 #define N_ARCHS (sizeof archs / sizeof archs[0])
 
@@ -317,6 +317,7 @@ static const struct {
     [TERN_DTYPE_TL1] = {"tl1", 0, 38, NULL, NO_CODE},
     [TERN_DTYPE_TL2] = {"tl2", 0, 39, NULL, NO_CODE},
     [TERN_DTYPE_TERNARY] = {"ternary", 0, NO_CODE, NULL, 0},
+    [TERN_DTYPE_Q2_0] = {"q2_0", 0, 42, NULL, 5},
 };
 
 static int dtype_ok(int dt)
@@ -383,11 +384,14 @@ int tern_tokenizer_type(const char *model, const char *pre, tern_err *err)
 		return 2;
 	TERN_RETURN_IF(strcmp(model, "gpt2") != 0, err, TERN_EUNSUP,
 		       "tokenizer.ggml.model \"%s\" is not supported (gpt2, llama)", model);
+	/* Qwen2's rules (LLAMA_VOCAB_PRE_TYPE_QWEN2; Qwen3 GGUFs say "qwen2") */
+	if (pre && !strcmp(pre, "qwen2"))
+		return 3;
 	/* llama.cpp runs "falcon3" with the LLaMA-3 rules (LLAMA_VOCAB_PRE_TYPE_LLAMA3) */
 	TERN_RETURN_IF(pre && *pre && strcmp(pre, "default") && strcmp(pre, "llama3") && strcmp(pre, "llama-v3") &&
 			       strcmp(pre, "llama-bpe") && strcmp(pre, "falcon3"),
 		       err, TERN_EUNSUP,
-		       "pre-tokenizer \"%s\" is not supported (only llama3 / llama-v3 / llama-bpe / falcon3)", pre);
+		       "pre-tokenizer \"%s\" is not supported (only llama3 / llama-v3 / llama-bpe / falcon3 / qwen2)", pre);
 	return 1;
 }
 

@@ -54,6 +54,14 @@ static int write_stage(tern_source *src, const tern_plan_opts *o, int group_rows
 		for (int p = 0; p < TERN_PROJ_COUNT; p++) {
 			int m, k, gr = 0;
 			tern_proj_shape(hp, (tern_proj)p, &m, &k);
+			if (tern_source_group_scaled(src)) {
+				const uint8_t *blocks;
+				size_t bytes;
+				if ((rc = tern_source_gq(src, l, (tern_proj)p, &blocks, &bytes, err)) < 0 ||
+				    (rc = tern_shard_write_gq(w, (tern_shard_role)p, l, m, k, blocks, err)) < 0)
+					goto fail;
+				continue;
+			}
 			if ((rc = tern_source_ternary(src, l, (tern_proj)p, group_rows, wbuf, scales, &gr, err)) < 0)
 				goto fail;
 			tern_matrix mat;

@@ -15,6 +15,7 @@
 #include <xxhash.h>
 #include <zstd.h>
 
+#include "tern-gq.h"
 #include "tern-progress.h"
 
 /* Limits far above any real model, low enough that byte products of them
@@ -314,6 +315,21 @@ int tern_shard_write_matrix(tern_shard_writer *w, tern_shard_role role, int laye
 	return 0;
 }
 
+int tern_shard_write_gq(tern_shard_writer *w, tern_shard_role role, int layer, int m, int k, const uint8_t *blocks,
+			tern_err *err)
+{
+	TERN_RETURN_IF((int)role < 0 || role >= TERN_SHARD_N_PROJ, err, TERN_EINVAL, "role %d is not a projection",
+		       (int)role);
+	const size_t bytes = tern_gq_data_bytes(m, k);
+	TERN_RETURN_IF(m < 1 || m > MAX_ROWS || k > MAX_COLS || bytes == 0 || !blocks, err, TERN_EINVAL,
+		       "%s: bad Q2_0 matrix %dx%d", w->path, m, k);
+	TERN_FORWARD_IF_ERROR(check_dupe(w, role, layer, err));
+	tern_shard_tensor *t = new_entry(w, role, TERN_DTYPE_Q2_0, layer, m, k);
+	TERN_FORWARD_IF_ERROR(write_payload(w, t, blocks, bytes, err));
+	w->n++;
+	return 0;
+}
+
 int tern_shard_write_dense(tern_shard_writer *w, tern_shard_role role, int layer, tern_dtype dtype, int m, int k,
 			   const void *data, tern_err *err)
 {
@@ -497,7 +513,8 @@ static int parse(tern_shard *sh, tern_err *err)
 		TERN_RETURN_IF(m < 1 || m > MAX_ROWS || k < 1 || k > MAX_COLS, err, TERN_ERANGE,
 			       "%s: tensor '%s': absurd shape %ux%u", nm, t->name, m, k);
 		const int proj = t->role < TERN_SHARD_N_PROJ;
-		TERN_RETURN_IF(proj != (t->dtype == TERN_DTYPE_TERNARY) ||
+		const int gq = t->dtype == TERN_DTYPE_Q2_0;
+		TERN_RETURN_IF(proj != (t->dtype == TERN_DTYPE_TERNARY || gq) ||
 				       (t->role == TERN_ROLE_HEAD_PACKED) != (t->dtype == TERN_DTYPE_U8),
 			       err, TERN_EFORMAT, "%s: tensor '%s': role and type disagree", nm, t->name);
 		const int global = t->role >= TERN_ROLE_TOKEN_EMBD && t->role != TERN_ROLE_ATTN_Q_NORM &&
@@ -509,7 +526,14 @@ static int parse(tern_shard *sh, tern_err *err)
 		t->k = (int)k;
 		t->compression = (int)comp;
 		uint64_t expect;
-		if (proj) {
+		if (gq) {
+			/* group-scaled: the scales are inside the blocks, as stored */
+			TERN_RETURN_IF(kp || mp || gr || ng || pk != packing, err, TERN_EFORMAT,
+				       "%s: tensor '%s': a Q2_0 matrix with row scales or another packing", nm, t->name);
+			expect = tern_gq_data_bytes((int)m, (int)k);
+			TERN_RETURN_IF(expect == 0, err, TERN_EFORMAT, "%s: tensor '%s': Q2_0 with %u columns", nm,
+				       t->name, k);
+		} else if (proj) {
 			TERN_RETURN_IF(pk != packing, err, TERN_EFORMAT, "%s: tensor '%s': packing differs from the shard's",
 				       nm, t->name);
 			TERN_RETURN_IF(gr < 1 || gr > m || ng != (m + gr - 1) / gr, err, TERN_EFORMAT,

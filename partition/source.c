@@ -5,6 +5,7 @@
  * ternary, full-precision weights are quantized with the per-group absmean
  * rule in two passes (sum, then round) so no f32 copy of a matrix is made. */
 #include "tern-source.h"
+#include "tern-gq.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -38,6 +39,7 @@ struct tern_source {
 	tern_st **st; /* (n_st) HF shards */
 	int n_st;
 	int prequant;
+	int group_scaled;   /* every projection is GGUF Q2_0 (tern_source_gq) */
 	int qk_interleaved; /* GGUF q/k rows in llama.cpp's interleaved order (tern_arch), undone on read */
 	int scale_divides;  /* HF packed: W = ternary / weight_scale (tern_hf_quant) */
 	char fmt_desc[32];
@@ -159,7 +161,7 @@ static int gguf_ref(tern_source *s, const char *name, int64_t rows, int64_t cols
 				"]",
 				s->path, name, t->ne[0], t->n_dims > 1 ? t->ne[1] : 1, cols, two_d ? rows : 1);
 	const tern_dtype dt = t->dtype;
-	if (!is_float(dt) && !(dt == TERN_DTYPE_I2_S && allow_i2s))
+	if (!is_float(dt) && !((dt == TERN_DTYPE_I2_S || dt == TERN_DTYPE_Q2_0) && allow_i2s))
 		return TERN_ERR(err, TERN_EUNSUP, "%s: tensor '%s' has type %s, which tern cannot use here", s->path,
 				name, tern_ggml_type_name(t->type));
 	r->dtype = dt;
@@ -197,7 +199,7 @@ static int resolve_tensors(tern_source *s, const tensor_names *f, tern_err *err)
 {
 	const tern_hparams *hp = &s->hp;
 	char name[128];
-	int n_prequant = 0;
+	int n_prequant = 0, n_gq = 0;
 	tern_dtype wdt = TERN_DTYPE_NONE;
 	for (int l = 0; l < hp->n_layer; l++) {
 		for (int p = 0; p < TERN_PROJ_COUNT; p++) {
@@ -207,6 +209,7 @@ static int resolve_tensors(tern_source *s, const tensor_names *f, tern_err *err)
 			tref *r = &s->w[l * TERN_PROJ_COUNT + p];
 			TERN_FORWARD_IF_ERROR(f->ref(s, name, m, k, 1, r, err));
 			n_prequant += r->dtype == f->prequant;
+			n_gq += r->dtype == TERN_DTYPE_Q2_0;
 			wdt = r->dtype;
 		}
 		for (int n = 0; n < TERN_NORM_OUTPUT; n++) {
@@ -222,7 +225,15 @@ static int resolve_tensors(tern_source *s, const tensor_names *f, tern_err *err)
 	const int n_w = hp->n_layer * TERN_PROJ_COUNT;
 	TERN_RETURN_IF(n_prequant != 0 && n_prequant != n_w, err, TERN_EUNSUP,
 		       "%s: mixes %s and full-precision projection weights", s->path, f->prequant_word);
-	s->prequant = n_prequant == n_w;
+	TERN_RETURN_IF(n_gq != 0 && n_gq != n_w, err, TERN_EUNSUP,
+		       "%s: mixes Q2_0 and other projection weights", s->path);
+	/* Q2_0 rows are read as stored (tern_source_gq): a q/k row permutation
+	 * cannot be undone on them (no such file is known: qwen3 does not permute) */
+	TERN_RETURN_IF(n_gq != 0 && s->qk_interleaved, err, TERN_EUNSUP,
+		       "%s: Q2_0 projections in an architecture ('%s') whose GGUF permutes q/k rows", s->path,
+		       hp->arch);
+	s->group_scaled = n_gq == n_w;
+	s->prequant = n_prequant == n_w || s->group_scaled;
 	snprintf(s->fmt_desc, sizeof s->fmt_desc, "%s %s", f->format, weight_format(wdt));
 	s->has_output = !hp->tied_embeddings;
 	for (int i = 0; i < 1 + s->has_output; i++) {
@@ -437,6 +448,23 @@ const char *tern_source_path(const tern_source *s)
 {
 	return s->path;
 }
+int tern_source_group_scaled(const tern_source *s)
+{
+	return s->group_scaled;
+}
+
+int tern_source_gq(const tern_source *s, int layer, tern_proj p, const uint8_t **data, size_t *bytes, tern_err *err)
+{
+	TERN_RETURN_IF(layer < 0 || layer >= s->hp.n_layer || (unsigned)p >= TERN_PROJ_COUNT, err, TERN_EINVAL,
+		       "%s: no projection %d of layer %d", s->path, (int)p, layer);
+	const tref *r = &s->w[layer * TERN_PROJ_COUNT + p];
+	TERN_RETURN_IF(r->dtype != TERN_DTYPE_Q2_0, err, TERN_EINVAL, "%s: tensor '%s' is %s, not q2_0", s->path,
+		       r->name, tern_dtype_name(r->dtype));
+	*data = r->data;
+	*bytes = tern_gq_data_bytes((int)r->m, (int)r->k);
+	return 0;
+}
+
 int tern_source_prequantized(const tern_source *s)
 {
 	return s->prequant;
@@ -501,6 +529,8 @@ int tern_source_ternary(const tern_source *s, int layer, tern_proj p, int group_
 	const tref *r = &s->w[layer * TERN_PROJ_COUNT + p];
 	char what[700];
 	snprintf(what, sizeof what, "%s: tensor '%s'", s->path, r->name);
+	TERN_RETURN_IF(r->dtype == TERN_DTYPE_Q2_0, err, TERN_EUNSUP,
+		       "%s is group-scaled Q2_0 (an f16 scale per 64 weights), not one ternary matrix", what);
 	const int hd = s->hp.head_dim;
 	const int permuted = s->qk_interleaved && (p == TERN_PROJ_Q || p == TERN_PROJ_K);
 	TERN_FORWARD_IF_ERROR(ternary_as_stored(s, r, group_rows, w, scales, group_rows_out, what, err));

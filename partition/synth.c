@@ -259,6 +259,9 @@ static int check_shape(const tern_hparams *hp, tern_err *err)
 		TERN_RETURN_IF(((int64_t)m * k) % 128 != 0, err, TERN_EINVAL,
 			       "synth: %s projection %dx%d is not a whole number of I2_S blocks (128)",
 			       tern_proj_name((tern_proj)p), m, k);
+		TERN_RETURN_IF(tern_arch_find(hp->arch)->synth_proj_dtype == TERN_DTYPE_Q2_0 && k % 64 != 0, err,
+			       TERN_EINVAL, "synth: %s projection %dx%d is not a whole number of Q2_0 blocks (64)",
+			       tern_proj_name((tern_proj)p), m, k);
 	}
 	return 0;
 }
@@ -324,7 +327,8 @@ static int declare(tern_gguf_writer *w, const tern_hparams *hp, uint64_t seed, c
 			tern_proj_shape(hp, (tern_proj)p, &m, &k);
 			const uint64_t pne[2] = {(uint64_t)k, (uint64_t)m};
 			tern_proj_gguf_name((tern_proj)p, l, name, sizeof name);
-			TERN_FORWARD_IF_ERROR(tern_gguf_writer_add_tensor(w, name, 2, pne, TERN_DTYPE_I2_S, err));
+			TERN_FORWARD_IF_ERROR(tern_gguf_writer_add_tensor(
+			    w, name, 2, pne, (tern_dtype)tern_arch_find(hp->arch)->synth_proj_dtype, err));
 		}
 	}
 	return 0;
@@ -379,6 +383,39 @@ static uint64_t gcd64(uint64_t a, uint64_t b)
 	return a;
 }
 
+/* Projection p of layer l as ggml Q2_0 (Ternary-Bonsai's own form): the
+ * same ternary rows as the I2_S form, every 64-group's f16 d the tensor's
+ * tern_synth_scale, in chunks of whole rows through tw (CHUNK_ELEMS int8)
+ * and out (CHUNK_ELEMS / 4 bytes or more). */
+static int write_q2_0(stream *s, uint64_t seed, const tern_hparams *hp, int l, tern_proj p, int8_t *tw, uint8_t *out,
+		      tern_err *err)
+{
+	int m, k;
+	tern_proj_shape(hp, p, &m, &k);
+	const uint16_t d = tern_f32_to_f16(tern_synth_scale(seed, hp, l, p));
+	/* 18 bytes per 64 weights must fit the CHUNK_ELEMS / 4 bytes of out */
+	int64_t rows = (int64_t)(CHUNK_ELEMS / 4 / 18 * 64) / k;
+	if (rows < 1)
+		rows = 1;
+	int rc = 0;
+	for (int64_t r0 = 0; rc == 0 && r0 < m; r0 += rows) {
+		const int64_t nr = m - r0 < rows ? m - r0 : rows;
+		tern_synth_ternary_rows(seed, hp, l, p, r0, nr, tw);
+		const int64_t nb = nr * (k / 64);
+		for (int64_t b = 0; b < nb; b++) {
+			uint8_t *blk = out + b * 18;
+			const int8_t *w = tw + b * 64;
+			blk[0] = (uint8_t)(d & 0xff);
+			blk[1] = (uint8_t)(d >> 8);
+			for (int j = 0; j < 16; j++)
+				blk[2 + j] = (uint8_t)((w[4 * j] + 1) | (w[4 * j + 1] + 1) << 2 | (w[4 * j + 2] + 1) << 4 |
+						       (w[4 * j + 3] + 1) << 6);
+		}
+		rc = emit(s, out, (size_t)nb * 18, err);
+	}
+	return rc;
+}
+
 static int write_all(stream *s, const tern_hparams *hp, uint64_t seed, tern_err *err)
 {
 	const int64_t d = hp->n_embd;
@@ -394,6 +431,7 @@ static int write_all(stream *s, const tern_hparams *hp, uint64_t seed, tern_err 
 		goto out;
 	}
 	const int qk_interleaved = tern_arch_find(hp->arch)->gguf_qk_interleaved;
+	const int q2_0 = tern_arch_find(hp->arch)->synth_proj_dtype == TERN_DTYPE_Q2_0;
 	const uint64_t ebase = tensor_base(seed, tid_of(-1, 32));
 	const double sigma = embd_sigma(hp);
 	for (int64_t t = 0; rc == 0 && t < hp->n_vocab; t += 64) {
@@ -413,6 +451,10 @@ static int write_all(stream *s, const tern_hparams *hp, uint64_t seed, tern_err 
 		for (int p = 0; rc == 0 && p < TERN_PROJ_COUNT; p++) {
 			int m, k;
 			tern_proj_shape(hp, (tern_proj)p, &m, &k);
+			if (q2_0) {
+				rc = write_q2_0(s, seed, hp, l, (tern_proj)p, tw, packed, err);
+				continue;
+			}
 			const int permuted = qk_interleaved && (p == TERN_PROJ_Q || p == TERN_PROJ_K);
 			const uint64_t unit_rows = 128 / gcd64((uint64_t)k, 128);
 			uint64_t rows = CHUNK_ELEMS / ((uint64_t)k * unit_rows) * unit_rows;

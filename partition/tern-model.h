@@ -53,6 +53,8 @@ typedef struct tern_arch {
 	int bias;                 /* bias terms on the projections: 0 in every architecture tern reads */
 	const char *hf_class;     /* config.json "architectures" entry of the HF checkpoint */
 	const char *hf_act;       /* config.json "hidden_act" */
+	int synth_proj_dtype;     /* the projections' type in the family's own GGUF, as tern-partition synth
+				   * writes it: TERN_DTYPE_I2_S (bitnet.cpp) or TERN_DTYPE_Q2_0 (Ternary-Bonsai) */
 } tern_arch;
 
 /* The row of an architecture name; NULL if tern does not run it. */
@@ -79,9 +81,11 @@ int tern_hparams_validate(const tern_hparams *hp, tern_err *err);
  * checks against: tokenizer.ggml.model "gpt2" (byte-level BPE) with the
  * pre-tokenizer "llama3", "llama-v3", "llama-bpe" or "falcon3" (missing or
  * "default": the same LLaMA-3 rules), or "llama" (SentencePiece; pre ignored). pre may
- * be NULL. Returns 1 for gpt2, 2 for llama; otherwise TERN_EUNSUP with
+ * be NULL. Returns 1 for gpt2 with the LLaMA-3 rules, 3 for gpt2 with pre
+ * "qwen2" (Qwen2's rules: one digit per piece, merges always applied), 2 for
+ * llama; otherwise TERN_EUNSUP with
  * 'tokenizer.ggml.model "X" is not supported (gpt2, llama)' or
- * 'pre-tokenizer "X" is not supported (only llama3 / llama-v3 / llama-bpe / falcon3)'. */
+ * 'pre-tokenizer "X" is not supported (only llama3 / llama-v3 / llama-bpe / falcon3 / qwen2)'. */
 int tern_tokenizer_type(const char *model, const char *pre, tern_err *err);
 
 /* Parameter counts. */
@@ -180,6 +184,8 @@ typedef enum {
 	TERN_DTYPE_TL1,     /* bitnet.cpp LUT packings: size known, data not readable */
 	TERN_DTYPE_TL2,
 	TERN_DTYPE_TERNARY, /* a plan shard's packed ternary matrix (tern_packing says which) */
+	TERN_DTYPE_Q2_0,    /* ggml Q2_0 (type 42): 18-byte blocks, an f16 scale per 64 weights (kernels/tern-gq.h);
+			       a GGUF's and a plan shard's group-scaled projection, stored as is */
 	TERN_DTYPE_COUNT
 } tern_dtype;
 

@@ -19,7 +19,8 @@
  *    56  u64 xxh64 of the index bytes
  *   index, n_tensors entries of 128 bytes:
  *     0  char[48] name, NUL-terminated ("blk.3.attn_q.weight")
- *    48  u16 role (tern_shard_role), 50 u16 dtype (0 ternary, 1 f32, 2 f16, 3 bf16, 4 u8: tern_dtype_shard)
+ *    48  u16 role (tern_shard_role), 50 u16 dtype (0 ternary, 1 f32, 2 f16, 3 bf16, 4 u8, 5 q2_0:
+ *        tern_dtype_shard)
  *    52  i32 layer (-1 for global tensors)
  *    56  u32 packing, 60 u32 m (rows), 64 u32 k (columns; 1 for vectors)
  *    68  u32 k_pad, 72 u32 m_pad (as tern_matrix_pack set them; 0 if not ternary)
@@ -29,7 +30,10 @@
  *   104  u64 stored_bytes, 112 u64 raw_bytes, 120 u64 xxh64 of the raw bytes
  *   data: per tensor, 64-aligned: n_groups f32 scales, then the payload
  *     (zstd frame or raw bytes): for ternary tensors exactly tern_matrix.data
- *     (tern_matrix_data_bytes bytes), otherwise the elements row-major.
+ *     (tern_matrix_data_bytes bytes); for a q2_0 projection (a group-scaled
+ *     model, kernels/tern-gq.h) the GGUF's Q2_0 blocks as stored
+ *     (tern_gq_data_bytes; no separate scales, k_pad .. n_groups 0, packing
+ *     the shard's); otherwise the elements row-major.
  *
  * The whole-file xxh64 lives in the plan manifest (plan.proto FileRef).
  * Readers bounds-check every field before use and name the file (and the
@@ -113,6 +117,10 @@ void tern_shard_writer_set_progress(tern_shard_writer *w, struct tern_progress *
 /* A packed ternary matrix: mat->data and mat->scales as they are. */
 int tern_shard_write_matrix(tern_shard_writer *w, tern_shard_role role, int layer, const tern_matrix *mat,
 			    tern_err *err);
+/* A group-scaled projection: m rows of k weights as Q2_0 blocks (18 bytes per
+ * 64 weights, tern_gq_data_bytes), stored as they are. */
+int tern_shard_write_gq(tern_shard_writer *w, tern_shard_role role, int layer, int m, int k, const uint8_t *blocks,
+			tern_err *err);
 /* A dense tensor of m x k elements of dtype (F32/F16/BF16). */
 int tern_shard_write_dense(tern_shard_writer *w, tern_shard_role role, int layer, tern_dtype dtype, int m, int k,
 			   const void *data, tern_err *err);

@@ -2,7 +2,8 @@
  * Llama-style family, tern_arch), whatever file it came from. The shard writer and the engine consume only this.
  *
  * Inputs (tern_source_open decides by what the path is):
- *  - a GGUF file: bitnet.cpp's I2_S layout (MODEL-FORMATS 2.4) or linear
+ *  - a GGUF file: bitnet.cpp's I2_S layout (MODEL-FORMATS 2.4), ggml Q2_0
+ *    (group-scaled, tern_source_gq) or linear
  *    weights in F32/F16/BF16 (other types, TL1/TL2 included, are refused at
  *    open with the tensor named);
  *  - a Hugging Face checkpoint directory (config.json + *.safetensors,
@@ -65,6 +66,15 @@ const char *tern_source_path(const tern_source *s);
 /* 1 if projection weights are stored ternary (I2_S / HF packed): scales
  * are the file's, one per tensor. 0 if they are quantized from full precision. */
 int tern_source_prequantized(const tern_source *s);
+/* 1 if every projection is stored group-scaled (GGUF Q2_0, kernels/tern-gq.h:
+ * an f16 scale per 64 weights of a row): read them with tern_source_gq, as
+ * stored; tern_source_ternary refuses them. Prequantized is then 1 too. */
+int tern_source_group_scaled(const tern_source *s);
+/* The Q2_0 blocks of projection p of layer (rows in the file's order, no
+ * permutation: a source with permuted q/k rows and Q2_0 is refused at open):
+ * *data into the mapping (unaligned; valid until close), *bytes =
+ * tern_gq_data_bytes(m, k). TERN_EINVAL if it is not Q2_0. */
+int tern_source_gq(const tern_source *s, int layer, tern_proj p, const uint8_t **data, size_t *bytes, tern_err *err);
 /* Short description of the weight storage, e.g. "gguf i2_s", "hf packed",
  * "hf bf16", "gguf f16" (for logs and manifests). */
 const char *tern_source_weight_format(const tern_source *s);

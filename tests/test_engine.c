@@ -726,7 +726,7 @@ static void test_builder(void)
 	tern_layers_free(&a);
 	tern_layers_free(&b);
 
-	const tern_layer_source bad = {failing_proj, ones_norm, NULL};
+	const tern_layer_source bad = {failing_proj, ones_norm, NULL, NULL};
 	for (int th = 0; th < 2; th++) {
 		tern_err err = {0};
 		TT_EQ_INT(tern_layers_build_mt(&a, &hp, 0, 3, TERN_PACK_I2S, &bad, th ? pool : NULL, &err),

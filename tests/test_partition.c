@@ -178,7 +178,9 @@ static void test_dtype_file_codes(void)
 	TT_EQ_INT(tern_dtype_shard(TERN_DTYPE_F16), 2);
 	TT_EQ_INT(tern_dtype_shard(TERN_DTYPE_BF16), 3);
 	TT_EQ_INT(tern_dtype_shard(TERN_DTYPE_U8), 4); /* the packed LM head */
-	TT_EQ_INT(tern_dtype_of_shard(5), TERN_DTYPE_NONE);
+	TT_EQ_INT(tern_dtype_shard(TERN_DTYPE_Q2_0), 5); /* a group-scaled projection, blocks as stored */
+	TT_EQ_INT(tern_dtype_ggml(TERN_DTYPE_Q2_0), 42);
+	TT_EQ_INT(tern_dtype_of_shard(6), TERN_DTYPE_NONE);
 	TT_EQ_INT(tern_dtype_of_safetensors("BF16"), TERN_DTYPE_BF16);
 	TT_EQ_INT(tern_dtype_of_safetensors("F8_E5M2"), TERN_DTYPE_F8_E5M2);
 	TT_EQ_INT(tern_dtype_of_safetensors("bf16"), TERN_DTYPE_NONE);

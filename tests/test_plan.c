@@ -1095,7 +1095,47 @@ static void test_damage(void)
 	tt_rm_rf(dir);
 }
 
-TT_MAIN(TT_CASE(test_balance_even), TT_CASE(test_shard_raw_fallback), TT_CASE(test_optimal_vs_brute), TT_CASE(test_memory_refusal_exact),
+/* A group-scaled (Q2_0) projection in a shard: the blocks come back byte for
+ * byte, raw and zstd, as dtype q2_0 with no row scales; a width that is not a
+ * multiple of 64 and a non-projection role are refused; tern_shard_load_matrix
+ * (packed ternary only) refuses it. */
+static void test_shard_q2_0(void)
+{
+	enum { M = 5, K = 128 };
+	uint8_t blocks[M * (K / 64) * 18];
+	for (size_t i = 0; i < sizeof blocks; i++)
+		blocks[i] = (uint8_t)(i * 37 + 11);
+	for (size_t b = 0; b < sizeof blocks; b += 18) { /* finite f16 scales: 0x3c00 = 1.0 */
+		blocks[b] = 0x00;
+		blocks[b + 1] = 0x3c;
+	}
+	for (int z = 0; z < 2; z++) {
+		const char *path = tt_tmp(z ? "q2z.shard" : "q2.shard");
+		tern_err err = {0};
+		tern_shard_writer *w;
+		TT_REQUIRE(tern_shard_writer_open(&w, path, 1, 0, 0, TERN_PACK_TL2, 4, z ? 3 : 0, &err) == 0);
+		TT_EQ_INT(tern_shard_write_gq(w, TERN_ROLE_Q, 0, M, 100, blocks, &err), TERN_EINVAL);
+		TT_EQ_INT(tern_shard_write_gq(w, TERN_ROLE_ATTN_NORM, 0, M, K, blocks, &err), TERN_EINVAL);
+		TT_REQUIRE(tern_shard_write_gq(w, TERN_ROLE_Q, 0, M, K, blocks, &err) == 0);
+		TT_REQUIRE(tern_shard_writer_close(w, NULL, NULL, &err) == 0);
+		tern_shard *sh;
+		TT_REQUIRE(tern_shard_open(&sh, path, NULL, &err) == 0);
+		const int i = tern_shard_find(sh, TERN_ROLE_Q, 0);
+		TT_REQUIRE(i >= 0);
+		const tern_shard_tensor *t = tern_shard_tensor_at(sh, i);
+		TT_CHECK(t->dtype == TERN_DTYPE_Q2_0 && t->m == M && t->k == K && t->n_groups == 0 &&
+			 t->raw_bytes == sizeof blocks);
+		uint8_t got[sizeof blocks];
+		TT_REQUIRE(tern_shard_read_tensor(sh, i, got, sizeof got, NULL, &err) == 0);
+		TT_CHECK(memcmp(got, blocks, sizeof got) == 0);
+		tern_matrix mat;
+		TT_CHECK(tern_shard_load_matrix(sh, i, NULL, &mat, &err) < 0);
+		tern_shard_close(sh);
+		remove(path);
+	}
+}
+
+TT_MAIN(TT_CASE(test_shard_q2_0), TT_CASE(test_balance_even), TT_CASE(test_shard_raw_fallback), TT_CASE(test_optimal_vs_brute), TT_CASE(test_memory_refusal_exact),
 	TT_CASE(test_hosts_parse), TT_CASE(test_hosts_errors), TT_CASE(test_dry_run_100b),
 	TT_CASE(test_roundtrip_2b4t_width), TT_CASE(test_roundtrip_packings), TT_CASE(test_group_scales_full_precision),
 	TT_CASE(test_packed_head), TT_CASE(test_alloc_failure), TT_CASE(test_damage))

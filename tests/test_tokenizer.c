@@ -142,6 +142,14 @@ static int split_is(const char *text, const char *want)
 static void test_pretokenizer_known(void)
 {
 	TT_CHECK(split_is("Hello world's 12345", "Hello| world|'s| |123|45"));
+	{ /* Qwen2: the same pattern with one digit per piece */
+		tern_span *sp = NULL;
+		size_t ns = 0, cap = 0;
+		const char *txt = "Hello world's 12345";
+		TT_REQUIRE(tern_unicode_split_qwen2(txt, strlen(txt), &sp, &ns, &cap) == 0);
+		TT_CHECK(ns == 9 && sp[3].len == 1 && sp[4].len == 1 && txt[sp[4].off] == '1' && sp[8].off == 18);
+		free(sp);
+	}
 	TT_CHECK(split_is("I'M HERE, they'RE", "I|'M| HERE|,| they|'RE"));
 	TT_CHECK(split_is("a  b", "a| | b"));         /* \s+(?!\S) leaves one space for " b" */
 	TT_CHECK(split_is("a \n\n b", "a| \n\n| b")); /* \s*[\r\n]+ */
@@ -480,9 +488,20 @@ static void test_errors(void)
 	TT_EQ_INT(tern_tokenizer_create(&d, &t, &err), TERN_EUNSUP);
 	TT_CHECK(strstr(err.msg, "bert") != NULL);
 	d.model = "gpt2";
-	d.pre = "qwen2";
+	d.pre = "qwen35"; /* a llama.cpp pre-tokenizer tern does not run */
 	TT_EQ_INT(tern_tokenizer_create(&d, &t, &err), TERN_EUNSUP);
+	/* "ab" is a token no merge reaches: LLaMA-3 rules take the whole word
+	 * (ignore_merges), Qwen2's apply the merges (none) and give a, b */
+	d.pre = "qwen2";
+	TT_REQUIRE(tern_tokenizer_create(&d, &t, &err) == 0);
+	TT_CHECK(encode_eq(t, "ab", 0, (int32_t[]){0, 1}, 2));
+	tern_tokenizer_free(t);
+	t = NULL;
 	d.pre = "llama3";
+	TT_REQUIRE(tern_tokenizer_create(&d, &t, &err) == 0);
+	TT_CHECK(encode_eq(t, "ab", 0, (int32_t[]){2}, 1));
+	tern_tokenizer_free(t);
+	t = NULL;
 	d.bos_id = 3;
 	TT_EQ_INT(tern_tokenizer_create(&d, &t, &err), TERN_EINVAL);
 	TT_CHECK(strstr(err.msg, "BOS") != NULL);

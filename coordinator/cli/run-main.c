@@ -500,7 +500,7 @@ static int run(run_state *s, tern_err *err)
 	const double t_load = tern_now_s() - t0;
 	TERN_LOGI("run",
 		  "%s: %d/%d layers, %s, %s kernels, %d thread%s, LM head %s (%s), context %d (%s KV), seed %llu, loaded in %.2f s",
-		  o->model, n_layer, hp.n_layer, tern_packing_name((tern_packing)o->packing),
+		  o->model, n_layer, hp.n_layer, tern_layers_format(&s->layers),
 		  tern_isa_name(o->isa == TERN_ISA_AUTO ? tern_isa_default() : (tern_isa)o->isa), o->threads,
 		  o->threads > 1 ? "s" : "", tern_head_format_name(tern_head_active(s->head)),
 		  tern_isa_name(tern_head_isa(s->head)), n_ctx, tern_dtype_name(o->kv_type),

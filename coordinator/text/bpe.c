@@ -68,7 +68,7 @@ int bpe_raw(const tern_tokenizer *t, scratch *s, const char *text, size_t len, t
 {
 	tern_span *spans = NULL;
 	size_t ns = 0, cap = 0;
-	if (tern_unicode_split_llama3(text, len, &spans, &ns, &cap))
+	if ((t->pre_qwen2 ? tern_unicode_split_qwen2 : tern_unicode_split_llama3)(text, len, &spans, &ns, &cap))
 		return -1;
 	int rc = 0;
 	for (size_t k = 0; k < ns && !rc; k++) {

@@ -57,6 +57,9 @@ typedef struct tern_span {
  * appended to *spans (a malloc'd array of capacity *cap, grown as needed;
  * *n_spans is the count so far). Returns 0 or -1 when out of memory. */
 int tern_unicode_split_llama3(const char *s, size_t n, tern_span **spans, size_t *n_spans, size_t *cap);
+/* The same with Qwen2's pattern (llama.cpp LLAMA_VOCAB_PRE_TYPE_QWEN2): \p{N}
+ * instead of \p{N}{1,3}, so every digit is a piece of its own. */
+int tern_unicode_split_qwen2(const char *s, size_t n, tern_span **spans, size_t *n_spans, size_t *cap);
 
 #ifdef __cplusplus
 }

@@ -18,6 +18,7 @@
 struct tern_tokenizer {
 	tern_tokenizer_kind kind;
 	int ignore_merges; /* LLaMA-3: a pre-token that is a whole token skips BPE */
+	int pre_qwen2;     /* Qwen2's pre-tokenizer (digits one at a time) instead of LLaMA-3's */
 	int add_bos;
 	int add_space_prefix; /* SPM */
 	int32_t n_vocab;

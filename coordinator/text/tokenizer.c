@@ -271,14 +271,18 @@ int tern_tokenizer_create(const tern_tokenizer_desc *d, tern_tokenizer **out, te
 	TERN_RETURN_IF(d->n_tokens > INT32_MAX / 2, err, TERN_ERANGE, "tokenizer: absurd vocabulary size %u",
 		       d->n_tokens);
 	tern_tokenizer_kind kind;
-	int ignore_merges = 0;
+	int ignore_merges = 0, pre_qwen2 = 0;
 	const int type = tern_tokenizer_type(d->model, d->pre, err);
 	if (type < 0) {
 		char msg[sizeof err->msg];
 		snprintf(msg, sizeof msg, "%s", err ? err->msg : "");
 		return TERN_ERR(err, type, "tokenizer: %s", msg);
 	}
-	if (type == 1) {
+	if (type == 3) {
+		/* Qwen2 (llama.cpp LLAMA_VOCAB_PRE_TYPE_QWEN2): its split, merges always applied */
+		kind = TERN_TOKENIZER_BPE;
+		pre_qwen2 = 1;
+	} else if (type == 1) {
 		kind = TERN_TOKENIZER_BPE;
 		/* LLaMA-3 rules: merges are applied by rank over whole words. Some
 		 * BitNet converters omitted the pre key for this very vocabulary
@@ -304,6 +308,7 @@ int tern_tokenizer_create(const tern_tokenizer_desc *d, tern_tokenizer **out, te
 		return TERN_ERR(err, TERN_ENOMEM, "tokenizer: no memory");
 	t->kind = kind;
 	t->ignore_merges = ignore_merges;
+	t->pre_qwen2 = pre_qwen2;
 	t->n_vocab = nv;
 	t->bos = d->bos_id;
 	t->eos = d->eos_id;

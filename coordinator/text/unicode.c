@@ -199,10 +199,11 @@ static int is_crlf(const uchar *c)
 }
 
 /* Length in characters of the regex match starting at u[i] (always >= 1):
- *   (?i:'s|'t|'re|'ve|'m|'ll|'d) | [^\r\n\p{L}\p{N}]?\p{L}+ | \p{N}{1,3}
+ *   (?i:'s|'t|'re|'ve|'m|'ll|'d) | [^\r\n\p{L}\p{N}]?\p{L}+ | \p{N}{1,D}
  *   | ?[^\s\p{L}\p{N}]+[\r\n]* | \s*[\r\n]+ | \s+(?!\S) | \s+
- * tried left to right, each with the backtracking the regex engine would do. */
-static size_t match_at(const uchar *u, size_t i, size_t n)
+ * tried left to right, each with the backtracking the regex engine would do;
+ * D = max_digits (3 for LLaMA-3, 1 for Qwen2's \p{N}). */
+static size_t match_at(const uchar *u, size_t i, size_t n, size_t max_digits)
 {
 	size_t j, m = match_contraction(u, i, n);
 	if (m)
@@ -217,10 +218,10 @@ static size_t match_at(const uchar *u, size_t i, size_t n)
 			j++;
 		return j - i;
 	}
-	/* \p{N}{1,3} */
+	/* \p{N}{1,D} */
 	if (c == TERN_UCLS_NUMBER) {
 		j = i + 1;
-		while (j < n && j < i + 3 && u[j].cls == TERN_UCLS_NUMBER)
+		while (j < n && j < i + max_digits && u[j].cls == TERN_UCLS_NUMBER)
 			j++;
 		return j - i;
 	}
@@ -250,7 +251,19 @@ static size_t match_at(const uchar *u, size_t i, size_t n)
 	return e - i; /* \s+ */
 }
 
+static int split_bpe(const char *s, size_t n, size_t max_digits, tern_span **spans, size_t *n_spans, size_t *cap);
+
 int tern_unicode_split_llama3(const char *s, size_t n, tern_span **spans, size_t *n_spans, size_t *cap)
+{
+	return split_bpe(s, n, 3, spans, n_spans, cap);
+}
+
+int tern_unicode_split_qwen2(const char *s, size_t n, tern_span **spans, size_t *n_spans, size_t *cap)
+{
+	return split_bpe(s, n, 1, spans, n_spans, cap);
+}
+
+static int split_bpe(const char *s, size_t n, size_t max_digits, tern_span **spans, size_t *n_spans, size_t *cap)
 {
 	if (n == 0)
 		return 0;
@@ -276,7 +289,7 @@ int tern_unicode_split_llama3(const char *s, size_t n, tern_span **spans, size_t
 	}
 	int rc = 0;
 	for (size_t i = 0; i < nu;) {
-		const size_t m = match_at(u, i, nu);
+		const size_t m = match_at(u, i, nu, max_digits);
 		const size_t end = (i + m < nu) ? u[i + m].off : n;
 		if (push_span(spans, n_spans, cap, u[i].off, end - u[i].off)) {
 			rc = -1;

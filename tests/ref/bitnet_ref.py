@@ -163,9 +163,15 @@ def tie_margin(x):
 
 def bitlinear(x, w, w_scale, act_round="even", divide=False):
     """x: (T, K) float32, w: (N, K) int8 ternary, w_scale float32 -> (T, N) float32.
-    divide: transformers' BitLinear, y = y_int / (input_scale * weight_scale)."""
+    divide: transformers' BitLinear, y = y_int / (input_scale * weight_scale).
+    w_scale (N, K/64) instead: ggml Q2_0, weight (code - 1) * d of its group of 64 along the
+    row, dequantized exactly in float64 and multiplied with the same int8 activations, then
+    / s (the group sums' float rounding is tern's; the difference is ~1e-7 relative)."""
     q, s = quantize_act(x, act_round)
     assert 128 * w.shape[1] < 2**53
+    if np.ndim(w_scale) == 2:
+        wd = w.astype(np.float64) * np.repeat(w_scale.astype(np.float64), 64, axis=1)
+        return ((q.astype(np.float64) @ wd.T) / s[:, None].astype(np.float64)).astype(np.float32)
     dot = q.astype(np.float64) @ w.astype(np.float64).T  # exact integers
     if divide:
         return dot.astype(np.float32) / (s[:, None] * np.float32(w_scale))
@@ -399,6 +405,10 @@ class BitNetModel:
                 t = g.tensors[tname]
                 if arch in ("llama", "qwen3") and t.gtype in (gguf.F32, gguf.F16, gguf.BF16) and t.shape == shapes[name]:
                     setattr(L, name, ternary_of_float(g.tensor(tname), "%s: %s" % (self.path, tname)))
+                    continue
+                if t.gtype == gguf.Q2_0 and t.shape == shapes[name]:
+                    # group-scaled: (w, d) with d (rows, cols/64), bitlinear dequantizes per group
+                    setattr(L, name, gguf.q2_0_unpack(g.raw(tname), *shapes[name]))
                     continue
                 if t.gtype != gguf.I2_S:
                     raise ModelError("%s: %s is %s; the reference needs i2_s ternary weights"

@@ -67,6 +67,21 @@ def q2_0_pack(t, d):
     dd = np.asarray(d, np.float32).astype("<f2").reshape(rows, cols // Q2_0_GROUP, 1).view(np.uint8)
     return np.concatenate([dd, qs.astype(np.uint8)], axis=2).tobytes()
 
+def q2_0_unpack(raw, rows, cols):
+    """The inverse of q2_0_pack, read from the bytes: (w (rows, cols) int8 = code - 1 in -1..2,
+    d (rows, cols/64) float32), so the weight is w * d of its 64-group (dequantize_row_q2_0)."""
+    ng = cols // Q2_0_GROUP
+    b = np.frombuffer(bytes(raw), np.uint8)
+    if cols % Q2_0_GROUP or b.size != rows * ng * 18:
+        raise GGUFError("q2_0: %d bytes for %d x %d" % (b.size, rows, cols))
+    b = b.reshape(rows, ng, 18)
+    d = b[..., :2].copy().view("<f2").reshape(rows, ng).astype(np.float32)
+    if not np.all(np.isfinite(d)):
+        raise GGUFError("q2_0: a non-finite scale")
+    codes = (b[..., 2:, None] >> np.array([0, 2, 4, 6], np.uint8)) & 3  # (rows, ng, 16, 4)
+    return (codes.reshape(rows, cols).astype(np.int8) - 1), d
+
+
 I2S_BLOCK = 128       # elements per I2_S block
 I2S_BLOCK_BYTES = 32  # bytes per I2_S block
 I2S_TAIL = 32         # the float32 scale plus 28 bytes of padding after the packed codes

@@ -13,9 +13,10 @@ embeddings and norms) plus the q/k norm weights, so every --outtype holds the sa
   f32 / f16   the projections as ternary / weight_scale (one magnitude per tensor);
   i2_s        bitnet.cpp's I2_S with the scale max|W|;
   q2_0        ggml Q2_0 (type 42), the Ternary-Bonsai files' format: an f16 scale per 64
-              weights of a row (here every group's d = 1 / weight_scale), F16 token_embd.
+              weights of a row (d = 1 / weight_scale times a seeded 2^-1, 1 or 2 per group, so
+              this form is its own model), F16 token_embd.
 The tokenizer is make_model's tiny byte-level BPE with --pre (default llama-bpe; Qwen3's own
-GGUFs say "qwen2", which tern's tokenizer does not run yet).
+GGUFs say "qwen2", which tern runs too).
 
   /usr/bin/python3 tests/ref/make_qwen3.py --gguf q.gguf --outtype f16 --n-embd 256 \\
       --n-head 4 --n-head-kv 2 --n-ff 512 --vocab 300 --layers 2 --seed 7
@@ -42,11 +43,12 @@ def add_qk_norms(W, seed):
         L["self_attn.k_norm"] = make_llama.bf16_round(0.5 + rng.random(W.hd))
 
 
-def write_gguf(path, W, outtype, theta, eps, n_ctx, pre):
+def write_gguf(path, W, outtype, theta, eps, n_ctx, pre, seed=0):
     g = gguf.GGUFWriter(path)
     make_llama.add_header(g, "qwen3", W, theta, eps, n_ctx, pre,
                           (("attention.key_length", gguf.UINT32, W.hd), ("attention.value_length", gguf.UINT32, W.hd)))
     dense = gguf.F32 if outtype == "f32" else gguf.F16
+    grng = np.random.default_rng(seed + 2000)
     g.add_tensor("token_embd.weight", W.embed, dense)
     for i, L in enumerate(W.layers):
         p = "blk.%d." % i
@@ -60,7 +62,10 @@ def write_gguf(path, W, outtype, theta, eps, n_ctx, pre):
             if outtype == "i2_s":
                 g.add_ternary(p + name + ".weight", t, np.float32(np.abs(w).max()))
             elif outtype == "q2_0":
-                d = np.full((t.shape[0], t.shape[1] // gguf.Q2_0_GROUP), 1.0 / ws, np.float32)
+                # a scale per 64-group: 1 / weight_scale times 2^-1, 2^0 or 2^1 (seeded), so a reader
+                # that used one scale per row or tensor gives other logits
+                e = grng.integers(-1, 2, (t.shape[0], t.shape[1] // gguf.Q2_0_GROUP))
+                d = (np.float32(1.0 / ws) * np.exp2(e)).astype(np.float32)
                 raw = gguf.q2_0_pack(t, d)
                 g.add_tensor(p + name + ".weight", lambda raw=raw: [raw], gguf.Q2_0, ne=(t.shape[1], t.shape[0]))
             else:
@@ -96,7 +101,7 @@ def main(argv=None):
     W = make_llama.Weights(a.n_embd, a.n_head, a.n_head_kv, a.n_ff, a.vocab, a.layers, a.seed, a.untied)
     add_qk_norms(W, a.seed)
     try:
-        write_gguf(a.gguf, W, a.outtype, a.theta, a.eps, a.ctx, a.pre)
+        write_gguf(a.gguf, W, a.outtype, a.theta, a.eps, a.ctx, a.pre, a.seed)
     except gguf.GGUFError as e:
         print("make_qwen3: %s" % e, file=sys.stderr)
         return 1

@@ -43,7 +43,7 @@ static void puthex(const char *s, size_t n)
 		printf("%02x", (unsigned char)s[i]);
 }
 
-static int do_split(void)
+static int do_split(int qwen2)
 {
 	static char line[1 << 20];
 	while (fgets(line, sizeof line, stdin)) {
@@ -51,7 +51,7 @@ static int do_split(void)
 		char *s = unhex(line, &n);
 		tern_span *sp = NULL;
 		size_t ns = 0, cap = 0;
-		if (tern_unicode_split_llama3(s, n, &sp, &ns, &cap))
+		if ((qwen2 ? tern_unicode_split_qwen2 : tern_unicode_split_llama3)(s, n, &sp, &ns, &cap))
 			return 2;
 		for (size_t i = 0; i < ns; i++) {
 			if (i)
@@ -160,9 +160,11 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	if (argc >= 2 && !strcmp(argv[1], "split"))
-		return do_split();
+		return do_split(0);
+	if (argc >= 2 && !strcmp(argv[1], "split-qwen2"))
+		return do_split(1);
 	if (argc >= 3 && (!strcmp(argv[1], "bpe") || !strcmp(argv[1], "spm")))
 		return do_vocab(argv[2], !strcmp(argv[1], "spm"));
-	fprintf(stderr, "usage: tok-tool ranges | split | bpe VOCABFILE | spm VOCABFILE\n");
+	fprintf(stderr, "usage: tok-tool ranges | split | split-qwen2 | bpe VOCABFILE | spm VOCABFILE\n");
 	return 2;
 }
