@@ -209,23 +209,17 @@ int bench_pin_self(int cpu)
 
 void *bench_big_alloc(size_t bytes)
 {
-	if (!bytes)
-		return NULL;
-	void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (p == MAP_FAILED)
-		return NULL;
-#ifdef MADV_HUGEPAGE
-	/* 2 MiB pages keep TLB misses out of a bandwidth measurement; advice only. */
-	madvise(p, bytes, MADV_HUGEPAGE);
-#endif
-	memset(p, 1, bytes);
+	/* 2 MiB pages keep TLB misses out of a bandwidth measurement (advice
+	 * only), the same region the plan loader puts weights in */
+	void *p = tern_huge_alloc(bytes);
+	if (p)
+		memset(p, 1, bytes);
 	return p;
 }
 
 void bench_big_free(void *p, size_t bytes)
 {
-	if (p)
-		munmap(p, bytes);
+	tern_huge_free(p, bytes);
 }
 
 /* ---- read bandwidth ----------------------------------------------------------- */
