@@ -328,44 +328,13 @@ static ALWAYS_INLINE void qh2_groups(const tern_qdot_args *a, tern_qh_type t, in
 		QH_GROUPS(a, t, 1, qh_isum_vnni, gp, g1);
 }
 
-/* One activation row (decode): a stream of tiles, each read once; software
- * prefetch QH_PF bytes ahead in the quants and scales of the same group or
- * the next (the hardware prefetchers alone leave bandwidth unused, as in the
- * ternary GEMV). */
-#define QH_PF 4096
-
-static ALWAYS_INLINE void qh1_groups(const tern_qdot_args *a, tern_qh_type t, int g0, int g1)
-{
-	const int nb = tern_qh_blocks(a->n);
-	const size_t qb = tern_qh_quant_bytes(t), gbytes = tern_qh_group_bytes(t, a->n);
-	const char *end = (const char *)tern_qh_group(a, g1);
-	for (int g = g0; g < g1; g++) {
-		const uint8_t *grp = tern_qh_group(a, g);
-		__m512 acc = _mm512_setzero_ps();
-		for (int b = 0; b < nb; b++) {
-			const uint8_t *tile = tern_qh_quants(t, grp, b);
-			const uint8_t *sc = tern_qh_scales(t, grp, a->n, b);
-			for (size_t o = 0; o < qb; o += 64)
-				if ((const char *)tile + QH_PF + o < end)
-					_mm_prefetch((const char *)tile + QH_PF + o, _MM_HINT_T0);
-			if (!(b & 1) && (const char *)sc + gbytes < end)
-				_mm_prefetch((const char *)sc + gbytes, _MM_HINT_T0);
-			__m512i w[8];
-			qh_load(t, 1, tile, w);
-			const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)sc));
-			acc = qh_step(acc, qh_isum_vnni(t, w, a->xq + (size_t)b * TERN_QH_BLOCK, a->xs[b]), dw, a->xd[b]);
-		}
-		qh_store(a, 0, g, acc);
-	}
-}
-
 static void qdot_vnni(const tern_qdot_args *a, int g0, int g1)
 {
 	if (a->nx == 1) {
 		if (a->type == TERN_QH_Q8)
-			qh1_groups(a, TERN_QH_Q8, g0, g1);
+			QH_GROUPS(a, TERN_QH_Q8, 1, qh_isum_vnni, g0, g1);
 		else
-			qh1_groups(a, TERN_QH_Q4, g0, g1);
+			QH_GROUPS(a, TERN_QH_Q4, 1, qh_isum_vnni, g0, g1);
 	} else if (a->type == TERN_QH_Q8) {
 		qh2_groups(a, TERN_QH_Q8, g0, g1);
 	} else {
