@@ -133,11 +133,11 @@ static int head_from_plan(tern_coord_model *m, tern_err *err)
 	tern_dtype et = TERN_DTYPE_NONE, ot = TERN_DTYPE_NONE;
 	const int in = tern_shard_find(sh, TERN_ROLE_OUTPUT_NORM, -1);
 	const tern_shard_tensor *tn = in >= 0 ? tern_shard_tensor_at(sh, in) : NULL;
-	int qi = -1, qt = -1;
+	int qi = -1, qt = -1, mapped = 0;
 	/* the packed head's format and size are checked before any copy */
 	int rc = tern_plan_packed_head(pm, sh, path, &qi, &qt, err);
 	if (rc == 0)
-		rc = plan_matrix(m, sh, path, TERN_ROLE_TOKEN_EMBD, &m->emb, &et, &m->emb_mapped, err);
+		rc = plan_matrix(m, sh, path, TERN_ROLE_TOKEN_EMBD, &m->emb, &et, &mapped, err);
 	/* an untied model's logits read its own output matrix, which a plan with
 	 * a packed head does not store */
 	if (rc == 0 && !m->hp.tied_embeddings && qi < 0)
@@ -169,7 +169,7 @@ static int head_from_plan(tern_coord_model *m, tern_err *err)
 		rc = tern_head_create(&cfg, &m->head, err);
 	}
 	free(norm);
-	if (m->emb_mapped)
+	if (mapped)
 		m->coord_shard = sh; /* the mapping holds the embeddings */
 	else
 		tern_shard_close(sh);
@@ -220,7 +220,7 @@ void tern_coord_model_close(tern_coord_model *m)
 		return;
 	tern_head_free(m->head);
 	tern_tokenizer_free(m->tok);
-	if (!m->emb_mapped)
+	if (!m->coord_shard)
 		tern_aligned_free(m->emb);
 	tern_shard_close(m->coord_shard);
 	tern_aligned_free(m->out_w);

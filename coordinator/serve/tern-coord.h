@@ -27,9 +27,9 @@ typedef struct tern_coord_model {
 	struct tern_source *src;       /* model-file mode */
 	struct Tern__V1__Plan *plan;   /* plan mode: the manifest */
 	void *emb;                     /* plan mode: the embeddings (n_vocab, n_embd), in the coordinator
-					* shard's mapping (emb_mapped) or, from older plans, decompressed */
-	int emb_mapped;                /* emb points into coord_shard's mapping: not freed */
-	struct tern_shard *coord_shard; /* plan mode, emb_mapped: the open coordinator shard, else NULL */
+					* shard's mapping (coord_shard set) or, from older plans, decompressed */
+	struct tern_shard *coord_shard; /* plan mode, emb in its mapping: the open coordinator shard (emb
+					 * is then not freed), else NULL */
 	void *out_w;                   /* plan mode, untied: the output matrix (n_vocab, n_embd), or NULL */
 	void *qhead;                   /* plan mode: the packed LM head (the head borrows it), or NULL */
 	tern_tokenizer *tok;
