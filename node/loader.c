@@ -45,15 +45,17 @@ static void arena_free(void *ctx, void *p, size_t bytes)
 	(void)bytes;
 }
 
-/* The bytes layers [lo, hi] of sh take in an arena: each projection's data
- * and scales, as tern_shard_load_matrix asks for them, 64-byte aligned. */
+/* The bytes layers [lo, hi] of sh take in an arena: each packed ternary
+ * projection's data and scales, as tern_shard_load_matrix asks for them,
+ * 64-byte aligned. */
 static size_t arena_need(const tern_shard *sh, int lo, int hi)
 {
 	size_t need = 0;
 	for (int l = lo; l <= hi; l++)
 		for (int p = 0; p < TERN_PROJ_COUNT; p++) {
 			const tern_shard_tensor *t = tern_shard_tensor_at(sh, tern_shard_find(sh, (tern_shard_role)p, l));
-			if (t)
+			/* only packed ternary matrices come from the arena (Q2_0 blocks are adopted apart) */
+			if (t && t->dtype == TERN_DTYPE_TERNARY)
 				need += (t->raw_bytes + 2 * TERN_ALIGN) / TERN_ALIGN * TERN_ALIGN +
 					((size_t)(t->n_groups ? t->n_groups : 1) * sizeof(float) + 2 * TERN_ALIGN) /
 					    TERN_ALIGN * TERN_ALIGN;
